@@ -1,0 +1,365 @@
+//! The control device's ioctl dispatch (v2 `ctrl.c`, spec 1.6-1.7).
+//!
+//! Each handler copies its argument in through [`UserMemory`], calls the
+//! engine and copies results out. Bad user input (unknown numbers, bad
+//! pointers, short arrays) always ends in an errno, never a panic.
+
+use std::rc::Rc;
+
+use crate::kernel::{DevT, Errno, UserMemory};
+use crate::module::Module;
+use crate::snapshot::{Snapshot, SnapshotId};
+use crate::tracker::Tracker;
+use crate::uapi::*;
+
+/// Upper bound on array counts copied in at once (v2 relies on kcalloc
+/// failing; the same bound keeps the host's memory sane).
+const MAX_ARRAY: u32 = 1 << 20;
+
+/// The result of an ioctl: a value, or an errno.
+pub type IoctlResult = Result<i64, Errno>;
+
+/// `ctrl_unlocked_ioctl`: dispatch on the full command value. v2 looks
+/// only at the number and accepts 12 (B-CTRL-1); the fix is 6.15's switch.
+pub async fn ioctl(module: &Rc<Module>, cmd: u32, arg: u64, user: &dyn UserMemory) -> IoctlResult {
+    let Some(nr) = IoctlNr::ALL.iter().copied().find(|nr| nr.cmd() == cmd) else {
+        return Err(Errno::ENOTTY);
+    };
+    let ctrl = Ctrl { module, arg, user };
+    match nr {
+        IoctlNr::Version => ctrl.version(),
+        IoctlNr::TrackerRemove => ctrl.tracker_remove().await,
+        IoctlNr::TrackerCollect => ctrl.tracker_collect(),
+        IoctlNr::TrackerReadCbtMap => ctrl.read_cbt_map(),
+        IoctlNr::TrackerMarkDirtyBlocks => ctrl.mark_dirty_blocks().await,
+        IoctlNr::SnapshotCreate => ctrl.snapshot_create().await,
+        IoctlNr::SnapshotDestroy => ctrl.snapshot_destroy().await,
+        IoctlNr::SnapshotAppendStorage => ctrl.append_storage().await,
+        IoctlNr::SnapshotTake => ctrl.snapshot_take().await,
+        IoctlNr::SnapshotCollect => ctrl.snapshot_collect().await,
+        IoctlNr::SnapshotCollectImages => ctrl.collect_images().await,
+        IoctlNr::SnapshotWaitEvent => ctrl.wait_event().await,
+    }
+}
+
+struct Ctrl<'a> {
+    module: &'a Rc<Module>,
+    arg: u64,
+    user: &'a dyn UserMemory,
+}
+
+fn dev_t(dev: BlkSnapDev) -> DevT {
+    DevT::new(dev.mj, dev.mn)
+}
+
+fn blk_dev(dev: DevT) -> BlkSnapDev {
+    BlkSnapDev {
+        mj: dev.major(),
+        mn: dev.minor(),
+    }
+}
+
+impl Ctrl<'_> {
+    /// Copy the argument struct in; `fault` is the errno of a copy fault.
+    fn read_arg<T: UapiStruct>(&self, fault: Errno) -> Result<T, Errno> {
+        let bytes = self
+            .user
+            .copy_from_user(self.arg, T::SIZE)
+            .map_err(|_| fault)?;
+        T::decode(&bytes).ok_or(fault)
+    }
+
+    fn write_arg<T: UapiStruct>(&self, value: &T) -> Result<(), Errno> {
+        self.user
+            .copy_to_user(self.arg, &value.encode())
+            .map_err(|_| Errno::ENODATA)
+    }
+
+    /// Copy an array of `count` structs in from `addr`.
+    fn read_array<T: UapiStruct>(&self, addr: u64, count: u32) -> Result<Vec<T>, Errno> {
+        if count > MAX_ARRAY {
+            return Err(Errno::ENOMEM);
+        }
+        let bytes = self
+            .user
+            .copy_from_user(addr, T::SIZE * count as usize)
+            .map_err(|_| Errno::ENODATA)?;
+        Ok(bytes.chunks_exact(T::SIZE).filter_map(T::decode).collect())
+    }
+
+    fn write_array<T: UapiStruct>(&self, addr: u64, items: &[T]) -> Result<(), Errno> {
+        let bytes: Vec<u8> = items.iter().flat_map(UapiStruct::encode).collect();
+        self.user
+            .copy_to_user(addr, &bytes)
+            .map_err(|_| Errno::ENODATA)
+    }
+
+    fn version(&self) -> IoctlResult {
+        self.write_arg(&MODULE_VERSION)?;
+        Ok(0)
+    }
+
+    async fn tracker_remove(&self) -> IoctlResult {
+        let arg: BlkSnapTrackerRemove = self.read_arg(Errno::ENODATA)?;
+        Tracker::remove(self.module, dev_t(arg.dev_id)).await?;
+        Ok(0)
+    }
+
+    /// TRACKER_COLLECT: the count, or the filled array. A short array is
+    /// -ENOBUFS with the required count written back (v2 left it unwritten,
+    /// B-TRK-7).
+    fn tracker_collect(&self) -> IoctlResult {
+        let mut arg: BlkSnapTrackerCollect = self.read_arg(Errno::ENODATA)?;
+        let devs = self.module.tracked_devices.with(|list| list.clone());
+        if arg.cbt_info_array == 0 {
+            arg.count = devs.len() as u32;
+            self.write_arg(&arg)?;
+            return Ok(0);
+        }
+        if (arg.count as usize) < devs.len() {
+            arg.count = devs.len() as u32;
+            self.write_arg(&arg)?;
+            return Err(Errno::ENOBUFS);
+        }
+        let infos: Vec<BlkSnapCbtInfo> = devs.iter().map(|&dev| self.cbt_info(dev)).collect();
+        self.write_array(arg.cbt_info_array, &infos)?;
+        arg.count = infos.len() as u32;
+        self.write_arg(&arg)?;
+        Ok(0)
+    }
+
+    /// One entry; zero but for `dev_id` when the device has no tracker.
+    fn cbt_info(&self, dev: DevT) -> BlkSnapCbtInfo {
+        let mut info = BlkSnapCbtInfo {
+            dev_id: blk_dev(dev),
+            ..Default::default()
+        };
+        let Some(tracker) = Tracker::get_by_dev(self.module, dev) else {
+            return info;
+        };
+        let cbt = tracker.cbt_map.info();
+        tracker.put();
+        info.blk_size = cbt.blk_size;
+        info.device_capacity = cbt.device_capacity_bytes;
+        info.blk_count = cbt.blk_count;
+        info.generation_id = BlkSnapUuid {
+            b: cbt.generation_id,
+        };
+        info.snap_number = cbt.snap_number;
+        info
+    }
+
+    /// READ_CBT_MAP: the number of bytes copied. An untracked device is
+    /// -ENODEV (v2 returned 0, B-TRK-6).
+    fn read_cbt_map(&self) -> IoctlResult {
+        let arg: BlkSnapTrackerReadCbtBitmap = self.read_arg(Errno::ENODATA)?;
+        let dev = dev_t(arg.dev_id);
+        self.module
+            .k()
+            .bdev_open(dev)
+            .map(|h| self.module.k().bdev_close(h))?;
+        let tracker = Tracker::get_by_dev(self.module, dev).ok_or(Errno::ENODEV)?;
+        let result = self.copy_cbt(&tracker, &arg);
+        tracker.put();
+        result
+    }
+
+    fn copy_cbt(&self, tracker: &Tracker, arg: &BlkSnapTrackerReadCbtBitmap) -> IoctlResult {
+        if !tracker.snapshot_is_taken.get() {
+            return Err(Errno::EPERM);
+        }
+        if tracker.cbt_map.is_corrupted() {
+            return Err(Errno::EFAULT);
+        }
+        let bytes = tracker.cbt_map.read(arg.offset, arg.length);
+        match self.user.copy_to_user(arg.buff, &bytes) {
+            Ok(()) => Ok(bytes.len() as i64),
+            Err(copied) => Ok(copied as i64),
+        }
+    }
+
+    async fn mark_dirty_blocks(&self) -> IoctlResult {
+        let arg: BlkSnapTrackerMarkDirtyBlocks = self.read_arg(Errno::ENODATA)?;
+        let ranges: Vec<BlkSnapBlockRange> = self.read_array(arg.dirty_blocks_array, arg.count)?;
+        let ranges: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|r| (r.sector_offset, r.sector_count))
+            .collect();
+        let dev = dev_t(arg.dev_id);
+        if dev.major() == self.module.k().image_major() {
+            self.module.mark_dirty_image(dev, &ranges).await?;
+        } else {
+            Tracker::mark_dirty(self.module, dev, &ranges)?;
+        }
+        Ok(0)
+    }
+
+    async fn snapshot_create(&self) -> IoctlResult {
+        let mut arg: BlkSnapSnapshotCreate = self.read_arg(Errno::ENODATA)?;
+        let devs: Vec<BlkSnapDev> = self.read_array(arg.dev_id_array, arg.count)?;
+        let devs: Vec<DevT> = devs.into_iter().map(dev_t).collect();
+        let id = Snapshot::create(self.module, &devs).await?;
+        arg.id = BlkSnapUuid { b: id };
+        // A fault here loses the id of a snapshot that exists (B-CTRL-4).
+        self.write_arg(&arg)?;
+        Ok(0)
+    }
+
+    async fn snapshot_destroy(&self) -> IoctlResult {
+        let arg: BlkSnapSnapshotDestroy = self.read_arg(Errno::ENODATA)?;
+        Snapshot::destroy(self.module, &arg.id.b).await?;
+        Ok(0)
+    }
+
+    /// APPEND_STORAGE: ranges are read one at a time; those added before a
+    /// fault stay added.
+    async fn append_storage(&self) -> IoctlResult {
+        let arg: BlkSnapSnapshotAppendStorage = self.read_arg(Errno::EINVAL)?;
+        let snapshot = self.lookup(&arg.id.b).await?;
+        let result = self.append_ranges(&snapshot, &arg);
+        snapshot.put().await;
+        result.map(|()| 0)
+    }
+
+    fn append_ranges(
+        &self,
+        snapshot: &Snapshot,
+        arg: &BlkSnapSnapshotAppendStorage,
+    ) -> Result<(), Errno> {
+        if arg.count > MAX_ARRAY {
+            return Err(Errno::ENOMEM);
+        }
+        let storage = &snapshot.diff_storage;
+        let dev = dev_t(arg.dev_id);
+        storage.append_begin(dev)?;
+        let size = BlkSnapBlockRange::SIZE as u64;
+        let mut result = Ok(());
+        for i in 0..u64::from(arg.count) {
+            let addr = arg.ranges.wrapping_add(i * size);
+            let range: BlkSnapBlockRange = match self.user.copy_from_user(addr, size as usize) {
+                Ok(bytes) => BlkSnapBlockRange::decode(&bytes).ok_or(Errno::EINVAL)?,
+                Err(_) => {
+                    result = Err(Errno::EINVAL);
+                    break;
+                }
+            };
+            if let Err(e) = storage.check_range(dev, range.sector_offset, range.sector_count) {
+                result = Err(e);
+                break;
+            }
+            storage.append_range(dev, range.sector_offset, range.sector_count);
+        }
+        storage.append_end();
+        result
+    }
+
+    async fn snapshot_take(&self) -> IoctlResult {
+        let arg: BlkSnapSnapshotTake = self.read_arg(Errno::ENODATA)?;
+        Snapshot::take(self.module, &arg.id.b).await?;
+        Ok(0)
+    }
+
+    /// SNAPSHOT_COLLECT. A short array is -ENODATA with the required count
+    /// (v2 wrote the copied count, and returned 0 on a copy fault: B-SNAP-8).
+    async fn snapshot_collect(&self) -> IoctlResult {
+        let mut arg: BlkSnapSnapshotCollect = self.read_arg(Errno::ENODATA)?;
+        let ids = self.module.snapshot_ids().await;
+        let result = self.copy_ids(&mut arg, &ids);
+        self.write_arg(&arg)?;
+        result.map(|()| 0)
+    }
+
+    fn copy_ids(&self, arg: &mut BlkSnapSnapshotCollect, ids: &[SnapshotId]) -> Result<(), Errno> {
+        let required = ids.len() as u32;
+        if arg.ids == 0 {
+            arg.count = required;
+            return Ok(());
+        }
+        if arg.count < required {
+            arg.count = required;
+            return Err(Errno::ENODATA);
+        }
+        let uuids: Vec<BlkSnapUuid> = ids.iter().map(|&b| BlkSnapUuid { b }).collect();
+        arg.count = required;
+        self.write_array(arg.ids, &uuids)
+    }
+
+    /// COLLECT_IMAGES (spec 8.6); the struct is written back in every case.
+    async fn collect_images(&self) -> IoctlResult {
+        let mut arg: BlkSnapSnapshotCollectImages = self.read_arg(Errno::ENODATA)?;
+        let snapshot = self.lookup(&arg.id.b).await?;
+        let result = self.copy_images(&snapshot, &mut arg);
+        snapshot.put().await;
+        self.write_arg(&arg)?;
+        result.map(|()| 0)
+    }
+
+    fn copy_images(
+        &self,
+        snapshot: &Snapshot,
+        arg: &mut BlkSnapSnapshotCollectImages,
+    ) -> Result<(), Errno> {
+        if !snapshot.is_taken() {
+            return Err(Errno::ENODEV);
+        }
+        let count = snapshot.count() as u32;
+        let given = arg.count;
+        arg.count = count;
+        if arg.image_info_array == 0 {
+            return Ok(());
+        }
+        if given < count {
+            return Err(Errno::ENODATA);
+        }
+        let infos: Vec<BlkSnapImageInfo> = snapshot
+            .image_infos()
+            .into_iter()
+            .map(|info| BlkSnapImageInfo {
+                orig_dev_id: blk_dev(info.orig_dev_id),
+                image_dev_id: blk_dev(info.image_dev_id),
+            })
+            .collect();
+        self.write_array(arg.image_info_array, &infos)
+    }
+
+    /// WAIT_EVENT. The fix (v3) reads the id and the timeout; v2 read only
+    /// the id, so the wait was a poll (B-CTRL-2).
+    async fn wait_event(&self) -> IoctlResult {
+        let head = self
+            .user
+            .copy_from_user(self.arg, 20)
+            .map_err(|_| Errno::EINVAL)?;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&head[..16]);
+        let timeout_ms = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
+        let timeout_ms = if self.module.quirks.ctrl_2 {
+            0
+        } else {
+            timeout_ms
+        };
+        let snapshot = self.lookup(&id).await?;
+        let event = snapshot.wait_event(u64::from(timeout_ms) * 1_000_000).await;
+        snapshot.put().await;
+        let event = event?;
+        if event.data.len() > EVENT_DATA_SIZE {
+            return Err(Errno::ENOSPC);
+        }
+        let mut out = BlkSnapSnapshotEvent {
+            id: BlkSnapUuid { b: id },
+            code: event.code,
+            time_label: event.time_label,
+            ..Default::default()
+        };
+        out.data[..event.data.len()].copy_from_slice(&event.data);
+        self.user
+            .copy_to_user(self.arg, &out.encode())
+            .map_err(|_| Errno::EINVAL)?;
+        Ok(0)
+    }
+
+    async fn lookup(&self, id: &SnapshotId) -> Result<Rc<Snapshot>, Errno> {
+        Snapshot::get_by_id(self.module, id)
+            .await
+            .ok_or(Errno::ESRCH)
+    }
+}

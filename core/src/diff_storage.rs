@@ -1,0 +1,214 @@
+//! The difference storage of a snapshot (v2 `diff_storage.c`, spec 6).
+//!
+//! Ranges appended by user space are handed out first-fit, in append order,
+//! one whole chunk at a time; a block tail too small for a chunk is wasted
+//! and space is never returned. The low-free-space event follows the
+//! `requested` arithmetic of v2 exactly (B-DS-2 is design behaviour).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use crate::event_queue::{EventQueue, EVENT_LOW_FREE_SPACE};
+use crate::kernel::{BdevHandle, DevT, Errno, Gfp, PAGE_SECTORS};
+use crate::module::Module;
+
+/// A range of a storage device, in sectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageBlock {
+    pub dev: DevT,
+    pub sector: u64,
+    pub count: u64,
+    pub used: u64,
+}
+
+/// Where one chunk's copy lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiffRegion {
+    pub dev: DevT,
+    pub sector: u64,
+    pub count: u64,
+}
+
+/// Everything under `diff_storage.lock`.
+#[derive(Default)]
+struct StorageState {
+    bdevs: Vec<BdevHandle>,
+    empty_blocks: std::collections::VecDeque<StorageBlock>,
+    filled_blocks: Vec<StorageBlock>,
+    capacity: u64,
+    filled: u64,
+}
+
+pub struct DiffStorage {
+    module: Rc<Module>,
+    state: RefCell<StorageState>,
+    /// Changed outside the lock in v2; single-threaded here, so a Cell.
+    requested: Cell<u64>,
+    low_space_flag: Cell<u64>,
+    overflow_flag: Cell<u64>,
+    pub event_queue: EventQueue,
+}
+
+/// A snapshot of the counters, for checks and reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageCounters {
+    pub capacity: u64,
+    pub filled: u64,
+    pub requested: u64,
+    pub overflow: bool,
+}
+
+impl DiffStorage {
+    /// `diff_storage_new`: queues the first low-free-space event at once.
+    pub fn new(module: &Rc<Module>) -> Result<Rc<DiffStorage>, Errno> {
+        let alloc = module.k().kmalloc("diff_storage", 256, Gfp::Kernel)?;
+        module.k().kfree(alloc);
+        let storage = Rc::new(DiffStorage {
+            module: module.clone(),
+            state: RefCell::new(StorageState::default()),
+            requested: Cell::new(0),
+            low_space_flag: Cell::new(0),
+            overflow_flag: Cell::new(0),
+            event_queue: EventQueue::new(module),
+        });
+        let minimum = module.params().diff_storage_minimum;
+        storage.requested.set(minimum);
+        storage.queue_low_space_event(minimum);
+        Ok(storage)
+    }
+
+    fn queue_low_space_event(&self, requested_nr_sect: u64) {
+        let payload = requested_nr_sect.to_le_bytes().to_vec();
+        self.event_queue.generate(EVENT_LOW_FREE_SPACE, payload);
+    }
+
+    /// Find or open the storage device (`diff_storage_bdev_by_id`).
+    fn bdev_for(&self, dev: DevT) -> Result<(), Errno> {
+        if self.state.borrow().bdevs.iter().any(|b| b.dev == dev) {
+            return Ok(());
+        }
+        let handle = self.module.k().bdev_open(dev)?;
+        self.state.borrow_mut().bdevs.push(handle);
+        Ok(())
+    }
+
+    /// Validate one range (the fix for B-DS-1): page-aligned and inside the
+    /// device, with a non-zero length.
+    pub fn check_range(&self, dev: DevT, sector: u64, count: u64) -> Result<(), Errno> {
+        if self.module.quirks.ds_1 {
+            return Ok(());
+        }
+        let capacity = self.module.k().bdev_nr_sectors(dev);
+        let aligned = sector % PAGE_SECTORS == 0 && count % PAGE_SECTORS == 0;
+        let inside = sector.checked_add(count).is_some_and(|end| end <= capacity);
+        if count == 0 || !aligned || !inside {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// Open the device of an APPEND_STORAGE (before its ranges are read).
+    pub fn append_begin(&self, dev: DevT) -> Result<(), Errno> {
+        self.bdev_for(dev)
+    }
+
+    /// Add one range to the tail of the empty list.
+    pub fn append_range(&self, dev: DevT, sector: u64, count: u64) {
+        let mut state = self.state.borrow_mut();
+        state.empty_blocks.push_back(StorageBlock {
+            dev,
+            sector,
+            count,
+            used: 0,
+        });
+        state.capacity += count;
+    }
+
+    /// The end of an APPEND: re-arm the low-space event once the user gave
+    /// at least what was requested.
+    pub fn append_end(&self) {
+        let capacity = self.state.borrow().capacity;
+        if self.low_space_flag.get() != 0 && capacity >= self.requested.get() {
+            self.low_space_flag.set(0);
+        }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.state.borrow().capacity
+    }
+
+    pub fn is_overflow(&self) -> bool {
+        self.overflow_flag.get() != 0
+    }
+
+    pub fn counters(&self) -> StorageCounters {
+        let state = self.state.borrow();
+        StorageCounters {
+            capacity: state.capacity,
+            filled: state.filled,
+            requested: self.requested.get(),
+            overflow: self.is_overflow(),
+        }
+    }
+
+    /// `diff_storage_new_region`: first fit in append order.
+    pub fn new_region(&self, count: u64) -> Result<DiffRegion, Errno> {
+        if self.is_overflow() {
+            return Err(Errno::ENOSPC);
+        }
+        let k = self.module.k();
+        let alloc = k.kmalloc("diff_region", 32, Gfp::Noio)?;
+        k.kfree(alloc);
+        let region = self.take_first_fit(count)?;
+        self.check_low_space();
+        Ok(region)
+    }
+
+    fn take_first_fit(&self, count: u64) -> Result<DiffRegion, Errno> {
+        let mut state = self.state.borrow_mut();
+        loop {
+            let Some(block) = state.empty_blocks.front_mut() else {
+                self.overflow_flag.set(self.overflow_flag.get() + 1);
+                return Err(Errno::ENOSPC);
+            };
+            if block.count - block.used >= count {
+                let region = DiffRegion {
+                    dev: block.dev,
+                    sector: block.sector + block.used,
+                    count,
+                };
+                block.used += count;
+                state.filled += count;
+                return Ok(region);
+            }
+            // The tail is too small for a chunk: it is wasted, but counted.
+            let block = state.empty_blocks.pop_front().expect("front exists");
+            state.filled += block.count - block.used;
+            state.filled_blocks.push(block);
+        }
+    }
+
+    /// The low-space rule of spec 6.3 step 4-5: unsigned `requested - filled`.
+    fn check_low_space(&self) {
+        let params = self.module.params();
+        let filled = self.state.borrow().filled;
+        let left = self.requested.get().wrapping_sub(filled);
+        if left > params.low_space_threshold() {
+            return;
+        }
+        self.low_space_flag.set(self.low_space_flag.get() + 1);
+        if self.low_space_flag.get() == 1 {
+            let minimum = params.diff_storage_minimum;
+            self.requested.set(self.requested.get() + minimum);
+            self.queue_low_space_event(minimum);
+        }
+    }
+
+    /// `diff_storage_free`: close the devices; queued events go with it.
+    pub fn free(&self) {
+        let bdevs = std::mem::take(&mut self.state.borrow_mut().bdevs);
+        for handle in bdevs {
+            self.module.k().bdev_close(handle);
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! JUnit XML, the format CI systems read to show test results.
+//!
+//! One `<testsuite>` per report and one `<testcase>` per scenario run. A failing run has one
+//! `<failure>` element (several are not understood by every consumer) whose text lists every
+//! checker message, the seed and the replay command, so the CI page alone is enough to
+//! reproduce the failure.
+
+use std::fmt::Write as _;
+
+use crate::model::{RunReport, ScenarioRun, Verdict};
+use crate::text::{self, xml_attr, xml_text};
+
+/// Renders `report` as a JUnit XML document.
+pub fn render_junit(report: &RunReport) -> String {
+    let suite = xml_attr(&report.suite);
+    let counts = format!(
+        "tests=\"{}\" failures=\"{}\" errors=\"{}\" time=\"{}\"",
+        report.runs.len(),
+        report.failed(),
+        report.errored(),
+        seconds(report.runs.iter().map(ScenarioRun::wall_seconds).sum()),
+    );
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(out, "<testsuites name=\"{suite}\" {counts}>");
+    let _ = writeln!(out, "  <testsuite name=\"{suite}\" {counts} skipped=\"0\">");
+    let _ = writeln!(out, "    <properties>");
+    let _ = writeln!(
+        out,
+        "      <property name=\"tool_version\" value=\"{}\"/>",
+        xml_attr(&report.tool_version)
+    );
+    let _ = writeln!(out, "    </properties>");
+    for run in &report.runs {
+        testcase(&mut out, &suite, run);
+    }
+    out.push_str("  </testsuite>\n</testsuites>\n");
+    out
+}
+
+fn testcase(out: &mut String, suite: &str, run: &ScenarioRun) {
+    let _ = writeln!(
+        out,
+        "    <testcase classname=\"{suite}\" name=\"{}\" time=\"{}\">",
+        xml_attr(&run.name),
+        seconds(run.wall_seconds()),
+    );
+    let element = match run.verdict {
+        Verdict::Pass => None,
+        Verdict::Fail => Some("failure"),
+        Verdict::Error => Some("error"),
+    };
+    if let Some(element) = element {
+        let (kind, message) = headline(run);
+        let _ = writeln!(
+            out,
+            "      <{element} message=\"{}\" type=\"{}\">{}</{element}>",
+            xml_attr(&message),
+            xml_attr(&kind),
+            xml_text(&details(run)),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "      <system-out>{}</system-out>",
+        xml_text(&identity(run))
+    );
+    out.push_str("    </testcase>\n");
+}
+
+/// The `type` and `message` attributes: the first checker's, since CI shows them in lists
+/// where one line is all there is room for.
+fn headline(run: &ScenarioRun) -> (String, String) {
+    match run.failures.first() {
+        Some(f) => {
+            let first_line = f.message.lines().next().unwrap_or("").to_string();
+            (f.checker.clone(), first_line)
+        }
+        None => (run.verdict.to_string(), format!("scenario {}", run.verdict)),
+    }
+}
+
+/// Element text: every failure in full, then how to reproduce the run.
+fn details(run: &ScenarioRun) -> String {
+    let mut s = String::new();
+    for f in &run.failures {
+        match f.at_ns {
+            Some(ns) => {
+                let _ = writeln!(
+                    s,
+                    "[{}] at {}: {}",
+                    f.checker,
+                    text::duration_ns(ns),
+                    f.message
+                );
+            }
+            None => {
+                let _ = writeln!(s, "[{}] {}", f.checker, f.message);
+            }
+        }
+    }
+    s.push_str(&identity(run));
+    s
+}
+
+/// Seed, digest and replay command: what anyone needs to reproduce the run.
+fn identity(run: &ScenarioRun) -> String {
+    format!(
+        "scenario: {}\nseed: {}\ndigest: {}\nreplay: {}\n",
+        run.path, run.seed, run.digest, run.replay
+    )
+}
+
+fn seconds(s: f64) -> String {
+    format!("{s:.3}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Failure;
+
+    fn hostile_report() -> RunReport {
+        let mut report = RunReport::new("0.1.0 <dev>", "scen&arios");
+        let mut ok = ScenarioRun::new("a<b&\"c\"", "scenarios/a.ron", 11);
+        ok.digest = "abcdef".into();
+        ok.replay = "blksnap-sim run 'scenarios/a.ron' --seed 11".into();
+        ok.metrics.insert("wall_ms".into(), 1500.0);
+        let mut bad = ScenarioRun::new("bad'one>", "scenarios/b.ron", 22);
+        bad.verdict = Verdict::Fail;
+        bad.replay = "blksnap-sim run scenarios/b.ron --seed 22 && echo \"<x>\"".into();
+        bad.metrics.insert("wall_ms".into(), 250.0);
+        bad.failures = vec![
+            Failure {
+                checker: "point_in_time".into(),
+                message: "read 0x1\u{0}\u{1b}[31m wrong\nsecond line".into(),
+                at_ns: Some(1_500),
+            },
+            Failure {
+                checker: "kernel_warn".into(),
+                message: "WARN at ]]> here".into(),
+                at_ns: None,
+            },
+        ];
+        let mut broken = ScenarioRun::new("broken", "scenarios/c.ron", 33);
+        broken.verdict = Verdict::Error;
+        broken.failures.push(Failure {
+            checker: "load".into(),
+            message: "c.ron:3:7: expected `)`".into(),
+            at_ns: None,
+        });
+        report.runs = vec![ok, bad, broken];
+        report
+    }
+
+    fn parse(xml: &str) -> roxmltree::Document<'_> {
+        roxmltree::Document::parse(xml).unwrap_or_else(|e| panic!("not well-formed: {e}\n{xml}"))
+    }
+
+    #[test]
+    fn well_formed_with_counts() {
+        let xml = render_junit(&hostile_report());
+        let doc = parse(&xml);
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "testsuites");
+        let suite = root
+            .children()
+            .find(|n| n.has_tag_name("testsuite"))
+            .expect("one testsuite");
+        assert_eq!(suite.attribute("name"), Some("scen&arios"));
+        assert_eq!(suite.attribute("tests"), Some("3"));
+        assert_eq!(suite.attribute("failures"), Some("1"));
+        assert_eq!(suite.attribute("errors"), Some("1"));
+        assert_eq!(suite.attribute("time"), Some("1.750"));
+        let cases: Vec<_> = suite
+            .children()
+            .filter(|n| n.has_tag_name("testcase"))
+            .collect();
+        assert_eq!(cases.len(), 3);
+        assert_eq!(cases[0].attribute("time"), Some("1.500"));
+        assert_eq!(cases[2].attribute("time"), Some("0.000"));
+    }
+
+    #[test]
+    fn hostile_text_round_trips() {
+        let xml = render_junit(&hostile_report());
+        let doc = parse(&xml);
+        let names: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .map(|n| n.attribute("name").unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(names, ["a<b&\"c\"", "bad'one>", "broken"]);
+        for case in doc.descendants().filter(|n| n.has_tag_name("testcase")) {
+            assert_eq!(case.attribute("classname"), Some("scen&arios"));
+        }
+        let prop = doc
+            .descendants()
+            .find(|n| n.has_tag_name("property"))
+            .expect("tool version property");
+        assert_eq!(prop.attribute("value"), Some("0.1.0 <dev>"));
+    }
+
+    #[test]
+    fn failure_carries_seed_replay_and_all_messages() {
+        let xml = render_junit(&hostile_report());
+        let doc = parse(&xml);
+        let failure = doc
+            .descendants()
+            .find(|n| n.has_tag_name("failure"))
+            .expect("one failure");
+        assert_eq!(failure.attribute("type"), Some("point_in_time"));
+        // Control characters are stripped; only the first line goes in the attribute.
+        assert_eq!(failure.attribute("message"), Some("read 0x1[31m wrong"));
+        let body = failure.text().unwrap_or_default();
+        assert!(body.contains("[point_in_time] at 1.500 µs: read 0x1[31m wrong\nsecond line"));
+        assert!(body.contains("[kernel_warn] WARN at ]]> here"));
+        assert!(body.contains("seed: 22"));
+        assert!(body.contains("replay: blksnap-sim run scenarios/b.ron --seed 22 && echo \"<x>\""));
+        assert_eq!(
+            doc.descendants()
+                .filter(|n| n.has_tag_name("failure"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn error_verdict_is_an_error_element() {
+        let xml = render_junit(&hostile_report());
+        let doc = parse(&xml);
+        let error = doc
+            .descendants()
+            .find(|n| n.has_tag_name("error"))
+            .expect("one error");
+        assert_eq!(error.attribute("type"), Some("load"));
+        assert!(error.text().unwrap_or_default().contains("c.ron:3:7"));
+    }
+
+    #[test]
+    fn fail_without_failures_still_explains() {
+        let mut report = RunReport::new("v", "s");
+        let mut run = ScenarioRun::new("x", "x.ron", 1);
+        run.verdict = Verdict::Fail;
+        report.runs.push(run);
+        let xml = render_junit(&report);
+        let doc = parse(&xml);
+        let failure = doc
+            .descendants()
+            .find(|n| n.has_tag_name("failure"))
+            .expect("failure element");
+        assert_eq!(failure.attribute("type"), Some("fail"));
+        assert_eq!(failure.attribute("message"), Some("scenario fail"));
+    }
+
+    #[test]
+    fn system_out_has_seed_digest_replay() {
+        let xml = render_junit(&hostile_report());
+        let doc = parse(&xml);
+        let out = doc
+            .descendants()
+            .find(|n| n.has_tag_name("system-out"))
+            .and_then(|n| n.text())
+            .expect("system-out text");
+        assert!(out.contains("seed: 11\ndigest: abcdef\nreplay: blksnap-sim run 'scenarios/a.ron'"));
+    }
+
+    #[test]
+    fn empty_report_is_well_formed() {
+        let xml = render_junit(&RunReport::new("v", "s"));
+        let doc = parse(&xml);
+        assert_eq!(doc.root_element().attribute("tests"), Some("0"));
+    }
+
+    #[test]
+    fn deterministic() {
+        let r = hostile_report();
+        assert_eq!(render_junit(&r), render_junit(&r.clone()));
+    }
+}

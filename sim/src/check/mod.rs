@@ -1,0 +1,11 @@
+//! Checkers: the engine reports, the sim judges.
+//!
+//! Every checker is a black box: it sees the operations the scenario ran,
+//! the results the engine returned (errnos, data, events) and the sim's own
+//! record of what was written where. None reads engine internals and none
+//! knows which quirks are on.
+
+pub mod point_in_time;
+pub mod resources;
+
+pub use point_in_time::Oracle;

@@ -1,0 +1,354 @@
+//! The `blksnap-sim` command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use blksnap_reports::{self as reports, RunReport, ScenarioRun, Verdict};
+use clap::{Parser, Subcommand};
+
+use crate::scenario::{self, Outcome, RunOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "blksnap-sim",
+    version,
+    about = "Deterministic simulator and test bench for the blksnap v2 snapshot engine"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every .ron scenario under the given paths (default: scenarios).
+    Run {
+        paths: Vec<PathBuf>,
+        /// Override every scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write JUnit XML, one testcase per scenario.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Write the run as JSON (usable later as --baseline).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write a Markdown summary.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Write a self-contained HTML report with plots.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Compare with an earlier --json run and show regressions.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Print the last trace events of each failing scenario.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Run one scenario with many seeds; print each failing seed.
+    Sweep {
+        path: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+    },
+    /// Print the ioctl numbers and struct layouts of the v2 ABI.
+    Abi,
+    /// List the v2 bugs that scenarios can switch on.
+    Quirks,
+}
+
+/// Exit codes: 0 all passed, 1 a scenario failed, 2 bad input.
+pub fn main_with(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run {
+            paths,
+            seed,
+            junit,
+            json,
+            markdown,
+            html,
+            baseline,
+            verbose,
+        } => {
+            let outputs = Outputs {
+                junit,
+                json,
+                markdown,
+                html,
+                baseline,
+            };
+            run_command(&paths, seed, &outputs, verbose)
+        }
+        Command::Sweep { path, from, count } => sweep(&path, from, count),
+        Command::Abi => {
+            print!("{}", blksnap_core::uapi::render_abi());
+            0
+        }
+        Command::Quirks => {
+            for (id, what) in blksnap_core::Quirks::ALL {
+                println!("{id:<12} {what}");
+            }
+            0
+        }
+    }
+}
+
+struct Outputs {
+    junit: Option<PathBuf>,
+    json: Option<PathBuf>,
+    markdown: Option<PathBuf>,
+    html: Option<PathBuf>,
+    baseline: Option<PathBuf>,
+}
+
+/// The one command that replays a run.
+pub fn replay_command(path: &Path, seed: u64) -> String {
+    format!(
+        "cargo run --release -p blksnap-sim -- run {} --seed {seed}",
+        path.display()
+    )
+}
+
+/// Every .ron file under the paths, sorted, so runs are in a stable order.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut files).map_err(|e| format!("{}: {e}", path.display()))?;
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            return Err(format!("{}: no such file or directory", path.display()));
+        }
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "ron") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose: bool) -> i32 {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("scenarios")]
+    } else {
+        paths.to_vec()
+    };
+    let files = match collect_files(&paths) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let suite = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut report = RunReport::new(env!("CARGO_PKG_VERSION"), suite);
+    let mut bad_input = false;
+    for file in &files {
+        let run = run_one(file, seed, verbose, &mut bad_input);
+        report.runs.push(run);
+    }
+    let code = write_outputs(&report, outputs);
+    let failed = report.runs.len() - report.passed();
+    println!("{} passed, {} failed", report.passed(), failed);
+    if bad_input || code == 2 {
+        2
+    } else if failed > 0 {
+        1
+    } else {
+        0
+    }
+}
+
+fn run_one(file: &Path, seed: Option<u64>, verbose: bool, bad_input: &mut bool) -> ScenarioRun {
+    let scenario = match scenario::load(file) {
+        Ok(scenario) => scenario,
+        Err(e) => {
+            *bad_input = true;
+            println!("ERROR {e}");
+            let mut run =
+                ScenarioRun::new(file.display().to_string(), file.display().to_string(), 0);
+            run.verdict = Verdict::Error;
+            run.failures.push(reports::Failure {
+                checker: "load".into(),
+                message: e.to_string(),
+                at_ns: None,
+            });
+            return run;
+        }
+    };
+    let started = Instant::now();
+    let outcome = scenario::run(&scenario, &RunOptions { seed });
+    let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    print_outcome(file, &outcome, wall_ms, verbose);
+    to_report(file, &outcome, wall_ms)
+}
+
+fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
+    let verdict = if outcome.passed() { "PASS" } else { "FAIL" };
+    println!(
+        "{verdict}  {:<40} seed={:<6} digest={}  ({:.1} ms virtual, {:.0} ms)",
+        outcome.name,
+        outcome.seed,
+        outcome.digest,
+        outcome.virtual_ns as f64 / 1e6,
+        wall_ms
+    );
+    if outcome.passed() {
+        return;
+    }
+    for failure in &outcome.failures {
+        println!(
+            "      [{}] at {} ns: {}",
+            failure.checker, failure.at_ns, failure.message
+        );
+    }
+    if verbose {
+        for line in &outcome.recent {
+            println!("      | {line}");
+        }
+    }
+    println!(
+        "      seed {}; replay: {}",
+        outcome.seed,
+        replay_command(file, outcome.seed)
+    );
+}
+
+fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
+    let mut run = ScenarioRun::new(
+        outcome.name.clone(),
+        file.display().to_string(),
+        outcome.seed,
+    );
+    run.digest = outcome.digest.clone();
+    run.replay = replay_command(file, outcome.seed);
+    run.virtual_ns = outcome.virtual_ns;
+    run.steps = outcome.steps;
+    run.events = outcome.trace_events;
+    run.metrics = outcome.metrics.clone();
+    run.metrics.insert("wall_ms".into(), wall_ms);
+    run.verdict = if outcome.passed() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    run.failures = outcome
+        .failures
+        .iter()
+        .map(|f| reports::Failure {
+            checker: f.checker.clone(),
+            message: f.message.clone(),
+            at_ns: Some(f.at_ns),
+        })
+        .collect();
+    run
+}
+
+fn write_file(path: &Path, text: &str) -> bool {
+    match std::fs::write(path, text) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            false
+        }
+    }
+}
+
+/// Write the requested reports; 2 if an output or the baseline failed.
+fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
+    let mut ok = true;
+    let comparison = match &outputs.baseline {
+        Some(path) => match load_baseline(path) {
+            Ok(baseline) => Some(reports::compare(
+                report,
+                &baseline,
+                &reports::Tolerance::default(),
+            )),
+            Err(e) => {
+                eprintln!("error: baseline {}: {e}", path.display());
+                return 2;
+            }
+        },
+        None => None,
+    };
+    if let Some(comparison) = &comparison {
+        for change in &comparison.changes {
+            let mark = if change.is_regression() {
+                "REGRESSION"
+            } else {
+                "change"
+            };
+            println!("{mark}: {change}");
+        }
+    }
+    if let Some(path) = &outputs.junit {
+        ok &= write_file(path, &reports::render_junit(report));
+    }
+    if let Some(path) = &outputs.json {
+        match report.to_json() {
+            Ok(json) => ok &= write_file(path, &json),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ok = false;
+            }
+        }
+    }
+    if let Some(path) = &outputs.markdown {
+        ok &= write_file(path, &reports::render_markdown(report, comparison.as_ref()));
+    }
+    if let Some(path) = &outputs.html {
+        ok &= write_file(path, &reports::render_html(report, comparison.as_ref()));
+    }
+    if !ok {
+        return 2;
+    }
+    if comparison.is_some_and(|c| c.has_regressions()) {
+        return 1;
+    }
+    0
+}
+
+fn load_baseline(path: &Path) -> Result<RunReport, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    RunReport::from_json(&text).map_err(|e| e.to_string())
+}
+
+fn sweep(path: &Path, from: u64, count: u64) -> i32 {
+    let scenario = match scenario::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("ERROR {e}");
+            return 2;
+        }
+    };
+    let mut failed = 0u64;
+    for seed in from..from.saturating_add(count) {
+        let outcome = scenario::run(&scenario, &RunOptions { seed: Some(seed) });
+        if !outcome.passed() {
+            failed += 1;
+            let first = &outcome.failures[0];
+            println!("FAIL seed={seed} [{}] {}", first.checker, first.message);
+            println!("      replay: {}", replay_command(path, seed));
+        }
+    }
+    println!("{} passed, {} failed", count - failed, failed);
+    i32::from(failed > 0)
+}

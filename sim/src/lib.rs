@@ -1,0 +1,24 @@
+//! blksnap-sim: a deterministic simulated kernel that hosts the blksnap
+//! engine, the scenario runner, the checkers and the CLI.
+//!
+//! Architecture invariants (see ARCHITECTURE.md):
+//! - One thread, one seed: all randomness comes from [`rng::SimRng`]; no
+//!   `HashMap` iteration, no wall clock, no threads, no OS entropy.
+//! - Checkers are black boxes: they judge what the engine returned against
+//!   the sim's own records, never engine internals, never quirks.
+//! - Same seed, same trace digest.
+
+#![forbid(unsafe_code)]
+
+pub mod block;
+pub mod check;
+pub mod cli;
+pub mod device;
+pub mod faults;
+pub mod fs;
+pub mod kernel;
+pub mod lockdep;
+pub mod rng;
+pub mod scenario;
+pub mod trace;
+pub mod user;

@@ -1,0 +1,104 @@
+//! The one source of randomness: a seeded ChaCha8 stream with bounded
+//! helpers. Each subsystem takes its own child stream, derived from the
+//! seed and the subsystem's name, so that a new draw in one subsystem does
+//! not shift the others.
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+pub struct SimRng {
+    inner: ChaCha8Rng,
+}
+
+impl SimRng {
+    pub fn new(seed: u64) -> SimRng {
+        SimRng {
+            inner: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// An independent stream for one subsystem, named for stability.
+    pub fn child(seed: u64, name: &str) -> SimRng {
+        let mut key = [0u8; 32];
+        let hash = blake3::hash(format!("{seed}/{name}").as_bytes());
+        key.copy_from_slice(hash.as_bytes());
+        SimRng {
+            inner: ChaCha8Rng::from_seed(key),
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.inner.next_u64()
+    }
+
+    /// Uniform in [0, bound), without modulo bias. `bound` must be > 0.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0, "below(0)");
+        let zone = u64::MAX - (u64::MAX % bound);
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % bound;
+            }
+        }
+    }
+
+    /// Uniform in [low, high].
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        assert!(low <= high, "range({low}, {high})");
+        if high - low == u64::MAX {
+            return self.next_u64();
+        }
+        low + self.below(high - low + 1)
+    }
+
+    /// True with probability `numerator / denominator`.
+    pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
+        self.below(denominator) < numerator
+    }
+
+    pub fn fill_bytes(&mut self, out: &mut [u8]) {
+        self.inner.fill_bytes(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the stream: if this changes, every recorded digest changes.
+    #[test]
+    fn golden_stream() {
+        let mut rng = SimRng::new(42);
+        let got: Vec<u64> = (0..3).map(|_| rng.next_u64()).collect();
+        let mut again = SimRng::new(42);
+        let same: Vec<u64> = (0..3).map(|_| again.next_u64()).collect();
+        assert_eq!(got, same);
+        assert_eq!(got, GOLDEN);
+    }
+
+    const GOLDEN: [u64; 3] = [0, 0, 0];
+
+    #[test]
+    fn children_are_independent_and_stable() {
+        let mut a = SimRng::child(7, "disk");
+        let mut b = SimRng::child(7, "sched");
+        let mut a2 = SimRng::child(7, "disk");
+        assert_ne!(a.next_u64(), b.next_u64());
+        let _ = a2.next_u64();
+        assert_eq!(a.next_u64(), a2.next_u64());
+    }
+
+    #[test]
+    fn bounded_helpers_stay_in_bounds() {
+        let mut rng = SimRng::new(1);
+        for _ in 0..10_000 {
+            assert!(rng.below(7) < 7);
+            let r = rng.range(3, 5);
+            assert!((3..=5).contains(&r));
+        }
+        assert_eq!(rng.range(9, 9), 9);
+        assert!(!rng.chance(0, 10));
+        assert!(rng.chance(10, 10));
+    }
+}

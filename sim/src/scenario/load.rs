@@ -1,0 +1,351 @@
+//! Reading scenario files: parse, then check every reference, and report
+//! problems as `FILE:LINE:COL: what was expected`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use blksnap_core::kernel::Errno;
+use blksnap_core::Quirks;
+
+use super::model::{EventExpect, Expect, Scenario, Step, Target};
+
+/// A scenario that could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Read and check one scenario file.
+pub fn load(path: &Path) -> Result<Scenario, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError {
+        path: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parse and check scenario text; `path` is only for messages.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, LoadError> {
+    let scenario: Scenario = ron::Options::default()
+        .from_str(text)
+        .map_err(|e| LoadError {
+            path: path.to_path_buf(),
+            line: e.position.line,
+            col: e.position.col,
+            message: e.code.to_string(),
+        })?;
+    Checker { path, text }.check(&scenario)?;
+    Ok(scenario)
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    /// An error placed at the first place `needle` appears in the file.
+    fn error(&self, needle: &str, message: String) -> LoadError {
+        let (line, col) = locate(self.text, needle);
+        LoadError {
+            path: self.path.to_path_buf(),
+            line,
+            col,
+            message,
+        }
+    }
+
+    fn check(&self, s: &Scenario) -> Result<(), LoadError> {
+        let mut quirks = Quirks::default();
+        for id in &s.quirks {
+            quirks
+                .enable(id)
+                .map_err(|e| self.error(&format!("\"{id}\""), e.to_string()))?;
+        }
+        let mut names = BTreeSet::new();
+        for device in &s.devices {
+            if !names.insert(device.name.as_str()) {
+                let needle = format!("\"{}\"", device.name);
+                return Err(self.error(&needle, format!("device '{}' declared twice", device.name)));
+            }
+            if device.sectors == 0 {
+                let needle = format!("\"{}\"", device.name);
+                return Err(self.error(&needle, "a device needs sectors > 0".into()));
+            }
+        }
+        let snapshots = created_snapshots(&s.steps);
+        self.steps(&s.steps, &names, &snapshots)
+    }
+
+    fn steps(
+        &self,
+        steps: &[Step],
+        devices: &BTreeSet<&str>,
+        snapshots: &BTreeSet<String>,
+    ) -> Result<(), LoadError> {
+        for step in steps {
+            self.step(step, devices, snapshots)?;
+        }
+        Ok(())
+    }
+
+    fn step(
+        &self,
+        step: &Step,
+        devices: &BTreeSet<&str>,
+        snapshots: &BTreeSet<String>,
+    ) -> Result<(), LoadError> {
+        let device = |name: &str| self.device(name, devices);
+        let snapshot = |name: &str| self.snapshot(name, snapshots);
+        match step {
+            Step::Version { expect } | Step::Collect { expect, .. } => self.expect(expect),
+            Step::Create {
+                devices: list,
+                expect,
+                ..
+            } => {
+                list.iter().try_for_each(|d| device(d))?;
+                self.expect(expect)
+            }
+            Step::Append {
+                snapshot: s,
+                device: d,
+                expect,
+                ..
+            } => {
+                snapshot(s)?;
+                device(d)?;
+                self.expect(expect)
+            }
+            Step::Take {
+                snapshot: s,
+                expect,
+            }
+            | Step::Destroy {
+                snapshot: s,
+                expect,
+            }
+            | Step::CollectImages {
+                snapshot: s,
+                expect,
+                ..
+            } => {
+                snapshot(s)?;
+                self.expect(expect)
+            }
+            Step::WaitEvent {
+                snapshot: s,
+                expect,
+                ..
+            } => {
+                snapshot(s)?;
+                self.event_expect(expect, devices)
+            }
+            Step::Write { target, expect, .. } | Step::Read { target, expect, .. } => {
+                self.target(target, devices, snapshots)?;
+                self.expect(expect)
+            }
+            Step::VerifyImage {
+                snapshot: s,
+                device: d,
+            } => {
+                snapshot(s)?;
+                device(d)
+            }
+            Step::VerifyOriginal { device: d }
+            | Step::Sync { device: d }
+            | Step::Freeze { device: d }
+            | Step::Thaw { device: d }
+            | Step::RemoveDevice { device: d } => device(d),
+            Step::Workload(w) => self.target(&w.target, devices, snapshots),
+            Step::Concurrent(branches) => branches
+                .iter()
+                .try_for_each(|b| self.steps(b, devices, snapshots)),
+            Step::Sleep { .. } => Ok(()),
+        }
+    }
+
+    fn device(&self, name: &str, devices: &BTreeSet<&str>) -> Result<(), LoadError> {
+        if devices.contains(name) || parse_dev_number(name).is_some() {
+            return Ok(());
+        }
+        let known: Vec<&str> = devices.iter().copied().collect();
+        Err(self.error(
+            &format!("\"{name}\""),
+            format!("unknown device '{name}': expected one of {known:?} or \"major:minor\""),
+        ))
+    }
+
+    fn snapshot(&self, name: &str, snapshots: &BTreeSet<String>) -> Result<(), LoadError> {
+        if snapshots.contains(name) {
+            return Ok(());
+        }
+        Err(self.error(
+            &format!("\"{name}\""),
+            format!("snapshot '{name}' is never created: expected a Create step naming it"),
+        ))
+    }
+
+    fn target(
+        &self,
+        target: &Target,
+        devices: &BTreeSet<&str>,
+        snapshots: &BTreeSet<String>,
+    ) -> Result<(), LoadError> {
+        match target {
+            Target::Original(d) => self.device(d, devices),
+            Target::Image(s, d) => {
+                self.snapshot(s, snapshots)?;
+                self.device(d, devices)
+            }
+        }
+    }
+
+    fn errno(&self, name: &str) -> Result<(), LoadError> {
+        if Errno::from_name(name).is_some() {
+            return Ok(());
+        }
+        Err(self.error(
+            &format!("\"{name}\""),
+            format!("unknown errno '{name}': expected a name such as \"ENOENT\" or \"ESRCH\""),
+        ))
+    }
+
+    fn expect(&self, expect: &Expect) -> Result<(), LoadError> {
+        match expect {
+            Expect::Err(name) => self.errno(name),
+            Expect::Ok | Expect::Any => Ok(()),
+        }
+    }
+
+    fn event_expect(
+        &self,
+        expect: &EventExpect,
+        devices: &BTreeSet<&str>,
+    ) -> Result<(), LoadError> {
+        match expect {
+            EventExpect::Corrupted(device, errno) => {
+                self.device(device, devices)?;
+                self.errno(errno)
+            }
+            EventExpect::Err(errno) => self.errno(errno),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Snapshot names that some Create step (at any depth) introduces.
+fn created_snapshots(steps: &[Step]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for step in steps {
+        match step {
+            Step::Create { snapshot, .. } => {
+                names.insert(snapshot.clone());
+            }
+            Step::Concurrent(branches) => {
+                for branch in branches {
+                    names.extend(created_snapshots(branch));
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// "major:minor" as a device number.
+pub fn parse_dev_number(name: &str) -> Option<(u32, u32)> {
+    let (major, minor) = name.split_once(':')?;
+    Some((major.trim().parse().ok()?, minor.trim().parse().ok()?))
+}
+
+/// 1-based line and column of the first occurrence of `needle`.
+fn locate(text: &str, needle: &str) -> (usize, usize) {
+    let Some(offset) = text.find(needle) else {
+        return (1, 1);
+    };
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"Scenario(
+    name: "t",
+    devices: [(name: "a", sectors: 1024)],
+    steps: [
+        Create(snapshot: "s", devices: ["a"]),
+        Take(snapshot: "s", expect: Err("EFAULT")),
+    ],
+)"#;
+
+    #[test]
+    fn good_file_loads() {
+        let s = parse(Path::new("x.ron"), GOOD).unwrap();
+        assert_eq!(s.steps.len(), 2);
+        assert!(s.teardown);
+    }
+
+    #[test]
+    fn misspelled_step_names_line_and_column() {
+        let bad = GOOD.replace("Take(", "Takee(");
+        let e = parse(Path::new("x.ron"), &bad).unwrap_err();
+        assert_eq!((e.line, e.col > 0), (6, true), "{e}");
+        assert!(e.to_string().starts_with("x.ron:6:"), "{e}");
+        assert!(e.message.contains("Takee"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        let bad = GOOD.replace("sectors: 1024", "sectors: 1024, colour: 3");
+        let e = parse(Path::new("x.ron"), &bad).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_name() {
+        let bad = GOOD.replace("devices: [\"a\"]", "devices: [\"b\"]");
+        let e = parse(Path::new("x.ron"), &bad).unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.message.contains("unknown device 'b'"), "{e}");
+        let bad = GOOD.replace("EFAULT", "EFAULTY");
+        let e = parse(Path::new("x.ron"), &bad).unwrap_err();
+        assert!(e.message.contains("unknown errno"), "{e}");
+        let bad = GOOD.replace("name: \"t\",", "name: \"t\", quirks: [\"B-NOPE\"],");
+        let e = parse(Path::new("x.ron"), &bad).unwrap_err();
+        assert!(e.message.contains("unknown quirk"), "{e}");
+    }
+
+    #[test]
+    fn raw_device_numbers_are_accepted() {
+        let s = GOOD.replace("devices: [\"a\"]", "devices: [\"a\", \"9:9\"]");
+        assert!(parse(Path::new("x.ron"), &s).is_ok());
+        assert_eq!(parse_dev_number("9:9"), Some((9, 9)));
+    }
+}

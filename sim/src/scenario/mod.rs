@@ -1,0 +1,9 @@
+//! Scenarios: the file format, loading with precise errors, and the runner.
+
+pub mod load;
+pub mod model;
+pub mod runner;
+
+pub use load::{load, parse, LoadError};
+pub use model::Scenario;
+pub use runner::{run, Outcome, RunOptions};

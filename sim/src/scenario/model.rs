@@ -1,0 +1,294 @@
+//! The scenario file format (RON), as data. See `scenarios/README.md`.
+//!
+//! Every struct denies unknown fields, so a misspelled field or step is an
+//! error with its file, line and column, never a silent default.
+
+use serde::Deserialize;
+
+use blksnap_core::Params;
+
+use crate::device::{Fill, Latency};
+use crate::faults::AllocFault;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The default seed; `--seed` overrides it.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Module parameters; any left out keep their defaults.
+    #[serde(default)]
+    pub params: Params,
+    /// v2 bugs to switch on, by spec id (e.g. "B-SNAP-1").
+    #[serde(default)]
+    pub quirks: Vec<String>,
+    pub devices: Vec<DeviceSpec>,
+    #[serde(default)]
+    pub faults: Faults,
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// After the steps: destroy what is left, unload the module and check
+    /// that nothing leaked. On by default.
+    #[serde(default = "default_true")]
+    pub teardown: bool,
+    pub steps: Vec<Step>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    pub name: String,
+    /// Device number; by default major 7 (loop) and the next free minor.
+    #[serde(default)]
+    pub major: Option<u32>,
+    #[serde(default)]
+    pub minor: Option<u32>,
+    pub sectors: u64,
+    #[serde(default)]
+    pub fill: Fill,
+    /// A filesystem model on top: writes go through its page cache.
+    #[serde(default)]
+    pub fs: bool,
+    /// Adversarial: the filesystem does not honour a bdev freeze.
+    #[serde(default)]
+    pub fs_ignores_freeze: bool,
+    #[serde(default = "default_io_min")]
+    pub io_min: u32,
+    #[serde(default)]
+    pub latency: Latency,
+    /// Ranges (start, count) that fail with EIO.
+    #[serde(default)]
+    pub bad_sectors: Vec<(u64, u64)>,
+}
+
+fn default_io_min() -> u32 {
+    512
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Allocation sites that fail (site names as the engine gives them).
+    #[serde(default)]
+    pub alloc: Vec<(String, AllocFault)>,
+    /// Probability, per million, that any device bio fails with EIO.
+    #[serde(default)]
+    pub bio_error_ppm: u64,
+    #[serde(default)]
+    pub add_disk_fail: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Scheduler {
+    #[default]
+    Random,
+    /// PCT-style priorities with this many change points.
+    Priority(u32),
+}
+
+/// What an ioctl step expects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Expect {
+    #[default]
+    Ok,
+    /// Fails with this errno, by name ("ESRCH").
+    Err(String),
+    /// Any result is fine (the step only drives the system).
+    Any,
+}
+
+/// What a WAIT_EVENT step expects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum EventExpect {
+    /// Any event, or none.
+    #[default]
+    Any,
+    /// -ENOENT: no event within the timeout.
+    None,
+    /// `low_free_space` asking for this many sectors.
+    LowFreeSpace(u64),
+    /// `corrupted` for this device with this errno name.
+    Corrupted(String, String),
+    /// The ioctl fails with this errno.
+    Err(String),
+}
+
+/// Where a workload or an IO step goes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub enum Target {
+    /// The original device.
+    Original(String),
+    /// The image of `device` in `snapshot`.
+    Image(String, String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub target: Target,
+    /// Number of IOs.
+    pub ops: u32,
+    /// Largest IO, in sectors.
+    #[serde(default = "default_max_sectors")]
+    pub max_sectors: u64,
+    /// Offsets and sizes are multiples of this many sectors.
+    #[serde(default = "default_align")]
+    pub align: u64,
+    /// Percent of reads; the rest are writes.
+    #[serde(default)]
+    pub read_percent: u8,
+    /// Limit the IO to (start, count) sectors; the whole device otherwise.
+    #[serde(default)]
+    pub region: Option<(u64, u64)>,
+    /// Mark writes REQ_NOWAIT.
+    #[serde(default)]
+    pub nowait: bool,
+}
+
+fn default_max_sectors() -> u64 {
+    64
+}
+
+fn default_align() -> u64 {
+    1
+}
+
+/// One step. Devices are named by their scenario name, or as "major:minor"
+/// for a number that need not exist.
+#[derive(Clone, Debug, Deserialize)]
+pub enum Step {
+    Version {
+        #[serde(default)]
+        expect: Expect,
+    },
+    Create {
+        snapshot: String,
+        devices: Vec<String>,
+        #[serde(default)]
+        expect: Expect,
+    },
+    Append {
+        snapshot: String,
+        device: String,
+        ranges: Vec<(u64, u64)>,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// TAKE; on success the images are collected and bound, as the upstream
+    /// library does.
+    Take {
+        snapshot: String,
+        #[serde(default)]
+        expect: Expect,
+    },
+    Destroy {
+        snapshot: String,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// SNAPSHOT_COLLECT: the listed snapshots, by scenario name.
+    Collect {
+        #[serde(default)]
+        expect_snapshots: Option<Vec<String>>,
+        #[serde(default)]
+        expect: Expect,
+    },
+    CollectImages {
+        snapshot: String,
+        #[serde(default)]
+        expect_count: Option<u32>,
+        #[serde(default)]
+        expect: Expect,
+    },
+    WaitEvent {
+        snapshot: String,
+        #[serde(default)]
+        timeout_ms: u32,
+        #[serde(default)]
+        expect: EventExpect,
+    },
+    Write {
+        target: Target,
+        sector: u64,
+        sectors: u64,
+        #[serde(default)]
+        nowait: bool,
+        #[serde(default)]
+        expect: Expect,
+    },
+    Read {
+        target: Target,
+        sector: u64,
+        sectors: u64,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// Read the whole image (or only what was ever written, plus samples,
+    /// for devices too large to read) and let the oracle judge it.
+    VerifyImage {
+        snapshot: String,
+        device: String,
+    },
+    /// Read what users wrote to the original and let the oracle judge it.
+    VerifyOriginal {
+        device: String,
+    },
+    Workload(Workload),
+    /// Run each branch as its own process; wait for all.
+    Concurrent(Vec<Vec<Step>>),
+    Sleep {
+        ms: u64,
+    },
+    /// Write the filesystem's dirty data back.
+    Sync {
+        device: String,
+    },
+    Freeze {
+        device: String,
+    },
+    Thaw {
+        device: String,
+    },
+    RemoveDevice {
+        device: String,
+    },
+}
+
+impl Step {
+    /// The step's kind, for traces and messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Version { .. } => "Version",
+            Step::Create { .. } => "Create",
+            Step::Append { .. } => "Append",
+            Step::Take { .. } => "Take",
+            Step::Destroy { .. } => "Destroy",
+            Step::Collect { .. } => "Collect",
+            Step::CollectImages { .. } => "CollectImages",
+            Step::WaitEvent { .. } => "WaitEvent",
+            Step::Write { .. } => "Write",
+            Step::Read { .. } => "Read",
+            Step::VerifyImage { .. } => "VerifyImage",
+            Step::VerifyOriginal { .. } => "VerifyOriginal",
+            Step::Workload(_) => "Workload",
+            Step::Concurrent(_) => "Concurrent",
+            Step::Sleep { .. } => "Sleep",
+            Step::Sync { .. } => "Sync",
+            Step::Freeze { .. } => "Freeze",
+            Step::Thaw { .. } => "Thaw",
+            Step::RemoveDevice { .. } => "RemoveDevice",
+        }
+    }
+}

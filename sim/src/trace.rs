@@ -1,0 +1,246 @@
+//! The typed trace of a run and its digest.
+//!
+//! Every event is encoded canonically (a tag byte and little-endian fields)
+//! into a blake3 hasher as it happens, so the digest costs no memory; the
+//! last events are kept in a ring for failure reports.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+/// How many recent events a failure report shows.
+const RING: usize = 200;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceEvent {
+    TaskSpawn {
+        task: u64,
+        name: String,
+    },
+    TaskExit {
+        task: u64,
+    },
+    Poll {
+        task: u64,
+    },
+    TimeAdvance {
+        now: u64,
+    },
+    BioSubmit {
+        id: u64,
+        dev: u32,
+        op: u8,
+        sector: u64,
+        sectors: u64,
+    },
+    BioEnd {
+        id: u64,
+        ok: bool,
+    },
+    Filter {
+        dev: u32,
+        sector: u64,
+        verdict: String,
+    },
+    Ioctl {
+        cmd: u32,
+        result: i64,
+    },
+    Event {
+        code: u32,
+        time_label: i64,
+    },
+    Freeze {
+        dev: u32,
+        depth: u32,
+    },
+    Thaw {
+        dev: u32,
+        depth: u32,
+    },
+    Alloc {
+        site: String,
+        ok: bool,
+    },
+    Step {
+        index: u64,
+        what: String,
+    },
+    Warn {
+        msg: String,
+    },
+    Failure {
+        checker: String,
+        msg: String,
+    },
+}
+
+impl TraceEvent {
+    fn encode(&self, out: &mut Vec<u8>) {
+        fn num(out: &mut Vec<u8>, v: u64) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        fn text(out: &mut Vec<u8>, s: &str) {
+            num(out, s.len() as u64);
+            out.extend_from_slice(s.as_bytes());
+        }
+        match self {
+            TraceEvent::TaskSpawn { task, name } => {
+                out.push(1);
+                num(out, *task);
+                text(out, name);
+            }
+            TraceEvent::TaskExit { task } => {
+                out.push(2);
+                num(out, *task);
+            }
+            TraceEvent::Poll { task } => {
+                out.push(3);
+                num(out, *task);
+            }
+            TraceEvent::TimeAdvance { now } => {
+                out.push(4);
+                num(out, *now);
+            }
+            TraceEvent::BioSubmit {
+                id,
+                dev,
+                op,
+                sector,
+                sectors,
+            } => {
+                out.push(5);
+                num(out, *id);
+                num(out, u64::from(*dev));
+                out.push(*op);
+                num(out, *sector);
+                num(out, *sectors);
+            }
+            TraceEvent::BioEnd { id, ok } => {
+                out.push(6);
+                num(out, *id);
+                out.push(u8::from(*ok));
+            }
+            TraceEvent::Filter {
+                dev,
+                sector,
+                verdict,
+            } => {
+                out.push(7);
+                num(out, u64::from(*dev));
+                num(out, *sector);
+                text(out, verdict);
+            }
+            TraceEvent::Ioctl { cmd, result } => {
+                out.push(8);
+                num(out, u64::from(*cmd));
+                num(out, *result as u64);
+            }
+            TraceEvent::Event { code, time_label } => {
+                out.push(9);
+                num(out, u64::from(*code));
+                num(out, *time_label as u64);
+            }
+            TraceEvent::Freeze { dev, depth } | TraceEvent::Thaw { dev, depth } => {
+                out.push(if matches!(self, TraceEvent::Freeze { .. }) {
+                    10
+                } else {
+                    11
+                });
+                num(out, u64::from(*dev));
+                num(out, u64::from(*depth));
+            }
+            TraceEvent::Alloc { site, ok } => {
+                out.push(12);
+                text(out, site);
+                out.push(u8::from(*ok));
+            }
+            TraceEvent::Step { index, what } => {
+                out.push(13);
+                num(out, *index);
+                text(out, what);
+            }
+            TraceEvent::Warn { msg } => {
+                out.push(14);
+                text(out, msg);
+            }
+            TraceEvent::Failure { checker, msg } => {
+                out.push(15);
+                text(out, checker);
+                text(out, msg);
+            }
+        }
+    }
+}
+
+pub struct Trace {
+    hasher: blake3::Hasher,
+    count: u64,
+    recent: VecDeque<(u64, TraceEvent)>,
+    scratch: Vec<u8>,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Trace {
+            hasher: blake3::Hasher::new(),
+            count: 0,
+            recent: VecDeque::with_capacity(RING),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl Trace {
+    pub fn record(&mut self, now: u64, event: TraceEvent) {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&now.to_le_bytes());
+        event.encode(&mut self.scratch);
+        self.hasher.update(&self.scratch);
+        self.count += 1;
+        if self.recent.len() == RING {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, event));
+    }
+
+    /// The digest so far, as 16 hex digits (64 bits are plenty to compare).
+    pub fn digest(&self) -> String {
+        let hash = self.hasher.finalize();
+        hash.to_hex()[..16].to_string()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn recent(&self) -> impl Iterator<Item = &(u64, TraceEvent)> {
+        self.recent.iter()
+    }
+}
+
+impl fmt::Display for TraceEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_depends_on_every_event_and_its_time() {
+        let mut a = Trace::default();
+        let mut b = Trace::default();
+        let mut c = Trace::default();
+        for t in [&mut a, &mut b, &mut c] {
+            t.record(1, TraceEvent::Poll { task: 1 });
+        }
+        a.record(2, TraceEvent::Poll { task: 2 });
+        b.record(2, TraceEvent::Poll { task: 2 });
+        c.record(3, TraceEvent::Poll { task: 2 });
+        assert_eq!(a.digest(), b.digest());
+        assert_ne!(a.digest(), c.digest());
+        assert_eq!(a.count(), 2);
+    }
+}

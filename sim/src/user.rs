@@ -1,0 +1,108 @@
+//! A simulated user address space for ioctl arguments.
+//!
+//! Mappings are byte vectors at chosen addresses; everything else faults.
+//! Scenarios use it to hand the engine good pointers, bad pointers and
+//! arrays that end early, exactly as a buggy or hostile caller would.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use blksnap_core::kernel::{Errno, UserMemory};
+
+/// Where the first mapping goes; low addresses stay unmapped, like NULL.
+const BASE: u64 = 0x7f00_0000_0000;
+/// Space left between mappings so that running off the end faults.
+const GUARD: u64 = 0x1000;
+
+#[derive(Default)]
+pub struct UserSpace {
+    maps: RefCell<BTreeMap<u64, Vec<u8>>>,
+}
+
+impl UserSpace {
+    /// Map `bytes` at a fresh address and return it.
+    pub fn map(&self, bytes: Vec<u8>) -> u64 {
+        let mut maps = self.maps.borrow_mut();
+        let addr = maps.iter().next_back().map_or(BASE, |(a, b)| {
+            (a + b.len() as u64 + GUARD).next_multiple_of(GUARD)
+        });
+        maps.insert(addr, bytes);
+        addr
+    }
+
+    /// The mapping's bytes (after the engine wrote to it).
+    pub fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        self.copy_from_user(addr, len).ok()
+    }
+
+    pub fn unmap_all(&self) {
+        self.maps.borrow_mut().clear();
+    }
+
+    /// The mapping holding `addr`, as (start, length).
+    fn find(&self, addr: u64) -> Option<(u64, usize)> {
+        let maps = self.maps.borrow();
+        let (start, bytes) = maps.range(..=addr).next_back()?;
+        (addr < start + bytes.len() as u64).then_some((*start, bytes.len()))
+    }
+
+    /// How many bytes from `addr` on are mapped, up to `len`.
+    fn mapped_len(&self, addr: u64, len: usize) -> usize {
+        match self.find(addr) {
+            Some((start, size)) => (start + size as u64 - addr).min(len as u64) as usize,
+            None => 0,
+        }
+    }
+}
+
+impl UserMemory for UserSpace {
+    fn copy_from_user(&self, addr: u64, len: usize) -> Result<Vec<u8>, Errno> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if self.mapped_len(addr, len) < len {
+            return Err(Errno::EFAULT);
+        }
+        let (start, _) = self.find(addr).ok_or(Errno::EFAULT)?;
+        let maps = self.maps.borrow();
+        let offset = (addr - start) as usize;
+        Ok(maps[&start][offset..offset + len].to_vec())
+    }
+
+    fn copy_to_user(&self, addr: u64, data: &[u8]) -> Result<(), usize> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let n = self.mapped_len(addr, data.len());
+        if n > 0 {
+            let (start, _) = self.find(addr).ok_or(0usize)?;
+            let offset = (addr - start) as usize;
+            let mut maps = self.maps.borrow_mut();
+            if let Some(bytes) = maps.get_mut(&start) {
+                bytes[offset..offset + n].copy_from_slice(&data[..n]);
+            }
+        }
+        if n < data.len() {
+            return Err(n);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_outside_mappings_and_partial_copies() {
+        let user = UserSpace::default();
+        let a = user.map(vec![1, 2, 3, 4]);
+        assert_eq!(user.copy_from_user(a + 1, 2).unwrap(), vec![2, 3]);
+        assert_eq!(user.copy_from_user(a + 2, 4), Err(Errno::EFAULT));
+        assert_eq!(user.copy_from_user(0, 1), Err(Errno::EFAULT));
+        assert_eq!(user.copy_to_user(a + 2, &[9, 9, 9]), Err(2));
+        assert_eq!(user.read(a, 4).unwrap(), vec![1, 2, 9, 9]);
+        let b = user.map(vec![0; 8]);
+        assert!(b >= a + 4 + GUARD);
+    }
+}
