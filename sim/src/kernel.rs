@@ -134,7 +134,7 @@ pub struct Sim {
     failures: RefCell<Vec<Failure>>,
     pub devices: RefCell<BTreeMap<DevT, Device>>,
     pub fs: RefCell<BTreeMap<DevT, FsModel>>,
-    disks: RefCell<BTreeMap<DevT, Rc<dyn GenDisk>>>,
+    disks: RefCell<BTreeMap<DevT, (Rc<dyn GenDisk>, u64)>>,
     filters: RefCell<BTreeMap<DevT, Rc<dyn BdevFilter>>>,
     /// Filter callbacks running per device (the queue freeze waits for them).
     filter_calls: RefCell<BTreeMap<DevT, u64>>,
@@ -527,7 +527,12 @@ impl Sim {
     /// Hand a bio to a device or an image disk; no filter on this path.
     pub fn submit_to_device(self: &Rc<Self>, bio: Bio, done: Completer<BioResult>) {
         let disk = self.disks.borrow().get(&bio.dev).cloned();
-        if let Some(disk) = disk {
+        if let Some((disk, capacity)) = disk {
+            // bio_check_eod: the block layer refuses IO past the end.
+            if bio.sector.checked_add(bio.sectors).is_none_or(|end| end > capacity) {
+                done.complete(Err(Errno::EIO));
+                return;
+            }
             disk.submit_bio(bio, done);
             return;
         }
@@ -970,7 +975,7 @@ impl Kernel for SimKernel {
         {
             return Err(Errno::ENOMEM);
         }
-        sim.disks.borrow_mut().insert(dev, disk);
+        sim.disks.borrow_mut().insert(dev, (disk, capacity));
         sim.oracle.borrow_mut().image_added(dev, capacity);
         sim.log
             .borrow_mut()
