@@ -45,7 +45,7 @@ fn start(
 ) -> Result<DiffIo, Errno> {
     let k = module.k();
     // diff_io maps whole pages, so the range must start on a page.
-    if sector % PAGE_SECTORS != 0 {
+    if !sector.is_multiple_of(PAGE_SECTORS) {
         return Err(Errno::EINVAL);
     }
     let pages = count.div_ceil(PAGE_SECTORS);

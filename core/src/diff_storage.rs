@@ -99,7 +99,7 @@ impl DiffStorage {
             return Ok(());
         }
         let capacity = self.module.k().bdev_nr_sectors(dev);
-        let aligned = sector % PAGE_SECTORS == 0 && count % PAGE_SECTORS == 0;
+        let aligned = sector.is_multiple_of(PAGE_SECTORS) && count.is_multiple_of(PAGE_SECTORS);
         let inside = sector.checked_add(count).is_some_and(|end| end <= capacity);
         if count == 0 || !aligned || !inside {
             return Err(Errno::EINVAL);

@@ -74,6 +74,7 @@ impl Wake for TaskWaker {
 }
 
 type TimerAction = Box<dyn FnOnce(&Rc<Sim>)>;
+type Disk = (Rc<dyn GenDisk>, u64);
 
 /// Limits that turn a hang or a livelock into a failure.
 #[derive(Clone, Copy, Debug)]
@@ -134,7 +135,8 @@ pub struct Sim {
     failures: RefCell<Vec<Failure>>,
     pub devices: RefCell<BTreeMap<DevT, Device>>,
     pub fs: RefCell<BTreeMap<DevT, FsModel>>,
-    disks: RefCell<BTreeMap<DevT, (Rc<dyn GenDisk>, u64)>>,
+    /// Image disks the engine added, with their capacity.
+    disks: RefCell<BTreeMap<DevT, Disk>>,
     filters: RefCell<BTreeMap<DevT, Rc<dyn BdevFilter>>>,
     /// Filter callbacks running per device (the queue freeze waits for them).
     filter_calls: RefCell<BTreeMap<DevT, u64>>,

@@ -599,7 +599,6 @@ impl Run {
             id,
             count,
             image_info_array: self.map_array(&infos),
-            ..Default::default()
         };
         let (result, _) = self
             .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES, &arg)
