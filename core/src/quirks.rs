@@ -53,6 +53,7 @@ quirks! {
     io_1 = "B-IO-1": "one bio per chunk: chunks over 1 MiB hit BUG() in the bvec allocator",
     ctrl_2 = "B-CTRL-2": "WAIT_EVENT never reads the timeout: it is a non-blocking poll",
     ds_1 = "B-DS-1": "diff storage ranges are not validated",
+    param_1 = "B-PARAM-1": "module parameters are not validated",
 }
 
 /// A quirk name that is not in the list.

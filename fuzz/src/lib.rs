@@ -1,1 +1,42 @@
+//! blksnap-fuzz: the bodies of the cargo-fuzz targets, as plain functions.
+//!
+//! The `fuzz_target!` wrappers live in the separate crate `cargo-fuzz/`
+//! (outside the workspace, so that `libfuzzer-sys` and nightly stay out of
+//! the normal build). Here every target is a `fn(&[u8])` that panics with a
+//! readable report on failure, plus a `check` twin that returns the report
+//! instead, so `cargo test` can replay the committed corpus on stable Rust
+//! and the `replay` binary can rerun a crash file.
+//!
+//! Targets:
+//! - [`lifecycle`]: a small scenario built from the input, judged by the
+//!   simulator's own checkers with no quirk on (the fixed engine must pass).
+//! - [`scenario_parse`]: the scenario loader on arbitrary text.
+//! - [`ioctl_args`]: the ioctls with hostile argument structs and pointers.
 
+#![forbid(unsafe_code)]
+
+pub mod ioctl_args;
+pub mod lifecycle;
+pub mod scenario_parse;
+
+pub use ioctl_args::ioctl_args;
+pub use lifecycle::lifecycle;
+pub use scenario_parse::scenario_parse;
+
+/// A target's non-panicking body: `Err` carries the failure report.
+pub type Check = fn(&[u8]) -> Result<(), String>;
+
+/// Every target, by the name cargo-fuzz and the corpus directories use.
+pub const TARGETS: [(&str, Check); 3] = [
+    ("lifecycle", lifecycle::check),
+    ("scenario_parse", scenario_parse::check),
+    ("ioctl_args", ioctl_args::check),
+];
+
+/// The `check` function of a target, by name.
+pub fn target(name: &str) -> Option<Check> {
+    TARGETS
+        .iter()
+        .find(|(target, _)| *target == name)
+        .map(|(_, check)| *check)
+}

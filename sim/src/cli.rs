@@ -195,7 +195,13 @@ fn run_one(file: &Path, seed: Option<u64>, verbose: bool, bad_input: &mut bool) 
         }
     };
     let started = Instant::now();
-    let outcome = scenario::run(&scenario, &RunOptions { seed });
+    let outcome = scenario::run(
+        &scenario,
+        &RunOptions {
+            seed,
+            ..RunOptions::default()
+        },
+    );
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     print_outcome(file, &outcome, wall_ms, verbose);
     to_report(file, &outcome, wall_ms)
@@ -341,7 +347,13 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
     };
     let mut failed = 0u64;
     for seed in from..from.saturating_add(count) {
-        let outcome = scenario::run(&scenario, &RunOptions { seed: Some(seed) });
+        let outcome = scenario::run(
+            &scenario,
+            &RunOptions {
+                seed: Some(seed),
+                ..RunOptions::default()
+            },
+        );
         if !outcome.passed() {
             failed += 1;
             let first = &outcome.failures[0];

@@ -531,7 +531,11 @@ impl Sim {
         let disk = self.disks.borrow().get(&bio.dev).cloned();
         if let Some((disk, capacity)) = disk {
             // bio_check_eod: the block layer refuses IO past the end.
-            if bio.sector.checked_add(bio.sectors).is_none_or(|end| end > capacity) {
+            if bio
+                .sector
+                .checked_add(bio.sectors)
+                .is_none_or(|end| end > capacity)
+            {
                 done.complete(Err(Errno::EIO));
                 return;
             }
@@ -639,6 +643,13 @@ impl Sim {
 
     pub fn is_image(&self, dev: DevT) -> bool {
         self.disks.borrow().contains_key(&dev)
+    }
+
+    /// Change a device's capacity (a resized loop device).
+    pub fn resize_device(&self, dev: DevT, sectors: u64) {
+        if let Some(device) = self.devices.borrow_mut().get_mut(&dev) {
+            device.capacity = sectors;
+        }
     }
 
     /// Device removal (`modprobe -r`, hot unplug): IO fails, the filter is

@@ -77,7 +77,11 @@ mod tests {
         assert_eq!(got, GOLDEN);
     }
 
-    const GOLDEN: [u64; 3] = [12578764544318200737, 17529487244874322312, 7886285670807131020];
+    const GOLDEN: [u64; 3] = [
+        12578764544318200737,
+        17529487244874322312,
+        7886285670807131020,
+    ];
 
     #[test]
     fn children_are_independent_and_stable() {

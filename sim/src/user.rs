@@ -14,9 +14,14 @@ const BASE: u64 = 0x7f00_0000_0000;
 /// Space left between mappings so that running off the end faults.
 const GUARD: u64 = 0x1000;
 
+/// An address that is never mapped (a wild pointer).
+pub const UNMAPPED: u64 = 0x0000_dead_0000_0000;
+
 #[derive(Default)]
 pub struct UserSpace {
     maps: RefCell<BTreeMap<u64, Vec<u8>>>,
+    /// Mappings that fault on write (start addresses).
+    read_only: RefCell<std::collections::BTreeSet<u64>>,
 }
 
 impl UserSpace {
@@ -27,6 +32,13 @@ impl UserSpace {
             (a + b.len() as u64 + GUARD).next_multiple_of(GUARD)
         });
         maps.insert(addr, bytes);
+        addr
+    }
+
+    /// Map `bytes` read-only: copy_to_user into them faults.
+    pub fn map_read_only(&self, bytes: Vec<u8>) -> u64 {
+        let addr = self.map(bytes);
+        self.read_only.borrow_mut().insert(addr);
         addr
     }
 
@@ -73,7 +85,14 @@ impl UserMemory for UserSpace {
         if data.is_empty() {
             return Ok(());
         }
-        let n = self.mapped_len(addr, data.len());
+        let writable = self
+            .find(addr)
+            .is_some_and(|(start, _)| !self.read_only.borrow().contains(&start));
+        let n = if writable {
+            self.mapped_len(addr, data.len())
+        } else {
+            0
+        };
         if n > 0 {
             let (start, _) = self.find(addr).ok_or(0usize)?;
             let offset = (addr - start) as usize;
@@ -104,5 +123,9 @@ mod tests {
         assert_eq!(user.read(a, 4).unwrap(), vec![1, 2, 9, 9]);
         let b = user.map(vec![0; 8]);
         assert!(b >= a + 4 + GUARD);
+        let c = user.map_read_only(vec![5; 4]);
+        assert_eq!(user.copy_to_user(c, &[1]), Err(0));
+        assert_eq!(user.copy_from_user(c, 4).unwrap(), vec![5; 4]);
+        assert_eq!(user.copy_from_user(UNMAPPED, 1), Err(Errno::EFAULT));
     }
 }

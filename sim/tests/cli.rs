@@ -18,7 +18,11 @@ fn temp(name: &str) -> PathBuf {
 #[test]
 fn run_prints_one_line_per_scenario_and_the_closing_line() {
     let out = bin()
-        .args(["run", "scenarios/basic/errno-paths.ron", "scenarios/basic/chunk-boundary.ron"])
+        .args([
+            "run",
+            "scenarios/basic/errno-paths.ron",
+            "scenarios/basic/chunk-boundary.ron",
+        ])
         .output()
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -33,11 +37,19 @@ fn run_prints_one_line_per_scenario_and_the_closing_line() {
 fn same_seed_prints_same_digest() {
     let run = |seed: &str| {
         let out = bin()
-            .args(["run", "scenarios/basic/writers-during-take.ron", "--seed", seed])
+            .args([
+                "run",
+                "scenarios/basic/writers-during-take.ron",
+                "--seed",
+                seed,
+            ])
             .output()
             .expect("runs");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        text.split("digest=").nth(1).map(|s| s[..16].to_string()).expect("digest")
+        text.split("digest=")
+            .nth(1)
+            .map(|s| s[..16].to_string())
+            .expect("digest")
     };
     assert_eq!(run("5"), run("5"));
     assert_ne!(run("5"), run("6"));
@@ -63,7 +75,12 @@ fn misspelled_step_exits_2_with_file_line_col() {
 fn junit_has_one_testcase_per_scenario() {
     let path = temp("out.xml");
     let out = bin()
-        .args(["run", "scenarios/basic/errno-paths.ron", "scenarios/basic/chunk-boundary.ron", "--junit"])
+        .args([
+            "run",
+            "scenarios/basic/errno-paths.ron",
+            "scenarios/basic/chunk-boundary.ron",
+            "--junit",
+        ])
         .arg(&path)
         .output()
         .expect("runs");
@@ -78,8 +95,16 @@ fn abi_prints_every_ioctl_and_struct() {
     let out = bin().arg("abi").output().expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert_eq!(text.lines().filter(|l| l.starts_with("IOCTL_BLK_SNAP_")).count(), 12);
-    assert_eq!(text.lines().filter(|l| l.starts_with("struct ")).count(), 19);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("IOCTL_BLK_SNAP_"))
+            .count(),
+        12
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("struct ")).count(),
+        19
+    );
     assert!(text.contains("IOCTL_BLK_SNAP_VERSION 0x40085600"));
     assert!(text.contains("struct blk_snap_cbt_info size=48 align=8"));
     assert!(text.contains("  generation_id off=28 size=16"));

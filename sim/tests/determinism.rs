@@ -9,7 +9,11 @@ fn digest(path: &str, seed: u64) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let scenario = load(&root.join(path)).expect("scenario loads");
     let outcome = run(&scenario, &RunOptions { seed: Some(seed) });
-    assert!(outcome.passed(), "{path} seed {seed}: {:?}", outcome.failures);
+    assert!(
+        outcome.passed(),
+        "{path} seed {seed}: {:?}",
+        outcome.failures
+    );
     outcome.digest
 }
 
@@ -22,6 +26,7 @@ fn same_seed_same_digest() {
 #[test]
 fn different_seeds_different_digests() {
     let path = "scenarios/basic/writers-during-take.ron";
-    let digests: std::collections::BTreeSet<String> = (1..=4).map(|seed| digest(path, seed)).collect();
+    let digests: std::collections::BTreeSet<String> =
+        (1..=4).map(|seed| digest(path, seed)).collect();
     assert_eq!(digests.len(), 4, "{digests:?}");
 }

@@ -189,7 +189,10 @@ impl Oracle {
             return Ok(());
         }
         let orig = image.orig;
-        let inside = bio.sector.checked_add(bio.sectors).is_some_and(|end| end <= image.capacity);
+        let inside = bio
+            .sector
+            .checked_add(bio.sectors)
+            .is_some_and(|end| end <= image.capacity);
         let data = match result {
             Ok(data) => data,
             // Past the end the block layer refuses the bio: not the engine's.

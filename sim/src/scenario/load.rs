@@ -119,7 +119,19 @@ impl Checker<'_> {
         let device = |name: &str| self.device(name, devices);
         let snapshot = |name: &str| self.snapshot(name, snapshots);
         match step {
-            Step::Version { expect } | Step::Collect { expect, .. } => self.expect(expect),
+            Step::Version { expect, .. }
+            | Step::Collect { expect, .. }
+            | Step::Ioctl { expect, .. } => self.expect(expect),
+            Step::TrackerCollect {
+                expect,
+                expect_entries,
+                ..
+            } => {
+                for entry in expect_entries.iter().flatten() {
+                    device(&entry.device)?;
+                }
+                self.expect(expect)
+            }
             Step::Create {
                 devices: list,
                 expect,
@@ -141,10 +153,12 @@ impl Checker<'_> {
             Step::Take {
                 snapshot: s,
                 expect,
+                ..
             }
             | Step::Destroy {
                 snapshot: s,
                 expect,
+                ..
             }
             | Step::CollectImages {
                 snapshot: s,
@@ -162,8 +176,23 @@ impl Checker<'_> {
                 snapshot(s)?;
                 self.event_expect(expect, devices)
             }
-            Step::Write { target, expect, .. } | Step::Read { target, expect, .. } => {
+            Step::Write { target, expect, .. }
+            | Step::Read { target, expect, .. }
+            | Step::MarkDirty { target, expect, .. } => {
                 self.target(target, devices, snapshots)?;
+                self.expect(expect)
+            }
+            Step::TrackerRemove {
+                device: d, expect, ..
+            }
+            | Step::ReadCbtMap {
+                device: d, expect, ..
+            } => {
+                device(d)?;
+                self.expect(expect)
+            }
+            Step::SetParam { name, expect, .. } => {
+                self.param(name)?;
                 self.expect(expect)
             }
             Step::VerifyImage {
@@ -177,13 +206,23 @@ impl Checker<'_> {
             | Step::Sync { device: d }
             | Step::Freeze { device: d }
             | Step::Thaw { device: d }
+            | Step::Resize { device: d, .. }
             | Step::RemoveDevice { device: d } => device(d),
             Step::Workload(w) => self.target(&w.target, devices, snapshots),
             Step::Concurrent(branches) => branches
                 .iter()
                 .try_for_each(|b| self.steps(b, devices, snapshots)),
-            Step::Sleep { .. } => Ok(()),
+            Step::Sleep { .. } | Step::Unload | Step::Load => Ok(()),
         }
+    }
+
+    fn param(&self, name: &str) -> Result<(), LoadError> {
+        let names = blksnap_core::Params::NAMES;
+        if names.contains(&name) {
+            return Ok(());
+        }
+        let message = format!("unknown parameter '{name}': expected one of {names:?}");
+        Err(self.error(&format!("\"{name}\""), message))
     }
 
     fn device(&self, name: &str, devices: &BTreeSet<&str>) -> Result<(), LoadError> {

@@ -1,9 +1,11 @@
 //! Scenarios: the file format, loading with precise errors, and the runner.
 
+mod io_steps;
+mod ioctl_steps;
 pub mod load;
 pub mod model;
 pub mod runner;
 
 pub use load::{load, parse, LoadError};
 pub use model::Scenario;
-pub use runner::{run, Outcome, RunOptions};
+pub use runner::{run, run_file, Outcome, RunOptions};

@@ -34,6 +34,11 @@ pub struct Scenario {
     /// that nothing leaked. On by default.
     #[serde(default = "default_true")]
     pub teardown: bool,
+    /// For `scenarios/bugs/`: the run must fail, and this checker must be
+    /// among those that fail it. The scenario then counts as passed: it
+    /// proves the bench catches the bug.
+    #[serde(default)]
+    pub expect_failure: Option<ExpectedFailure>,
     pub steps: Vec<Step>,
 }
 
@@ -43,6 +48,16 @@ fn default_seed() -> u64 {
 
 fn default_true() -> bool {
     true
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedFailure {
+    /// The checker that must fail the run ("point_in_time", "oops", ...).
+    pub checker: String,
+    /// Text its message must contain.
+    #[serde(default)]
+    pub contains: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -125,6 +140,61 @@ pub enum EventExpect {
     Err(String),
 }
 
+/// A deliberate fault in the user memory handed to an ioctl.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub enum ArgFault {
+    /// The argument pointer points at nothing.
+    StructUnmapped,
+    /// The argument struct is mapped with only this many bytes.
+    StructShort(usize),
+    /// The struct can be read but not written back (copy_to_user faults).
+    StructReadOnly,
+    /// The array pointer is NULL.
+    ArrayNull,
+    /// The array pointer points at nothing.
+    ArrayUnmapped,
+    /// Only this many elements of the array are mapped.
+    ArrayShort(u32),
+    /// The array is mapped read-only (copy_to_user into it faults).
+    ArrayReadOnly,
+    /// The count field says this, whatever the array holds.
+    Count(u32),
+}
+
+/// The argument of a raw ioctl.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub enum RawArg {
+    /// A NULL pointer.
+    Null,
+    /// A pointer to nothing.
+    Unmapped,
+    /// These bytes, mapped.
+    Bytes(Vec<u8>),
+    /// This many zero bytes, mapped.
+    Zeroed(usize),
+}
+
+/// Expected fields of one TRACKER_COLLECT entry (unset fields are not checked).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CbtExpect {
+    pub device: String,
+    #[serde(default)]
+    pub blk_size: Option<u32>,
+    #[serde(default)]
+    pub blk_count: Option<u32>,
+    /// In bytes.
+    #[serde(default)]
+    pub device_capacity: Option<u64>,
+    #[serde(default)]
+    pub snap_number: Option<u8>,
+    /// A name for the generation id: the first use records it, later uses
+    /// must see the same id; `new:NAME` asserts a different id than every
+    /// generation named before.
+    #[serde(default)]
+    pub generation: Option<String>,
+}
+
 /// Where a workload or an IO step goes.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub enum Target {
@@ -171,11 +241,15 @@ fn default_align() -> u64 {
 pub enum Step {
     Version {
         #[serde(default)]
+        fault: Option<ArgFault>,
+        #[serde(default)]
         expect: Expect,
     },
     Create {
         snapshot: String,
         devices: Vec<String>,
+        #[serde(default)]
+        fault: Option<ArgFault>,
         #[serde(default)]
         expect: Expect,
     },
@@ -184,6 +258,8 @@ pub enum Step {
         device: String,
         ranges: Vec<(u64, u64)>,
         #[serde(default)]
+        fault: Option<ArgFault>,
+        #[serde(default)]
         expect: Expect,
     },
     /// TAKE; on success the images are collected and bound, as the upstream
@@ -191,10 +267,14 @@ pub enum Step {
     Take {
         snapshot: String,
         #[serde(default)]
+        fault: Option<ArgFault>,
+        #[serde(default)]
         expect: Expect,
     },
     Destroy {
         snapshot: String,
+        #[serde(default)]
+        fault: Option<ArgFault>,
         #[serde(default)]
         expect: Expect,
     },
@@ -202,6 +282,12 @@ pub enum Step {
     Collect {
         #[serde(default)]
         expect_snapshots: Option<Vec<String>>,
+        /// The count written back (with a fault, the count is not read
+        /// from the engine first: `Count` gives it).
+        #[serde(default)]
+        expect_count: Option<u32>,
+        #[serde(default)]
+        fault: Option<ArgFault>,
         #[serde(default)]
         expect: Expect,
     },
@@ -210,12 +296,16 @@ pub enum Step {
         #[serde(default)]
         expect_count: Option<u32>,
         #[serde(default)]
+        fault: Option<ArgFault>,
+        #[serde(default)]
         expect: Expect,
     },
     WaitEvent {
         snapshot: String,
         #[serde(default)]
         timeout_ms: u32,
+        #[serde(default)]
+        fault: Option<ArgFault>,
         #[serde(default)]
         expect: EventExpect,
     },
@@ -264,6 +354,79 @@ pub enum Step {
     RemoveDevice {
         device: String,
     },
+    /// Any command number with a raw argument: unknown numbers, bad pointers.
+    Ioctl {
+        cmd: u32,
+        arg: RawArg,
+        #[serde(default)]
+        expect: Expect,
+    },
+    TrackerRemove {
+        device: String,
+        #[serde(default)]
+        fault: Option<ArgFault>,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// TRACKER_COLLECT in both modes; entries are checked in list order.
+    TrackerCollect {
+        #[serde(default)]
+        expect_count: Option<u32>,
+        #[serde(default)]
+        expect_entries: Option<Vec<CbtExpect>>,
+        #[serde(default)]
+        fault: Option<ArgFault>,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// TRACKER_READ_CBT_MAP; the result is the number of bytes copied.
+    ReadCbtMap {
+        device: String,
+        #[serde(default)]
+        offset: u32,
+        length: u32,
+        /// Keep the bytes under this name.
+        #[serde(default)]
+        save: Option<String>,
+        /// The bytes must equal those saved under this name.
+        #[serde(default)]
+        same_as: Option<String>,
+        /// (index, value) pairs the map must hold.
+        #[serde(default)]
+        expect_bytes: Vec<(u32, u8)>,
+        /// The ioctl's return value.
+        #[serde(default)]
+        expect_len: Option<i64>,
+        #[serde(default)]
+        fault: Option<ArgFault>,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// TRACKER_MARK_DIRTY_BLOCKS on an original or an image.
+    MarkDirty {
+        target: Target,
+        ranges: Vec<(u64, u64)>,
+        #[serde(default)]
+        fault: Option<ArgFault>,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// Write a module parameter, as through /sys/module/blksnap/parameters.
+    SetParam {
+        name: String,
+        value: i64,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// Change a device's capacity (a loop device resized).
+    Resize {
+        device: String,
+        sectors: u64,
+    },
+    /// Unload the module (rmmod): destroy, detach, wait for trackers.
+    Unload,
+    /// Load the module again after an Unload.
+    Load,
 }
 
 impl Step {
@@ -289,6 +452,15 @@ impl Step {
             Step::Freeze { .. } => "Freeze",
             Step::Thaw { .. } => "Thaw",
             Step::RemoveDevice { .. } => "RemoveDevice",
+            Step::Ioctl { .. } => "Ioctl",
+            Step::TrackerRemove { .. } => "TrackerRemove",
+            Step::TrackerCollect { .. } => "TrackerCollect",
+            Step::ReadCbtMap { .. } => "ReadCbtMap",
+            Step::MarkDirty { .. } => "MarkDirty",
+            Step::SetParam { .. } => "SetParam",
+            Step::Resize { .. } => "Resize",
+            Step::Unload => "Unload",
+            Step::Load => "Load",
         }
     }
 }

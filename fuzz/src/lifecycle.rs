@@ -1,0 +1,579 @@
+//! The `lifecycle` target: a whole scenario built from the fuzz input.
+//!
+//! The input picks 1-3 small original devices, one storage device, module
+//! parameters, a scheduler, and up to [`MAX_STEPS`] steps (ioctls, IO on
+//! originals and images, workloads, two-branch concurrent groups, waits).
+//! Every step expects `Any`: the scenario only drives the system, and the
+//! verdict belongs to the simulator's own checkers (oops, WARN, lockdep,
+//! the point-in-time oracle, resources after unload, liveness). No quirk is
+//! switched on, so the fixed engine must pass every input.
+//!
+//! What the generator deliberately never does, because the *user* would be
+//! at fault and the checkers would rightly fail the run:
+//! - write to the storage device, or append ranges of an original device,
+//!   or snapshot the storage device (COW data would land on user data);
+//! - append a storage range that overlaps an earlier one (ranges are handed
+//!   out from a bump cursor, so two snapshots never share storage);
+//! - freeze without thaw, remove devices, or wait longer than the
+//!   simulator's liveness bound.
+//!
+//! One scenario-level error cannot be avoided statically: `VerifyImage`
+//! names an image that exists only if an earlier TAKE succeeded, and the
+//! runner fails the run ("no image of ...") when it does not. A run whose
+//! only failures are of that kind is run again with each `VerifyImage`
+//! replaced by plain image reads that expect `Any` (see [`sanitize`]); the
+//! oracle still judges every byte they return.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use arbitrary::{Result, Unstructured};
+use blksnap_core::Params;
+use blksnap_sim::device::Fill;
+use blksnap_sim::scenario::model::{
+    DeviceSpec, EventExpect, Expect, Scheduler, Step, Target, Workload,
+};
+use blksnap_sim::scenario::{self, Outcome, RunOptions, Scenario};
+
+/// Upper bound on top-level steps (a concurrent group counts as one).
+pub const MAX_STEPS: usize = 40;
+/// Upper bound on the steps of one concurrent branch.
+const MAX_BRANCH_STEPS: usize = 4;
+/// Snapshot names the steps use.
+const SNAPSHOTS: [&str; 2] = ["a", "b"];
+/// Original devices, by scenario name.
+const ORIGINALS: [&str; 3] = ["d0", "d1", "d2"];
+/// The storage device.
+const STORE: &str = "store";
+/// A device number that no device has.
+const MISSING: &str = "9:9";
+/// Sectors per page: storage ranges must be page-aligned.
+const PAGE_SECTORS: u64 = 8;
+/// Largest read a sanitized `VerifyImage` issues in one step.
+const VERIFY_READ_SECTORS: u64 = 16384;
+
+/// The body of the `lifecycle` fuzz target: panics with a readable report
+/// if the simulator's checkers fail on the scenario the input describes.
+pub fn lifecycle(data: &[u8]) {
+    if let Err(report) = check(data) {
+        panic!("{report}");
+    }
+}
+
+/// Build and run the scenario of `data`; `Err` carries the failure report.
+pub fn check(data: &[u8]) -> std::result::Result<(), String> {
+    let Some((scenario, seed)) = build(data) else {
+        return Ok(());
+    };
+    verdict(&scenario, seed)
+}
+
+/// The scenario and seed an input describes (`None` only if `arbitrary`
+/// gives up, which a well-formed generator never makes it do).
+pub fn build(data: &[u8]) -> Option<(Scenario, u64)> {
+    let mut u = Unstructured::new(data);
+    let seed: u64 = u.arbitrary().ok()?;
+    let scenario = Generator::new(&mut u).scenario().ok()?;
+    Some((scenario, seed))
+}
+
+/// Run, and judge the outcome as described in the module comment.
+fn verdict(scenario: &Scenario, seed: u64) -> std::result::Result<(), String> {
+    let options = RunOptions { seed: Some(seed) };
+    let outcome = scenario::run(scenario, &options);
+    if outcome.passed() {
+        return Ok(());
+    }
+    if !outcome.failures.iter().all(is_missing_image) {
+        return Err(report(scenario, &outcome));
+    }
+    let sanitized = sanitize(scenario);
+    let outcome = scenario::run(&sanitized, &options);
+    if outcome.passed() {
+        return Ok(());
+    }
+    Err(report(&sanitized, &outcome))
+}
+
+/// A `VerifyImage` of an image that never came to be: the scenario's fault.
+fn is_missing_image(failure: &blksnap_sim::kernel::Failure) -> bool {
+    failure.checker == "expect"
+        && failure.message.contains("(VerifyImage)")
+        && failure.message.contains(": no image of ")
+}
+
+/// The scenario with each `VerifyImage` turned into image reads expecting
+/// `Any`, which cannot fail the run by themselves.
+pub fn sanitize(scenario: &Scenario) -> Scenario {
+    let mut out = scenario.clone();
+    out.steps = sanitize_steps(&scenario.steps, scenario);
+    out
+}
+
+fn sanitize_steps(steps: &[Step], scenario: &Scenario) -> Vec<Step> {
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps {
+        match step {
+            Step::VerifyImage { snapshot, device } => {
+                let capacity = scenario
+                    .devices
+                    .iter()
+                    .find(|d| d.name == *device)
+                    .map_or(VERIFY_READ_SECTORS, |d| d.sectors);
+                let mut sector = 0;
+                while sector < capacity {
+                    let sectors = VERIFY_READ_SECTORS.min(capacity - sector);
+                    out.push(Step::Read {
+                        target: Target::Image(snapshot.clone(), device.clone()),
+                        sector,
+                        sectors,
+                        expect: Expect::Any,
+                    });
+                    sector += sectors;
+                }
+            }
+            Step::Concurrent(branches) => out.push(Step::Concurrent(
+                branches
+                    .iter()
+                    .map(|b| sanitize_steps(b, scenario))
+                    .collect(),
+            )),
+            other => out.push(other.clone()),
+        }
+    }
+    out
+}
+
+/// The failure report: every failure, the replay hint, the last trace
+/// events and the scenario itself.
+pub fn report(scenario: &Scenario, outcome: &Outcome) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "lifecycle: scenario failed (seed {}, {} steps, digest {})",
+        outcome.seed, outcome.steps, outcome.digest
+    );
+    for failure in &outcome.failures {
+        let _ = writeln!(
+            text,
+            "  [{}] at {} ns: {}",
+            failure.checker, failure.at_ns, failure.message
+        );
+    }
+    let _ = writeln!(text, "last trace events:");
+    for line in outcome.recent.iter().rev().take(30).rev() {
+        let _ = writeln!(text, "  {line}");
+    }
+    let _ = writeln!(text, "scenario: {scenario:#?}");
+    text
+}
+
+/// One original device as the generator declared it.
+#[derive(Clone)]
+struct Original {
+    name: String,
+    sectors: u64,
+}
+
+/// Turns fuzz bytes into a scenario. Every choice is a small integer drawn
+/// from the input; when the input runs out, `arbitrary` answers with the
+/// smallest choice, so every input (even an empty one) is a scenario.
+struct Generator<'a, 'b> {
+    u: &'b mut Unstructured<'a>,
+    originals: Vec<Original>,
+    store_sectors: u64,
+    /// Next storage sector no range has used yet.
+    store_cursor: u64,
+}
+
+impl<'a, 'b> Generator<'a, 'b> {
+    fn new(u: &'b mut Unstructured<'a>) -> Self {
+        Generator {
+            u,
+            originals: Vec::new(),
+            store_sectors: 0,
+            store_cursor: 0,
+        }
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> Result<T> {
+        Ok(*self.u.choose(items)?)
+    }
+
+    /// True with probability `numerator / denominator`.
+    fn chance(&mut self, numerator: u8, denominator: u8) -> Result<bool> {
+        self.u.ratio(numerator, denominator)
+    }
+
+    fn scenario(mut self) -> Result<Scenario> {
+        let mut template = template();
+        let device_template = template.devices[0].clone();
+        let count = self.u.int_in_range(1..=ORIGINALS.len())?;
+        let mut devices = Vec::with_capacity(count + 1);
+        for name in &ORIGINALS[..count] {
+            let sectors = self.pick(&[2048, 4096, 16384, 65536])?;
+            let fill = if self.chance(1, 2)? {
+                Fill::Pattern
+            } else {
+                Fill::Zero
+            };
+            let fs = self.chance(1, 3)?;
+            let fs_ignores_freeze = fs && self.chance(1, 8)?;
+            devices.push(DeviceSpec {
+                name: (*name).to_string(),
+                sectors,
+                fill,
+                fs,
+                fs_ignores_freeze,
+                ..device_template.clone()
+            });
+            self.originals.push(Original {
+                name: (*name).to_string(),
+                sectors,
+            });
+        }
+        self.store_sectors = self.pick(&[32768, 131072, 524288])?;
+        devices.push(DeviceSpec {
+            name: STORE.to_string(),
+            sectors: self.store_sectors,
+            fill: Fill::Zero,
+            fs: false,
+            fs_ignores_freeze: false,
+            ..device_template
+        });
+        template.devices = devices;
+        template.params = self.params()?;
+        template.scheduler = if self.chance(1, 4)? {
+            Scheduler::Priority(self.u.int_in_range(0..=4)?)
+        } else {
+            Scheduler::Random
+        };
+        template.quirks = Vec::new();
+        template.steps = self.steps()?;
+        Ok(template)
+    }
+
+    fn params(&mut self) -> Result<Params> {
+        Ok(Params {
+            diff_storage_minimum: self.pick(&[4096, 65536, 262144])?,
+            chunk_minimum_shift: self.u.int_in_range(12..=18)?,
+            tracking_block_minimum_shift: self.pick(&[12, 16])?,
+            chunk_maximum_in_cache: self.pick(&[1, 4, 32])?,
+            free_diff_buffer_pool_size: self.pick(&[0, 4, 128])?,
+            ..Params::default()
+        })
+    }
+
+    fn steps(&mut self) -> Result<Vec<Step>> {
+        let count = self.u.int_in_range(1..=MAX_STEPS)?;
+        let mut steps = Vec::with_capacity(count);
+        for _ in 0..count {
+            if self.u.is_empty() && !steps.is_empty() {
+                break;
+            }
+            self.step(&mut steps, true)?;
+        }
+        Ok(steps)
+    }
+
+    /// Append one generated step (a recipe may append several).
+    fn step(&mut self, out: &mut Vec<Step>, top_level: bool) -> Result<()> {
+        let kinds: u32 = if top_level { 19 } else { 17 };
+        match self.u.int_in_range(0..=kinds)? {
+            0 => out.push(Step::Version {
+                expect: Expect::Any,
+            }),
+            1 | 2 => out.push(self.create()?),
+            3 | 4 => out.push(self.append()?),
+            5 | 6 => out.push(Step::Take {
+                snapshot: self.snapshot()?,
+                expect: Expect::Any,
+            }),
+            7 => out.push(Step::Destroy {
+                snapshot: self.snapshot()?,
+                expect: Expect::Any,
+            }),
+            8 => {
+                if self.chance(1, 2)? {
+                    out.push(Step::Collect {
+                        expect_snapshots: None,
+                        expect: Expect::Any,
+                    });
+                } else {
+                    out.push(Step::CollectImages {
+                        snapshot: self.snapshot()?,
+                        expect_count: None,
+                        expect: Expect::Any,
+                    });
+                }
+            }
+            9 => out.push(Step::WaitEvent {
+                snapshot: self.snapshot()?,
+                timeout_ms: self.pick(&[0, 1, 10, 100, 1000])?,
+                expect: EventExpect::Any,
+            }),
+            10 | 11 => out.push(self.write()?),
+            12 | 13 => out.push(self.read()?),
+            14 => out.push(Step::VerifyImage {
+                snapshot: self.snapshot()?,
+                device: self.original_or_missing()?,
+            }),
+            15 => {
+                if self.chance(1, 3)? {
+                    out.push(Step::Sync {
+                        device: self.original()?.name,
+                    });
+                } else {
+                    out.push(Step::VerifyOriginal {
+                        device: self.original_or_missing()?,
+                    });
+                }
+            }
+            16 => out.push(self.workload()?),
+            17 => out.push(Step::Sleep {
+                ms: self.pick(&[0, 1, 5, 20, 100])?,
+            }),
+            18 => self.recipe(out)?,
+            _ => out.push(self.concurrent()?),
+        }
+        Ok(())
+    }
+
+    /// The usual life of a snapshot, so that most inputs reach TAKE:
+    /// create, give it enough storage, take, then perhaps use the image.
+    fn recipe(&mut self, out: &mut Vec<Step>) -> Result<()> {
+        let snapshot = self.snapshot()?;
+        let devices = self.create_devices()?;
+        out.push(Step::Create {
+            snapshot: snapshot.clone(),
+            devices: devices.clone(),
+            expect: Expect::Any,
+        });
+        let size = self.pick(&[4096, 16384, 65536])?;
+        let ranges = vec![self.fresh_range(size)];
+        out.push(Step::Append {
+            snapshot: snapshot.clone(),
+            device: STORE.to_string(),
+            ranges,
+            expect: Expect::Any,
+        });
+        out.push(Step::Take {
+            snapshot: snapshot.clone(),
+            expect: Expect::Any,
+        });
+        if self.chance(1, 2)? {
+            let device = devices
+                .first()
+                .cloned()
+                .unwrap_or_else(|| MISSING.to_string());
+            out.push(Step::Write {
+                target: Target::Original(device.clone()),
+                sector: 0,
+                sectors: 8,
+                nowait: false,
+                expect: Expect::Any,
+            });
+            out.push(Step::VerifyImage { snapshot, device });
+        }
+        Ok(())
+    }
+
+    fn concurrent(&mut self) -> Result<Step> {
+        let mut branches = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let count = self.u.int_in_range(1..=MAX_BRANCH_STEPS)?;
+            let mut branch = Vec::with_capacity(count);
+            for _ in 0..count {
+                self.step(&mut branch, false)?;
+            }
+            branches.push(branch);
+        }
+        Ok(Step::Concurrent(branches))
+    }
+
+    fn snapshot(&mut self) -> Result<String> {
+        Ok(self.pick(&SNAPSHOTS)?.to_string())
+    }
+
+    fn original(&mut self) -> Result<Original> {
+        Ok(self.u.choose(&self.originals)?.clone())
+    }
+
+    /// A declared original, or now and then a device that does not exist.
+    fn original_or_missing(&mut self) -> Result<String> {
+        if self.chance(1, 16)? {
+            return Ok(MISSING.to_string());
+        }
+        Ok(self.original()?.name)
+    }
+
+    /// CREATE's device list: usually 1-3 originals, sometimes empty, with
+    /// duplicates or a missing device.
+    fn create_devices(&mut self) -> Result<Vec<String>> {
+        let count = self.pick(&[1, 1, 1, 2, 2, 3, 0])?;
+        (0..count).map(|_| self.original_or_missing()).collect()
+    }
+
+    fn create(&mut self) -> Result<Step> {
+        Ok(Step::Create {
+            snapshot: self.snapshot()?,
+            devices: self.create_devices()?,
+            expect: Expect::Any,
+        })
+    }
+
+    /// APPEND_STORAGE with 0-3 ranges, good or bad.
+    fn append(&mut self) -> Result<Step> {
+        let device = if self.chance(1, 16)? {
+            MISSING.to_string()
+        } else {
+            STORE.to_string()
+        };
+        let count = self.pick(&[1, 1, 1, 2, 3, 0])?;
+        let mut ranges = Vec::with_capacity(count);
+        for _ in 0..count {
+            ranges.push(self.storage_range()?);
+        }
+        Ok(Step::Append {
+            snapshot: self.snapshot()?,
+            device,
+            ranges,
+            expect: Expect::Any,
+        })
+    }
+
+    /// One storage range. Good ranges come from the bump cursor; bad ones
+    /// (unaligned, zero, out of range, overflowing) are rejected by the
+    /// fixed engine, and those that lie inside the device still take fresh
+    /// space, so no two ranges can ever overlap even if one were accepted.
+    fn storage_range(&mut self) -> Result<(u64, u64)> {
+        let size = self.pick(&[8, 64, 512, 4096, 16384, 65536])?;
+        Ok(match self.u.int_in_range(0..=9)? {
+            0 => {
+                let (sector, count) = self.fresh_range(size + PAGE_SECTORS);
+                (sector + 1, count - PAGE_SECTORS)
+            }
+            1 => {
+                let (sector, count) = self.fresh_range(size + PAGE_SECTORS);
+                (sector, count - PAGE_SECTORS + 3)
+            }
+            2 => (self.store_cursor.next_multiple_of(PAGE_SECTORS), 0),
+            3 => (self.store_sectors - PAGE_SECTORS, size + PAGE_SECTORS),
+            4 => (u64::MAX - PAGE_SECTORS + 1, size),
+            _ => self.fresh_range(size),
+        })
+    }
+
+    /// `size` sectors nobody has had yet (page-aligned); past the end of
+    /// the device once the storage is used up, which the engine refuses.
+    fn fresh_range(&mut self, size: u64) -> (u64, u64) {
+        let sector = self.store_cursor.next_multiple_of(PAGE_SECTORS);
+        self.store_cursor = sector + size;
+        (sector, size)
+    }
+
+    /// Where a write goes: an original or an image of one, never storage.
+    fn write_target(&mut self) -> Result<(Target, u64)> {
+        let original = self.original()?;
+        let device = if self.chance(1, 16)? {
+            MISSING.to_string()
+        } else {
+            original.name
+        };
+        if self.chance(2, 5)? {
+            Ok((Target::Image(self.snapshot()?, device), original.sectors))
+        } else {
+            Ok((Target::Original(device), original.sectors))
+        }
+    }
+
+    /// Where a read goes: like a write, plus the storage device.
+    fn read_target(&mut self) -> Result<(Target, u64)> {
+        if self.chance(1, 16)? {
+            return Ok((Target::Original(STORE.to_string()), self.store_sectors));
+        }
+        self.write_target()
+    }
+
+    /// An IO extent: mostly inside the device, sometimes across its end or
+    /// far beyond it.
+    fn extent(&mut self, capacity: u64) -> Result<(u64, u64)> {
+        let sectors = self.pick(&[1, 1, 7, 8, 8, 16, 64, 256])?;
+        let sector = match self.u.int_in_range(0..=15)? {
+            0 => capacity - 1,
+            1 => capacity + self.u.int_in_range(0..=1024)?,
+            _ => {
+                let last = capacity.saturating_sub(sectors);
+                let sector = self.u.int_in_range(0..=last)?;
+                if self.chance(1, 2)? {
+                    sector & !(PAGE_SECTORS - 1)
+                } else {
+                    sector
+                }
+            }
+        };
+        Ok((sector, sectors))
+    }
+
+    fn write(&mut self) -> Result<Step> {
+        let (target, capacity) = self.write_target()?;
+        let (sector, sectors) = self.extent(capacity)?;
+        Ok(Step::Write {
+            target,
+            sector,
+            sectors,
+            nowait: self.chance(1, 8)?,
+            expect: Expect::Any,
+        })
+    }
+
+    fn read(&mut self) -> Result<Step> {
+        let (target, capacity) = self.read_target()?;
+        let (sector, sectors) = if self.chance(1, 8)? {
+            (0, capacity)
+        } else {
+            self.extent(capacity)?
+        };
+        Ok(Step::Read {
+            target,
+            sector,
+            sectors,
+            expect: Expect::Any,
+        })
+    }
+
+    /// A small seeded workload on an original (an image may not exist,
+    /// and a workload on a missing target fails the run).
+    fn workload(&mut self) -> Result<Step> {
+        let original = self.original()?;
+        let align = self.pick(&[1, 8])?;
+        let region = if self.chance(1, 3)? {
+            let count = self.pick(&[8, 64, 1024])?.min(original.sectors);
+            let start = self.u.int_in_range(0..=original.sectors - count)?;
+            Some((start, count))
+        } else {
+            None
+        };
+        Ok(Step::Workload(Workload {
+            target: Target::Original(original.name),
+            ops: self.u.int_in_range(1..=12)?,
+            max_sectors: self.pick(&[1, 8, 64, 256])?,
+            align,
+            read_percent: self.pick(&[0, 30, 100])?,
+            region,
+            nowait: self.chance(1, 8)?,
+        }))
+    }
+}
+
+/// A scenario with every default the loader gives, as the base that the
+/// generator fills in (so fields added later keep their defaults here).
+fn template() -> Scenario {
+    const TEXT: &str = r#"Scenario(
+        name: "fuzz-lifecycle",
+        devices: [(name: "template", sectors: 8)],
+        steps: [],
+    )"#;
+    scenario::parse(Path::new("fuzz-lifecycle.ron"), TEXT)
+        .expect("the built-in template scenario parses")
+}

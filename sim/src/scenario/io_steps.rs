@@ -1,0 +1,159 @@
+//! IO steps: reads and writes on originals and images, verification,
+//! workloads. Every user IO goes through `block::user_bio`, where the
+//! oracle records and judges it.
+
+use blksnap_core::kernel::{Bio, DevT, Errno, Stamp};
+
+use super::model::{Target, Workload};
+use super::runner::Run;
+use crate::block;
+use crate::fs;
+use crate::trace::TraceEvent;
+
+/// Largest image read in full by VerifyImage (2 GiB); larger images are
+/// checked where they were written, plus random samples.
+const VERIFY_FULL_LIMIT: u64 = 1 << 22;
+const VERIFY_BIO_SECTORS: u64 = 1024;
+const VERIFY_SAMPLES: u64 = 64;
+
+impl Run {
+    /// The block device a target names, or why there is none.
+    pub(super) fn target_dev(&self, target: &Target) -> Result<DevT, Errno> {
+        match target {
+            Target::Original(device) => Ok(self.dev(device)),
+            Target::Image(snapshot, device) => {
+                let record = self.record(snapshot);
+                record
+                    .images
+                    .get(&self.dev(device))
+                    .copied()
+                    .ok_or(Errno::ENXIO)
+            }
+        }
+    }
+
+    pub(super) fn has_fs(&self, dev: DevT) -> bool {
+        self.sim.fs.borrow().contains_key(&dev)
+    }
+
+    pub(super) async fn write(
+        &self,
+        target: &Target,
+        sector: u64,
+        sectors: u64,
+        nowait: bool,
+    ) -> Result<(), Errno> {
+        let dev = self.target_dev(target)?;
+        let data = self.fresh_stamps(sectors);
+        if self.has_fs(dev) && !nowait {
+            fs::fs_write(&self.sim, dev, sector, &data).await;
+            return Ok(());
+        }
+        let mut bio = Bio::write(dev, sector, data);
+        bio.flags.nowait = nowait;
+        block::user_bio(&self.sim, bio).await.map(|_| ())
+    }
+
+    pub(super) async fn read(
+        &self,
+        target: &Target,
+        sector: u64,
+        sectors: u64,
+    ) -> Result<Vec<Stamp>, Errno> {
+        let dev = self.target_dev(target)?;
+        if self.has_fs(dev) {
+            return fs::fs_read(&self.sim, dev, sector, sectors).await;
+        }
+        block::user_bio(&self.sim, Bio::read(dev, sector, sectors)).await
+    }
+
+    pub(super) async fn verify_image(&self, snapshot: &str, device: &str) -> Result<(), String> {
+        let orig = self.dev(device);
+        let target = Target::Image(snapshot.to_string(), device.to_string());
+        let image = self
+            .target_dev(&target)
+            .map_err(|_| format!("no image of {device} in {snapshot}"))?;
+        let capacity = self.sim.disk_capacity(image).unwrap_or(0);
+        for (sector, count) in self.verify_ranges(orig, capacity) {
+            let bio = Bio::read(image, sector, count);
+            if let Err(e) = block::user_bio(&self.sim, bio).await {
+                self.sim.record(TraceEvent::Warn {
+                    msg: format!("image read at {sector} failed: {e}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What VerifyImage reads: everything for small devices; for large ones,
+    /// each written sector's neighbourhood plus random samples.
+    pub(super) fn verify_ranges(&self, orig: DevT, capacity: u64) -> Vec<(u64, u64)> {
+        if capacity <= VERIFY_FULL_LIMIT {
+            return (0..capacity)
+                .step_by(VERIFY_BIO_SECTORS as usize)
+                .map(|s| (s, VERIFY_BIO_SECTORS.min(capacity - s)))
+                .collect();
+        }
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for sector in self.sim.oracle.borrow().written_sectors(orig) {
+            if sector < capacity && ranges.last().is_none_or(|(s, c)| s + c <= sector) {
+                ranges.push((sector, 8.min(capacity - sector)));
+            }
+        }
+        let mut rng = self.workload_rng.borrow_mut();
+        for _ in 0..VERIFY_SAMPLES {
+            let sector = rng.below(capacity);
+            ranges.push((sector, 1));
+        }
+        ranges
+    }
+
+    pub(super) async fn verify_original(&self, device: &str) -> Result<(), String> {
+        let dev = self.dev(device);
+        let sectors = self.sim.oracle.borrow().written_sectors(dev);
+        for sector in sectors {
+            let bio = Bio::read(dev, sector, 1);
+            block::user_bio(&self.sim, bio)
+                .await
+                .map_err(|e| format!("read of {device} sector {sector} failed: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn workload(&self, w: &Workload) -> Result<(), String> {
+        let dev = self
+            .target_dev(&w.target)
+            .map_err(|e| format!("workload target: {e}"))?;
+        let capacity = match w.target {
+            Target::Original(_) => self
+                .sim
+                .devices
+                .borrow()
+                .get(&dev)
+                .map_or(0, |d| d.capacity),
+            Target::Image(..) => self.sim.disk_capacity(dev).unwrap_or(0),
+        };
+        let (start, count) = w.region.unwrap_or((0, capacity));
+        let align = w.align.max(1);
+        if count < align {
+            return Err("workload region smaller than one aligned IO".into());
+        }
+        for _ in 0..w.ops {
+            let (sector, sectors, is_read) = {
+                let mut rng = self.workload_rng.borrow_mut();
+                let units = (count / align).max(1);
+                let max_units = (w.max_sectors / align).clamp(1, units);
+                let len = rng.range(1, max_units) * align;
+                let first = rng.below(units - len / align + 1);
+                let is_read = rng.below(100) < u64::from(w.read_percent);
+                (start + first * align, len, is_read)
+            };
+            if is_read {
+                let _ = self.read(&w.target, sector, sectors).await;
+            } else {
+                let _ = self.write(&w.target, sector, sectors, w.nowait).await;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,670 @@
+//! Ioctl steps: each builds the v2 argument struct in simulated user
+//! memory (with the fault the step asks for), calls the engine through its
+//! ioctl number, and reads back what the engine wrote.
+
+use blksnap_core::kernel::{DevT, Errno};
+use blksnap_core::uapi::*;
+
+use super::model::{ArgFault, CbtExpect, EventExpect, Expect, RawArg, Target};
+use super::runner::{check_expect, Run};
+use crate::trace::TraceEvent;
+use crate::user::UNMAPPED;
+
+pub(super) fn blk_dev(dev: DevT) -> BlkSnapDev {
+    BlkSnapDev {
+        mj: dev.major(),
+        mn: dev.minor(),
+    }
+}
+
+pub(super) fn dev_t(dev: BlkSnapDev) -> DevT {
+    DevT::new(dev.mj, dev.mn)
+}
+
+impl Run {
+    // --- user memory -----------------------------------------------------------------
+
+    /// Map an argument struct, honouring a struct fault.
+    fn map_struct<T: UapiStruct>(&self, arg: &T, fault: Option<&ArgFault>) -> u64 {
+        let bytes = arg.encode();
+        match fault {
+            Some(ArgFault::StructUnmapped) => UNMAPPED,
+            Some(ArgFault::StructShort(n)) => {
+                self.user.map(bytes[..(*n).min(bytes.len())].to_vec())
+            }
+            Some(ArgFault::StructReadOnly) => self.user.map_read_only(bytes),
+            _ => self.user.map(bytes),
+        }
+    }
+
+    /// Map an array, honouring an array fault.
+    pub(super) fn map_array<T: UapiStruct>(&self, items: &[T], fault: Option<&ArgFault>) -> u64 {
+        let bytes: Vec<u8> = items.iter().flat_map(UapiStruct::encode).collect();
+        match fault {
+            Some(ArgFault::ArrayNull) => 0,
+            Some(ArgFault::ArrayUnmapped) => UNMAPPED,
+            Some(ArgFault::ArrayShort(n)) => {
+                let len = (*n as usize * T::SIZE).min(bytes.len()).max(1);
+                self.user
+                    .map(bytes.get(..len).map_or(vec![0], <[u8]>::to_vec))
+            }
+            Some(ArgFault::ArrayReadOnly) => self.user.map_read_only(bytes),
+            // A zero-length array still needs an address that is not NULL.
+            _ if bytes.is_empty() => self.user.map(vec![0]),
+            _ => self.user.map(bytes),
+        }
+    }
+
+    /// The count field: the real one, unless the fault overrides it.
+    fn count(real: usize, fault: Option<&ArgFault>) -> u32 {
+        match fault {
+            Some(ArgFault::Count(n)) => *n,
+            _ => real as u32,
+        }
+    }
+
+    /// Call an ioctl on a mapped argument and trace the result.
+    pub(super) async fn ioctl_at(&self, cmd: u32, addr: u64) -> Result<i64, Errno> {
+        let Some(module) = self.module() else {
+            // No module, no control device: open("/dev/blksnap") fails.
+            return Err(Errno::ENODEV);
+        };
+        let result = blksnap_core::ctrl::ioctl(&module, cmd, addr, &self.user).await;
+        let value = match result {
+            Ok(v) => v,
+            Err(e) => -i64::from(e.0),
+        };
+        self.sim.record(TraceEvent::Ioctl { cmd, result: value });
+        result
+    }
+
+    /// Map `arg`, call, and return the result with the struct's address.
+    async fn ioctl<T: UapiStruct>(
+        &self,
+        cmd: u32,
+        arg: &T,
+        fault: Option<&ArgFault>,
+    ) -> (Result<i64, Errno>, u64) {
+        let addr = self.map_struct(arg, fault);
+        (self.ioctl_at(cmd, addr).await, addr)
+    }
+
+    fn read_back<T: UapiStruct>(&self, addr: u64) -> Option<T> {
+        T::decode(&self.user.read(addr, T::SIZE)?)
+    }
+
+    fn uuid(&self, snapshot: &str) -> BlkSnapUuid {
+        BlkSnapUuid {
+            b: self.record(snapshot).id,
+        }
+    }
+
+    // --- steps ---------------------------------------------------------------------------
+
+    pub(super) async fn raw_ioctl(
+        &self,
+        cmd: u32,
+        arg: &RawArg,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let addr = match arg {
+            RawArg::Null => 0,
+            RawArg::Unmapped => UNMAPPED,
+            RawArg::Bytes(bytes) => self.user.map(bytes.clone()),
+            RawArg::Zeroed(n) => self.user.map(vec![0; *n]),
+        };
+        check_expect(expect, self.ioctl_at(cmd, addr).await)
+    }
+
+    pub(super) async fn version(
+        &self,
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let (result, addr) = self
+            .ioctl(IOCTL_BLK_SNAP_VERSION, &BlkSnapVersion::default(), fault)
+            .await;
+        check_expect(expect, result)?;
+        if result.is_ok() {
+            let got: Option<BlkSnapVersion> = self.read_back(addr);
+            if got != Some(MODULE_VERSION) {
+                return Err(format!("VERSION returned {got:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn create(
+        &self,
+        snapshot: &str,
+        devices: &[String],
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let devs: Vec<BlkSnapDev> = devices.iter().map(|d| blk_dev(self.dev(d))).collect();
+        let arg = BlkSnapSnapshotCreate {
+            count: Self::count(devs.len(), fault),
+            dev_id_array: self.map_array(&devs, fault),
+            ..Default::default()
+        };
+        let (result, addr) = self
+            .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_CREATE, &arg, fault)
+            .await;
+        if result.is_ok() {
+            let out: BlkSnapSnapshotCreate =
+                self.read_back(addr).ok_or("CREATE: struct unreadable")?;
+            self.created(snapshot, out.id.b);
+        }
+        check_expect(expect, result)
+    }
+
+    pub(super) async fn append(
+        &self,
+        snapshot: &str,
+        device: &str,
+        ranges: &[(u64, u64)],
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let ranges: Vec<BlkSnapBlockRange> = ranges
+            .iter()
+            .map(|&(sector_offset, sector_count)| BlkSnapBlockRange {
+                sector_offset,
+                sector_count,
+            })
+            .collect();
+        let arg = BlkSnapSnapshotAppendStorage {
+            id: self.uuid(snapshot),
+            dev_id: blk_dev(self.dev(device)),
+            count: Self::count(ranges.len(), fault),
+            ranges: self.map_array(&ranges, fault),
+        };
+        let (result, _) = self
+            .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE, &arg, fault)
+            .await;
+        check_expect(expect, result)
+    }
+
+    pub(super) async fn take(
+        &self,
+        snapshot: &str,
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let arg = BlkSnapSnapshotTake {
+            id: self.uuid(snapshot),
+        };
+        let start = self.sim.now();
+        let (result, _) = self.ioctl(IOCTL_BLK_SNAP_SNAPSHOT_TAKE, &arg, fault).await;
+        let end = self.sim.now();
+        check_expect(expect, result)?;
+        if result.is_ok() {
+            let pairs = self
+                .collect_images(snapshot, None, None, &Expect::Ok)
+                .await?;
+            self.bind_images(snapshot, pairs, start, end);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn destroy(
+        &self,
+        snapshot: &str,
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        self.drain_events(snapshot).await;
+        let arg = BlkSnapSnapshotDestroy {
+            id: self.uuid(snapshot),
+        };
+        let (result, _) = self
+            .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_DESTROY, &arg, fault)
+            .await;
+        if result.is_ok() {
+            self.destroyed(snapshot);
+        }
+        check_expect(expect, result)
+    }
+
+    /// Read every queued event, as a watcher would, so the oracle learns of
+    /// corruption before the snapshot (and its queue) goes.
+    pub(super) async fn drain_events(&self, snapshot: &str) {
+        let id = self.record(snapshot).id;
+        for _ in 0..1024 {
+            if self.wait_event_raw(id, 0, None).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub(super) async fn collect(
+        &self,
+        expect_snapshots: Option<&[String]>,
+        expect_count: Option<u32>,
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let count = match fault {
+            Some(ArgFault::Count(n)) => *n,
+            _ => {
+                let arg = BlkSnapSnapshotCollect::default();
+                let (result, addr) = self
+                    .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT, &arg, None)
+                    .await;
+                result.map_err(|e| format!("COLLECT (count) failed: {e}"))?;
+                self.read_back::<BlkSnapSnapshotCollect>(addr)
+                    .map_or(0, |c| c.count)
+            }
+        };
+        let ids = vec![BlkSnapUuid::default(); count as usize];
+        let arg = BlkSnapSnapshotCollect {
+            count,
+            ids: self.map_array(&ids, fault),
+        };
+        let (result, addr) = self
+            .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT, &arg, fault)
+            .await;
+        check_expect(expect, result)?;
+        let written = self
+            .read_back::<BlkSnapSnapshotCollect>(addr)
+            .map(|c| c.count);
+        if let Some(want) = expect_count {
+            if written != Some(want) {
+                return Err(format!("COLLECT wrote count {written:?}, expected {want}"));
+            }
+        }
+        let Some(expected) = expect_snapshots else {
+            return Ok(());
+        };
+        let got: Vec<String> = (0..u64::from(written.unwrap_or(0)))
+            .filter_map(|i| self.user.read(arg.ids + i * 16, 16))
+            .map(|b| self.snapshot_name(&b))
+            .collect();
+        if got != expected {
+            return Err(format!("COLLECT listed {got:?}, expected {expected:?}"));
+        }
+        Ok(())
+    }
+
+    /// COLLECT_IMAGES twice, as the library does: count, then the array.
+    pub(super) async fn collect_images(
+        &self,
+        snapshot: &str,
+        expect_count: Option<u32>,
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<Vec<(DevT, DevT)>, String> {
+        let id = self.uuid(snapshot);
+        let count = match fault {
+            Some(ArgFault::Count(n)) => *n,
+            _ => {
+                let arg = BlkSnapSnapshotCollectImages {
+                    id,
+                    ..Default::default()
+                };
+                let (result, addr) = self
+                    .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES, &arg, None)
+                    .await;
+                if result.is_err() {
+                    return check_expect(expect, result).map(|()| Vec::new());
+                }
+                self.read_back::<BlkSnapSnapshotCollectImages>(addr)
+                    .map_or(0, |c| c.count)
+            }
+        };
+        let infos = vec![BlkSnapImageInfo::default(); count as usize];
+        let arg = BlkSnapSnapshotCollectImages {
+            id,
+            count,
+            image_info_array: self.map_array(&infos, fault),
+        };
+        let (result, addr) = self
+            .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES, &arg, fault)
+            .await;
+        check_expect(expect, result)?;
+        let written = self
+            .read_back::<BlkSnapSnapshotCollectImages>(addr)
+            .map_or(0, |c| c.count);
+        if let Some(want) = expect_count {
+            if want != written {
+                return Err(format!("COLLECT_IMAGES counted {written}, expected {want}"));
+            }
+        }
+        if result.is_err() {
+            return Ok(Vec::new());
+        }
+        let size = BlkSnapImageInfo::SIZE as u64;
+        Ok((0..u64::from(count.min(written)))
+            .filter_map(|i| self.read_back::<BlkSnapImageInfo>(arg.image_info_array + i * size))
+            .map(|info| (dev_t(info.orig_dev_id), dev_t(info.image_dev_id)))
+            .collect())
+    }
+
+    pub(super) async fn wait_event_raw(
+        &self,
+        id: [u8; 16],
+        timeout_ms: u32,
+        fault: Option<&ArgFault>,
+    ) -> Result<BlkSnapSnapshotEvent, Errno> {
+        let arg = BlkSnapSnapshotEvent {
+            id: BlkSnapUuid { b: id },
+            timeout_ms,
+            ..Default::default()
+        };
+        let (result, addr) = self
+            .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT, &arg, fault)
+            .await;
+        result?;
+        let event: BlkSnapSnapshotEvent = self.read_back(addr).ok_or(Errno::EFAULT)?;
+        self.sim.record(TraceEvent::Event {
+            code: event.code,
+            time_label: event.time_label,
+        });
+        if event.code == EVENT_CORRUPTED {
+            if let Some(payload) = BlkSnapEventCorrupted::decode(&event.data) {
+                let orig = dev_t(payload.orig_dev_id);
+                self.sim
+                    .oracle
+                    .borrow_mut()
+                    .corrupted_event(orig, event.time_label as u64);
+            }
+        }
+        Ok(event)
+    }
+
+    pub(super) async fn wait_event(
+        &self,
+        snapshot: &str,
+        timeout_ms: u32,
+        fault: Option<&ArgFault>,
+        expect: &EventExpect,
+    ) -> Result<(), String> {
+        let result = self
+            .wait_event_raw(self.record(snapshot).id, timeout_ms, fault)
+            .await;
+        let ok = match (expect, &result) {
+            (EventExpect::Any, _) => true,
+            (EventExpect::None, Err(e)) => *e == Errno::ENOENT,
+            (EventExpect::Err(name), Err(e)) => e.name() == name,
+            (EventExpect::LowFreeSpace(want), Ok(event)) => {
+                event.code == EVENT_LOW_FREE_SPACE
+                    && BlkSnapEventLowFreeSpace::decode(&event.data).map(|p| p.requested_nr_sect)
+                        == Some(*want)
+            }
+            (EventExpect::Corrupted(device, errno), Ok(event)) => {
+                let payload = BlkSnapEventCorrupted::decode(&event.data);
+                event.code == EVENT_CORRUPTED
+                    && payload.is_some_and(|p| {
+                        dev_t(p.orig_dev_id) == self.dev(device)
+                            && Errno::from_name(errno).is_some_and(|e| e.0 == p.err_code)
+                    })
+            }
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected event {expect:?}, got {}",
+                describe_event(&result)
+            ))
+        }
+    }
+
+    pub(super) async fn tracker_remove(
+        &self,
+        device: &str,
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let arg = BlkSnapTrackerRemove {
+            dev_id: blk_dev(self.dev(device)),
+        };
+        let (result, _) = self.ioctl(IOCTL_BLK_SNAP_TRACKER_REMOVE, &arg, fault).await;
+        check_expect(expect, result)
+    }
+
+    pub(super) async fn tracker_collect(
+        &self,
+        expect_count: Option<u32>,
+        expect_entries: Option<&[CbtExpect]>,
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let count = match fault {
+            Some(ArgFault::Count(n)) => *n,
+            _ => {
+                let arg = BlkSnapTrackerCollect::default();
+                let (result, addr) = self.ioctl(IOCTL_BLK_SNAP_TRACKER_COLLECT, &arg, None).await;
+                result.map_err(|e| format!("TRACKER_COLLECT (count) failed: {e}"))?;
+                self.read_back::<BlkSnapTrackerCollect>(addr)
+                    .map_or(0, |c| c.count)
+            }
+        };
+        let infos = vec![BlkSnapCbtInfo::default(); count as usize];
+        let arg = BlkSnapTrackerCollect {
+            count,
+            cbt_info_array: self.map_array(&infos, fault),
+        };
+        let (result, addr) = self
+            .ioctl(IOCTL_BLK_SNAP_TRACKER_COLLECT, &arg, fault)
+            .await;
+        check_expect(expect, result)?;
+        let written = self
+            .read_back::<BlkSnapTrackerCollect>(addr)
+            .map(|c| c.count);
+        if let Some(want) = expect_count {
+            if written != Some(want) {
+                return Err(format!(
+                    "TRACKER_COLLECT wrote count {written:?}, expected {want}"
+                ));
+            }
+        }
+        let Some(entries) = expect_entries else {
+            return Ok(());
+        };
+        let size = BlkSnapCbtInfo::SIZE as u64;
+        let got: Vec<BlkSnapCbtInfo> = (0..u64::from(count))
+            .filter_map(|i| self.read_back(arg.cbt_info_array + i * size))
+            .collect();
+        if got.len() != entries.len() {
+            return Err(format!(
+                "TRACKER_COLLECT gave {} entries, expected {}",
+                got.len(),
+                entries.len()
+            ));
+        }
+        got.iter()
+            .zip(entries)
+            .try_for_each(|(info, want)| self.check_cbt_info(info, want))
+    }
+
+    fn check_cbt_info(&self, info: &BlkSnapCbtInfo, want: &CbtExpect) -> Result<(), String> {
+        let dev = dev_t(info.dev_id);
+        let mismatch = |what: &str, got: String, exp: String| {
+            Err(format!(
+                "cbt_info of {dev}: {what} is {got}, expected {exp}"
+            ))
+        };
+        if dev != self.dev(&want.device) {
+            return mismatch("device", dev.to_string(), want.device.clone());
+        }
+        let checks = [
+            (
+                "blk_size",
+                want.blk_size.map(u64::from),
+                u64::from(info.blk_size),
+            ),
+            (
+                "blk_count",
+                want.blk_count.map(u64::from),
+                u64::from(info.blk_count),
+            ),
+            (
+                "device_capacity",
+                want.device_capacity,
+                info.device_capacity,
+            ),
+            (
+                "snap_number",
+                want.snap_number.map(u64::from),
+                u64::from(info.snap_number),
+            ),
+        ];
+        for (what, expected, got) in checks {
+            if let Some(expected) = expected.filter(|e| *e != got) {
+                return mismatch(what, got.to_string(), expected.to_string());
+            }
+        }
+        match &want.generation {
+            Some(name) => self.check_generation(name, info.generation_id.b),
+            None => Ok(()),
+        }
+    }
+
+    /// Name generations: the first use of a name records the id; `new:NAME`
+    /// requires an id different from every generation named so far.
+    fn check_generation(&self, name: &str, id: [u8; 16]) -> Result<(), String> {
+        let mut generations = self.generations.borrow_mut();
+        if let Some(name) = name.strip_prefix("new:") {
+            if generations.values().any(|g| *g == id) {
+                return Err(format!("generation '{name}' is not new"));
+            }
+            generations.insert(name.to_string(), id);
+            return Ok(());
+        }
+        match generations.get(name) {
+            Some(known) if *known != id => Err(format!("generation changed from '{name}'")),
+            Some(_) => Ok(()),
+            None => {
+                generations.insert(name.to_string(), id);
+                Ok(())
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn read_cbt_map(
+        &self,
+        device: &str,
+        offset: u32,
+        length: u32,
+        save: Option<&str>,
+        same_as: Option<&str>,
+        expect_bytes: &[(u32, u8)],
+        expect_len: Option<i64>,
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let buff = match fault {
+            Some(ArgFault::ArrayNull) => 0,
+            Some(ArgFault::ArrayUnmapped) => UNMAPPED,
+            Some(ArgFault::ArrayShort(n)) => self.user.map(vec![0; (*n as usize).max(1)]),
+            _ => self.user.map(vec![0; (length as usize).max(1)]),
+        };
+        let arg = BlkSnapTrackerReadCbtBitmap {
+            dev_id: blk_dev(self.dev(device)),
+            offset,
+            length,
+            buff,
+        };
+        let (result, _) = self
+            .ioctl(IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP, &arg, fault)
+            .await;
+        check_expect(expect, result)?;
+        let Ok(copied) = result else { return Ok(()) };
+        if let Some(want) = expect_len.filter(|w| *w != copied) {
+            return Err(format!("READ_CBT_MAP returned {copied}, expected {want}"));
+        }
+        let bytes = self.user.read(buff, copied as usize).unwrap_or_default();
+        self.check_cbt_bytes(&bytes, save, same_as, expect_bytes)
+    }
+
+    fn check_cbt_bytes(
+        &self,
+        bytes: &[u8],
+        save: Option<&str>,
+        same_as: Option<&str>,
+        expect_bytes: &[(u32, u8)],
+    ) -> Result<(), String> {
+        for &(index, value) in expect_bytes {
+            let got = bytes.get(index as usize).copied();
+            if got != Some(value) {
+                return Err(format!("CBT byte {index} is {got:?}, expected {value}"));
+            }
+        }
+        if let Some(name) = same_as {
+            let maps = self.cbt_maps.borrow();
+            let saved = maps
+                .get(name)
+                .ok_or(format!("no CBT map saved as '{name}'"))?;
+            if let Some(i) =
+                (0..saved.len().max(bytes.len())).find(|&i| saved.get(i) != bytes.get(i))
+            {
+                return Err(format!(
+                    "CBT map differs from '{name}' at byte {i}: {:?} vs {:?} (lengths {} and {})",
+                    bytes.get(i),
+                    saved.get(i),
+                    bytes.len(),
+                    saved.len()
+                ));
+            }
+        }
+        if let Some(name) = save {
+            self.cbt_maps
+                .borrow_mut()
+                .insert(name.to_string(), bytes.to_vec());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn mark_dirty(
+        &self,
+        target: &Target,
+        ranges: &[(u64, u64)],
+        fault: Option<&ArgFault>,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let dev = match target {
+            Target::Original(device) => self.dev(device),
+            // An image that does not exist: any minor of the image major.
+            Target::Image(..) => self
+                .target_dev(target)
+                .unwrap_or(DevT::new(crate::kernel::IMAGE_MAJOR, 0xfffff)),
+        };
+        let ranges: Vec<BlkSnapBlockRange> = ranges
+            .iter()
+            .map(|&(sector_offset, sector_count)| BlkSnapBlockRange {
+                sector_offset,
+                sector_count,
+            })
+            .collect();
+        let arg = BlkSnapTrackerMarkDirtyBlocks {
+            dev_id: blk_dev(dev),
+            count: Self::count(ranges.len(), fault),
+            dirty_blocks_array: self.map_array(&ranges, fault),
+        };
+        let (result, _) = self
+            .ioctl(IOCTL_BLK_SNAP_TRACKER_MARK_DIRTY_BLOCKS, &arg, fault)
+            .await;
+        check_expect(expect, result)
+    }
+}
+
+fn describe_event(result: &Result<BlkSnapSnapshotEvent, Errno>) -> String {
+    match result {
+        Err(e) => format!("error {e}"),
+        Ok(event) if event.code == EVENT_LOW_FREE_SPACE => {
+            let payload = BlkSnapEventLowFreeSpace::decode(&event.data);
+            format!("low_free_space({:?})", payload.map(|p| p.requested_nr_sect))
+        }
+        Ok(event) if event.code == EVENT_CORRUPTED => {
+            let payload = BlkSnapEventCorrupted::decode(&event.data);
+            format!(
+                "corrupted({:?})",
+                payload.map(|p| (dev_t(p.orig_dev_id).to_string(), p.err_code))
+            )
+        }
+        Ok(event) => format!("event code {}", event.code),
+    }
+}
