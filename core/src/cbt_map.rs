@@ -70,8 +70,13 @@ impl CbtMap {
     pub fn reset(&self, capacity: u64) -> Result<(), Errno> {
         let module = &self.module;
         let (shift, count) = block_geometry(module, capacity);
-        // Build the new tables before dropping the old ones, so a failed
-        // allocation leaves a working map (v2 freed first: B-CBT-3).
+        if module.quirks.cbt_3 {
+            // v2 frees the old tables first: a failed allocation leaves a
+            // map with no tables that is not flagged corrupted (B-CBT-3).
+            self.free_tables();
+            self.state.with(|s| s.is_corrupted = false);
+        }
+        // The fix builds the new tables before dropping the old ones.
         let tables = alloc_tables(module, count)?;
         self.free_tables();
         let generation = module.k().uuid_v4();
@@ -147,19 +152,52 @@ impl CbtMap {
         })
     }
 
-    /// `cbt_map_set_both`: MARK_DIRTY. Raises both maps; out of range is
-    /// -EINVAL without corrupting the map.
-    pub fn set_both(&self, start: u64, count: u64) -> Result<(), Errno> {
+    /// `cbt_map_set_both`: MARK_DIRTY raises both maps. The fix checks
+    /// every range before it marks anything; v2 (B-CBT-6) walks the write
+    /// map first, wraps a zero count at sector 0 into "every block", and
+    /// touches the read map only if the write walk got through.
+    pub fn set_both(&self, ranges: &[(u64, u64)]) -> Result<(), Errno> {
+        if self.module.quirks.cbt_6 {
+            return ranges
+                .iter()
+                .try_for_each(|&(start, count)| self.set_both_v2(start, count));
+        }
         self.state.with(|s| {
+            let valid = !s.is_corrupted
+                && ranges.iter().all(|&(start, count)| {
+                    count > 0
+                        && start
+                            .checked_add(count)
+                            .is_some_and(|end| end <= s.device_capacity)
+                });
+            if !valid {
+                return Err(Errno::EINVAL);
+            }
+            for &(start, count) in ranges {
+                raise_both(s, block_range(s, start, count));
+            }
+            Ok(())
+        })
+    }
+
+    /// One range as v2 marks it.
+    fn set_both_v2(&self, start: u64, count: u64) -> Result<(), Errno> {
+        self.state.with(|s| {
+            if s.is_corrupted {
+                return Err(Errno::EINVAL);
+            }
             let active = s.snap_number_active as u8;
-            let previous = s.snap_number_previous as u8;
             for block in block_range(s, start, count) {
                 if block >= s.blk_count {
                     return Err(Errno::EINVAL);
                 }
-                let i = block as usize;
-                s.write_map[i] = s.write_map[i].max(active);
-                s.read_map[i] = s.read_map[i].max(previous);
+                let byte = &mut s.write_map[block as usize];
+                *byte = (*byte).max(active);
+            }
+            let previous = s.snap_number_previous as u8;
+            for block in block_range(s, start, count) {
+                let byte = &mut s.read_map[block as usize];
+                *byte = (*byte).max(previous);
             }
             Ok(())
         })
@@ -174,15 +212,24 @@ impl CbtMap {
     }
 
     /// The bytes READ_CBT_MAP copies: up to `length` bytes from `offset`.
-    /// B-CBT-2 copies from the start whatever the offset.
+    /// v2 (B-CBT-2) copies from the start of the map whatever the offset,
+    /// and with `offset > blk_count` the unsigned length wraps so it reads
+    /// past the table: the bytes beyond it stand for whatever kernel memory
+    /// follows (zeros here). The fix reads from the offset and stops at the
+    /// end of the map.
     pub fn read(&self, offset: u32, length: u32) -> Vec<u8> {
-        let from_start = self.module.quirks.cbt_2;
+        let v2 = self.module.quirks.cbt_2;
         self.state.with(|s| {
             let count = s.blk_count as u32;
-            let real = count.wrapping_sub(offset).min(length) as usize;
-            let begin = if from_start { 0 } else { offset as usize };
-            let end = (begin + real).min(s.read_map.len());
-            s.read_map.get(begin..end).unwrap_or(&[]).to_vec()
+            if v2 {
+                let real = count.wrapping_sub(offset).min(length) as usize;
+                let mut bytes = s.read_map[..real.min(s.read_map.len())].to_vec();
+                bytes.resize(real, 0);
+                return bytes;
+            }
+            let begin = (offset as usize).min(s.read_map.len());
+            let end = begin.saturating_add(length as usize).min(s.read_map.len());
+            s.read_map[begin..end].to_vec()
         })
     }
 
@@ -197,6 +244,17 @@ impl CbtMap {
             generation_id: s.generation_id,
             snap_number: s.snap_number_previous as u8,
         })
+    }
+}
+
+/// Raise both maps over a block range (the range is known to be valid).
+fn raise_both(s: &mut CbtState, blocks: std::ops::RangeInclusive<u64>) {
+    let active = s.snap_number_active as u8;
+    let previous = s.snap_number_previous as u8;
+    for block in blocks {
+        let i = block as usize;
+        s.write_map[i] = s.write_map[i].max(active);
+        s.read_map[i] = s.read_map[i].max(previous);
     }
 }
 

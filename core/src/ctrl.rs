@@ -12,9 +12,10 @@ use crate::snapshot::{Snapshot, SnapshotId};
 use crate::tracker::Tracker;
 use crate::uapi::*;
 
-/// Upper bound on array counts copied in at once (v2 relies on kcalloc
-/// failing; the same bound keeps the host's memory sane).
-const MAX_ARRAY: u32 = 1 << 20;
+/// `KMALLOC_MAX_SIZE` on x86-64 in 6.1: a larger `kcalloc` is -ENOMEM.
+const KMALLOC_MAX_SIZE: usize = 4 << 20;
+/// Jiffies per second in the kernel v2 shipped with (B-EVT-2 uses it).
+const HZ: u64 = 250;
 
 /// The result of an ioctl: a value, or an errno.
 pub type IoctlResult = Result<i64, Errno>;
@@ -22,8 +23,14 @@ pub type IoctlResult = Result<i64, Errno>;
 /// `ctrl_unlocked_ioctl`: dispatch on the full command value. v2 looks
 /// only at the number and accepts 12 (B-CTRL-1); the fix is 6.15's switch.
 pub async fn ioctl(module: &Rc<Module>, cmd: u32, arg: u64, user: &dyn UserMemory) -> IoctlResult {
-    let Some(nr) = IoctlNr::ALL.iter().copied().find(|nr| nr.cmd() == cmd) else {
-        return Err(Errno::ENOTTY);
+    let nr = if module.quirks.ctrl_1 {
+        dispatch_v2(cmd)?
+    } else {
+        IoctlNr::ALL
+            .iter()
+            .copied()
+            .find(|nr| nr.cmd() == cmd)
+            .ok_or(Errno::ENOTTY)?
     };
     let ctrl = Ctrl { module, arg, user };
     match nr {
@@ -40,6 +47,28 @@ pub async fn ioctl(module: &Rc<Module>, cmd: u32, arg: u64, user: &dyn UserMemor
         IoctlNr::SnapshotCollectImages => ctrl.collect_images().await,
         IoctlNr::SnapshotWaitEvent => ctrl.wait_event().await,
     }
+}
+
+/// v2 dispatch (B-CTRL-1): only `_IOC_NR` counts, whatever the magic,
+/// direction and size, and the bound check lets 12 through: the 8 bytes
+/// after the table are called as a handler.
+fn dispatch_v2(cmd: u32) -> Result<IoctlNr, Errno> {
+    let nr = ioc_nr(cmd);
+    if nr > 12 {
+        return Err(Errno::ENOTTY);
+    }
+    match IoctlNr::from_nr(nr) {
+        Some(nr) => Ok(nr),
+        None => panic!("BUG: unable to handle page fault: ioctl nr 12 called past the handler table (B-CTRL-1)"),
+    }
+}
+
+/// v2 copies arrays in with `kcalloc`, which fails past KMALLOC_MAX_SIZE.
+fn kcalloc_fits<T: UapiStruct>(count: u32) -> Result<(), Errno> {
+    if (count as usize).saturating_mul(T::SIZE) > KMALLOC_MAX_SIZE {
+        return Err(Errno::ENOMEM);
+    }
+    Ok(())
 }
 
 struct Ctrl<'a> {
@@ -77,9 +106,7 @@ impl Ctrl<'_> {
 
     /// Copy an array of `count` structs in from `addr`.
     fn read_array<T: UapiStruct>(&self, addr: u64, count: u32) -> Result<Vec<T>, Errno> {
-        if count > MAX_ARRAY {
-            return Err(Errno::ENOMEM);
-        }
+        kcalloc_fits::<T>(count)?;
         let bytes = self
             .user
             .copy_from_user(addr, T::SIZE * count as usize)
@@ -117,10 +144,14 @@ impl Ctrl<'_> {
             return Ok(0);
         }
         if (arg.count as usize) < devs.len() {
-            arg.count = devs.len() as u32;
-            self.write_arg(&arg)?;
+            // v2 returns without writing the count back (B-TRK-7).
+            if !self.module.quirks.trk_7 {
+                arg.count = devs.len() as u32;
+                self.write_arg(&arg)?;
+            }
             return Err(Errno::ENOBUFS);
         }
+        kcalloc_fits::<BlkSnapCbtInfo>(arg.count)?;
         let infos: Vec<BlkSnapCbtInfo> = devs.iter().map(|&dev| self.cbt_info(dev)).collect();
         self.write_array(arg.cbt_info_array, &infos)?;
         arg.count = infos.len() as u32;
@@ -226,31 +257,24 @@ impl Ctrl<'_> {
         snapshot: &Snapshot,
         arg: &BlkSnapSnapshotAppendStorage,
     ) -> Result<(), Errno> {
-        if arg.count > MAX_ARRAY {
-            return Err(Errno::ENOMEM);
-        }
         let storage = &snapshot.diff_storage;
         let dev = dev_t(arg.dev_id);
         storage.append_begin(dev)?;
         let size = BlkSnapBlockRange::SIZE as u64;
-        let mut result = Ok(());
         for i in 0..u64::from(arg.count) {
             let addr = arg.ranges.wrapping_add(i * size);
-            let range: BlkSnapBlockRange = match self.user.copy_from_user(addr, size as usize) {
-                Ok(bytes) => BlkSnapBlockRange::decode(&bytes).ok_or(Errno::EINVAL)?,
-                Err(_) => {
-                    result = Err(Errno::EINVAL);
-                    break;
-                }
-            };
-            if let Err(e) = storage.check_range(dev, range.sector_offset, range.sector_count) {
-                result = Err(e);
-                break;
-            }
+            // A fault returns at once: the ranges before it stay added and
+            // the low-space flag is not re-armed (as v2).
+            let bytes = self
+                .user
+                .copy_from_user(addr, size as usize)
+                .map_err(|_| Errno::EINVAL)?;
+            let range = BlkSnapBlockRange::decode(&bytes).ok_or(Errno::EINVAL)?;
+            storage.check_range(dev, range.sector_offset, range.sector_count)?;
             storage.append_range(dev, range.sector_offset, range.sector_count);
         }
         storage.append_end();
-        result
+        Ok(())
     }
 
     async fn snapshot_take(&self) -> IoctlResult {
@@ -271,9 +295,12 @@ impl Ctrl<'_> {
 
     fn copy_ids(&self, arg: &mut BlkSnapSnapshotCollect, ids: &[SnapshotId]) -> Result<(), Errno> {
         let required = ids.len() as u32;
-        if arg.ids == 0 {
-            arg.count = required;
+        if arg.ids == 0 || ids.is_empty() {
+            arg.count = if ids.is_empty() { 0 } else { required };
             return Ok(());
+        }
+        if self.module.quirks.snap_8 {
+            return self.copy_ids_v2(arg, ids);
         }
         if arg.count < required {
             arg.count = required;
@@ -284,12 +311,41 @@ impl Ctrl<'_> {
         self.write_array(arg.ids, &uuids)
     }
 
+    /// v2 (B-SNAP-8): copy one id at a time; past the caller's count it is
+    /// -ENODATA with the count copied, and a copy fault returns 0 with the
+    /// count copied before it.
+    fn copy_ids_v2(
+        &self,
+        arg: &mut BlkSnapSnapshotCollect,
+        ids: &[SnapshotId],
+    ) -> Result<(), Errno> {
+        let given = arg.count;
+        for (i, id) in ids.iter().enumerate() {
+            if i as u32 >= given {
+                arg.count = i as u32;
+                return Err(Errno::ENODATA);
+            }
+            let addr = arg.ids.wrapping_add(16 * i as u64);
+            if self.user.copy_to_user(addr, id).is_err() {
+                arg.count = i as u32;
+                return Ok(());
+            }
+        }
+        arg.count = ids.len() as u32;
+        Ok(())
+    }
+
     /// COLLECT_IMAGES (spec 8.6); the struct is written back in every case.
     async fn collect_images(&self) -> IoctlResult {
         let mut arg: BlkSnapSnapshotCollectImages = self.read_arg(Errno::ENODATA)?;
-        let snapshot = self.lookup(&arg.id.b).await?;
-        let result = self.copy_images(&snapshot, &mut arg);
-        snapshot.put().await;
+        let result = match Snapshot::get_by_id(self.module, &arg.id.b).await {
+            Some(snapshot) => {
+                let result = self.copy_images(&snapshot, &mut arg);
+                snapshot.put().await;
+                result
+            }
+            None => Err(Errno::ESRCH),
+        };
         self.write_arg(&arg)?;
         result.map(|()| 0)
     }
@@ -299,12 +355,12 @@ impl Ctrl<'_> {
         snapshot: &Snapshot,
         arg: &mut BlkSnapSnapshotCollectImages,
     ) -> Result<(), Errno> {
-        if !snapshot.is_taken() {
-            return Err(Errno::ENODEV);
-        }
         let count = snapshot.count() as u32;
         let given = arg.count;
         arg.count = count;
+        if !snapshot.is_taken() {
+            return Err(Errno::ENODEV);
+        }
         if arg.image_info_array == 0 {
             return Ok(());
         }
@@ -322,23 +378,23 @@ impl Ctrl<'_> {
         self.write_array(arg.image_info_array, &infos)
     }
 
-    /// WAIT_EVENT. The fix (v3) reads the id and the timeout; v2 read only
-    /// the id, so the wait was a poll (B-CTRL-2).
+    /// WAIT_EVENT. The fix (v3) reads the id and the timeout; v2 reads only
+    /// the 16-byte id, so the wait is a poll (B-CTRL-2).
     async fn wait_event(&self) -> IoctlResult {
+        let v2 = self.module.quirks.ctrl_2;
         let head = self
             .user
-            .copy_from_user(self.arg, 20)
+            .copy_from_user(self.arg, if v2 { 16 } else { 20 })
             .map_err(|_| Errno::EINVAL)?;
         let mut id = [0u8; 16];
         id.copy_from_slice(&head[..16]);
-        let timeout_ms = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
-        let timeout_ms = if self.module.quirks.ctrl_2 {
+        let timeout_ms = if v2 {
             0
         } else {
-            timeout_ms
+            u32::from_le_bytes([head[16], head[17], head[18], head[19]])
         };
         let snapshot = self.lookup(&id).await?;
-        let event = snapshot.wait_event(u64::from(timeout_ms) * 1_000_000).await;
+        let event = snapshot.wait_event(self.timeout_ns(timeout_ms)).await;
         snapshot.put().await;
         let event = event?;
         if event.data.len() > EVENT_DATA_SIZE {
@@ -355,6 +411,17 @@ impl Ctrl<'_> {
             .copy_to_user(self.arg, &out.encode())
             .map_err(|_| Errno::EINVAL)?;
         Ok(0)
+    }
+
+    /// The wait in virtual time. v2 hands the milliseconds to a function
+    /// that counts jiffies (B-EVT-2): at HZ=250 each "ms" lasts 4 ms.
+    fn timeout_ns(&self, timeout_ms: u32) -> u64 {
+        let ms = u64::from(timeout_ms);
+        if self.module.quirks.evt_2 {
+            ms * (1_000_000_000 / HZ)
+        } else {
+            ms * 1_000_000
+        }
     }
 
     async fn lookup(&self, id: &SnapshotId) -> Result<Rc<Snapshot>, Errno> {

@@ -47,6 +47,8 @@ pub struct DiffArea {
     corrupt_flag: Cell<u64>,
     pending_io: Cell<u64>,
     refs: Cell<u64>,
+    /// Set once `free` ran: a completion arriving later is a use after free.
+    freed: Cell<bool>,
 }
 
 /// The chunk size rule (spec 5.1 step 2): grow until the count fits and a
@@ -77,14 +79,6 @@ impl DiffArea {
         let orig = k.bdev_open(dev)?;
         let capacity = k.bdev_nr_sectors(dev);
         let (chunk_shift, chunk_count) = chunk_geometry(module, capacity, k.bdev_io_min(dev));
-        if storage.capacity() == 0 {
-            // v2 returns here with the device open and the struct allocated
-            // (B-DA-1); the fix gives both back.
-            if !module.quirks.da_1 {
-                k.bdev_close(orig);
-            }
-            return Err(Errno::EFAULT);
-        }
         let bytes = 512 + chunk_count * CHUNK_STRUCT_BYTES;
         let struct_alloc = match k.kmalloc("diff_area", bytes, Gfp::Kernel) {
             Ok(alloc) => alloc,
@@ -93,6 +87,15 @@ impl DiffArea {
                 return Err(e);
             }
         };
+        if storage.capacity() == 0 {
+            // v2 returns here with the device open and the struct allocated
+            // (B-DA-1); the fix gives both back.
+            if !module.quirks.da_1 {
+                k.kfree(struct_alloc);
+                k.bdev_close(orig);
+            }
+            return Err(Errno::EFAULT);
+        }
         Ok(Rc::new(DiffArea {
             module: module.clone(),
             orig_dev: dev,
@@ -110,6 +113,7 @@ impl DiffArea {
             corrupt_flag: Cell::new(0),
             pending_io: Cell::new(0),
             refs: Cell::new(1),
+            freed: Cell::new(false),
         }))
     }
 
@@ -240,32 +244,46 @@ impl DiffArea {
         }
     }
 
-    /// Put an unlocked-soon chunk at the tail of its cache, release its lock,
-    /// and queue eviction if a cache is over its limit.
+    /// Put a chunk at the tail of its cache, release its lock, and queue
+    /// eviction if that cache is now over its limit.
     fn cache_and_unlock(self: &Rc<Self>, chunk: &Rc<Chunk>) {
         let which = if chunk.has(bits::DIRTY) {
             Cache::Write
         } else {
             Cache::Read
         };
-        self.cache(which).borrow_mut().push_back(chunk.clone());
+        let len = {
+            let mut cache = self.cache(which).borrow_mut();
+            cache.push_back(chunk.clone());
+            cache.len() as u64
+        };
         chunk.lock.up(self.module.k());
-        self.maybe_queue_eviction();
-    }
-
-    fn over_limit(&self) -> Option<Cache> {
-        let max = self.module.params().chunk_maximum_in_cache as usize;
-        if self.read_cache.borrow().len() > max {
-            Some(Cache::Read)
-        } else if self.write_cache.borrow().len() > max {
-            Some(Cache::Write)
-        } else {
-            None
+        if len > self.module.params().chunk_maximum_in_cache {
+            self.maybe_queue_eviction();
         }
     }
 
+    /// Caches over their limit, read cache first.
+    fn over_limit(&self) -> Vec<Cache> {
+        let max = self.module.params().chunk_maximum_in_cache as usize;
+        let mut over = Vec::new();
+        if self.read_cache.borrow().len() > max {
+            over.push(Cache::Read);
+        }
+        if self.write_cache.borrow().len() > max {
+            over.push(Cache::Write);
+        }
+        over
+    }
+
+    /// Eviction stops for good on a corrupted area in v2, so image IO grows
+    /// the caches without bound (B-DA-8); the fix keeps trimming them.
+    fn eviction_stopped(&self) -> bool {
+        self.is_corrupted() && self.module.quirks.da_8
+    }
+
     fn maybe_queue_eviction(self: &Rc<Self>) {
-        if self.is_corrupted() || self.eviction_queued.get() || self.over_limit().is_none() {
+        if self.eviction_stopped() || self.eviction_queued.get() || self.over_limit().is_empty() {
             return;
         }
         self.eviction_queued.set(true);
@@ -285,18 +303,15 @@ impl DiffArea {
 
     /// The eviction work: trim each cache back to its limit.
     fn evict(self: &Rc<Self>) {
-        while !self.is_corrupted() {
-            let Some(which) = self.over_limit() else {
-                return;
-            };
-            let Some(chunk) = self.pick_for_eviction(which) else {
+        while !self.eviction_stopped() && !self.freed.get() {
+            let Some(chunk) = self.pick_for_eviction() else {
                 return;
             };
             if !chunk.has(bits::BUFFER_READY) {
                 self.module.k().warn("cached chunk without a ready buffer");
                 chunk.lock.up(self.module.k());
             } else if chunk.has(bits::DIRTY) {
-                if let Err(e) = self.schedule_storing(&chunk) {
+                if let Err(e) = self.schedule_storing(&chunk, false) {
                     self.store_failed(&chunk, Some(e));
                 }
             } else {
@@ -306,12 +321,15 @@ impl DiffArea {
         }
     }
 
-    /// The first chunk of the cache whose lock can be taken without waiting.
-    fn pick_for_eviction(&self, which: Cache) -> Option<Rc<Chunk>> {
-        let mut cache = self.cache(which).borrow_mut();
+    /// The first chunk whose lock can be taken without waiting, from the
+    /// read cache if it is over its limit, else from the write cache.
+    fn pick_for_eviction(&self) -> Option<Rc<Chunk>> {
         let k = self.module.k();
-        let index = cache.iter().position(|c| c.lock.down_trylock(k))?;
-        cache.remove(index)
+        self.over_limit().into_iter().find_map(|which| {
+            let mut cache = self.cache(which).borrow_mut();
+            let index = cache.iter().position(|c| c.lock.down_trylock(k))?;
+            cache.remove(index)
+        })
     }
 
     // --- the state machine of spec 5.3 -------------------------------------------
@@ -330,7 +348,7 @@ impl DiffArea {
 
     /// Write the chunk's buffer to its region (allocated on first store).
     /// The chunk lock stays held until the store completes.
-    fn schedule_storing(self: &Rc<Self>, chunk: &Rc<Chunk>) -> Result<(), Errno> {
+    fn schedule_storing(self: &Rc<Self>, chunk: &Rc<Chunk>, nowait: bool) -> Result<(), Errno> {
         let region = match chunk.region.get() {
             Some(region) => region,
             None => {
@@ -343,13 +361,14 @@ impl DiffArea {
             Some(buffer) => buffer.data.clone(),
             None => return Err(Errno::EFAULT),
         };
-        let io = diff_io::write(&self.module, region.dev, region.sector, data)?;
+        let io = diff_io::write(&self.module, region.dev, region.sector, data, nowait)?;
         chunk.set(bits::STORING);
         self.spawn_notify("chunk_notify_store", chunk, io, Self::notify_store);
         Ok(())
     }
 
     /// Run `notify` in a work item once `io` ends, counting it as pending.
+    /// Like v2, IO in flight holds no reference: `free` waits for it.
     fn spawn_notify(
         self: &Rc<Self>,
         name: &str,
@@ -358,7 +377,6 @@ impl DiffArea {
         notify: fn(&Rc<DiffArea>, &Rc<Chunk>, BioResult),
     ) {
         self.pending_io.set(self.pending_io.get() + 1);
-        self.get();
         let (area, chunk) = (self.clone(), chunk.clone());
         let name = format!("{name} {}#{}", self.orig_dev, chunk.number);
         self.module.k().spawn(
@@ -366,9 +384,11 @@ impl DiffArea {
             name,
             Box::pin(async move {
                 let result = io.await;
+                if area.freed.get() {
+                    panic!("BUG: use-after-free: IO completed on a freed diff_area (B-DA-7)");
+                }
                 notify(&area, &chunk, result);
                 area.pending_io.set(area.pending_io.get() - 1);
-                area.put().await;
             }),
         );
     }
@@ -393,7 +413,7 @@ impl DiffArea {
         chunk.clear(bits::LOADING);
         chunk.set(bits::BUFFER_READY);
         let _noio = NoioScope::enter(self.module.k());
-        if let Err(e) = self.schedule_storing(chunk) {
+        if let Err(e) = self.schedule_storing(chunk, false) {
             self.store_failed(chunk, Some(e));
         }
     }
@@ -426,7 +446,22 @@ impl DiffArea {
         let buffer = self.take_buffer(nowait)?;
         *chunk.buffer.borrow_mut() = Some(buffer);
         let start = chunk.number * self.chunk_sectors();
-        let io = diff_io::read(&self.module, self.orig_dev, start, chunk.sector_count)?;
+        let io = match diff_io::read(
+            &self.module,
+            self.orig_dev,
+            start,
+            chunk.sector_count,
+            nowait,
+        ) {
+            Ok(io) => io,
+            Err(e) => {
+                // Undo the buffer, so a chunk left alone is a clean chunk.
+                if let Some(buffer) = chunk.buffer.borrow_mut().take() {
+                    self.give_buffer(buffer);
+                }
+                return Err(e);
+            }
+        };
         chunk.set(bits::LOADING);
         self.spawn_notify("chunk_notify_load", chunk, io, Self::notify_load);
         Ok(())
@@ -435,19 +470,25 @@ impl DiffArea {
     /// `diff_area_copy`: start the COW of every chunk a write touches, in
     /// ascending order. Bios go to the writer's `bio_list`; the caller
     /// submits them once the whole range is scheduled.
-    pub async fn copy(self: &Rc<Self>, sector: u64, count: u64, nowait: bool) -> Result<(), Errno> {
+    pub async fn copy(
+        self: &Rc<Self>,
+        sector: u64,
+        count: u64,
+        nowait: bool,
+        killable: bool,
+    ) -> Result<(), Errno> {
         for number in self.chunk_numbers(sector, count) {
             let Some(chunk) = self.chunk(number) else {
                 self.set_corrupted(Errno::EINVAL);
                 return Err(Errno::EINVAL);
             };
-            self.lock_chunk(&chunk, nowait).await?;
+            self.lock_chunk(&chunk, nowait, killable).await?;
             self.copy_chunk(&chunk, nowait)?;
         }
         Ok(())
     }
 
-    async fn lock_chunk(&self, chunk: &Chunk, nowait: bool) -> Result<(), Errno> {
+    async fn lock_chunk(&self, chunk: &Chunk, nowait: bool, killable: bool) -> Result<(), Errno> {
         let k = self.module.k();
         if nowait {
             return if chunk.lock.down_trylock(k) {
@@ -456,7 +497,11 @@ impl DiffArea {
                 Err(Errno::EAGAIN)
             };
         }
-        chunk.lock.down_killable(k).await
+        if killable {
+            return chunk.lock.down_killable(k).await;
+        }
+        chunk.lock.down(k).await;
+        Ok(())
     }
 
     /// The COW decision for one locked chunk (spec 5.3, first block).
@@ -469,27 +514,49 @@ impl DiffArea {
         if chunk.has(bits::LOADING | bits::STORING) {
             // IO in flight would hold the lock: a stale bit is a broken chunk.
             self.store_failed(chunk, Some(Errno::EFAULT));
-            return Ok(());
+            return Err(Errno::EFAULT);
         }
         let started = if chunk.has(bits::BUFFER_READY) {
             self.cache_remove(chunk);
-            self.schedule_storing(chunk)
+            self.schedule_storing(chunk, nowait)
         } else {
             self.schedule_loading(chunk, nowait)
         };
-        // Any failure here costs the chunk and corrupts the area, even a
-        // NOWAIT -EAGAIN (B-DA-3, kept: v2 and its fix agree on this path).
-        started.inspect_err(|&e| self.store_failed(chunk, Some(e)))
+        match started {
+            Ok(()) => Ok(()),
+            // "Would block" is not a broken chunk: leave it as it was and
+            // let the writer retry. v2 fails the chunk and corrupts the
+            // whole snapshot (B-DA-3).
+            Err(Errno::EAGAIN) if !self.module.quirks.da_3 => {
+                if chunk.has(bits::BUFFER_READY) {
+                    self.cache_and_unlock(chunk);
+                } else {
+                    chunk.lock.up(k);
+                }
+                Err(Errno::EAGAIN)
+            }
+            Err(e) => {
+                self.store_failed(chunk, Some(e));
+                Err(e)
+            }
+        }
     }
 
     /// `diff_area_wait`: block until no chunk of the range is being copied.
-    pub async fn wait(&self, sector: u64, count: u64, nowait: bool) -> Result<(), Errno> {
+    pub async fn wait(
+        &self,
+        sector: u64,
+        count: u64,
+        nowait: bool,
+        killable: bool,
+    ) -> Result<(), Errno> {
         let k = self.module.k();
         for number in self.chunk_numbers(sector, count) {
             let Some(chunk) = self.chunk(number) else {
+                self.set_corrupted(Errno::EINVAL);
                 return Err(Errno::EINVAL);
             };
-            self.lock_chunk(&chunk, nowait).await?;
+            self.lock_chunk(&chunk, nowait, killable).await?;
             let state = chunk.state();
             chunk.lock.up(k);
             if state & bits::FAILED != 0 {
@@ -547,12 +614,25 @@ impl DiffArea {
     /// was stored, else from the original (safe: a write to the original
     /// would have copied the chunk first, and we hold its lock).
     async fn load_for_image(self: &Rc<Self>, chunk: &Rc<Chunk>) -> Result<(), Errno> {
+        if chunk.buffer.borrow().is_some() {
+            // A buffer without BUFFER_READY: left by a failed load (B-DA-5).
+            self.module.k().warn("chunk buffer has been lost");
+            chunk.buffer.borrow_mut().take();
+        }
         let buffer = self.take_buffer(false)?;
         let io = match chunk.region.get().filter(|_| chunk.has(bits::STORE_READY)) {
-            Some(region) => diff_io::read(&self.module, region.dev, region.sector, region.count),
+            Some(region) => {
+                diff_io::read(&self.module, region.dev, region.sector, region.count, false)
+            }
             None => {
                 let start = chunk.number * self.chunk_sectors();
-                diff_io::read(&self.module, self.orig_dev, start, chunk.sector_count)
+                diff_io::read(
+                    &self.module,
+                    self.orig_dev,
+                    start,
+                    chunk.sector_count,
+                    false,
+                )
             }
         };
         let loaded = match io {
@@ -568,6 +648,11 @@ impl DiffArea {
                 chunk.set(bits::BUFFER_READY);
                 Ok(())
             }
+            // v2 leaves the buffer attached to the chunk (B-DA-5).
+            Err(e) if self.module.quirks.da_5 => {
+                *chunk.buffer.borrow_mut() = Some(buffer);
+                Err(e)
+            }
             Err(e) => {
                 self.give_buffer(buffer);
                 Err(e)
@@ -577,12 +662,16 @@ impl DiffArea {
 
     // --- teardown ----------------------------------------------------------------------
 
-    /// `diff_area_free`: wait a bounded time for IO in flight, then fail and
-    /// free every chunk, close the original and drop the pooled buffers.
+    /// `diff_area_free`: wait for IO in flight, then fail and free every
+    /// chunk, close the original and drop the pooled buffers. v2 stops
+    /// waiting after about 6 s and frees anyway (B-DA-7); the fix waits.
     async fn free(self: &Rc<Self>) {
         let k = self.module.k();
         let deadline = k.now_ns() + FREE_WAIT_NS;
-        while self.pending_io.get() > 0 && k.now_ns() < deadline {
+        while self.pending_io.get() > 0 {
+            if self.module.quirks.da_7 && k.now_ns() >= deadline {
+                break;
+            }
             k.sleep(1_000_000).await;
         }
         self.corrupt_flag.set(self.corrupt_flag.get() + 1);
@@ -605,5 +694,6 @@ impl DiffArea {
         if let Some(alloc) = self.struct_alloc.take() {
             k.kfree(alloc);
         }
+        self.freed.set(true);
     }
 }

@@ -19,9 +19,16 @@ pub const BIO_MAX_VECS: u64 = 256;
 /// An IO in flight: await it for the data read (or the write's status).
 pub type DiffIo = LocalBoxFuture<'static, BioResult>;
 
-/// Start a read of `count` sectors at `sector`.
-pub fn read(module: &Rc<Module>, dev: DevT, sector: u64, count: u64) -> Result<DiffIo, Errno> {
-    start(module, BioOp::Read, dev, sector, count, Vec::new())
+/// Start a read of `count` sectors at `sector`. `nowait` is a REQ_NOWAIT
+/// writer's context: an allocation that would block fails with -EAGAIN.
+pub fn read(
+    module: &Rc<Module>,
+    dev: DevT,
+    sector: u64,
+    count: u64,
+    nowait: bool,
+) -> Result<DiffIo, Errno> {
+    start(module, BioOp::Read, dev, sector, count, Vec::new(), nowait)
 }
 
 /// Start a `REQ_SYNC|REQ_FUA` write of `data` at `sector`.
@@ -30,9 +37,10 @@ pub fn write(
     dev: DevT,
     sector: u64,
     data: Vec<Stamp>,
+    nowait: bool,
 ) -> Result<DiffIo, Errno> {
     let count = data.len() as u64;
-    start(module, BioOp::Write, dev, sector, count, data)
+    start(module, BioOp::Write, dev, sector, count, data, nowait)
 }
 
 fn start(
@@ -42,6 +50,7 @@ fn start(
     sector: u64,
     count: u64,
     mut data: Vec<Stamp>,
+    nowait: bool,
 ) -> Result<DiffIo, Errno> {
     let k = module.k();
     // diff_io maps whole pages, so the range must start on a page.
@@ -52,7 +61,16 @@ fn start(
     if pages > BIO_MAX_VECS && module.quirks.io_1 {
         panic!("kernel BUG at block/bio.c: biovec_slab: {pages} vecs in one bio (B-IO-1)");
     }
-    let alloc = k.kmalloc("diff_io", 64, Gfp::Noio)?;
+    if module.bioset_destroyed.get() {
+        // Module exit tore the bio set down before the snapshots (B-TRK-9).
+        panic!("BUG: bio allocation from a destroyed bio_set (B-TRK-9)");
+    }
+    let (gfp, fail) = if nowait {
+        (Gfp::NoioNowait, Errno::EAGAIN)
+    } else {
+        (Gfp::Noio, Errno::ENOMEM)
+    };
+    let alloc = k.kmalloc("diff_io", 64, gfp).map_err(|_| fail)?;
     k.kfree(alloc);
     let per_bio = BIO_MAX_VECS * PAGE_SECTORS;
     let mut parts: Vec<Completion<BioResult>> = Vec::new();

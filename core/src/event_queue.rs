@@ -68,9 +68,16 @@ impl EventQueue {
     pub async fn wait(&self, timeout_ns: u64) -> Result<Event, Errno> {
         let k = self.module.k();
         let deadline = k.now_ns().saturating_add(timeout_ns);
+        let mut woken = false;
         loop {
             if let Some(event) = self.list.borrow_mut().pop_front() {
                 return Ok(event);
+            }
+            if woken && self.module.quirks.evt_1 {
+                // v2 takes the head after a wake-up without checking again
+                // that the list is not empty: another waiter took the event
+                // and the list head itself is returned and freed (B-EVT-1).
+                panic!("list_del corruption: WAIT_EVENT took the list head as an event (B-EVT-1)");
             }
             let now = k.now_ns();
             if now >= deadline {
@@ -79,9 +86,10 @@ impl EventQueue {
             if k.fatal_signal_pending() {
                 return Err(Errno::EINTR);
             }
-            let (woken, waker) = completion();
+            let (event_came, waker) = completion();
             self.waiters.borrow_mut().push(waker);
-            first_of(woken, k.sleep(deadline - now)).await;
+            first_of(event_came, k.sleep(deadline - now)).await;
+            woken = !self.list.borrow().is_empty() || k.now_ns() < deadline;
         }
     }
 

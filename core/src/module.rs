@@ -33,6 +33,8 @@ pub struct Module {
     pub lost_snapshots: RefCell<Vec<Rc<Snapshot>>>,
     /// Live trackers (v2 `trackers_counter` minus its initial 1).
     pub trackers_alive: Cell<u64>,
+    /// Set when module exit has destroyed the bio set (B-TRK-9 ordering).
+    pub bioset_destroyed: Cell<bool>,
     /// The image minor IDA.
     image_minors: RefCell<BTreeSet<u32>>,
     /// Trackers by device: the C code finds them through `bd_filter`, which
@@ -58,6 +60,7 @@ impl Module {
             snapshots: RefCell::new(Vec::new()),
             lost_snapshots: RefCell::new(Vec::new()),
             trackers_alive: Cell::new(0),
+            bioset_destroyed: Cell::new(false),
             image_minors: RefCell::new(BTreeSet::new()),
             trackers: RefCell::new(BTreeMap::new()),
         })
@@ -107,7 +110,9 @@ impl Module {
     pub fn list_remove(&self, id: &[u8; 16]) -> Option<Rc<Snapshot>> {
         let mut list = self.snapshots.borrow_mut();
         let index = list.iter().position(|s| s.id == *id)?;
-        Some(list.remove(index))
+        let snapshot = list.remove(index);
+        snapshot.mark_unlisted();
+        Some(snapshot)
     }
 
     /// The ids of the listed snapshots, in list order.
@@ -119,19 +124,30 @@ impl Module {
     }
 
     /// MARK_DIRTY_BLOCKS on an image device: find the image among the listed
-    /// snapshots and mark the CBT it shares with its tracker. v2 read every
-    /// slot without a NULL test (B-SNAP-2); empty slots are skipped here.
+    /// snapshots and mark the CBT it shares with its tracker. v2 reads every
+    /// slot without a NULL test, an oops with `snapshots_lock` held, and
+    /// returns 0 for an empty list (B-SNAP-2); the fix skips empty slots and
+    /// answers -ENODEV when no image matches.
     pub async fn mark_dirty_image(&self, dev: DevT, ranges: &[(u64, u64)]) -> Result<(), Errno> {
         self.snapshots_lock.down_read(self.k()).await;
+        let v2 = self.quirks.snap_2;
+        if v2 && self.snapshots.borrow().is_empty() {
+            self.snapshots_lock.up_read(self.k());
+            return Ok(());
+        }
         let cbt = self.snapshots.borrow().iter().find_map(|snapshot| {
             let images = snapshot.images.borrow();
-            let slot = images
-                .iter()
-                .position(|image| image.as_ref().is_some_and(|i| i.image_dev_id == dev))?;
+            let slot = images.iter().position(|image| match image {
+                Some(image) => image.image_dev_id == dev,
+                None if v2 => panic!(
+                    "BUG: kernel NULL pointer dereference in snapshot_mark_dirty_blocks (B-SNAP-2)"
+                ),
+                None => false,
+            })?;
             Some(snapshot.trackers[slot].cbt_map.clone())
         });
         let result = match cbt {
-            Some(cbt) => ranges.iter().try_for_each(|&(s, c)| cbt.set_both(s, c)),
+            Some(cbt) => cbt.set_both(ranges),
             None => Err(Errno::ENODEV),
         };
         self.snapshots_lock.up_read(self.k());
@@ -154,14 +170,17 @@ impl Module {
     }
 }
 
-/// How long module exit waits for trackers to be freed before it warns
-/// (v2 warns every 10 s for 12 rounds and then loops for ever, B-TRK-8).
+/// How long module exit waits for trackers to be freed before it warns.
 const EXIT_WAIT_NS: u64 = 120_000_000_000;
 
 /// `blksnap_exit`: destroy the listed snapshots, detach every tracker and
 /// wait for them to be freed.
 pub async fn exit(module: &Rc<Module>) {
     let k = module.k();
+    if module.quirks.trk_9 {
+        // v2 tears the bio set down before the snapshots (B-TRK-9).
+        module.bioset_destroyed.set(true);
+    }
     let ids: Vec<[u8; 16]> = module.snapshot_ids().await;
     for id in ids {
         let _ = Snapshot::destroy(module, &id).await;
@@ -172,15 +191,24 @@ pub async fn exit(module: &Rc<Module>) {
             k.log(&format!("unload: cannot remove tracker of {dev}: {e}"));
         }
     }
+    wait_for_trackers(module).await;
+    module.bioset_destroyed.set(true);
+}
+
+/// `tracker_wait_for_release`. v2 warns every 10 s for 12 rounds and then
+/// loops for ever (B-TRK-8); the fix gives up with a warning, leaving the
+/// leak for the resource checks to report.
+async fn wait_for_trackers(module: &Rc<Module>) {
+    let k = module.k();
     let deadline = k.now_ns() + EXIT_WAIT_NS;
     while module.trackers_alive.get() > 0 {
-        if k.now_ns() >= deadline {
+        if k.now_ns() >= deadline && !module.quirks.trk_8 {
             k.warn(&format!(
                 "unload: {} tracker(s) were never released",
                 module.trackers_alive.get()
             ));
             return;
         }
-        k.sleep(10_000_000).await;
+        k.sleep(10_000_000_000).await;
     }
 }

@@ -87,6 +87,38 @@ impl Params {
         Ok(())
     }
 
+    /// Check every parameter as a careful module does at load.
+    pub fn validate(&self) -> Result<(), String> {
+        let values: [(&str, u64); 8] = [
+            (
+                "tracking_block_minimum_shift",
+                u64::from(self.tracking_block_minimum_shift),
+            ),
+            (
+                "tracking_block_maximum_count",
+                self.tracking_block_maximum_count,
+            ),
+            (
+                "tracking_block_maximum_shift",
+                u64::from(self.tracking_block_maximum_shift),
+            ),
+            ("chunk_minimum_shift", u64::from(self.chunk_minimum_shift)),
+            ("chunk_maximum_count", self.chunk_maximum_count),
+            ("chunk_maximum_in_cache", self.chunk_maximum_in_cache),
+            (
+                "free_diff_buffer_pool_size",
+                self.free_diff_buffer_pool_size,
+            ),
+            ("diff_storage_minimum", self.diff_storage_minimum),
+        ];
+        for (name, value) in values {
+            if !Self::valid(name, value as i64) {
+                return Err(format!("parameter {name} = {value} is out of range"));
+            }
+        }
+        Ok(())
+    }
+
     /// The ranges a careful module accepts.
     fn valid(name: &str, value: i64) -> bool {
         match name {

@@ -5,6 +5,20 @@
 //! place back to the v2 behaviour, faithfully: memory-unsafe C shows as the
 //! kernel would show it (an oops, a leak, a hang). Quirks are read only by
 //! the engine; the sim's checkers never know which are on.
+//!
+//! Bugs of spec section 10 without a quirk, and why:
+//! - behaviour of v2 and of every later version alike, so the default
+//!   already reproduces it: B-CBT-4 (stale read map after 255 takes),
+//!   B-DS-2 (low-space events follow `requested`), B-DS-3 (overflow is
+//!   permanent), B-CTRL-4 (a failed copy-back of CREATE loses the id),
+//!   B-CTRL-5 (inverted ioctl directions, see `uapi`);
+//! - unreachable, as the spec says: B-DA-2, B-DA-6, B-CTRL-3 (event
+//!   payloads are at most 12 bytes);
+//! - not a correctness bug: B-IMG-4 (unbounded image queue);
+//! - needs an init failure path the module does not model: B-INIT-1;
+//! - races inside sections that never sleep (B-TRK-11, B-CBT-5): with one
+//!   thread and no preemption point inside them they cannot interleave
+//!   here; modelling them needs preemption inside spinlock-free code.
 
 use std::fmt;
 
@@ -41,17 +55,42 @@ macro_rules! quirks {
 
 quirks! {
     snap_1 = "B-SNAP-1": "swapped list_add_tail: each CREATE loses the snapshots listed before it",
+    snap_2 = "B-SNAP-2": "image MARK_DIRTY reads NULL image slots (oops); an empty list returns 0",
+    snap_3 = "B-SNAP-3": "CREATE with count 0 spins through a wrapped loop and succeeds",
+    snap_4 = "B-SNAP-4": "a failing TAKE unlists and puts the snapshot even if DESTROY already did",
+    snap_5 = "B-SNAP-5": "a failed image creation leaves a half-taken snapshot with COW on",
+    snap_6 = "B-SNAP-6": "a device may join a second snapshot, whose TAKE takes its tracker over",
+    snap_7 = "B-SNAP-7": "releasing a snapshot clears COW on trackers another snapshot took",
+    snap_8 = "B-SNAP-8": "SNAPSHOT_COLLECT returns 0 after a copy fault and the copied count",
+    snap_9 = "B-SNAP-9": "two concurrent TAKEs of one snapshot both proceed",
     snap_10 = "B-SNAP-10": "a TAKE that fails before image creation destroys the snapshot",
     trk_2 = "B-TRK-2": "a REQ_NOWAIT bio that would block is completed twice",
     trk_3 = "B-TRK-3": "COW bios queued before an error in a multi-chunk write are never submitted",
     trk_4 = "B-TRK-4": "a CBT marking failure lets the write pass without COW",
+    trk_5 = "B-TRK-5": "TRACKER_REMOVE detaches a tracker of a created, untaken snapshot",
+    trk_6 = "B-TRK-6": "READ_CBT_MAP of an untracked device returns 0",
+    trk_7 = "B-TRK-7": "TRACKER_COLLECT leaves the count unwritten on -ENOBUFS",
+    trk_8 = "B-TRK-8": "module unload waits for ever for trackers that are never freed",
+    trk_9 = "B-TRK-9": "module exit destroys the bio set before the snapshots",
+    trk_10 = "B-TRK-10": "TAKE thaws every device, also those whose freeze failed",
     cbt_1 = "B-CBT-1": "the CBT block shift doubles instead of growing by one",
-    cbt_2 = "B-CBT-2": "READ_CBT_MAP ignores the offset and copies from the start of the map",
+    cbt_2 = "B-CBT-2": "READ_CBT_MAP ignores the offset and reads past the map",
+    cbt_3 = "B-CBT-3": "a failed CBT reset leaves the map without tables",
+    cbt_6 = "B-CBT-6": "MARK_DIRTY ranges are not validated; count 0 at sector 0 marks every block",
     da_1 = "B-DA-1": "diff_area_new with empty storage leaks the opened device and the struct",
+    da_3 = "B-DA-3": "a NOWAIT allocation failure in COW corrupts the snapshot",
+    da_4 = "B-DA-4": "a fatal signal while waiting for a chunk lets the write pass without COW",
+    da_5 = "B-DA-5": "a failed image load leaves the buffer attached (WARN and leak next time)",
+    da_7 = "B-DA-7": "diff_area_free gives up waiting for IO after 6 s and frees anyway",
+    da_8 = "B-DA-8": "cache eviction stops once the diff_area is corrupted",
     img_1 = "B-IMG-1": "image IO errors are swallowed and corruption is not checked",
+    img_2 = "B-IMG-2": "a failed add_disk leaks the diff_area and CBT references",
     img_3 = "B-IMG-3": "the idle image worker polls every 10 ms",
     io_1 = "B-IO-1": "one bio per chunk: chunks over 1 MiB hit BUG() in the bvec allocator",
+    ctrl_1 = "B-CTRL-1": "ioctl dispatch looks only at the number and accepts 12",
     ctrl_2 = "B-CTRL-2": "WAIT_EVENT never reads the timeout: it is a non-blocking poll",
+    evt_1 = "B-EVT-1": "two waiters can take the same event (the list is not re-checked)",
+    evt_2 = "B-EVT-2": "the WAIT_EVENT timeout in ms is used as jiffies (HZ=250)",
     ds_1 = "B-DS-1": "diff storage ranges are not validated",
     param_1 = "B-PARAM-1": "module parameters are not validated",
 }

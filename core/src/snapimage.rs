@@ -36,7 +36,7 @@ pub struct SnapImage {
 
 impl SnapImage {
     /// `snapimage_create`, at the end of TAKE.
-    pub fn create(
+    pub async fn create(
         module: &Rc<Module>,
         diff_area: &Rc<DiffArea>,
         cbt_map: &Rc<CbtMap>,
@@ -63,6 +63,10 @@ impl SnapImage {
             image.should_stop.set(true);
             image.kick();
             module.image_minor_free(minor);
+            // v2 keeps the references it took before add_disk (B-IMG-2).
+            if !module.quirks.img_2 {
+                diff_area.put().await;
+            }
             return Err(e);
         }
         Ok(image)

@@ -5,6 +5,10 @@
 //! TAKE builds a diff_area per device, switches the trackers with every
 //! device frozen and the submit lock write-held, then creates the images;
 //! DESTROY unlists it and the last reference releases everything.
+//!
+//! Locks: `snapshots_lock` (module) guards the list; `take_lock` (here)
+//! serializes TAKE on one snapshot, as v3's `rw_lock` does (v2 has none:
+//! B-SNAP-9).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -12,6 +16,7 @@ use std::rc::Rc;
 use crate::diff_area::DiffArea;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::Event;
+use crate::kernel::sync::Mutex;
 use crate::kernel::{DevT, Errno, Gfp, NoioScope};
 use crate::module::Module;
 use crate::snapimage::SnapImage;
@@ -19,15 +24,17 @@ use crate::tracker::Tracker;
 
 pub type SnapshotId = [u8; 16];
 
-/// State of a snapshot (asserted on each transition).
+/// Virtual time the wrapped duplicate check of B-SNAP-3 burns: about 4.3e9
+/// empty iterations.
+const EMPTY_CHECK_STALL_NS: u64 = 2_000_000_000;
+
+/// Whether a snapshot is taken (asserted on each transition).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum SnapshotState {
-    /// Listed, trackers attached, not taken.
+    /// Trackers attached, no COW.
     Created,
-    /// Taken: COW is on and images exist (or some do, after a late failure).
+    /// COW is on and the images exist.
     Taken,
-    /// Unlisted; alive only while an ioctl still holds a reference.
-    Destroyed,
 }
 
 pub struct Snapshot {
@@ -35,6 +42,9 @@ pub struct Snapshot {
     pub id: SnapshotId,
     refs: Cell<u64>,
     state: Cell<SnapshotState>,
+    /// In the module's list (DESTROY clears it).
+    listed: Cell<bool>,
+    take_lock: Mutex<()>,
     pub diff_storage: Rc<DiffStorage>,
     pub trackers: Vec<Rc<Tracker>>,
     pub images: RefCell<Vec<Option<Rc<SnapImage>>>>,
@@ -56,19 +66,27 @@ impl Snapshot {
         self.state.get() == SnapshotState::Taken
     }
 
+    /// A state change. v2's unserialized TAKE (B-SNAP-9) may take a taken
+    /// snapshot again; otherwise each transition must change the state.
     fn set_state(&self, next: SnapshotState) {
-        use SnapshotState::*;
         let now = self.state.get();
-        let allowed = matches!(
-            (now, next),
-            (Created, Taken) | (Taken, Created) | (Created, Destroyed) | (Taken, Destroyed)
+        assert!(
+            now != next || self.module.quirks.snap_9,
+            "snapshot state {now:?} -> {next:?}"
         );
-        assert!(allowed, "snapshot state {now:?} -> {next:?}");
         self.state.set(next);
     }
 
     pub fn count(&self) -> usize {
         self.trackers.len()
+    }
+
+    pub fn is_listed(&self) -> bool {
+        self.listed.get()
+    }
+
+    pub fn mark_unlisted(&self) {
+        self.listed.set(false);
     }
 
     // --- references --------------------------------------------------------------
@@ -101,6 +119,10 @@ impl Snapshot {
             return Err(Errno::EINVAL);
         }
         let k = module.k();
+        if devs.is_empty() && module.quirks.snap_3 {
+            // `count - 1` wraps: the duplicate check spins 2^32 times.
+            k.sleep(EMPTY_CHECK_STALL_NS).await;
+        }
         let alloc = k.kmalloc("snapshot", 128 + 16 * devs.len() as u64, Gfp::Kernel)?;
         k.kfree(alloc);
         let diff_storage = DiffStorage::new(module)?;
@@ -112,14 +134,13 @@ impl Snapshot {
                 return Err(e);
             }
         };
-        for tracker in &trackers {
-            tracker.in_snapshot.set(true);
-        }
         let snapshot = Rc::new(Snapshot {
             module: module.clone(),
             id,
             refs: Cell::new(1),
             state: Cell::new(SnapshotState::Created),
+            listed: Cell::new(true),
+            take_lock: Mutex::new(k, "snapshot.rw_lock", ()),
             diff_storage,
             images: RefCell::new(vec![None; trackers.len()]),
             trackers,
@@ -158,7 +179,6 @@ impl Snapshot {
         let found = module.list_remove(id);
         module.snapshots_lock.up_write(k);
         let snapshot = found.ok_or(Errno::ENODEV)?;
-        snapshot.set_state(SnapshotState::Destroyed);
         snapshot.put().await;
         Ok(())
     }
@@ -168,17 +188,26 @@ impl Snapshot {
     /// `snapshot_take` (spec 8.3).
     pub async fn take(module: &Rc<Module>, id: &SnapshotId) -> Result<(), Errno> {
         let snapshot = Self::get_by_id(module, id).await.ok_or(Errno::ESRCH)?;
-        let result = snapshot.take_locked().await;
+        let result = if module.quirks.snap_9 {
+            snapshot.take_checked().await
+        } else {
+            let guard = snapshot.take_lock.lock(module.k()).await;
+            let result = snapshot.take_checked().await;
+            drop(guard);
+            result
+        };
         snapshot.put().await;
         result
     }
 
-    async fn take_locked(self: &Rc<Self>) -> Result<(), Errno> {
+    async fn take_checked(self: &Rc<Self>) -> Result<(), Errno> {
+        // A DESTROY that ran while this TAKE waited for the lock (the fix;
+        // v2 goes on and takes an unlisted snapshot).
+        if !self.is_listed() && !self.module.quirks.snap_9 {
+            return Err(Errno::ESRCH);
+        }
         if self.is_taken() {
             return Err(Errno::EALREADY);
-        }
-        if self.state() == SnapshotState::Destroyed {
-            return Err(Errno::ESRCH);
         }
         if self.trackers.is_empty() {
             return Err(Errno::ENODEV);
@@ -192,20 +221,33 @@ impl Snapshot {
             self.take_failed().await;
             return Err(e);
         }
-        self.create_images()
+        match self.create_images().await {
+            Ok(()) => Ok(()),
+            // v2 leaves the snapshot taken with the images made so far, COW
+            // on, until DESTROY (B-SNAP-5); the fix undoes the TAKE.
+            Err(e) if self.module.quirks.snap_5 => Err(e),
+            Err(e) => {
+                self.free_images().await;
+                self.release_trackers().await;
+                self.set_state(SnapshotState::Created);
+                Err(e)
+            }
+        }
     }
 
-    /// A diff_area per device; an older pointer on a shared tracker is put.
+    /// A diff_area per device. A tracker still holding one is shared with
+    /// another snapshot (B-SNAP-6) or taken twice at once (B-SNAP-9): v2
+    /// overwrites the pointer and leaks the old area; the fix never gets
+    /// here, so it is an engine bug there.
     fn build_diff_areas(&self) -> Result<(), Errno> {
         for tracker in &self.trackers {
             let area = DiffArea::new(&self.module, tracker.dev_id, &self.diff_storage)?;
             let old = tracker.diff_area.borrow_mut().replace(area);
-            if let Some(old) = old {
-                self.module.k().warn(&format!(
-                    "diff_area of {} overwritten while still set",
-                    tracker.dev_id
-                ));
-                drop(old);
+            let shared = self.module.quirks.snap_6 || self.module.quirks.snap_9;
+            if old.is_some() && !shared {
+                self.module
+                    .k()
+                    .warn(&format!("diff_area of {} overwritten", tracker.dev_id));
             }
         }
         Ok(())
@@ -222,7 +264,14 @@ impl Snapshot {
             self.module.tracker_submit_lock.up_write(k);
             result
         };
-        self.thaw(&frozen).await;
+        // v2 thaws every device, also those whose freeze failed, which can
+        // undo a freeze the user made (B-TRK-10).
+        if self.module.quirks.trk_10 {
+            let all: Vec<DevT> = self.trackers.iter().map(|t| t.dev_id).collect();
+            self.thaw(&all).await;
+        } else {
+            self.thaw(&frozen).await;
+        }
         result
     }
 
@@ -253,29 +302,37 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Images in device order. A failure leaves the snapshot taken with the
-    /// images made so far; only DESTROY recovers it (B-SNAP-5, kept by v3).
-    fn create_images(&self) -> Result<(), Errno> {
+    /// Images in device order; stops at the first failure.
+    async fn create_images(&self) -> Result<(), Errno> {
         for (i, tracker) in self.trackers.iter().enumerate() {
             let area = tracker.diff_area.borrow().clone().ok_or(Errno::EFAULT)?;
-            let image = SnapImage::create(&self.module, &area, &tracker.cbt_map)?;
+            let image = SnapImage::create(&self.module, &area, &tracker.cbt_map).await?;
             self.images.borrow_mut()[i] = Some(image);
         }
         Ok(())
     }
 
-    /// The failure path before images exist. v2 unlists and destroys the
-    /// snapshot (B-SNAP-10); the fix releases the trackers and keeps it.
+    /// The failure path before images exist. v2 unlists the snapshot and
+    /// drops the list's reference, destroying it (B-SNAP-10), even when a
+    /// DESTROY already unlisted it (B-SNAP-4: list_del of poisoned pointers
+    /// and one put too many). The fix releases the trackers and keeps it.
     async fn take_failed(self: &Rc<Self>) {
-        if self.module.quirks.snap_10 {
+        let quirks = self.module.quirks;
+        if quirks.snap_10 || quirks.snap_4 {
             let k = self.module.k();
             self.module.snapshots_lock.down_write(k).await;
-            let listed = self.module.list_remove(&self.id);
+            let listed = self.module.list_remove(&self.id).is_some();
             self.module.snapshots_lock.up_write(k);
-            if listed.is_some() {
-                self.set_state(SnapshotState::Destroyed);
+            if !listed && quirks.snap_4 {
+                self.module
+                    .k()
+                    .warn("list_del corruption: snapshot already unlisted (B-SNAP-4)");
+                self.put().await;
+                return;
             }
-            self.put().await;
+            if listed {
+                self.put().await;
+            }
             return;
         }
         self.release_trackers().await;
@@ -287,21 +344,15 @@ impl Snapshot {
     // --- other entry points ------------------------------------------------------------
 
     /// `snapshot_collect_images` (spec 8.6): pairs in device order; a slot
-    /// without an image is `{0, 0}`.
+    /// without an image keeps the original and reports image 0:0.
     pub fn image_infos(&self) -> Vec<ImageInfo> {
         let images = self.images.borrow();
         self.trackers
             .iter()
             .zip(images.iter())
-            .map(|(tracker, image)| match image {
-                Some(image) => ImageInfo {
-                    orig_dev_id: tracker.dev_id,
-                    image_dev_id: image.image_dev_id,
-                },
-                None => ImageInfo {
-                    orig_dev_id: DevT(0),
-                    image_dev_id: DevT(0),
-                },
+            .map(|(tracker, image)| ImageInfo {
+                orig_dev_id: tracker.dev_id,
+                image_dev_id: image.as_ref().map_or(DevT(0), |i| i.image_dev_id),
             })
             .collect()
     }
@@ -315,6 +366,16 @@ impl Snapshot {
 
     /// `snapshot_release` (spec 8.8): images, trackers, diff areas, storage.
     async fn release(self: &Rc<Self>) {
+        self.free_images().await;
+        self.release_trackers().await;
+        for tracker in &self.trackers {
+            tracker.in_snapshot.set(false);
+            tracker.put();
+        }
+        self.diff_storage.free();
+    }
+
+    async fn free_images(&self) {
         let images: Vec<_> = self
             .images
             .borrow_mut()
@@ -324,56 +385,68 @@ impl Snapshot {
         for image in images.into_iter().flatten() {
             image.free().await;
         }
-        self.release_trackers().await;
-        for tracker in &self.trackers {
-            tracker.in_snapshot.set(false);
-            tracker.put();
-        }
-        self.diff_storage.free();
     }
 
     /// Stop COW on this snapshot's trackers and put their diff areas.
     async fn release_trackers(&self) {
-        let k = self.module.k();
-        let frozen = self.freeze_all(|t| t.diff_area.borrow().is_some()).await;
-        {
-            let _noio = NoioScope::enter(k);
-            self.module.tracker_submit_lock.down_write(k).await;
-            for tracker in &self.trackers {
-                tracker.release_snapshot();
-            }
-            self.module.tracker_submit_lock.up_write(k);
-        }
-        self.thaw(&frozen).await;
-        for tracker in &self.trackers {
-            let area = tracker.diff_area.borrow_mut().take();
-            if let Some(area) = area {
-                area.put().await;
-            }
-        }
+        release_trackers(&self.module, &self.trackers).await;
     }
 
     /// Freeze the devices of the trackers `which` selects; a failure is only
     /// logged, as upstream does. Returns the devices frozen.
     async fn freeze_all(&self, which: impl Fn(&Tracker) -> bool) -> Vec<DevT> {
-        let k = self.module.k();
-        let mut frozen = Vec::new();
-        for tracker in self.trackers.iter().filter(|t| which(t)) {
-            match k.freeze_bdev(tracker.dev_id).await {
-                Ok(()) => frozen.push(tracker.dev_id),
-                Err(e) => k.log(&format!("failed to freeze {}: {e}", tracker.dev_id)),
-            }
-        }
-        frozen
+        freeze_all(&self.module, &self.trackers, which).await
     }
 
-    /// Thaw what this snapshot froze, and only that (the fix of B-TRK-10).
-    async fn thaw(&self, frozen: &[DevT]) {
-        let k = self.module.k();
-        for dev in frozen {
-            if let Err(e) = k.thaw_bdev(*dev).await {
-                k.log(&format!("failed to thaw {dev}: {e}"));
-            }
+    async fn thaw(&self, devs: &[DevT]) {
+        thaw(&self.module, devs).await;
+    }
+}
+
+/// `snapshot_release_trackers`: freeze the devices with a diff_area, clear
+/// `snapshot_is_taken` on every tracker under the write lock, thaw, then
+/// put each diff_area.
+async fn release_trackers(module: &Rc<Module>, trackers: &[Rc<Tracker>]) {
+    let k = module.k();
+    let frozen = freeze_all(module, trackers, |t| t.diff_area.borrow().is_some()).await;
+    {
+        let _noio = NoioScope::enter(k);
+        module.tracker_submit_lock.down_write(k).await;
+        for tracker in trackers {
+            tracker.release_snapshot();
+        }
+        module.tracker_submit_lock.up_write(k);
+    }
+    thaw(module, &frozen).await;
+    for tracker in trackers {
+        let area = tracker.diff_area.borrow_mut().take();
+        if let Some(area) = area {
+            area.put().await;
+        }
+    }
+}
+
+async fn freeze_all(
+    module: &Rc<Module>,
+    trackers: &[Rc<Tracker>],
+    which: impl Fn(&Tracker) -> bool,
+) -> Vec<DevT> {
+    let k = module.k();
+    let mut frozen = Vec::new();
+    for tracker in trackers.iter().filter(|t| which(t)) {
+        match k.freeze_bdev(tracker.dev_id).await {
+            Ok(()) => frozen.push(tracker.dev_id),
+            Err(e) => k.log(&format!("failed to freeze {}: {e}", tracker.dev_id)),
+        }
+    }
+    frozen
+}
+
+async fn thaw(module: &Rc<Module>, devs: &[DevT]) {
+    let k = module.k();
+    for dev in devs {
+        if let Err(e) = k.thaw_bdev(*dev).await {
+            k.log(&format!("failed to thaw {dev}: {e}"));
         }
     }
 }
@@ -385,28 +458,43 @@ fn has_duplicates(devs: &[DevT]) -> bool {
 }
 
 /// Attach to (or reuse) the tracker of each device. A device already in a
-/// listed snapshot is -EBUSY, as v4 fixed (v2 shared it: B-SNAP-6). On a
-/// failure, only the references taken here are dropped (v2 released the
-/// trackers in full, including other snapshots' COW: B-SNAP-7).
+/// listed snapshot is -EBUSY, as v4 fixed (v2 shared it: B-SNAP-6); the
+/// claim is made at once, so two CREATEs cannot both win a device.
 async fn gather_trackers(module: &Rc<Module>, devs: &[DevT]) -> Result<Vec<Rc<Tracker>>, Errno> {
     let mut trackers: Vec<Rc<Tracker>> = Vec::with_capacity(devs.len());
     for &dev in devs {
         let result = match Tracker::create_or_get(module, dev).await {
-            Ok(tracker) if tracker.in_snapshot.get() => {
+            Ok(tracker) if tracker.in_snapshot.get() && !module.quirks.snap_6 => {
                 tracker.put();
                 Err(Errno::EBUSY)
             }
             other => other,
         };
         match result {
-            Ok(tracker) => trackers.push(tracker),
+            Ok(tracker) => {
+                tracker.in_snapshot.set(true);
+                trackers.push(tracker);
+            }
             Err(e) => {
-                for tracker in trackers {
-                    tracker.put();
-                }
+                drop_gathered(module, trackers).await;
                 return Err(e);
             }
         }
     }
     Ok(trackers)
+}
+
+/// Undo a half-built CREATE. The fix drops only what it took; v2 runs the
+/// full release, which stops COW on trackers another snapshot took and puts
+/// that snapshot's diff areas (B-SNAP-7).
+async fn drop_gathered(module: &Rc<Module>, trackers: Vec<Rc<Tracker>>) {
+    if module.quirks.snap_7 {
+        release_trackers(module, &trackers).await;
+    }
+    for tracker in trackers {
+        if !module.quirks.snap_6 {
+            tracker.in_snapshot.set(false);
+        }
+        tracker.put();
+    }
 }

@@ -132,8 +132,9 @@ impl Tracker {
         let k = module.k();
         let tracker = Self::get_by_dev(module, dev).ok_or(Errno::ENODATA)?;
         // v2 lets a created-but-untaken snapshot lose its tracker (B-TRK-5);
-        // a tracker owned by a snapshot stays until that snapshot goes.
-        if tracker.snapshot_is_taken.get() || tracker.in_snapshot.get() {
+        // the fix keeps a tracker owned by a snapshot until that one goes.
+        let owned = tracker.in_snapshot.get() && !module.quirks.trk_5;
+        if tracker.snapshot_is_taken.get() || owned {
             tracker.put();
             return Err(Errno::EBUSY);
         }
@@ -142,14 +143,15 @@ impl Tracker {
         if frozen.is_ok() {
             let _ = k.thaw_bdev(dev).await;
         }
+        tracker.put();
         if let Err(e) = detached {
             k.log(&format!("failed to detach from {dev}: {e}"));
-        } else {
-            module
-                .tracked_devices
-                .with(|list| list.retain(|d| *d != dev));
+            return Err(e);
         }
-        tracker.put();
+        let first_only = module.quirks.trk_7;
+        module
+            .tracked_devices
+            .with(|list| forget_device(list, dev, first_only));
         Ok(())
     }
 
@@ -159,9 +161,7 @@ impl Tracker {
         let handle = module.k().bdev_open(dev)?;
         module.k().bdev_close(handle);
         let tracker = Self::get_by_dev(module, dev).ok_or(Errno::ENODEV)?;
-        let result = ranges
-            .iter()
-            .try_for_each(|&(sector, count)| tracker.cbt_map.set_both(sector, count));
+        let result = tracker.cbt_map.set_both(ranges);
         tracker.put();
         result
     }
@@ -207,20 +207,24 @@ impl Tracker {
             return FilterVerdict::Pass;
         }
         let nowait = bio.flags.nowait;
+        // v2 waits for chunk locks killably, and a fatal signal then lets
+        // the write through without its COW (B-DA-4); the fix does not give
+        // up a copy half-way.
+        let killable = self.module.quirks.da_4;
         let copied = {
             let _noio = NoioScope::enter(k);
             k.bio_list_begin();
-            let copied = area.copy(bio.sector, bio.sectors, nowait).await;
+            let copied = area.copy(bio.sector, bio.sectors, nowait, killable).await;
             let queued = k.bio_list_end();
             self.submit_queued(queued, copied.is_ok());
             copied
         };
         let result = match copied {
-            Ok(()) => area.wait(bio.sector, bio.sectors, nowait).await,
+            Ok(()) => area.wait(bio.sector, bio.sectors, nowait, killable).await,
             // The write is let through after an error; first wait for the
             // copies already started, or the write could overtake them.
             Err(e) if e != Errno::EAGAIN && !self.module.quirks.trk_3 => {
-                let _ = area.wait(bio.sector, bio.sectors, false).await;
+                let _ = area.wait(bio.sector, bio.sectors, false, false).await;
                 Err(e)
             }
             Err(e) => Err(e),
@@ -273,6 +277,18 @@ impl Tracker {
         } else {
             FilterVerdict::Complete(Errno::EAGAIN)
         }
+    }
+}
+
+/// Drop a device from `tracked_device_list`. v2 drops the first entry only,
+/// so a duplicate of a re-plugged device stays (B-TRK-7); the fix drops all.
+fn forget_device(list: &mut Vec<DevT>, dev: DevT, first_only: bool) {
+    if first_only {
+        if let Some(i) = list.iter().position(|d| *d == dev) {
+            list.remove(i);
+        }
+    } else {
+        list.retain(|d| *d != dev);
     }
 }
 

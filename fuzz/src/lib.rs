@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod inputs;
 pub mod ioctl_args;
 pub mod lifecycle;
 pub mod scenario_parse;

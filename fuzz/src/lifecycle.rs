@@ -79,7 +79,10 @@ pub fn build(data: &[u8]) -> Option<(Scenario, u64)> {
 
 /// Run, and judge the outcome as described in the module comment.
 fn verdict(scenario: &Scenario, seed: u64) -> std::result::Result<(), String> {
-    let options = RunOptions { seed: Some(seed) };
+    let options = RunOptions {
+        seed: Some(seed),
+        ..RunOptions::default()
+    };
     let outcome = scenario::run(scenario, &options);
     if outcome.passed() {
         return Ok(());
@@ -281,28 +284,34 @@ impl<'a, 'b> Generator<'a, 'b> {
         let kinds: u32 = if top_level { 19 } else { 17 };
         match self.u.int_in_range(0..=kinds)? {
             0 => out.push(Step::Version {
+                fault: None,
                 expect: Expect::Any,
             }),
             1 | 2 => out.push(self.create()?),
             3 | 4 => out.push(self.append()?),
             5 | 6 => out.push(Step::Take {
                 snapshot: self.snapshot()?,
+                fault: None,
                 expect: Expect::Any,
             }),
             7 => out.push(Step::Destroy {
                 snapshot: self.snapshot()?,
+                fault: None,
                 expect: Expect::Any,
             }),
             8 => {
                 if self.chance(1, 2)? {
                     out.push(Step::Collect {
                         expect_snapshots: None,
+                        fault: None,
+                        expect_count: None,
                         expect: Expect::Any,
                     });
                 } else {
                     out.push(Step::CollectImages {
                         snapshot: self.snapshot()?,
                         expect_count: None,
+                        fault: None,
                         expect: Expect::Any,
                     });
                 }
@@ -310,6 +319,7 @@ impl<'a, 'b> Generator<'a, 'b> {
             9 => out.push(Step::WaitEvent {
                 snapshot: self.snapshot()?,
                 timeout_ms: self.pick(&[0, 1, 10, 100, 1000])?,
+                fault: None,
                 expect: EventExpect::Any,
             }),
             10 | 11 => out.push(self.write()?),
@@ -347,6 +357,7 @@ impl<'a, 'b> Generator<'a, 'b> {
         out.push(Step::Create {
             snapshot: snapshot.clone(),
             devices: devices.clone(),
+            fault: None,
             expect: Expect::Any,
         });
         let size = self.pick(&[4096, 16384, 65536])?;
@@ -355,10 +366,12 @@ impl<'a, 'b> Generator<'a, 'b> {
             snapshot: snapshot.clone(),
             device: STORE.to_string(),
             ranges,
+            fault: None,
             expect: Expect::Any,
         });
         out.push(Step::Take {
             snapshot: snapshot.clone(),
+            fault: None,
             expect: Expect::Any,
         });
         if self.chance(1, 2)? {
@@ -418,6 +431,7 @@ impl<'a, 'b> Generator<'a, 'b> {
         Ok(Step::Create {
             snapshot: self.snapshot()?,
             devices: self.create_devices()?,
+            fault: None,
             expect: Expect::Any,
         })
     }
@@ -438,6 +452,7 @@ impl<'a, 'b> Generator<'a, 'b> {
             snapshot: self.snapshot()?,
             device,
             ranges,
+            fault: None,
             expect: Expect::Any,
         })
     }

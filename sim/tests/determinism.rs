@@ -8,7 +8,13 @@ use blksnap_sim::scenario::{load, run, RunOptions};
 fn digest(path: &str, seed: u64) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let scenario = load(&root.join(path)).expect("scenario loads");
-    let outcome = run(&scenario, &RunOptions { seed: Some(seed) });
+    let outcome = run(
+        &scenario,
+        &RunOptions {
+            seed: Some(seed),
+            ..RunOptions::default()
+        },
+    );
     assert!(
         outcome.passed(),
         "{path} seed {seed}: {:?}",

@@ -83,6 +83,11 @@ impl Checker<'_> {
                 .enable(id)
                 .map_err(|e| self.error(&format!("\"{id}\""), e.to_string()))?;
         }
+        if !quirks.param_1 {
+            s.params
+                .validate()
+                .map_err(|e| self.error("params", format!("{e} (B-PARAM-1 lets v2 take it)")))?;
+        }
         let mut names = BTreeSet::new();
         for device in &s.devices {
             if !names.insert(device.name.as_str()) {

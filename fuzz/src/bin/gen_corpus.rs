@@ -1,0 +1,469 @@
+//! Regenerate the seed corpus of `lifecycle` and `ioctl_args`.
+//!
+//! `cargo run -p blksnap-fuzz --bin gen-corpus [-- FUZZ_DIR]`
+//!
+//! Seeds are picked, not written by hand: pseudo-random inputs from a fixed
+//! stream are decoded, and the first (shortest, among a few candidates)
+//! input that shows each wanted feature is kept, if it passes. One that
+//! fails goes to `findings/<target>/` instead, with its report beside it.
+//! The output is deterministic; `scenario_parse` seeds are hand-written
+//! text and are not touched.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use arbitrary::Unstructured;
+use blksnap_fuzz::ioctl_args::{self, ArgMap, Call, Op, Program};
+use blksnap_fuzz::{inputs, lifecycle};
+use blksnap_sim::scenario::model::{Step, Target};
+use blksnap_sim::scenario::Scenario;
+
+/// Inputs tried per feature before giving up on it.
+const TRIES: u64 = 20_000;
+/// Among matching inputs, the shortest of this many first matches is kept.
+const CANDIDATES: usize = 4;
+const SEED: u64 = 0x5eed_c0de;
+
+type Feature<T> = (&'static str, fn(&T) -> bool);
+
+fn main() -> ExitCode {
+    let dir = std::env::args()
+        .nth(1)
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let mut missing = 0;
+    missing += generate(&dir, "lifecycle", LIFECYCLE, 300, |data| {
+        lifecycle::build(data).map(|(scenario, _)| scenario)
+    });
+    missing += generate(&dir, "ioctl_args", IOCTL_ARGS, 200, |data| {
+        ioctl_args::program(&mut Unstructured::new(data)).ok()
+    });
+    if missing > 0 {
+        eprintln!("{missing} feature(s) found no input");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Find, check and write one seed per feature; returns how many features
+/// found no input at all.
+fn generate<T>(
+    dir: &Path,
+    target: &str,
+    features: &[Feature<T>],
+    max_len: usize,
+    decode: impl Fn(&[u8]) -> Option<T>,
+) -> usize {
+    let check = blksnap_fuzz::target(target).expect("a known target");
+    let corpus = dir.join("corpus").join(target);
+    let findings = dir.join("findings").join(target);
+    let mut missing = 0;
+    for (index, (name, wanted)) in features.iter().enumerate() {
+        let stream = SEED ^ (index as u64) << 32;
+        let mut candidates: Vec<Vec<u8>> = (0..TRIES)
+            .map(|i| inputs::random_input(stream, i, max_len))
+            .filter(|data| decode(data).is_some_and(|value| wanted(&value)))
+            .take(CANDIDATES)
+            .collect();
+        candidates.sort_by_key(Vec::len);
+        let Some(data) = candidates.into_iter().next() else {
+            eprintln!("{target}/{name}: no input found");
+            missing += 1;
+            continue;
+        };
+        let file = format!("seed-{name}.bin");
+        match check(&data) {
+            Ok(()) => {
+                write(&corpus.join(&file), &data);
+                println!("{target}/{file}: {} bytes", data.len());
+            }
+            Err(report) => {
+                write(&findings.join(&file), &data);
+                write(
+                    &findings.join(format!("seed-{name}.txt")),
+                    report.as_bytes(),
+                );
+                println!("{target}/{file}: FAILS, written to findings/");
+            }
+        }
+    }
+    missing
+}
+
+fn write(path: &Path, data: &[u8]) {
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if let Err(e) = std::fs::write(path, data) {
+        eprintln!("{}: {e}", path.display());
+    }
+}
+
+// --- lifecycle features -----------------------------------------------------------------------
+
+/// Every step, concurrent branches flattened, with its branch number
+/// (None at top level) and its position.
+fn flat(steps: &[Step]) -> Vec<(Option<usize>, &Step)> {
+    let mut out = Vec::new();
+    for step in steps {
+        if let Step::Concurrent(branches) = step {
+            for (b, branch) in branches.iter().enumerate() {
+                out.extend(branch.iter().map(|s| (Some(b), s)));
+            }
+        } else {
+            out.push((None, step));
+        }
+    }
+    out
+}
+
+fn position(s: &Scenario, wanted: impl Fn(&Step) -> bool) -> Option<usize> {
+    flat(&s.steps).iter().position(|(_, step)| wanted(step))
+}
+
+fn is_take(step: &Step) -> bool {
+    matches!(step, Step::Take { .. })
+}
+
+fn is_image_io(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::Read {
+            target: Target::Image(..),
+            ..
+        } | Step::Write {
+            target: Target::Image(..),
+            ..
+        } | Step::VerifyImage { .. }
+    )
+}
+
+fn is_original_write(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::Write {
+            target: Target::Original(_),
+            ..
+        } | Step::Workload(_)
+    )
+}
+
+fn is_io(step: &Step) -> bool {
+    is_image_io(step)
+        || is_original_write(step)
+        || matches!(step, Step::Read { .. } | Step::VerifyOriginal { .. })
+}
+
+fn count(s: &Scenario, wanted: impl Fn(&Step) -> bool) -> usize {
+    flat(&s.steps)
+        .iter()
+        .filter(|(_, step)| wanted(step))
+        .count()
+}
+
+/// A take, then a write to the original, then image IO.
+fn take_write_image(s: &Scenario) -> bool {
+    let steps = flat(&s.steps);
+    let Some(take) = steps.iter().position(|(_, st)| is_take(st)) else {
+        return false;
+    };
+    let Some(write) = steps[take..]
+        .iter()
+        .position(|(_, st)| is_original_write(st))
+    else {
+        return false;
+    };
+    steps[take + write..].iter().any(|(_, st)| is_image_io(st))
+}
+
+/// A concurrent group with a destroy in one branch and IO in the other.
+fn concurrent_with(s: &Scenario, first: fn(&Step) -> bool, second: fn(&Step) -> bool) -> bool {
+    s.steps.iter().any(|step| match step {
+        Step::Concurrent(branches) if branches.len() == 2 => {
+            let has = |b: &Vec<Step>, f: fn(&Step) -> bool| b.iter().any(f);
+            (has(&branches[0], first) && has(&branches[1], second))
+                || (has(&branches[1], first) && has(&branches[0], second))
+        }
+        _ => false,
+    })
+}
+
+fn destroy_during_io(s: &Scenario) -> bool {
+    s.devices.len() >= 2
+        && position(s, is_take).is_some()
+        && concurrent_with(s, |st| matches!(st, Step::Destroy { .. }), is_io)
+}
+
+fn take_during_writes(s: &Scenario) -> bool {
+    concurrent_with(s, is_take, is_original_write)
+}
+
+fn image_read_during_writes(s: &Scenario) -> bool {
+    position(s, is_take).is_some() && concurrent_with(s, is_image_io, is_original_write)
+}
+
+fn two_snapshots(s: &Scenario) -> bool {
+    let takes_of = |name: &str| {
+        count(
+            s,
+            |st| matches!(st, Step::Take { snapshot, .. } if snapshot == name),
+        )
+    };
+    takes_of("a") > 0 && takes_of("b") > 0 && count(s, is_image_io) > 0
+}
+
+fn fs_take(s: &Scenario) -> bool {
+    s.devices.iter().any(|d| d.fs) && take_write_image(s)
+}
+
+fn small_storage_many_writes(s: &Scenario) -> bool {
+    s.params.diff_storage_minimum == 4096
+        && s.params.chunk_minimum_shift <= 13
+        && position(s, is_take).is_some()
+        && count(s, is_original_write) >= 4
+        && count(s, |st| matches!(st, Step::WaitEvent { .. })) > 0
+}
+
+fn bad_ranges(s: &Scenario) -> bool {
+    let bad = |st: &Step| match st {
+        Step::Append { ranges, .. } => ranges
+            .iter()
+            .any(|&(sector, count)| count == 0 || sector % 8 != 0 || count % 8 != 0),
+        _ => false,
+    };
+    count(s, bad) >= 2 && position(s, is_take).is_some()
+}
+
+fn missing_devices(s: &Scenario) -> bool {
+    let missing = |st: &Step| match st {
+        Step::Create { devices, .. } => devices.iter().any(|d| d == "9:9"),
+        Step::Append { device, .. } => device == "9:9",
+        _ => false,
+    };
+    count(s, missing) >= 2
+}
+
+fn destroy_then_image_io(s: &Scenario) -> bool {
+    let steps = flat(&s.steps);
+    let Some(take) = steps.iter().position(|(b, st)| b.is_none() && is_take(st)) else {
+        return false;
+    };
+    let rest = &steps[take..];
+    let Some(destroy) = rest
+        .iter()
+        .position(|(b, st)| b.is_none() && matches!(st, Step::Destroy { .. }))
+    else {
+        return false;
+    };
+    rest[destroy..].iter().any(|(_, st)| is_image_io(st))
+}
+
+fn priority_scheduler(s: &Scenario) -> bool {
+    matches!(s.scheduler, blksnap_sim::scenario::model::Scheduler::Priority(n) if n > 0)
+        && take_write_image(s)
+}
+
+fn image_writes(s: &Scenario) -> bool {
+    position(s, is_take).is_some()
+        && count(s, |st| {
+            matches!(
+                st,
+                Step::Write {
+                    target: Target::Image(..),
+                    ..
+                }
+            )
+        }) >= 2
+        && count(s, |st| matches!(st, Step::VerifyImage { .. })) > 0
+}
+
+fn collect_and_events(s: &Scenario) -> bool {
+    count(s, |st| matches!(st, Step::Collect { .. })) > 0
+        && count(s, |st| matches!(st, Step::CollectImages { .. })) > 0
+        && count(s, |st| matches!(st, Step::WaitEvent { .. })) > 0
+        && position(s, is_take).is_some()
+}
+
+fn three_devices(s: &Scenario) -> bool {
+    s.devices.len() == 4
+        && count(
+            s,
+            |st| matches!(st, Step::Create { devices, .. } if devices.len() >= 2),
+        ) > 0
+        && take_write_image(s)
+}
+
+fn recreate(s: &Scenario) -> bool {
+    count(
+        s,
+        |st| matches!(st, Step::Create { snapshot, .. } if snapshot == "a"),
+    ) >= 2
+        && count(
+            s,
+            |st| matches!(st, Step::Destroy { snapshot, .. } if snapshot == "a"),
+        ) >= 1
+        && count(s, is_take) >= 2
+}
+
+fn long(s: &Scenario) -> bool {
+    flat(&s.steps).len() >= 35 && position(s, is_take).is_some()
+}
+
+fn nowait_writes(s: &Scenario) -> bool {
+    count(s, |st| matches!(st, Step::Write { nowait: true, .. })) >= 1 && take_write_image(s)
+}
+
+fn out_of_range_io(s: &Scenario) -> bool {
+    let capacity = |name: &str| s.devices.iter().find(|d| d.name == name).map(|d| d.sectors);
+    let beyond = |st: &Step| match st {
+        Step::Write {
+            target: Target::Original(d) | Target::Image(_, d),
+            sector,
+            sectors,
+            ..
+        }
+        | Step::Read {
+            target: Target::Original(d) | Target::Image(_, d),
+            sector,
+            sectors,
+            ..
+        } => capacity(d).is_some_and(|c| sector + sectors > c),
+        _ => false,
+    };
+    count(s, beyond) >= 2 && position(s, is_take).is_some()
+}
+
+const LIFECYCLE: &[Feature<Scenario>] = &[
+    ("take-write-image", take_write_image),
+    ("destroy-during-io", destroy_during_io),
+    ("take-during-writes", take_during_writes),
+    ("image-read-during-writes", image_read_during_writes),
+    ("two-snapshots", two_snapshots),
+    ("fs-take", fs_take),
+    ("small-storage-many-writes", small_storage_many_writes),
+    ("bad-ranges", bad_ranges),
+    ("missing-devices", missing_devices),
+    ("destroy-then-image-io", destroy_then_image_io),
+    ("priority-scheduler", priority_scheduler),
+    ("image-writes", image_writes),
+    ("collect-and-events", collect_and_events),
+    ("three-devices", three_devices),
+    ("recreate", recreate),
+    ("long", long),
+    ("nowait-writes", nowait_writes),
+    ("out-of-range-io", out_of_range_io),
+];
+
+// --- ioctl_args features ----------------------------------------------------------------------
+
+fn calls(p: &Program) -> impl Iterator<Item = (&Call, &ArgMap)> {
+    p.processes.iter().flatten().filter_map(|op| match op {
+        Op::Ioctl { call, arg } => Some((call, arg)),
+        _ => None,
+    })
+}
+
+fn has(p: &Program, wanted: fn(&Call) -> bool) -> bool {
+    calls(p).any(|(call, arg)| matches!(arg, ArgMap::Full) && wanted(call))
+}
+
+fn full_life(p: &Program) -> bool {
+    has(p, |c| matches!(c, Call::Create { .. }))
+        && has(p, |c| matches!(c, Call::Append { .. }))
+        && has(p, |c| matches!(c, Call::Take { .. }))
+        && p.processes
+            .iter()
+            .flatten()
+            .any(|op| matches!(op, Op::Write { .. }))
+}
+
+fn two_callers(p: &Program) -> bool {
+    p.processes.len() == 2 && p.processes.iter().all(|ops| ops.len() >= 3) && full_life(p)
+}
+
+fn bad_pointers(p: &Program) -> bool {
+    calls(p)
+        .filter(|(_, arg)| matches!(arg, ArgMap::Null | ArgMap::Wild | ArgMap::Truncated(_)))
+        .count()
+        >= 3
+}
+
+fn raw_commands(p: &Program) -> bool {
+    calls(p)
+        .filter(|(c, _)| matches!(c, Call::Raw { .. }))
+        .count()
+        >= 3
+}
+
+fn cbt(p: &Program) -> bool {
+    has(p, |c| matches!(c, Call::ReadCbtMap { .. }))
+        && has(p, |c| matches!(c, Call::MarkDirtyBlocks { .. }))
+        && has(p, |c| matches!(c, Call::TrackerCollect { .. }))
+}
+
+fn collect(p: &Program) -> bool {
+    has(p, |c| matches!(c, Call::Collect { .. }))
+        && has(p, |c| matches!(c, Call::CollectImages { .. }))
+        && has(p, |c| matches!(c, Call::Create { .. }))
+}
+
+fn huge_counts(p: &Program) -> bool {
+    calls(p)
+        .filter(|(c, _)| match c {
+            Call::Create { count, .. }
+            | Call::Append { count, .. }
+            | Call::Collect { count, .. }
+            | Call::MarkDirtyBlocks { count, .. } => *count >= 1 << 20,
+            _ => false,
+        })
+        .count()
+        >= 2
+}
+
+fn tracker_remove(p: &Program) -> bool {
+    has(p, |c| matches!(c, Call::TrackerRemove { .. })) && full_life(p)
+}
+
+fn destroy_twice(p: &Program) -> bool {
+    calls(p)
+        .filter(|(c, _)| matches!(c, Call::Destroy { .. }))
+        .count()
+        >= 2
+        && full_life(p)
+}
+
+fn wait_events(p: &Program) -> bool {
+    calls(p)
+        .filter(|(c, _)| matches!(c, Call::WaitEvent { timeout_ms, .. } if *timeout_ms > 0))
+        .count()
+        >= 1
+        && has(p, |c| matches!(c, Call::Create { .. }))
+}
+
+fn long_program(p: &Program) -> bool {
+    p.processes.iter().map(Vec::len).sum::<usize>() >= 30
+}
+
+fn empty_arrays(p: &Program) -> bool {
+    calls(p)
+        .filter(|(c, _)| match c {
+            Call::Create { count, .. } | Call::Append { count, .. } => *count == 0,
+            _ => false,
+        })
+        .count()
+        >= 2
+}
+
+const IOCTL_ARGS: &[Feature<Program>] = &[
+    ("full-life", full_life),
+    ("two-callers", two_callers),
+    ("bad-pointers", bad_pointers),
+    ("raw-commands", raw_commands),
+    ("cbt", cbt),
+    ("collect", collect),
+    ("huge-counts", huge_counts),
+    ("tracker-remove", tracker_remove),
+    ("destroy-twice", destroy_twice),
+    ("wait-events", wait_events),
+    ("long-program", long_program),
+    ("empty-arrays", empty_arrays),
+];

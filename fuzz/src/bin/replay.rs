@@ -1,0 +1,139 @@
+//! Replay fuzz inputs on stable Rust.
+//!
+//! ```text
+//! replay <target> <file-or-dir>...           run each input; exit 1 if any fails
+//! replay show <target> <file>                print what the input decodes to
+//! replay random <target> <count> [seed]      run pseudo-random inputs, report failures
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use arbitrary::Unstructured;
+use blksnap_fuzz::{inputs, ioctl_args, lifecycle, target, TARGETS};
+
+const USAGE: &str = "usage:
+  replay <target> <file-or-dir>...         run each input; exit 1 if any fails
+  replay show <target> <file>              print what the input decodes to
+  replay random <target> <count> [seed]    run pseudo-random inputs, report failures";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("show") if args.len() == 3 => show(&args[1], Path::new(&args[2])),
+        Some("random") if (3..=4).contains(&args.len()) => random(&args[1..]),
+        Some(name) if args.len() >= 2 && name != "show" && name != "random" => {
+            replay(name, &args[1..])
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_of(name: &str) -> Result<blksnap_fuzz::Check, String> {
+    let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
+    target(name).ok_or_else(|| format!("unknown target '{name}': expected one of {names:?}"))
+}
+
+/// Every file named, directories expanded one level, sorted.
+fn files(paths: &[String]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for path in paths.iter().map(PathBuf::from) {
+        if path.is_dir() {
+            let entries =
+                std::fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for entry in entries {
+                let file = entry
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .path();
+                if file.is_file() {
+                    out.push(file);
+                }
+            }
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn replay(name: &str, paths: &[String]) -> Result<bool, String> {
+    let check = check_of(name)?;
+    let mut failed = 0;
+    let files = files(paths)?;
+    for file in &files {
+        let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let start = Instant::now();
+        let result = check(&data);
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        match result {
+            Ok(()) => println!("ok    {} ({ms:.1} ms)", file.display()),
+            Err(report) => {
+                failed += 1;
+                println!("FAIL  {} ({ms:.1} ms)\n{report}", file.display());
+            }
+        }
+    }
+    println!("{} input(s), {failed} failed", files.len());
+    Ok(failed == 0)
+}
+
+fn show(name: &str, file: &Path) -> Result<bool, String> {
+    let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    match name {
+        "lifecycle" => match lifecycle::build(&data) {
+            Some((scenario, seed)) => println!("seed: {seed}\n{scenario:#?}"),
+            None => println!("(no scenario)"),
+        },
+        "ioctl_args" => match ioctl_args::program(&mut Unstructured::new(&data)) {
+            Ok(program) => println!("{program:#?}"),
+            Err(e) => println!("(no program: {e})"),
+        },
+        "scenario_parse" => println!("{}", String::from_utf8_lossy(&data)),
+        other => return Err(format!("unknown target '{other}'")),
+    }
+    Ok(true)
+}
+
+fn random(args: &[String]) -> Result<bool, String> {
+    let check = check_of(&args[0])?;
+    let count: u64 = args[1].parse().map_err(|e| format!("count: {e}"))?;
+    let seed: u64 = match args.get(2) {
+        Some(s) => s.parse().map_err(|e| format!("seed: {e}"))?,
+        None => 0,
+    };
+    let start = Instant::now();
+    let mut failed = 0;
+    let mut slowest = (0.0, 0);
+    for index in 0..count {
+        let data = inputs::random_input(seed, index, 512);
+        let one = Instant::now();
+        let result = check(&data);
+        let ms = one.elapsed().as_secs_f64() * 1e3;
+        if ms > slowest.0 {
+            slowest = (ms, index);
+        }
+        if let Err(report) = result {
+            failed += 1;
+            let head: String = report.lines().take(12).collect::<Vec<_>>().join("\n");
+            println!("FAIL  input {index} (seed {seed})\n{head}\n");
+        }
+    }
+    let total = start.elapsed().as_secs_f64();
+    println!(
+        "{count} input(s), {failed} failed, {total:.2} s total, {:.1} ms mean, slowest {:.1} ms (input {})",
+        total * 1e3 / count.max(1) as f64,
+        slowest.0,
+        slowest.1
+    );
+    Ok(failed == 0)
+}

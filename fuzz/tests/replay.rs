@@ -1,0 +1,218 @@
+//! Replays the committed corpus through the target bodies on stable Rust,
+//! and runs the targets on deterministic pseudo-random inputs.
+//!
+//! `FUZZ_REPLAY=path [FUZZ_TARGET=name] cargo test -p blksnap-fuzz --test replay replay_env`
+//! reruns one file (a cargo-fuzz crash artifact, say); the target defaults
+//! to the name of the file's directory (`artifacts/lifecycle/crash-...`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use blksnap_fuzz::{inputs, target, Check, TARGETS};
+
+/// Pseudo-random inputs per target, and the stream they come from.
+const RANDOM_LIFECYCLE: u64 = 300;
+const RANDOM_IOCTL_ARGS: u64 = 300;
+const RANDOM_PARSE: u64 = 2000;
+const RANDOM_SEED: u64 = 0x626c_6b73_6e61_70;
+/// Fewest seed inputs each committed corpus must hold.
+const MIN_CORPUS: usize = 10;
+
+fn fuzz_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Run every input; panic with every failure report at once.
+fn replay_all(name: &str, check: Check, inputs: impl IntoIterator<Item = (String, Vec<u8>)>) {
+    let start = Instant::now();
+    let mut count = 0;
+    let mut failures = Vec::new();
+    for (label, data) in inputs {
+        count += 1;
+        if let Err(report) = check(&data) {
+            failures.push(format!("--- {name} {label}\n{report}"));
+        }
+    }
+    eprintln!(
+        "{name}: {count} input(s) in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {count} {name} input(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = fuzz_dir().join("corpus").join(name);
+    files_in(&dir)
+        .into_iter()
+        .map(|path| {
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (path.display().to_string(), data)
+        })
+        .collect()
+}
+
+fn replay_corpus(name: &str) {
+    let check = target(name).expect("a known target");
+    let inputs = corpus(name);
+    assert!(
+        inputs.len() >= MIN_CORPUS,
+        "corpus/{name} holds {} input(s), expected at least {MIN_CORPUS}",
+        inputs.len()
+    );
+    replay_all(name, check, inputs);
+}
+
+#[test]
+fn corpus_lifecycle() {
+    replay_corpus("lifecycle");
+}
+
+#[test]
+fn corpus_scenario_parse() {
+    replay_corpus("scenario_parse");
+}
+
+#[test]
+fn corpus_ioctl_args() {
+    replay_corpus("ioctl_args");
+}
+
+#[test]
+fn every_target_has_a_corpus_and_a_wrapper() {
+    for (name, _) in TARGETS {
+        assert!(
+            fuzz_dir().join("corpus").join(name).is_dir(),
+            "corpus/{name}"
+        );
+        let wrapper = fuzz_dir()
+            .join("cargo-fuzz/fuzz_targets")
+            .join(format!("{name}.rs"));
+        assert!(wrapper.is_file(), "{}", wrapper.display());
+    }
+}
+
+fn random(name: &str, count: u64, max_len: usize) {
+    let check = target(name).expect("a known target");
+    let inputs = (0..count).map(|i| {
+        (
+            format!("random input {i} (seed {RANDOM_SEED:#x}, max_len {max_len})"),
+            inputs::random_input(RANDOM_SEED, i, max_len),
+        )
+    });
+    replay_all(name, check, inputs);
+}
+
+#[test]
+fn random_lifecycle() {
+    random("lifecycle", RANDOM_LIFECYCLE, 400);
+}
+
+#[test]
+fn random_ioctl_args() {
+    random("ioctl_args", RANDOM_IOCTL_ARGS, 400);
+}
+
+/// Random bytes, and the corpus texts with a few bytes changed.
+#[test]
+fn random_scenario_parse() {
+    let check = target("scenario_parse").expect("a known target");
+    random("scenario_parse", RANDOM_PARSE / 2, 256);
+    let texts: Vec<Vec<u8>> = corpus("scenario_parse")
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let mut rng = inputs::SplitMix::new(RANDOM_SEED);
+    let mutants = (0..RANDOM_PARSE / 2).map(|i| {
+        let mut data = texts[i as usize % texts.len()].clone();
+        for _ in 0..1 + rng.below(4) {
+            if data.is_empty() {
+                break;
+            }
+            let at = rng.below(data.len() as u64) as usize;
+            match rng.below(3) {
+                0 => data[at] = b"()[],:\"' 0aZ\n"[rng.below(13) as usize],
+                1 => {
+                    data.remove(at);
+                }
+                _ => data.truncate(at),
+            }
+        }
+        (format!("mutant {i}"), data)
+    });
+    replay_all("scenario_parse", check, mutants);
+}
+
+/// The same input runs the same way: same verdict, same trace digest.
+#[test]
+fn lifecycle_is_deterministic() {
+    for (label, data) in corpus("lifecycle").into_iter().take(3) {
+        let (scenario, seed) = blksnap_fuzz::lifecycle::build(&data).expect("a scenario");
+        let options = blksnap_sim::scenario::RunOptions {
+            seed: Some(seed),
+            ..Default::default()
+        };
+        let first = blksnap_sim::scenario::run(&scenario, &options);
+        let second = blksnap_sim::scenario::run(&scenario, &options);
+        assert_eq!(first.digest, second.digest, "{label}");
+        assert_eq!(first.failures, second.failures, "{label}");
+    }
+}
+
+/// `FUZZ_REPLAY=path [FUZZ_TARGET=name]`: replay one file; a no-op without.
+#[test]
+fn replay_env() {
+    let Ok(path) = std::env::var("FUZZ_REPLAY") else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let name = std::env::var("FUZZ_TARGET").unwrap_or_else(|_| {
+        path.parent()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let check = target(&name).unwrap_or_else(|| {
+        panic!("FUZZ_TARGET: unknown target '{name}' (set FUZZ_TARGET to one of lifecycle, scenario_parse, ioctl_args)")
+    });
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    replay_all(&name, check, [(path.display().to_string(), data)]);
+}
+
+/// The known failures in `findings/`, which are not replayed by default:
+/// `cargo test -p blksnap-fuzz --test replay -- --ignored findings`.
+#[test]
+#[ignore = "findings/ holds inputs that fail until their bug is fixed"]
+fn findings() {
+    for (name, check) in TARGETS {
+        let dir = fuzz_dir().join("findings").join(name);
+        let files = files_in(&dir);
+        for path in files {
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            match check(&data) {
+                Ok(()) => eprintln!("passes now: {}", path.display()),
+                Err(report) => {
+                    let head: Vec<&str> = report.lines().take(4).collect();
+                    eprintln!("still fails: {}\n{}", path.display(), head.join("\n"));
+                }
+            }
+        }
+    }
+}
