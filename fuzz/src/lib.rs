@@ -18,7 +18,9 @@
 pub mod inputs;
 pub mod ioctl_args;
 pub mod lifecycle;
+pub mod minimize;
 pub mod scenario_parse;
+pub mod steps;
 
 pub use ioctl_args::ioctl_args;
 pub use lifecycle::lifecycle;

@@ -12,6 +12,11 @@
 //! at fault and the checkers would rightly fail the run:
 //! - write to the storage device, or append ranges of an original device,
 //!   or snapshot the storage device (COW data would land on user data);
+//! - read the storage device (the oracle judges every read of a declared
+//!   device against the user's writes, and the engine writes there too);
+//! - write past the end of an original, or verify a device that does not
+//!   exist (VerifyOriginal rereads every sector ever written, and the
+//!   filesystem's writeback fails on sectors past the end);
 //! - append a storage range that overlaps an earlier one (ranges are handed
 //!   out from a bump cursor, so two snapshots never share storage);
 //! - freeze without thaw, remove devices, or wait longer than the
@@ -30,10 +35,10 @@ use std::path::Path;
 use arbitrary::{Result, Unstructured};
 use blksnap_core::Params;
 use blksnap_sim::device::Fill;
-use blksnap_sim::scenario::model::{
-    DeviceSpec, EventExpect, Expect, Scheduler, Step, Target, Workload,
-};
+use blksnap_sim::scenario::model::{DeviceSpec, Scheduler, Step, Target, Workload};
 use blksnap_sim::scenario::{self, Outcome, RunOptions, Scenario};
+
+use crate::steps;
 
 /// Upper bound on top-level steps (a concurrent group counts as one).
 pub const MAX_STEPS: usize = 40;
@@ -79,23 +84,32 @@ pub fn build(data: &[u8]) -> Option<(Scenario, u64)> {
 
 /// Run, and judge the outcome as described in the module comment.
 fn verdict(scenario: &Scenario, seed: u64) -> std::result::Result<(), String> {
+    match judge(scenario, seed) {
+        None => Ok(()),
+        Some((scenario, outcome)) => Err(report(&scenario, &outcome)),
+    }
+}
+
+/// Run a scenario; `Some` holds the failing run (the sanitized scenario if
+/// the first run failed only on missing images).
+pub fn judge(scenario: &Scenario, seed: u64) -> Option<(Scenario, Outcome)> {
     let options = RunOptions {
         seed: Some(seed),
         ..RunOptions::default()
     };
     let outcome = scenario::run(scenario, &options);
     if outcome.passed() {
-        return Ok(());
+        return None;
     }
     if !outcome.failures.iter().all(is_missing_image) {
-        return Err(report(scenario, &outcome));
+        return Some((scenario.clone(), outcome));
     }
     let sanitized = sanitize(scenario);
     let outcome = scenario::run(&sanitized, &options);
     if outcome.passed() {
-        return Ok(());
+        return None;
     }
-    Err(report(&sanitized, &outcome))
+    Some((sanitized, outcome))
 }
 
 /// A `VerifyImage` of an image that never came to be: the scenario's fault.
@@ -126,12 +140,11 @@ fn sanitize_steps(steps: &[Step], scenario: &Scenario) -> Vec<Step> {
                 let mut sector = 0;
                 while sector < capacity {
                     let sectors = VERIFY_READ_SECTORS.min(capacity - sector);
-                    out.push(Step::Read {
-                        target: Target::Image(snapshot.clone(), device.clone()),
+                    out.push(steps::read(
+                        Target::Image(snapshot.clone(), device.clone()),
                         sector,
                         sectors,
-                        expect: Expect::Any,
-                    });
+                    ));
                     sector += sectors;
                 }
             }
@@ -283,45 +296,23 @@ impl<'a, 'b> Generator<'a, 'b> {
     fn step(&mut self, out: &mut Vec<Step>, top_level: bool) -> Result<()> {
         let kinds: u32 = if top_level { 19 } else { 17 };
         match self.u.int_in_range(0..=kinds)? {
-            0 => out.push(Step::Version {
-                fault: None,
-                expect: Expect::Any,
-            }),
+            0 => out.push(steps::version()),
             1 | 2 => out.push(self.create()?),
             3 | 4 => out.push(self.append()?),
-            5 | 6 => out.push(Step::Take {
-                snapshot: self.snapshot()?,
-                fault: None,
-                expect: Expect::Any,
-            }),
-            7 => out.push(Step::Destroy {
-                snapshot: self.snapshot()?,
-                fault: None,
-                expect: Expect::Any,
-            }),
+            5 | 6 => out.push(steps::take(self.snapshot()?)),
+            7 => out.push(steps::destroy(self.snapshot()?)),
             8 => {
                 if self.chance(1, 2)? {
-                    out.push(Step::Collect {
-                        expect_snapshots: None,
-                        fault: None,
-                        expect_count: None,
-                        expect: Expect::Any,
-                    });
+                    out.push(steps::collect());
                 } else {
-                    out.push(Step::CollectImages {
-                        snapshot: self.snapshot()?,
-                        expect_count: None,
-                        fault: None,
-                        expect: Expect::Any,
-                    });
+                    out.push(steps::collect_images(self.snapshot()?));
                 }
             }
-            9 => out.push(Step::WaitEvent {
-                snapshot: self.snapshot()?,
-                timeout_ms: self.pick(&[0, 1, 10, 100, 1000])?,
-                fault: None,
-                expect: EventExpect::Any,
-            }),
+            9 => {
+                let snapshot = self.snapshot()?;
+                let timeout_ms = self.pick(&[0, 1, 10, 100, 1000])?;
+                out.push(steps::wait_event(snapshot, timeout_ms));
+            }
             10 | 11 => out.push(self.write()?),
             12 | 13 => out.push(self.read()?),
             14 => out.push(Step::VerifyImage {
@@ -335,7 +326,7 @@ impl<'a, 'b> Generator<'a, 'b> {
                     });
                 } else {
                     out.push(Step::VerifyOriginal {
-                        device: self.original_or_missing()?,
+                        device: self.original()?.name,
                     });
                 }
             }
@@ -354,38 +345,21 @@ impl<'a, 'b> Generator<'a, 'b> {
     fn recipe(&mut self, out: &mut Vec<Step>) -> Result<()> {
         let snapshot = self.snapshot()?;
         let devices = self.create_devices()?;
-        out.push(Step::Create {
-            snapshot: snapshot.clone(),
-            devices: devices.clone(),
-            fault: None,
-            expect: Expect::Any,
-        });
+        out.push(steps::create(snapshot.clone(), devices.clone()));
         let size = self.pick(&[4096, 16384, 65536])?;
-        let ranges = vec![self.fresh_range(size)];
-        out.push(Step::Append {
-            snapshot: snapshot.clone(),
-            device: STORE.to_string(),
-            ranges,
-            fault: None,
-            expect: Expect::Any,
-        });
-        out.push(Step::Take {
-            snapshot: snapshot.clone(),
-            fault: None,
-            expect: Expect::Any,
-        });
+        let range = self.fresh_range(size);
+        out.push(steps::append(
+            snapshot.clone(),
+            STORE.to_string(),
+            vec![range],
+        ));
+        out.push(steps::take(snapshot.clone()));
         if self.chance(1, 2)? {
             let device = devices
                 .first()
                 .cloned()
                 .unwrap_or_else(|| MISSING.to_string());
-            out.push(Step::Write {
-                target: Target::Original(device.clone()),
-                sector: 0,
-                sectors: 8,
-                nowait: false,
-                expect: Expect::Any,
-            });
+            out.push(steps::write(Target::Original(device.clone()), 0, 8, false));
             out.push(Step::VerifyImage { snapshot, device });
         }
         Ok(())
@@ -428,12 +402,8 @@ impl<'a, 'b> Generator<'a, 'b> {
     }
 
     fn create(&mut self) -> Result<Step> {
-        Ok(Step::Create {
-            snapshot: self.snapshot()?,
-            devices: self.create_devices()?,
-            fault: None,
-            expect: Expect::Any,
-        })
+        let snapshot = self.snapshot()?;
+        Ok(steps::create(snapshot, self.create_devices()?))
     }
 
     /// APPEND_STORAGE with 0-3 ranges, good or bad.
@@ -448,13 +418,7 @@ impl<'a, 'b> Generator<'a, 'b> {
         for _ in 0..count {
             ranges.push(self.storage_range()?);
         }
-        Ok(Step::Append {
-            snapshot: self.snapshot()?,
-            device,
-            ranges,
-            fault: None,
-            expect: Expect::Any,
-        })
+        Ok(steps::append(self.snapshot()?, device, ranges))
     }
 
     /// One storage range. Good ranges come from the bump cursor; bad ones
@@ -487,8 +451,8 @@ impl<'a, 'b> Generator<'a, 'b> {
         (sector, size)
     }
 
-    /// Where a write goes: an original or an image of one, never storage.
-    fn write_target(&mut self) -> Result<(Target, u64)> {
+    /// Where IO goes: an original or an image of one, never storage.
+    fn io_target(&mut self) -> Result<(Target, u64)> {
         let original = self.original()?;
         let device = if self.chance(1, 16)? {
             MISSING.to_string()
@@ -502,19 +466,16 @@ impl<'a, 'b> Generator<'a, 'b> {
         }
     }
 
-    /// Where a read goes: like a write, plus the storage device.
-    fn read_target(&mut self) -> Result<(Target, u64)> {
-        if self.chance(1, 16)? {
-            return Ok((Target::Original(STORE.to_string()), self.store_sectors));
-        }
-        self.write_target()
-    }
-
-    /// An IO extent: mostly inside the device, sometimes across its end or
-    /// far beyond it.
-    fn extent(&mut self, capacity: u64) -> Result<(u64, u64)> {
+    /// An IO extent: mostly inside the device; if `may_overrun`, sometimes
+    /// across its end or far beyond it.
+    fn extent(&mut self, capacity: u64, may_overrun: bool) -> Result<(u64, u64)> {
         let sectors = self.pick(&[1, 1, 7, 8, 8, 16, 64, 256])?;
-        let sector = match self.u.int_in_range(0..=15)? {
+        let overrun = if may_overrun {
+            self.u.int_in_range(0..=15)?
+        } else {
+            15
+        };
+        let sector = match overrun {
             0 => capacity - 1,
             1 => capacity + self.u.int_in_range(0..=1024)?,
             _ => {
@@ -527,34 +488,30 @@ impl<'a, 'b> Generator<'a, 'b> {
                 }
             }
         };
-        Ok((sector, sectors))
+        Ok((sector, sectors.min(capacity.max(1))))
     }
 
+    /// A write. Only image writes may run past the end: an original's
+    /// written sectors are read back by VerifyOriginal and by the
+    /// filesystem's writeback, which would rightly fail on them.
     fn write(&mut self) -> Result<Step> {
-        let (target, capacity) = self.write_target()?;
-        let (sector, sectors) = self.extent(capacity)?;
-        Ok(Step::Write {
-            target,
-            sector,
-            sectors,
-            nowait: self.chance(1, 8)?,
-            expect: Expect::Any,
-        })
+        let (target, capacity) = self.io_target()?;
+        let may_overrun = matches!(target, Target::Image(..));
+        let (sector, sectors) = self.extent(capacity, may_overrun)?;
+        Ok(steps::write(target, sector, sectors, self.chance(1, 8)?))
     }
 
+    /// A read, anywhere on an original or an image (never the storage
+    /// device: the engine writes there, and the oracle judges every read
+    /// of a declared device against user writes only).
     fn read(&mut self) -> Result<Step> {
-        let (target, capacity) = self.read_target()?;
+        let (target, capacity) = self.io_target()?;
         let (sector, sectors) = if self.chance(1, 8)? {
             (0, capacity)
         } else {
-            self.extent(capacity)?
+            self.extent(capacity, true)?
         };
-        Ok(Step::Read {
-            target,
-            sector,
-            sectors,
-            expect: Expect::Any,
-        })
+        Ok(steps::read(target, sector, sectors))
     }
 
     /// A small seeded workload on an original (an image may not exist,

@@ -3,7 +3,9 @@
 //! ```text
 //! replay <target> <file-or-dir>...           run each input; exit 1 if any fails
 //! replay show <target> <file>                print what the input decodes to
-//! replay random <target> <count> [seed]      run pseudo-random inputs, report failures
+//! replay minimize <file>                      shrink a failing lifecycle scenario
+//! replay random <target> <count> [seed [dir]]  run pseudo-random inputs, report
+//!                                             failures (and save them in dir)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -16,14 +18,21 @@ use blksnap_fuzz::{inputs, ioctl_args, lifecycle, target, TARGETS};
 const USAGE: &str = "usage:
   replay <target> <file-or-dir>...         run each input; exit 1 if any fails
   replay show <target> <file>              print what the input decodes to
-  replay random <target> <count> [seed]    run pseudo-random inputs, report failures";
+  replay minimize <file>                   shrink a failing lifecycle input's scenario
+  replay random <target> <count> [seed [dir]]
+                                           run pseudo-random inputs, report failures
+                                           (and save each failing input in dir)";
 
 fn main() -> ExitCode {
+    // Engine panics are caught by the simulator and reported as oopses;
+    // their default messages and backtraces would only bury the reports.
+    std::panic::set_hook(Box::new(|_| {}));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("show") if args.len() == 3 => show(&args[1], Path::new(&args[2])),
-        Some("random") if (3..=4).contains(&args.len()) => random(&args[1..]),
-        Some(name) if args.len() >= 2 && name != "show" && name != "random" => {
+        Some("minimize") if args.len() == 2 => minimize(Path::new(&args[1])),
+        Some("random") if (3..=5).contains(&args.len()) => random(&args[1..]),
+        Some(name) if args.len() >= 2 && !["show", "random", "minimize"].contains(&name) => {
             replay(name, &args[1..])
         }
         _ => Err(USAGE.to_string()),
@@ -124,6 +133,11 @@ fn random(args: &[String]) -> Result<bool, String> {
         }
         if let Err(report) = result {
             failed += 1;
+            if let Some(dir) = args.get(3) {
+                let path = Path::new(dir).join(format!("{}-{seed}-{index}.bin", args[0]));
+                std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+                std::fs::write(&path, &data).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
             let head: String = report.lines().take(12).collect::<Vec<_>>().join("\n");
             println!("FAIL  input {index} (seed {seed})\n{head}\n");
         }
@@ -136,4 +150,25 @@ fn random(args: &[String]) -> Result<bool, String> {
         slowest.1
     );
     Ok(failed == 0)
+}
+
+fn minimize(file: &Path) -> Result<bool, String> {
+    let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let (scenario, seed) = lifecycle::build(&data).ok_or("the input decodes to no scenario")?;
+    match blksnap_fuzz::minimize::minimize(&scenario, seed) {
+        None => {
+            println!("{}: passes, nothing to minimize", file.display());
+            Ok(true)
+        }
+        Some((small, outcome)) => {
+            println!(
+                "{}: {} top-level step(s) -> {}",
+                file.display(),
+                scenario.steps.len(),
+                small.steps.len()
+            );
+            println!("{}", lifecycle::report(&small, &outcome));
+            Ok(false)
+        }
+    }
 }

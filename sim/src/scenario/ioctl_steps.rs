@@ -651,6 +651,63 @@ impl Run {
     }
 }
 
+/// Where the stretch loop takes its storage from.
+pub(super) struct StretchPlan {
+    pub device: String,
+    pub from: u64,
+    pub limit: u64,
+    pub timeout_ms: u32,
+}
+
+impl Run {
+    /// The event loop of the upstream library and stretch tool (spec 11.0).
+    pub(super) async fn stretch(
+        &self,
+        snapshot: &str,
+        plan: &StretchPlan,
+        expect_portions: Option<u64>,
+        expect_corrupted: Option<bool>,
+    ) -> Result<(), String> {
+        let id = self.record(snapshot).id;
+        let (mut next, mut appended, mut portions, mut corrupted) = (plan.from, 0u64, 0u64, false);
+        // Bounded: a stretch loop that never ends is a hang, not a test.
+        for _ in 0..1_000_000 {
+            match self.wait_event_raw(id, plan.timeout_ms, None).await {
+                Ok(event) if event.code == EVENT_LOW_FREE_SPACE => {
+                    let requested = BlkSnapEventLowFreeSpace::decode(&event.data)
+                        .map_or(0, |p| p.requested_nr_sect);
+                    if appended >= plan.limit {
+                        continue;
+                    }
+                    let range = [(next, requested)];
+                    self.append(snapshot, &plan.device, &range, None, &Expect::Any)
+                        .await?;
+                    next += requested;
+                    appended += requested;
+                    portions += 1;
+                }
+                Ok(event) if event.code == EVENT_CORRUPTED => {
+                    corrupted = true;
+                    break;
+                }
+                Ok(_) | Err(Errno::ENOENT) | Err(Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        if let Some(want) = expect_portions.filter(|w| *w != portions) {
+            return Err(format!(
+                "stretch appended {portions} portions, expected {want}"
+            ));
+        }
+        if let Some(want) = expect_corrupted.filter(|w| *w != corrupted) {
+            return Err(format!(
+                "stretch saw corrupted: {corrupted}, expected {want}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn describe_event(result: &Result<BlkSnapSnapshotEvent, Errno>) -> String {
     match result {
         Err(e) => format!("error {e}"),

@@ -47,7 +47,10 @@ pub fn load(path: &Path) -> Result<Scenario, LoadError> {
 
 /// Parse and check scenario text; `path` is only for messages.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, LoadError> {
+    // Optional fields may be written without `Some(..)`.
+    let implicit_some = ron::extensions::Extensions::IMPLICIT_SOME;
     let scenario: Scenario = ron::Options::default()
+        .with_default_extension(implicit_some)
         .from_str(text)
         .map_err(|e| LoadError {
             path: path.to_path_buf(),
@@ -217,7 +220,35 @@ impl Checker<'_> {
             Step::Concurrent(branches) => branches
                 .iter()
                 .try_for_each(|b| self.steps(b, devices, snapshots)),
+            Step::Repeat { steps, .. } => self.steps(steps, devices, snapshots),
+            Step::ExpectMedia {
+                device: d, content, ..
+            } => {
+                device(d)?;
+                self.media(content, devices)
+            }
+            Step::Stretch {
+                snapshot: s,
+                device: d,
+                ..
+            } => {
+                snapshot(s)?;
+                device(d)
+            }
             Step::Sleep { .. } | Step::Unload | Step::Load => Ok(()),
+        }
+    }
+
+    fn media(
+        &self,
+        media: &super::model::Media,
+        devices: &BTreeSet<&str>,
+    ) -> Result<(), LoadError> {
+        use super::model::Media;
+        match media {
+            Media::Zero => Ok(()),
+            Media::Pattern(d, _) => self.device(d, devices),
+            Media::OneOf(list) => list.iter().try_for_each(|m| self.media(m, devices)),
         }
     }
 
@@ -312,6 +343,7 @@ fn created_snapshots(steps: &[Step]) -> BTreeSet<String> {
                     names.extend(created_snapshots(branch));
                 }
             }
+            Step::Repeat { steps, .. } => names.extend(created_snapshots(steps)),
             _ => {}
         }
     }

@@ -227,6 +227,10 @@ pub struct Workload {
     pub nowait: bool,
 }
 
+fn default_repeat() -> u64 {
+    1
+}
+
 fn default_max_sectors() -> u64 {
     64
 }
@@ -309,10 +313,16 @@ pub enum Step {
         #[serde(default)]
         expect: EventExpect,
     },
+    /// Write fresh data; with `repeat`, that many writes `stride` sectors
+    /// apart (default: back to back).
     Write {
         target: Target,
         sector: u64,
         sectors: u64,
+        #[serde(default = "default_repeat")]
+        repeat: u64,
+        #[serde(default)]
+        stride: Option<u64>,
         #[serde(default)]
         nowait: bool,
         #[serde(default)]
@@ -427,6 +437,54 @@ pub enum Step {
     Unload,
     /// Load the module again after an Unload.
     Load,
+    /// Run the steps this many times.
+    Repeat {
+        times: u32,
+        steps: Vec<Step>,
+    },
+    /// What a device's media holds, read from the sim's own record (not
+    /// through the engine): e.g. where the diff storage put a chunk.
+    ExpectMedia {
+        device: String,
+        sector: u64,
+        sectors: u64,
+        content: Media,
+    },
+    /// The library's event loop and the stretch tool: wait for events; on
+    /// low_free_space append the requested sectors from `device` (taken in
+    /// order from `from`), while less than `limit` sectors were appended;
+    /// stop on corrupted or once the snapshot is gone.
+    Stretch {
+        snapshot: String,
+        device: String,
+        #[serde(default)]
+        from: u64,
+        limit: u64,
+        #[serde(default = "default_poll_ms")]
+        timeout_ms: u32,
+        /// How many portions must have been appended when it stops.
+        #[serde(default)]
+        expect_portions: Option<u64>,
+        /// Whether it must have seen a corrupted event.
+        #[serde(default)]
+        expect_corrupted: Option<bool>,
+    },
+}
+
+fn default_poll_ms() -> u32 {
+    100
+}
+
+/// Expected media content.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub enum Media {
+    /// Never written: zeros.
+    Zero,
+    /// The initial pattern of `device` from `sector` on (as a COW copy of
+    /// data that was never overwritten before TAKE would be).
+    Pattern(String, u64),
+    /// Any one of these.
+    OneOf(Vec<Media>),
 }
 
 impl Step {
@@ -460,6 +518,9 @@ impl Step {
             Step::SetParam { .. } => "SetParam",
             Step::Resize { .. } => "Resize",
             Step::Unload => "Unload",
+            Step::Repeat { .. } => "Repeat",
+            Step::ExpectMedia { .. } => "ExpectMedia",
+            Step::Stretch { .. } => "Stretch",
             Step::Load => "Load",
         }
     }

@@ -508,11 +508,19 @@ impl Run {
                 target,
                 sector,
                 sectors,
+                repeat,
+                stride,
                 nowait,
                 expect,
             } => {
-                let result = self.write(target, *sector, *sectors, *nowait).await;
-                check_expect(expect, result.map(|()| 0))
+                let stride = stride.unwrap_or(*sectors);
+                for i in 0..*repeat {
+                    let at_sector = sector + i * stride;
+                    let result = self.write(target, at_sector, *sectors, *nowait).await;
+                    check_expect(expect, result.map(|()| 0))
+                        .map_err(|e| format!("write at {at_sector}: {e}"))?;
+                }
+                Ok(())
             }
             Step::Read {
                 target,
@@ -557,6 +565,36 @@ impl Run {
                 self.sim.resize_device(self.dev(device), *sectors);
                 Ok(())
             }
+            Step::Repeat { times, steps } => {
+                for round in 0..*times {
+                    self.steps(steps, &format!("{at}.r{round}.")).await;
+                }
+                Ok(())
+            }
+            Step::ExpectMedia {
+                device,
+                sector,
+                sectors,
+                content,
+            } => self.expect_media(device, *sector, *sectors, content),
+            Step::Stretch {
+                snapshot,
+                device,
+                from,
+                limit,
+                timeout_ms,
+                expect_portions,
+                expect_corrupted,
+            } => {
+                let stretch = super::ioctl_steps::StretchPlan {
+                    device: device.clone(),
+                    from: *from,
+                    limit: *limit,
+                    timeout_ms: *timeout_ms,
+                };
+                self.stretch(snapshot, &stretch, *expect_portions, *expect_corrupted)
+                    .await
+            }
             Step::Unload => {
                 self.unload().await;
                 Ok(())
@@ -566,6 +604,52 @@ impl Run {
                 Ok(())
             }
             _ => unreachable!("ioctl steps are dispatched in step()"),
+        }
+    }
+
+    fn expect_media(
+        &self,
+        device: &str,
+        sector: u64,
+        sectors: u64,
+        content: &super::model::Media,
+    ) -> Result<(), String> {
+        let dev = self.dev(device);
+        let got = self
+            .sim
+            .devices
+            .borrow()
+            .get(&dev)
+            .map(|d| d.read(sector, sectors))
+            .ok_or(format!("no device {device}"))?;
+        if self.media_matches(&got, content) {
+            return Ok(());
+        }
+        Err(format!(
+            "{device} sectors {sector}..{} do not hold {content:?} (first stamp {:#x})",
+            sector + sectors,
+            got.first().copied().unwrap_or(0)
+        ))
+    }
+
+    fn media_matches(&self, got: &[Stamp], content: &super::model::Media) -> bool {
+        use super::model::Media;
+        match content {
+            Media::Zero => got.iter().all(|s| *s == 0),
+            Media::Pattern(device, from) => {
+                let index = self
+                    .sim
+                    .devices
+                    .borrow()
+                    .get(&self.dev(device))
+                    .map(|d| d.index);
+                index.is_some_and(|index| {
+                    got.iter()
+                        .enumerate()
+                        .all(|(i, s)| *s == crate::device::pattern_stamp(index, from + i as u64))
+                })
+            }
+            Media::OneOf(list) => list.iter().any(|m| self.media_matches(got, m)),
         }
     }
 
