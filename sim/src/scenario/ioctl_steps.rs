@@ -670,6 +670,7 @@ impl Run {
     ) -> Result<(), String> {
         let id = self.record(snapshot).id;
         let (mut next, mut appended, mut portions, mut corrupted) = (plan.from, 0u64, 0u64, false);
+        let mut stopped_by = String::from("the loop bound");
         // Bounded: a stretch loop that never ends is a hang, not a test.
         for _ in 0..1_000_000 {
             match self.wait_event_raw(id, plan.timeout_ms, None).await {
@@ -688,20 +689,24 @@ impl Run {
                 }
                 Ok(event) if event.code == EVENT_CORRUPTED => {
                     corrupted = true;
+                    stopped_by = "a corrupted event".into();
                     break;
                 }
                 Ok(_) | Err(Errno::ENOENT) | Err(Errno::EINTR) => {}
-                Err(_) => break,
+                Err(e) => {
+                    stopped_by = format!("WAIT_EVENT {e}");
+                    break;
+                }
             }
         }
         if let Some(want) = expect_portions.filter(|w| *w != portions) {
             return Err(format!(
-                "stretch appended {portions} portions, expected {want}"
+                "stretch appended {portions} portions, expected {want} (stopped by {stopped_by})"
             ));
         }
         if let Some(want) = expect_corrupted.filter(|w| *w != corrupted) {
             return Err(format!(
-                "stretch saw corrupted: {corrupted}, expected {want}"
+                "stretch saw corrupted: {corrupted}, expected {want} (stopped by {stopped_by})"
             ));
         }
         Ok(())

@@ -323,6 +323,9 @@ pub enum Step {
         repeat: u64,
         #[serde(default)]
         stride: Option<u64>,
+        /// Pause after each write, in microseconds of virtual time.
+        #[serde(default)]
+        pause_us: u64,
         #[serde(default)]
         nowait: bool,
         #[serde(default)]

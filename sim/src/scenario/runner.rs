@@ -510,6 +510,7 @@ impl Run {
                 sectors,
                 repeat,
                 stride,
+                pause_us,
                 nowait,
                 expect,
             } => {
@@ -519,6 +520,9 @@ impl Run {
                     let result = self.write(target, at_sector, *sectors, *nowait).await;
                     check_expect(expect, result.map(|()| 0))
                         .map_err(|e| format!("write at {at_sector}: {e}"))?;
+                    if *pause_us > 0 {
+                        self.sim.sleep(pause_us * 1000).await;
+                    }
                 }
                 Ok(())
             }
