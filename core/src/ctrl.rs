@@ -181,7 +181,7 @@ impl Ctrl<'_> {
     }
 
     /// READ_CBT_MAP: the number of bytes copied. An untracked device is
-    /// -ENODEV (v2 returned 0, B-TRK-6).
+    /// -ENODEV (v2 returned `PTR_ERR(NULL)`, which is 0: B-TRK-6).
     fn read_cbt_map(&self) -> IoctlResult {
         let arg: BlkSnapTrackerReadCbtBitmap = self.read_arg(Errno::ENODATA)?;
         let dev = dev_t(arg.dev_id);
@@ -189,7 +189,13 @@ impl Ctrl<'_> {
             .k()
             .bdev_open(dev)
             .map(|h| self.module.k().bdev_close(h))?;
-        let tracker = Tracker::get_by_dev(self.module, dev).ok_or(Errno::ENODEV)?;
+        let Some(tracker) = Tracker::get_by_dev(self.module, dev) else {
+            return if self.module.quirks.trk_6 {
+                Ok(0)
+            } else {
+                Err(Errno::ENODEV)
+            };
+        };
         let result = self.copy_cbt(&tracker, &arg);
         tracker.put();
         result

@@ -12,7 +12,8 @@ use crate::diff_io;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::EVENT_CORRUPTED;
 use crate::kernel::{
-    AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, NoioScope, Stamp, TaskKind, SECTOR_SHIFT,
+    preempt, AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, NoioScope, Stamp, TaskKind,
+    SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -286,8 +287,8 @@ impl DiffArea {
         if self.eviction_stopped() || self.eviction_queued.get() || self.over_limit().is_empty() {
             return;
         }
+        // Like v2's work item, it holds no reference: free flushes it.
         self.eviction_queued.set(true);
-        self.get();
         let area = self.clone();
         let name = format!("blksnap_cache_release {}", self.orig_dev);
         self.module.k().spawn(
@@ -296,7 +297,6 @@ impl DiffArea {
             Box::pin(async move {
                 area.evict();
                 area.eviction_queued.set(false);
-                area.put().await;
             }),
         );
     }
@@ -388,6 +388,12 @@ impl DiffArea {
                     panic!("BUG: use-after-free: IO completed on a freed diff_area (B-DA-7)");
                 }
                 notify(&area, &chunk, result);
+                // The worker can be preempted once the chunk is unlocked;
+                // a free that stopped waiting may run to the end meanwhile.
+                preempt().await;
+                if area.freed.get() {
+                    panic!("BUG: use-after-free: pending_io_count of a freed diff_area (B-DA-7)");
+                }
                 area.pending_io.set(area.pending_io.get() - 1);
             }),
         );
@@ -674,7 +680,12 @@ impl DiffArea {
             }
             k.sleep(1_000_000).await;
         }
+        // Corrupted (no event): nothing queues eviction any more; then
+        // flush the work that may be queued.
         self.corrupt_flag.set(self.corrupt_flag.get() + 1);
+        while self.eviction_queued.get() {
+            k.sleep(1_000_000).await;
+        }
         let chunks: Vec<Rc<Chunk>> = self.chunks.borrow().values().cloned().collect();
         for chunk in chunks {
             chunk.lock.down(k).await;

@@ -218,7 +218,16 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
         wall_ms
     );
     if outcome.passed() {
+        if let Some(first) = outcome.failures.first() {
+            println!(
+                "      (expected failure caught by [{}]: {})",
+                first.checker, first.message
+            );
+        }
         return;
+    }
+    if let Some(note) = &outcome.verdict_note {
+        println!("      {note}");
     }
     for failure in &outcome.failures {
         println!(
@@ -227,6 +236,9 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
         );
     }
     if verbose {
+        for line in &outcome.log {
+            println!("      log {line}");
+        }
         for line in &outcome.recent {
             println!("      | {line}");
         }
@@ -356,8 +368,12 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
         );
         if !outcome.passed() {
             failed += 1;
-            let first = &outcome.failures[0];
-            println!("FAIL seed={seed} [{}] {}", first.checker, first.message);
+            let why = match (&outcome.verdict_note, outcome.failures.first()) {
+                (Some(note), _) => note.clone(),
+                (None, Some(first)) => format!("[{}] {}", first.checker, first.message),
+                (None, None) => "failed".to_string(),
+            };
+            println!("FAIL seed={seed} {why}");
             println!("      replay: {}", replay_command(path, seed));
         }
     }

@@ -59,6 +59,8 @@ pub struct Device {
     /// Sectors that fail with EIO (fault injection).
     pub bad_sectors: BTreeMap<u64, u64>,
     pub removed: bool,
+    /// Adversarial: freeze_bdev from the engine fails.
+    pub freeze_fails: bool,
     pub freeze_count: u32,
     pub open_count: u64,
 }
@@ -76,6 +78,7 @@ impl Device {
             media: BTreeMap::new(),
             bad_sectors: BTreeMap::new(),
             removed: false,
+            freeze_fails: false,
             freeze_count: 0,
             open_count: 0,
         }

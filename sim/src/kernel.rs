@@ -26,6 +26,17 @@ use crate::lockdep::Lockdep;
 use crate::rng::SimRng;
 use crate::trace::{Trace, TraceEvent};
 
+thread_local! {
+    /// Set while a task is polled: a panic there is an oops the sim reports.
+    static IN_POLL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True while the executor polls a task (for a panic hook that stays quiet
+/// about oopses but reports panics of the simulator itself).
+pub fn in_task_poll() -> bool {
+    IN_POLL.with(Cell::get)
+}
+
 /// Virtual time one poll of a task costs: CPU work is not free.
 pub const POLL_COST_NS: u64 = 200;
 /// The dynamic major the sim hands out for image disks.
@@ -153,6 +164,10 @@ pub struct Sim {
     pub faults: RefCell<FaultPlan>,
     pub oracle: RefCell<Oracle>,
     log: RefCell<Vec<(u64, String)>>,
+    /// Fail the run when live engine allocations exceed this (bytes).
+    pub memory_limit: Cell<Option<u64>>,
+    /// IO errors the fault plan injected (for the oracle's judgement).
+    pub injected_io_errors: Cell<u64>,
 }
 
 impl Sim {
@@ -189,6 +204,8 @@ impl Sim {
             faults: RefCell::new(FaultPlan::default()),
             oracle: RefCell::new(Oracle::default()),
             log: RefCell::new(Vec::new()),
+            memory_limit: Cell::new(None),
+            injected_io_errors: Cell::new(0),
         })
     }
 
@@ -308,6 +325,21 @@ impl Sim {
             .filter(|t| t.is_process)
             .map(|t| t.name.clone())
             .collect()
+    }
+
+    /// True if the running task got SIGKILL.
+    pub fn current_killed(&self) -> bool {
+        self.with_current(|t| t.fatal_signal).unwrap_or(false)
+    }
+
+    /// The id of a live process with this name.
+    pub fn process_named(&self, name: &str) -> Option<TaskId> {
+        self.sched
+            .borrow()
+            .tasks
+            .iter()
+            .find(|(_, t)| t.is_process && t.name == name)
+            .map(|(id, _)| *id)
     }
 
     /// Every task still alive, by name (for hang reports).
@@ -434,7 +466,9 @@ impl Sim {
             queue: self.queue.clone(),
         }));
         let mut cx = Context::from_waker(&waker);
+        IN_POLL.with(|p| p.set(true));
         let outcome = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+        IN_POLL.with(|p| p.set(false));
         self.sched.borrow_mut().current = None;
         match outcome {
             Ok(Poll::Pending) => {
@@ -606,7 +640,12 @@ impl Sim {
             .bio_error(bio, &mut self.fault_rng.borrow_mut());
         let mut devices = self.devices.borrow_mut();
         let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
-        if device.removed || injected || device.hits_bad_sector(bio.sector, bio.sectors) {
+        if injected || device.hits_bad_sector(bio.sector, bio.sectors) {
+            self.injected_io_errors
+                .set(self.injected_io_errors.get() + 1);
+            return Err(Errno::EIO);
+        }
+        if device.removed {
             return Err(Errno::EIO);
         }
         match bio.op {
@@ -688,6 +727,58 @@ impl Sim {
 
     pub fn disks(&self) -> Vec<DevT> {
         self.disks.borrow().keys().copied().collect()
+    }
+
+    /// memalloc_noio: outside a noio scope, an allocation that may start IO
+    /// while the task holds a lock on the IO path can deadlock in reclaim.
+    fn check_reclaim_context(&self, site: &str, gfp: Gfp) {
+        if gfp != Gfp::Kernel || self.current_noio() {
+            return;
+        }
+        let held = self
+            .current_task()
+            .and_then(|id| self.lockdep.borrow().io_locks_held(id));
+        if let Some(class) = held {
+            self.fail(
+                "memalloc_noio",
+                format!(
+                    "GFP_KERNEL allocation at {site} while holding {class} outside a noio scope"
+                ),
+            );
+        }
+    }
+
+    /// Does the fault plan fail this allocation? A plan can aim at the
+    /// would-block allocations alone with the site name `SITE/nowait`.
+    fn alloc_fault(&self, site: &str, gfp: Gfp) -> bool {
+        let fault_site = if gfp == Gfp::NoioNowait {
+            format!("{site}/nowait")
+        } else {
+            site.to_string()
+        };
+        let mut rng = self.fault_rng.borrow_mut();
+        self.faults.borrow_mut().alloc_fails(&fault_site, &mut rng)
+    }
+
+    /// Account a live allocation; past the scenario's limit, fail the run.
+    fn account_alloc(&self, site: &'static str, bytes: u64) -> AllocId {
+        self.alloc_seq.set(self.alloc_seq.get() + 1);
+        let id = self.alloc_seq.get();
+        self.allocs
+            .borrow_mut()
+            .insert(id, Allocation { site, bytes });
+        let live = self.live_alloc_bytes.get() + bytes;
+        self.live_alloc_bytes.set(live);
+        self.peak_alloc_bytes
+            .set(self.peak_alloc_bytes.get().max(live));
+        if let Some(limit) = self.memory_limit.get().filter(|l| live > *l) {
+            self.memory_limit.set(None);
+            self.fail(
+                "memory",
+                format!("engine memory reached {live} bytes, over the limit of {limit}"),
+            );
+        }
+        AllocId(id)
     }
 
     /// The per-task `noio` flag of the current task.
@@ -775,22 +866,8 @@ impl Kernel for SimKernel {
 
     fn kmalloc(&self, site: &'static str, bytes: u64, gfp: Gfp) -> Result<AllocId, Errno> {
         let sim = &self.0;
-        let noio = sim.current_noio();
-        if gfp == Gfp::Kernel && !noio {
-            let held = sim
-                .current_task()
-                .map(|id| sim.lockdep.borrow().io_locks_held(id));
-            if let Some(Some(class)) = held {
-                sim.fail(
-                    "memalloc_noio",
-                    format!("GFP_KERNEL allocation at {site} while holding {class} outside a noio scope"),
-                );
-            }
-        }
-        let fails = sim
-            .faults
-            .borrow_mut()
-            .alloc_fails(site, &mut sim.fault_rng.borrow_mut());
+        sim.check_reclaim_context(site, gfp);
+        let fails = sim.alloc_fault(site, gfp);
         sim.record(TraceEvent::Alloc {
             site: site.to_string(),
             ok: !fails,
@@ -798,16 +875,7 @@ impl Kernel for SimKernel {
         if fails {
             return Err(Errno::ENOMEM);
         }
-        sim.alloc_seq.set(sim.alloc_seq.get() + 1);
-        let id = sim.alloc_seq.get();
-        sim.allocs
-            .borrow_mut()
-            .insert(id, Allocation { site, bytes });
-        let live = sim.live_alloc_bytes.get() + bytes;
-        sim.live_alloc_bytes.set(live);
-        sim.peak_alloc_bytes
-            .set(sim.peak_alloc_bytes.get().max(live));
-        Ok(AllocId(id))
+        Ok(sim.account_alloc(site, bytes))
     }
 
     fn kfree(&self, id: AllocId) {
@@ -920,6 +988,15 @@ impl Kernel for SimKernel {
     }
 
     fn freeze_bdev(&self, dev: DevT) -> Completion<Result<(), Errno>> {
+        let fails = self
+            .0
+            .devices
+            .borrow()
+            .get(&dev)
+            .is_some_and(|d| d.freeze_fails);
+        if fails {
+            return Completion::ready(Err(Errno::EBUSY));
+        }
         let sim = self.0.clone();
         let body = Box::pin(async move { crate::fs::freeze_bdev(&sim, dev).await });
         self.0.helper("freeze_bdev", body)

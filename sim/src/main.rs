@@ -4,8 +4,14 @@ use clap::Parser;
 
 fn main() {
     // Engine panics are oopses the simulator reports itself; the default
-    // hook would print each one a second time.
-    std::panic::set_hook(Box::new(|_| {}));
+    // hook would print each one a second time. Panics of the simulator
+    // itself still print.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !blksnap_sim::kernel::in_task_poll() {
+            default_hook(info);
+        }
+    }));
     let cli = blksnap_sim::cli::Cli::parse();
     std::process::exit(blksnap_sim::cli::main_with(cli));
 }

@@ -220,7 +220,10 @@ impl Checker<'_> {
             Step::Concurrent(branches) => branches
                 .iter()
                 .try_for_each(|b| self.steps(b, devices, snapshots)),
-            Step::Repeat { steps, .. } => self.steps(steps, devices, snapshots),
+            Step::Repeat { steps, .. } | Step::Timed { steps, .. } => {
+                self.steps(steps, devices, snapshots)
+            }
+            Step::Kill { .. } => Ok(()),
             Step::ExpectMedia {
                 device: d, content, ..
             } => {
@@ -343,7 +346,9 @@ fn created_snapshots(steps: &[Step]) -> BTreeSet<String> {
                     names.extend(created_snapshots(branch));
                 }
             }
-            Step::Repeat { steps, .. } => names.extend(created_snapshots(steps)),
+            Step::Repeat { steps, .. } | Step::Timed { steps, .. } => {
+                names.extend(created_snapshots(steps))
+            }
             _ => {}
         }
     }

@@ -34,6 +34,10 @@ pub struct Scenario {
     /// that nothing leaked. On by default.
     #[serde(default = "default_true")]
     pub teardown: bool,
+    /// Fail the run ("memory" checker) if the engine's live allocations
+    /// ever exceed this many bytes.
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
     /// For `scenarios/bugs/`: the run must fail, and this checker must be
     /// among those that fail it. The scenario then counts as passed: it
     /// proves the bench catches the bug.
@@ -85,6 +89,9 @@ pub struct DeviceSpec {
     /// Ranges (start, count) that fail with EIO.
     #[serde(default)]
     pub bad_sectors: Vec<(u64, u64)>,
+    /// Adversarial: freeze_bdev from the engine fails on this device.
+    #[serde(default)]
+    pub freeze_fails: bool,
 }
 
 fn default_io_min() -> u32 {
@@ -440,6 +447,16 @@ pub enum Step {
     Unload,
     /// Load the module again after an Unload.
     Load,
+    /// The steps must finish within this much virtual time ("latency").
+    Timed {
+        max_ms: u64,
+        steps: Vec<Step>,
+    },
+    /// Inside a Concurrent branch: SIGKILL the process of sibling branch
+    /// number `sibling` of the same Concurrent step.
+    Kill {
+        sibling: usize,
+    },
     /// Run the steps this many times.
     Repeat {
         times: u32,
@@ -522,6 +539,8 @@ impl Step {
             Step::Resize { .. } => "Resize",
             Step::Unload => "Unload",
             Step::Repeat { .. } => "Repeat",
+            Step::Timed { .. } => "Timed",
+            Step::Kill { .. } => "Kill",
             Step::ExpectMedia { .. } => "ExpectMedia",
             Step::Stretch { .. } => "Stretch",
             Step::Load => "Load",

@@ -55,6 +55,8 @@ pub struct Outcome {
     pub metrics: BTreeMap<String, f64>,
     /// The last trace events, for a failure report.
     pub recent: Vec<String>,
+    /// The engine's log (`pr_*` lines), last ones first kept.
+    pub log: Vec<String>,
 }
 
 impl Outcome {
@@ -138,7 +140,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         sim.settle(SETTLE_NS);
         resources::check_after_unload(&sim);
     }
-    for message in sim.oracle.borrow().unexplained_image_errors() {
+    let injected = sim.injected_io_errors.get() > 0;
+    for message in sim.oracle.borrow().unexplained_image_errors(injected) {
         sim.fail("point_in_time", message);
     }
     outcome(scenario, seed, &run, options)
@@ -155,6 +158,7 @@ fn add_devices(sim: &Rc<Sim>, scenario: &Scenario) -> BTreeMap<String, DevT> {
         for &(start, len) in &spec.bad_sectors {
             device.bad_sectors.insert(start, len);
         }
+        device.freeze_fails = spec.freeze_fails;
         sim.add_device(device);
         sim.oracle.borrow_mut().add_device(dev, index, spec.fill);
         if spec.fs {
@@ -174,6 +178,7 @@ fn apply_faults(sim: &Rc<Sim>, scenario: &Scenario) {
     }
     plan.bio_error_ppm = scenario.faults.bio_error_ppm;
     plan.add_disk_fail = scenario.faults.add_disk_fail;
+    sim.memory_limit.set(scenario.memory_limit);
 }
 
 fn report_hang(sim: &Rc<Sim>) {
@@ -277,7 +282,19 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
             .recent()
             .map(|(t, e)| format!("{t:>14} {e}"))
             .collect(),
+        log: engine_log(sim),
     }
+}
+
+/// The last lines of the engine's log, with their times.
+fn engine_log(sim: &Sim) -> Vec<String> {
+    let lines = sim.log_lines();
+    let skip = lines.len().saturating_sub(100);
+    lines
+        .into_iter()
+        .skip(skip)
+        .map(|(t, line)| format!("{t:>14} {line}"))
+        .collect()
 }
 
 /// A step's result against its expectation.
@@ -306,6 +323,10 @@ impl Run {
     fn steps<'a>(self: &'a Rc<Self>, steps: &'a [Step], prefix: &'a str) -> LocalBoxFuture<'a, ()> {
         Box::pin(async move {
             for (i, step) in steps.iter().enumerate() {
+                if self.sim.current_killed() {
+                    // A process that got SIGKILL runs no further steps.
+                    return;
+                }
                 let at = format!("{prefix}{i}");
                 self.sim.record(TraceEvent::Step {
                     index: self.steps_run.get(),
@@ -569,6 +590,34 @@ impl Run {
                 self.sim.resize_device(self.dev(device), *sectors);
                 Ok(())
             }
+            Step::Timed { max_ms, steps } => {
+                let start = self.sim.now();
+                self.steps(steps, &format!("{at}.")).await;
+                let took = self.sim.now() - start;
+                if took > max_ms * 1_000_000 {
+                    self.sim.fail(
+                        "latency",
+                        format!(
+                            "steps {at}.* took {} ms, more than {max_ms} ms",
+                            took / 1_000_000
+                        ),
+                    );
+                }
+                Ok(())
+            }
+            Step::Kill { sibling } => {
+                // This step runs in branch `P.b` of the Concurrent step `P`
+                // (its path is `P.b.i`); the sibling is `P.sibling`.
+                let parent = at.rsplitn(3, '.').nth(2).unwrap_or("");
+                let name = format!("branch {parent}.{sibling}");
+                match self.sim.process_named(&name) {
+                    Some(task) => {
+                        self.sim.kill(task);
+                        Ok(())
+                    }
+                    None => Err(format!("no running process '{name}'")),
+                }
+            }
             Step::Repeat { times, steps } => {
                 for round in 0..*times {
                     self.steps(steps, &format!("{at}.r{round}.")).await;
@@ -688,6 +737,8 @@ impl Run {
     /// `rmmod`: the module's exit path, then no module.
     async fn unload(&self) {
         if let Some(module) = self.module() {
+            let now = self.sim.now();
+            self.sim.oracle.borrow_mut().all_images_going(now);
             blksnap_core::module::exit(&module).await;
         }
         *self.module.borrow_mut() = None;
