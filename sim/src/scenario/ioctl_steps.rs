@@ -246,6 +246,10 @@ impl Run {
     ) -> Result<(), String> {
         let count = match fault {
             Some(ArgFault::Count(n)) => *n,
+            // A broken struct: no count query first, the call itself fails.
+            Some(
+                ArgFault::StructUnmapped | ArgFault::StructShort(_) | ArgFault::StructReadOnly,
+            ) => 0,
             _ => {
                 let arg = BlkSnapSnapshotCollect::default();
                 let (result, addr) = self
@@ -297,6 +301,10 @@ impl Run {
         let id = self.uuid(snapshot);
         let count = match fault {
             Some(ArgFault::Count(n)) => *n,
+            // A broken struct: no count query first, the call itself fails.
+            Some(
+                ArgFault::StructUnmapped | ArgFault::StructShort(_) | ArgFault::StructReadOnly,
+            ) => 0,
             _ => {
                 let arg = BlkSnapSnapshotCollectImages {
                     id,
@@ -433,6 +441,10 @@ impl Run {
     ) -> Result<(), String> {
         let count = match fault {
             Some(ArgFault::Count(n)) => *n,
+            // A broken struct: no count query first, the call itself fails.
+            Some(
+                ArgFault::StructUnmapped | ArgFault::StructShort(_) | ArgFault::StructReadOnly,
+            ) => 0,
             _ => {
                 let arg = BlkSnapTrackerCollect::default();
                 let (result, addr) = self.ioctl(IOCTL_BLK_SNAP_TRACKER_COLLECT, &arg, None).await;
