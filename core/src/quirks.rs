@@ -6,6 +6,50 @@
 //! kernel would show it (an oops, a leak, a hang). Quirks are read only by
 //! the engine; the sim's checkers never know which are on.
 //!
+//! What the default (fixed) engine does instead, per bug:
+//!
+//! | id | the default engine |
+//! |---|---|
+//! | B-SNAP-1 | appends to the list (v3) |
+//! | B-SNAP-2 | skips empty image slots; no match is -ENODEV, also for an empty list |
+//! | B-SNAP-3 | an empty CREATE succeeds at once (v3 creates empty snapshots) |
+//! | B-SNAP-4 | a failed TAKE never touches the list (v3) |
+//! | B-SNAP-5 | a failed image creation frees the images made, releases the trackers, and leaves the snapshot untaken |
+//! | B-SNAP-6 | a device already in a snapshot is -EBUSY at CREATE (v4), claimed device by device |
+//! | B-SNAP-7 | a failed CREATE drops only the references it took |
+//! | B-SNAP-8 | COLLECT: a short array is -ENODATA with the required count; a copy fault is -ENODATA |
+//! | B-SNAP-9 | TAKE is serialized per snapshot (v3 `rw_lock`); a TAKE after DESTROY is -ESRCH |
+//! | B-SNAP-10 | a TAKE failing before the images releases the trackers and keeps the snapshot (v3) |
+//! | B-TRK-2 | a would-block NOWAIT bio is ended once, with EAGAIN |
+//! | B-TRK-3 | COW bios queued before an error are submitted, and waited for before the write passes |
+//! | B-TRK-4 | a CBT marking failure does not skip COW; a write past the area corrupts it with an event |
+//! | B-TRK-5 | TRACKER_REMOVE of a tracker owned by a listed snapshot is -EBUSY |
+//! | B-TRK-6 | READ_CBT_MAP of an untracked device is -ENODEV |
+//! | B-TRK-7 | TRACKER_COLLECT -ENOBUFS writes the required count; removal drops every list entry |
+//! | B-TRK-8 | unload warns after 120 s and returns (the leak is then reported) |
+//! | B-TRK-9 | the bio set goes last at unload (6.15) |
+//! | B-TRK-10 | TAKE thaws only what it froze |
+//! | B-CBT-1 | the shift grows by one, capped at `tracking_block_maximum_shift` (v3) |
+//! | B-CBT-2 | reads from the offset and stops at the end of the map |
+//! | B-CBT-3 | the new tables are built before the old ones go (6.15) |
+//! | B-CBT-6 | every MARK_DIRTY range is checked (non-empty, inside the device, map not corrupted) before any is marked |
+//! | B-DA-1 | the device and the struct are given back |
+//! | B-DA-3 | a would-block allocation leaves the chunk as it was and returns -EAGAIN |
+//! | B-DA-4 | the writer's COW waits are uninterruptible: a copy is never abandoned half-way |
+//! | B-DA-5 | a failed image load gives the buffer back |
+//! | B-DA-7 | free waits for IO in flight however long it takes |
+//! | B-DA-8 | eviction keeps trimming a corrupted area's caches |
+//! | B-IMG-1 | image IO of a corrupted area, or of a failed chunk, ends with EIO (v3) |
+//! | B-IMG-2 | a failed add_disk puts the references it took |
+//! | B-IMG-3 | the idle worker sleeps until a bio arrives |
+//! | B-IO-1 | chunk IO is split into bios of at most 256 pages (v3) |
+//! | B-CTRL-1 | dispatch on the full command value; anything else is -ENOTTY (6.15) |
+//! | B-CTRL-2 | WAIT_EVENT reads the id and the timeout (v3) |
+//! | B-EVT-1 | the waiter checks the list again after waking (v3) |
+//! | B-EVT-2 | the timeout is milliseconds of virtual time |
+//! | B-DS-1 | APPEND refuses empty, unaligned and out-of-range ranges with -EINVAL |
+//! | B-PARAM-1 | parameters out of range are refused (-EINVAL at SetParam, a load error in a scenario) |
+//!
 //! Bugs of spec section 10 without a quirk, and why:
 //! - behaviour of v2 and of every later version alike, so the default
 //!   already reproduces it: B-CBT-4 (stale read map after 255 takes),
