@@ -54,6 +54,22 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         count: u64,
     },
+    /// Shrink a failing scenario: drop steps and lower counts while the
+    /// same checker still fails; write the smallest one.
+    Shrink {
+        path: PathBuf,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The checker that must keep failing (default: the first failure's).
+        #[arg(long)]
+        checker: Option<String>,
+        /// Where to write the result (default: PATH with .min.ron).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 500)]
+        budget: u32,
+    },
     /// Print the ioctl numbers and struct layouts of the v2 ABI.
     Abi,
     /// List the v2 bugs that scenarios can switch on.
@@ -83,6 +99,13 @@ pub fn main_with(cli: Cli) -> i32 {
             run_command(&paths, seed, &outputs, verbose)
         }
         Command::Sweep { path, from, count } => sweep(&path, from, count),
+        Command::Shrink {
+            path,
+            seed,
+            checker,
+            out,
+            budget,
+        } => shrink_command(&path, seed, checker, out, budget),
         Command::Abi => {
             print!("{}", blksnap_core::uapi::render_abi());
             0
@@ -379,4 +402,65 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
     }
     println!("{} passed, {} failed", count - failed, failed);
     i32::from(failed > 0)
+}
+
+fn shrink_command(
+    path: &Path,
+    seed: Option<u64>,
+    checker: Option<String>,
+    out: Option<PathBuf>,
+    budget: u32,
+) -> i32 {
+    let scenario = match scenario::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("ERROR {e}");
+            return 2;
+        }
+    };
+    let seed = seed.unwrap_or(scenario.seed);
+    let checker = match checker {
+        Some(checker) => checker,
+        None => {
+            let outcome = scenario::run(
+                &scenario,
+                &RunOptions {
+                    seed: Some(seed),
+                    ..RunOptions::default()
+                },
+            );
+            match outcome.failures.first() {
+                Some(first) => first.checker.clone(),
+                None => {
+                    println!(
+                        "{} passes at seed {seed}: nothing to shrink",
+                        path.display()
+                    );
+                    return 1;
+                }
+            }
+        }
+    };
+    match crate::shrink::shrink(&scenario, seed, &checker, budget) {
+        Ok(shrunk) => {
+            let out = out.unwrap_or_else(|| path.with_extension("min.ron"));
+            if !write_file(&out, &shrunk.text) {
+                return 2;
+            }
+            println!(
+                "shrunk {} steps to {} in {} runs; still fails [{checker}] at seed {seed}",
+                shrunk.steps_before, shrunk.steps_after, shrunk.runs
+            );
+            println!(
+                "wrote {}; replay: {}",
+                out.display(),
+                replay_command(&out, seed)
+            );
+            0
+        }
+        Err(e) => {
+            println!("{e}");
+            1
+        }
+    }
 }

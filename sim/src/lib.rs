@@ -20,5 +20,6 @@ pub mod kernel;
 pub mod lockdep;
 pub mod rng;
 pub mod scenario;
+pub mod shrink;
 pub mod trace;
 pub mod user;

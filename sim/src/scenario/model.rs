@@ -3,14 +3,14 @@
 //! Every struct denies unknown fields, so a misspelled field or step is an
 //! error with its file, line and column, never a silent default.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use blksnap_core::Params;
 
 use crate::device::{Fill, Latency};
 use crate::faults::AllocFault;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
@@ -54,7 +54,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectedFailure {
     /// The checker that must fail the run ("point_in_time", "oops", ...).
@@ -64,7 +64,7 @@ pub struct ExpectedFailure {
     pub contains: String,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSpec {
     pub name: String,
@@ -98,7 +98,7 @@ fn default_io_min() -> u32 {
     512
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
     /// Allocation sites that fail (site names as the engine gives them).
@@ -111,7 +111,7 @@ pub struct Faults {
     pub add_disk_fail: bool,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub enum Scheduler {
     #[default]
@@ -121,7 +121,7 @@ pub enum Scheduler {
 }
 
 /// What an ioctl step expects.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Expect {
     #[default]
     Ok,
@@ -132,7 +132,7 @@ pub enum Expect {
 }
 
 /// What a WAIT_EVENT step expects.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum EventExpect {
     /// Any event, or none.
     #[default]
@@ -148,7 +148,7 @@ pub enum EventExpect {
 }
 
 /// A deliberate fault in the user memory handed to an ioctl.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub enum ArgFault {
     /// The argument pointer points at nothing.
     StructUnmapped,
@@ -169,7 +169,7 @@ pub enum ArgFault {
 }
 
 /// The argument of a raw ioctl.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub enum RawArg {
     /// A NULL pointer.
     Null,
@@ -182,7 +182,7 @@ pub enum RawArg {
 }
 
 /// Expected fields of one TRACKER_COLLECT entry (unset fields are not checked).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CbtExpect {
     pub device: String,
@@ -203,7 +203,7 @@ pub struct CbtExpect {
 }
 
 /// Where a workload or an IO step goes.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Target {
     /// The original device.
     Original(String),
@@ -211,7 +211,7 @@ pub enum Target {
     Image(String, String),
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     pub target: Target,
@@ -248,7 +248,7 @@ fn default_align() -> u64 {
 
 /// One step. Devices are named by their scenario name, or as "major:minor"
 /// for a number that need not exist.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub enum Step {
     Version {
         #[serde(default)]
@@ -496,7 +496,7 @@ fn default_poll_ms() -> u32 {
 }
 
 /// Expected media content.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Media {
     /// Never written: zeros.
     Zero,

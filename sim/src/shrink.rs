@@ -1,0 +1,168 @@
+//! Shrinking a failing scenario: remove steps and lower counts while the
+//! same checker still fails, so a failure found by a sweep or a fuzzer
+//! becomes the smallest scenario that shows it.
+//!
+//! Greedy and bounded: each round tries the candidates in order (drop a
+//! step, drop a branch, halve a repeat count, recurse into groups) and
+//! keeps the first that still fails the same way; it stops when no
+//! candidate does or the run budget is spent.
+
+use std::path::Path;
+
+use crate::scenario::model::{Scenario, Step};
+use crate::scenario::{self, RunOptions};
+
+/// What a shrink found.
+pub struct Shrunk {
+    pub scenario: Scenario,
+    /// The text of the smallest scenario, loadable as a file.
+    pub text: String,
+    pub runs: u32,
+    pub steps_before: usize,
+    pub steps_after: usize,
+}
+
+/// Does this scenario, at this seed, still fail with `checker`?
+fn still_fails(candidate: &Scenario, seed: u64, checker: &str) -> bool {
+    let options = RunOptions {
+        seed: Some(seed),
+        ..RunOptions::default()
+    };
+    scenario::run(candidate, &options)
+        .failures
+        .iter()
+        .any(|f| f.checker == checker)
+}
+
+/// Shrink `original` while it fails with `checker` at `seed`, in at most
+/// `budget` runs.
+pub fn shrink(
+    original: &Scenario,
+    seed: u64,
+    checker: &str,
+    budget: u32,
+) -> Result<Shrunk, String> {
+    if !still_fails(original, seed, checker) {
+        return Err(format!(
+            "the scenario does not fail with '{checker}' at seed {seed}"
+        ));
+    }
+    let mut best = original.clone();
+    best.expect_failure = None;
+    let mut runs = 1;
+    'rounds: while runs < budget {
+        for steps in candidates(&best.steps) {
+            if runs >= budget {
+                break 'rounds;
+            }
+            let mut candidate = best.clone();
+            candidate.steps = steps;
+            if to_text(&candidate).is_err() {
+                continue;
+            }
+            runs += 1;
+            if still_fails(&candidate, seed, checker) {
+                best = candidate;
+                continue 'rounds;
+            }
+        }
+        break;
+    }
+    let text = to_text(&best)?;
+    Ok(Shrunk {
+        steps_before: count_steps(&original.steps),
+        steps_after: count_steps(&best.steps),
+        scenario: best,
+        text,
+        runs,
+    })
+}
+
+/// The scenario as RON that loads again (references checked).
+pub fn to_text(scenario: &Scenario) -> Result<String, String> {
+    let config = ron::ser::PrettyConfig::new().struct_names(true);
+    let text = ron::ser::to_string_pretty(scenario, config).map_err(|e| e.to_string())?;
+    scenario::parse(Path::new("shrunk.ron"), &text).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+fn count_steps(steps: &[Step]) -> usize {
+    steps
+        .iter()
+        .map(|step| match step {
+            Step::Concurrent(branches) => {
+                1 + branches.iter().map(|b| count_steps(b)).sum::<usize>()
+            }
+            Step::Repeat { steps, .. } | Step::Timed { steps, .. } => 1 + count_steps(steps),
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Smaller variants of a step list, most promising first.
+fn candidates(steps: &[Step]) -> Vec<Vec<Step>> {
+    let mut out = Vec::new();
+    for i in 0..steps.len() {
+        let mut fewer = steps.to_vec();
+        fewer.remove(i);
+        out.push(fewer);
+    }
+    for (i, step) in steps.iter().enumerate() {
+        for smaller in smaller_step(step) {
+            let mut variant = steps.to_vec();
+            variant[i] = smaller;
+            out.push(variant);
+        }
+    }
+    out
+}
+
+/// Smaller forms of one step: fewer branches or repeats, a group's steps
+/// shrunk, or the group replaced by its contents.
+fn smaller_step(step: &Step) -> Vec<Step> {
+    let mut out = Vec::new();
+    match step {
+        Step::Concurrent(branches) => {
+            for i in 0..branches.len() {
+                let mut fewer = branches.clone();
+                fewer.remove(i);
+                out.push(Step::Concurrent(fewer));
+            }
+            for (i, branch) in branches.iter().enumerate() {
+                for smaller in candidates(branch) {
+                    let mut variant = branches.clone();
+                    variant[i] = smaller;
+                    out.push(Step::Concurrent(variant));
+                }
+            }
+        }
+        Step::Repeat { times, steps } => {
+            if *times > 1 {
+                out.push(Step::Repeat {
+                    times: times / 2,
+                    steps: steps.clone(),
+                });
+            }
+            for smaller in candidates(steps) {
+                out.push(Step::Repeat {
+                    times: *times,
+                    steps: smaller,
+                });
+            }
+        }
+        Step::Write { repeat, .. } if *repeat > 1 => {
+            let mut half = step.clone();
+            if let Step::Write { repeat, .. } = &mut half {
+                *repeat /= 2;
+            }
+            out.push(half);
+        }
+        Step::Workload(w) if w.ops > 1 => {
+            let mut half = w.clone();
+            half.ops /= 2;
+            out.push(Step::Workload(half));
+        }
+        _ => {}
+    }
+    out
+}
