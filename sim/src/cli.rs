@@ -252,11 +252,16 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
     if let Some(note) = &outcome.verdict_note {
         println!("      {note}");
     }
-    for failure in &outcome.failures {
+    const SHOWN: usize = 10;
+    for failure in outcome.failures.iter().take(SHOWN) {
         println!(
             "      [{}] at {} ns: {}",
             failure.checker, failure.at_ns, failure.message
         );
+    }
+    if outcome.failures.len() > SHOWN {
+        let more = outcome.failures.len() - SHOWN;
+        println!("      ... and {more} more (all of them in --json and --junit)");
     }
     if verbose {
         for line in &outcome.log {
