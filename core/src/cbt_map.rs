@@ -308,3 +308,323 @@ fn alloc_tables(module: &Module, count: u64) -> Result<(AllocId, AllocId), Errno
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::{load, quirks, TestKernel};
+    use crate::params::Params;
+    use crate::quirks::Quirks;
+
+    const GIB: u64 = 2 * 1024 * 1024; // sectors
+
+    fn module(quirk_ids: &[&str]) -> Rc<Module> {
+        load(&TestKernel::new(), Params::default(), quirks(quirk_ids))
+    }
+
+    fn geometry(cbt: &CbtMap) -> (u32, u64) {
+        cbt.state.with(|s| (s.blk_size_shift, s.blk_count))
+    }
+
+    #[test]
+    fn four_gib_device_has_64_kib_blocks() {
+        // Spec 4.9: 8 388 608 sectors, shift 16, 65 536 blocks of 128 sectors.
+        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        assert_eq!(geometry(&cbt), (16, 65_536));
+        let info = cbt.info();
+        assert_eq!(info.blk_size, 65_536);
+        assert_eq!(info.blk_count, 65_536);
+        assert_eq!(info.device_capacity_bytes, 4 << 30);
+        assert_eq!(info.snap_number, 0);
+        cbt.state.with(|s| {
+            assert_eq!((s.snap_number_previous, s.snap_number_active), (0, 1));
+            assert!(s.read_map.iter().chain(&s.write_map).all(|&b| b == 0));
+        });
+    }
+
+    #[test]
+    fn fixed_rule_grows_the_shift_by_one() {
+        let m = module(&[]);
+        // 128 GiB is the largest device with 64 KiB blocks (2^21 of them).
+        let cbt = CbtMap::new(&m, 128 * GIB).unwrap();
+        assert_eq!(geometry(&cbt), (16, 2_097_152));
+        // 200 GiB: 3 276 800 blocks at shift 16 is too many, shift 17 fits.
+        let cbt = CbtMap::new(&m, 200 * GIB).unwrap();
+        assert_eq!(geometry(&cbt), (17, 1_638_400));
+        assert_eq!(cbt.info().blk_size, 128 * 1024);
+    }
+
+    #[test]
+    fn fixed_rule_stops_at_the_maximum_shift() {
+        let k = TestKernel::new();
+        let params = Params {
+            tracking_block_maximum_count: 16,
+            ..Params::default()
+        };
+        let m = load(&k, params, Quirks::default());
+        // 512 GiB = 2^30 sectors; at shift 26 (2^17 sectors) still 8192 blocks.
+        let cbt = CbtMap::new(&m, 512 * GIB).unwrap();
+        assert_eq!(geometry(&cbt), (26, 8192));
+    }
+
+    #[test]
+    fn quirk_cbt_1_doubles_the_shift_and_reports_blk_size_1() {
+        // Spec 4.2 / B-CBT-1: a 200 GiB disk gets 50 blocks of 4 GiB.
+        let cbt = CbtMap::new(&module(&["B-CBT-1"]), 200 * GIB).unwrap();
+        assert_eq!(geometry(&cbt), (32, 50));
+        assert_eq!(cbt.info().blk_size, 1, "(int)1 << 32 on x86");
+        // Up to 128 GiB nothing changes.
+        let cbt = CbtMap::new(&module(&["B-CBT-1"]), 128 * GIB).unwrap();
+        assert_eq!(geometry(&cbt), (16, 2_097_152));
+    }
+
+    #[test]
+    fn zero_capacity_fails_with_enomem() {
+        assert_eq!(CbtMap::new(&module(&[]), 0).err(), Some(Errno::ENOMEM));
+    }
+
+    #[test]
+    fn table_allocation_failure_is_enomem_and_leaks_nothing() {
+        let k = TestKernel::new();
+        let m = load(&k, Params::default(), Quirks::default());
+        k.fail_site("cbt_map.write_map");
+        assert_eq!(CbtMap::new(&m, 4 * GIB).err(), Some(Errno::ENOMEM));
+        assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
+        k.unfail_site("cbt_map.write_map");
+        let cbt = CbtMap::new(&m, 4 * GIB).unwrap();
+        assert_eq!(k.live_allocs().len(), 2);
+        cbt.destroy();
+        assert!(k.live_allocs().is_empty());
+    }
+
+    #[test]
+    fn set_marks_the_write_map_with_active() {
+        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        // Spec 4.9 step 2: sectors 1000..1007 are in block 7.
+        cbt.set(1000, 8).unwrap();
+        // 1020..1035 spans blocks 7 and 8.
+        cbt.set(1020, 16).unwrap();
+        cbt.state.with(|s| {
+            assert_eq!(&s.write_map[6..10], &[0, 1, 1, 0]);
+            assert!(s.read_map.iter().all(|&b| b == 0));
+        });
+    }
+
+    #[test]
+    fn switch_copies_the_write_map_and_advances_the_numbers() {
+        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        cbt.set(1000, 8).unwrap();
+        cbt.switch();
+        cbt.state.with(|s| {
+            assert_eq!((s.snap_number_previous, s.snap_number_active), (1, 2));
+            assert_eq!(s.read_map[7], 1);
+        });
+        assert_eq!(cbt.info().snap_number, 1);
+        // Spec 4.9 step 4: blocks 20 and 21 get 2; the read map is frozen.
+        cbt.set(2560, 256).unwrap();
+        cbt.state.with(|s| {
+            assert_eq!(&s.write_map[20..22], &[2, 2]);
+            assert_eq!(&s.read_map[20..22], &[0, 0]);
+        });
+        let generation = cbt.info().generation_id;
+        cbt.switch();
+        cbt.state.with(|s| {
+            assert_eq!((s.snap_number_previous, s.snap_number_active), (2, 3));
+            assert_eq!((s.read_map[7], s.read_map[20], s.read_map[21]), (1, 2, 2));
+        });
+        assert_eq!(cbt.info().generation_id, generation, "no new generation");
+        // A second write to a block marked earlier raises it to active.
+        cbt.set(1000, 1).unwrap();
+        cbt.state.with(|s| assert_eq!(s.write_map[7], 3));
+    }
+
+    #[test]
+    fn the_255th_switch_wraps_with_a_new_generation_and_a_stale_read_map() {
+        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        let first_generation = cbt.info().generation_id;
+        cbt.set(0, 1).unwrap(); // block 0 = 1
+        for _ in 0..254 {
+            cbt.switch();
+        }
+        cbt.state.with(|s| {
+            assert_eq!((s.snap_number_previous, s.snap_number_active), (254, 255));
+            assert_eq!(s.read_map[0], 1);
+        });
+        // Written during the 255th period.
+        cbt.set(128, 1).unwrap();
+        cbt.state.with(|s| assert_eq!(s.write_map[1], 255));
+        cbt.switch(); // the 255th
+        cbt.state.with(|s| {
+            assert_eq!((s.snap_number_previous, s.snap_number_active), (255, 1));
+            assert!(s.write_map.iter().all(|&b| b == 0), "write map zeroed");
+            assert_eq!(s.read_map[0], 1, "read map kept from the 254th switch");
+            assert_eq!(s.read_map[1], 0, "changes of the 255th period are lost");
+        });
+        let info = cbt.info();
+        assert_eq!(info.snap_number, 255);
+        assert_ne!(info.generation_id, first_generation);
+        cbt.set(256, 1).unwrap(); // block 2 = 1
+        cbt.switch(); // the 256th
+        cbt.state.with(|s| {
+            assert_eq!((s.snap_number_previous, s.snap_number_active), (1, 2));
+            assert_eq!(
+                &s.read_map[0..3],
+                &[0, 0, 1],
+                "a copy of the write map again"
+            );
+        });
+        assert_eq!(cbt.info().generation_id, info.generation_id);
+    }
+
+    #[test]
+    fn set_beyond_the_map_corrupts_it() {
+        // 1024 sectors: 8 blocks of 128 sectors.
+        let cbt = CbtMap::new(&module(&[]), 1024).unwrap();
+        assert_eq!(geometry(&cbt), (16, 8));
+        // 1000..1099 touches blocks 7 and 8; 8 is past the end.
+        assert_eq!(cbt.set(1000, 100), Err(Errno::EINVAL));
+        assert!(cbt.is_corrupted());
+        cbt.state
+            .with(|s| assert_eq!(s.write_map[7], 1, "block 7 stays marked"));
+        // Every later set fails, even in range.
+        assert_eq!(cbt.set(0, 8), Err(Errno::EINVAL));
+        cbt.state.with(|s| assert_eq!(s.write_map[0], 0));
+    }
+
+    #[test]
+    fn reset_gives_a_new_size_generation_and_numbers() {
+        let cbt = CbtMap::new(&module(&[]), 1024).unwrap();
+        let generation = cbt.info().generation_id;
+        let _ = cbt.set(2048, 8);
+        cbt.switch();
+        assert!(cbt.is_corrupted());
+        cbt.reset(4096).unwrap();
+        assert!(!cbt.is_corrupted());
+        assert_eq!(geometry(&cbt), (16, 32));
+        assert_eq!(cbt.device_capacity(), 4096);
+        cbt.state.with(|s| {
+            assert_eq!((s.snap_number_previous, s.snap_number_active), (0, 1));
+            assert!(s.write_map.iter().chain(&s.read_map).all(|&b| b == 0));
+        });
+        assert_ne!(cbt.info().generation_id, generation);
+        cbt.set(2048, 8).unwrap();
+    }
+
+    #[test]
+    fn failed_reset_keeps_the_old_tables_unless_b_cbt_3() {
+        let k = TestKernel::new();
+        let m = load(&k, Params::default(), Quirks::default());
+        let cbt = CbtMap::new(&m, 1024).unwrap();
+        k.fail_site("cbt_map.read_map");
+        assert_eq!(cbt.reset(4096), Err(Errno::ENOMEM));
+        k.unfail_site("cbt_map.read_map");
+        assert_eq!(geometry(&cbt), (16, 8));
+        cbt.set(0, 8).unwrap();
+
+        let k = TestKernel::new();
+        let m = load(&k, Params::default(), quirks(&["B-CBT-3"]));
+        let cbt = CbtMap::new(&m, 1024).unwrap();
+        k.fail_site("cbt_map.read_map");
+        assert_eq!(cbt.reset(4096), Err(Errno::ENOMEM));
+        assert!(!cbt.is_corrupted(), "v2: no tables, yet not corrupted");
+        let oops = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cbt.set(0, 8)));
+        assert!(
+            oops.is_err(),
+            "the next set dereferences the missing tables"
+        );
+    }
+
+    #[test]
+    fn set_both_raises_both_maps() {
+        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        cbt.switch();
+        cbt.switch(); // previous 2, active 3
+                      // Spec 4.9 step 6: sector 3840, 128 sectors is block 30.
+        cbt.set_both(&[(3840, 128)]).unwrap();
+        cbt.state.with(|s| {
+            assert_eq!((s.write_map[30], s.read_map[30]), (3, 2));
+            assert_eq!((s.write_map[31], s.read_map[31]), (0, 0));
+        });
+    }
+
+    #[test]
+    fn set_both_validates_every_range_first() {
+        let cbt = CbtMap::new(&module(&[]), 1024).unwrap();
+        cbt.switch();
+        // A good range followed by one past the end: nothing is marked.
+        assert_eq!(cbt.set_both(&[(0, 128), (1000, 100)]), Err(Errno::EINVAL));
+        // A zero count is refused.
+        assert_eq!(cbt.set_both(&[(0, 0)]), Err(Errno::EINVAL));
+        cbt.state.with(|s| {
+            assert!(s.write_map.iter().chain(&s.read_map).all(|&b| b == 0));
+        });
+        assert!(!cbt.is_corrupted(), "set_both never corrupts the map");
+        cbt.set_both(&[(0, 128), (1016, 8)]).unwrap();
+        cbt.state.with(|s| {
+            assert_eq!((s.write_map[0], s.read_map[0]), (2, 1));
+            assert_eq!((s.write_map[7], s.read_map[7]), (2, 1));
+        });
+    }
+
+    #[test]
+    fn quirk_cbt_6_zero_count_at_sector_0_marks_every_block() {
+        let cbt = CbtMap::new(&module(&["B-CBT-6"]), 1024).unwrap();
+        cbt.switch(); // previous 1, active 2
+        assert_eq!(cbt.set_both(&[(0, 0)]), Err(Errno::EINVAL));
+        cbt.state.with(|s| {
+            assert!(s.write_map.iter().all(|&b| b == 2), "{:?}", s.write_map);
+            // As upstream's cbt_map_set_both: the read map is walked only
+            // after the write walk succeeded (spec B-CBT-6 says both).
+            assert!(s.read_map.iter().all(|&b| b == 0), "{:?}", s.read_map);
+        });
+        assert!(!cbt.is_corrupted());
+    }
+
+    #[test]
+    fn quirk_cbt_6_applies_ranges_before_the_bad_one() {
+        let cbt = CbtMap::new(&module(&["B-CBT-6"]), 1024).unwrap();
+        cbt.switch();
+        assert_eq!(cbt.set_both(&[(0, 128), (1000, 100)]), Err(Errno::EINVAL));
+        cbt.state.with(|s| {
+            assert_eq!(
+                (s.write_map[0], s.read_map[0]),
+                (2, 1),
+                "first range applied"
+            );
+            assert_eq!(s.write_map[7], 2, "in-range part of the bad range");
+            assert_eq!(s.read_map[7], 0);
+        });
+    }
+
+    /// A map of 8 blocks whose read map holds 1..=8.
+    fn numbered(quirk_ids: &[&str]) -> Rc<CbtMap> {
+        let cbt = CbtMap::new(&module(quirk_ids), 1024).unwrap();
+        cbt.state.with(|s| {
+            for (i, byte) in s.read_map.iter_mut().enumerate() {
+                *byte = i as u8 + 1;
+            }
+        });
+        cbt
+    }
+
+    #[test]
+    fn read_honours_the_offset() {
+        let cbt = numbered(&[]);
+        assert_eq!(cbt.read(0, 3), vec![1, 2, 3]);
+        assert_eq!(cbt.read(4, 3), vec![5, 6, 7]);
+        assert_eq!(cbt.read(6, 100), vec![7, 8], "stops at the end of the map");
+        assert_eq!(cbt.read(8, 4), Vec::<u8>::new());
+        assert_eq!(cbt.read(100, 4), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn quirk_cbt_2_read_ignores_the_offset_and_runs_past_the_map() {
+        let cbt = numbered(&["B-CBT-2"]);
+        assert_eq!(cbt.read(4, 3), vec![1, 2, 3], "copied from the start");
+        assert_eq!(cbt.read(6, 100), vec![1, 2], "real = blk_count - offset");
+        // offset > blk_count: the length wraps to `length`, past the table.
+        let bytes = cbt.read(100, 12);
+        assert_eq!(bytes.len(), 12);
+        assert_eq!(&bytes[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+}

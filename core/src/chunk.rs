@@ -78,3 +78,89 @@ impl Chunk {
         self.state.set(self.state.get() & !bit);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::TestKernel;
+
+    fn locked_chunk(k: &TestKernel) -> Chunk {
+        let chunk = Chunk::new(k, 3, 512);
+        assert!(chunk.lock.down_trylock(k));
+        chunk
+    }
+
+    #[test]
+    fn a_new_chunk_is_clean_and_unlocked() {
+        let k = TestKernel::new();
+        let chunk = Chunk::new(&*k, 3, 100);
+        assert_eq!(
+            (chunk.number, chunk.sector_count, chunk.state()),
+            (3, 100, 0)
+        );
+        assert!(!chunk.lock.is_locked());
+        assert!(chunk.buffer.borrow().is_none());
+        assert!(chunk.region.get().is_none());
+    }
+
+    #[test]
+    fn set_and_clear_bits() {
+        let k = TestKernel::new();
+        let chunk = locked_chunk(&k);
+        chunk.set(bits::LOADING);
+        assert!(chunk.has(bits::LOADING));
+        assert!(!chunk.has(bits::STORING));
+        chunk.set(bits::STORING);
+        assert_eq!(chunk.state(), bits::LOADING | bits::STORING);
+        assert!(chunk.has(bits::LOADING | bits::FAILED), "has() is any-of");
+        chunk.clear(bits::LOADING);
+        assert_eq!(chunk.state(), bits::STORING);
+        chunk.set(bits::STORE_READY);
+        chunk.set(bits::FAILED);
+        chunk.clear(bits::STORING);
+        assert_eq!(chunk.state(), bits::STORE_READY | bits::FAILED);
+        chunk.lock.up(&*k);
+    }
+
+    #[test]
+    fn buffer_bits_need_a_buffer() {
+        let k = TestKernel::new();
+        let chunk = locked_chunk(&k);
+        *chunk.buffer.borrow_mut() = Some(DiffBuffer::new(&*k, 512, false).unwrap());
+        chunk.set(bits::BUFFER_READY);
+        chunk.set(bits::DIRTY);
+        assert_eq!(chunk.state(), bits::BUFFER_READY | bits::DIRTY);
+        assert_eq!(k.live_allocs(), vec![("diff_buffer", 512 * 512)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "without a buffer")]
+    fn buffer_ready_without_a_buffer_panics() {
+        let k = TestKernel::new();
+        locked_chunk(&k).set(bits::BUFFER_READY);
+    }
+
+    #[test]
+    #[should_panic(expected = "without a buffer")]
+    fn dirty_without_a_buffer_panics() {
+        let k = TestKernel::new();
+        locked_chunk(&k).set(bits::DIRTY);
+    }
+
+    #[test]
+    #[should_panic(expected = "STORE_READY is never cleared")]
+    fn store_ready_cannot_be_cleared() {
+        let k = TestKernel::new();
+        let chunk = locked_chunk(&k);
+        chunk.set(bits::STORE_READY);
+        chunk.clear(bits::STORE_READY);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "chunk state changed without its lock")]
+    fn state_changes_need_the_lock() {
+        let k = TestKernel::new();
+        Chunk::new(&*k, 0, 8).set(bits::FAILED);
+    }
+}

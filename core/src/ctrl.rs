@@ -436,3 +436,407 @@ impl Ctrl<'_> {
             .ok_or(Errno::ESRCH)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event_queue::{EVENT_CORRUPTED, EVENT_LOW_FREE_SPACE};
+    use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel, IMAGE_MAJOR, UNMAPPED};
+    use crate::kernel::Stamp;
+    use crate::params::Params;
+
+    const MIB: u64 = 2048; // sectors
+
+    fn orig(sector: u64) -> Stamp {
+        1_000_000 + sector
+    }
+
+    /// Two 64 MiB originals (8:0, 8:1, the first 4 MiB of each filled) and
+    /// a 256 MiB storage device (8:16).
+    fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl) {
+        let k = TestKernel::new();
+        for d in [dev(0), dev(1)] {
+            k.add_device(d, 64 * MIB);
+            k.fill(d, 0, 4 * MIB, orig);
+        }
+        k.add_device(dev(16), 256 * MIB);
+        let module = load(&k, Params::default(), quirks(quirk_ids));
+        (k, Ctl::new(&module))
+    }
+
+    #[test]
+    fn version_writes_1_0_0_0() {
+        let (k, ctl) = setup(&[]);
+        let version = run(&k, ctl.version()).unwrap();
+        assert_eq!(version, MODULE_VERSION);
+        assert_eq!(version.to_string(), "1.0.0.0");
+        let addr = ctl.user.map(vec![0xff; 8]);
+        assert_eq!(run(&k, ctl.ioctl(IOCTL_BLK_SNAP_VERSION, addr)), Ok(0));
+        assert_eq!(ctl.user.read(addr, 8), vec![1, 0, 0, 0, 0, 0, 0, 0]);
+        let fault = run(&k, ctl.ioctl(IOCTL_BLK_SNAP_VERSION, UNMAPPED));
+        assert_eq!(fault, Err(Errno::ENODATA));
+    }
+
+    #[test]
+    fn unknown_commands_are_enotty() {
+        let (k, ctl) = setup(&[]);
+        let addr = ctl.user.map(vec![0; 4096]);
+        for cmd in [
+            0,
+            0x1234,
+            ioc(IOC_NONE, BLK_SNAP, 12, 0),
+            iow(BLK_SNAP, 12, 8),
+            // The right number with another magic, direction or size.
+            iow(b'W', 0, 8),
+            ior(BLK_SNAP, 0, 8),
+            iow(BLK_SNAP, 0, 16),
+        ] {
+            assert_eq!(
+                run(&k, ctl.ioctl(cmd, addr)),
+                Err(Errno::ENOTTY),
+                "{cmd:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn quirk_ctrl_1_dispatches_on_the_number_alone() {
+        let (k, ctl) = setup(&["B-CTRL-1"]);
+        let addr = ctl.user.map(vec![0; 8]);
+        assert_eq!(run(&k, ctl.ioctl(iow(b'W', 0, 2), addr)), Ok(0));
+        assert_eq!(ctl.user.read(addr, 2), vec![1, 0], "VERSION ran");
+        assert_eq!(
+            run(&k, ctl.ioctl(iow(BLK_SNAP, 13, 8), addr)),
+            Err(Errno::ENOTTY)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "B-CTRL-1")]
+    fn quirk_ctrl_1_nr_12_calls_past_the_table() {
+        let (k, ctl) = setup(&["B-CTRL-1"]);
+        let _ = run(&k, ctl.ioctl(ioc(IOC_NONE, BLK_SNAP, 12, 0), 0));
+    }
+
+    #[test]
+    fn create_append_take_collect_images_destroy() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0), dev(1)]).await.unwrap();
+            assert_eq!(ctl.collect().await, Ok(vec![id]));
+            assert!(k.has_filter(dev(0)) && k.has_filter(dev(1)));
+            assert_eq!(
+                ctl.collect_images(&id).await,
+                Err(Errno::ENODEV),
+                "not taken"
+            );
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            let images = ctl.collect_images(&id).await.unwrap();
+            let image = |minor| DevT::new(IMAGE_MAJOR, minor);
+            assert_eq!(images, vec![(dev(0), image(0)), (dev(1), image(1))]);
+            assert_eq!(k.disk_devs(), vec![image(0), image(1)]);
+            assert_eq!(k.disk(image(1)).unwrap().name, "blksnap-image1");
+            assert_eq!(k.disk(image(1)).unwrap().capacity, 64 * MIB);
+            assert_eq!(ctl.take(&id).await, Err(Errno::EALREADY));
+            ctl.destroy(&id).await.unwrap();
+            k.settle().await;
+            assert!(k.disk_devs().is_empty());
+            assert_eq!(ctl.collect().await, Ok(vec![]));
+            assert_eq!(ctl.destroy(&id).await, Err(Errno::ENODEV));
+            assert_eq!(ctl.take(&id).await, Err(Errno::ESRCH));
+            assert_eq!(ctl.append(&id, dev(16), &[(0, 8)]).await, Err(Errno::ESRCH));
+            assert_eq!(ctl.collect_images(&id).await, Err(Errno::ESRCH));
+        });
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+        // The trackers stay attached after DESTROY; removing them frees all.
+        run(&k, async {
+            ctl.tracker_remove(dev(0)).await.unwrap();
+            ctl.tracker_remove(dev(1)).await.unwrap();
+            assert_eq!(ctl.tracker_remove(dev(1)).await, Err(Errno::ENODATA));
+            k.settle().await;
+        });
+        assert!(!k.has_filter(dev(0)));
+        assert_eq!(ctl.module.trackers_alive.get(), 0);
+        assert!(k.open_bdevs().is_empty(), "{:?}", k.open_bdevs());
+        assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
+    }
+
+    #[test]
+    fn take_without_storage_is_efault_and_keeps_the_snapshot() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            assert_eq!(ctl.take(&id).await, Err(Errno::EFAULT));
+            assert_eq!(ctl.collect().await, Ok(vec![id]));
+            assert_eq!(ctl.collect_images(&id).await, Err(Errno::ENODEV));
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            assert_eq!(ctl.collect_images(&id).await.unwrap().len(), 1);
+            ctl.destroy(&id).await.unwrap();
+        });
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+    }
+
+    #[test]
+    fn quirk_snap_10_take_without_storage_destroys_the_snapshot() {
+        let (k, ctl) = setup(&["B-SNAP-10"]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            assert_eq!(ctl.take(&id).await, Err(Errno::EFAULT));
+            assert_eq!(ctl.collect().await, Ok(vec![]));
+            assert_eq!(ctl.append(&id, dev(16), &[(0, 8)]).await, Err(Errno::ESRCH));
+            assert_eq!(ctl.take(&id).await, Err(Errno::ESRCH));
+            assert_eq!(ctl.destroy(&id).await, Err(Errno::ENODEV));
+        });
+    }
+
+    #[test]
+    fn a_write_after_take_leaves_the_image_with_the_old_data() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            let image = ctl.collect_images(&id).await.unwrap()[0].1;
+            // Through the block layer: the tracker's filter runs first.
+            k.user_write(dev(0), 1020, vec![5; 8]).await.unwrap();
+            assert_eq!(k.peek(dev(0), 1020, 8), vec![5; 8]);
+            let old: Vec<Stamp> = (1020..1028).map(orig).collect();
+            assert_eq!(k.user_read(image, 1020, 8).await, Ok(old));
+            assert_eq!(k.user_read(dev(0), 1020, 8).await, Ok(vec![5; 8]));
+            ctl.destroy(&id).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn wait_event_returns_the_creation_event_then_enoent() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            let (code, time, data) = ctl.wait_event(&id, 0).await.unwrap();
+            assert_eq!((code, time), (EVENT_LOW_FREE_SPACE, 0));
+            assert_eq!(
+                &data[..8],
+                &Params::default().diff_storage_minimum.to_le_bytes()
+            );
+            assert_eq!(ctl.wait_event(&id, 0).await, Err(Errno::ENOENT));
+            // The timeout is read (the B-CTRL-2 fix): 20 ms of virtual time.
+            let before = k.now();
+            assert_eq!(ctl.wait_event(&id, 20).await, Err(Errno::ENOENT));
+            assert_eq!(k.now() - before, 20_000_000);
+            assert_eq!(ctl.wait_event(&[9; 16], 0).await, Err(Errno::ESRCH));
+        });
+    }
+
+    #[test]
+    fn quirk_ctrl_2_wait_event_is_a_poll() {
+        let (k, ctl) = setup(&["B-CTRL-2"]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            assert!(ctl.wait_event(&id, 1000).await.is_ok());
+            let before = k.now();
+            assert_eq!(ctl.wait_event(&id, 1000).await, Err(Errno::ENOENT));
+            assert_eq!(k.now(), before, "no time passes");
+        });
+    }
+
+    #[test]
+    fn storage_overflow_raises_a_corrupted_event() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 512)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            ctl.wait_event(&id, 0).await.unwrap();
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+            k.user_write(dev(0), 512, vec![6; 8]).await.unwrap();
+            let (code, _, data) = ctl.wait_event(&id, 0).await.unwrap();
+            assert_eq!(code, EVENT_CORRUPTED);
+            let mut expected = 8u32.to_le_bytes().to_vec();
+            expected.extend_from_slice(&0u32.to_le_bytes());
+            expected.extend_from_slice(&28i32.to_le_bytes());
+            assert_eq!(&data[..12], &expected[..]);
+            // Both writes reached the original.
+            assert_eq!(k.peek(dev(0), 512, 1), vec![6]);
+        });
+    }
+
+    #[test]
+    fn append_checks_its_ranges() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            assert_eq!(
+                ctl.append(&id, dev(16), &[(3, 8)]).await,
+                Err(Errno::EINVAL)
+            );
+            assert_eq!(
+                ctl.append(&id, dev(16), &[(256 * MIB, 8)]).await,
+                Err(Errno::EINVAL)
+            );
+            assert_eq!(ctl.append(&id, dev(9), &[(0, 8)]).await, Err(Errno::ENXIO));
+            assert_eq!(ctl.take(&id).await, Err(Errno::EFAULT), "nothing was added");
+            // A bad argument pointer is -EINVAL for APPEND.
+            let cmd = IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE;
+            assert_eq!(ctl.ioctl(cmd, UNMAPPED).await, Err(Errno::EINVAL));
+        });
+    }
+
+    #[test]
+    fn create_errors() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            assert_eq!(ctl.create(&[dev(0), dev(0)]).await, Err(Errno::EINVAL));
+            assert_eq!(ctl.create(&[dev(0), dev(7)]).await, Err(Errno::ENXIO));
+            assert!(ctl.collect().await.unwrap().is_empty());
+            let cmd = IOCTL_BLK_SNAP_SNAPSHOT_CREATE;
+            assert_eq!(ctl.ioctl(cmd, UNMAPPED).await, Err(Errno::ENODATA));
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            assert_eq!(ctl.create(&[dev(1), dev(0)]).await, Err(Errno::EBUSY));
+            assert_eq!(ctl.collect().await, Ok(vec![id]));
+        });
+    }
+
+    #[test]
+    fn tracker_collect_and_read_cbt_map() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            assert_eq!(ctl.tracker_collect().await, Ok(vec![]));
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            k.user_write(dev(0), 1000, vec![1; 8]).await.unwrap();
+            assert_eq!(ctl.read_cbt(dev(0), 0, 16).await, Err(Errno::EPERM));
+            assert_eq!(ctl.read_cbt(dev(1), 0, 16).await, Err(Errno::ENODEV));
+            assert_eq!(ctl.read_cbt(dev(7), 0, 16).await, Err(Errno::ENXIO));
+            let infos = ctl.tracker_collect().await.unwrap();
+            assert_eq!(infos.len(), 1);
+            assert_eq!((infos[0].dev_id.mj, infos[0].dev_id.mn), (8, 0));
+            assert_eq!(infos[0].blk_size, 65_536);
+            assert_eq!(infos[0].blk_count, 1024);
+            assert_eq!(infos[0].device_capacity, 64 << 20);
+            assert_eq!(infos[0].snap_number, 0);
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            let after = ctl.tracker_collect().await.unwrap();
+            assert_eq!(after[0].snap_number, 1);
+            assert_eq!(after[0].generation_id, infos[0].generation_id);
+            let map = ctl.read_cbt(dev(0), 0, 1024).await.unwrap();
+            assert_eq!(map.len(), 1024);
+            assert_eq!(map[7], 1);
+            assert_eq!(map.iter().filter(|&&b| b != 0).count(), 1);
+            assert_eq!(ctl.read_cbt(dev(0), 4, 4).await, Ok(vec![0, 0, 0, 1]));
+            // MARK_DIRTY raises both maps.
+            ctl.mark_dirty(dev(0), &[(3840, 128)]).await.unwrap();
+            assert_eq!(ctl.read_cbt(dev(0), 30, 1).await, Ok(vec![1]));
+            assert_eq!(ctl.mark_dirty(dev(1), &[(0, 8)]).await, Err(Errno::ENODEV));
+            let image = DevT::new(IMAGE_MAJOR, 0);
+            ctl.mark_dirty(image, &[(0, 128)]).await.unwrap();
+            assert_eq!(ctl.read_cbt(dev(0), 0, 1).await, Ok(vec![1]));
+            let other = DevT::new(IMAGE_MAJOR, 5);
+            assert_eq!(ctl.mark_dirty(other, &[(0, 8)]).await, Err(Errno::ENODEV));
+        });
+    }
+
+    #[test]
+    fn tracker_collect_short_array_is_enobufs_with_the_count() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            ctl.create(&[dev(0), dev(1)]).await.unwrap();
+            let arg = BlkSnapTrackerCollect {
+                count: 1,
+                cbt_info_array: ctl.user.map(vec![0; BlkSnapCbtInfo::SIZE]),
+            };
+            let addr = ctl.user.map(arg.encode());
+            let cmd = IOCTL_BLK_SNAP_TRACKER_COLLECT;
+            assert_eq!(ctl.ioctl(cmd, addr).await, Err(Errno::ENOBUFS));
+            let back = BlkSnapTrackerCollect::decode(&ctl.user.read(addr, 16)).unwrap();
+            assert_eq!(back.count, 2);
+            // Counting mode.
+            let arg = BlkSnapTrackerCollect::default();
+            let addr = ctl.user.map(arg.encode());
+            assert_eq!(ctl.ioctl(cmd, addr).await, Ok(0));
+            let back = BlkSnapTrackerCollect::decode(&ctl.user.read(addr, 16)).unwrap();
+            assert_eq!(back.count, 2);
+        });
+    }
+
+    #[test]
+    fn snapshot_collect_short_array_is_enodata_with_the_required_count() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            ctl.create(&[dev(0)]).await.unwrap();
+            ctl.create(&[dev(1)]).await.unwrap();
+            assert_eq!(ctl.collect().await.unwrap().len(), 2);
+            let arg = BlkSnapSnapshotCollect {
+                count: 1,
+                ids: ctl.user.map(vec![0; 16]),
+            };
+            let addr = ctl.user.map(arg.encode());
+            let cmd = IOCTL_BLK_SNAP_SNAPSHOT_COLLECT;
+            assert_eq!(ctl.ioctl(cmd, addr).await, Err(Errno::ENODATA));
+            let back = BlkSnapSnapshotCollect::decode(&ctl.user.read(addr, 16)).unwrap();
+            assert_eq!(back.count, 2);
+        });
+    }
+
+    /// One whole life: CREATE, APPEND, TAKE, writes, image IO, DESTROY.
+    async fn lifecycle(k: &Rc<TestKernel>, ctl: &Ctl) {
+        let Ok(id) = ctl.create(&[dev(0), dev(1)]).await else {
+            return;
+        };
+        let _ = ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await;
+        let _ = ctl.take(&id).await;
+        let _ = k.user_write(dev(0), 1020, vec![5; 8]).await;
+        let _ = k.user_write(dev(1), 0, vec![5; 8]).await;
+        for (_, image) in ctl.collect_images(&id).await.unwrap_or_default() {
+            if image != DevT(0) {
+                let _ = k.user_read(image, 1000, 40).await;
+                let _ = k.user_write(image, 4000, vec![1; 8]).await;
+            }
+        }
+        let _ = ctl.destroy(&id).await;
+    }
+
+    #[test]
+    fn every_allocation_failure_ends_in_an_errno_without_leaks() {
+        let sites = [
+            "tracker",
+            "cbt_map.read_map",
+            "cbt_map.write_map",
+            "diff_storage",
+            "snapshot",
+            "diff_area",
+            "diff_buffer",
+            "diff_io",
+            "diff_region",
+            "event",
+            "add_disk",
+        ];
+        for persistent in [false, true] {
+            for site in sites {
+                for n in 1..=6 {
+                    let (k, ctl) = setup(&[]);
+                    if persistent {
+                        k.fail_site_from(site, n);
+                    } else {
+                        k.fail_site_nth(site, n);
+                    }
+                    run(&k, async {
+                        lifecycle(&k, &ctl).await;
+                        k.unfail_site(site);
+                        for d in [dev(0), dev(1)] {
+                            let _ = ctl.tracker_remove(d).await;
+                        }
+                        k.settle().await;
+                    });
+                    let case = format!("site {site}, n {n}, persistent {persistent}");
+                    assert!(k.warns().is_empty(), "{case}: {:?}", k.warns());
+                    assert!(k.live_allocs().is_empty(), "{case}: {:?}", k.live_allocs());
+                    assert!(k.open_bdevs().is_empty(), "{case}: {:?}", k.open_bdevs());
+                    assert!(k.task_names().is_empty(), "{case}: {:?}", k.task_names());
+                    assert_eq!(ctl.module.trackers_alive.get(), 0, "{case}");
+                }
+            }
+        }
+    }
+}

@@ -576,6 +576,20 @@ impl DiffArea {
         Ok(())
     }
 
+    /// After a failed `copy`: wait until no copy of the range is in flight,
+    /// so the write that is let through cannot overtake one. Unlike `wait`,
+    /// a chunk the copy never reached (no state bit) is not an error.
+    pub async fn wait_started(&self, sector: u64, count: u64) {
+        let k = self.module.k();
+        for number in self.chunk_numbers(sector, count) {
+            let Some(chunk) = self.chunk(number) else {
+                return;
+            };
+            chunk.lock.down(k).await;
+            chunk.lock.up(k);
+        }
+    }
+
     // --- image IO ------------------------------------------------------------------
 
     /// Read or write the image view of one chunk, from `offset` sectors into
@@ -706,5 +720,511 @@ impl DiffArea {
             k.kfree(alloc);
         }
         self.freed.set(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event_queue::Event;
+    use crate::kernel::testing::{dev, load, quirks, run, TestKernel};
+    use crate::kernel::BioOp;
+    use crate::params::Params;
+    use crate::quirks::Quirks;
+
+    const MIB: u64 = 2048; // sectors
+    const GIB: u64 = 1024 * MIB;
+    const TIB: u64 = 1024 * GIB;
+
+    /// What the original device holds at a sector before any write.
+    fn orig(sector: u64) -> Stamp {
+        1_000_000 + sector
+    }
+
+    fn origs(range: std::ops::Range<u64>) -> Vec<Stamp> {
+        range.map(orig).collect()
+    }
+
+    struct Setup {
+        k: Rc<TestKernel>,
+        storage: Rc<DiffStorage>,
+        area: Rc<DiffArea>,
+        orig: DevT,
+        store: DevT,
+    }
+
+    /// A 64 MiB original (256 chunks of 512 sectors, the first 8 filled)
+    /// and `storage_sectors` of diff storage.
+    fn setup_with(params: Params, quirk_ids: &[&str], storage_sectors: u64) -> Setup {
+        let k = TestKernel::new();
+        let (orig_dev, store) = (dev(0), dev(16));
+        k.add_device(orig_dev, 64 * MIB);
+        k.add_device(store, 64 * MIB);
+        k.fill(orig_dev, 0, 8 * 512, orig);
+        let m = load(&k, params, quirks(quirk_ids));
+        let storage = DiffStorage::new(&m).unwrap();
+        storage.append_begin(store).unwrap();
+        storage.append_range(store, 0, storage_sectors);
+        storage.append_end();
+        let area = DiffArea::new(&m, orig_dev, &storage).unwrap();
+        Setup {
+            k,
+            storage,
+            area,
+            orig: orig_dev,
+            store,
+        }
+    }
+
+    fn setup(quirk_ids: &[&str]) -> Setup {
+        setup_with(Params::default(), quirk_ids, 64 * MIB)
+    }
+
+    /// COW of a range as the tracker does it: copy, then wait.
+    fn cow(s: &Setup, sector: u64, count: u64) -> (Result<(), Errno>, Result<(), Errno>) {
+        run(&s.k, async {
+            let copied = s.area.copy(sector, count, false, false).await;
+            let waited = s.area.wait(sector, count, false, false).await;
+            s.k.settle().await;
+            (copied, waited)
+        })
+    }
+
+    fn image_read(s: &Setup, number: u64, offset: u64, count: u64) -> Result<Vec<Stamp>, Errno> {
+        run(&s.k, s.area.image_io(number, offset, count, None))
+    }
+
+    fn events(s: &Setup) -> Vec<Event> {
+        run(&s.k, async {
+            let mut events = Vec::new();
+            while let Ok(event) = s.storage.event_queue.wait(0).await {
+                events.push(event);
+            }
+            events
+        })
+    }
+
+    fn corrupted_payload(d: DevT, err: Errno) -> Vec<u8> {
+        let mut payload = d.major().to_le_bytes().to_vec();
+        payload.extend_from_slice(&d.minor().to_le_bytes());
+        payload.extend_from_slice(&err.0.to_le_bytes());
+        payload
+    }
+
+    /// Free the area and the storage; nothing may be left behind.
+    fn teardown(s: Setup) {
+        run(&s.k, async {
+            s.area.put().await;
+            s.k.settle().await;
+        });
+        s.storage.free();
+        assert!(s.k.open_bdevs().is_empty(), "{:?}", s.k.open_bdevs());
+        assert!(s.k.live_allocs().is_empty(), "{:?}", s.k.live_allocs());
+        assert!(s.k.warns().is_empty(), "{:?}", s.k.warns());
+    }
+
+    #[test]
+    fn chunk_geometry_follows_spec_5_1() {
+        let m = load(&TestKernel::new(), Params::default(), Quirks::default());
+        #[rustfmt::skip]
+        let cases = [
+            // (capacity, io_min, shift, count)
+            (64 * MIB,         512, 18, 256),
+            (512 * GIB,        512, 18, 2_097_152),
+            (512 * GIB + 1,    512, 19, 1_048_577),
+            (TIB,              512, 19, 2_097_152),
+            (TIB + 1,          512, 20, 1_048_577),
+            (2 * TIB,          512, 20, 2_097_152),
+            (4 * TIB,          512, 21, 2_097_152),
+            (8 * TIB,          512, 22, 2_097_152),
+            (1000,             512, 18, 2),
+            // A chunk is at least io_min.
+            (64 * MIB,        4096, 18, 256),
+            (64 * MIB,  512 * 1024, 19, 128),
+            (64 * MIB, 1024 * 1024, 20, 64),
+        ];
+        for (capacity, io_min, shift, count) in cases {
+            assert_eq!(
+                chunk_geometry(&m, capacity, io_min),
+                (shift, count),
+                "capacity {capacity}, io_min {io_min}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_last_chunk_is_trimmed() {
+        let k = TestKernel::new();
+        let (orig_dev, store) = (dev(0), dev(16));
+        k.add_device(orig_dev, 1000);
+        k.add_device(store, 4096);
+        let m = load(&k, Params::default(), Quirks::default());
+        let storage = DiffStorage::new(&m).unwrap();
+        storage.append_range(store, 0, 4096);
+        let area = DiffArea::new(&m, orig_dev, &storage).unwrap();
+        assert_eq!((area.chunk_sectors(), area.chunk_count()), (512, 2));
+        assert_eq!(area.chunk(0).unwrap().sector_count, 512);
+        assert_eq!(area.chunk(1).unwrap().sector_count, 488);
+        assert!(area.chunk(2).is_none());
+    }
+
+    #[test]
+    fn copy_and_wait_store_the_original_and_the_image_reads_it() {
+        let s = setup(&[]);
+        // Spec 5.9: a write at 1020..1027 spans chunks 1 and 2.
+        assert_eq!(cow(&s, 1020, 8), (Ok(()), Ok(())));
+        assert_eq!(s.storage.counters().filled, 1024);
+        for number in [1, 2] {
+            let chunk = s.area.chunk(number).unwrap();
+            assert_eq!(chunk.state(), bits::BUFFER_READY | bits::STORE_READY);
+            assert!(!chunk.lock.is_locked());
+            // Regions in read-completion order: chunk 1 first here.
+            let region = chunk.region.get().unwrap();
+            assert_eq!(region.sector, (number - 1) * 512);
+            assert_eq!(
+                s.k.peek(s.store, region.sector, 512),
+                origs(number * 512..(number + 1) * 512)
+            );
+        }
+        assert_eq!(s.area.read_cache.borrow().len(), 2);
+        assert_eq!(s.area.pending_io(), 0);
+        // The write the COW held back now reaches the original.
+        s.k.poke(s.orig, 1020, &[7; 8]);
+        assert_eq!(image_read(&s, 1, 508, 4), Ok(origs(1020..1024)));
+        assert_eq!(image_read(&s, 2, 0, 4), Ok(origs(1024..1028)));
+        // A second COW of a stored chunk does nothing.
+        s.k.clear_bios();
+        assert_eq!(cow(&s, 1020, 8), (Ok(()), Ok(())));
+        assert!(s.k.bios().is_empty());
+        assert_eq!(s.storage.counters().filled, 1024);
+        teardown(s);
+    }
+
+    #[test]
+    fn an_evicted_chunk_is_read_back_from_its_region() {
+        let params = Params {
+            chunk_maximum_in_cache: 0,
+            ..Params::default()
+        };
+        let s = setup_with(params, &[], 64 * MIB);
+        assert_eq!(cow(&s, 0, 8), (Ok(()), Ok(())));
+        let chunk = s.area.chunk(0).unwrap();
+        assert_eq!(
+            chunk.state(),
+            bits::STORE_READY,
+            "eviction dropped the buffer"
+        );
+        assert!(chunk.buffer.borrow().is_none());
+        assert!(s.area.read_cache.borrow().is_empty());
+        assert_eq!(s.area.free_buffers.borrow().len(), 1, "back in the pool");
+        s.k.poke(s.orig, 0, &[9; 512]);
+        s.k.clear_bios();
+        assert_eq!(image_read(&s, 0, 0, 512), Ok(origs(0..512)));
+        let loads: Vec<_> = s.k.bios().iter().map(|b| (b.dev, b.op)).collect();
+        assert_eq!(
+            loads,
+            vec![(s.store, BioOp::Read)],
+            "loaded from the region"
+        );
+        teardown(s);
+    }
+
+    #[test]
+    fn eviction_trims_the_read_cache_oldest_first() {
+        let params = Params {
+            chunk_maximum_in_cache: 2,
+            ..Params::default()
+        };
+        let s = setup_with(params, &[], 64 * MIB);
+        assert_eq!(cow(&s, 0, 4 * 512), (Ok(()), Ok(())));
+        let cached: Vec<u64> = s
+            .area
+            .read_cache
+            .borrow()
+            .iter()
+            .map(|c| c.number)
+            .collect();
+        assert_eq!(cached, vec![2, 3]);
+        for number in [0, 1] {
+            assert_eq!(s.area.chunk(number).unwrap().state(), bits::STORE_READY);
+        }
+        teardown(s);
+    }
+
+    #[test]
+    fn the_buffer_pool_holds_one_more_than_its_size() {
+        let params = Params {
+            chunk_maximum_in_cache: 0,
+            free_diff_buffer_pool_size: 0,
+            ..Params::default()
+        };
+        let s = setup_with(params, &[], 64 * MIB);
+        assert_eq!(cow(&s, 0, 3 * 512), (Ok(()), Ok(())));
+        assert_eq!(s.area.free_buffers.borrow().len(), 1);
+        let buffers =
+            s.k.live_allocs()
+                .iter()
+                .filter(|(site, _)| *site == "diff_buffer")
+                .count();
+        assert_eq!(buffers, 1, "the others were freed");
+        teardown(s);
+    }
+
+    #[test]
+    fn an_image_write_marks_dirty_and_leaves_the_original_alone() {
+        let s = setup(&[]);
+        let written = run(&s.k, s.area.image_io(0, 5, 2, Some(&[77, 78])));
+        assert_eq!(written, Ok(vec![77, 78]));
+        let chunk = s.area.chunk(0).unwrap();
+        assert_eq!(chunk.state(), bits::BUFFER_READY | bits::DIRTY);
+        assert_eq!(s.area.write_cache.borrow().len(), 1);
+        assert!(s.area.read_cache.borrow().is_empty());
+        assert_eq!(s.k.peek(s.orig, 4, 4), origs(4..8), "original untouched");
+        assert_eq!(s.storage.counters().filled, 0, "no storage before eviction");
+        assert_eq!(image_read(&s, 0, 4, 4), Ok(vec![orig(4), 77, 78, orig(7)]));
+        // A write to the original no longer copies a DIRTY chunk.
+        s.k.clear_bios();
+        assert_eq!(cow(&s, 0, 8), (Ok(()), Ok(())));
+        assert!(s.k.bios().is_empty());
+        assert_eq!(chunk.state(), bits::BUFFER_READY | bits::DIRTY);
+        teardown(s);
+    }
+
+    #[test]
+    fn a_dirty_chunk_is_stored_by_eviction_and_read_back() {
+        let params = Params {
+            chunk_maximum_in_cache: 0,
+            ..Params::default()
+        };
+        let s = setup_with(params, &[], 64 * MIB);
+        run(&s.k, async {
+            s.area.image_io(0, 5, 2, Some(&[77, 78])).await.unwrap();
+            s.k.settle().await;
+        });
+        let chunk = s.area.chunk(0).unwrap();
+        assert_eq!(
+            chunk.state(),
+            bits::STORE_READY,
+            "DIRTY cleared, buffer released"
+        );
+        let region = chunk.region.get().unwrap();
+        assert_eq!(
+            s.k.peek(s.store, region.sector + 4, 4),
+            vec![orig(4), 77, 78, orig(7)]
+        );
+        assert_eq!(image_read(&s, 0, 5, 2), Ok(vec![77, 78]));
+        assert_eq!(s.k.peek(s.orig, 5, 2), origs(5..7));
+        teardown(s);
+    }
+
+    #[test]
+    fn copy_of_a_clean_buffered_chunk_stores_the_buffer_without_a_read() {
+        let s = setup(&[]);
+        assert_eq!(image_read(&s, 0, 0, 8), Ok(origs(0..8)));
+        assert_eq!(s.area.chunk(0).unwrap().state(), bits::BUFFER_READY);
+        s.k.clear_bios();
+        assert_eq!(cow(&s, 0, 8), (Ok(()), Ok(())));
+        let ios: Vec<_> = s.k.bios().iter().map(|b| (b.dev, b.op)).collect();
+        assert_eq!(ios, vec![(s.store, BioOp::Write)]);
+        let chunk = s.area.chunk(0).unwrap();
+        assert_eq!(chunk.state(), bits::BUFFER_READY | bits::STORE_READY);
+        teardown(s);
+    }
+
+    #[test]
+    fn nowait_allocation_failure_is_only_eagain() {
+        let s = setup(&[]);
+        s.k.fail_site("diff_buffer");
+        let copied = run(&s.k, s.area.copy(0, 8, true, false));
+        assert_eq!(copied, Err(Errno::EAGAIN));
+        let chunk = s.area.chunk(0).unwrap();
+        assert_eq!(chunk.state(), 0, "the chunk is left as it was");
+        assert!(!chunk.lock.is_locked());
+        assert!(!s.area.is_corrupted());
+        assert_eq!(events(&s).len(), 1, "only the creation event");
+        // A retry once memory is back succeeds.
+        s.k.unfail_site("diff_buffer");
+        assert_eq!(cow(&s, 0, 8), (Ok(()), Ok(())));
+        assert_eq!(chunk.state(), bits::BUFFER_READY | bits::STORE_READY);
+        teardown(s);
+    }
+
+    #[test]
+    fn quirk_da_3_nowait_allocation_failure_corrupts_the_snapshot() {
+        let s = setup(&["B-DA-3"]);
+        s.k.fail_site("diff_buffer");
+        let copied = run(&s.k, s.area.copy(0, 8, true, false));
+        assert_eq!(copied, Err(Errno::EAGAIN));
+        assert_eq!(s.area.chunk(0).unwrap().state(), bits::FAILED);
+        assert!(s.area.is_corrupted());
+        let events = events(&s);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].code, EVENT_CORRUPTED);
+        assert_eq!(events[1].data, corrupted_payload(s.orig, Errno::EAGAIN));
+    }
+
+    #[test]
+    fn nowait_on_a_busy_chunk_is_eagain_without_failure() {
+        let s = setup(&["B-DA-3"]);
+        let chunk = s.area.chunk(0).unwrap();
+        assert!(chunk.lock.down_trylock(&*s.k));
+        assert_eq!(
+            run(&s.k, s.area.copy(0, 8, true, false)),
+            Err(Errno::EAGAIN)
+        );
+        assert_eq!(
+            run(&s.k, s.area.wait(0, 8, true, false)),
+            Err(Errno::EAGAIN)
+        );
+        chunk.lock.up(&*s.k);
+        assert_eq!(chunk.state(), 0);
+        assert!(!s.area.is_corrupted());
+    }
+
+    #[test]
+    fn blocking_allocation_failure_fails_the_chunk_with_enomem() {
+        let s = setup(&[]);
+        s.k.fail_site("diff_buffer");
+        assert_eq!(
+            run(&s.k, s.area.copy(0, 8, false, false)),
+            Err(Errno::ENOMEM)
+        );
+        assert_eq!(s.area.chunk(0).unwrap().state(), bits::FAILED);
+        assert!(s.area.is_corrupted());
+        assert_eq!(events(&s)[1].data, corrupted_payload(s.orig, Errno::ENOMEM));
+        // The image reports the failed chunk.
+        assert_eq!(image_read(&s, 0, 0, 8), Err(Errno::EIO));
+    }
+
+    #[test]
+    fn storage_overflow_fails_the_chunk_with_enospc_once() {
+        // Room for one chunk only.
+        let s = setup_with(Params::default(), &[], 512);
+        assert_eq!(cow(&s, 0, 8), (Ok(()), Ok(())));
+        // The region is allocated by the load completion: copy succeeds,
+        // wait sees the FAILED chunk.
+        assert_eq!(cow(&s, 512, 8), (Ok(()), Err(Errno::EFAULT)));
+        let chunk = s.area.chunk(1).unwrap();
+        assert!(chunk.has(bits::FAILED));
+        assert!(!chunk.has(bits::BUFFER_READY));
+        assert!(chunk.region.get().is_none());
+        assert!(s.storage.is_overflow());
+        assert!(s.area.is_corrupted());
+        assert_eq!(cow(&s, 1024, 8), (Ok(()), Err(Errno::EFAULT)));
+        let events = events(&s);
+        assert_eq!(events.len(), 2, "one corrupted event per area");
+        assert_eq!(events[1].data, corrupted_payload(s.orig, Errno::ENOSPC));
+        // The chunk stored before the overflow still reads correctly.
+        s.k.poke(s.orig, 0, &[5; 8]);
+        assert_eq!(image_read(&s, 0, 0, 8), Ok(origs(0..8)));
+        teardown(s);
+    }
+
+    #[test]
+    fn a_failed_cow_read_fails_the_chunk_with_eio() {
+        let s = setup(&[]);
+        s.k.set_fail_io(s.orig, true);
+        assert_eq!(cow(&s, 0, 8), (Ok(()), Err(Errno::EFAULT)));
+        assert!(s.area.chunk(0).unwrap().has(bits::FAILED));
+        assert_eq!(events(&s)[1].data, corrupted_payload(s.orig, Errno::EIO));
+        s.k.set_fail_io(s.orig, false);
+        teardown(s);
+    }
+
+    #[test]
+    fn an_unaligned_storage_range_corrupts_with_einval_on_first_store() {
+        // Only B-DS-1 lets such a range in through APPEND; the area itself
+        // trusts the storage.
+        let k = TestKernel::new();
+        let (orig_dev, store) = (dev(0), dev(16));
+        k.add_device(orig_dev, 64 * MIB);
+        k.add_device(store, 64 * MIB);
+        let m = load(&k, Params::default(), quirks(&["B-DS-1"]));
+        let storage = DiffStorage::new(&m).unwrap();
+        storage.append_begin(store).unwrap();
+        storage.append_range(store, 4, 4096);
+        storage.append_end();
+        let area = DiffArea::new(&m, orig_dev, &storage).unwrap();
+        let s = Setup {
+            k,
+            storage,
+            area,
+            orig: orig_dev,
+            store,
+        };
+        assert_eq!(cow(&s, 0, 8), (Ok(()), Err(Errno::EFAULT)));
+        assert_eq!(events(&s)[1].data, corrupted_payload(s.orig, Errno::EINVAL));
+        teardown(s);
+    }
+
+    #[test]
+    fn a_storage_range_past_the_device_corrupts_with_eio() {
+        let s = setup_with(Params::default(), &[], 64 * MIB);
+        s.storage.append_range(s.store, 64 * MIB, 4096);
+        // Use up the first range so the next region lands past the end.
+        for _ in 0..(64 * MIB / 512) {
+            s.storage.new_region(512).unwrap();
+        }
+        assert_eq!(cow(&s, 0, 8), (Ok(()), Err(Errno::EFAULT)));
+        assert_eq!(events(&s)[1].data, corrupted_payload(s.orig, Errno::EIO));
+        teardown(s);
+    }
+
+    #[test]
+    fn copy_past_the_end_corrupts_with_einval() {
+        let s = setup(&[]);
+        let copied = run(&s.k, s.area.copy(64 * MIB, 8, false, false));
+        assert_eq!(copied, Err(Errno::EINVAL));
+        assert!(s.area.is_corrupted());
+        assert_eq!(events(&s)[1].data, corrupted_payload(s.orig, Errno::EINVAL));
+        teardown(s);
+    }
+
+    #[test]
+    fn empty_storage_is_efault_and_leaks_nothing() {
+        let k = TestKernel::new();
+        k.add_device(dev(0), 64 * MIB);
+        let m = load(&k, Params::default(), Quirks::default());
+        let storage = DiffStorage::new(&m).unwrap();
+        assert_eq!(
+            DiffArea::new(&m, dev(0), &storage).err(),
+            Some(Errno::EFAULT)
+        );
+        assert!(k.open_bdevs().is_empty());
+        assert!(k.live_allocs().is_empty());
+        assert_eq!(
+            DiffArea::new(&m, dev(5), &storage).err(),
+            Some(Errno::ENXIO)
+        );
+    }
+
+    #[test]
+    fn quirk_da_1_empty_storage_leaks_the_device_and_the_struct() {
+        let k = TestKernel::new();
+        k.add_device(dev(0), 64 * MIB);
+        let m = load(&k, Params::default(), quirks(&["B-DA-1"]));
+        let storage = DiffStorage::new(&m).unwrap();
+        assert_eq!(
+            DiffArea::new(&m, dev(0), &storage).err(),
+            Some(Errno::EFAULT)
+        );
+        assert_eq!(k.open_bdevs(), vec![dev(0)]);
+        assert_eq!(k.live_allocs().len(), 1);
+    }
+
+    #[test]
+    fn references_free_the_area_with_the_last_put() {
+        let s = setup(&[]);
+        s.area.get();
+        run(&s.k, s.area.put());
+        assert_eq!(s.k.open_bdevs(), vec![s.store, s.orig], "still alive");
+        run(&s.k, s.area.put());
+        assert_eq!(s.k.open_bdevs(), vec![s.store]);
+        run(&s.k, s.area.put());
+        assert_eq!(
+            s.k.warns().len(),
+            1,
+            "a put too many is a refcount underflow"
+        );
     }
 }

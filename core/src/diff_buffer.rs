@@ -34,3 +34,30 @@ impl DiffBuffer {
         self.data.len() as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::TestKernel;
+
+    #[test]
+    fn a_buffer_is_one_zeroed_chunk_and_is_accounted() {
+        let k = TestKernel::new();
+        let buffer = DiffBuffer::new(&*k, 512, false).unwrap();
+        assert_eq!(buffer.sectors(), 512);
+        assert!(buffer.data.iter().all(|&s| s == 0));
+        assert_eq!(k.live_allocs(), vec![("diff_buffer", 512 * SECTOR_SIZE)]);
+        buffer.free(&*k);
+        assert!(k.live_allocs().is_empty());
+    }
+
+    #[test]
+    fn allocation_failure_is_enomem_or_eagain_under_nowait() {
+        let k = TestKernel::new();
+        k.fail_site("diff_buffer");
+        assert_eq!(DiffBuffer::new(&*k, 512, false).err(), Some(Errno::ENOMEM));
+        assert_eq!(DiffBuffer::new(&*k, 512, true).err(), Some(Errno::EAGAIN));
+        k.unfail_site("diff_buffer");
+        assert!(DiffBuffer::new(&*k, 512, true).is_ok());
+    }
+}

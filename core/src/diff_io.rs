@@ -106,3 +106,115 @@ async fn join(parts: Vec<Completion<BioResult>>) -> BioResult {
         Ok(data)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::{dev, load, quirks, run, BioRecord, TestKernel};
+    use crate::kernel::BioFlags;
+    use crate::params::Params;
+
+    fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Rc<Module>, DevT) {
+        let k = TestKernel::new();
+        let d = dev(0);
+        k.add_device(d, 1 << 20);
+        let m = load(&k, Params::default(), quirks(quirk_ids));
+        (k, m, d)
+    }
+
+    #[test]
+    fn a_read_is_split_into_bios_of_at_most_256_pages() {
+        let (k, m, d) = setup(&[]);
+        // 4608 sectors = 576 pages: 256 + 256 + 64 pages.
+        k.fill(d, 8, 4608, |s| s * 10);
+        let data = run(&k, read(&m, d, 8, 4608, false).unwrap()).unwrap();
+        assert_eq!(data, (8..8 + 4608).map(|s| s * 10).collect::<Vec<_>>());
+        let flags = BioFlags {
+            sync: true,
+            filtered: true,
+            ..BioFlags::default()
+        };
+        let bio = |sector, sectors| BioRecord {
+            dev: d,
+            op: BioOp::Read,
+            sector,
+            sectors,
+            flags,
+        };
+        assert_eq!(
+            k.bios(),
+            vec![bio(8, 2048), bio(2056, 2048), bio(4104, 512)]
+        );
+    }
+
+    #[test]
+    fn a_write_is_split_and_flagged_sync_fua_filtered() {
+        let (k, m, d) = setup(&[]);
+        let data: Vec<Stamp> = (1..=4096).collect();
+        run(&k, write(&m, d, 0, data.clone(), false).unwrap()).unwrap();
+        assert_eq!(k.peek(d, 0, 4096), data);
+        let bios = k.bios();
+        assert_eq!(bios.len(), 2);
+        for (i, bio) in bios.iter().enumerate() {
+            assert_eq!(
+                (bio.op, bio.sector, bio.sectors),
+                (BioOp::Write, 2048 * i as u64, 2048)
+            );
+            assert!(bio.flags.sync && bio.flags.fua && bio.flags.filtered);
+        }
+    }
+
+    #[test]
+    fn exactly_256_pages_is_one_bio() {
+        let (k, m, d) = setup(&["B-IO-1"]);
+        run(&k, read(&m, d, 0, 2048, false).unwrap()).unwrap();
+        assert_eq!(k.bios().len(), 1);
+    }
+
+    #[test]
+    fn a_start_off_a_page_boundary_is_einval() {
+        let (k, m, d) = setup(&[]);
+        assert_eq!(read(&m, d, 3, 8, false).err(), Some(Errno::EINVAL));
+        assert_eq!(
+            write(&m, d, 4, vec![1; 8], false).err(),
+            Some(Errno::EINVAL)
+        );
+        assert!(k.bios().is_empty());
+        assert!(read(&m, d, 8, 3, false).is_ok(), "a short count is fine");
+    }
+
+    #[test]
+    #[should_panic(expected = "B-IO-1")]
+    fn quirk_io_1_panics_above_256_pages() {
+        let (_k, m, d) = setup(&["B-IO-1"]);
+        let _ = read(&m, d, 0, 2056, false);
+    }
+
+    #[test]
+    fn allocation_failure_is_enomem_or_eagain_under_nowait() {
+        let (k, m, d) = setup(&[]);
+        k.fail_site("diff_io");
+        assert_eq!(read(&m, d, 0, 8, false).err(), Some(Errno::ENOMEM));
+        assert_eq!(read(&m, d, 0, 8, true).err(), Some(Errno::EAGAIN));
+        assert!(k.bios().is_empty());
+    }
+
+    #[test]
+    fn any_failed_part_ends_the_io_with_eio() {
+        let (k, m, d) = setup(&[]);
+        // The second part runs past the end of the device.
+        let past = read(&m, d, (1 << 20) - 2048, 4096, false).unwrap();
+        assert_eq!(run(&k, past), Err(Errno::EIO));
+        k.set_fail_io(d, true);
+        let failed = write(&m, d, 0, vec![1; 8], false).unwrap();
+        assert_eq!(run(&k, failed), Err(Errno::EIO));
+    }
+
+    #[test]
+    #[should_panic(expected = "B-TRK-9")]
+    fn io_after_the_bio_set_is_destroyed_panics() {
+        let (_k, m, d) = setup(&[]);
+        m.bioset_destroyed.set(true);
+        let _ = read(&m, d, 0, 8, false);
+    }
+}

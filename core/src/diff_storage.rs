@@ -212,3 +212,221 @@ impl DiffStorage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event_queue::EVENT_LOW_FREE_SPACE;
+    use crate::kernel::testing::{dev, load, quirks, run, TestKernel};
+    use crate::params::Params;
+    use crate::quirks::Quirks;
+
+    /// Spec 6.7: M = 262 144 sectors, so T = 131 072; chunks of 512 sectors.
+    const M: u64 = 262_144;
+    const CHUNK: u64 = 512;
+
+    fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Rc<DiffStorage>, DevT) {
+        let k = TestKernel::new();
+        let store = dev(16);
+        k.add_device(store, 4 * M);
+        let params = Params {
+            diff_storage_minimum: M,
+            ..Params::default()
+        };
+        let m = load(&k, params, quirks(quirk_ids));
+        let storage = DiffStorage::new(&m).unwrap();
+        (k, storage, store)
+    }
+
+    fn append(storage: &DiffStorage, dev: DevT, ranges: &[(u64, u64)]) {
+        storage.append_begin(dev).unwrap();
+        for &(sector, count) in ranges {
+            storage.check_range(dev, sector, count).unwrap();
+            storage.append_range(dev, sector, count);
+        }
+        storage.append_end();
+    }
+
+    /// The payloads of the queued events, oldest first, draining the queue.
+    fn drain_events(k: &Rc<TestKernel>, storage: &DiffStorage) -> Vec<(u32, Vec<u8>)> {
+        run(k, async {
+            let mut events = Vec::new();
+            while let Ok(event) = storage.event_queue.wait(0).await {
+                events.push((event.code, event.data));
+            }
+            events
+        })
+    }
+
+    fn low_space(requested: u64) -> (u32, Vec<u8>) {
+        (EVENT_LOW_FREE_SPACE, requested.to_le_bytes().to_vec())
+    }
+
+    #[test]
+    fn creation_requests_the_minimum_at_once() {
+        let (k, storage, _) = setup(&[]);
+        assert_eq!(
+            storage.counters(),
+            StorageCounters {
+                capacity: 0,
+                filled: 0,
+                requested: M,
+                overflow: false
+            }
+        );
+        assert_eq!(drain_events(&k, &storage), vec![low_space(M)]);
+    }
+
+    #[test]
+    fn regions_are_first_fit_in_append_order_and_wasted_tails_count_as_filled() {
+        let (_k, storage, store) = setup(&[]);
+        append(&storage, store, &[(0, 1000), (2048, 1024), (8192, 512)]);
+        assert_eq!(storage.capacity(), 2536);
+        let region = |sector| DiffRegion {
+            dev: store,
+            sector,
+            count: CHUNK,
+        };
+        assert_eq!(storage.new_region(CHUNK), Ok(region(0)));
+        assert_eq!(storage.counters().filled, 512);
+        // 488 sectors left in the first block: wasted, counted, next block.
+        assert_eq!(storage.new_region(CHUNK), Ok(region(2048)));
+        assert_eq!(storage.counters().filled, 512 + 488 + 512);
+        assert_eq!(storage.new_region(CHUNK), Ok(region(2560)));
+        assert_eq!(storage.new_region(CHUNK), Ok(region(8192)));
+        assert_eq!(storage.counters().filled, 2536);
+        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOSPC));
+        assert!(storage.is_overflow());
+    }
+
+    #[test]
+    fn low_space_event_at_the_256th_allocation_then_overflow_at_513() {
+        let (k, storage, store) = setup(&[]);
+        append(&storage, store, &[(0, M)]);
+        assert_eq!(drain_events(&k, &storage), vec![low_space(M)]);
+        for n in 1..=255u64 {
+            storage.new_region(CHUNK).unwrap();
+            assert_eq!(storage.event_queue.pending(), 0, "allocation {n}");
+        }
+        // Allocation 256: left = 262144 - 131072 <= T.
+        storage.new_region(CHUNK).unwrap();
+        assert_eq!(storage.counters().requested, 2 * M);
+        assert_eq!(drain_events(&k, &storage), vec![low_space(M)]);
+        for _ in 257..=512 {
+            storage.new_region(CHUNK).unwrap();
+        }
+        assert_eq!(storage.event_queue.pending(), 0, "one event per arming");
+        assert_eq!(storage.counters().filled, M);
+        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOSPC));
+        let counters = storage.counters();
+        assert!(counters.overflow);
+        assert_eq!((counters.capacity, counters.filled), (M, M));
+    }
+
+    #[test]
+    fn appending_what_was_requested_rearms_the_event() {
+        let (k, storage, store) = setup(&[]);
+        append(&storage, store, &[(0, M)]);
+        for _ in 0..256 {
+            storage.new_region(CHUNK).unwrap();
+        }
+        assert_eq!(drain_events(&k, &storage).len(), 2);
+        // Spec 6.7 step 5: capacity 524 288 >= requested clears the flag.
+        append(&storage, store, &[(M, M)]);
+        for n in 257..=767u64 {
+            storage.new_region(CHUNK).unwrap();
+            assert_eq!(storage.event_queue.pending(), 0, "allocation {n}");
+        }
+        storage.new_region(CHUNK).unwrap(); // 768
+        assert_eq!(drain_events(&k, &storage), vec![low_space(M)]);
+        assert_eq!(storage.counters().requested, 3 * M);
+    }
+
+    #[test]
+    fn appending_less_than_requested_does_not_rearm() {
+        let (k, storage, store) = setup(&[]);
+        append(&storage, store, &[(0, M)]);
+        for _ in 0..256 {
+            storage.new_region(CHUNK).unwrap();
+        }
+        drain_events(&k, &storage);
+        append(&storage, store, &[(M, M / 2)]); // capacity 393 216 < 524 288
+        for _ in 257..=768 {
+            storage.new_region(CHUNK).unwrap();
+        }
+        assert_eq!(storage.event_queue.pending(), 0);
+    }
+
+    #[test]
+    fn overflow_is_permanent() {
+        let (_k, storage, store) = setup(&[]);
+        append(&storage, store, &[(0, CHUNK)]);
+        storage.new_region(CHUNK).unwrap();
+        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOSPC));
+        append(&storage, store, &[(CHUNK, M)]);
+        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOSPC));
+        assert_eq!(storage.counters().filled, CHUNK, "nothing allocated after");
+    }
+
+    #[test]
+    fn region_descriptor_allocation_failure_is_enomem_not_overflow() {
+        let (k, storage, store) = setup(&[]);
+        append(&storage, store, &[(0, M)]);
+        k.fail_site_times("diff_region", 1);
+        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOMEM));
+        assert!(!storage.is_overflow());
+        assert_eq!(storage.counters().filled, 0);
+        assert!(storage.new_region(CHUNK).is_ok());
+    }
+
+    #[test]
+    fn check_range_rejects_unaligned_empty_and_out_of_range() {
+        let (_k, storage, store) = setup(&[]);
+        let capacity = 4 * M;
+        assert_eq!(storage.check_range(store, 0, capacity), Ok(()));
+        assert_eq!(storage.check_range(store, 8, 8), Ok(()));
+        for (sector, count) in [
+            (1, 8),
+            (0, 7),
+            (0, 0),
+            (capacity - 8, 16),
+            (capacity, 8),
+            (u64::MAX - 7, 8),
+        ] {
+            assert_eq!(
+                storage.check_range(store, sector, count),
+                Err(Errno::EINVAL),
+                "({sector}, {count})"
+            );
+        }
+        // An unknown device has no capacity.
+        assert_eq!(storage.check_range(dev(99), 0, 8), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn quirk_ds_1_accepts_any_range() {
+        let (_k, storage, store) = setup(&["B-DS-1"]);
+        for (sector, count) in [(1, 8), (0, 7), (0, 0), (4 * M, 8), (u64::MAX - 7, 8)] {
+            assert_eq!(storage.check_range(store, sector, count), Ok(()));
+        }
+    }
+
+    #[test]
+    fn storage_devices_are_opened_once_and_closed_by_free() {
+        let (k, storage, store) = setup(&[]);
+        assert_eq!(storage.append_begin(dev(99)), Err(Errno::ENXIO));
+        append(&storage, store, &[(0, 8)]);
+        append(&storage, store, &[(8, 8)]);
+        assert_eq!(k.open_bdevs(), vec![store]);
+        storage.free();
+        assert!(k.open_bdevs().is_empty());
+    }
+
+    #[test]
+    fn creation_fails_with_enomem() {
+        let k = TestKernel::new();
+        let m = load(&k, Params::default(), Quirks::default());
+        k.fail_site("diff_storage");
+        assert_eq!(DiffStorage::new(&m).err(), Some(Errno::ENOMEM));
+    }
+}

@@ -119,3 +119,101 @@ impl Future for FirstOf {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::{load, run, TestKernel};
+    use crate::kernel::{Kernel, TaskKind};
+    use crate::params::Params;
+    use crate::quirks::Quirks;
+
+    fn setup() -> (Rc<TestKernel>, Rc<EventQueue>) {
+        let k = TestKernel::new();
+        let m = load(&k, Params::default(), Quirks::default());
+        (k, Rc::new(EventQueue::new(&m)))
+    }
+
+    #[test]
+    fn events_come_out_in_fifo_order_with_their_time() {
+        let (k, queue) = setup();
+        queue.generate(EVENT_LOW_FREE_SPACE, vec![1]);
+        run(&k, k.sleep(5));
+        queue.generate(EVENT_CORRUPTED, vec![2, 3]);
+        assert_eq!(queue.pending(), 2);
+        let (a, b, c) = run(&k, async {
+            (
+                queue.wait(0).await,
+                queue.wait(0).await,
+                queue.wait(0).await,
+            )
+        });
+        assert_eq!(
+            a,
+            Ok(Event {
+                code: EVENT_LOW_FREE_SPACE,
+                time_label: 0,
+                data: vec![1]
+            })
+        );
+        assert_eq!(
+            b,
+            Ok(Event {
+                code: EVENT_CORRUPTED,
+                time_label: 5,
+                data: vec![2, 3]
+            })
+        );
+        assert_eq!(c, Err(Errno::ENOENT));
+        assert_eq!(queue.pending(), 0);
+    }
+
+    #[test]
+    fn wait_times_out_with_enoent_after_the_virtual_time() {
+        let (k, queue) = setup();
+        run(&k, k.sleep(1000));
+        let result = run(&k, queue.wait(5_000_000));
+        assert_eq!(result, Err(Errno::ENOENT));
+        assert_eq!(k.now(), 1000 + 5_000_000);
+        // Timeout 0 is a poll: no time passes.
+        assert_eq!(run(&k, queue.wait(0)), Err(Errno::ENOENT));
+        assert_eq!(k.now(), 1000 + 5_000_000);
+    }
+
+    #[test]
+    fn a_generated_event_wakes_a_waiter() {
+        let (k, queue) = setup();
+        let (k2, q2) = (k.clone(), queue.clone());
+        k.spawn(
+            TaskKind::Work,
+            "producer".into(),
+            Box::pin(async move {
+                k2.sleep(1_000_000).await;
+                q2.generate(EVENT_CORRUPTED, vec![7]);
+            }),
+        );
+        let event = run(&k, queue.wait(1_000_000_000)).unwrap();
+        assert_eq!(event.code, EVENT_CORRUPTED);
+        assert_eq!(event.time_label, 1_000_000);
+        assert_eq!(k.now(), 1_000_000, "woken at once, not at the timeout");
+    }
+
+    #[test]
+    fn a_fatal_signal_ends_the_wait_with_eintr() {
+        let (k, queue) = setup();
+        k.kill("main");
+        assert_eq!(run(&k, queue.wait(1_000_000)), Err(Errno::EINTR));
+    }
+
+    #[test]
+    fn an_event_allocation_failure_drops_the_event() {
+        let (k, queue) = setup();
+        k.fail_site_times("event", 1);
+        queue.generate(EVENT_CORRUPTED, vec![1]);
+        assert_eq!(queue.pending(), 0);
+        assert!(k.logs().iter().any(|l| l.contains("event dropped")));
+        queue.generate(EVENT_CORRUPTED, vec![1]);
+        assert_eq!(queue.pending(), 1);
+        assert!(k.live_allocs().is_empty(), "event memory is given back");
+    }
+}

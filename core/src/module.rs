@@ -212,3 +212,200 @@ async fn wait_for_trackers(module: &Rc<Module>) {
         k.sleep(10_000_000_000).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel, IMAGE_MAJOR};
+
+    const MIB: u64 = 2048; // sectors
+
+    fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl) {
+        let k = TestKernel::new();
+        for d in [dev(0), dev(1)] {
+            k.add_device(d, 64 * MIB);
+        }
+        k.add_device(dev(16), 256 * MIB);
+        let module = load(&k, Params::default(), quirks(quirk_ids));
+        (k, Ctl::new(&module))
+    }
+
+    #[test]
+    fn image_minors_are_the_lowest_free() {
+        let (_k, ctl) = setup(&[]);
+        let m = &ctl.module;
+        assert_eq!(m.image_minor_alloc(), Ok(0));
+        assert_eq!(m.image_minor_alloc(), Ok(1));
+        assert_eq!(m.image_minor_alloc(), Ok(2));
+        m.image_minor_free(1);
+        assert_eq!(m.image_minor_alloc(), Ok(1));
+        assert_eq!(m.image_minor_alloc(), Ok(3));
+        m.image_minor_free(0);
+        m.image_minor_free(3);
+        assert_eq!(m.image_minor_alloc(), Ok(0));
+        assert_eq!(m.image_minor_alloc(), Ok(3));
+    }
+
+    #[test]
+    #[should_panic(expected = "image minor 4 freed twice")]
+    fn freeing_a_minor_twice_panics() {
+        let (_k, ctl) = setup(&[]);
+        for _ in 0..5 {
+            ctl.module.image_minor_alloc().unwrap();
+        }
+        ctl.module.image_minor_free(4);
+        ctl.module.image_minor_free(4);
+    }
+
+    #[test]
+    fn every_create_is_listed_in_order() {
+        let (k, ctl) = setup(&[]);
+        let ids = run(&k, async {
+            let a = ctl.create(&[dev(0)]).await.unwrap();
+            let b = ctl.create(&[dev(1)]).await.unwrap();
+            vec![a, b]
+        });
+        assert_eq!(run(&k, ctl.module.snapshot_ids()), ids);
+        assert!(ctl.module.lost_snapshots.borrow().is_empty());
+        let removed = ctl.module.list_remove(&ids[0]).unwrap();
+        assert!(!removed.is_listed());
+        assert!(ctl.module.list_remove(&ids[0]).is_none());
+        assert_eq!(run(&k, ctl.module.snapshot_ids()), vec![ids[1]]);
+    }
+
+    #[test]
+    fn quirk_snap_1_list_add_keeps_only_the_newest() {
+        let (k, ctl) = setup(&["B-SNAP-1"]);
+        let (a, b) = run(&k, async {
+            (
+                ctl.create(&[dev(0)]).await.unwrap(),
+                ctl.create(&[dev(1)]).await.unwrap(),
+            )
+        });
+        assert_eq!(run(&k, ctl.module.snapshot_ids()), vec![b]);
+        let lost: Vec<_> = ctl
+            .module
+            .lost_snapshots
+            .borrow()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(lost, vec![a]);
+    }
+
+    #[test]
+    fn trackers_are_found_by_device() {
+        let (k, ctl) = setup(&[]);
+        assert!(ctl.module.tracker_lookup(dev(0)).is_none());
+        run(&k, ctl.create(&[dev(0)])).unwrap();
+        let tracker = ctl.module.tracker_lookup(dev(0)).unwrap();
+        assert_eq!(tracker.dev_id, dev(0));
+        assert!(ctl.module.tracker_lookup(dev(1)).is_none());
+    }
+
+    #[test]
+    fn image_mark_dirty_without_snapshots_is_enodev() {
+        let (k, ctl) = setup(&[]);
+        let image = DevT::new(IMAGE_MAJOR, 0);
+        assert_eq!(
+            run(&k, ctl.module.mark_dirty_image(image, &[(0, 8)])),
+            Err(Errno::ENODEV)
+        );
+        // A created, untaken snapshot has no image: skipped, not an oops.
+        run(&k, ctl.create(&[dev(0)])).unwrap();
+        assert_eq!(
+            run(&k, ctl.module.mark_dirty_image(image, &[(0, 8)])),
+            Err(Errno::ENODEV)
+        );
+    }
+
+    #[test]
+    fn quirk_snap_2_empty_list_is_a_silent_success() {
+        let (k, ctl) = setup(&["B-SNAP-2"]);
+        let image = DevT::new(IMAGE_MAJOR, 0);
+        assert_eq!(
+            run(&k, ctl.module.mark_dirty_image(image, &[(0, 8)])),
+            Ok(())
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "B-SNAP-2")]
+    fn quirk_snap_2_an_untaken_snapshot_oopses() {
+        let (k, ctl) = setup(&["B-SNAP-2"]);
+        run(&k, ctl.create(&[dev(0)])).unwrap();
+        let _ = run(
+            &k,
+            ctl.module
+                .mark_dirty_image(DevT::new(IMAGE_MAJOR, 0), &[(0, 8)]),
+        );
+    }
+
+    #[test]
+    fn exit_destroys_snapshots_and_detaches_trackers() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0), dev(1)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+            ctl.create(&[]).await.unwrap();
+            exit(&ctl.module).await;
+            k.settle().await;
+        });
+        let m = &ctl.module;
+        assert!(m.snapshots.borrow().is_empty());
+        assert_eq!(m.trackers_alive.get(), 0);
+        assert!(m.tracked_devices.with(|l| l.is_empty()));
+        assert!(m.bioset_destroyed.get());
+        assert!(!k.has_filter(dev(0)) && !k.has_filter(dev(1)));
+        assert!(k.disk_devs().is_empty());
+        assert!(k.open_bdevs().is_empty(), "{:?}", k.open_bdevs());
+        assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
+        assert!(k.task_names().is_empty(), "{:?}", k.task_names());
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+    }
+
+    #[test]
+    fn exit_gives_up_on_a_lost_tracker_with_a_warning() {
+        // B-SNAP-1 loses a taken snapshot: its tracker is never freed.
+        let (k, ctl) = setup(&["B-SNAP-1"]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            ctl.create(&[dev(1)]).await.unwrap();
+            exit(&ctl.module).await;
+        });
+        assert_eq!(ctl.module.trackers_alive.get(), 1);
+        assert_eq!(k.warns(), vec!["unload: 1 tracker(s) were never released"]);
+        assert!(k.now() >= EXIT_WAIT_NS);
+    }
+
+    #[test]
+    #[should_panic(expected = "TestKernel::run: hang")]
+    fn quirk_trk_8_exit_waits_for_ever() {
+        let (k, ctl) = setup(&["B-SNAP-1", "B-TRK-8"]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            ctl.create(&[dev(1)]).await.unwrap();
+            exit(&ctl.module).await;
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "B-TRK-9")]
+    fn quirk_trk_9_exit_with_cow_in_flight_uses_the_destroyed_bio_set() {
+        let (k, ctl) = setup(&["B-TRK-9"]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            // Exit starts: the bio set goes first; a write still COWs.
+            ctl.module.bioset_destroyed.set(true);
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+        });
+    }
+}

@@ -143,3 +143,101 @@ impl Params {
         (self.diff_storage_minimum / 2) & !7
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Errno;
+
+    #[test]
+    fn defaults_are_the_v2_values() {
+        let p = Params::default();
+        assert_eq!(p.tracking_block_minimum_shift, 16);
+        assert_eq!(p.tracking_block_maximum_count, 2_097_152);
+        assert_eq!(p.tracking_block_maximum_shift, 26);
+        assert_eq!(p.chunk_minimum_shift, 18);
+        assert_eq!(p.chunk_maximum_count, 2_097_152);
+        assert_eq!(p.chunk_maximum_in_cache, 32);
+        assert_eq!(p.free_diff_buffer_pool_size, 128);
+        assert_eq!(p.diff_storage_minimum, 2_097_152);
+        assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn every_name_can_be_set() {
+        for (i, name) in Params::NAMES.iter().enumerate() {
+            let mut p = Params::default();
+            let value = 20 + i as i64;
+            p.set(name, value, true).unwrap();
+            assert_ne!(p, Params::default(), "{name} changed nothing");
+        }
+        let mut p = Params::default();
+        p.set("chunk_minimum_shift", 20, true).unwrap();
+        p.set("diff_storage_minimum", 262_144, true).unwrap();
+        assert_eq!(p.chunk_minimum_shift, 20);
+        assert_eq!(p.diff_storage_minimum, 262_144);
+    }
+
+    #[test]
+    fn unknown_names_are_enoent() {
+        let mut p = Params::default();
+        assert_eq!(
+            p.set("chunk_maximum_in_queue", 16, false),
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(p, Params::default());
+    }
+
+    #[test]
+    fn validated_set_refuses_out_of_range_values() {
+        let mut p = Params::default();
+        for (name, value) in [
+            ("chunk_minimum_shift", 10),
+            ("chunk_minimum_shift", 31),
+            ("tracking_block_minimum_shift", 8),
+            ("chunk_maximum_count", 0),
+            ("chunk_maximum_in_cache", 0),
+            ("diff_storage_minimum", -1),
+            ("diff_storage_minimum", 7),
+        ] {
+            assert_eq!(
+                p.set(name, value, true),
+                Err(Errno::EINVAL),
+                "{name} = {value}"
+            );
+        }
+        assert_eq!(p, Params::default());
+    }
+
+    #[test]
+    fn unvalidated_set_stores_any_int_as_v2_does() {
+        let mut p = Params::default();
+        p.set("chunk_minimum_shift", 10, false).unwrap();
+        assert_eq!(p.chunk_minimum_shift, 10);
+        let err = p.validate().unwrap_err();
+        assert!(err.contains("chunk_minimum_shift"), "{err}");
+        // A negative minimum becomes a huge request (B-PARAM-1).
+        p.set("diff_storage_minimum", -1, false).unwrap();
+        assert_eq!(p.diff_storage_minimum, u64::MAX);
+        // Other parameters are C ints read back as unsigned.
+        p.set("chunk_maximum_in_cache", -1, false).unwrap();
+        assert_eq!(p.chunk_maximum_in_cache, u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn low_space_threshold_is_half_the_minimum_rounded_down_to_8() {
+        let threshold = |minimum| {
+            Params {
+                diff_storage_minimum: minimum,
+                ..Params::default()
+            }
+            .low_space_threshold()
+        };
+        assert_eq!(threshold(2_097_152), 1_048_576);
+        assert_eq!(threshold(262_144), 131_072);
+        assert_eq!(threshold(65_536), 32_768);
+        assert_eq!(threshold(1000), 496);
+        assert_eq!(threshold(17), 8);
+        assert_eq!(threshold(15), 0);
+    }
+}

@@ -154,3 +154,62 @@ impl fmt::Display for UnknownQuirk {
 }
 
 impl std::error::Error for UnknownQuirk {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn none_is_on_by_default() {
+        assert!(Quirks::default().enabled().is_empty());
+    }
+
+    #[test]
+    fn enable_by_spec_id() {
+        let mut q = Quirks::default();
+        q.enable("B-SNAP-1").unwrap();
+        q.enable("B-CBT-1").unwrap();
+        assert!(q.snap_1 && q.cbt_1);
+        assert!(!q.snap_10);
+        assert_eq!(q.enabled(), vec!["B-SNAP-1", "B-CBT-1"]);
+        q.enable("B-SNAP-1").unwrap();
+        assert_eq!(q.enabled().len(), 2, "enabling twice is harmless");
+    }
+
+    #[test]
+    fn unknown_id_is_an_error_listing_the_known_ids() {
+        let mut q = Quirks::default();
+        let err = q.enable("B-SNAP-99").unwrap_err();
+        assert_eq!(err, UnknownQuirk("B-SNAP-99".to_string()));
+        let text = err.to_string();
+        assert!(
+            text.starts_with("unknown quirk 'B-SNAP-99'; known:"),
+            "{text}"
+        );
+        for (id, _) in Quirks::ALL {
+            assert!(text.contains(&format!(" {id}")), "{id} missing from {text}");
+        }
+        assert!(q.enable("b-snap-1").is_err(), "ids are case-sensitive");
+        assert_eq!(q, Quirks::default());
+    }
+
+    #[test]
+    fn all_ids_are_unique_and_each_switches_its_own_field() {
+        let ids: BTreeSet<&str> = Quirks::ALL.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids.len(), Quirks::ALL.len());
+        for (id, summary) in Quirks::ALL {
+            assert!(id.starts_with("B-"), "{id}");
+            assert!(!summary.is_empty(), "{id}");
+            let mut q = Quirks::default();
+            q.enable(id).unwrap();
+            assert_eq!(q.enabled(), vec![*id]);
+        }
+        let mut all = Quirks::default();
+        for (id, _) in Quirks::ALL {
+            all.enable(id).unwrap();
+        }
+        let in_order: Vec<&str> = Quirks::ALL.iter().map(|(id, _)| *id).collect();
+        assert_eq!(all.enabled(), in_order);
+    }
+}

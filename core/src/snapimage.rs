@@ -199,3 +199,338 @@ impl GenDisk for SnapImage {
         self.kick();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel, IMAGE_MAJOR};
+    use crate::params::Params;
+
+    const MIB: u64 = 2048; // sectors
+
+    fn orig(sector: u64) -> Stamp {
+        1_000_000 + sector
+    }
+
+    fn origs(range: std::ops::Range<u64>) -> Vec<Stamp> {
+        range.map(orig).collect()
+    }
+
+    /// A taken snapshot of 8:0 (64 MiB, first 4 MiB filled) with
+    /// `storage` sectors of diff storage; its id and image device.
+    fn taken(quirk_ids: &[&str], storage: u64) -> (Rc<TestKernel>, Ctl, [u8; 16], DevT) {
+        let k = TestKernel::new();
+        k.add_device(dev(0), 64 * MIB);
+        k.fill(dev(0), 0, 4 * MIB, orig);
+        k.add_device(dev(16), 256 * MIB);
+        let ctl = Ctl::new(&load(&k, Params::default(), quirks(quirk_ids)));
+        let (id, image) = run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, storage)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            (id, ctl.collect_images(&id).await.unwrap()[0].1)
+        });
+        (k, ctl, id, image)
+    }
+
+    fn bio(op: BioOp, dev: DevT, sector: u64, sectors: u64) -> Bio {
+        Bio {
+            op,
+            sectors,
+            ..Bio::read(dev, sector, 0)
+        }
+    }
+
+    #[test]
+    fn the_image_is_a_disk_with_the_original_capacity_and_a_worker() {
+        let (k, _ctl, _id, image) = taken(&[], 128 * MIB);
+        assert_eq!(image, DevT::new(IMAGE_MAJOR, 0));
+        let disk = k.disk(image).unwrap();
+        assert_eq!(
+            (disk.name.as_str(), disk.capacity),
+            ("blksnap-image0", 64 * MIB)
+        );
+        assert_eq!(k.task_names(), vec!["blksnap-image0"]);
+    }
+
+    #[test]
+    fn untouched_chunks_read_the_original() {
+        let (k, _ctl, _id, image) = taken(&[], 128 * MIB);
+        // 1020..1030 crosses from chunk 1 into chunk 2.
+        assert_eq!(run(&k, k.user_read(image, 1020, 10)), Ok(origs(1020..1030)));
+        assert_eq!(
+            run(&k, k.user_read(image, 3 * MIB, 4)),
+            Ok(origs(3 * MIB..3 * MIB + 4))
+        );
+        assert_eq!(run(&k, k.user_read(image, 63 * MIB, 2)), Ok(vec![0, 0]));
+    }
+
+    #[test]
+    fn image_writes_stay_in_the_image() {
+        let (k, ctl, _id, image) = taken(&[], 128 * MIB);
+        run(&k, async {
+            assert_eq!(
+                k.user_write(image, 510, vec![7, 8, 9, 10]).await,
+                Ok(vec![])
+            );
+            assert_eq!(
+                k.user_read(image, 509, 6).await,
+                Ok(vec![orig(509), 7, 8, 9, 10, orig(514)])
+            );
+        });
+        assert_eq!(
+            k.peek(dev(0), 510, 4),
+            origs(510..514),
+            "the original is untouched"
+        );
+        let tracker = ctl.module.tracker_lookup(dev(0)).unwrap();
+        tracker
+            .cbt_map
+            .state
+            .with(|s| assert_eq!(s.write_map[3], 0, "no CBT marking"));
+    }
+
+    #[test]
+    fn an_original_write_after_take_is_not_seen_by_the_image() {
+        let (k, _ctl, _id, image) = taken(&[], 128 * MIB);
+        run(&k, async {
+            k.user_write(dev(0), 100, vec![5; 1000]).await.unwrap();
+            assert_eq!(k.user_read(image, 100, 1000).await, Ok(origs(100..1100)));
+            assert_eq!(k.user_read(dev(0), 100, 2).await, Ok(vec![5, 5]));
+        });
+    }
+
+    #[test]
+    fn flush_completes_and_discard_fails() {
+        let (k, _ctl, _id, image) = taken(&[], 128 * MIB);
+        assert_eq!(
+            run(&k, k.user_bio(bio(BioOp::Flush, image, 0, 0))),
+            Ok(vec![])
+        );
+        assert_eq!(
+            run(&k, k.user_bio(bio(BioOp::Discard, image, 0, 8))),
+            Err(Errno::EIO)
+        );
+    }
+
+    #[test]
+    fn bios_are_served_in_submission_order() {
+        let (k, _ctl, _id, image) = taken(&[], 128 * MIB);
+        let results = run(&k, async {
+            let write = crate::kernel::submit(&*k, Bio::write(image, 0, vec![1; 4]));
+            let read = crate::kernel::submit(&*k, Bio::read(image, 0, 4));
+            let rewrite = crate::kernel::submit(&*k, Bio::write(image, 0, vec![2; 4]));
+            (read.await, write.await, rewrite.await)
+        });
+        assert_eq!(
+            results.0,
+            Ok(vec![1; 4]),
+            "the read ran after the first write only"
+        );
+        assert_eq!(run(&k, k.user_read(image, 0, 4)), Ok(vec![2; 4]));
+    }
+
+    #[test]
+    fn after_destroy_the_disk_is_gone_and_the_worker_stopped() {
+        let (k, ctl, id, image) = taken(&[], 128 * MIB);
+        run(&k, async {
+            ctl.destroy(&id).await.unwrap();
+            k.settle().await;
+        });
+        assert!(k.disk(image).is_none());
+        assert!(k.task_names().is_empty(), "{:?}", k.task_names());
+        assert_eq!(run(&k, k.user_read(image, 0, 8)), Err(Errno::EIO));
+        assert!(k.events().contains(&format!("del_gendisk {image}")));
+    }
+
+    #[test]
+    fn a_corrupted_image_reports_eio() {
+        // Room for one chunk: the second COW overflows.
+        let (k, _ctl, _id, image) = taken(&[], 512);
+        run(&k, async {
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+            k.user_write(dev(0), 512, vec![6; 8]).await.unwrap();
+            assert_eq!(k.user_read(image, 0, 8).await, Err(Errno::EIO));
+            assert_eq!(k.user_read(image, 512, 8).await, Err(Errno::EIO));
+        });
+    }
+
+    #[test]
+    fn quirk_img_1_errors_are_swallowed() {
+        let (k, _ctl, _id, image) = taken(&["B-IMG-1"], 512);
+        run(&k, async {
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+            k.user_write(dev(0), 512, vec![6; 8]).await.unwrap();
+            // Chunk 0 was stored: its old data is still right.
+            assert_eq!(k.user_read(image, 0, 8).await, Ok(origs(0..8)));
+            // Chunk 1 FAILED: "success" with whatever the pages held.
+            assert_eq!(k.user_read(image, 512, 8).await, Ok(vec![0; 8]));
+            // Chunk 2 was never copied: the image shows current data.
+            k.user_write(dev(0), 1024, vec![7; 8]).await.unwrap();
+            assert_eq!(k.user_read(image, 1024, 8).await, Ok(vec![7; 8]));
+        });
+    }
+
+    #[test]
+    fn a_failed_add_disk_gives_back_the_minor_and_the_references() {
+        let k = TestKernel::new();
+        k.add_device(dev(0), 64 * MIB);
+        k.add_device(dev(16), 256 * MIB);
+        let ctl = Ctl::new(&load(&k, Params::default(), quirks(&[])));
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            k.fail_site_times("add_disk", 1);
+            assert_eq!(ctl.take(&id).await, Err(Errno::ENOMEM));
+            k.settle().await;
+            assert!(
+                k.task_names().is_empty(),
+                "the worker stopped: {:?}",
+                k.task_names()
+            );
+            assert_eq!(k.open_bdevs(), vec![dev(16)], "the diff_area was freed");
+            assert_eq!(ctl.module.image_minor_alloc(), Ok(0));
+        });
+    }
+
+    #[test]
+    fn quirk_img_2_a_failed_add_disk_leaks_the_diff_area() {
+        let k = TestKernel::new();
+        k.add_device(dev(0), 64 * MIB);
+        k.add_device(dev(16), 256 * MIB);
+        let ctl = Ctl::new(&load(&k, Params::default(), quirks(&["B-IMG-2"])));
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            k.fail_site_times("add_disk", 1);
+            assert_eq!(ctl.take(&id).await, Err(Errno::ENOMEM));
+            ctl.destroy(&id).await.unwrap();
+            k.settle().await;
+        });
+        assert_eq!(
+            k.open_bdevs(),
+            vec![dev(0)],
+            "the leaked diff_area keeps 8:0 open"
+        );
+    }
+
+    #[test]
+    fn quirk_img_3_the_idle_worker_polls() {
+        let (k, _ctl, _id, image) = taken(&["B-IMG-3"], 128 * MIB);
+        assert_eq!(run(&k, k.user_read(image, 0, 8)), Ok(origs(0..8)));
+        let polled = k.now();
+        assert!(
+            polled <= 10_000_000,
+            "served within one poll period: {polled}"
+        );
+    }
+
+    /// A small deterministic generator for the stress test below.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[test]
+    fn the_image_keeps_the_point_in_time_under_concurrent_io() {
+        use crate::kernel::{Kernel, TaskKind};
+        use std::cell::RefCell;
+        use std::collections::BTreeMap;
+
+        const CAPACITY: u64 = 8 * MIB; // 32 chunks
+        for seed in 0..8u64 {
+            let k = TestKernel::new();
+            k.add_device(dev(0), CAPACITY);
+            k.fill(dev(0), 0, CAPACITY, orig);
+            k.add_device(dev(16), 256 * MIB);
+            // Tiny caches and pool: eviction runs all the time.
+            let params = Params {
+                chunk_maximum_in_cache: 2,
+                free_diff_buffer_pool_size: 1,
+                ..Params::default()
+            };
+            let ctl = Ctl::new(&load(&k, params, quirks(&[])));
+            let (id, image) = run(&k, async {
+                let id = ctl.create(&[dev(0)]).await.unwrap();
+                ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+                ctl.take(&id).await.unwrap();
+                (id, ctl.collect_images(&id).await.unwrap()[0].1)
+            });
+            // What the image must show: TAKE-time data plus image writes.
+            let model: Rc<RefCell<BTreeMap<u64, Stamp>>> = Rc::default();
+            let mismatches: Rc<RefCell<Vec<String>>> = Rc::default();
+            for task in 0..6u64 {
+                let (k2, model, mismatches) = (k.clone(), model.clone(), mismatches.clone());
+                let mut rng = Lcg(seed * 100 + task);
+                let body = async move {
+                    for i in 0..30u64 {
+                        let sector = rng.below(CAPACITY - 64);
+                        let count = 1 + rng.below(64);
+                        k2.sleep(rng.below(3) * 1000).await;
+                        let stamp = (task + 1) * 100_000_000 + i;
+                        match task % 3 {
+                            0 => {
+                                let data = vec![stamp; count as usize];
+                                k2.user_write(dev(0), sector, data).await.unwrap();
+                            }
+                            1 => {
+                                for s in sector..sector + count {
+                                    model.borrow_mut().insert(s, stamp);
+                                }
+                                let data = vec![stamp; count as usize];
+                                k2.user_write(image, sector, data).await.unwrap();
+                            }
+                            _ => {
+                                let got = k2.user_read(image, sector, count).await.unwrap();
+                                for (s, got) in (sector..).zip(got) {
+                                    let want = model.borrow().get(&s).copied().unwrap_or(orig(s));
+                                    if got != want {
+                                        mismatches
+                                            .borrow_mut()
+                                            .push(format!("{s}: {got} != {want}"));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                };
+                k.spawn(TaskKind::Work, format!("io{task}"), Box::pin(body));
+            }
+            run(&k, k.sleep(1_000_000_000));
+            assert_eq!(k.task_names(), vec!["blksnap-image0"], "seed {seed}");
+            let got = run(&k, k.user_read(image, 0, CAPACITY)).unwrap();
+            for (s, got) in (0..).zip(got) {
+                let want = model.borrow().get(&s).copied().unwrap_or(orig(s));
+                assert_eq!(got, want, "seed {seed}, sector {s}");
+            }
+            assert!(
+                mismatches.borrow().is_empty(),
+                "seed {seed}: {:?}",
+                mismatches.borrow()
+            );
+            run(&k, async {
+                ctl.destroy(&id).await.unwrap();
+                ctl.tracker_remove(dev(0)).await.unwrap();
+                k.settle().await;
+            });
+            assert!(k.warns().is_empty(), "seed {seed}: {:?}", k.warns());
+            assert!(
+                k.live_allocs().is_empty(),
+                "seed {seed}: {:?}",
+                k.live_allocs()
+            );
+            assert!(
+                k.open_bdevs().is_empty(),
+                "seed {seed}: {:?}",
+                k.open_bdevs()
+            );
+        }
+    }
+}

@@ -369,7 +369,7 @@ impl Snapshot {
         self.free_images().await;
         self.release_trackers().await;
         for tracker in &self.trackers {
-            tracker.in_snapshot.set(false);
+            tracker.unclaim();
             tracker.put();
         }
         self.diff_storage.free();
@@ -464,7 +464,7 @@ async fn gather_trackers(module: &Rc<Module>, devs: &[DevT]) -> Result<Vec<Rc<Tr
     let mut trackers: Vec<Rc<Tracker>> = Vec::with_capacity(devs.len());
     for &dev in devs {
         let result = match Tracker::create_or_get(module, dev).await {
-            Ok(tracker) if tracker.in_snapshot.get() && !module.quirks.snap_6 => {
+            Ok(tracker) if tracker.in_snapshot() && !module.quirks.snap_6 => {
                 tracker.put();
                 Err(Errno::EBUSY)
             }
@@ -472,7 +472,7 @@ async fn gather_trackers(module: &Rc<Module>, devs: &[DevT]) -> Result<Vec<Rc<Tr
         };
         match result {
             Ok(tracker) => {
-                tracker.in_snapshot.set(true);
+                tracker.claim();
                 trackers.push(tracker);
             }
             Err(e) => {
@@ -492,9 +492,394 @@ async fn drop_gathered(module: &Rc<Module>, trackers: Vec<Rc<Tracker>>) {
         release_trackers(module, &trackers).await;
     }
     for tracker in trackers {
-        if !module.quirks.snap_6 {
-            tracker.in_snapshot.set(false);
-        }
+        tracker.unclaim();
         tracker.put();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel, IMAGE_MAJOR};
+    use crate::kernel::{Kernel, Stamp, TaskKind};
+    use crate::params::Params;
+    use crate::uapi::{BlkSnapSnapshotCollect, UapiStruct, IOCTL_BLK_SNAP_SNAPSHOT_COLLECT};
+
+    const MIB: u64 = 2048; // sectors
+
+    fn orig(sector: u64) -> Stamp {
+        1_000_000 + sector
+    }
+
+    fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl) {
+        let k = TestKernel::new();
+        for d in [dev(0), dev(1)] {
+            k.add_device(d, 64 * MIB);
+            k.fill(d, 0, 4 * MIB, orig);
+        }
+        k.add_device(dev(16), 256 * MIB);
+        let module = load(&k, Params::default(), quirks(quirk_ids));
+        (k, Ctl::new(&module))
+    }
+
+    fn snapshot(ctl: &Ctl, id: &SnapshotId) -> Rc<Snapshot> {
+        let found = ctl
+            .module
+            .snapshots
+            .borrow()
+            .iter()
+            .find(|s| s.id == *id)
+            .cloned();
+        found.expect("listed")
+    }
+
+    #[test]
+    fn create_lists_a_snapshot_with_its_trackers_and_no_cow() {
+        let (k, ctl) = setup(&[]);
+        let id = run(&k, ctl.create(&[dev(0), dev(1)])).unwrap();
+        let s = snapshot(&ctl, &id);
+        assert_eq!(s.state(), SnapshotState::Created);
+        assert!(s.is_listed() && !s.is_taken());
+        assert_eq!(s.count(), 2);
+        assert_eq!(s.trackers[1].dev_id, dev(1));
+        assert_eq!(s.image_infos()[0].image_dev_id, DevT(0));
+        assert_eq!(s.diff_storage.counters().requested, 2_097_152);
+        assert_eq!(s.diff_storage.event_queue.pending(), 1);
+    }
+
+    #[test]
+    fn duplicates_are_einval_and_a_failed_create_undoes_its_trackers() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            assert_eq!(
+                ctl.create(&[dev(0), dev(1), dev(0)]).await,
+                Err(Errno::EINVAL)
+            );
+            assert_eq!(ctl.create(&[dev(0), dev(9)]).await, Err(Errno::ENXIO));
+            k.settle().await;
+        });
+        // dev(0) was attached and stays tracked, owned by nobody.
+        let t = ctl.module.tracker_lookup(dev(0)).unwrap();
+        assert_eq!(t.refs(), 1);
+        assert!(!t.in_snapshot());
+        assert!(k.open_bdevs().is_empty());
+        assert!(ctl.module.snapshots.borrow().is_empty());
+    }
+
+    #[test]
+    fn an_empty_snapshot_cannot_be_taken() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 8)]).await.unwrap();
+            assert_eq!(ctl.take(&id).await, Err(Errno::ENODEV));
+            ctl.destroy(&id).await.unwrap();
+        });
+        assert_eq!(k.now(), 0);
+    }
+
+    #[test]
+    fn quirk_snap_3_an_empty_create_spins() {
+        let (k, ctl) = setup(&["B-SNAP-3"]);
+        run(&k, ctl.create(&[])).unwrap();
+        assert_eq!(k.now(), 2_000_000_000);
+    }
+
+    #[test]
+    fn take_switches_the_trackers_with_the_devices_frozen() {
+        let (k, ctl) = setup(&[]);
+        let id = run(&k, async {
+            let id = ctl.create(&[dev(0), dev(1)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            id
+        });
+        let before = k.events().len();
+        run(&k, ctl.take(&id)).unwrap();
+        assert_eq!(
+            k.events()[before..],
+            [
+                "freeze 8:0",
+                "freeze 8:1",
+                "thaw 8:0",
+                "thaw 8:1",
+                "add_disk blksnap-image0 252:0 131072",
+                "add_disk blksnap-image1 252:1 131072",
+            ]
+        );
+        let s = snapshot(&ctl, &id);
+        assert_eq!(s.state(), SnapshotState::Taken);
+        for t in &s.trackers {
+            assert!(t.snapshot_is_taken.get());
+            assert!(t.diff_area.borrow().is_some());
+            t.cbt_map
+                .state
+                .with(|c| assert_eq!(c.snap_number_previous, 1));
+        }
+        assert!(!k.current_noio(), "the noio scope is closed again");
+        assert_eq!(k.contended("tracker_submit_lock"), 0);
+    }
+
+    #[test]
+    fn a_failed_freeze_is_not_thawed_unless_b_trk_10() {
+        for (quirk, thawed) in [(&[][..], false), (&["B-TRK-10"][..], true)] {
+            let (k, ctl) = setup(quirk);
+            k.set_freeze_fails(dev(0), true);
+            run(&k, async {
+                let id = ctl.create(&[dev(0)]).await.unwrap();
+                ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+                let before = k.events().len();
+                ctl.take(&id).await.unwrap();
+                let events = k.events()[before..].to_vec();
+                assert_eq!(
+                    events.contains(&"thaw 8:0".to_string()),
+                    thawed,
+                    "{quirk:?}"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn concurrent_takes_are_serialized() {
+        let (k, ctl) = setup(&[]);
+        let ctl = Rc::new(ctl);
+        let id = run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            id
+        });
+        let other = Rc::new(std::cell::RefCell::new(None));
+        let (ctl2, other2) = (ctl.clone(), other.clone());
+        k.spawn(
+            TaskKind::Work,
+            "second TAKE".into(),
+            Box::pin(async move {
+                *other2.borrow_mut() = Some(ctl2.take(&id).await);
+            }),
+        );
+        let mine = run(&k, async {
+            let mine = ctl.take(&id).await;
+            k.settle().await;
+            mine
+        });
+        let mut results = vec![mine, other.borrow().unwrap()];
+        results.sort();
+        assert_eq!(results, vec![Ok(()), Err(Errno::EALREADY)]);
+        assert_eq!(k.disk_devs().len(), 1);
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+    }
+
+    #[test]
+    fn a_failed_image_creation_undoes_the_take() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0), dev(1)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            k.fail_site_times("add_disk", 1);
+            assert_eq!(ctl.take(&id).await, Err(Errno::ENOMEM));
+            let s = snapshot(&ctl, &id);
+            assert_eq!(s.state(), SnapshotState::Created);
+            assert!(s.trackers.iter().all(|t| !t.snapshot_is_taken.get()));
+            assert!(s.trackers.iter().all(|t| t.diff_area.borrow().is_none()));
+            assert!(k.disk_devs().is_empty());
+            assert_eq!(ctl.collect_images(&id).await, Err(Errno::ENODEV));
+            // A second try works, and gets the minors from 0 again.
+            ctl.take(&id).await.unwrap();
+            let images = ctl.collect_images(&id).await.unwrap();
+            assert_eq!(images[0].1, DevT::new(IMAGE_MAJOR, 0));
+        });
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+    }
+
+    #[test]
+    fn quirk_snap_5_a_failed_image_creation_leaves_a_half_taken_snapshot() {
+        let (k, ctl) = setup(&["B-SNAP-5"]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0), dev(1)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            // The first image is made, the second fails.
+            k.fail_site_nth("add_disk", 2);
+            assert_eq!(ctl.take(&id).await, Err(Errno::ENOMEM));
+            assert!(snapshot(&ctl, &id).is_taken());
+            let images = ctl.collect_images(&id).await.unwrap();
+            let image0 = DevT::new(IMAGE_MAJOR, 0);
+            assert_eq!(images, vec![(dev(0), image0), (dev(1), DevT(0))]);
+            assert_eq!(k.disk_devs(), vec![image0]);
+            assert_eq!(ctl.take(&id).await, Err(Errno::EALREADY));
+            ctl.destroy(&id).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_device_belongs_to_one_snapshot() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let first = ctl.create(&[dev(0)]).await.unwrap();
+            assert_eq!(ctl.create(&[dev(0)]).await, Err(Errno::EBUSY));
+            ctl.destroy(&first).await.unwrap();
+            ctl.create(&[dev(0)]).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn destroy_releases_images_diff_areas_and_storage() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0), dev(1)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+            let s = snapshot(&ctl, &id);
+            ctl.destroy(&id).await.unwrap();
+            k.settle().await;
+            assert!(!s.is_listed());
+            assert!(s.images.borrow().iter().all(Option::is_none));
+            for t in &s.trackers {
+                assert!(!t.snapshot_is_taken.get() && !t.in_snapshot());
+                assert!(t.diff_area.borrow().is_none());
+                assert_eq!(t.refs(), 1, "only the attachment is left");
+            }
+        });
+        assert!(k.disk_devs().is_empty());
+        assert!(k.open_bdevs().is_empty(), "{:?}", k.open_bdevs());
+        let sites: Vec<&str> = k.live_allocs().iter().map(|(s, _)| *s).collect();
+        assert!(sites.iter().all(|s| s.starts_with("cbt_map")), "{sites:?}");
+        assert!(k.task_names().is_empty(), "{:?}", k.task_names());
+        // After DESTROY the write is not copied any more.
+        run(&k, k.user_write(dev(0), 512, vec![6; 8])).unwrap();
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+    }
+
+    #[test]
+    fn a_destroy_waits_for_an_ioctl_holding_a_reference() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            let held = Snapshot::get_by_id(&ctl.module, &id).await.unwrap();
+            ctl.destroy(&id).await.unwrap();
+            assert!(held.trackers[0].in_snapshot(), "not released yet");
+            held.put().await;
+            assert!(!held.trackers[0].in_snapshot());
+        });
+    }
+
+    /// A TAKE held at the tracker switch (the submit lock is write-held by
+    /// the test) while DESTROY runs; `fail` makes the switch fail once it
+    /// goes on (the device grew, and the CBT reset cannot allocate).
+    fn take_racing_destroy(
+        quirk_ids: &[&str],
+        fail: bool,
+    ) -> (Rc<TestKernel>, Ctl, Option<Result<(), Errno>>) {
+        let (k, ctl) = setup(quirk_ids);
+        let ctl = Rc::new(ctl);
+        let result = Rc::new(std::cell::RefCell::new(None));
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            let lock = &ctl.module.tracker_submit_lock;
+            lock.down_write(&*k).await;
+            let (ctl2, result2) = (ctl.clone(), result.clone());
+            k.spawn(
+                TaskKind::Work,
+                "TAKE".into(),
+                Box::pin(async move {
+                    *result2.borrow_mut() = Some(ctl2.take(&id).await);
+                }),
+            );
+            k.settle().await;
+            assert_eq!(
+                k.contended("tracker_submit_lock"),
+                1,
+                "TAKE waits at the switch"
+            );
+            ctl.destroy(&id).await.unwrap();
+            if fail {
+                k.resize_device(dev(0), 65 * MIB);
+                k.fail_site("cbt_map.read_map");
+            }
+            lock.up_write(&*k);
+            k.settle().await;
+        });
+        let result = *result.borrow();
+        let ctl = Rc::try_unwrap(ctl).ok().expect("the TAKE task is done");
+        (k, ctl, result)
+    }
+
+    #[test]
+    fn a_take_that_destroy_overtook_leaves_nothing_behind() {
+        let (k, ctl, result) = take_racing_destroy(&[], false);
+        assert_eq!(result, Some(Ok(())));
+        assert!(ctl.module.snapshots.borrow().is_empty());
+        assert!(
+            k.disk_devs().is_empty(),
+            "the images went with the last reference"
+        );
+        assert_eq!(k.open_bdevs(), Vec::<DevT>::new());
+        assert!(k.task_names().is_empty(), "{:?}", k.task_names());
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+    }
+
+    #[test]
+    fn a_failing_take_after_a_destroy_does_not_unlist_twice() {
+        let (k, ctl, result) = take_racing_destroy(&[], true);
+        assert_eq!(result, Some(Err(Errno::ENOMEM)));
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+        let t = ctl.module.tracker_lookup(dev(0)).unwrap();
+        assert_eq!(t.refs(), 1);
+        assert!(!t.snapshot_is_taken.get() && t.diff_area.borrow().is_none());
+        assert_eq!(k.open_bdevs(), Vec::<DevT>::new());
+    }
+
+    #[test]
+    fn quirk_snap_4_a_failing_take_after_a_destroy_puts_once_too_often() {
+        let (k, _ctl, result) = take_racing_destroy(&["B-SNAP-4"], true);
+        assert_eq!(result, Some(Err(Errno::ENOMEM)));
+        let warns = k.warns();
+        assert!(
+            warns.iter().any(|w| w.contains("list_del corruption")),
+            "{warns:?}"
+        );
+        assert!(warns.iter().any(|w| w.contains("underflow")), "{warns:?}");
+    }
+
+    #[test]
+    fn quirk_snap_6_a_failed_create_leaves_no_owner() {
+        let (k, ctl) = setup(&["B-SNAP-6"]);
+        run(&k, async {
+            assert_eq!(ctl.create(&[dev(0), dev(9)]).await, Err(Errno::ENXIO));
+            // No snapshot owns dev(0): v2 and the fix both let it go.
+            assert_eq!(ctl.tracker_remove(dev(0)).await, Ok(()));
+        });
+    }
+
+    #[test]
+    fn quirk_snap_1_a_second_create_loses_the_first() {
+        let (k, ctl) = setup(&["B-SNAP-1"]);
+        run(&k, async {
+            let first = ctl.create(&[dev(0)]).await.unwrap();
+            let second = ctl.create(&[dev(1)]).await.unwrap();
+            assert_eq!(ctl.collect().await, Ok(vec![second]));
+            assert_eq!(ctl.take(&first).await, Err(Errno::ESRCH));
+            assert_eq!(ctl.destroy(&first).await, Err(Errno::ENODEV));
+        });
+        assert_eq!(ctl.module.lost_snapshots.borrow().len(), 1);
+    }
+
+    #[test]
+    fn quirk_snap_8_collect_reports_the_copied_count() {
+        let (k, ctl) = setup(&["B-SNAP-8"]);
+        run(&k, async {
+            ctl.create(&[dev(0)]).await.unwrap();
+            ctl.create(&[dev(1)]).await.unwrap();
+            let arg = BlkSnapSnapshotCollect {
+                count: 1,
+                ids: ctl.user.map(vec![0; 16]),
+            };
+            let addr = ctl.user.map(arg.encode());
+            let cmd = IOCTL_BLK_SNAP_SNAPSHOT_COLLECT;
+            assert_eq!(ctl.ioctl(cmd, addr).await, Err(Errno::ENODATA));
+            let back = BlkSnapSnapshotCollect::decode(&ctl.user.read(addr, 16)).unwrap();
+            assert_eq!(back.count, 1, "the number copied, not the number needed");
+        });
     }
 }

@@ -18,8 +18,9 @@ pub struct Tracker {
     /// The filter kref: one for the attachment, one per owner.
     refs: Cell<u64>,
     pub snapshot_is_taken: Cell<bool>,
-    /// Set while a listed snapshot owns the tracker (the v4 ownership rule).
-    pub in_snapshot: Cell<bool>,
+    /// How many snapshots own the tracker: at most one with the v4 rule,
+    /// more under B-SNAP-6.
+    owners: Cell<u32>,
     pub cbt_map: Rc<CbtMap>,
     /// Owned reference, set at TAKE and put at release.
     pub diff_area: RefCell<Option<Rc<DiffArea>>>,
@@ -48,7 +49,7 @@ impl Tracker {
             dev_id: dev,
             refs: Cell::new(1),
             snapshot_is_taken: Cell::new(false),
-            in_snapshot: Cell::new(false),
+            owners: Cell::new(0),
             cbt_map,
             diff_area: RefCell::new(None),
         });
@@ -115,6 +116,25 @@ impl Tracker {
         module.trackers_alive.set(module.trackers_alive.get() - 1);
     }
 
+    /// A snapshot takes the tracker (CREATE).
+    pub fn claim(&self) {
+        self.owners.set(self.owners.get() + 1);
+    }
+
+    /// The snapshot lets it go (release, or a failed CREATE).
+    pub fn unclaim(&self) {
+        assert!(
+            self.owners.get() > 0,
+            "tracker released by a snapshot that did not own it"
+        );
+        self.owners.set(self.owners.get() - 1);
+    }
+
+    /// Owned by a snapshot.
+    pub fn in_snapshot(&self) -> bool {
+        self.owners.get() > 0
+    }
+
     pub fn refs(&self) -> u64 {
         self.refs.get()
     }
@@ -133,7 +153,7 @@ impl Tracker {
         let tracker = Self::get_by_dev(module, dev).ok_or(Errno::ENODATA)?;
         // v2 lets a created-but-untaken snapshot lose its tracker (B-TRK-5);
         // the fix keeps a tracker owned by a snapshot until that one goes.
-        let owned = tracker.in_snapshot.get() && !module.quirks.trk_5;
+        let owned = tracker.in_snapshot() && !module.quirks.trk_5;
         if tracker.snapshot_is_taken.get() || owned {
             tracker.put();
             return Err(Errno::EBUSY);
@@ -224,7 +244,7 @@ impl Tracker {
             // The write is let through after an error; first wait for the
             // copies already started, or the write could overtake them.
             Err(e) if e != Errno::EAGAIN && !self.module.quirks.trk_3 => {
-                let _ = area.wait(bio.sector, bio.sectors, false, false).await;
+                area.wait_started(bio.sector, bio.sectors).await;
                 Err(e)
             }
             Err(e) => Err(e),
@@ -313,5 +333,463 @@ impl BdevFilter for Tracker {
 
     fn release(self: Rc<Self>) {
         self.put();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff_storage::StorageCounters;
+    use crate::event_queue::EVENT_CORRUPTED;
+    use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel};
+    use crate::kernel::{Bio, BioFlags, BioOp, Kernel, Stamp};
+    use crate::params::Params;
+
+    const MIB: u64 = 2048; // sectors
+
+    fn orig(sector: u64) -> Stamp {
+        1_000_000 + sector
+    }
+
+    fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl) {
+        let k = TestKernel::new();
+        for d in [dev(0), dev(1)] {
+            k.add_device(d, 64 * MIB);
+            k.fill(d, 0, 4 * MIB, orig);
+        }
+        k.add_device(dev(16), 256 * MIB);
+        let module = load(&k, Params::default(), quirks(quirk_ids));
+        (k, Ctl::new(&module))
+    }
+
+    fn tracker(ctl: &Ctl, d: DevT) -> Rc<Tracker> {
+        ctl.module.tracker_lookup(d).expect("tracked")
+    }
+
+    fn counters(ctl: &Ctl) -> StorageCounters {
+        ctl.module.snapshots.borrow()[0].diff_storage.counters()
+    }
+
+    /// CREATE + APPEND + TAKE of one device; the snapshot id.
+    async fn taken(ctl: &Ctl, d: DevT) -> [u8; 16] {
+        let id = ctl.create(&[d]).await.unwrap();
+        ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+        ctl.take(&id).await.unwrap();
+        id
+    }
+
+    fn header(op: BioOp, sector: u64, sectors: u64, nowait: bool) -> BioHeader {
+        BioHeader {
+            op,
+            sector,
+            sectors,
+            flags: BioFlags {
+                nowait,
+                ..BioFlags::default()
+            },
+        }
+    }
+
+    #[test]
+    fn create_attaches_a_filter_with_the_file_system_frozen() {
+        let (k, ctl) = setup(&[]);
+        run(&k, ctl.create(&[dev(0)])).unwrap();
+        assert_eq!(k.events(), vec!["freeze 8:0", "attach 8:0", "thaw 8:0"]);
+        let t = tracker(&ctl, dev(0));
+        assert_eq!(t.refs(), 2, "the attachment and the snapshot");
+        assert!(t.in_snapshot() && !t.snapshot_is_taken.get());
+        assert!(t.diff_area.borrow().is_none());
+        assert_eq!(ctl.module.trackers_alive.get(), 1);
+        assert_eq!(ctl.module.tracked_devices.with(|l| l.clone()), vec![dev(0)]);
+        assert!(k.open_bdevs().is_empty(), "the temporary handle is closed");
+    }
+
+    #[test]
+    fn an_existing_tracker_is_reused() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.destroy(&id).await.unwrap();
+            assert_eq!(tracker(&ctl, dev(0)).refs(), 1, "only the attachment");
+            ctl.create(&[dev(0)]).await.unwrap();
+        });
+        let attaches = k
+            .events()
+            .iter()
+            .filter(|e| e.starts_with("attach"))
+            .count();
+        assert_eq!(attaches, 1);
+        assert_eq!(tracker(&ctl, dev(0)).refs(), 2);
+    }
+
+    #[test]
+    fn writes_before_take_mark_the_cbt_without_cow() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            ctl.create(&[dev(0)]).await.unwrap();
+            k.user_write(dev(0), 1000, vec![5; 8]).await.unwrap();
+            k.user_read(dev(0), 2560, 8).await.unwrap();
+        });
+        tracker(&ctl, dev(0)).cbt_map.state.with(|s| {
+            assert_eq!(s.write_map[7], 1);
+            assert_eq!(s.write_map[20], 0, "reads do not mark");
+        });
+        assert_eq!(k.peek(dev(0), 1000, 8), vec![5; 8]);
+        assert_eq!(k.bios().len(), 2, "no COW IO");
+    }
+
+    #[test]
+    fn a_write_while_taken_is_held_until_its_chunks_are_stored() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            taken(&ctl, dev(0)).await;
+            k.clear_bios();
+            k.user_write(dev(0), 1020, vec![5; 8]).await.unwrap();
+        });
+        // Two COW reads, two stores, then the write itself.
+        let ios: Vec<_> = k.bios().iter().map(|b| (b.dev, b.op, b.sectors)).collect();
+        assert_eq!(
+            ios,
+            vec![
+                (dev(0), BioOp::Read, 512),
+                (dev(0), BioOp::Read, 512),
+                (dev(16), BioOp::Write, 512),
+                (dev(16), BioOp::Write, 512),
+                (dev(0), BioOp::Write, 8),
+            ]
+        );
+        assert!(k.bios()[..4].iter().all(|b| b.flags.filtered));
+        assert_eq!(counters(&ctl).filled, 1024);
+        tracker(&ctl, dev(0)).cbt_map.state.with(|s| {
+            assert_eq!((s.write_map[7], s.write_map[8]), (2, 2));
+        });
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+    }
+
+    #[test]
+    fn a_chunk_is_copied_once() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            taken(&ctl, dev(0)).await;
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+            k.clear_bios();
+            k.user_write(dev(0), 8, vec![6; 8]).await.unwrap();
+            k.user_write(dev(0), 0, vec![7; 8]).await.unwrap();
+        });
+        assert_eq!(counters(&ctl).filled, 512);
+        assert!(k
+            .bios()
+            .iter()
+            .all(|b| b.dev == dev(0) && b.op == BioOp::Write));
+    }
+
+    #[test]
+    fn reads_and_empty_writes_pass_without_cow() {
+        let (k, ctl) = setup(&[]);
+        let filter = run(&k, async {
+            taken(&ctl, dev(0)).await;
+            k.filter_get(dev(0)).unwrap()
+        });
+        for h in [
+            header(BioOp::Read, 0, 8, false),
+            header(BioOp::Write, 0, 0, false),
+        ] {
+            let verdict = run(&k, filter.clone().submit_bio_cb(h));
+            assert_eq!(verdict, FilterVerdict::Pass);
+        }
+        assert_eq!(counters(&ctl).filled, 0);
+        // A discard is a write: it is copied first.
+        let verdict = run(
+            &k,
+            filter.submit_bio_cb(header(BioOp::Discard, 0, 8, false)),
+        );
+        assert_eq!(verdict, FilterVerdict::Pass);
+        assert_eq!(counters(&ctl).filled, 512);
+    }
+
+    #[test]
+    fn nowait_bios_during_take_or_release_would_block() {
+        for (quirk, expected) in [
+            (&[][..], FilterVerdict::Complete(Errno::EAGAIN)),
+            (
+                &["B-TRK-2"][..],
+                FilterVerdict::CompletedTwice(Errno::EAGAIN),
+            ),
+        ] {
+            let (k, ctl) = setup(quirk);
+            let filter = run(&k, async {
+                ctl.create(&[dev(0)]).await.unwrap();
+                k.filter_get(dev(0)).unwrap()
+            });
+            let lock = &ctl.module.tracker_submit_lock;
+            run(&k, lock.down_write(&*k));
+            for op in [BioOp::Read, BioOp::Write] {
+                let verdict = run(&k, filter.clone().submit_bio_cb(header(op, 0, 8, true)));
+                assert_eq!(verdict, expected, "{op:?} with {quirk:?}");
+            }
+            lock.up_write(&*k);
+            let verdict = run(
+                &k,
+                filter
+                    .clone()
+                    .submit_bio_cb(header(BioOp::Write, 0, 8, true)),
+            );
+            assert_eq!(verdict, FilterVerdict::Pass);
+        }
+    }
+
+    #[test]
+    fn a_blocking_bio_waits_for_the_take() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            ctl.create(&[dev(0)]).await.unwrap();
+            let lock = &ctl.module.tracker_submit_lock;
+            lock.down_write(&*k).await;
+            let k2 = k.clone();
+            k.spawn(
+                crate::kernel::TaskKind::Work,
+                "writer".into(),
+                Box::pin(async move {
+                    k2.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+                }),
+            );
+            k.settle().await;
+            assert_eq!(k.peek(dev(0), 0, 1), vec![orig(0)], "held back");
+            assert_eq!(k.contended("tracker_submit_lock"), 1);
+            lock.up_write(&*k);
+            k.settle().await;
+            assert_eq!(k.peek(dev(0), 0, 1), vec![5]);
+        });
+    }
+
+    #[test]
+    fn remove_is_ebusy_while_a_snapshot_owns_the_tracker() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            assert_eq!(ctl.tracker_remove(dev(0)).await, Err(Errno::EBUSY));
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            assert_eq!(ctl.tracker_remove(dev(0)).await, Err(Errno::EBUSY));
+            ctl.destroy(&id).await.unwrap();
+            ctl.tracker_remove(dev(0)).await.unwrap();
+            assert_eq!(ctl.tracker_remove(dev(0)).await, Err(Errno::ENODATA));
+            assert_eq!(ctl.tracker_remove(dev(9)).await, Err(Errno::ENXIO));
+            k.settle().await;
+        });
+        assert!(!k.has_filter(dev(0)));
+        assert!(ctl.module.tracked_devices.with(|l| l.is_empty()));
+        assert_eq!(ctl.module.trackers_alive.get(), 0);
+        assert!(ctl.module.tracker_lookup(dev(0)).is_none());
+        assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
+    }
+
+    #[test]
+    fn quirk_trk_5_remove_detaches_a_tracker_of_an_untaken_snapshot() {
+        let (k, ctl) = setup(&["B-TRK-5"]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.tracker_remove(dev(0)).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            // No filter: the write is not copied and the image shows it.
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+            let image = ctl.collect_images(&id).await.unwrap()[0].1;
+            assert_eq!(k.user_read(image, 0, 8).await, Ok(vec![5; 8]));
+        });
+    }
+
+    #[test]
+    fn device_removal_releases_the_filter_and_frees_the_tracker() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.destroy(&id).await.unwrap();
+            // What bdev eviction does.
+            k.filter_detach(dev(0)).await.unwrap();
+            k.settle().await;
+        });
+        assert_eq!(ctl.module.trackers_alive.get(), 0);
+        assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
+    }
+
+    /// Take, grow the device, write past the old end, then write in range.
+    fn grow_and_write(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl, [u8; 16]) {
+        let (k, ctl) = setup(quirk_ids);
+        let id = run(&k, async {
+            let id = taken(&ctl, dev(0)).await;
+            ctl.wait_event(&id, 0).await.unwrap();
+            k.resize_device(dev(0), 128 * MIB);
+            k.user_write(dev(0), 64 * MIB, vec![5; 8]).await.unwrap();
+            k.user_write(dev(0), 0, vec![6; 8]).await.unwrap();
+            id
+        });
+        (k, ctl, id)
+    }
+
+    #[test]
+    fn a_write_past_the_old_end_corrupts_the_snapshot_with_an_event() {
+        let (k, ctl, id) = grow_and_write(&[]);
+        assert!(tracker(&ctl, dev(0)).cbt_map.is_corrupted());
+        let (code, _, data) = run(&k, ctl.wait_event(&id, 0)).unwrap();
+        assert_eq!(code, EVENT_CORRUPTED);
+        assert_eq!(&data[8..12], &22i32.to_le_bytes(), "EINVAL");
+    }
+
+    #[test]
+    fn quirk_trk_4_a_cbt_failure_silently_disables_cow() {
+        let (k, ctl, id) = grow_and_write(&["B-TRK-4"]);
+        assert!(tracker(&ctl, dev(0)).cbt_map.is_corrupted());
+        assert_eq!(
+            run(&k, ctl.wait_event(&id, 0)),
+            Err(Errno::ENOENT),
+            "no event"
+        );
+        assert_eq!(counters(&ctl).filled, 0, "nothing was copied");
+        let image = run(&k, ctl.collect_images(&id)).unwrap()[0].1;
+        assert_eq!(run(&k, k.user_read(image, 0, 8)), Ok(vec![6; 8]));
+    }
+
+    #[test]
+    fn take_resets_a_corrupted_cbt() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            let generation = ctl.tracker_collect().await.unwrap()[0].generation_id;
+            k.user_write(dev(0), 64 * MIB, vec![1]).await.unwrap_err();
+            assert!(tracker(&ctl, dev(0)).cbt_map.is_corrupted());
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            assert!(!tracker(&ctl, dev(0)).cbt_map.is_corrupted());
+            let info = ctl.tracker_collect().await.unwrap()[0];
+            assert_ne!(info.generation_id, generation);
+            assert_eq!(info.snap_number, 1);
+        });
+    }
+
+    /// Storage for one chunk, used up by chunk 5; chunk 1 buffered by an
+    /// image read; then a write over chunks 0 (fresh) and 1 (buffered): the
+    /// store of chunk 1 overflows after chunk 0's read was queued.
+    fn overflow_mid_range(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl) {
+        let (k, ctl) = setup(quirk_ids);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 512)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            k.user_write(dev(0), 5 * 512, vec![1; 8]).await.unwrap();
+            let image = ctl.collect_images(&id).await.unwrap()[0].1;
+            k.user_read(image, 512, 8).await.unwrap();
+            k.user_write(dev(0), 500, vec![2; 24]).await.unwrap();
+            k.settle().await;
+        });
+        (k, ctl)
+    }
+
+    fn area(ctl: &Ctl) -> Rc<DiffArea> {
+        tracker(ctl, dev(0)).diff_area.borrow().clone().unwrap()
+    }
+
+    #[test]
+    fn cow_bios_queued_before_an_error_are_still_submitted() {
+        let (k, ctl) = overflow_mid_range(&[]);
+        assert!(area(&ctl).is_corrupted());
+        assert_eq!(area(&ctl).pending_io(), 0);
+        assert_eq!(k.peek(dev(0), 500, 24), vec![2; 24]);
+        run(&k, async {
+            let id = ctl.collect().await.unwrap()[0];
+            ctl.destroy(&id).await.unwrap();
+        });
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+    }
+
+    #[test]
+    fn quirk_trk_3_cow_bios_queued_before_an_error_are_dropped() {
+        let (k, ctl) = overflow_mid_range(&["B-TRK-3"]);
+        assert!(area(&ctl).is_corrupted());
+        assert_eq!(area(&ctl).pending_io(), 1, "chunk 0's read never ends");
+        assert!(k.logs().iter().any(|l| l.contains("B-TRK-3")));
+        assert!(k
+            .task_names()
+            .iter()
+            .any(|n| n.starts_with("chunk_notify_load")));
+    }
+
+    #[test]
+    fn quirk_da_4_a_killed_writer_passes_without_cow() {
+        let (k, ctl) = setup(&["B-DA-4"]);
+        run(&k, async {
+            let id = taken(&ctl, dev(0)).await;
+            // A first writer copies chunk 1; the victim, killed before it
+            // starts, writes chunks 1 and 2 and gives up on chunk 1's lock.
+            for (name, sector) in [("first", 512u64), ("victim", 1020)] {
+                let k2 = k.clone();
+                k.spawn(
+                    crate::kernel::TaskKind::Work,
+                    name.into(),
+                    Box::pin(async move {
+                        k2.user_write(dev(0), sector, vec![5; 8]).await.unwrap();
+                    }),
+                );
+            }
+            k.kill("victim");
+            k.settle().await;
+            let image = ctl.collect_images(&id).await.unwrap()[0].1;
+            // Chunk 2 was never copied: the image shows the new data.
+            assert_eq!(k.user_read(image, 1024, 4).await, Ok(vec![5; 4]));
+            assert_eq!(
+                k.user_read(image, 1020, 4).await,
+                Ok((1020..1024).map(orig).collect())
+            );
+        });
+        assert!(
+            k.logs().iter().any(|l| l.contains("EINTR")),
+            "{:?}",
+            k.logs()
+        );
+    }
+
+    #[test]
+    fn quirk_da_4_a_killed_writer_does_not_warn() {
+        let (k, ctl) = setup(&["B-DA-4"]);
+        run(&k, async {
+            taken(&ctl, dev(0)).await;
+            for (name, sector) in [("first", 512u64), ("victim", 1020)] {
+                let k2 = k.clone();
+                k.spawn(
+                    crate::kernel::TaskKind::Work,
+                    name.into(),
+                    Box::pin(async move {
+                        k2.user_write(dev(0), sector, vec![5; 8]).await.unwrap();
+                    }),
+                );
+            }
+            k.kill("victim");
+            k.settle().await;
+        });
+        assert!(k.warns().is_empty(), "{:?}", k.warns());
+    }
+
+    #[test]
+    fn forget_device_drops_every_entry_unless_b_trk_7() {
+        let mut list = vec![dev(0), dev(1), dev(0)];
+        forget_device(&mut list, dev(0), false);
+        assert_eq!(list, vec![dev(1)]);
+        let mut list = vec![dev(0), dev(1), dev(0)];
+        forget_device(&mut list, dev(0), true);
+        assert_eq!(list, vec![dev(1), dev(0)]);
+    }
+
+    #[test]
+    fn user_bio_helper_sees_the_filter() {
+        // The write goes through Tracker::submit_bio_cb: the CBT marks it.
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            ctl.create(&[dev(0)]).await.unwrap();
+            k.user_bio(Bio::write(dev(0), 128, vec![1])).await.unwrap();
+        });
+        tracker(&ctl, dev(0))
+            .cbt_map
+            .state
+            .with(|s| assert_eq!(s.write_map[1], 1));
     }
 }

@@ -118,3 +118,89 @@ impl Future for Yield {
 pub fn preempt() -> Yield {
     Yield::default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::{run, TestKernel};
+    use crate::kernel::{Kernel, TaskKind};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Noop;
+
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        let waker = Waker::from(Arc::new(Noop));
+        Pin::new(future).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn ready_is_done_at_once() {
+        let k = TestKernel::new();
+        let ready = Completion::ready(5);
+        assert!(ready.is_done());
+        assert_eq!(run(&k, ready), 5);
+    }
+
+    #[test]
+    fn pending_until_completed_by_another_task() {
+        let k = TestKernel::new();
+        let (mut waiting, done) = completion::<u32>();
+        assert!(!waiting.is_done());
+        assert_eq!(poll_once(&mut waiting), Poll::Pending);
+        let k2 = k.clone();
+        k.spawn(
+            TaskKind::Work,
+            "completer".into(),
+            Box::pin(async move {
+                k2.sleep(10).await;
+                done.complete(7);
+            }),
+        );
+        assert_eq!(run(&k, waiting), 7);
+        assert_eq!(k.now(), 10);
+    }
+
+    #[test]
+    #[should_panic(expected = "completion completed twice")]
+    fn completing_twice_panics() {
+        let (_waiting, done) = completion::<u32>();
+        let twin = Completer {
+            slot: done.slot.clone(),
+        };
+        done.complete(1);
+        twin.complete(2);
+    }
+
+    #[test]
+    #[should_panic(expected = "completion completed twice")]
+    fn completing_after_the_value_was_taken_panics() {
+        let (mut waiting, done) = completion::<u32>();
+        let twin = Completer {
+            slot: done.slot.clone(),
+        };
+        done.complete(1);
+        assert_eq!(poll_once(&mut waiting), Poll::Ready(1));
+        twin.complete(2);
+    }
+
+    #[test]
+    fn a_completer_without_its_completion_is_an_orphan() {
+        let (waiting, done) = completion::<u32>();
+        assert!(!done.is_orphan());
+        drop(waiting);
+        assert!(done.is_orphan());
+        done.complete(1); // nobody sees it; no panic
+    }
+
+    #[test]
+    fn preempt_yields_exactly_once() {
+        let mut point = preempt();
+        assert_eq!(poll_once(&mut point), Poll::Pending);
+        assert_eq!(poll_once(&mut point), Poll::Ready(()));
+    }
+}

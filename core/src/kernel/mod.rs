@@ -13,6 +13,8 @@
 
 mod completion;
 pub mod sync;
+#[cfg(test)]
+pub mod testing;
 
 use std::fmt;
 use std::future::Future;

@@ -330,3 +330,187 @@ impl<T> SpinLock<T> {
         f(&mut self.data.borrow_mut())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::testing::{run, TestKernel};
+    use crate::kernel::TaskKind;
+
+    type Log = Rc<RefCell<Vec<&'static str>>>;
+
+    fn spawn(k: &Rc<TestKernel>, name: &str, task: impl Future<Output = ()> + 'static) {
+        k.spawn(TaskKind::Work, name.to_string(), Box::pin(task));
+    }
+
+    #[test]
+    fn uncontended_locks_are_taken_at_once() {
+        let k = TestKernel::new();
+        let sem = RwSem::new(&*k, "rw");
+        let mutex = Mutex::new(&*k, "m", 1);
+        run(&k, async {
+            sem.down_read(&*k).await;
+            sem.down_read(&*k).await;
+            sem.up_read(&*k);
+            sem.up_read(&*k);
+            sem.down_write(&*k).await;
+            sem.up_write(&*k);
+            let guard = mutex.lock(&*k).await;
+            guard.with(|v| *v += 1);
+            drop(guard);
+            assert_eq!(mutex.lock(&*k).await.with(|v| *v), 2);
+        });
+        assert_eq!(k.contended("rw") + k.contended("m"), 0);
+    }
+
+    #[test]
+    fn a_writer_waits_for_the_readers() {
+        let k = TestKernel::new();
+        let sem = Rc::new(RwSem::new(&*k, "rw"));
+        let log: Log = Rc::default();
+        run(&k, async {
+            sem.down_read(&*k).await;
+            let (k2, sem2, log2) = (k.clone(), sem.clone(), log.clone());
+            spawn(&k, "writer", async move {
+                sem2.down_write(&*k2).await;
+                log2.borrow_mut().push("writer in");
+                sem2.up_write(&*k2);
+            });
+            k.settle().await;
+            assert!(log.borrow().is_empty(), "the writer must wait");
+            assert_eq!(k.contended("rw"), 1);
+            assert!(
+                !sem.down_read_trylock(&*k),
+                "no new reader past a waiting writer"
+            );
+            log.borrow_mut().push("reader out");
+            sem.up_read(&*k);
+            k.settle().await;
+        });
+        assert_eq!(*log.borrow(), vec!["reader out", "writer in"]);
+    }
+
+    #[test]
+    fn waiters_are_served_in_fifo_order() {
+        let k = TestKernel::new();
+        let sem = Rc::new(RwSem::new(&*k, "rw"));
+        let log: Log = Rc::default();
+        run(&k, async {
+            sem.down_write(&*k).await;
+            // A reader, a writer, then another reader queue behind the writer.
+            for (name, write) in [("r1", false), ("w", true), ("r2", false)] {
+                let (k2, sem2, log2) = (k.clone(), sem.clone(), log.clone());
+                spawn(&k, name, async move {
+                    if write {
+                        sem2.down_write(&*k2).await;
+                    } else {
+                        sem2.down_read(&*k2).await;
+                    }
+                    log2.borrow_mut().push(name);
+                    k2.sleep(10).await;
+                    log2.borrow_mut().push(name);
+                    if write {
+                        sem2.up_write(&*k2);
+                    } else {
+                        sem2.up_read(&*k2);
+                    }
+                });
+                k.settle().await;
+            }
+            sem.up_write(&*k);
+            k.sleep(100).await;
+        });
+        // r1 alone (w waits for it), then w, then r2: no overtaking.
+        assert_eq!(*log.borrow(), vec!["r1", "r1", "w", "w", "r2", "r2"]);
+    }
+
+    #[test]
+    fn a_semaphore_can_be_released_by_another_task() {
+        let k = TestKernel::new();
+        let sem = Rc::new(Semaphore::new(&*k, "chunk.lock"));
+        run(&k, async {
+            sem.down(&*k).await;
+            assert!(sem.is_locked());
+            assert!(!sem.down_trylock(&*k));
+            let (k2, sem2) = (k.clone(), sem.clone());
+            spawn(&k, "completion worker", async move {
+                k2.sleep(1000).await;
+                sem2.up(&*k2);
+            });
+            sem.down(&*k).await;
+            assert_eq!(k.now(), 1000);
+            sem.up(&*k);
+        });
+        assert!(!sem.is_locked());
+    }
+
+    #[test]
+    fn a_killable_wait_gives_up_with_eintr() {
+        let k = TestKernel::new();
+        let sem = Rc::new(Semaphore::new(&*k, "chunk.lock"));
+        let result = Rc::new(RefCell::new(None));
+        run(&k, async {
+            sem.down(&*k).await;
+            let (k2, sem2, result2) = (k.clone(), sem.clone(), result.clone());
+            spawn(&k, "victim", async move {
+                *result2.borrow_mut() = Some(sem2.down_killable(&*k2).await);
+            });
+            k.settle().await;
+            assert!(result.borrow().is_none(), "still waiting");
+            k.kill("victim");
+            k.settle().await;
+            assert_eq!(*result.borrow(), Some(Err(Errno::EINTR)));
+            assert!(sem.is_locked(), "still ours");
+            sem.up(&*k);
+            // The abandoned waiter is out of the queue.
+            assert!(sem.down_trylock(&*k));
+            sem.up(&*k);
+        });
+    }
+
+    #[test]
+    fn a_mutex_serializes_and_releases_on_drop() {
+        let k = TestKernel::new();
+        let mutex = Rc::new(Mutex::new(&*k, "m", Vec::new()));
+        run(&k, async {
+            for name in ["a", "b"] {
+                let (k2, mutex2) = (k.clone(), mutex.clone());
+                spawn(&k, name, async move {
+                    let guard = mutex2.lock(&*k2).await;
+                    guard.with(|v| v.push(name));
+                    k2.sleep(10).await;
+                    guard.with(|v| v.push(name));
+                });
+            }
+            k.sleep(100).await;
+        });
+        let guard = run(&k, mutex.lock(&*k));
+        assert_eq!(guard.with(|v| v.clone()), vec!["a", "a", "b", "b"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "write unlock of a lock not write-held")]
+    fn releasing_a_free_semaphore_panics() {
+        let k = TestKernel::new();
+        Semaphore::new(&*k, "s").up(&*k);
+    }
+
+    #[test]
+    #[should_panic(expected = "read unlock of a lock not read-held")]
+    fn read_unlock_without_readers_panics() {
+        let k = TestKernel::new();
+        RwSem::new(&*k, "rw").up_read(&*k);
+    }
+
+    #[test]
+    fn a_spinlock_section_is_a_closure() {
+        let lock = SpinLock::new(1);
+        assert_eq!(
+            lock.with(|v| {
+                *v += 1;
+                *v
+            }),
+            2
+        );
+    }
+}
