@@ -464,7 +464,9 @@ async fn gather_trackers(module: &Rc<Module>, devs: &[DevT]) -> Result<Vec<Rc<Tr
     let mut trackers: Vec<Rc<Tracker>> = Vec::with_capacity(devs.len());
     for &dev in devs {
         let result = match Tracker::create_or_get(module, dev).await {
-            Ok(tracker) if tracker.in_snapshot() && !module.quirks.snap_6 => {
+            Ok(tracker)
+                if (tracker.in_snapshot() && !module.quirks.snap_6) || tracker.detaching.get() =>
+            {
                 tracker.put();
                 Err(Errno::EBUSY)
             }

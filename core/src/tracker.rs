@@ -21,6 +21,8 @@ pub struct Tracker {
     /// How many snapshots own the tracker: at most one with the v4 rule,
     /// more under B-SNAP-6.
     owners: Cell<u32>,
+    /// TRACKER_REMOVE is detaching it: a CREATE must not take it now.
+    pub detaching: Cell<bool>,
     pub cbt_map: Rc<CbtMap>,
     /// Owned reference, set at TAKE and put at release.
     pub diff_area: RefCell<Option<Rc<DiffArea>>>,
@@ -50,6 +52,7 @@ impl Tracker {
             refs: Cell::new(1),
             snapshot_is_taken: Cell::new(false),
             owners: Cell::new(0),
+            detaching: Cell::new(false),
             cbt_map,
             diff_area: RefCell::new(None),
         });
@@ -154,24 +157,29 @@ impl Tracker {
         // v2 lets a created-but-untaken snapshot lose its tracker (B-TRK-5);
         // the fix keeps a tracker owned by a snapshot until that one goes.
         let owned = tracker.in_snapshot() && !module.quirks.trk_5;
-        if tracker.snapshot_is_taken.get() || owned {
+        if tracker.snapshot_is_taken.get() || owned || tracker.detaching.get() {
             tracker.put();
             return Err(Errno::EBUSY);
         }
+        // From here a CREATE must not take the tracker: the freeze below
+        // sleeps, and the check above would be stale by the detach.
+        tracker.detaching.set(!module.quirks.trk_5);
         let frozen = k.freeze_bdev(dev).await;
         let detached = k.filter_detach(dev).await;
         if frozen.is_ok() {
             let _ = k.thaw_bdev(dev).await;
         }
+        tracker.detaching.set(false);
         tracker.put();
         if let Err(e) = detached {
             k.log(&format!("failed to detach from {dev}: {e}"));
             return Err(e);
         }
-        let first_only = module.quirks.trk_7;
-        module
-            .tracked_devices
-            .with(|list| forget_device(list, dev, first_only));
+        if module.quirks.trk_7 {
+            // v2 drops one list entry here, and none when a device goes
+            // away, so entries of unplugged devices stay (B-TRK-7).
+            module.tracked_devices.with(|list| forget_device(list, dev));
+        }
         Ok(())
     }
 
@@ -300,15 +308,10 @@ impl Tracker {
     }
 }
 
-/// Drop a device from `tracked_device_list`. v2 drops the first entry only,
-/// so a duplicate of a re-plugged device stays (B-TRK-7); the fix drops all.
-fn forget_device(list: &mut Vec<DevT>, dev: DevT, first_only: bool) {
-    if first_only {
-        if let Some(i) = list.iter().position(|d| *d == dev) {
-            list.remove(i);
-        }
-    } else {
-        list.retain(|d| *d != dev);
+/// Drop one entry of a device from `tracked_device_list`.
+fn forget_device(list: &mut Vec<DevT>, dev: DevT) {
+    if let Some(i) = list.iter().position(|d| *d == dev) {
+        list.remove(i);
     }
 }
 
@@ -331,7 +334,16 @@ impl BdevFilter for Tracker {
         })
     }
 
+    /// The attachment is gone (detach, or the device went away): the fix
+    /// drops the device's list entry at that moment, so the list holds one
+    /// entry per attachment and no stale ones.
     fn release(self: Rc<Self>) {
+        if !self.module.quirks.trk_7 {
+            let dev = self.dev_id;
+            self.module
+                .tracked_devices
+                .with(|list| forget_device(list, dev));
+        }
         self.put();
     }
 }
@@ -770,12 +782,11 @@ mod tests {
     }
 
     #[test]
-    fn forget_device_drops_every_entry_unless_b_trk_7() {
+    fn forget_device_drops_one_entry() {
         let mut list = vec![dev(0), dev(1), dev(0)];
-        forget_device(&mut list, dev(0), false);
-        assert_eq!(list, vec![dev(1)]);
-        let mut list = vec![dev(0), dev(1), dev(0)];
-        forget_device(&mut list, dev(0), true);
+        forget_device(&mut list, dev(0));
+        assert_eq!(list, vec![dev(1), dev(0)]);
+        forget_device(&mut list, dev(2));
         assert_eq!(list, vec![dev(1), dev(0)]);
     }
 

@@ -14,7 +14,8 @@
 //! a hang, or a resource left behind after unload.
 
 use std::cell::{Cell, RefCell};
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
 use std::rc::Rc;
 
 use arbitrary::{Result, Unstructured};
@@ -37,10 +38,14 @@ const DEVICES: [(&str, u64, Fill); 3] = [
     ("d1", 4096, Fill::Zero),
     ("store", 131072, Fill::Zero),
 ];
+/// The index of the storage device in [`DEVICES`].
+const STORAGE: u8 = 2;
 /// Largest WAIT_EVENT timeout: far below the simulator's liveness bound.
 const MAX_TIMEOUT_MS: u32 = 2000;
 /// Offset of `timeout_ms` in `blk_snap_snapshot_event`.
 const EVENT_TIMEOUT_OFFSET: usize = 16;
+/// Lines of the call log a failure report shows (the last ones).
+const MAX_LOG_LINES: usize = 80;
 /// An address no mapping ever has.
 const WILD_ADDR: u64 = 0xdead_0000_0000;
 
@@ -49,6 +54,8 @@ const WILD_ADDR: u64 = 0xdead_0000_0000;
 pub enum IdRef {
     /// The n-th id seen so far (modulo their number; zero if none).
     Known(u8),
+    /// The id seen last (zero if none).
+    Latest,
     Zero,
     Raw([u8; 16]),
 }
@@ -56,7 +63,7 @@ pub enum IdRef {
 /// A device number.
 #[derive(Clone, Debug)]
 pub enum DevRef {
-    /// One of [`DEVICES`].
+    /// One of the declared devices (d0, d1, store), by index.
     Declared(u8),
     /// The n-th image device seen so far (modulo; 0:0 if none).
     Image(u8),
@@ -172,6 +179,21 @@ pub struct Program {
     pub processes: Vec<Vec<Op>>,
 }
 
+impl fmt::Display for Program {
+    /// The seed, the parameters, then one operation per line, by process.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed: {}", self.seed)?;
+        writeln!(f, "params: {:?}", self.params)?;
+        for (p, ops) in self.processes.iter().enumerate() {
+            writeln!(f, "process {p}:")?;
+            for op in ops {
+                writeln!(f, "  {op:?}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The body of the `ioctl_args` fuzz target.
 pub fn ioctl_args(data: &[u8]) {
     if let Err(report) = check(data) {
@@ -204,13 +226,46 @@ pub fn program(u: &mut Unstructured) -> Result<Program> {
             break;
         }
         let process = u.int_in_range(0..=process_count - 1)?;
-        processes[process].push(op(u)?);
+        if u.ratio(1, 8)? {
+            processes[process].extend(life(u)?);
+        } else {
+            processes[process].push(op(u)?);
+        }
     }
     Ok(Program {
         seed,
         params,
         processes,
     })
+}
+
+/// A well-formed CREATE, APPEND_STORAGE and TAKE of one snapshot, so
+/// that the calls around them meet taken snapshots, images and CBT maps.
+fn life(u: &mut Unstructured) -> Result<Vec<Op>> {
+    let devs = match u.int_in_range(0..=2)? {
+        0 => vec![DevRef::Declared(0)],
+        1 => vec![DevRef::Declared(1)],
+        _ => vec![DevRef::Declared(0), DevRef::Declared(1)],
+    };
+    let sector = *u.choose(&[0, 16384, 65536])?;
+    let count = *u.choose(&[4096, 16384])?;
+    let full = |call| Op::Ioctl {
+        call,
+        arg: ArgMap::Full,
+    };
+    Ok(vec![
+        full(Call::Create {
+            count: devs.len() as u32,
+            devs: Ptr::Devs(devs),
+        }),
+        full(Call::Append {
+            id: IdRef::Latest,
+            dev: DevRef::Declared(STORAGE),
+            count: 1,
+            ranges: Ptr::Ranges(vec![(sector, count)]),
+        }),
+        full(Call::Take { id: IdRef::Latest }),
+    ])
 }
 
 fn op(u: &mut Unstructured) -> Result<Op> {
@@ -239,6 +294,7 @@ fn id_ref(u: &mut Unstructured) -> Result<IdRef> {
     Ok(match u.int_in_range(0..=7)? {
         0 => IdRef::Zero,
         1 => IdRef::Raw(u.arbitrary()?),
+        2 | 3 => IdRef::Latest,
         _ => IdRef::Known(u.arbitrary()?),
     })
 }
@@ -273,7 +329,19 @@ fn array(u: &mut Unstructured, real: Ptr) -> Result<Ptr> {
     })
 }
 
+/// Block ranges: two times in three, page-aligned ranges that fit the
+/// storage device (what a careful caller passes); otherwise anything.
 fn ranges(u: &mut Unstructured) -> Result<Vec<(u64, u64)>> {
+    if u.ratio(2, 3)? {
+        let n = u.int_in_range(1..=2)?;
+        return (0..n)
+            .map(|_| {
+                let sector = *u.choose(&[0, 8192, 32768, 65536])?;
+                let count = *u.choose(&[8, 4096, 16384, 32768])?;
+                Ok((sector, count))
+            })
+            .collect();
+    }
     let n = u.int_in_range(0..=4)?;
     (0..n)
         .map(|_| {
@@ -296,11 +364,11 @@ fn call(u: &mut Unstructured) -> Result<Call> {
             }
         }
         3 => {
-            let length = *u.choose(&[0, 1, 16, 4096, u32::MAX])?;
+            let length = *u.choose(&[0, 1, 16, 16, 64, 4096, u32::MAX])?;
             let buffer = (length as usize).min(4096);
             Call::ReadCbtMap {
                 dev: dev_ref(u)?,
-                offset: *u.choose(&[0, 1, 8, 1 << 20, u32::MAX])?,
+                offset: *u.choose(&[0, 0, 0, 1, 8, 1 << 20, u32::MAX])?,
                 length,
                 buff: array(u, Ptr::Out(buffer))?,
             }
@@ -326,7 +394,11 @@ fn call(u: &mut Unstructured) -> Result<Call> {
             let ranges = ranges(u)?;
             Call::Append {
                 id: id_ref(u)?,
-                dev: dev_ref(u)?,
+                dev: if u.ratio(2, 3)? {
+                    DevRef::Declared(STORAGE)
+                } else {
+                    dev_ref(u)?
+                },
                 count: count(u, ranges.len())?,
                 ranges: array(u, Ptr::Ranges(ranges))?,
             }
@@ -379,10 +451,21 @@ struct System {
     ids: RefCell<Vec<[u8; 16]>>,
     images: RefCell<Vec<DevT>>,
     next_stamp: Cell<Stamp>,
+    stats: RefCell<Stats>,
+    /// What each operation returned, for the failure report.
+    log: RefCell<Vec<String>>,
 }
 
 /// Run a program; `Err` carries the failures and the program.
 pub fn run(program: &Program) -> std::result::Result<(), String> {
+    run_with_stats(program).0
+}
+
+/// Successful and failed calls, by ioctl name (`raw` for unknown numbers).
+pub type Stats = BTreeMap<&'static str, (u64, u64)>;
+
+/// [`run`], also counting the results of the calls (to tune the generator).
+pub fn run_with_stats(program: &Program) -> (std::result::Result<(), String>, Stats) {
     let sim = Sim::new(program.seed);
     let mut devices = Vec::new();
     for (index, (name, sectors, fill)) in DEVICES.iter().enumerate() {
@@ -408,6 +491,8 @@ pub fn run(program: &Program) -> std::result::Result<(), String> {
         ids: RefCell::new(Vec::new()),
         images: RefCell::new(Vec::new()),
         next_stamp: Cell::new(1),
+        stats: RefCell::new(Stats::new()),
+        log: RefCell::new(Vec::new()),
     });
     let main = system.clone();
     let processes = program.processes.clone();
@@ -422,7 +507,7 @@ pub fn run(program: &Program) -> std::result::Result<(), String> {
                     format!("caller {p}"),
                     Box::pin(async move {
                         for op in &ops {
-                            system.op(op).await;
+                            system.op(p, op).await;
                         }
                         finish.complete(());
                     }),
@@ -432,6 +517,7 @@ pub fn run(program: &Program) -> std::result::Result<(), String> {
             for finished in done {
                 finished.await;
             }
+            main.log("unload".to_string());
             module::exit(&main.module).await;
         }),
     );
@@ -446,26 +532,39 @@ pub fn run(program: &Program) -> std::result::Result<(), String> {
         resources::check_after_unload(&sim);
     }
     let failures = sim.failures();
+    let stats = system.stats.take();
     if failures.is_empty() {
-        return Ok(());
+        return (Ok(()), stats);
     }
     let mut text = String::new();
     let _ = writeln!(text, "ioctl_args: run failed (seed {})", program.seed);
-    for failure in &failures {
-        let _ = writeln!(
-            text,
-            "  [{}] at {} ns: {}",
-            failure.checker, failure.at_ns, failure.message
-        );
+    crate::lifecycle::failures_text(&mut text, &failures);
+    let log = system.log.take();
+    let _ = writeln!(text, "calls (virtual ns, process, call, result):");
+    for line in log.iter().skip(log.len().saturating_sub(MAX_LOG_LINES)) {
+        let _ = writeln!(text, "  {line}");
     }
-    let _ = writeln!(text, "program: {program:#?}");
-    Err(text)
+    let _ = write!(text, "program:\n{program}");
+    (Err(text), stats)
 }
 
 impl System {
-    async fn op(&self, op: &Op) {
+    fn log(&self, line: String) {
+        self.log
+            .borrow_mut()
+            .push(format!("{:>12} {line}", self.sim.now()));
+    }
+
+    async fn op(&self, process: usize, op: &Op) {
         match op {
-            Op::Ioctl { call, arg } => self.ioctl(call, arg).await,
+            Op::Ioctl { call, arg } => {
+                let (name, result) = self.ioctl(call, arg).await;
+                let shown = match result {
+                    Ok(value) => format!("= {value}"),
+                    Err(errno) => format!("= {errno}"),
+                };
+                self.log(format!("p{process} {name} {shown}"));
+            }
             Op::Write {
                 dev,
                 sector,
@@ -474,8 +573,13 @@ impl System {
                 let first = self.next_stamp.get();
                 self.next_stamp.set(first + sectors);
                 let data: Vec<Stamp> = (first..first + sectors).collect();
-                let bio = Bio::write(self.dev(dev), *sector, data);
-                let _ = block::user_bio(&self.sim, bio).await;
+                let dev = self.dev(dev);
+                let bio = Bio::write(dev, *sector, data);
+                let result = block::user_bio(&self.sim, bio).await;
+                self.log(format!(
+                    "p{process} write {dev} {sector}+{sectors} = {:?}",
+                    result.map(|_| ())
+                ));
             }
             Op::Sleep { ms } => self.sim.sleep(ms * 1_000_000).await,
         }
@@ -485,6 +589,7 @@ impl System {
         let b = match id {
             IdRef::Zero => [0; 16],
             IdRef::Raw(b) => *b,
+            IdRef::Latest => self.ids.borrow().last().copied().unwrap_or([0; 16]),
             IdRef::Known(n) => {
                 let ids = self.ids.borrow();
                 if ids.is_empty() {
@@ -641,7 +746,6 @@ impl System {
                     id: self.id(id),
                     count: *count,
                     image_info_array: self.ptr(array),
-                    ..Default::default()
                 }
                 .encode(),
             ),
@@ -664,7 +768,8 @@ impl System {
         }
     }
 
-    async fn ioctl(&self, call: &Call, how: &ArgMap) {
+    /// Make one call; its name and result.
+    async fn ioctl(&self, call: &Call, how: &ArgMap) -> (&'static str, ctrl::IoctlResult) {
         let (cmd, mut bytes) = self.encode(call);
         let addr = match how {
             ArgMap::Null => 0,
@@ -676,9 +781,22 @@ impl System {
             }
         };
         let result = ctrl::ioctl(&self.module, cmd, addr, &self.user).await;
+        let name = IoctlNr::ALL
+            .iter()
+            .find(|nr| nr.cmd() == cmd)
+            .map_or("raw", |nr| nr.name().trim_start_matches("IOCTL_BLK_SNAP_"));
+        let mut stats = self.stats.borrow_mut();
+        let entry = stats.entry(name).or_default();
+        if result.is_ok() {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+        drop(stats);
         if result.is_ok() && matches!(how, ArgMap::Full) {
             self.harvest(cmd, addr);
         }
+        (name, result)
     }
 
     /// Remember the ids and image devices a successful call reported.
@@ -736,5 +854,52 @@ fn clamp_timeout(bytes: &mut [u8]) {
     if let Some(raw) = bytes.get_mut(field) {
         let timeout = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         raw.copy_from_slice(&timeout.min(MAX_TIMEOUT_MS).to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs;
+
+    #[test]
+    fn raw_wait_event_timeouts_are_capped() {
+        let mut bytes = BlkSnapSnapshotEvent {
+            timeout_ms: u32::MAX,
+            ..Default::default()
+        }
+        .encode();
+        clamp_timeout(&mut bytes);
+        let event = BlkSnapSnapshotEvent::decode(&bytes).expect("a whole event");
+        assert_eq!(event.timeout_ms, MAX_TIMEOUT_MS);
+        let mut short = vec![0xff; EVENT_TIMEOUT_OFFSET + 2];
+        clamp_timeout(&mut short);
+        assert_eq!(short, vec![0xff; EVENT_TIMEOUT_OFFSET + 2]);
+    }
+
+    /// The generator reaches the interesting states: snapshots get taken,
+    /// CBT maps read, images listed. (If the engine or the model drifts so
+    /// that they no longer do, the fuzzer would silently test much less.)
+    #[test]
+    fn programs_reach_taken_snapshots() {
+        let mut total = Stats::new();
+        for index in 0..300 {
+            let data = inputs::random_input(5, index, 400);
+            let program = program(&mut Unstructured::new(&data)).expect("a program");
+            for (name, (ok, _)) in run_with_stats(&program).1 {
+                total.entry(name).or_default().0 += ok;
+            }
+        }
+        for name in [
+            "SNAPSHOT_CREATE",
+            "SNAPSHOT_APPEND_STORAGE",
+            "SNAPSHOT_TAKE",
+            "SNAPSHOT_COLLECT_IMAGES",
+            "TRACKER_READ_CBT_MAP",
+            "SNAPSHOT_DESTROY",
+        ] {
+            let ok = total.get(name).map_or(0, |c| c.0);
+            assert!(ok >= 5, "{name} succeeded only {ok} times: {total:?}");
+        }
     }
 }

@@ -8,10 +8,19 @@
 //! and the `replay` binary can rerun a crash file.
 //!
 //! Targets:
-//! - [`lifecycle`]: a small scenario built from the input, judged by the
-//!   simulator's own checkers with no quirk on (the fixed engine must pass).
-//! - [`scenario_parse`]: the scenario loader on arbitrary text.
-//! - [`ioctl_args`]: the ioctls with hostile argument structs and pointers.
+//! - [`lifecycle`](mod@lifecycle): a small scenario built from the input,
+//!   judged by the simulator's own checkers with no quirk on (the fixed
+//!   engine must pass).
+//! - [`scenario_parse`](mod@scenario_parse): the scenario loader on
+//!   arbitrary text.
+//! - [`ioctl_args`](mod@ioctl_args): the ioctls with hostile argument
+//!   structs and pointers.
+//!
+//! Tools: [`minimize`] shrinks failing inputs, [`inputs`] makes
+//! deterministic pseudo-random ones, [`steps`] builds scenario steps.
+//! Invariants: a body is deterministic (same input, same run, same
+//! verdict), and fails only on a checker's verdict or a broken property of
+//! the target itself, never on an errno the engine may legitimately give.
 
 #![forbid(unsafe_code)]
 

@@ -82,6 +82,7 @@ pub fn write(target: Target, sector: u64, sectors: u64, nowait: bool) -> Step {
         sectors,
         repeat: 1,
         stride: None,
+        pause_us: 0,
         nowait,
         expect: Expect::Any,
     }
@@ -92,6 +93,14 @@ pub fn read(target: Target, sector: u64, sectors: u64) -> Step {
         target,
         sector,
         sectors,
+        expect: Expect::Any,
+    }
+}
+
+pub fn tracker_remove(device: String) -> Step {
+    Step::TrackerRemove {
+        device,
+        fault: None,
         expect: Expect::Any,
     }
 }

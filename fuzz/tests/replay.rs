@@ -11,10 +11,10 @@ use std::time::Instant;
 use blksnap_fuzz::{inputs, target, Check, TARGETS};
 
 /// Pseudo-random inputs per target, and the stream they come from.
-const RANDOM_LIFECYCLE: u64 = 300;
-const RANDOM_IOCTL_ARGS: u64 = 300;
+const RANDOM_LIFECYCLE: u64 = 600;
+const RANDOM_IOCTL_ARGS: u64 = 1000;
 const RANDOM_PARSE: u64 = 2000;
-const RANDOM_SEED: u64 = 0x626c_6b73_6e61_70;
+const RANDOM_SEED: u64 = 0x0062_6c6b_736e_6170;
 /// Fewest seed inputs each committed corpus must hold.
 const MIN_CORPUS: usize = 10;
 
@@ -109,12 +109,19 @@ fn every_target_has_a_corpus_and_a_wrapper() {
     }
 }
 
-fn random(name: &str, count: u64, max_len: usize) {
+/// `count` pseudo-random inputs; `text` makes them valid UTF-8.
+fn random(name: &str, count: u64, max_len: usize, text: bool) {
     let check = target(name).expect("a known target");
     let inputs = (0..count).map(|i| {
+        let data = inputs::random_input(RANDOM_SEED, i, max_len);
+        let data = if text {
+            String::from_utf8_lossy(&data).into_owned().into_bytes()
+        } else {
+            data
+        };
         (
             format!("random input {i} (seed {RANDOM_SEED:#x}, max_len {max_len})"),
-            inputs::random_input(RANDOM_SEED, i, max_len),
+            data,
         )
     });
     replay_all(name, check, inputs);
@@ -122,19 +129,19 @@ fn random(name: &str, count: u64, max_len: usize) {
 
 #[test]
 fn random_lifecycle() {
-    random("lifecycle", RANDOM_LIFECYCLE, 400);
+    random("lifecycle", RANDOM_LIFECYCLE, 400, false);
 }
 
 #[test]
 fn random_ioctl_args() {
-    random("ioctl_args", RANDOM_IOCTL_ARGS, 400);
+    random("ioctl_args", RANDOM_IOCTL_ARGS, 400, false);
 }
 
 /// Random bytes, and the corpus texts with a few bytes changed.
 #[test]
 fn random_scenario_parse() {
     let check = target("scenario_parse").expect("a known target");
-    random("scenario_parse", RANDOM_PARSE / 2, 256);
+    random("scenario_parse", RANDOM_PARSE / 2, 256, true);
     let texts: Vec<Vec<u8>> = corpus("scenario_parse")
         .into_iter()
         .map(|(_, d)| d)
@@ -182,7 +189,12 @@ fn replay_env() {
     let Ok(path) = std::env::var("FUZZ_REPLAY") else {
         return;
     };
+    // `cargo test` runs in fuzz/; a path given from the repository root works too.
     let path = PathBuf::from(path);
+    let path = match fuzz_dir().parent() {
+        Some(root) if !path.exists() && root.join(&path).exists() => root.join(&path),
+        _ => path,
+    };
     let name = std::env::var("FUZZ_TARGET").unwrap_or_else(|_| {
         path.parent()
             .and_then(Path::file_name)
@@ -194,25 +206,4 @@ fn replay_env() {
     });
     let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     replay_all(&name, check, [(path.display().to_string(), data)]);
-}
-
-/// The known failures in `findings/`, which are not replayed by default:
-/// `cargo test -p blksnap-fuzz --test replay -- --ignored findings`.
-#[test]
-#[ignore = "findings/ holds inputs that fail until their bug is fixed"]
-fn findings() {
-    for (name, check) in TARGETS {
-        let dir = fuzz_dir().join("findings").join(name);
-        let files = files_in(&dir);
-        for path in files {
-            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            match check(&data) {
-                Ok(()) => eprintln!("passes now: {}", path.display()),
-                Err(report) => {
-                    let head: Vec<&str> = report.lines().take(4).collect();
-                    eprintln!("still fails: {}\n{}", path.display(), head.join("\n"));
-                }
-            }
-        }
-    }
 }

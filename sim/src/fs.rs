@@ -95,11 +95,21 @@ pub fn thaw_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
 }
 
 /// A write through the filesystem: into the page cache once not frozen.
-pub async fn fs_write(sim: &Rc<Sim>, dev: DevT, sector: u64, data: &[Stamp]) {
+/// A filesystem never writes past its device: that is -EIO at once.
+pub async fn fs_write(sim: &Rc<Sim>, dev: DevT, sector: u64, data: &[Stamp]) -> Result<(), Errno> {
+    let capacity = sim.devices.borrow().get(&dev).map_or(0, |d| d.capacity);
+    if sector
+        .checked_add(data.len() as u64)
+        .is_none_or(|end| end > capacity)
+    {
+        return Err(Errno::EIO);
+    }
     loop {
         let wait = {
             let mut fs = sim.fs.borrow_mut();
-            let Some(fs) = fs.get_mut(&dev) else { return };
+            let Some(fs) = fs.get_mut(&dev) else {
+                return Ok(());
+            };
             if !fs.frozen {
                 for (i, stamp) in data.iter().enumerate() {
                     fs.dirty.insert(sector + i as u64, *stamp);
@@ -117,6 +127,7 @@ pub async fn fs_write(sim: &Rc<Sim>, dev: DevT, sector: u64, data: &[Stamp]) {
         }
     }
     schedule_flush(sim, dev);
+    Ok(())
 }
 
 /// A read through the filesystem: the page cache over the device.

@@ -3,7 +3,11 @@
 //! ```text
 //! replay <target> <file-or-dir>...           run each input; exit 1 if any fails
 //! replay show <target> <file>                print what the input decodes to
-//! replay minimize <file>                      shrink a failing lifecycle scenario
+//! replay minimize [target] <file>             shrink a failing lifecycle scenario
+//!                                             (or ioctl_args program)
+//! replay stats <count>                        ioctl results over random ioctl_args inputs
+//! replay metrics <file-or-dir>...             what each lifecycle input's run did
+//! replay shrink <target> <file> <out>         shrink a failing input's bytes into out
 //! replay random <target> <count> [seed [dir]]  run pseudo-random inputs, report
 //!                                             failures (and save them in dir)
 //! ```
@@ -13,12 +17,16 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use arbitrary::Unstructured;
-use blksnap_fuzz::{inputs, ioctl_args, lifecycle, target, TARGETS};
+use blksnap_fuzz::{inputs, ioctl_args, lifecycle, scenario_parse, target, TARGETS};
 
 const USAGE: &str = "usage:
   replay <target> <file-or-dir>...         run each input; exit 1 if any fails
   replay show <target> <file>              print what the input decodes to
-  replay minimize <file>                   shrink a failing lifecycle input's scenario
+  replay minimize [target] <file>          shrink a failing lifecycle scenario
+                                           (or ioctl_args program)
+  replay stats <count>                     ioctl results over random ioctl_args inputs
+  replay metrics <file-or-dir>...          what each lifecycle input's run did
+  replay shrink <target> <file> <out>      shrink a failing input's bytes into out
   replay random <target> <count> [seed [dir]]
                                            run pseudo-random inputs, report failures
                                            (and save each failing input in dir)";
@@ -30,9 +38,19 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("show") if args.len() == 3 => show(&args[1], Path::new(&args[2])),
-        Some("minimize") if args.len() == 2 => minimize(Path::new(&args[1])),
+        Some("minimize") if args.len() == 2 => minimize("lifecycle", Path::new(&args[1])),
+        Some("minimize") if args.len() == 3 => minimize(&args[1], Path::new(&args[2])),
+        Some("stats") if args.len() == 2 => stats(&args[1]),
+        Some("metrics") if args.len() >= 2 => metrics(&args[1..]),
+        Some("shrink") if args.len() == 4 => {
+            shrink(&args[1], Path::new(&args[2]), Path::new(&args[3]))
+        }
         Some("random") if (3..=5).contains(&args.len()) => random(&args[1..]),
-        Some(name) if args.len() >= 2 && !["show", "random", "minimize"].contains(&name) => {
+        Some(name)
+            if args.len() >= 2
+                && !["show", "random", "minimize", "stats", "shrink", "metrics"]
+                    .contains(&name) =>
+        {
             replay(name, &args[1..])
         }
         _ => Err(USAGE.to_string()),
@@ -107,7 +125,18 @@ fn show(name: &str, file: &Path) -> Result<bool, String> {
             Ok(program) => println!("{program:#?}"),
             Err(e) => println!("(no program: {e})"),
         },
-        "scenario_parse" => println!("{}", String::from_utf8_lossy(&data)),
+        "scenario_parse" => {
+            let text = String::from_utf8_lossy(&data);
+            match blksnap_sim::scenario::parse(Path::new(scenario_parse::FILE), &text) {
+                Ok(scenario) => println!(
+                    "parses: '{}', {} device(s), {} step(s)",
+                    scenario.name,
+                    scenario.devices.len(),
+                    scenario.steps.len()
+                ),
+                Err(error) => println!("{error}"),
+            }
+        }
         other => return Err(format!("unknown target '{other}'")),
     }
     Ok(true)
@@ -152,8 +181,27 @@ fn random(args: &[String]) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
-fn minimize(file: &Path) -> Result<bool, String> {
+fn minimize(target: &str, file: &Path) -> Result<bool, String> {
     let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if target == "ioctl_args" {
+        let program = ioctl_args::program(&mut Unstructured::new(&data))
+            .map_err(|e| format!("the input decodes to no program: {e}"))?;
+        return Ok(match blksnap_fuzz::minimize::minimize_program(&program) {
+            None => {
+                println!("{}: passes, nothing to minimize", file.display());
+                true
+            }
+            Some((_, report)) => {
+                println!("{report}");
+                false
+            }
+        });
+    }
+    if target != "lifecycle" {
+        return Err(format!(
+            "minimize: only lifecycle and ioctl_args, not '{target}'"
+        ));
+    }
     let (scenario, seed) = lifecycle::build(&data).ok_or("the input decodes to no scenario")?;
     match blksnap_fuzz::minimize::minimize(&scenario, seed) {
         None => {
@@ -171,4 +219,68 @@ fn minimize(file: &Path) -> Result<bool, String> {
             Ok(false)
         }
     }
+}
+
+fn stats(count: &str) -> Result<bool, String> {
+    let count: u64 = count.parse().map_err(|e| format!("count: {e}"))?;
+    let mut total = ioctl_args::Stats::new();
+    for index in 0..count {
+        let data = inputs::random_input(0, index, 400);
+        let Ok(program) = ioctl_args::program(&mut Unstructured::new(&data)) else {
+            continue;
+        };
+        for (name, (ok, err)) in ioctl_args::run_with_stats(&program).1 {
+            let entry = total.entry(name).or_default();
+            entry.0 += ok;
+            entry.1 += err;
+        }
+    }
+    for (name, (ok, err)) in total {
+        println!("{name:<42} ok {ok:>6}  err {err:>6}");
+    }
+    Ok(true)
+}
+
+fn shrink(name: &str, file: &Path, out: &Path) -> Result<bool, String> {
+    let check = check_of(name)?;
+    let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let small = blksnap_fuzz::minimize::shrink_bytes(check, &data);
+    std::fs::write(out, &small).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!(
+        "{} bytes -> {} bytes: {}",
+        data.len(),
+        small.len(),
+        out.display()
+    );
+    match check(&small) {
+        Ok(()) => println!("(passes: nothing failed)"),
+        Err(report) => println!("{}", blksnap_fuzz::minimize::report_signature(&report)),
+    }
+    Ok(true)
+}
+
+fn metrics(paths: &[String]) -> Result<bool, String> {
+    for file in files(paths)? {
+        let data = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let Some((scenario, seed)) = lifecycle::build(&data) else {
+            continue;
+        };
+        let options = blksnap_sim::scenario::RunOptions {
+            seed: Some(seed),
+            ..Default::default()
+        };
+        let outcome = blksnap_sim::scenario::run(&scenario, &options);
+        let metric = |name: &str| outcome.metrics.get(name).copied().unwrap_or(0.0);
+        println!(
+            "{}: {} steps, {} trace events, {:.1} ms virtual, {} image reads ({} sectors) checked, {} failure(s)",
+            file.display(),
+            outcome.steps,
+            outcome.trace_events,
+            outcome.virtual_ns as f64 / 1e6,
+            metric("image_reads_checked"),
+            metric("image_sectors_checked"),
+            outcome.failures.len()
+        );
+    }
+    Ok(true)
 }

@@ -59,6 +59,9 @@ pub struct Oracle {
     failed_image_reads: Vec<(DevT, u64)>,
     /// Originals whose snapshot the engine reported corrupted, and when.
     corrupted: BTreeMap<DevT, u64>,
+    /// Diff storage ranges users appended: the engine writes there, so
+    /// user reads of them are not judged.
+    storage: BTreeMap<DevT, Vec<(u64, u64)>>,
     pub image_reads_checked: u64,
     pub sectors_checked: u64,
 }
@@ -71,6 +74,9 @@ impl Oracle {
     /// The engine registered an image disk; it is bound to its original
     /// once the scenario learns the pair (COLLECT_IMAGES).
     pub fn image_added(&mut self, image: DevT, capacity: u64) {
+        // A new image may reuse the number of one that is gone: its writes
+        // are not this image's.
+        self.by_sector.retain(|(dev, _), _| *dev != image);
         self.images.insert(
             image,
             ImageRecord {
@@ -98,10 +104,28 @@ impl Oracle {
         }
     }
 
+    /// A range the user gave the engine as diff storage.
+    pub fn storage_appended(&mut self, dev: DevT, sector: u64, count: u64) {
+        self.storage.entry(dev).or_default().push((sector, count));
+    }
+
+    fn is_storage(&self, dev: DevT, sector: u64) -> bool {
+        self.storage
+            .get(&dev)
+            .is_some_and(|ranges| ranges.iter().any(|&(s, c)| sector >= s && sector - s < c))
+    }
+
     /// The user is removing the image (DESTROY of its snapshot, unload).
     pub fn image_going(&mut self, image: DevT, now: u64) {
         if let Some(record) = self.images.get_mut(&image) {
             record.going_since.get_or_insert(now);
+        }
+    }
+
+    /// A removal that failed: the image stays, and its IO must work.
+    pub fn image_staying(&mut self, image: DevT) {
+        if let Some(record) = self.images.get_mut(&image) {
+            record.going_since = None;
         }
     }
 
@@ -183,6 +207,9 @@ impl Oracle {
         };
         for (i, got) in data.iter().enumerate() {
             let sector = bio.sector + i as u64;
+            if self.is_storage(bio.dev, sector) {
+                continue;
+            }
             let allowed = self.original_values(bio.dev, sector, from, to);
             if !allowed.contains(got) {
                 return Err(format!(
@@ -318,10 +345,14 @@ impl Oracle {
         self.original_values(dev, sector, now, now)
     }
 
-    /// Sectors of `dev` that users ever wrote.
+    /// Sectors of `dev` that a user write completed on.
     pub fn written_sectors(&self, dev: DevT) -> Vec<u64> {
         self.by_sector
             .range((dev, 0)..=(dev, u64::MAX))
+            .filter(|(_, ids)| {
+                ids.iter()
+                    .any(|id| self.writes.get(id).is_some_and(|w| w.completed.is_some()))
+            })
             .map(|((_, sector), _)| *sector)
             .collect()
     }

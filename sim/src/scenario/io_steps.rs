@@ -46,8 +46,7 @@ impl Run {
         let dev = self.target_dev(target)?;
         let data = self.fresh_stamps(sectors);
         if self.has_fs(dev) && !nowait {
-            fs::fs_write(&self.sim, dev, sector, &data).await;
-            return Ok(());
+            return fs::fs_write(&self.sim, dev, sector, &data).await;
         }
         let mut bio = Bio::write(dev, sector, data);
         bio.flags.nowait = nowait;

@@ -182,6 +182,13 @@ impl Run {
         let (result, _) = self
             .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE, &arg, fault)
             .await;
+        // Even a failed APPEND may have added its first ranges.
+        let dev = self.dev(device);
+        let mut oracle = self.sim.oracle.borrow_mut();
+        for range in &ranges {
+            oracle.storage_appended(dev, range.sector_offset, range.sector_count);
+        }
+        drop(oracle);
         check_expect(expect, result)
     }
 
@@ -214,6 +221,18 @@ impl Run {
         expect: &Expect,
     ) -> Result<(), String> {
         self.drain_events(snapshot).await;
+        // From here the images may go away: their IO may fail. (A snapshot
+        // destroyed before keeps its images marked gone.)
+        let record = self.record(snapshot);
+        let live_images: Vec<DevT> = if record.destroyed {
+            Vec::new()
+        } else {
+            record.images.values().copied().collect()
+        };
+        let now = self.sim.now();
+        for image in &live_images {
+            self.sim.oracle.borrow_mut().image_going(*image, now);
+        }
         let arg = BlkSnapSnapshotDestroy {
             id: self.uuid(snapshot),
         };
@@ -222,6 +241,11 @@ impl Run {
             .await;
         if result.is_ok() {
             self.destroyed(snapshot);
+        } else {
+            // Nothing went away after all.
+            for image in &live_images {
+                self.sim.oracle.borrow_mut().image_staying(*image);
+            }
         }
         check_expect(expect, result)
     }
