@@ -781,6 +781,20 @@ impl Sim {
         AllocId(id)
     }
 
+    /// The engine's own writes go to the diff storage, and only there.
+    fn check_engine_bio(&self, bio: &Bio) {
+        if !bio.op.is_write() || self.is_image(bio.dev) {
+            return;
+        }
+        let verdict = self
+            .oracle
+            .borrow()
+            .check_engine_write(bio.dev, bio.sector, bio.sectors);
+        if let Err(message) = verdict {
+            self.fail("storage", message);
+        }
+    }
+
     /// The per-task `noio` flag of the current task.
     fn current_noio(&self) -> bool {
         self.with_current(|t| t.noio).unwrap_or(false)
@@ -966,6 +980,7 @@ impl Kernel for SimKernel {
             }
         });
         if let Some((bio, done)) = pending {
+            sim.check_engine_bio(&bio);
             sim.submit_to_device(bio, done);
         }
     }
