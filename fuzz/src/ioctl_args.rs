@@ -780,7 +780,7 @@ impl System {
                 self.map(bytes)
             }
         };
-        let result = ctrl::ioctl(&self.module, cmd, addr, &self.user).await;
+        let result = blksnap_sim::ctl::ioctl(&self.sim, &self.module, cmd, addr, &self.user).await;
         let name = IoctlNr::ALL
             .iter()
             .find(|nr| nr.cmd() == cmd)

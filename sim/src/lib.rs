@@ -13,6 +13,7 @@
 pub mod block;
 pub mod check;
 pub mod cli;
+pub mod ctl;
 pub mod device;
 pub mod faults;
 pub mod fs;

@@ -69,13 +69,7 @@ impl Run {
             // No module, no control device: open("/dev/blksnap") fails.
             return Err(Errno::ENODEV);
         };
-        let result = blksnap_core::ctrl::ioctl(&module, cmd, addr, &self.user).await;
-        let value = match result {
-            Ok(v) => v,
-            Err(e) => -i64::from(e.0),
-        };
-        self.sim.record(TraceEvent::Ioctl { cmd, result: value });
-        result
+        crate::ctl::ioctl(&self.sim, &module, cmd, addr, &self.user).await
     }
 
     /// Map `arg`, call, and return the result with the struct's address.
@@ -182,13 +176,6 @@ impl Run {
         let (result, _) = self
             .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE, &arg, fault)
             .await;
-        // Even a failed APPEND may have added its first ranges.
-        let dev = self.dev(device);
-        let mut oracle = self.sim.oracle.borrow_mut();
-        for range in &ranges {
-            oracle.storage_appended(dev, range.sector_offset, range.sector_count);
-        }
-        drop(oracle);
         check_expect(expect, result)
     }
 

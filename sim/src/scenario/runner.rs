@@ -357,14 +357,26 @@ impl Run {
             .unwrap_or_default()
     }
 
+    /// A CREATE named `snapshot`. A live snapshot of the same name is kept
+    /// under a hidden name, so the teardown still drains and destroys it.
     pub(super) fn created(&self, snapshot: &str, id: [u8; 16]) {
         let record = SnapRecord {
             id,
             ..Default::default()
         };
-        self.snapshots
-            .borrow_mut()
-            .insert(snapshot.to_string(), record);
+        let mut snapshots = self.snapshots.borrow_mut();
+        let Some(old) = snapshots.insert(snapshot.to_string(), record) else {
+            return;
+        };
+        if old.destroyed {
+            return;
+        }
+        let hidden = (1..)
+            .map(|n| format!("{snapshot}#{n}"))
+            .find(|k| !snapshots.contains_key(k));
+        if let Some(hidden) = hidden {
+            snapshots.insert(hidden, old);
+        }
     }
 
     pub(super) fn destroyed(&self, snapshot: &str) {
