@@ -7,11 +7,12 @@ use std::rc::Rc;
 use blksnap_core::ctrl::{self, IoctlResult};
 use blksnap_core::kernel::{DevT, UserMemory};
 use blksnap_core::uapi::{
-    BlkSnapBlockRange, BlkSnapSnapshotAppendStorage, UapiStruct,
-    IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE,
+    BlkSnapBlockRange, BlkSnapSnapshotAppendStorage, BlkSnapSnapshotCollect, BlkSnapSnapshotCreate,
+    IoctlNr, UapiStruct, IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE,
 };
 use blksnap_core::Module;
 
+use crate::check::lifecycle::Call;
 use crate::kernel::Sim;
 use crate::trace::TraceEvent;
 
@@ -29,13 +30,99 @@ pub async fn ioctl(
     if cmd == IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE {
         note_storage_ranges(sim, arg, user);
     }
+    let nr = IoctlNr::ALL.iter().copied().find(|nr| nr.cmd() == cmd);
+    let id = nr.and_then(|nr| named_id(nr, arg, user));
+    let token = sim.lifecycle.borrow_mut().begin();
     let result = ctrl::ioctl(module, cmd, arg, user).await;
     let value = match result {
         Ok(v) => v,
         Err(e) => -i64::from(e.0),
     };
     sim.record(TraceEvent::Ioctl { cmd, result: value });
+    let call = nr.map(|nr| Call {
+        nr,
+        id,
+        result,
+        listed: listed_ids(nr, result, arg, user),
+        created: created_id(nr, result, arg, user),
+    });
+    let verdict = match call {
+        Some(call) => sim.lifecycle.borrow_mut().end(token, &call),
+        None => sim.lifecycle.borrow_mut().end(token, &unknown_call(result)),
+    };
+    if let Err(message) = verdict {
+        sim.fail("lifecycle", message);
+    }
     result
+}
+
+/// A command that is no v2 ioctl still counts for the quiet test.
+fn unknown_call(result: IoctlResult) -> Call {
+    Call {
+        nr: IoctlNr::Version,
+        id: None,
+        result,
+        listed: None,
+        created: None,
+    }
+}
+
+/// The snapshot id an ioctl names (the first 16 bytes of its argument).
+fn named_id(nr: IoctlNr, arg: u64, user: &dyn UserMemory) -> Option<[u8; 16]> {
+    let names_one = matches!(
+        nr,
+        IoctlNr::SnapshotDestroy
+            | IoctlNr::SnapshotTake
+            | IoctlNr::SnapshotAppendStorage
+            | IoctlNr::SnapshotCollectImages
+            | IoctlNr::SnapshotWaitEvent
+    );
+    if !names_one {
+        return None;
+    }
+    let bytes = user.copy_from_user(arg, 16).ok()?;
+    bytes.try_into().ok()
+}
+
+/// The id a successful CREATE wrote back.
+fn created_id(
+    nr: IoctlNr,
+    result: IoctlResult,
+    arg: u64,
+    user: &dyn UserMemory,
+) -> Option<[u8; 16]> {
+    if nr != IoctlNr::SnapshotCreate || result.is_err() {
+        return None;
+    }
+    let bytes = user.copy_from_user(arg, BlkSnapSnapshotCreate::SIZE).ok()?;
+    Some(BlkSnapSnapshotCreate::decode(&bytes)?.id.b)
+}
+
+/// The ids a successful SNAPSHOT_COLLECT with an array listed.
+fn listed_ids(
+    nr: IoctlNr,
+    result: IoctlResult,
+    arg: u64,
+    user: &dyn UserMemory,
+) -> Option<Vec<[u8; 16]>> {
+    if nr != IoctlNr::SnapshotCollect || result.is_err() {
+        return None;
+    }
+    let bytes = user
+        .copy_from_user(arg, BlkSnapSnapshotCollect::SIZE)
+        .ok()?;
+    let collect = BlkSnapSnapshotCollect::decode(&bytes)?;
+    if collect.ids == 0 {
+        return None;
+    }
+    (0..u64::from(collect.count))
+        .map(|i| {
+            let bytes = user
+                .copy_from_user(collect.ids.wrapping_add(16 * i), 16)
+                .ok()?;
+            bytes.try_into().ok()
+        })
+        .collect()
 }
 
 /// Tell the oracle which ranges the user offers as diff storage (even a

@@ -163,6 +163,7 @@ pub struct Sim {
     pub lockdep: RefCell<Lockdep>,
     pub faults: RefCell<FaultPlan>,
     pub oracle: RefCell<Oracle>,
+    pub lifecycle: RefCell<crate::check::lifecycle::Lifecycle>,
     log: RefCell<Vec<(u64, String)>>,
     /// Fail the run when live engine allocations exceed this (bytes).
     pub memory_limit: Cell<Option<u64>>,
@@ -203,6 +204,7 @@ impl Sim {
             lockdep: RefCell::new(Lockdep::default()),
             faults: RefCell::new(FaultPlan::default()),
             oracle: RefCell::new(Oracle::default()),
+            lifecycle: RefCell::new(Default::default()),
             log: RefCell::new(Vec::new()),
             memory_limit: Cell::new(None),
             injected_io_errors: Cell::new(0),

@@ -752,6 +752,7 @@ impl Run {
             let now = self.sim.now();
             self.sim.oracle.borrow_mut().all_images_going(now);
             blksnap_core::module::exit(&module).await;
+            self.sim.lifecycle.borrow_mut().unloaded();
         }
         *self.module.borrow_mut() = None;
     }
