@@ -228,8 +228,9 @@ impl Run {
             .await;
         if result.is_ok() {
             self.destroyed(snapshot);
-        } else {
-            // Nothing went away after all.
+        } else if result != Err(Errno::ENODEV) {
+            // Nothing went away after all (-ENODEV: it is gone, or going
+            // under a concurrent DESTROY).
             for image in &live_images {
                 self.sim.oracle.borrow_mut().image_staying(*image);
             }
