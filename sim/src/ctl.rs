@@ -7,8 +7,9 @@ use std::rc::Rc;
 use blksnap_core::ctrl::{self, IoctlResult};
 use blksnap_core::kernel::{DevT, UserMemory};
 use blksnap_core::uapi::{
-    BlkSnapBlockRange, BlkSnapSnapshotAppendStorage, BlkSnapSnapshotCollect, BlkSnapSnapshotCreate,
-    IoctlNr, UapiStruct, IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE,
+    BlkSnapBlockRange, BlkSnapEventCorrupted, BlkSnapSnapshotAppendStorage, BlkSnapSnapshotCollect,
+    BlkSnapSnapshotCreate, BlkSnapSnapshotEvent, IoctlNr, UapiStruct, EVENT_CORRUPTED,
+    IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE,
 };
 use blksnap_core::Module;
 
@@ -53,7 +54,31 @@ pub async fn ioctl(
     if let Err(message) = verdict {
         sim.fail("lifecycle", message);
     }
+    if let (Some(IoctlNr::SnapshotWaitEvent), Some(id), Ok(_)) = (nr, id, result) {
+        check_event(sim, id, arg, user);
+    }
     result
+}
+
+/// The events checker: a corrupted event comes at most once per device.
+fn check_event(sim: &Sim, id: [u8; 16], arg: u64, user: &dyn UserMemory) {
+    let Some(event) = user
+        .copy_from_user(arg, BlkSnapSnapshotEvent::SIZE)
+        .ok()
+        .and_then(|b| BlkSnapSnapshotEvent::decode(&b))
+    else {
+        return;
+    };
+    if event.code != EVENT_CORRUPTED {
+        return;
+    }
+    let Some(payload) = BlkSnapEventCorrupted::decode(&event.data) else {
+        return;
+    };
+    let dev = DevT::new(payload.orig_dev_id.mj, payload.orig_dev_id.mn).0;
+    if let Err(message) = sim.lifecycle.borrow_mut().corrupted_event(id, dev) {
+        sim.fail("events", message);
+    }
 }
 
 /// A command that is no v2 ioctl still counts for the quiet test.

@@ -22,6 +22,8 @@ pub struct Lifecycle {
     /// ioctls started, and in flight, for the quiet test.
     started: u64,
     in_flight: u64,
+    /// Devices each snapshot reported corrupted (at most once each).
+    corrupted: BTreeMap<Id, Vec<u32>>,
     /// A CREATE failed its copy-back (-ENODATA): a snapshot may exist whose
     /// id nobody knows (B-CTRL-4), so the list can no longer be compared.
     unknown_ids: bool,
@@ -123,6 +125,20 @@ impl Lifecycle {
         }
     }
 
+    /// A corrupted event for device `dev` (mj << 32 | mn, packed) of
+    /// snapshot `id`: the engine reports each device at most once.
+    pub fn corrupted_event(&mut self, id: Id, dev: u32) -> Result<(), String> {
+        let seen = self.corrupted.entry(id).or_default();
+        if seen.contains(&dev) {
+            return Err(format!(
+                "a second corrupted event for device {:#x} of one snapshot",
+                dev
+            ));
+        }
+        seen.push(dev);
+        Ok(())
+    }
+
     fn judge_collect(&self, listed: &[Id]) -> Result<(), String> {
         if self.unknown_ids {
             return Ok(());
@@ -221,6 +237,15 @@ mod tests {
             &call(IoctlNr::SnapshotDestroy, [1; 16], Err(Errno::ENODEV))
         )
         .is_ok());
+    }
+
+    #[test]
+    fn one_corrupted_event_per_device() {
+        let mut l = Lifecycle::default();
+        assert!(l.corrupted_event([1; 16], 7).is_ok());
+        assert!(l.corrupted_event([1; 16], 8).is_ok());
+        assert!(l.corrupted_event([2; 16], 7).is_ok());
+        assert!(l.corrupted_event([1; 16], 7).is_err());
     }
 
     #[test]
