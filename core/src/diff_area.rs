@@ -12,7 +12,7 @@ use crate::diff_io;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::EVENT_CORRUPTED;
 use crate::kernel::{
-    preempt, AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, NoioScope, Stamp, TaskKind,
+    preempt, AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, Kref, NoioScope, Stamp, TaskKind,
     SECTOR_SHIFT,
 };
 use crate::module::Module;
@@ -47,7 +47,7 @@ pub struct DiffArea {
     free_buffers: RefCell<Vec<DiffBuffer>>,
     corrupt_flag: Cell<u64>,
     pending_io: Cell<u64>,
-    refs: Cell<u64>,
+    refs: Kref,
     /// Set once `free` ran: a completion arriving later is a use after free.
     freed: Cell<bool>,
 }
@@ -113,7 +113,7 @@ impl DiffArea {
             free_buffers: RefCell::new(Vec::new()),
             corrupt_flag: Cell::new(0),
             pending_io: Cell::new(0),
-            refs: Cell::new(1),
+            refs: Kref::new("diff_area"),
             freed: Cell::new(false),
         }))
     }
@@ -163,21 +163,12 @@ impl DiffArea {
     // --- references ----------------------------------------------------------
 
     pub fn get(&self) {
-        assert!(self.refs.get() > 0, "diff_area_get after the last put");
-        self.refs.set(self.refs.get() + 1);
+        self.refs.get();
     }
 
     /// Drop a reference; the last one frees the area (which may sleep).
     pub async fn put(self: &Rc<Self>) {
-        let refs = self.refs.get();
-        if refs == 0 {
-            self.module
-                .k()
-                .warn("refcount_t: underflow; use-after-free (diff_area)");
-            return;
-        }
-        self.refs.set(refs - 1);
-        if refs == 1 {
+        if self.refs.put(self.module.k()) {
             self.free().await;
         }
     }

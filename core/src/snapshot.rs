@@ -17,7 +17,7 @@ use crate::diff_area::DiffArea;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::Event;
 use crate::kernel::sync::Mutex;
-use crate::kernel::{DevT, Errno, Gfp, NoioScope};
+use crate::kernel::{DevT, Errno, Gfp, Kref, NoioScope};
 use crate::module::Module;
 use crate::snapimage::SnapImage;
 use crate::tracker::Tracker;
@@ -40,7 +40,7 @@ pub enum SnapshotState {
 pub struct Snapshot {
     module: Rc<Module>,
     pub id: SnapshotId,
-    refs: Cell<u64>,
+    refs: Kref,
     state: Cell<SnapshotState>,
     /// In the module's list (DESTROY clears it).
     listed: Cell<bool>,
@@ -92,21 +92,12 @@ impl Snapshot {
     // --- references --------------------------------------------------------------
 
     pub fn get(&self) {
-        assert!(self.refs.get() > 0, "snapshot_get after the last put");
-        self.refs.set(self.refs.get() + 1);
+        self.refs.get();
     }
 
     /// Drop a reference; the last one releases the snapshot.
     pub async fn put(self: &Rc<Self>) {
-        let refs = self.refs.get();
-        if refs == 0 {
-            self.module
-                .k()
-                .warn("refcount_t: underflow; use-after-free (snapshot)");
-            return;
-        }
-        self.refs.set(refs - 1);
-        if refs == 1 {
+        if self.refs.put(self.module.k()) {
             self.release().await;
         }
     }
@@ -137,7 +128,7 @@ impl Snapshot {
         let snapshot = Rc::new(Snapshot {
             module: module.clone(),
             id,
-            refs: Cell::new(1),
+            refs: Kref::new("snapshot"),
             state: Cell::new(SnapshotState::Created),
             listed: Cell::new(true),
             take_lock: Mutex::new(k, "snapshot.rw_lock", ()),

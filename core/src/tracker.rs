@@ -8,7 +8,7 @@ use std::rc::Rc;
 use crate::cbt_map::CbtMap;
 use crate::diff_area::DiffArea;
 use crate::kernel::{
-    BdevFilter, BioHeader, DevT, Errno, FilterVerdict, Gfp, LocalBoxFuture, NoioScope,
+    BdevFilter, BioHeader, DevT, Errno, FilterVerdict, Gfp, Kref, LocalBoxFuture, NoioScope,
 };
 use crate::module::Module;
 
@@ -16,7 +16,7 @@ pub struct Tracker {
     module: Rc<Module>,
     pub dev_id: DevT,
     /// The filter kref: one for the attachment, one per owner.
-    refs: Cell<u64>,
+    refs: Kref,
     pub snapshot_is_taken: Cell<bool>,
     /// How many snapshots own the tracker: at most one with the v4 rule,
     /// more under B-SNAP-6.
@@ -49,7 +49,7 @@ impl Tracker {
         let tracker = Rc::new(Tracker {
             module: module.clone(),
             dev_id: dev,
-            refs: Cell::new(1),
+            refs: Kref::new("tracker"),
             snapshot_is_taken: Cell::new(false),
             owners: Cell::new(0),
             detaching: Cell::new(false),
@@ -85,21 +85,12 @@ impl Tracker {
     }
 
     pub fn get(&self) {
-        assert!(self.refs.get() > 0, "tracker get after the last put");
-        self.refs.set(self.refs.get() + 1);
+        self.refs.get();
     }
 
     /// Drop a reference; the last frees the tracker (the release worker).
     pub fn put(&self) {
-        let refs = self.refs.get();
-        if refs == 0 {
-            self.module
-                .k()
-                .warn("refcount_t: underflow; use-after-free (tracker)");
-            return;
-        }
-        self.refs.set(refs - 1);
-        if refs == 1 {
+        if self.refs.put(self.module.k()) {
             self.free();
         }
     }
@@ -139,7 +130,7 @@ impl Tracker {
     }
 
     pub fn refs(&self) -> u64 {
-        self.refs.get()
+        self.refs.count()
     }
 
     /// TRACKER_REMOVE (spec 3.6): detach with the file system frozen.

@@ -12,6 +12,7 @@
 //! items and kthreads are tasks the engine spawns through [`Kernel::spawn`].
 
 mod completion;
+mod kref;
 pub mod sync;
 #[cfg(test)]
 pub mod testing;
@@ -22,6 +23,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 pub use completion::{completion, preempt, Completer, Completion, Yield};
+pub use kref::Kref;
 
 /// A boxed, single-threaded future, as tasks and filter callbacks return.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;

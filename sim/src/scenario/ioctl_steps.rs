@@ -83,6 +83,28 @@ impl Run {
         (self.ioctl_at(cmd, addr).await, addr)
     }
 
+    /// The count for an ioctl called twice, as user space does: first with
+    /// no array to learn the count. A `Count` fault gives it instead, and a
+    /// broken struct skips the query (the real call fails on its own).
+    async fn count_first<T: UapiStruct>(
+        &self,
+        cmd: u32,
+        query: T,
+        fault: Option<&ArgFault>,
+        count_of: impl Fn(&T) -> u32,
+    ) -> Result<u32, Errno> {
+        match fault {
+            Some(ArgFault::Count(n)) => return Ok(*n),
+            Some(
+                ArgFault::StructUnmapped | ArgFault::StructShort(_) | ArgFault::StructReadOnly,
+            ) => return Ok(0),
+            _ => {}
+        }
+        let (result, addr) = self.ioctl(cmd, &query, None).await;
+        result?;
+        Ok(self.read_back::<T>(addr).map_or(0, |c| count_of(&c)))
+    }
+
     fn read_back<T: UapiStruct>(&self, addr: u64) -> Option<T> {
         T::decode(&self.user.read(addr, T::SIZE)?)
     }
@@ -256,22 +278,11 @@ impl Run {
         fault: Option<&ArgFault>,
         expect: &Expect,
     ) -> Result<(), String> {
-        let count = match fault {
-            Some(ArgFault::Count(n)) => *n,
-            // A broken struct: no count query first, the call itself fails.
-            Some(
-                ArgFault::StructUnmapped | ArgFault::StructShort(_) | ArgFault::StructReadOnly,
-            ) => 0,
-            _ => {
-                let arg = BlkSnapSnapshotCollect::default();
-                let (result, addr) = self
-                    .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT, &arg, None)
-                    .await;
-                result.map_err(|e| format!("COLLECT (count) failed: {e}"))?;
-                self.read_back::<BlkSnapSnapshotCollect>(addr)
-                    .map_or(0, |c| c.count)
-            }
-        };
+        let query = BlkSnapSnapshotCollect::default();
+        let count = self
+            .count_first(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT, query, fault, |c| c.count)
+            .await
+            .map_err(|e| format!("COLLECT (count) failed: {e}"))?;
         let ids = vec![BlkSnapUuid::default(); count as usize];
         let arg = BlkSnapSnapshotCollect {
             count,
@@ -311,26 +322,14 @@ impl Run {
         expect: &Expect,
     ) -> Result<Vec<(DevT, DevT)>, String> {
         let id = self.uuid(snapshot);
-        let count = match fault {
-            Some(ArgFault::Count(n)) => *n,
-            // A broken struct: no count query first, the call itself fails.
-            Some(
-                ArgFault::StructUnmapped | ArgFault::StructShort(_) | ArgFault::StructReadOnly,
-            ) => 0,
-            _ => {
-                let arg = BlkSnapSnapshotCollectImages {
-                    id,
-                    ..Default::default()
-                };
-                let (result, addr) = self
-                    .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES, &arg, None)
-                    .await;
-                if result.is_err() {
-                    return check_expect(expect, result).map(|()| Vec::new());
-                }
-                self.read_back::<BlkSnapSnapshotCollectImages>(addr)
-                    .map_or(0, |c| c.count)
-            }
+        let query = BlkSnapSnapshotCollectImages {
+            id,
+            ..Default::default()
+        };
+        let cmd = IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES;
+        let count = match self.count_first(cmd, query, fault, |c| c.count).await {
+            Ok(count) => count,
+            Err(e) => return check_expect(expect, Err(e)).map(|()| Vec::new()),
         };
         let infos = vec![BlkSnapImageInfo::default(); count as usize];
         let arg = BlkSnapSnapshotCollectImages {
@@ -451,20 +450,11 @@ impl Run {
         fault: Option<&ArgFault>,
         expect: &Expect,
     ) -> Result<(), String> {
-        let count = match fault {
-            Some(ArgFault::Count(n)) => *n,
-            // A broken struct: no count query first, the call itself fails.
-            Some(
-                ArgFault::StructUnmapped | ArgFault::StructShort(_) | ArgFault::StructReadOnly,
-            ) => 0,
-            _ => {
-                let arg = BlkSnapTrackerCollect::default();
-                let (result, addr) = self.ioctl(IOCTL_BLK_SNAP_TRACKER_COLLECT, &arg, None).await;
-                result.map_err(|e| format!("TRACKER_COLLECT (count) failed: {e}"))?;
-                self.read_back::<BlkSnapTrackerCollect>(addr)
-                    .map_or(0, |c| c.count)
-            }
-        };
+        let query = BlkSnapTrackerCollect::default();
+        let count = self
+            .count_first(IOCTL_BLK_SNAP_TRACKER_COLLECT, query, fault, |c| c.count)
+            .await
+            .map_err(|e| format!("TRACKER_COLLECT (count) failed: {e}"))?;
         let infos = vec![BlkSnapCbtInfo::default(); count as usize];
         let arg = BlkSnapTrackerCollect {
             count,
