@@ -25,6 +25,9 @@ pub struct CbtState {
     pub is_corrupted: bool,
     /// The two table allocations; None after a failed reset (B-CBT-3).
     tables: Option<(AllocId, AllocId)>,
+    /// Bumped each time the tables are freed: a reader that slept across
+    /// a change was reading freed memory.
+    tables_epoch: u64,
 }
 
 pub struct CbtMap {
@@ -58,6 +61,7 @@ impl CbtMap {
             generation_id: module.k().uuid_v4(),
             is_corrupted: false,
             tables: Some(tables),
+            tables_epoch: 0,
         };
         Ok(Rc::new(CbtMap {
             module: module.clone(),
@@ -99,6 +103,7 @@ impl CbtMap {
         let tables = self.state.with(|s| {
             s.read_map = Vec::new();
             s.write_map = Vec::new();
+            s.tables_epoch += 1;
             s.tables.take()
         });
         if let Some((read, write)) = tables {
@@ -201,6 +206,11 @@ impl CbtMap {
             }
             Ok(())
         })
+    }
+
+    /// Which allocation of the tables is live (see `tables_epoch`).
+    pub fn tables_epoch(&self) -> u64 {
+        self.state.with(|s| s.tables_epoch)
     }
 
     pub fn is_corrupted(&self) -> bool {

@@ -36,8 +36,8 @@ pub async fn ioctl(module: &Rc<Module>, cmd: u32, arg: u64, user: &dyn UserMemor
     match nr {
         IoctlNr::Version => ctrl.version(),
         IoctlNr::TrackerRemove => ctrl.tracker_remove().await,
-        IoctlNr::TrackerCollect => ctrl.tracker_collect(),
-        IoctlNr::TrackerReadCbtMap => ctrl.read_cbt_map(),
+        IoctlNr::TrackerCollect => ctrl.tracker_collect().await,
+        IoctlNr::TrackerReadCbtMap => ctrl.read_cbt_map().await,
         IoctlNr::TrackerMarkDirtyBlocks => ctrl.mark_dirty_blocks().await,
         IoctlNr::SnapshotCreate => ctrl.snapshot_create().await,
         IoctlNr::SnapshotDestroy => ctrl.snapshot_destroy().await,
@@ -135,7 +135,7 @@ impl Ctrl<'_> {
     /// TRACKER_COLLECT: the count, or the filled array. A short array is
     /// -ENOBUFS with the required count written back (v2 left it unwritten,
     /// B-TRK-7).
-    fn tracker_collect(&self) -> IoctlResult {
+    async fn tracker_collect(&self) -> IoctlResult {
         let mut arg: BlkSnapTrackerCollect = self.read_arg(Errno::ENODATA)?;
         let devs = self.module.tracked_devices.with(|list| list.clone());
         if arg.cbt_info_array == 0 {
@@ -152,7 +152,10 @@ impl Ctrl<'_> {
             return Err(Errno::ENOBUFS);
         }
         kcalloc_fits::<BlkSnapCbtInfo>(arg.count)?;
-        let infos: Vec<BlkSnapCbtInfo> = devs.iter().map(|&dev| self.cbt_info(dev)).collect();
+        let mut infos: Vec<BlkSnapCbtInfo> = Vec::with_capacity(devs.len());
+        for &dev in &devs {
+            infos.push(self.cbt_info(dev).await);
+        }
         self.write_array(arg.cbt_info_array, &infos)?;
         arg.count = infos.len() as u32;
         self.write_arg(&arg)?;
@@ -160,12 +163,12 @@ impl Ctrl<'_> {
     }
 
     /// One entry; zero but for `dev_id` when the device has no tracker.
-    fn cbt_info(&self, dev: DevT) -> BlkSnapCbtInfo {
+    async fn cbt_info(&self, dev: DevT) -> BlkSnapCbtInfo {
         let mut info = BlkSnapCbtInfo {
             dev_id: blk_dev(dev),
             ..Default::default()
         };
-        let Some(tracker) = Tracker::get_by_dev(self.module, dev) else {
+        let Some(tracker) = Tracker::get_by_dev(self.module, dev).await else {
             return info;
         };
         let cbt = tracker.cbt_map.info();
@@ -182,33 +185,43 @@ impl Ctrl<'_> {
 
     /// READ_CBT_MAP: the number of bytes copied. An untracked device is
     /// -ENODEV (v2 returned `PTR_ERR(NULL)`, which is 0: B-TRK-6).
-    fn read_cbt_map(&self) -> IoctlResult {
+    async fn read_cbt_map(&self) -> IoctlResult {
         let arg: BlkSnapTrackerReadCbtBitmap = self.read_arg(Errno::ENODATA)?;
         let dev = dev_t(arg.dev_id);
         self.module
             .k()
             .bdev_open(dev)
             .map(|h| self.module.k().bdev_close(h))?;
-        let Some(tracker) = Tracker::get_by_dev(self.module, dev) else {
+        let Some(tracker) = Tracker::get_by_dev(self.module, dev).await else {
             return if self.module.quirks.trk_6 {
                 Ok(0)
             } else {
                 Err(Errno::ENODEV)
             };
         };
-        let result = self.copy_cbt(&tracker, &arg);
+        let result = self.copy_cbt(&tracker, &arg).await;
         tracker.put();
         result
     }
 
-    fn copy_cbt(&self, tracker: &Tracker, arg: &BlkSnapTrackerReadCbtBitmap) -> IoctlResult {
+    async fn copy_cbt(&self, tracker: &Tracker, arg: &BlkSnapTrackerReadCbtBitmap) -> IoctlResult {
         if !tracker.snapshot_is_taken.get() {
             return Err(Errno::EPERM);
         }
         if tracker.cbt_map.is_corrupted() {
             return Err(Errno::EFAULT);
         }
+        let epoch = tracker.cbt_map.tables_epoch();
         let bytes = tracker.cbt_map.read(arg.offset, arg.length);
+        if self.module.quirks.cbt_5 {
+            // v2 copies straight from the table without the map's lock, and
+            // copy_to_user can fault and sleep: a TAKE resetting a shared
+            // tracker's map meanwhile frees the table being read (B-CBT-5).
+            self.module.k().sleep(crate::tracker::PREEMPTED_NS).await;
+            if tracker.cbt_map.tables_epoch() != epoch {
+                panic!("BUG: use-after-free read of a freed CBT table in READ_CBT_MAP (B-CBT-5)");
+            }
+        }
         match self.user.copy_to_user(arg.buff, &bytes) {
             Ok(()) => Ok(bytes.len() as i64),
             Err(copied) => Ok(copied as i64),
@@ -226,7 +239,7 @@ impl Ctrl<'_> {
         if dev.major() == self.module.k().image_major() {
             self.module.mark_dirty_image(dev, &ranges).await?;
         } else {
-            Tracker::mark_dirty(self.module, dev, &ranges)?;
+            Tracker::mark_dirty(self.module, dev, &ranges).await?;
         }
         Ok(0)
     }

@@ -29,9 +29,11 @@
 //! | B-TRK-8 | unload warns after 120 s and returns (the leak is then reported) |
 //! | B-TRK-9 | the bio set goes last at unload (6.15) |
 //! | B-TRK-10 | TAKE thaws only what it froze |
+//! | B-TRK-11 | the filter lookup and its reference are one step (no preemption point between) |
 //! | B-CBT-1 | the shift grows by one, capped at `tracking_block_maximum_shift` (v3) |
 //! | B-CBT-2 | reads from the offset and stops at the end of the map |
 //! | B-CBT-3 | the new tables are built before the old ones go (6.15) |
+//! | B-CBT-5 | the map is copied under its lock, before any copy to user space |
 //! | B-CBT-6 | every MARK_DIRTY range is checked (non-empty, inside the device, map not corrupted) before any is marked |
 //! | B-DA-1 | the device and the struct are given back |
 //! | B-DA-3 | a would-block allocation leaves the chunk as it was and returns -EAGAIN |
@@ -60,9 +62,9 @@
 //!   payloads are at most 12 bytes);
 //! - not a correctness bug: B-IMG-4 (unbounded image queue);
 //! - needs an init failure path the module does not model: B-INIT-1;
-//! - races inside sections that never sleep (B-TRK-11, B-CBT-5): with one
-//!   thread and no preemption point inside them they cannot interleave
-//!   here; modelling them needs preemption inside spinlock-free code.
+//! - B-TRK-11 and B-CBT-5 are races that SMP or a page fault opens in C;
+//!   their quirks add the preemption point where the C code can lose the
+//!   CPU, so the scheduler can interleave the racing task there.
 
 use std::fmt;
 
@@ -117,9 +119,11 @@ quirks! {
     trk_8 = "B-TRK-8": "module unload waits for ever for trackers that are never freed",
     trk_9 = "B-TRK-9": "module exit destroys the bio set before the snapshots",
     trk_10 = "B-TRK-10": "TAKE thaws every device, also those whose freeze failed",
+    trk_11 = "B-TRK-11": "the filter lookup takes its reference without a lock (use after free)",
     cbt_1 = "B-CBT-1": "the CBT block shift doubles instead of growing by one",
     cbt_2 = "B-CBT-2": "READ_CBT_MAP ignores the offset and reads past the map",
     cbt_3 = "B-CBT-3": "a failed CBT reset leaves the map without tables",
+    cbt_5 = "B-CBT-5": "READ_CBT_MAP reads the table without the lock while a reset frees it",
     cbt_6 = "B-CBT-6": "MARK_DIRTY ranges are not validated; count 0 at sector 0 marks every block",
     da_1 = "B-DA-1": "diff_area_new with empty storage leaks the opened device and the struct",
     da_3 = "B-DA-3": "a NOWAIT allocation failure in COW corrupts the snapshot",

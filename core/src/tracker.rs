@@ -12,6 +12,10 @@ use crate::kernel::{
 };
 use crate::module::Module;
 
+/// How long a task preempted inside an unlocked window stays off the CPU
+/// in the race quirks: one scheduler tick.
+pub const PREEMPTED_NS: u64 = 4_000_000;
+
 pub struct Tracker {
     module: Rc<Module>,
     pub dev_id: DevT,
@@ -39,7 +43,7 @@ impl Tracker {
     }
 
     async fn get_or_attach(module: &Rc<Module>, dev: DevT) -> Result<Rc<Tracker>, Errno> {
-        if let Some(tracker) = Self::get_by_dev(module, dev) {
+        if let Some(tracker) = Self::get_by_dev(module, dev).await {
             return Ok(tracker);
         }
         let k = module.k();
@@ -77,9 +81,22 @@ impl Tracker {
     }
 
     /// The tracker attached to a device, with a new reference.
-    pub fn get_by_dev(module: &Rc<Module>, dev: DevT) -> Option<Rc<Tracker>> {
+    ///
+    /// v2 reads `bd_filter` and takes the reference with no lock held
+    /// (B-TRK-11): a detach on another CPU can drop the last reference in
+    /// between. The quirk opens that window for a scheduler tick; the
+    /// fix takes the reference at once (attach and detach quiesce the
+    /// queue, so a filter seen is a filter alive).
+    pub async fn get_by_dev(module: &Rc<Module>, dev: DevT) -> Option<Rc<Tracker>> {
         module.k().filter_get(dev)?;
         let tracker = module.tracker_lookup(dev)?;
+        if module.quirks.trk_11 {
+            // Preempted for a scheduler tick between the two steps.
+            module.k().sleep(PREEMPTED_NS).await;
+            if tracker.refs() == 0 {
+                panic!("BUG: use-after-free: tracker freed between the bd_filter lookup and kref_get (B-TRK-11)");
+            }
+        }
         tracker.get();
         Some(tracker)
     }
@@ -144,7 +161,7 @@ impl Tracker {
 
     async fn detach(module: &Rc<Module>, dev: DevT) -> Result<(), Errno> {
         let k = module.k();
-        let tracker = Self::get_by_dev(module, dev).ok_or(Errno::ENODATA)?;
+        let tracker = Self::get_by_dev(module, dev).await.ok_or(Errno::ENODATA)?;
         // v2 lets a created-but-untaken snapshot lose its tracker (B-TRK-5);
         // the fix keeps a tracker owned by a snapshot until that one goes.
         let owned = tracker.in_snapshot() && !module.quirks.trk_5;
@@ -176,10 +193,14 @@ impl Tracker {
 
     /// MARK_DIRTY_BLOCKS on an original device: both maps, range by range,
     /// stopping at the first error (earlier ranges stay marked).
-    pub fn mark_dirty(module: &Rc<Module>, dev: DevT, ranges: &[(u64, u64)]) -> Result<(), Errno> {
+    pub async fn mark_dirty(
+        module: &Rc<Module>,
+        dev: DevT,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), Errno> {
         let handle = module.k().bdev_open(dev)?;
         module.k().bdev_close(handle);
-        let tracker = Self::get_by_dev(module, dev).ok_or(Errno::ENODEV)?;
+        let tracker = Self::get_by_dev(module, dev).await.ok_or(Errno::ENODEV)?;
         let result = tracker.cbt_map.set_both(ranges);
         tracker.put();
         result
