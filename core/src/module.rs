@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::{Rc, Weak};
 
 use crate::kernel::sync::{RwSem, SpinLock};
-use crate::kernel::{DevT, Errno, Kernel};
+use crate::kernel::{AllocId, DevT, Errno, Gfp, Kernel};
 use crate::params::Params;
 use crate::quirks::Quirks;
 use crate::snapshot::Snapshot;
@@ -35,6 +35,9 @@ pub struct Module {
     pub trackers_alive: Cell<u64>,
     /// Set when module exit has destroyed the bio set (B-TRK-9 ordering).
     pub bioset_destroyed: Cell<bool>,
+    /// What module init allocated (the bio set, the control device), given
+    /// back at exit.
+    init_allocs: RefCell<Vec<AllocId>>,
     /// The image minor IDA.
     image_minors: RefCell<BTreeSet<u32>>,
     /// Trackers by device: the C code finds them through `bd_filter`, which
@@ -61,9 +64,39 @@ impl Module {
             lost_snapshots: RefCell::new(Vec::new()),
             trackers_alive: Cell::new(0),
             bioset_destroyed: Cell::new(false),
+            init_allocs: RefCell::new(Vec::new()),
             image_minors: RefCell::new(BTreeSet::new()),
             trackers: RefCell::new(BTreeMap::new()),
         })
+    }
+
+    /// `blksnap_init`, with what can fail in it: the diff_io bio set and
+    /// the control device. v2 does not undo the first when the second
+    /// fails (B-INIT-1); the fix gives it back.
+    pub fn init(
+        kernel: Rc<dyn Kernel>,
+        params: Params,
+        quirks: Quirks,
+    ) -> Result<Rc<Module>, Errno> {
+        let module = Module::new(kernel, params, quirks);
+        for site in ["module.bioset", "module.ctrl_device"] {
+            match module.k().kmalloc(site, 4096, Gfp::Kernel) {
+                Ok(alloc) => module.init_allocs.borrow_mut().push(alloc),
+                Err(e) => {
+                    if !quirks.init_1 {
+                        module.free_init_allocs();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(module)
+    }
+
+    fn free_init_allocs(&self) {
+        for alloc in self.init_allocs.borrow_mut().drain(..) {
+            self.k().kfree(alloc);
+        }
     }
 
     pub fn k(&self) -> &dyn Kernel {
@@ -193,6 +226,7 @@ pub async fn exit(module: &Rc<Module>) {
     }
     wait_for_trackers(module).await;
     module.bioset_destroyed.set(true);
+    module.free_init_allocs();
 }
 
 /// `tracker_wait_for_release`. v2 warns every 10 s for 12 rounds and then

@@ -50,6 +50,7 @@
 //! | B-EVT-1 | the waiter checks the list again after waking (v3) |
 //! | B-EVT-2 | the timeout is milliseconds of virtual time |
 //! | B-DS-1 | APPEND refuses empty, unaligned and out-of-range ranges with -EINVAL |
+//! | B-INIT-1 | a failed init gives back what it allocated |
 //! | B-PARAM-1 | parameters out of range are refused (-EINVAL at SetParam, a load error in a scenario) |
 //!
 //! Bugs of spec section 10 without a quirk, and why:
@@ -61,7 +62,6 @@
 //! - unreachable, as the spec says: B-DA-2, B-DA-6, B-CTRL-3 (event
 //!   payloads are at most 12 bytes);
 //! - not a correctness bug: B-IMG-4 (unbounded image queue);
-//! - needs an init failure path the module does not model: B-INIT-1;
 //! - B-TRK-11 and B-CBT-5 are races that SMP or a page fault opens in C;
 //!   their quirks add the preemption point where the C code can lose the
 //!   CPU, so the scheduler can interleave the racing task there.
@@ -141,6 +141,7 @@ quirks! {
     evt_2 = "B-EVT-2": "the WAIT_EVENT timeout in ms is used as jiffies (HZ=250)",
     ds_1 = "B-DS-1": "diff storage ranges are not validated",
     param_1 = "B-PARAM-1": "module parameters are not validated",
+    init_1 = "B-INIT-1": "a failed module init does not undo its earlier steps",
 }
 
 /// A quirk name that is not in the list.

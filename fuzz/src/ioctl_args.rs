@@ -482,7 +482,8 @@ pub fn run_with_stats(program: &Program) -> (std::result::Result<(), String>, St
         devices.push(dev);
     }
     let kernel = Rc::new(SimKernel(sim.clone()));
-    let module = Module::new(kernel, program.params.clone(), Quirks::default());
+    let module = Module::init(kernel, program.params.clone(), Quirks::default())
+        .expect("module init has no fault here");
     let system = Rc::new(System {
         sim: sim.clone(),
         module,

@@ -107,6 +107,7 @@ bug_tests! {
     b_evt_2 => "evt-2.ron",
     b_ds_1 => "ds-1.ron",
     b_param_1 => "param-1.ron",
+    b_init_1 => "init-1.ron",
 }
 
 /// B-IMG-3 is inefficiency, not a wrong result: the idle image worker

@@ -310,10 +310,19 @@ pub(super) fn check_expect(expect: &Expect, result: Result<i64, Errno>) -> Resul
 
 impl Run {
     /// `insmod`: a fresh module instance on the sim's kernel.
+    /// `insmod`. A failed init leaves no control device: ioctls then get
+    /// -ENODEV, and the resource checks see whatever init did not undo.
     fn load_module(&self) {
         let kernel = Rc::new(SimKernel(self.sim.clone()));
-        let module = Module::new(kernel, self.params.clone(), self.quirks);
-        *self.module.borrow_mut() = Some(module);
+        match Module::init(kernel, self.params.clone(), self.quirks) {
+            Ok(module) => *self.module.borrow_mut() = Some(module),
+            Err(e) => {
+                self.sim.record(TraceEvent::Warn {
+                    msg: format!("insmod blksnap failed: {e}"),
+                });
+                *self.module.borrow_mut() = None;
+            }
+        }
     }
 
     pub(super) fn module(&self) -> Option<Rc<Module>> {
