@@ -379,9 +379,14 @@ impl DiffArea {
                     panic!("BUG: use-after-free: IO completed on a freed diff_area (B-DA-7)");
                 }
                 notify(&area, &chunk, result);
-                // The worker can be preempted once the chunk is unlocked;
-                // a free that stopped waiting may run to the end meanwhile.
-                preempt().await;
+                // The worker can be preempted once the chunk is unlocked; a
+                // free that stopped waiting (B-DA-7) may run to the end
+                // meanwhile. The quirk keeps it off the CPU for a tick.
+                if area.module.quirks.da_7 {
+                    area.module.k().sleep(crate::tracker::PREEMPTED_NS).await;
+                } else {
+                    preempt().await;
+                }
                 if area.freed.get() {
                     panic!("BUG: use-after-free: pending_io_count of a freed diff_area (B-DA-7)");
                 }

@@ -45,6 +45,22 @@ pub struct Module {
     trackers: RefCell<BTreeMap<DevT, Weak<Tracker>>>,
 }
 
+/// Every allocation site of the engine, as fault plans name them.
+pub const ALLOC_SITES: &[&str] = &[
+    "snapshot",
+    "diff_storage",
+    "tracker",
+    "cbt_map.read_map",
+    "cbt_map.write_map",
+    "diff_area",
+    "diff_buffer",
+    "diff_io",
+    "diff_region",
+    "event",
+    "module.bioset",
+    "module.ctrl_device",
+];
+
 /// The largest image minor (`IDA` over [0, 2^20 - 1]).
 pub const IMAGE_MINOR_MAX: u32 = (1 << 20) - 1;
 

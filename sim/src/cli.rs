@@ -171,6 +171,10 @@ fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose:
         paths.to_vec()
     };
     let files = match collect_files(&paths) {
+        Ok(files) if files.is_empty() => {
+            eprintln!("error: no .ron scenario under {paths:?}");
+            return 2;
+        }
         Ok(files) => files,
         Err(e) => {
             eprintln!("error: {e}");
@@ -191,9 +195,10 @@ fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose:
     let code = write_outputs(&report, outputs);
     let failed = report.runs.len() - report.passed();
     println!("{} passed, {} failed", report.passed(), failed);
+    // 2: bad input; 1: a failure, or a regression against the baseline.
     if bad_input || code == 2 {
         2
-    } else if failed > 0 {
+    } else if failed > 0 || code == 1 {
         1
     } else {
         0
@@ -241,10 +246,10 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
         wall_ms
     );
     if outcome.passed() {
-        if let Some(first) = outcome.failures.first() {
+        if let Some(caught) = &outcome.caught_by {
             println!(
                 "      (expected failure caught by [{}]: {})",
-                first.checker, first.message
+                caught.checker, caught.message
             );
         }
         return;
@@ -336,6 +341,9 @@ fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
         None => None,
     };
     if let Some(comparison) = &comparison {
+        if comparison.changes.is_empty() {
+            println!("baseline: no change");
+        }
         for change in &comparison.changes {
             let mark = if change.is_regression() {
                 "REGRESSION"
@@ -386,6 +394,10 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
         }
     };
     let mut failed = 0u64;
+    if count == 0 {
+        eprintln!("error: --count 0 runs nothing");
+        return 2;
+    }
     for seed in from..from.saturating_add(count) {
         let outcome = scenario::run(
             &scenario,
@@ -405,7 +417,8 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
             println!("      replay: {}", replay_command(path, seed));
         }
     }
-    println!("{} passed, {} failed", count - failed, failed);
+    let ran = from.saturating_add(count) - from;
+    println!("{} passed, {} failed", ran - failed, failed);
     i32::from(failed > 0)
 }
 

@@ -37,6 +37,9 @@ pub fn in_task_poll() -> bool {
     IN_POLL.with(Cell::get)
 }
 
+/// The largest single engine allocation the sim grants (1 GiB).
+pub const MAX_ALLOCATION: u64 = 1 << 30;
+
 /// Virtual time one poll of a task costs: CPU work is not free.
 pub const POLL_COST_NS: u64 = 200;
 /// The dynamic major the sim hands out for image disks.
@@ -883,7 +886,9 @@ impl Kernel for SimKernel {
     fn kmalloc(&self, site: &'static str, bytes: u64, gfp: Gfp) -> Result<AllocId, Errno> {
         let sim = &self.0;
         sim.check_reclaim_context(site, gfp);
-        let fails = sim.alloc_fault(site, gfp);
+        // One allocation past this is refused as vmalloc would refuse it:
+        // the host must not try (a table for a device of 2^60 sectors).
+        let fails = bytes > MAX_ALLOCATION || sim.alloc_fault(site, gfp);
         sim.record(TraceEvent::Alloc {
             site: site.to_string(),
             ok: !fails,

@@ -10,3 +10,23 @@ pub mod point_in_time;
 pub mod resources;
 
 pub use point_in_time::Oracle;
+
+/// Every checker that can fail a run, as `expect_failure` names them.
+pub const CHECKERS: &[&str] = &[
+    "point_in_time",
+    "storage",
+    "lifecycle",
+    "events",
+    "expect",
+    "oops",
+    "kernel_warn",
+    "kernel",
+    "bio",
+    "lockdep",
+    "memalloc_noio",
+    "memory",
+    "latency",
+    "liveness",
+    "resources",
+    "fs",
+];

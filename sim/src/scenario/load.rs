@@ -91,19 +91,67 @@ impl Checker<'_> {
                 .validate()
                 .map_err(|e| self.error("params", format!("{e} (B-PARAM-1 lets v2 take it)")))?;
         }
+        let names = self.devices(s)?;
+        self.faults(s)?;
+        let snapshots = created_snapshots(&s.steps);
+        self.steps(&s.steps, &names, &snapshots)?;
+        limits::check_steps(&s.steps).map_err(|(needle, message)| self.error(needle, message))
+    }
+
+    /// Names and numbers unique, sizes and latencies the sim can model.
+    fn devices<'s>(&self, s: &'s Scenario) -> Result<BTreeSet<&'s str>, LoadError> {
         let mut names = BTreeSet::new();
-        for device in &s.devices {
-            if !names.insert(device.name.as_str()) {
-                let needle = format!("\"{}\"", device.name);
-                return Err(self.error(&needle, format!("device '{}' declared twice", device.name)));
-            }
-            if device.sectors == 0 {
-                let needle = format!("\"{}\"", device.name);
-                return Err(self.error(&needle, "a device needs sectors > 0".into()));
+        let mut numbers = BTreeSet::new();
+        for (index, device) in s.devices.iter().enumerate() {
+            let needle = format!("\"{}\"", device.name);
+            let number = (
+                device.major.unwrap_or(7),
+                device.minor.unwrap_or(index as u32),
+            );
+            let problem = if !names.insert(device.name.as_str()) {
+                Some(format!("device '{}' declared twice", device.name))
+            } else if !numbers.insert(number) {
+                Some(format!(
+                    "device number {}:{} used twice",
+                    number.0, number.1
+                ))
+            } else if number.0 == crate::kernel::IMAGE_MAJOR {
+                Some(format!("major {} is the image disks' major", number.0))
+            } else {
+                limits::device(device).err()
+            };
+            if let Some(problem) = problem {
+                return Err(self.error(&needle, problem));
             }
         }
-        let snapshots = created_snapshots(&s.steps);
-        self.steps(&s.steps, &names, &snapshots)
+        Ok(names)
+    }
+
+    /// Fault sites and checker names must exist: a typo would switch a
+    /// test off without a word.
+    fn faults(&self, s: &Scenario) -> Result<(), LoadError> {
+        let sites = blksnap_core::module::ALLOC_SITES;
+        for (site, _) in &s.faults.alloc {
+            let base = site.strip_suffix("/nowait").unwrap_or(site);
+            if !sites.contains(&base) {
+                let message = format!("unknown allocation site '{site}': expected one of {sites:?} (optionally with /nowait)");
+                return Err(self.error(&format!("\"{site}\""), message));
+            }
+        }
+        if s.faults.bio_error_ppm > 1_000_000 {
+            return Err(self.error("bio_error_ppm", "bio_error_ppm is at most 1000000".into()));
+        }
+        if let Some(expected) = &s.expect_failure {
+            let checkers = crate::check::CHECKERS;
+            if !checkers.contains(&expected.checker.as_str()) {
+                let message = format!(
+                    "unknown checker '{}': expected one of {checkers:?}",
+                    expected.checker
+                );
+                return Err(self.error(&format!("\"{}\"", expected.checker), message));
+            }
+        }
+        Ok(())
     }
 
     fn steps(
@@ -330,6 +378,107 @@ impl Checker<'_> {
             EventExpect::Err(errno) => self.errno(errno),
             _ => Ok(()),
         }
+    }
+}
+
+/// Bounds on numbers, so a file cannot overflow the sim's arithmetic or
+/// ask for more than a test bench should run.
+mod limits {
+    use super::super::model::{DeviceSpec, Step, Workload};
+
+    /// Sectors a pattern stamp can address (2^48, 128 PiB).
+    const MAX_SECTORS: u64 = 1 << 48;
+    const MAX_IO_SECTORS: u64 = 1 << 16;
+    const MAX_MS: u64 = 3_600_000;
+    const MAX_REPEAT: u64 = 1_000_000;
+
+    pub fn device(d: &DeviceSpec) -> Result<(), String> {
+        if d.sectors == 0 || d.sectors > MAX_SECTORS {
+            return Err(format!("a device has 1 to {MAX_SECTORS} sectors"));
+        }
+        if d.io_min == 0 || d.io_min % 512 != 0 {
+            return Err("io_min is a positive multiple of 512".into());
+        }
+        let l = d.latency;
+        if l.min_ns > l.max_ns || l.max_ns > MAX_MS * 1_000_000 || l.per_sector_ns > 1_000_000_000 {
+            return Err("latency needs min_ns <= max_ns <= 1 hour, per_sector_ns <= 1 s".into());
+        }
+        Ok(())
+    }
+
+    /// `Err((needle, message))`: the needle places the error in the file.
+    pub fn check_steps(steps: &[Step]) -> Result<(), (&'static str, String)> {
+        steps.iter().try_for_each(check_step)
+    }
+
+    fn check_step(step: &Step) -> Result<(), (&'static str, String)> {
+        match step {
+            Step::Sleep { ms } if *ms > MAX_MS => {
+                Err(("Sleep", format!("Sleep is at most {MAX_MS} ms")))
+            }
+            Step::Timed { max_ms, steps } => {
+                if *max_ms > MAX_MS {
+                    return Err(("Timed", format!("Timed is at most {MAX_MS} ms")));
+                }
+                check_steps(steps)
+            }
+            Step::Write {
+                sector,
+                sectors,
+                repeat,
+                stride,
+                ..
+            } => io(*sector, *sectors, *repeat, stride.unwrap_or(*sectors)),
+            Step::Read {
+                sector, sectors, ..
+            } => io(*sector, *sectors, 1, 0),
+            Step::Workload(w) => workload(w),
+            Step::Repeat { times, steps } => {
+                if u64::from(*times) > MAX_REPEAT {
+                    return Err(("Repeat", format!("Repeat is at most {MAX_REPEAT} times")));
+                }
+                check_steps(steps)
+            }
+            Step::Concurrent(branches) => branches.iter().try_for_each(|b| check_steps(b)),
+            _ => Ok(()),
+        }
+    }
+
+    fn io(
+        sector: u64,
+        sectors: u64,
+        repeat: u64,
+        stride: u64,
+    ) -> Result<(), (&'static str, String)> {
+        let last = repeat
+            .checked_sub(1)
+            .and_then(|r| r.checked_mul(stride))
+            .and_then(|offset| sector.checked_add(offset))
+            .and_then(|start| start.checked_add(sectors));
+        if sectors == 0
+            || sectors > MAX_IO_SECTORS
+            || repeat == 0
+            || repeat > MAX_REPEAT
+            || last.is_none()
+        {
+            let message = format!(
+                "an IO has 1 to {MAX_IO_SECTORS} sectors, 1 to {MAX_REPEAT} repeats, and must end below 2^64"
+            );
+            return Err(("sectors", message));
+        }
+        Ok(())
+    }
+
+    fn workload(w: &Workload) -> Result<(), (&'static str, String)> {
+        if u64::from(w.ops) > MAX_REPEAT
+            || w.max_sectors == 0
+            || w.max_sectors > MAX_IO_SECTORS
+            || w.align == 0
+        {
+            let message = format!("a Workload has at most {MAX_REPEAT} ops of 1 to {MAX_IO_SECTORS} sectors, align > 0");
+            return Err(("Workload", message));
+        }
+        Ok(())
     }
 }
 

@@ -25,6 +25,8 @@ use crate::rng::SimRng;
 use crate::trace::TraceEvent;
 use crate::user::UserSpace;
 
+/// Steps one run may take (a Repeat inside a Repeat adds up fast).
+const MAX_STEPS: u64 = 10_000_000;
 /// How long background work may take to settle after the teardown.
 const SETTLE_NS: u64 = 10_000_000_000;
 
@@ -49,6 +51,8 @@ pub struct Outcome {
     pub passed: bool,
     /// Why a bug scenario did not count as passed.
     pub verdict_note: Option<String>,
+    /// For a bug scenario that passed: the failure that caught the bug.
+    pub caught_by: Option<Failure>,
     pub virtual_ns: u64,
     pub steps: u64,
     pub trace_events: u64,
@@ -191,10 +195,24 @@ fn report_hang(sim: &Rc<Sim>) {
             format!("'{}' waits for {class} ({mode:?})", sim.task_name(*task))
         })
         .collect();
-    let held: Vec<String> = lockdep
-        .held_report()
+    // Group holders: a lock class held many times by one task is one line;
+    // a holder that exited (a leaked semaphore) is named by its id.
+    let mut held: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
+    for (task, class) in lockdep.held_report() {
+        let name = sim.task_name(task);
+        let name = if name.is_empty() {
+            format!("exited task #{task}")
+        } else {
+            format!("'{name}'")
+        };
+        *held.entry((name, class)).or_default() += 1;
+    }
+    let held: Vec<String> = held
         .into_iter()
-        .map(|(task, class)| format!("'{}' holds {class}", sim.task_name(task)))
+        .map(|((name, class), n)| match n {
+            1 => format!("{name} holds {class}"),
+            n => format!("{name} holds {n} x {class}"),
+        })
         .collect();
     drop(lockdep);
     let none = |list: Vec<String>, empty: &str| {
@@ -225,25 +243,26 @@ fn verdict(
     scenario: &Scenario,
     failures: &[Failure],
     options: &RunOptions,
-) -> (bool, Option<String>) {
+) -> (bool, Option<String>, Option<Failure>) {
     let expected = scenario
         .expect_failure
         .as_ref()
         .filter(|_| !options.without_quirks);
     let Some(expected) = expected else {
-        return (failures.is_empty(), None);
+        return (failures.is_empty(), None, None);
     };
     let caught = failures
         .iter()
-        .any(|f| f.checker == expected.checker && f.message.contains(&expected.contains));
-    if caught {
-        (true, None)
-    } else {
-        let note = format!(
-            "expected the '{}' checker to fail this run (message containing {:?}); it did not",
-            expected.checker, expected.contains
-        );
-        (false, Some(note))
+        .find(|f| f.checker == expected.checker && f.message.contains(&expected.contains));
+    match caught {
+        Some(failure) => (true, None, Some(failure.clone())),
+        None => {
+            let note = format!(
+                "expected the '{}' checker to fail this run (message containing {:?}); it did not",
+                expected.checker, expected.contains
+            );
+            (false, Some(note), None)
+        }
     }
 }
 
@@ -252,7 +271,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
     let trace = sim.trace.borrow();
     let oracle = sim.oracle.borrow();
     let failures = sim.failures();
-    let (passed, verdict_note) = verdict(scenario, &failures, options);
+    let (passed, verdict_note, caught_by) = verdict(scenario, &failures, options);
     let mut metrics = BTreeMap::new();
     metrics.insert("polls".to_string(), sim.polls() as f64);
     metrics.insert(
@@ -274,6 +293,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         failures,
         passed,
         verdict_note,
+        caught_by,
         virtual_ns: sim.now(),
         steps: run.steps_run.get(),
         trace_events: trace.count(),
@@ -334,6 +354,16 @@ impl Run {
             for (i, step) in steps.iter().enumerate() {
                 if self.sim.current_killed() {
                     // A process that got SIGKILL runs no further steps.
+                    return;
+                }
+                if self.steps_run.get() >= MAX_STEPS {
+                    if self.steps_run.get() == MAX_STEPS {
+                        self.steps_run.set(MAX_STEPS + 1);
+                        self.sim.fail(
+                            "liveness",
+                            format!("more than {MAX_STEPS} steps: the run is stopped"),
+                        );
+                    }
                     return;
                 }
                 let at = format!("{prefix}{i}");
@@ -558,7 +588,7 @@ impl Run {
             } => {
                 let stride = stride.unwrap_or(*sectors);
                 for i in 0..*repeat {
-                    let at_sector = sector + i * stride;
+                    let at_sector = sector.saturating_add(i.saturating_mul(stride));
                     let result = self.write(target, at_sector, *sectors, *nowait).await;
                     check_expect(expect, result.map(|()| 0))
                         .map_err(|e| format!("write at {at_sector}: {e}"))?;
@@ -585,7 +615,7 @@ impl Run {
                 Ok(())
             }
             Step::Sleep { ms } => {
-                self.sim.sleep(ms * 1_000_000).await;
+                self.sim.sleep(ms.saturating_mul(1_000_000)).await;
                 Ok(())
             }
             Step::Sync { device } => {
@@ -615,7 +645,7 @@ impl Run {
                 let start = self.sim.now();
                 self.steps(steps, &format!("{at}.")).await;
                 let took = self.sim.now() - start;
-                if took > max_ms * 1_000_000 {
+                if took > max_ms.saturating_mul(1_000_000) {
                     self.sim.fail(
                         "latency",
                         format!(
@@ -674,6 +704,9 @@ impl Run {
                 Ok(())
             }
             Step::Load => {
+                if self.module().is_some() {
+                    return Err("insmod: the module is already loaded (EEXIST)".into());
+                }
                 self.load_module();
                 Ok(())
             }
