@@ -396,7 +396,7 @@ mod limits {
         if d.sectors == 0 || d.sectors > MAX_SECTORS {
             return Err(format!("a device has 1 to {MAX_SECTORS} sectors"));
         }
-        if d.io_min == 0 || d.io_min % 512 != 0 {
+        if d.io_min == 0 || !d.io_min.is_multiple_of(512) {
             return Err("io_min is a positive multiple of 512".into());
         }
         let l = d.latency;
