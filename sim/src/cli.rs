@@ -437,7 +437,15 @@ fn shrink_command(
         }
     };
     let seed = seed.unwrap_or(scenario.seed);
-    let checker = match checker {
+    let expected = scenario.expect_failure.as_ref().map(|e| e.checker.clone());
+    let checker = match checker.or(expected) {
+        Some(checker) if !crate::check::CHECKERS.contains(&checker.as_str()) => {
+            eprintln!(
+                "error: unknown checker '{checker}': expected one of {:?}",
+                crate::check::CHECKERS
+            );
+            return 2;
+        }
         Some(checker) => checker,
         None => {
             let outcome = scenario::run(
@@ -461,7 +469,11 @@ fn shrink_command(
     };
     match crate::shrink::shrink(&scenario, seed, &checker, budget) {
         Ok(shrunk) => {
-            let out = out.unwrap_or_else(|| path.with_extension("min.ron"));
+            // Beside the current directory, not in the suite it came from.
+            let stem = path
+                .file_stem()
+                .map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{stem}.min.ron")));
             if !write_file(&out, &shrunk.text) {
                 return 2;
             }
@@ -469,10 +481,11 @@ fn shrink_command(
                 "shrunk {} steps to {} in {} runs; still fails [{checker}] at seed {seed}",
                 shrunk.steps_before, shrunk.steps_after, shrunk.runs
             );
+            let absolute = std::path::absolute(&out).unwrap_or(out.clone());
             println!(
                 "wrote {}; replay: {}",
                 out.display(),
-                replay_command(&out, seed)
+                replay_command(&absolute, seed)
             );
             0
         }

@@ -81,7 +81,8 @@ pub fn shrink(
 /// The scenario as RON that loads again (references checked).
 pub fn to_text(scenario: &Scenario) -> Result<String, String> {
     let config = ron::ser::PrettyConfig::new().struct_names(true);
-    let text = ron::ser::to_string_pretty(scenario, config).map_err(|e| e.to_string())?;
+    let body = ron::ser::to_string_pretty(scenario, config).map_err(|e| e.to_string())?;
+    let text = format!("// Shrunk by `blksnap-sim shrink`; every field is spelled out.\n{body}\n");
     scenario::parse(Path::new("shrunk.ron"), &text).map_err(|e| e.to_string())?;
     Ok(text)
 }

@@ -109,3 +109,55 @@ fn abi_prints_every_ioctl_and_struct() {
     assert!(text.contains("struct blk_snap_cbt_info size=48 align=8"));
     assert!(text.contains("  generation_id off=28 size=16"));
 }
+
+#[test]
+fn a_baseline_regression_fails_the_run() {
+    let baseline = temp("baseline.json");
+    let out = bin()
+        .args([
+            "run",
+            "scenarios/basic/errno-paths.ron",
+            "scenarios/basic/chunk-boundary.ron",
+            "--json",
+        ])
+        .arg(&baseline)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    // Against itself: no change, exit 0.
+    let same = bin()
+        .args([
+            "run",
+            "scenarios/basic/errno-paths.ron",
+            "scenarios/basic/chunk-boundary.ron",
+            "--baseline",
+        ])
+        .arg(&baseline)
+        .output()
+        .expect("runs");
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    assert!(String::from_utf8_lossy(&same.stdout).contains("baseline: no change"));
+    // A scenario missing from this run is a regression: exit 1.
+    let fewer = bin()
+        .args(["run", "scenarios/basic/errno-paths.ron", "--baseline"])
+        .arg(&baseline)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&fewer.stdout);
+    assert_eq!(fewer.status.code(), Some(1), "{text}");
+    assert!(text.contains("REGRESSION"), "{text}");
+}
+
+#[test]
+fn a_path_without_scenarios_is_an_error() {
+    let dir = temp("empty-dir");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let out = bin().args(["run"]).arg(&dir).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let missing = bin().args(["run", "no/such/path"]).output().expect("runs");
+    assert_eq!(missing.status.code(), Some(2));
+}

@@ -573,6 +573,60 @@ mod tests {
     }
 
     #[test]
+    fn typos_and_absurd_numbers_are_load_errors() {
+        let bad = [
+            (
+                GOOD.replace(
+                    "name: \"t\",",
+                    "name: \"t\", faults: (alloc: [(\"diff_bufer\", From(1))]),",
+                ),
+                "unknown allocation site",
+            ),
+            (
+                GOOD.replace(
+                    "name: \"t\",",
+                    "name: \"t\", expect_failure: (checker: \"nope\"),",
+                ),
+                "unknown checker",
+            ),
+            (
+                GOOD.replace("sectors: 1024", "sectors: 1024, major: 252"),
+                "image disks' major",
+            ),
+            (
+                GOOD.replace(
+                    "(name: \"a\", sectors: 1024)",
+                    "(name: \"a\", sectors: 1024), (name: \"b\", sectors: 8, minor: 0)",
+                ),
+                "used twice",
+            ),
+            (
+                GOOD.replace(
+                    "Take(snapshot: \"s\", expect: Err(\"EFAULT\")),",
+                    "Sleep(ms: 18446744073709551615),",
+                ),
+                "Sleep is at most",
+            ),
+            (
+                GOOD.replace(
+                    "Take(snapshot: \"s\", expect: Err(\"EFAULT\")),",
+                    "Write(target: Original(\"a\"), sector: 18446744073709551615, sectors: 8),",
+                ),
+                "must end below",
+            ),
+            (
+                GOOD.replace("sectors: 1024", "sectors: 1152921504606846976"),
+                "sectors",
+            ),
+        ];
+        for (text, want) in bad {
+            let e = parse(Path::new("x.ron"), &text).unwrap_err();
+            assert!(e.message.contains(want), "{want}: {e}");
+            assert!(e.line > 0, "{e}");
+        }
+    }
+
+    #[test]
     fn raw_device_numbers_are_accepted() {
         let s = GOOD.replace("devices: [\"a\"]", "devices: [\"a\", \"9:9\"]");
         assert!(parse(Path::new("x.ron"), &s).is_ok());
