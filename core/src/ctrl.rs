@@ -454,28 +454,11 @@ impl Ctrl<'_> {
 mod tests {
     use super::*;
     use crate::event_queue::{EVENT_CORRUPTED, EVENT_LOW_FREE_SPACE};
-    use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel, IMAGE_MAJOR, UNMAPPED};
+    use crate::kernel::testing::{
+        dev, orig, run, setup, Ctl, TestKernel, IMAGE_MAJOR, MIB, UNMAPPED,
+    };
     use crate::kernel::Stamp;
     use crate::params::Params;
-
-    const MIB: u64 = 2048; // sectors
-
-    fn orig(sector: u64) -> Stamp {
-        1_000_000 + sector
-    }
-
-    /// Two 64 MiB originals (8:0, 8:1, the first 4 MiB of each filled) and
-    /// a 256 MiB storage device (8:16).
-    fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl) {
-        let k = TestKernel::new();
-        for d in [dev(0), dev(1)] {
-            k.add_device(d, 64 * MIB);
-            k.fill(d, 0, 4 * MIB, orig);
-        }
-        k.add_device(dev(16), 256 * MIB);
-        let module = load(&k, Params::default(), quirks(quirk_ids));
-        (k, Ctl::new(&module))
-    }
 
     #[test]
     fn version_writes_1_0_0_0() {

@@ -493,27 +493,10 @@ async fn drop_gathered(module: &Rc<Module>, trackers: Vec<Rc<Tracker>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel, IMAGE_MAJOR};
-    use crate::kernel::{Kernel, Stamp, TaskKind};
-    use crate::params::Params;
+    use crate::kernel::testing::{dev, run, setup, Ctl, TestKernel, IMAGE_MAJOR, MIB};
+    use crate::kernel::{Kernel, TaskKind};
+
     use crate::uapi::{BlkSnapSnapshotCollect, UapiStruct, IOCTL_BLK_SNAP_SNAPSHOT_COLLECT};
-
-    const MIB: u64 = 2048; // sectors
-
-    fn orig(sector: u64) -> Stamp {
-        1_000_000 + sector
-    }
-
-    fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl) {
-        let k = TestKernel::new();
-        for d in [dev(0), dev(1)] {
-            k.add_device(d, 64 * MIB);
-            k.fill(d, 0, 4 * MIB, orig);
-        }
-        k.add_device(dev(16), 256 * MIB);
-        let module = load(&k, Params::default(), quirks(quirk_ids));
-        (k, Ctl::new(&module))
-    }
 
     fn snapshot(ctl: &Ctl, id: &SnapshotId) -> Rc<Snapshot> {
         let found = ctl

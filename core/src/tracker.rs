@@ -365,26 +365,8 @@ mod tests {
     use super::*;
     use crate::diff_storage::StorageCounters;
     use crate::event_queue::EVENT_CORRUPTED;
-    use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel};
-    use crate::kernel::{Bio, BioFlags, BioOp, Kernel, Stamp};
-    use crate::params::Params;
-
-    const MIB: u64 = 2048; // sectors
-
-    fn orig(sector: u64) -> Stamp {
-        1_000_000 + sector
-    }
-
-    fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl) {
-        let k = TestKernel::new();
-        for d in [dev(0), dev(1)] {
-            k.add_device(d, 64 * MIB);
-            k.fill(d, 0, 4 * MIB, orig);
-        }
-        k.add_device(dev(16), 256 * MIB);
-        let module = load(&k, Params::default(), quirks(quirk_ids));
-        (k, Ctl::new(&module))
-    }
+    use crate::kernel::testing::{dev, orig, run, setup, Ctl, TestKernel, MIB};
+    use crate::kernel::{Bio, BioFlags, BioOp, Kernel};
 
     fn tracker(ctl: &Ctl, d: DevT) -> Rc<Tracker> {
         ctl.module.tracker_lookup(d).expect("tracked")

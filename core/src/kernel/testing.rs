@@ -834,6 +834,28 @@ pub fn quirks(ids: &[&str]) -> Quirks {
     quirks
 }
 
+/// Sectors in a MiB.
+pub const MIB: u64 = 2048;
+
+/// The stamp of an original sector in the standard setup.
+pub fn orig(sector: u64) -> Stamp {
+    1_000_000 + sector
+}
+
+/// The standard setup: two 64 MiB originals (`dev(0)`, `dev(1)`, their
+/// first 4 MiB filled with `orig`), a 256 MiB storage device (`dev(16)`),
+/// and the module loaded with these quirks.
+pub fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Ctl) {
+    let k = TestKernel::new();
+    for d in [dev(0), dev(1)] {
+        k.add_device(d, 64 * MIB);
+        k.fill(d, 0, 4 * MIB, orig);
+    }
+    k.add_device(dev(16), 256 * MIB);
+    let module = load(&k, Params::default(), quirks(quirk_ids));
+    (k, Ctl::new(&module))
+}
+
 /// Load the module on `kernel`.
 pub fn load(kernel: &Rc<TestKernel>, params: Params, quirks: Quirks) -> Rc<Module> {
     Module::new(kernel.dyn_kernel(), params, quirks)
