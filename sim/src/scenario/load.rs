@@ -95,7 +95,8 @@ impl Checker<'_> {
         self.faults(s)?;
         let snapshots = created_snapshots(&s.steps);
         self.steps(&s.steps, &names, &snapshots)?;
-        limits::check_steps(&s.steps).map_err(|(needle, message)| self.error(needle, message))
+        limits::check_steps(&s.steps).map_err(|(needle, message)| self.error(needle, message))?;
+        check_kills(&s.steps, None).map_err(|message| self.error("Kill", message))
     }
 
     /// Names and numbers unique, sizes and latencies the sim can model.
@@ -480,6 +481,34 @@ mod limits {
         }
         Ok(())
     }
+}
+
+/// `Kill(sibling: n)` only directly inside a Concurrent branch, naming a
+/// branch of that Concurrent.
+fn check_kills(steps: &[Step], branches: Option<usize>) -> Result<(), String> {
+    for step in steps {
+        match step {
+            Step::Kill { sibling } => match branches {
+                Some(n) if *sibling < n => {}
+                Some(n) => {
+                    return Err(format!(
+                        "Kill(sibling: {sibling}) but the Concurrent has {n} branches"
+                    ))
+                }
+                None => return Err("Kill must be inside a Concurrent branch".into()),
+            },
+            Step::Concurrent(list) => {
+                for branch in list {
+                    check_kills(branch, Some(list.len()))?;
+                }
+            }
+            // A Kill finds its sibling by its own step path: it must stand
+            // directly in the branch, not inside a group within it.
+            Step::Repeat { steps, .. } | Step::Timed { steps, .. } => check_kills(steps, None)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Snapshot names that some Create step (at any depth) introduces.
