@@ -1,19 +1,27 @@
 //! Reading scenario files: parse, then check every reference, and report
-//! problems as `FILE:LINE:COL: what was expected`.
+//! problems as `FILE:LINE:COL: what was expected`, placed at the offending
+//! occurrence (see `spans`).
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use blksnap_core::kernel::Errno;
 use blksnap_core::Quirks;
 
 use super::model::{EventExpect, Expect, Scenario, Step, Target};
+use super::spans::{self, At};
+
+/// The largest scenario file read, in bytes (4 MiB): a scenario is a
+/// page or two of text, and a bigger file is a mistake, not a test.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// A scenario that could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
     pub path: PathBuf,
+    /// 1-based; 0 when the problem is the file itself, not a place in it.
     pub line: usize,
     pub col: usize,
     pub message: String,
@@ -21,45 +29,186 @@ pub struct LoadError {
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.path.display(),
-            self.line,
-            self.col,
-            self.message
-        )
+        let path = self.path.display();
+        if self.line == 0 {
+            return write!(f, "{path}: {}", self.message);
+        }
+        write!(f, "{path}:{}:{}: {}", self.line, self.col, self.message)
     }
 }
 
 impl std::error::Error for LoadError {}
 
+impl LoadError {
+    fn whole_file(path: &Path, message: String) -> LoadError {
+        LoadError {
+            path: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message,
+        }
+    }
+
+    fn at_offset(path: &Path, text: &str, offset: usize, message: String) -> LoadError {
+        let (line, col) = spans::line_col(text, offset);
+        LoadError {
+            path: path.to_path_buf(),
+            line,
+            col,
+            message,
+        }
+    }
+}
+
 /// Read and check one scenario file.
 pub fn load(path: &Path) -> Result<Scenario, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError {
-        path: path.to_path_buf(),
-        line: 0,
-        col: 0,
-        message: format!("cannot read: {e}"),
-    })?;
-    parse(path, &text)
+    let bytes = read_file(path)?;
+    let text = decode(path, &bytes)?;
+    parse(path, text)
+}
+
+/// The bytes of a regular file of at most `MAX_FILE_BYTES`. Anything else
+/// is refused before it is opened: reading a FIFO would block the run.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let cannot = |e: std::io::Error| LoadError::whole_file(path, format!("cannot read: {e}"));
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    check_kind_and_size(path, &meta)?;
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    // The file may have been swapped or grown since: check what was opened.
+    check_kind_and_size(path, &file.metadata().map_err(cannot)?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(path, bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+fn check_kind_and_size(path: &Path, meta: &std::fs::Metadata) -> Result<(), LoadError> {
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a directory" } else { "a FIFO, socket or device" };
+        let message = format!("not a regular file ({kind}): refused");
+        return Err(LoadError::whole_file(path, message));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big(path, meta.len()));
+    }
+    Ok(())
+}
+
+fn too_big(path: &Path, len: u64) -> LoadError {
+    let message = format!(
+        "the file has {len} bytes or more; a scenario file has at most {MAX_FILE_BYTES} bytes (4 MiB)"
+    );
+    LoadError::whole_file(path, message)
+}
+
+/// The text of the file, or where its encoding goes wrong.
+fn decode<'b>(path: &Path, bytes: &'b [u8]) -> Result<&'b str, LoadError> {
+    if bytes.starts_with(&[0xfe, 0xff]) || bytes.starts_with(&[0xff, 0xfe]) {
+        let message = "a UTF-16 byte order mark: a scenario file is UTF-8".to_string();
+        return Err(LoadError::at_offset(path, "", 0, message));
+    }
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = e.valid_up_to();
+        let valid = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let message = format!(
+            "invalid UTF-8 (byte 0x{:02x} at byte offset {good}): a scenario file is UTF-8",
+            bytes[good]
+        );
+        LoadError::at_offset(path, valid, good, message)
+    })
 }
 
 /// Parse and check scenario text; `path` is only for messages.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, LoadError> {
+    if text.starts_with('\u{feff}') {
+        let message = "a byte order mark (U+FEFF) starts the file: save it as UTF-8 without one";
+        return Err(LoadError::at_offset(path, text, 0, message.into()));
+    }
     // Optional fields may be written without `Some(..)`.
     let implicit_some = ron::extensions::Extensions::IMPLICIT_SOME;
     let scenario: Scenario = ron::Options::default()
         .with_default_extension(implicit_some)
         .from_str(text)
-        .map_err(|e| LoadError {
-            path: path.to_path_buf(),
-            line: e.position.line,
-            col: e.position.col,
-            message: e.code.to_string(),
-        })?;
+        .map_err(|e| ron_error(path, text, e))?;
     Checker { path, text }.check(&scenario)?;
     Ok(scenario)
+}
+
+/// A syntax or field error from ron, moved onto the name it is about:
+/// ron reports an unknown field where it stopped, after the name.
+fn ron_error(path: &Path, text: &str, e: ron::error::SpannedError) -> LoadError {
+    use ron::error::Error;
+    let offset = spans::offset_of_ron(text, e.position.line, e.position.col);
+    let within = |outer: &Option<String>| {
+        outer
+            .as_ref()
+            .map_or(String::new(), |o| format!(" in `{o}`"))
+    };
+    let (offset, message) = match &e.code {
+        Error::NoSuchStructField {
+            expected,
+            found,
+            outer,
+        } => (
+            name_start(text, offset, found),
+            format!(
+                "unknown field `{found}`{}: {}",
+                within(outer),
+                one_of(expected, "fields")
+            ),
+        ),
+        Error::DuplicateStructField { field, outer } => (
+            name_start(text, offset, field),
+            format!("field `{field}` given twice{}", within(outer)),
+        ),
+        Error::NoSuchEnumVariant {
+            expected,
+            found,
+            outer,
+        } => (
+            name_start(text, offset, found),
+            format!(
+                "unknown variant `{found}`{}: {}",
+                within(outer),
+                one_of(expected, "variants")
+            ),
+        ),
+        code => (offset, code.to_string()),
+    };
+    LoadError::at_offset(path, text, offset, message)
+}
+
+fn one_of(names: &[&str], what: &str) -> String {
+    if names.is_empty() {
+        return format!("it takes no {what}");
+    }
+    let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    format!("valid {what}: {}", list.join(", "))
+}
+
+/// Where the identifier `name` that ron just read (ending at or before
+/// `offset`, maybe as a raw `r#name`) starts; `offset` if it is not there.
+fn name_start(text: &str, offset: usize, name: &str) -> usize {
+    let before = text[..offset].trim_end();
+    let Some(start) = before.strip_suffix(name).map(str::len) else {
+        return offset;
+    };
+    let starts_word = !text[..start]
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_alphanumeric() || c == '_');
+    if text[..start].ends_with("r#") {
+        return start - 2;
+    }
+    if starts_word {
+        start
+    } else {
+        offset
+    }
 }
 
 struct Checker<'a> {
@@ -68,35 +217,37 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    /// An error placed at the first place `needle` appears in the file.
-    fn error(&self, needle: &str, message: String) -> LoadError {
-        let (line, col) = locate(self.text, needle);
-        LoadError {
-            path: self.path.to_path_buf(),
-            line,
-            col,
-            message,
-        }
+    /// An error placed at the value the path leads to.
+    fn error(&self, at: &At, message: String) -> LoadError {
+        let offset = spans::offset_of(self.text, at);
+        LoadError::at_offset(self.path, self.text, offset, message)
     }
 
     fn check(&self, s: &Scenario) -> Result<(), LoadError> {
+        let top = At::default();
         let mut quirks = Quirks::default();
-        for id in &s.quirks {
+        for (i, id) in s.quirks.iter().enumerate() {
             quirks
                 .enable(id)
-                .map_err(|e| self.error(&format!("\"{id}\""), e.to_string()))?;
+                .map_err(|e| self.error(&top.field("quirks").index(i), e.to_string()))?;
         }
         if !quirks.param_1 {
-            s.params
-                .validate()
-                .map_err(|e| self.error("params", format!("{e} (B-PARAM-1 lets v2 take it)")))?;
+            s.params.validate().map_err(|e| {
+                let at = top.field("params");
+                let name = blksnap_core::Params::NAMES
+                    .iter()
+                    .find(|n| e.contains(&format!("parameter {n} ")));
+                let at = name.map_or(at.clone(), |n| at.field(n));
+                self.error(&at, format!("{e} (B-PARAM-1 lets v2 take it)"))
+            })?;
         }
         let names = self.devices(s)?;
         self.faults(s)?;
         let snapshots = created_snapshots(&s.steps);
-        self.steps(&s.steps, &names, &snapshots)?;
-        limits::check_steps(&s.steps).map_err(|(needle, message)| self.error(needle, message))?;
-        check_kills(&s.steps, None).map_err(|message| self.error("Kill", message))
+        let steps = top.field("steps");
+        self.steps(&s.steps, &steps, &names, &snapshots)?;
+        limits::check_steps(&s.steps, &steps).map_err(|(at, message)| self.error(&at, message))?;
+        check_kills(&s.steps, &steps, None).map_err(|(at, message)| self.error(&at, message))
     }
 
     /// Names and numbers unique, sizes and latencies the sim can model.
@@ -104,25 +255,34 @@ impl Checker<'_> {
         let mut names = BTreeSet::new();
         let mut numbers = BTreeSet::new();
         for (index, device) in s.devices.iter().enumerate() {
-            let needle = format!("\"{}\"", device.name);
+            let at = At::default().field("devices").index(index);
             let number = (
                 device.major.unwrap_or(7),
                 device.minor.unwrap_or(index as u32),
             );
-            let problem = if !names.insert(device.name.as_str()) {
-                Some(format!("device '{}' declared twice", device.name))
-            } else if !numbers.insert(number) {
-                Some(format!(
-                    "device number {}:{} used twice",
-                    number.0, number.1
-                ))
-            } else if number.0 == crate::kernel::IMAGE_MAJOR {
-                Some(format!("major {} is the image disks' major", number.0))
+            let number_at = if device.minor.is_some() || device.major.is_none() {
+                at.field("minor")
             } else {
-                limits::device(device).err()
+                at.field("major")
             };
-            if let Some(problem) = problem {
-                return Err(self.error(&needle, problem));
+            let problem = if !names.insert(device.name.as_str()) {
+                Some((
+                    at.field("name"),
+                    format!("device '{}' declared twice", device.name),
+                ))
+            } else if !numbers.insert(number) {
+                let message = format!("device number {}:{} used twice", number.0, number.1);
+                Some((number_at, message))
+            } else if number.0 == crate::kernel::IMAGE_MAJOR {
+                let message = format!("major {} is the image disks' major", number.0);
+                Some((at.field("major"), message))
+            } else {
+                limits::device(device)
+                    .err()
+                    .map(|(field, message)| (at.field(field), message))
+            };
+            if let Some((at, problem)) = problem {
+                return Err(self.error(&at, problem));
             }
         }
         Ok(names)
@@ -131,16 +291,19 @@ impl Checker<'_> {
     /// Fault sites and checker names must exist: a typo would switch a
     /// test off without a word.
     fn faults(&self, s: &Scenario) -> Result<(), LoadError> {
+        let faults = At::default().field("faults");
         let sites = blksnap_core::module::ALLOC_SITES;
-        for (site, _) in &s.faults.alloc {
+        for (i, (site, _)) in s.faults.alloc.iter().enumerate() {
             let base = site.strip_suffix("/nowait").unwrap_or(site);
             if !sites.contains(&base) {
                 let message = format!("unknown allocation site '{site}': expected one of {sites:?} (optionally with /nowait)");
-                return Err(self.error(&format!("\"{site}\""), message));
+                let at = faults.field("alloc").index(i).index(0);
+                return Err(self.error(&at, message));
             }
         }
         if s.faults.bio_error_ppm > 1_000_000 {
-            return Err(self.error("bio_error_ppm", "bio_error_ppm is at most 1000000".into()));
+            let message = "bio_error_ppm is at most 1000000".to_string();
+            return Err(self.error(&faults.field("bio_error_ppm"), message));
         }
         if let Some(expected) = &s.expect_failure {
             let checkers = crate::check::CHECKERS;
@@ -149,7 +312,8 @@ impl Checker<'_> {
                     "unknown checker '{}': expected one of {checkers:?}",
                     expected.checker
                 );
-                return Err(self.error(&format!("\"{}\"", expected.checker), message));
+                let at = At::default().field("expect_failure").field("checker");
+                return Err(self.error(&at, message));
             }
         }
         Ok(())
@@ -158,11 +322,12 @@ impl Checker<'_> {
     fn steps(
         &self,
         steps: &[Step],
+        at: &At,
         devices: &BTreeSet<&str>,
         snapshots: &BTreeSet<String>,
     ) -> Result<(), LoadError> {
-        for step in steps {
-            self.step(step, devices, snapshots)?;
+        for (i, step) in steps.iter().enumerate() {
+            self.step(step, &at.index(i), devices, snapshots)?;
         }
         Ok(())
     }
@@ -170,114 +335,139 @@ impl Checker<'_> {
     fn step(
         &self,
         step: &Step,
+        at: &At,
         devices: &BTreeSet<&str>,
         snapshots: &BTreeSet<String>,
     ) -> Result<(), LoadError> {
-        let device = |name: &str| self.device(name, devices);
-        let snapshot = |name: &str| self.snapshot(name, snapshots);
+        let device = |name: &str, field: &'static str| self.device(name, &at.field(field), devices);
+        let snapshot = |name: &str| self.snapshot(name, &at.field("snapshot"), snapshots);
+        let expect = |e: &Expect| self.expect(e, &at.field("expect"));
         match step {
-            Step::Version { expect, .. }
-            | Step::Collect { expect, .. }
-            | Step::Ioctl { expect, .. } => self.expect(expect),
+            Step::Version { expect: e, .. }
+            | Step::Collect { expect: e, .. }
+            | Step::Ioctl { expect: e, .. } => expect(e),
             Step::TrackerCollect {
-                expect,
+                expect: e,
                 expect_entries,
                 ..
             } => {
-                for entry in expect_entries.iter().flatten() {
-                    device(&entry.device)?;
+                let entries = at.field("expect_entries");
+                for (i, entry) in expect_entries.iter().flatten().enumerate() {
+                    self.device(&entry.device, &entries.index(i).field("device"), devices)?;
                 }
-                self.expect(expect)
+                expect(e)
             }
             Step::Create {
                 devices: list,
-                expect,
+                expect: e,
                 ..
             } => {
-                list.iter().try_for_each(|d| device(d))?;
-                self.expect(expect)
+                let list_at = at.field("devices");
+                for (i, d) in list.iter().enumerate() {
+                    self.device(d, &list_at.index(i), devices)?;
+                }
+                expect(e)
             }
             Step::Append {
                 snapshot: s,
                 device: d,
-                expect,
+                expect: e,
                 ..
             } => {
                 snapshot(s)?;
-                device(d)?;
-                self.expect(expect)
+                device(d, "device")?;
+                expect(e)
             }
             Step::Take {
                 snapshot: s,
-                expect,
+                expect: e,
                 ..
             }
             | Step::Destroy {
                 snapshot: s,
-                expect,
+                expect: e,
                 ..
             }
             | Step::CollectImages {
                 snapshot: s,
-                expect,
+                expect: e,
                 ..
             } => {
                 snapshot(s)?;
-                self.expect(expect)
+                expect(e)
             }
             Step::WaitEvent {
                 snapshot: s,
-                expect,
+                expect: e,
                 ..
             } => {
                 snapshot(s)?;
-                self.event_expect(expect, devices)
+                self.event_expect(e, &at.field("expect"), devices)
             }
-            Step::Write { target, expect, .. }
-            | Step::Read { target, expect, .. }
-            | Step::MarkDirty { target, expect, .. } => {
-                self.target(target, devices, snapshots)?;
-                self.expect(expect)
+            Step::Write {
+                target, expect: e, ..
+            }
+            | Step::Read {
+                target, expect: e, ..
+            }
+            | Step::MarkDirty {
+                target, expect: e, ..
+            } => {
+                self.target(target, &at.field("target"), devices, snapshots)?;
+                expect(e)
             }
             Step::TrackerRemove {
-                device: d, expect, ..
+                device: d,
+                expect: e,
+                ..
             }
             | Step::ReadCbtMap {
-                device: d, expect, ..
+                device: d,
+                expect: e,
+                ..
             } => {
-                device(d)?;
-                self.expect(expect)
+                device(d, "device")?;
+                expect(e)
             }
-            Step::SetParam { name, expect, .. } => {
-                self.param(name)?;
-                self.expect(expect)
+            Step::SetParam {
+                name, expect: e, ..
+            } => {
+                self.param(name, &at.field("name"))?;
+                expect(e)
             }
             Step::VerifyImage {
                 snapshot: s,
                 device: d,
             } => {
                 snapshot(s)?;
-                device(d)
+                device(d, "device")
             }
             Step::VerifyOriginal { device: d }
             | Step::Sync { device: d }
             | Step::Freeze { device: d }
             | Step::Thaw { device: d }
             | Step::Resize { device: d, .. }
-            | Step::RemoveDevice { device: d } => device(d),
-            Step::Workload(w) => self.target(&w.target, devices, snapshots),
-            Step::Concurrent(branches) => branches
-                .iter()
-                .try_for_each(|b| self.steps(b, devices, snapshots)),
+            | Step::RemoveDevice { device: d } => device(d, "device"),
+            Step::Workload(w) => {
+                let target = at.index(0).field("target");
+                self.target(&w.target, &target, devices, snapshots)
+            }
+            Step::Concurrent(branches) => {
+                let list = at.index(0);
+                for (i, branch) in branches.iter().enumerate() {
+                    self.steps(branch, &list.index(i), devices, snapshots)?;
+                }
+                Ok(())
+            }
             Step::Repeat { steps, .. } | Step::Timed { steps, .. } => {
-                self.steps(steps, devices, snapshots)
+                self.steps(steps, &at.field("steps"), devices, snapshots)
             }
             Step::Kill { .. } => Ok(()),
             Step::ExpectMedia {
                 device: d, content, ..
             } => {
-                device(d)?;
-                self.media(content, devices)
+                device(d, "device")?;
+                self.media(content, &at.field("content"), devices)
             }
             Step::Stretch {
                 snapshot: s,
@@ -285,7 +475,7 @@ impl Checker<'_> {
                 ..
             } => {
                 snapshot(s)?;
-                device(d)
+                device(d, "device")
             }
             Step::Sleep { .. } | Step::Unload | Step::Load => Ok(()),
         }
@@ -294,42 +484,49 @@ impl Checker<'_> {
     fn media(
         &self,
         media: &super::model::Media,
+        at: &At,
         devices: &BTreeSet<&str>,
     ) -> Result<(), LoadError> {
         use super::model::Media;
         match media {
             Media::Zero => Ok(()),
-            Media::Pattern(d, _) => self.device(d, devices),
-            Media::OneOf(list) => list.iter().try_for_each(|m| self.media(m, devices)),
+            Media::Pattern(d, _) => self.device(d, &at.index(0), devices),
+            Media::OneOf(list) => {
+                let list_at = at.index(0);
+                for (i, m) in list.iter().enumerate() {
+                    self.media(m, &list_at.index(i), devices)?;
+                }
+                Ok(())
+            }
         }
     }
 
-    fn param(&self, name: &str) -> Result<(), LoadError> {
+    fn param(&self, name: &str, at: &At) -> Result<(), LoadError> {
         let names = blksnap_core::Params::NAMES;
         if names.contains(&name) {
             return Ok(());
         }
         let message = format!("unknown parameter '{name}': expected one of {names:?}");
-        Err(self.error(&format!("\"{name}\""), message))
+        Err(self.error(at, message))
     }
 
-    fn device(&self, name: &str, devices: &BTreeSet<&str>) -> Result<(), LoadError> {
+    fn device(&self, name: &str, at: &At, devices: &BTreeSet<&str>) -> Result<(), LoadError> {
         if devices.contains(name) || parse_dev_number(name).is_some() {
             return Ok(());
         }
         let known: Vec<&str> = devices.iter().copied().collect();
         Err(self.error(
-            &format!("\"{name}\""),
+            at,
             format!("unknown device '{name}': expected one of {known:?} or \"major:minor\""),
         ))
     }
 
-    fn snapshot(&self, name: &str, snapshots: &BTreeSet<String>) -> Result<(), LoadError> {
+    fn snapshot(&self, name: &str, at: &At, snapshots: &BTreeSet<String>) -> Result<(), LoadError> {
         if snapshots.contains(name) {
             return Ok(());
         }
         Err(self.error(
-            &format!("\"{name}\""),
+            at,
             format!("snapshot '{name}' is never created: expected a Create step naming it"),
         ))
     }
@@ -337,31 +534,32 @@ impl Checker<'_> {
     fn target(
         &self,
         target: &Target,
+        at: &At,
         devices: &BTreeSet<&str>,
         snapshots: &BTreeSet<String>,
     ) -> Result<(), LoadError> {
         match target {
-            Target::Original(d) => self.device(d, devices),
+            Target::Original(d) => self.device(d, &at.index(0), devices),
             Target::Image(s, d) => {
-                self.snapshot(s, snapshots)?;
-                self.device(d, devices)
+                self.snapshot(s, &at.index(0), snapshots)?;
+                self.device(d, &at.index(1), devices)
             }
         }
     }
 
-    fn errno(&self, name: &str) -> Result<(), LoadError> {
+    fn errno(&self, name: &str, at: &At) -> Result<(), LoadError> {
         if Errno::from_name(name).is_some() {
             return Ok(());
         }
         Err(self.error(
-            &format!("\"{name}\""),
+            at,
             format!("unknown errno '{name}': expected a name such as \"ENOENT\" or \"ESRCH\""),
         ))
     }
 
-    fn expect(&self, expect: &Expect) -> Result<(), LoadError> {
+    fn expect(&self, expect: &Expect, at: &At) -> Result<(), LoadError> {
         match expect {
-            Expect::Err(name) => self.errno(name),
+            Expect::Err(name) => self.errno(name, &at.index(0)),
             Expect::Ok | Expect::Any => Ok(()),
         }
     }
@@ -369,14 +567,15 @@ impl Checker<'_> {
     fn event_expect(
         &self,
         expect: &EventExpect,
+        at: &At,
         devices: &BTreeSet<&str>,
     ) -> Result<(), LoadError> {
         match expect {
             EventExpect::Corrupted(device, errno) => {
-                self.device(device, devices)?;
-                self.errno(errno)
+                self.device(device, &at.index(0), devices)?;
+                self.errno(errno, &at.index(1))
             }
-            EventExpect::Err(errno) => self.errno(errno),
+            EventExpect::Err(errno) => self.errno(errno, &at.index(0)),
             _ => Ok(()),
         }
     }
@@ -386,6 +585,7 @@ impl Checker<'_> {
 /// ask for more than a test bench should run.
 mod limits {
     use super::super::model::{DeviceSpec, Step, Workload};
+    use super::At;
 
     /// Sectors a pattern stamp can address (2^48, 128 PiB).
     const MAX_SECTORS: u64 = 1 << 48;
@@ -393,35 +593,41 @@ mod limits {
     const MAX_MS: u64 = 3_600_000;
     const MAX_REPEAT: u64 = 1_000_000;
 
-    pub fn device(d: &DeviceSpec) -> Result<(), String> {
+    /// `Err((field, message))`: the field of the device that is wrong.
+    pub fn device(d: &DeviceSpec) -> Result<(), (&'static str, String)> {
         if d.sectors == 0 || d.sectors > MAX_SECTORS {
-            return Err(format!("a device has 1 to {MAX_SECTORS} sectors"));
+            return Err(("sectors", format!("a device has 1 to {MAX_SECTORS} sectors")));
         }
         if d.io_min == 0 || !d.io_min.is_multiple_of(512) {
-            return Err("io_min is a positive multiple of 512".into());
+            return Err(("io_min", "io_min is a positive multiple of 512".into()));
         }
         let l = d.latency;
         if l.min_ns > l.max_ns || l.max_ns > MAX_MS * 1_000_000 || l.per_sector_ns > 1_000_000_000 {
-            return Err("latency needs min_ns <= max_ns <= 1 hour, per_sector_ns <= 1 s".into());
+            let message = "latency needs min_ns <= max_ns <= 1 hour, per_sector_ns <= 1 s";
+            return Err(("latency", message.into()));
         }
         Ok(())
     }
 
-    /// `Err((needle, message))`: the needle places the error in the file.
-    pub fn check_steps(steps: &[Step]) -> Result<(), (&'static str, String)> {
-        steps.iter().try_for_each(check_step)
+    /// `Err((at, message))`: `at` is the offending value.
+    pub fn check_steps(steps: &[Step], at: &At) -> Result<(), (At, String)> {
+        for (i, step) in steps.iter().enumerate() {
+            check_step(step, &at.index(i))?;
+        }
+        Ok(())
     }
 
-    fn check_step(step: &Step) -> Result<(), (&'static str, String)> {
+    fn check_step(step: &Step, at: &At) -> Result<(), (At, String)> {
         match step {
             Step::Sleep { ms } if *ms > MAX_MS => {
-                Err(("Sleep", format!("Sleep is at most {MAX_MS} ms")))
+                Err((at.field("ms"), format!("Sleep is at most {MAX_MS} ms")))
             }
             Step::Timed { max_ms, steps } => {
                 if *max_ms > MAX_MS {
-                    return Err(("Timed", format!("Timed is at most {MAX_MS} ms")));
+                    let message = format!("Timed is at most {MAX_MS} ms");
+                    return Err((at.field("max_ms"), message));
                 }
-                check_steps(steps)
+                check_steps(steps, &at.field("steps"))
             }
             Step::Write {
                 sector,
@@ -429,22 +635,31 @@ mod limits {
                 repeat,
                 stride,
                 ..
-            } => io(*sector, *sectors, *repeat, stride.unwrap_or(*sectors)),
+            } => io(*sector, *sectors, *repeat, stride.unwrap_or(*sectors))
+                .map_err(|(field, message)| (at.field(field), message)),
             Step::Read {
                 sector, sectors, ..
-            } => io(*sector, *sectors, 1, 0),
-            Step::Workload(w) => workload(w),
+            } => io(*sector, *sectors, 1, 0).map_err(|(field, message)| (at.field(field), message)),
+            Step::Workload(w) => workload(w).map_err(|message| (at.index(0), message)),
             Step::Repeat { times, steps } => {
                 if u64::from(*times) > MAX_REPEAT {
-                    return Err(("Repeat", format!("Repeat is at most {MAX_REPEAT} times")));
+                    let message = format!("Repeat is at most {MAX_REPEAT} times");
+                    return Err((at.field("times"), message));
                 }
-                check_steps(steps)
+                check_steps(steps, &at.field("steps"))
             }
-            Step::Concurrent(branches) => branches.iter().try_for_each(|b| check_steps(b)),
+            Step::Concurrent(branches) => {
+                let list = at.index(0);
+                for (i, branch) in branches.iter().enumerate() {
+                    check_steps(branch, &list.index(i))?;
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
 
+    /// `Err((field, message))`: the field that breaks the bound.
     fn io(
         sector: u64,
         sectors: u64,
@@ -456,28 +671,28 @@ mod limits {
             .and_then(|r| r.checked_mul(stride))
             .and_then(|offset| sector.checked_add(offset))
             .and_then(|start| start.checked_add(sectors));
-        if sectors == 0
-            || sectors > MAX_IO_SECTORS
-            || repeat == 0
-            || repeat > MAX_REPEAT
-            || last.is_none()
-        {
-            let message = format!(
-                "an IO has 1 to {MAX_IO_SECTORS} sectors, 1 to {MAX_REPEAT} repeats, and must end below 2^64"
-            );
-            return Err(("sectors", message));
-        }
-        Ok(())
+        let field = if sectors == 0 || sectors > MAX_IO_SECTORS {
+            "sectors"
+        } else if repeat == 0 || repeat > MAX_REPEAT {
+            "repeat"
+        } else if last.is_none() {
+            "sector"
+        } else {
+            return Ok(());
+        };
+        let message = format!(
+            "an IO has 1 to {MAX_IO_SECTORS} sectors, 1 to {MAX_REPEAT} repeats, and must end below 2^64"
+        );
+        Err((field, message))
     }
 
-    fn workload(w: &Workload) -> Result<(), (&'static str, String)> {
+    fn workload(w: &Workload) -> Result<(), String> {
         if u64::from(w.ops) > MAX_REPEAT
             || w.max_sectors == 0
             || w.max_sectors > MAX_IO_SECTORS
             || w.align == 0
         {
-            let message = format!("a Workload has at most {MAX_REPEAT} ops of 1 to {MAX_IO_SECTORS} sectors, align > 0");
-            return Err(("Workload", message));
+            return Err(format!("a Workload has at most {MAX_REPEAT} ops of 1 to {MAX_IO_SECTORS} sectors, align > 0"));
         }
         Ok(())
     }
@@ -485,26 +700,28 @@ mod limits {
 
 /// `Kill(sibling: n)` only directly inside a Concurrent branch, naming a
 /// branch of that Concurrent.
-fn check_kills(steps: &[Step], branches: Option<usize>) -> Result<(), String> {
-    for step in steps {
+fn check_kills(steps: &[Step], at: &At, branches: Option<usize>) -> Result<(), (At, String)> {
+    for (i, step) in steps.iter().enumerate() {
+        let at = at.index(i);
         match step {
             Step::Kill { sibling } => match branches {
                 Some(n) if *sibling < n => {}
                 Some(n) => {
-                    return Err(format!(
-                        "Kill(sibling: {sibling}) but the Concurrent has {n} branches"
-                    ))
+                    let message = format!("Kill(sibling: {sibling}) but the Concurrent has {n} branches");
+                    return Err((at.field("sibling"), message));
                 }
-                None => return Err("Kill must be inside a Concurrent branch".into()),
+                None => return Err((at, "Kill must be inside a Concurrent branch".into())),
             },
             Step::Concurrent(list) => {
-                for branch in list {
-                    check_kills(branch, Some(list.len()))?;
+                for (b, branch) in list.iter().enumerate() {
+                    check_kills(branch, &at.index(0).index(b), Some(list.len()))?;
                 }
             }
             // A Kill finds its sibling by its own step path: it must stand
             // directly in the branch, not inside a group within it.
-            Step::Repeat { steps, .. } | Step::Timed { steps, .. } => check_kills(steps, None)?,
+            Step::Repeat { steps, .. } | Step::Timed { steps, .. } => {
+                check_kills(steps, &at.field("steps"), None)?
+            }
             _ => {}
         }
     }
@@ -537,17 +754,6 @@ fn created_snapshots(steps: &[Step]) -> BTreeSet<String> {
 pub fn parse_dev_number(name: &str) -> Option<(u32, u32)> {
     let (major, minor) = name.split_once(':')?;
     Some((major.trim().parse().ok()?, minor.trim().parse().ok()?))
-}
-
-/// 1-based line and column of the first occurrence of `needle`.
-fn locate(text: &str, needle: &str) -> (usize, usize) {
-    let Some(offset) = text.find(needle) else {
-        return (1, 1);
-    };
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
 }
 
 #[cfg(test)]
@@ -660,5 +866,72 @@ mod tests {
         let s = GOOD.replace("devices: [\"a\"]", "devices: [\"a\", \"9:9\"]");
         assert!(parse(Path::new("x.ron"), &s).is_ok());
         assert_eq!(parse_dev_number("9:9"), Some((9, 9)));
+    }
+
+    /// Line and column of the first `marker` in `text`, for expectations
+    /// (the tests know where they put things; the loader never searches).
+    fn where_is(text: &str, marker: &str) -> (usize, usize) {
+        spans::line_col(text, text.find(marker).expect("marker in the text"))
+    }
+
+    #[test]
+    fn a_duplicate_device_is_reported_at_the_second_declaration() {
+        let text = GOOD.replace(
+            "(name: \"a\", sectors: 1024)",
+            "(name: \"a\", sectors: 1024),\n    (name: \"b\", sectors: 8), (name: \"a\" , sectors: 8)",
+        );
+        let e = parse(Path::new("x.ron"), &text).unwrap_err();
+        assert!(e.message.contains("declared twice"), "{e}");
+        assert_eq!((e.line, e.col), where_is(&text, "\"a\" ,"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_name_in_a_comment_is_not_its_use() {
+        let text = GOOD
+            .replace("name: \"t\",", "name: \"t\", // not \"b\" nor \"q\"")
+            .replace("devices: [\"a\"]", "devices: [\"a\", /* \"b\" */ \"b\"]")
+            .replace("Take(snapshot: \"s\"", "Take(snapshot: \"q\"");
+        let e = parse(Path::new("x.ron"), &text).unwrap_err();
+        assert!(e.message.contains("unknown device 'b'"), "{e}");
+        assert_eq!((e.line, e.col), where_is(&text, "\"b\"]"), "{e}");
+        let text = text.replace("/* \"b\" */ \"b\"", "\"a\"");
+        let e = parse(Path::new("x.ron"), &text).unwrap_err();
+        assert!(e.message.contains("snapshot 'q'"), "{e}");
+        assert_eq!((e.line, e.col), where_is(&text, "\"q\", expect"), "{e}");
+    }
+
+    #[test]
+    fn errors_inside_groups_point_at_the_value() {
+        let steps = "Concurrent([[Sleep(ms: 1)], [Repeat(times: 2, steps: [\n  Write(target: Image(\"s\", \"zz\"), sector: 0, sectors: 8)])]]),";
+        let text = GOOD.replace("Take(snapshot: \"s\", expect: Err(\"EFAULT\")),", steps);
+        let e = parse(Path::new("x.ron"), &text).unwrap_err();
+        assert!(e.message.contains("unknown device 'zz'"), "{e}");
+        assert_eq!((e.line, e.col), where_is(&text, "\"zz\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_and_duplicate_fields_point_at_the_name() {
+        let text = GOOD.replace("Take(snapshot: \"s\",", "Take(snapshot: \"s\",\n      r#expct: Ok,");
+        let e = parse(Path::new("x.ron"), &text).unwrap_err();
+        assert_eq!((e.line, e.col), where_is(&text, "r#expct"), "{e}");
+        assert!(e.message.contains("`expct` in `Take`"), "{e}");
+        assert!(e.message.contains("`snapshot`, `fault`, `expect`"), "{e}");
+        let text = GOOD.replace("Take(snapshot: \"s\",", "Take(snapshot: \"s\", snapshot : \"s\",");
+        let e = parse(Path::new("x.ron"), &text).unwrap_err();
+        assert_eq!((e.line, e.col), where_is(&text, "snapshot :"), "{e}");
+        assert!(e.message.contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn encoding_errors_have_a_position() {
+        let mut bytes = GOOD.replace("name: \"t\"", "name: \"t\u{e9}\"").into_bytes();
+        let at = bytes.iter().position(|&b| b == 0xc3).unwrap();
+        bytes[at] = 0xff;
+        let e = decode(Path::new("x.ron"), &bytes).unwrap_err();
+        assert_eq!((e.line, e.col), where_is(GOOD, "\","), "{e}");
+        assert!(e.message.contains("invalid UTF-8 (byte 0xff"), "{e}");
+        let e = parse(Path::new("x.ron"), &format!("\u{feff}{GOOD}")).unwrap_err();
+        assert_eq!((e.line, e.col), (1, 1), "{e}");
+        assert!(e.message.contains("byte order mark"), "{e}");
     }
 }

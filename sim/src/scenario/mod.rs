@@ -3,6 +3,7 @@
 mod io_steps;
 mod ioctl_steps;
 pub mod load;
+mod spans;
 pub mod model;
 pub mod runner;
 

@@ -122,6 +122,7 @@ pub enum Scheduler {
 
 /// What an ioctl step expects.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub enum Expect {
     #[default]
     Ok,
@@ -133,6 +134,7 @@ pub enum Expect {
 
 /// What a WAIT_EVENT step expects.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub enum EventExpect {
     /// Any event, or none.
     #[default]
@@ -149,6 +151,7 @@ pub enum EventExpect {
 
 /// A deliberate fault in the user memory handed to an ioctl.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub enum ArgFault {
     /// The argument pointer points at nothing.
     StructUnmapped,
@@ -170,6 +173,7 @@ pub enum ArgFault {
 
 /// The argument of a raw ioctl.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub enum RawArg {
     /// A NULL pointer.
     Null,
@@ -204,6 +208,7 @@ pub struct CbtExpect {
 
 /// Where a workload or an IO step goes.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub enum Target {
     /// The original device.
     Original(String),
@@ -249,6 +254,7 @@ fn default_align() -> u64 {
 /// One step. Devices are named by their scenario name, or as "major:minor"
 /// for a number that need not exist.
 #[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub enum Step {
     Version {
         #[serde(default)]
@@ -497,6 +503,7 @@ fn default_poll_ms() -> u32 {
 
 /// Expected media content.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub enum Media {
     /// Never written: zeros.
     Zero,
