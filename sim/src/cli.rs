@@ -1,5 +1,6 @@
 //! The `blksnap-sim` command line.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -136,32 +137,84 @@ pub fn replay_command(path: &Path, seed: u64) -> String {
 }
 
 /// Every .ron file under the paths, sorted, so runs are in a stable order.
+/// Each file is listed once, however many links lead to it, and a
+/// directory reached again through a link (a loop) is not walked again.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
-    let mut files = Vec::new();
+    let mut walk = Walk::default();
     for path in paths {
-        if path.is_dir() {
-            walk(path, &mut files).map_err(|e| format!("{}: {e}", path.display()))?;
-        } else if path.exists() {
-            files.push(path.clone());
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{}: no such file or directory", path.display()),
+            _ => format!("{}: {e}", path.display()),
+        })?;
+        if meta.is_dir() {
+            walk.dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
         } else {
-            return Err(format!("{}: no such file or directory", path.display()));
+            // Named on the command line: whatever it is, the loader says
+            // what is wrong with it (a FIFO is refused, not read).
+            walk.file(path);
         }
     }
-    files.sort();
-    files.dedup();
-    Ok(files)
+    walk.files.sort();
+    Ok(walk.files)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "ron") {
-            out.push(path);
+/// Files and directories seen, by their canonical path.
+#[derive(Default)]
+struct Walk {
+    files: Vec<PathBuf>,
+    seen_files: BTreeSet<PathBuf>,
+    seen_dirs: BTreeSet<PathBuf>,
+}
+
+impl Walk {
+    fn dir(&mut self, dir: &Path) -> std::io::Result<()> {
+        if !self.seen_dirs.insert(std::fs::canonicalize(dir)?) {
+            return Ok(());
+        }
+        let mut entries = std::fs::read_dir(dir)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        // The first path to a file or directory is the one shown.
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                self.dir(&path)?;
+            } else if path.extension().is_some_and(|e| e == "ron") {
+                self.file(&path);
+            }
+        }
+        Ok(())
+    }
+
+    /// A broken link has no canonical path: it is listed, and fails to load.
+    fn file(&mut self, path: &Path) {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if self.seen_files.insert(key) {
+            self.files.push(path.to_path_buf());
         }
     }
-    Ok(())
+}
+
+/// A scenario file, loaded or not.
+type Loaded = (PathBuf, Result<scenario::Scenario, scenario::LoadError>);
+
+/// Load every file; a scenario name used before in the run is an error
+/// for the later file, naming both (reports and baselines key on names).
+fn load_all(files: &[PathBuf]) -> Vec<Loaded> {
+    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut loaded = Vec::new();
+    for file in files {
+        let mut result = scenario::load(file);
+        if let Ok(s) = &result {
+            if let Some(first) = names.get(&s.name) {
+                result = Err(scenario::load::duplicate_name(file, &s.name, first));
+            } else {
+                names.insert(s.name.clone(), file.clone());
+            }
+        }
+        loaded.push((file.clone(), result));
+    }
+    loaded
 }
 
 fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose: bool) -> i32 {
@@ -188,8 +241,8 @@ fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose:
         .join(" ");
     let mut report = RunReport::new(env!("CARGO_PKG_VERSION"), suite);
     let mut bad_input = false;
-    for file in &files {
-        let run = run_one(file, seed, verbose, &mut bad_input);
+    for (file, loaded) in load_all(&files) {
+        let run = run_one(&file, loaded, seed, verbose, &mut bad_input);
         report.runs.push(run);
     }
     let code = write_outputs(&report, outputs);
@@ -205,8 +258,14 @@ fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose:
     }
 }
 
-fn run_one(file: &Path, seed: Option<u64>, verbose: bool, bad_input: &mut bool) -> ScenarioRun {
-    let scenario = match scenario::load(file) {
+fn run_one(
+    file: &Path,
+    loaded: Result<scenario::Scenario, scenario::LoadError>,
+    seed: Option<u64>,
+    verbose: bool,
+    bad_input: &mut bool,
+) -> ScenarioRun {
+    let scenario = match loaded {
         Ok(scenario) => scenario,
         Err(e) => {
             *bad_input = true;

@@ -161,3 +161,93 @@ fn a_path_without_scenarios_is_an_error() {
     let missing = bin().args(["run", "no/such/path"]).output().expect("runs");
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// A small scenario that passes quickly.
+fn tiny(name: &str) -> String {
+    format!("Scenario(name: \"{name}\", devices: [(name: \"d\", sectors: 64)], steps: [Sleep(ms: 1)])\n")
+}
+
+/// A fresh directory of its own for one test.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = temp(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+#[test]
+fn symlink_loops_are_walked_once_and_each_file_runs_once() {
+    let dir = fresh_dir("loop");
+    std::fs::create_dir_all(dir.join("sub")).expect("dir");
+    std::fs::write(dir.join("sub/one.ron"), tiny("one")).expect("write");
+    // Two links to `.` made the walk exponential; a link to the parent loops.
+    std::os::unix::fs::symlink(".", dir.join("sub/self-a")).expect("link");
+    std::os::unix::fs::symlink(".", dir.join("sub/self-b")).expect("link");
+    std::os::unix::fs::symlink("..", dir.join("sub/up")).expect("link");
+    std::os::unix::fs::symlink("sub/one.ron", dir.join("alias.ron")).expect("link");
+    let out = bin().args(["run"]).arg(&dir).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(text.lines().last(), Some("1 passed, 0 failed"), "{text}");
+}
+
+#[test]
+fn a_fifo_is_refused_not_read() {
+    let dir = fresh_dir("fifo");
+    let fifo = dir.join("x.ron");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    std::fs::write(dir.join("ok.ron"), tiny("ok")).expect("write");
+    // Were the FIFO opened, the run would wait for a writer for ever.
+    let out = bin().args(["run"]).arg(&dir).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let expected = format!("{}: not a regular file", fifo.display());
+    assert!(text.contains(&expected), "{text}");
+    assert_eq!(text.lines().last(), Some("1 passed, 1 failed"), "{text}");
+}
+
+#[test]
+fn a_file_over_4_mib_is_refused_with_the_bound() {
+    let dir = fresh_dir("big");
+    let mut big = tiny("big");
+    big.push_str(&" ".repeat(4 << 20));
+    std::fs::write(dir.join("big.ron"), big).expect("write");
+    let out = bin().args(["run"]).arg(&dir).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("at most 4194304 bytes (4 MiB)"), "{text}");
+}
+
+#[test]
+fn encoding_errors_are_placed() {
+    let dir = fresh_dir("encoding");
+    let mut latin1 = tiny("caf\u{e9}").replace('\u{e9}', "?").into_bytes();
+    let at = latin1.iter().position(|&b| b == b'?').expect("marker");
+    latin1[at] = 0xe9;
+    std::fs::write(dir.join("latin1.ron"), latin1).expect("write");
+    std::fs::write(dir.join("bom.ron"), format!("\u{feff}{}", tiny("bom"))).expect("write");
+    let out = bin().args(["run"]).arg(&dir).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let latin1 = format!("{}:1:{}: invalid UTF-8 (byte 0xe9", dir.join("latin1.ron").display(), at + 1);
+    assert!(text.contains(&latin1), "{text}");
+    let bom = format!("{}:1:1: a byte order mark", dir.join("bom.ron").display());
+    assert!(text.contains(&bom), "{text}");
+}
+
+#[test]
+fn two_scenarios_with_one_name_are_an_error_naming_both() {
+    let dir = fresh_dir("dup-names");
+    std::fs::write(dir.join("a.ron"), tiny("same")).expect("write");
+    std::fs::write(dir.join("b.ron"), tiny("same")).expect("write");
+    let out = bin().args(["run"]).arg(&dir).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let expected = format!(
+        "{}:1:16: scenario name 'same' is also the name of {}",
+        dir.join("b.ron").display(),
+        dir.join("a.ron").display()
+    );
+    assert!(text.contains(&expected), "{text}");
+}

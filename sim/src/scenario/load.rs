@@ -122,6 +122,23 @@ fn decode<'b>(path: &Path, bytes: &'b [u8]) -> Result<&'b str, LoadError> {
     })
 }
 
+/// The error for a scenario whose name an earlier file of the run has,
+/// placed at its `name` (reports and baselines know scenarios by name).
+pub fn duplicate_name(path: &Path, name: &str, first: &Path) -> LoadError {
+    let message = format!(
+        "scenario name '{name}' is also the name of {}: a run needs unique names",
+        first.display()
+    );
+    let text = read_file(path).map(String::from_utf8);
+    match text {
+        Ok(Ok(text)) => {
+            let offset = spans::offset_of(&text, &At::default().field("name"));
+            LoadError::at_offset(path, &text, offset, message)
+        }
+        _ => LoadError::whole_file(path, message),
+    }
+}
+
 /// Parse and check scenario text; `path` is only for messages.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, LoadError> {
     if text.starts_with('\u{feff}') {
