@@ -143,11 +143,14 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut walk = Walk::default();
     for path in paths {
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!("{}: no such file or directory", path.display()),
+            std::io::ErrorKind::NotFound => {
+                format!("{}: no such file or directory", path.display())
+            }
             _ => format!("{}: {e}", path.display()),
         })?;
         if meta.is_dir() {
-            walk.dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            walk.dir(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         } else {
             // Named on the command line: whatever it is, the loader says
             // what is wrong with it (a FIFO is refused, not read).

@@ -230,7 +230,11 @@ fn encoding_errors_are_placed() {
     let out = bin().args(["run"]).arg(&dir).output().expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
-    let latin1 = format!("{}:1:{}: invalid UTF-8 (byte 0xe9", dir.join("latin1.ron").display(), at + 1);
+    let latin1 = format!(
+        "{}:1:{}: invalid UTF-8 (byte 0xe9",
+        dir.join("latin1.ron").display(),
+        at + 1
+    );
     assert!(text.contains(&latin1), "{text}");
     let bom = format!("{}:1:1: a byte order mark", dir.join("bom.ron").display());
     assert!(text.contains(&bom), "{text}");

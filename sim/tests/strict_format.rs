@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use blksnap_sim::scenario::model::{CbtExpect, DeviceSpec, ExpectedFailure, Faults, Step, Workload};
+use blksnap_sim::scenario::model::{
+    CbtExpect, DeviceSpec, ExpectedFailure, Faults, Step, Workload,
+};
 use blksnap_sim::scenario::{parse, Scenario};
 
 // ---------------------------------------------------------------------
@@ -174,7 +176,9 @@ fn tokens(text: &str) -> Vec<(usize, Tok)> {
             i += 1;
             out.push((start, Tok::Literal));
         } else if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || b"_-.".contains(&bytes[i])) {
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || b"_-.".contains(&bytes[i]))
+            {
                 i += 1;
             }
             let word = &text[start..i];
@@ -239,11 +243,21 @@ fn cases(text: &str, steps_start: Option<usize>) -> Vec<Case> {
         match tok {
             Tok::Ident(name) if next == Some(&Tok::Punct(':')) => {
                 let bad = typo(name);
-                push(*offset, name.len(), bad.clone(), format!("unknown field `{bad}`"));
+                push(
+                    *offset,
+                    name.len(),
+                    bad.clone(),
+                    format!("unknown field `{bad}`"),
+                );
             }
             Tok::Ident(name) if i > 0 && name.starts_with(|c: char| c.is_ascii_uppercase()) => {
                 let bad = typo(name);
-                push(*offset, name.len(), bad.clone(), format!("unknown variant `{bad}`"));
+                push(
+                    *offset,
+                    name.len(),
+                    bad.clone(),
+                    format!("unknown variant `{bad}`"),
+                );
             }
             Tok::Punct('(') if opens_struct(&toks, i, prev) => {
                 let at = offset + 1;
@@ -292,7 +306,10 @@ fn top_level_steps(toks: &[(usize, Tok)], steps_start: Option<usize>) -> Vec<(us
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 // ---------------------------------------------------------------------
@@ -356,7 +373,11 @@ fn judge(outcome: &Outcome) -> String {
         "expected `{place}` for the case at {context:?}\ngot: {}",
         outcome.line
     );
-    let named = outcome.line.split(" in `").nth(1).and_then(|r| r.split('`').next());
+    let named = outcome
+        .line
+        .split(" in `")
+        .nth(1)
+        .and_then(|r| r.split('`').next());
     named.unwrap_or_default().to_string()
 }
 
@@ -375,7 +396,10 @@ fn every_step_kind_has_a_readme_example() {
     let mut shown = BTreeSet::new();
     collect_kinds(&parsed.steps, &mut shown);
     let missing: Vec<_> = variants.iter().filter(|v| !shown.contains(*v)).collect();
-    assert!(missing.is_empty(), "step kinds without a README example: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "step kinds without a README example: {missing:?}"
+    );
     // kind() names are the variant names, so the two lists are one.
     assert!(shown.iter().all(|k| variants.contains(k)), "{shown:?}");
 }
@@ -418,7 +442,10 @@ fn a_misspelled_name_in_any_step_fails_at_the_name() {
         .copied()
         .filter(|v| named.contains(*v) || tops.contains(*v) || unit.contains(*v))
         .collect();
-    let missed: Vec<_> = variants.iter().filter(|v| !exercised.contains(*v)).collect();
+    let missed: Vec<_> = variants
+        .iter()
+        .filter(|v| !exercised.contains(*v))
+        .collect();
     assert!(missed.is_empty(), "step kinds never exercised: {missed:?}");
     assert!(exercised.len() >= variants.len() && variants.len() >= 33);
     println!(
@@ -428,7 +455,10 @@ fn a_misspelled_name_in_any_step_fails_at_the_name() {
     );
     // Nested structs inside steps were reached too.
     for nested in ["Workload", "CbtExpect", "Concurrent", "Repeat", "Timed"] {
-        assert!(exercised.contains(nested) || named.contains(nested), "{nested}");
+        assert!(
+            exercised.contains(nested) || named.contains(nested),
+            "{nested}"
+        );
     }
     assert!(named.contains("CbtExpect"), "{named:?}");
 }
@@ -439,7 +469,10 @@ fn unit_steps_refuse_fields(text: &str, variants: &[&str]) -> BTreeSet<String> {
     let mut cases = Vec::new();
     for (i, (offset, tok)) in toks.iter().enumerate() {
         let Tok::Ident(name) = tok else { continue };
-        let alone = matches!(toks.get(i + 1).map(|t| &t.1), Some(Tok::Punct(',' | ']')) | None);
+        let alone = matches!(
+            toks.get(i + 1).map(|t| &t.1),
+            Some(Tok::Punct(',' | ']')) | None
+        );
         if variants.contains(&name.as_str()) && alone {
             let at = offset + name.len();
             let broken = format!("{}(expct: 1){}", &text[..at], &text[at..]);
@@ -478,7 +511,10 @@ fn a_misspelled_name_elsewhere_fails_at_the_name() {
         named.insert(judge(&outcome));
     }
     for (name, _) in structs().into_iter().chain(enums()) {
-        assert!(named.contains(name), "{name} never got a misspelled name: {named:?}");
+        assert!(
+            named.contains(name),
+            "{name} never got a misspelled name: {named:?}"
+        );
     }
 }
 
@@ -488,7 +524,15 @@ fn the_error_lists_the_valid_names() {
     let e = parse(Path::new("x.ron"), &text).expect_err("a misspelled field");
     let (_, variants) = shape::of::<Step>();
     assert!(variants.contains(&"ReadCbtMap"));
-    for field in ["device", "offset", "length", "expect_bytes", "expect_len", "save", "same_as"] {
+    for field in [
+        "device",
+        "offset",
+        "length",
+        "expect_bytes",
+        "expect_len",
+        "save",
+        "same_as",
+    ] {
         assert!(e.message.contains(&format!("`{field}`")), "{e}");
     }
     for (name, fields) in structs() {

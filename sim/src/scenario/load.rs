@@ -88,7 +88,11 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
 
 fn check_kind_and_size(path: &Path, meta: &std::fs::Metadata) -> Result<(), LoadError> {
     if !meta.is_file() {
-        let kind = if meta.is_dir() { "a directory" } else { "a FIFO, socket or device" };
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else {
+            "a FIFO, socket or device"
+        };
         let message = format!("not a regular file ({kind}): refused");
         return Err(LoadError::whole_file(path, message));
     }
@@ -613,7 +617,10 @@ mod limits {
     /// `Err((field, message))`: the field of the device that is wrong.
     pub fn device(d: &DeviceSpec) -> Result<(), (&'static str, String)> {
         if d.sectors == 0 || d.sectors > MAX_SECTORS {
-            return Err(("sectors", format!("a device has 1 to {MAX_SECTORS} sectors")));
+            return Err((
+                "sectors",
+                format!("a device has 1 to {MAX_SECTORS} sectors"),
+            ));
         }
         if d.io_min == 0 || !d.io_min.is_multiple_of(512) {
             return Err(("io_min", "io_min is a positive multiple of 512".into()));
@@ -724,7 +731,8 @@ fn check_kills(steps: &[Step], at: &At, branches: Option<usize>) -> Result<(), (
             Step::Kill { sibling } => match branches {
                 Some(n) if *sibling < n => {}
                 Some(n) => {
-                    let message = format!("Kill(sibling: {sibling}) but the Concurrent has {n} branches");
+                    let message =
+                        format!("Kill(sibling: {sibling}) but the Concurrent has {n} branches");
                     return Err((at.field("sibling"), message));
                 }
                 None => return Err((at, "Kill must be inside a Concurrent branch".into())),
@@ -928,12 +936,18 @@ mod tests {
 
     #[test]
     fn unknown_and_duplicate_fields_point_at_the_name() {
-        let text = GOOD.replace("Take(snapshot: \"s\",", "Take(snapshot: \"s\",\n      r#expct: Ok,");
+        let text = GOOD.replace(
+            "Take(snapshot: \"s\",",
+            "Take(snapshot: \"s\",\n      r#expct: Ok,",
+        );
         let e = parse(Path::new("x.ron"), &text).unwrap_err();
         assert_eq!((e.line, e.col), where_is(&text, "r#expct"), "{e}");
         assert!(e.message.contains("`expct` in `Take`"), "{e}");
         assert!(e.message.contains("`snapshot`, `fault`, `expect`"), "{e}");
-        let text = GOOD.replace("Take(snapshot: \"s\",", "Take(snapshot: \"s\", snapshot : \"s\",");
+        let text = GOOD.replace(
+            "Take(snapshot: \"s\",",
+            "Take(snapshot: \"s\", snapshot : \"s\",",
+        );
         let e = parse(Path::new("x.ron"), &text).unwrap_err();
         assert_eq!((e.line, e.col), where_is(&text, "snapshot :"), "{e}");
         assert!(e.message.contains("given twice"), "{e}");
@@ -941,7 +955,9 @@ mod tests {
 
     #[test]
     fn encoding_errors_have_a_position() {
-        let mut bytes = GOOD.replace("name: \"t\"", "name: \"t\u{e9}\"").into_bytes();
+        let mut bytes = GOOD
+            .replace("name: \"t\"", "name: \"t\u{e9}\"")
+            .into_bytes();
         let at = bytes.iter().position(|&b| b == 0xc3).unwrap();
         bytes[at] = 0xff;
         let e = decode(Path::new("x.ron"), &bytes).unwrap_err();

@@ -3,9 +3,9 @@
 mod io_steps;
 mod ioctl_steps;
 pub mod load;
-mod spans;
 pub mod model;
 pub mod runner;
+mod spans;
 
 pub use load::{load, parse, LoadError};
 pub use model::Scenario;

@@ -47,7 +47,11 @@ struct Node {
 /// The byte offset of the value at `at`; if the path leads nowhere (the
 /// value was left out and took its default), the deepest value it reached.
 pub fn offset_of(text: &str, at: &At) -> usize {
-    let mut parser = Parser { text, pos: 0 };
+    let mut parser = Parser {
+        text,
+        pos: 0,
+        depth: 0,
+    };
     let root = parser.document();
     let mut node = &root;
     for seg in &at.0 {
@@ -106,7 +110,12 @@ fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
 struct Parser<'t> {
     text: &'t str,
     pos: usize,
+    /// Open groups: deeper than ron's own limit, the text is not walked.
+    depth: usize,
 }
+
+/// ron refuses nesting deeper than 128; beyond this the tree stops.
+const MAX_DEPTH: usize = 256;
 
 impl<'t> Parser<'t> {
     fn rest(&self) -> &str {
@@ -214,6 +223,16 @@ impl<'t> Parser<'t> {
 
     /// `( ... )`, `[ ... ]` or `{ ... }`: `name: value` pairs or values.
     fn group(&mut self, node: &mut Node, close: char) {
+        if self.depth >= MAX_DEPTH {
+            self.pos = self.text.len();
+            return;
+        }
+        self.depth += 1;
+        self.members(node, close);
+        self.depth -= 1;
+    }
+
+    fn members(&mut self, node: &mut Node, close: char) {
         self.bump();
         loop {
             self.skip_trivia();
@@ -348,5 +367,7 @@ mod tests {
         for text in ["", "(", "S(a: \"", "r#\"", "/* /*", "S(a:", "é(", "[1, 2"] {
             let _ = offset_of(text, &At::default().field("a").index(3));
         }
+        let deep = "[".repeat(100_000);
+        assert_eq!(offset_of(&deep, &At::default().index(0).index(0)), 2);
     }
 }
