@@ -967,4 +967,40 @@ mod tests {
         assert_eq!((e.line, e.col), (1, 1), "{e}");
         assert!(e.message.contains("byte order mark"), "{e}");
     }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        // ron counts bytes; "διάκ" is 8 bytes but 4 columns.
+        let text = GOOD.replace(
+            "(name: \"a\", sectors: 1024)",
+            "(name: \"a\", sectors: 1024), (name: \"διάκ\", sectorz: 8)",
+        );
+        let e = parse(Path::new("x.ron"), &text).unwrap_err();
+        let line = text.lines().nth(2).unwrap();
+        let col = line[..line.find("sectorz").unwrap()].chars().count() + 1;
+        assert_eq!((e.line, e.col), (3, col), "{e}");
+    }
+
+    #[test]
+    fn bounds_point_at_the_field_that_breaks_them() {
+        let cases = [
+            ("Sleep(ms: 1),\n        Sleep(ms: 99999999999),", "ms: 99"),
+            (
+                "Concurrent([[Sleep(ms: 1)], [Kill(sibling: 7)]]),",
+                "sibling: 7",
+            ),
+            (
+                "Write(target: Original(\"a\"), sector: 0, sectors: 8, repeat: 0),",
+                "repeat: 0",
+            ),
+        ];
+        for (step, marker) in cases {
+            let text = GOOD.replace("Take(snapshot: \"s\", expect: Err(\"EFAULT\")),", step);
+            let e = parse(Path::new("x.ron"), &text).unwrap_err();
+            let want = where_is(&text, marker);
+            // The value, after `name: `.
+            let want = (want.0, want.1 + marker.find(' ').unwrap() + 1);
+            assert_eq!((e.line, e.col), want, "{e}");
+        }
+    }
 }
