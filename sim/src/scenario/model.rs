@@ -1,7 +1,9 @@
 //! The scenario file format (RON), as data. See `scenarios/README.md`.
 //!
-//! Every struct denies unknown fields, so a misspelled field or step is an
-//! error with its file, line and column, never a silent default.
+//! Every struct and enum denies unknown fields (on `Step` this covers the
+//! fields of every struct variant), so a misspelled field or step is an
+//! error with its file, line and column, never a silent default;
+//! `sim/tests/strict_format.rs` misspells each one in turn.
 
 use serde::{Deserialize, Serialize};
 
