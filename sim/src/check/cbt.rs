@@ -902,3 +902,270 @@ pub fn user_bio_ended(sim: &Sim, bio: &Bio, submitted: u64, completed: u64, ok: 
     };
     user_write(sim, bio.dev, &change);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: DevT = DevT(7 << 20);
+    const SNAP: [u8; 16] = [1; 16];
+    /// 100 blocks of 128 sectors (64 KiB, the default rule).
+    const CAPACITY: u64 = 12800;
+
+    fn geometry(capacity: u64) -> Geometry {
+        Geometry::of(capacity, &Params::default())
+    }
+
+    fn checker() -> CbtChecker {
+        let mut c = CbtChecker::default();
+        c.created(D, Some(1), geometry(CAPACITY), (0, 10));
+        c.snapshot_created(SNAP, vec![D]);
+        c
+    }
+
+    fn take(c: &mut CbtChecker, start: u64, end: u64) {
+        take_sized(c, start, end, CAPACITY);
+    }
+
+    fn take_sized(c: &mut CbtChecker, start: u64, end: u64, capacity: u64) {
+        c.take_begin(&SNAP);
+        c.take_end(&SNAP, (start, end), true, |_| geometry(capacity));
+    }
+
+    fn write(c: &mut CbtChecker, sector: u64, sectors: u64, submitted: u64, completed: u64) {
+        let change = Change {
+            sector,
+            sectors,
+            submitted,
+            completed,
+            ok: true,
+        };
+        c.write(D, &change);
+    }
+
+    fn read(c: &mut CbtChecker, at: u64, marks: &[(usize, u8)]) -> Result<(), String> {
+        let mut bytes = vec![0u8; 100];
+        for &(i, v) in marks {
+            bytes[i] = v;
+        }
+        let read = MapRead {
+            offset: 0,
+            bytes: &bytes,
+            start: at,
+            end: at + 1,
+        };
+        c.map_read(D, &read)
+    }
+
+    fn info(number: u8, generation: u8) -> Info {
+        Info {
+            blk_size: 65536,
+            blk_count: 100,
+            generation: [generation; 16],
+            snap_number: number,
+        }
+    }
+
+    #[test]
+    fn a_missing_block_fails_and_a_marked_one_passes() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        write(&mut c, 5 * 128, 8, 40, 50);
+        take(&mut c, 60, 70);
+        let err = read(&mut c, 80, &[]).unwrap_err();
+        assert!(err.contains("block 5 is 0, must be > 1"), "{err}");
+        assert!(read(&mut c, 80, &[(5, 2)]).is_ok());
+        assert!(c.blocks_judged >= 1);
+    }
+
+    #[test]
+    fn a_number_not_newer_than_the_take_before_the_change_fails() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        write(&mut c, 5 * 128, 8, 40, 50);
+        take(&mut c, 60, 70);
+        let err = read(&mut c, 80, &[(5, 1)]).unwrap_err();
+        assert!(err.contains("block 5 is 1, must be > 1"), "{err}");
+    }
+
+    #[test]
+    fn a_write_straddling_blocks_needs_every_block() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        // Sectors 250..260: blocks 1 and 2.
+        write(&mut c, 250, 10, 40, 50);
+        take(&mut c, 60, 70);
+        let err = read(&mut c, 80, &[(1, 2)]).unwrap_err();
+        assert!(err.contains("block 2 is 0"), "{err}");
+        assert!(read(&mut c, 80, &[(1, 2), (2, 2)]).is_ok());
+    }
+
+    #[test]
+    fn writes_before_the_copy_take_only_are_required() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        // Written after the copy: the frozen map need not show it.
+        write(&mut c, 0, 8, 40, 50);
+        assert!(read(&mut c, 60, &[]).is_ok());
+        assert_eq!(c.blocks_judged, 0);
+    }
+
+    #[test]
+    fn writes_in_flight_during_a_take_go_either_way_there_and_count_later() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        c.take_begin(&SNAP);
+        write(&mut c, 0, 8, 55, 65); // in flight at the start of the take
+        write(&mut c, 128, 8, 62, 68); // submitted inside the take
+        c.take_end(&SNAP, (60, 70), true, |_| geometry(CAPACITY));
+        assert!(read(&mut c, 80, &[]).is_ok());
+        assert!(read(&mut c, 80, &[(0, 2), (1, 3)]).is_ok());
+        take(&mut c, 100, 110);
+        let err = read(&mut c, 120, &[(1, 2)]).unwrap_err();
+        assert!(err.contains("block 0 is 0, must be > 1"), "{err}");
+        let err = read(&mut c, 120, &[(0, 2)]).unwrap_err();
+        assert!(err.contains("block 1 is 0, must be > 1"), "{err}");
+        assert!(read(&mut c, 120, &[(0, 2), (1, 2)]).is_ok());
+    }
+
+    #[test]
+    fn a_read_overlapping_a_take_is_not_judged_but_counted() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        write(&mut c, 0, 8, 40, 50);
+        take(&mut c, 60, 70);
+        assert!(read(&mut c, 65, &[]).is_ok());
+        assert_eq!(c.maps_unjudged, 1);
+        assert_eq!(c.maps_judged, 0);
+    }
+
+    #[test]
+    fn the_255th_take_wraps_and_the_stale_copy_is_judged_as_the_254th() {
+        let mut c = checker();
+        let mut t = 20;
+        for _ in 0..253 {
+            take(&mut c, t, t + 5);
+            t += 10;
+        }
+        // After the 253rd take: a change it must show once the 254th ran.
+        write(&mut c, 3 * 128, 8, t, t + 2);
+        take(&mut c, t + 5, t + 8); // 254th
+        write(&mut c, 4 * 128, 8, t + 10, t + 12); // lost by the wrap
+        assert!(c.info(D, &info(254, 1), t + 9).is_ok());
+        take(&mut c, t + 20, t + 25); // 255th: the read map stays the 254th copy
+        let err = read(&mut c, t + 30, &[]).unwrap_err();
+        assert!(err.contains("block 3 is 0, must be > 253"), "{err}");
+        assert!(read(&mut c, t + 30, &[(3, 254)]).is_ok());
+        // A consumer must see a new generation, numbered 255.
+        let err = c.info(D, &info(255, 1), t + 31).unwrap_err();
+        assert!(err.contains("old generation"), "{err}");
+        assert!(c.info(D, &info(255, 2), t + 31).is_ok());
+        // The new generation: changes after the wrap count from 0.
+        write(&mut c, 6 * 128, 8, t + 40, t + 42);
+        take(&mut c, t + 50, t + 55); // 256th: number 1
+        let err = read(&mut c, t + 60, &[]).unwrap_err();
+        assert!(err.contains("block 6 is 0, must be > 0"), "{err}");
+        assert!(read(&mut c, t + 60, &[(6, 1)]).is_ok());
+        let err = c.info(D, &info(2, 2), t + 61).unwrap_err();
+        assert!(err.contains("must be 1"), "{err}");
+    }
+
+    #[test]
+    fn a_resize_resets_the_generation_and_forgets_older_changes() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        assert!(c.info(D, &info(1, 1), 31).is_ok());
+        write(&mut c, 0, 8, 40, 50);
+        take_sized(&mut c, 60, 70, CAPACITY * 2);
+        // The reset map is empty: nothing older is required.
+        assert!(read(&mut c, 80, &[]).is_ok());
+        let mut wide = info(1, 1);
+        wide.blk_count = 200;
+        let err = c.info(D, &wide, 81).unwrap_err();
+        assert!(err.contains("old generation"), "{err}");
+        wide.generation = [3; 16];
+        assert!(c.info(D, &wide, 81).is_ok());
+        write(&mut c, 150 * 128, 8, 90, 95);
+        take_sized(&mut c, 100, 110, CAPACITY * 2);
+        let err = read_wide(&mut c, 120).unwrap_err();
+        assert!(err.contains("block 150 is 0, must be > 1"), "{err}");
+    }
+
+    fn read_wide(c: &mut CbtChecker, at: u64) -> Result<(), String> {
+        let bytes = vec![0u8; 200];
+        let read = MapRead {
+            offset: 0,
+            bytes: &bytes,
+            start: at,
+            end: at + 1,
+        };
+        c.map_read(D, &read)
+    }
+
+    #[test]
+    fn a_wrong_block_size_fails_tracker_collect() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        let mut bad = info(1, 1);
+        bad.blk_size = 1;
+        let err = c.info(D, &bad, 31).unwrap_err();
+        assert!(err.contains("spec 4.2"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_tracker_is_counted_not_judged() {
+        let mut c = CbtChecker::default();
+        assert!(read(&mut c, 10, &[(0, 9)]).is_ok());
+        assert_eq!((c.maps_judged, c.maps_unjudged), (0, 1));
+    }
+
+    #[test]
+    fn over_reporting_is_counted_not_failed() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        write(&mut c, 0, 8, 40, 50);
+        take(&mut c, 60, 70);
+        assert!(read(&mut c, 80, &[(0, 2), (9, 2)]).is_ok());
+        assert_eq!(c.blocks_overreported, 1);
+    }
+
+    #[test]
+    fn mark_dirty_raises_the_current_copy() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        take(&mut c, 40, 50);
+        c.marked_dirty(D, &[(128, 8)], (60, 61));
+        let err = read(&mut c, 70, &[]).unwrap_err();
+        assert!(err.contains("block 1 is 0, must be > 1"), "{err}");
+        assert!(read(&mut c, 70, &[(1, 2)]).is_ok());
+    }
+
+    #[test]
+    fn a_failed_take_near_the_wrap_stops_the_judging() {
+        let mut c = checker();
+        let mut t = 20;
+        for _ in 0..250 {
+            take(&mut c, t, t + 5);
+            t += 10;
+        }
+        for _ in 0..5 {
+            c.take_begin(&SNAP);
+            c.take_end(&SNAP, (t, t + 5), false, |_| geometry(CAPACITY));
+            t += 10;
+        }
+        take(&mut c, t, t + 5);
+        assert!(read(&mut c, t + 10, &[]).is_ok());
+        assert_eq!(c.maps_unjudged, 1);
+    }
+
+    #[test]
+    fn block_sets_are_sparse_and_exact() {
+        let mut set = BlockSet::default();
+        set.insert_range(4090, 4100);
+        set.insert_range(1 << 40, (1 << 40) + 1);
+        assert_eq!(set.pages.len(), 3);
+        assert!(set.contains(4095) && set.contains(4096) && !set.contains(4101));
+        let got: Vec<u64> = set.iter_range(4099, (1 << 40) + 1).collect();
+        assert_eq!(got, vec![4099, 4100, 1 << 40]);
+    }
+}
