@@ -155,8 +155,16 @@ impl Run {
         if let Some(want) = expect_full.filter(|w| *w != base.is_none()) {
             return Err(format!(
                 "IncrementalBackup of {device} did {} backup, expected {}",
-                if base.is_none() { "a full" } else { "an incremental" },
-                if want { "a full one" } else { "an incremental one" }
+                if base.is_none() {
+                    "a full"
+                } else {
+                    "an incremental"
+                },
+                if want {
+                    "a full one"
+                } else {
+                    "an incremental one"
+                }
             ));
         }
         match base {
@@ -228,7 +236,12 @@ impl Run {
     }
 
     /// Copy the blocks whose CBT byte is newer than `base`.
-    async fn copy_changed(&self, plan: &Plan, info: &BlkSnapCbtInfo, base: u8) -> Result<(), String> {
+    async fn copy_changed(
+        &self,
+        plan: &Plan,
+        info: &BlkSnapCbtInfo,
+        base: u8,
+    ) -> Result<(), String> {
         let block_sectors = u64::from(info.blk_size / 512);
         if block_sectors == 0 {
             return Err(format!(
@@ -254,7 +267,9 @@ impl Run {
     async fn cbt_info(&self, orig: DevT) -> Result<BlkSnapCbtInfo, String> {
         let failed = |e| format!("backup: TRACKER_COLLECT failed: {e}");
         let query = self.user.map(BlkSnapTrackerCollect::default().encode());
-        self.ioctl_at(IOCTL_BLK_SNAP_TRACKER_COLLECT, query).await.map_err(failed)?;
+        self.ioctl_at(IOCTL_BLK_SNAP_TRACKER_COLLECT, query)
+            .await
+            .map_err(failed)?;
         let count = self
             .user
             .read(query, BlkSnapTrackerCollect::SIZE)
@@ -267,7 +282,9 @@ impl Run {
             cbt_info_array: array,
         };
         let addr = self.user.map(arg.encode());
-        self.ioctl_at(IOCTL_BLK_SNAP_TRACKER_COLLECT, addr).await.map_err(failed)?;
+        self.ioctl_at(IOCTL_BLK_SNAP_TRACKER_COLLECT, addr)
+            .await
+            .map_err(failed)?;
         (0..count as u64)
             .filter_map(|i| {
                 let bytes = self.user.read(array + i * size as u64, size)?;
