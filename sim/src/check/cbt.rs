@@ -568,6 +568,10 @@ fn take_failed(device: &mut Device, now: Geometry) {
 
 /// File a completed change under the TAKE it came after.
 fn record_change(gen: &mut Gen, change: &Change, taking: bool) {
+    // An empty bio marks nothing (spec 3.4 step 2).
+    if change.sectors == 0 {
+        return;
+    }
     let (first, last) = gen.geometry.blocks(change.sector, change.sectors);
     let count = gen.geometry.count;
     if last >= count {
