@@ -238,6 +238,8 @@ pub struct Change {
 /// A READ_CBT_MAP result.
 pub struct MapRead<'a> {
     pub offset: u64,
+    /// The length the user asked for.
+    pub length: u64,
     pub bytes: &'a [u8],
     pub start: u64,
     pub end: u64,
@@ -390,6 +392,9 @@ impl CbtChecker {
             self.unjudged(read);
             return Ok(());
         };
+        if let Some(gen) = device.gen.as_ref().filter(|_| device.taking == 0) {
+            past_the_map(gen.geometry.count, dev, read)?;
+        }
         let (gen, index) = match device.copy {
             Some(Copy::Current(i)) => (device.gen.as_ref(), i),
             Some(Copy::Stale(i)) => (device.stale.as_ref(), i),
@@ -659,6 +664,22 @@ fn judge(
     Ok(judged)
 }
 
+/// READ_CBT_MAP copies at most the map from the offset on (a longer copy
+/// reads past the table: B-CBT-2's out-of-bounds read). The geometry of a
+/// reset to come is the same until the next TAKE, so the current one holds.
+fn past_the_map(count: u64, dev: DevT, read: &MapRead) -> Result<(), String> {
+    let most = count.saturating_sub(read.offset).min(read.length);
+    let copied = read.bytes.len() as u64;
+    if copied <= most {
+        return Ok(());
+    }
+    Err(format!(
+        "READ_CBT_MAP of {dev} at offset {} with length {} copied {copied} bytes; the map has \
+         {count} blocks, so at most {most}",
+        read.offset, read.length
+    ))
+}
+
 /// Blocks marked that no change this model saw touched.
 fn overreported(gen: &Gen, device: &Device, read: &MapRead) -> u64 {
     let mut count = 0;
@@ -861,6 +882,7 @@ fn map_read(
     checker.tracker_is(dev, token);
     let read = MapRead {
         offset: read.offset.into(),
+        length: read.length.into(),
         bytes: &bytes,
         start,
         end,
@@ -954,6 +976,7 @@ mod tests {
         }
         let read = MapRead {
             offset: 0,
+            length: bytes.len() as u64,
             bytes: &bytes,
             start: at,
             end: at + 1,
@@ -1099,6 +1122,7 @@ mod tests {
         let bytes = vec![0u8; 200];
         let read = MapRead {
             offset: 0,
+            length: bytes.len() as u64,
             bytes: &bytes,
             start: at,
             end: at + 1,
@@ -1160,6 +1184,22 @@ mod tests {
         take(&mut c, t, t + 5);
         assert!(read(&mut c, t + 10, &[]).is_ok());
         assert_eq!(c.maps_unjudged, 1);
+    }
+
+    #[test]
+    fn a_copy_past_the_end_of_the_map_fails() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        let bytes = vec![0u8; 60];
+        let read = MapRead {
+            offset: 50,
+            length: 60,
+            bytes: &bytes,
+            start: 40,
+            end: 41,
+        };
+        let err = c.map_read(D, &read).unwrap_err();
+        assert!(err.contains("at most 50"), "{err}");
     }
 
     #[test]
