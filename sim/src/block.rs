@@ -14,9 +14,10 @@ use crate::trace::TraceEvent;
 
 /// Submit a user bio and wait for its end.
 pub async fn user_bio(sim: &Rc<Sim>, bio: Bio) -> BioResult {
-    let op = sim.oracle.borrow_mut().submit(sim.now(), &bio);
+    let (op, submitted) = (sim.oracle.borrow_mut().submit(sim.now(), &bio), sim.now());
     let result = route(sim, bio.clone()).await;
     let now = sim.now();
+    crate::check::cbt::user_bio_ended(sim, &bio, submitted, now, result.is_ok());
     let verdict = sim.oracle.borrow_mut().complete(now, op, &bio, &result);
     if let Err(message) = verdict {
         sim.fail("point_in_time", message);

@@ -34,7 +34,9 @@ pub async fn ioctl(
     let nr = IoctlNr::ALL.iter().copied().find(|nr| nr.cmd() == cmd);
     let id = nr.and_then(|nr| named_id(nr, arg, user));
     let token = sim.lifecycle.borrow_mut().begin();
+    let cbt = crate::check::cbt::ioctl_begin(sim, cmd, arg, user);
     let result = ctrl::ioctl(module, cmd, arg, user).await;
+    crate::check::cbt::ioctl_end(sim, &module.params(), cbt, arg, result, user);
     let value = match result {
         Ok(v) => v,
         Err(e) => -i64::from(e.0),

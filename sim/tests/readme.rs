@@ -30,10 +30,10 @@ fn every_step_example_parses() {
     );
     let parsed = blksnap_sim::scenario::parse(Path::new("README.md"), &scenario)
         .unwrap_or_else(|e| panic!("{e}"));
-    // One example for every kind of step (33 kinds today).
+    // One example for every kind of step (36 kinds today).
     let mut kinds = std::collections::BTreeSet::new();
     collect_kinds(&parsed.steps, &mut kinds);
-    assert_eq!(kinds.len(), 33, "step kinds shown: {kinds:?}");
+    assert_eq!(kinds.len(), 36, "step kinds shown: {kinds:?}");
 }
 
 fn collect_kinds(steps: &[Step], kinds: &mut std::collections::BTreeSet<&'static str>) {

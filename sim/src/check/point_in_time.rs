@@ -372,6 +372,15 @@ impl Oracle {
             .map(|((_, sector), _)| *sector)
             .collect()
     }
+
+    /// What an image may hold at `sector` now (the backup compare): the
+    /// original's content at TAKE plus the image's own writes.
+    pub fn image_allowed(&self, image: DevT, sector: u64, now: u64) -> BTreeSet<Stamp> {
+        if !self.images.contains_key(&image) {
+            return BTreeSet::new();
+        }
+        self.image_values(image, sector, now, now)
+    }
 }
 
 fn show(values: &BTreeSet<Stamp>) -> String {

@@ -499,6 +499,26 @@ impl Checker<'_> {
                 device(d, "device")
             }
             Step::Sleep { .. } | Step::Unload | Step::Load => Ok(()),
+            Step::FullBackup {
+                snapshot: s,
+                device: d,
+                backup: b,
+            }
+            | Step::IncrementalBackup {
+                snapshot: s,
+                device: d,
+                backup: b,
+                ..
+            }
+            | Step::CompareBackup {
+                snapshot: s,
+                device: d,
+                backup: b,
+            } => {
+                snapshot(s)?;
+                device(d)?;
+                device(b)
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! Scenarios: the file format, loading with precise errors, and the runner.
 
+mod backup_steps;
 mod io_steps;
 mod ioctl_steps;
 pub mod load;

@@ -497,6 +497,31 @@ pub enum Step {
         #[serde(default)]
         expect_corrupted: Option<bool>,
     },
+    /// Copy every sector of the image of `device` in `snapshot` onto the
+    /// device `backup` (user reads and writes), and keep the CBT generation
+    /// and snapshot number in the backup's last sectors.
+    FullBackup {
+        snapshot: String,
+        device: String,
+        backup: String,
+    },
+    /// Read the CBT map and copy only the blocks marked newer than the last
+    /// backup on `backup`; a full copy when that backup is of another CBT
+    /// generation (or there is none). `expect_full` asserts which it did.
+    IncrementalBackup {
+        snapshot: String,
+        device: String,
+        backup: String,
+        #[serde(default)]
+        expect_full: Option<bool>,
+    },
+    /// The backup must equal the image, and the oracle's content of the
+    /// image, sector for sector.
+    CompareBackup {
+        snapshot: String,
+        device: String,
+        backup: String,
+    },
 }
 
 fn default_poll_ms() -> u32 {
@@ -553,6 +578,9 @@ impl Step {
             Step::ExpectMedia { .. } => "ExpectMedia",
             Step::Stretch { .. } => "Stretch",
             Step::Load => "Load",
+            Step::FullBackup { .. } => "FullBackup",
+            Step::IncrementalBackup { .. } => "IncrementalBackup",
+            Step::CompareBackup { .. } => "CompareBackup",
         }
     }
 }

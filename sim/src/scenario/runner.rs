@@ -286,6 +286,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         "image_sectors_checked".to_string(),
         oracle.sectors_checked as f64,
     );
+    metrics.extend(sim.cbt.borrow().metrics());
     Outcome {
         name: scenario.name.clone(),
         seed,
@@ -710,6 +711,25 @@ impl Run {
                 self.load_module();
                 Ok(())
             }
+            Step::FullBackup {
+                snapshot,
+                device,
+                backup,
+            } => self.full_backup(snapshot, device, backup).await,
+            Step::IncrementalBackup {
+                snapshot,
+                device,
+                backup,
+                expect_full,
+            } => {
+                self.incremental_backup(snapshot, device, backup, *expect_full)
+                    .await
+            }
+            Step::CompareBackup {
+                snapshot,
+                device,
+                backup,
+            } => self.compare_backup(snapshot, device, backup).await,
             _ => unreachable!("ioctl steps are dispatched in step()"),
         }
     }

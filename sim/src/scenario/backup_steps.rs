@@ -1,0 +1,359 @@
+//! The backup workflow, as a backup tool drives blksnap: a full backup
+//! copies a taken image onto a backup device; an incremental one reads the
+//! CBT map and copies only the blocks changed since the last backup; a
+//! compare checks that the backup now equals the image.
+//!
+//! Everything goes through the user paths: TRACKER_COLLECT and
+//! READ_CBT_MAP through the real ioctls, image reads and backup writes
+//! through the block layer (so the oracle judges every one of them).
+//!
+//! Like a real tool, the backup keeps its own metadata with the data: the
+//! last sectors of the backup device hold the original it copies, the CBT
+//! generation and the snapshot number of the last backup. An incremental
+//! backup whose metadata is missing, names another original or another
+//! generation does a full copy instead (spec 4.4: a new generation says
+//! nothing of older snapshots).
+
+use blksnap_core::kernel::{Bio, DevT, Stamp};
+use blksnap_core::uapi::*;
+
+use super::ioctl_steps::{blk_dev, dev_t};
+use super::model::Target;
+use super::runner::Run;
+use crate::block;
+
+/// Sectors per image read or backup write.
+const COPY_SECTORS: u64 = 1024;
+/// Largest image a backup copies (2 GiB), so a run stays short.
+const MAX_BACKUP_SECTORS: u64 = 1 << 22;
+/// The metadata record: magic, original, generation (two stamps), number.
+const META_SECTORS: u64 = 5;
+/// "BKSPMETA": no write stamp or pattern stamp has this value.
+const META_MAGIC: Stamp = 0x424b_5350_4d45_5441;
+
+/// What the last backup on a device was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Meta {
+    orig: DevT,
+    generation: [u8; 16],
+    /// The number a consumer compares CBT bytes with.
+    base: u8,
+}
+
+impl Meta {
+    fn stamps(&self) -> Vec<Stamp> {
+        let (lo, hi) = self.generation.split_at(8);
+        vec![
+            META_MAGIC,
+            u64::from(self.orig.0),
+            u64::from_le_bytes(lo.try_into().unwrap_or_default()),
+            u64::from_le_bytes(hi.try_into().unwrap_or_default()),
+            u64::from(self.base),
+        ]
+    }
+
+    fn parse(stamps: &[Stamp]) -> Option<Meta> {
+        let [magic, orig, lo, hi, base] = stamps else {
+            return None;
+        };
+        if *magic != META_MAGIC {
+            return None;
+        }
+        let mut generation = [0u8; 16];
+        generation[..8].copy_from_slice(&lo.to_le_bytes());
+        generation[8..].copy_from_slice(&hi.to_le_bytes());
+        Some(Meta {
+            orig: DevT(u32::try_from(*orig).ok()?),
+            generation,
+            base: u8::try_from(*base).ok()?,
+        })
+    }
+}
+
+/// A snapshot number as the base of the next incremental: after the 255th
+/// TAKE the new generation marks changes from 1, so 255 counts as 0.
+fn base_of(snap_number: u8) -> u8 {
+    if snap_number == 255 {
+        0
+    } else {
+        snap_number
+    }
+}
+
+/// The image, the original and the backup device of one backup step.
+struct Plan {
+    orig: DevT,
+    image: DevT,
+    backup: DevT,
+    sectors: u64,
+    meta_at: u64,
+}
+
+impl Run {
+    fn backup_plan(&self, snapshot: &str, device: &str, backup: &str) -> Result<Plan, String> {
+        let orig = self.dev(device);
+        let target = Target::Image(snapshot.to_string(), device.to_string());
+        let image = self
+            .target_dev(&target)
+            .map_err(|_| format!("backup: no image of {device} in {snapshot}"))?;
+        let sectors = self.sim.disk_capacity(image).unwrap_or(0);
+        if sectors == 0 || sectors > MAX_BACKUP_SECTORS {
+            return Err(format!(
+                "backup: the image of {device} has {sectors} sectors; backups copy 1 to {MAX_BACKUP_SECTORS}"
+            ));
+        }
+        let backup_dev = self.dev(backup);
+        let room = self
+            .sim
+            .devices
+            .borrow()
+            .get(&backup_dev)
+            .map_or(0, |d| d.capacity);
+        if room < sectors + META_SECTORS {
+            return Err(format!(
+                "backup: {backup} has {room} sectors, needs {} (the image and {META_SECTORS} of metadata)",
+                sectors + META_SECTORS
+            ));
+        }
+        Ok(Plan {
+            orig,
+            image,
+            backup: backup_dev,
+            sectors,
+            meta_at: room - META_SECTORS,
+        })
+    }
+
+    /// FullBackup: copy every sector, then record the metadata.
+    pub(super) async fn full_backup(
+        &self,
+        snapshot: &str,
+        device: &str,
+        backup: &str,
+    ) -> Result<(), String> {
+        let plan = self.backup_plan(snapshot, device, backup)?;
+        let info = self.cbt_info(plan.orig).await?;
+        self.copy_full(&plan).await?;
+        self.write_meta(&plan, &info).await
+    }
+
+    /// IncrementalBackup: the blocks marked newer than the last backup's
+    /// number, or everything when the last backup is of another generation.
+    pub(super) async fn incremental_backup(
+        &self,
+        snapshot: &str,
+        device: &str,
+        backup: &str,
+        expect_full: Option<bool>,
+    ) -> Result<(), String> {
+        let plan = self.backup_plan(snapshot, device, backup)?;
+        let info = self.cbt_info(plan.orig).await?;
+        let last = self.read_meta(&plan).await?;
+        let base = last
+            .filter(|m| m.orig == plan.orig && m.generation == info.generation_id.b)
+            .map(|m| m.base);
+        if let Some(want) = expect_full.filter(|w| *w != base.is_none()) {
+            return Err(format!(
+                "IncrementalBackup of {device} did {} backup, expected {}",
+                if base.is_none() {
+                    "a full"
+                } else {
+                    "an incremental"
+                },
+                if want {
+                    "a full one"
+                } else {
+                    "an incremental one"
+                }
+            ));
+        }
+        match base {
+            None => self.copy_full(&plan).await?,
+            Some(base) => self.copy_changed(&plan, &info, base).await?,
+        }
+        self.write_meta(&plan, &info).await
+    }
+
+    /// CompareBackup: the backup equals the image, and what the oracle
+    /// allows for the image, sector for sector.
+    pub(super) async fn compare_backup(
+        &self,
+        snapshot: &str,
+        device: &str,
+        backup: &str,
+    ) -> Result<(), String> {
+        let plan = self.backup_plan(snapshot, device, backup)?;
+        let mut judged = 0;
+        for sector in (0..plan.sectors).step_by(COPY_SECTORS as usize) {
+            let count = COPY_SECTORS.min(plan.sectors - sector);
+            let image = self.user_read(plan.image, sector, count).await?;
+            let saved = self.user_read(plan.backup, sector, count).await?;
+            let now = self.sim.now();
+            for (i, (got, want)) in saved.iter().zip(&image).enumerate() {
+                let at = sector + i as u64;
+                let allowed = self.sim.oracle.borrow().image_allowed(plan.image, at, now);
+                if got != want || !allowed.contains(got) {
+                    return Err(format!(
+                        "backup {backup} differs from the image of {device} in {snapshot} at \
+                         sector {at}: backup {got:#x}, image {want:#x}, allowed at TAKE {allowed:x?}"
+                    ));
+                }
+                judged += 1;
+            }
+        }
+        if judged == 0 {
+            return Err(format!("CompareBackup of {device} judged no sector"));
+        }
+        Ok(())
+    }
+
+    // --- the tool's pieces --------------------------------------------------------------
+
+    async fn user_read(&self, dev: DevT, sector: u64, count: u64) -> Result<Vec<Stamp>, String> {
+        block::user_bio(&self.sim, Bio::read(dev, sector, count))
+            .await
+            .map_err(|e| format!("backup: read of {dev} at {sector} failed: {e}"))
+    }
+
+    async fn user_write(&self, dev: DevT, sector: u64, data: Vec<Stamp>) -> Result<(), String> {
+        block::user_bio(&self.sim, Bio::write(dev, sector, data))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("backup: write of {dev} at {sector} failed: {e}"))
+    }
+
+    async fn copy(&self, plan: &Plan, sector: u64, count: u64) -> Result<(), String> {
+        let data = self.user_read(plan.image, sector, count).await?;
+        self.user_write(plan.backup, sector, data).await
+    }
+
+    async fn copy_full(&self, plan: &Plan) -> Result<(), String> {
+        for sector in (0..plan.sectors).step_by(COPY_SECTORS as usize) {
+            self.copy(plan, sector, COPY_SECTORS.min(plan.sectors - sector))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Copy the blocks whose CBT byte is newer than `base`.
+    async fn copy_changed(
+        &self,
+        plan: &Plan,
+        info: &BlkSnapCbtInfo,
+        base: u8,
+    ) -> Result<(), String> {
+        let block_sectors = u64::from(info.blk_size / 512);
+        if block_sectors == 0 {
+            return Err(format!(
+                "backup: TRACKER_COLLECT reports blk_size {}, not a whole number of sectors",
+                info.blk_size
+            ));
+        }
+        let map = self.read_map(plan.orig, info.blk_count).await?;
+        for (block, _) in map.iter().enumerate().filter(|(_, b)| **b > base) {
+            let sector = block as u64 * block_sectors;
+            if sector < plan.sectors {
+                let count = block_sectors.min(plan.sectors - sector);
+                for part in (sector..sector + count).step_by(COPY_SECTORS as usize) {
+                    let n = COPY_SECTORS.min(sector + count - part);
+                    self.copy(plan, part, n).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// TRACKER_COLLECT, as the tool calls it: count, then the entries.
+    async fn cbt_info(&self, orig: DevT) -> Result<BlkSnapCbtInfo, String> {
+        let failed = |e| format!("backup: TRACKER_COLLECT failed: {e}");
+        let query = self.user.map(BlkSnapTrackerCollect::default().encode());
+        self.ioctl_at(IOCTL_BLK_SNAP_TRACKER_COLLECT, query)
+            .await
+            .map_err(failed)?;
+        let count = self
+            .user
+            .read(query, BlkSnapTrackerCollect::SIZE)
+            .and_then(|b| BlkSnapTrackerCollect::decode(&b))
+            .map_or(0, |c| c.count);
+        let size = BlkSnapCbtInfo::SIZE;
+        let array = self.user.map(vec![0; size * (count as usize).max(1)]);
+        let arg = BlkSnapTrackerCollect {
+            count,
+            cbt_info_array: array,
+        };
+        let addr = self.user.map(arg.encode());
+        self.ioctl_at(IOCTL_BLK_SNAP_TRACKER_COLLECT, addr)
+            .await
+            .map_err(failed)?;
+        (0..count as u64)
+            .filter_map(|i| {
+                let bytes = self.user.read(array + i * size as u64, size)?;
+                BlkSnapCbtInfo::decode(&bytes)
+            })
+            .find(|info| dev_t(info.dev_id) == orig)
+            .ok_or(format!("backup: TRACKER_COLLECT does not list {orig}"))
+    }
+
+    /// READ_CBT_MAP of the whole map in one call, as the library does.
+    async fn read_map(&self, orig: DevT, blk_count: u32) -> Result<Vec<u8>, String> {
+        let buff = self.user.map(vec![0; (blk_count as usize).max(1)]);
+        let arg = BlkSnapTrackerReadCbtBitmap {
+            dev_id: blk_dev(orig),
+            offset: 0,
+            length: blk_count,
+            buff,
+        };
+        let addr = self.user.map(arg.encode());
+        let copied = self
+            .ioctl_at(IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP, addr)
+            .await
+            .map_err(|e| format!("backup: READ_CBT_MAP of {orig} failed: {e}"))?;
+        if copied != i64::from(blk_count) {
+            return Err(format!(
+                "backup: READ_CBT_MAP of {orig} copied {copied} bytes of a {blk_count}-block map"
+            ));
+        }
+        Ok(self.user.read(buff, blk_count as usize).unwrap_or_default())
+    }
+
+    async fn read_meta(&self, plan: &Plan) -> Result<Option<Meta>, String> {
+        let stamps = self
+            .user_read(plan.backup, plan.meta_at, META_SECTORS)
+            .await?;
+        Ok(Meta::parse(&stamps))
+    }
+
+    async fn write_meta(&self, plan: &Plan, info: &BlkSnapCbtInfo) -> Result<(), String> {
+        let meta = Meta {
+            orig: plan.orig,
+            generation: info.generation_id.b,
+            base: base_of(info.snap_number),
+        };
+        self.user_write(plan.backup, plan.meta_at, meta.stamps())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_and_rejects_other_data() {
+        let meta = Meta {
+            orig: DevT::new(7, 3),
+            generation: [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6],
+            base: 254,
+        };
+        assert_eq!(Meta::parse(&meta.stamps()), Some(meta));
+        assert_eq!(Meta::parse(&[0; 5]), None);
+        assert_eq!(Meta::parse(&[META_MAGIC, 1, 2]), None);
+    }
+
+    #[test]
+    fn the_wrap_number_is_the_base_zero_of_the_new_generation() {
+        assert_eq!(base_of(255), 0);
+        assert_eq!(base_of(254), 254);
+        assert_eq!(base_of(1), 1);
+    }
+}
