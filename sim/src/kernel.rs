@@ -172,6 +172,8 @@ pub struct Sim {
     pub memory_limit: Cell<Option<u64>>,
     /// IO errors the fault plan injected (for the oracle's judgement).
     pub injected_io_errors: Cell<u64>,
+    /// The fs_consistency checker of TAKE.
+    pub fs_take: RefCell<crate::check::fs_take::FsTake>,
 }
 
 impl Sim {
@@ -211,6 +213,7 @@ impl Sim {
             log: RefCell::new(Vec::new()),
             memory_limit: Cell::new(None),
             injected_io_errors: Cell::new(0),
+            fs_take: RefCell::new(Default::default()),
         })
     }
 

@@ -5,6 +5,7 @@
 //! record of what was written where. None reads engine internals and none
 //! knows which quirks are on.
 
+pub mod fs_take;
 pub mod lifecycle;
 pub mod point_in_time;
 pub mod resources;
@@ -29,4 +30,5 @@ pub const CHECKERS: &[&str] = &[
     "liveness",
     "resources",
     "fs",
+    "fs_consistency",
 ];
