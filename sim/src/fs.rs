@@ -355,6 +355,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_fault_plan_explains_a_writeback_error() {
+        use crate::device::{Device, Fill};
+        let sim = Sim::new(0);
+        let dev = DevT::new(7, 0);
+        let mut device = Device::new("d".into(), dev, 0, 1024, Fill::Zero);
+        device.bad_sectors.insert(100, 8);
+        sim.add_device(device);
+        // Same device, a range that covers the bad sectors.
+        assert!(injected_error(&sim, dev, 96, 8, 0));
+        // Another range, another device, or no random errors: not injected.
+        assert!(!injected_error(&sim, dev, 0, 8, 0));
+        assert!(!injected_error(&sim, DevT::new(7, 1), 96, 8, 0));
+        sim.injected_io_errors.set(1);
+        assert!(!injected_error(&sim, dev, 0, 8, 0));
+        // Random bio errors, and one was injected since the bio started.
+        sim.faults.borrow_mut().bio_error_ppm = 10;
+        assert!(injected_error(&sim, dev, 0, 8, 0));
+        assert!(!injected_error(&sim, dev, 0, 8, 1));
+    }
+
+    #[test]
     fn runs_split_on_gaps_and_size() {
         let mut m = BTreeMap::new();
         for s in 0..300 {
