@@ -15,7 +15,9 @@ use crate::trace::TraceEvent;
 /// Submit a user bio and wait for its end.
 pub async fn user_bio(sim: &Rc<Sim>, bio: Bio) -> BioResult {
     let (op, submitted) = (sim.oracle.borrow_mut().submit(sim.now(), &bio), sim.now());
+    crate::check::fs_take::submitted(sim, &bio);
     let result = route(sim, bio.clone()).await;
+    crate::check::fs_take::completed(sim, &bio, &result);
     let now = sim.now();
     crate::check::cbt::user_bio_ended(sim, &bio, submitted, now, result.is_ok());
     let verdict = sim.oracle.borrow_mut().complete(now, op, &bio, &result);

@@ -3,8 +3,12 @@
 //!
 //! freeze/thaw nest per device (`bd_fsfreeze_count`). Adversarial variant:
 //! a filesystem that ignores the bdev freeze (no sync, writers not held).
+//!
+//! The model keeps its own record (`FsRecord`) of what it accepted and
+//! when, of its freezes, and of data lost to injected writeback errors: the
+//! `fs_consistency` checker judges TAKE against it, never the engine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use blksnap_core::kernel::{completion, Bio, Completer, DevT, Errno, Stamp};
@@ -24,8 +28,42 @@ pub struct FsModel {
     frozen: bool,
     flush_scheduled: bool,
     thaw_waiters: Vec<Completer<()>>,
+    /// Writeback bios not yet ended, and who waits for none to be left: a
+    /// sync waits for pages already under writeback, as a real one does.
+    writeback_in_flight: u64,
+    idle_waiters: Vec<Completer<()>>,
     /// Adversarial: the filesystem does not implement freeze.
     pub ignores_freeze: bool,
+    pub record: FsRecord,
+}
+
+/// What the filesystem itself knows it did, with virtual times.
+#[derive(Default)]
+pub struct FsRecord {
+    /// Per sector, the writes it accepted (fs_write returned): (time, stamp).
+    pub accepted: BTreeMap<u64, Vec<(u64, Stamp)>>,
+    /// Each freeze from unfrozen: when it began, whether the fs honoured it
+    /// (synced and held writers), when the last thaw ended it.
+    pub freezes: Vec<FreezeRecord>,
+    /// Sectors whose writeback failed with an error the fault plan
+    /// injected: their page-cache data never reached the device.
+    pub lost: BTreeSet<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FreezeRecord {
+    pub begun: u64,
+    pub honoured: bool,
+    pub thawed: Option<u64>,
+}
+
+impl FsRecord {
+    /// Was `stamp` a write this filesystem accepted for `sector`?
+    pub fn accepted_stamp(&self, sector: u64, stamp: Stamp) -> bool {
+        self.accepted
+            .get(&sector)
+            .is_some_and(|list| list.iter().any(|&(_, s)| s == stamp))
+    }
 }
 
 impl FsModel {
@@ -53,16 +91,25 @@ pub async fn freeze_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
     if depth > 1 {
         return Ok(());
     }
-    let honours = sim
-        .fs
-        .borrow()
-        .get(&dev)
-        .is_some_and(|fs| !fs.ignores_freeze);
-    if honours {
-        if let Some(fs) = sim.fs.borrow_mut().get_mut(&dev) {
-            fs.frozen = true;
+    let now = sim.now();
+    let honours = match sim.fs.borrow_mut().get_mut(&dev) {
+        Some(fs) => {
+            let honoured = !fs.ignores_freeze;
+            fs.record.freezes.push(FreezeRecord {
+                begun: now,
+                honoured,
+                thawed: None,
+            });
+            fs.frozen = honoured;
+            honoured
         }
+        None => false,
+    };
+    if honours {
+        // sync_filesystem: write the dirty data back and wait for every
+        // page under writeback, the flusher's too.
         writeback(sim, dev).await;
+        wait_writeback_idle(sim, dev).await;
     }
     Ok(())
 }
@@ -80,9 +127,13 @@ pub fn thaw_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
     };
     sim.record(TraceEvent::Thaw { dev: dev.0, depth });
     if depth == 0 {
+        let now = sim.now();
         let waiters = match sim.fs.borrow_mut().get_mut(&dev) {
             Some(fs) => {
                 fs.frozen = false;
+                if let Some(freeze) = fs.record.freezes.last_mut() {
+                    freeze.thawed.get_or_insert(now);
+                }
                 std::mem::take(&mut fs.thaw_waiters)
             }
             None => Vec::new(),
@@ -111,8 +162,11 @@ pub async fn fs_write(sim: &Rc<Sim>, dev: DevT, sector: u64, data: &[Stamp]) -> 
                 return Ok(());
             };
             if !fs.frozen {
+                let now = sim.now();
                 for (i, stamp) in data.iter().enumerate() {
-                    fs.dirty.insert(sector + i as u64, *stamp);
+                    let s = sector + i as u64;
+                    fs.dirty.insert(s, *stamp);
+                    fs.record.accepted.entry(s).or_default().push((now, *stamp));
                 }
                 None
             } else {
@@ -168,8 +222,11 @@ fn schedule_flush(sim: &Rc<Sim>, dev: DevT) {
     );
 }
 
-/// Write every dirty sector back, in runs of contiguous sectors.
+/// Write every dirty sector back, in runs of contiguous sectors. Pages
+/// already under writeback are waited for first, so two writebacks of one
+/// sector never race on the device.
 pub async fn writeback(sim: &Rc<Sim>, dev: DevT) {
+    wait_writeback_idle(sim, dev).await;
     let dirty = match sim.fs.borrow_mut().get_mut(&dev) {
         Some(fs) => {
             fs.flush_scheduled = false;
@@ -179,22 +236,101 @@ pub async fn writeback(sim: &Rc<Sim>, dev: DevT) {
     };
     let mut pending = Vec::new();
     for (sector, data) in runs(&dirty) {
-        let sim = sim.clone();
-        let (done, completer) = completion();
-        sim.clone().spawn_background(
-            format!("writeback-{dev}"),
-            Box::pin(async move {
-                let result = block::user_bio(&sim, Bio::write(dev, sector, data)).await;
-                completer.complete(result);
-            }),
-        );
-        pending.push(done);
+        let count = data.len() as u64;
+        pending.push((sector, count, submit_writeback(sim, dev, sector, data)));
     }
-    for done in pending {
-        if let Err(e) = done.await {
-            sim.fail("fs", format!("writeback to {dev} failed: {e}"));
+    for (sector, count, done) in pending {
+        let (result, injected_before) = done.await;
+        if let Err(e) = result {
+            writeback_failed(sim, dev, sector, count, e, injected_before);
         }
     }
+}
+
+/// One writeback bio, counted in flight until it ends. The completion
+/// carries the injected-error count seen when it was submitted.
+fn submit_writeback(
+    sim: &Rc<Sim>,
+    dev: DevT,
+    sector: u64,
+    data: Vec<Stamp>,
+) -> blksnap_core::kernel::Completion<(Result<(), Errno>, u64)> {
+    if let Some(fs) = sim.fs.borrow_mut().get_mut(&dev) {
+        fs.writeback_in_flight += 1;
+    }
+    let injected_before = sim.injected_io_errors.get();
+    let (done, completer) = completion();
+    let task_sim = sim.clone();
+    sim.spawn_background(
+        format!("writeback-{dev}"),
+        Box::pin(async move {
+            let result = block::user_bio(&task_sim, Bio::write(dev, sector, data)).await;
+            writeback_ended(&task_sim, dev);
+            completer.complete((result.map(|_| ()), injected_before));
+        }),
+    );
+    done
+}
+
+fn writeback_ended(sim: &Rc<Sim>, dev: DevT) {
+    let waiters = match sim.fs.borrow_mut().get_mut(&dev) {
+        Some(fs) => {
+            fs.writeback_in_flight -= 1;
+            if fs.writeback_in_flight == 0 {
+                std::mem::take(&mut fs.idle_waiters)
+            } else {
+                Vec::new()
+            }
+        }
+        None => Vec::new(),
+    };
+    for waiter in waiters {
+        waiter.complete(());
+    }
+}
+
+/// Until no writeback bio of `dev` is in flight.
+async fn wait_writeback_idle(sim: &Rc<Sim>, dev: DevT) {
+    loop {
+        let wait = match sim.fs.borrow_mut().get_mut(&dev) {
+            Some(fs) if fs.writeback_in_flight > 0 => {
+                let (wait, waiter) = completion();
+                fs.idle_waiters.push(waiter);
+                wait
+            }
+            _ => return,
+        };
+        wait.await;
+    }
+}
+
+/// A writeback bio failed. A real filesystem logs it and marks the mapping
+/// with the error; it is a simulator fault only when the fault plan cannot
+/// explain it. The data is lost either way: nobody may demand it later.
+fn writeback_failed(sim: &Rc<Sim>, dev: DevT, sector: u64, count: u64, e: Errno, before: u64) {
+    if let Some(fs) = sim.fs.borrow_mut().get_mut(&dev) {
+        fs.record.lost.extend(sector..sector + count);
+    }
+    if injected_error(sim, dev, sector, count, before) {
+        sim.record(TraceEvent::Warn {
+            msg: format!("fs: writeback to {dev} at {sector} (+{count}) lost: {e} (injected)"),
+        });
+        return;
+    }
+    sim.fail("fs", format!("writeback to {dev} failed: {e}"));
+}
+
+/// Could the fault plan have failed this bio? A bad-sector range of the
+/// same device that the bio covers, or random bio errors with one injected
+/// since the bio was submitted.
+fn injected_error(sim: &Rc<Sim>, dev: DevT, sector: u64, count: u64, before: u64) -> bool {
+    let bad_range = sim
+        .devices
+        .borrow()
+        .get(&dev)
+        .is_some_and(|d| d.hits_bad_sector(sector, count));
+    let random = sim.faults.borrow().bio_error_ppm > 0 && sim.injected_io_errors.get() > before;
+    bad_range || random
 }
 
 /// Contiguous runs of a sector map, each at most the flusher's bio size.
@@ -217,6 +353,27 @@ fn runs(dirty: &BTreeMap<u64, Stamp>) -> Vec<(u64, Vec<Stamp>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_fault_plan_explains_a_writeback_error() {
+        use crate::device::{Device, Fill};
+        let sim = Sim::new(0);
+        let dev = DevT::new(7, 0);
+        let mut device = Device::new("d".into(), dev, 0, 1024, Fill::Zero);
+        device.bad_sectors.insert(100, 8);
+        sim.add_device(device);
+        // Same device, a range that covers the bad sectors.
+        assert!(injected_error(&sim, dev, 96, 8, 0));
+        // Another range, another device, or no random errors: not injected.
+        assert!(!injected_error(&sim, dev, 0, 8, 0));
+        assert!(!injected_error(&sim, DevT::new(7, 1), 96, 8, 0));
+        sim.injected_io_errors.set(1);
+        assert!(!injected_error(&sim, dev, 0, 8, 0));
+        // Random bio errors, and one was injected since the bio started.
+        sim.faults.borrow_mut().bio_error_ppm = 10;
+        assert!(injected_error(&sim, dev, 0, 8, 0));
+        assert!(!injected_error(&sim, dev, 0, 8, 1));
+    }
 
     #[test]
     fn runs_split_on_gaps_and_size() {

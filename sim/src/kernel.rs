@@ -174,6 +174,8 @@ pub struct Sim {
     pub injected_io_errors: Cell<u64>,
     /// The CBT soundness checker.
     pub cbt: RefCell<crate::check::cbt::CbtChecker>,
+    /// The fs_consistency checker of TAKE.
+    pub fs_take: RefCell<crate::check::fs_take::FsTake>,
 }
 
 impl Sim {
@@ -214,6 +216,7 @@ impl Sim {
             memory_limit: Cell::new(None),
             injected_io_errors: Cell::new(0),
             cbt: RefCell::new(Default::default()),
+            fs_take: RefCell::new(Default::default()),
         })
     }
 

@@ -6,6 +6,7 @@
 //! knows which quirks are on.
 
 pub mod cbt;
+pub mod fs_take;
 pub mod lifecycle;
 pub mod point_in_time;
 pub mod resources;
@@ -31,4 +32,5 @@ pub const CHECKERS: &[&str] = &[
     "resources",
     "fs",
     "cbt",
+    "fs_consistency",
 ];

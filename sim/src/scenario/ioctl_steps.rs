@@ -218,6 +218,7 @@ impl Run {
             let pairs = self
                 .collect_images(snapshot, None, None, &Expect::Ok)
                 .await?;
+            crate::check::fs_take::taken(&self.sim, &pairs, start, end);
             self.bind_images(snapshot, pairs, start, end);
         }
         Ok(())

@@ -287,6 +287,10 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         oracle.sectors_checked as f64,
     );
     metrics.extend(sim.cbt.borrow().metrics());
+    metrics.insert(
+        "fs_sectors_judged".to_string(),
+        sim.fs_take.borrow().sectors_judged as f64,
+    );
     Outcome {
         name: scenario.name.clone(),
         seed,

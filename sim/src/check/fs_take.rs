@@ -1,0 +1,334 @@
+//! The `fs_consistency` checker: filesystem consistency of TAKE.
+//!
+//! Rule: for an original with the filesystem model, each image sector must
+//! hold a write the filesystem had accepted (its `fs_write` returned)
+//! before the freeze began, since the freeze syncs the page cache: the
+//! allowed values are the last write accepted before the TAKE ioctl
+//! started, plus every write accepted between that start and the moment
+//! the filesystem was frozen (or the end of TAKE, if nobody froze it).
+//! Being merely on the device at TAKE is not enough: that is the
+//! point-in-time oracle's block-level rule, and a TAKE that forgets to
+//! freeze passes it.
+//!
+//! What it learns, and from where: accepted writes, freezes and data lost
+//! to injected writeback errors from the filesystem model's own record
+//! (`fs::FsRecord`); TAKE windows from the Take step; image reads and
+//! writes from the block layer. Never from the engine.
+//!
+//! Not judged, because nothing is guaranteed there: sectors the fs never
+//! accepted a write for before the freeze; a TAKE during which the fs
+//! ignored a freeze (`fs_ignores_freeze`: the fs record shows no sync) or
+//! during which the device refused to freeze (`freeze_fails`); sectors
+//! whose writeback failed with an injected error; sectors written below
+//! the filesystem (raw block writes, recognised by stamps the fs never
+//! accepted); and image sectors the image itself was written at.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Stamp};
+
+use crate::fs::{FreezeRecord, FsRecord};
+use crate::kernel::Sim;
+
+/// An image whose original has a filesystem, as the Take step bound it.
+#[derive(Clone, Copy, Debug)]
+struct Binding {
+    orig: DevT,
+    take_start: u64,
+    take_end: u64,
+}
+
+#[derive(Default)]
+pub struct FsTake {
+    images: BTreeMap<DevT, Binding>,
+    /// Image sectors the image itself was written at.
+    image_written: BTreeSet<(DevT, u64)>,
+    /// Original sectors written below the filesystem.
+    raw_written: BTreeSet<(DevT, u64)>,
+    /// Image sectors judged against the filesystem's record (coverage).
+    pub sectors_judged: u64,
+}
+
+/// How one TAKE window is judged, from the filesystem's record.
+#[derive(Debug, PartialEq)]
+enum Window {
+    /// Values accepted up to this time (the freeze began, or TAKE ended).
+    Until(u64),
+    /// The filesystem gave no guarantee.
+    NotJudged,
+}
+
+impl FsTake {
+    /// A successful TAKE ran in [start, end]: `pairs` are (original, image).
+    pub fn taken(&mut self, pairs: &[(DevT, DevT)], start: u64, end: u64) {
+        for &(orig, image) in pairs {
+            // A new image may reuse the number of one that is gone.
+            self.image_written.retain(|(dev, _)| *dev != image);
+            self.images.insert(
+                image,
+                Binding {
+                    orig,
+                    take_start: start,
+                    take_end: end,
+                },
+            );
+        }
+    }
+
+    /// A user write starts: note writes to images and below a filesystem.
+    fn write_submitted(&mut self, bio: &Bio, fs: Option<&FsRecord>) {
+        if self.images.contains_key(&bio.dev) {
+            for sector in bio.sector..bio.sector.saturating_add(bio.sectors) {
+                self.image_written.insert((bio.dev, sector));
+            }
+            return;
+        }
+        let Some(record) = fs else { return };
+        for (i, stamp) in bio.data.iter().enumerate() {
+            let sector = bio.sector + i as u64;
+            if !record.accepted_stamp(sector, *stamp) {
+                self.raw_written.insert((bio.dev, sector));
+            }
+        }
+    }
+
+    /// Judge one successful image read against the original's fs record.
+    fn judge_read(
+        &mut self,
+        bio: &Bio,
+        data: &[Stamp],
+        records: &BTreeMap<DevT, (&FsRecord, bool)>,
+    ) -> Result<(), String> {
+        let Some(binding) = self.images.get(&bio.dev).copied() else {
+            return Ok(());
+        };
+        let Some(&(record, freeze_fails)) = records.get(&binding.orig) else {
+            return Ok(());
+        };
+        if freeze_fails {
+            return Ok(());
+        }
+        let Window::Until(until) = window(record, binding.take_start, binding.take_end) else {
+            return Ok(());
+        };
+        for (i, got) in data.iter().enumerate() {
+            let sector = bio.sector + i as u64;
+            if self.image_written.contains(&(bio.dev, sector))
+                || self.raw_written.contains(&(binding.orig, sector))
+                || record.lost.contains(&sector)
+            {
+                continue;
+            }
+            let allowed = allowed(record, sector, binding.take_start, until);
+            if allowed.is_empty() {
+                continue;
+            }
+            self.sectors_judged += 1;
+            if !allowed.contains(got) {
+                return Err(format!(
+                    "image {} of {} sector {sector}: read {got:#x}, but the filesystem had \
+                     accepted {} before the freeze (TAKE {}..{} ns, synced up to {until} ns)",
+                    bio.dev,
+                    binding.orig,
+                    show(&allowed),
+                    binding.take_start,
+                    binding.take_end,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the filesystem stood during the TAKE window [start, end]: a freeze
+/// that was on at some point in it bounds the accepted writes at its
+/// beginning; one the fs ignored guarantees nothing; none at all (the
+/// engine never froze) leaves every write accepted before the end.
+fn window(record: &FsRecord, start: u64, end: u64) -> Window {
+    let overlapping: Vec<&FreezeRecord> = record
+        .freezes
+        .iter()
+        .filter(|f| f.begun <= end && f.thawed.is_none_or(|t| t >= start))
+        .collect();
+    if overlapping.iter().any(|f| !f.honoured) {
+        return Window::NotJudged;
+    }
+    match overlapping.first() {
+        Some(freeze) => Window::Until(freeze.begun.max(start)),
+        None => Window::Until(end),
+    }
+}
+
+/// The values sector may hold: the last write accepted at or before
+/// `start`, plus every one accepted in (start, until]. Empty if the fs
+/// accepted none by `until`.
+fn allowed(record: &FsRecord, sector: u64, start: u64, until: u64) -> BTreeSet<Stamp> {
+    let Some(list) = record.accepted.get(&sector) else {
+        return BTreeSet::new();
+    };
+    let mut out = BTreeSet::new();
+    if let Some(&(_, stamp)) = list.iter().rev().find(|(t, _)| *t <= start) {
+        out.insert(stamp);
+    }
+    out.extend(
+        list.iter()
+            .filter(|(t, _)| *t > start && *t <= until)
+            .map(|&(_, s)| s),
+    );
+    out
+}
+
+fn show(values: &BTreeSet<Stamp>) -> String {
+    let list: Vec<String> = values.iter().take(4).map(|v| format!("{v:#x}")).collect();
+    format!("{{{}}}", list.join(", "))
+}
+
+/// The Take step bound its images.
+pub fn taken(sim: &Sim, pairs: &[(DevT, DevT)], start: u64, end: u64) {
+    sim.fs_take.borrow_mut().taken(pairs, start, end);
+}
+
+/// Block layer hook: a user bio starts.
+pub fn submitted(sim: &Sim, bio: &Bio) {
+    if bio.op != BioOp::Write {
+        return;
+    }
+    let fs = sim.fs.borrow();
+    let record = fs.get(&bio.dev).map(|m| &m.record);
+    sim.fs_take.borrow_mut().write_submitted(bio, record);
+}
+
+/// Block layer hook: a user bio ended; successful image reads are judged.
+pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
+    let (BioOp::Read, Ok(data)) = (bio.op, result) else {
+        return;
+    };
+    let verdict = {
+        let fs = sim.fs.borrow();
+        if fs.is_empty() {
+            return;
+        }
+        let devices = sim.devices.borrow();
+        let records: BTreeMap<DevT, (&FsRecord, bool)> = fs
+            .iter()
+            .map(|(dev, m)| {
+                let fails = devices.get(dev).is_some_and(|d| d.freeze_fails);
+                (*dev, (&m.record, fails))
+            })
+            .collect();
+        sim.fs_take.borrow_mut().judge_read(bio, data, &records)
+    };
+    if let Err(message) = verdict {
+        sim.fail("fs_consistency", message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIG: DevT = DevT(7 << 20);
+    const IMAGE: DevT = DevT(252 << 20);
+
+    fn record(accepted: &[(u64, u64, Stamp)], freezes: &[FreezeRecord]) -> FsRecord {
+        let mut r = FsRecord::default();
+        for &(sector, t, stamp) in accepted {
+            r.accepted.entry(sector).or_default().push((t, stamp));
+        }
+        r.freezes = freezes.to_vec();
+        r
+    }
+
+    fn freeze(begun: u64, honoured: bool, thawed: u64) -> FreezeRecord {
+        FreezeRecord {
+            begun,
+            honoured,
+            thawed: Some(thawed),
+        }
+    }
+
+    fn judge(checker: &mut FsTake, r: &FsRecord, sector: u64, got: Stamp) -> Result<(), String> {
+        let records = BTreeMap::from([(ORIG, (r, false))]);
+        checker.judge_read(&Bio::read(IMAGE, sector, 1), &[got], &records)
+    }
+
+    fn taken(start: u64, end: u64) -> FsTake {
+        let mut c = FsTake::default();
+        c.taken(&[(ORIG, IMAGE)], start, end);
+        c
+    }
+
+    #[test]
+    fn page_cache_data_from_before_take_is_demanded() {
+        // Accepted at 10 and 50 (still in the page cache), TAKE 100..200,
+        // frozen at 120: the image must show 0x50, not the device's 0x10.
+        let r = record(&[(3, 10, 0x10), (3, 50, 0x50)], &[freeze(120, true, 150)]);
+        let mut c = taken(100, 200);
+        let err = judge(&mut c, &r, 3, 0x10).unwrap_err();
+        assert!(err.contains("sector 3") && err.contains("0x50"), "{err}");
+        assert!(judge(&mut c, &r, 3, 0x50).is_ok());
+        assert_eq!(c.sectors_judged, 2);
+    }
+
+    #[test]
+    fn a_take_that_never_froze_is_judged_up_to_its_end() {
+        let r = record(&[(3, 50, 0x50), (3, 150, 0x150), (3, 300, 0x300)], &[]);
+        let mut c = taken(100, 200);
+        assert!(judge(&mut c, &r, 3, 0x50).is_ok());
+        assert!(judge(&mut c, &r, 3, 0x150).is_ok());
+        assert!(judge(&mut c, &r, 3, 0x300).is_err());
+        assert!(judge(&mut c, &r, 3, 0).is_err());
+    }
+
+    #[test]
+    fn writes_accepted_after_the_freeze_began_are_not_allowed() {
+        let r = record(
+            &[(3, 50, 0x50), (3, 110, 0x110), (3, 130, 0x130)],
+            &[freeze(120, true, 150)],
+        );
+        let mut c = taken(100, 200);
+        assert!(judge(&mut c, &r, 3, 0x110).is_ok());
+        assert!(judge(&mut c, &r, 3, 0x130).is_err());
+    }
+
+    #[test]
+    fn a_user_freeze_before_take_bounds_at_take_start() {
+        let r = record(&[(3, 50, 0x50)], &[freeze(60, true, 400)]);
+        let mut c = taken(100, 200);
+        assert!(judge(&mut c, &r, 3, 0x50).is_ok());
+        assert!(judge(&mut c, &r, 3, 0).is_err());
+    }
+
+    #[test]
+    fn an_ignored_freeze_guarantees_nothing() {
+        let r = record(&[(3, 50, 0x50)], &[freeze(120, false, 150)]);
+        let mut c = taken(100, 200);
+        assert!(judge(&mut c, &r, 3, 0).is_ok());
+        assert_eq!(c.sectors_judged, 0);
+    }
+
+    #[test]
+    fn lost_image_and_raw_sectors_are_not_judged() {
+        let mut r = record(&[(3, 50, 0x50), (4, 50, 0x51), (5, 50, 0x52)], &[]);
+        r.lost.insert(3);
+        let mut c = taken(100, 200);
+        c.write_submitted(&Bio::write(IMAGE, 4, vec![0x99]), None);
+        c.write_submitted(&Bio::write(ORIG, 5, vec![0x77]), Some(&r));
+        for sector in 3..6 {
+            assert!(judge(&mut c, &r, sector, 0).is_ok());
+        }
+        assert_eq!(c.sectors_judged, 0);
+        // A writeback of what the fs accepted is not a raw write.
+        c.write_submitted(&Bio::write(ORIG, 3, vec![0x50]), Some(&r));
+        assert!(!c.raw_written.contains(&(ORIG, 3)));
+        assert!(c.raw_written.contains(&(ORIG, 5)));
+    }
+
+    #[test]
+    fn sectors_the_fs_never_wrote_are_left_to_the_oracle() {
+        let r = record(&[(3, 50, 0x50)], &[]);
+        let mut c = taken(100, 200);
+        assert!(judge(&mut c, &r, 9, 0x1234).is_ok());
+        assert_eq!(c.sectors_judged, 0);
+    }
+}
