@@ -5,6 +5,7 @@
 //! record of what was written where. None reads engine internals and none
 //! knows which quirks are on.
 
+pub mod injected;
 pub mod lifecycle;
 pub mod point_in_time;
 pub mod resources;
@@ -18,6 +19,7 @@ pub const CHECKERS: &[&str] = &[
     "lifecycle",
     "events",
     "expect",
+    "coverage",
     "oops",
     "kernel_warn",
     "kernel",

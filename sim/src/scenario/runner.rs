@@ -144,8 +144,11 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         sim.settle(SETTLE_NS);
         resources::check_after_unload(&sim);
     }
-    let injected = sim.injected_io_errors.get() > 0;
-    for message in sim.oracle.borrow().unexplained_image_errors(injected) {
+    let unexplained = sim
+        .oracle
+        .borrow_mut()
+        .unexplained_image_errors(&sim.injected.borrow());
+    for message in unexplained {
         sim.fail("point_in_time", message);
     }
     outcome(scenario, seed, &run, options)
@@ -432,13 +435,38 @@ impl Run {
         start: u64,
         end: u64,
     ) {
+        let id = self.record(snapshot).id;
         let mut oracle = self.sim.oracle.borrow_mut();
         for &(orig, image) in &pairs {
-            oracle.bind_image(image, orig, start, end);
+            oracle.bind_image(image, orig, (start, end), id);
+            let capacity = oracle.image_capacity(image).unwrap_or(0);
+            oracle.set_chunk_bound(image, self.chunk_sectors(orig, capacity));
         }
+        drop(oracle);
         if let Some(record) = self.snapshots.borrow_mut().get_mut(snapshot) {
             record.images = pairs.into_iter().collect();
         }
+    }
+
+    /// The chunk size the spec's sizing rule (5.1) gives for an original
+    /// of `capacity` sectors, from the module parameters the scenario set:
+    /// user-visible knobs, not engine state. A SetParam step that changes
+    /// them later is not followed.
+    fn chunk_sectors(&self, orig: DevT, capacity: u64) -> u64 {
+        let io_min = self
+            .sim
+            .devices
+            .borrow()
+            .get(&orig)
+            .map_or(512, |d| u64::from(d.io_min));
+        let mut shift = self.params.chunk_minimum_shift.clamp(9, 62);
+        while shift < 62
+            && (capacity.div_ceil(1 << (shift - 9)) > self.params.chunk_maximum_count
+                || (1u64 << (shift - 9)) < io_min / 512)
+        {
+            shift += 1;
+        }
+        1 << (shift - 9)
     }
 
     pub(super) fn snapshot_name(&self, id: &[u8]) -> String {
