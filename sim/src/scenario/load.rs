@@ -255,9 +255,11 @@ impl Checker<'_> {
             Step::VerifyImage {
                 snapshot: s,
                 device: d,
+                expect,
             } => {
                 snapshot(s)?;
-                device(d)
+                device(d)?;
+                self.verify_expect(expect)
             }
             Step::VerifyOriginal { device: d }
             | Step::Sync { device: d }
@@ -363,6 +365,23 @@ impl Checker<'_> {
         match expect {
             Expect::Err(name) => self.errno(name),
             Expect::Ok | Expect::Any => Ok(()),
+        }
+    }
+
+    /// VerifyImage judges data or expects an unreadable image; `Any`
+    /// would let it check nothing.
+    fn verify_expect(&self, expect: &Expect) -> Result<(), LoadError> {
+        match expect {
+            Expect::Ok => Ok(()),
+            Expect::Err(name) if name == "EIO" => Ok(()),
+            Expect::Err(name) => Err(self.error(
+                &format!("\"{name}\""),
+                format!("VerifyImage expects Ok or Err(\"EIO\"), not Err(\"{name}\")"),
+            )),
+            Expect::Any => Err(self.error(
+                "Any",
+                "VerifyImage expects Ok or Err(\"EIO\"); Any would check nothing".into(),
+            )),
         }
     }
 

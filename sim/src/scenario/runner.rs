@@ -17,7 +17,7 @@ use blksnap_core::kernel::{DevT, Errno, LocalBoxFuture, Stamp};
 use blksnap_core::{Module, Quirks};
 
 use super::model::{Expect, Scenario, Scheduler, Step};
-use crate::check::resources;
+use crate::check::{resources, Oracle};
 use crate::device::Device;
 use crate::fs::{self, FsModel};
 use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, SimKernel};
@@ -289,6 +289,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         "image_sectors_checked".to_string(),
         oracle.sectors_checked as f64,
     );
+    coverage_metrics(&mut metrics, sim, &oracle);
     Outcome {
         name: scenario.name.clone(),
         seed,
@@ -306,6 +307,21 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
             .map(|(t, e)| format!("{t:>14} {e}"))
             .collect(),
         log: engine_log(sim),
+    }
+}
+
+/// The checkers' coverage counts: how much each one judged, so a run
+/// that passes having checked nothing shows it.
+fn coverage_metrics(metrics: &mut BTreeMap<String, f64>, sim: &Sim, oracle: &Oracle) {
+    let counts = [
+        ("original_sectors_checked", oracle.original_sectors_checked),
+        ("original_reads_checked", oracle.original_reads_checked),
+        ("image_errors_excused", oracle.image_errors_excused),
+        ("ioctls_judged", sim.lifecycle.borrow().judged),
+        ("faults_injected", sim.injected.borrow().count() as u64),
+    ];
+    for (name, count) in counts {
+        metrics.insert(name.to_string(), count as f64);
     }
 }
 
@@ -631,11 +647,12 @@ impl Run {
                 sector,
                 sectors,
                 expect,
-            } => {
-                let result = self.read(target, *sector, *sectors).await;
-                check_expect(expect, result.map(|_| 0))
-            }
-            Step::VerifyImage { snapshot, device } => self.verify_image(snapshot, device).await,
+            } => self.read_step(target, *sector, *sectors, expect).await,
+            Step::VerifyImage {
+                snapshot,
+                device,
+                expect,
+            } => self.verify_image(snapshot, device, expect).await,
             Step::VerifyOriginal { device } => self.verify_original(device).await,
             Step::Workload(workload) => self.workload(workload).await,
             Step::Concurrent(branches) => {
