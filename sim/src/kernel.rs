@@ -704,7 +704,11 @@ impl Sim {
     pub fn resize_device(&self, dev: DevT, sectors: u64) {
         if let Some(device) = self.devices.borrow_mut().get_mut(&dev) {
             let old = std::mem::replace(&mut device.capacity, sectors);
-            self.record_fault(FaultKind::Resize { dev, old, new: sectors });
+            self.record_fault(FaultKind::Resize {
+                dev,
+                old,
+                new: sectors,
+            });
         }
     }
 

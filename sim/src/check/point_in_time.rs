@@ -487,7 +487,11 @@ impl Oracle {
     /// Why a failed image read is allowed, if it is.
     fn excuse(&self, read: &FailedRead, faults: &InjectedFaults) -> Option<&'static str> {
         let image = &self.images[&read.image];
-        if self.corrupted.get(&read.orig).is_some_and(|t| *t <= read.to) {
+        if self
+            .corrupted
+            .get(&read.orig)
+            .is_some_and(|t| *t <= read.to)
+        {
             return Some("the snapshot was reported corrupted");
         }
         if faults.removed_at(read.orig).is_some_and(|t| t <= read.to) {
@@ -518,7 +522,9 @@ impl Oracle {
     fn load_failed(&self, read: &FailedRead, image: &ImageRecord, faults: &InjectedFaults) -> bool {
         let chunk = image.chunk_bound;
         let lo = read.sector - read.sector % chunk;
-        let hi = (read.sector + read.sectors).div_ceil(chunk).saturating_mul(chunk);
+        let hi = (read.sector + read.sectors)
+            .div_ceil(chunk)
+            .saturating_mul(chunk);
         let on_orig = faults.all().iter().any(|f| {
             f.at >= read.from
                 && f.at <= read.to

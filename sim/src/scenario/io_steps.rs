@@ -101,7 +101,13 @@ impl Run {
                 });
             }
         }
-        self.verify_verdict(&format!("image of {device} in {snapshot}"), expect, judged, eio, other)
+        self.verify_verdict(
+            &format!("image of {device} in {snapshot}"),
+            expect,
+            judged,
+            eio,
+            other,
+        )
     }
 
     /// Judge a VerifyImage by what the oracle judged.
@@ -202,12 +208,16 @@ impl Run {
             let result = self.read(target, sector, sectors).await;
             return check_expect(expect, result.map(|_| 0));
         };
-        let (result, judged) = block::user_bio_judged(&self.sim, Bio::read(dev, sector, sectors)).await;
+        let (result, judged) =
+            block::user_bio_judged(&self.sim, Bio::read(dev, sector, sectors)).await;
         check_expect(expect, result.map(|_| 0))?;
         if judged.sectors == 0 {
             self.sim.fail(
                 "coverage",
-                format!("Read of {dev} sectors {sector}..{} judged no sector", sector + sectors),
+                format!(
+                    "Read of {dev} sectors {sector}..{} judged no sector",
+                    sector + sectors
+                ),
             );
         }
         Ok(())
