@@ -64,6 +64,11 @@ struct ImageRecord {
 struct FailedRead {
     image: DevT,
     orig: DevT,
+    /// The image's snapshot, TAKE start and chunk bound at the time (a
+    /// later image may reuse the number).
+    snapshot: SnapId,
+    take_start: u64,
+    chunk_bound: u64,
     sector: u64,
     sectors: u64,
     from: u64,
@@ -362,9 +367,14 @@ impl Oracle {
                 });
             }
             Err(errno) => {
+                let (snapshot, take_start, chunk_bound) =
+                    (image.snapshot, image.take_start, image.chunk_bound);
                 self.failed_image_reads.push(FailedRead {
                     image: bio.dev,
                     orig,
+                    snapshot,
+                    take_start,
+                    chunk_bound,
                     sector: bio.sector,
                     sectors: bio.sectors,
                     from,
@@ -486,7 +496,6 @@ impl Oracle {
 
     /// Why a failed image read is allowed, if it is.
     fn excuse(&self, read: &FailedRead, faults: &InjectedFaults) -> Option<&'static str> {
-        let image = &self.images[&read.image];
         if self
             .corrupted
             .get(&read.orig)
@@ -499,7 +508,7 @@ impl Oracle {
         }
         if let Some((_, new_end)) = faults.shrunk_by(read.orig, read.to) {
             // Chunks past the new end cannot be loaded from the original.
-            let first_lost = new_end - new_end % image.chunk_bound;
+            let first_lost = new_end - new_end % read.chunk_bound;
             if read.sector + read.sectors > first_lost {
                 return Some("the original shrank below these sectors");
             }
@@ -507,20 +516,20 @@ impl Oracle {
         if read.errno == Errno::ENOMEM && faults.alloc_failed(None, read.from, read.to) {
             return Some("an allocation failed during the read (a failed load, B-DA-5)");
         }
-        if read.errno == Errno::EIO && self.load_failed(read, image, faults) {
+        if read.errno == Errno::EIO && self.load_failed(read, faults) {
             return Some("a read the image load needed failed");
         }
         // The corruption happened, but its event was lost with its memory.
         faults
-            .first_alloc_failure("event", image.take_start, read.to)
+            .first_alloc_failure("event", read.take_start, read.to)
             .map(|_| "the corrupted event's allocation failed")
     }
 
     /// An injected read error in the read's window, on a device the image
     /// loads from: the original (within one chunk of the read's sectors)
     /// or a storage device of the image's snapshot.
-    fn load_failed(&self, read: &FailedRead, image: &ImageRecord, faults: &InjectedFaults) -> bool {
-        let chunk = image.chunk_bound;
+    fn load_failed(&self, read: &FailedRead, faults: &InjectedFaults) -> bool {
+        let chunk = read.chunk_bound;
         let lo = read.sector - read.sector % chunk;
         let hi = (read.sector + read.sectors)
             .div_ceil(chunk)
@@ -533,7 +542,7 @@ impl Oracle {
         });
         let mut storage: Vec<DevT> = self
             .storage_of
-            .get(&image.snapshot)
+            .get(&read.snapshot)
             .map(|devs| devs.iter().copied().collect())
             .unwrap_or_default();
         storage.push(read.image);
