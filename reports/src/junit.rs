@@ -59,12 +59,31 @@ fn testcase(out: &mut String, suite: &str, run: &ScenarioRun) {
             xml_text(&details(run)),
         );
     }
+    coverage_properties(out, run);
     let _ = writeln!(
         out,
         "      <system-out>{}</system-out>",
         xml_text(&identity(run))
     );
     out.push_str("    </testcase>\n");
+}
+
+/// The checkers' coverage counts as testcase properties, so a CI page shows
+/// how much each passing scenario actually judged.
+fn coverage_properties(out: &mut String, run: &ScenarioRun) {
+    let mut coverage = run.coverage().peekable();
+    if coverage.peek().is_none() {
+        return;
+    }
+    out.push_str("      <properties>\n");
+    for (name, value) in coverage {
+        let _ = writeln!(
+            out,
+            "        <property name=\"{}\" value=\"{value}\"/>",
+            xml_attr(name)
+        );
+    }
+    out.push_str("      </properties>\n");
 }
 
 /// The `type` and `message` attributes: the first checker's, since CI shows them in lists
@@ -125,6 +144,8 @@ mod tests {
         ok.digest = "abcdef".into();
         ok.replay = "blksnap-sim run 'scenarios/a.ron' --seed 11".into();
         ok.metrics.insert("wall_ms".into(), 1500.0);
+        ok.metrics.insert("image_sectors_checked".into(), 96.0);
+        ok.metrics.insert("ioctls_judged".into(), 7.0);
         let mut bad = ScenarioRun::new("bad'one>", "scenarios/b.ron", 22);
         bad.verdict = Verdict::Fail;
         bad.replay = "blksnap-sim run scenarios/b.ron --seed 22 && echo \"<x>\"".into();
@@ -275,5 +296,32 @@ mod tests {
     fn deterministic() {
         let r = hostile_report();
         assert_eq!(render_junit(&r), render_junit(&r.clone()));
+    }
+
+    #[test]
+    fn coverage_counts_are_testcase_properties() {
+        let xml = render_junit(&hostile_report());
+        let doc = parse(&xml);
+        let case = doc
+            .descendants()
+            .find(|n| n.has_tag_name("testcase"))
+            .expect("a testcase");
+        let props: Vec<(String, String)> = case
+            .descendants()
+            .filter(|n| n.has_tag_name("property"))
+            .map(|n| {
+                let get = |a| n.attribute(a).unwrap_or_default().to_string();
+                (get("name"), get("value"))
+            })
+            .collect();
+        assert_eq!(
+            props,
+            vec![
+                ("image_sectors_checked".to_string(), "96".to_string()),
+                ("ioctls_judged".to_string(), "7".to_string()),
+            ]
+        );
+        // wall_ms is a measurement, not coverage.
+        assert!(!xml.contains("name=\"wall_ms\""));
     }
 }

@@ -208,6 +208,13 @@ impl RunReport {
     }
 }
 
+/// Coverage metrics are named for what a checker judged or excused.
+pub fn is_coverage_metric(name: &str) -> bool {
+    ["_checked", "_judged", "_excused"]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+}
+
 impl ScenarioRun {
     /// A passing run with no measurements yet; the caller fills in the rest.
     pub fn new(name: impl Into<String>, path: impl Into<String>, seed: u64) -> Self {
@@ -229,6 +236,16 @@ impl ScenarioRun {
     /// A metric's value, if the run recorded it.
     pub fn metric(&self, name: &str) -> Option<f64> {
         self.metrics.get(name).copied()
+    }
+
+    /// The checkers' coverage counts (how much each judged: sectors, reads,
+    /// ioctls, CBT blocks, excused errors), by metric name. A passing run
+    /// whose counts are all zero checked nothing.
+    pub fn coverage(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.metrics
+            .iter()
+            .filter(|(name, _)| is_coverage_metric(name))
+            .map(|(name, value)| (name.as_str(), *value))
     }
 
     /// Wall-clock seconds taken, from the `wall_ms` metric; 0 when absent or not meaningful.

@@ -9,11 +9,18 @@ use std::rc::Rc;
 
 use blksnap_core::kernel::{completion, Bio, BioHeader, BioResult, Errno, FilterVerdict};
 
+use crate::check::point_in_time::Judged;
 use crate::kernel::Sim;
 use crate::trace::TraceEvent;
 
 /// Submit a user bio and wait for its end.
 pub async fn user_bio(sim: &Rc<Sim>, bio: Bio) -> BioResult {
+    user_bio_judged(sim, bio).await.0
+}
+
+/// Submit a user bio, wait for its end, and say what the oracle judged of
+/// it (a verifying step counts the sectors the oracle compared).
+pub async fn user_bio_judged(sim: &Rc<Sim>, bio: Bio) -> (BioResult, Judged) {
     let (op, submitted) = (sim.oracle.borrow_mut().submit(sim.now(), &bio), sim.now());
     crate::check::fs_take::submitted(sim, &bio);
     let result = route(sim, bio.clone()).await;
@@ -21,13 +28,19 @@ pub async fn user_bio(sim: &Rc<Sim>, bio: Bio) -> BioResult {
     let now = sim.now();
     crate::check::cbt::user_bio_ended(sim, &bio, submitted, now, result.is_ok());
     let verdict = sim.oracle.borrow_mut().complete(now, op, &bio, &result);
-    if let Err(message) = verdict {
+    let judged = verdict.unwrap_or_else(|message| {
         sim.fail("point_in_time", message);
-    }
-    result
+        Judged::default()
+    });
+    (result, judged)
 }
 
 async fn route(sim: &Rc<Sim>, mut bio: Bio) -> BioResult {
+    // submit_bio_noacct's bio_check_eod: a bio past the end of the device
+    // fails before any filter sees it (Linux 6.1), reads and writes alike.
+    if past_end(sim, &bio) {
+        return Err(Errno::EIO);
+    }
     if !bio.flags.filtered {
         if let Some(verdict) = run_filter(sim, &bio).await {
             return verdict;
@@ -37,6 +50,18 @@ async fn route(sim: &Rc<Sim>, mut bio: Bio) -> BioResult {
     let (done, completer) = completion();
     sim.submit_to_device(bio, completer);
     done.await
+}
+
+/// Does the bio reach past the device's current capacity?
+fn past_end(sim: &Sim, bio: &Bio) -> bool {
+    let capacity = sim
+        .devices
+        .borrow()
+        .get(&bio.dev)
+        .map(|d| d.capacity)
+        .or_else(|| sim.disk_capacity(bio.dev));
+    let end = bio.sector.checked_add(bio.sectors);
+    capacity.is_some_and(|capacity| end.is_none_or(|end| end > capacity))
 }
 
 /// The filter callback, in the submitter's task. Some(result) when the

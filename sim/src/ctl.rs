@@ -174,8 +174,11 @@ fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
         else {
             return;
         };
-        sim.oracle
-            .borrow_mut()
-            .storage_appended(dev, range.sector_offset, range.sector_count);
+        sim.oracle.borrow_mut().storage_appended(
+            append.id.b,
+            dev,
+            range.sector_offset,
+            range.sector_count,
+        );
     }
 }

@@ -18,6 +18,7 @@ use blksnap_core::kernel::{
     Errno, GenDisk, Gfp, Kernel, LocalBoxFuture, LockId, LockMode, LockOp, TaskKind,
 };
 
+use crate::check::injected::FaultKind;
 use crate::check::Oracle;
 use crate::device::Device;
 use crate::faults::FaultPlan;
@@ -176,6 +177,8 @@ pub struct Sim {
     pub cbt: RefCell<crate::check::cbt::CbtChecker>,
     /// The fs_consistency checker of TAKE.
     pub fs_take: RefCell<crate::check::fs_take::FsTake>,
+    /// Every fault the sim injected, for the oracle's excuses.
+    pub injected: RefCell<crate::check::injected::InjectedFaults>,
 }
 
 impl Sim {
@@ -217,6 +220,7 @@ impl Sim {
             injected_io_errors: Cell::new(0),
             cbt: RefCell::new(Default::default()),
             fs_take: RefCell::new(Default::default()),
+            injected: RefCell::new(Default::default()),
         })
     }
 
@@ -654,6 +658,7 @@ impl Sim {
         if injected || device.hits_bad_sector(bio.sector, bio.sectors) {
             self.injected_io_errors
                 .set(self.injected_io_errors.get() + 1);
+            self.record_fault(bio_fault(bio));
             return Err(Errno::EIO);
         }
         if device.removed {
@@ -671,6 +676,12 @@ impl Sim {
             }
             BioOp::Flush => Ok(Vec::new()),
         }
+    }
+
+    /// Keep a fault the sim injected, with the time, for the oracle.
+    pub fn record_fault(&self, kind: FaultKind) {
+        let now = self.now();
+        self.injected.borrow_mut().record(now, kind);
     }
 
     pub fn filter_of(&self, dev: DevT) -> Option<Rc<dyn BdevFilter>> {
@@ -698,7 +709,12 @@ impl Sim {
     /// Change a device's capacity (a resized loop device).
     pub fn resize_device(&self, dev: DevT, sectors: u64) {
         if let Some(device) = self.devices.borrow_mut().get_mut(&dev) {
-            device.capacity = sectors;
+            let old = std::mem::replace(&mut device.capacity, sectors);
+            self.record_fault(FaultKind::Resize {
+                dev,
+                old,
+                new: sectors,
+            });
         }
     }
 
@@ -707,6 +723,7 @@ impl Sim {
     pub fn remove_device(&self, dev: DevT) {
         if let Some(device) = self.devices.borrow_mut().get_mut(&dev) {
             device.removed = true;
+            self.record_fault(FaultKind::Removal { dev });
         }
         let filter = self.filters.borrow_mut().remove(&dev);
         if let Some(filter) = filter {
@@ -837,6 +854,16 @@ impl Sim {
     }
 }
 
+/// The record of a device bio the sim failed.
+fn bio_fault(bio: &Bio) -> FaultKind {
+    FaultKind::BioError {
+        dev: bio.dev,
+        op: bio.op,
+        sector: bio.sector,
+        sectors: bio.sectors,
+    }
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         return (*s).to_string();
@@ -900,6 +927,8 @@ impl Kernel for SimKernel {
             ok: !fails,
         });
         if fails {
+            let site = site.to_string();
+            sim.record_fault(FaultKind::Alloc { site, gfp });
             return Err(Errno::ENOMEM);
         }
         Ok(sim.account_alloc(site, bytes))

@@ -27,6 +27,8 @@ pub struct Lifecycle {
     /// A CREATE failed its copy-back (-ENODATA): a snapshot may exist whose
     /// id nobody knows (B-CTRL-4), so the list can no longer be compared.
     unknown_ids: bool,
+    /// Calls the model judged (quiet ones): its coverage.
+    pub judged: u64,
 }
 
 /// One call as the checker sees it: which ioctl, the snapshot id it names
@@ -60,6 +62,7 @@ impl Lifecycle {
     pub fn end(&mut self, token: (u64, bool), call: &Call) -> Result<(), String> {
         self.in_flight -= 1;
         let quiet = token.1 && self.started == token.0 && self.in_flight == 0;
+        self.judged += u64::from(quiet);
         let verdict = if quiet { self.judge(call) } else { Ok(()) };
         self.apply(call);
         verdict
@@ -259,5 +262,8 @@ mod tests {
         assert!(l
             .end(a, &call(IoctlNr::SnapshotTake, [9; 16], Ok(0)))
             .is_ok());
+        assert_eq!(l.judged, 0);
+        quiet(&mut l, &call(IoctlNr::SnapshotTake, [9; 16], Ok(0))).unwrap_err();
+        assert_eq!(l.judged, 1);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod cbt;
 pub mod fs_take;
+pub mod injected;
 pub mod lifecycle;
 pub mod point_in_time;
 pub mod resources;
@@ -20,6 +21,7 @@ pub const CHECKERS: &[&str] = &[
     "lifecycle",
     "events",
     "expect",
+    "coverage",
     "oops",
     "kernel_warn",
     "kernel",

@@ -5,15 +5,23 @@
 //! completed. A snapshot image must read, for each sector, the original's
 //! content at TAKE plus the image's own writes, and nothing else; an
 //! original must read what users wrote to it. Where IO overlapped in time,
-//! any of the overlapping values is allowed, and nothing more. An image
-//! read that fails is allowed only once the engine has reported the
-//! snapshot corrupted for that device.
+//! any of the overlapping values is allowed, and nothing more. Writes that
+//! overlapped each other may have been applied in either order: each of
+//! them may be the last until a write submitted after its completion
+//! supersedes it, and once a read saw one of them with no write in flight,
+//! later reads must see the same. An image read that fails is allowed only
+//! when something the user can see explains it: the engine reported the
+//! snapshot corrupted for that device first, or a fault the sim recorded
+//! (`injected.rs`) explains that read by device, sectors and time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Stamp};
+use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Errno, Stamp};
 
+use super::injected::{FaultKind, InjectedFaults};
 use crate::device::{pattern_stamp, Fill};
+
+type SnapId = [u8; 16];
 
 /// One user write as the oracle saw it.
 #[derive(Clone, Debug)]
@@ -39,9 +47,43 @@ struct ImageRecord {
     take_start: u64,
     take_end: u64,
     bound: bool,
+    /// The snapshot it belongs to (its storage devices come from APPEND).
+    snapshot: SnapId,
+    /// The largest chunk the engine may use for it, in sectors (from the
+    /// user-set module parameters): a fault on the original explains an
+    /// image read only within this distance.
+    chunk_bound: u64,
     /// When the user started removing it (DESTROY, unload): from then on
     /// its IO may fail.
     going_since: Option<u64>,
+}
+
+/// An image read that failed, judged at the end of the run (the corrupted
+/// event that explains it may be read after the IO).
+#[derive(Clone, Debug)]
+struct FailedRead {
+    image: DevT,
+    orig: DevT,
+    /// The image's snapshot, TAKE start and chunk bound at the time (a
+    /// later image may reuse the number).
+    snapshot: SnapId,
+    take_start: u64,
+    chunk_bound: u64,
+    sector: u64,
+    sectors: u64,
+    from: u64,
+    to: u64,
+    errno: Errno,
+}
+
+/// What the oracle did with one read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// Sectors whose content the oracle compared.
+    pub sectors: u64,
+    /// The read failed and the oracle allowed it, or will judge at the end
+    /// whether a fault or a corrupted event explains it.
+    pub failure_judged: bool,
 }
 
 #[derive(Default)]
@@ -55,15 +97,25 @@ pub struct Oracle {
     /// Reads in flight: id -> submission time.
     reads: BTreeMap<u64, u64>,
     next_op: u64,
-    /// Image reads that failed: (original, time). Judged at the end.
-    failed_image_reads: Vec<(DevT, u64)>,
+    /// Image reads that failed. Judged at the end.
+    failed_image_reads: Vec<FailedRead>,
+    /// A value a read saw with no write in flight: (stamp, read start).
+    /// Until a new write to that sector, every read must see it again.
+    pins: BTreeMap<(DevT, u64), (Stamp, u64)>,
     /// Originals whose snapshot the engine reported corrupted, and when.
     corrupted: BTreeMap<DevT, u64>,
     /// Diff storage ranges users appended: the engine writes there, so
     /// user reads of them are not judged.
     storage: BTreeMap<DevT, Vec<(u64, u64)>>,
+    /// Storage devices each snapshot was given (from APPEND arguments).
+    storage_of: BTreeMap<SnapId, BTreeSet<DevT>>,
     pub image_reads_checked: u64,
     pub sectors_checked: u64,
+    pub original_sectors_checked: u64,
+    pub original_reads_checked: u64,
+    /// Failed image reads excused (at once, or at the end by a fault or an
+    /// event).
+    pub image_errors_excused: u64,
 }
 
 impl Oracle {
@@ -77,6 +129,7 @@ impl Oracle {
         // A new image may reuse the number of one that is gone: its writes
         // are not this image's.
         self.by_sector.retain(|(dev, _), _| *dev != image);
+        self.pins.retain(|(dev, _), _| *dev != image);
         self.images.insert(
             image,
             ImageRecord {
@@ -85,6 +138,8 @@ impl Oracle {
                 take_start: 0,
                 take_end: 0,
                 bound: false,
+                snapshot: [0; 16],
+                chunk_bound: 1,
                 going_since: None,
             },
         );
@@ -95,18 +150,26 @@ impl Oracle {
     }
 
     /// The image shows `orig` as of the TAKE that ran in [start, end].
-    pub fn bind_image(&mut self, image: DevT, orig: DevT, take_start: u64, take_end: u64) {
+    pub fn bind_image(&mut self, image: DevT, orig: DevT, take: (u64, u64), snapshot: SnapId) {
         if let Some(record) = self.images.get_mut(&image) {
             record.orig = orig;
-            record.take_start = take_start;
-            record.take_end = take_end;
+            (record.take_start, record.take_end) = take;
             record.bound = true;
+            record.snapshot = snapshot;
         }
     }
 
-    /// A range the user gave the engine as diff storage.
-    pub fn storage_appended(&mut self, dev: DevT, sector: u64, count: u64) {
+    /// The largest chunk the engine may use for this image, in sectors.
+    pub fn set_chunk_bound(&mut self, image: DevT, sectors: u64) {
+        if let Some(record) = self.images.get_mut(&image) {
+            record.chunk_bound = sectors.max(1);
+        }
+    }
+
+    /// A range the user gave snapshot `snapshot` as diff storage.
+    pub fn storage_appended(&mut self, snapshot: SnapId, dev: DevT, sector: u64, count: u64) {
         self.storage.entry(dev).or_default().push((sector, count));
+        self.storage_of.entry(snapshot).or_default().insert(dev);
     }
 
     fn is_storage(&self, dev: DevT, sector: u64) -> bool {
@@ -192,19 +255,19 @@ impl Oracle {
         id: u64,
         bio: &Bio,
         result: &BioResult,
-    ) -> Result<(), String> {
+    ) -> Result<Judged, String> {
         match bio.op {
             BioOp::Write => {
                 if let (Ok(_), Some(op)) = (result, self.writes.get_mut(&id)) {
                     op.completed = Some(now);
                 }
-                Ok(())
+                Ok(Judged::default())
             }
             BioOp::Read => {
                 let submitted = self.reads.remove(&id).unwrap_or(now);
                 self.judge_read(submitted, now, bio, result)
             }
-            _ => Ok(()),
+            _ => Ok(Judged::default()),
         }
     }
 
@@ -214,19 +277,22 @@ impl Oracle {
         to: u64,
         bio: &Bio,
         result: &BioResult,
-    ) -> Result<(), String> {
+    ) -> Result<Judged, String> {
         if self.images.contains_key(&bio.dev) {
             return self.judge_image_read(from, to, bio, result);
         }
         let (Ok(data), true) = (result, self.devices.contains_key(&bio.dev)) else {
-            return Ok(());
+            return Ok(Judged::default());
         };
+        let mut judged = Judged::default();
         for (i, got) in data.iter().enumerate() {
             let sector = bio.sector + i as u64;
             if self.is_storage(bio.dev, sector) {
                 continue;
             }
             let allowed = self.original_values(bio.dev, sector, from, to);
+            let allowed = self.pinned(bio.dev, sector, from, to, *got, allowed)?;
+            judged.sectors += 1;
             if !allowed.contains(got) {
                 return Err(format!(
                     "original {} sector {sector}: read {got:#x}, expected one of {}",
@@ -235,7 +301,41 @@ impl Oracle {
                 ));
             }
         }
-        Ok(())
+        self.original_sectors_checked += judged.sectors;
+        self.original_reads_checked += u64::from(judged.sectors > 0);
+        Ok(judged)
+    }
+
+    /// Narrow `allowed` to a value an earlier read pinned, and pin what this
+    /// read saw when no write to the sector was in flight during it.
+    fn pinned(
+        &mut self,
+        dev: DevT,
+        sector: u64,
+        from: u64,
+        to: u64,
+        got: Stamp,
+        allowed: BTreeSet<Stamp>,
+    ) -> Result<BTreeSet<Stamp>, String> {
+        let key = (dev, sector);
+        let newer_write = |since: u64| self.sector_writes(dev, sector).any(|w| w.submitted > since);
+        if let Some(&(stamp, since)) = self.pins.get(&key) {
+            if !newer_write(since) {
+                if got != stamp {
+                    return Err(format!(
+                        "{dev} sector {sector}: read {got:#x}, but a read at {since} ns saw \
+                         {stamp:#x} and no write to it came since"
+                    ));
+                }
+                return Ok(allowed);
+            }
+            self.pins.remove(&key);
+        }
+        let quiet = self.overlapping(dev, sector, from, to).is_empty();
+        if quiet && allowed.contains(&got) {
+            self.pins.insert(key, (got, from));
+        }
+        Ok(allowed)
     }
 
     fn judge_image_read(
@@ -244,32 +344,57 @@ impl Oracle {
         to: u64,
         bio: &Bio,
         result: &BioResult,
-    ) -> Result<(), String> {
+    ) -> Result<Judged, String> {
         let image = &self.images[&bio.dev];
         if !image.bound {
-            return Ok(());
+            return Ok(Judged::default());
         }
         let orig = image.orig;
         let inside = bio
             .sector
             .checked_add(bio.sectors)
             .is_some_and(|end| end <= image.capacity);
+        let excused_now = !inside || image.going_since.is_some_and(|t| t <= to);
         let data = match result {
             Ok(data) => data,
-            // Past the end the block layer refuses the bio: not the engine's.
-            Err(_) if !inside => return Ok(()),
-            // An image being removed may fail its IO.
-            Err(_) if image.going_since.is_some_and(|t| t <= to) => return Ok(()),
-            Err(_) => {
-                self.failed_image_reads.push((orig, to));
-                return Ok(());
+            // Past the end the block layer refuses the bio, and an image
+            // being removed may fail its IO: neither is the engine's fault.
+            Err(_) if excused_now => {
+                self.image_errors_excused += 1;
+                return Ok(Judged {
+                    sectors: 0,
+                    failure_judged: true,
+                });
+            }
+            Err(errno) => {
+                let (snapshot, take_start, chunk_bound) =
+                    (image.snapshot, image.take_start, image.chunk_bound);
+                self.failed_image_reads.push(FailedRead {
+                    image: bio.dev,
+                    orig,
+                    snapshot,
+                    take_start,
+                    chunk_bound,
+                    sector: bio.sector,
+                    sectors: bio.sectors,
+                    from,
+                    to,
+                    errno: *errno,
+                });
+                return Ok(Judged {
+                    sectors: 0,
+                    failure_judged: true,
+                });
             }
         };
         self.image_reads_checked += 1;
+        let mut judged = Judged::default();
         for (i, got) in data.iter().enumerate() {
             let sector = bio.sector + i as u64;
             let allowed = self.image_values(bio.dev, sector, from, to);
+            let allowed = self.pinned(bio.dev, sector, from, to, *got, allowed)?;
             self.sectors_checked += 1;
+            judged.sectors += 1;
             if !allowed.contains(got) {
                 return Err(format!(
                     "image {} of {orig} sector {sector}: read {got:#x}, expected one of {} \
@@ -279,7 +404,7 @@ impl Oracle {
                 ));
             }
         }
-        Ok(())
+        Ok(judged)
     }
 
     fn initial(&self, dev: DevT, sector: u64) -> Stamp {
@@ -298,16 +423,22 @@ impl Oracle {
             .filter_map(|id| self.writes.get(id))
     }
 
-    /// The stamp of the last write completed at or before `t`.
-    fn last_completed(&self, dev: DevT, sector: u64, t: u64) -> Option<Stamp> {
-        self.sector_writes(dev, sector)
-            .filter_map(|op| {
-                op.completed
-                    .filter(|c| *c <= t)
-                    .map(|c| (c, op.stamp(sector)))
-            })
-            .max_by_key(|(c, _)| *c)
-            .map(|(_, stamp)| stamp)
+    /// The stamps that may be the sector's content at `t`, from the writes
+    /// completed by then: each of them may have been applied last unless a
+    /// write submitted after its completion (and completed by `t`)
+    /// supersedes it. Empty when no write completed by `t`.
+    fn possibly_last(&self, dev: DevT, sector: u64, t: u64) -> BTreeSet<Stamp> {
+        let done = || {
+            self.sector_writes(dev, sector)
+                .filter(move |op| op.completed.is_some_and(|c| c <= t))
+        };
+        let Some(latest_start) = done().map(|op| op.submitted).max() else {
+            return BTreeSet::new();
+        };
+        done()
+            .filter(|op| op.completed.is_some_and(|c| c >= latest_start))
+            .map(|op| op.stamp(sector))
+            .collect()
     }
 
     /// Stamps of writes to `sector` that were in flight during [from, to].
@@ -320,10 +451,10 @@ impl Oracle {
 
     /// What the original may read for `sector` in the window [from, to].
     fn original_values(&self, dev: DevT, sector: u64, from: u64, to: u64) -> BTreeSet<Stamp> {
-        let base = self
-            .last_completed(dev, sector, from)
-            .unwrap_or_else(|| self.initial(dev, sector));
-        let mut allowed = BTreeSet::from([base]);
+        let mut allowed = self.possibly_last(dev, sector, from);
+        if allowed.is_empty() {
+            allowed.insert(self.initial(dev, sector));
+        }
         allowed.extend(self.overlapping(dev, sector, from, to));
         allowed
     }
@@ -332,28 +463,90 @@ impl Oracle {
     /// own last write if any, else the original as of the TAKE window.
     fn image_values(&self, image: DevT, sector: u64, from: u64, to: u64) -> BTreeSet<Stamp> {
         let record = &self.images[&image];
-        let mut allowed = match self.last_completed(image, sector, from) {
-            Some(stamp) => BTreeSet::from([stamp]),
-            None => self.original_values(record.orig, sector, record.take_start, record.take_end),
-        };
+        let mut allowed = self.possibly_last(image, sector, from);
+        if allowed.is_empty() {
+            allowed = self.original_values(record.orig, sector, record.take_start, record.take_end);
+        }
         allowed.extend(self.overlapping(image, sector, from, to));
         allowed
     }
 
-    /// Failed image reads not explained by an earlier corrupted event
-    /// (judged at the end, since the event may be read after the IO). When
-    /// the fault plan made devices fail IO, an image read may fail too.
-    pub fn unexplained_image_errors(&self, io_errors_injected: bool) -> Vec<String> {
-        if io_errors_injected {
-            return Vec::new();
+    /// Failed image reads that nothing explains (judged at the end, since
+    /// the corrupted event may be read after the IO). The rule is in
+    /// ARCHITECTURE.md, "How the oracle decides".
+    pub fn unexplained_image_errors(&mut self, faults: &InjectedFaults) -> Vec<String> {
+        let mut unexplained = Vec::new();
+        for read in &self.failed_image_reads {
+            match self.excuse(read, faults) {
+                Some(_) => self.image_errors_excused += 1,
+                None => unexplained.push(format!(
+                    "image {} of {} failed a read of sectors {}..{} with {} at {} ns; no corrupted \
+                     event came before it and no injected fault explains it",
+                    read.image,
+                    read.orig,
+                    read.sector,
+                    read.sector + read.sectors,
+                    read.errno,
+                    read.to
+                )),
+            }
         }
-        self.failed_image_reads
-            .iter()
-            .filter(|(orig, at)| self.corrupted.get(orig).is_none_or(|t| t > at))
-            .map(|(orig, at)| {
-                format!("image of {orig} failed a read at {at} ns, and no corrupted event came before it")
-            })
-            .collect()
+        unexplained
+    }
+
+    /// Why a failed image read is allowed, if it is.
+    fn excuse(&self, read: &FailedRead, faults: &InjectedFaults) -> Option<&'static str> {
+        if self
+            .corrupted
+            .get(&read.orig)
+            .is_some_and(|t| *t <= read.to)
+        {
+            return Some("the snapshot was reported corrupted");
+        }
+        if faults.removed_at(read.orig).is_some_and(|t| t <= read.to) {
+            return Some("the original was removed");
+        }
+        if let Some((_, new_end)) = faults.shrunk_by(read.orig, read.to) {
+            // Chunks past the new end cannot be loaded from the original.
+            let first_lost = new_end - new_end % read.chunk_bound;
+            if read.sector + read.sectors > first_lost {
+                return Some("the original shrank below these sectors");
+            }
+        }
+        if read.errno == Errno::ENOMEM && faults.alloc_failed(None, read.from, read.to) {
+            return Some("an allocation failed during the read (a failed load, B-DA-5)");
+        }
+        if read.errno == Errno::EIO && self.load_failed(read, faults) {
+            return Some("a read the image load needed failed");
+        }
+        // The corruption happened, but its event was lost with its memory.
+        faults
+            .first_alloc_failure("event", read.take_start, read.to)
+            .map(|_| "the corrupted event's allocation failed")
+    }
+
+    /// An injected read error in the read's window, on a device the image
+    /// loads from: the original (within one chunk of the read's sectors)
+    /// or a storage device of the image's snapshot.
+    fn load_failed(&self, read: &FailedRead, faults: &InjectedFaults) -> bool {
+        let chunk = read.chunk_bound;
+        let lo = read.sector - read.sector % chunk;
+        let hi = (read.sector + read.sectors)
+            .div_ceil(chunk)
+            .saturating_mul(chunk);
+        let on_orig = faults.all().iter().any(|f| {
+            f.at >= read.from
+                && f.at <= read.to
+                && matches!(f.kind, FaultKind::BioError { dev, op: BioOp::Read, sector, sectors }
+                    if dev == read.orig && sector < hi && sector + sectors > lo)
+        });
+        let mut storage: Vec<DevT> = self
+            .storage_of
+            .get(&read.snapshot)
+            .map(|devs| devs.iter().copied().collect())
+            .unwrap_or_default();
+        storage.push(read.image);
+        on_orig || faults.bio_failed(&storage, false, read.from, read.to)
     }
 
     /// What the original should hold now, for the final media check.
@@ -394,6 +587,9 @@ mod tests {
 
     const ORIG: DevT = DevT(8 << 20);
     const IMAGE: DevT = DevT(252 << 20);
+    const STORE: DevT = DevT(8 << 20 | 1);
+    const OTHER: DevT = DevT(8 << 20 | 2);
+    const SNAP: SnapId = [5; 16];
 
     fn oracle() -> Oracle {
         let mut o = Oracle::default();
@@ -414,7 +610,7 @@ mod tests {
         got: Stamp,
         at: u64,
         done: u64,
-    ) -> Result<(), String> {
+    ) -> Result<Judged, String> {
         let bio = Bio::read(dev, sector, 1);
         let id = o.submit(at, &bio);
         o.complete(done, id, &bio, &Ok(vec![got]))
@@ -422,7 +618,24 @@ mod tests {
 
     fn taken_at(o: &mut Oracle, start: u64, end: u64) {
         o.image_added(IMAGE, 100);
-        o.bind_image(IMAGE, ORIG, start, end);
+        o.bind_image(IMAGE, ORIG, (start, end), SNAP);
+        o.set_chunk_bound(IMAGE, 8);
+    }
+
+    fn read_err(o: &mut Oracle, sector: u64, errno: Errno, at: u64, done: u64) {
+        let bio = Bio::read(IMAGE, sector, 1);
+        let id = o.submit(at, &bio);
+        let judged = o.complete(done, id, &bio, &Err(errno)).unwrap();
+        assert_eq!(judged.sectors, 0);
+    }
+
+    fn bio_fault(dev: DevT, op: BioOp, sector: u64) -> FaultKind {
+        FaultKind::BioError {
+            dev,
+            op,
+            sector,
+            sectors: 1,
+        }
     }
 
     #[test]
@@ -440,12 +653,15 @@ mod tests {
 
     #[test]
     fn write_in_flight_during_take_allows_both_values() {
-        let mut o = oracle();
-        write(&mut o, ORIG, 1, 7, 15, 35);
-        taken_at(&mut o, 20, 30);
-        assert!(read(&mut o, IMAGE, 1, 7, 60, 70).is_ok());
-        assert!(read(&mut o, IMAGE, 1, 0, 60, 70).is_ok());
-        assert!(read(&mut o, IMAGE, 1, 9, 60, 70).is_err());
+        for (seen, other) in [(7, 0), (0, 7)] {
+            let mut o = oracle();
+            write(&mut o, ORIG, 1, 7, 15, 35);
+            taken_at(&mut o, 20, 30);
+            assert!(read(&mut o, IMAGE, 1, 9, 60, 70).is_err());
+            assert!(read(&mut o, IMAGE, 1, seen, 60, 70).is_ok());
+            // The image is fixed: once a read saw one, the other is wrong.
+            assert!(read(&mut o, IMAGE, 1, other, 80, 90).is_err());
+        }
     }
 
     #[test]
@@ -463,7 +679,7 @@ mod tests {
     fn engine_writes_must_stay_inside_appended_storage() {
         let mut o = oracle();
         let store = DevT(8 << 20 | 1);
-        o.storage_appended(store, 1024, 512);
+        o.storage_appended(SNAP, store, 1024, 512);
         assert!(o.check_engine_write(store, 1024, 512).is_ok());
         assert!(o.check_engine_write(store, 1536, 8).is_err());
         assert!(o.check_engine_write(store, 1020, 8).is_err());
@@ -474,13 +690,124 @@ mod tests {
     fn image_errors_need_a_corrupted_event_before_them() {
         let mut o = oracle();
         taken_at(&mut o, 20, 30);
-        let bio = Bio::read(IMAGE, 0, 1);
-        let id = o.submit(40, &bio);
-        o.complete(50, id, &bio, &Err(blksnap_core::kernel::Errno::EIO))
-            .unwrap();
-        assert_eq!(o.unexplained_image_errors(false).len(), 1);
-        assert!(o.unexplained_image_errors(true).is_empty());
+        read_err(&mut o, 0, Errno::EIO, 40, 50);
+        let none = InjectedFaults::default();
+        assert_eq!(o.unexplained_image_errors(&none).len(), 1);
         o.corrupted_event(ORIG, 45);
-        assert!(o.unexplained_image_errors(false).is_empty());
+        assert!(o.unexplained_image_errors(&none).is_empty());
+    }
+
+    #[test]
+    fn an_injected_eio_excuses_only_its_device_range_and_time() {
+        let mut o = oracle();
+        o.add_device(STORE, 1, Fill::Zero);
+        o.storage_appended(SNAP, STORE, 0, 64);
+        taken_at(&mut o, 20, 30);
+        read_err(&mut o, 16, Errno::EIO, 40, 50);
+        let judge = |o: &mut Oracle, kind: FaultKind, at: u64| {
+            let mut f = InjectedFaults::default();
+            f.record(at, kind);
+            o.unexplained_image_errors(&f).is_empty()
+        };
+        // Read errors during the read on what the load reads: excused.
+        assert!(judge(&mut o, bio_fault(ORIG, BioOp::Read, 17), 45));
+        assert!(judge(&mut o, bio_fault(STORE, BioOp::Read, 3), 45));
+        // Another device, other sectors, another time: not excused.
+        assert!(!judge(&mut o, bio_fault(OTHER, BioOp::Read, 16), 45));
+        assert!(!judge(&mut o, bio_fault(ORIG, BioOp::Read, 40), 45));
+        assert!(!judge(&mut o, bio_fault(ORIG, BioOp::Read, 16), 39));
+        assert!(!judge(&mut o, bio_fault(ORIG, BioOp::Read, 16), 51));
+        // A failed store corrupts the snapshot: the event is required.
+        assert!(!judge(&mut o, bio_fault(STORE, BioOp::Write, 3), 35));
+        // ENOMEM is not explained by an IO error, nor EIO by an allocation.
+        let alloc = FaultKind::Alloc {
+            site: "diff_buffer".into(),
+            gfp: blksnap_core::kernel::Gfp::Noio,
+        };
+        assert!(!judge(&mut o, alloc.clone(), 45));
+        let mut o = oracle();
+        taken_at(&mut o, 20, 30);
+        read_err(&mut o, 16, Errno::ENOMEM, 40, 50);
+        assert!(judge(&mut o, alloc.clone(), 45));
+        assert!(!judge(&mut o, alloc, 55));
+    }
+
+    #[test]
+    fn removal_shrink_and_a_lost_event_excuse_only_their_image() {
+        let mut o = oracle();
+        taken_at(&mut o, 20, 30);
+        read_err(&mut o, 90, Errno::EIO, 40, 50);
+        let judge = |o: &mut Oracle, kind: FaultKind, at: u64| {
+            let mut f = InjectedFaults::default();
+            f.record(at, kind);
+            o.unexplained_image_errors(&f).is_empty()
+        };
+        assert!(judge(&mut o, FaultKind::Removal { dev: ORIG }, 45));
+        assert!(!judge(&mut o, FaultKind::Removal { dev: ORIG }, 55));
+        assert!(!judge(&mut o, FaultKind::Removal { dev: OTHER }, 45));
+        let shrink = |new| FaultKind::Resize {
+            dev: ORIG,
+            old: 100,
+            new,
+        };
+        assert!(judge(&mut o, shrink(50), 45));
+        // Sector 90 is still inside the device after this shrink.
+        assert!(!judge(&mut o, shrink(96), 45));
+        let lost = |site: &str| FaultKind::Alloc {
+            site: site.into(),
+            gfp: blksnap_core::kernel::Gfp::Noio,
+        };
+        assert!(judge(&mut o, lost("event"), 35));
+        assert!(!judge(&mut o, lost("event"), 10));
+        assert!(!judge(&mut o, lost("event"), 55));
+    }
+
+    #[test]
+    fn concurrent_writers_may_land_in_either_order_then_reads_agree() {
+        let mut o = oracle();
+        let overlap = |o: &mut Oracle| {
+            let a = Bio::write(ORIG, 2, vec![10]);
+            let b = Bio::write(ORIG, 2, vec![20]);
+            let ia = o.submit(100, &a);
+            let ib = o.submit(110, &b);
+            o.complete(130, ib, &b, &Ok(Vec::new())).unwrap();
+            o.complete(140, ia, &a, &Ok(Vec::new())).unwrap();
+        };
+        overlap(&mut o);
+        // Either may have been applied last: the first read pins one.
+        assert!(read(&mut o, ORIG, 2, 20, 150, 160).is_ok());
+        assert!(read(&mut o, ORIG, 2, 20, 170, 180).is_ok());
+        let err = read(&mut o, ORIG, 2, 10, 190, 200).unwrap_err();
+        assert!(err.contains("no write to it came since"), "{err}");
+        assert!(read(&mut o, ORIG, 2, 0, 210, 220).is_err());
+        // A write submitted after both completed supersedes them.
+        write(&mut o, ORIG, 2, 30, 230, 240);
+        assert!(read(&mut o, ORIG, 2, 20, 250, 260).is_err());
+        assert!(read(&mut o, ORIG, 2, 30, 250, 260).is_ok());
+        // The same on an image.
+        taken_at(&mut o, 300, 310);
+        let a = Bio::write(IMAGE, 4, vec![40]);
+        let b = Bio::write(IMAGE, 4, vec![50]);
+        let ia = o.submit(400, &a);
+        let ib = o.submit(405, &b);
+        o.complete(420, ia, &a, &Ok(Vec::new())).unwrap();
+        o.complete(430, ib, &b, &Ok(Vec::new())).unwrap();
+        assert!(read(&mut o, IMAGE, 4, 40, 440, 450).is_ok());
+        assert!(read(&mut o, IMAGE, 4, 50, 460, 470).is_err());
+        assert!(read(&mut o, IMAGE, 4, 0, 460, 470).is_err());
+    }
+
+    #[test]
+    fn a_read_judges_its_sectors_and_a_failed_one_judges_none() {
+        let mut o = oracle();
+        taken_at(&mut o, 20, 30);
+        let bio = Bio::read(IMAGE, 0, 4);
+        let id = o.submit(40, &bio);
+        let judged = o.complete(50, id, &bio, &Ok(vec![0; 4])).unwrap();
+        assert_eq!(judged.sectors, 4);
+        let id = o.submit(60, &bio);
+        let judged = o.complete(70, id, &bio, &Err(Errno::EIO)).unwrap();
+        assert_eq!(judged.sectors, 0);
+        assert!(judged.failure_judged);
     }
 }

@@ -4,8 +4,8 @@
 
 use blksnap_core::kernel::{Bio, DevT, Errno, Stamp};
 
-use super::model::{Target, Workload};
-use super::runner::Run;
+use super::model::{Expect, Target, Workload};
+use super::runner::{check_expect, Run};
 use crate::block;
 use crate::fs;
 use crate::trace::TraceEvent;
@@ -66,22 +66,86 @@ impl Run {
         block::user_bio(&self.sim, Bio::read(dev, sector, sectors)).await
     }
 
-    pub(super) async fn verify_image(&self, snapshot: &str, device: &str) -> Result<(), String> {
+    /// Read the image and let the oracle judge it. An empty check fails:
+    /// with `expect: Ok` the oracle must have compared at least one
+    /// sector; with `Err("EIO")` at least one read must fail with EIO (the
+    /// oracle then judges at the end whether a fault or a corrupted event
+    /// explains each failure).
+    pub(super) async fn verify_image(
+        &self,
+        snapshot: &str,
+        device: &str,
+        expect: &Expect,
+    ) -> Result<(), String> {
         let orig = self.dev(device);
         let target = Target::Image(snapshot.to_string(), device.to_string());
         let image = self
             .target_dev(&target)
             .map_err(|_| format!("no image of {device} in {snapshot}"))?;
         let capacity = self.sim.disk_capacity(image).unwrap_or(0);
+        let (mut judged, mut eio, mut other) = (0u64, 0u64, None);
         for (sector, count) in self.verify_ranges(orig, capacity) {
             let bio = Bio::read(image, sector, count);
-            if let Err(e) = block::user_bio(&self.sim, bio).await {
+            let (result, seen) = block::user_bio_judged(&self.sim, bio).await;
+            judged += seen.sectors;
+            match result {
+                Ok(_) => {}
+                Err(Errno::EIO) => eio += 1,
+                Err(e) => {
+                    other.get_or_insert((sector, e));
+                }
+            }
+            if let Err(e) = result {
                 self.sim.record(TraceEvent::Warn {
                     msg: format!("image read at {sector} failed: {e}"),
                 });
             }
         }
-        Ok(())
+        self.verify_verdict(
+            &format!("image of {device} in {snapshot}"),
+            expect,
+            judged,
+            eio,
+            other,
+        )
+    }
+
+    /// Judge a VerifyImage by what the oracle judged.
+    fn verify_verdict(
+        &self,
+        what: &str,
+        expect: &Expect,
+        judged: u64,
+        eio: u64,
+        other: Option<(u64, Errno)>,
+    ) -> Result<(), String> {
+        match expect {
+            Expect::Err(_) => {
+                if let Some((sector, e)) = other {
+                    return Err(format!(
+                        "expected the {what} to fail with EIO, a read at {sector} failed with {e}"
+                    ));
+                }
+                if eio == 0 {
+                    return Err(format!(
+                        "expected the {what} to be unreadable (EIO), every read succeeded \
+                         ({judged} sectors judged)"
+                    ));
+                }
+                Ok(())
+            }
+            _ if judged == 0 => {
+                self.sim.fail(
+                    "coverage",
+                    format!(
+                        "VerifyImage of the {what} judged no sector ({eio} reads failed with EIO); \
+                         say expect: Err(\"EIO\") if the image is expected to be unreadable"
+                    ),
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// What VerifyImage reads: everything for small devices; for large ones,
@@ -107,14 +171,54 @@ impl Run {
         ranges
     }
 
+    /// Read back every sector users wrote; the oracle must judge at least
+    /// one of them (a device nobody wrote, or one written only inside
+    /// storage ranges, verifies nothing).
     pub(super) async fn verify_original(&self, device: &str) -> Result<(), String> {
         let dev = self.dev(device);
         let sectors = self.sim.oracle.borrow().written_sectors(dev);
+        let mut judged = 0;
         for sector in sectors {
             let bio = Bio::read(dev, sector, 1);
-            block::user_bio(&self.sim, bio)
-                .await
-                .map_err(|e| format!("read of {device} sector {sector} failed: {e}"))?;
+            let (result, seen) = block::user_bio_judged(&self.sim, bio).await;
+            result.map_err(|e| format!("read of {device} sector {sector} failed: {e}"))?;
+            judged += seen.sectors;
+        }
+        if judged == 0 {
+            self.sim.fail(
+                "coverage",
+                format!("VerifyOriginal of {device} judged no sector: no user write to check"),
+            );
+        }
+        Ok(())
+    }
+
+    /// A Read step. One that expects success on a device without the
+    /// filesystem model must have its data judged by the oracle (a read of
+    /// an image nobody bound, or of storage ranges only, checks nothing).
+    pub(super) async fn read_step(
+        &self,
+        target: &Target,
+        sector: u64,
+        sectors: u64,
+        expect: &Expect,
+    ) -> Result<(), String> {
+        let dev = self.target_dev(target).ok();
+        let Some(dev) = dev.filter(|d| !self.has_fs(*d) && *expect == Expect::Ok) else {
+            let result = self.read(target, sector, sectors).await;
+            return check_expect(expect, result.map(|_| 0));
+        };
+        let (result, judged) =
+            block::user_bio_judged(&self.sim, Bio::read(dev, sector, sectors)).await;
+        check_expect(expect, result.map(|_| 0))?;
+        if judged.sectors == 0 {
+            self.sim.fail(
+                "coverage",
+                format!(
+                    "Read of {dev} sectors {sector}..{} judged no sector",
+                    sector + sectors
+                ),
+            );
         }
         Ok(())
     }

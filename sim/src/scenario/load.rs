@@ -459,9 +459,11 @@ impl Checker<'_> {
             Step::VerifyImage {
                 snapshot: s,
                 device: d,
+                expect,
             } => {
                 snapshot(s)?;
-                device(d, "device")
+                device(d, "device")?;
+                self.verify_expect(expect, &at.field("expect"))
             }
             Step::VerifyOriginal { device: d }
             | Step::Sync { device: d }
@@ -516,8 +518,8 @@ impl Checker<'_> {
                 backup: b,
             } => {
                 snapshot(s)?;
-                device(d)?;
-                device(b)
+                device(d, "device")?;
+                device(b, "backup")
             }
         }
     }
@@ -602,6 +604,23 @@ impl Checker<'_> {
         match expect {
             Expect::Err(name) => self.errno(name, &at.index(0)),
             Expect::Ok | Expect::Any => Ok(()),
+        }
+    }
+
+    /// VerifyImage judges data or expects an unreadable image; `Any`
+    /// would let it check nothing.
+    fn verify_expect(&self, expect: &Expect, at: &At) -> Result<(), LoadError> {
+        match expect {
+            Expect::Ok => Ok(()),
+            Expect::Err(name) if name == "EIO" => Ok(()),
+            Expect::Err(name) => Err(self.error(
+                &at.index(0),
+                format!("VerifyImage expects Ok or Err(\"EIO\"), not Err(\"{name}\")"),
+            )),
+            Expect::Any => Err(self.error(
+                at,
+                "VerifyImage expects Ok or Err(\"EIO\"); Any would check nothing".into(),
+            )),
         }
     }
 

@@ -358,6 +358,12 @@ pub enum Step {
     VerifyImage {
         snapshot: String,
         device: String,
+        /// `Ok` (the default): the oracle must judge at least one sector.
+        /// `Err("EIO")`: the image is expected to be unreadable; at least
+        /// one read must fail with EIO, and the oracle must excuse every
+        /// failure (a corrupted event or an injected fault explains it).
+        #[serde(default)]
+        expect: Expect,
     },
     /// Read what users wrote to the original and let the oracle judge it.
     VerifyOriginal {

@@ -17,7 +17,7 @@ use blksnap_core::kernel::{DevT, Errno, LocalBoxFuture, Stamp};
 use blksnap_core::{Module, Quirks};
 
 use super::model::{Expect, Scenario, Scheduler, Step};
-use crate::check::resources;
+use crate::check::{resources, Oracle};
 use crate::device::Device;
 use crate::fs::{self, FsModel};
 use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, SimKernel};
@@ -144,8 +144,11 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         sim.settle(SETTLE_NS);
         resources::check_after_unload(&sim);
     }
-    let injected = sim.injected_io_errors.get() > 0;
-    for message in sim.oracle.borrow().unexplained_image_errors(injected) {
+    let unexplained = sim
+        .oracle
+        .borrow_mut()
+        .unexplained_image_errors(&sim.injected.borrow());
+    for message in unexplained {
         sim.fail("point_in_time", message);
     }
     outcome(scenario, seed, &run, options)
@@ -291,6 +294,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         "fs_sectors_judged".to_string(),
         sim.fs_take.borrow().sectors_judged as f64,
     );
+    coverage_metrics(&mut metrics, sim, &oracle);
     Outcome {
         name: scenario.name.clone(),
         seed,
@@ -308,6 +312,21 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
             .map(|(t, e)| format!("{t:>14} {e}"))
             .collect(),
         log: engine_log(sim),
+    }
+}
+
+/// The checkers' coverage counts: how much each one judged, so a run
+/// that passes having checked nothing shows it.
+fn coverage_metrics(metrics: &mut BTreeMap<String, f64>, sim: &Sim, oracle: &Oracle) {
+    let counts = [
+        ("original_sectors_checked", oracle.original_sectors_checked),
+        ("original_reads_checked", oracle.original_reads_checked),
+        ("image_errors_excused", oracle.image_errors_excused),
+        ("ioctls_judged", sim.lifecycle.borrow().judged),
+        ("faults_injected", sim.injected.borrow().count() as u64),
+    ];
+    for (name, count) in counts {
+        metrics.insert(name.to_string(), count as f64);
     }
 }
 
@@ -437,13 +456,38 @@ impl Run {
         start: u64,
         end: u64,
     ) {
+        let id = self.record(snapshot).id;
         let mut oracle = self.sim.oracle.borrow_mut();
         for &(orig, image) in &pairs {
-            oracle.bind_image(image, orig, start, end);
+            oracle.bind_image(image, orig, (start, end), id);
+            let capacity = oracle.image_capacity(image).unwrap_or(0);
+            oracle.set_chunk_bound(image, self.chunk_sectors(orig, capacity));
         }
+        drop(oracle);
         if let Some(record) = self.snapshots.borrow_mut().get_mut(snapshot) {
             record.images = pairs.into_iter().collect();
         }
+    }
+
+    /// The chunk size the spec's sizing rule (5.1) gives for an original
+    /// of `capacity` sectors, from the module parameters the scenario set:
+    /// user-visible knobs, not engine state. A SetParam step that changes
+    /// them later is not followed.
+    fn chunk_sectors(&self, orig: DevT, capacity: u64) -> u64 {
+        let io_min = self
+            .sim
+            .devices
+            .borrow()
+            .get(&orig)
+            .map_or(512, |d| u64::from(d.io_min));
+        let mut shift = self.params.chunk_minimum_shift.clamp(9, 62);
+        while shift < 62
+            && (capacity.div_ceil(1 << (shift - 9)) > self.params.chunk_maximum_count
+                || (1u64 << (shift - 9)) < io_min / 512)
+        {
+            shift += 1;
+        }
+        1 << (shift - 9)
     }
 
     pub(super) fn snapshot_name(&self, id: &[u8]) -> String {
@@ -608,11 +652,12 @@ impl Run {
                 sector,
                 sectors,
                 expect,
-            } => {
-                let result = self.read(target, *sector, *sectors).await;
-                check_expect(expect, result.map(|_| 0))
-            }
-            Step::VerifyImage { snapshot, device } => self.verify_image(snapshot, device).await,
+            } => self.read_step(target, *sector, *sectors, expect).await,
+            Step::VerifyImage {
+                snapshot,
+                device,
+                expect,
+            } => self.verify_image(snapshot, device, expect).await,
             Step::VerifyOriginal { device } => self.verify_original(device).await,
             Step::Workload(workload) => self.workload(workload).await,
             Step::Concurrent(branches) => {

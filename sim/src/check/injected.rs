@@ -1,0 +1,160 @@
+//! The record of every fault the sim injected, so the oracle can excuse
+//! exactly what a fault explains and nothing more.
+//!
+//! Rule: a fault is recorded where the sim decides it (the allocation that
+//! the fault plan fails, the device bio that ends with an injected or
+//! bad-sector EIO, a device removal, a resize), with its virtual time. The
+//! record is plain data: it knows nothing of the engine, only what the sim
+//! did to it. Queries answer "did a fault of this kind, on this device,
+//! over this sector range, happen in this window", never "did any fault
+//! happen in the run".
+
+use blksnap_core::kernel::{BioOp, DevT, Gfp};
+
+/// What the sim did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// An allocation the fault plan refused (or one too large to grant).
+    Alloc { site: String, gfp: Gfp },
+    /// A device bio that ended with EIO because of the fault plan or a bad
+    /// sector range.
+    BioError {
+        dev: DevT,
+        op: BioOp,
+        sector: u64,
+        sectors: u64,
+    },
+    /// The device was removed (hot unplug).
+    Removal { dev: DevT },
+    /// The device's capacity changed.
+    Resize { dev: DevT, old: u64, new: u64 },
+}
+
+/// One fault and when it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Injected {
+    pub at: u64,
+    pub kind: FaultKind,
+}
+
+#[derive(Default)]
+pub struct InjectedFaults {
+    list: Vec<Injected>,
+}
+
+impl InjectedFaults {
+    pub fn record(&mut self, at: u64, kind: FaultKind) {
+        self.list.push(Injected { at, kind });
+    }
+
+    pub fn all(&self) -> &[Injected] {
+        &self.list
+    }
+
+    /// How many faults of any kind were injected (a metric).
+    pub fn count(&self) -> usize {
+        self.list.len()
+    }
+
+    /// An allocation at `site` failed in [from, to] (any site if `site` is
+    /// None).
+    pub fn alloc_failed(&self, site: Option<&str>, from: u64, to: u64) -> bool {
+        self.list.iter().any(|f| {
+            f.at >= from
+                && f.at <= to
+                && matches!(&f.kind, FaultKind::Alloc { site: s, .. } if site.is_none_or(|want| s == want))
+        })
+    }
+
+    /// The first failed allocation at `site` in [from, to].
+    pub fn first_alloc_failure(&self, site: &str, from: u64, to: u64) -> Option<u64> {
+        self.list
+            .iter()
+            .filter(|f| f.at >= from && f.at <= to)
+            .find(|f| matches!(&f.kind, FaultKind::Alloc { site: s, .. } if s == site))
+            .map(|f| f.at)
+    }
+
+    /// A bio of kind `op` (reads when `writes` is false, writes otherwise)
+    /// on one of `devs` failed in [from, to].
+    pub fn bio_failed(&self, devs: &[DevT], writes: bool, from: u64, to: u64) -> bool {
+        self.list.iter().any(|f| {
+            f.at >= from
+                && f.at <= to
+                && matches!(f.kind, FaultKind::BioError { dev, op, .. }
+                    if devs.contains(&dev) && op.is_write() == writes)
+        })
+    }
+
+    /// When `dev` was removed, if it was.
+    pub fn removed_at(&self, dev: DevT) -> Option<u64> {
+        self.list.iter().find_map(|f| match f.kind {
+            FaultKind::Removal { dev: d } if d == dev => Some(f.at),
+            _ => None,
+        })
+    }
+
+    /// The first shrink of `dev` at or before `to`: (time, new capacity).
+    pub fn shrunk_by(&self, dev: DevT, to: u64) -> Option<(u64, u64)> {
+        self.list
+            .iter()
+            .filter(|f| f.at <= to)
+            .find_map(|f| match f.kind {
+                FaultKind::Resize { dev: d, old, new } if d == dev && new < old => {
+                    Some((f.at, new))
+                }
+                _ => None,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: DevT = DevT(7 << 20);
+    const B: DevT = DevT(7 << 20 | 1);
+
+    #[test]
+    fn queries_are_bounded_by_device_kind_and_time() {
+        let mut f = InjectedFaults::default();
+        f.record(
+            10,
+            FaultKind::Alloc {
+                site: "event".into(),
+                gfp: Gfp::Noio,
+            },
+        );
+        f.record(
+            20,
+            FaultKind::BioError {
+                dev: A,
+                op: BioOp::Read,
+                sector: 0,
+                sectors: 8,
+            },
+        );
+        f.record(30, FaultKind::Removal { dev: B });
+        f.record(
+            40,
+            FaultKind::Resize {
+                dev: A,
+                old: 100,
+                new: 50,
+            },
+        );
+        assert!(f.alloc_failed(Some("event"), 0, 10));
+        assert!(!f.alloc_failed(Some("event"), 11, 99));
+        assert!(!f.alloc_failed(Some("chunk"), 0, 99));
+        assert!(f.alloc_failed(None, 5, 15));
+        assert!(f.bio_failed(&[A], false, 20, 20));
+        assert!(!f.bio_failed(&[A], true, 0, 99));
+        assert!(!f.bio_failed(&[B], false, 0, 99));
+        assert!(!f.bio_failed(&[A], false, 21, 99));
+        assert_eq!(f.removed_at(B), Some(30));
+        assert_eq!(f.removed_at(A), None);
+        assert_eq!(f.shrunk_by(A, 39), None);
+        assert_eq!(f.shrunk_by(A, 40), Some((40, 50)));
+        assert_eq!(f.count(), 4);
+    }
+}
