@@ -172,6 +172,8 @@ pub struct Sim {
     pub memory_limit: Cell<Option<u64>>,
     /// IO errors the fault plan injected (for the oracle's judgement).
     pub injected_io_errors: Cell<u64>,
+    /// The storage checker (engine writes to the diff storage).
+    pub storage: RefCell<crate::check::storage::StorageCheck>,
 }
 
 impl Sim {
@@ -211,6 +213,7 @@ impl Sim {
             log: RefCell::new(Vec::new()),
             memory_limit: Cell::new(None),
             injected_io_errors: Cell::new(0),
+            storage: RefCell::new(Default::default()),
         })
     }
 
@@ -791,10 +794,10 @@ impl Sim {
         if !bio.op.is_write() || self.is_image(bio.dev) {
             return;
         }
-        let verdict = self
-            .oracle
-            .borrow()
-            .check_engine_write(bio.dev, bio.sector, bio.sectors);
+        let verdict =
+            self.storage
+                .borrow_mut()
+                .engine_write(bio.dev, bio.sector, &bio.data, bio.sectors);
         if let Err(message) = verdict {
             self.fail("storage", message);
         }

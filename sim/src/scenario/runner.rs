@@ -165,6 +165,7 @@ fn add_devices(sim: &Rc<Sim>, scenario: &Scenario) -> BTreeMap<String, DevT> {
         device.freeze_fails = spec.freeze_fails;
         sim.add_device(device);
         sim.oracle.borrow_mut().add_device(dev, index, spec.fill);
+        sim.storage.borrow_mut().add_device(dev, index);
         if spec.fs {
             sim.fs
                 .borrow_mut()
@@ -435,6 +436,7 @@ impl Run {
         let mut oracle = self.sim.oracle.borrow_mut();
         for &(orig, image) in &pairs {
             oracle.bind_image(image, orig, start, end);
+            self.sim.storage.borrow_mut().bind_image(image, orig);
         }
         if let Some(record) = self.snapshots.borrow_mut().get_mut(snapshot) {
             record.images = pairs.into_iter().collect();
