@@ -15,7 +15,9 @@ use crate::trace::TraceEvent;
 /// Submit a user bio and wait for its end.
 pub async fn user_bio(sim: &Rc<Sim>, bio: Bio) -> BioResult {
     let op = sim.oracle.borrow_mut().submit(sim.now(), &bio);
-    sim.storage.borrow_mut().user_write(bio.dev, bio.sector, &bio.data);
+    sim.storage
+        .borrow_mut()
+        .user_write(bio.dev, bio.sector, &bio.data);
     let result = route(sim, bio.clone()).await;
     let now = sim.now();
     let verdict = sim.oracle.borrow_mut().complete(now, op, &bio, &result);

@@ -179,6 +179,8 @@ fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
             .borrow_mut()
             .storage_appended(dev, range.sector_offset, range.sector_count);
         let (start, count) = (range.sector_offset, range.sector_count);
-        sim.storage.borrow_mut().appended(append.id.b, dev, start, count);
+        sim.storage
+            .borrow_mut()
+            .appended(append.id.b, dev, start, count);
     }
 }

@@ -648,7 +648,8 @@ impl Sim {
             .bio_error(bio, &mut self.fault_rng.borrow_mut());
         let mut devices = self.devices.borrow_mut();
         let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
-        if injected || device.hits_bad_sector(bio.sector, bio.sectors) {
+        let windowed = device.window_fails(bio.op, bio.sector, bio.sectors);
+        if injected || windowed || device.hits_bad_sector(bio.sector, bio.sectors) {
             self.injected_io_errors
                 .set(self.injected_io_errors.get() + 1);
             return Err(Errno::EIO);

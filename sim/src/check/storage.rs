@@ -216,9 +216,7 @@ impl StorageCheck {
                  (a region must lie inside one range)",
                 r.start, r.count
             )),
-            None => Err(format!(
-                "{what}, outside every appended storage range"
-            )),
+            None => Err(format!("{what}, outside every appended storage range")),
         }
     }
 }
@@ -243,7 +241,9 @@ mod tests {
 
     /// The pattern of original sectors [sector, sector + count).
     fn chunk(sector: u64, count: u64) -> Vec<Stamp> {
-        (sector..sector + count).map(|s| pattern_stamp(0, s)).collect()
+        (sector..sector + count)
+            .map(|s| pattern_stamp(0, s))
+            .collect()
     }
 
     fn write(c: &mut StorageCheck, at: u64, data: &[Stamp]) -> Result<(), String> {
@@ -269,7 +269,10 @@ mod tests {
         c.appended(S1, STORE, 1000, 1000);
         assert!(write(&mut c, 0, &chunk(0, 128)).is_ok());
         let err = write(&mut c, 896, &chunk(128, 128)).unwrap_err();
-        assert!(err.contains("running past the end of the appended range (0, 1000)"), "{err}");
+        assert!(
+            err.contains("running past the end of the appended range (0, 1000)"),
+            "{err}"
+        );
     }
 
     #[test]

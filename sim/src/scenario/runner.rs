@@ -163,6 +163,12 @@ fn add_devices(sim: &Rc<Sim>, scenario: &Scenario) -> BTreeMap<String, DevT> {
             device.bad_sectors.insert(start, len);
         }
         device.freeze_fails = spec.freeze_fails;
+        device.io_errors = spec
+            .io_errors
+            .iter()
+            .cloned()
+            .map(crate::faults::IoWindow::new)
+            .collect();
         sim.add_device(device);
         sim.oracle.borrow_mut().add_device(dev, index, spec.fill);
         sim.storage.borrow_mut().add_device(dev, index);
