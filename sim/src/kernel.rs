@@ -744,6 +744,15 @@ impl Sim {
         if gfp != Gfp::Kernel || self.current_noio() {
             return;
         }
+        if let Some(id) = self.current_task() {
+            let what = format!(
+                "GFP_KERNEL allocation at {site} by '{}'",
+                self.task_name(id)
+            );
+            let mut lockdep = self.lockdep.borrow_mut();
+            lockdep.mark = self.sched.borrow().next_id;
+            lockdep.may_io_allocation(id, what);
+        }
         let held = self
             .current_task()
             .and_then(|id| self.lockdep.borrow().io_locks_held(id));
@@ -935,9 +944,13 @@ impl Kernel for SimKernel {
         let Some(task) = sim.current_task() else {
             return;
         };
+        sim.lockdep.borrow_mut().mark = sim.sched.borrow().next_id;
         let report = sim.lockdep.borrow_mut().event(task, id, class, op, mode);
         if let Some(report) = report {
             sim.fail("lockdep", report);
+        }
+        for report in sim.lockdep.borrow_mut().take_noio_reports() {
+            sim.fail("memalloc_noio", report);
         }
     }
 
