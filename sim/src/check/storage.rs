@@ -197,6 +197,14 @@ impl StorageCheck {
         Ok(())
     }
 
+    /// Coverage counts for reports.
+    pub fn metrics(&self) -> [(String, f64); 2] {
+        [
+            ("storage_writes_judged".into(), self.writes_judged as f64),
+            ("storage_sectors_judged".into(), self.sectors_judged as f64),
+        ]
+    }
+
     /// How many appended ranges (live or released) hold this sector.
     fn offered(&self, dev: DevT, sector: u64) -> usize {
         self.ranges.iter().filter(|r| r.holds(dev, sector)).count()

@@ -293,6 +293,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         "image_sectors_checked".to_string(),
         oracle.sectors_checked as f64,
     );
+    metrics.extend(sim.storage.borrow().metrics());
     Outcome {
         name: scenario.name.clone(),
         seed,
