@@ -265,10 +265,12 @@ mod tests {
 
     #[test]
     fn may_io_allocation_by_the_taker_before_any_hand_off_is_reported() {
-        let mut l = Lockdep::default();
         // Task 1 takes the lock at mark 5 and allocates with nothing new
         // created; then a work item (id 7) releases it.
-        l.mark = 5;
+        let mut l = Lockdep {
+            mark: 5,
+            ..Lockdep::default()
+        };
         take(&mut l, 1, 9, "chunk.lock");
         l.may_io_allocation(1, "GFP_KERNEL allocation at diff_region".into());
         assert!(l.take_noio_reports().is_empty());
@@ -288,8 +290,10 @@ mod tests {
 
     #[test]
     fn may_io_allocation_by_the_work_item_that_releases_is_reported() {
-        let mut l = Lockdep::default();
-        l.mark = 5;
+        let mut l = Lockdep {
+            mark: 5,
+            ..Lockdep::default()
+        };
         take(&mut l, 1, 9, "chunk.lock");
         l.mark = 8;
         // Task 6 was created after the lock was taken and releases it.
@@ -300,8 +304,10 @@ mod tests {
 
     #[test]
     fn allocations_after_a_possible_hand_off_are_not_reported() {
-        let mut l = Lockdep::default();
-        l.mark = 5;
+        let mut l = Lockdep {
+            mark: 5,
+            ..Lockdep::default()
+        };
         take(&mut l, 1, 9, "chunk.lock");
         l.mark = 6;
         // The taker allocates after task 6 was created, which may have
