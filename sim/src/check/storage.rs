@@ -24,6 +24,11 @@
 //! offered twice (overlapping appended ranges, a user error the engine
 //! does not detect, spec 6.2) are not judged by rule 2.
 //!
+//! Not judged: whether the range belongs to the snapshot of the data's
+//! original. Ranges carry their snapshot, but a device that once served
+//! as storage holds copies of another device's data, and its own COW
+//! would then look like that other device's: a false positive to avoid.
+//!
 //! Not a separate rule: "an image read returns the chunk's own copy". The
 //! point-in-time oracle already requires every image sector to hold its
 //! content at TAKE (or the image's own writes); stamps are unique, so data
