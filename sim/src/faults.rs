@@ -48,7 +48,7 @@ pub struct IoErrors {
 
 /// `IoErrors` as written; validated into `IoErrors`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename = "IoErrors")]
 struct RawIoErrors {
     op: IoOp,
     #[serde(default)]
