@@ -41,6 +41,23 @@ use blksnap_core::kernel::{DevT, Stamp};
 /// Where a sector's content came from: (original device, sector).
 type Origin = (DevT, u64);
 
+/// A run of storage sectors that hold consecutive original sectors:
+/// storage sector `start + i` holds the copy of `(orig.0, orig.1 + i)`.
+/// Copies are kept as runs, so a 512 MiB chunk costs one entry, not a
+/// million.
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    len: u64,
+    orig: Origin,
+}
+
+impl Extent {
+    /// The origin of the sector `offset` sectors into the run.
+    fn at(&self, offset: u64) -> Origin {
+        (self.orig.0, self.orig.1.wrapping_add(offset))
+    }
+}
+
 /// One range the user appended.
 #[derive(Clone, Debug)]
 struct AppendedRange {
@@ -72,8 +89,9 @@ pub struct StorageCheck {
     by_index: BTreeMap<u32, DevT>,
     /// Image -> its original.
     images: BTreeMap<DevT, DevT>,
-    /// (storage device, sector) -> the copy it holds.
-    copies: BTreeMap<(DevT, u64), Origin>,
+    /// (storage device, first sector) -> the copies a run of sectors holds;
+    /// runs never overlap.
+    copies: BTreeMap<(DevT, u64), Extent>,
     /// Engine writes judged by rule 1.
     pub writes_judged: u64,
     /// Storage sectors judged by rule 2 (a known copy met known data).
@@ -117,15 +135,14 @@ impl StorageCheck {
         let reused = |r: &AppendedRange| {
             r.released && r.dev == dev && r.start < new.end() && start < r.end()
         };
-        for old in self.ranges.iter().filter(|r| reused(r)) {
-            let keys: Vec<(DevT, u64)> = self
-                .copies
-                .range((dev, old.start)..(dev, old.end()))
-                .map(|(k, _)| *k)
-                .collect();
-            for key in keys {
-                self.copies.remove(&key);
-            }
+        let old: Vec<(u64, u64)> = self
+            .ranges
+            .iter()
+            .filter(|r| reused(r))
+            .map(|r| (r.start, r.end()))
+            .collect();
+        for (start, end) in old {
+            self.forget(dev, start, end);
         }
         self.ranges.retain(|r| !reused(r));
         self.ranges.push(new);
@@ -149,6 +166,28 @@ impl StorageCheck {
             None => return None,
         };
         Some((self.images.get(&dev).copied().unwrap_or(dev), sector))
+    }
+
+    /// A write's data as runs of consecutive original sectors:
+    /// (offset into the write, length, origin of the first sector).
+    /// Sectors without identity are in no run.
+    fn runs(&self, data: &[Stamp]) -> Vec<(u64, u64, Origin)> {
+        let mut runs: Vec<(u64, u64, Origin)> = Vec::new();
+        for (i, origin) in self.origins(data).into_iter().enumerate() {
+            let i = i as u64;
+            let Some(origin) = origin else { continue };
+            match runs.last_mut() {
+                Some((offset, len, first))
+                    if *offset + *len == i
+                        && first.0 == origin.0
+                        && first.1.wrapping_add(*len) == origin.1 =>
+                {
+                    *len += 1
+                }
+                _ => runs.push((i, 1, origin)),
+            }
+        }
+        runs
     }
 
     /// Origins of a write's sectors; a sector without identity takes the
@@ -180,26 +219,82 @@ impl StorageCheck {
     ) -> Result<(), String> {
         self.writes_judged += 1;
         self.check_inside(dev, sector, count)?;
-        let origins = self.origins(data);
-        for (i, origin) in origins.into_iter().enumerate() {
-            let at = sector + i as u64;
-            let Some(origin) = origin else { continue };
-            if self.offered(dev, at) != 1 {
-                continue;
+        let judged = self.offered_once(dev, sector, count);
+        for (offset, len, orig) in self.runs(data) {
+            let start = sector + offset;
+            let run = Extent { len, orig };
+            if judged {
+                self.judge_run(dev, start, run)?;
             }
-            if let Some(&held) = self.copies.get(&(dev, at)) {
-                self.sectors_judged += 1;
-                if held != origin {
-                    return Err(format!(
-                        "the engine overwrote {dev}:{at}, the live copy of {} sector {}, \
-                         with data of {} sector {} (overlapping regions)",
-                        held.0, held.1, origin.0, origin.1
-                    ));
-                }
-            }
-            self.copies.insert((dev, at), origin);
+            self.forget(dev, start, start + len);
+            self.copies.insert((dev, start), run);
         }
         Ok(())
+    }
+
+    /// Rule 2 for one run: where it meets known copies, they must be
+    /// copies of the same sectors.
+    fn judge_run(&mut self, dev: DevT, start: u64, run: Extent) -> Result<(), String> {
+        let end = start + run.len;
+        for (old_start, old) in self.overlapping(dev, start, end) {
+            let lo = start.max(old_start);
+            let hi = end.min(old_start + old.len);
+            self.sectors_judged += hi - lo;
+            // Both sides advance one sector per sector: equal at `lo`
+            // means equal over the whole overlap.
+            let (held, new) = (old.at(lo - old_start), run.at(lo - start));
+            if held != new {
+                return Err(format!(
+                    "the engine overwrote {dev}:{lo}, the live copy of {} sector {}, \
+                     with data of {} sector {} (overlapping regions)",
+                    held.0, held.1, new.0, new.1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Known copies that meet [start, end), with their first sector.
+    fn overlapping(&self, dev: DevT, start: u64, end: u64) -> Vec<(u64, Extent)> {
+        let before = self
+            .copies
+            .range(..(dev, start))
+            .next_back()
+            .filter(|((d, s), e)| *d == dev && s + e.len > start);
+        let inside = self.copies.range((dev, start)..(dev, end));
+        before
+            .into_iter()
+            .chain(inside)
+            .map(|((_, s), e)| (*s, *e))
+            .collect()
+    }
+
+    /// Drop what is known of [start, end), keeping the parts of runs
+    /// outside it.
+    fn forget(&mut self, dev: DevT, start: u64, end: u64) {
+        for (old_start, old) in self.overlapping(dev, start, end) {
+            self.copies.remove(&(dev, old_start));
+            if old_start < start {
+                let len = start - old_start;
+                self.copies.insert((dev, old_start), Extent { len, ..old });
+            }
+            let old_end = old_start + old.len;
+            if old_end > end {
+                let right = Extent {
+                    len: old_end - end,
+                    orig: old.at(end - old_start),
+                };
+                self.copies.insert((dev, end), right);
+            }
+        }
+    }
+
+    /// True if no other appended range (live or released) shares a sector
+    /// with this write: sectors offered twice are the user's doing.
+    fn offered_once(&self, dev: DevT, sector: u64, count: u64) -> bool {
+        let end = sector.saturating_add(count);
+        let meets = |r: &&AppendedRange| r.dev == dev && r.start < end && sector < r.end();
+        self.ranges.iter().filter(meets).count() == 1
     }
 
     /// Coverage counts for reports.
@@ -208,11 +303,6 @@ impl StorageCheck {
             ("storage_writes_judged".into(), self.writes_judged as f64),
             ("storage_sectors_judged".into(), self.sectors_judged as f64),
         ]
-    }
-
-    /// How many appended ranges (live or released) hold this sector.
-    fn offered(&self, dev: DevT, sector: u64) -> usize {
-        self.ranges.iter().filter(|r| r.holds(dev, sector)).count()
     }
 
     /// Rule 1: inside one appended range.
@@ -296,7 +386,7 @@ mod tests {
         let err = write(&mut c, 120, &chunk(128, 128)).unwrap_err();
         assert!(err.contains("live copy of 7:0 sector 120"), "{err}");
         assert!(err.contains("data of 7:0 sector 128"), "{err}");
-        assert_eq!(c.sectors_judged, 1);
+        assert_eq!(c.sectors_judged, 8);
     }
 
     #[test]
@@ -352,6 +442,25 @@ mod tests {
         c.appended(S2, STORE, 0, 4096);
         assert!(write(&mut c, 0, &chunk(256, 128)).is_ok());
         assert!(write(&mut c, 64, &chunk(512, 8)).is_err());
+    }
+
+    #[test]
+    fn runs_split_and_keep_what_lies_outside_a_rewrite() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 4096);
+        assert!(write(&mut c, 0, &chunk(0, 128)).is_ok());
+        assert!(write(&mut c, 32, &chunk(32, 8)).is_ok());
+        assert_eq!(c.sectors_judged, 8);
+        assert!(write(&mut c, 10, &chunk(10, 4)).is_ok());
+        assert!(write(&mut c, 38, &chunk(38, 4)).is_ok());
+        let err = write(&mut c, 100, &chunk(500, 4)).unwrap_err();
+        assert!(
+            err.contains("overwrote 7:1:100, the live copy of 7:0 sector 100"),
+            "{err}"
+        );
+        let err = write(&mut c, 127, &chunk(1000, 2)).unwrap_err();
+        assert!(err.contains("live copy of 7:0 sector 127"), "{err}");
+        assert_eq!(c.sectors_judged, 8 + 4 + 4 + 4 + 1);
     }
 
     #[test]
