@@ -23,6 +23,9 @@ pub async fn user_bio(sim: &Rc<Sim>, bio: Bio) -> BioResult {
 pub async fn user_bio_judged(sim: &Rc<Sim>, bio: Bio) -> (BioResult, Judged) {
     let (op, submitted) = (sim.oracle.borrow_mut().submit(sim.now(), &bio), sim.now());
     crate::check::fs_take::submitted(sim, &bio);
+    sim.storage
+        .borrow_mut()
+        .user_write(bio.dev, bio.sector, &bio.data);
     let result = route(sim, bio.clone()).await;
     crate::check::fs_take::completed(sim, &bio, &result);
     let now = sim.now();

@@ -56,6 +56,9 @@ pub async fn ioctl(
     if let Err(message) = verdict {
         sim.fail("lifecycle", message);
     }
+    if let (Some(IoctlNr::SnapshotDestroy), Some(id), Ok(_)) = (nr, id, result) {
+        sim.storage.borrow_mut().destroyed(id);
+    }
     if let (Some(IoctlNr::SnapshotWaitEvent), Some(id), Ok(_)) = (nr, id, result) {
         check_event(sim, id, arg, user);
     }
@@ -180,5 +183,9 @@ fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
             range.sector_offset,
             range.sector_count,
         );
+        let (start, count) = (range.sector_offset, range.sector_count);
+        sim.storage
+            .borrow_mut()
+            .appended(append.id.b, dev, start, count);
     }
 }

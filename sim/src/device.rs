@@ -8,8 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use blksnap_core::kernel::{DevT, Stamp};
+use blksnap_core::kernel::{BioOp, DevT, Stamp};
 use serde::{Deserialize, Serialize};
+
+use crate::faults::IoWindow;
 
 /// What a never-written sector holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -63,6 +65,8 @@ pub struct Device {
     pub freeze_fails: bool,
     pub freeze_count: u32,
     pub open_count: u64,
+    /// Windows of injected EIO (fault injection, counted per bio).
+    pub io_errors: Vec<IoWindow>,
 }
 
 impl Device {
@@ -81,6 +85,7 @@ impl Device {
             freeze_fails: false,
             freeze_count: 0,
             open_count: 0,
+            io_errors: Vec::new(),
         }
     }
 
@@ -106,6 +111,15 @@ impl Device {
         for (i, stamp) in data.iter().enumerate() {
             self.media.insert(sector + i as u64, *stamp);
         }
+    }
+
+    /// Count a bio against every error window; true if one fails it.
+    pub fn window_fails(&mut self, op: BioOp, sector: u64, count: u64) -> bool {
+        let mut fails = false;
+        for window in &mut self.io_errors {
+            fails |= window.fails(op, sector, count);
+        }
+        fails
     }
 
     /// True if the range touches an injected bad sector range.

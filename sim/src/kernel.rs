@@ -179,6 +179,8 @@ pub struct Sim {
     pub fs_take: RefCell<crate::check::fs_take::FsTake>,
     /// Every fault the sim injected, for the oracle's excuses.
     pub injected: RefCell<crate::check::injected::InjectedFaults>,
+    /// The storage checker (engine writes to the diff storage).
+    pub storage: RefCell<crate::check::storage::StorageCheck>,
 }
 
 impl Sim {
@@ -221,6 +223,7 @@ impl Sim {
             cbt: RefCell::new(Default::default()),
             fs_take: RefCell::new(Default::default()),
             injected: RefCell::new(Default::default()),
+            storage: RefCell::new(Default::default()),
         })
     }
 
@@ -655,7 +658,8 @@ impl Sim {
             .bio_error(bio, &mut self.fault_rng.borrow_mut());
         let mut devices = self.devices.borrow_mut();
         let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
-        if injected || device.hits_bad_sector(bio.sector, bio.sectors) {
+        let windowed = device.window_fails(bio.op, bio.sector, bio.sectors);
+        if injected || windowed || device.hits_bad_sector(bio.sector, bio.sectors) {
             self.injected_io_errors
                 .set(self.injected_io_errors.get() + 1);
             self.record_fault(bio_fault(bio));
@@ -763,6 +767,15 @@ impl Sim {
         if gfp != Gfp::Kernel || self.current_noio() {
             return;
         }
+        if let Some(id) = self.current_task() {
+            let what = format!(
+                "GFP_KERNEL allocation at {site} by '{}'",
+                self.task_name(id)
+            );
+            let mut lockdep = self.lockdep.borrow_mut();
+            lockdep.mark = self.sched.borrow().next_id;
+            lockdep.may_io_allocation(id, what);
+        }
         let held = self
             .current_task()
             .and_then(|id| self.lockdep.borrow().io_locks_held(id));
@@ -814,10 +827,10 @@ impl Sim {
         if !bio.op.is_write() || self.is_image(bio.dev) {
             return;
         }
-        let verdict = self
-            .oracle
-            .borrow()
-            .check_engine_write(bio.dev, bio.sector, bio.sectors);
+        let verdict =
+            self.storage
+                .borrow_mut()
+                .engine_write(bio.dev, bio.sector, &bio.data, bio.sectors);
         if let Err(message) = verdict {
             self.fail("storage", message);
         }
@@ -966,9 +979,13 @@ impl Kernel for SimKernel {
         let Some(task) = sim.current_task() else {
             return;
         };
+        sim.lockdep.borrow_mut().mark = sim.sched.borrow().next_id;
         let report = sim.lockdep.borrow_mut().event(task, id, class, op, mode);
         if let Some(report) = report {
             sim.fail("lockdep", report);
+        }
+        for report in sim.lockdep.borrow_mut().take_noio_reports() {
+            sim.fail("memalloc_noio", report);
         }
     }
 

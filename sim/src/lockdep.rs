@@ -5,6 +5,18 @@
 //! closes a cycle is an inversion and fails the run, even if this seed did
 //! not deadlock. The chunk lock is a semaphore released by another task,
 //! so it is tracked for "who holds it" but not for ordering, as in Linux.
+//!
+//! The noio rule for such a lock: who holds it changes hands (the task
+//! that took it submits IO; a work item spawned for that IO finishes the
+//! job and releases it), so a may-IO allocation under it is judged when
+//! the lock is released, when the hand-off is known. A task surely held
+//! the lock at its allocation if it took the lock and either released it
+//! itself or allocated before anything new existed (no task, no timer, so
+//! no work item and no IO to hand the lock to: the marks are equal); or
+//! if it released the lock and was spawned after the lock was taken (a
+//! task made to finish that lock's work). Any other case is not judged:
+//! it may come after a hand-off (a REQ_NOWAIT writer that started a COW
+//! and returned still "holds" the lock its COW workers will release).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +29,24 @@ const CROSS_RELEASE: &[&str] = &["chunk.lock"];
 /// Locks on the IO path: a GFP_KERNEL allocation under them may deadlock.
 const IO_PATH: &[&str] = &["tracker_submit_lock", "chunk.lock"];
 
+/// A held cross-release lock: who took it, at which mark, and the may-IO
+/// allocations that may have been made under it.
+struct CrossHeld {
+    task: TaskId,
+    class: &'static str,
+    mark: u64,
+    suspects: Vec<Suspect>,
+}
+
+/// A GFP_KERNEL allocation outside a noio scope while a cross-release lock
+/// was held by someone.
+struct Suspect {
+    task: TaskId,
+    /// The sim's id counter at the allocation.
+    mark: u64,
+    what: String,
+}
+
 #[derive(Default)]
 pub struct Lockdep {
     next_id: u64,
@@ -25,7 +55,11 @@ pub struct Lockdep {
     /// Ordering edges between classes.
     edges: BTreeMap<&'static str, BTreeSet<&'static str>>,
     /// Holders of cross-release locks, by lock.
-    cross_holders: BTreeMap<LockId, TaskId>,
+    cross_holders: BTreeMap<LockId, CrossHeld>,
+    /// The sim's id counter now: task ids above it are created later.
+    pub mark: u64,
+    /// Reports of the noio rule, for the `memalloc_noio` checker.
+    noio_reports: Vec<String>,
     reported: BTreeSet<(&'static str, &'static str)>,
     /// Tasks waiting for a lock.
     pub waiting: BTreeMap<TaskId, (&'static str, LockMode)>,
@@ -58,7 +92,13 @@ impl Lockdep {
                 self.waiting.remove(&task);
                 self.held.entry(task).or_default().push((id, class, mode));
                 if CROSS_RELEASE.contains(&class) {
-                    self.cross_holders.insert(id, task);
+                    let held = CrossHeld {
+                        task,
+                        class,
+                        mark: self.mark,
+                        suspects: Vec::new(),
+                    };
+                    self.cross_holders.insert(id, held);
                 }
             }
             LockOp::Release => self.release(task, id, class),
@@ -67,10 +107,12 @@ impl Lockdep {
     }
 
     fn release(&mut self, task: TaskId, id: LockId, class: &'static str) {
-        let owner = if CROSS_RELEASE.contains(&class) {
-            self.cross_holders.remove(&id).unwrap_or(task)
-        } else {
-            task
+        let owner = match self.cross_holders.remove(&id) {
+            Some(held) if CROSS_RELEASE.contains(&class) => {
+                self.judge_cross_release(&held, task);
+                held.task
+            }
+            _ => task,
         };
         if let Some(list) = self.held.get_mut(&owner) {
             if let Some(i) = list.iter().rposition(|(l, _, _)| *l == id) {
@@ -131,6 +173,43 @@ impl Lockdep {
             .find(|c| IO_PATH.contains(c) && !CROSS_RELEASE.contains(c))
     }
 
+    /// A GFP_KERNEL allocation outside a noio scope by `task`: kept as a
+    /// suspect under each cross-release lock the task may hold.
+    pub fn may_io_allocation(&mut self, task: TaskId, what: String) {
+        let mark = self.mark;
+        for held in self.cross_holders.values_mut() {
+            if held.task == task || task > held.mark {
+                held.suspects.push(Suspect {
+                    task,
+                    mark,
+                    what: what.clone(),
+                });
+            }
+        }
+    }
+
+    /// The lock `held` is released by `releaser`: report each suspect that
+    /// surely allocated while holding it.
+    fn judge_cross_release(&mut self, held: &CrossHeld, releaser: TaskId) {
+        for suspect in &held.suspects {
+            let by_taker =
+                suspect.task == held.task && (releaser == held.task || suspect.mark == held.mark);
+            let by_releaser =
+                suspect.task == releaser && releaser != held.task && releaser > held.mark;
+            if by_taker || by_releaser {
+                self.noio_reports.push(format!(
+                    "{} while holding {} (taken by task #{}, released by task #{}) outside a noio scope",
+                    suspect.what, held.class, held.task, releaser
+                ));
+            }
+        }
+    }
+
+    /// Reports of the noio rule since the last call.
+    pub fn take_noio_reports(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.noio_reports)
+    }
+
     /// Locks still held, as "task holds class" lines.
     pub fn held_report(&self) -> Vec<(TaskId, &'static str)> {
         self.held
@@ -172,5 +251,74 @@ mod tests {
         assert!(l.held_report().is_empty());
         take(&mut l, 1, 3, "tracker_submit_lock");
         assert_eq!(l.io_locks_held(1), Some("tracker_submit_lock"));
+    }
+
+    fn release(l: &mut Lockdep, t: TaskId, id: u64) {
+        l.event(
+            t,
+            LockId(id),
+            "chunk.lock",
+            LockOp::Release,
+            LockMode::Write,
+        );
+    }
+
+    #[test]
+    fn may_io_allocation_by_the_taker_before_any_hand_off_is_reported() {
+        // Task 1 takes the lock at mark 5 and allocates with nothing new
+        // created; then a work item (id 7) releases it.
+        let mut l = Lockdep {
+            mark: 5,
+            ..Lockdep::default()
+        };
+        take(&mut l, 1, 9, "chunk.lock");
+        l.may_io_allocation(1, "GFP_KERNEL allocation at diff_region".into());
+        assert!(l.take_noio_reports().is_empty());
+        release(&mut l, 7, 9);
+        let reports = l.take_noio_reports();
+        assert_eq!(reports.len(), 1);
+        assert!(
+            reports[0].contains("diff_region while holding chunk.lock"),
+            "{reports:?}"
+        );
+        // The taker releasing it itself: reported too.
+        take(&mut l, 1, 10, "chunk.lock");
+        l.may_io_allocation(1, "x".into());
+        release(&mut l, 1, 10);
+        assert_eq!(l.take_noio_reports().len(), 1);
+    }
+
+    #[test]
+    fn may_io_allocation_by_the_work_item_that_releases_is_reported() {
+        let mut l = Lockdep {
+            mark: 5,
+            ..Lockdep::default()
+        };
+        take(&mut l, 1, 9, "chunk.lock");
+        l.mark = 8;
+        // Task 6 was created after the lock was taken and releases it.
+        l.may_io_allocation(6, "y".into());
+        release(&mut l, 6, 9);
+        assert_eq!(l.take_noio_reports().len(), 1);
+    }
+
+    #[test]
+    fn allocations_after_a_possible_hand_off_are_not_reported() {
+        let mut l = Lockdep {
+            mark: 5,
+            ..Lockdep::default()
+        };
+        take(&mut l, 1, 9, "chunk.lock");
+        l.mark = 6;
+        // The taker allocates after task 6 was created, which may have
+        // handed the lock on to task 7: the lock may belong to their IO.
+        l.may_io_allocation(1, "a".into());
+        l.mark = 8;
+        // A task older than the lock allocates: it never held it.
+        l.may_io_allocation(3, "b".into());
+        // A task created later allocates, but does not release it.
+        l.may_io_allocation(6, "c".into());
+        release(&mut l, 7, 9);
+        assert!(l.take_noio_reports().is_empty());
     }
 }

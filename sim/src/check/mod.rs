@@ -11,6 +11,7 @@ pub mod injected;
 pub mod lifecycle;
 pub mod point_in_time;
 pub mod resources;
+pub mod storage;
 
 pub use point_in_time::Oracle;
 

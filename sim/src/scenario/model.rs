@@ -94,6 +94,9 @@ pub struct DeviceSpec {
     /// Adversarial: freeze_bdev from the engine fails on this device.
     #[serde(default)]
     pub freeze_fails: bool,
+    /// Windows of bios that fail with EIO, by op, range and bio count.
+    #[serde(default)]
+    pub io_errors: Vec<crate::faults::IoErrors>,
 }
 
 fn default_io_min() -> u32 {

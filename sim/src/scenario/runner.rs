@@ -166,8 +166,15 @@ fn add_devices(sim: &Rc<Sim>, scenario: &Scenario) -> BTreeMap<String, DevT> {
             device.bad_sectors.insert(start, len);
         }
         device.freeze_fails = spec.freeze_fails;
+        device.io_errors = spec
+            .io_errors
+            .iter()
+            .cloned()
+            .map(crate::faults::IoWindow::new)
+            .collect();
         sim.add_device(device);
         sim.oracle.borrow_mut().add_device(dev, index, spec.fill);
+        sim.storage.borrow_mut().add_device(dev, index);
         if spec.fs {
             sim.fs
                 .borrow_mut()
@@ -295,6 +302,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         sim.fs_take.borrow().sectors_judged as f64,
     );
     coverage_metrics(&mut metrics, sim, &oracle);
+    metrics.extend(sim.storage.borrow().metrics());
     Outcome {
         name: scenario.name.clone(),
         seed,
@@ -462,6 +470,7 @@ impl Run {
             oracle.bind_image(image, orig, (start, end), id);
             let capacity = oracle.image_capacity(image).unwrap_or(0);
             oracle.set_chunk_bound(image, self.chunk_sectors(orig, capacity));
+            self.sim.storage.borrow_mut().bind_image(image, orig);
         }
         drop(oracle);
         if let Some(record) = self.snapshots.borrow_mut().get_mut(snapshot) {

@@ -1,0 +1,486 @@
+//! The storage checker: the diff storage holds copies, and copies do not
+//! overlap.
+//!
+//! Rules (spec 6.2, 6.3), judged on every write the engine issues itself
+//! to a device that is not an image:
+//! 1. The write lies inside ONE range the user appended (APPEND_STORAGE
+//!    arguments, seen in `ctl.rs`). A region is carved from one range and a
+//!    range's tail too small for a chunk is wasted, so a write that runs
+//!    from one range into the next is a bug even when the two ranges are
+//!    adjacent.
+//! 2. A storage sector keeps the copy of one original sector while its
+//!    range is in use: overwriting it with another sector's data means two
+//!    regions overlap. Rewriting it with newer data of the same sector (a
+//!    dirty image chunk stored back into its region) is legal. The copy is
+//!    released when the owning snapshot is destroyed, and forgotten when
+//!    its range is appended again (reuse).
+//!
+//! What a sector holds is learned from the data alone: pattern stamps name
+//! their device and sector, and user-write stamps are unique per run, so
+//! the first user write of a stamp names where it belongs (an image sector
+//! stands for the same sector of its original). Zero stamps carry no
+//! identity; inside one write they take the identity their neighbours
+//! imply (a region is a run of consecutive sectors of one chunk). Sectors
+//! offered twice (overlapping appended ranges, a user error the engine
+//! does not detect, spec 6.2) are not judged by rule 2.
+//!
+//! Not judged: whether the range belongs to the snapshot of the data's
+//! original. Ranges carry their snapshot, but a device that once served
+//! as storage holds copies of another device's data, and its own COW
+//! would then look like that other device's: a false positive to avoid.
+//!
+//! Not a separate rule: "an image read returns the chunk's own copy". The
+//! point-in-time oracle already requires every image sector to hold its
+//! content at TAKE (or the image's own writes); stamps are unique, so data
+//! of another chunk fails there, and zeros carry no identity to tell apart.
+
+use std::collections::BTreeMap;
+
+use blksnap_core::kernel::{DevT, Stamp};
+
+/// Where a sector's content came from: (original device, sector).
+type Origin = (DevT, u64);
+
+/// A run of storage sectors that hold consecutive original sectors:
+/// storage sector `start + i` holds the copy of `(orig.0, orig.1 + i)`.
+/// Copies are kept as runs, so a 512 MiB chunk costs one entry, not a
+/// million.
+#[derive(Clone, Copy, Debug)]
+struct Extent {
+    len: u64,
+    orig: Origin,
+}
+
+impl Extent {
+    /// The origin of the sector `offset` sectors into the run.
+    fn at(&self, offset: u64) -> Origin {
+        (self.orig.0, self.orig.1.wrapping_add(offset))
+    }
+}
+
+/// One range the user appended.
+#[derive(Clone, Debug)]
+struct AppendedRange {
+    dev: DevT,
+    start: u64,
+    count: u64,
+    snapshot: [u8; 16],
+    /// Its snapshot was destroyed: the copies in it are not live.
+    released: bool,
+}
+
+impl AppendedRange {
+    fn end(&self) -> u64 {
+        self.start.saturating_add(self.count)
+    }
+
+    fn holds(&self, dev: DevT, sector: u64) -> bool {
+        self.dev == dev && sector >= self.start && sector < self.end()
+    }
+}
+
+#[derive(Default)]
+pub struct StorageCheck {
+    ranges: Vec<AppendedRange>,
+    /// Stamp -> the sector its first user write went to; None once the
+    /// same stamp was written elsewhere too (copied data has no identity).
+    stamps: BTreeMap<Stamp, Option<Origin>>,
+    /// Device index -> device, for pattern stamps.
+    by_index: BTreeMap<u32, DevT>,
+    /// Image -> its original.
+    images: BTreeMap<DevT, DevT>,
+    /// (storage device, first sector) -> the copies a run of sectors holds;
+    /// runs never overlap.
+    copies: BTreeMap<(DevT, u64), Extent>,
+    /// Engine writes judged by rule 1.
+    pub writes_judged: u64,
+    /// Storage sectors judged by rule 2 (a known copy met known data).
+    pub sectors_judged: u64,
+}
+
+impl StorageCheck {
+    pub fn add_device(&mut self, dev: DevT, index: u32) {
+        self.by_index.insert(index, dev);
+    }
+
+    pub fn bind_image(&mut self, image: DevT, orig: DevT) {
+        self.images.insert(image, orig);
+    }
+
+    /// A user write: each stamp now names its sector.
+    pub fn user_write(&mut self, dev: DevT, sector: u64, data: &[Stamp]) {
+        for (i, &stamp) in data.iter().enumerate() {
+            let here = (dev, sector + i as u64);
+            self.stamps
+                .entry(stamp)
+                .and_modify(|seen| {
+                    if *seen != Some(here) {
+                        *seen = None;
+                    }
+                })
+                .or_insert(Some(here));
+        }
+    }
+
+    /// APPEND_STORAGE offered a range to a snapshot. Ranges it reuses from
+    /// destroyed snapshots are forgotten with their copies.
+    pub fn appended(&mut self, snapshot: [u8; 16], dev: DevT, start: u64, count: u64) {
+        let new = AppendedRange {
+            dev,
+            start,
+            count,
+            snapshot,
+            released: false,
+        };
+        let reused = |r: &AppendedRange| {
+            r.released && r.dev == dev && r.start < new.end() && start < r.end()
+        };
+        let old: Vec<(u64, u64)> = self
+            .ranges
+            .iter()
+            .filter(|r| reused(r))
+            .map(|r| (r.start, r.end()))
+            .collect();
+        for (start, end) in old {
+            self.forget(dev, start, end);
+        }
+        self.ranges.retain(|r| !reused(r));
+        self.ranges.push(new);
+    }
+
+    /// DESTROY of a snapshot succeeded: its copies are no longer live.
+    pub fn destroyed(&mut self, snapshot: [u8; 16]) {
+        for range in self.ranges.iter_mut().filter(|r| r.snapshot == snapshot) {
+            range.released = true;
+        }
+    }
+
+    /// The origin a stamp names, if any.
+    fn origin(&self, stamp: Stamp) -> Option<Origin> {
+        let (dev, sector) = match self.stamps.get(&stamp) {
+            Some(seen) => (*seen)?,
+            None if stamp >> 63 == 1 => {
+                let index = ((stamp >> 48) & 0x7fff) as u32;
+                (*self.by_index.get(&index)?, stamp & ((1 << 48) - 1))
+            }
+            None => return None,
+        };
+        Some((self.images.get(&dev).copied().unwrap_or(dev), sector))
+    }
+
+    /// A write's data as runs of consecutive original sectors:
+    /// (offset into the write, length, origin of the first sector).
+    /// Sectors without identity are in no run.
+    fn runs(&self, data: &[Stamp]) -> Vec<(u64, u64, Origin)> {
+        let mut runs: Vec<(u64, u64, Origin)> = Vec::new();
+        for (i, origin) in self.origins(data).into_iter().enumerate() {
+            let i = i as u64;
+            let Some(origin) = origin else { continue };
+            match runs.last_mut() {
+                Some((offset, len, first))
+                    if *offset + *len == i
+                        && first.0 == origin.0
+                        && first.1.wrapping_add(*len) == origin.1 =>
+                {
+                    *len += 1
+                }
+                _ => runs.push((i, 1, origin)),
+            }
+        }
+        runs
+    }
+
+    /// Origins of a write's sectors; a sector without identity takes the
+    /// one its neighbours agree on.
+    fn origins(&self, data: &[Stamp]) -> Vec<Option<Origin>> {
+        let known: Vec<Option<Origin>> = data.iter().map(|s| self.origin(*s)).collect();
+        let mut bases = known
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.map(|(d, s)| (d, s.wrapping_sub(i as u64))));
+        let Some(base) = bases.next() else {
+            return known;
+        };
+        if bases.any(|b| b != base) {
+            return known;
+        }
+        (0..data.len() as u64)
+            .map(|i| Some((base.0, base.1.wrapping_add(i))))
+            .collect()
+    }
+
+    /// One write the engine issued: rules 1 and 2.
+    pub fn engine_write(
+        &mut self,
+        dev: DevT,
+        sector: u64,
+        data: &[Stamp],
+        count: u64,
+    ) -> Result<(), String> {
+        self.writes_judged += 1;
+        self.check_inside(dev, sector, count)?;
+        let judged = self.offered_once(dev, sector, count);
+        for (offset, len, orig) in self.runs(data) {
+            let start = sector + offset;
+            let run = Extent { len, orig };
+            if judged {
+                self.judge_run(dev, start, run)?;
+            }
+            self.forget(dev, start, start + len);
+            self.copies.insert((dev, start), run);
+        }
+        Ok(())
+    }
+
+    /// Rule 2 for one run: where it meets known copies, they must be
+    /// copies of the same sectors.
+    fn judge_run(&mut self, dev: DevT, start: u64, run: Extent) -> Result<(), String> {
+        let end = start + run.len;
+        for (old_start, old) in self.overlapping(dev, start, end) {
+            let lo = start.max(old_start);
+            let hi = end.min(old_start + old.len);
+            self.sectors_judged += hi - lo;
+            // Both sides advance one sector per sector: equal at `lo`
+            // means equal over the whole overlap.
+            let (held, new) = (old.at(lo - old_start), run.at(lo - start));
+            if held != new {
+                return Err(format!(
+                    "the engine overwrote {dev}:{lo}, the live copy of {} sector {}, \
+                     with data of {} sector {} (overlapping regions)",
+                    held.0, held.1, new.0, new.1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Known copies that meet [start, end), with their first sector.
+    fn overlapping(&self, dev: DevT, start: u64, end: u64) -> Vec<(u64, Extent)> {
+        let before = self
+            .copies
+            .range(..(dev, start))
+            .next_back()
+            .filter(|((d, s), e)| *d == dev && s + e.len > start);
+        let inside = self.copies.range((dev, start)..(dev, end));
+        before
+            .into_iter()
+            .chain(inside)
+            .map(|((_, s), e)| (*s, *e))
+            .collect()
+    }
+
+    /// Drop what is known of [start, end), keeping the parts of runs
+    /// outside it.
+    fn forget(&mut self, dev: DevT, start: u64, end: u64) {
+        for (old_start, old) in self.overlapping(dev, start, end) {
+            self.copies.remove(&(dev, old_start));
+            if old_start < start {
+                let len = start - old_start;
+                self.copies.insert((dev, old_start), Extent { len, ..old });
+            }
+            let old_end = old_start + old.len;
+            if old_end > end {
+                let right = Extent {
+                    len: old_end - end,
+                    orig: old.at(end - old_start),
+                };
+                self.copies.insert((dev, end), right);
+            }
+        }
+    }
+
+    /// True if no other appended range (live or released) shares a sector
+    /// with this write: sectors offered twice are the user's doing.
+    fn offered_once(&self, dev: DevT, sector: u64, count: u64) -> bool {
+        let end = sector.saturating_add(count);
+        let meets = |r: &&AppendedRange| r.dev == dev && r.start < end && sector < r.end();
+        self.ranges.iter().filter(meets).count() == 1
+    }
+
+    /// Coverage counts for reports.
+    pub fn metrics(&self) -> [(String, f64); 2] {
+        [
+            ("storage_writes_judged".into(), self.writes_judged as f64),
+            ("storage_sectors_judged".into(), self.sectors_judged as f64),
+        ]
+    }
+
+    /// Rule 1: inside one appended range.
+    fn check_inside(&self, dev: DevT, sector: u64, count: u64) -> Result<(), String> {
+        let end = sector.saturating_add(count);
+        let on_dev = || self.ranges.iter().filter(|r| r.dev == dev);
+        if on_dev().any(|r| sector >= r.start && end <= r.end()) {
+            return Ok(());
+        }
+        let what = format!("the engine wrote {count} sectors at {dev}:{sector}");
+        match on_dev().find(|r| r.holds(dev, sector)) {
+            Some(r) => Err(format!(
+                "{what}, running past the end of the appended range ({}, {}) \
+                 (a region must lie inside one range)",
+                r.start, r.count
+            )),
+            None => Err(format!("{what}, outside every appended storage range")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::pattern_stamp;
+
+    const ORIG: DevT = DevT(7 << 20);
+    const STORE: DevT = DevT(7 << 20 | 1);
+    const IMAGE: DevT = DevT(252 << 20);
+    const S1: [u8; 16] = [1; 16];
+    const S2: [u8; 16] = [2; 16];
+
+    fn check() -> StorageCheck {
+        let mut c = StorageCheck::default();
+        c.add_device(ORIG, 0);
+        c.add_device(STORE, 1);
+        c
+    }
+
+    /// The pattern of original sectors [sector, sector + count).
+    fn chunk(sector: u64, count: u64) -> Vec<Stamp> {
+        (sector..sector + count)
+            .map(|s| pattern_stamp(0, s))
+            .collect()
+    }
+
+    fn write(c: &mut StorageCheck, at: u64, data: &[Stamp]) -> Result<(), String> {
+        c.engine_write(STORE, at, data, data.len() as u64)
+    }
+
+    #[test]
+    fn writes_inside_one_range_pass_and_outside_fail() {
+        let mut c = check();
+        c.appended(S1, STORE, 1024, 512);
+        assert!(write(&mut c, 1024, &chunk(0, 512)).is_ok());
+        let err = write(&mut c, 2048, &chunk(512, 8)).unwrap_err();
+        assert!(err.contains("outside every appended"), "{err}");
+        let err = c.engine_write(ORIG, 0, &chunk(0, 8), 8).unwrap_err();
+        assert!(err.contains("outside every appended"), "{err}");
+        assert_eq!(c.writes_judged, 3);
+    }
+
+    #[test]
+    fn a_write_straddling_into_the_next_adjacent_range_fails() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 1000);
+        c.appended(S1, STORE, 1000, 1000);
+        assert!(write(&mut c, 0, &chunk(0, 128)).is_ok());
+        let err = write(&mut c, 896, &chunk(128, 128)).unwrap_err();
+        assert!(
+            err.contains("running past the end of the appended range (0, 1000)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn overlapping_regions_fail() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 4096);
+        assert!(write(&mut c, 0, &chunk(0, 128)).is_ok());
+        let err = write(&mut c, 120, &chunk(128, 128)).unwrap_err();
+        assert!(err.contains("live copy of 7:0 sector 120"), "{err}");
+        assert!(err.contains("data of 7:0 sector 128"), "{err}");
+        assert_eq!(c.sectors_judged, 8);
+    }
+
+    #[test]
+    fn a_dirty_chunk_stored_back_into_its_region_passes() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 4096);
+        c.bind_image(IMAGE, ORIG);
+        assert!(write(&mut c, 0, &chunk(0, 8)).is_ok());
+        // The user wrote the image (sectors 2 and 3), then eviction stores
+        // the chunk again: same origin sectors, newer data.
+        c.user_write(IMAGE, 2, &[41, 42]);
+        let mut newer = chunk(0, 8);
+        newer[2] = 41;
+        newer[3] = 42;
+        assert!(write(&mut c, 0, &newer).is_ok());
+        assert_eq!(c.sectors_judged, 8);
+        // An image write of another sector stored here is an overlap.
+        c.user_write(IMAGE, 100, &[43]);
+        newer[4] = 43;
+        let err = write(&mut c, 0, &newer).unwrap_err();
+        assert!(err.contains("data of 7:0 sector 100"), "{err}");
+    }
+
+    #[test]
+    fn zeros_take_the_identity_of_their_neighbours() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 4096);
+        c.user_write(ORIG, 7, &[5]);
+        // A zero-filled original: only sector 7 was written by a user.
+        let mut first = vec![0; 8];
+        first[7] = 5;
+        assert!(write(&mut c, 0, &first).is_ok());
+        // Another chunk (sectors 8..16, user stamp at 8) lands on sector 7.
+        c.user_write(ORIG, 8, &[6]);
+        let mut second = vec![0; 8];
+        second[0] = 6;
+        let err = write(&mut c, 7, &second).unwrap_err();
+        assert!(err.contains("live copy of 7:0 sector 7"), "{err}");
+        assert!(err.contains("data of 7:0 sector 8"), "{err}");
+        // All zeros: no identity, nothing judged.
+        assert!(write(&mut c, 0, &[0; 8]).is_ok());
+    }
+
+    #[test]
+    fn overwrite_after_destroy_and_reappend_is_allowed() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 4096);
+        assert!(write(&mut c, 0, &chunk(0, 128)).is_ok());
+        // Still live: S2 may not take it, even appended elsewhere.
+        c.destroyed(S2);
+        assert!(write(&mut c, 0, &chunk(256, 128)).is_err());
+        c.destroyed(S1);
+        c.appended(S2, STORE, 0, 4096);
+        assert!(write(&mut c, 0, &chunk(256, 128)).is_ok());
+        assert!(write(&mut c, 64, &chunk(512, 8)).is_err());
+    }
+
+    #[test]
+    fn runs_split_and_keep_what_lies_outside_a_rewrite() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 4096);
+        assert!(write(&mut c, 0, &chunk(0, 128)).is_ok());
+        assert!(write(&mut c, 32, &chunk(32, 8)).is_ok());
+        assert_eq!(c.sectors_judged, 8);
+        assert!(write(&mut c, 10, &chunk(10, 4)).is_ok());
+        assert!(write(&mut c, 38, &chunk(38, 4)).is_ok());
+        let err = write(&mut c, 100, &chunk(500, 4)).unwrap_err();
+        assert!(
+            err.contains("overwrote 7:1:100, the live copy of 7:0 sector 100"),
+            "{err}"
+        );
+        let err = write(&mut c, 127, &chunk(1000, 2)).unwrap_err();
+        assert!(err.contains("live copy of 7:0 sector 127"), "{err}");
+        assert_eq!(c.sectors_judged, 8 + 4 + 4 + 4 + 1);
+    }
+
+    #[test]
+    fn sectors_offered_twice_are_not_judged() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 4096);
+        c.appended(S1, STORE, 0, 4096);
+        assert!(write(&mut c, 0, &chunk(0, 128)).is_ok());
+        assert!(write(&mut c, 0, &chunk(128, 128)).is_ok());
+        assert_eq!(c.sectors_judged, 0);
+    }
+
+    #[test]
+    fn copied_user_data_has_no_identity() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 4096);
+        c.user_write(ORIG, 0, &[9]);
+        c.user_write(ORIG, 64, &[9]);
+        assert!(write(&mut c, 0, &[9]).is_ok());
+        assert!(write(&mut c, 0, &[pattern_stamp(0, 500)]).is_ok());
+        assert_eq!(c.sectors_judged, 0);
+    }
+}
