@@ -20,6 +20,7 @@ pub mod fs;
 pub mod kernel;
 pub mod lockdep;
 pub mod rng;
+mod runqueue;
 pub mod scenario;
 pub mod shrink;
 pub mod trace;
