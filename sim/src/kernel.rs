@@ -23,6 +23,7 @@ use crate::device::Device;
 use crate::faults::FaultPlan;
 use crate::fs::FsModel;
 use crate::lockdep::Lockdep;
+use crate::panics;
 use crate::rng::SimRng;
 use crate::runqueue::RunQueue;
 use crate::trace::{Trace, TraceEvent};
@@ -37,6 +38,10 @@ thread_local! {
 pub fn in_task_poll() -> bool {
     IN_POLL.with(Cell::get)
 }
+
+/// The checker name of a panic outside engine code: the bench's own
+/// fault. A run with one is an error (exit 2), whatever else it shows.
+pub const BENCH_CHECKER: &str = "bench";
 
 /// The largest single engine allocation the sim grants (1 GiB).
 pub const MAX_ALLOCATION: u64 = 1 << 30;
@@ -468,8 +473,20 @@ impl Sim {
         }
     }
 
-    /// Poll one task once. A panic inside it is an oops: the task dies with
-    /// its locks held (its future is leaked, not dropped), the run fails.
+    /// A task died of a panic: an oops if engine code panicked, else a
+    /// fault of the bench itself (never blamed on the engine).
+    fn report_panic(&self, task: &str, message: &str, site: &panics::PanicSite) {
+        match panics::blame(site) {
+            panics::Blame::Engine => self.fail("oops", format!("task '{task}' died: {message}")),
+            panics::Blame::Bench(at) => self.fail(
+                BENCH_CHECKER,
+                format!("bench error: panic at {at} in task '{task}': {message}"),
+            ),
+        }
+    }
+
+    /// Poll one task once. A panic inside it kills the task with its locks
+    /// held (its future is leaked, not dropped) and fails the run.
     fn poll_task(self: &Rc<Self>, id: TaskId) {
         let future = {
             let mut sched = self.sched.borrow_mut();
@@ -487,6 +504,7 @@ impl Sim {
             queue: self.queue.clone(),
         }));
         let mut cx = Context::from_waker(&waker);
+        panics::install_hook();
         IN_POLL.with(|p| p.set(true));
         let outcome = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
         IN_POLL.with(|p| p.set(false));
@@ -503,7 +521,7 @@ impl Sim {
                 let message = panic_message(&*payload);
                 std::mem::forget(future);
                 self.remove_task(id);
-                self.fail("oops", format!("task '{name}' died: {message}"));
+                self.report_panic(&name, &message, &panics::take_site());
             }
         }
     }

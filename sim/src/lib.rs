@@ -19,6 +19,7 @@ pub mod faults;
 pub mod fs;
 pub mod kernel;
 pub mod lockdep;
+pub mod panics;
 pub mod rng;
 mod runqueue;
 pub mod scenario;

@@ -20,7 +20,7 @@ use super::model::{Expect, Scenario, Scheduler, Step};
 use crate::check::resources;
 use crate::device::Device;
 use crate::fs::{self, FsModel};
-use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, SimKernel};
+use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, SimKernel, BENCH_CHECKER};
 use crate::rng::SimRng;
 use crate::trace::TraceEvent;
 use crate::user::UserSpace;
@@ -244,6 +244,10 @@ fn verdict(
     failures: &[Failure],
     options: &RunOptions,
 ) -> (bool, Option<String>, Option<Failure>) {
+    if let Some(bench) = failures.iter().find(|f| f.checker == BENCH_CHECKER) {
+        // The bench broke: whatever the engine did, this run proves nothing.
+        return (false, Some(bench.message.clone()), None);
+    }
     let expected = scenario
         .expect_failure
         .as_ref()
