@@ -333,14 +333,16 @@ fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose:
     } else {
         say!("{} passed, {failed} failed", report.passed());
     }
-    // 2: bad input or a bench error; 1: a failure, or a regression
-    // against the baseline.
-    if bad_input || bench > 0 || code == 2 {
+    exit_code(bad_input || bench > 0 || code == 2, failed > 0 || code == 1)
+}
+
+/// 2: bad input, a bench error or an output not written; 1: a failure,
+/// or a regression against the baseline; else 0.
+fn exit_code(error: bool, failed: bool) -> i32 {
+    if error {
         2
-    } else if failed > 0 || code == 1 {
-        1
     } else {
-        0
+        i32::from(failed)
     }
 }
 
@@ -670,5 +672,47 @@ fn shrink_command(
             say!("{e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Sim;
+
+    #[test]
+    fn escapes_what_could_forge_a_line_or_drive_the_terminal() {
+        assert_eq!(
+            console_escape("a\nPASS  b\r\t\u{1b}[31m\u{7f}\u{202e}é"),
+            "a\\nPASS  b\\r\\t\\u{1b}[31m\\u{7f}\\u{202e}é"
+        );
+        assert_eq!(console_escape("plain – text"), "plain – text");
+    }
+
+    /// A real bench error (a panic in this file, polled by the executor)
+    /// makes the report an error and the exit code 2.
+    #[test]
+    fn a_bench_error_is_an_error_verdict_and_exit_2() {
+        let sim = Sim::new(1);
+        let body = async { panic!("a checker broke") };
+        sim.spawn_process("runner".into(), Box::pin(body));
+        sim.run();
+        let scenario = crate::scenario::parse(
+            Path::new("b.ron"),
+            "Scenario(name: \"b\", devices: [], steps: [])",
+        )
+        .expect("parses");
+        let mut outcome = crate::scenario::run(&scenario, &RunOptions::default());
+        assert!(
+            outcome.passed() && !bench_error(&outcome),
+            "the control passes"
+        );
+        outcome.failures = sim.failures();
+        assert!(bench_error(&outcome), "{:?}", outcome.failures);
+        let run = to_report(Path::new("b.ron"), &outcome, 0.0);
+        assert_eq!(run.verdict, Verdict::Error);
+        assert_eq!(exit_code(true, true), 2);
+        assert_eq!(exit_code(false, true), 1);
+        assert_eq!(exit_code(false, false), 0);
     }
 }

@@ -92,11 +92,17 @@ fn workspace_path(location: &str) -> Option<String> {
         .canonicalize()
         .map(|p| format!("{}/", p.display()))
         .unwrap_or_default();
+    // A backtrace shows a file under the working directory as `./...`.
+    let location = match location.strip_prefix("./") {
+        Some(rest) => std::env::current_dir()
+            .map(|cwd| format!("{}/{rest}", cwd.display()))
+            .unwrap_or_else(|_| rest.to_string()),
+        None => location.to_string(),
+    };
     let relative = location
         .strip_prefix(root.as_str())
         .filter(|_| !root.is_empty())
-        .or_else(|| location.strip_prefix("./"))
-        .unwrap_or(location);
+        .unwrap_or(&location);
     CRATES
         .iter()
         .any(|c| relative.starts_with(c))
@@ -111,7 +117,9 @@ fn first_workspace_frame() -> Option<String> {
     trace
         .lines()
         .filter_map(|line| line.trim().strip_prefix("at "))
-        .find_map(workspace_path)
+        .filter_map(workspace_path)
+        // The hook's own frame comes first.
+        .find(|path| !path.starts_with("sim/src/panics.rs"))
 }
 
 #[cfg(test)]

@@ -824,3 +824,35 @@ pub fn run_file(path: &Path, options: &RunOptions) -> Result<super::Outcome, sup
     let scenario = super::load(path)?;
     Ok(run(&scenario, options))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::model::ExpectedFailure;
+
+    fn failure(checker: &str) -> Failure {
+        Failure {
+            checker: checker.into(),
+            message: format!("{checker} message"),
+            at_ns: 0,
+        }
+    }
+
+    /// A bench error fails the run even when the expected bug was caught.
+    #[test]
+    fn a_bench_error_is_never_a_pass() {
+        let mut scenario: Scenario =
+            ron::from_str("Scenario(name: \"b\", devices: [], steps: [])").expect("parses");
+        scenario.expect_failure = Some(ExpectedFailure {
+            checker: "oops".into(),
+            contains: String::new(),
+        });
+        let options = RunOptions::default();
+        let caught = verdict(&scenario, &[failure("oops")], &options);
+        assert!(caught.0, "the control: the bug alone is a pass");
+        let both = [failure("oops"), failure(BENCH_CHECKER)];
+        let (passed, note, _) = verdict(&scenario, &both, &options);
+        assert!(!passed);
+        assert_eq!(note.as_deref(), Some("bench message"));
+    }
+}
