@@ -29,7 +29,8 @@ use crate::runqueue::RunQueue;
 use crate::trace::{Trace, TraceEvent};
 
 thread_local! {
-    /// Set while a task is polled: a panic there is an oops the sim reports.
+    /// Set while a task is polled: a panic there is a failure the sim
+    /// reports (an oops, or a bench error; see `panics.rs`).
     static IN_POLL: Cell<bool> = const { Cell::new(false) };
 }
 
