@@ -370,16 +370,31 @@ fn run_one(
         }
     };
     let started = Instant::now();
-    let outcome = scenario::run(
-        &scenario,
-        &RunOptions {
-            seed,
-            ..RunOptions::default()
-        },
-    );
+    let options = RunOptions {
+        seed,
+        ..RunOptions::default()
+    };
+    let outcome = match crate::panics::guard(|| scenario::run(&scenario, &options)) {
+        Ok(outcome) => outcome,
+        Err(message) => return bench_crash(file, &scenario.name, message),
+    };
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     print_outcome(file, &outcome, wall_ms, verbose);
     to_report(file, &outcome, wall_ms)
+}
+
+/// The run panicked outside any task: an error of the bench, reported
+/// like a bench error of a task (exit 2), and the next scenario runs.
+fn bench_crash(file: &Path, name: &str, message: String) -> ScenarioRun {
+    say!("ERROR {name}: {message}");
+    let mut run = ScenarioRun::new(name.to_string(), file.display().to_string(), 0);
+    run.verdict = Verdict::Error;
+    run.failures.push(reports::Failure {
+        checker: BENCH_CHECKER.into(),
+        message,
+        at_ns: None,
+    });
+    run
 }
 
 /// The bench itself failed (a panic outside engine code): the run is an
@@ -564,13 +579,19 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
         return 2;
     }
     for seed in from..from.saturating_add(count) {
-        let outcome = scenario::run(
-            &scenario,
-            &RunOptions {
-                seed: Some(seed),
-                ..RunOptions::default()
-            },
-        );
+        let options = RunOptions {
+            seed: Some(seed),
+            ..RunOptions::default()
+        };
+        let outcome = match crate::panics::guard(|| scenario::run(&scenario, &options)) {
+            Ok(outcome) => outcome,
+            Err(message) => {
+                failed += 1;
+                bench += 1;
+                say!("ERROR seed={seed} {message}");
+                continue;
+            }
+        };
         if !outcome.passed() {
             failed += 1;
             bench += u64::from(bench_error(&outcome));

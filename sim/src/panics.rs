@@ -43,11 +43,7 @@ pub fn install_hook() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !crate::kernel::in_task_poll() {
-                previous(info);
-                return;
-            }
-            // Quiet: the executor reports it as a failure of the run.
+            let in_poll = crate::kernel::in_task_poll();
             let location = info.location().map_or("<unknown>".to_string(), |l| {
                 format!("{}:{}:{}", l.file(), l.line(), l.column())
             });
@@ -57,8 +53,27 @@ pub fn install_hook() {
                 None
             };
             LAST_PANIC.with(|p| *p.borrow_mut() = Some(PanicSite { location, caller }));
+            // In a poll it is quiet: the executor reports it as a failure
+            // of the run. Elsewhere the previous hook prints it as usual.
+            if !in_poll {
+                previous(info);
+            }
         }));
     });
+}
+
+/// Run `f`; a panic in it (outside any task: the sim's setup, a timer,
+/// a checker after the run) is the bench's, returned with its location.
+pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    install_hook();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let site = take_site();
+        let message = crate::kernel::panic_message(&*payload);
+        format!(
+            "bench error: panic at {} outside any task: {message}",
+            site.location
+        )
+    })
 }
 
 /// The site the hook recorded for this thread's last caught panic.
@@ -154,6 +169,20 @@ mod tests {
         assert_eq!(blame(&s), Blame::Engine);
         s.caller = Some("sim/src/user.rs:40:9".into());
         assert_eq!(blame(&s), Blame::Bench("sim/src/user.rs:40:9".into()));
+    }
+
+    #[test]
+    fn a_panic_outside_any_task_is_returned_with_its_location() {
+        let line = line!() + 1;
+        let result = guard(|| -> u32 { panic!("setup broke") });
+        let message = result.expect_err("panicked");
+        let at = format!("sim/src/panics.rs:{line}:");
+        assert!(message.contains(&at), "{message} lacks {at}");
+        assert!(
+            message.contains("outside any task: setup broke"),
+            "{message}"
+        );
+        assert_eq!(guard(|| 7), Ok(7));
     }
 
     #[test]
