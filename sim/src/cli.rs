@@ -7,7 +7,76 @@ use std::time::Instant;
 use blksnap_reports::{self as reports, RunReport, ScenarioRun, Verdict};
 use clap::{Parser, Subcommand};
 
+use crate::kernel::BENCH_CHECKER;
 use crate::scenario::{self, Outcome, RunOptions};
+
+/// Print one console line. Everything in it that a file or a file name
+/// chose (names, messages, paths) is escaped, so no scenario can print a
+/// line of its own (a forged `PASS`) or drive the terminal.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::say_line(&format!($($arg)*))
+    };
+}
+
+/// A line on stderr, escaped as `say!` escapes.
+macro_rules! esay {
+    ($($arg:tt)*) => {
+        $crate::cli::warn(&format!($($arg)*))
+    };
+}
+
+/// A control character (a newline, ESC, a bidi override) as `\n`,
+/// `\u{1b}`, ...; other text unchanged.
+pub fn console_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Characters that reorder the text around them on a terminal.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
+/// Write a line to stdout, escaped; see [`write_stdout`] for errors.
+pub fn say_line(line: &str) {
+    let mut text = console_escape(line);
+    text.push('\n');
+    write_stdout(&text);
+}
+
+/// Write trusted text (the ABI table) as it is. A reader that went away
+/// (`| head`) ends the process quietly, as SIGPIPE ends a C tool; any
+/// other write error (a full disk) ends it with a message and exit 2.
+pub fn write_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let result = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    if let Err(e) = result {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        warn(&format!("error: cannot write to stdout: {e}"));
+        std::process::exit(2);
+    }
+}
+
+/// A line on stderr, escaped; nothing more can be done if that fails.
+pub fn warn(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{}", console_escape(line));
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,7 +146,8 @@ pub enum Command {
     Quirks,
 }
 
-/// Exit codes: 0 all passed, 1 a scenario failed, 2 bad input.
+/// Exit codes: 0 all passed, 1 a scenario failed, 2 bad input, a bench
+/// error (a panic outside engine code) or an output that cannot be written.
 pub fn main_with(cli: Cli) -> i32 {
     match cli.command {
         Command::Run {
@@ -108,12 +178,12 @@ pub fn main_with(cli: Cli) -> i32 {
             budget,
         } => shrink_command(&path, seed, checker, out, budget),
         Command::Abi => {
-            print!("{}", blksnap_core::uapi::render_abi());
+            write_stdout(&blksnap_core::uapi::render_abi());
             0
         }
         Command::Quirks => {
             for (id, what) in blksnap_core::Quirks::ALL {
-                println!("{id:<12} {what}");
+                say!("{id:<12} {what}");
             }
             0
         }
@@ -228,12 +298,12 @@ fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose:
     };
     let files = match collect_files(&paths) {
         Ok(files) if files.is_empty() => {
-            eprintln!("error: no .ron scenario under {paths:?}");
+            esay!("error: no .ron scenario under {paths:?}");
             return 2;
         }
         Ok(files) => files,
         Err(e) => {
-            eprintln!("error: {e}");
+            esay!("error: {e}");
             return 2;
         }
     };
@@ -250,14 +320,29 @@ fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose:
     }
     let code = write_outputs(&report, outputs);
     let failed = report.runs.len() - report.passed();
-    println!("{} passed, {} failed", report.passed(), failed);
-    // 2: bad input; 1: a failure, or a regression against the baseline.
-    if bad_input || code == 2 {
-        2
-    } else if failed > 0 || code == 1 {
-        1
+    let bench = report
+        .runs
+        .iter()
+        .filter(|r| r.failures.iter().any(|f| f.checker == BENCH_CHECKER))
+        .count();
+    if bench > 0 {
+        say!(
+            "{} passed, {failed} failed ({bench} with a bench error: a fault of the simulator, not the engine)",
+            report.passed()
+        );
     } else {
-        0
+        say!("{} passed, {failed} failed", report.passed());
+    }
+    exit_code(bad_input || bench > 0 || code == 2, failed > 0 || code == 1)
+}
+
+/// 2: bad input, a bench error or an output not written; 1: a failure,
+/// or a regression against the baseline; else 0.
+fn exit_code(error: bool, failed: bool) -> i32 {
+    if error {
+        2
+    } else {
+        i32::from(failed)
     }
 }
 
@@ -272,7 +357,7 @@ fn run_one(
         Ok(scenario) => scenario,
         Err(e) => {
             *bad_input = true;
-            println!("ERROR {e}");
+            say!("ERROR {e}");
             let mut run =
                 ScenarioRun::new(file.display().to_string(), file.display().to_string(), 0);
             run.verdict = Verdict::Error;
@@ -285,21 +370,48 @@ fn run_one(
         }
     };
     let started = Instant::now();
-    let outcome = scenario::run(
-        &scenario,
-        &RunOptions {
-            seed,
-            ..RunOptions::default()
-        },
-    );
+    let options = RunOptions {
+        seed,
+        ..RunOptions::default()
+    };
+    let outcome = match crate::panics::guard(|| scenario::run(&scenario, &options)) {
+        Ok(outcome) => outcome,
+        Err(message) => return bench_crash(file, &scenario.name, message),
+    };
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     print_outcome(file, &outcome, wall_ms, verbose);
     to_report(file, &outcome, wall_ms)
 }
 
+/// The run panicked outside any task: an error of the bench, reported
+/// like a bench error of a task (exit 2), and the next scenario runs.
+fn bench_crash(file: &Path, name: &str, message: String) -> ScenarioRun {
+    say!("ERROR {name}: {message}");
+    let mut run = ScenarioRun::new(name.to_string(), file.display().to_string(), 0);
+    run.verdict = Verdict::Error;
+    run.failures.push(reports::Failure {
+        checker: BENCH_CHECKER.into(),
+        message,
+        at_ns: None,
+    });
+    run
+}
+
+/// The bench itself failed (a panic outside engine code): the run is an
+/// error of the tool, not a verdict on the engine.
+fn bench_error(outcome: &Outcome) -> bool {
+    outcome.failures.iter().any(|f| f.checker == BENCH_CHECKER)
+}
+
 fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
-    let verdict = if outcome.passed() { "PASS" } else { "FAIL" };
-    println!(
+    let verdict = if bench_error(outcome) {
+        "ERROR"
+    } else if outcome.passed() {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    say!(
         "{verdict}  {:<40} seed={:<6} digest={}  ({:.1} ms virtual, {:.0} ms)",
         outcome.name,
         outcome.seed,
@@ -309,36 +421,39 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
     );
     if outcome.passed() {
         if let Some(caught) = &outcome.caught_by {
-            println!(
+            say!(
                 "      (expected failure caught by [{}]: {})",
-                caught.checker, caught.message
+                caught.checker,
+                caught.message
             );
         }
         return;
     }
     if let Some(note) = &outcome.verdict_note {
-        println!("      {note}");
+        say!("      {note}");
     }
     const SHOWN: usize = 10;
     for failure in outcome.failures.iter().take(SHOWN) {
-        println!(
+        say!(
             "      [{}] at {} ns: {}",
-            failure.checker, failure.at_ns, failure.message
+            failure.checker,
+            failure.at_ns,
+            failure.message
         );
     }
     if outcome.failures.len() > SHOWN {
         let more = outcome.failures.len() - SHOWN;
-        println!("      ... and {more} more (all of them in --json and --junit)");
+        say!("      ... and {more} more (all of them in --json and --junit)");
     }
     if verbose {
         for line in &outcome.log {
-            println!("      log {line}");
+            say!("      log {line}");
         }
         for line in &outcome.recent {
-            println!("      | {line}");
+            say!("      | {line}");
         }
     }
-    println!(
+    say!(
         "      seed {}; replay: {}",
         outcome.seed,
         replay_command(file, outcome.seed)
@@ -358,7 +473,9 @@ fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
     run.events = outcome.trace_events;
     run.metrics = outcome.metrics.clone();
     run.metrics.insert("wall_ms".into(), wall_ms);
-    run.verdict = if outcome.passed() {
+    run.verdict = if bench_error(outcome) {
+        Verdict::Error
+    } else if outcome.passed() {
         Verdict::Pass
     } else {
         Verdict::Fail
@@ -379,7 +496,7 @@ fn write_file(path: &Path, text: &str) -> bool {
     match std::fs::write(path, text) {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("error: cannot write {}: {e}", path.display());
+            esay!("error: cannot write {}: {e}", path.display());
             false
         }
     }
@@ -396,7 +513,7 @@ fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
                 &reports::Tolerance::default(),
             )),
             Err(e) => {
-                eprintln!("error: baseline {}: {e}", path.display());
+                esay!("error: baseline {}: {e}", path.display());
                 return 2;
             }
         },
@@ -404,7 +521,7 @@ fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
     };
     if let Some(comparison) = &comparison {
         if comparison.changes.is_empty() {
-            println!("baseline: no change");
+            say!("baseline: no change");
         }
         for change in &comparison.changes {
             let mark = if change.is_regression() {
@@ -412,7 +529,7 @@ fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
             } else {
                 "change"
             };
-            println!("{mark}: {change}");
+            say!("{mark}: {change}");
         }
     }
     if let Some(path) = &outputs.junit {
@@ -422,7 +539,7 @@ fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
         match report.to_json() {
             Ok(json) => ok &= write_file(path, &json),
             Err(e) => {
-                eprintln!("error: {e}");
+                esay!("error: {e}");
                 ok = false;
             }
         }
@@ -451,36 +568,51 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
     let scenario = match scenario::load(path) {
         Ok(s) => s,
         Err(e) => {
-            println!("ERROR {e}");
+            say!("ERROR {e}");
             return 2;
         }
     };
     let mut failed = 0u64;
+    let mut bench = 0u64;
     if count == 0 {
-        eprintln!("error: --count 0 runs nothing");
+        esay!("error: --count 0 runs nothing");
         return 2;
     }
     for seed in from..from.saturating_add(count) {
-        let outcome = scenario::run(
-            &scenario,
-            &RunOptions {
-                seed: Some(seed),
-                ..RunOptions::default()
-            },
-        );
+        let options = RunOptions {
+            seed: Some(seed),
+            ..RunOptions::default()
+        };
+        let outcome = match crate::panics::guard(|| scenario::run(&scenario, &options)) {
+            Ok(outcome) => outcome,
+            Err(message) => {
+                failed += 1;
+                bench += 1;
+                say!("ERROR seed={seed} {message}");
+                continue;
+            }
+        };
         if !outcome.passed() {
             failed += 1;
+            bench += u64::from(bench_error(&outcome));
             let why = match (&outcome.verdict_note, outcome.failures.first()) {
                 (Some(note), _) => note.clone(),
                 (None, Some(first)) => format!("[{}] {}", first.checker, first.message),
                 (None, None) => "failed".to_string(),
             };
-            println!("FAIL seed={seed} {why}");
-            println!("      replay: {}", replay_command(path, seed));
+            say!("FAIL seed={seed} {why}");
+            say!("      replay: {}", replay_command(path, seed));
         }
     }
     let ran = from.saturating_add(count) - from;
-    println!("{} passed, {} failed", ran - failed, failed);
+    if bench > 0 {
+        say!(
+            "{} passed, {failed} failed ({bench} with a bench error: a fault of the simulator, not the engine)",
+            ran - failed
+        );
+        return 2;
+    }
+    say!("{} passed, {} failed", ran - failed, failed);
     i32::from(failed > 0)
 }
 
@@ -494,7 +626,7 @@ fn shrink_command(
     let scenario = match scenario::load(path) {
         Ok(s) => s,
         Err(e) => {
-            println!("ERROR {e}");
+            say!("ERROR {e}");
             return 2;
         }
     };
@@ -502,7 +634,7 @@ fn shrink_command(
     let expected = scenario.expect_failure.as_ref().map(|e| e.checker.clone());
     let checker = match checker.or(expected) {
         Some(checker) if !crate::check::CHECKERS.contains(&checker.as_str()) => {
-            eprintln!(
+            esay!(
                 "error: unknown checker '{checker}': expected one of {:?}",
                 crate::check::CHECKERS
             );
@@ -518,9 +650,13 @@ fn shrink_command(
                 },
             );
             match outcome.failures.first() {
+                Some(first) if first.checker == BENCH_CHECKER => {
+                    esay!("error: {}", first.message);
+                    return 2;
+                }
                 Some(first) => first.checker.clone(),
                 None => {
-                    println!(
+                    say!(
                         "{} passes at seed {seed}: nothing to shrink",
                         path.display()
                     );
@@ -539,12 +675,14 @@ fn shrink_command(
             if !write_file(&out, &shrunk.text) {
                 return 2;
             }
-            println!(
+            say!(
                 "shrunk {} steps to {} in {} runs; still fails [{checker}] at seed {seed}",
-                shrunk.steps_before, shrunk.steps_after, shrunk.runs
+                shrunk.steps_before,
+                shrunk.steps_after,
+                shrunk.runs
             );
             let absolute = std::path::absolute(&out).unwrap_or(out.clone());
-            println!(
+            say!(
                 "wrote {}; replay: {}",
                 out.display(),
                 replay_command(&absolute, seed)
@@ -552,8 +690,50 @@ fn shrink_command(
             0
         }
         Err(e) => {
-            println!("{e}");
+            say!("{e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Sim;
+
+    #[test]
+    fn escapes_what_could_forge_a_line_or_drive_the_terminal() {
+        assert_eq!(
+            console_escape("a\nPASS  b\r\t\u{1b}[31m\u{7f}\u{202e}é"),
+            "a\\nPASS  b\\r\\t\\u{1b}[31m\\u{7f}\\u{202e}é"
+        );
+        assert_eq!(console_escape("plain – text"), "plain – text");
+    }
+
+    /// A real bench error (a panic in this file, polled by the executor)
+    /// makes the report an error and the exit code 2.
+    #[test]
+    fn a_bench_error_is_an_error_verdict_and_exit_2() {
+        let sim = Sim::new(1);
+        let body = async { panic!("a checker broke") };
+        sim.spawn_process("runner".into(), Box::pin(body));
+        sim.run();
+        let scenario = crate::scenario::parse(
+            Path::new("b.ron"),
+            "Scenario(name: \"b\", devices: [], steps: [])",
+        )
+        .expect("parses");
+        let mut outcome = crate::scenario::run(&scenario, &RunOptions::default());
+        assert!(
+            outcome.passed() && !bench_error(&outcome),
+            "the control passes"
+        );
+        outcome.failures = sim.failures();
+        assert!(bench_error(&outcome), "{:?}", outcome.failures);
+        let run = to_report(Path::new("b.ron"), &outcome, 0.0);
+        assert_eq!(run.verdict, Verdict::Error);
+        assert_eq!(exit_code(true, true), 2);
+        assert_eq!(exit_code(false, true), 1);
+        assert_eq!(exit_code(false, false), 0);
     }
 }

@@ -24,11 +24,14 @@ use crate::device::Device;
 use crate::faults::FaultPlan;
 use crate::fs::FsModel;
 use crate::lockdep::Lockdep;
+use crate::panics;
 use crate::rng::SimRng;
+use crate::runqueue::RunQueue;
 use crate::trace::{Trace, TraceEvent};
 
 thread_local! {
-    /// Set while a task is polled: a panic there is an oops the sim reports.
+    /// Set while a task is polled: a panic there is a failure the sim
+    /// reports (an oops, or a bench error; see `panics.rs`).
     static IN_POLL: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -37,6 +40,10 @@ thread_local! {
 pub fn in_task_poll() -> bool {
     IN_POLL.with(Cell::get)
 }
+
+/// The checker name of a panic outside engine code: the bench's own
+/// fault. A run with one is an error (exit 2), whatever else it shows.
+pub const BENCH_CHECKER: &str = "bench";
 
 /// The largest single engine allocation the sim grants (1 GiB).
 pub const MAX_ALLOCATION: u64 = 1 << 30;
@@ -122,10 +129,12 @@ struct Sched {
     now: u64,
     next_id: u64,
     tasks: BTreeMap<TaskId, Task>,
-    runnable: BTreeSet<TaskId>,
+    runnable: RunQueue,
+    /// Live scenario processes by name: the run ends when none is left,
+    /// and `Kill` finds its sibling here (without a scan of all tasks).
+    processes: BTreeSet<(String, TaskId)>,
     current: Option<TaskId>,
     polls: u64,
-    priorities: BTreeMap<TaskId, u64>,
     change_at: BTreeSet<u64>,
 }
 
@@ -288,11 +297,17 @@ impl Sim {
                     is_process,
                 },
             );
-            sched.runnable.insert(id);
+            if is_process {
+                sched.processes.insert((name.clone(), id));
+            }
             id
         };
         let priority = self.sched_rng.borrow_mut().next_u64();
-        self.sched.borrow_mut().priorities.insert(id, priority);
+        {
+            let mut sched = self.sched.borrow_mut();
+            sched.runnable.add(id, priority);
+            sched.runnable.wake(id);
+        }
         self.record(TraceEvent::TaskSpawn { task: id, name });
         id
     }
@@ -350,14 +365,27 @@ impl Sim {
         self.with_current(|t| t.fatal_signal).unwrap_or(false)
     }
 
-    /// The id of a live process with this name.
+    /// The id of a live process with this name (the first one started).
     pub fn process_named(&self, name: &str) -> Option<TaskId> {
-        self.sched
-            .borrow()
-            .tasks
-            .iter()
-            .find(|(_, t)| t.is_process && t.name == name)
-            .map(|(id, _)| *id)
+        let sched = self.sched.borrow();
+        let first = sched.processes.range((name.to_string(), 0)..).next();
+        first.filter(|(n, _)| n == name).map(|(_, id)| *id)
+    }
+
+    /// True while a scenario process runs.
+    fn has_live_processes(&self) -> bool {
+        !self.sched.borrow().processes.is_empty()
+    }
+
+    /// A task ends (done, or dead of an oops): out of every index.
+    fn remove_task(&self, id: TaskId) -> Option<Task> {
+        let mut sched = self.sched.borrow_mut();
+        sched.runnable.forget(id);
+        let task = sched.tasks.remove(&id)?;
+        if task.is_process {
+            sched.processes.remove(&(task.name.clone(), id));
+        }
+        Some(task)
     }
 
     /// Every task still alive, by name (for hang reports).
@@ -421,9 +449,7 @@ impl Sim {
         };
         let mut sched = self.sched.borrow_mut();
         for id in woken {
-            if sched.tasks.contains_key(&id) {
-                sched.runnable.insert(id);
-            }
+            sched.runnable.wake(id);
         }
     }
 
@@ -437,13 +463,9 @@ impl Sim {
             SchedPolicy::Random => {
                 let n = sched.runnable.len() as u64;
                 let i = self.sched_rng.borrow_mut().below(n) as usize;
-                sched.runnable.iter().nth(i).copied()
+                sched.runnable.nth(i)
             }
-            SchedPolicy::Priority { .. } => sched
-                .runnable
-                .iter()
-                .max_by_key(|id| sched.priorities.get(id).copied().unwrap_or(0))
-                .copied(),
+            SchedPolicy::Priority { .. } => sched.runnable.highest(),
         }
     }
 
@@ -461,16 +483,28 @@ impl Sim {
         }
         let polls = sched.polls;
         if sched.change_at.remove(&polls) {
-            sched.priorities.insert(id, 0);
+            sched.runnable.set_priority(id, 0);
         }
     }
 
-    /// Poll one task once. A panic inside it is an oops: the task dies with
-    /// its locks held (its future is leaked, not dropped), the run fails.
+    /// A task died of a panic: an oops if engine code panicked, else a
+    /// fault of the bench itself (never blamed on the engine).
+    fn report_panic(&self, task: &str, message: &str, site: &panics::PanicSite) {
+        match panics::blame(site) {
+            panics::Blame::Engine => self.fail("oops", format!("task '{task}' died: {message}")),
+            panics::Blame::Bench(at) => self.fail(
+                BENCH_CHECKER,
+                format!("bench error: panic at {at} in task '{task}': {message}"),
+            ),
+        }
+    }
+
+    /// Poll one task once. A panic inside it kills the task with its locks
+    /// held (its future is leaked, not dropped) and fails the run.
     fn poll_task(self: &Rc<Self>, id: TaskId) {
         let future = {
             let mut sched = self.sched.borrow_mut();
-            sched.runnable.remove(&id);
+            sched.runnable.sleep(id);
             sched.current = Some(id);
             sched.polls += 1;
             sched.now += POLL_COST_NS;
@@ -484,6 +518,7 @@ impl Sim {
             queue: self.queue.clone(),
         }));
         let mut cx = Context::from_waker(&waker);
+        panics::install_hook();
         IN_POLL.with(|p| p.set(true));
         let outcome = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
         IN_POLL.with(|p| p.set(false));
@@ -499,15 +534,14 @@ impl Sim {
                 let name = self.task_name(id);
                 let message = panic_message(&*payload);
                 std::mem::forget(future);
-                self.sched.borrow_mut().tasks.remove(&id);
-                self.fail("oops", format!("task '{name}' died: {message}"));
+                self.remove_task(id);
+                self.report_panic(&name, &message, &panics::take_site());
             }
         }
     }
 
     fn task_exit(&self, id: TaskId) {
-        let task = self.sched.borrow_mut().tasks.remove(&id);
-        if let Some(task) = task {
+        if let Some(task) = self.remove_task(id) {
             if task.bio_list.is_some() {
                 self.fail(
                     "kernel",
@@ -527,7 +561,7 @@ impl Sim {
             self.collect_woken();
             self.fire_due_timers();
             self.collect_woken();
-            if self.live_processes().is_empty() {
+            if !self.has_live_processes() {
                 return true;
             }
             if self.polls() > bounds.max_polls || self.now() > bounds.max_virtual_ns {
@@ -877,7 +911,7 @@ fn bio_fault(bio: &Bio) -> FaultKind {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         return (*s).to_string();
     }

@@ -3,22 +3,21 @@
 use clap::Parser;
 
 fn main() {
-    // Engine panics are oopses the simulator reports itself; the default
-    // hook would print each one a second time. Panics of the simulator
-    // itself still print.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if blksnap_sim::kernel::in_task_poll() {
-            return;
+    // Panics inside a simulated task are reported by the executor (an oops
+    // or a bench error; `panics.rs` keeps them quiet); any other panic is
+    // a bug of the tool and prints as usual. Output errors never panic:
+    // the console writers in `cli.rs` handle them.
+    let cli = match blksnap_sim::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version go to stdout, usage errors to stderr.
+            if e.use_stderr() {
+                let _ = e.print();
+            } else {
+                blksnap_sim::cli::write_stdout(&e.render().to_string());
+            }
+            std::process::exit(e.exit_code());
         }
-        // `blksnap-sim ... | head`: the reader went away; stop quietly, as
-        // a C tool dies of SIGPIPE.
-        let message = info.payload_as_str().unwrap_or_default();
-        if message.contains("Broken pipe") {
-            std::process::exit(141);
-        }
-        default_hook(info);
-    }));
-    let cli = blksnap_sim::cli::Cli::parse();
+    };
     std::process::exit(blksnap_sim::cli::main_with(cli));
 }

@@ -652,6 +652,8 @@ mod limits {
     const MAX_IO_SECTORS: u64 = 1 << 16;
     const MAX_MS: u64 = 3_600_000;
     const MAX_REPEAT: u64 = 1_000_000;
+    /// Each branch is a task: 10^5 of them run in about two seconds.
+    const MAX_BRANCHES: usize = 100_000;
 
     /// `Err((field, message))`: the field of the device that is wrong.
     pub fn device(d: &DeviceSpec) -> Result<(), (&'static str, String)> {
@@ -713,6 +715,10 @@ mod limits {
             }
             Step::Concurrent(branches) => {
                 let list = at.index(0);
+                if branches.len() > MAX_BRANCHES {
+                    let message = format!("a Concurrent has at most {MAX_BRANCHES} branches");
+                    return Err((list.index(MAX_BRANCHES), message));
+                }
                 for (i, branch) in branches.iter().enumerate() {
                     check_steps(branch, &list.index(i))?;
                 }

@@ -20,7 +20,7 @@ use super::model::{Expect, Scenario, Scheduler, Step};
 use crate::check::{resources, Oracle};
 use crate::device::Device;
 use crate::fs::{self, FsModel};
-use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, SimKernel};
+use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, SimKernel, BENCH_CHECKER};
 use crate::rng::SimRng;
 use crate::trace::TraceEvent;
 use crate::user::UserSpace;
@@ -254,6 +254,10 @@ fn verdict(
     failures: &[Failure],
     options: &RunOptions,
 ) -> (bool, Option<String>, Option<Failure>) {
+    if let Some(bench) = failures.iter().find(|f| f.checker == BENCH_CHECKER) {
+        // The bench broke: whatever the engine did, this run proves nothing.
+        return (false, Some(bench.message.clone()), None);
+    }
     let expected = scenario
         .expect_failure
         .as_ref()
@@ -897,4 +901,36 @@ impl Run {
 pub fn run_file(path: &Path, options: &RunOptions) -> Result<super::Outcome, super::LoadError> {
     let scenario = super::load(path)?;
     Ok(run(&scenario, options))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::model::ExpectedFailure;
+
+    fn failure(checker: &str) -> Failure {
+        Failure {
+            checker: checker.into(),
+            message: format!("{checker} message"),
+            at_ns: 0,
+        }
+    }
+
+    /// A bench error fails the run even when the expected bug was caught.
+    #[test]
+    fn a_bench_error_is_never_a_pass() {
+        let mut scenario: Scenario =
+            ron::from_str("Scenario(name: \"b\", devices: [], steps: [])").expect("parses");
+        scenario.expect_failure = Some(ExpectedFailure {
+            checker: "oops".into(),
+            contains: String::new(),
+        });
+        let options = RunOptions::default();
+        let caught = verdict(&scenario, &[failure("oops")], &options);
+        assert!(caught.0, "the control: the bug alone is a pass");
+        let both = [failure("oops"), failure(BENCH_CHECKER)];
+        let (passed, note, _) = verdict(&scenario, &both, &options);
+        assert!(!passed);
+        assert_eq!(note.as_deref(), Some("bench message"));
+    }
 }
