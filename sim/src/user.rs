@@ -22,6 +22,9 @@ pub struct UserSpace {
     maps: RefCell<BTreeMap<u64, Vec<u8>>>,
     /// Mappings that fault on write (start addresses).
     read_only: RefCell<std::collections::BTreeSet<u64>>,
+    /// Mappings made for one step of a process (start -> task): unmapped
+    /// when its step ends, so a long run does not keep every argument.
+    owned: RefCell<BTreeMap<u64, u64>>,
 }
 
 impl UserSpace {
@@ -40,6 +43,40 @@ impl UserSpace {
         let addr = self.map(bytes);
         self.read_only.borrow_mut().insert(addr);
         addr
+    }
+
+    /// Map `bytes` for task `owner` (read-only if asked); `unmap_owned_by`
+    /// takes them back.
+    pub fn map_owned(&self, owner: u64, bytes: Vec<u8>, read_only: bool) -> u64 {
+        let addr = if read_only {
+            self.map_read_only(bytes)
+        } else {
+            self.map(bytes)
+        };
+        self.owned.borrow_mut().insert(addr, owner);
+        addr
+    }
+
+    /// Unmap every mapping task `owner` made: its pointers now fault.
+    pub fn unmap_owned_by(&self, owner: u64) {
+        let mut owned = self.owned.borrow_mut();
+        let mine: Vec<u64> = owned
+            .iter()
+            .filter(|(_, o)| **o == owner)
+            .map(|(addr, _)| *addr)
+            .collect();
+        let mut maps = self.maps.borrow_mut();
+        let mut read_only = self.read_only.borrow_mut();
+        for addr in mine {
+            owned.remove(&addr);
+            maps.remove(&addr);
+            read_only.remove(&addr);
+        }
+    }
+
+    /// Bytes mapped now (for tests of the unmapping).
+    pub fn mapped_bytes(&self) -> usize {
+        self.maps.borrow().values().map(Vec::len).sum()
     }
 
     /// The mapping's bytes (after the engine wrote to it).
@@ -127,5 +164,19 @@ mod tests {
         assert_eq!(user.copy_to_user(c, &[1]), Err(0));
         assert_eq!(user.copy_from_user(c, 4).unwrap(), vec![5; 4]);
         assert_eq!(user.copy_from_user(UNMAPPED, 1), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn a_task_s_mappings_go_with_it() {
+        let user = UserSpace::default();
+        let kept = user.map(vec![1; 4]);
+        let a = user.map_owned(1, vec![2; 8], false);
+        let b = user.map_owned(2, vec![3; 8], true);
+        user.unmap_owned_by(1);
+        assert_eq!(user.copy_from_user(a, 1), Err(Errno::EFAULT));
+        assert_eq!(user.copy_from_user(b, 8).unwrap(), vec![3; 8]);
+        assert_eq!(user.copy_from_user(kept, 4).unwrap(), vec![1; 4]);
+        user.unmap_owned_by(2);
+        assert_eq!(user.mapped_bytes(), 4);
     }
 }

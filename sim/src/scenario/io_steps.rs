@@ -44,6 +44,7 @@ impl Run {
         nowait: bool,
     ) -> Result<(), Errno> {
         let dev = self.target_dev(target)?;
+        self.charge_sectors(sectors, true);
         let data = self.fresh_stamps(sectors);
         if self.has_fs(dev) && !nowait {
             return fs::fs_write(&self.sim, dev, sector, &data).await;
@@ -60,6 +61,7 @@ impl Run {
         sectors: u64,
     ) -> Result<Vec<Stamp>, Errno> {
         let dev = self.target_dev(target)?;
+        self.charge_sectors(sectors, false);
         if self.has_fs(dev) {
             return fs::fs_read(&self.sim, dev, sector, sectors).await;
         }
@@ -242,6 +244,9 @@ impl Run {
             return Err("workload region smaller than one aligned IO".into());
         }
         for _ in 0..w.ops {
+            if self.out_of_budget() {
+                break;
+            }
             let (sector, sectors, is_read) = {
                 let mut rng = self.workload_rng.borrow_mut();
                 let units = (count / align).max(1);
@@ -249,7 +254,9 @@ impl Run {
                 let len = rng.range(1, max_units) * align;
                 let first = rng.below(units - len / align + 1);
                 let is_read = rng.below(100) < u64::from(w.read_percent);
-                (start + first * align, len, is_read)
+                // first * align < count: no overflow; the sum is bounded by
+                // the loader (region end at most 2^48), saturating anyway.
+                (start.saturating_add(first * align), len, is_read)
             };
             if is_read {
                 let _ = self.read(&w.target, sector, sectors).await;

@@ -25,8 +25,13 @@ use crate::rng::SimRng;
 use crate::trace::TraceEvent;
 use crate::user::UserSpace;
 
-/// Steps one run may take (a Repeat inside a Repeat adds up fast).
-const MAX_STEPS: u64 = 10_000_000;
+use super::load::limits::{MAX_STEPS, MAX_WORK_SECTORS};
+
+/// Sectors of user IO one run may move, whatever the steps planned (a
+/// backup copies a whole device): twice the planned bound for writes (the
+/// sim keeps a stamp per written sector), 16 times for reads (time only).
+const RUN_WRITTEN_SECTORS: u64 = 2 * MAX_WORK_SECTORS;
+const RUN_READ_SECTORS: u64 = 16 * MAX_WORK_SECTORS;
 /// How long background work may take to settle after the teardown.
 const SETTLE_NS: u64 = 10_000_000_000;
 
@@ -91,6 +96,12 @@ pub(super) struct Run {
     next_stamp: Cell<Stamp>,
     pub workload_rng: RefCell<SimRng>,
     steps_run: Cell<u64>,
+    /// Work charged to the run's budget besides steps: waits of a loop
+    /// inside one step (Stretch), and sectors of user IO moved.
+    waits: Cell<u64>,
+    sectors_read: Cell<u64>,
+    sectors_written: Cell<u64>,
+    over_budget: Cell<bool>,
 }
 
 /// Run a loaded scenario.
@@ -123,6 +134,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         next_stamp: Cell::new(1),
         workload_rng: RefCell::new(SimRng::child(seed, "workload")),
         steps_run: Cell::new(0),
+        waits: Cell::new(0),
+        sectors_read: Cell::new(0),
+        sectors_written: Cell::new(0),
+        over_budget: Cell::new(false),
     });
     run.load_module();
     let steps = scenario.steps.clone();
@@ -380,14 +395,7 @@ impl Run {
                     // A process that got SIGKILL runs no further steps.
                     return;
                 }
-                if self.steps_run.get() >= MAX_STEPS {
-                    if self.steps_run.get() == MAX_STEPS {
-                        self.steps_run.set(MAX_STEPS + 1);
-                        self.sim.fail(
-                            "liveness",
-                            format!("more than {MAX_STEPS} steps: the run is stopped"),
-                        );
-                    }
+                if self.out_of_budget() {
                     return;
                 }
                 let at = format!("{prefix}{i}");
@@ -396,12 +404,74 @@ impl Run {
                     what: format!("{at} {}", step.kind()),
                 });
                 self.steps_run.set(self.steps_run.get() + 1);
-                if let Err(message) = self.step(step, &at).await {
+                let result = self.step(step, &at).await;
+                self.unmap_step_memory();
+                if let Err(message) = result {
                     self.sim
                         .fail("expect", format!("step {at} ({}): {message}", step.kind()));
                 }
             }
         })
+    }
+
+    /// True once the run spent its work budget (steps, waits inside a
+    /// step, sectors of user IO): the first time, the run fails
+    /// ("liveness") and every process stops taking steps, so a hostile
+    /// scenario costs the host a bounded time and memory.
+    pub(super) fn out_of_budget(&self) -> bool {
+        if self.over_budget.get() {
+            return true;
+        }
+        let steps = self.steps_run.get().saturating_add(self.waits.get());
+        let (read, written) = (self.sectors_read.get(), self.sectors_written.get());
+        if steps < MAX_STEPS && read < RUN_READ_SECTORS && written < RUN_WRITTEN_SECTORS {
+            return false;
+        }
+        self.over_budget.set(true);
+        self.sim.fail(
+            "liveness",
+            format!(
+                "work budget spent: {steps} steps and waits (budget {MAX_STEPS}), {read} sectors \
+                 read (budget {RUN_READ_SECTORS}), {written} sectors written (budget \
+                 {RUN_WRITTEN_SECTORS}): the run is stopped"
+            ),
+        );
+        true
+    }
+
+    /// Charge one wait of a loop that runs inside one step.
+    pub(super) fn charge_wait(&self) {
+        self.waits.set(self.waits.get().saturating_add(1));
+    }
+
+    /// Charge sectors of user IO (the verification reads of VerifyImage
+    /// and VerifyOriginal are bounded by the device and not charged).
+    pub(super) fn charge_sectors(&self, sectors: u64, write: bool) {
+        let counter = if write {
+            &self.sectors_written
+        } else {
+            &self.sectors_read
+        };
+        counter.set(counter.get().saturating_add(sectors));
+    }
+
+    /// Map an ioctl argument for the current process; it is unmapped when
+    /// the step ends (`unmap_step_memory`).
+    pub(super) fn map_user(&self, bytes: Vec<u8>) -> u64 {
+        let owner = self.sim.current_task().unwrap_or(0);
+        self.user.map_owned(owner, bytes, false)
+    }
+
+    pub(super) fn map_user_read_only(&self, bytes: Vec<u8>) -> u64 {
+        let owner = self.sim.current_task().unwrap_or(0);
+        self.user.map_owned(owner, bytes, true)
+    }
+
+    /// Unmap what the current process mapped for its last step: a run of
+    /// millions of ioctls then holds one step's arguments at a time.
+    pub(super) fn unmap_step_memory(&self) {
+        let owner = self.sim.current_task().unwrap_or(0);
+        self.user.unmap_owned_by(owner);
     }
 
     pub(super) fn dev(&self, name: &str) -> DevT {
@@ -637,12 +707,15 @@ impl Run {
             } => {
                 let stride = stride.unwrap_or(*sectors);
                 for i in 0..*repeat {
+                    if self.out_of_budget() {
+                        break;
+                    }
                     let at_sector = sector.saturating_add(i.saturating_mul(stride));
                     let result = self.write(target, at_sector, *sectors, *nowait).await;
                     check_expect(expect, result.map(|()| 0))
                         .map_err(|e| format!("write at {at_sector}: {e}"))?;
                     if *pause_us > 0 {
-                        self.sim.sleep(pause_us * 1000).await;
+                        self.sim.sleep(pause_us.saturating_mul(1000)).await;
                     }
                 }
                 Ok(())
@@ -694,7 +767,7 @@ impl Run {
             Step::Timed { max_ms, steps } => {
                 let start = self.sim.now();
                 self.steps(steps, &format!("{at}.")).await;
-                let took = self.sim.now() - start;
+                let took = self.sim.now().saturating_sub(start);
                 if took > max_ms.saturating_mul(1_000_000) {
                     self.sim.fail(
                         "latency",
@@ -791,6 +864,14 @@ impl Run {
         content: &super::model::Media,
     ) -> Result<(), String> {
         let dev = self.dev(device);
+        // The loader bounds both; checked again, as a bench error, so no
+        // file can make the runner overflow or read without end.
+        let end = sector
+            .checked_add(sectors)
+            .filter(|_| sectors <= super::load::limits::MAX_IO_SECTORS)
+            .ok_or(format!(
+                "ExpectMedia range {sector}+{sectors} out of bounds"
+            ))?;
         let got = self
             .sim
             .devices
@@ -802,8 +883,7 @@ impl Run {
             return Ok(());
         }
         Err(format!(
-            "{device} sectors {sector}..{} do not hold {content:?} (first stamp {:#x})",
-            sector + sectors,
+            "{device} sectors {sector}..{end} do not hold {content:?} (first stamp {:#x})",
             got.first().copied().unwrap_or(0)
         ))
     }
@@ -820,9 +900,10 @@ impl Run {
                     .get(&self.dev(device))
                     .map(|d| d.index);
                 index.is_some_and(|index| {
-                    got.iter()
-                        .enumerate()
-                        .all(|(i, s)| *s == crate::device::pattern_stamp(index, from + i as u64))
+                    got.iter().enumerate().all(|(i, s)| {
+                        let sector = from.saturating_add(i as u64);
+                        *s == crate::device::pattern_stamp(index, sector)
+                    })
                 })
             }
             Media::OneOf(list) => list.iter().any(|m| self.media_matches(got, m)),
