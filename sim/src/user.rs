@@ -25,6 +25,9 @@ pub struct UserSpace {
     /// Mappings made for one step of a process (start -> task): unmapped
     /// when its step ends, so a long run does not keep every argument.
     owned: RefCell<BTreeMap<u64, u64>>,
+    /// Bytes mapped now, and the most ever mapped at once.
+    mapped: std::cell::Cell<usize>,
+    peak: std::cell::Cell<usize>,
 }
 
 impl UserSpace {
@@ -34,6 +37,8 @@ impl UserSpace {
         let addr = maps.iter().next_back().map_or(BASE, |(a, b)| {
             (a + b.len() as u64 + GUARD).next_multiple_of(GUARD)
         });
+        self.mapped.set(self.mapped.get() + bytes.len());
+        self.peak.set(self.peak.get().max(self.mapped.get()));
         maps.insert(addr, bytes);
         addr
     }
@@ -69,14 +74,21 @@ impl UserSpace {
         let mut read_only = self.read_only.borrow_mut();
         for addr in mine {
             owned.remove(&addr);
-            maps.remove(&addr);
             read_only.remove(&addr);
+            if let Some(bytes) = maps.remove(&addr) {
+                self.mapped.set(self.mapped.get() - bytes.len());
+            }
         }
     }
 
-    /// Bytes mapped now (for tests of the unmapping).
+    /// Bytes mapped now.
     pub fn mapped_bytes(&self) -> usize {
-        self.maps.borrow().values().map(Vec::len).sum()
+        self.mapped.get()
+    }
+
+    /// The most bytes ever mapped at once (a run's user memory).
+    pub fn peak_bytes(&self) -> usize {
+        self.peak.get()
     }
 
     /// The mapping's bytes (after the engine wrote to it).
@@ -86,6 +98,8 @@ impl UserSpace {
 
     pub fn unmap_all(&self) {
         self.maps.borrow_mut().clear();
+        self.owned.borrow_mut().clear();
+        self.mapped.set(0);
     }
 
     /// The mapping holding `addr`, as (start, length).

@@ -668,7 +668,7 @@ pub mod limits {
     /// sim keeps a stamp per written sector, in the device and the oracle.
     pub const MAX_WORK_SECTORS: u64 = 1 << 22;
     /// Groups (Repeat, Timed, Concurrent) inside groups.
-    pub const MAX_DEPTH: usize = 32;
+    pub const MAX_DEPTH: usize = 16;
     pub const MAX_BRANCHES: usize = 1024;
     /// Bytes of user memory one argument buffer may map (1 MiB).
     pub const MAX_ARG_BYTES: u64 = 1 << 20;

@@ -26,12 +26,6 @@ use crate::trace::TraceEvent;
 use crate::user::UserSpace;
 
 use super::load::limits::{MAX_STEPS, MAX_WORK_SECTORS};
-
-/// Sectors of user IO one run may move, whatever the steps planned (a
-/// backup copies a whole device): twice the planned bound for writes (the
-/// sim keeps a stamp per written sector), 16 times for reads (time only).
-const RUN_WRITTEN_SECTORS: u64 = 2 * MAX_WORK_SECTORS;
-const RUN_READ_SECTORS: u64 = 16 * MAX_WORK_SECTORS;
 /// How long background work may take to settle after the teardown.
 const SETTLE_NS: u64 = 10_000_000_000;
 
@@ -42,6 +36,36 @@ pub struct RunOptions {
     /// Run with no quirk switched on, whatever the scenario says (the
     /// fixed engine on a bug's trigger).
     pub without_quirks: bool,
+    /// A smaller work budget than the default (fuzzing, tests).
+    pub budget: Option<WorkBudget>,
+}
+
+/// The virtual work one run may do before it is stopped and failed
+/// ("liveness"): the host's time and memory stay bounded whatever the
+/// scenario asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkBudget {
+    /// Steps taken plus waits of loops inside a step (Stretch).
+    pub steps: u64,
+    /// Sectors of user IO written (the sim keeps a stamp per sector).
+    pub written_sectors: u64,
+    /// Sectors of user IO read.
+    pub read_sectors: u64,
+    /// Scheduler polls (the liveness bound on a livelock).
+    pub polls: u64,
+}
+
+/// Sectors: twice the planned bound for writes (a backup copies a whole
+/// device, unplanned), 16 times for reads (they cost time, not memory).
+impl Default for WorkBudget {
+    fn default() -> Self {
+        WorkBudget {
+            steps: MAX_STEPS,
+            written_sectors: 2 * MAX_WORK_SECTORS,
+            read_sectors: 16 * MAX_WORK_SECTORS,
+            polls: Bounds::default().max_polls,
+        }
+    }
 }
 
 /// Everything a run produced.
@@ -98,6 +122,7 @@ pub(super) struct Run {
     steps_run: Cell<u64>,
     /// Work charged to the run's budget besides steps: waits of a loop
     /// inside one step (Stretch), and sectors of user IO moved.
+    budget: WorkBudget,
     waits: Cell<u64>,
     sectors_read: Cell<u64>,
     sectors_written: Cell<u64>,
@@ -111,6 +136,12 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     sim.policy.set(match scenario.scheduler {
         Scheduler::Random => SchedPolicy::Random,
         Scheduler::Priority(n) => SchedPolicy::Priority { change_points: n },
+    });
+    // The budget's polls are the executor's liveness bound.
+    let budget = options.budget.unwrap_or_default();
+    sim.bounds.set(Bounds {
+        max_polls: budget.polls,
+        ..sim.bounds.get()
     });
     let devices = add_devices(&sim, scenario);
     apply_faults(&sim, scenario);
@@ -134,6 +165,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         next_stamp: Cell::new(1),
         workload_rng: RefCell::new(SimRng::child(seed, "workload")),
         steps_run: Cell::new(0),
+        budget,
         waits: Cell::new(0),
         sectors_read: Cell::new(0),
         sectors_written: Cell::new(0),
@@ -310,6 +342,10 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         sim.fs_take.borrow().sectors_judged as f64,
     );
     coverage_metrics(&mut metrics, sim, &oracle);
+    metrics.insert(
+        "user_mapped_peak_bytes".to_string(),
+        run.user.peak_bytes() as f64,
+    );
     Outcome {
         name: scenario.name.clone(),
         seed,
@@ -424,16 +460,17 @@ impl Run {
         }
         let steps = self.steps_run.get().saturating_add(self.waits.get());
         let (read, written) = (self.sectors_read.get(), self.sectors_written.get());
-        if steps < MAX_STEPS && read < RUN_READ_SECTORS && written < RUN_WRITTEN_SECTORS {
+        let b = self.budget;
+        if steps < b.steps && read < b.read_sectors && written < b.written_sectors {
             return false;
         }
         self.over_budget.set(true);
         self.sim.fail(
             "liveness",
             format!(
-                "work budget spent: {steps} steps and waits (budget {MAX_STEPS}), {read} sectors \
-                 read (budget {RUN_READ_SECTORS}), {written} sectors written (budget \
-                 {RUN_WRITTEN_SECTORS}): the run is stopped"
+                "work budget spent: {steps} steps and waits (budget {}), {read} sectors read \
+                 (budget {}), {written} sectors written (budget {}): the run is stopped",
+                b.steps, b.read_sectors, b.written_sectors
             ),
         );
         true
