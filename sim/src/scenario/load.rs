@@ -1241,7 +1241,7 @@ mod tests {
                     "Take(snapshot: \"s\", expect: Err(\"EFAULT\")),",
                     "Sleep(ms: 18446744073709551615),",
                 ),
-                "Sleep is at most",
+                "Sleep ms is at most",
             ),
             (
                 GOOD.replace(
