@@ -146,7 +146,7 @@ fn work_past_the_budget_is_refused_where_it_adds_up() {
         (
             "Write(target: Original(\"a\"), sector: 0, sectors: 65536, stride: 0, repeat: 1000000),",
             "Write(",
-            &["work budget", "4194304 sectors"],
+            &["work budget", "2097152 sectors"],
         ),
         // A 10^6-op workload of 64k-sector IOs.
         (

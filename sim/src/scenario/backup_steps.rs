@@ -24,6 +24,8 @@ use crate::block;
 
 /// Sectors per image read or backup write.
 const COPY_SECTORS: u64 = 1024;
+/// A backup that outgrew the run's work budget (the run fails "liveness").
+const SPENT: &str = "backup stopped: the run's work budget is spent";
 /// Largest image a backup copies (2 GiB), so a run stays short.
 const MAX_BACKUP_SECTORS: u64 = 1 << 22;
 /// The metadata record: magic, original, generation (two stamps), number.
@@ -185,6 +187,9 @@ impl Run {
         let plan = self.backup_plan(snapshot, device, backup)?;
         let mut judged = 0;
         for sector in (0..plan.sectors).step_by(COPY_SECTORS as usize) {
+            if self.out_of_budget() {
+                return Err(SPENT.into());
+            }
             let count = COPY_SECTORS.min(plan.sectors - sector);
             let image = self.user_read(plan.image, sector, count).await?;
             let saved = self.user_read(plan.backup, sector, count).await?;
@@ -232,7 +237,7 @@ impl Run {
     async fn copy_full(&self, plan: &Plan) -> Result<(), String> {
         for sector in (0..plan.sectors).step_by(COPY_SECTORS as usize) {
             if self.out_of_budget() {
-                return Err("backup stopped: the run's work budget is spent".into());
+                return Err(SPENT.into());
             }
             self.copy(plan, sector, COPY_SECTORS.min(plan.sectors - sector))
                 .await?;
@@ -260,6 +265,9 @@ impl Run {
             if sector < plan.sectors {
                 let count = block_sectors.min(plan.sectors - sector);
                 for part in (sector..sector + count).step_by(COPY_SECTORS as usize) {
+                    if self.out_of_budget() {
+                        return Err(SPENT.into());
+                    }
                     let n = COPY_SECTORS.min(sector + count - part);
                     self.copy(plan, part, n).await?;
                 }

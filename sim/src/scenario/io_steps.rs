@@ -87,6 +87,10 @@ impl Run {
         let capacity = self.sim.disk_capacity(image).unwrap_or(0);
         let (mut judged, mut eio, mut other) = (0u64, 0u64, None);
         for (sector, count) in self.verify_ranges(orig, capacity) {
+            if self.out_of_budget() {
+                break;
+            }
+            self.charge_sectors(count, false);
             let bio = Bio::read(image, sector, count);
             let (result, seen) = block::user_bio_judged(&self.sim, bio).await;
             judged += seen.sectors;
@@ -181,6 +185,10 @@ impl Run {
         let sectors = self.sim.oracle.borrow().written_sectors(dev);
         let mut judged = 0;
         for sector in sectors {
+            if self.out_of_budget() {
+                break;
+            }
+            self.charge_sectors(1, false);
             let bio = Bio::read(dev, sector, 1);
             let (result, seen) = block::user_bio_judged(&self.sim, bio).await;
             result.map_err(|e| format!("read of {device} sector {sector} failed: {e}"))?;
@@ -210,6 +218,7 @@ impl Run {
             let result = self.read(target, sector, sectors).await;
             return check_expect(expect, result.map(|_| 0));
         };
+        self.charge_sectors(sectors, false);
         let (result, judged) =
             block::user_bio_judged(&self.sim, Bio::read(dev, sector, sectors)).await;
         check_expect(expect, result.map(|_| 0))?;

@@ -664,9 +664,9 @@ pub mod limits {
     /// Steps a run may take, counted with every Repeat multiplied out; the
     /// runner stops a run past it ("liveness", work budget).
     pub const MAX_STEPS: u64 = 1_000_000;
-    /// Sectors of user IO a run may move (4M sectors, 2 GiB of data): the
+    /// Sectors of user IO a run may move (2M sectors, 1 GiB of data): the
     /// sim keeps a stamp per written sector, in the device and the oracle.
-    pub const MAX_WORK_SECTORS: u64 = 1 << 22;
+    pub const MAX_WORK_SECTORS: u64 = 1 << 21;
     /// Groups (Repeat, Timed, Concurrent) inside groups.
     pub const MAX_DEPTH: usize = 16;
     pub const MAX_BRANCHES: usize = 1024;
@@ -967,8 +967,8 @@ pub mod limits {
             return Ok(());
         };
         let message = format!(
-            "an IO has 1 to {MAX_IO_SECTORS} sectors, 1 to {MAX_REPEAT} repeats, and must end below 2^64 \
-             (at most at sector {MAX_SECTORS})"
+            "`{field}`: an IO has 1 to {MAX_IO_SECTORS} sectors, 1 to {MAX_REPEAT} repeats, and must \
+             end below 2^64 (at most at sector {MAX_SECTORS})"
         );
         Err((field, message))
     }
@@ -994,7 +994,7 @@ pub mod limits {
         } else {
             return Ok(());
         };
-        Err((field, sizes))
+        Err((field, format!("`{field}`: {sizes}")))
     }
 
     fn stretch(from: u64, limit: u64, timeout_ms: u32) -> Result<(), (&'static str, String)> {

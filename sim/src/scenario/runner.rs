@@ -481,8 +481,8 @@ impl Run {
         self.waits.set(self.waits.get().saturating_add(1));
     }
 
-    /// Charge sectors of user IO (the verification reads of VerifyImage
-    /// and VerifyOriginal are bounded by the device and not charged).
+    /// Charge sectors of user IO (verification reads too: a Repeat of
+    /// VerifyImage on a large image reads billions of sectors).
     pub(super) fn charge_sectors(&self, sectors: u64, write: bool) {
         let counter = if write {
             &self.sectors_written
