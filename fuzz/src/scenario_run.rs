@@ -28,6 +28,7 @@ pub const BUDGET: WorkBudget = WorkBudget {
     written_sectors: 1 << 16,
     read_sectors: 1 << 18,
     polls: 200_000,
+    mapped_bytes: 1 << 26,
 };
 
 /// The body of the `scenario_run` fuzz target.

@@ -28,6 +28,8 @@ pub struct UserSpace {
     /// Bytes mapped now, and the most ever mapped at once.
     mapped: std::cell::Cell<usize>,
     peak: std::cell::Cell<usize>,
+    /// Bytes ever mapped (a run's work budget counts them).
+    total: std::cell::Cell<u64>,
 }
 
 impl UserSpace {
@@ -38,6 +40,8 @@ impl UserSpace {
             (a + b.len() as u64 + GUARD).next_multiple_of(GUARD)
         });
         self.mapped.set(self.mapped.get() + bytes.len());
+        self.total
+            .set(self.total.get().saturating_add(bytes.len() as u64));
         self.peak.set(self.peak.get().max(self.mapped.get()));
         maps.insert(addr, bytes);
         addr
@@ -84,6 +88,11 @@ impl UserSpace {
     /// Bytes mapped now.
     pub fn mapped_bytes(&self) -> usize {
         self.mapped.get()
+    }
+
+    /// Bytes mapped over the whole run, unmapped or not.
+    pub fn total_bytes(&self) -> u64 {
+        self.total.get()
     }
 
     /// The most bytes ever mapped at once (a run's user memory).

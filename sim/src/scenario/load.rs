@@ -676,7 +676,7 @@ pub mod limits {
     pub const MAX_CBT_MAP_BYTES: u64 = 1 << 24;
     /// Elements of an array argument the runner maps, whatever the count
     /// field says (a lying `Count` tests the engine, not the host).
-    pub const MAX_ARRAY_ITEMS: u64 = 1 << 16;
+    pub const MAX_ARRAY_ITEMS: u64 = 4096;
     pub const MAX_CHANGE_POINTS: u32 = 10_000;
 
     /// `Err((at, message))`: `at` is the offending value.

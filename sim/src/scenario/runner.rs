@@ -53,6 +53,9 @@ pub struct WorkBudget {
     pub read_sectors: u64,
     /// Scheduler polls (the liveness bound on a livelock).
     pub polls: u64,
+    /// Bytes of ioctl arguments mapped over the run (each is built,
+    /// copied and read back: time, even when unmapped at once).
+    pub mapped_bytes: u64,
 }
 
 /// Sectors: twice the planned bound for writes (a backup copies a whole
@@ -64,6 +67,7 @@ impl Default for WorkBudget {
             written_sectors: 2 * MAX_WORK_SECTORS,
             read_sectors: 16 * MAX_WORK_SECTORS,
             polls: Bounds::default().max_polls,
+            mapped_bytes: 4 << 30,
         }
     }
 }
@@ -461,7 +465,12 @@ impl Run {
         let steps = self.steps_run.get().saturating_add(self.waits.get());
         let (read, written) = (self.sectors_read.get(), self.sectors_written.get());
         let b = self.budget;
-        if steps < b.steps && read < b.read_sectors && written < b.written_sectors {
+        let mapped = self.user.total_bytes();
+        if steps < b.steps
+            && read < b.read_sectors
+            && written < b.written_sectors
+            && mapped < b.mapped_bytes
+        {
             return false;
         }
         self.over_budget.set(true);
@@ -469,8 +478,9 @@ impl Run {
             "liveness",
             format!(
                 "work budget spent: {steps} steps and waits (budget {}), {read} sectors read \
-                 (budget {}), {written} sectors written (budget {}): the run is stopped",
-                b.steps, b.read_sectors, b.written_sectors
+                 (budget {}), {written} sectors written (budget {}), {mapped} bytes of ioctl \
+                 arguments mapped (budget {}): the run is stopped",
+                b.steps, b.read_sectors, b.written_sectors, b.mapped_bytes
             ),
         );
         true
