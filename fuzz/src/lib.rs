@@ -15,6 +15,8 @@
 //!   arbitrary text.
 //! - [`ioctl_args`](mod@ioctl_args): the ioctls with hostile argument
 //!   structs and pointers.
+//! - [`scenario_run`](mod@scenario_run): scenario files with hostile
+//!   numbers, loaded and run under a small work budget.
 //!
 //! Tools: [`minimize`] shrinks failing inputs, [`inputs`] makes
 //! deterministic pseudo-random ones, [`steps`] builds scenario steps.
@@ -29,20 +31,23 @@ pub mod ioctl_args;
 pub mod lifecycle;
 pub mod minimize;
 pub mod scenario_parse;
+pub mod scenario_run;
 pub mod steps;
 
 pub use ioctl_args::ioctl_args;
 pub use lifecycle::lifecycle;
 pub use scenario_parse::scenario_parse;
+pub use scenario_run::scenario_run;
 
 /// A target's non-panicking body: `Err` carries the failure report.
 pub type Check = fn(&[u8]) -> Result<(), String>;
 
 /// Every target, by the name cargo-fuzz and the corpus directories use.
-pub const TARGETS: [(&str, Check); 3] = [
+pub const TARGETS: [(&str, Check); 4] = [
     ("lifecycle", lifecycle::check),
     ("scenario_parse", scenario_parse::check),
     ("ioctl_args", ioctl_args::check),
+    ("scenario_run", scenario_run::check),
 ];
 
 /// The `check` function of a target, by name.

@@ -14,6 +14,7 @@ use blksnap_fuzz::{inputs, target, Check, TARGETS};
 const RANDOM_LIFECYCLE: u64 = 600;
 const RANDOM_IOCTL_ARGS: u64 = 1000;
 const RANDOM_PARSE: u64 = 2000;
+const RANDOM_RUN: u64 = 300;
 const RANDOM_SEED: u64 = 0x0062_6c6b_736e_6170;
 /// Fewest seed inputs each committed corpus must hold.
 const MIN_CORPUS: usize = 10;
@@ -93,6 +94,32 @@ fn corpus_scenario_parse() {
 #[test]
 fn corpus_ioctl_args() {
     replay_corpus("ioctl_args");
+}
+
+#[test]
+fn corpus_scenario_run() {
+    replay_corpus("scenario_run");
+}
+
+#[test]
+fn random_scenario_run() {
+    random("scenario_run", RANDOM_RUN, 200, false);
+}
+
+/// The generator must write scenarios that load and run, not only ones
+/// the loader refuses: a target that only sees load errors tests nothing
+/// of the runner.
+#[test]
+fn scenario_run_inputs_mostly_run() {
+    let loads = (0..RANDOM_RUN)
+        .map(|i| inputs::random_input(RANDOM_SEED, i, 200))
+        .filter(|data| {
+            let text = blksnap_fuzz::scenario_run::text_of(data);
+            blksnap_sim::scenario::parse(Path::new("x.ron"), &text).is_ok()
+        })
+        .count() as u64;
+    eprintln!("scenario_run: {loads} of {RANDOM_RUN} random inputs load");
+    assert!(loads * 3 >= RANDOM_RUN, "{loads} of {RANDOM_RUN} load");
 }
 
 #[test]
@@ -202,7 +229,7 @@ fn replay_env() {
             .unwrap_or_default()
     });
     let check = target(&name).unwrap_or_else(|| {
-        panic!("FUZZ_TARGET: unknown target '{name}' (set FUZZ_TARGET to one of lifecycle, scenario_parse, ioctl_args)")
+        panic!("FUZZ_TARGET: unknown target '{name}' (set FUZZ_TARGET to one of lifecycle, scenario_parse, ioctl_args, scenario_run)")
     });
     let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     replay_all(&name, check, [(path.display().to_string(), data)]);

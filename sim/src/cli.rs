@@ -578,7 +578,13 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
         esay!("error: --count 0 runs nothing");
         return 2;
     }
-    for seed in from..from.saturating_add(count) {
+    // Seeds are u64: the last one is --from + --count - 1, at most 2^64 - 1.
+    let Some(last) = from.checked_add(count - 1) else {
+        let most = u64::MAX - from + 1;
+        eprintln!("error: --from {from} --count {count} passes the last seed {}: --count is at most {most} from there", u64::MAX);
+        return 2;
+    };
+    for seed in from..=last {
         let options = RunOptions {
             seed: Some(seed),
             ..RunOptions::default()
@@ -604,7 +610,7 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
             say!("      replay: {}", replay_command(path, seed));
         }
     }
-    let ran = from.saturating_add(count) - from;
+    let ran = count;
     if bench > 0 {
         say!(
             "{} passed, {failed} failed ({bench} with a bench error: a fault of the simulator, not the engine)",

@@ -22,6 +22,14 @@ pub struct UserSpace {
     maps: RefCell<BTreeMap<u64, Vec<u8>>>,
     /// Mappings that fault on write (start addresses).
     read_only: RefCell<std::collections::BTreeSet<u64>>,
+    /// Mappings made for one step of a process (start -> task): unmapped
+    /// when its step ends, so a long run does not keep every argument.
+    owned: RefCell<BTreeMap<u64, u64>>,
+    /// Bytes mapped now, and the most ever mapped at once.
+    mapped: std::cell::Cell<usize>,
+    peak: std::cell::Cell<usize>,
+    /// Bytes ever mapped (a run's work budget counts them).
+    total: std::cell::Cell<u64>,
 }
 
 impl UserSpace {
@@ -31,6 +39,10 @@ impl UserSpace {
         let addr = maps.iter().next_back().map_or(BASE, |(a, b)| {
             (a + b.len() as u64 + GUARD).next_multiple_of(GUARD)
         });
+        self.mapped.set(self.mapped.get() + bytes.len());
+        self.total
+            .set(self.total.get().saturating_add(bytes.len() as u64));
+        self.peak.set(self.peak.get().max(self.mapped.get()));
         maps.insert(addr, bytes);
         addr
     }
@@ -42,6 +54,52 @@ impl UserSpace {
         addr
     }
 
+    /// Map `bytes` for task `owner` (read-only if asked); `unmap_owned_by`
+    /// takes them back.
+    pub fn map_owned(&self, owner: u64, bytes: Vec<u8>, read_only: bool) -> u64 {
+        let addr = if read_only {
+            self.map_read_only(bytes)
+        } else {
+            self.map(bytes)
+        };
+        self.owned.borrow_mut().insert(addr, owner);
+        addr
+    }
+
+    /// Unmap every mapping task `owner` made: its pointers now fault.
+    pub fn unmap_owned_by(&self, owner: u64) {
+        let mut owned = self.owned.borrow_mut();
+        let mine: Vec<u64> = owned
+            .iter()
+            .filter(|(_, o)| **o == owner)
+            .map(|(addr, _)| *addr)
+            .collect();
+        let mut maps = self.maps.borrow_mut();
+        let mut read_only = self.read_only.borrow_mut();
+        for addr in mine {
+            owned.remove(&addr);
+            read_only.remove(&addr);
+            if let Some(bytes) = maps.remove(&addr) {
+                self.mapped.set(self.mapped.get() - bytes.len());
+            }
+        }
+    }
+
+    /// Bytes mapped now.
+    pub fn mapped_bytes(&self) -> usize {
+        self.mapped.get()
+    }
+
+    /// Bytes mapped over the whole run, unmapped or not.
+    pub fn total_bytes(&self) -> u64 {
+        self.total.get()
+    }
+
+    /// The most bytes ever mapped at once (a run's user memory).
+    pub fn peak_bytes(&self) -> usize {
+        self.peak.get()
+    }
+
     /// The mapping's bytes (after the engine wrote to it).
     pub fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
         self.copy_from_user(addr, len).ok()
@@ -49,6 +107,8 @@ impl UserSpace {
 
     pub fn unmap_all(&self) {
         self.maps.borrow_mut().clear();
+        self.owned.borrow_mut().clear();
+        self.mapped.set(0);
     }
 
     /// The mapping holding `addr`, as (start, length).
@@ -127,5 +187,19 @@ mod tests {
         assert_eq!(user.copy_to_user(c, &[1]), Err(0));
         assert_eq!(user.copy_from_user(c, 4).unwrap(), vec![5; 4]);
         assert_eq!(user.copy_from_user(UNMAPPED, 1), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn a_task_s_mappings_go_with_it() {
+        let user = UserSpace::default();
+        let kept = user.map(vec![1; 4]);
+        let a = user.map_owned(1, vec![2; 8], false);
+        let b = user.map_owned(2, vec![3; 8], true);
+        user.unmap_owned_by(1);
+        assert_eq!(user.copy_from_user(a, 1), Err(Errno::EFAULT));
+        assert_eq!(user.copy_from_user(b, 8).unwrap(), vec![3; 8]);
+        assert_eq!(user.copy_from_user(kept, 4).unwrap(), vec![1; 4]);
+        user.unmap_owned_by(2);
+        assert_eq!(user.mapped_bytes(), 4);
     }
 }

@@ -137,6 +137,7 @@ fn show(name: &str, file: &Path) -> Result<bool, String> {
                 Err(error) => println!("{error}"),
             }
         }
+        "scenario_run" => println!("{}", blksnap_fuzz::scenario_run::text_of(&data)),
         other => return Err(format!("unknown target '{other}'")),
     }
     Ok(true)

@@ -24,6 +24,8 @@ use crate::block;
 
 /// Sectors per image read or backup write.
 const COPY_SECTORS: u64 = 1024;
+/// A backup that outgrew the run's work budget (the run fails "liveness").
+const SPENT: &str = "backup stopped: the run's work budget is spent";
 /// Largest image a backup copies (2 GiB), so a run stays short.
 const MAX_BACKUP_SECTORS: u64 = 1 << 22;
 /// The metadata record: magic, original, generation (two stamps), number.
@@ -185,6 +187,9 @@ impl Run {
         let plan = self.backup_plan(snapshot, device, backup)?;
         let mut judged = 0;
         for sector in (0..plan.sectors).step_by(COPY_SECTORS as usize) {
+            if self.out_of_budget() {
+                return Err(SPENT.into());
+            }
             let count = COPY_SECTORS.min(plan.sectors - sector);
             let image = self.user_read(plan.image, sector, count).await?;
             let saved = self.user_read(plan.backup, sector, count).await?;
@@ -210,12 +215,14 @@ impl Run {
     // --- the tool's pieces --------------------------------------------------------------
 
     async fn user_read(&self, dev: DevT, sector: u64, count: u64) -> Result<Vec<Stamp>, String> {
+        self.charge_sectors(count, false);
         block::user_bio(&self.sim, Bio::read(dev, sector, count))
             .await
             .map_err(|e| format!("backup: read of {dev} at {sector} failed: {e}"))
     }
 
     async fn user_write(&self, dev: DevT, sector: u64, data: Vec<Stamp>) -> Result<(), String> {
+        self.charge_sectors(data.len() as u64, true);
         block::user_bio(&self.sim, Bio::write(dev, sector, data))
             .await
             .map(|_| ())
@@ -229,6 +236,9 @@ impl Run {
 
     async fn copy_full(&self, plan: &Plan) -> Result<(), String> {
         for sector in (0..plan.sectors).step_by(COPY_SECTORS as usize) {
+            if self.out_of_budget() {
+                return Err(SPENT.into());
+            }
             self.copy(plan, sector, COPY_SECTORS.min(plan.sectors - sector))
                 .await?;
         }
@@ -255,6 +265,9 @@ impl Run {
             if sector < plan.sectors {
                 let count = block_sectors.min(plan.sectors - sector);
                 for part in (sector..sector + count).step_by(COPY_SECTORS as usize) {
+                    if self.out_of_budget() {
+                        return Err(SPENT.into());
+                    }
                     let n = COPY_SECTORS.min(sector + count - part);
                     self.copy(plan, part, n).await?;
                 }
@@ -266,7 +279,7 @@ impl Run {
     /// TRACKER_COLLECT, as the tool calls it: count, then the entries.
     async fn cbt_info(&self, orig: DevT) -> Result<BlkSnapCbtInfo, String> {
         let failed = |e| format!("backup: TRACKER_COLLECT failed: {e}");
-        let query = self.user.map(BlkSnapTrackerCollect::default().encode());
+        let query = self.map_user(BlkSnapTrackerCollect::default().encode());
         self.ioctl_at(IOCTL_BLK_SNAP_TRACKER_COLLECT, query)
             .await
             .map_err(failed)?;
@@ -276,16 +289,17 @@ impl Run {
             .and_then(|b| BlkSnapTrackerCollect::decode(&b))
             .map_or(0, |c| c.count);
         let size = BlkSnapCbtInfo::SIZE;
-        let array = self.user.map(vec![0; size * (count as usize).max(1)]);
+        let items = super::ioctl_steps::array_items(count).max(1);
+        let array = self.map_user(vec![0; size * items]);
         let arg = BlkSnapTrackerCollect {
             count,
             cbt_info_array: array,
         };
-        let addr = self.user.map(arg.encode());
+        let addr = self.map_user(arg.encode());
         self.ioctl_at(IOCTL_BLK_SNAP_TRACKER_COLLECT, addr)
             .await
             .map_err(failed)?;
-        (0..count as u64)
+        (0..items as u64)
             .filter_map(|i| {
                 let bytes = self.user.read(array + i * size as u64, size)?;
                 BlkSnapCbtInfo::decode(&bytes)
@@ -296,14 +310,14 @@ impl Run {
 
     /// READ_CBT_MAP of the whole map in one call, as the library does.
     async fn read_map(&self, orig: DevT, blk_count: u32) -> Result<Vec<u8>, String> {
-        let buff = self.user.map(vec![0; (blk_count as usize).max(1)]);
+        let buff = self.map_user(vec![0; super::ioctl_steps::cbt_buffer_bytes(blk_count)]);
         let arg = BlkSnapTrackerReadCbtBitmap {
             dev_id: blk_dev(orig),
             offset: 0,
             length: blk_count,
             buff,
         };
-        let addr = self.user.map(arg.encode());
+        let addr = self.map_user(arg.encode());
         let copied = self
             .ioctl_at(IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP, addr)
             .await

@@ -44,6 +44,7 @@ impl Run {
         nowait: bool,
     ) -> Result<(), Errno> {
         let dev = self.target_dev(target)?;
+        self.charge_sectors(sectors, true);
         let data = self.fresh_stamps(sectors);
         if self.has_fs(dev) && !nowait {
             return fs::fs_write(&self.sim, dev, sector, &data).await;
@@ -60,6 +61,7 @@ impl Run {
         sectors: u64,
     ) -> Result<Vec<Stamp>, Errno> {
         let dev = self.target_dev(target)?;
+        self.charge_sectors(sectors, false);
         if self.has_fs(dev) {
             return fs::fs_read(&self.sim, dev, sector, sectors).await;
         }
@@ -85,6 +87,10 @@ impl Run {
         let capacity = self.sim.disk_capacity(image).unwrap_or(0);
         let (mut judged, mut eio, mut other) = (0u64, 0u64, None);
         for (sector, count) in self.verify_ranges(orig, capacity) {
+            if self.out_of_budget() {
+                break;
+            }
+            self.charge_sectors(count, false);
             let bio = Bio::read(image, sector, count);
             let (result, seen) = block::user_bio_judged(&self.sim, bio).await;
             judged += seen.sectors;
@@ -179,6 +185,10 @@ impl Run {
         let sectors = self.sim.oracle.borrow().written_sectors(dev);
         let mut judged = 0;
         for sector in sectors {
+            if self.out_of_budget() {
+                break;
+            }
+            self.charge_sectors(1, false);
             let bio = Bio::read(dev, sector, 1);
             let (result, seen) = block::user_bio_judged(&self.sim, bio).await;
             result.map_err(|e| format!("read of {device} sector {sector} failed: {e}"))?;
@@ -208,6 +218,7 @@ impl Run {
             let result = self.read(target, sector, sectors).await;
             return check_expect(expect, result.map(|_| 0));
         };
+        self.charge_sectors(sectors, false);
         let (result, judged) =
             block::user_bio_judged(&self.sim, Bio::read(dev, sector, sectors)).await;
         check_expect(expect, result.map(|_| 0))?;
@@ -242,6 +253,9 @@ impl Run {
             return Err("workload region smaller than one aligned IO".into());
         }
         for _ in 0..w.ops {
+            if self.out_of_budget() {
+                break;
+            }
             let (sector, sectors, is_read) = {
                 let mut rng = self.workload_rng.borrow_mut();
                 let units = (count / align).max(1);
@@ -249,7 +263,9 @@ impl Run {
                 let len = rng.range(1, max_units) * align;
                 let first = rng.below(units - len / align + 1);
                 let is_read = rng.below(100) < u64::from(w.read_percent);
-                (start + first * align, len, is_read)
+                // first * align < count: no overflow; the sum is bounded by
+                // the loader (region end at most 2^48), saturating anyway.
+                (start.saturating_add(first * align), len, is_read)
             };
             if is_read {
                 let _ = self.read(&w.target, sector, sectors).await;

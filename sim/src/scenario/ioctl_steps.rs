@@ -5,6 +5,7 @@
 use blksnap_core::kernel::{DevT, Errno};
 use blksnap_core::uapi::*;
 
+use super::load::limits::{MAX_ARG_BYTES, MAX_ARRAY_ITEMS, MAX_CBT_MAP_BYTES};
 use super::model::{ArgFault, CbtExpect, EventExpect, Expect, RawArg, Target};
 use super::runner::{check_expect, Run};
 use crate::trace::TraceEvent;
@@ -30,10 +31,10 @@ impl Run {
         match fault {
             Some(ArgFault::StructUnmapped) => UNMAPPED,
             Some(ArgFault::StructShort(n)) => {
-                self.user.map(bytes[..(*n).min(bytes.len())].to_vec())
+                self.map_user(bytes[..(*n).min(bytes.len())].to_vec())
             }
-            Some(ArgFault::StructReadOnly) => self.user.map_read_only(bytes),
-            _ => self.user.map(bytes),
+            Some(ArgFault::StructReadOnly) => self.map_user_read_only(bytes),
+            _ => self.map_user(bytes),
         }
     }
 
@@ -48,10 +49,10 @@ impl Run {
                 self.user
                     .map(bytes.get(..len).map_or(vec![0], <[u8]>::to_vec))
             }
-            Some(ArgFault::ArrayReadOnly) => self.user.map_read_only(bytes),
+            Some(ArgFault::ArrayReadOnly) => self.map_user_read_only(bytes),
             // A zero-length array still needs an address that is not NULL.
-            _ if bytes.is_empty() => self.user.map(vec![0]),
-            _ => self.user.map(bytes),
+            _ if bytes.is_empty() => self.map_user(vec![0]),
+            _ => self.map_user(bytes),
         }
     }
 
@@ -126,8 +127,9 @@ impl Run {
         let addr = match arg {
             RawArg::Null => 0,
             RawArg::Unmapped => UNMAPPED,
-            RawArg::Bytes(bytes) => self.user.map(bytes.clone()),
-            RawArg::Zeroed(n) => self.user.map(vec![0; *n]),
+            RawArg::Bytes(bytes) => self.map_user(bytes.clone()),
+            // The loader bounds the size; capped again before allocating.
+            RawArg::Zeroed(n) => self.map_user(vec![0; (*n).min(MAX_ARG_BYTES as usize)]),
         };
         check_expect(expect, self.ioctl_at(cmd, addr).await)
     }
@@ -284,7 +286,7 @@ impl Run {
             .count_first(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT, query, fault, |c| c.count)
             .await
             .map_err(|e| format!("COLLECT (count) failed: {e}"))?;
-        let ids = vec![BlkSnapUuid::default(); count as usize];
+        let ids = vec![BlkSnapUuid::default(); array_items(count)];
         let arg = BlkSnapSnapshotCollect {
             count,
             ids: self.map_array(&ids, fault),
@@ -300,7 +302,7 @@ impl Run {
         let Some(expected) = expect_snapshots else {
             return Ok(());
         };
-        let got: Vec<String> = (0..u64::from(written.unwrap_or(0)))
+        let got: Vec<String> = (0..array_items(written.unwrap_or(0)) as u64)
             .filter_map(|i| self.user.read(arg.ids + i * 16, 16))
             .map(|b| self.snapshot_name(&b))
             .collect();
@@ -328,7 +330,7 @@ impl Run {
             Ok(count) => count,
             Err(e) => return check_expect(expect, Err(e)).map(|()| Vec::new()),
         };
-        let infos = vec![BlkSnapImageInfo::default(); count as usize];
+        let infos = vec![BlkSnapImageInfo::default(); array_items(count)];
         let arg = BlkSnapSnapshotCollectImages {
             id,
             count,
@@ -346,7 +348,7 @@ impl Run {
             return Ok(Vec::new());
         }
         let size = BlkSnapImageInfo::SIZE as u64;
-        Ok((0..u64::from(count.min(written)))
+        Ok((0..array_items(count.min(written)) as u64)
             .filter_map(|i| self.read_back::<BlkSnapImageInfo>(arg.image_info_array + i * size))
             .map(|info| (dev_t(info.orig_dev_id), dev_t(info.image_dev_id)))
             .collect())
@@ -448,7 +450,7 @@ impl Run {
             .count_first(IOCTL_BLK_SNAP_TRACKER_COLLECT, query, fault, |c| c.count)
             .await
             .map_err(|e| format!("TRACKER_COLLECT (count) failed: {e}"))?;
-        let infos = vec![BlkSnapCbtInfo::default(); count as usize];
+        let infos = vec![BlkSnapCbtInfo::default(); array_items(count)];
         let arg = BlkSnapTrackerCollect {
             count,
             cbt_info_array: self.map_array(&infos, fault),
@@ -465,7 +467,7 @@ impl Run {
             return Ok(());
         };
         let size = BlkSnapCbtInfo::SIZE as u64;
-        let got: Vec<BlkSnapCbtInfo> = (0..u64::from(count))
+        let got: Vec<BlkSnapCbtInfo> = (0..array_items(count) as u64)
             .filter_map(|i| self.read_back(arg.cbt_info_array + i * size))
             .collect();
         if got.len() != entries.len() {
@@ -560,8 +562,8 @@ impl Run {
         let buff = match fault {
             Some(ArgFault::ArrayNull) => 0,
             Some(ArgFault::ArrayUnmapped) => UNMAPPED,
-            Some(ArgFault::ArrayShort(n)) => self.user.map(vec![0; (*n as usize).max(1)]),
-            _ => self.user.map(vec![0; (length as usize).max(1)]),
+            Some(ArgFault::ArrayShort(n)) => self.map_user(vec![0; cbt_buffer_bytes(*n)]),
+            _ => self.map_user(vec![0; cbt_buffer_bytes(length)]),
         };
         let arg = BlkSnapTrackerReadCbtBitmap {
             dev_id: blk_dev(self.dev(device)),
@@ -674,6 +676,14 @@ impl Run {
         let mut stopped_by = String::from("the loop bound");
         // Bounded: a stretch loop that never ends is a hang, not a test.
         for _ in 0..1_000_000 {
+            // Each wait is charged to the run's work budget; the loop may
+            // not outlive it, and drops each round's argument memory.
+            self.unmap_step_memory();
+            if self.out_of_budget() {
+                stopped_by = "the work budget".into();
+                break;
+            }
+            self.charge_wait();
             match self.wait_event_raw(id, plan.timeout_ms, None).await {
                 Ok(event) if event.code == EVENT_LOW_FREE_SPACE => {
                     let requested = BlkSnapEventLowFreeSpace::decode(&event.data)
@@ -684,8 +694,8 @@ impl Run {
                     let range = [(next, requested)];
                     self.append(snapshot, &plan.device, &range, None, &Expect::Any)
                         .await?;
-                    next += requested;
-                    appended += requested;
+                    next = next.saturating_add(requested);
+                    appended = appended.saturating_add(requested);
                     portions += 1;
                 }
                 Ok(event) if event.code == EVENT_CORRUPTED => {
@@ -712,6 +722,18 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// Elements mapped for an array whose count field says `count`: a lying
+/// count (a `Count` fault) must not size a buffer the host cannot hold; a
+/// shorter array only makes copies past its end fault.
+pub(super) fn array_items(count: u32) -> usize {
+    u64::from(count).min(MAX_ARRAY_ITEMS) as usize
+}
+
+/// Bytes mapped for a CBT map buffer of `length` bytes (at least one).
+pub(super) fn cbt_buffer_bytes(length: u32) -> usize {
+    u64::from(length).clamp(1, MAX_CBT_MAP_BYTES) as usize
 }
 
 /// The count an ioctl wrote back, against the step's expectation.

@@ -267,7 +267,7 @@ impl Checker<'_> {
         let snapshots = created_snapshots(&s.steps);
         let steps = top.field("steps");
         self.steps(&s.steps, &steps, &names, &snapshots)?;
-        limits::check_steps(&s.steps, &steps).map_err(|(at, message)| self.error(&at, message))?;
+        limits::scenario(s).map_err(|(at, message)| self.error(&at, message))?;
         check_kills(&s.steps, &steps, None).map_err(|(at, message)| self.error(&at, message))
     }
 
@@ -641,19 +641,47 @@ impl Checker<'_> {
     }
 }
 
-/// Bounds on numbers, so a file cannot overflow the sim's arithmetic or
-/// ask for more than a test bench should run.
-mod limits {
-    use super::super::model::{DeviceSpec, Step, Workload};
+/// Bounds on numbers, so a file cannot overflow the sim's arithmetic, size
+/// a buffer the host cannot hold, or ask for more work than a test bench
+/// should run. Every bound is named in its message and listed in
+/// `scenarios/README.md` (Bounds).
+pub mod limits {
+    use super::super::model::{
+        ArgFault, DeviceSpec, Faults, Media, RawArg, Scenario, Step, Workload,
+    };
     use super::At;
+    use crate::faults::AllocFault;
 
     /// Sectors a pattern stamp can address (2^48, 128 PiB).
-    const MAX_SECTORS: u64 = 1 << 48;
-    const MAX_IO_SECTORS: u64 = 1 << 16;
-    const MAX_MS: u64 = 3_600_000;
-    const MAX_REPEAT: u64 = 1_000_000;
+    pub const MAX_SECTORS: u64 = 1 << 48;
+    pub const MAX_IO_SECTORS: u64 = 1 << 16;
+    /// `Timed`: one hour, the liveness bound on virtual time.
+    pub const MAX_MS: u64 = 3_600_000;
+    /// One wait (Sleep, a pause, a WAIT_EVENT timeout): 10 minutes, well
+    /// below the liveness bound, so a single wait cannot fail the run.
+    pub const MAX_WAIT_MS: u64 = 600_000;
+    pub const MAX_REPEAT: u64 = 1_000_000;
+    /// Steps a run may take, counted with every Repeat multiplied out; the
+    /// runner stops a run past it ("liveness", work budget).
+    pub const MAX_STEPS: u64 = 1_000_000;
+    /// Sectors of user IO a run may move (2M sectors, 1 GiB of data): the
+    /// sim keeps a stamp per written sector, in the device and the oracle.
+    pub const MAX_WORK_SECTORS: u64 = 1 << 21;
+    /// Groups (Repeat, Timed, Concurrent) inside groups.
+    pub const MAX_DEPTH: usize = 16;
     /// Each branch is a task: 10^5 of them run in about two seconds.
-    const MAX_BRANCHES: usize = 100_000;
+    pub const MAX_BRANCHES: usize = 100_000;
+    /// Bytes of user memory one argument buffer may map (1 MiB).
+    pub const MAX_ARG_BYTES: u64 = 1 << 20;
+    /// Bytes a READ_CBT_MAP buffer may map (16 MiB).
+    pub const MAX_CBT_MAP_BYTES: u64 = 1 << 24;
+    /// Elements of an array argument the runner maps, whatever the count
+    /// field says (a lying `Count` tests the engine, not the host).
+    pub const MAX_ARRAY_ITEMS: u64 = 4096;
+    pub const MAX_CHANGE_POINTS: u32 = 10_000;
+
+    /// `Err((at, message))`: `at` is the offending value.
+    pub type Bound = Result<(), (At, String)>;
 
     /// `Err((field, message))`: the field of the device that is wrong.
     pub fn device(d: &DeviceSpec) -> Result<(), (&'static str, String)> {
@@ -671,47 +699,212 @@ mod limits {
             let message = "latency needs min_ns <= max_ns <= 1 hour, per_sector_ns <= 1 s";
             return Err(("latency", message.into()));
         }
-        Ok(())
-    }
-
-    /// `Err((at, message))`: `at` is the offending value.
-    pub fn check_steps(steps: &[Step], at: &At) -> Result<(), (At, String)> {
-        for (i, step) in steps.iter().enumerate() {
-            check_step(step, &at.index(i))?;
+        if d.bad_sectors
+            .iter()
+            .any(|&(start, count)| start.checked_add(count).is_none_or(|end| end > MAX_SECTORS))
+        {
+            let message =
+                format!("a bad_sectors range (start, count) ends at most at {MAX_SECTORS}");
+            return Err(("bad_sectors", message));
         }
         Ok(())
     }
 
-    fn check_step(step: &Step, at: &At) -> Result<(), (At, String)> {
-        match step {
-            Step::Sleep { ms } if *ms > MAX_MS => {
-                Err((at.field("ms"), format!("Sleep is at most {MAX_MS} ms")))
+    /// The scenario as a whole: scheduler, faults, parameters, and the
+    /// work its steps add up to.
+    pub fn scenario(s: &Scenario) -> Bound {
+        let top = At::default();
+        if let super::super::model::Scheduler::Priority(n) = s.scheduler {
+            if n > MAX_CHANGE_POINTS {
+                let message = format!("Priority has at most {MAX_CHANGE_POINTS} change points");
+                return Err((top.field("scheduler").index(0), message));
             }
-            Step::Timed { max_ms, steps } => {
-                if *max_ms > MAX_MS {
-                    let message = format!("Timed is at most {MAX_MS} ms");
-                    return Err((at.field("max_ms"), message));
+        }
+        faults(&s.faults, &top.field("faults"))?;
+        params(&s.params, &top.field("params"))?;
+        let steps = top.field("steps");
+        check_steps(&s.steps, &steps, 0)?;
+        work(&s.steps, &steps)
+    }
+
+    /// One rule per site: a second entry would silently replace the first.
+    fn faults(f: &Faults, at: &At) -> Bound {
+        let alloc = at.field("alloc");
+        for (i, (site, how)) in f.alloc.iter().enumerate() {
+            if f.alloc[..i].iter().any(|(earlier, _)| earlier == site) {
+                let message = format!("allocation site '{site}' has a fault already: one per site");
+                return Err((alloc.index(i).index(0), message));
+            }
+            let message = match how {
+                AllocFault::Nth(0) => "Nth counts calls from 1: Nth(0) would never fail".into(),
+                AllocFault::PerMillion(p) if *p > 1_000_000 => {
+                    format!("PerMillion is at most 1000000, not {p}")
                 }
-                check_steps(steps, &at.field("steps"))
+                _ => continue,
+            };
+            return Err((alloc.index(i).index(1).index(0), message));
+        }
+        Ok(())
+    }
+
+    /// Values that make the engine spin inside one step, where neither
+    /// the poll bound nor the step budget can stop it (the chunk and CBT
+    /// size rules grow a shift until a count fits under the maximum, or
+    /// double a shift of 0). v2 takes them (B-PARAM-1); the bench cannot.
+    fn params(p: &blksnap_core::Params, at: &At) -> Bound {
+        let values = [
+            ("chunk_maximum_count", p.chunk_maximum_count),
+            (
+                "tracking_block_maximum_count",
+                p.tracking_block_maximum_count,
+            ),
+            (
+                "tracking_block_minimum_shift",
+                u64::from(p.tracking_block_minimum_shift),
+            ),
+        ];
+        for (name, value) in values {
+            if value == 0 {
+                return Err((at.field(name), spin_message(name)));
+            }
+        }
+        Ok(())
+    }
+
+    fn spin_message(name: &str) -> String {
+        format!(
+            "{name} = 0 makes the engine's size rule loop for ever inside one step, \
+             beyond any bound the bench can enforce: at least 1"
+        )
+    }
+
+    /// A SetParam value as the engine stores it (a C int, as unsigned).
+    fn set_param(name: &str, value: i64, at: &At) -> Bound {
+        let spins = [
+            "chunk_maximum_count",
+            "tracking_block_maximum_count",
+            "tracking_block_minimum_shift",
+        ];
+        if spins.contains(&name) && value as i32 == 0 {
+            return Err((at.field("value"), spin_message(name)));
+        }
+        Ok(())
+    }
+
+    pub fn check_steps(steps: &[Step], at: &At, depth: usize) -> Bound {
+        for (i, step) in steps.iter().enumerate() {
+            check_step(step, &at.index(i), depth)?;
+        }
+        Ok(())
+    }
+
+    fn field((field, message): (&'static str, String), at: &At) -> (At, String) {
+        (at.field(field), message)
+    }
+
+    fn check_step(step: &Step, at: &At, depth: usize) -> Bound {
+        match step {
+            Step::Sleep { ms } => wait(*ms, "Sleep ms").map_err(|m| (at.field("ms"), m)),
+            Step::WaitEvent {
+                timeout_ms, fault, ..
+            } => {
+                wait(u64::from(*timeout_ms), "WaitEvent timeout_ms")
+                    .map_err(|m| (at.field("timeout_ms"), m))?;
+                arg_fault(fault.as_ref(), at)
             }
             Step::Write {
                 sector,
                 sectors,
                 repeat,
                 stride,
+                pause_us,
                 ..
-            } => io(*sector, *sectors, *repeat, stride.unwrap_or(*sectors))
-                .map_err(|(field, message)| (at.field(field), message)),
+            } => {
+                io(*sector, *sectors, *repeat, stride.unwrap_or(*sectors))
+                    .map_err(|e| field(e, at))?;
+                if *pause_us > MAX_WAIT_MS * 1000 {
+                    let message = format!("pause_us is at most {} us", MAX_WAIT_MS * 1000);
+                    return Err((at.field("pause_us"), message));
+                }
+                Ok(())
+            }
             Step::Read {
                 sector, sectors, ..
-            } => io(*sector, *sectors, 1, 0).map_err(|(field, message)| (at.field(field), message)),
-            Step::Workload(w) => workload(w).map_err(|message| (at.index(0), message)),
+            } => io(*sector, *sectors, 1, 0).map_err(|e| field(e, at)),
+            Step::Workload(w) => workload(w).map_err(|e| field(e, &at.index(0))),
+            Step::ExpectMedia {
+                sector,
+                sectors,
+                content,
+                ..
+            } => {
+                io(*sector, *sectors, 1, 0).map_err(|e| field(e, at))?;
+                media(content, &at.field("content"))
+            }
+            Step::Stretch {
+                from,
+                limit,
+                timeout_ms,
+                ..
+            } => stretch(*from, *limit, *timeout_ms).map_err(|e| field(e, at)),
+            Step::Ioctl {
+                arg: RawArg::Zeroed(n),
+                ..
+            } if *n as u64 > MAX_ARG_BYTES => {
+                let message = format!("Zeroed maps at most {MAX_ARG_BYTES} bytes (1 MiB)");
+                Err((at.field("arg").index(0), message))
+            }
+            Step::ReadCbtMap { length, fault, .. } => {
+                if u64::from(*length) > MAX_CBT_MAP_BYTES {
+                    let message = format!("length is at most {MAX_CBT_MAP_BYTES} bytes (16 MiB)");
+                    return Err((at.field("length"), message));
+                }
+                arg_fault(fault.as_ref(), at)
+            }
+            Step::Resize { sectors, .. } if *sectors > MAX_SECTORS => {
+                let message = format!("Resize to at most {MAX_SECTORS} sectors");
+                Err((at.field("sectors"), message))
+            }
+            Step::SetParam { name, value, .. } => set_param(name, *value, at),
+            Step::Version { fault, .. }
+            | Step::Create { fault, .. }
+            | Step::Append { fault, .. }
+            | Step::Take { fault, .. }
+            | Step::Destroy { fault, .. }
+            | Step::Collect { fault, .. }
+            | Step::CollectImages { fault, .. }
+            | Step::TrackerRemove { fault, .. }
+            | Step::TrackerCollect { fault, .. }
+            | Step::MarkDirty { fault, .. } => arg_fault(fault.as_ref(), at),
+            _ => group(step, at, depth),
+        }
+    }
+
+    /// Repeat, Timed and Concurrent: their own numbers, then their steps
+    /// one level deeper.
+    fn group(step: &Step, at: &At, depth: usize) -> Bound {
+        let deeper = || {
+            if depth >= MAX_DEPTH {
+                let message =
+                    format!("groups (Repeat, Timed, Concurrent) nest at most {MAX_DEPTH} deep");
+                return Err((at.clone(), message));
+            }
+            Ok(depth + 1)
+        };
+        match step {
+            Step::Timed { max_ms, steps } => {
+                if *max_ms > MAX_MS {
+                    let message = format!("Timed is at most {MAX_MS} ms");
+                    return Err((at.field("max_ms"), message));
+                }
+                check_steps(steps, &at.field("steps"), deeper()?)
+            }
             Step::Repeat { times, steps } => {
                 if u64::from(*times) > MAX_REPEAT {
                     let message = format!("Repeat is at most {MAX_REPEAT} times");
                     return Err((at.field("times"), message));
                 }
-                check_steps(steps, &at.field("steps"))
+                check_steps(steps, &at.field("steps"), deeper()?)
             }
             Step::Concurrent(branches) => {
                 let list = at.index(0);
@@ -719,10 +912,35 @@ mod limits {
                     let message = format!("a Concurrent has at most {MAX_BRANCHES} branches");
                     return Err((list.index(MAX_BRANCHES), message));
                 }
+                let depth = deeper()?;
                 for (i, branch) in branches.iter().enumerate() {
-                    check_steps(branch, &list.index(i))?;
+                    check_steps(branch, &list.index(i), depth)?;
                 }
                 Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn wait(ms: u64, what: &str) -> Result<(), String> {
+        if ms > MAX_WAIT_MS {
+            return Err(format!(
+                "{what} is at most {MAX_WAIT_MS} ms (below the liveness bound of one hour)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Faults whose numbers size a buffer.
+    fn arg_fault(fault: Option<&ArgFault>, at: &At) -> Bound {
+        match fault {
+            Some(ArgFault::ArrayShort(n)) if u64::from(*n) > MAX_ARRAY_ITEMS => {
+                let message = format!("ArrayShort maps at most {MAX_ARRAY_ITEMS} elements");
+                Err((at.field("fault").index(0), message))
+            }
+            Some(ArgFault::StructShort(n)) if *n as u64 > MAX_ARG_BYTES => {
+                let message = format!("StructShort is at most {MAX_ARG_BYTES} bytes");
+                Err((at.field("fault").index(0), message))
             }
             _ => Ok(()),
         }
@@ -744,24 +962,138 @@ mod limits {
             "sectors"
         } else if repeat == 0 || repeat > MAX_REPEAT {
             "repeat"
-        } else if last.is_none() {
+        } else if last.is_none_or(|end| end > MAX_SECTORS) {
             "sector"
         } else {
             return Ok(());
         };
         let message = format!(
-            "an IO has 1 to {MAX_IO_SECTORS} sectors, 1 to {MAX_REPEAT} repeats, and must end below 2^64"
+            "`{field}`: an IO has 1 to {MAX_IO_SECTORS} sectors, 1 to {MAX_REPEAT} repeats, and must \
+             end below 2^64 (at most at sector {MAX_SECTORS})"
         );
         Err((field, message))
     }
 
-    fn workload(w: &Workload) -> Result<(), String> {
-        if u64::from(w.ops) > MAX_REPEAT
-            || w.max_sectors == 0
-            || w.max_sectors > MAX_IO_SECTORS
-            || w.align == 0
-        {
-            return Err(format!("a Workload has at most {MAX_REPEAT} ops of 1 to {MAX_IO_SECTORS} sectors, align > 0"));
+    fn workload(w: &Workload) -> Result<(), (&'static str, String)> {
+        let sizes = format!(
+            "a Workload has at most {MAX_REPEAT} ops of 1 to {MAX_IO_SECTORS} sectors, \
+             align 1 to {MAX_IO_SECTORS}, a region (start, count) of at least align sectors \
+             ending at most at sector {MAX_SECTORS}"
+        );
+        let field = if u64::from(w.ops) > MAX_REPEAT {
+            "ops"
+        } else if w.max_sectors == 0 || w.max_sectors > MAX_IO_SECTORS {
+            "max_sectors"
+        } else if w.align == 0 || w.align > MAX_IO_SECTORS {
+            "align"
+        } else if w.region.is_some_and(|(start, count)| {
+            count < w.align || start.checked_add(count).is_none_or(|end| end > MAX_SECTORS)
+        }) {
+            "region"
+        } else if w.read_percent > 100 {
+            return Err(("read_percent", "read_percent is 0 to 100".into()));
+        } else {
+            return Ok(());
+        };
+        Err((field, format!("`{field}`: {sizes}")))
+    }
+
+    fn stretch(from: u64, limit: u64, timeout_ms: u32) -> Result<(), (&'static str, String)> {
+        if timeout_ms == 0 || u64::from(timeout_ms) > MAX_WAIT_MS {
+            let message = format!(
+                "Stretch timeout_ms is 1 to {MAX_WAIT_MS} ms (0 would poll without waiting)"
+            );
+            return Err(("timeout_ms", message));
+        }
+        let message = format!("Stretch from and limit are at most {MAX_SECTORS} sectors");
+        if from > MAX_SECTORS {
+            return Err(("from", message));
+        }
+        if limit > MAX_SECTORS {
+            return Err(("limit", message));
+        }
+        Ok(())
+    }
+
+    fn media(content: &Media, at: &At) -> Bound {
+        match content {
+            Media::Pattern(_, from) if *from > MAX_SECTORS => {
+                let message = format!("a Pattern starts at most at sector {MAX_SECTORS}");
+                Err((at.index(1), message))
+            }
+            Media::OneOf(list) => {
+                let list_at = at.index(0);
+                for (i, m) in list.iter().enumerate() {
+                    media(m, &list_at.index(i))?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What a run of these steps costs: steps taken (every Repeat
+    /// multiplied out, a Concurrent branch counting as one) and sectors of
+    /// user IO moved. Saturating: a product past u64 is past every bound.
+    #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+    pub struct Cost {
+        pub steps: u64,
+        pub sectors: u64,
+    }
+
+    impl Cost {
+        fn add(self, other: Cost) -> Cost {
+            Cost {
+                steps: self.steps.saturating_add(other.steps),
+                sectors: self.sectors.saturating_add(other.sectors),
+            }
+        }
+
+        fn times(self, n: u64) -> Cost {
+            Cost {
+                steps: self.steps.saturating_mul(n),
+                sectors: self.sectors.saturating_mul(n),
+            }
+        }
+    }
+
+    pub fn cost(steps: &[Step]) -> Cost {
+        steps
+            .iter()
+            .fold(Cost::default(), |sum, step| sum.add(step_cost(step)))
+    }
+
+    fn step_cost(step: &Step) -> Cost {
+        let one = |sectors: u64| Cost { steps: 1, sectors };
+        match step {
+            Step::Write {
+                sectors, repeat, ..
+            } => one(sectors.saturating_mul(*repeat)),
+            Step::Read { sectors, .. } => one(*sectors),
+            Step::Workload(w) => one(u64::from(w.ops).saturating_mul(w.max_sectors)),
+            Step::Repeat { times, steps } => one(0).add(cost(steps).times(u64::from(*times))),
+            Step::Timed { steps, .. } => one(0).add(cost(steps)),
+            Step::Concurrent(branches) => branches
+                .iter()
+                .fold(one(0), |sum, b| sum.add(one(0)).add(cost(b))),
+            _ => one(0),
+        }
+    }
+
+    /// The whole run's estimated work against the budget, reported at the
+    /// first top-level step where the running sum goes over.
+    fn work(steps: &[Step], at: &At) -> Bound {
+        let mut sum = Cost::default();
+        for (i, step) in steps.iter().enumerate() {
+            sum = sum.add(step_cost(step));
+            if sum.steps > MAX_STEPS || sum.sectors > MAX_WORK_SECTORS {
+                let message = format!(
+                    "the run would take {} steps and move {} sectors by here (Repeat multiplied \
+                     out); the work budget is {MAX_STEPS} steps and {MAX_WORK_SECTORS} sectors",
+                    sum.steps, sum.sectors
+                );
+                return Err((at.index(i), message));
+            }
         }
         Ok(())
     }
@@ -910,7 +1242,7 @@ mod tests {
                     "Take(snapshot: \"s\", expect: Err(\"EFAULT\")),",
                     "Sleep(ms: 18446744073709551615),",
                 ),
-                "Sleep is at most",
+                "Sleep ms is at most",
             ),
             (
                 GOOD.replace(

@@ -25,8 +25,7 @@ use crate::rng::SimRng;
 use crate::trace::TraceEvent;
 use crate::user::UserSpace;
 
-/// Steps one run may take (a Repeat inside a Repeat adds up fast).
-const MAX_STEPS: u64 = 10_000_000;
+use super::load::limits::{MAX_STEPS, MAX_WORK_SECTORS};
 /// How long background work may take to settle after the teardown.
 const SETTLE_NS: u64 = 10_000_000_000;
 
@@ -37,6 +36,40 @@ pub struct RunOptions {
     /// Run with no quirk switched on, whatever the scenario says (the
     /// fixed engine on a bug's trigger).
     pub without_quirks: bool,
+    /// A smaller work budget than the default (fuzzing, tests).
+    pub budget: Option<WorkBudget>,
+}
+
+/// The virtual work one run may do before it is stopped and failed
+/// ("liveness"): the host's time and memory stay bounded whatever the
+/// scenario asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkBudget {
+    /// Steps taken plus waits of loops inside a step (Stretch).
+    pub steps: u64,
+    /// Sectors of user IO written (the sim keeps a stamp per sector).
+    pub written_sectors: u64,
+    /// Sectors of user IO read.
+    pub read_sectors: u64,
+    /// Scheduler polls (the liveness bound on a livelock).
+    pub polls: u64,
+    /// Bytes of ioctl arguments mapped over the run (each is built,
+    /// copied and read back: time, even when unmapped at once).
+    pub mapped_bytes: u64,
+}
+
+/// Sectors: twice the planned bound for writes (a backup copies a whole
+/// device, unplanned), 16 times for reads (they cost time, not memory).
+impl Default for WorkBudget {
+    fn default() -> Self {
+        WorkBudget {
+            steps: MAX_STEPS,
+            written_sectors: 2 * MAX_WORK_SECTORS,
+            read_sectors: 16 * MAX_WORK_SECTORS,
+            polls: Bounds::default().max_polls,
+            mapped_bytes: 4 << 30,
+        }
+    }
 }
 
 /// Everything a run produced.
@@ -91,6 +124,13 @@ pub(super) struct Run {
     next_stamp: Cell<Stamp>,
     pub workload_rng: RefCell<SimRng>,
     steps_run: Cell<u64>,
+    /// Work charged to the run's budget besides steps: waits of a loop
+    /// inside one step (Stretch), and sectors of user IO moved.
+    budget: WorkBudget,
+    waits: Cell<u64>,
+    sectors_read: Cell<u64>,
+    sectors_written: Cell<u64>,
+    over_budget: Cell<bool>,
 }
 
 /// Run a loaded scenario.
@@ -100,6 +140,12 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     sim.policy.set(match scenario.scheduler {
         Scheduler::Random => SchedPolicy::Random,
         Scheduler::Priority(n) => SchedPolicy::Priority { change_points: n },
+    });
+    // The budget's polls are the executor's liveness bound.
+    let budget = options.budget.unwrap_or_default();
+    sim.bounds.set(Bounds {
+        max_polls: budget.polls,
+        ..sim.bounds.get()
     });
     let devices = add_devices(&sim, scenario);
     apply_faults(&sim, scenario);
@@ -123,6 +169,11 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         next_stamp: Cell::new(1),
         workload_rng: RefCell::new(SimRng::child(seed, "workload")),
         steps_run: Cell::new(0),
+        budget,
+        waits: Cell::new(0),
+        sectors_read: Cell::new(0),
+        sectors_written: Cell::new(0),
+        over_budget: Cell::new(false),
     });
     run.load_module();
     let steps = scenario.steps.clone();
@@ -307,6 +358,10 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
     );
     coverage_metrics(&mut metrics, sim, &oracle);
     metrics.extend(sim.storage.borrow().metrics());
+    metrics.insert(
+        "user_mapped_peak_bytes".to_string(),
+        run.user.peak_bytes() as f64,
+    );
     Outcome {
         name: scenario.name.clone(),
         seed,
@@ -392,14 +447,7 @@ impl Run {
                     // A process that got SIGKILL runs no further steps.
                     return;
                 }
-                if self.steps_run.get() >= MAX_STEPS {
-                    if self.steps_run.get() == MAX_STEPS {
-                        self.steps_run.set(MAX_STEPS + 1);
-                        self.sim.fail(
-                            "liveness",
-                            format!("more than {MAX_STEPS} steps: the run is stopped"),
-                        );
-                    }
+                if self.out_of_budget() {
                     return;
                 }
                 let at = format!("{prefix}{i}");
@@ -408,12 +456,81 @@ impl Run {
                     what: format!("{at} {}", step.kind()),
                 });
                 self.steps_run.set(self.steps_run.get() + 1);
-                if let Err(message) = self.step(step, &at).await {
+                let result = self.step(step, &at).await;
+                self.unmap_step_memory();
+                if let Err(message) = result {
                     self.sim
                         .fail("expect", format!("step {at} ({}): {message}", step.kind()));
                 }
             }
         })
+    }
+
+    /// True once the run spent its work budget (steps, waits inside a
+    /// step, sectors of user IO): the first time, the run fails
+    /// ("liveness") and every process stops taking steps, so a hostile
+    /// scenario costs the host a bounded time and memory.
+    pub(super) fn out_of_budget(&self) -> bool {
+        if self.over_budget.get() {
+            return true;
+        }
+        let steps = self.steps_run.get().saturating_add(self.waits.get());
+        let (read, written) = (self.sectors_read.get(), self.sectors_written.get());
+        let b = self.budget;
+        let mapped = self.user.total_bytes();
+        if steps < b.steps
+            && read < b.read_sectors
+            && written < b.written_sectors
+            && mapped < b.mapped_bytes
+        {
+            return false;
+        }
+        self.over_budget.set(true);
+        self.sim.fail(
+            "liveness",
+            format!(
+                "work budget spent: {steps} steps and waits (budget {}), {read} sectors read \
+                 (budget {}), {written} sectors written (budget {}), {mapped} bytes of ioctl \
+                 arguments mapped (budget {}): the run is stopped",
+                b.steps, b.read_sectors, b.written_sectors, b.mapped_bytes
+            ),
+        );
+        true
+    }
+
+    /// Charge one wait of a loop that runs inside one step.
+    pub(super) fn charge_wait(&self) {
+        self.waits.set(self.waits.get().saturating_add(1));
+    }
+
+    /// Charge sectors of user IO (verification reads too: a Repeat of
+    /// VerifyImage on a large image reads billions of sectors).
+    pub(super) fn charge_sectors(&self, sectors: u64, write: bool) {
+        let counter = if write {
+            &self.sectors_written
+        } else {
+            &self.sectors_read
+        };
+        counter.set(counter.get().saturating_add(sectors));
+    }
+
+    /// Map an ioctl argument for the current process; it is unmapped when
+    /// the step ends (`unmap_step_memory`).
+    pub(super) fn map_user(&self, bytes: Vec<u8>) -> u64 {
+        let owner = self.sim.current_task().unwrap_or(0);
+        self.user.map_owned(owner, bytes, false)
+    }
+
+    pub(super) fn map_user_read_only(&self, bytes: Vec<u8>) -> u64 {
+        let owner = self.sim.current_task().unwrap_or(0);
+        self.user.map_owned(owner, bytes, true)
+    }
+
+    /// Unmap what the current process mapped for its last step: a run of
+    /// millions of ioctls then holds one step's arguments at a time.
+    pub(super) fn unmap_step_memory(&self) {
+        let owner = self.sim.current_task().unwrap_or(0);
+        self.user.unmap_owned_by(owner);
     }
 
     pub(super) fn dev(&self, name: &str) -> DevT {
@@ -650,12 +767,15 @@ impl Run {
             } => {
                 let stride = stride.unwrap_or(*sectors);
                 for i in 0..*repeat {
+                    if self.out_of_budget() {
+                        break;
+                    }
                     let at_sector = sector.saturating_add(i.saturating_mul(stride));
                     let result = self.write(target, at_sector, *sectors, *nowait).await;
                     check_expect(expect, result.map(|()| 0))
                         .map_err(|e| format!("write at {at_sector}: {e}"))?;
                     if *pause_us > 0 {
-                        self.sim.sleep(pause_us * 1000).await;
+                        self.sim.sleep(pause_us.saturating_mul(1000)).await;
                     }
                 }
                 Ok(())
@@ -707,7 +827,7 @@ impl Run {
             Step::Timed { max_ms, steps } => {
                 let start = self.sim.now();
                 self.steps(steps, &format!("{at}.")).await;
-                let took = self.sim.now() - start;
+                let took = self.sim.now().saturating_sub(start);
                 if took > max_ms.saturating_mul(1_000_000) {
                     self.sim.fail(
                         "latency",
@@ -804,6 +924,14 @@ impl Run {
         content: &super::model::Media,
     ) -> Result<(), String> {
         let dev = self.dev(device);
+        // The loader bounds both; checked again, as a bench error, so no
+        // file can make the runner overflow or read without end.
+        let end = sector
+            .checked_add(sectors)
+            .filter(|_| sectors <= super::load::limits::MAX_IO_SECTORS)
+            .ok_or(format!(
+                "ExpectMedia range {sector}+{sectors} out of bounds"
+            ))?;
         let got = self
             .sim
             .devices
@@ -815,8 +943,7 @@ impl Run {
             return Ok(());
         }
         Err(format!(
-            "{device} sectors {sector}..{} do not hold {content:?} (first stamp {:#x})",
-            sector + sectors,
+            "{device} sectors {sector}..{end} do not hold {content:?} (first stamp {:#x})",
             got.first().copied().unwrap_or(0)
         ))
     }
@@ -833,9 +960,10 @@ impl Run {
                     .get(&self.dev(device))
                     .map(|d| d.index);
                 index.is_some_and(|index| {
-                    got.iter()
-                        .enumerate()
-                        .all(|(i, s)| *s == crate::device::pattern_stamp(index, from + i as u64))
+                    got.iter().enumerate().all(|(i, s)| {
+                        let sector = from.saturating_add(i as u64);
+                        *s == crate::device::pattern_stamp(index, sector)
+                    })
                 })
             }
             Media::OneOf(list) => list.iter().any(|m| self.media_matches(got, m)),
