@@ -17,7 +17,7 @@ use crate::diff_area::DiffArea;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::Event;
 use crate::kernel::sync::Mutex;
-use crate::kernel::{DevT, Errno, Gfp, Kref, NoioScope};
+use crate::kernel::{kmalloc, DevT, Errno, Gfp, Kref, NoioScope};
 use crate::module::Module;
 use crate::snapimage::SnapImage;
 use crate::tracker::Tracker;
@@ -114,7 +114,7 @@ impl Snapshot {
             // `count - 1` wraps: the duplicate check spins 2^32 times.
             k.sleep(EMPTY_CHECK_STALL_NS).await;
         }
-        let alloc = k.kmalloc("snapshot", 128 + 16 * devs.len() as u64, Gfp::Kernel)?;
+        let alloc = kmalloc(k, "snapshot", 128 + 16 * devs.len() as u64, Gfp::Kernel).await?;
         k.kfree(alloc);
         let diff_storage = DiffStorage::new(module)?;
         let id = k.uuid_v4();

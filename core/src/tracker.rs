@@ -8,7 +8,8 @@ use std::rc::Rc;
 use crate::cbt_map::CbtMap;
 use crate::diff_area::DiffArea;
 use crate::kernel::{
-    BdevFilter, BioHeader, DevT, Errno, FilterVerdict, Gfp, Kref, LocalBoxFuture, NoioScope,
+    kmalloc, BdevFilter, BioHeader, DevT, Errno, FilterVerdict, Gfp, Kref, LocalBoxFuture,
+    NoioScope,
 };
 use crate::module::Module;
 
@@ -47,7 +48,7 @@ impl Tracker {
             return Ok(tracker);
         }
         let k = module.k();
-        let alloc = k.kmalloc("tracker", 128, Gfp::Kernel)?;
+        let alloc = kmalloc(k, "tracker", 128, Gfp::Kernel).await?;
         k.kfree(alloc);
         let cbt_map = CbtMap::new(module, k.bdev_nr_sectors(dev))?;
         let tracker = Rc::new(Tracker {

@@ -179,6 +179,9 @@ pub struct Sim {
     pub fs_take: RefCell<crate::check::fs_take::FsTake>,
     /// Every fault the sim injected, for the oracle's excuses.
     pub injected: RefCell<crate::check::injected::InjectedFaults>,
+    /// Sleeping points the engine reached (`might_sleep` sites), with how
+    /// often: the inventory test compares them with ARCHITECTURE.md.
+    pub sleep_sites: RefCell<BTreeMap<&'static str, u64>>,
 }
 
 impl Sim {
@@ -221,6 +224,7 @@ impl Sim {
             cbt: RefCell::new(Default::default()),
             fs_take: RefCell::new(Default::default()),
             injected: RefCell::new(Default::default()),
+            sleep_sites: RefCell::new(BTreeMap::new()),
         })
     }
 
@@ -914,6 +918,10 @@ impl Kernel for SimKernel {
     fn log(&self, msg: &str) {
         let now = self.0.now();
         self.0.log.borrow_mut().push((now, msg.to_string()));
+    }
+
+    fn might_sleep(&self, site: &'static str) {
+        *self.0.sleep_sites.borrow_mut().entry(site).or_insert(0) += 1;
     }
 
     fn kmalloc(&self, site: &'static str, bytes: u64, gfp: Gfp) -> Result<AllocId, Errno> {
