@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use crate::kernel::{DevT, Errno, UserMemory};
+use crate::kernel::{blkdev_get, blkdev_put, DevT, Errno, UserMemory};
 use crate::module::Module;
 use crate::snapshot::{Snapshot, SnapshotId};
 use crate::tracker::Tracker;
@@ -188,10 +188,8 @@ impl Ctrl<'_> {
     async fn read_cbt_map(&self) -> IoctlResult {
         let arg: BlkSnapTrackerReadCbtBitmap = self.read_arg(Errno::ENODATA)?;
         let dev = dev_t(arg.dev_id);
-        self.module
-            .k()
-            .bdev_open(dev)
-            .map(|h| self.module.k().bdev_close(h))?;
+        let handle = blkdev_get(self.module.k(), dev).await?;
+        blkdev_put(self.module.k(), handle).await;
         let Some(tracker) = Tracker::get_by_dev(self.module, dev).await else {
             return if self.module.quirks.trk_6 {
                 Ok(0)

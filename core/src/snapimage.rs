@@ -9,8 +9,8 @@ use std::rc::Rc;
 use crate::cbt_map::CbtMap;
 use crate::diff_area::DiffArea;
 use crate::kernel::{
-    completion, Bio, BioOp, BioResult, Completer, Completion, DevT, Errno, GenDisk, Stamp,
-    TaskKind, SECTOR_SHIFT,
+    completion, sleep_point, Bio, BioOp, BioResult, Completer, Completion, DevT, Errno, GenDisk,
+    Stamp, TaskKind, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -57,11 +57,17 @@ impl SnapImage {
             wake: RefCell::new(None),
             stopped: RefCell::new(None),
         });
+        // kthread_create and add_disk both sleep: the first COWs after the
+        // unlock may run while the image is being made.
+        sleep_point(k, "kthread_create").await;
         image.start_worker();
         let name = format!("blksnap-image{minor}");
+        sleep_point(k, "add_disk").await;
         if let Err(e) = k.add_disk(image_dev_id, name, image.capacity, image.clone()) {
             image.should_stop.set(true);
             image.kick();
+            // kthread_stop waits for the worker to see the stop.
+            sleep_point(k, "kthread_stop").await;
             module.image_minor_free(minor);
             // v2 keeps the references it took before add_disk (B-IMG-2).
             if !module.quirks.img_2 {
@@ -178,6 +184,7 @@ impl SnapImage {
         if let Some(stopped) = stopped {
             stopped.await;
         }
+        sleep_point(k, "del_gendisk").await;
         k.del_gendisk(self.image_dev_id);
         self.diff_area.put().await;
         self.module.image_minor_free(self.image_dev_id.minor());

@@ -17,7 +17,7 @@ use crate::diff_area::DiffArea;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::Event;
 use crate::kernel::sync::Mutex;
-use crate::kernel::{kmalloc, DevT, Errno, Gfp, Kref, NoioScope};
+use crate::kernel::{kmalloc, sleep_point, DevT, Errno, Gfp, Kref, NoioScope};
 use crate::module::Module;
 use crate::snapimage::SnapImage;
 use crate::tracker::Tracker;
@@ -436,6 +436,9 @@ async fn freeze_all(
 async fn thaw(module: &Rc<Module>, devs: &[DevT]) {
     let k = module.k();
     for dev in devs {
+        // thaw_bdev sleeps (bd_fsfreeze_mutex, the file system's unfreeze):
+        // writers blocked on the freeze may run from here on.
+        sleep_point(k, "thaw_bdev").await;
         if let Err(e) = k.thaw_bdev(*dev).await {
             k.log(&format!("failed to thaw {dev}: {e}"));
         }

@@ -406,6 +406,18 @@ pub async fn kmalloc(
     kernel.kmalloc(site, bytes, gfp)
 }
 
+/// `blkdev_get_by_dev`: opening a device sleeps (the disk's open mutex).
+pub async fn blkdev_get(kernel: &dyn Kernel, dev: DevT) -> Result<BdevHandle, Errno> {
+    sleep_point(kernel, "blkdev_get_by_dev").await;
+    kernel.bdev_open(dev)
+}
+
+/// `blkdev_put`: closing one sleeps too (the same mutex, a sync on last close).
+pub async fn blkdev_put(kernel: &dyn Kernel, handle: BdevHandle) {
+    sleep_point(kernel, "blkdev_put").await;
+    kernel.bdev_close(handle);
+}
+
 /// Scope guard for `memalloc_noio_save`/`restore`, restored in order.
 pub struct NoioScope<'a> {
     kernel: &'a dyn Kernel,
