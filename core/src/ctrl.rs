@@ -188,8 +188,8 @@ impl Ctrl<'_> {
     async fn read_cbt_map(&self) -> IoctlResult {
         let arg: BlkSnapTrackerReadCbtBitmap = self.read_arg(Errno::ENODATA)?;
         let dev = dev_t(arg.dev_id);
-        let handle = blkdev_get(self.module.k(), dev).await?;
-        blkdev_put(self.module.k(), handle).await;
+        let handle = blkdev_get(self.module.k(), "read_cbt_map.blkdev_get", dev).await?;
+        blkdev_put(self.module.k(), "read_cbt_map.blkdev_put", handle).await;
         let Some(tracker) = Tracker::get_by_dev(self.module, dev).await else {
             return if self.module.quirks.trk_6 {
                 Ok(0)

@@ -438,7 +438,7 @@ async fn thaw(module: &Rc<Module>, devs: &[DevT]) {
     for dev in devs {
         // thaw_bdev sleeps (bd_fsfreeze_mutex, the file system's unfreeze):
         // writers blocked on the freeze may run from here on.
-        sleep_point(k, "thaw_bdev").await;
+        sleep_point(k, "snapshot_take.thaw_bdev").await;
         if let Err(e) = k.thaw_bdev(*dev).await {
             k.log(&format!("failed to thaw {dev}: {e}"));
         }

@@ -37,9 +37,9 @@ impl Tracker {
     /// `tracker_create_or_get` (spec 3.3). Returns a reference for the caller.
     pub async fn create_or_get(module: &Rc<Module>, dev: DevT) -> Result<Rc<Tracker>, Errno> {
         let k = module.k();
-        let handle = blkdev_get(k, dev).await?;
+        let handle = blkdev_get(k, "tracker_create.blkdev_get", dev).await?;
         let result = Self::get_or_attach(module, dev).await;
-        blkdev_put(k, handle).await;
+        blkdev_put(k, "tracker_create.blkdev_put", handle).await;
         result
     }
 
@@ -68,7 +68,7 @@ impl Tracker {
         }
         let attached = k.filter_attach(dev, tracker.clone()).await;
         if frozen.is_ok() {
-            sleep_point(k, "thaw_bdev").await;
+            sleep_point(k, "tracker_create.thaw_bdev").await;
             let _ = k.thaw_bdev(dev).await;
         }
         if let Err(e) = attached {
@@ -155,9 +155,9 @@ impl Tracker {
     /// TRACKER_REMOVE (spec 3.6): detach with the file system frozen.
     pub async fn remove(module: &Rc<Module>, dev: DevT) -> Result<(), Errno> {
         let k = module.k();
-        let handle = blkdev_get(k, dev).await?;
+        let handle = blkdev_get(k, "tracker_remove.blkdev_get", dev).await?;
         let result = Self::detach(module, dev).await;
-        blkdev_put(k, handle).await;
+        blkdev_put(k, "tracker_remove.blkdev_put", handle).await;
         result
     }
 
@@ -177,6 +177,7 @@ impl Tracker {
         let frozen = k.freeze_bdev(dev).await;
         let detached = k.filter_detach(dev).await;
         if frozen.is_ok() {
+            sleep_point(k, "tracker_remove.thaw_bdev").await;
             let _ = k.thaw_bdev(dev).await;
         }
         tracker.detaching.set(false);
@@ -200,8 +201,8 @@ impl Tracker {
         dev: DevT,
         ranges: &[(u64, u64)],
     ) -> Result<(), Errno> {
-        let handle = blkdev_get(module.k(), dev).await?;
-        blkdev_put(module.k(), handle).await;
+        let handle = blkdev_get(module.k(), "mark_dirty.blkdev_get", dev).await?;
+        blkdev_put(module.k(), "mark_dirty.blkdev_put", handle).await;
         let tracker = Self::get_by_dev(module, dev).await.ok_or(Errno::ENODEV)?;
         let result = tracker.cbt_map.set_both(ranges);
         tracker.put();

@@ -19,7 +19,8 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `site` column (the last one, in backquotes) of the inventory table.
+/// The `site` column (the last one; each name in backquotes) of the
+/// inventory table.
 fn listed_sites() -> BTreeSet<String> {
     let text = fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
     let start = text.find(SECTION).expect("the inventory section");
@@ -31,8 +32,12 @@ fn listed_sites() -> BTreeSet<String> {
         let Some(last) = cells.last().map(|c| c.trim()) else {
             continue;
         };
-        if cells.len() >= 3 && last.starts_with('`') && last.ends_with('`') {
-            sites.insert(last.trim_matches('`').to_string());
+        if cells.len() < 3 || !last.starts_with('`') {
+            continue;
+        }
+        // Odd pieces between backquotes are the site names.
+        for site in last.split('`').skip(1).step_by(2) {
+            sites.insert(site.to_string());
         }
     }
     sites

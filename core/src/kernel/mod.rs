@@ -407,14 +407,19 @@ pub async fn kmalloc(
 }
 
 /// `blkdev_get_by_dev`: opening a device sleeps (the disk's open mutex).
-pub async fn blkdev_get(kernel: &dyn Kernel, dev: DevT) -> Result<BdevHandle, Errno> {
-    sleep_point(kernel, "blkdev_get_by_dev").await;
+/// `site` names the caller, so each open is a sleeping point of its own.
+pub async fn blkdev_get(
+    kernel: &dyn Kernel,
+    site: &'static str,
+    dev: DevT,
+) -> Result<BdevHandle, Errno> {
+    sleep_point(kernel, site).await;
     kernel.bdev_open(dev)
 }
 
 /// `blkdev_put`: closing one sleeps too (the same mutex, a sync on last close).
-pub async fn blkdev_put(kernel: &dyn Kernel, handle: BdevHandle) {
-    sleep_point(kernel, "blkdev_put").await;
+pub async fn blkdev_put(kernel: &dyn Kernel, site: &'static str, handle: BdevHandle) {
+    sleep_point(kernel, site).await;
     kernel.bdev_close(handle);
 }
 
