@@ -264,19 +264,19 @@ impl Ctrl<'_> {
     async fn append_storage(&self) -> IoctlResult {
         let arg: BlkSnapSnapshotAppendStorage = self.read_arg(Errno::EINVAL)?;
         let snapshot = self.lookup(&arg.id.b).await?;
-        let result = self.append_ranges(&snapshot, &arg);
+        let result = self.append_ranges(&snapshot, &arg).await;
         snapshot.put().await;
         result.map(|()| 0)
     }
 
-    fn append_ranges(
+    async fn append_ranges(
         &self,
         snapshot: &Snapshot,
         arg: &BlkSnapSnapshotAppendStorage,
     ) -> Result<(), Errno> {
         let storage = &snapshot.diff_storage;
         let dev = dev_t(arg.dev_id);
-        storage.append_begin(dev)?;
+        storage.append_open(dev).await?;
         let size = BlkSnapBlockRange::SIZE as u64;
         for i in 0..u64::from(arg.count) {
             let addr = arg.ranges.wrapping_add(i * size);
@@ -288,7 +288,9 @@ impl Ctrl<'_> {
                 .map_err(|_| Errno::EINVAL)?;
             let range = BlkSnapBlockRange::decode(&bytes).ok_or(Errno::EINVAL)?;
             storage.check_range(dev, range.sector_offset, range.sector_count)?;
-            storage.append_range(dev, range.sector_offset, range.sector_count);
+            storage
+                .append_block(dev, range.sector_offset, range.sector_count)
+                .await?;
         }
         storage.append_end();
         Ok(())

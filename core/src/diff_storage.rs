@@ -9,7 +9,9 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::event_queue::{EventQueue, EVENT_LOW_FREE_SPACE};
-use crate::kernel::{kmalloc, BdevHandle, DevT, Errno, Gfp, PAGE_SECTORS};
+use crate::kernel::{
+    blkdev_get, blkdev_put, kmalloc, AllocId, BdevHandle, DevT, Errno, Gfp, PAGE_SECTORS,
+};
 use crate::module::Module;
 
 /// A range of a storage device, in sectors.
@@ -33,6 +35,9 @@ pub struct DiffRegion {
 #[derive(Default)]
 struct StorageState {
     bdevs: Vec<BdevHandle>,
+    /// The `storage_bdev` and `storage_block` structs APPEND allocated;
+    /// they live until `diff_storage_free`.
+    allocs: Vec<AllocId>,
     empty_blocks: std::collections::VecDeque<StorageBlock>,
     filled_blocks: Vec<StorageBlock>,
     capacity: u64,
@@ -104,6 +109,39 @@ impl DiffStorage {
         if count == 0 || !aligned || !inside {
             return Err(Errno::EINVAL);
         }
+        Ok(())
+    }
+
+    /// `diff_storage_bdev_by_id` as APPEND runs it: open the device
+    /// (sleeps) and allocate its `storage_bdev` (GFP_KERNEL, sleeps); on
+    /// -ENOMEM the device is put back.
+    pub async fn append_open(&self, dev: DevT) -> Result<(), Errno> {
+        if self.state.borrow().bdevs.iter().any(|b| b.dev == dev) {
+            return Ok(());
+        }
+        let k = self.module.k();
+        let handle = blkdev_get(k, "append.blkdev_get", dev).await?;
+        match kmalloc(k, "storage_bdev", 64, Gfp::Kernel).await {
+            Ok(alloc) => {
+                let mut state = self.state.borrow_mut();
+                state.bdevs.push(handle);
+                state.allocs.push(alloc);
+                Ok(())
+            }
+            Err(e) => {
+                blkdev_put(k, "append.blkdev_put", handle).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// One range of APPEND with its `storage_block` (GFP_KERNEL, a
+    /// sleeping point: COWs may take regions between two ranges). -ENOMEM
+    /// keeps the ranges added before, as v2 does.
+    pub async fn append_block(&self, dev: DevT, sector: u64, count: u64) -> Result<(), Errno> {
+        let alloc = kmalloc(self.module.k(), "storage_block", 64, Gfp::Kernel).await?;
+        self.state.borrow_mut().allocs.push(alloc);
+        self.append_range(dev, sector, count);
         Ok(())
     }
 
@@ -211,6 +249,10 @@ impl DiffStorage {
         let bdevs = std::mem::take(&mut self.state.borrow_mut().bdevs);
         for handle in bdevs {
             self.module.k().bdev_close(handle);
+        }
+        let allocs = std::mem::take(&mut self.state.borrow_mut().allocs);
+        for alloc in allocs {
+            self.module.k().kfree(alloc);
         }
     }
 }

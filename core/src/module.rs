@@ -59,6 +59,8 @@ pub const ALLOC_SITES: &[&str] = &[
     "event",
     "module.bioset",
     "module.ctrl_device",
+    "storage_bdev",
+    "storage_block",
 ];
 
 /// The largest image minor (`IDA` over [0, 2^20 - 1]).
