@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use crate::kernel::{blkdev_get, blkdev_put, DevT, Errno, UserMemory};
+use crate::kernel::{blkdev_get, blkdev_put, kmalloc, DevT, Errno, Gfp, UserMemory};
 use crate::module::Module;
 use crate::snapshot::{Snapshot, SnapshotId};
 use crate::tracker::Tracker;
@@ -359,7 +359,7 @@ impl Ctrl<'_> {
         let mut arg: BlkSnapSnapshotCollectImages = self.read_arg(Errno::ENODATA)?;
         let result = match Snapshot::get_by_id(self.module, &arg.id.b).await {
             Some(snapshot) => {
-                let result = self.copy_images(&snapshot, &mut arg);
+                let result = self.copy_images(&snapshot, &mut arg).await;
                 snapshot.put().await;
                 result
             }
@@ -369,7 +369,7 @@ impl Ctrl<'_> {
         result.map(|()| 0)
     }
 
-    fn copy_images(
+    async fn copy_images(
         &self,
         snapshot: &Snapshot,
         arg: &mut BlkSnapSnapshotCollectImages,
@@ -386,6 +386,11 @@ impl Ctrl<'_> {
         if given < count {
             return Err(Errno::ENODATA);
         }
+        // v2 builds the array in a kcalloc'd buffer (GFP_KERNEL): a
+        // sleeping point, and -ENOMEM when it fails.
+        let k = self.module.k();
+        let bytes = u64::from(count) * BlkSnapImageInfo::SIZE as u64;
+        let alloc = kmalloc(k, "collect_images", bytes, Gfp::Kernel).await?;
         let infos: Vec<BlkSnapImageInfo> = snapshot
             .image_infos()
             .into_iter()
@@ -394,12 +399,25 @@ impl Ctrl<'_> {
                 image_dev_id: blk_dev(info.image_dev_id),
             })
             .collect();
-        self.write_array(arg.image_info_array, &infos)
+        let written = self.write_array(arg.image_info_array, &infos);
+        k.kfree(alloc);
+        written
     }
 
     /// WAIT_EVENT. The fix (v3) reads the id and the timeout; v2 reads only
     /// the 16-byte id, so the wait is a poll (B-CTRL-2).
+    /// v2 first allocates the event it fills (GFP_KERNEL: a sleeping
+    /// point; -ENOMEM before anything is read) and frees it on every exit.
     async fn wait_event(&self) -> IoctlResult {
+        let k = self.module.k();
+        let size = BlkSnapSnapshotEvent::SIZE as u64;
+        let alloc = kmalloc(k, "wait_event", size, Gfp::Kernel).await?;
+        let result = self.wait_event_into().await;
+        k.kfree(alloc);
+        result
+    }
+
+    async fn wait_event_into(&self) -> IoctlResult {
         let v2 = self.module.quirks.ctrl_2;
         let head = self
             .user
@@ -603,6 +621,32 @@ mod tests {
             assert_eq!(k.user_read(dev(0), 1020, 8).await, Ok(vec![5; 8]));
             ctl.destroy(&id).await.unwrap();
         });
+    }
+
+    /// COLLECT_IMAGES and WAIT_EVENT allocate as v2 does: -ENOMEM when
+    /// the allocation fails, the event stays queued, nothing leaks.
+    #[test]
+    fn collect_images_and_wait_event_fail_with_enomem_and_leak_nothing() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            k.fail_site_times("collect_images", 1);
+            assert_eq!(ctl.collect_images(&id).await, Err(Errno::ENOMEM));
+            assert_eq!(ctl.collect_images(&id).await.map(|v| v.len()), Ok(1));
+            k.fail_site_times("wait_event", 1);
+            assert_eq!(ctl.wait_event(&id, 0).await, Err(Errno::ENOMEM));
+            let (code, _, _) = ctl.wait_event(&id, 0).await.unwrap();
+            assert_eq!(code, EVENT_LOW_FREE_SPACE);
+            ctl.destroy(&id).await.unwrap();
+            k.settle().await;
+        });
+        let live: Vec<&str> = k.live_allocs().into_iter().map(|(site, _)| site).collect();
+        assert!(
+            !live.contains(&"collect_images") && !live.contains(&"wait_event"),
+            "{live:?}"
+        );
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub const ALLOC_SITES: &[&str] = &[
     "module.ctrl_device",
     "storage_bdev",
     "storage_block",
+    "collect_images",
+    "wait_event",
+    "snapimage",
 ];
 
 /// The largest image minor (`IDA` over [0, 2^20 - 1]).
