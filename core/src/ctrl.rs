@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use crate::kernel::{blkdev_get, blkdev_put, kmalloc, DevT, Errno, Gfp, UserMemory};
+use crate::kernel::{blkdev_get, blkdev_put, kmalloc, sleep_point, DevT, Errno, Gfp, UserMemory};
 use crate::module::Module;
 use crate::snapshot::{Snapshot, SnapshotId};
 use crate::tracker::Tracker;
@@ -306,8 +306,22 @@ impl Ctrl<'_> {
     /// (v2 wrote the copied count, and returned 0 on a copy fault: B-SNAP-8).
     async fn snapshot_collect(&self) -> IoctlResult {
         let mut arg: BlkSnapSnapshotCollect = self.read_arg(Errno::ENODATA)?;
-        let ids = self.module.snapshot_ids().await;
+        // v2 copies the ids out with `snapshots_lock` held for read, and
+        // copy_to_user may sleep (a page fault): CREATE and DESTROY wait.
+        let k = self.module.k();
+        self.module.snapshots_lock.down_read(k).await;
+        let ids: Vec<SnapshotId> = self
+            .module
+            .snapshots
+            .borrow()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        if arg.ids != 0 && !ids.is_empty() {
+            sleep_point(k, "snapshot_collect.copy_to_user").await;
+        }
         let result = self.copy_ids(&mut arg, &ids);
+        self.module.snapshots_lock.up_read(k);
         self.write_arg(&arg)?;
         result.map(|()| 0)
     }
