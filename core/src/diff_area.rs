@@ -12,8 +12,8 @@ use crate::diff_io;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::EVENT_CORRUPTED;
 use crate::kernel::{
-    preempt, AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, Kref, NoioScope, Stamp, TaskKind,
-    SECTOR_SHIFT,
+    blkdev_get, kmalloc, preempt, AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, Kref,
+    NoioScope, Stamp, TaskKind, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -78,17 +78,19 @@ enum Notify {
 impl DiffArea {
     /// `diff_area_new`, at TAKE. The returned area holds one reference,
     /// owned by the tracker.
-    pub fn new(
+    /// It sleeps where v2 does: the open of the original and the
+    /// GFP_KERNEL allocation of the struct and its chunks.
+    pub async fn new(
         module: &Rc<Module>,
         dev: DevT,
         storage: &Rc<DiffStorage>,
     ) -> Result<Rc<DiffArea>, Errno> {
         let k = module.k();
-        let orig = k.bdev_open(dev)?;
+        let orig = blkdev_get(k, "diff_area_new.blkdev_get", dev).await?;
         let capacity = k.bdev_nr_sectors(dev);
         let (chunk_shift, chunk_count) = chunk_geometry(module, capacity, k.bdev_io_min(dev));
         let bytes = 512 + chunk_count * CHUNK_STRUCT_BYTES;
-        let struct_alloc = match k.kmalloc("diff_area", bytes, Gfp::Kernel) {
+        let struct_alloc = match kmalloc(k, "diff_area", bytes, Gfp::Kernel).await {
             Ok(alloc) => alloc,
             Err(e) => {
                 k.bdev_close(orig);
@@ -786,7 +788,7 @@ mod tests {
         storage.append_begin(store).unwrap();
         storage.append_range(store, 0, storage_sectors);
         storage.append_end();
-        let area = DiffArea::new(&m, orig_dev, &storage).unwrap();
+        let area = run(&k, DiffArea::new(&m, orig_dev, &storage)).unwrap();
         Setup {
             k,
             storage,
@@ -919,7 +921,7 @@ mod tests {
         let m = load(&k, Params::default(), Quirks::default());
         let storage = DiffStorage::new(&m).unwrap();
         storage.append_range(store, 0, 4096);
-        let area = DiffArea::new(&m, orig_dev, &storage).unwrap();
+        let area = run(&k, DiffArea::new(&m, orig_dev, &storage)).unwrap();
         assert_eq!((area.chunk_sectors(), area.chunk_count()), (512, 2));
         assert_eq!(area.chunk(0).unwrap().sector_count, 512);
         assert_eq!(area.chunk(1).unwrap().sector_count, 488);
@@ -1202,7 +1204,7 @@ mod tests {
         storage.append_begin(store).unwrap();
         storage.append_range(store, 4, 4096);
         storage.append_end();
-        let area = DiffArea::new(&m, orig_dev, &storage).unwrap();
+        let area = run(&k, DiffArea::new(&m, orig_dev, &storage)).unwrap();
         let s = Setup {
             k,
             storage,
@@ -1245,13 +1247,13 @@ mod tests {
         let m = load(&k, Params::default(), Quirks::default());
         let storage = DiffStorage::new(&m).unwrap();
         assert_eq!(
-            DiffArea::new(&m, dev(0), &storage).err(),
+            run(&k, DiffArea::new(&m, dev(0), &storage)).err(),
             Some(Errno::EFAULT)
         );
         assert!(k.open_bdevs().is_empty());
         assert!(k.live_allocs().is_empty());
         assert_eq!(
-            DiffArea::new(&m, dev(5), &storage).err(),
+            run(&k, DiffArea::new(&m, dev(5), &storage)).err(),
             Some(Errno::ENXIO)
         );
     }
@@ -1263,7 +1265,7 @@ mod tests {
         let m = load(&k, Params::default(), quirks(&["B-DA-1"]));
         let storage = DiffStorage::new(&m).unwrap();
         assert_eq!(
-            DiffArea::new(&m, dev(0), &storage).err(),
+            run(&k, DiffArea::new(&m, dev(0), &storage)).err(),
             Some(Errno::EFAULT)
         );
         assert_eq!(k.open_bdevs(), vec![dev(0)]);

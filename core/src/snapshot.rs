@@ -203,7 +203,7 @@ impl Snapshot {
         if self.trackers.is_empty() {
             return Err(Errno::ENODEV);
         }
-        let early = match self.build_diff_areas() {
+        let early = match self.build_diff_areas().await {
             Ok(()) => self.take_trackers().await,
             Err(e) => Err(e),
         };
@@ -230,9 +230,9 @@ impl Snapshot {
     /// another snapshot (B-SNAP-6) or taken twice at once (B-SNAP-9): v2
     /// overwrites the pointer and leaks the old area; the fix never gets
     /// here, so it is an engine bug there.
-    fn build_diff_areas(&self) -> Result<(), Errno> {
+    async fn build_diff_areas(&self) -> Result<(), Errno> {
         for tracker in &self.trackers {
-            let area = DiffArea::new(&self.module, tracker.dev_id, &self.diff_storage)?;
+            let area = DiffArea::new(&self.module, tracker.dev_id, &self.diff_storage).await?;
             let old = tracker.diff_area.borrow_mut().replace(area);
             let shared = self.module.quirks.snap_6 || self.module.quirks.snap_9;
             if old.is_some() && !shared {
