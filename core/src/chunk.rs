@@ -82,7 +82,7 @@ impl Chunk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::testing::TestKernel;
+    use crate::kernel::testing::{run, TestKernel};
 
     fn locked_chunk(k: &TestKernel) -> Chunk {
         let chunk = Chunk::new(k, 3, 512);
@@ -126,7 +126,7 @@ mod tests {
     fn buffer_bits_need_a_buffer() {
         let k = TestKernel::new();
         let chunk = locked_chunk(&k);
-        *chunk.buffer.borrow_mut() = Some(DiffBuffer::new(&*k, 512, false).unwrap());
+        *chunk.buffer.borrow_mut() = Some(run(&k, DiffBuffer::new(&*k, 512, false)).unwrap());
         chunk.set(bits::BUFFER_READY);
         chunk.set(bits::DIRTY);
         assert_eq!(chunk.state(), bits::BUFFER_READY | bits::DIRTY);

@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use crate::kernel::{DevT, Errno, UserMemory};
+use crate::kernel::{blkdev_get, blkdev_put, kmalloc, sleep_point, DevT, Errno, Gfp, UserMemory};
 use crate::module::Module;
 use crate::snapshot::{Snapshot, SnapshotId};
 use crate::tracker::Tracker;
@@ -188,10 +188,8 @@ impl Ctrl<'_> {
     async fn read_cbt_map(&self) -> IoctlResult {
         let arg: BlkSnapTrackerReadCbtBitmap = self.read_arg(Errno::ENODATA)?;
         let dev = dev_t(arg.dev_id);
-        self.module
-            .k()
-            .bdev_open(dev)
-            .map(|h| self.module.k().bdev_close(h))?;
+        let handle = blkdev_get(self.module.k(), "read_cbt_map.blkdev_get", dev).await?;
+        blkdev_put(self.module.k(), "read_cbt_map.blkdev_put", handle).await;
         let Some(tracker) = Tracker::get_by_dev(self.module, dev).await else {
             return if self.module.quirks.trk_6 {
                 Ok(0)
@@ -266,19 +264,19 @@ impl Ctrl<'_> {
     async fn append_storage(&self) -> IoctlResult {
         let arg: BlkSnapSnapshotAppendStorage = self.read_arg(Errno::EINVAL)?;
         let snapshot = self.lookup(&arg.id.b).await?;
-        let result = self.append_ranges(&snapshot, &arg);
+        let result = self.append_ranges(&snapshot, &arg).await;
         snapshot.put().await;
         result.map(|()| 0)
     }
 
-    fn append_ranges(
+    async fn append_ranges(
         &self,
         snapshot: &Snapshot,
         arg: &BlkSnapSnapshotAppendStorage,
     ) -> Result<(), Errno> {
         let storage = &snapshot.diff_storage;
         let dev = dev_t(arg.dev_id);
-        storage.append_begin(dev)?;
+        storage.append_open(dev).await?;
         let size = BlkSnapBlockRange::SIZE as u64;
         for i in 0..u64::from(arg.count) {
             let addr = arg.ranges.wrapping_add(i * size);
@@ -290,7 +288,9 @@ impl Ctrl<'_> {
                 .map_err(|_| Errno::EINVAL)?;
             let range = BlkSnapBlockRange::decode(&bytes).ok_or(Errno::EINVAL)?;
             storage.check_range(dev, range.sector_offset, range.sector_count)?;
-            storage.append_range(dev, range.sector_offset, range.sector_count);
+            storage
+                .append_block(dev, range.sector_offset, range.sector_count)
+                .await?;
         }
         storage.append_end();
         Ok(())
@@ -306,8 +306,22 @@ impl Ctrl<'_> {
     /// (v2 wrote the copied count, and returned 0 on a copy fault: B-SNAP-8).
     async fn snapshot_collect(&self) -> IoctlResult {
         let mut arg: BlkSnapSnapshotCollect = self.read_arg(Errno::ENODATA)?;
-        let ids = self.module.snapshot_ids().await;
+        // v2 copies the ids out with `snapshots_lock` held for read, and
+        // copy_to_user may sleep (a page fault): CREATE and DESTROY wait.
+        let k = self.module.k();
+        self.module.snapshots_lock.down_read(k).await;
+        let ids: Vec<SnapshotId> = self
+            .module
+            .snapshots
+            .borrow()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        if arg.ids != 0 && !ids.is_empty() {
+            sleep_point(k, "snapshot_collect.copy_to_user").await;
+        }
         let result = self.copy_ids(&mut arg, &ids);
+        self.module.snapshots_lock.up_read(k);
         self.write_arg(&arg)?;
         result.map(|()| 0)
     }
@@ -359,7 +373,7 @@ impl Ctrl<'_> {
         let mut arg: BlkSnapSnapshotCollectImages = self.read_arg(Errno::ENODATA)?;
         let result = match Snapshot::get_by_id(self.module, &arg.id.b).await {
             Some(snapshot) => {
-                let result = self.copy_images(&snapshot, &mut arg);
+                let result = self.copy_images(&snapshot, &mut arg).await;
                 snapshot.put().await;
                 result
             }
@@ -369,7 +383,7 @@ impl Ctrl<'_> {
         result.map(|()| 0)
     }
 
-    fn copy_images(
+    async fn copy_images(
         &self,
         snapshot: &Snapshot,
         arg: &mut BlkSnapSnapshotCollectImages,
@@ -386,6 +400,11 @@ impl Ctrl<'_> {
         if given < count {
             return Err(Errno::ENODATA);
         }
+        // v2 builds the array in a kcalloc'd buffer (GFP_KERNEL): a
+        // sleeping point, and -ENOMEM when it fails.
+        let k = self.module.k();
+        let bytes = u64::from(count) * BlkSnapImageInfo::SIZE as u64;
+        let alloc = kmalloc(k, "collect_images", bytes, Gfp::Kernel).await?;
         let infos: Vec<BlkSnapImageInfo> = snapshot
             .image_infos()
             .into_iter()
@@ -394,12 +413,25 @@ impl Ctrl<'_> {
                 image_dev_id: blk_dev(info.image_dev_id),
             })
             .collect();
-        self.write_array(arg.image_info_array, &infos)
+        let written = self.write_array(arg.image_info_array, &infos);
+        k.kfree(alloc);
+        written
     }
 
     /// WAIT_EVENT. The fix (v3) reads the id and the timeout; v2 reads only
     /// the 16-byte id, so the wait is a poll (B-CTRL-2).
+    /// v2 first allocates the event it fills (GFP_KERNEL: a sleeping
+    /// point; -ENOMEM before anything is read) and frees it on every exit.
     async fn wait_event(&self) -> IoctlResult {
+        let k = self.module.k();
+        let size = BlkSnapSnapshotEvent::SIZE as u64;
+        let alloc = kmalloc(k, "wait_event", size, Gfp::Kernel).await?;
+        let result = self.wait_event_into().await;
+        k.kfree(alloc);
+        result
+    }
+
+    async fn wait_event_into(&self) -> IoctlResult {
         let v2 = self.module.quirks.ctrl_2;
         let head = self
             .user
@@ -603,6 +635,32 @@ mod tests {
             assert_eq!(k.user_read(dev(0), 1020, 8).await, Ok(vec![5; 8]));
             ctl.destroy(&id).await.unwrap();
         });
+    }
+
+    /// COLLECT_IMAGES and WAIT_EVENT allocate as v2 does: -ENOMEM when
+    /// the allocation fails, the event stays queued, nothing leaks.
+    #[test]
+    fn collect_images_and_wait_event_fail_with_enomem_and_leak_nothing() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            k.fail_site_times("collect_images", 1);
+            assert_eq!(ctl.collect_images(&id).await, Err(Errno::ENOMEM));
+            assert_eq!(ctl.collect_images(&id).await.map(|v| v.len()), Ok(1));
+            k.fail_site_times("wait_event", 1);
+            assert_eq!(ctl.wait_event(&id, 0).await, Err(Errno::ENOMEM));
+            let (code, _, _) = ctl.wait_event(&id, 0).await.unwrap();
+            assert_eq!(code, EVENT_LOW_FREE_SPACE);
+            ctl.destroy(&id).await.unwrap();
+            k.settle().await;
+        });
+        let live: Vec<&str> = k.live_allocs().into_iter().map(|(site, _)| site).collect();
+        assert!(
+            !live.contains(&"collect_images") && !live.contains(&"wait_event"),
+            "{live:?}"
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use crate::diff_io;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::EVENT_CORRUPTED;
 use crate::kernel::{
-    preempt, AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, Kref, NoioScope, Stamp, TaskKind,
-    SECTOR_SHIFT,
+    blkdev_get, kmalloc, preempt, AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, Kref,
+    NoioScope, Stamp, TaskKind, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -68,20 +68,29 @@ pub fn chunk_geometry(module: &Module, capacity: u64, io_min: u32) -> (u32, u64)
     }
 }
 
+/// Which completion handler a chunk IO work item runs.
+#[derive(Clone, Copy)]
+enum Notify {
+    Load,
+    Store,
+}
+
 impl DiffArea {
     /// `diff_area_new`, at TAKE. The returned area holds one reference,
     /// owned by the tracker.
-    pub fn new(
+    /// It sleeps where v2 does: the open of the original and the
+    /// GFP_KERNEL allocation of the struct and its chunks.
+    pub async fn new(
         module: &Rc<Module>,
         dev: DevT,
         storage: &Rc<DiffStorage>,
     ) -> Result<Rc<DiffArea>, Errno> {
         let k = module.k();
-        let orig = k.bdev_open(dev)?;
+        let orig = blkdev_get(k, "diff_area_new.blkdev_get", dev).await?;
         let capacity = k.bdev_nr_sectors(dev);
         let (chunk_shift, chunk_count) = chunk_geometry(module, capacity, k.bdev_io_min(dev));
         let bytes = 512 + chunk_count * CHUNK_STRUCT_BYTES;
-        let struct_alloc = match k.kmalloc("diff_area", bytes, Gfp::Kernel) {
+        let struct_alloc = match kmalloc(k, "diff_area", bytes, Gfp::Kernel).await {
             Ok(alloc) => alloc,
             Err(e) => {
                 k.bdev_close(orig);
@@ -193,11 +202,11 @@ impl DiffArea {
 
     // --- buffers ----------------------------------------------------------------
 
-    fn take_buffer(&self, nowait: bool) -> Result<DiffBuffer, Errno> {
+    async fn take_buffer(&self, nowait: bool) -> Result<DiffBuffer, Errno> {
         if let Some(buffer) = self.free_buffers.borrow_mut().pop() {
             return Ok(buffer);
         }
-        DiffBuffer::new(self.module.k(), self.chunk_sectors(), nowait)
+        DiffBuffer::new(self.module.k(), self.chunk_sectors(), nowait).await
     }
 
     /// Back to the pool, unless the pool already holds more than its size.
@@ -286,14 +295,16 @@ impl DiffArea {
             TaskKind::Work,
             name,
             Box::pin(async move {
-                area.evict();
+                area.evict().await;
                 area.eviction_queued.set(false);
             }),
         );
     }
 
     /// The eviction work: trim each cache back to its limit.
-    fn evict(self: &Rc<Self>) {
+    /// It sleeps where the C work does: the region and bio allocations of
+    /// the store (GFP_NOIO), with the chunk lock held.
+    async fn evict(self: &Rc<Self>) {
         while !self.eviction_stopped() && !self.freed.get() {
             let Some(chunk) = self.pick_for_eviction() else {
                 return;
@@ -302,7 +313,7 @@ impl DiffArea {
                 self.module.k().warn("cached chunk without a ready buffer");
                 chunk.lock.up(self.module.k());
             } else if chunk.has(bits::DIRTY) {
-                if let Err(e) = self.schedule_storing(&chunk, false) {
+                if let Err(e) = self.schedule_storing(&chunk, false).await {
                     self.store_failed(&chunk, Some(e));
                 }
             } else {
@@ -339,11 +350,15 @@ impl DiffArea {
 
     /// Write the chunk's buffer to its region (allocated on first store).
     /// The chunk lock stays held until the store completes.
-    fn schedule_storing(self: &Rc<Self>, chunk: &Rc<Chunk>, nowait: bool) -> Result<(), Errno> {
+    async fn schedule_storing(
+        self: &Rc<Self>,
+        chunk: &Rc<Chunk>,
+        nowait: bool,
+    ) -> Result<(), Errno> {
         let region = match chunk.region.get() {
             Some(region) => region,
             None => {
-                let region = self.storage.new_region(self.chunk_sectors())?;
+                let region = self.storage.new_region(self.chunk_sectors()).await?;
                 chunk.region.set(Some(region));
                 region
             }
@@ -352,9 +367,9 @@ impl DiffArea {
             Some(buffer) => buffer.data.clone(),
             None => return Err(Errno::EFAULT),
         };
-        let io = diff_io::write(&self.module, region.dev, region.sector, data, nowait)?;
+        let io = diff_io::write(&self.module, region.dev, region.sector, data, nowait).await?;
         chunk.set(bits::STORING);
-        self.spawn_notify("chunk_notify_store", chunk, io, Self::notify_store);
+        self.spawn_notify("chunk_notify_store", chunk, io, Notify::Store);
         Ok(())
     }
 
@@ -365,7 +380,7 @@ impl DiffArea {
         name: &str,
         chunk: &Rc<Chunk>,
         io: diff_io::DiffIo,
-        notify: fn(&Rc<DiffArea>, &Rc<Chunk>, BioResult),
+        notify: Notify,
     ) {
         self.pending_io.set(self.pending_io.get() + 1);
         let (area, chunk) = (self.clone(), chunk.clone());
@@ -378,7 +393,10 @@ impl DiffArea {
                 if area.freed.get() {
                     panic!("BUG: use-after-free: IO completed on a freed diff_area (B-DA-7)");
                 }
-                notify(&area, &chunk, result);
+                match notify {
+                    Notify::Load => area.notify_load(&chunk, result).await,
+                    Notify::Store => area.notify_store(&chunk, result),
+                }
                 // The worker can be preempted once the chunk is unlocked; a
                 // free that stopped waiting (B-DA-7) may run to the end
                 // meanwhile. The quirk keeps it off the CPU for a tick.
@@ -396,7 +414,8 @@ impl DiffArea {
     }
 
     /// Completion of the COW read of the original.
-    fn notify_load(self: &Rc<Self>, chunk: &Rc<Chunk>, result: BioResult) {
+    /// The store it starts allocates (GFP_NOIO), so it sleeps there.
+    async fn notify_load(self: &Rc<Self>, chunk: &Rc<Chunk>, result: BioResult) {
         let data = match result {
             Ok(data) => data,
             Err(_) => return self.store_failed(chunk, Some(Errno::EIO)),
@@ -415,7 +434,7 @@ impl DiffArea {
         chunk.clear(bits::LOADING);
         chunk.set(bits::BUFFER_READY);
         let _noio = NoioScope::enter(self.module.k());
-        if let Err(e) = self.schedule_storing(chunk, false) {
+        if let Err(e) = self.schedule_storing(chunk, false).await {
             self.store_failed(chunk, Some(e));
         }
     }
@@ -444,8 +463,12 @@ impl DiffArea {
     }
 
     /// Start the COW read of a fresh chunk into a new buffer.
-    fn schedule_loading(self: &Rc<Self>, chunk: &Rc<Chunk>, nowait: bool) -> Result<(), Errno> {
-        let buffer = self.take_buffer(nowait)?;
+    async fn schedule_loading(
+        self: &Rc<Self>,
+        chunk: &Rc<Chunk>,
+        nowait: bool,
+    ) -> Result<(), Errno> {
+        let buffer = self.take_buffer(nowait).await?;
         *chunk.buffer.borrow_mut() = Some(buffer);
         let start = chunk.number * self.chunk_sectors();
         let io = match diff_io::read(
@@ -454,7 +477,9 @@ impl DiffArea {
             start,
             chunk.sector_count,
             nowait,
-        ) {
+        )
+        .await
+        {
             Ok(io) => io,
             Err(e) => {
                 // Undo the buffer, so a chunk left alone is a clean chunk.
@@ -465,7 +490,7 @@ impl DiffArea {
             }
         };
         chunk.set(bits::LOADING);
-        self.spawn_notify("chunk_notify_load", chunk, io, Self::notify_load);
+        self.spawn_notify("chunk_notify_load", chunk, io, Notify::Load);
         Ok(())
     }
 
@@ -485,7 +510,7 @@ impl DiffArea {
                 return Err(Errno::EINVAL);
             };
             self.lock_chunk(&chunk, nowait, killable).await?;
-            self.copy_chunk(&chunk, nowait)?;
+            self.copy_chunk(&chunk, nowait).await?;
         }
         Ok(())
     }
@@ -507,7 +532,7 @@ impl DiffArea {
     }
 
     /// The COW decision for one locked chunk (spec 5.3, first block).
-    fn copy_chunk(self: &Rc<Self>, chunk: &Rc<Chunk>, nowait: bool) -> Result<(), Errno> {
+    async fn copy_chunk(self: &Rc<Self>, chunk: &Rc<Chunk>, nowait: bool) -> Result<(), Errno> {
         let k = self.module.k();
         if chunk.has(bits::FAILED | bits::DIRTY | bits::STORE_READY) {
             chunk.lock.up(k);
@@ -520,9 +545,9 @@ impl DiffArea {
         }
         let started = if chunk.has(bits::BUFFER_READY) {
             self.cache_remove(chunk);
-            self.schedule_storing(chunk, nowait)
+            self.schedule_storing(chunk, nowait).await
         } else {
-            self.schedule_loading(chunk, nowait)
+            self.schedule_loading(chunk, nowait).await
         };
         match started {
             Ok(()) => Ok(()),
@@ -635,10 +660,10 @@ impl DiffArea {
             self.module.k().warn("chunk buffer has been lost");
             chunk.buffer.borrow_mut().take();
         }
-        let buffer = self.take_buffer(false)?;
+        let buffer = self.take_buffer(false).await?;
         let io = match chunk.region.get().filter(|_| chunk.has(bits::STORE_READY)) {
             Some(region) => {
-                diff_io::read(&self.module, region.dev, region.sector, region.count, false)
+                diff_io::read(&self.module, region.dev, region.sector, region.count, false).await
             }
             None => {
                 let start = chunk.number * self.chunk_sectors();
@@ -649,6 +674,7 @@ impl DiffArea {
                     chunk.sector_count,
                     false,
                 )
+                .await
             }
         };
         let loaded = match io {
@@ -724,7 +750,7 @@ mod tests {
     use super::*;
     use crate::event_queue::Event;
     use crate::kernel::testing::{dev, load, quirks, run, TestKernel};
-    use crate::kernel::BioOp;
+    use crate::kernel::{BioOp, Kernel};
     use crate::params::Params;
     use crate::quirks::Quirks;
 
@@ -762,7 +788,7 @@ mod tests {
         storage.append_begin(store).unwrap();
         storage.append_range(store, 0, storage_sectors);
         storage.append_end();
-        let area = DiffArea::new(&m, orig_dev, &storage).unwrap();
+        let area = run(&k, DiffArea::new(&m, orig_dev, &storage)).unwrap();
         Setup {
             k,
             storage,
@@ -819,6 +845,44 @@ mod tests {
         assert!(s.k.warns().is_empty(), "{:?}", s.k.warns());
     }
 
+    /// Acceptance of issue 8 item 1: the COW path sleeps in its GFP_NOIO
+    /// buffer allocation with the chunk lock held, and another writer runs
+    /// there. Writer A must reach its sleeping point, then writer B its own,
+    /// before A's allocation happens; without the await A would allocate at
+    /// once and B could not run in between.
+    #[test]
+    fn two_writers_interleave_at_the_cow_buffer_allocation() {
+        let s = setup(&[]);
+        for (name, sector) in [("writer A", 0), ("writer B", 512)] {
+            let area = s.area.clone();
+            s.k.spawn(
+                TaskKind::Work,
+                name.into(),
+                Box::pin(async move {
+                    area.copy(sector, 8, false, false).await.unwrap();
+                    area.wait(sector, 8, false, false).await.unwrap();
+                }),
+            );
+        }
+        run(&s.k, s.k.settle());
+        let at_buffer: Vec<String> =
+            s.k.sched_log()
+                .into_iter()
+                .filter(|e| e.ends_with(" diff_buffer"))
+                .collect();
+        assert_eq!(
+            at_buffer,
+            [
+                "sleep writer A diff_buffer",
+                "sleep writer B diff_buffer",
+                "alloc writer A diff_buffer",
+                "alloc writer B diff_buffer",
+            ]
+        );
+        assert_eq!(image_read(&s, 1, 0, 8), Ok(origs(512..520)));
+        teardown(s);
+    }
+
     #[test]
     fn chunk_geometry_follows_spec_5_1() {
         let m = load(&TestKernel::new(), Params::default(), Quirks::default());
@@ -857,7 +921,7 @@ mod tests {
         let m = load(&k, Params::default(), Quirks::default());
         let storage = DiffStorage::new(&m).unwrap();
         storage.append_range(store, 0, 4096);
-        let area = DiffArea::new(&m, orig_dev, &storage).unwrap();
+        let area = run(&k, DiffArea::new(&m, orig_dev, &storage)).unwrap();
         assert_eq!((area.chunk_sectors(), area.chunk_count()), (512, 2));
         assert_eq!(area.chunk(0).unwrap().sector_count, 512);
         assert_eq!(area.chunk(1).unwrap().sector_count, 488);
@@ -1140,7 +1204,7 @@ mod tests {
         storage.append_begin(store).unwrap();
         storage.append_range(store, 4, 4096);
         storage.append_end();
-        let area = DiffArea::new(&m, orig_dev, &storage).unwrap();
+        let area = run(&k, DiffArea::new(&m, orig_dev, &storage)).unwrap();
         let s = Setup {
             k,
             storage,
@@ -1159,7 +1223,7 @@ mod tests {
         s.storage.append_range(s.store, 64 * MIB, 4096);
         // Use up the first range so the next region lands past the end.
         for _ in 0..(64 * MIB / 512) {
-            s.storage.new_region(512).unwrap();
+            run(&s.k, s.storage.new_region(512)).unwrap();
         }
         assert_eq!(cow(&s, 0, 8), (Ok(()), Err(Errno::EFAULT)));
         assert_eq!(events(&s)[1].data, corrupted_payload(s.orig, Errno::EIO));
@@ -1183,13 +1247,13 @@ mod tests {
         let m = load(&k, Params::default(), Quirks::default());
         let storage = DiffStorage::new(&m).unwrap();
         assert_eq!(
-            DiffArea::new(&m, dev(0), &storage).err(),
+            run(&k, DiffArea::new(&m, dev(0), &storage)).err(),
             Some(Errno::EFAULT)
         );
         assert!(k.open_bdevs().is_empty());
         assert!(k.live_allocs().is_empty());
         assert_eq!(
-            DiffArea::new(&m, dev(5), &storage).err(),
+            run(&k, DiffArea::new(&m, dev(5), &storage)).err(),
             Some(Errno::ENXIO)
         );
     }
@@ -1201,7 +1265,7 @@ mod tests {
         let m = load(&k, Params::default(), quirks(&["B-DA-1"]));
         let storage = DiffStorage::new(&m).unwrap();
         assert_eq!(
-            DiffArea::new(&m, dev(0), &storage).err(),
+            run(&k, DiffArea::new(&m, dev(0), &storage)).err(),
             Some(Errno::EFAULT)
         );
         assert_eq!(k.open_bdevs(), vec![dev(0)]);

@@ -3,7 +3,7 @@
 //! A buffer is always one whole chunk, even for the trimmed last chunk. Free
 //! buffers wait in a per-diff_area pool (see `diff_area`).
 
-use crate::kernel::{AllocId, Errno, Gfp, Kernel, Stamp, SECTOR_SIZE};
+use crate::kernel::{kmalloc, AllocId, Errno, Gfp, Kernel, Stamp, SECTOR_SIZE};
 
 pub struct DiffBuffer {
     /// One stamp per sector of the chunk.
@@ -13,11 +13,12 @@ pub struct DiffBuffer {
 
 impl DiffBuffer {
     /// `diff_buffer_new`: GFP_NOIO, or NOIO|NOWAIT for a REQ_NOWAIT writer,
-    /// whose failure is -EAGAIN rather than -ENOMEM.
-    pub fn new(kernel: &dyn Kernel, sectors: u64, nowait: bool) -> Result<DiffBuffer, Errno> {
+    /// whose failure is -EAGAIN rather than -ENOMEM. GFP_NOIO sleeps in
+    /// reclaim (the COW path does it under the chunk lock); NOWAIT never.
+    pub async fn new(kernel: &dyn Kernel, sectors: u64, nowait: bool) -> Result<DiffBuffer, Errno> {
         let gfp = if nowait { Gfp::NoioNowait } else { Gfp::Noio };
-        let alloc = kernel
-            .kmalloc("diff_buffer", sectors * SECTOR_SIZE, gfp)
+        let alloc = kmalloc(kernel, "diff_buffer", sectors * SECTOR_SIZE, gfp)
+            .await
             .map_err(|_| if nowait { Errno::EAGAIN } else { Errno::ENOMEM })?;
         Ok(DiffBuffer {
             data: vec![0; sectors as usize],
@@ -38,12 +39,12 @@ impl DiffBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::testing::TestKernel;
+    use crate::kernel::testing::{run, TestKernel};
 
     #[test]
     fn a_buffer_is_one_zeroed_chunk_and_is_accounted() {
         let k = TestKernel::new();
-        let buffer = DiffBuffer::new(&*k, 512, false).unwrap();
+        let buffer = run(&k, DiffBuffer::new(&*k, 512, false)).unwrap();
         assert_eq!(buffer.sectors(), 512);
         assert!(buffer.data.iter().all(|&s| s == 0));
         assert_eq!(k.live_allocs(), vec![("diff_buffer", 512 * SECTOR_SIZE)]);
@@ -55,9 +56,15 @@ mod tests {
     fn allocation_failure_is_enomem_or_eagain_under_nowait() {
         let k = TestKernel::new();
         k.fail_site("diff_buffer");
-        assert_eq!(DiffBuffer::new(&*k, 512, false).err(), Some(Errno::ENOMEM));
-        assert_eq!(DiffBuffer::new(&*k, 512, true).err(), Some(Errno::EAGAIN));
+        assert_eq!(
+            run(&k, DiffBuffer::new(&*k, 512, false)).err(),
+            Some(Errno::ENOMEM)
+        );
+        assert_eq!(
+            run(&k, DiffBuffer::new(&*k, 512, true)).err(),
+            Some(Errno::EAGAIN)
+        );
         k.unfail_site("diff_buffer");
-        assert!(DiffBuffer::new(&*k, 512, true).is_ok());
+        assert!(run(&k, DiffBuffer::new(&*k, 512, true)).is_ok());
     }
 }

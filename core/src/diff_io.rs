@@ -8,7 +8,7 @@
 use std::rc::Rc;
 
 use crate::kernel::{
-    submit, Bio, BioOp, BioResult, Completion, DevT, Errno, Gfp, LocalBoxFuture, Stamp,
+    kmalloc, submit, Bio, BioOp, BioResult, Completion, DevT, Errno, Gfp, LocalBoxFuture, Stamp,
     PAGE_SECTORS,
 };
 use crate::module::Module;
@@ -21,18 +21,18 @@ pub type DiffIo = LocalBoxFuture<'static, BioResult>;
 
 /// Start a read of `count` sectors at `sector`. `nowait` is a REQ_NOWAIT
 /// writer's context: an allocation that would block fails with -EAGAIN.
-pub fn read(
+pub async fn read(
     module: &Rc<Module>,
     dev: DevT,
     sector: u64,
     count: u64,
     nowait: bool,
 ) -> Result<DiffIo, Errno> {
-    start(module, BioOp::Read, dev, sector, count, Vec::new(), nowait)
+    start(module, BioOp::Read, dev, sector, count, Vec::new(), nowait).await
 }
 
 /// Start a `REQ_SYNC|REQ_FUA` write of `data` at `sector`.
-pub fn write(
+pub async fn write(
     module: &Rc<Module>,
     dev: DevT,
     sector: u64,
@@ -40,10 +40,10 @@ pub fn write(
     nowait: bool,
 ) -> Result<DiffIo, Errno> {
     let count = data.len() as u64;
-    start(module, BioOp::Write, dev, sector, count, data, nowait)
+    start(module, BioOp::Write, dev, sector, count, data, nowait).await
 }
 
-fn start(
+async fn start(
     module: &Rc<Module>,
     op: BioOp,
     dev: DevT,
@@ -70,7 +70,7 @@ fn start(
     } else {
         (Gfp::Noio, Errno::ENOMEM)
     };
-    let alloc = k.kmalloc("diff_io", 64, gfp).map_err(|_| fail)?;
+    let alloc = kmalloc(k, "diff_io", 64, gfp).await.map_err(|_| fail)?;
     k.kfree(alloc);
     let per_bio = BIO_MAX_VECS * PAGE_SECTORS;
     let mut parts: Vec<Completion<BioResult>> = Vec::new();
@@ -114,6 +114,14 @@ mod tests {
     use crate::kernel::BioFlags;
     use crate::params::Params;
 
+    /// Start an IO: run its allocation (a sleeping point) to the end.
+    fn start_now(
+        k: &Rc<TestKernel>,
+        io: impl std::future::Future<Output = Result<DiffIo, Errno>>,
+    ) -> Result<DiffIo, Errno> {
+        run(k, io)
+    }
+
     fn setup(quirk_ids: &[&str]) -> (Rc<TestKernel>, Rc<Module>, DevT) {
         let k = TestKernel::new();
         let d = dev(0);
@@ -127,7 +135,7 @@ mod tests {
         let (k, m, d) = setup(&[]);
         // 4608 sectors = 576 pages: 256 + 256 + 64 pages.
         k.fill(d, 8, 4608, |s| s * 10);
-        let data = run(&k, read(&m, d, 8, 4608, false).unwrap()).unwrap();
+        let data = run(&k, start_now(&k, read(&m, d, 8, 4608, false)).unwrap()).unwrap();
         assert_eq!(data, (8..8 + 4608).map(|s| s * 10).collect::<Vec<_>>());
         let flags = BioFlags {
             sync: true,
@@ -151,7 +159,11 @@ mod tests {
     fn a_write_is_split_and_flagged_sync_fua_filtered() {
         let (k, m, d) = setup(&[]);
         let data: Vec<Stamp> = (1..=4096).collect();
-        run(&k, write(&m, d, 0, data.clone(), false).unwrap()).unwrap();
+        run(
+            &k,
+            start_now(&k, write(&m, d, 0, data.clone(), false)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(k.peek(d, 0, 4096), data);
         let bios = k.bios();
         assert_eq!(bios.len(), 2);
@@ -167,35 +179,47 @@ mod tests {
     #[test]
     fn exactly_256_pages_is_one_bio() {
         let (k, m, d) = setup(&["B-IO-1"]);
-        run(&k, read(&m, d, 0, 2048, false).unwrap()).unwrap();
+        run(&k, start_now(&k, read(&m, d, 0, 2048, false)).unwrap()).unwrap();
         assert_eq!(k.bios().len(), 1);
     }
 
     #[test]
     fn a_start_off_a_page_boundary_is_einval() {
         let (k, m, d) = setup(&[]);
-        assert_eq!(read(&m, d, 3, 8, false).err(), Some(Errno::EINVAL));
         assert_eq!(
-            write(&m, d, 4, vec![1; 8], false).err(),
+            start_now(&k, read(&m, d, 3, 8, false)).err(),
+            Some(Errno::EINVAL)
+        );
+        assert_eq!(
+            start_now(&k, write(&m, d, 4, vec![1; 8], false)).err(),
             Some(Errno::EINVAL)
         );
         assert!(k.bios().is_empty());
-        assert!(read(&m, d, 8, 3, false).is_ok(), "a short count is fine");
+        assert!(
+            start_now(&k, read(&m, d, 8, 3, false)).is_ok(),
+            "a short count is fine"
+        );
     }
 
     #[test]
     #[should_panic(expected = "B-IO-1")]
     fn quirk_io_1_panics_above_256_pages() {
         let (_k, m, d) = setup(&["B-IO-1"]);
-        let _ = read(&m, d, 0, 2056, false);
+        let _ = start_now(&_k, read(&m, d, 0, 2056, false));
     }
 
     #[test]
     fn allocation_failure_is_enomem_or_eagain_under_nowait() {
         let (k, m, d) = setup(&[]);
         k.fail_site("diff_io");
-        assert_eq!(read(&m, d, 0, 8, false).err(), Some(Errno::ENOMEM));
-        assert_eq!(read(&m, d, 0, 8, true).err(), Some(Errno::EAGAIN));
+        assert_eq!(
+            start_now(&k, read(&m, d, 0, 8, false)).err(),
+            Some(Errno::ENOMEM)
+        );
+        assert_eq!(
+            start_now(&k, read(&m, d, 0, 8, true)).err(),
+            Some(Errno::EAGAIN)
+        );
         assert!(k.bios().is_empty());
     }
 
@@ -203,10 +227,10 @@ mod tests {
     fn any_failed_part_ends_the_io_with_eio() {
         let (k, m, d) = setup(&[]);
         // The second part runs past the end of the device.
-        let past = read(&m, d, (1 << 20) - 2048, 4096, false).unwrap();
+        let past = start_now(&k, read(&m, d, (1 << 20) - 2048, 4096, false)).unwrap();
         assert_eq!(run(&k, past), Err(Errno::EIO));
         k.set_fail_io(d, true);
-        let failed = write(&m, d, 0, vec![1; 8], false).unwrap();
+        let failed = start_now(&k, write(&m, d, 0, vec![1; 8], false)).unwrap();
         assert_eq!(run(&k, failed), Err(Errno::EIO));
     }
 
@@ -215,6 +239,6 @@ mod tests {
     fn io_after_the_bio_set_is_destroyed_panics() {
         let (_k, m, d) = setup(&[]);
         m.bioset_destroyed.set(true);
-        let _ = read(&m, d, 0, 8, false);
+        let _ = start_now(&_k, read(&m, d, 0, 8, false));
     }
 }

@@ -9,7 +9,9 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::event_queue::{EventQueue, EVENT_LOW_FREE_SPACE};
-use crate::kernel::{BdevHandle, DevT, Errno, Gfp, PAGE_SECTORS};
+use crate::kernel::{
+    blkdev_get, blkdev_put, kmalloc, AllocId, BdevHandle, DevT, Errno, Gfp, PAGE_SECTORS,
+};
 use crate::module::Module;
 
 /// A range of a storage device, in sectors.
@@ -33,6 +35,9 @@ pub struct DiffRegion {
 #[derive(Default)]
 struct StorageState {
     bdevs: Vec<BdevHandle>,
+    /// The `storage_bdev` and `storage_block` structs APPEND allocated;
+    /// they live until `diff_storage_free`.
+    allocs: Vec<AllocId>,
     empty_blocks: std::collections::VecDeque<StorageBlock>,
     filled_blocks: Vec<StorageBlock>,
     capacity: u64,
@@ -107,6 +112,39 @@ impl DiffStorage {
         Ok(())
     }
 
+    /// `diff_storage_bdev_by_id` as APPEND runs it: open the device
+    /// (sleeps) and allocate its `storage_bdev` (GFP_KERNEL, sleeps); on
+    /// -ENOMEM the device is put back.
+    pub async fn append_open(&self, dev: DevT) -> Result<(), Errno> {
+        if self.state.borrow().bdevs.iter().any(|b| b.dev == dev) {
+            return Ok(());
+        }
+        let k = self.module.k();
+        let handle = blkdev_get(k, "append.blkdev_get", dev).await?;
+        match kmalloc(k, "storage_bdev", 64, Gfp::Kernel).await {
+            Ok(alloc) => {
+                let mut state = self.state.borrow_mut();
+                state.bdevs.push(handle);
+                state.allocs.push(alloc);
+                Ok(())
+            }
+            Err(e) => {
+                blkdev_put(k, "append.blkdev_put", handle).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// One range of APPEND with its `storage_block` (GFP_KERNEL, a
+    /// sleeping point: COWs may take regions between two ranges). -ENOMEM
+    /// keeps the ranges added before, as v2 does.
+    pub async fn append_block(&self, dev: DevT, sector: u64, count: u64) -> Result<(), Errno> {
+        let alloc = kmalloc(self.module.k(), "storage_block", 64, Gfp::Kernel).await?;
+        self.state.borrow_mut().allocs.push(alloc);
+        self.append_range(dev, sector, count);
+        Ok(())
+    }
+
     /// Open the device of an APPEND_STORAGE (before its ranges are read).
     pub fn append_begin(&self, dev: DevT) -> Result<(), Errno> {
         self.bdev_for(dev)
@@ -152,12 +190,14 @@ impl DiffStorage {
     }
 
     /// `diff_storage_new_region`: first fit in append order.
-    pub fn new_region(&self, count: u64) -> Result<DiffRegion, Errno> {
+    /// The region struct is a GFP_NOIO allocation: a sleeping point, so a
+    /// concurrent APPEND or another COW may run before the first fit.
+    pub async fn new_region(&self, count: u64) -> Result<DiffRegion, Errno> {
         if self.is_overflow() {
             return Err(Errno::ENOSPC);
         }
         let k = self.module.k();
-        let alloc = k.kmalloc("diff_region", 32, Gfp::Noio)?;
+        let alloc = kmalloc(k, "diff_region", 32, Gfp::Noio).await?;
         k.kfree(alloc);
         let region = self.take_first_fit(count)?;
         self.check_low_space();
@@ -209,6 +249,10 @@ impl DiffStorage {
         let bdevs = std::mem::take(&mut self.state.borrow_mut().bdevs);
         for handle in bdevs {
             self.module.k().bdev_close(handle);
+        }
+        let allocs = std::mem::take(&mut self.state.borrow_mut().allocs);
+        for alloc in allocs {
+            self.module.k().kfree(alloc);
         }
     }
 }
@@ -279,7 +323,7 @@ mod tests {
 
     #[test]
     fn regions_are_first_fit_in_append_order_and_wasted_tails_count_as_filled() {
-        let (_k, storage, store) = setup(&[]);
+        let (k, storage, store) = setup(&[]);
         append(&storage, store, &[(0, 1000), (2048, 1024), (8192, 512)]);
         assert_eq!(storage.capacity(), 2536);
         let region = |sector| DiffRegion {
@@ -287,15 +331,15 @@ mod tests {
             sector,
             count: CHUNK,
         };
-        assert_eq!(storage.new_region(CHUNK), Ok(region(0)));
+        assert_eq!(run(&k, storage.new_region(CHUNK)), Ok(region(0)));
         assert_eq!(storage.counters().filled, 512);
         // 488 sectors left in the first block: wasted, counted, next block.
-        assert_eq!(storage.new_region(CHUNK), Ok(region(2048)));
+        assert_eq!(run(&k, storage.new_region(CHUNK)), Ok(region(2048)));
         assert_eq!(storage.counters().filled, 512 + 488 + 512);
-        assert_eq!(storage.new_region(CHUNK), Ok(region(2560)));
-        assert_eq!(storage.new_region(CHUNK), Ok(region(8192)));
+        assert_eq!(run(&k, storage.new_region(CHUNK)), Ok(region(2560)));
+        assert_eq!(run(&k, storage.new_region(CHUNK)), Ok(region(8192)));
         assert_eq!(storage.counters().filled, 2536);
-        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOSPC));
+        assert_eq!(run(&k, storage.new_region(CHUNK)), Err(Errno::ENOSPC));
         assert!(storage.is_overflow());
     }
 
@@ -305,19 +349,19 @@ mod tests {
         append(&storage, store, &[(0, M)]);
         assert_eq!(drain_events(&k, &storage), vec![low_space(M)]);
         for n in 1..=255u64 {
-            storage.new_region(CHUNK).unwrap();
+            run(&k, storage.new_region(CHUNK)).unwrap();
             assert_eq!(storage.event_queue.pending(), 0, "allocation {n}");
         }
         // Allocation 256: left = 262144 - 131072 <= T.
-        storage.new_region(CHUNK).unwrap();
+        run(&k, storage.new_region(CHUNK)).unwrap();
         assert_eq!(storage.counters().requested, 2 * M);
         assert_eq!(drain_events(&k, &storage), vec![low_space(M)]);
         for _ in 257..=512 {
-            storage.new_region(CHUNK).unwrap();
+            run(&k, storage.new_region(CHUNK)).unwrap();
         }
         assert_eq!(storage.event_queue.pending(), 0, "one event per arming");
         assert_eq!(storage.counters().filled, M);
-        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOSPC));
+        assert_eq!(run(&k, storage.new_region(CHUNK)), Err(Errno::ENOSPC));
         let counters = storage.counters();
         assert!(counters.overflow);
         assert_eq!((counters.capacity, counters.filled), (M, M));
@@ -328,16 +372,16 @@ mod tests {
         let (k, storage, store) = setup(&[]);
         append(&storage, store, &[(0, M)]);
         for _ in 0..256 {
-            storage.new_region(CHUNK).unwrap();
+            run(&k, storage.new_region(CHUNK)).unwrap();
         }
         assert_eq!(drain_events(&k, &storage).len(), 2);
         // Spec 6.7 step 5: capacity 524 288 >= requested clears the flag.
         append(&storage, store, &[(M, M)]);
         for n in 257..=767u64 {
-            storage.new_region(CHUNK).unwrap();
+            run(&k, storage.new_region(CHUNK)).unwrap();
             assert_eq!(storage.event_queue.pending(), 0, "allocation {n}");
         }
-        storage.new_region(CHUNK).unwrap(); // 768
+        run(&k, storage.new_region(CHUNK)).unwrap(); // 768
         assert_eq!(drain_events(&k, &storage), vec![low_space(M)]);
         assert_eq!(storage.counters().requested, 3 * M);
     }
@@ -347,24 +391,24 @@ mod tests {
         let (k, storage, store) = setup(&[]);
         append(&storage, store, &[(0, M)]);
         for _ in 0..256 {
-            storage.new_region(CHUNK).unwrap();
+            run(&k, storage.new_region(CHUNK)).unwrap();
         }
         drain_events(&k, &storage);
         append(&storage, store, &[(M, M / 2)]); // capacity 393 216 < 524 288
         for _ in 257..=768 {
-            storage.new_region(CHUNK).unwrap();
+            run(&k, storage.new_region(CHUNK)).unwrap();
         }
         assert_eq!(storage.event_queue.pending(), 0);
     }
 
     #[test]
     fn overflow_is_permanent() {
-        let (_k, storage, store) = setup(&[]);
+        let (k, storage, store) = setup(&[]);
         append(&storage, store, &[(0, CHUNK)]);
-        storage.new_region(CHUNK).unwrap();
-        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOSPC));
+        run(&k, storage.new_region(CHUNK)).unwrap();
+        assert_eq!(run(&k, storage.new_region(CHUNK)), Err(Errno::ENOSPC));
         append(&storage, store, &[(CHUNK, M)]);
-        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOSPC));
+        assert_eq!(run(&k, storage.new_region(CHUNK)), Err(Errno::ENOSPC));
         assert_eq!(storage.counters().filled, CHUNK, "nothing allocated after");
     }
 
@@ -373,10 +417,10 @@ mod tests {
         let (k, storage, store) = setup(&[]);
         append(&storage, store, &[(0, M)]);
         k.fail_site_times("diff_region", 1);
-        assert_eq!(storage.new_region(CHUNK), Err(Errno::ENOMEM));
+        assert_eq!(run(&k, storage.new_region(CHUNK)), Err(Errno::ENOMEM));
         assert!(!storage.is_overflow());
         assert_eq!(storage.counters().filled, 0);
-        assert!(storage.new_region(CHUNK).is_ok());
+        assert!(run(&k, storage.new_region(CHUNK)).is_ok());
     }
 
     #[test]

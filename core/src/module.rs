@@ -59,6 +59,11 @@ pub const ALLOC_SITES: &[&str] = &[
     "event",
     "module.bioset",
     "module.ctrl_device",
+    "storage_bdev",
+    "storage_block",
+    "collect_images",
+    "wait_event",
+    "snapimage",
 ];
 
 /// The largest image minor (`IDA` over [0, 2^20 - 1]).

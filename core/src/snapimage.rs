@@ -9,8 +9,8 @@ use std::rc::Rc;
 use crate::cbt_map::CbtMap;
 use crate::diff_area::DiffArea;
 use crate::kernel::{
-    completion, Bio, BioOp, BioResult, Completer, Completion, DevT, Errno, GenDisk, Stamp,
-    TaskKind, SECTOR_SHIFT,
+    completion, kmalloc, sleep_point, AllocId, Bio, BioOp, BioResult, Completer, Completion, DevT,
+    Errno, GenDisk, Gfp, Stamp, TaskKind, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -27,6 +27,8 @@ pub struct SnapImage {
     diff_area: Rc<DiffArea>,
     /// Held for the image's life; the CBT is shared with the tracker.
     _cbt_map: Rc<CbtMap>,
+    /// The `struct snapimage` allocation, given back by `free`.
+    alloc: AllocId,
     queue: RefCell<VecDeque<(Bio, Completer<BioResult>)>>,
     is_ready: Cell<bool>,
     should_stop: Cell<bool>,
@@ -42,7 +44,16 @@ impl SnapImage {
         cbt_map: &Rc<CbtMap>,
     ) -> Result<Rc<SnapImage>, Errno> {
         let k = module.k();
-        let minor = module.image_minor_alloc()?;
+        // kzalloc(GFP_KERNEL) comes first in v2: it sleeps, and -ENOMEM
+        // returns before anything else is taken.
+        let alloc = kmalloc(k, "snapimage", 512, Gfp::Kernel).await?;
+        let minor = match module.image_minor_alloc() {
+            Ok(minor) => minor,
+            Err(e) => {
+                k.kfree(alloc);
+                return Err(e);
+            }
+        };
         let image_dev_id = DevT::new(k.image_major(), minor);
         diff_area.get();
         let image = Rc::new(SnapImage {
@@ -51,17 +62,25 @@ impl SnapImage {
             capacity: cbt_map.device_capacity(),
             diff_area: diff_area.clone(),
             _cbt_map: cbt_map.clone(),
+            alloc,
             queue: RefCell::new(VecDeque::new()),
             is_ready: Cell::new(true),
             should_stop: Cell::new(false),
             wake: RefCell::new(None),
             stopped: RefCell::new(None),
         });
+        // kthread_create and add_disk both sleep: the first COWs after the
+        // unlock may run while the image is being made.
+        sleep_point(k, "kthread_create").await;
         image.start_worker();
         let name = format!("blksnap-image{minor}");
+        sleep_point(k, "add_disk").await;
         if let Err(e) = k.add_disk(image_dev_id, name, image.capacity, image.clone()) {
             image.should_stop.set(true);
             image.kick();
+            // kthread_stop waits for the worker to see the stop.
+            sleep_point(k, "kthread_stop").await;
+            k.kfree(alloc);
             module.image_minor_free(minor);
             // v2 keeps the references it took before add_disk (B-IMG-2).
             if !module.quirks.img_2 {
@@ -178,9 +197,11 @@ impl SnapImage {
         if let Some(stopped) = stopped {
             stopped.await;
         }
+        sleep_point(k, "del_gendisk").await;
         k.del_gendisk(self.image_dev_id);
         self.diff_area.put().await;
         self.module.image_minor_free(self.image_dev_id.minor());
+        k.kfree(self.alloc);
     }
 
     /// The device's size in bytes, for the record.
@@ -391,6 +412,37 @@ mod tests {
             assert_eq!(k.open_bdevs(), vec![dev(16)], "the diff_area was freed");
             assert_eq!(ctl.module.image_minor_alloc(), Ok(0));
         });
+    }
+
+    /// The image struct is the first allocation of `snapimage_create`:
+    /// -ENOMEM there fails TAKE with nothing taken; a later TAKE of a new
+    /// snapshot succeeds and its image struct is given back at DESTROY.
+    #[test]
+    fn a_failed_image_allocation_is_enomem_and_leaks_nothing() {
+        let k = TestKernel::new();
+        k.add_device(dev(0), 64 * MIB);
+        k.add_device(dev(16), 256 * MIB);
+        let ctl = Ctl::new(&load(&k, Params::default(), quirks(&[])));
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            k.fail_site_times("snapimage", 1);
+            assert_eq!(ctl.take(&id).await, Err(Errno::ENOMEM));
+            assert_eq!(ctl.module.image_minor_alloc(), Ok(0));
+            ctl.module.image_minor_free(0);
+            let _ = ctl.destroy(&id).await;
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            assert!(k.live_allocs().iter().any(|(site, _)| *site == "snapimage"));
+            ctl.destroy(&id).await.unwrap();
+            k.settle().await;
+        });
+        assert!(
+            !k.live_allocs().iter().any(|(site, _)| *site == "snapimage"),
+            "{:?}",
+            k.live_allocs()
+        );
     }
 
     #[test]

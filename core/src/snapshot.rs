@@ -17,7 +17,7 @@ use crate::diff_area::DiffArea;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::Event;
 use crate::kernel::sync::Mutex;
-use crate::kernel::{DevT, Errno, Gfp, Kref, NoioScope};
+use crate::kernel::{kmalloc, sleep_point, DevT, Errno, Gfp, Kref, NoioScope};
 use crate::module::Module;
 use crate::snapimage::SnapImage;
 use crate::tracker::Tracker;
@@ -114,7 +114,7 @@ impl Snapshot {
             // `count - 1` wraps: the duplicate check spins 2^32 times.
             k.sleep(EMPTY_CHECK_STALL_NS).await;
         }
-        let alloc = k.kmalloc("snapshot", 128 + 16 * devs.len() as u64, Gfp::Kernel)?;
+        let alloc = kmalloc(k, "snapshot", 128 + 16 * devs.len() as u64, Gfp::Kernel).await?;
         k.kfree(alloc);
         let diff_storage = DiffStorage::new(module)?;
         let id = k.uuid_v4();
@@ -203,7 +203,7 @@ impl Snapshot {
         if self.trackers.is_empty() {
             return Err(Errno::ENODEV);
         }
-        let early = match self.build_diff_areas() {
+        let early = match self.build_diff_areas().await {
             Ok(()) => self.take_trackers().await,
             Err(e) => Err(e),
         };
@@ -230,9 +230,9 @@ impl Snapshot {
     /// another snapshot (B-SNAP-6) or taken twice at once (B-SNAP-9): v2
     /// overwrites the pointer and leaks the old area; the fix never gets
     /// here, so it is an engine bug there.
-    fn build_diff_areas(&self) -> Result<(), Errno> {
+    async fn build_diff_areas(&self) -> Result<(), Errno> {
         for tracker in &self.trackers {
-            let area = DiffArea::new(&self.module, tracker.dev_id, &self.diff_storage)?;
+            let area = DiffArea::new(&self.module, tracker.dev_id, &self.diff_storage).await?;
             let old = tracker.diff_area.borrow_mut().replace(area);
             let shared = self.module.quirks.snap_6 || self.module.quirks.snap_9;
             if old.is_some() && !shared {
@@ -436,6 +436,9 @@ async fn freeze_all(
 async fn thaw(module: &Rc<Module>, devs: &[DevT]) {
     let k = module.k();
     for dev in devs {
+        // thaw_bdev sleeps (bd_fsfreeze_mutex, the file system's unfreeze):
+        // writers blocked on the freeze may run from here on.
+        sleep_point(k, "snapshot_take.thaw_bdev").await;
         if let Err(e) = k.thaw_bdev(*dev).await {
             k.log(&format!("failed to thaw {dev}: {e}"));
         }

@@ -8,7 +8,8 @@ use std::rc::Rc;
 use crate::cbt_map::CbtMap;
 use crate::diff_area::DiffArea;
 use crate::kernel::{
-    BdevFilter, BioHeader, DevT, Errno, FilterVerdict, Gfp, Kref, LocalBoxFuture, NoioScope,
+    blkdev_get, blkdev_put, kmalloc, sleep_point, BdevFilter, BioHeader, DevT, Errno,
+    FilterVerdict, Gfp, Kref, LocalBoxFuture, NoioScope,
 };
 use crate::module::Module;
 
@@ -36,9 +37,9 @@ impl Tracker {
     /// `tracker_create_or_get` (spec 3.3). Returns a reference for the caller.
     pub async fn create_or_get(module: &Rc<Module>, dev: DevT) -> Result<Rc<Tracker>, Errno> {
         let k = module.k();
-        let handle = k.bdev_open(dev)?;
+        let handle = blkdev_get(k, "tracker_create.blkdev_get", dev).await?;
         let result = Self::get_or_attach(module, dev).await;
-        k.bdev_close(handle);
+        blkdev_put(k, "tracker_create.blkdev_put", handle).await;
         result
     }
 
@@ -47,7 +48,7 @@ impl Tracker {
             return Ok(tracker);
         }
         let k = module.k();
-        let alloc = k.kmalloc("tracker", 128, Gfp::Kernel)?;
+        let alloc = kmalloc(k, "tracker", 128, Gfp::Kernel).await?;
         k.kfree(alloc);
         let cbt_map = CbtMap::new(module, k.bdev_nr_sectors(dev))?;
         let tracker = Rc::new(Tracker {
@@ -67,6 +68,7 @@ impl Tracker {
         }
         let attached = k.filter_attach(dev, tracker.clone()).await;
         if frozen.is_ok() {
+            sleep_point(k, "tracker_create.thaw_bdev").await;
             let _ = k.thaw_bdev(dev).await;
         }
         if let Err(e) = attached {
@@ -153,9 +155,9 @@ impl Tracker {
     /// TRACKER_REMOVE (spec 3.6): detach with the file system frozen.
     pub async fn remove(module: &Rc<Module>, dev: DevT) -> Result<(), Errno> {
         let k = module.k();
-        let handle = k.bdev_open(dev)?;
+        let handle = blkdev_get(k, "tracker_remove.blkdev_get", dev).await?;
         let result = Self::detach(module, dev).await;
-        k.bdev_close(handle);
+        blkdev_put(k, "tracker_remove.blkdev_put", handle).await;
         result
     }
 
@@ -175,6 +177,7 @@ impl Tracker {
         let frozen = k.freeze_bdev(dev).await;
         let detached = k.filter_detach(dev).await;
         if frozen.is_ok() {
+            sleep_point(k, "tracker_remove.thaw_bdev").await;
             let _ = k.thaw_bdev(dev).await;
         }
         tracker.detaching.set(false);
@@ -198,8 +201,8 @@ impl Tracker {
         dev: DevT,
         ranges: &[(u64, u64)],
     ) -> Result<(), Errno> {
-        let handle = module.k().bdev_open(dev)?;
-        module.k().bdev_close(handle);
+        let handle = blkdev_get(module.k(), "mark_dirty.blkdev_get", dev).await?;
+        blkdev_put(module.k(), "mark_dirty.blkdev_put", handle).await;
         let tracker = Self::get_by_dev(module, dev).await.ok_or(Errno::ENODEV)?;
         let result = tracker.cbt_map.set_both(ranges);
         tracker.put();

@@ -190,6 +190,9 @@ pub struct Sim {
     pub injected: RefCell<crate::check::injected::InjectedFaults>,
     /// The storage checker (engine writes to the diff storage).
     pub storage: RefCell<crate::check::storage::StorageCheck>,
+    /// Sleeping points the engine reached (`might_sleep` sites), with how
+    /// often: the inventory test compares them with ARCHITECTURE.md.
+    pub sleep_sites: RefCell<BTreeMap<&'static str, u64>>,
 }
 
 impl Sim {
@@ -233,6 +236,7 @@ impl Sim {
             fs_take: RefCell::new(Default::default()),
             injected: RefCell::new(Default::default()),
             storage: RefCell::new(Default::default()),
+            sleep_sites: RefCell::new(BTreeMap::new()),
         })
     }
 
@@ -961,6 +965,10 @@ impl Kernel for SimKernel {
     fn log(&self, msg: &str) {
         let now = self.0.now();
         self.0.log.borrow_mut().push((now, msg.to_string()));
+    }
+
+    fn might_sleep(&self, site: &'static str) {
+        *self.0.sleep_sites.borrow_mut().entry(site).or_insert(0) += 1;
     }
 
     fn kmalloc(&self, site: &'static str, bytes: u64, gfp: Gfp) -> Result<AllocId, Errno> {

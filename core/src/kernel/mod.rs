@@ -246,6 +246,14 @@ pub enum Gfp {
     NoioNowait,
 }
 
+impl Gfp {
+    /// Whether an allocation of this class may sleep in reclaim (and so is
+    /// a scheduling point): GFP_KERNEL and GFP_NOIO may, NOWAIT never.
+    pub fn may_sleep(self) -> bool {
+        !matches!(self, Gfp::NoioNowait)
+    }
+}
+
 /// Handle of one accounted allocation, given back with [`Kernel::kfree`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub struct AllocId(pub u64);
@@ -304,6 +312,10 @@ pub trait Kernel {
     // --- reporting -----------------------------------------------------------
     /// `WARN`: the host treats it as a failed run (panic_on_warn).
     fn warn(&self, msg: &str);
+    /// The engine is at a point where the C code may sleep (`might_sleep`),
+    /// named by `site`. The host may count the sites reached; the yield
+    /// itself is [`sleep_point`]'s. The default ignores it.
+    fn might_sleep(&self, _site: &'static str) {}
     /// `pr_*`: diagnostics only, never judged.
     fn log(&self, msg: &str);
 
@@ -369,6 +381,46 @@ pub fn submit(kernel: &dyn Kernel, bio: Bio) -> Completion<BioResult> {
     let (completion, completer) = completion();
     kernel.submit_bio(bio, completer);
     completion
+}
+
+/// A point where the C code sleeps (reclaim, `thaw_bdev`, `add_disk`,
+/// `blkdev_get_by_dev`, ...) and the port has no other await: report the
+/// site to the host and yield, so the seeded scheduler decides who runs.
+pub async fn sleep_point(kernel: &dyn Kernel, site: &'static str) {
+    kernel.might_sleep(site);
+    preempt().await;
+}
+
+/// `kmalloc` as the C calls it: an allocation whose class may sleep is a
+/// sleeping point before it succeeds or fails (reclaim runs inside the
+/// allocator in C), one that may not (`GFP_NOWAIT`) never yields.
+pub async fn kmalloc(
+    kernel: &dyn Kernel,
+    site: &'static str,
+    bytes: u64,
+    gfp: Gfp,
+) -> Result<AllocId, Errno> {
+    if gfp.may_sleep() {
+        sleep_point(kernel, site).await;
+    }
+    kernel.kmalloc(site, bytes, gfp)
+}
+
+/// `blkdev_get_by_dev`: opening a device sleeps (the disk's open mutex).
+/// `site` names the caller, so each open is a sleeping point of its own.
+pub async fn blkdev_get(
+    kernel: &dyn Kernel,
+    site: &'static str,
+    dev: DevT,
+) -> Result<BdevHandle, Errno> {
+    sleep_point(kernel, site).await;
+    kernel.bdev_open(dev)
+}
+
+/// `blkdev_put`: closing one sleeps too (the same mutex, a sync on last close).
+pub async fn blkdev_put(kernel: &dyn Kernel, site: &'static str, handle: BdevHandle) {
+    sleep_point(kernel, site).await;
+    kernel.bdev_close(handle);
 }
 
 /// Scope guard for `memalloc_noio_save`/`restore`, restored in order.

@@ -140,6 +140,9 @@ pub struct TestKernel {
     warns: RefCell<Vec<String>>,
     logs: RefCell<Vec<String>>,
     events: RefCell<Vec<String>>,
+    /// "sleep TASK SITE" at each sleeping point and "alloc TASK SITE" at
+    /// each allocation, in order: shows where tasks interleaved.
+    sched_log: RefCell<Vec<String>>,
     double_completions: Cell<u64>,
     woken: Arc<WakeFlag>,
 }
@@ -328,6 +331,18 @@ impl TestKernel {
     /// freeze/thaw/attach/detach/add_disk/del_gendisk, in order.
     pub fn events(&self) -> Vec<String> {
         self.events.borrow().clone()
+    }
+
+    /// Sleeping points and allocations, in the order tasks reached them.
+    pub fn sched_log(&self) -> Vec<String> {
+        self.sched_log.borrow().clone()
+    }
+
+    fn log_sched(&self, what: &str, site: &str) {
+        let task = self.with_current(|t| t.name.clone()).unwrap_or_default();
+        self.sched_log
+            .borrow_mut()
+            .push(format!("{what} {task} {site}"));
     }
 
     /// How many times a lock class was found busy.
@@ -631,7 +646,12 @@ impl Kernel for TestKernel {
         self.logs.borrow_mut().push(msg.to_string());
     }
 
+    fn might_sleep(&self, site: &'static str) {
+        self.log_sched("sleep", site);
+    }
+
     fn kmalloc(&self, site: &'static str, bytes: u64, _gfp: Gfp) -> Result<AllocId, Errno> {
+        self.log_sched("alloc", site);
         if self.take_failure(site) {
             return Err(Errno::ENOMEM);
         }

@@ -94,6 +94,9 @@ pub struct Outcome {
     pub recent: Vec<String>,
     /// The engine's log (`pr_*` lines), last ones first kept.
     pub log: Vec<String>,
+    /// The engine's sleeping points reached (`Kernel::might_sleep` sites),
+    /// with how many times each was reached.
+    pub sleep_sites: BTreeMap<String, u64>,
 }
 
 impl Outcome {
@@ -379,6 +382,12 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
             .map(|(t, e)| format!("{t:>14} {e}"))
             .collect(),
         log: engine_log(sim),
+        sleep_sites: sim
+            .sleep_sites
+            .borrow()
+            .iter()
+            .map(|(site, n)| (site.to_string(), *n))
+            .collect(),
     }
 }
 
