@@ -17,6 +17,9 @@ use blksnap_sim::scenario::model::{
 };
 use blksnap_sim::scenario::{parse, Scenario};
 
+mod common;
+use common::{file_example, steps_example};
+
 // ---------------------------------------------------------------------
 // What serde knows: the name and the fields (or variants) of a type.
 
@@ -122,30 +125,7 @@ fn enums() -> Vec<shape::Shape> {
 }
 
 // ---------------------------------------------------------------------
-// The README examples and a tokenizer for them.
-
-fn readme_blocks() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/README.md");
-    let text = std::fs::read_to_string(path).expect("README readable");
-    text.split("```ron\n")
-        .skip(1)
-        .map(|rest| rest.split("```").next().unwrap_or_default().to_string())
-        .collect()
-}
-
-/// The file example, with its steps left empty.
-fn file_example() -> String {
-    readme_blocks()[0].replace("steps: [ ... ],", "steps: [],")
-}
-
-const DEVICES: &str = "devices: [(name: \"d\", sectors: 8388608), (name: \"e\", sectors: 65536), \
-     (name: \"fsdev\", sectors: 65536, fs: true), (name: \"store\", sectors: 4194304)]";
-
-/// The step examples in a scenario; the steps start on line 2.
-fn steps_example() -> String {
-    let steps = &readme_blocks()[1];
-    format!("Scenario(name: \"readme\", {DEVICES}, steps: [\n{steps}\n])")
-}
+// A tokenizer for the README examples.
 
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {
