@@ -1023,8 +1023,8 @@ impl Run {
 }
 
 /// Load and run a file (for tests and the CLI).
-pub fn run_file(path: &Path, options: &RunOptions) -> Result<super::Outcome, super::LoadError> {
-    let scenario = super::load(path)?;
+pub fn run_file(path: &Path, options: &RunOptions) -> Result<Outcome, super::load::LoadError> {
+    let scenario = super::load::load(path)?;
     Ok(run(&scenario, options))
 }
 
