@@ -13,6 +13,10 @@
 //! polled by [`Sim::run`]); at every await point of any task the scheduler
 //! draws the next task to run from the seed.
 //!
+//! Fault model: none of its own. Each subsystem file states its faults;
+//! every fault injected anywhere is recorded here (`record_fault`) so the
+//! checkers know it, and every failed check lands here (`fail`).
+//!
 //! This file holds the per-run state and the verdicts (failures, the log);
 //! the subsystem files below it never import the `Sim` except the glue
 //! files (`exec.rs`, `alloc.rs`, `bio.rs`, `sim_kernel.rs`), which exist
