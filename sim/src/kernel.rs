@@ -193,6 +193,8 @@ pub struct Sim {
     /// Sleeping points the engine reached (`might_sleep` sites), with how
     /// often: the inventory test compares them with ARCHITECTURE.md.
     pub sleep_sites: RefCell<BTreeMap<&'static str, u64>>,
+    /// When an allocation that may sleep reclaims first (`reclaim.rs`).
+    pub reclaim: RefCell<crate::reclaim::Reclaim>,
 }
 
 impl Sim {
@@ -237,6 +239,7 @@ impl Sim {
             injected: RefCell::new(Default::default()),
             storage: RefCell::new(Default::default()),
             sleep_sites: RefCell::new(BTreeMap::new()),
+            reclaim: RefCell::new(crate::reclaim::Reclaim::new(seed)),
         })
     }
 
@@ -969,6 +972,16 @@ impl Kernel for SimKernel {
 
     fn might_sleep(&self, site: &'static str) {
         *self.0.sleep_sites.borrow_mut().entry(site).or_insert(0) += 1;
+    }
+
+    fn alloc_slowpath(&self, _site: &'static str, gfp: Gfp) -> Option<u64> {
+        let sim = &self.0;
+        let gfp = match gfp {
+            Gfp::Kernel if sim.current_noio() => Gfp::Noio,
+            other => other,
+        };
+        let (live, limit) = (sim.live_alloc_bytes.get(), sim.memory_limit.get());
+        sim.reclaim.borrow_mut().slowpath(gfp, live, limit)
     }
 
     fn kmalloc(&self, site: &'static str, bytes: u64, gfp: Gfp) -> Result<AllocId, Errno> {

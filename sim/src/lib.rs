@@ -20,6 +20,7 @@ pub mod fs;
 pub mod kernel;
 pub mod lockdep;
 pub mod panics;
+pub mod reclaim;
 pub mod rng;
 mod runqueue;
 pub mod scenario;

@@ -347,6 +347,10 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         sim.peak_alloc_bytes.get() as f64,
     );
     metrics.insert(
+        "reclaim_slowpaths".to_string(),
+        sim.reclaim.borrow().slowpaths as f64,
+    );
+    metrics.insert(
         "image_reads_checked".to_string(),
         oracle.image_reads_checked as f64,
     );
