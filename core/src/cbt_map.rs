@@ -435,6 +435,18 @@ mod tests {
     }
 
     #[test]
+    fn the_map_lives_until_its_last_reference() {
+        let k = TestKernel::new();
+        let m = load(&k, Params::default(), Quirks::default());
+        let cbt = now(CbtMap::new(&m, 4 * GIB)).unwrap();
+        cbt.get(); // an image's reference
+        cbt.put(); // the tracker goes first
+        assert_eq!(k.live_allocs().len(), 3, "the image still reads it");
+        cbt.put();
+        assert!(k.live_allocs().is_empty());
+    }
+
+    #[test]
     fn table_allocation_failure_is_enomem_and_leaks_nothing() {
         let k = TestKernel::new();
         let m = load(&k, Params::default(), Quirks::default());

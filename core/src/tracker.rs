@@ -841,6 +841,40 @@ mod tests {
     }
 
     #[test]
+    fn the_last_put_frees_the_tracker_on_its_release_work() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.destroy(&id).await.unwrap();
+            k.filter_detach(dev(0)).await.unwrap();
+        });
+        // The release callback only queued the work: nothing is freed yet.
+        assert_eq!(ctl.module.trackers_alive.get(), 1);
+        assert!(k
+            .task_names()
+            .iter()
+            .any(|n| n.starts_with("tracker_release")));
+        assert!(k.live_allocs().iter().any(|(s, _)| *s == "tracker"));
+        run(&k, k.settle());
+        assert_eq!(ctl.module.trackers_alive.get(), 0);
+        assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
+    }
+
+    #[test]
+    fn allocation_failures_of_a_new_tracker_are_enomem_and_leak_nothing() {
+        for site in ["tracked_device", "tracker", "cbt_map", "cbt_map.write_map"] {
+            let (k, ctl) = setup(&[]);
+            k.fail_site(site);
+            assert_eq!(run(&k, ctl.create(&[dev(0)])), Err(Errno::ENOMEM), "{site}");
+            run(&k, k.settle());
+            assert!(!k.has_filter(dev(0)), "{site}");
+            assert_eq!(ctl.module.trackers_alive.get(), 0, "{site}");
+            let left: Vec<&str> = k.live_allocs().iter().map(|(s, _)| *s).collect();
+            assert!(left.is_empty(), "{site}: {left:?}");
+        }
+    }
+
+    #[test]
     fn take_entry_unlinks_the_first_entry_of_a_device() {
         let entry = |d, a| TrackedDevice {
             dev_id: d,
