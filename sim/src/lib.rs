@@ -20,7 +20,6 @@ pub mod fs;
 pub mod kernel;
 pub mod lockdep;
 pub mod panics;
-pub mod reclaim;
 pub mod rng;
 mod runqueue;
 pub mod scenario;
