@@ -7,8 +7,10 @@
 
 use std::rc::Rc;
 
+use std::cell::Cell;
+
 use crate::kernel::sync::SpinLock;
-use crate::kernel::{AllocId, Errno, Gfp, SECTOR_SHIFT};
+use crate::kernel::{kmalloc, AllocId, Errno, Gfp, Kref, SECTOR_SHIFT};
 use crate::module::Module;
 
 /// Everything under `cbt_map.locker`.
@@ -33,6 +35,12 @@ pub struct CbtState {
 pub struct CbtMap {
     module: Rc<Module>,
     pub state: SpinLock<CbtState>,
+    /// `cbt_map.kref`: the tracker holds one, each image another
+    /// (snapimage.c:221-222), so the tables outlive whichever goes first.
+    refs: Kref,
+    /// The `struct cbt_map` allocation (GFP_KERNEL), given back at the
+    /// last put.
+    alloc: Cell<Option<AllocId>>,
 }
 
 /// What TRACKER_COLLECT reports for a device.
@@ -46,10 +54,19 @@ pub struct CbtInfo {
 }
 
 impl CbtMap {
-    /// `cbt_map_create` for the device's current capacity.
-    pub fn new(module: &Rc<Module>, capacity: u64) -> Result<Rc<CbtMap>, Errno> {
+    /// `cbt_map_create` for the device's current capacity: the struct
+    /// (GFP_KERNEL) and the tables (vmalloc GFP_NOIO) may each sleep.
+    pub async fn new(module: &Rc<Module>, capacity: u64) -> Result<Rc<CbtMap>, Errno> {
+        let k = module.k();
+        let alloc = kmalloc(k, "cbt_map", 256, Gfp::Kernel).await?;
         let (shift, count) = block_geometry(module, capacity);
-        let tables = alloc_tables(module, count)?;
+        let tables = match alloc_tables(module, count).await {
+            Ok(tables) => tables,
+            Err(e) => {
+                k.kfree(alloc);
+                return Err(e);
+            }
+        };
         let state = CbtState {
             blk_size_shift: shift,
             blk_count: count,
@@ -66,12 +83,26 @@ impl CbtMap {
         Ok(Rc::new(CbtMap {
             module: module.clone(),
             state: SpinLock::new(state),
+            refs: Kref::new("cbt_map"),
+            alloc: Cell::new(Some(alloc)),
         }))
+    }
+
+    /// `cbt_map_get`.
+    pub fn get(&self) {
+        self.refs.get();
+    }
+
+    /// `cbt_map_put`: the last reference destroys the map.
+    pub fn put(&self) {
+        if self.refs.put(self.module.k()) {
+            self.destroy();
+        }
     }
 
     /// `cbt_map_reset`, used at TAKE when the map is corrupted or the device
     /// was resized: new size, new generation, counters back to 0/1.
-    pub fn reset(&self, capacity: u64) -> Result<(), Errno> {
+    pub async fn reset(&self, capacity: u64) -> Result<(), Errno> {
         let module = &self.module;
         let (shift, count) = block_geometry(module, capacity);
         if module.quirks.cbt_3 {
@@ -81,7 +112,7 @@ impl CbtMap {
             self.state.with(|s| s.is_corrupted = false);
         }
         // The fix builds the new tables before dropping the old ones.
-        let tables = alloc_tables(module, count)?;
+        let tables = alloc_tables(module, count).await?;
         self.free_tables();
         let generation = module.k().uuid_v4();
         self.state.with(|s| {
@@ -112,9 +143,13 @@ impl CbtMap {
         }
     }
 
-    /// Free the tables when the last reference goes (`cbt_map_destroy`).
-    pub fn destroy(&self) {
+    /// Free the tables and the struct when the last reference goes
+    /// (`cbt_map_destroy`).
+    fn destroy(&self) {
         self.free_tables();
+        if let Some(alloc) = self.alloc.take() {
+            self.module.k().kfree(alloc);
+        }
     }
 
     /// `cbt_map_switch`: freeze the write map into the read map and start
@@ -303,14 +338,15 @@ fn blocks_for(capacity: u64, shift: u32) -> u64 {
     capacity.div_ceil(1u64 << block_sectors_shift)
 }
 
-/// Both tables with vmalloc in NOIO mode; a zero-sized map fails as in C.
-fn alloc_tables(module: &Module, count: u64) -> Result<(AllocId, AllocId), Errno> {
+/// Both tables with vmalloc in NOIO mode (each may sleep in reclaim); a
+/// zero-sized map fails as in C.
+async fn alloc_tables(module: &Module, count: u64) -> Result<(AllocId, AllocId), Errno> {
     if count == 0 {
         return Err(Errno::ENOMEM);
     }
     let k = module.k();
-    let read = k.kmalloc("cbt_map.read_map", count, Gfp::Noio)?;
-    match k.kmalloc("cbt_map.write_map", count, Gfp::Noio) {
+    let read = kmalloc(k, "cbt_map.read_map", count, Gfp::Noio).await?;
+    match kmalloc(k, "cbt_map.write_map", count, Gfp::Noio).await {
         Ok(write) => Ok((read, write)),
         Err(e) => {
             k.kfree(read);
@@ -322,7 +358,7 @@ fn alloc_tables(module: &Module, count: u64) -> Result<(AllocId, AllocId), Errno
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::testing::{load, quirks, TestKernel};
+    use crate::kernel::testing::{load, quirks, run, TestKernel};
     use crate::params::Params;
     use crate::quirks::Quirks;
 
@@ -332,6 +368,11 @@ mod tests {
         load(&TestKernel::new(), Params::default(), quirks(quirk_ids))
     }
 
+    /// Run one engine call to its end (its allocations yield).
+    fn now<T>(f: impl std::future::Future<Output = T>) -> T {
+        run(&TestKernel::new(), f)
+    }
+
     fn geometry(cbt: &CbtMap) -> (u32, u64) {
         cbt.state.with(|s| (s.blk_size_shift, s.blk_count))
     }
@@ -339,7 +380,7 @@ mod tests {
     #[test]
     fn four_gib_device_has_64_kib_blocks() {
         // Spec 4.9: 8 388 608 sectors, shift 16, 65 536 blocks of 128 sectors.
-        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&module(&[]), 4 * GIB)).unwrap();
         assert_eq!(geometry(&cbt), (16, 65_536));
         let info = cbt.info();
         assert_eq!(info.blk_size, 65_536);
@@ -356,10 +397,10 @@ mod tests {
     fn fixed_rule_grows_the_shift_by_one() {
         let m = module(&[]);
         // 128 GiB is the largest device with 64 KiB blocks (2^21 of them).
-        let cbt = CbtMap::new(&m, 128 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&m, 128 * GIB)).unwrap();
         assert_eq!(geometry(&cbt), (16, 2_097_152));
         // 200 GiB: 3 276 800 blocks at shift 16 is too many, shift 17 fits.
-        let cbt = CbtMap::new(&m, 200 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&m, 200 * GIB)).unwrap();
         assert_eq!(geometry(&cbt), (17, 1_638_400));
         assert_eq!(cbt.info().blk_size, 128 * 1024);
     }
@@ -373,24 +414,36 @@ mod tests {
         };
         let m = load(&k, params, Quirks::default());
         // 512 GiB = 2^30 sectors; at shift 26 (2^17 sectors) still 8192 blocks.
-        let cbt = CbtMap::new(&m, 512 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&m, 512 * GIB)).unwrap();
         assert_eq!(geometry(&cbt), (26, 8192));
     }
 
     #[test]
     fn quirk_cbt_1_doubles_the_shift_and_reports_blk_size_1() {
         // Spec 4.2 / B-CBT-1: a 200 GiB disk gets 50 blocks of 4 GiB.
-        let cbt = CbtMap::new(&module(&["B-CBT-1"]), 200 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&module(&["B-CBT-1"]), 200 * GIB)).unwrap();
         assert_eq!(geometry(&cbt), (32, 50));
         assert_eq!(cbt.info().blk_size, 1, "(int)1 << 32 on x86");
         // Up to 128 GiB nothing changes.
-        let cbt = CbtMap::new(&module(&["B-CBT-1"]), 128 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&module(&["B-CBT-1"]), 128 * GIB)).unwrap();
         assert_eq!(geometry(&cbt), (16, 2_097_152));
     }
 
     #[test]
     fn zero_capacity_fails_with_enomem() {
-        assert_eq!(CbtMap::new(&module(&[]), 0).err(), Some(Errno::ENOMEM));
+        assert_eq!(now(CbtMap::new(&module(&[]), 0)).err(), Some(Errno::ENOMEM));
+    }
+
+    #[test]
+    fn the_map_lives_until_its_last_reference() {
+        let k = TestKernel::new();
+        let m = load(&k, Params::default(), Quirks::default());
+        let cbt = now(CbtMap::new(&m, 4 * GIB)).unwrap();
+        cbt.get(); // an image's reference
+        cbt.put(); // the tracker goes first
+        assert_eq!(k.live_allocs().len(), 3, "the image still reads it");
+        cbt.put();
+        assert!(k.live_allocs().is_empty());
     }
 
     #[test]
@@ -398,18 +451,18 @@ mod tests {
         let k = TestKernel::new();
         let m = load(&k, Params::default(), Quirks::default());
         k.fail_site("cbt_map.write_map");
-        assert_eq!(CbtMap::new(&m, 4 * GIB).err(), Some(Errno::ENOMEM));
+        assert_eq!(now(CbtMap::new(&m, 4 * GIB)).err(), Some(Errno::ENOMEM));
         assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
         k.unfail_site("cbt_map.write_map");
-        let cbt = CbtMap::new(&m, 4 * GIB).unwrap();
-        assert_eq!(k.live_allocs().len(), 2);
-        cbt.destroy();
+        let cbt = now(CbtMap::new(&m, 4 * GIB)).unwrap();
+        assert_eq!(k.live_allocs().len(), 3, "the struct and two tables");
+        cbt.put();
         assert!(k.live_allocs().is_empty());
     }
 
     #[test]
     fn set_marks_the_write_map_with_active() {
-        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&module(&[]), 4 * GIB)).unwrap();
         // Spec 4.9 step 2: sectors 1000..1007 are in block 7.
         cbt.set(1000, 8).unwrap();
         // 1020..1035 spans blocks 7 and 8.
@@ -422,7 +475,7 @@ mod tests {
 
     #[test]
     fn switch_copies_the_write_map_and_advances_the_numbers() {
-        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&module(&[]), 4 * GIB)).unwrap();
         cbt.set(1000, 8).unwrap();
         cbt.switch();
         cbt.state.with(|s| {
@@ -450,7 +503,7 @@ mod tests {
 
     #[test]
     fn the_255th_switch_wraps_with_a_new_generation_and_a_stale_read_map() {
-        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&module(&[]), 4 * GIB)).unwrap();
         let first_generation = cbt.info().generation_id;
         cbt.set(0, 1).unwrap(); // block 0 = 1
         for _ in 0..254 {
@@ -489,7 +542,7 @@ mod tests {
     #[test]
     fn set_beyond_the_map_corrupts_it() {
         // 1024 sectors: 8 blocks of 128 sectors.
-        let cbt = CbtMap::new(&module(&[]), 1024).unwrap();
+        let cbt = now(CbtMap::new(&module(&[]), 1024)).unwrap();
         assert_eq!(geometry(&cbt), (16, 8));
         // 1000..1099 touches blocks 7 and 8; 8 is past the end.
         assert_eq!(cbt.set(1000, 100), Err(Errno::EINVAL));
@@ -503,12 +556,12 @@ mod tests {
 
     #[test]
     fn reset_gives_a_new_size_generation_and_numbers() {
-        let cbt = CbtMap::new(&module(&[]), 1024).unwrap();
+        let cbt = now(CbtMap::new(&module(&[]), 1024)).unwrap();
         let generation = cbt.info().generation_id;
         let _ = cbt.set(2048, 8);
         cbt.switch();
         assert!(cbt.is_corrupted());
-        cbt.reset(4096).unwrap();
+        now(cbt.reset(4096)).unwrap();
         assert!(!cbt.is_corrupted());
         assert_eq!(geometry(&cbt), (16, 32));
         assert_eq!(cbt.device_capacity(), 4096);
@@ -524,18 +577,18 @@ mod tests {
     fn failed_reset_keeps_the_old_tables_unless_b_cbt_3() {
         let k = TestKernel::new();
         let m = load(&k, Params::default(), Quirks::default());
-        let cbt = CbtMap::new(&m, 1024).unwrap();
+        let cbt = now(CbtMap::new(&m, 1024)).unwrap();
         k.fail_site("cbt_map.read_map");
-        assert_eq!(cbt.reset(4096), Err(Errno::ENOMEM));
+        assert_eq!(now(cbt.reset(4096)), Err(Errno::ENOMEM));
         k.unfail_site("cbt_map.read_map");
         assert_eq!(geometry(&cbt), (16, 8));
         cbt.set(0, 8).unwrap();
 
         let k = TestKernel::new();
         let m = load(&k, Params::default(), quirks(&["B-CBT-3"]));
-        let cbt = CbtMap::new(&m, 1024).unwrap();
+        let cbt = now(CbtMap::new(&m, 1024)).unwrap();
         k.fail_site("cbt_map.read_map");
-        assert_eq!(cbt.reset(4096), Err(Errno::ENOMEM));
+        assert_eq!(now(cbt.reset(4096)), Err(Errno::ENOMEM));
         assert!(!cbt.is_corrupted(), "v2: no tables, yet not corrupted");
         let oops = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cbt.set(0, 8)));
         assert!(
@@ -546,7 +599,7 @@ mod tests {
 
     #[test]
     fn set_both_raises_both_maps() {
-        let cbt = CbtMap::new(&module(&[]), 4 * GIB).unwrap();
+        let cbt = now(CbtMap::new(&module(&[]), 4 * GIB)).unwrap();
         cbt.switch();
         cbt.switch(); // previous 2, active 3
                       // Spec 4.9 step 6: sector 3840, 128 sectors is block 30.
@@ -559,7 +612,7 @@ mod tests {
 
     #[test]
     fn set_both_validates_every_range_first() {
-        let cbt = CbtMap::new(&module(&[]), 1024).unwrap();
+        let cbt = now(CbtMap::new(&module(&[]), 1024)).unwrap();
         cbt.switch();
         // A good range followed by one past the end: nothing is marked.
         assert_eq!(cbt.set_both(&[(0, 128), (1000, 100)]), Err(Errno::EINVAL));
@@ -578,7 +631,7 @@ mod tests {
 
     #[test]
     fn quirk_cbt_6_zero_count_at_sector_0_marks_every_block() {
-        let cbt = CbtMap::new(&module(&["B-CBT-6"]), 1024).unwrap();
+        let cbt = now(CbtMap::new(&module(&["B-CBT-6"]), 1024)).unwrap();
         cbt.switch(); // previous 1, active 2
         assert_eq!(cbt.set_both(&[(0, 0)]), Err(Errno::EINVAL));
         cbt.state.with(|s| {
@@ -592,7 +645,7 @@ mod tests {
 
     #[test]
     fn quirk_cbt_6_applies_ranges_before_the_bad_one() {
-        let cbt = CbtMap::new(&module(&["B-CBT-6"]), 1024).unwrap();
+        let cbt = now(CbtMap::new(&module(&["B-CBT-6"]), 1024)).unwrap();
         cbt.switch();
         assert_eq!(cbt.set_both(&[(0, 128), (1000, 100)]), Err(Errno::EINVAL));
         cbt.state.with(|s| {
@@ -608,7 +661,7 @@ mod tests {
 
     /// A map of 8 blocks whose read map holds 1..=8.
     fn numbered(quirk_ids: &[&str]) -> Rc<CbtMap> {
-        let cbt = CbtMap::new(&module(quirk_ids), 1024).unwrap();
+        let cbt = now(CbtMap::new(&module(quirk_ids), 1024)).unwrap();
         cbt.state.with(|s| {
             for (i, byte) in s.read_map.iter_mut().enumerate() {
                 *byte = i as u8 + 1;

@@ -137,7 +137,10 @@ impl Ctrl<'_> {
     /// B-TRK-7).
     async fn tracker_collect(&self) -> IoctlResult {
         let mut arg: BlkSnapTrackerCollect = self.read_arg(Errno::ENODATA)?;
-        let devs = self.module.tracked_devices.with(|list| list.clone());
+        let devs: Vec<DevT> = self
+            .module
+            .tracked_devices
+            .with(|list| list.iter().map(|e| e.dev_id).collect());
         if arg.cbt_info_array == 0 {
             arg.count = devs.len() as u32;
             self.write_arg(&arg)?;

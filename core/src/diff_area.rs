@@ -184,8 +184,9 @@ impl DiffArea {
 
     // --- corruption ------------------------------------------------------------
 
-    /// `diff_area_set_corrupted`: only the first call raises the event.
-    pub fn set_corrupted(&self, err: Errno) {
+    /// `diff_area_set_corrupted`: only the first call raises the event,
+    /// whose allocation may sleep (the flag is set before it).
+    pub async fn set_corrupted(&self, err: Errno) {
         let first = self.corrupt_flag.get() == 0;
         self.corrupt_flag.set(self.corrupt_flag.get() + 1);
         if !first {
@@ -197,7 +198,10 @@ impl DiffArea {
         payload.extend_from_slice(&self.orig_dev.major().to_le_bytes());
         payload.extend_from_slice(&self.orig_dev.minor().to_le_bytes());
         payload.extend_from_slice(&err.0.to_le_bytes());
-        self.storage.event_queue.generate(EVENT_CORRUPTED, payload);
+        self.storage
+            .event_queue
+            .generate(EVENT_CORRUPTED, payload)
+            .await;
     }
 
     // --- buffers ----------------------------------------------------------------
@@ -314,7 +318,7 @@ impl DiffArea {
                 chunk.lock.up(self.module.k());
             } else if chunk.has(bits::DIRTY) {
                 if let Err(e) = self.schedule_storing(&chunk, false).await {
-                    self.store_failed(&chunk, Some(e));
+                    self.store_failed(&chunk, Some(e)).await;
                 }
             } else {
                 self.release_buffer(&chunk);
@@ -338,13 +342,20 @@ impl DiffArea {
 
     /// `chunk_store_failed`: the chunk is lost for good; its storage space
     /// is not given back. `err` None means "no new event" (v2 passes 0).
-    fn store_failed(&self, chunk: &Rc<Chunk>, err: Option<Errno>) {
+    async fn store_failed(&self, chunk: &Rc<Chunk>, err: Option<Errno>) {
         chunk.set(bits::FAILED);
         self.release_buffer(chunk);
-        chunk.region.set(None);
+        self.free_region(chunk);
         chunk.lock.up(self.module.k());
         if let Some(err) = err {
-            self.set_corrupted(err);
+            self.set_corrupted(err).await;
+        }
+    }
+
+    /// `diff_storage_free_region` of the chunk's region, if it has one.
+    fn free_region(&self, chunk: &Chunk) {
+        if let Some(region) = chunk.region.take() {
+            self.storage.free_region(region);
         }
     }
 
@@ -395,7 +406,7 @@ impl DiffArea {
                 }
                 match notify {
                     Notify::Load => area.notify_load(&chunk, result).await,
-                    Notify::Store => area.notify_store(&chunk, result),
+                    Notify::Store => area.notify_store(&chunk, result).await,
                 }
                 // The worker can be preempted once the chunk is unlocked; a
                 // free that stopped waiting (B-DA-7) may run to the end
@@ -418,7 +429,7 @@ impl DiffArea {
     async fn notify_load(self: &Rc<Self>, chunk: &Rc<Chunk>, result: BioResult) {
         let data = match result {
             Ok(data) => data,
-            Err(_) => return self.store_failed(chunk, Some(Errno::EIO)),
+            Err(_) => return self.store_failed(chunk, Some(Errno::EIO)).await,
         };
         if chunk.has(bits::FAILED) {
             chunk.lock.up(self.module.k());
@@ -435,17 +446,17 @@ impl DiffArea {
         chunk.set(bits::BUFFER_READY);
         let _noio = NoioScope::enter(self.module.k());
         if let Err(e) = self.schedule_storing(chunk, false).await {
-            self.store_failed(chunk, Some(e));
+            self.store_failed(chunk, Some(e)).await;
         }
     }
 
     /// Completion of the write to the diff storage.
-    fn notify_store(self: &Rc<Self>, chunk: &Rc<Chunk>, result: BioResult) {
+    async fn notify_store(self: &Rc<Self>, chunk: &Rc<Chunk>, result: BioResult) {
         if result.is_err() {
-            return self.store_failed(chunk, Some(Errno::EIO));
+            return self.store_failed(chunk, Some(Errno::EIO)).await;
         }
         if chunk.has(bits::FAILED) {
-            return self.store_failed(chunk, None);
+            return self.store_failed(chunk, None).await;
         }
         assert!(
             chunk.has(bits::STORING),
@@ -506,7 +517,7 @@ impl DiffArea {
     ) -> Result<(), Errno> {
         for number in self.chunk_numbers(sector, count) {
             let Some(chunk) = self.chunk(number) else {
-                self.set_corrupted(Errno::EINVAL);
+                self.set_corrupted(Errno::EINVAL).await;
                 return Err(Errno::EINVAL);
             };
             self.lock_chunk(&chunk, nowait, killable).await?;
@@ -540,7 +551,7 @@ impl DiffArea {
         }
         if chunk.has(bits::LOADING | bits::STORING) {
             // IO in flight would hold the lock: a stale bit is a broken chunk.
-            self.store_failed(chunk, Some(Errno::EFAULT));
+            self.store_failed(chunk, Some(Errno::EFAULT)).await;
             return Err(Errno::EFAULT);
         }
         let started = if chunk.has(bits::BUFFER_READY) {
@@ -563,7 +574,7 @@ impl DiffArea {
                 Err(Errno::EAGAIN)
             }
             Err(e) => {
-                self.store_failed(chunk, Some(e));
+                self.store_failed(chunk, Some(e)).await;
                 Err(e)
             }
         }
@@ -580,7 +591,7 @@ impl DiffArea {
         let k = self.module.k();
         for number in self.chunk_numbers(sector, count) {
             let Some(chunk) = self.chunk(number) else {
-                self.set_corrupted(Errno::EINVAL);
+                self.set_corrupted(Errno::EINVAL).await;
                 return Err(Errno::EINVAL);
             };
             self.lock_chunk(&chunk, nowait, killable).await?;
@@ -726,7 +737,7 @@ impl DiffArea {
         for chunk in chunks {
             chunk.lock.down(k).await;
             self.release_buffer(&chunk);
-            chunk.region.set(None);
+            self.free_region(&chunk);
             chunk.set(bits::FAILED);
             chunk.lock.up(k);
         }
@@ -784,7 +795,7 @@ mod tests {
         k.add_device(store, 64 * MIB);
         k.fill(orig_dev, 0, 8 * 512, orig);
         let m = load(&k, params, quirks(quirk_ids));
-        let storage = DiffStorage::new(&m).unwrap();
+        let storage = run(&k, DiffStorage::new(&m)).unwrap();
         storage.append_begin(store).unwrap();
         storage.append_range(store, 0, storage_sectors);
         storage.append_end();
@@ -919,7 +930,7 @@ mod tests {
         k.add_device(orig_dev, 1000);
         k.add_device(store, 4096);
         let m = load(&k, Params::default(), Quirks::default());
-        let storage = DiffStorage::new(&m).unwrap();
+        let storage = run(&k, DiffStorage::new(&m)).unwrap();
         storage.append_range(store, 0, 4096);
         let area = run(&k, DiffArea::new(&m, orig_dev, &storage)).unwrap();
         assert_eq!((area.chunk_sectors(), area.chunk_count()), (512, 2));
@@ -1200,7 +1211,7 @@ mod tests {
         k.add_device(orig_dev, 64 * MIB);
         k.add_device(store, 64 * MIB);
         let m = load(&k, Params::default(), quirks(&["B-DS-1"]));
-        let storage = DiffStorage::new(&m).unwrap();
+        let storage = run(&k, DiffStorage::new(&m)).unwrap();
         storage.append_begin(store).unwrap();
         storage.append_range(store, 4, 4096);
         storage.append_end();
@@ -1223,7 +1234,8 @@ mod tests {
         s.storage.append_range(s.store, 64 * MIB, 4096);
         // Use up the first range so the next region lands past the end.
         for _ in 0..(64 * MIB / 512) {
-            run(&s.k, s.storage.new_region(512)).unwrap();
+            let region = run(&s.k, s.storage.new_region(512)).unwrap();
+            s.storage.free_region(region);
         }
         assert_eq!(cow(&s, 0, 8), (Ok(()), Err(Errno::EFAULT)));
         assert_eq!(events(&s)[1].data, corrupted_payload(s.orig, Errno::EIO));
@@ -1245,17 +1257,18 @@ mod tests {
         let k = TestKernel::new();
         k.add_device(dev(0), 64 * MIB);
         let m = load(&k, Params::default(), Quirks::default());
-        let storage = DiffStorage::new(&m).unwrap();
+        let storage = run(&k, DiffStorage::new(&m)).unwrap();
         assert_eq!(
             run(&k, DiffArea::new(&m, dev(0), &storage)).err(),
             Some(Errno::EFAULT)
         );
         assert!(k.open_bdevs().is_empty());
-        assert!(k.live_allocs().is_empty());
         assert_eq!(
             run(&k, DiffArea::new(&m, dev(5), &storage)).err(),
             Some(Errno::ENXIO)
         );
+        storage.free();
+        assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
     }
 
     #[test]
@@ -1263,13 +1276,15 @@ mod tests {
         let k = TestKernel::new();
         k.add_device(dev(0), 64 * MIB);
         let m = load(&k, Params::default(), quirks(&["B-DA-1"]));
-        let storage = DiffStorage::new(&m).unwrap();
+        let storage = run(&k, DiffStorage::new(&m)).unwrap();
         assert_eq!(
             run(&k, DiffArea::new(&m, dev(0), &storage)).err(),
             Some(Errno::EFAULT)
         );
         assert_eq!(k.open_bdevs(), vec![dev(0)]);
+        storage.free();
         assert_eq!(k.live_allocs().len(), 1);
+        assert_eq!(k.live_allocs()[0].0, "diff_area");
     }
 
     #[test]

@@ -8,8 +8,8 @@
 use std::rc::Rc;
 
 use crate::kernel::{
-    kmalloc, submit, Bio, BioOp, BioResult, Completion, DevT, Errno, Gfp, LocalBoxFuture, Stamp,
-    PAGE_SECTORS,
+    kmalloc, submit, AllocId, Bio, BioOp, BioResult, Completion, DevT, Errno, Gfp, LocalBoxFuture,
+    Stamp, PAGE_SECTORS,
 };
 use crate::module::Module;
 
@@ -70,8 +70,8 @@ async fn start(
     } else {
         (Gfp::Noio, Errno::ENOMEM)
     };
+    // The `struct diff_io` lives until its IO has ended.
     let alloc = kmalloc(k, "diff_io", 64, gfp).await.map_err(|_| fail)?;
-    k.kfree(alloc);
     let per_bio = BIO_MAX_VECS * PAGE_SECTORS;
     let mut parts: Vec<Completion<BioResult>> = Vec::new();
     let mut done = 0;
@@ -87,11 +87,12 @@ async fn start(
         parts.push(submit(k, bio));
         done += n;
     }
-    Ok(Box::pin(join(parts)))
+    Ok(Box::pin(join(module.clone(), alloc, parts)))
 }
 
-/// The end of a split IO: all parts, any error maps to -EIO.
-async fn join(parts: Vec<Completion<BioResult>>) -> BioResult {
+/// The end of a split IO: all parts, any error maps to -EIO; then the
+/// `diff_io` is freed.
+async fn join(module: Rc<Module>, alloc: AllocId, parts: Vec<Completion<BioResult>>) -> BioResult {
     let mut data = Vec::new();
     let mut failed = false;
     for part in parts {
@@ -100,6 +101,7 @@ async fn join(parts: Vec<Completion<BioResult>>) -> BioResult {
             Err(_) => failed = true,
         }
     }
+    module.k().kfree(alloc);
     if failed {
         Err(Errno::EIO)
     } else {

@@ -29,6 +29,9 @@ pub struct DiffRegion {
     pub dev: DevT,
     pub sector: u64,
     pub count: u64,
+    /// The `struct diff_region` (GFP_NOIO): it lives with its chunk, until
+    /// the chunk fails or is freed (`diff_storage_free_region`).
+    pub alloc: AllocId,
 }
 
 /// Everything under `diff_storage.lock`.
@@ -46,6 +49,8 @@ struct StorageState {
 
 pub struct DiffStorage {
     module: Rc<Module>,
+    /// The `struct diff_storage` (GFP_KERNEL), given back by `free`.
+    alloc: Cell<Option<AllocId>>,
     state: RefCell<StorageState>,
     /// Changed outside the lock in v2; single-threaded here, so a Cell.
     requested: Cell<u64>,
@@ -64,12 +69,13 @@ pub struct StorageCounters {
 }
 
 impl DiffStorage {
-    /// `diff_storage_new`: queues the first low-free-space event at once.
-    pub fn new(module: &Rc<Module>) -> Result<Rc<DiffStorage>, Errno> {
-        let alloc = module.k().kmalloc("diff_storage", 256, Gfp::Kernel)?;
-        module.k().kfree(alloc);
+    /// `diff_storage_new`: a GFP_KERNEL allocation (may sleep); queues the
+    /// first low-free-space event at once.
+    pub async fn new(module: &Rc<Module>) -> Result<Rc<DiffStorage>, Errno> {
+        let alloc = kmalloc(module.k(), "diff_storage", 256, Gfp::Kernel).await?;
         let storage = Rc::new(DiffStorage {
             module: module.clone(),
+            alloc: Cell::new(Some(alloc)),
             state: RefCell::new(StorageState::default()),
             requested: Cell::new(0),
             low_space_flag: Cell::new(0),
@@ -78,13 +84,15 @@ impl DiffStorage {
         });
         let minimum = module.params().diff_storage_minimum;
         storage.requested.set(minimum);
-        storage.queue_low_space_event(minimum);
+        storage.queue_low_space_event(minimum).await;
         Ok(storage)
     }
 
-    fn queue_low_space_event(&self, requested_nr_sect: u64) {
+    async fn queue_low_space_event(&self, requested_nr_sect: u64) {
         let payload = requested_nr_sect.to_le_bytes().to_vec();
-        self.event_queue.generate(EVENT_LOW_FREE_SPACE, payload);
+        self.event_queue
+            .generate(EVENT_LOW_FREE_SPACE, payload)
+            .await;
     }
 
     /// Find or open the storage device (`diff_storage_bdev_by_id`).
@@ -198,13 +206,24 @@ impl DiffStorage {
         }
         let k = self.module.k();
         let alloc = kmalloc(k, "diff_region", 32, Gfp::Noio).await?;
-        k.kfree(alloc);
-        let region = self.take_first_fit(count)?;
-        self.check_low_space();
+        let region = match self.take_first_fit(count, alloc) {
+            Ok(region) => region,
+            Err(e) => {
+                k.kfree(alloc);
+                return Err(e);
+            }
+        };
+        self.check_low_space().await;
         Ok(region)
     }
 
-    fn take_first_fit(&self, count: u64) -> Result<DiffRegion, Errno> {
+    /// `diff_storage_free_region`: the struct goes; the space does not
+    /// come back (spec 6.3).
+    pub fn free_region(&self, region: DiffRegion) {
+        self.module.k().kfree(region.alloc);
+    }
+
+    fn take_first_fit(&self, count: u64, alloc: AllocId) -> Result<DiffRegion, Errno> {
         let mut state = self.state.borrow_mut();
         loop {
             let Some(block) = state.empty_blocks.front_mut() else {
@@ -216,6 +235,7 @@ impl DiffStorage {
                     dev: block.dev,
                     sector: block.sector + block.used,
                     count,
+                    alloc,
                 };
                 block.used += count;
                 state.filled += count;
@@ -229,7 +249,7 @@ impl DiffStorage {
     }
 
     /// The low-space rule of spec 6.3 step 4-5: unsigned `requested - filled`.
-    fn check_low_space(&self) {
+    async fn check_low_space(&self) {
         let params = self.module.params();
         let filled = self.state.borrow().filled;
         let left = self.requested.get().wrapping_sub(filled);
@@ -240,11 +260,12 @@ impl DiffStorage {
         if self.low_space_flag.get() == 1 {
             let minimum = params.diff_storage_minimum;
             self.requested.set(self.requested.get() + minimum);
-            self.queue_low_space_event(minimum);
+            self.queue_low_space_event(minimum).await;
         }
     }
 
-    /// `diff_storage_free`: close the devices; queued events go with it.
+    /// `diff_storage_free`: close the devices, free the events nobody
+    /// took, then the struct.
     pub fn free(&self) {
         let bdevs = std::mem::take(&mut self.state.borrow_mut().bdevs);
         for handle in bdevs {
@@ -252,6 +273,10 @@ impl DiffStorage {
         }
         let allocs = std::mem::take(&mut self.state.borrow_mut().allocs);
         for alloc in allocs {
+            self.module.k().kfree(alloc);
+        }
+        self.event_queue.done();
+        if let Some(alloc) = self.alloc.take() {
             self.module.k().kfree(alloc);
         }
     }
@@ -278,7 +303,7 @@ mod tests {
             ..Params::default()
         };
         let m = load(&k, params, quirks(quirk_ids));
-        let storage = DiffStorage::new(&m).unwrap();
+        let storage = run(&k, DiffStorage::new(&m)).unwrap();
         (k, storage, store)
     }
 
@@ -326,18 +351,15 @@ mod tests {
         let (k, storage, store) = setup(&[]);
         append(&storage, store, &[(0, 1000), (2048, 1024), (8192, 512)]);
         assert_eq!(storage.capacity(), 2536);
-        let region = |sector| DiffRegion {
-            dev: store,
-            sector,
-            count: CHUNK,
-        };
-        assert_eq!(run(&k, storage.new_region(CHUNK)), Ok(region(0)));
+        let region = |sector| (store, sector, CHUNK);
+        let new_region = || run(&k, storage.new_region(CHUNK)).map(|r| (r.dev, r.sector, r.count));
+        assert_eq!(new_region(), Ok(region(0)));
         assert_eq!(storage.counters().filled, 512);
         // 488 sectors left in the first block: wasted, counted, next block.
-        assert_eq!(run(&k, storage.new_region(CHUNK)), Ok(region(2048)));
+        assert_eq!(new_region(), Ok(region(2048)));
         assert_eq!(storage.counters().filled, 512 + 488 + 512);
-        assert_eq!(run(&k, storage.new_region(CHUNK)), Ok(region(2560)));
-        assert_eq!(run(&k, storage.new_region(CHUNK)), Ok(region(8192)));
+        assert_eq!(new_region(), Ok(region(2560)));
+        assert_eq!(new_region(), Ok(region(8192)));
         assert_eq!(storage.counters().filled, 2536);
         assert_eq!(run(&k, storage.new_region(CHUNK)), Err(Errno::ENOSPC));
         assert!(storage.is_overflow());
@@ -464,6 +486,7 @@ mod tests {
         assert_eq!(k.open_bdevs(), vec![store]);
         storage.free();
         assert!(k.open_bdevs().is_empty());
+        assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
     }
 
     #[test]
@@ -471,6 +494,6 @@ mod tests {
         let k = TestKernel::new();
         let m = load(&k, Params::default(), Quirks::default());
         k.fail_site("diff_storage");
-        assert_eq!(DiffStorage::new(&m).err(), Some(Errno::ENOMEM));
+        assert_eq!(run(&k, DiffStorage::new(&m)).err(), Some(Errno::ENOMEM));
     }
 }

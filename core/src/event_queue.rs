@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use crate::kernel::{completion, Completer, Completion, Errno, Gfp};
+use crate::kernel::{completion, kmalloc, AllocId, Completer, Completion, Errno, Gfp};
 use crate::module::Module;
 
 pub const EVENT_LOW_FREE_SPACE: u32 = 0;
@@ -26,7 +26,9 @@ pub struct Event {
 pub struct EventQueue {
     module: Rc<Module>,
     /// Under `event_queue.lock` (a spinlock: never held across an await).
-    list: RefCell<VecDeque<Event>>,
+    /// Each queued event owns its allocation until it is taken or the
+    /// queue is torn down.
+    list: RefCell<VecDeque<(Event, AllocId)>>,
     waiters: RefCell<Vec<Completer<()>>>,
 }
 
@@ -39,23 +41,21 @@ impl EventQueue {
         }
     }
 
-    /// `event_gen`: queue an event and wake the waiters. An allocation
-    /// failure drops the event silently, as upstream does.
-    pub fn generate(&self, code: u32, data: Vec<u8>) {
+    /// `event_gen` (event_queue.c:34): the event is a GFP_NOIO allocation
+    /// (it may sleep in reclaim) that lives while it is queued. An
+    /// allocation failure drops the event silently, as upstream does.
+    pub async fn generate(&self, code: u32, data: Vec<u8>) {
         let k = self.module.k();
-        let Ok(alloc) = k.kmalloc("event", 32 + data.len() as u64, Gfp::Noio) else {
+        let Ok(alloc) = kmalloc(k, "event", 32 + data.len() as u64, Gfp::Noio).await else {
             k.log("event dropped: allocation failed");
             return;
         };
-        // Event memory is accounted while queued and given back at once:
-        // the queue owns the bytes from here on.
-        k.kfree(alloc);
         let event = Event {
             code,
             time_label: k.now_ns() as i64,
             data,
         };
-        self.list.borrow_mut().push_back(event);
+        self.list.borrow_mut().push_back((event, alloc));
         for waiter in self.waiters.borrow_mut().drain(..) {
             if !waiter.is_orphan() {
                 waiter.complete(());
@@ -70,7 +70,10 @@ impl EventQueue {
         let deadline = k.now_ns().saturating_add(timeout_ns);
         let mut woken = false;
         loop {
-            if let Some(event) = self.list.borrow_mut().pop_front() {
+            let taken = self.list.borrow_mut().pop_front();
+            if let Some((event, alloc)) = taken {
+                // WAIT_EVENT copies it out and frees it (`event_free`).
+                k.kfree(alloc);
                 return Ok(event);
             }
             if woken && self.module.quirks.evt_1 {
@@ -93,9 +96,17 @@ impl EventQueue {
         }
     }
 
-    /// Events still queued (dropped with the queue when the snapshot goes).
+    /// Events still queued (freed with the queue when the snapshot goes).
     pub fn pending(&self) -> usize {
         self.list.borrow().len()
+    }
+
+    /// `event_queue_done`: free the events nobody took.
+    pub fn done(&self) {
+        let left = std::mem::take(&mut *self.list.borrow_mut());
+        for (_, alloc) in left {
+            self.module.k().kfree(alloc);
+        }
     }
 }
 
@@ -137,9 +148,10 @@ mod tests {
     #[test]
     fn events_come_out_in_fifo_order_with_their_time() {
         let (k, queue) = setup();
-        queue.generate(EVENT_LOW_FREE_SPACE, vec![1]);
+        run(&k, queue.generate(EVENT_LOW_FREE_SPACE, vec![1]));
+        let start = k.now();
         run(&k, k.sleep(5));
-        queue.generate(EVENT_CORRUPTED, vec![2, 3]);
+        run(&k, queue.generate(EVENT_CORRUPTED, vec![2, 3]));
         assert_eq!(queue.pending(), 2);
         let (a, b, c) = run(&k, async {
             (
@@ -152,7 +164,7 @@ mod tests {
             a,
             Ok(Event {
                 code: EVENT_LOW_FREE_SPACE,
-                time_label: 0,
+                time_label: start as i64,
                 data: vec![1]
             })
         );
@@ -160,7 +172,7 @@ mod tests {
             b,
             Ok(Event {
                 code: EVENT_CORRUPTED,
-                time_label: 5,
+                time_label: start as i64 + 5,
                 data: vec![2, 3]
             })
         );
@@ -189,7 +201,7 @@ mod tests {
             "producer".into(),
             Box::pin(async move {
                 k2.sleep(1_000_000).await;
-                q2.generate(EVENT_CORRUPTED, vec![7]);
+                q2.generate(EVENT_CORRUPTED, vec![7]).await;
             }),
         );
         let event = run(&k, queue.wait(1_000_000_000)).unwrap();
@@ -209,11 +221,16 @@ mod tests {
     fn an_event_allocation_failure_drops_the_event() {
         let (k, queue) = setup();
         k.fail_site_times("event", 1);
-        queue.generate(EVENT_CORRUPTED, vec![1]);
+        run(&k, queue.generate(EVENT_CORRUPTED, vec![1]));
         assert_eq!(queue.pending(), 0);
         assert!(k.logs().iter().any(|l| l.contains("event dropped")));
-        queue.generate(EVENT_CORRUPTED, vec![1]);
-        assert_eq!(queue.pending(), 1);
-        assert!(k.live_allocs().is_empty(), "event memory is given back");
+        run(&k, queue.generate(EVENT_CORRUPTED, vec![1]));
+        run(&k, queue.generate(EVENT_CORRUPTED, vec![2]));
+        assert_eq!(queue.pending(), 2);
+        assert_eq!(k.live_allocs().len(), 2, "a queued event holds its memory");
+        run(&k, queue.wait(0)).unwrap();
+        assert_eq!(k.live_allocs().len(), 1, "a taken event is freed");
+        queue.done();
+        assert!(k.live_allocs().is_empty(), "the queue frees what is left");
     }
 }

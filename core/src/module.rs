@@ -25,7 +25,7 @@ pub struct Module {
     /// around the CBT switch of TAKE and the release of a snapshot.
     pub tracker_submit_lock: RwSem,
     /// `tracked_device_list`: every device ever attached, in order.
-    pub tracked_devices: SpinLock<Vec<DevT>>,
+    pub tracked_devices: SpinLock<Vec<crate::tracker::TrackedDevice>>,
     /// `snapshots_lock` and the `snapshots` list.
     pub snapshots_lock: RwSem,
     pub snapshots: RefCell<Vec<Rc<Snapshot>>>,
@@ -239,11 +239,18 @@ pub async fn exit(module: &Rc<Module>) {
     for id in ids {
         let _ = Snapshot::destroy(module, &id).await;
     }
-    let devs = module.tracked_devices.with(|list| list.clone());
+    let devs: Vec<DevT> = module
+        .tracked_devices
+        .with(|list| list.iter().map(|e| e.dev_id).collect());
     for dev in devs {
         if let Err(e) = Tracker::remove(module, dev).await {
             k.log(&format!("unload: cannot remove tracker of {dev}: {e}"));
         }
+    }
+    // `tracker_done` frees every entry still listed (stale ones too).
+    let left = module.tracked_devices.with(std::mem::take);
+    for entry in left {
+        entry.free(k);
     }
     wait_for_trackers(module).await;
     module.bioset_destroyed.set(true);

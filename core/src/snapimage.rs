@@ -25,8 +25,9 @@ pub struct SnapImage {
     pub image_dev_id: DevT,
     pub capacity: u64,
     diff_area: Rc<DiffArea>,
-    /// Held for the image's life; the CBT is shared with the tracker.
-    _cbt_map: Rc<CbtMap>,
+    /// A reference of the map's kref, held for the image's life
+    /// (snapimage.c:221-222, put at 140): the CBT is shared with the tracker.
+    cbt_map: Rc<CbtMap>,
     /// The `struct snapimage` allocation, given back by `free`.
     alloc: AllocId,
     queue: RefCell<VecDeque<(Bio, Completer<BioResult>)>>,
@@ -56,12 +57,13 @@ impl SnapImage {
         };
         let image_dev_id = DevT::new(k.image_major(), minor);
         diff_area.get();
+        cbt_map.get();
         let image = Rc::new(SnapImage {
             module: module.clone(),
             image_dev_id,
             capacity: cbt_map.device_capacity(),
             diff_area: diff_area.clone(),
-            _cbt_map: cbt_map.clone(),
+            cbt_map: cbt_map.clone(),
             alloc,
             queue: RefCell::new(VecDeque::new()),
             is_ready: Cell::new(true),
@@ -85,6 +87,7 @@ impl SnapImage {
             // v2 keeps the references it took before add_disk (B-IMG-2).
             if !module.quirks.img_2 {
                 diff_area.put().await;
+                cbt_map.put();
             }
             return Err(e);
         }
@@ -200,6 +203,7 @@ impl SnapImage {
         sleep_point(k, "del_gendisk").await;
         k.del_gendisk(self.image_dev_id);
         self.diff_area.put().await;
+        self.cbt_map.put();
         self.module.image_minor_free(self.image_dev_id.minor());
         k.kfree(self.alloc);
     }

@@ -17,7 +17,7 @@ use crate::diff_area::DiffArea;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::Event;
 use crate::kernel::sync::Mutex;
-use crate::kernel::{kmalloc, sleep_point, DevT, Errno, Gfp, Kref, NoioScope};
+use crate::kernel::{kmalloc, sleep_point, AllocId, DevT, Errno, Gfp, Kref, NoioScope};
 use crate::module::Module;
 use crate::snapimage::SnapImage;
 use crate::tracker::Tracker;
@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub diff_storage: Rc<DiffStorage>,
     pub trackers: Vec<Rc<Tracker>>,
     pub images: RefCell<Vec<Option<Rc<SnapImage>>>>,
+    /// The struct and its arrays, given back when the snapshot is freed.
+    alloc: AllocId,
 }
 
 /// One `{original, image}` pair of COLLECT_IMAGES.
@@ -114,14 +116,22 @@ impl Snapshot {
             // `count - 1` wraps: the duplicate check spins 2^32 times.
             k.sleep(EMPTY_CHECK_STALL_NS).await;
         }
+        // The struct and its two arrays (snapshot.c:122-140), one
+        // accounted allocation that lives until the snapshot is freed.
         let alloc = kmalloc(k, "snapshot", 128 + 16 * devs.len() as u64, Gfp::Kernel).await?;
-        k.kfree(alloc);
-        let diff_storage = DiffStorage::new(module)?;
+        let diff_storage = match DiffStorage::new(module).await {
+            Ok(storage) => storage,
+            Err(e) => {
+                k.kfree(alloc);
+                return Err(e);
+            }
+        };
         let id = k.uuid_v4();
         let trackers = match gather_trackers(module, devs).await {
             Ok(trackers) => trackers,
             Err(e) => {
                 diff_storage.free();
+                k.kfree(alloc);
                 return Err(e);
             }
         };
@@ -135,6 +145,7 @@ impl Snapshot {
             diff_storage,
             images: RefCell::new(vec![None; trackers.len()]),
             trackers,
+            alloc,
         });
         module.snapshots_lock.down_write(k).await;
         module.list_add(snapshot);
@@ -251,7 +262,7 @@ impl Snapshot {
         let result = {
             let _noio = NoioScope::enter(k);
             self.module.tracker_submit_lock.down_write(k).await;
-            let result = self.switch_trackers();
+            let result = self.switch_trackers().await;
             self.module.tracker_submit_lock.up_write(k);
             result
         };
@@ -266,9 +277,9 @@ impl Snapshot {
         result
     }
 
-    fn switch_trackers(&self) -> Result<(), Errno> {
+    async fn switch_trackers(&self) -> Result<(), Errno> {
         for (i, tracker) in self.trackers.iter().enumerate() {
-            if let Err(e) = tracker.take_snapshot() {
+            if let Err(e) = tracker.take_snapshot().await {
                 for earlier in self.trackers[..i].iter().rev() {
                     earlier.release_snapshot();
                 }
@@ -355,15 +366,19 @@ impl Snapshot {
 
     // --- release ----------------------------------------------------------------------
 
-    /// `snapshot_release` (spec 8.8): images, trackers, diff areas, storage.
+    /// `snapshot_release` (spec 8.8): images, the COW switch-off, then per
+    /// tracker its diff_area and the tracker itself (snapshot.c:79-90),
+    /// then the storage.
     async fn release(self: &Rc<Self>) {
         self.free_images().await;
         self.release_trackers().await;
         for tracker in &self.trackers {
+            put_diff_area(tracker).await;
             tracker.unclaim();
             tracker.put();
         }
         self.diff_storage.free();
+        self.module.k().kfree(self.alloc);
     }
 
     async fn free_images(&self) {
@@ -378,9 +393,13 @@ impl Snapshot {
         }
     }
 
-    /// Stop COW on this snapshot's trackers and put their diff areas.
+    /// Stop COW on this snapshot's trackers and put their diff areas (the
+    /// TAKE failure paths, which keep the trackers).
     async fn release_trackers(&self) {
         release_trackers(&self.module, &self.trackers).await;
+        for tracker in &self.trackers {
+            put_diff_area(tracker).await;
+        }
     }
 
     /// Freeze the devices of the trackers `which` selects; a failure is only
@@ -394,26 +413,38 @@ impl Snapshot {
     }
 }
 
-/// `snapshot_release_trackers`: freeze the devices with a diff_area, clear
-/// `snapshot_is_taken` on every tracker under the write lock, thaw, then
-/// put each diff_area.
-async fn release_trackers(module: &Rc<Module>, trackers: &[Rc<Tracker>]) {
+/// `snapshot_release_trackers` (snapshot.c:17-61): freeze the devices
+/// with a diff_area, clear `snapshot_is_taken` on the trackers `which`
+/// selects under the write side of `tracker_submit_lock` (a barrier: it
+/// waits for every bio in flight on every tracked device, and NOWAIT bios
+/// meanwhile would block), thaw.
+async fn release_trackers_where(
+    module: &Rc<Module>,
+    trackers: &[Rc<Tracker>],
+    which: impl Fn(&Tracker) -> bool,
+) {
     let k = module.k();
     let frozen = freeze_all(module, trackers, |t| t.diff_area.borrow().is_some()).await;
     {
         let _noio = NoioScope::enter(k);
         module.tracker_submit_lock.down_write(k).await;
-        for tracker in trackers {
+        for tracker in trackers.iter().filter(|t| which(t)) {
             tracker.release_snapshot();
         }
         module.tracker_submit_lock.up_write(k);
     }
     thaw(module, &frozen).await;
-    for tracker in trackers {
-        let area = tracker.diff_area.borrow_mut().take();
-        if let Some(area) = area {
-            area.put().await;
-        }
+}
+
+async fn release_trackers(module: &Rc<Module>, trackers: &[Rc<Tracker>]) {
+    release_trackers_where(module, trackers, |_| true).await;
+}
+
+/// `diff_area_put(tracker->diff_area); tracker->diff_area = NULL`.
+async fn put_diff_area(tracker: &Tracker) {
+    let area = tracker.diff_area.borrow_mut().take();
+    if let Some(area) = area {
+        area.put().await;
     }
 }
 
@@ -480,14 +511,18 @@ async fn gather_trackers(module: &Rc<Module>, devs: &[DevT]) -> Result<Vec<Rc<Tr
     Ok(trackers)
 }
 
-/// Undo a half-built CREATE. The fix drops only what it took; v2 runs the
-/// full release, which stops COW on trackers another snapshot took and puts
-/// that snapshot's diff areas (B-SNAP-7).
+/// Undo a half-built CREATE. Every failed CREATE runs v2's release path
+/// (snapshot.c:253-257 -> 17-90), with its global barrier on
+/// `tracker_submit_lock`. v2 also stops COW on trackers another snapshot
+/// took and puts that snapshot's diff areas (B-SNAP-7); the fix touches
+/// only the trackers no other snapshot owns.
 async fn drop_gathered(module: &Rc<Module>, trackers: Vec<Rc<Tracker>>) {
-    if module.quirks.snap_7 {
-        release_trackers(module, &trackers).await;
-    }
+    let all = module.quirks.snap_7;
+    release_trackers_where(module, &trackers, |t| all || t.owners.get() == 1).await;
     for tracker in trackers {
+        if all {
+            put_diff_area(&tracker).await;
+        }
         tracker.unclaim();
         tracker.put();
     }
@@ -721,8 +756,11 @@ mod tests {
         });
         assert!(k.disk_devs().is_empty());
         assert!(k.open_bdevs().is_empty(), "{:?}", k.open_bdevs());
+        // What stays is the trackers (still attached), their CBT and list
+        // entries.
         let sites: Vec<&str> = k.live_allocs().iter().map(|(s, _)| *s).collect();
-        assert!(sites.iter().all(|s| s.starts_with("cbt_map")), "{sites:?}");
+        let attached = |s: &&str| s.starts_with("cbt_map") || s.starts_with("tracke");
+        assert!(sites.iter().all(attached), "{sites:?}");
         assert!(k.task_names().is_empty(), "{:?}", k.task_names());
         // After DESTROY the write is not copied any more.
         run(&k, k.user_write(dev(0), 512, vec![6; 8])).unwrap();

@@ -8,8 +8,8 @@ use std::rc::Rc;
 use crate::cbt_map::CbtMap;
 use crate::diff_area::DiffArea;
 use crate::kernel::{
-    blkdev_get, blkdev_put, kmalloc, sleep_point, BdevFilter, BioHeader, DevT, Errno,
-    FilterVerdict, Gfp, Kref, LocalBoxFuture, NoioScope,
+    blkdev_get, blkdev_put, kmalloc, sleep_point, AllocId, BdevFilter, BioHeader, DevT, Errno,
+    FilterVerdict, Gfp, Kernel, Kref, LocalBoxFuture, NoioScope, TaskKind,
 };
 use crate::module::Module;
 
@@ -25,12 +25,31 @@ pub struct Tracker {
     pub snapshot_is_taken: Cell<bool>,
     /// How many snapshots own the tracker: at most one with the v4 rule,
     /// more under B-SNAP-6.
-    owners: Cell<u32>,
+    pub(crate) owners: Cell<u32>,
     /// TRACKER_REMOVE is detaching it: a CREATE must not take it now.
     pub detaching: Cell<bool>,
+    /// One reference of the map's kref; an image holds another.
     pub cbt_map: Rc<CbtMap>,
     /// Owned reference, set at TAKE and put at release.
     pub diff_area: RefCell<Option<Rc<DiffArea>>>,
+    /// The `struct tracker` allocation (GFP_KERNEL), given back by the
+    /// release work.
+    alloc: AllocId,
+}
+
+/// An entry of `tracked_device_list` (tracker.c:443): its own GFP_KERNEL
+/// allocation, made before the tracker and given back when the entry
+/// leaves the list (or at unload, `tracker_done`).
+pub struct TrackedDevice {
+    pub dev_id: DevT,
+    alloc: AllocId,
+}
+
+impl TrackedDevice {
+    /// Give the entry's memory back.
+    pub fn free(self, k: &dyn Kernel) {
+        k.kfree(self.alloc);
+    }
 }
 
 impl Tracker {
@@ -48,9 +67,38 @@ impl Tracker {
             return Ok(tracker);
         }
         let k = module.k();
+        let entry = kmalloc(k, "tracked_device", 32, Gfp::Kernel).await?;
+        match Self::new(module, dev).await {
+            Ok(tracker) => {
+                tracker.get();
+                let entry = TrackedDevice {
+                    dev_id: dev,
+                    alloc: entry,
+                };
+                module.tracked_devices.with(|list| list.push(entry));
+                Ok(tracker)
+            }
+            Err(e) => {
+                k.kfree(entry);
+                Err(e)
+            }
+        }
+    }
+
+    /// `tracker_new`: the struct, its CBT, and the filter attached with the
+    /// file system frozen. A failed attach drops the only reference, so
+    /// the release work frees what was built, as in C.
+    async fn new(module: &Rc<Module>, dev: DevT) -> Result<Rc<Tracker>, Errno> {
+        let k = module.k();
         let alloc = kmalloc(k, "tracker", 128, Gfp::Kernel).await?;
-        k.kfree(alloc);
-        let cbt_map = CbtMap::new(module, k.bdev_nr_sectors(dev))?;
+        let cbt_map = match CbtMap::new(module, k.bdev_nr_sectors(dev)).await {
+            Ok(cbt_map) => cbt_map,
+            Err(e) => {
+                k.kfree(alloc);
+                return Err(e);
+            }
+        };
+        module.trackers_alive.set(module.trackers_alive.get() + 1);
         let tracker = Rc::new(Tracker {
             module: module.clone(),
             dev_id: dev,
@@ -60,6 +108,7 @@ impl Tracker {
             detaching: Cell::new(false),
             cbt_map,
             diff_area: RefCell::new(None),
+            alloc,
         });
         // Attach with the file system frozen, so it is synced first.
         let frozen = k.freeze_bdev(dev).await;
@@ -72,13 +121,10 @@ impl Tracker {
             let _ = k.thaw_bdev(dev).await;
         }
         if let Err(e) = attached {
-            tracker.cbt_map.destroy();
+            tracker.put();
             return Err(e);
         }
-        module.trackers_alive.set(module.trackers_alive.get() + 1);
         module.tracker_register(&tracker);
-        tracker.get();
-        module.tracked_devices.with(|list| list.push(dev));
         Ok(tracker)
     }
 
@@ -107,25 +153,33 @@ impl Tracker {
         self.refs.get();
     }
 
-    /// Drop a reference; the last frees the tracker (the release worker).
-    pub fn put(&self) {
+    /// Drop a reference. The last one is `tracker_release_cb`: it may run
+    /// where sleeping is not allowed, so it only queues the tracker for the
+    /// release work (tracker.c:163-192), which frees it later.
+    pub fn put(self: &Rc<Self>) {
         if self.refs.put(self.module.k()) {
-            self.free();
+            let tracker = self.clone();
+            self.module.k().spawn(
+                TaskKind::Work,
+                format!("tracker_release {}", self.dev_id),
+                Box::pin(async move { tracker.free().await }),
+            );
         }
     }
 
-    fn free(&self) {
+    /// `tracker_free`, on the release work: the diff_area reference (its
+    /// free may wait for IO), the CBT reference, the struct.
+    async fn free(&self) {
         let module = &self.module;
-        if let Some(area) = self.diff_area.borrow_mut().take() {
-            // The tracker held a reference: give it back on a work item.
-            module.k().spawn(
-                crate::kernel::TaskKind::Work,
-                format!("tracker_free {}", self.dev_id),
-                Box::pin(async move { area.put().await }),
-            );
+        let k = module.k();
+        sleep_point(k, "tracker_free").await;
+        let area = self.diff_area.borrow_mut().take();
+        if let Some(area) = area {
+            area.put().await;
         }
-        self.cbt_map.destroy();
+        self.cbt_map.put();
         module.forget_tracker(self);
+        k.kfree(self.alloc);
         module.trackers_alive.set(module.trackers_alive.get() - 1);
     }
 
@@ -189,7 +243,7 @@ impl Tracker {
         if module.quirks.trk_7 {
             // v2 drops one list entry here, and none when a device goes
             // away, so entries of unplugged devices stay (B-TRK-7).
-            module.tracked_devices.with(|list| forget_device(list, dev));
+            forget_device(module, dev);
         }
         Ok(())
     }
@@ -212,10 +266,10 @@ impl Tracker {
     /// `tracker_take_snapshot`, with the write side of the submit lock held:
     /// reset the CBT if it is corrupted or the device was resized, then
     /// switch it.
-    pub fn take_snapshot(&self) -> Result<(), Errno> {
+    pub async fn take_snapshot(&self) -> Result<(), Errno> {
         let capacity = self.module.k().bdev_nr_sectors(self.dev_id);
         if self.cbt_map.is_corrupted() || capacity != self.cbt_map.device_capacity() {
-            self.cbt_map.reset(capacity)?;
+            self.cbt_map.reset(capacity).await?;
         }
         self.cbt_map.switch();
         self.snapshot_is_taken.set(true);
@@ -323,11 +377,18 @@ impl Tracker {
     }
 }
 
-/// Drop one entry of a device from `tracked_device_list`.
-fn forget_device(list: &mut Vec<DevT>, dev: DevT) {
-    if let Some(i) = list.iter().position(|d| *d == dev) {
-        list.remove(i);
+/// Drop one entry of a device from `tracked_device_list` and free it.
+fn forget_device(module: &Module, dev: DevT) {
+    let entry = module.tracked_devices.with(|list| take_entry(list, dev));
+    if let Some(entry) = entry {
+        entry.free(module.k());
     }
+}
+
+/// Unlink the first entry of `dev`.
+fn take_entry(list: &mut Vec<TrackedDevice>, dev: DevT) -> Option<TrackedDevice> {
+    let i = list.iter().position(|d| d.dev_id == dev)?;
+    Some(list.remove(i))
 }
 
 impl BdevFilter for Tracker {
@@ -354,10 +415,7 @@ impl BdevFilter for Tracker {
     /// entry per attachment and no stale ones.
     fn release(self: Rc<Self>) {
         if !self.module.quirks.trk_7 {
-            let dev = self.dev_id;
-            self.module
-                .tracked_devices
-                .with(|list| forget_device(list, dev));
+            forget_device(&self.module, self.dev_id);
         }
         self.put();
     }
@@ -409,7 +467,11 @@ mod tests {
         assert!(t.in_snapshot() && !t.snapshot_is_taken.get());
         assert!(t.diff_area.borrow().is_none());
         assert_eq!(ctl.module.trackers_alive.get(), 1);
-        assert_eq!(ctl.module.tracked_devices.with(|l| l.clone()), vec![dev(0)]);
+        let listed: Vec<DevT> = ctl
+            .module
+            .tracked_devices
+            .with(|l| l.iter().map(|e| e.dev_id).collect());
+        assert_eq!(listed, vec![dev(0)]);
         assert!(k.open_bdevs().is_empty(), "the temporary handle is closed");
     }
 
@@ -779,12 +841,53 @@ mod tests {
     }
 
     #[test]
-    fn forget_device_drops_one_entry() {
-        let mut list = vec![dev(0), dev(1), dev(0)];
-        forget_device(&mut list, dev(0));
-        assert_eq!(list, vec![dev(1), dev(0)]);
-        forget_device(&mut list, dev(2));
-        assert_eq!(list, vec![dev(1), dev(0)]);
+    fn the_last_put_frees_the_tracker_on_its_release_work() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.destroy(&id).await.unwrap();
+            k.filter_detach(dev(0)).await.unwrap();
+        });
+        // The release callback only queued the work: nothing is freed yet.
+        assert_eq!(ctl.module.trackers_alive.get(), 1);
+        assert!(k
+            .task_names()
+            .iter()
+            .any(|n| n.starts_with("tracker_release")));
+        assert!(k.live_allocs().iter().any(|(s, _)| *s == "tracker"));
+        run(&k, k.settle());
+        assert_eq!(ctl.module.trackers_alive.get(), 0);
+        assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
+    }
+
+    #[test]
+    fn allocation_failures_of_a_new_tracker_are_enomem_and_leak_nothing() {
+        for site in ["tracked_device", "tracker", "cbt_map", "cbt_map.write_map"] {
+            let (k, ctl) = setup(&[]);
+            k.fail_site(site);
+            assert_eq!(run(&k, ctl.create(&[dev(0)])), Err(Errno::ENOMEM), "{site}");
+            run(&k, k.settle());
+            assert!(!k.has_filter(dev(0)), "{site}");
+            assert_eq!(ctl.module.trackers_alive.get(), 0, "{site}");
+            let left: Vec<&str> = k.live_allocs().iter().map(|(s, _)| *s).collect();
+            assert!(left.is_empty(), "{site}: {left:?}");
+        }
+    }
+
+    #[test]
+    fn take_entry_unlinks_the_first_entry_of_a_device() {
+        let entry = |d, a| TrackedDevice {
+            dev_id: d,
+            alloc: AllocId(a),
+        };
+        let mut list = vec![entry(dev(0), 1), entry(dev(1), 2), entry(dev(0), 3)];
+        assert_eq!(
+            take_entry(&mut list, dev(0)).map(|e| e.alloc),
+            Some(AllocId(1))
+        );
+        assert!(take_entry(&mut list, dev(2)).is_none());
+        let left: Vec<u64> = list.iter().map(|e| e.alloc.0).collect();
+        assert_eq!(left, vec![2, 3]);
     }
 
     #[test]

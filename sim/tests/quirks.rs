@@ -98,6 +98,7 @@ bug_tests! {
     b_snap_9 => "snap-9.ron",
     b_snap_10 => "snap-10.ron",
     b_trk_2 => "trk-2.ron",
+    b_trk_2_failed_create => "trk-2-failed-create.ron",
     b_trk_3 => "trk-3.ron",
     b_trk_4 => "trk-4.ron",
     b_trk_5 => "trk-5.ron",

@@ -316,6 +316,16 @@ pub trait Kernel {
     /// named by `site`. The host may count the sites reached; the yield
     /// itself is [`sleep_point`]'s. The default ignores it.
     fn might_sleep(&self, _site: &'static str) {}
+    /// An allocation of class `gfp` at `site` that may sleep is about to be
+    /// made: does it find free memory at once (None, the fast path: no
+    /// sleep, as in C), or must it reclaim first (Some(ns): the virtual
+    /// time the reclaim takes)? The host decides; GFP_NOIO reclaim must not
+    /// start IO, so a host charges it less. The default always reclaims in
+    /// no time: every such allocation is then a plain yield, which is what
+    /// unit tests want to interleave at.
+    fn alloc_slowpath(&self, _site: &'static str, _gfp: Gfp) -> Option<u64> {
+        Some(0)
+    }
     /// `pr_*`: diagnostics only, never judged.
     fn log(&self, msg: &str);
 
@@ -391,9 +401,12 @@ pub async fn sleep_point(kernel: &dyn Kernel, site: &'static str) {
     preempt().await;
 }
 
-/// `kmalloc` as the C calls it: an allocation whose class may sleep is a
-/// sleeping point before it succeeds or fails (reclaim runs inside the
-/// allocator in C), one that may not (`GFP_NOWAIT`) never yields.
+/// `kmalloc` as the C calls it. An allocation whose class may sleep is a
+/// sleeping point (`might_sleep` is reported every time, as the allocator
+/// does), but it yields only when the host says the fast path found no
+/// memory: then reclaim runs first, a yield plus the reclaim's virtual
+/// time, and the allocation is tried after it. One that may not sleep
+/// (`GFP_NOWAIT`) never yields.
 pub async fn kmalloc(
     kernel: &dyn Kernel,
     site: &'static str,
@@ -401,7 +414,13 @@ pub async fn kmalloc(
     gfp: Gfp,
 ) -> Result<AllocId, Errno> {
     if gfp.may_sleep() {
-        sleep_point(kernel, site).await;
+        kernel.might_sleep(site);
+        if let Some(reclaim_ns) = kernel.alloc_slowpath(site, gfp) {
+            preempt().await;
+            if reclaim_ns > 0 {
+                kernel.sleep(reclaim_ns).await;
+            }
+        }
     }
     kernel.kmalloc(site, bytes, gfp)
 }

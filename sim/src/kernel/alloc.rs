@@ -15,6 +15,18 @@ use crate::check::injected::FaultKind;
 use crate::trace::TraceEvent;
 
 impl Sim {
+    /// Whether an allocation that may sleep reclaims first, and for how
+    /// long (`reclaim.rs`). GFP_KERNEL inside a noio scope reclaims as
+    /// GFP_NOIO.
+    pub(crate) fn alloc_slowpath(&self, gfp: Gfp) -> Option<u64> {
+        let gfp = match gfp {
+            Gfp::Kernel if self.sched.current_noio() => Gfp::Noio,
+            other => other,
+        };
+        let (live, limit) = (self.mm.live_bytes(), self.mm.memory_limit.get());
+        self.reclaim.borrow_mut().slowpath(gfp, live, limit)
+    }
+
     pub(crate) fn kmalloc(
         &self,
         site: &'static str,

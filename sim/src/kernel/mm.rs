@@ -57,6 +57,11 @@ impl Memory {
         (AllocId(id), over)
     }
 
+    /// Bytes the engine holds now.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_alloc_bytes.get()
+    }
+
     /// Forget an allocation; false if it was not live (a double free).
     pub fn free(&self, id: AllocId) -> bool {
         match self.allocs.borrow_mut().remove(&id.0) {

@@ -41,6 +41,7 @@ mod bio;
 pub mod blk;
 mod exec;
 pub mod mm;
+pub mod reclaim;
 pub mod sched;
 pub mod sim_kernel;
 pub mod task;
@@ -93,6 +94,8 @@ pub struct Sim {
     pub injected: RefCell<crate::check::injected::InjectedFaults>,
     /// The storage checker (engine writes to the diff storage).
     pub storage: RefCell<crate::check::storage::StorageCheck>,
+    /// When an allocation that may sleep reclaims first (`kernel/reclaim.rs`).
+    pub reclaim: RefCell<reclaim::Reclaim>,
 }
 
 impl Sim {
@@ -117,6 +120,7 @@ impl Sim {
             fs_take: RefCell::new(Default::default()),
             injected: RefCell::new(Default::default()),
             storage: RefCell::new(Default::default()),
+            reclaim: RefCell::new(reclaim::Reclaim::new(seed)),
         })
     }
 

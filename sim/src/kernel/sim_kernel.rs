@@ -64,6 +64,10 @@ impl Kernel for SimKernel {
         self.0.sched.might_sleep(site);
     }
 
+    fn alloc_slowpath(&self, _site: &'static str, gfp: Gfp) -> Option<u64> {
+        self.0.alloc_slowpath(gfp)
+    }
+
     fn kmalloc(&self, site: &'static str, bytes: u64, gfp: Gfp) -> Result<AllocId, Errno> {
         self.0.kmalloc(site, bytes, gfp)
     }

@@ -217,9 +217,14 @@ impl Run {
         let end = self.sim.now();
         check_expect(expect, result)?;
         if result.is_ok() {
-            let pairs = self
-                .collect_images(snapshot, None, None, &Expect::Ok)
-                .await?;
+            // The runner's own COLLECT_IMAGES, to learn the images. A DESTROY
+            // that overlapped the TAKE may have removed the snapshot since:
+            // nothing is left to bind then (it is not the TAKE's result).
+            let pairs = match self.collect_images(snapshot, None, None, &Expect::Ok).await {
+                Ok(pairs) => pairs,
+                Err(_) if self.record(snapshot).destroying => return Ok(()),
+                Err(e) => return Err(format!("COLLECT_IMAGES after a successful TAKE: {e}")),
+            };
             crate::check::fs_take::taken(&self.sim, &pairs, start, end);
             self.bind_images(snapshot, pairs, start, end);
         }
@@ -235,6 +240,7 @@ impl Run {
         self.drain_events(snapshot).await;
         // From here the images may go away: their IO may fail. (A snapshot
         // destroyed before keeps its images marked gone.)
+        self.destroying(snapshot, true);
         let record = self.record(snapshot);
         let live_images: Vec<DevT> = if record.destroyed {
             Vec::new()
@@ -256,6 +262,7 @@ impl Run {
         } else if result != Err(Errno::ENODEV) {
             // Nothing went away after all (-ENODEV: it is gone, or going
             // under a concurrent DESTROY).
+            self.destroying(snapshot, false);
             for image in &live_images {
                 self.sim.oracle.borrow_mut().image_staying(*image);
             }

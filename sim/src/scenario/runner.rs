@@ -113,6 +113,10 @@ pub(super) struct SnapRecord {
     /// original -> image
     pub images: BTreeMap<DevT, DevT>,
     pub destroyed: bool,
+    /// A DESTROY step of this snapshot has begun (and not failed): from
+    /// then on its images may vanish, and a TAKE that overlapped it may
+    /// find nothing to collect.
+    pub destroying: bool,
 }
 
 pub(super) struct Run {
@@ -346,6 +350,10 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
     metrics.insert(
         "peak_engine_bytes".to_string(),
         sim.mm.peak_alloc_bytes.get() as f64,
+    );
+    metrics.insert(
+        "reclaim_slowpaths".to_string(),
+        sim.reclaim.borrow().slowpaths as f64,
     );
     metrics.insert(
         "image_reads_checked".to_string(),
@@ -588,6 +596,13 @@ impl Run {
         }
     }
 
+    /// A DESTROY step of `snapshot` begins (`true`) or failed (`false`).
+    pub(super) fn destroying(&self, snapshot: &str, begun: bool) {
+        if let Some(record) = self.snapshots.borrow_mut().get_mut(snapshot) {
+            record.destroying = begun;
+        }
+    }
+
     /// After a TAKE: tell the oracle which image shows which original.
     pub(super) fn bind_images(
         &self,
@@ -596,10 +611,16 @@ impl Run {
         start: u64,
         end: u64,
     ) {
-        let id = self.record(snapshot).id;
+        let record = self.record(snapshot);
+        let id = record.id;
+        let now = self.sim.now();
         let mut oracle = self.sim.oracle.borrow_mut();
         for &(orig, image) in &pairs {
             oracle.bind_image(image, orig, (start, end), id);
+            if record.destroying {
+                // A DESTROY under way since before the images were known.
+                oracle.image_going(image, now);
+            }
             let capacity = oracle.image_capacity(image).unwrap_or(0);
             oracle.set_chunk_bound(image, self.chunk_sectors(orig, capacity));
             self.sim.storage.borrow_mut().bind_image(image, orig);
