@@ -211,9 +211,11 @@ impl DiffArea {
 
     /// Back to the pool, unless the pool already holds more than its size.
     fn give_buffer(&self, buffer: DiffBuffer) {
-        let limit = self.module.params().free_diff_buffer_pool_size;
+        // A signed compare, as the C int parameter is (B-PARAM-1: -1 frees
+        // every buffer).
+        let limit = self.module.params().pool_limit();
         let mut pool = self.free_buffers.borrow_mut();
-        if pool.len() as u64 > limit {
+        if pool.len() as i64 > limit {
             buffer.free(self.module.k());
         } else {
             pool.push(buffer);
@@ -256,22 +258,23 @@ impl DiffArea {
         let len = {
             let mut cache = self.cache(which).borrow_mut();
             cache.push_back(chunk.clone());
-            cache.len() as u64
+            cache.len() as i64
         };
         chunk.lock.up(self.module.k());
-        if len > self.module.params().chunk_maximum_in_cache {
+        if len > self.module.params().cache_limit() {
             self.maybe_queue_eviction();
         }
     }
 
     /// Caches over their limit, read cache first.
     fn over_limit(&self) -> Vec<Cache> {
-        let max = self.module.params().chunk_maximum_in_cache as usize;
+        // Signed, as the C int parameter (B-PARAM-1: -1 always evicts).
+        let max = self.module.params().cache_limit();
         let mut over = Vec::new();
-        if self.read_cache.borrow().len() > max {
+        if self.read_cache.borrow().len() as i64 > max {
             over.push(Cache::Read);
         }
-        if self.write_cache.borrow().len() > max {
+        if self.write_cache.borrow().len() as i64 > max {
             over.push(Cache::Write);
         }
         over
@@ -1008,6 +1011,33 @@ mod tests {
         for number in [0, 1] {
             assert_eq!(s.area.chunk(number).unwrap().state(), bits::STORE_READY);
         }
+        teardown(s);
+    }
+
+    /// B-PARAM-1: the limits are C ints compared signed, so -1 (stored as
+    /// its bits) means "always evict" and "always free" as in v2, not
+    /// "never" as an unsigned compare would have it.
+    #[test]
+    fn minus_one_limits_always_evict_and_always_free() {
+        let minus_one = u64::from(u32::MAX);
+        let params = Params {
+            chunk_maximum_in_cache: minus_one,
+            free_diff_buffer_pool_size: minus_one,
+            ..Params::default()
+        };
+        let s = setup_with(params, &["B-PARAM-1"], 64 * MIB);
+        assert_eq!(cow(&s, 0, 2 * 512), (Ok(()), Ok(())));
+        assert!(s.area.read_cache.borrow().is_empty(), "every chunk evicted");
+        assert!(s.area.free_buffers.borrow().is_empty(), "every buffer freed");
+        for number in [0, 1] {
+            assert_eq!(s.area.chunk(number).unwrap().state(), bits::STORE_READY);
+        }
+        let buffers =
+            s.k.live_allocs()
+                .iter()
+                .filter(|(site, _)| *site == "diff_buffer")
+                .count();
+        assert_eq!(buffers, 0);
         teardown(s);
     }
 
