@@ -472,6 +472,7 @@ impl DiffArea {
         nowait: bool,
     ) -> Result<(), Errno> {
         let buffer = self.take_buffer(nowait).await?;
+        self.drop_lost_buffer(chunk);
         *chunk.buffer.borrow_mut() = Some(buffer);
         let start = chunk.number * self.chunk_sectors();
         let io = match diff_io::read(
@@ -654,15 +655,21 @@ impl DiffArea {
         Ok(data)
     }
 
+    /// A buffer on a chunk without BUFFER_READY was left by a failed image
+    /// load (B-DA-5): v2 WARNs, on the COW path as on the image path, and
+    /// overwrites the pointer, so the old buffer leaks (never freed here).
+    fn drop_lost_buffer(&self, chunk: &Chunk) {
+        if chunk.buffer.borrow().is_some() {
+            self.module.k().warn("chunk buffer has been lost");
+            chunk.buffer.borrow_mut().take();
+        }
+    }
+
     /// Synchronous load for the image: from the storage region if the chunk
     /// was stored, else from the original (safe: a write to the original
     /// would have copied the chunk first, and we hold its lock).
     async fn load_for_image(self: &Rc<Self>, chunk: &Rc<Chunk>) -> Result<(), Errno> {
-        if chunk.buffer.borrow().is_some() {
-            // A buffer without BUFFER_READY: left by a failed load (B-DA-5).
-            self.module.k().warn("chunk buffer has been lost");
-            chunk.buffer.borrow_mut().take();
-        }
+        self.drop_lost_buffer(chunk);
         let buffer = self.take_buffer(false).await?;
         let io = match chunk.region.get().filter(|_| chunk.has(bits::STORE_READY)) {
             Some(region) => {
@@ -1012,6 +1019,36 @@ mod tests {
             assert_eq!(s.area.chunk(number).unwrap().state(), bits::STORE_READY);
         }
         teardown(s);
+    }
+
+    /// B-DA-5 as the C shows it: a failed image load leaves its buffer on
+    /// the chunk; the next COW of that chunk WARNs "buffer has been lost"
+    /// (diff_area_copy) and leaks it. The fix gave the buffer back.
+    #[test]
+    fn quirk_da_5_the_next_cow_warns_and_leaks_the_lost_buffer() {
+        let lost_after_cow = |ids: &[&str]| {
+            let s = setup_with(Params::default(), ids, 64 * MIB);
+            s.k.set_fail_io(s.orig, true);
+            assert_eq!(image_read(&s, 0, 0, 8), Err(Errno::EIO));
+            s.k.set_fail_io(s.orig, false);
+            assert_eq!(cow(&s, 0, 8), (Ok(()), Ok(())));
+            assert_eq!(image_read(&s, 0, 0, 8), Ok(origs(0..8)));
+            let warns = s.k.warns();
+            let buffers = |s: &Setup| {
+                s.k.live_allocs()
+                    .iter()
+                    .filter(|(site, _)| *site == "diff_buffer")
+                    .count()
+            };
+            let live = buffers(&s);
+            (warns, live)
+        };
+        let (warns, live) = lost_after_cow(&[]);
+        assert!(warns.is_empty(), "{warns:?}");
+        assert_eq!(live, 1, "the chunk's one buffer");
+        let (warns, live) = lost_after_cow(&["B-DA-5"]);
+        assert_eq!(warns, vec!["chunk buffer has been lost"]);
+        assert_eq!(live, 2, "the lost buffer leaked");
     }
 
     /// B-PARAM-1: the limits are C ints compared signed, so -1 (stored as

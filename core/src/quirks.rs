@@ -110,6 +110,7 @@ quirks! {
     snap_8 = "B-SNAP-8": "SNAPSHOT_COLLECT returns 0 after a copy fault and the copied count",
     snap_9 = "B-SNAP-9": "two concurrent TAKEs of one snapshot both proceed",
     snap_10 = "B-SNAP-10": "a TAKE that fails before image creation destroys the snapshot",
+    snap_11 = "B-SNAP-11": "a taken tracker whose diff_area a shared snapshot's release NULLed is dereferenced (oops)",
     trk_2 = "B-TRK-2": "a REQ_NOWAIT bio that would block is completed twice",
     trk_3 = "B-TRK-3": "COW bios queued before an error in a multi-chunk write are never submitted",
     trk_4 = "B-TRK-4": "a CBT marking failure lets the write pass without COW",

@@ -282,10 +282,11 @@ impl Snapshot {
     /// A COW may already have failed between the switch and here.
     fn check_not_corrupted(&self) -> Result<(), Errno> {
         let corrupted = self.trackers.iter().any(|t| {
-            t.diff_area
-                .borrow()
-                .as_ref()
-                .is_some_and(|area| area.is_corrupted())
+            let area = t.diff_area.borrow().clone();
+            if area.is_none() {
+                t.null_diff_area_oops("snapshot_take");
+            }
+            area.is_some_and(|area| area.is_corrupted())
         });
         if corrupted {
             return Err(Errno::EFAULT);
@@ -296,7 +297,11 @@ impl Snapshot {
     /// Images in device order; stops at the first failure.
     async fn create_images(&self) -> Result<(), Errno> {
         for (i, tracker) in self.trackers.iter().enumerate() {
-            let area = tracker.diff_area.borrow().clone().ok_or(Errno::EFAULT)?;
+            let area = tracker.diff_area.borrow().clone();
+            if area.is_none() {
+                tracker.null_diff_area_oops("snapimage_create");
+            }
+            let area = area.ok_or(Errno::EFAULT)?;
             let image = SnapImage::create(&self.module, &area, &tracker.cbt_map).await?;
             self.images.borrow_mut()[i] = Some(image);
         }
