@@ -724,7 +724,8 @@ impl DiffArea {
             if self.module.quirks.da_7 && k.now_ns() >= deadline {
                 break;
             }
-            k.sleep(1_000_000).await;
+            // One jiffy per poll, as the C's schedule_timeout_interruptible(1).
+            k.sleep(crate::ctrl::JIFFY_NS).await;
         }
         // Corrupted (no event): nothing queues eviction any more; then
         // flush the work that may be queued.

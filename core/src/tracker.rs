@@ -167,12 +167,16 @@ impl Tracker {
         // v2 lets a created-but-untaken snapshot lose its tracker (B-TRK-5);
         // the fix keeps a tracker owned by a snapshot until that one goes.
         let owned = tracker.in_snapshot() && !module.quirks.trk_5;
-        if tracker.snapshot_is_taken.get() || owned || tracker.detaching.get() {
+        if tracker.snapshot_is_taken.get() || owned {
             tracker.put();
             return Err(Errno::EBUSY);
         }
         // From here a CREATE must not take the tracker: the freeze below
-        // sleeps, and the check above would be stale by the detach.
+        // sleeps, and the check above would be stale by the detach. A
+        // second REMOVE racing this one goes on as in v2 and the later
+        // bdev_filter_detach finds no filter: -ENOENT. Only the REMOVE that
+        // raised the flag lowers it.
+        let first = !tracker.detaching.get();
         tracker.detaching.set(!module.quirks.trk_5);
         let frozen = k.freeze_bdev(dev).await;
         let detached = k.filter_detach(dev).await;
@@ -180,7 +184,9 @@ impl Tracker {
             sleep_point(k, "tracker_remove.thaw_bdev").await;
             let _ = k.thaw_bdev(dev).await;
         }
-        tracker.detaching.set(false);
+        if first {
+            tracker.detaching.set(false);
+        }
         tracker.put();
         if let Err(e) = detached {
             k.log(&format!("failed to detach from {dev}: {e}"));
@@ -624,6 +630,44 @@ mod tests {
         assert_eq!(ctl.module.trackers_alive.get(), 0);
         assert!(ctl.module.tracker_lookup(dev(0)).is_none());
         assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
+    }
+
+    /// Class (c) fix: two concurrent TRACKER_REMOVEs both pass the checks;
+    /// the later bdev_filter_detach finds no filter and, as in v2, that
+    /// REMOVE fails with -ENOENT (the port said -EBUSY).
+    #[test]
+    fn a_second_concurrent_remove_is_enoent() {
+        let (k, ctl) = setup(&[]);
+        let ctl = Rc::new(ctl);
+        let results = Rc::new(std::cell::RefCell::new(Vec::new()));
+        run(&k, async {
+            ctl.create(&[dev(0)]).await.unwrap();
+            let id = ctl.collect().await.unwrap()[0];
+            ctl.destroy(&id).await.unwrap();
+            for name in ["rm1", "rm2"] {
+                let (ctl, results) = (ctl.clone(), results.clone());
+                k.spawn(
+                    crate::kernel::TaskKind::Work,
+                    name.into(),
+                    Box::pin(async move {
+                        let r = ctl.tracker_remove(dev(0)).await;
+                        results.borrow_mut().push(r);
+                    }),
+                );
+            }
+            k.settle().await;
+        });
+        let mut got = results.borrow().clone();
+        got.sort_by_key(|r| r.is_err());
+        assert_eq!(got, vec![Ok(()), Err(Errno::ENOENT)]);
+        assert!(!k.has_filter(dev(0)));
+        assert!(!tracker_detaching(&ctl));
+    }
+
+    fn tracker_detaching(ctl: &Ctl) -> bool {
+        ctl.module
+            .tracker_lookup(dev(0))
+            .is_some_and(|t| t.detaching.get())
     }
 
     #[test]

@@ -1110,11 +1110,8 @@ impl Kernel for SimKernel {
             .borrow()
             .get(&dev)
             .is_some_and(|d| d.freeze_fails);
-        if fails {
-            return Completion::ready(Err(Errno::EBUSY));
-        }
         let sim = self.0.clone();
-        let body = Box::pin(async move { crate::fs::freeze_bdev(&sim, dev).await });
+        let body = Box::pin(async move { crate::fs::freeze_bdev(&sim, dev, fails).await });
         self.0.helper("freeze_bdev", body)
     }
 
