@@ -80,7 +80,7 @@ struct Ctrl<'a> {
 }
 
 /// `MKDEV(mj, mn)` as the C has it: `mj << 20 | mn`, no mask, so a minor
-/// of 2^20 or more spills into the major (7:1048576 is 8:0) and bits of a
+/// of 2^20 or more spills into the major (8:1048576 is 9:0) and bits of a
 /// major past 12 bits are lost. Masking instead would make a hostile CREATE
 /// fail where v2 tracks another device.
 fn dev_t(dev: BlkSnapDev) -> DevT {
@@ -870,27 +870,30 @@ mod tests {
     }
 
     /// Class (c) fix: v2 checks duplicates on the raw pairs and builds the
-    /// device number with an unmasked MKDEV, so 7:2^20 is device 8:0.
+    /// device number with an unmasked MKDEV (an OR), so 8:2^20 is device
+    /// 9:0 and 7:2^20 is 7:0 again.
     #[test]
     fn minor_numbers_spill_into_the_major_as_mkdev_does() {
         let (k, ctl) = setup(&[]);
-        let spilled = DevT::new(8, 0);
-        assert_eq!(DevT::new(7, 1 << 20), spilled);
+        let spilled = DevT::new(9, 0);
+        assert_eq!(DevT::new(8, 1 << 20), spilled);
+        assert_eq!(DevT::new(7, 1 << 20), DevT::new(7, 0));
         k.add_device(spilled, 64 * MIB);
         run(&k, async {
-            // Two spellings of 8:0 are not duplicates for v2's check; the
+            // Two spellings of 9:0 are not duplicates for v2's check; the
             // second finds the device already claimed by the first.
             assert_eq!(
-                create_raw(&ctl, &[(7, 1 << 20), (8, 0)]).await,
+                create_raw(&ctl, &[(8, 1 << 20), (9, 0)]).await,
                 Err(Errno::EBUSY)
             );
             // The same raw pair twice is.
             assert_eq!(
-                create_raw(&ctl, &[(7, 1 << 20), (7, 1 << 20)]).await,
+                create_raw(&ctl, &[(8, 1 << 20), (8, 1 << 20)]).await,
                 Err(Errno::EINVAL)
             );
-            // Alone, the spilled minor tracks 8:0 (a mask would make it 7:0).
-            assert_eq!(create_raw(&ctl, &[(7, 1 << 20)]).await, Ok(0));
+            // Alone, the spilled minor tracks 9:0 (a mask would make it 8:0,
+            // which does not exist).
+            assert_eq!(create_raw(&ctl, &[(8, 1 << 20)]).await, Ok(0));
         });
         assert!(k.has_filter(spilled));
         assert!(ctl

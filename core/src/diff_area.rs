@@ -149,7 +149,7 @@ impl DiffArea {
     }
 
     /// The chunk with this number, or None past the end of the device.
-    fn chunk(&self, number: u64) -> Option<Rc<Chunk>> {
+    pub(crate) fn chunk(&self, number: u64) -> Option<Rc<Chunk>> {
         if number >= self.chunk_count {
             return None;
         }
