@@ -92,11 +92,9 @@ fn dev_t(dev: BlkSnapDev) -> DevT {
 /// minor) are not duplicates here; gathering the trackers then meets the
 /// same device twice (-EBUSY in the fix, shared with B-SNAP-6).
 fn has_same_devices(devs: &[BlkSnapDev]) -> bool {
-    devs.iter().enumerate().any(|(i, a)| {
-        devs[i + 1..]
-            .iter()
-            .any(|b| (a.mj, a.mn) == (b.mj, b.mn))
-    })
+    devs.iter()
+        .enumerate()
+        .any(|(i, a)| devs[i + 1..].iter().any(|b| (a.mj, a.mn) == (b.mj, b.mn)))
 }
 
 fn blk_dev(dev: DevT) -> BlkSnapDev {

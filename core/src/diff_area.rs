@@ -1066,7 +1066,10 @@ mod tests {
         let s = setup_with(params, &["B-PARAM-1"], 64 * MIB);
         assert_eq!(cow(&s, 0, 2 * 512), (Ok(()), Ok(())));
         assert!(s.area.read_cache.borrow().is_empty(), "every chunk evicted");
-        assert!(s.area.free_buffers.borrow().is_empty(), "every buffer freed");
+        assert!(
+            s.area.free_buffers.borrow().is_empty(),
+            "every buffer freed"
+        );
         for number in [0, 1] {
             assert_eq!(s.area.chunk(number).unwrap().state(), bits::STORE_READY);
         }

@@ -240,7 +240,8 @@ impl DiffStorage {
         if self.low_space_flag.get() == 1 {
             let minimum = params.diff_storage_minimum;
             // sector_t += int: a negative minimum wraps (B-PARAM-1).
-            self.requested.set(self.requested.get().wrapping_add(minimum));
+            self.requested
+                .set(self.requested.get().wrapping_add(minimum));
             self.queue_low_space_event(minimum);
         }
     }

@@ -100,10 +100,7 @@ impl EventQueue {
     /// CPU for a scheduler tick there, so the race shows on one simulated
     /// CPU, with a timeout of 0 (B-CTRL-2) as with any other.
     async fn take_head_unchecked(&self) -> Result<Event, Errno> {
-        self.module
-            .k()
-            .sleep(crate::tracker::PREEMPTED_NS)
-            .await;
+        self.module.k().sleep(crate::tracker::PREEMPTED_NS).await;
         match self.list.borrow_mut().pop_front() {
             Some(event) => Ok(event),
             None => {

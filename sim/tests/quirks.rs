@@ -213,7 +213,11 @@ fn b_cbt_3_collect_reports_the_new_geometry() {
         let v2 = run_text("v2.ron", &text("\"B-CBT-3\"", 1024, 131072 * 512), seed);
         assert!(v2.passed() && v2.failures.is_empty(), "{:?}", v2.failures);
         let fixed = run_text("fix.ron", &text("", 512, 65536 * 512), seed);
-        assert!(fixed.passed() && fixed.failures.is_empty(), "{:?}", fixed.failures);
+        assert!(
+            fixed.passed() && fixed.failures.is_empty(),
+            "{:?}",
+            fixed.failures
+        );
     }
 }
 
@@ -230,7 +234,11 @@ fn b_snap_11_is_what_turns_the_silent_pass_into_the_oops() {
     assert_ne!(text, without);
     for seed in 0..20 {
         let v2 = run_text("snap-11.ron", &text, seed);
-        assert!(checkers(&v2).contains(&"oops"), "seed {seed}: {:?}", v2.failures);
+        assert!(
+            checkers(&v2).contains(&"oops"),
+            "seed {seed}: {:?}",
+            v2.failures
+        );
         let silent = run_text("snap-11-silent.ron", &without, seed);
         assert!(
             !checkers(&silent).contains(&"oops"),
