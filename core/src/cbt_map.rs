@@ -106,10 +106,18 @@ impl CbtMap {
         let module = &self.module;
         let (shift, count) = block_geometry(module, capacity);
         if module.quirks.cbt_3 {
-            // v2 frees the old tables first: a failed allocation leaves a
-            // map with no tables that is not flagged corrupted (B-CBT-3).
+            // v2 frees the old tables first and stores the new geometry
+            // before it allocates: a failed allocation leaves a map with no
+            // tables, not flagged corrupted, that already claims the new
+            // capacity, so the next TAKE sees no resize and skips the reset
+            // (B-CBT-3).
             self.free_tables();
-            self.state.with(|s| s.is_corrupted = false);
+            self.state.with(|s| {
+                s.is_corrupted = false;
+                s.blk_size_shift = shift;
+                s.blk_count = count;
+                s.device_capacity = capacity;
+            });
         }
         // The fix builds the new tables before dropping the old ones.
         let tables = alloc_tables(module, count).await?;
@@ -159,6 +167,13 @@ impl CbtMap {
     pub fn switch(&self) {
         let generation = self.module.k().uuid_v4();
         self.state.with(|s| {
+            // Only a failed v2 reset leaves a live map without tables
+            // (B-CBT-3); the memcpy (or the memset at the wrap) then
+            // writes through NULL. A zero-length copy would not fault.
+            assert!(
+                s.tables.is_some() || s.blk_count == 0,
+                "BUG: kernel NULL pointer dereference in cbt_map_switch (B-CBT-3)"
+            );
             s.snap_number_previous = s.snap_number_active;
             s.snap_number_active += 1;
             if s.snap_number_active == 256 {
@@ -595,6 +610,32 @@ mod tests {
             oops.is_err(),
             "the next set dereferences the missing tables"
         );
+    }
+
+    /// B-CBT-3 as the C has it: the new geometry is stored before the
+    /// allocation fails, so TRACKER_COLLECT reports it, the capacity matches
+    /// the device (a TAKE skips the reset), and the switch writes through
+    /// NULL.
+    #[test]
+    fn b_cbt_3_failed_reset_keeps_the_new_geometry_and_switch_oopses() {
+        let k = TestKernel::new();
+        let m = load(&k, Params::default(), quirks(&["B-CBT-3"]));
+        let cbt = now(CbtMap::new(&m, 1024)).unwrap();
+        k.fail_site("cbt_map.read_map");
+        assert_eq!(now(cbt.reset(4096)), Err(Errno::ENOMEM));
+        k.unfail_site("cbt_map.read_map");
+        assert_eq!(geometry(&cbt), (16, 32), "the new geometry, as C stores it");
+        assert_eq!(cbt.device_capacity(), 4096);
+        assert_eq!(cbt.info().device_capacity_bytes, 4096 << SECTOR_SHIFT);
+        assert_eq!(cbt.info().blk_count, 32);
+        let oops = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cbt.switch()));
+        let text = oops.unwrap_err();
+        let text = text
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| text.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        assert!(text.contains("cbt_map_switch"), "{text}");
     }
 
     #[test]

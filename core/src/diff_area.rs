@@ -149,7 +149,7 @@ impl DiffArea {
     }
 
     /// The chunk with this number, or None past the end of the device.
-    fn chunk(&self, number: u64) -> Option<Rc<Chunk>> {
+    pub(crate) fn chunk(&self, number: u64) -> Option<Rc<Chunk>> {
         if number >= self.chunk_count {
             return None;
         }
@@ -215,9 +215,11 @@ impl DiffArea {
 
     /// Back to the pool, unless the pool already holds more than its size.
     fn give_buffer(&self, buffer: DiffBuffer) {
-        let limit = self.module.params().free_diff_buffer_pool_size;
+        // A signed compare, as the C int parameter is (B-PARAM-1: -1 frees
+        // every buffer).
+        let limit = self.module.params().pool_limit();
         let mut pool = self.free_buffers.borrow_mut();
-        if pool.len() as u64 > limit {
+        if pool.len() as i64 > limit {
             buffer.free(self.module.k());
         } else {
             pool.push(buffer);
@@ -260,22 +262,23 @@ impl DiffArea {
         let len = {
             let mut cache = self.cache(which).borrow_mut();
             cache.push_back(chunk.clone());
-            cache.len() as u64
+            cache.len() as i64
         };
         chunk.lock.up(self.module.k());
-        if len > self.module.params().chunk_maximum_in_cache {
+        if len > self.module.params().cache_limit() {
             self.maybe_queue_eviction();
         }
     }
 
     /// Caches over their limit, read cache first.
     fn over_limit(&self) -> Vec<Cache> {
-        let max = self.module.params().chunk_maximum_in_cache as usize;
+        // Signed, as the C int parameter (B-PARAM-1: -1 always evicts).
+        let max = self.module.params().cache_limit();
         let mut over = Vec::new();
-        if self.read_cache.borrow().len() > max {
+        if self.read_cache.borrow().len() as i64 > max {
             over.push(Cache::Read);
         }
-        if self.write_cache.borrow().len() > max {
+        if self.write_cache.borrow().len() as i64 > max {
             over.push(Cache::Write);
         }
         over
@@ -480,6 +483,7 @@ impl DiffArea {
         nowait: bool,
     ) -> Result<(), Errno> {
         let buffer = self.take_buffer(nowait).await?;
+        self.drop_lost_buffer(chunk);
         *chunk.buffer.borrow_mut() = Some(buffer);
         let start = chunk.number * self.chunk_sectors();
         let io = match diff_io::read(
@@ -662,15 +666,21 @@ impl DiffArea {
         Ok(data)
     }
 
+    /// A buffer on a chunk without BUFFER_READY was left by a failed image
+    /// load (B-DA-5): v2 WARNs, on the COW path as on the image path, and
+    /// overwrites the pointer, so the old buffer leaks (never freed here).
+    fn drop_lost_buffer(&self, chunk: &Chunk) {
+        if chunk.buffer.borrow().is_some() {
+            self.module.k().warn("chunk buffer has been lost");
+            chunk.buffer.borrow_mut().take();
+        }
+    }
+
     /// Synchronous load for the image: from the storage region if the chunk
     /// was stored, else from the original (safe: a write to the original
     /// would have copied the chunk first, and we hold its lock).
     async fn load_for_image(self: &Rc<Self>, chunk: &Rc<Chunk>) -> Result<(), Errno> {
-        if chunk.buffer.borrow().is_some() {
-            // A buffer without BUFFER_READY: left by a failed load (B-DA-5).
-            self.module.k().warn("chunk buffer has been lost");
-            chunk.buffer.borrow_mut().take();
-        }
+        self.drop_lost_buffer(chunk);
         let buffer = self.take_buffer(false).await?;
         let io = match chunk.region.get().filter(|_| chunk.has(bits::STORE_READY)) {
             Some(region) => {
@@ -725,7 +735,8 @@ impl DiffArea {
             if self.module.quirks.da_7 && k.now_ns() >= deadline {
                 break;
             }
-            k.sleep(1_000_000).await;
+            // One jiffy per poll, as the C's schedule_timeout_interruptible(1).
+            k.sleep(crate::ctrl::JIFFY_NS).await;
         }
         // Corrupted (no event): nothing queues eviction any more; then
         // flush the work that may be queued.
@@ -1019,6 +1030,66 @@ mod tests {
         for number in [0, 1] {
             assert_eq!(s.area.chunk(number).unwrap().state(), bits::STORE_READY);
         }
+        teardown(s);
+    }
+
+    /// B-DA-5 as the C shows it: a failed image load leaves its buffer on
+    /// the chunk; the next COW of that chunk WARNs "buffer has been lost"
+    /// (diff_area_copy) and leaks it. The fix gave the buffer back.
+    #[test]
+    fn quirk_da_5_the_next_cow_warns_and_leaks_the_lost_buffer() {
+        let lost_after_cow = |ids: &[&str]| {
+            let s = setup_with(Params::default(), ids, 64 * MIB);
+            s.k.set_fail_io(s.orig, true);
+            assert_eq!(image_read(&s, 0, 0, 8), Err(Errno::EIO));
+            s.k.set_fail_io(s.orig, false);
+            assert_eq!(cow(&s, 0, 8), (Ok(()), Ok(())));
+            assert_eq!(image_read(&s, 0, 0, 8), Ok(origs(0..8)));
+            let warns = s.k.warns();
+            let buffers = |s: &Setup| {
+                s.k.live_allocs()
+                    .iter()
+                    .filter(|(site, _)| *site == "diff_buffer")
+                    .count()
+            };
+            let live = buffers(&s);
+            (warns, live)
+        };
+        let (warns, live) = lost_after_cow(&[]);
+        assert!(warns.is_empty(), "{warns:?}");
+        assert_eq!(live, 1, "the chunk's one buffer");
+        let (warns, live) = lost_after_cow(&["B-DA-5"]);
+        assert_eq!(warns, vec!["chunk buffer has been lost"]);
+        assert_eq!(live, 2, "the lost buffer leaked");
+    }
+
+    /// B-PARAM-1: the limits are C ints compared signed, so -1 (stored as
+    /// its bits) means "always evict" and "always free" as in v2, not
+    /// "never" as an unsigned compare would have it.
+    #[test]
+    fn minus_one_limits_always_evict_and_always_free() {
+        let minus_one = u64::from(u32::MAX);
+        let params = Params {
+            chunk_maximum_in_cache: minus_one,
+            free_diff_buffer_pool_size: minus_one,
+            ..Params::default()
+        };
+        let s = setup_with(params, &["B-PARAM-1"], 64 * MIB);
+        assert_eq!(cow(&s, 0, 2 * 512), (Ok(()), Ok(())));
+        assert!(s.area.read_cache.borrow().is_empty(), "every chunk evicted");
+        assert!(
+            s.area.free_buffers.borrow().is_empty(),
+            "every buffer freed"
+        );
+        for number in [0, 1] {
+            assert_eq!(s.area.chunk(number).unwrap().state(), bits::STORE_READY);
+        }
+        let buffers =
+            s.k.live_allocs()
+                .iter()
+                .filter(|(site, _)| *site == "diff_buffer")
+                .count();
+        assert_eq!(buffers, 0);
         teardown(s);
     }
 

@@ -259,7 +259,9 @@ impl DiffStorage {
         self.low_space_flag.set(self.low_space_flag.get() + 1);
         if self.low_space_flag.get() == 1 {
             let minimum = params.diff_storage_minimum;
-            self.requested.set(self.requested.get() + minimum);
+            // sector_t += int: a negative minimum wraps (B-PARAM-1).
+            self.requested
+                .set(self.requested.get().wrapping_add(minimum));
             self.queue_low_space_event(minimum).await;
         }
     }

@@ -64,23 +64,25 @@ impl EventQueue {
     }
 
     /// `event_wait`: the oldest event, waiting up to `timeout_ns` of virtual
-    /// time; -ENOENT when none came, -EINTR on a fatal signal.
+    /// time; -ENOENT when none came, -EINTR on a fatal signal. The loop is
+    /// `wait_event_interruptible_timeout`: the condition (list not empty)
+    /// is checked first and again after every wake-up, so a waiter woken
+    /// for an event another one took goes back to sleep.
     pub async fn wait(&self, timeout_ns: u64) -> Result<Event, Errno> {
         let k = self.module.k();
         let deadline = k.now_ns().saturating_add(timeout_ns);
-        let mut woken = false;
         loop {
-            let taken = self.list.borrow_mut().pop_front();
-            if let Some((event, alloc)) = taken {
-                // WAIT_EVENT copies it out and frees it (`event_free`).
-                k.kfree(alloc);
-                return Ok(event);
-            }
-            if woken && self.module.quirks.evt_1 {
-                // v2 takes the head after a wake-up without checking again
-                // that the list is not empty: another waiter took the event
-                // and the list head itself is returned and freed (B-EVT-1).
-                panic!("list_del corruption: WAIT_EVENT took the list head as an event (B-EVT-1)");
+            if !self.list.borrow().is_empty() {
+                if self.module.quirks.evt_1 {
+                    return self.take_head_unchecked().await;
+                }
+                // The fix takes the head under the lock only if one is there.
+                let taken = self.list.borrow_mut().pop_front();
+                if let Some((event, alloc)) = taken {
+                    // WAIT_EVENT copies it out and frees it (`event_free`).
+                    k.kfree(alloc);
+                    return Ok(event);
+                }
             }
             let now = k.now_ns();
             if now >= deadline {
@@ -92,7 +94,25 @@ impl EventQueue {
             let (event_came, waker) = completion();
             self.waiters.borrow_mut().push(waker);
             first_of(event_came, k.sleep(deadline - now)).await;
-            woken = !self.list.borrow().is_empty() || k.now_ns() < deadline;
+        }
+    }
+
+    /// v2 after the condition held: spin_lock, then `list_first_entry`
+    /// without checking the list again (B-EVT-1). Between the condition and
+    /// the lock another CPU's waiter can take the event; the task loses the
+    /// CPU for a scheduler tick there, so the race shows on one simulated
+    /// CPU, with a timeout of 0 (B-CTRL-2) as with any other.
+    async fn take_head_unchecked(&self) -> Result<Event, Errno> {
+        self.module.k().sleep(crate::tracker::PREEMPTED_NS).await;
+        let taken = self.list.borrow_mut().pop_front();
+        match taken {
+            Some((event, alloc)) => {
+                self.module.k().kfree(alloc);
+                Ok(event)
+            }
+            None => {
+                panic!("list_del corruption: WAIT_EVENT took the list head as an event (B-EVT-1)")
+            }
         }
     }
 
@@ -232,5 +252,70 @@ mod tests {
         assert_eq!(k.live_allocs().len(), 1, "a taken event is freed");
         queue.done();
         assert!(k.live_allocs().is_empty(), "the queue frees what is left");
+    }
+
+    fn setup_quirks(ids: &[&str]) -> (Rc<TestKernel>, Rc<EventQueue>) {
+        let k = TestKernel::new();
+        let m = load(&k, Params::default(), crate::kernel::testing::quirks(ids));
+        (k, Rc::new(EventQueue::new(&m)))
+    }
+
+    /// Two pollers (timeout 0, as B-CTRL-2 makes every WAIT_EVENT) and one
+    /// event: both see the list non-empty, and the second takes the list
+    /// head with B-EVT-1; the fix gives the event to one, -ENOENT to the
+    /// other.
+    fn two_pollers_one_event(ids: &[&str]) -> Vec<Result<u32, Errno>> {
+        let (k, queue) = setup_quirks(ids);
+        run(&k, queue.generate(EVENT_CORRUPTED, vec![7]));
+        let results = Rc::new(RefCell::new(Vec::new()));
+        for name in ["first", "second"] {
+            let (q, r) = (queue.clone(), results.clone());
+            k.spawn(
+                TaskKind::Work,
+                name.into(),
+                Box::pin(async move {
+                    let got = q.wait(0).await.map(|e| e.code);
+                    r.borrow_mut().push(got);
+                }),
+            );
+        }
+        run(&k, k.sleep(10_000_000));
+        let got = results.borrow().clone();
+        got
+    }
+
+    #[test]
+    fn two_pollers_one_event_the_fix_gives_it_once() {
+        let mut got = two_pollers_one_event(&[]);
+        got.sort_by_key(|r| r.is_err());
+        assert_eq!(got, vec![Ok(EVENT_CORRUPTED), Err(Errno::ENOENT)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "B-EVT-1")]
+    fn quirk_evt_1_two_pollers_one_event_take_the_list_head() {
+        two_pollers_one_event(&["B-EVT-1", "B-CTRL-2"]);
+    }
+
+    /// The C re-checks the condition inside the wait macro: a waiter woken
+    /// for an event that was gone before it ran sleeps again (here until
+    /// its timeout), even with B-EVT-1; only the window after a successful
+    /// check is unprotected.
+    #[test]
+    fn quirk_evt_1_a_woken_waiter_that_finds_the_list_empty_sleeps_again() {
+        let (k, queue) = setup_quirks(&["B-EVT-1"]);
+        let (k2, q2) = (k.clone(), queue.clone());
+        k.spawn(
+            TaskKind::Work,
+            "producer".into(),
+            Box::pin(async move {
+                k2.sleep(1_000_000).await;
+                q2.generate(EVENT_CORRUPTED, vec![7]).await;
+                // Taken on another CPU before the woken waiter runs.
+                q2.list.borrow_mut().pop_front().expect("queued");
+            }),
+        );
+        assert_eq!(run(&k, queue.wait(5_000_000)), Err(Errno::ENOENT));
+        assert_eq!(k.now(), 5_000_000, "slept again until the timeout");
     }
 }

@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::{Rc, Weak};
 
+use crate::cbt_map::CbtMap;
 use crate::kernel::sync::{RwSem, SpinLock};
 use crate::kernel::{AllocId, DevT, Errno, Gfp, Kernel};
 use crate::params::Params;
@@ -189,23 +190,43 @@ impl Module {
             self.snapshots_lock.up_read(self.k());
             return Ok(());
         }
-        let cbt = self.snapshots.borrow().iter().find_map(|snapshot| {
-            let images = snapshot.images.borrow();
-            let slot = images.iter().position(|image| match image {
-                Some(image) => image.image_dev_id == dev,
-                None if v2 => panic!(
-                    "BUG: kernel NULL pointer dereference in snapshot_mark_dirty_blocks (B-SNAP-2)"
-                ),
-                None => false,
-            })?;
-            Some(snapshot.trackers[slot].cbt_map.clone())
-        });
+        let cbt = if v2 {
+            self.image_cbt_v2(dev)
+        } else {
+            self.snapshots.borrow().iter().find_map(|snapshot| {
+                let images = snapshot.images.borrow();
+                let slot = images
+                    .iter()
+                    .position(|image| image.as_ref().is_some_and(|i| i.image_dev_id == dev))?;
+                Some(snapshot.trackers[slot].cbt_map.clone())
+            })
+        };
         let result = match cbt {
             Some(cbt) => cbt.set_both(ranges),
             None => Err(Errno::ENODEV),
         };
         self.snapshots_lock.up_read(self.k());
         result
+    }
+
+    /// The v2 image lookup (B-SNAP-2): the `break` leaves only the slot
+    /// loop, so every listed snapshot is scanned, a later match replaces an
+    /// earlier one, and any NULL slot met on the way is dereferenced, also
+    /// after a match.
+    fn image_cbt_v2(&self, dev: DevT) -> Option<Rc<CbtMap>> {
+        let mut found = None;
+        for snapshot in self.snapshots.borrow().iter() {
+            for (slot, image) in snapshot.images.borrow().iter().enumerate() {
+                let image = image.as_ref().expect(
+                    "BUG: kernel NULL pointer dereference in snapshot_mark_dirty_blocks (B-SNAP-2)",
+                );
+                if image.image_dev_id == dev {
+                    found = Some(snapshot.trackers[slot].cbt_map.clone());
+                    break;
+                }
+            }
+        }
+        found
     }
 
     /// `ida_alloc_max`: the lowest free minor.
@@ -224,8 +245,18 @@ impl Module {
     }
 }
 
-/// How long module exit waits for trackers to be freed before it warns.
-const EXIT_WAIT_NS: u64 = 120_000_000_000;
+/// Module exit polls the tracker count once a second (the C sleeps `HZ`
+/// jiffies per round).
+const EXIT_POLL_NS: u64 = 1_000_000_000;
+/// A warning round ends when strictly more than this has passed since the
+/// last one (the C compares `jiffies_64 > start + 10*HZ`, so with 1 s polls
+/// a round is 11 polls).
+const EXIT_ROUND_NS: u64 = 10_000_000_000;
+/// Rounds that only log before v2 WARNs (and the fix gives up).
+const EXIT_QUIET_ROUNDS: u32 = 12;
+/// When the fix gives up: the 13th round ends after 13 x 11 polls.
+#[cfg(test)]
+const EXIT_WAIT_NS: u64 = 13 * 11 * EXIT_POLL_NS;
 
 /// `blksnap_exit`: destroy the listed snapshots, detach every tracker and
 /// wait for them to be freed.
@@ -257,21 +288,33 @@ pub async fn exit(module: &Rc<Module>) {
     module.free_init_allocs();
 }
 
-/// `tracker_wait_for_release`. v2 warns every 10 s for 12 rounds and then
-/// loops for ever (B-TRK-8); the fix gives up with a warning, leaving the
-/// leak for the resource checks to report.
+/// `tracker_wait_for_release`: poll every second; each 10 s round logs, and
+/// the 13th round WARNs once. v2 then loops for ever (B-TRK-8); the fix
+/// gives up at that same point, leaving the leak for the resource checks
+/// to report.
 async fn wait_for_trackers(module: &Rc<Module>) {
     let k = module.k();
-    let deadline = k.now_ns() + EXIT_WAIT_NS;
+    let mut round_start = k.now_ns();
+    let mut rounds = 0u32;
     while module.trackers_alive.get() > 0 {
-        if k.now_ns() >= deadline && !module.quirks.trk_8 {
+        k.sleep(EXIT_POLL_NS).await;
+        if k.now_ns() <= round_start + EXIT_ROUND_NS {
+            continue;
+        }
+        round_start = k.now_ns();
+        rounds = rounds.saturating_add(1);
+        if rounds <= EXIT_QUIET_ROUNDS {
+            k.log("unload: waiting for trackers release");
+        } else if !module.quirks.trk_8 {
             k.warn(&format!(
                 "unload: {} tracker(s) were never released",
                 module.trackers_alive.get()
             ));
             return;
+        } else if rounds == EXIT_QUIET_ROUNDS + 1 {
+            // WARN_ONCE, and v2 keeps waiting.
+            k.warn("Failed to release trackers (B-TRK-8)");
         }
-        k.sleep(10_000_000_000).await;
     }
 }
 
@@ -403,6 +446,34 @@ mod tests {
         );
     }
 
+    /// B-SNAP-2 as the C scans: a match in the first snapshot does not
+    /// stop the walk, so the untaken snapshot listed after it (NULL slots)
+    /// still oopses. The fix finds the image and marks it.
+    #[test]
+    fn quirk_snap_2_keeps_scanning_after_a_match() {
+        let scan = |ids: &[&str]| {
+            let (k, ctl) = setup(ids);
+            let image = DevT::new(IMAGE_MAJOR, 0);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&k, async {
+                    let id = ctl.create(&[dev(0)]).await.unwrap();
+                    ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+                    ctl.take(&id).await.unwrap();
+                    ctl.create(&[dev(1)]).await.unwrap();
+                    ctl.module.mark_dirty_image(image, &[(0, 8)]).await
+                })
+            }))
+        };
+        assert_eq!(scan(&[]).expect("the fix does not oops"), Ok(()));
+        let oops = scan(&["B-SNAP-2"]).expect_err("v2 reads the next snapshot's NULL slot");
+        let text = oops
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| oops.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        assert!(text.contains("B-SNAP-2"), "{text}");
+    }
+
     #[test]
     fn exit_destroys_snapshots_and_detaches_trackers() {
         let (k, ctl) = setup(&[]);
@@ -455,6 +526,34 @@ mod tests {
             ctl.create(&[dev(1)]).await.unwrap();
             exit(&ctl.module).await;
         });
+    }
+
+    /// B-TRK-8 as the C has it: the WARN_ONCE at the 13th round, once,
+    /// and the wait goes on (the exit future has not ended 10 minutes on).
+    #[test]
+    fn quirk_trk_8_warns_once_then_keeps_waiting() {
+        let (k, ctl) = setup(&["B-SNAP-1", "B-TRK-8"]);
+        let done = Rc::new(Cell::new(false));
+        let flag = done.clone();
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.append(&id, dev(16), &[(0, 128 * MIB)]).await.unwrap();
+            ctl.take(&id).await.unwrap();
+            ctl.create(&[dev(1)]).await.unwrap();
+            let module = ctl.module.clone();
+            k.spawn(
+                crate::kernel::TaskKind::Kthread { noio: false },
+                "rmmod".into(),
+                Box::pin(async move {
+                    exit(&module).await;
+                    flag.set(true);
+                }),
+            );
+            k.sleep(600 * EXIT_POLL_NS).await;
+        });
+        assert!(!done.get(), "v2 never returns from the wait");
+        assert_eq!(k.warns(), vec!["Failed to release trackers (B-TRK-8)"]);
+        assert_eq!(ctl.module.trackers_alive.get(), 1);
     }
 
     #[test]

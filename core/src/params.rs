@@ -138,10 +138,31 @@ impl Params {
     }
 
     /// The low-free-space threshold: half the minimum, rounded down to a
-    /// multiple of a page (8 sectors).
+    /// multiple of a page (8 sectors). The C shifts the int (arithmetic for
+    /// a negative value) and compares the result with an unsigned sector
+    /// count, so a negative minimum sign-extends into a threshold near
+    /// 2^64: every region allocation is then "half full" (B-PARAM-1).
     pub fn low_space_threshold(&self) -> u64 {
-        (self.diff_storage_minimum / 2) & !7
+        ((self.diff_storage_minimum as i64 >> 1) & !7) as u64
     }
+
+    /// `chunk_maximum_in_cache` as the C int it is: v2 compares the cache
+    /// counts with it signed, so -1 puts every cached chunk over the limit
+    /// (always evict), where an unsigned compare would never evict.
+    pub fn cache_limit(&self) -> i64 {
+        c_int(self.chunk_maximum_in_cache)
+    }
+
+    /// `free_diff_buffer_pool_size` as the C int it is: -1 frees every
+    /// released buffer.
+    pub fn pool_limit(&self) -> i64 {
+        c_int(self.free_diff_buffer_pool_size)
+    }
+}
+
+/// The C int a parameter slot holds (values are stored as the int's bits).
+fn c_int(value: u64) -> i64 {
+    i64::from(value as u32 as i32)
 }
 
 #[cfg(test)]
@@ -222,6 +243,24 @@ mod tests {
         // Other parameters are C ints read back as unsigned.
         p.set("chunk_maximum_in_cache", -1, false).unwrap();
         assert_eq!(p.chunk_maximum_in_cache, u64::from(u32::MAX));
+    }
+
+    /// B-PARAM-1 as the C compares: -1 is "always" for the int limits,
+    /// and a negative minimum makes the threshold sign-extend.
+    #[test]
+    fn negative_int_parameters_compare_signed_as_in_c() {
+        let mut p = Params::default();
+        p.set("chunk_maximum_in_cache", -1, false).unwrap();
+        p.set("free_diff_buffer_pool_size", -1, false).unwrap();
+        assert_eq!((p.cache_limit(), p.pool_limit()), (-1, -1));
+        assert!(0 > p.cache_limit(), "an empty cache is already over -1");
+        p.set("diff_storage_minimum", -1, false).unwrap();
+        // (-1 >> 1) & ~7 == -8, read as a sector_t.
+        assert_eq!(p.low_space_threshold(), u64::MAX - 7);
+        p.set("diff_storage_minimum", -4096, false).unwrap();
+        assert_eq!(p.low_space_threshold(), (-2048i64) as u64);
+        assert_eq!(Params::default().cache_limit(), 32);
+        assert_eq!(Params::default().pool_limit(), 128);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! | id | the default engine |
 //! |---|---|
 //! | B-SNAP-1 | appends to the list (v3) |
-//! | B-SNAP-2 | skips empty image slots; no match is -ENODEV, also for an empty list |
+//! | B-SNAP-2 | skips empty image slots; no match is -ENODEV, also for an empty list (v2 scans every listed snapshot, also after a match: a later NULL slot oopses, the last match wins) |
 //! | B-SNAP-3 | an empty CREATE succeeds at once (v3 creates empty snapshots) |
 //! | B-SNAP-4 | a failed TAKE never touches the list (v3) |
 //! | B-SNAP-5 | a failed image creation frees the images made, releases the trackers, and leaves the snapshot untaken |
@@ -20,25 +20,26 @@
 //! | B-SNAP-8 | COLLECT: a short array is -ENODATA with the required count; a copy fault is -ENODATA |
 //! | B-SNAP-9 | TAKE is serialized per snapshot (v3 `rw_lock`); a TAKE after DESTROY is -ESRCH |
 //! | B-SNAP-10 | a TAKE failing before the images releases the trackers and keeps the snapshot (v3) |
+//! | B-SNAP-11 | a taken tracker without a diff_area passes writes without COW; TAKE fails with -EFAULT (v2 dereferences NULL: tracker.c submit_bio_cb and take_snapshot, snapshot.c corruption check, snapimage.c create) |
 //! | B-TRK-2 | a would-block NOWAIT bio is ended once, with EAGAIN |
 //! | B-TRK-3 | COW bios queued before an error are submitted, and waited for before the write passes |
 //! | B-TRK-4 | a CBT marking failure does not skip COW; a write past the area corrupts it with an event |
 //! | B-TRK-5 | TRACKER_REMOVE of a tracker owned by a listed snapshot is -EBUSY |
 //! | B-TRK-6 | READ_CBT_MAP of an untracked device is -ENODEV |
 //! | B-TRK-7 | TRACKER_COLLECT -ENOBUFS writes the required count; removal drops every list entry |
-//! | B-TRK-8 | unload warns after 120 s and returns (the leak is then reported) |
+//! | B-TRK-8 | unload polls every second, logs each 10 s round, and at the 13th (where v2 WARNs once and loops for ever) warns and returns; the leak is then reported |
 //! | B-TRK-9 | the bio set goes last at unload (6.15) |
-//! | B-TRK-10 | TAKE thaws only what it froze |
+//! | B-TRK-10 | TAKE thaws only what it froze (the sim's freeze is 6.1's: v2's exposure is a third party's freeze_bdev landing between its failed freeze and its thaw) |
 //! | B-TRK-11 | the filter lookup and its reference are one step (no preemption point between) |
 //! | B-CBT-1 | the shift grows by one, capped at `tracking_block_maximum_shift` (v3) |
 //! | B-CBT-2 | reads from the offset and stops at the end of the map |
-//! | B-CBT-3 | the new tables are built before the old ones go (6.15) |
+//! | B-CBT-3 | the new tables are built before the old ones go (6.15); a failure keeps the old tables and geometry (v2 stores the new geometry first: COLLECT reports it, the next TAKE skips the reset and oopses in the switch) |
 //! | B-CBT-5 | the map is copied under its lock, before any copy to user space |
-//! | B-CBT-6 | every MARK_DIRTY range is checked (non-empty, inside the device, map not corrupted) before any is marked |
+//! | B-CBT-6 | every MARK_DIRTY range is checked (non-empty, inside the device, map not corrupted) before any is marked. Spec text wrong: spec 10.4 says both maps are marked; the C marks the write map first and the read map only if that walk got through; the quirk follows the C |
 //! | B-DA-1 | the device and the struct are given back |
 //! | B-DA-3 | a would-block allocation leaves the chunk as it was and returns -EAGAIN |
-//! | B-DA-4 | the writer's COW waits are uninterruptible: a copy is never abandoned half-way |
-//! | B-DA-5 | a failed image load gives the buffer back |
+//! | B-DA-4 | the writer's COW waits are uninterruptible: a copy is never abandoned half-way (v2's -EINTR passes the write at once from the copy path and the wait path alike) |
+//! | B-DA-5 | a failed image load gives the buffer back (v2 WARNs at the next load of the chunk, image or COW path, and leaks the buffer) |
 //! | B-DA-7 | free waits for IO in flight however long it takes |
 //! | B-DA-8 | eviction keeps trimming a corrupted area's caches |
 //! | B-IMG-1 | image IO of a corrupted area, or of a failed chunk, ends with EIO (v3) |
@@ -47,11 +48,23 @@
 //! | B-IO-1 | chunk IO is split into bios of at most 256 pages (v3) |
 //! | B-CTRL-1 | dispatch on the full command value; anything else is -ENOTTY (6.15) |
 //! | B-CTRL-2 | WAIT_EVENT reads the id and the timeout (v3) |
-//! | B-EVT-1 | the waiter checks the list again after waking (v3) |
+//! | B-EVT-1 | the waiter takes the head only if one is there (v3); v2 re-checks the condition after each wake-up (inside the wait macro) but not between it and the lock: the window (SMP in C) is a scheduler tick here, so it shows with B-CTRL-2's timeout 0 too |
 //! | B-EVT-2 | the timeout is milliseconds of virtual time |
 //! | B-DS-1 | APPEND refuses empty, unaligned and out-of-range ranges with -EINVAL |
 //! | B-INIT-1 | a failed init gives back what it allocated |
-//! | B-PARAM-1 | parameters out of range are refused (-EINVAL at SetParam, a load error in a scenario) |
+//! | B-PARAM-1 | parameters out of range are refused (-EINVAL at SetParam, a load error in a scenario). Either way the int parameters compare signed, as in C: -1 is "always evict / always free", and a negative `diff_storage_minimum` sign-extends the half-full threshold |
+//!
+//! Where the spec text is wrong, the port follows the C:
+//! - B-CBT-6 (spec 10.4): only the write map is marked first; the read map
+//!   is marked only if the write walk got through (cbt_map_set_both).
+//! - 8.6 step 4: a slot without an image reports `{orig, 0:0}`, not
+//!   `{0:0, 0:0}`: the original device is filled in from the tracker
+//!   whether or not the image exists (snapshot_collect_images).
+//!
+//! B-SNAP-11 is not in the spec: the id is the next free one of the family
+//! (the review's finding 3, a (d) bug): a release of a snapshot sharing a
+//! tracker (B-SNAP-6) NULLs `tracker->diff_area` while another snapshot
+//! has taken it.
 //!
 //! Bugs of spec section 10 without a quirk, and why:
 //! - behaviour of v2 and of every later version alike, so the default
@@ -110,6 +123,7 @@ quirks! {
     snap_8 = "B-SNAP-8": "SNAPSHOT_COLLECT returns 0 after a copy fault and the copied count",
     snap_9 = "B-SNAP-9": "two concurrent TAKEs of one snapshot both proceed",
     snap_10 = "B-SNAP-10": "a TAKE that fails before image creation destroys the snapshot",
+    snap_11 = "B-SNAP-11": "a taken tracker whose diff_area a shared snapshot's release NULLed is dereferenced (oops)",
     trk_2 = "B-TRK-2": "a REQ_NOWAIT bio that would block is completed twice",
     trk_3 = "B-TRK-3": "COW bios queued before an error in a multi-chunk write are never submitted",
     trk_4 = "B-TRK-4": "a CBT marking failure lets the write pass without COW",

@@ -107,10 +107,9 @@ impl Snapshot {
     // --- CREATE --------------------------------------------------------------------
 
     /// `snapshot_create` (spec 8.2).
+    /// The same device twice is refused by the caller on the raw numbers
+    /// (ctrl `has_same_devices`), as v2 checks before MKDEV.
     pub async fn create(module: &Rc<Module>, devs: &[DevT]) -> Result<SnapshotId, Errno> {
-        if has_duplicates(devs) {
-            return Err(Errno::EINVAL);
-        }
         let k = module.k();
         if devs.is_empty() && module.quirks.snap_3 {
             // `count - 1` wraps: the duplicate check spins 2^32 times.
@@ -293,10 +292,11 @@ impl Snapshot {
     /// A COW may already have failed between the switch and here.
     fn check_not_corrupted(&self) -> Result<(), Errno> {
         let corrupted = self.trackers.iter().any(|t| {
-            t.diff_area
-                .borrow()
-                .as_ref()
-                .is_some_and(|area| area.is_corrupted())
+            let area = t.diff_area.borrow().clone();
+            if area.is_none() {
+                t.null_diff_area_oops("snapshot_take");
+            }
+            area.is_some_and(|area| area.is_corrupted())
         });
         if corrupted {
             return Err(Errno::EFAULT);
@@ -307,7 +307,11 @@ impl Snapshot {
     /// Images in device order; stops at the first failure.
     async fn create_images(&self) -> Result<(), Errno> {
         for (i, tracker) in self.trackers.iter().enumerate() {
-            let area = tracker.diff_area.borrow().clone().ok_or(Errno::EFAULT)?;
+            let area = tracker.diff_area.borrow().clone();
+            if area.is_none() {
+                tracker.null_diff_area_oops("snapimage_create");
+            }
+            let area = area.ok_or(Errno::EFAULT)?;
             let image = SnapImage::create(&self.module, &area, &tracker.cbt_map).await?;
             self.images.borrow_mut()[i] = Some(image);
         }
@@ -474,12 +478,6 @@ async fn thaw(module: &Rc<Module>, devs: &[DevT]) {
             k.log(&format!("failed to thaw {dev}: {e}"));
         }
     }
-}
-
-fn has_duplicates(devs: &[DevT]) -> bool {
-    devs.iter()
-        .enumerate()
-        .any(|(i, dev)| devs[i + 1..].contains(dev))
 }
 
 /// Attach to (or reuse) the tracker of each device. A device already in a

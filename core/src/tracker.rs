@@ -221,12 +221,16 @@ impl Tracker {
         // v2 lets a created-but-untaken snapshot lose its tracker (B-TRK-5);
         // the fix keeps a tracker owned by a snapshot until that one goes.
         let owned = tracker.in_snapshot() && !module.quirks.trk_5;
-        if tracker.snapshot_is_taken.get() || owned || tracker.detaching.get() {
+        if tracker.snapshot_is_taken.get() || owned {
             tracker.put();
             return Err(Errno::EBUSY);
         }
         // From here a CREATE must not take the tracker: the freeze below
-        // sleeps, and the check above would be stale by the detach.
+        // sleeps, and the check above would be stale by the detach. A
+        // second REMOVE racing this one goes on as in v2 and the later
+        // bdev_filter_detach finds no filter: -ENOENT. Only the REMOVE that
+        // raised the flag lowers it.
+        let first = !tracker.detaching.get();
         tracker.detaching.set(!module.quirks.trk_5);
         let frozen = k.freeze_bdev(dev).await;
         let detached = k.filter_detach(dev).await;
@@ -234,7 +238,9 @@ impl Tracker {
             sleep_point(k, "tracker_remove.thaw_bdev").await;
             let _ = k.thaw_bdev(dev).await;
         }
-        tracker.detaching.set(false);
+        if first {
+            tracker.detaching.set(false);
+        }
         tracker.put();
         if let Err(e) = detached {
             k.log(&format!("failed to detach from {dev}: {e}"));
@@ -267,6 +273,10 @@ impl Tracker {
     /// reset the CBT if it is corrupted or the device was resized, then
     /// switch it.
     pub async fn take_snapshot(&self) -> Result<(), Errno> {
+        // v2 reads the capacity through `diff_area->orig_bdev`.
+        if self.diff_area.borrow().is_none() {
+            self.null_diff_area_oops("tracker_take_snapshot");
+        }
         let capacity = self.module.k().bdev_nr_sectors(self.dev_id);
         if self.cbt_map.is_corrupted() || capacity != self.cbt_map.device_capacity() {
             self.cbt_map.reset(capacity).await?;
@@ -274,6 +284,19 @@ impl Tracker {
         self.cbt_map.switch();
         self.snapshot_is_taken.set(true);
         Ok(())
+    }
+
+    /// v2 reaches `tracker->diff_area` without a NULL test in the write
+    /// path, TAKE and image creation; a release of another snapshot sharing
+    /// the tracker (B-SNAP-6) can NULL it meanwhile. With B-SNAP-11 that is
+    /// the oops it is in C; the fix's callers skip or fail instead.
+    pub fn null_diff_area_oops(&self, site: &str) {
+        if self.module.quirks.snap_11 {
+            panic!(
+                "BUG: kernel NULL pointer dereference: tracker->diff_area of {} in {site} (B-SNAP-11)",
+                self.dev_id
+            );
+        }
     }
 
     /// `tracker_release_snapshot`.
@@ -298,6 +321,9 @@ impl Tracker {
             return FilterVerdict::Pass;
         }
         let Some(area) = self.diff_area.borrow().clone() else {
+            // Taken yet no diff_area: a release of a snapshot sharing this
+            // tracker NULLed it. v2 dereferences it (B-SNAP-11).
+            self.null_diff_area_oops("tracker_submit_bio_cb");
             return FilterVerdict::Pass;
         };
         if area.is_corrupted() {
@@ -320,13 +346,26 @@ impl Tracker {
             Ok(()) => area.wait(bio.sector, bio.sectors, nowait, killable).await,
             // The write is let through after an error; first wait for the
             // copies already started, or the write could overtake them.
-            Err(e) if e != Errno::EAGAIN && !self.module.quirks.trk_3 => {
+            Err(e) if e != Errno::EAGAIN && !self.passes_at_once(e) => {
                 area.wait_started(bio.sector, bio.sectors).await;
                 Err(e)
             }
             Err(e) => Err(e),
         };
         self.verdict(result)
+    }
+
+    /// Whether a failed copy lets the write through without waiting for the
+    /// copies in flight, as v2 does for every error (B-TRK-3 drops its
+    /// queued bios too). With only B-DA-4 on, the -EINTR of a writer killed
+    /// while it waited for a chunk lock passes at once, as in the C: the
+    /// write can overtake the other writer's copy of that chunk. Its own
+    /// earlier chunks' bios are still submitted there (the B-TRK-3 fix), so
+    /// with a multi-chunk write the write may overtake those as well, where
+    /// v2 never submits them; the bug scenario uses one-chunk writes.
+    fn passes_at_once(&self, e: Errno) -> bool {
+        let quirks = &self.module.quirks;
+        quirks.trk_3 || (quirks.da_4 && e == Errno::EINTR)
     }
 
     /// Send the COW bios queued during `diff_area_copy`. After an error v2
@@ -807,16 +846,51 @@ mod tests {
             let image = ctl.collect_images(&id).await.unwrap()[0].1;
             // Chunk 2 was never copied: the image shows the new data.
             assert_eq!(k.user_read(image, 1024, 4).await, Ok(vec![5; 4]));
-            assert_eq!(
-                k.user_read(image, 1020, 4).await,
-                Ok((1020..1024).map(orig).collect())
-            );
+            // The -EINTR came from the copy path (chunk 1's lock, held by
+            // the first writer's copy): v2 passes the write at once, and it
+            // overtook that copy's read, so chunk 1's "old" data is new.
+            assert_eq!(k.user_read(image, 1020, 4).await, Ok(vec![5; 4]));
         });
         assert!(
             k.logs().iter().any(|l| l.contains("EINTR")),
             "{:?}",
             k.logs()
         );
+    }
+
+    /// B-DA-4 on the copy path, as the C has it: the victim, killed while
+    /// `diff_area_copy` waits for the chunk lock the first writer's copy
+    /// holds, gets -EINTR and its write passes at once: it is done before
+    /// that copy is. The fix waits for the copy (uninterruptibly) first.
+    #[test]
+    fn quirk_da_4_copy_path_eintr_passes_before_the_copy_ends() {
+        let state_when_victim_done = |ids: &[&str]| {
+            let (k, ctl) = setup(ids);
+            let seen = Rc::new(std::cell::Cell::new(None));
+            run(&k, async {
+                taken(&ctl, dev(0)).await;
+                let area = area(&ctl);
+                for (name, sector) in [("first", 512u64), ("victim", 520)] {
+                    let (k2, area, seen) = (k.clone(), area.clone(), seen.clone());
+                    k.spawn(
+                        crate::kernel::TaskKind::Work,
+                        name.into(),
+                        Box::pin(async move {
+                            k2.user_write(dev(0), sector, vec![5; 8]).await.unwrap();
+                            if sector == 520 {
+                                seen.set(Some(area.chunk(1).unwrap().state()));
+                            }
+                        }),
+                    );
+                }
+                k.kill("victim");
+                k.settle().await;
+            });
+            seen.get().expect("the victim's write ended")
+        };
+        let store_ready = crate::chunk::bits::STORE_READY;
+        assert_eq!(state_when_victim_done(&[]) & store_ready, store_ready);
+        assert_eq!(state_when_victim_done(&["B-DA-4"]) & store_ready, 0);
     }
 
     #[test]

@@ -1,8 +1,16 @@
 //! A filesystem model on a device: a page cache of dirty sectors, written
 //! back by a flusher, synced on freeze; writers wait while it is frozen.
 //!
-//! freeze/thaw nest per device (`bd_fsfreeze_count`). Adversarial variant:
-//! a filesystem that ignores the bdev freeze (no sync, writers not held).
+//! freeze/thaw nest per device (`bd_fsfreeze_count`), with 6.1 semantics:
+//! a freeze at depth >= 1 succeeds without touching the file system, a
+//! failed freeze puts the count back, a thaw at 0 is -EINVAL and does
+//! nothing. A user's `Freeze` step is a third party's freeze_bdev (as dm
+//! or another snapshot tool would call it), counted with the engine's.
+//!
+//! Fault model: a filesystem that ignores the bdev freeze (no sync, writers
+//! not held); a filesystem whose freeze fails for the engine's freeze from
+//! depth 0 (`freeze_fails`). Writeback errors come from the block layer's
+//! fault plan.
 //!
 //! The model keeps its own record (`FsRecord`) of what it accepted and
 //! when, of its freezes, and of data lost to injected writeback errors: the
@@ -79,11 +87,20 @@ impl FsModel {
     }
 }
 
-/// `freeze_bdev`: hold new writers, write the dirty data back.
-pub async fn freeze_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
+/// `freeze_bdev` as Linux 5.11-6.5 have it: the count goes up first; at
+/// depth > 1 the device is already frozen and the call succeeds at once.
+/// Only the freeze from 0 freezes the file system, and when that fails
+/// (`super_fails`: the adversarial `freeze_fails` for the engine's calls)
+/// the count is put back and the error returned.
+pub async fn freeze_bdev(sim: &Rc<Sim>, dev: DevT, super_fails: bool) -> Result<(), Errno> {
     let depth = {
         let mut devices = sim.blk.devices.borrow_mut();
         let device = devices.get_mut(&dev).ok_or(Errno::ENXIO)?;
+        if device.freeze_count == 0 && super_fails {
+            // Up to 1 and straight back: no trace, the count never moved
+            // as far as anyone else can see (the C holds the mutex).
+            return Err(Errno::EBUSY);
+        }
         device.freeze_count += 1;
         device.freeze_count
     };
@@ -114,7 +131,8 @@ pub async fn freeze_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
     Ok(())
 }
 
-/// `thaw_bdev`: -EINVAL if not frozen; the last thaw lets writers go.
+/// `thaw_bdev`: -EINVAL and nothing else if the count is 0; the last thaw
+/// lets writers go.
 pub fn thaw_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
     let depth = {
         let mut devices = sim.blk.devices.borrow_mut();

@@ -49,6 +49,7 @@ impl Errno {
     pub const ENOTTY: Errno = Errno(25);
     pub const ENOSPC: Errno = Errno(28);
     pub const ENODATA: Errno = Errno(61);
+    pub const EOPNOTSUPP: Errno = Errno(95);
     pub const ENOBUFS: Errno = Errno(105);
     pub const EALREADY: Errno = Errno(114);
 
@@ -70,6 +71,7 @@ impl Errno {
             25 => "ENOTTY",
             28 => "ENOSPC",
             61 => "ENODATA",
+            95 => "EOPNOTSUPP",
             105 => "ENOBUFS",
             114 => "EALREADY",
             _ => "E?",
@@ -101,8 +103,10 @@ pub struct DevT(pub u32);
 impl DevT {
     pub const MINOR_BITS: u32 = 20;
 
+    /// `MKDEV`: no mask, as the kernel macro. A minor of 2^20 or more
+    /// spills into the major; major bits past 12 are shifted out.
     pub fn new(major: u32, minor: u32) -> DevT {
-        DevT((major << Self::MINOR_BITS) | (minor & ((1 << Self::MINOR_BITS) - 1)))
+        DevT(major.wrapping_shl(Self::MINOR_BITS) | minor)
     }
 
     pub fn major(self) -> u32 {

@@ -160,11 +160,9 @@ impl Kernel for SimKernel {
     }
 
     fn freeze_bdev(&self, dev: DevT) -> Completion<Result<(), Errno>> {
-        if self.0.blk.freeze_fails(dev) {
-            return Completion::ready(Err(Errno::EBUSY));
-        }
+        let fails = self.0.blk.freeze_fails(dev);
         let sim = self.0.clone();
-        let body = Box::pin(async move { crate::fs::freeze_bdev(&sim, dev).await });
+        let body = Box::pin(async move { crate::fs::freeze_bdev(&sim, dev, fails).await });
         self.0.helper("freeze_bdev", body)
     }
 

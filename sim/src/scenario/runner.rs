@@ -838,7 +838,7 @@ impl Run {
                 fs::writeback(&self.sim, self.dev(device)).await;
                 Ok(())
             }
-            Step::Freeze { device } => fs::freeze_bdev(&self.sim, self.dev(device))
+            Step::Freeze { device } => fs::freeze_bdev(&self.sim, self.dev(device), false)
                 .await
                 .map_err(|e| format!("freeze failed: {e}")),
             Step::Thaw { device } => {
