@@ -190,6 +190,8 @@ pub struct Sim {
     pub injected: RefCell<crate::check::injected::InjectedFaults>,
     /// The storage checker (engine writes to the diff storage).
     pub storage: RefCell<crate::check::storage::StorageCheck>,
+    /// The durability checker (write cache, FLUSH/FUA, power loss).
+    pub durability: RefCell<crate::check::durability::Durability>,
     /// Sleeping points the engine reached (`might_sleep` sites), with how
     /// often: the inventory test compares them with ARCHITECTURE.md.
     pub sleep_sites: RefCell<BTreeMap<&'static str, u64>>,
@@ -236,6 +238,7 @@ impl Sim {
             fs_take: RefCell::new(Default::default()),
             injected: RefCell::new(Default::default()),
             storage: RefCell::new(Default::default()),
+            durability: RefCell::new(Default::default()),
             sleep_sites: RefCell::new(BTreeMap::new()),
         })
     }
@@ -650,14 +653,17 @@ impl Sim {
             }
         };
         self.bios_in_flight.set(self.bios_in_flight.get() + 1);
+        if let Some(device) = self.devices.borrow_mut().get_mut(&bio.dev) {
+            device.in_flight += 1;
+        }
         let at = self.now() + latency;
         self.at(at, Box::new(move |sim| sim.end_device_bio(id, bio, done)));
     }
 
     /// Refuse a bio the device cannot take; otherwise draw its latency.
     fn device_check(&self, bio: &Bio) -> Result<u64, Errno> {
-        let devices = self.devices.borrow();
-        let device = devices.get(&bio.dev).ok_or(Errno::EIO)?;
+        let mut devices = self.devices.borrow_mut();
+        let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
         if device.removed {
             return Err(Errno::EIO);
         }
@@ -675,11 +681,25 @@ impl Sim {
         let lat = device.latency;
         let spread = lat.max_ns.saturating_sub(lat.min_ns);
         let jitter = self.disk_rng.borrow_mut().range(0, spread);
-        Ok(lat.min_ns + jitter + lat.per_sector_ns * bio.sectors)
+        let spike = device
+            .disk_faults
+            .spike_ns(bio.op, bio.sector, bio.sectors);
+        drop(devices);
+        if let Some(extra_ns) = spike {
+            self.record_fault(FaultKind::LatencySpike {
+                dev: bio.dev,
+                sector: bio.sector,
+                extra_ns,
+            });
+        }
+        Ok(lat.min_ns + jitter + lat.per_sector_ns * bio.sectors + spike.unwrap_or(0))
     }
 
     fn end_device_bio(self: &Rc<Self>, id: u64, bio: Bio, done: Completer<BioResult>) {
         self.bios_in_flight.set(self.bios_in_flight.get() - 1);
+        if let Some(device) = self.devices.borrow_mut().get_mut(&bio.dev) {
+            device.in_flight = device.in_flight.saturating_sub(1);
+        }
         let result = self.apply_bio(&bio);
         self.record(TraceEvent::BioEnd {
             id,
@@ -706,17 +726,21 @@ impl Sim {
         if device.removed {
             return Err(Errno::EIO);
         }
+        if bio.op == BioOp::Read && device.disk_faults.read_fails(bio.sector, bio.sectors) {
+            drop(devices);
+            self.record_fault(FaultKind::TransientReadError {
+                dev: bio.dev,
+                sector: bio.sector,
+                sectors: bio.sectors,
+            });
+            return Err(Errno::EIO);
+        }
         match bio.op {
-            BioOp::Read => Ok(device.read(bio.sector, bio.sectors)),
-            BioOp::Write => {
-                device.write(bio.sector, &bio.data);
+            BioOp::Read => Ok(crate::cache::read(device, bio.sector, bio.sectors)),
+            _ => {
+                crate::cache::write_bio(device, bio);
                 Ok(Vec::new())
             }
-            BioOp::Discard | BioOp::WriteZeroes => {
-                device.write(bio.sector, &vec![0; bio.sectors as usize]);
-                Ok(Vec::new())
-            }
-            BioOp::Flush => Ok(Vec::new()),
         }
     }
 
@@ -763,14 +787,53 @@ impl Sim {
     /// Device removal (`modprobe -r`, hot unplug): IO fails, the filter is
     /// detached as bdev eviction does.
     pub fn remove_device(&self, dev: DevT) {
-        if let Some(device) = self.devices.borrow_mut().get_mut(&dev) {
+        let in_flight = self.devices.borrow_mut().get_mut(&dev).map(|device| {
             device.removed = true;
+            device.in_flight
+        });
+        if let Some(bios) = in_flight {
             self.record_fault(FaultKind::Removal { dev });
+            if bios > 0 {
+                self.record_fault(FaultKind::RemovalInFlight { dev, bios });
+            }
         }
         let filter = self.filters.borrow_mut().remove(&dev);
         if let Some(filter) = filter {
             filter.release();
         }
+    }
+
+    /// Power is cut (`power.rs`): every task but the running one dies
+    /// where it stands, every timer (bio ends, sleeps) is gone, and nothing
+    /// of the engine stays attached: no filter, image disk, open handle or
+    /// allocation. The futures are dropped with no task current, so what
+    /// their guards do on the way out (unlock, noio restore) reaches no one.
+    pub fn power_cut(&self) {
+        let keep = self.current_task();
+        let ids: Vec<TaskId> = self.sched.borrow().tasks.keys().copied().collect();
+        let doomed: Vec<Task> = ids
+            .into_iter()
+            .filter(|id| Some(*id) != keep)
+            .filter_map(|id| self.remove_task(id))
+            .collect();
+        let timers = std::mem::take(&mut *self.timer_actions.borrow_mut());
+        self.sched.borrow_mut().current = None;
+        drop(doomed);
+        drop(timers);
+        self.sched.borrow_mut().current = keep;
+        self.filters.borrow_mut().clear();
+        self.disks.borrow_mut().clear();
+        self.filter_calls.borrow_mut().clear();
+        self.allocs.borrow_mut().clear();
+        self.live_alloc_bytes.set(0);
+        self.opens.borrow_mut().clear();
+        self.bios_in_flight.set(0);
+        for device in self.devices.borrow_mut().values_mut() {
+            device.open_count = 0;
+            device.freeze_count = 0;
+            device.in_flight = 0;
+        }
+        *self.lockdep.borrow_mut() = Lockdep::default();
     }
 
     // --- resources ---------------------------------------------------------------------------
@@ -1082,6 +1145,7 @@ impl Kernel for SimKernel {
         });
         if let Some((bio, done)) = pending {
             sim.check_engine_bio(&bio);
+            crate::check::durability::hooks::engine_write(sim, &bio);
             sim.submit_to_device(bio, done);
         }
     }
