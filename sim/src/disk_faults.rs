@@ -290,6 +290,30 @@ mod tests {
         assert_eq!(faults(&[]).spike_ns(BioOp::Read, 0, 1), None);
     }
 
+    /// A scenario naming an unknown fault kind fails to load with its
+    /// place and the valid kinds; a bad aim is placed at the fault.
+    #[test]
+    fn a_load_error_names_an_unknown_fault_kind_and_the_valid_ones() {
+        let text = |fault: &str| {
+            format!(
+                "Scenario(name: \"x\", devices: [(name: \"d\", sectors: 64,\n faults: [{fault}])], steps: [])"
+            )
+        };
+        let path = std::path::Path::new("x.ron");
+        let err = crate::scenario::parse(path, &text("TornWrites(nth: 1)"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("x.ron:2:11: unknown variant `TornWrites`"), "{err}");
+        for kind in KINDS {
+            assert!(err.contains(&format!("`{kind}`")), "{err}");
+        }
+        let err = crate::scenario::parse(path, &text("TornWrite(nth: 0)"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.ron:2:11") && err.contains("counts from 1"), "{err}");
+        assert!(crate::scenario::parse(path, &text("FlakyRead(range: (0, 8))")).is_ok());
+    }
+
     #[test]
     fn validation_names_the_problem() {
         let bad = DiskFault::TornWrite {

@@ -437,7 +437,7 @@ pub mod hooks {
         }
         if bio.op == BioOp::Read {
             let epoch = sim.durability.borrow().epoch(bio.dev);
-            let faulted = sim.injected.borrow().any_on(bio.dev, epoch + 1, now);
+            let faulted = sim.injected.borrow().data_fault_on(bio.dev, epoch + 1, now);
             let verdict =
                 sim.durability
                     .borrow_mut()
@@ -550,6 +550,18 @@ mod tests {
         let t = c.submit(25, &bio(BioOp::Write, 0, vec![8], false));
         assert_eq!(c.read_ended(&read, 20, 30, &Ok(vec![8]), false), Ok(1));
         c.write_ended(40, t, true);
+    }
+
+    #[test]
+    fn a_clean_shutdown_loses_nothing() {
+        let mut c = checker();
+        write(&mut c, 1, 0, 10, false);
+        write(&mut c, 2, 20, 30, false);
+        // Power loss may drop the unflushed writes; a clean shutdown may not.
+        assert_eq!(c.clone_for_test().power_loss(D, 40, false, &|_| 0).1, Ok(()));
+        let err = c.clone_for_test().power_loss(D, 40, true, &|_| 1).1.unwrap_err();
+        assert!(err.contains("clean shutdown"), "{err}");
+        assert_eq!(c.power_loss(D, 40, true, &|_| 2), (1, Ok(())));
     }
 
     impl Durability {

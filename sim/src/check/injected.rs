@@ -149,11 +149,16 @@ impl InjectedFaults {
         })
     }
 
-    /// Any fault on `dev` in [from, to] (allocation faults name no device).
-    pub fn any_on(&self, dev: DevT, from: u64, to: u64) -> bool {
-        self.list
-            .iter()
-            .any(|f| f.at >= from && f.at <= to && f.kind.device() == Some(dev))
+    /// A fault on `dev` in [from, to] that can change what it reads or
+    /// holds (a latency spike changes only timing; allocation faults name
+    /// no device).
+    pub fn data_fault_on(&self, dev: DevT, from: u64, to: u64) -> bool {
+        self.list.iter().any(|f| {
+            f.at >= from
+                && f.at <= to
+                && f.kind.device() == Some(dev)
+                && !matches!(f.kind, FaultKind::LatencySpike { .. })
+        })
     }
 
     /// When `dev` was removed, if it was.
