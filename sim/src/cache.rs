@@ -435,7 +435,10 @@ mod tests {
                 }
             }
         }
-        assert!(kept > 10 && dropped > 10 && torn > 10, "{kept} {dropped} {torn}");
+        assert!(
+            kept > 10 && dropped > 10 && torn > 10,
+            "{kept} {dropped} {torn}"
+        );
     }
 
     #[test]

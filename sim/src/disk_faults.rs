@@ -117,12 +117,10 @@ impl DiskFault {
             }
         }
         match self {
-            DiskFault::LatencySpike { extra_us, .. } if *extra_us > MAX_SPIKE_US => Err(format!(
-                "extra_us is at most {MAX_SPIKE_US} (10 s)"
-            )),
-            DiskFault::FlakyRead { failures: 0, .. } => {
-                Err("failures must be at least 1".into())
+            DiskFault::LatencySpike { extra_us, .. } if *extra_us > MAX_SPIKE_US => {
+                Err(format!("extra_us is at most {MAX_SPIKE_US} (10 s)"))
             }
+            DiskFault::FlakyRead { failures: 0, .. } => Err("failures must be at least 1".into()),
             _ => Ok(()),
         }
     }
@@ -257,10 +255,16 @@ mod tests {
             failures: 2,
         }]);
         assert!(!f.read_fails(0, 8), "outside the range");
-        assert!(!f.read_fails(100, 8), "the first matching read is not the 2nd");
+        assert!(
+            !f.read_fails(100, 8),
+            "the first matching read is not the 2nd"
+        );
         assert!(f.read_fails(100, 8), "the 2nd fails");
         assert!(f.read_fails(104, 1), "a retry of a weak sector fails too");
-        assert!(f.read_fails(100, 4), "sectors 100..104 have one failure left");
+        assert!(
+            f.read_fails(100, 4),
+            "sectors 100..104 have one failure left"
+        );
         assert!(!f.read_fails(100, 8), "healed");
         assert!(!f.read_fails(100, 8));
     }
@@ -303,14 +307,20 @@ mod tests {
         let err = crate::scenario::parse(path, &text("TornWrites(nth: 1)"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("x.ron:2:11: unknown variant `TornWrites`"), "{err}");
+        assert!(
+            err.starts_with("x.ron:2:11: unknown variant `TornWrites`"),
+            "{err}"
+        );
         for kind in KINDS {
             assert!(err.contains(&format!("`{kind}`")), "{err}");
         }
         let err = crate::scenario::parse(path, &text("TornWrite(nth: 0)"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("x.ron:2:11") && err.contains("counts from 1"), "{err}");
+        assert!(
+            err.contains("x.ron:2:11") && err.contains("counts from 1"),
+            "{err}"
+        );
         assert!(crate::scenario::parse(path, &text("FlakyRead(range: (0, 8))")).is_ok());
     }
 

@@ -681,9 +681,7 @@ impl Sim {
         let lat = device.latency;
         let spread = lat.max_ns.saturating_sub(lat.min_ns);
         let jitter = self.disk_rng.borrow_mut().range(0, spread);
-        let spike = device
-            .disk_faults
-            .spike_ns(bio.op, bio.sector, bio.sectors);
+        let spike = device.disk_faults.spike_ns(bio.op, bio.sector, bio.sectors);
         drop(devices);
         if let Some(extra_ns) = spike {
             self.record_fault(FaultKind::LatencySpike {

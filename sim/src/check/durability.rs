@@ -228,7 +228,9 @@ impl Durability {
             return true;
         }
         let flushes = self.flushes.get(&w.dev).into_iter().flatten();
-        flushes.into_iter().any(|&(sub, end)| sub >= done && end <= t)
+        flushes
+            .into_iter()
+            .any(|&(sub, end)| sub >= done && end <= t)
     }
 
     /// Values the durable media may hold for `sector` at `t`.
@@ -390,7 +392,10 @@ impl Durability {
                 "durability_flush_sectors_judged".into(),
                 self.flush_sectors_judged as f64,
             ),
-            ("durability_flushes_judged".into(), self.flushes_judged as f64),
+            (
+                "durability_flushes_judged".into(),
+                self.flushes_judged as f64,
+            ),
             (
                 "durability_read_sectors_judged".into(),
                 self.read_sectors_judged as f64,
@@ -542,7 +547,9 @@ mod tests {
         let mut c = checker();
         write(&mut c, 7, 0, 10, false);
         let read = Bio::read(D, 0, 1);
-        let err = c.read_ended(&read, 20, 30, &Ok(vec![0]), false).unwrap_err();
+        let err = c
+            .read_ended(&read, 20, 30, &Ok(vec![0]), false)
+            .unwrap_err();
         assert!(err.contains("must read back"), "{err}");
         assert_eq!(c.read_ended(&read, 20, 30, &Ok(vec![0]), true), Ok(0));
         assert_eq!(c.read_ended(&read, 20, 30, &Ok(vec![7]), false), Ok(1));
@@ -558,8 +565,15 @@ mod tests {
         write(&mut c, 1, 0, 10, false);
         write(&mut c, 2, 20, 30, false);
         // Power loss may drop the unflushed writes; a clean shutdown may not.
-        assert_eq!(c.clone_for_test().power_loss(D, 40, false, &|_| 0).1, Ok(()));
-        let err = c.clone_for_test().power_loss(D, 40, true, &|_| 1).1.unwrap_err();
+        assert_eq!(
+            c.clone_for_test().power_loss(D, 40, false, &|_| 0).1,
+            Ok(())
+        );
+        let err = c
+            .clone_for_test()
+            .power_loss(D, 40, true, &|_| 1)
+            .1
+            .unwrap_err();
         assert!(err.contains("clean shutdown"), "{err}");
         assert_eq!(c.power_loss(D, 40, true, &|_| 2), (1, Ok(())));
     }

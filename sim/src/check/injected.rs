@@ -40,9 +40,17 @@ pub enum FaultKind {
         kept: (u64, u64),
     },
     /// A bio took `extra_ns` longer (dm-delay).
-    LatencySpike { dev: DevT, sector: u64, extra_ns: u64 },
+    LatencySpike {
+        dev: DevT,
+        sector: u64,
+        extra_ns: u64,
+    },
     /// A read failed with EIO on sectors that heal on a later retry.
-    TransientReadError { dev: DevT, sector: u64, sectors: u64 },
+    TransientReadError {
+        dev: DevT,
+        sector: u64,
+        sectors: u64,
+    },
     /// The device was removed with `bios` of its bios in flight.
     RemovalInFlight { dev: DevT, bios: u64 },
 }

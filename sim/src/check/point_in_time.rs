@@ -515,6 +515,13 @@ impl Oracle {
         if faults.removed_at(read.orig).is_some_and(|t| t <= read.to) {
             return Some("the original was removed");
         }
+        let storage_removed = self.storage_of.get(&read.snapshot).into_iter().flatten();
+        if storage_removed
+            .into_iter()
+            .any(|dev| faults.removed_at(*dev).is_some_and(|t| t <= read.to))
+        {
+            return Some("a storage device of the snapshot was removed");
+        }
         if let Some((_, new_end)) = faults.shrunk_by(read.orig, read.to) {
             // Chunks past the new end cannot be loaded from the original.
             let first_lost = new_end - new_end % read.chunk_bound;
@@ -546,8 +553,9 @@ impl Oracle {
         let on_orig = faults.all().iter().any(|f| {
             f.at >= read.from
                 && f.at <= read.to
-                && f.kind.read_error().is_some_and(|(dev, sector, sectors)|
-                    dev == read.orig && sector < hi && sector + sectors > lo)
+                && f.kind.read_error().is_some_and(|(dev, sector, sectors)| {
+                    dev == read.orig && sector < hi && sector + sectors > lo
+                })
         });
         let mut storage: Vec<DevT> = self
             .storage_of

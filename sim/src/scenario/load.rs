@@ -1105,7 +1105,8 @@ pub mod limits {
             Step::Workload(w) => one(u64::from(w.ops).saturating_mul(w.max_sectors)),
             Step::Repeat { times, steps } => one(0).add(cost(steps).times(u64::from(*times))),
             Step::Timed { steps, .. } => one(0).add(cost(steps)),
-            Step::Concurrent(branches) | Step::PowerLoss {
+            Step::Concurrent(branches)
+            | Step::PowerLoss {
                 during: branches, ..
             } => branches
                 .iter()
@@ -1241,7 +1242,11 @@ fn disk_problem(device: &super::model::DeviceSpec, at: &At) -> Option<(At, Strin
     if !device.fs {
         return Some((at.field("journal"), "a journal needs `fs: true`".into()));
     }
-    if len == 0 || start.checked_add(len).is_none_or(|end| end > device.sectors) {
+    if len == 0
+        || start
+            .checked_add(len)
+            .is_none_or(|end| end > device.sectors)
+    {
         let message = format!(
             "journal ({start}, {len}) must be a non-empty range inside the device's {} sectors",
             device.sectors

@@ -37,7 +37,9 @@ impl Run {
             0 => 0,
             j => SimRng::child(self.sim.seed, &format!("power/{at}")).below(j + 1),
         };
-        self.sim.sleep((after_us + jitter).saturating_mul(1000)).await;
+        self.sim
+            .sleep((after_us + jitter).saturating_mul(1000))
+            .await;
         let judged = crate::power::power_loss(&self.sim);
         self.forget_module();
         self.judged_something("PowerLoss", at, judged);
