@@ -10,6 +10,7 @@
 //! - `TornWrite`: at power loss, a write still in the volatile cache that
 //!   the aim picks is torn at a sector boundary (without it the seed alone
 //!   decides keep, drop or tear; see `cache.rs`).
+//!
 //! Device removal with bios in flight is the `RemoveDevice` step; it is
 //! recorded here too (`RemovalInFlight`), since the bios it ends with EIO
 //! are a device fault.
