@@ -24,14 +24,30 @@ use crate::check::injected::FaultKind;
 use crate::kernel::Sim;
 use crate::trace::TraceEvent;
 
+/// Every task but the running one dies where it stands, every timer (bio
+/// ends, sleeps) is gone, and nothing of the engine stays attached: no
+/// filter, image disk, open handle or allocation. The futures are dropped
+/// with no task current, so what their guards do on the way out (unlock,
+/// noio restore) reaches no one; lockdep starts over, as at boot.
+fn cut(sim: &Sim) {
+    let (tasks, timers) = sim.sched.remove_all_but_current();
+    sim.sched.without_current(|| {
+        drop(tasks);
+        drop(timers);
+    });
+    sim.blk.power_cut();
+    sim.mm.forget_all();
+    *sim.lockdep.borrow_mut() = crate::lockdep::Lockdep::default();
+}
+
 /// Cut the power now. Returns the sectors the durability checker judged.
 pub fn power_loss(sim: &Rc<Sim>) -> u64 {
     sim.record(TraceEvent::Warn {
         msg: "power loss".to_string(),
     });
-    sim.power_cut();
+    cut(sim);
     crate::fs::power_lost(sim);
-    let devs: Vec<DevT> = sim.devices.borrow().keys().copied().collect();
+    let devs: Vec<DevT> = sim.blk.devices.borrow().keys().copied().collect();
     let mut judged = 0;
     for dev in devs {
         lose_cache(sim, dev);
@@ -47,12 +63,12 @@ pub fn clean_reboot(sim: &Rc<Sim>) -> u64 {
     sim.record(TraceEvent::Warn {
         msg: "reboot".to_string(),
     });
-    for device in sim.devices.borrow_mut().values_mut() {
+    for device in sim.blk.devices.borrow_mut().values_mut() {
         cache::flush(device);
     }
-    sim.power_cut();
+    cut(sim);
     crate::fs::power_lost(sim);
-    let devs: Vec<DevT> = sim.devices.borrow().keys().copied().collect();
+    let devs: Vec<DevT> = sim.blk.devices.borrow().keys().copied().collect();
     let judged = devs
         .into_iter()
         .map(|dev| restart_history(sim, dev, true))
@@ -64,7 +80,7 @@ pub fn clean_reboot(sim: &Rc<Sim>) -> u64 {
 /// The device's write cache is lost: record what happened to each write.
 fn lose_cache(sim: &Sim, dev: DevT) {
     let lost = {
-        let mut devices = sim.devices.borrow_mut();
+        let mut devices = sim.blk.devices.borrow_mut();
         let Some(device) = devices.get_mut(&dev) else {
             return;
         };
@@ -93,7 +109,7 @@ fn lose_cache(sim: &Sim, dev: DevT) {
 /// the device from it. `clean`: nothing may have been lost.
 fn restart_history(sim: &Sim, dev: DevT, clean: bool) -> u64 {
     let now = sim.now();
-    let devices = sim.devices.borrow();
+    let devices = sim.blk.devices.borrow();
     let Some(device) = devices.get(&dev) else {
         return 0;
     };

@@ -425,7 +425,7 @@ pub mod hooks {
         let ok = result.is_ok();
         sim.durability.borrow_mut().write_ended(now, token, ok);
         if ok && Durability::is_flush(bio) {
-            let devices = sim.devices.borrow();
+            let devices = sim.blk.devices.borrow();
             let Some(device) = devices.get(&bio.dev) else {
                 return;
             };
