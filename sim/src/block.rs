@@ -26,7 +26,9 @@ pub async fn user_bio_judged(sim: &Rc<Sim>, bio: Bio) -> (BioResult, Judged) {
     sim.storage
         .borrow_mut()
         .user_write(bio.dev, bio.sector, &bio.data);
+    let durable = crate::check::durability::hooks::submitted(sim, &bio);
     let result = route(sim, bio.clone()).await;
+    crate::check::durability::hooks::ended(sim, &bio, durable, &result);
     crate::check::fs_take::completed(sim, &bio, &result);
     let now = sim.now();
     crate::check::cbt::user_bio_ended(sim, &bio, submitted, now, result.is_ok());
@@ -88,6 +90,9 @@ async fn run_filter(sim: &Rc<Sim>, bio: &Bio) -> Option<BioResult> {
     });
     match verdict {
         FilterVerdict::Pass => None,
+        // Status 0 is BLK_STS_OK: the filter took the bio and ended it
+        // well without sending it down (what a REQ_NOWAIT refusal is not).
+        FilterVerdict::Complete(Errno(0)) => Some(Ok(Vec::new())),
         FilterVerdict::Complete(e) => Some(Err(e)),
         FilterVerdict::CompletedTwice(e) => {
             sim.fail(

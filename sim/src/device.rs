@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use blksnap_core::kernel::{BioOp, DevT, Stamp};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::WriteCache;
+use crate::disk_faults::DiskFaults;
 use crate::faults::IoWindow;
 
 /// What a never-written sector holds.
@@ -67,6 +69,12 @@ pub struct Device {
     pub open_count: u64,
     /// Windows of injected EIO (fault injection, counted per bio).
     pub io_errors: Vec<IoWindow>,
+    /// The volatile write cache (off unless the scenario turns it on).
+    pub cache: WriteCache,
+    /// Latency spikes, flaky reads, forced tears (`disk_faults.rs`).
+    pub disk_faults: DiskFaults,
+    /// Bios handed to this device and not yet ended.
+    pub in_flight: u64,
 }
 
 impl Device {
@@ -86,6 +94,9 @@ impl Device {
             freeze_count: 0,
             open_count: 0,
             io_errors: Vec::new(),
+            cache: WriteCache::default(),
+            disk_faults: DiskFaults::default(),
+            in_flight: 0,
         }
     }
 

@@ -12,6 +12,16 @@
 //! depth 0 (`freeze_fails`). Writeback errors come from the block layer's
 //! fault plan.
 //!
+//! A journaling variant (`journal` region set) ends every writeback
+//! (flusher, fsync/Sync, freeze) the way jbd2 commits: the data bios first,
+//! all completed, then a commit record written with REQ_PREFLUSH|REQ_FUA
+//! into the journal region, so a write cache under it gets its FLUSH and
+//! FUA without the scenario spelling them out.
+//!
+//! Power loss empties the page cache: what was only there is gone, and
+//! the record forgets every accepted write (nothing accepted before the
+//! cut may be demanded after it).
+//!
 //! The model keeps its own record (`FsRecord`) of what it accepted and
 //! when, of its freezes, and of data lost to injected writeback errors: the
 //! `fs_consistency` checker judges TAKE against it, never the engine.
@@ -43,6 +53,9 @@ pub struct FsModel {
     /// Adversarial: the filesystem does not implement freeze.
     pub ignores_freeze: bool,
     pub record: FsRecord,
+    /// The journal region (start, sectors): commits go there, in turn.
+    pub journal: Option<(u64, u64)>,
+    commits: u64,
 }
 
 /// What the filesystem itself knows it did, with virtual times.
@@ -84,6 +97,52 @@ impl FsModel {
 
     pub fn dirty_sectors(&self) -> usize {
         self.dirty.len()
+    }
+
+    /// Commit records written (a metric).
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+}
+
+/// Power was cut: the page cache and every waiter are gone with the
+/// tasks that held them; what the fs accepted may no longer be demanded.
+pub fn power_lost(sim: &Sim) {
+    for fs in sim.fs.borrow_mut().values_mut() {
+        fs.dirty.clear();
+        fs.frozen = false;
+        fs.flush_scheduled = false;
+        fs.thaw_waiters.clear();
+        fs.writeback_in_flight = 0;
+        fs.idle_waiters.clear();
+        fs.record.accepted.clear();
+    }
+}
+
+/// The commit record of a journaling fs: a REQ_PREFLUSH|REQ_FUA write of
+/// a fresh stamp into the next journal sector, after the data it commits.
+async fn commit(sim: &Rc<Sim>, dev: DevT) {
+    let slot = match sim.fs.borrow_mut().get_mut(&dev) {
+        Some(fs) => match fs.journal {
+            Some((start, len)) => {
+                fs.commits += 1;
+                Some((start + fs.commits % len, fs.commits))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let Some((sector, seq)) = slot else { return };
+    // Stamps with bit 62 set are no user's and no pattern's.
+    let stamp = (1 << 62) | (u64::from(dev.0) << 24) | (seq & 0xff_ffff);
+    let mut bio = Bio::write(dev, sector, vec![stamp]);
+    bio.flags.preflush = true;
+    bio.flags.fua = true;
+    bio.flags.sync = true;
+    if let Err(e) = block::user_bio(sim, bio).await {
+        sim.record(TraceEvent::Warn {
+            msg: format!("fs: journal commit to {dev} at {sector} failed: {e}"),
+        });
     }
 }
 
@@ -257,11 +316,15 @@ pub async fn writeback(sim: &Rc<Sim>, dev: DevT) {
         let count = data.len() as u64;
         pending.push((sector, count, submit_writeback(sim, dev, sector, data)));
     }
+    let wrote = !pending.is_empty();
     for (sector, count, done) in pending {
         let (result, injected_before) = done.await;
         if let Err(e) = result {
             writeback_failed(sim, dev, sector, count, e, injected_before);
         }
+    }
+    if wrote {
+        commit(sim, dev).await;
     }
 }
 

@@ -11,15 +11,18 @@
 #![forbid(unsafe_code)]
 
 pub mod block;
+pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod ctl;
 pub mod device;
+pub mod disk_faults;
 pub mod faults;
 pub mod fs;
 pub mod kernel;
 pub mod lockdep;
 pub mod panics;
+pub mod power;
 pub mod rng;
 mod runqueue;
 pub mod scenario;

@@ -28,6 +28,66 @@ pub enum FaultKind {
     Removal { dev: DevT },
     /// The device's capacity changed.
     Resize { dev: DevT, old: u64, new: u64 },
+    /// Power was cut: the device lost its volatile cache, which held
+    /// `cached` writes (each kept, dropped or torn).
+    PowerLoss { dev: DevT, cached: u64 },
+    /// At power loss only sectors `kept` (start, count) of a cached write
+    /// reached the media.
+    TornWrite {
+        dev: DevT,
+        sector: u64,
+        sectors: u64,
+        kept: (u64, u64),
+    },
+    /// A bio took `extra_ns` longer (dm-delay).
+    LatencySpike {
+        dev: DevT,
+        sector: u64,
+        extra_ns: u64,
+    },
+    /// A read failed with EIO on sectors that heal on a later retry.
+    TransientReadError {
+        dev: DevT,
+        sector: u64,
+        sectors: u64,
+    },
+    /// The device was removed with `bios` of its bios in flight.
+    RemovalInFlight { dev: DevT, bios: u64 },
+}
+
+impl FaultKind {
+    /// A read that ended with an injected EIO: (device, sector, sectors).
+    pub fn read_error(&self) -> Option<(DevT, u64, u64)> {
+        match *self {
+            FaultKind::BioError {
+                dev,
+                op: BioOp::Read,
+                sector,
+                sectors,
+            }
+            | FaultKind::TransientReadError {
+                dev,
+                sector,
+                sectors,
+            } => Some((dev, sector, sectors)),
+            _ => None,
+        }
+    }
+
+    /// The device the fault hit, if it hit one.
+    pub fn device(&self) -> Option<DevT> {
+        match self {
+            FaultKind::Alloc { .. } => None,
+            FaultKind::BioError { dev, .. }
+            | FaultKind::Removal { dev }
+            | FaultKind::Resize { dev, .. }
+            | FaultKind::PowerLoss { dev, .. }
+            | FaultKind::TornWrite { dev, .. }
+            | FaultKind::LatencySpike { dev, .. }
+            | FaultKind::TransientReadError { dev, .. }
+            | FaultKind::RemovalInFlight { dev, .. } => Some(*dev),
+        }
+    }
 }
 
 /// One fault and when it happened.
@@ -81,8 +141,31 @@ impl InjectedFaults {
         self.list.iter().any(|f| {
             f.at >= from
                 && f.at <= to
-                && matches!(f.kind, FaultKind::BioError { dev, op, .. }
+                && (matches!(f.kind, FaultKind::BioError { dev, op, .. }
                     if devs.contains(&dev) && op.is_write() == writes)
+                    || matches!(f.kind, FaultKind::TransientReadError { dev, .. }
+                    if devs.contains(&dev) && !writes))
+        })
+    }
+
+    /// Power was cut on `dev` in [from, to].
+    pub fn power_lost(&self, dev: DevT, from: u64, to: u64) -> bool {
+        self.list.iter().any(|f| {
+            f.at >= from
+                && f.at <= to
+                && matches!(f.kind, FaultKind::PowerLoss { dev: d, .. } if d == dev)
+        })
+    }
+
+    /// A fault on `dev` in [from, to] that can change what it reads or
+    /// holds (a latency spike changes only timing; allocation faults name
+    /// no device).
+    pub fn data_fault_on(&self, dev: DevT, from: u64, to: u64) -> bool {
+        self.list.iter().any(|f| {
+            f.at >= from
+                && f.at <= to
+                && f.kind.device() == Some(dev)
+                && !matches!(f.kind, FaultKind::LatencySpike { .. })
         })
     }
 

@@ -6,6 +6,7 @@
 //! knows which quirks are on.
 
 pub mod cbt;
+pub mod durability;
 pub mod fs_take;
 pub mod injected;
 pub mod lifecycle;
@@ -36,4 +37,5 @@ pub const CHECKERS: &[&str] = &[
     "fs",
     "cbt",
     "fs_consistency",
+    "durability",
 ];

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Errno, Stamp};
 
-use super::injected::{FaultKind, InjectedFaults};
+use super::injected::InjectedFaults;
 use crate::device::{pattern_stamp, Fill};
 
 type SnapId = [u8; 16];
@@ -196,6 +196,31 @@ impl Oracle {
     pub fn all_images_going(&mut self, now: u64) {
         for record in self.images.values_mut() {
             record.going_since.get_or_insert(now);
+        }
+    }
+
+    /// Power was cut at `now` (`power.rs`): what `dev` holds now is where
+    /// its history starts again, and writes cut in flight never complete.
+    pub fn power_cycled(&mut self, dev: DevT, now: u64, media: &dyn Fn(u64) -> Stamp) {
+        let keys: Vec<(DevT, u64)> = self
+            .by_sector
+            .range((dev, 0)..=(dev, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            for id in self.by_sector.remove(&key).unwrap_or_default() {
+                self.writes.remove(&id);
+            }
+            self.next_op += 1;
+            let found = WriteOp {
+                sector: key.1,
+                data: vec![media(key.1)],
+                submitted: now,
+                completed: Some(now),
+            };
+            self.writes.insert(self.next_op, found);
+            self.by_sector.insert(key, vec![self.next_op]);
+            self.pins.remove(&key);
         }
     }
 
@@ -490,6 +515,13 @@ impl Oracle {
         if faults.removed_at(read.orig).is_some_and(|t| t <= read.to) {
             return Some("the original was removed");
         }
+        let storage_removed = self.storage_of.get(&read.snapshot).into_iter().flatten();
+        if storage_removed
+            .into_iter()
+            .any(|dev| faults.removed_at(*dev).is_some_and(|t| t <= read.to))
+        {
+            return Some("a storage device of the snapshot was removed");
+        }
         if let Some((_, new_end)) = faults.shrunk_by(read.orig, read.to) {
             // Chunks past the new end cannot be loaded from the original.
             let first_lost = new_end - new_end % read.chunk_bound;
@@ -521,8 +553,9 @@ impl Oracle {
         let on_orig = faults.all().iter().any(|f| {
             f.at >= read.from
                 && f.at <= read.to
-                && matches!(f.kind, FaultKind::BioError { dev, op: BioOp::Read, sector, sectors }
-                    if dev == read.orig && sector < hi && sector + sectors > lo)
+                && f.kind.read_error().is_some_and(|(dev, sector, sectors)| {
+                    dev == read.orig && sector < hi && sector + sectors > lo
+                })
         });
         let mut storage: Vec<DevT> = self
             .storage_of
@@ -568,6 +601,7 @@ fn show(values: &BTreeSet<Stamp>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::injected::FaultKind;
 
     const ORIG: DevT = DevT(8 << 20);
     const IMAGE: DevT = DevT(252 << 20);

@@ -46,7 +46,16 @@ impl Sim {
         });
         let check = self.blk.device_check(&bio);
         let latency = match check {
-            Ok(latency) => latency,
+            Ok((latency, spike)) => {
+                if let Some(extra_ns) = spike {
+                    self.record_fault(FaultKind::LatencySpike {
+                        dev: bio.dev,
+                        sector: bio.sector,
+                        extra_ns,
+                    });
+                }
+                latency
+            }
             Err(e) => {
                 self.record(TraceEvent::BioEnd { id, ok: false });
                 done.complete(Err(e));
@@ -55,6 +64,9 @@ impl Sim {
         };
         let in_flight = &self.blk.bios_in_flight;
         in_flight.set(in_flight.get() + 1);
+        if let Some(device) = self.blk.devices.borrow_mut().get_mut(&bio.dev) {
+            device.in_flight += 1;
+        }
         let at = self.now() + latency;
         self.at(at, Box::new(move |sim| sim.end_device_bio(id, bio, done)));
     }
@@ -62,6 +74,9 @@ impl Sim {
     fn end_device_bio(self: &Rc<Self>, id: u64, bio: Bio, done: Completer<BioResult>) {
         let in_flight = &self.blk.bios_in_flight;
         in_flight.set(in_flight.get() - 1);
+        if let Some(device) = self.blk.devices.borrow_mut().get_mut(&bio.dev) {
+            device.in_flight = device.in_flight.saturating_sub(1);
+        }
         let result = self.apply_bio(&bio);
         self.record(TraceEvent::BioEnd {
             id,
@@ -88,17 +103,22 @@ impl Sim {
         if device.removed {
             return Err(Errno::EIO);
         }
+        if bio.op == BioOp::Read && device.disk_faults.read_fails(bio.sector, bio.sectors) {
+            drop(devices);
+            self.record_fault(FaultKind::TransientReadError {
+                dev: bio.dev,
+                sector: bio.sector,
+                sectors: bio.sectors,
+            });
+            return Err(Errno::EIO);
+        }
+        // Through the device's write cache (`crate::cache`; off: the media).
         match bio.op {
-            BioOp::Read => Ok(device.read(bio.sector, bio.sectors)),
-            BioOp::Write => {
-                device.write(bio.sector, &bio.data);
+            BioOp::Read => Ok(crate::cache::read(device, bio.sector, bio.sectors)),
+            _ => {
+                crate::cache::write_bio(device, bio);
                 Ok(Vec::new())
             }
-            BioOp::Discard | BioOp::WriteZeroes => {
-                device.write(bio.sector, &vec![0; bio.sectors as usize]);
-                Ok(Vec::new())
-            }
-            BioOp::Flush => Ok(Vec::new()),
         }
     }
 
@@ -131,9 +151,15 @@ impl Sim {
     /// Device removal (`modprobe -r`, hot unplug): IO fails, the filter is
     /// detached as bdev eviction does.
     pub fn remove_device(&self, dev: DevT) {
-        if let Some(device) = self.blk.devices.borrow_mut().get_mut(&dev) {
+        let in_flight = self.blk.devices.borrow_mut().get_mut(&dev).map(|device| {
             device.removed = true;
+            device.in_flight
+        });
+        if let Some(bios) = in_flight {
             self.record_fault(FaultKind::Removal { dev });
+            if bios > 0 {
+                self.record_fault(FaultKind::RemovalInFlight { dev, bios });
+            }
         }
         let filter = self.blk.filters.borrow_mut().remove(&dev);
         if let Some(filter) = filter {

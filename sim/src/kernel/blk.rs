@@ -120,10 +120,11 @@ impl BlockLayer {
 
     // --- device bios -------------------------------------------------------------------
 
-    /// Refuse a bio the device cannot take; otherwise draw its latency.
-    pub fn device_check(&self, bio: &Bio) -> Result<u64, Errno> {
-        let devices = self.devices.borrow();
-        let device = devices.get(&bio.dev).ok_or(Errno::EIO)?;
+    /// Refuse a bio the device cannot take; otherwise draw its latency,
+    /// with a latency spike of the device's disk faults if one hits it.
+    pub fn device_check(&self, bio: &Bio) -> Result<(u64, Option<u64>), Errno> {
+        let mut devices = self.devices.borrow_mut();
+        let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
         if device.removed {
             return Err(Errno::EIO);
         }
@@ -141,7 +142,26 @@ impl BlockLayer {
         let lat = device.latency;
         let spread = lat.max_ns.saturating_sub(lat.min_ns);
         let jitter = self.rng.borrow_mut().range(0, spread);
-        Ok(lat.min_ns + jitter + lat.per_sector_ns * bio.sectors)
+        let spike = device
+            .disk_faults
+            .spike_ns(bio.op, bio.sector, bio.sectors);
+        let latency = lat.min_ns + jitter + lat.per_sector_ns * bio.sectors;
+        Ok((latency + spike.unwrap_or(0), spike))
+    }
+
+    /// Power loss: no image disk, filter, open handle or bio is left;
+    /// devices keep their media (`crate::power` handles their caches).
+    pub fn power_cut(&self) {
+        self.filters.borrow_mut().clear();
+        self.disks.borrow_mut().clear();
+        self.filter_calls.borrow_mut().clear();
+        self.opens.borrow_mut().clear();
+        self.bios_in_flight.set(0);
+        for device in self.devices.borrow_mut().values_mut() {
+            device.open_count = 0;
+            device.freeze_count = 0;
+            device.in_flight = 0;
+        }
     }
 
     // --- filters -----------------------------------------------------------------------

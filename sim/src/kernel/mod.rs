@@ -96,6 +96,8 @@ pub struct Sim {
     pub storage: RefCell<crate::check::storage::StorageCheck>,
     /// When an allocation that may sleep reclaims first (`kernel/reclaim.rs`).
     pub reclaim: RefCell<reclaim::Reclaim>,
+    /// The durability checker (write cache, FLUSH/FUA, power loss).
+    pub durability: RefCell<crate::check::durability::Durability>,
 }
 
 impl Sim {
@@ -121,6 +123,7 @@ impl Sim {
             injected: RefCell::new(Default::default()),
             storage: RefCell::new(Default::default()),
             reclaim: RefCell::new(reclaim::Reclaim::new(seed)),
+            durability: RefCell::new(Default::default()),
         })
     }
 

@@ -217,6 +217,28 @@ impl<A> Scheduler<A> {
         Some(task)
     }
 
+    /// Power loss (`crate::power`): every task but the running one out of
+    /// every index, and every timer out of the queue, handed back to be
+    /// dropped.
+    pub(crate) fn remove_all_but_current(&self) -> (Vec<Task>, Vec<A>) {
+        let keep = self.current_task();
+        let ids: Vec<TaskId> = self.state.borrow().tasks.keys().copied().collect();
+        let tasks = ids
+            .into_iter()
+            .filter(|id| Some(*id) != keep)
+            .filter_map(|id| self.remove_task(id))
+            .collect();
+        let timers = std::mem::take(&mut *self.timers.borrow_mut());
+        (tasks, timers.into_values().collect())
+    }
+
+    /// Run `f` with no task current (what it does reaches no task).
+    pub(crate) fn without_current(&self, f: impl FnOnce()) {
+        let keep = self.state.borrow_mut().current.take();
+        f();
+        self.state.borrow_mut().current = keep;
+    }
+
     /// Every task still alive, by name (for hang reports).
     pub fn live_tasks(&self) -> Vec<String> {
         self.state

@@ -137,6 +137,7 @@ impl Kernel for SimKernel {
         });
         if let Some((bio, done)) = pending {
             sim.check_engine_bio(&bio);
+            crate::check::durability::hooks::engine_write(sim, &bio);
             sim.submit_to_device(bio, done);
         }
     }

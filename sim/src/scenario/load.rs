@@ -268,6 +268,7 @@ impl Checker<'_> {
         let steps = top.field("steps");
         self.steps(&s.steps, &steps, &names, &snapshots)?;
         limits::scenario(s).map_err(|(at, message)| self.error(&at, message))?;
+        check_power(&s.steps, &steps, true).map_err(|(at, message)| self.error(&at, message))?;
         check_kills(&s.steps, &steps, None).map_err(|(at, message)| self.error(&at, message))
     }
 
@@ -297,6 +298,8 @@ impl Checker<'_> {
             } else if number.0 == crate::kernel::IMAGE_MAJOR {
                 let message = format!("major {} is the image disks' major", number.0);
                 Some((at.field("major"), message))
+            } else if let Some(problem) = disk_problem(device, &at) {
+                Some(problem)
             } else {
                 limits::device(device)
                     .err()
@@ -442,6 +445,10 @@ impl Checker<'_> {
                 expect: e,
                 ..
             }
+            | Step::Flush {
+                device: d,
+                expect: e,
+            }
             | Step::ReadCbtMap {
                 device: d,
                 expect: e,
@@ -500,7 +507,14 @@ impl Checker<'_> {
                 snapshot(s)?;
                 device(d, "device")
             }
-            Step::Sleep { .. } | Step::Unload | Step::Load => Ok(()),
+            Step::Sleep { .. } | Step::Unload | Step::Load | Step::Reboot => Ok(()),
+            Step::PowerLoss { during, .. } => {
+                let list = at.field("during");
+                for (i, branch) in during.iter().enumerate() {
+                    self.steps(branch, &list.index(i), devices, snapshots)?;
+                }
+                Ok(())
+            }
             Step::FullBackup {
                 snapshot: s,
                 device: d,
@@ -906,6 +920,24 @@ pub mod limits {
                 }
                 check_steps(steps, &at.field("steps"), deeper()?)
             }
+            Step::PowerLoss {
+                during,
+                after_us,
+                jitter_us,
+            } => {
+                for (value, name) in [(after_us, "after_us"), (jitter_us, "jitter_us")] {
+                    if *value > MAX_WAIT_MS * 1000 {
+                        let message = format!("{name} is at most {} us", MAX_WAIT_MS * 1000);
+                        return Err((at.field(name), message));
+                    }
+                }
+                let list = at.field("during");
+                let depth = deeper()?;
+                for (i, branch) in during.iter().enumerate() {
+                    check_steps(branch, &list.index(i), depth)?;
+                }
+                Ok(())
+            }
             Step::Concurrent(branches) => {
                 let list = at.index(0);
                 if branches.len() > MAX_BRANCHES {
@@ -1073,7 +1105,10 @@ pub mod limits {
             Step::Workload(w) => one(u64::from(w.ops).saturating_mul(w.max_sectors)),
             Step::Repeat { times, steps } => one(0).add(cost(steps).times(u64::from(*times))),
             Step::Timed { steps, .. } => one(0).add(cost(steps)),
-            Step::Concurrent(branches) => branches
+            Step::Concurrent(branches)
+            | Step::PowerLoss {
+                during: branches, ..
+            } => branches
                 .iter()
                 .fold(one(0), |sum, b| sum.add(one(0)).add(cost(b))),
             _ => one(0),
@@ -1124,6 +1159,11 @@ fn check_kills(steps: &[Step], at: &At, branches: Option<usize>) -> Result<(), (
             Step::Repeat { steps, .. } | Step::Timed { steps, .. } => {
                 check_kills(steps, &at.field("steps"), None)?
             }
+            Step::PowerLoss { during, .. } => {
+                for (b, branch) in during.iter().enumerate() {
+                    check_kills(branch, &at.field("during").index(b), None)?;
+                }
+            }
             _ => {}
         }
     }
@@ -1146,10 +1186,74 @@ fn created_snapshots(steps: &[Step]) -> BTreeSet<String> {
             Step::Repeat { steps, .. } | Step::Timed { steps, .. } => {
                 names.extend(created_snapshots(steps))
             }
+            Step::PowerLoss { during, .. } => {
+                for branch in during {
+                    names.extend(created_snapshots(branch));
+                }
+            }
             _ => {}
         }
     }
     names
+}
+
+/// PowerLoss and Reboot end every process but the one that runs them:
+/// they stand in the scenario's own process (the top level, or a Repeat
+/// or Timed there), never in a Concurrent branch or a `during` list.
+fn check_power(steps: &[Step], at: &At, top: bool) -> Result<(), (At, String)> {
+    for (i, step) in steps.iter().enumerate() {
+        let at = at.index(i);
+        match step {
+            Step::PowerLoss { .. } | Step::Reboot if !top => {
+                let message = format!(
+                    "{} must be a top-level step (or in a top-level Repeat or Timed), not in a \
+                     Concurrent branch or a PowerLoss `during` list: it ends every other process",
+                    step.kind()
+                );
+                return Err((at, message));
+            }
+            Step::PowerLoss { during, .. } => {
+                for (b, branch) in during.iter().enumerate() {
+                    check_power(branch, &at.field("during").index(b), false)?;
+                }
+            }
+            Step::Concurrent(list) => {
+                for (b, branch) in list.iter().enumerate() {
+                    check_power(branch, &at.index(0).index(b), false)?;
+                }
+            }
+            Step::Repeat { steps, .. } | Step::Timed { steps, .. } => {
+                check_power(steps, &at.field("steps"), top)?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A disk fault or journal a device cannot have: (where, what).
+fn disk_problem(device: &super::model::DeviceSpec, at: &At) -> Option<(At, String)> {
+    for (i, fault) in device.faults.iter().enumerate() {
+        if let Err(message) = fault.validate() {
+            return Some((at.field("faults").index(i), message));
+        }
+    }
+    let (start, len) = device.journal?;
+    if !device.fs {
+        return Some((at.field("journal"), "a journal needs `fs: true`".into()));
+    }
+    if len == 0
+        || start
+            .checked_add(len)
+            .is_none_or(|end| end > device.sectors)
+    {
+        let message = format!(
+            "journal ({start}, {len}) must be a non-empty range inside the device's {} sectors",
+            device.sectors
+        );
+        return Some((at.field("journal"), message));
+    }
+    None
 }
 
 /// "major:minor" as a device number.

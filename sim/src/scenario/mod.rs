@@ -5,6 +5,7 @@ mod io_steps;
 mod ioctl_steps;
 pub mod load;
 pub mod model;
+mod power_steps;
 pub mod runner;
 mod spans;
 

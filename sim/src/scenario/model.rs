@@ -97,6 +97,17 @@ pub struct DeviceSpec {
     /// Windows of bios that fail with EIO, by op, range and bio count.
     #[serde(default)]
     pub io_errors: Vec<crate::faults::IoErrors>,
+    /// A volatile write cache: writes complete into it; FLUSH and FUA make
+    /// them durable; power loss keeps, drops or tears what it holds.
+    #[serde(default)]
+    pub write_cache: bool,
+    /// Disk faults: latency spikes, flaky reads, forced torn writes.
+    #[serde(default)]
+    pub faults: Vec<crate::disk_faults::DiskFault>,
+    /// With `fs`: a journaling filesystem whose commits (PREFLUSH+FUA) go
+    /// to this region (start, sectors).
+    #[serde(default)]
+    pub journal: Option<(u64, u64)>,
 }
 
 fn default_io_min() -> u32 {
@@ -506,6 +517,28 @@ pub enum Step {
         #[serde(default)]
         expect_corrupted: Option<bool>,
     },
+    /// Cut the power after `after_us` (plus a seeded part of `jitter_us`)
+    /// while the `during` branches run: they, the module and every
+    /// snapshot are gone; device caches lose what they held. Then the
+    /// scenario goes on (Load the module again). Only at the top level.
+    PowerLoss {
+        #[serde(default)]
+        during: Vec<Vec<Step>>,
+        #[serde(default)]
+        after_us: u64,
+        #[serde(default)]
+        jitter_us: u64,
+    },
+    /// A FLUSH (an empty REQ_PREFLUSH write) to a device, as fsync of a
+    /// block device sends it.
+    Flush {
+        device: String,
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// A clean shutdown and restart: sync, unload, flush caches; nothing
+    /// is lost. Only at the top level.
+    Reboot,
     /// Copy every sector of the image of `device` in `snapshot` onto the
     /// device `backup` (user reads and writes), and keep the CBT generation
     /// and snapshot number in the backup's last sectors.
@@ -590,6 +623,9 @@ impl Step {
             Step::FullBackup { .. } => "FullBackup",
             Step::IncrementalBackup { .. } => "IncrementalBackup",
             Step::CompareBackup { .. } => "CompareBackup",
+            Step::PowerLoss { .. } => "PowerLoss",
+            Step::Reboot => "Reboot",
+            Step::Flush { .. } => "Flush",
         }
     }
 }

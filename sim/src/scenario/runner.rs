@@ -155,7 +155,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         max_polls: budget.polls,
         ..sim.sched.bounds.get()
     });
-    let devices = add_devices(&sim, scenario);
+    let devices = add_devices(&sim, scenario, seed);
     apply_faults(&sim, scenario);
     let mut quirks = Quirks::default();
     if !options.without_quirks {
@@ -213,7 +213,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     outcome(scenario, seed, &run, options)
 }
 
-fn add_devices(sim: &Rc<Sim>, scenario: &Scenario) -> BTreeMap<String, DevT> {
+fn add_devices(sim: &Rc<Sim>, scenario: &Scenario, seed: u64) -> BTreeMap<String, DevT> {
     let mut map = BTreeMap::new();
     for (index, spec) in scenario.devices.iter().enumerate() {
         let index = index as u32;
@@ -231,13 +231,20 @@ fn add_devices(sim: &Rc<Sim>, scenario: &Scenario) -> BTreeMap<String, DevT> {
             .cloned()
             .map(crate::faults::IoWindow::new)
             .collect();
+        if spec.write_cache {
+            device.cache = crate::cache::WriteCache::enabled(seed, &spec.name);
+        }
+        device.disk_faults = crate::disk_faults::DiskFaults::new(seed, &spec.name, &spec.faults);
         sim.add_device(device);
         sim.oracle.borrow_mut().add_device(dev, index, spec.fill);
+        sim.durability
+            .borrow_mut()
+            .add_device(dev, index, spec.fill);
         sim.storage.borrow_mut().add_device(dev, index);
         if spec.fs {
-            sim.fs
-                .borrow_mut()
-                .insert(dev, FsModel::new(spec.fs_ignores_freeze));
+            let mut model = FsModel::new(spec.fs_ignores_freeze);
+            model.journal = spec.journal;
+            sim.fs.borrow_mut().insert(dev, model);
         }
         map.insert(spec.name.clone(), dev);
     }
@@ -370,6 +377,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
     );
     coverage_metrics(&mut metrics, sim, &oracle);
     metrics.extend(sim.storage.borrow().metrics());
+    metrics.extend(sim.durability.borrow().metrics());
     metrics.insert(
         "user_mapped_peak_bytes".to_string(),
         run.user.peak_bytes() as f64,
@@ -459,7 +467,11 @@ impl Run {
         self.module.borrow().clone()
     }
 
-    fn steps<'a>(self: &'a Rc<Self>, steps: &'a [Step], prefix: &'a str) -> LocalBoxFuture<'a, ()> {
+    pub(super) fn steps<'a>(
+        self: &'a Rc<Self>,
+        steps: &'a [Step],
+        prefix: &'a str,
+    ) -> LocalBoxFuture<'a, ()> {
         Box::pin(async move {
             for (i, step) in steps.iter().enumerate() {
                 if self.sim.current_killed() {
@@ -928,6 +940,19 @@ impl Run {
                 device,
                 backup,
             } => self.compare_backup(snapshot, device, backup).await,
+            Step::PowerLoss {
+                during,
+                after_us,
+                jitter_us,
+            } => {
+                self.power_loss(during, *after_us, *jitter_us, at).await;
+                Ok(())
+            }
+            Step::Reboot => {
+                self.reboot().await;
+                Ok(())
+            }
+            Step::Flush { device, expect } => self.flush(device, expect).await,
             _ => unreachable!("ioctl steps are dispatched in step()"),
         }
     }
@@ -1017,7 +1042,7 @@ impl Run {
     }
 
     /// `rmmod`: the module's exit path, then no module.
-    async fn unload(&self) {
+    pub(super) async fn unload(&self) {
         if let Some(module) = self.module() {
             let now = self.sim.now();
             self.sim.oracle.borrow_mut().all_images_going(now);
@@ -1025,6 +1050,17 @@ impl Run {
             self.sim.lifecycle.borrow_mut().unloaded();
         }
         *self.module.borrow_mut() = None;
+    }
+
+    /// Power went away: no module, and every snapshot is gone with it.
+    pub(super) fn forget_module(&self) {
+        *self.module.borrow_mut() = None;
+        let mut snapshots = self.snapshots.borrow_mut();
+        let mut storage = self.sim.storage.borrow_mut();
+        for record in snapshots.values_mut().filter(|r| !r.destroyed) {
+            record.destroyed = true;
+            storage.destroyed(record.id);
+        }
     }
 
     /// Destroy what the scenario left, then unload the module.

@@ -1,0 +1,596 @@
+//! The durability checker: what the originals may hold after power loss,
+//! what a FLUSH promises, and that a completed write can be read back.
+//!
+//! Black box. It learns user writes, FUA, FLUSH (and REQ_PREFLUSH) and
+//! their completions at the user boundary (`block.rs`), the engine's own
+//! writes at the device boundary (`Kernel::submit_bio`), and reads the
+//! device's durable media (the media under the volatile cache) only at a
+//! FLUSH completion and at power loss. It never looks at the engine.
+//!
+//! The rules, per sector `s` of a device:
+//! - A write W is *durable* once it completed and either it was FUA, or a
+//!   FLUSH submitted after W completed has completed.
+//! - W *supersedes* a write V when W was submitted after V completed.
+//! - Allowed durable values: every write not superseded by a durable
+//!   write, and the content before any write (the fill, or the content
+//!   found after the last power loss) while no write is durable. Nothing
+//!   else: never data nobody wrote.
+//! - Flush rule: when a FLUSH completes, every write that completed before
+//!   it was submitted must be durable: the media holds an allowed value,
+//!   with those writes counted as durable.
+//! - Power-loss rule: after the cut, the media holds an allowed value.
+//! - Read rule: with no injected fault on the device since the last power
+//!   loss, a read returns the last completed write (any of those that
+//!   overlapped), or a write in flight during the read.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Stamp};
+
+use crate::device::{pattern_stamp, Fill};
+
+/// One write to a device, as seen at the user boundary (user writes) or
+/// the device boundary (the engine's writes, never completed here).
+#[derive(Clone, Debug)]
+struct Write {
+    dev: DevT,
+    sector: u64,
+    data: Vec<Stamp>,
+    submitted: u64,
+    completed: Option<u64>,
+    fua: bool,
+    user: bool,
+}
+
+impl Write {
+    fn stamp(&self, sector: u64) -> Stamp {
+        self.data[(sector - self.sector) as usize]
+    }
+}
+
+/// A user FLUSH (or REQ_PREFLUSH) that completed: (submitted, completed).
+type Flush = (u64, u64);
+
+/// A user bio the checker follows: its id (writes) and submission time.
+#[derive(Clone, Copy, Debug)]
+pub struct Token {
+    id: Option<u64>,
+    submitted: u64,
+}
+
+#[derive(Default)]
+pub struct Durability {
+    fills: BTreeMap<DevT, (u32, Fill)>,
+    writes: BTreeMap<u64, Write>,
+    by_sector: BTreeMap<(DevT, u64), Vec<u64>>,
+    flushes: BTreeMap<DevT, Vec<Flush>>,
+    /// Completed user writes no FLUSH has judged yet, per device.
+    unflushed: BTreeMap<DevT, BTreeSet<u64>>,
+    /// Content found after the last power loss, and when it happened.
+    baseline: BTreeMap<(DevT, u64), Stamp>,
+    epoch: BTreeMap<DevT, u64>,
+    next_id: u64,
+    pub power_sectors_judged: u64,
+    pub flush_sectors_judged: u64,
+    pub read_sectors_judged: u64,
+    pub flushes_judged: u64,
+}
+
+impl Durability {
+    pub fn add_device(&mut self, dev: DevT, index: u32, fill: Fill) {
+        self.fills.insert(dev, (index, fill));
+    }
+
+    fn base(&self, dev: DevT, sector: u64) -> Stamp {
+        if let Some(stamp) = self.baseline.get(&(dev, sector)) {
+            return *stamp;
+        }
+        match self.fills.get(&dev) {
+            Some((index, Fill::Pattern)) => pattern_stamp(*index, sector),
+            _ => 0,
+        }
+    }
+
+    fn add_write(&mut self, write: Write) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        for s in write.sector..write.sector + write.data.len() as u64 {
+            self.by_sector.entry((write.dev, s)).or_default().push(id);
+        }
+        self.writes.insert(id, write);
+        id
+    }
+
+    /// A user bio starts.
+    pub fn submit(&mut self, now: u64, bio: &Bio) -> Token {
+        let data = match bio.op {
+            BioOp::Write => bio.data.clone(),
+            BioOp::Discard | BioOp::WriteZeroes => vec![0; bio.sectors as usize],
+            _ => Vec::new(),
+        };
+        let id = (self.fills.contains_key(&bio.dev) && !data.is_empty()).then(|| {
+            self.add_write(Write {
+                dev: bio.dev,
+                sector: bio.sector,
+                data,
+                submitted: now,
+                completed: None,
+                fua: bio.flags.fua,
+                user: true,
+            })
+        });
+        Token { id, submitted: now }
+    }
+
+    /// The engine wrote to a device: its data may be there from now on.
+    pub fn engine_write(&mut self, now: u64, bio: &Bio) {
+        if !self.fills.contains_key(&bio.dev) || bio.op != BioOp::Write {
+            return;
+        }
+        self.add_write(Write {
+            dev: bio.dev,
+            sector: bio.sector,
+            data: bio.data.clone(),
+            submitted: now,
+            completed: None,
+            fua: false,
+            user: false,
+        });
+    }
+
+    /// A user write ended: it is complete (if it succeeded) and awaits a FLUSH.
+    pub fn write_ended(&mut self, now: u64, token: Token, ok: bool) {
+        let Some(id) = token.id else { return };
+        let Some(write) = self.writes.get_mut(&id) else {
+            return;
+        };
+        if ok {
+            write.completed = Some(now);
+            self.unflushed.entry(write.dev).or_default().insert(id);
+        }
+    }
+
+    /// Is a flush (or preflush) bio?
+    pub fn is_flush(bio: &Bio) -> bool {
+        bio.op == BioOp::Flush || bio.flags.preflush
+    }
+
+    /// A user FLUSH completed: judge every write that completed before it
+    /// was submitted against the durable media. Returns sectors judged.
+    pub fn flush_ended(
+        &mut self,
+        dev: DevT,
+        token: Token,
+        now: u64,
+        media: &dyn Fn(u64) -> Stamp,
+    ) -> Result<u64, String> {
+        if !self.fills.contains_key(&dev) {
+            return Ok(0);
+        }
+        self.flushes
+            .entry(dev)
+            .or_default()
+            .push((token.submitted, now));
+        let covered: Vec<u64> = self
+            .unflushed
+            .get(&dev)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| {
+                self.writes[id]
+                    .completed
+                    .is_some_and(|c| c <= token.submitted)
+            })
+            .collect();
+        let mut judged = 0;
+        for id in &covered {
+            if let Some(set) = self.unflushed.get_mut(&dev) {
+                set.remove(id);
+            }
+            let write = &self.writes[id];
+            for s in write.sector..write.sector + write.data.len() as u64 {
+                let got = media(s);
+                let allowed = self.allowed(dev, s, now);
+                judged += 1;
+                if !allowed.contains(&got) {
+                    return Err(format!(
+                        "FLUSH of {dev} submitted at {} ns completed at {now} ns, but sector {s} \
+                         written by a write completed at {} ns is not durable: the media holds \
+                         {got:#x}, expected one of {}",
+                        token.submitted,
+                        write.completed.unwrap_or(0),
+                        show(&allowed)
+                    ));
+                }
+            }
+        }
+        self.flushes_judged += 1;
+        self.flush_sectors_judged += judged;
+        Ok(judged)
+    }
+
+    /// The writes to `sector` since the last power loss.
+    fn sector_writes(&self, dev: DevT, sector: u64) -> impl Iterator<Item = &Write> {
+        self.by_sector
+            .get(&(dev, sector))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.writes.get(id))
+    }
+
+    /// Is `w` durable at `t`?
+    fn durable(&self, w: &Write, t: u64) -> bool {
+        let Some(done) = w.completed.filter(|c| *c <= t) else {
+            return false;
+        };
+        if w.fua {
+            return true;
+        }
+        let flushes = self.flushes.get(&w.dev).into_iter().flatten();
+        flushes
+            .into_iter()
+            .any(|&(sub, end)| sub >= done && end <= t)
+    }
+
+    /// Values the durable media may hold for `sector` at `t`.
+    fn allowed(&self, dev: DevT, sector: u64, t: u64) -> BTreeSet<Stamp> {
+        let durable: Vec<&Write> = self
+            .sector_writes(dev, sector)
+            .filter(|w| w.user && self.durable(w, t))
+            .collect();
+        let superseded = |v: &Write| {
+            v.completed
+                .is_some_and(|c| durable.iter().any(|d| d.submitted > c))
+        };
+        let mut allowed: BTreeSet<Stamp> = self
+            .sector_writes(dev, sector)
+            .filter(|v| v.submitted <= t && !superseded(v))
+            .map(|v| v.stamp(sector))
+            .collect();
+        if durable.is_empty() {
+            allowed.insert(self.base(dev, sector));
+        }
+        allowed
+    }
+
+    /// A user read of a device ended: judge it, unless a fault on the
+    /// device since the last power loss explains anything (`faulted`).
+    pub fn read_ended(
+        &mut self,
+        bio: &Bio,
+        from: u64,
+        to: u64,
+        result: &BioResult,
+        faulted: bool,
+    ) -> Result<u64, String> {
+        let (Ok(data), true) = (result, self.fills.contains_key(&bio.dev)) else {
+            return Ok(0);
+        };
+        if faulted || bio.op != BioOp::Read {
+            return Ok(0);
+        }
+        let mut judged = 0;
+        for (i, got) in data.iter().enumerate() {
+            let s = bio.sector + i as u64;
+            let allowed = self.readable(bio.dev, s, from, to);
+            judged += 1;
+            if !allowed.contains(got) {
+                return Err(format!(
+                    "{} sector {s}: read {got:#x} at {from}..{to} ns, but with no fault \
+                     injected on the device a completed write must read back: expected one of {}",
+                    bio.dev,
+                    show(&allowed)
+                ));
+            }
+        }
+        self.read_sectors_judged += judged;
+        Ok(judged)
+    }
+
+    /// What a read over [from, to] may return: the last completed writes
+    /// (those that overlapped each other), else the base; plus writes in
+    /// flight during the read.
+    fn readable(&self, dev: DevT, sector: u64, from: u64, to: u64) -> BTreeSet<Stamp> {
+        let done: Vec<&Write> = self
+            .sector_writes(dev, sector)
+            .filter(|w| w.user && w.completed.is_some_and(|c| c <= from))
+            .collect();
+        let mut allowed: BTreeSet<Stamp> = match done.iter().map(|w| w.submitted).max() {
+            Some(latest) => done
+                .iter()
+                .filter(|w| w.completed.is_some_and(|c| c >= latest))
+                .map(|w| w.stamp(sector))
+                .collect(),
+            None => [self.base(dev, sector)].into(),
+        };
+        allowed.extend(
+            self.sector_writes(dev, sector)
+                .filter(|w| w.submitted <= to && w.completed.is_none_or(|c| c > from))
+                .map(|w| w.stamp(sector)),
+        );
+        allowed
+    }
+
+    /// Power was cut at `t`: judge every sector written since the last
+    /// cut against what `media` holds now, then start a new epoch from it.
+    /// After a clean shutdown (`clean`) nothing may be lost: the media
+    /// holds what a read would return. Returns the sectors judged, and the
+    /// first violation.
+    pub fn power_loss(
+        &mut self,
+        dev: DevT,
+        t: u64,
+        clean: bool,
+        media: &dyn Fn(u64) -> Stamp,
+    ) -> (u64, Result<(), String>) {
+        let sectors: Vec<u64> = self
+            .by_sector
+            .range((dev, 0)..=(dev, u64::MAX))
+            .map(|((_, s), _)| *s)
+            .collect();
+        let mut judged = 0;
+        let mut verdict = Ok(());
+        let mut found = Vec::new();
+        for &s in &sectors {
+            let got = media(s);
+            let allowed = if clean {
+                self.readable(dev, s, t, t)
+            } else {
+                self.allowed(dev, s, t)
+            };
+            judged += 1;
+            if verdict.is_ok() && !allowed.contains(&got) {
+                let what = if clean {
+                    "after a clean shutdown: the last completed write"
+                } else {
+                    "after power loss: the last durable write, or a later write that was in the cache"
+                };
+                verdict = Err(format!(
+                    "at {t} ns, {dev} sector {s} holds {got:#x}: expected one of {} ({what})",
+                    show(&allowed)
+                ));
+            }
+            found.push((s, got));
+        }
+        self.new_epoch(dev, t, found);
+        self.power_sectors_judged += judged;
+        (judged, verdict)
+    }
+
+    fn new_epoch(&mut self, dev: DevT, t: u64, found: Vec<(u64, Stamp)>) {
+        for (s, stamp) in found {
+            self.baseline.insert((dev, s), stamp);
+        }
+        let keys: Vec<(DevT, u64)> = self
+            .by_sector
+            .range((dev, 0)..=(dev, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            for id in self.by_sector.remove(&key).unwrap_or_default() {
+                self.writes.remove(&id);
+            }
+        }
+        self.unflushed.remove(&dev);
+        self.flushes.remove(&dev);
+        self.epoch.insert(dev, t);
+    }
+
+    /// When the device last lost power (0 if never).
+    pub fn epoch(&self, dev: DevT) -> u64 {
+        self.epoch.get(&dev).copied().unwrap_or(0)
+    }
+
+    pub fn metrics(&self) -> [(String, f64); 4] {
+        [
+            (
+                "durability_power_sectors_judged".into(),
+                self.power_sectors_judged as f64,
+            ),
+            (
+                "durability_flush_sectors_judged".into(),
+                self.flush_sectors_judged as f64,
+            ),
+            (
+                "durability_flushes_judged".into(),
+                self.flushes_judged as f64,
+            ),
+            (
+                "durability_read_sectors_judged".into(),
+                self.read_sectors_judged as f64,
+            ),
+        ]
+    }
+}
+
+fn show(set: &BTreeSet<Stamp>) -> String {
+    let list: Vec<String> = set.iter().take(8).map(|s| format!("{s:#x}")).collect();
+    format!("{{{}}}", list.join(", "))
+}
+
+/// Hooks for the block layer and the kernel: they feed the checker and
+/// fail the run on a violation.
+pub mod hooks {
+    use super::*;
+    use crate::kernel::Sim;
+
+    pub fn submitted(sim: &Sim, bio: &Bio) -> Token {
+        sim.durability.borrow_mut().submit(sim.now(), bio)
+    }
+
+    /// A user bio ended: record a write, judge a FLUSH or a read.
+    pub fn ended(sim: &Sim, bio: &Bio, token: Token, result: &BioResult) {
+        let now = sim.now();
+        let ok = result.is_ok();
+        sim.durability.borrow_mut().write_ended(now, token, ok);
+        if ok && Durability::is_flush(bio) {
+            let devices = sim.blk.devices.borrow();
+            let Some(device) = devices.get(&bio.dev) else {
+                return;
+            };
+            let media = |s: u64| device.read(s, 1)[0];
+            let verdict = sim
+                .durability
+                .borrow_mut()
+                .flush_ended(bio.dev, token, now, &media);
+            drop(devices);
+            if let Err(message) = verdict {
+                sim.fail("durability", message);
+            }
+            return;
+        }
+        if bio.op == BioOp::Read {
+            let epoch = sim.durability.borrow().epoch(bio.dev);
+            let faulted = sim.injected.borrow().data_fault_on(bio.dev, epoch + 1, now);
+            let verdict =
+                sim.durability
+                    .borrow_mut()
+                    .read_ended(bio, token.submitted, now, result, faulted);
+            if let Err(message) = verdict {
+                sim.fail("durability", message);
+            }
+        }
+    }
+
+    pub fn engine_write(sim: &Sim, bio: &Bio) {
+        sim.durability.borrow_mut().engine_write(sim.now(), bio);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blksnap_core::kernel::BioFlags;
+
+    const D: DevT = DevT(7 << 20);
+
+    fn checker() -> Durability {
+        let mut c = Durability::default();
+        c.add_device(D, 0, Fill::Zero);
+        c
+    }
+
+    fn bio(op: BioOp, sector: u64, data: Vec<Stamp>, fua: bool) -> Bio {
+        let mut b = Bio::write(D, sector, data);
+        b.op = op;
+        b.flags = BioFlags {
+            fua,
+            ..BioFlags::default()
+        };
+        b
+    }
+
+    /// A write of `stamp` to sector 0 from `at` to `done`.
+    fn write(c: &mut Durability, stamp: Stamp, at: u64, done: u64, fua: bool) {
+        let t = c.submit(at, &bio(BioOp::Write, 0, vec![stamp], fua));
+        c.write_ended(done, t, true);
+    }
+
+    fn flush(c: &mut Durability, at: u64, done: u64, media: Stamp) -> Result<u64, String> {
+        let t = c.submit(at, &bio(BioOp::Flush, 0, vec![], false));
+        c.flush_ended(D, t, done, &|_| media)
+    }
+
+    #[test]
+    fn a_flush_that_left_an_earlier_write_volatile_fails() {
+        let mut c = checker();
+        write(&mut c, 5, 10, 20, false);
+        // The FLUSH came after the write completed, yet the media still
+        // holds the old content: the flush promised more than it did.
+        let err = flush(&mut c, 30, 40, 0).unwrap_err();
+        assert!(err.contains("is not durable"), "{err}");
+        // The control: the media holds the write.
+        let mut c = checker();
+        write(&mut c, 5, 10, 20, false);
+        assert_eq!(flush(&mut c, 30, 40, 5), Ok(1));
+        // A write still in flight when the FLUSH was submitted is not covered.
+        let mut c = checker();
+        write(&mut c, 5, 10, 35, false);
+        assert_eq!(flush(&mut c, 30, 40, 0), Ok(0));
+    }
+
+    #[test]
+    fn power_loss_allows_the_durable_write_and_later_cached_ones_only() {
+        let mut c = checker();
+        write(&mut c, 1, 0, 10, false);
+        flush(&mut c, 20, 30, 1).expect("durable");
+        write(&mut c, 2, 40, 50, false);
+        // 1 (durable) or 2 (cached after it); never 0, never 9.
+        for (media, ok) in [(1, true), (2, true), (0, false), (9, false)] {
+            let mut c = c.clone_for_test();
+            let (judged, verdict) = c.power_loss(D, 60, false, &|_| media);
+            assert_eq!(judged, 1);
+            assert_eq!(verdict.is_ok(), ok, "media {media}: {verdict:?}");
+        }
+    }
+
+    #[test]
+    fn fua_is_durable_at_completion_and_supersedes_older_writes() {
+        let mut c = checker();
+        write(&mut c, 1, 0, 10, false);
+        write(&mut c, 2, 20, 30, true);
+        let mut lost = c.clone_for_test();
+        let err = lost.power_loss(D, 40, false, &|_| 1).1.unwrap_err();
+        assert!(err.contains("after power loss"), "{err}");
+        assert_eq!(c.power_loss(D, 40, false, &|_| 2), (1, Ok(())));
+        // The next epoch starts from what was found.
+        let t = c.submit(50, &bio(BioOp::Read, 0, vec![], false));
+        assert_eq!(
+            c.read_ended(&Bio::read(D, 0, 1), t.submitted, 60, &Ok(vec![2]), false),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn a_completed_write_must_read_back_unless_a_fault_explains_it() {
+        let mut c = checker();
+        write(&mut c, 7, 0, 10, false);
+        let read = Bio::read(D, 0, 1);
+        let err = c
+            .read_ended(&read, 20, 30, &Ok(vec![0]), false)
+            .unwrap_err();
+        assert!(err.contains("must read back"), "{err}");
+        assert_eq!(c.read_ended(&read, 20, 30, &Ok(vec![0]), true), Ok(0));
+        assert_eq!(c.read_ended(&read, 20, 30, &Ok(vec![7]), false), Ok(1));
+        // A write in flight during the read may be seen.
+        let t = c.submit(25, &bio(BioOp::Write, 0, vec![8], false));
+        assert_eq!(c.read_ended(&read, 20, 30, &Ok(vec![8]), false), Ok(1));
+        c.write_ended(40, t, true);
+    }
+
+    #[test]
+    fn a_clean_shutdown_loses_nothing() {
+        let mut c = checker();
+        write(&mut c, 1, 0, 10, false);
+        write(&mut c, 2, 20, 30, false);
+        // Power loss may drop the unflushed writes; a clean shutdown may not.
+        assert_eq!(
+            c.clone_for_test().power_loss(D, 40, false, &|_| 0).1,
+            Ok(())
+        );
+        let err = c
+            .clone_for_test()
+            .power_loss(D, 40, true, &|_| 1)
+            .1
+            .unwrap_err();
+        assert!(err.contains("clean shutdown"), "{err}");
+        assert_eq!(c.power_loss(D, 40, true, &|_| 2), (1, Ok(())));
+    }
+
+    impl Durability {
+        fn clone_for_test(&self) -> Durability {
+            Durability {
+                fills: self.fills.clone(),
+                writes: self.writes.clone(),
+                by_sector: self.by_sector.clone(),
+                flushes: self.flushes.clone(),
+                unflushed: self.unflushed.clone(),
+                baseline: self.baseline.clone(),
+                epoch: self.epoch.clone(),
+                next_id: self.next_id,
+                ..Durability::default()
+            }
+        }
+    }
+}
