@@ -60,12 +60,21 @@ fn swarm_digests_do_not_depend_on_jobs() {
     let two = fresh("jobs2");
     for (dir, jobs) in [(&one, "1"), (&two, "2")] {
         let (out, text) = run(&[
-            "swarm", "--seeds", "100..112", "--jobs", jobs, "--out", dir.to_str().unwrap(),
+            "swarm",
+            "--seeds",
+            "100..112",
+            "--jobs",
+            jobs,
+            "--out",
+            dir.to_str().unwrap(),
         ]);
         assert_eq!(out.status.code(), Some(0), "{text}");
         assert!(text.contains("12 passed, 0 failed"), "{text}");
     }
-    let (a, b) = (json(&one.join("summary.json")), json(&two.join("summary.json")));
+    let (a, b) = (
+        json(&one.join("summary.json")),
+        json(&two.join("summary.json")),
+    );
     assert_eq!(a["schema_version"], 1);
     let (a, b) = (per_seed(&a), per_seed(&b));
     assert_eq!(a.len(), 12, "every seed judged");
@@ -84,10 +93,20 @@ fn swarm_partitions_cover_the_range_once() {
         let dir = fresh(&format!("part{k}"));
         let part = format!("{k}/3");
         let (out, text) = run(&[
-            "swarm", "--seeds", "200..207", "--partition", &part, "--out", dir.to_str().unwrap(),
+            "swarm",
+            "--seeds",
+            "200..207",
+            "--partition",
+            &part,
+            "--out",
+            dir.to_str().unwrap(),
         ]);
         assert_eq!(out.status.code(), Some(0), "{text}");
-        seeds.extend(per_seed(&json(&dir.join("summary.json"))).into_iter().map(|r| r.0));
+        seeds.extend(
+            per_seed(&json(&dir.join("summary.json")))
+                .into_iter()
+                .map(|r| r.0),
+        );
     }
     seeds.sort_unstable();
     assert_eq!(seeds, (200..207).collect::<Vec<_>>());
@@ -99,8 +118,17 @@ fn swarm_partitions_cover_the_range_once() {
 fn swarm_finds_shrinks_and_groups_a_forced_quirk() {
     let dir = fresh("quirk");
     let (out, text) = run(&[
-        "swarm", "--seeds", "60..64", "--jobs", "2", "--quirk", "B-IMG-1",
-        "--shrink-budget", "120", "--out", dir.to_str().unwrap(),
+        "swarm",
+        "--seeds",
+        "60..64",
+        "--jobs",
+        "2",
+        "--quirk",
+        "B-IMG-1",
+        "--shrink-budget",
+        "120",
+        "--out",
+        dir.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let summary = json(&dir.join("summary.json"));
@@ -121,7 +149,13 @@ fn swarm_finds_shrinks_and_groups_a_forced_quirk() {
     // The fixed engine passes the shrunk trigger.
     let shrunk = std::fs::read_to_string(file).expect("shrunk file");
     let fixed = dir.join("fixed.ron");
-    std::fs::write(&fixed, shrunk.replace("\"B-IMG-1\",", "").replace("\"B-IMG-1\"", "")).expect("write");
+    std::fs::write(
+        &fixed,
+        shrunk
+            .replace("\"B-IMG-1\",", "")
+            .replace("\"B-IMG-1\"", ""),
+    )
+    .expect("write");
     let (fixed_run, fixed_text) = run(&["run", fixed.to_str().unwrap(), "--seed", &seed]);
     assert_eq!(fixed_run.status.code(), Some(0), "{fixed_text}");
 }
@@ -130,8 +164,14 @@ fn swarm_finds_shrinks_and_groups_a_forced_quirk() {
 fn swarm_refuses_bad_arguments() {
     for (args, wanted) in [
         (vec!["swarm", "--seeds", "5..5"], "expected A..B with A < B"),
-        (vec!["swarm", "--seeds", "0..4", "--quirk", "B-NOPE-1"], "unknown quirk"),
-        (vec!["swarm", "--seeds", "0..4", "--partition", "4/3"], "expected k/n"),
+        (
+            vec!["swarm", "--seeds", "0..4", "--quirk", "B-NOPE-1"],
+            "unknown quirk",
+        ),
+        (
+            vec!["swarm", "--seeds", "0..4", "--partition", "4/3"],
+            "expected k/n",
+        ),
         (vec!["swarm"], "give --seeds A..B or --seconds N"),
         (vec!["swarm", "--seeds", "0..4", "--jobs", "0"], "--jobs 0"),
     ] {
@@ -150,7 +190,14 @@ fn sweep_shards_merge_into_the_whole_run() {
     let paths = ["scenarios/basic", "scenarios/spec"];
     let mut args = vec!["sweep"];
     args.extend(paths);
-    args.extend(["--count", "3", "--jobs", "2", "--json", whole.to_str().unwrap()]);
+    args.extend([
+        "--count",
+        "3",
+        "--jobs",
+        "2",
+        "--json",
+        whole.to_str().unwrap(),
+    ]);
     let (out, text) = run(&args);
     assert_eq!(out.status.code(), Some(0), "{text}");
     let mut shards = Vec::new();
@@ -159,7 +206,14 @@ fn sweep_shards_merge_into_the_whole_run() {
         let part = format!("{k}/3");
         let mut args = vec!["sweep"];
         args.extend(paths);
-        args.extend(["--count", "3", "--partition", &part, "--json", shard.to_str().unwrap()]);
+        args.extend([
+            "--count",
+            "3",
+            "--partition",
+            &part,
+            "--json",
+            shard.to_str().unwrap(),
+        ]);
         let (out, text) = run(&args);
         assert_eq!(out.status.code(), Some(0), "{text}");
         shards.push(shard);
@@ -167,7 +221,12 @@ fn sweep_shards_merge_into_the_whole_run() {
     let merged = dir.join("merged.json");
     let mut args = vec!["merge"];
     args.extend(shards.iter().map(|s| s.to_str().unwrap()));
-    args.extend(["--json", merged.to_str().unwrap(), "--baseline", whole.to_str().unwrap()]);
+    args.extend([
+        "--json",
+        merged.to_str().unwrap(),
+        "--baseline",
+        whole.to_str().unwrap(),
+    ]);
     let (out, text) = run(&args);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("baseline: no change"), "{text}");
@@ -189,7 +248,11 @@ fn sweep_shards_merge_into_the_whole_run() {
     assert_eq!(whole.len(), 30, "10 files x 3 seeds");
     assert_eq!(whole, merged);
     // A shard given twice overlaps: refused.
-    let (out, text) = run(&["merge", shards[0].to_str().unwrap(), shards[0].to_str().unwrap()]);
+    let (out, text) = run(&[
+        "merge",
+        shards[0].to_str().unwrap(),
+        shards[0].to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("already in an earlier shard"), "{text}");
 }
@@ -212,7 +275,14 @@ fn merge_refuses_a_newer_schema() {
 /// The single-file form keeps working and its output format.
 #[test]
 fn sweep_of_one_file_keeps_its_output() {
-    let (out, text) = run(&["sweep", "scenarios/bugs/img-1.ron", "--from", "0", "--count", "2"]);
+    let (out, text) = run(&[
+        "sweep",
+        "scenarios/bugs/img-1.ron",
+        "--from",
+        "0",
+        "--count",
+        "2",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(text.lines().last(), Some("2 passed, 0 failed"), "{text}");
 }

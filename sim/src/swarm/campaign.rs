@@ -212,7 +212,8 @@ pub fn run_seeds(plan: &Plan, progress: &dyn Progress) -> Vec<SeedRun> {
     std::thread::scope(|scope| {
         for _ in 0..plan.jobs.max(1) {
             scope.spawn(|| loop {
-                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| started.elapsed() >= d) {
+                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| started.elapsed() >= d)
+                {
                     break;
                 }
                 let Some(seed) = plan.seed_at(next.fetch_add(1, Ordering::Relaxed)) else {
@@ -369,8 +370,9 @@ fn shrink_one(
         .failing
         .as_ref()
         .ok_or_else(|| "the seed failed outside the scenario (a bench error)".to_string())?;
-    let shrunk = crate::panics::guard(|| crate::shrink::shrink(scenario, run.seed, checker, budget))
-        .and_then(|r| r)?;
+    let shrunk =
+        crate::panics::guard(|| crate::shrink::shrink(scenario, run.seed, checker, budget))
+            .and_then(|r| r)?;
     std::fs::write(file, &shrunk.text).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok((shrunk.steps_before, shrunk.steps_after))
 }

@@ -122,7 +122,11 @@ mod tests {
         let masks: std::collections::BTreeSet<String> = (0..50)
             .map(|seed| configuration(seed, &[]).scenario.description)
             .collect();
-        assert!(masks.len() > 40, "only {} distinct feature sets", masks.len());
+        assert!(
+            masks.len() > 40,
+            "only {} distinct feature sets",
+            masks.len()
+        );
     }
 
     /// Every configuration loads as a scenario file would (fault sites,
@@ -137,7 +141,10 @@ mod tests {
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             assert!(text.contains(&format!("swarm-{seed}")));
         }
-        assert!((30..=110).contains(&with_faults), "{with_faults} of 200 with faults");
+        assert!(
+            (30..=110).contains(&with_faults),
+            "{with_faults} of 200 with faults"
+        );
     }
 
     /// A kind that is off never shows up in the steps.

@@ -172,9 +172,7 @@ impl Features {
         if self.has(Kind::of_draw(drawn)) {
             return drawn;
         }
-        let enabled: Vec<u32> = (0..=top)
-            .filter(|n| self.has(Kind::of_draw(*n)))
-            .collect();
+        let enabled: Vec<u32> = (0..=top).filter(|n| self.has(Kind::of_draw(*n))).collect();
         if enabled.is_empty() {
             return SLEEP_DRAW;
         }

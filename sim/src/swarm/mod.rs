@@ -9,11 +9,11 @@
 //! - [`config`]: seed -> configuration (features, faults, quirks);
 //! - [`campaign`]: many seeds over worker threads, grouping, shrinking.
 
+pub mod campaign;
+pub mod command;
+pub mod config;
 pub mod gen;
 pub mod judge;
-pub mod steps;
-pub mod campaign;
-pub mod config;
-pub mod command;
 pub mod merge;
+pub mod steps;
 pub mod sweep;

@@ -141,7 +141,12 @@ fn run_jobs(scenarios: &[(PathBuf, Scenario)], jobs: &[Job], workers: usize) -> 
     results.into_iter().map(|(_, ran)| ran).collect()
 }
 
-fn report(scenarios: &[(PathBuf, Scenario)], jobs: &[Job], results: Vec<Ran>, args: &SweepArgs) -> i32 {
+fn report(
+    scenarios: &[(PathBuf, Scenario)],
+    jobs: &[Job],
+    results: Vec<Ran>,
+    args: &SweepArgs,
+) -> i32 {
     let several = scenarios.len() > 1;
     let suite = args
         .paths
