@@ -98,7 +98,7 @@ impl Plan {
     }
 
     /// How many seeds the shard has, when that is known up front.
-    pub fn len(&self) -> Option<u64> {
+    pub fn seed_count(&self) -> Option<u64> {
         match self.seeds {
             Seeds::Range { from, to } => Some(count_in(from, to, self.partition)),
             Seeds::For { .. } => None,

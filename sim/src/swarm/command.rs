@@ -91,7 +91,7 @@ impl Bar {
         } else {
             ProgressDrawTarget::hidden()
         };
-        let (length, seconds, template) = match (plan.len(), plan.seeds) {
+        let (length, seconds, template) = match (plan.seed_count(), plan.seeds) {
             (Some(len), _) => (
                 len,
                 None,
