@@ -138,8 +138,14 @@ fn every_target_has_a_corpus_and_a_wrapper() {
 
 /// `count` pseudo-random inputs; `text` makes them valid UTF-8.
 fn random(name: &str, count: u64, max_len: usize, text: bool) {
+    random_range(name, 0..count, max_len, text);
+}
+
+/// Inputs `range` of the stream (a long property test split in parts, so
+/// that `cargo nextest run --partition` spreads them over shards).
+fn random_range(name: &str, range: std::ops::Range<u64>, max_len: usize, text: bool) {
     let check = target(name).expect("a known target");
-    let inputs = (0..count).map(|i| {
+    let inputs = range.map(|i| {
         let data = inputs::random_input(RANDOM_SEED, i, max_len);
         let data = if text {
             String::from_utf8_lossy(&data).into_owned().into_bytes()
@@ -154,9 +160,47 @@ fn random(name: &str, count: u64, max_len: usize, text: bool) {
     replay_all(name, check, inputs);
 }
 
+/// The `RANDOM_LIFECYCLE` inputs, in `LIFECYCLE_PARTS` tests.
+const LIFECYCLE_PARTS: u64 = 6;
+
+fn random_lifecycle_part(part: u64) {
+    let size = RANDOM_LIFECYCLE.div_ceil(LIFECYCLE_PARTS);
+    let range = part * size..((part + 1) * size).min(RANDOM_LIFECYCLE);
+    assert!(
+        !range.is_empty(),
+        "part {part} of {LIFECYCLE_PARTS} is empty"
+    );
+    random_range("lifecycle", range, 400, false);
+}
+
 #[test]
-fn random_lifecycle() {
-    random("lifecycle", RANDOM_LIFECYCLE, 400, false);
+fn random_lifecycle_1_of_6() {
+    random_lifecycle_part(0);
+}
+
+#[test]
+fn random_lifecycle_2_of_6() {
+    random_lifecycle_part(1);
+}
+
+#[test]
+fn random_lifecycle_3_of_6() {
+    random_lifecycle_part(2);
+}
+
+#[test]
+fn random_lifecycle_4_of_6() {
+    random_lifecycle_part(3);
+}
+
+#[test]
+fn random_lifecycle_5_of_6() {
+    random_lifecycle_part(4);
+}
+
+#[test]
+fn random_lifecycle_6_of_6() {
+    random_lifecycle_part(5);
 }
 
 #[test]

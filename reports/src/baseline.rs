@@ -375,6 +375,7 @@ mod tests {
 
     fn report(runs: Vec<ScenarioRun>) -> RunReport {
         RunReport {
+            schema_version: crate::model::SCHEMA_VERSION,
             tool_version: "v".into(),
             suite: "scenarios".into(),
             runs,

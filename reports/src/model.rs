@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// Everything one invocation of the bench produced for one suite.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
+    /// Layout version of this JSON ([`SCHEMA_VERSION`]); 0 in files written
+    /// before it existed. A reader refuses a newer one.
+    #[serde(default)]
+    pub schema_version: u32,
     /// Version of the tool that produced the report, so a baseline says where it came from.
     pub tool_version: String,
     /// Name of the suite, e.g. `"scenarios"` or `"bugs"`.
@@ -20,6 +24,9 @@ pub struct RunReport {
     /// One entry per scenario run, in the order they ran.
     pub runs: Vec<ScenarioRun>,
 }
+
+/// The layout version this crate writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// The outcome of running one scenario with one seed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +87,8 @@ pub struct Failure {
 pub enum ReportError {
     /// The JSON text was malformed or did not describe a report.
     Json(serde_json::Error),
+    /// The file has a newer layout than this tool reads.
+    Schema(u32),
     /// A metric is NaN or infinite. JSON has no such numbers (serde_json would write `null`,
     /// which then fails to read back), so it is refused when writing rather than later.
     NonFiniteMetric {
@@ -94,6 +103,10 @@ impl fmt::Display for ReportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReportError::Json(e) => write!(f, "run report JSON: {e}"),
+            ReportError::Schema(v) => write!(
+                f,
+                "run report JSON: schema_version {v} is newer than this tool reads ({SCHEMA_VERSION})"
+            ),
             ReportError::NonFiniteMetric { scenario, metric } => write!(
                 f,
                 "run report: metric `{metric}` of scenario `{scenario}` is not a finite number"
@@ -106,7 +119,7 @@ impl std::error::Error for ReportError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ReportError::Json(e) => Some(e),
-            ReportError::NonFiniteMetric { .. } => None,
+            ReportError::NonFiniteMetric { .. } | ReportError::Schema(_) => None,
         }
     }
 }
@@ -138,6 +151,7 @@ impl RunReport {
     /// An empty report for `suite`.
     pub fn new(tool_version: impl Into<String>, suite: impl Into<String>) -> Self {
         RunReport {
+            schema_version: SCHEMA_VERSION,
             tool_version: tool_version.into(),
             suite: suite.into(),
             runs: Vec::new(),
@@ -192,7 +206,11 @@ impl RunReport {
 
     /// Reads a report written by [`RunReport::to_json`].
     pub fn from_json(text: &str) -> Result<Self, ReportError> {
-        Ok(serde_json::from_str(text)?)
+        let report: RunReport = serde_json::from_str(text)?;
+        if report.schema_version > SCHEMA_VERSION {
+            return Err(ReportError::Schema(report.schema_version));
+        }
+        Ok(report)
     }
 
     fn check_finite(&self) -> Result<(), ReportError> {

@@ -116,13 +116,39 @@ pub enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
-    /// Run one scenario with many seeds; print each failing seed.
+    /// Run scenarios with many seeds; print each failing seed.
     Sweep {
-        path: PathBuf,
+        /// Scenario files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
         #[arg(long, default_value_t = 0)]
         from: u64,
         #[arg(long, default_value_t = 100)]
         count: u64,
+        /// Worker threads; results do not depend on it.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Take every n-th (file, seed) run: shard k of n (e.g. 2/3).
+        #[arg(long)]
+        partition: Option<String>,
+        /// Write the runs as a JSON run report (for `merge`, `--baseline`).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Combine the JSON run reports of shards into one; compare it with a
+    /// baseline.
+    Merge {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Compare with an earlier JSON report; a regression exits 1.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// Shrink a failing scenario: drop steps and lower counts while the
     /// same checker still fails; write the smallest one.
@@ -139,6 +165,35 @@ pub enum Command {
         /// At most this many runs.
         #[arg(long, default_value_t = 500)]
         budget: u32,
+    },
+    /// Swarm testing: each seed draws a whole configuration (devices,
+    /// fs model, parameters, scheduler, faults, workload), runs it with
+    /// every checker on; failures are shrunk and grouped.
+    Swarm {
+        /// Seeds A..B (B excluded).
+        #[arg(long)]
+        seeds: Option<String>,
+        /// Run seeds from --from on for this many seconds of wall time.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// First seed of a --seconds campaign.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Worker threads; results do not depend on it.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Take every n-th seed: shard k of n (e.g. 2/3).
+        #[arg(long)]
+        partition: Option<String>,
+        /// Force this v2 bug on in every configuration (repeatable).
+        #[arg(long = "quirk")]
+        quirks: Vec<String>,
+        /// Output folder: shrunk failures and summary.json.
+        #[arg(long, default_value = "swarm-out")]
+        out: PathBuf,
+        /// At most this many runs to shrink one failure group.
+        #[arg(long, default_value_t = 200)]
+        shrink_budget: u32,
     },
     /// Print the ioctl numbers and struct layouts of the v2 ABI.
     Abi,
@@ -169,7 +224,34 @@ pub fn main_with(cli: Cli) -> i32 {
             };
             run_command(&paths, seed, &outputs, verbose)
         }
-        Command::Sweep { path, from, count } => sweep(&path, from, count),
+        Command::Sweep {
+            paths,
+            from,
+            count,
+            jobs,
+            partition,
+            json,
+        } => crate::swarm::sweep::sweep_command(&crate::swarm::sweep::SweepArgs {
+            paths,
+            from,
+            count,
+            jobs,
+            partition,
+            json,
+        }),
+        Command::Merge {
+            inputs,
+            json,
+            junit,
+            markdown,
+            baseline,
+        } => crate::swarm::merge::merge_command(&crate::swarm::merge::MergeArgs {
+            inputs,
+            json,
+            junit,
+            markdown,
+            baseline,
+        }),
         Command::Shrink {
             path,
             seed,
@@ -177,6 +259,25 @@ pub fn main_with(cli: Cli) -> i32 {
             out,
             budget,
         } => shrink_command(&path, seed, checker, out, budget),
+        Command::Swarm {
+            seeds,
+            seconds,
+            from,
+            jobs,
+            partition,
+            quirks,
+            out,
+            shrink_budget,
+        } => crate::swarm::command::swarm_command(&crate::swarm::command::SwarmArgs {
+            seeds,
+            seconds,
+            from,
+            jobs,
+            partition,
+            quirks,
+            out,
+            shrink_budget,
+        }),
         Command::Abi => {
             write_stdout(&blksnap_core::uapi::render_abi());
             0
@@ -190,12 +291,12 @@ pub fn main_with(cli: Cli) -> i32 {
     }
 }
 
-struct Outputs {
-    junit: Option<PathBuf>,
-    json: Option<PathBuf>,
-    markdown: Option<PathBuf>,
-    html: Option<PathBuf>,
-    baseline: Option<PathBuf>,
+pub(crate) struct Outputs {
+    pub(crate) junit: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
+    pub(crate) markdown: Option<PathBuf>,
+    pub(crate) html: Option<PathBuf>,
+    pub(crate) baseline: Option<PathBuf>,
 }
 
 /// The one command that replays a run.
@@ -269,11 +370,11 @@ impl Walk {
 }
 
 /// A scenario file, loaded or not.
-type Loaded = (PathBuf, Result<scenario::Scenario, scenario::LoadError>);
+pub(crate) type Loaded = (PathBuf, Result<scenario::Scenario, scenario::LoadError>);
 
 /// Load every file; a scenario name used before in the run is an error
 /// for the later file, naming both (reports and baselines key on names).
-fn load_all(files: &[PathBuf]) -> Vec<Loaded> {
+pub(crate) fn load_all(files: &[PathBuf]) -> Vec<Loaded> {
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut loaded = Vec::new();
     for file in files {
@@ -338,7 +439,7 @@ fn run_command(paths: &[PathBuf], seed: Option<u64>, outputs: &Outputs, verbose:
 
 /// 2: bad input, a bench error or an output not written; 1: a failure,
 /// or a regression against the baseline; else 0.
-fn exit_code(error: bool, failed: bool) -> i32 {
+pub(crate) fn exit_code(error: bool, failed: bool) -> i32 {
     if error {
         2
     } else {
@@ -385,7 +486,7 @@ fn run_one(
 
 /// The run panicked outside any task: an error of the bench, reported
 /// like a bench error of a task (exit 2), and the next scenario runs.
-fn bench_crash(file: &Path, name: &str, message: String) -> ScenarioRun {
+pub(crate) fn bench_crash(file: &Path, name: &str, message: String) -> ScenarioRun {
     say!("ERROR {name}: {message}");
     let mut run = ScenarioRun::new(name.to_string(), file.display().to_string(), 0);
     run.verdict = Verdict::Error;
@@ -399,7 +500,7 @@ fn bench_crash(file: &Path, name: &str, message: String) -> ScenarioRun {
 
 /// The bench itself failed (a panic outside engine code): the run is an
 /// error of the tool, not a verdict on the engine.
-fn bench_error(outcome: &Outcome) -> bool {
+pub(crate) fn bench_error(outcome: &Outcome) -> bool {
     outcome.failures.iter().any(|f| f.checker == BENCH_CHECKER)
 }
 
@@ -460,7 +561,7 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
     );
 }
 
-fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
+pub(crate) fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
     let mut run = ScenarioRun::new(
         outcome.name.clone(),
         file.display().to_string(),
@@ -492,7 +593,7 @@ fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
     run
 }
 
-fn write_file(path: &Path, text: &str) -> bool {
+pub(crate) fn write_file(path: &Path, text: &str) -> bool {
     match std::fs::write(path, text) {
         Ok(()) => true,
         Err(e) => {
@@ -503,7 +604,7 @@ fn write_file(path: &Path, text: &str) -> bool {
 }
 
 /// Write the requested reports; 2 if an output or the baseline failed.
-fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
+pub(crate) fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
     let mut ok = true;
     let comparison = match &outputs.baseline {
         Some(path) => match load_baseline(path) {
@@ -562,64 +663,6 @@ fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
 fn load_baseline(path: &Path) -> Result<RunReport, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     RunReport::from_json(&text).map_err(|e| e.to_string())
-}
-
-fn sweep(path: &Path, from: u64, count: u64) -> i32 {
-    let scenario = match scenario::load(path) {
-        Ok(s) => s,
-        Err(e) => {
-            say!("ERROR {e}");
-            return 2;
-        }
-    };
-    let mut failed = 0u64;
-    let mut bench = 0u64;
-    if count == 0 {
-        esay!("error: --count 0 runs nothing");
-        return 2;
-    }
-    // Seeds are u64: the last one is --from + --count - 1, at most 2^64 - 1.
-    let Some(last) = from.checked_add(count - 1) else {
-        let most = u64::MAX - from + 1;
-        eprintln!("error: --from {from} --count {count} passes the last seed {}: --count is at most {most} from there", u64::MAX);
-        return 2;
-    };
-    for seed in from..=last {
-        let options = RunOptions {
-            seed: Some(seed),
-            ..RunOptions::default()
-        };
-        let outcome = match crate::panics::guard(|| scenario::run(&scenario, &options)) {
-            Ok(outcome) => outcome,
-            Err(message) => {
-                failed += 1;
-                bench += 1;
-                say!("ERROR seed={seed} {message}");
-                continue;
-            }
-        };
-        if !outcome.passed() {
-            failed += 1;
-            bench += u64::from(bench_error(&outcome));
-            let why = match (&outcome.verdict_note, outcome.failures.first()) {
-                (Some(note), _) => note.clone(),
-                (None, Some(first)) => format!("[{}] {}", first.checker, first.message),
-                (None, None) => "failed".to_string(),
-            };
-            say!("FAIL seed={seed} {why}");
-            say!("      replay: {}", replay_command(path, seed));
-        }
-    }
-    let ran = count;
-    if bench > 0 {
-        say!(
-            "{} passed, {failed} failed ({bench} with a bench error: a fault of the simulator, not the engine)",
-            ran - failed
-        );
-        return 2;
-    }
-    say!("{} passed, {} failed", ran - failed, failed);
-    i32::from(failed > 0)
 }
 
 fn shrink_command(

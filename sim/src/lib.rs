@@ -27,5 +27,6 @@ pub mod rng;
 mod runqueue;
 pub mod scenario;
 pub mod shrink;
+pub mod swarm;
 pub mod trace;
 pub mod user;

@@ -1,0 +1,578 @@
+//! The configuration generator that `blksnap-sim swarm` and the
+//! `lifecycle` fuzz target share: bytes in (an `arbitrary::Unstructured`),
+//! a scenario out. The input picks 1-3 small original devices, one storage
+//! device, module parameters, a scheduler, and up to [`MAX_STEPS`] steps
+//! (ioctls, IO on originals and images, workloads, two-branch concurrent
+//! groups, waits). Every step expects `Any`: the scenario only drives the
+//! system, and the verdict belongs to the simulator's own checkers.
+//!
+//! [`Features`] switch parts of the generator off (swarm testing): a kind
+//! of step that is off is replaced by an enabled kind chosen by the same
+//! draw, so with every feature on ([`Features::ALL`], what the fuzz target
+//! uses) the bytes are read exactly as before and the committed fuzz
+//! corpus still decodes to the same scenarios.
+//!
+//! What the generator deliberately never does, because the *user* would be
+//! at fault and the checkers would rightly fail the run:
+//! - write to the storage device, or append ranges of an original device,
+//!   or snapshot the storage device (COW data would land on user data);
+//! - read the storage device (the oracle judges every read of a declared
+//!   device against the user's writes, and the engine writes there too);
+//! - write past the end of an original, or verify a device that does not
+//!   exist (VerifyOriginal rereads every sector ever written, and the
+//!   filesystem's writeback fails on sectors past the end);
+//! - append a storage range that overlaps an earlier one (ranges are handed
+//!   out from a bump cursor, so two snapshots never share storage);
+//! - freeze without thaw, remove devices, or wait longer than the
+//!   simulator's liveness bound;
+//! - use module parameters the fixed module refuses (the loader would).
+
+use std::path::Path;
+
+use arbitrary::{Result, Unstructured};
+use blksnap_core::Params;
+use serde::Serialize;
+
+use crate::device::Fill;
+use crate::scenario::model::{DeviceSpec, Expect, Scheduler, Step, Target, Workload};
+use crate::scenario::{self, Scenario};
+
+use super::steps;
+
+/// Upper bound on top-level steps (a concurrent group counts as one).
+pub const MAX_STEPS: usize = 40;
+/// Upper bound on the steps of one concurrent branch.
+const MAX_BRANCH_STEPS: usize = 4;
+/// Snapshot names the steps use.
+const SNAPSHOTS: [&str; 2] = ["a", "b"];
+/// Original devices, by scenario name.
+const ORIGINALS: [&str; 3] = ["d0", "d1", "d2"];
+/// The storage device.
+const STORE: &str = "store";
+/// A device number that no device has.
+const MISSING: &str = "9:9";
+/// Sectors per page: storage ranges must be page-aligned.
+const PAGE_SECTORS: u64 = 8;
+
+/// A kind of step the generator draws. [`Features`] switch kinds off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    /// VERSION or TRACKER_REMOVE.
+    Misc,
+    Create,
+    Append,
+    Take,
+    Destroy,
+    /// COLLECT or COLLECT_IMAGES.
+    Collect,
+    WaitEvent,
+    Write,
+    Read,
+    VerifyImage,
+    /// Sync or VerifyOriginal.
+    Original,
+    Workload,
+    Sleep,
+    /// Create, append, take, maybe use the image.
+    Recipe,
+    Concurrent,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 15] = [
+        Kind::Misc,
+        Kind::Create,
+        Kind::Append,
+        Kind::Take,
+        Kind::Destroy,
+        Kind::Collect,
+        Kind::WaitEvent,
+        Kind::Write,
+        Kind::Read,
+        Kind::VerifyImage,
+        Kind::Original,
+        Kind::Workload,
+        Kind::Sleep,
+        Kind::Recipe,
+        Kind::Concurrent,
+    ];
+
+    /// The kind of the generator's draw `n` (`0..=KINDS_TOP`); the fuzz
+    /// corpus depends on this table, so it only ever grows at the end.
+    fn of_draw(n: u32) -> Kind {
+        match n {
+            0 => Kind::Misc,
+            1 | 2 => Kind::Create,
+            3 | 4 => Kind::Append,
+            5 | 6 => Kind::Take,
+            7 => Kind::Destroy,
+            8 => Kind::Collect,
+            9 => Kind::WaitEvent,
+            10 | 11 => Kind::Write,
+            12 | 13 => Kind::Read,
+            14 => Kind::VerifyImage,
+            15 => Kind::Original,
+            16 => Kind::Workload,
+            17 => Kind::Sleep,
+            18..=20 => Kind::Recipe,
+            _ => Kind::Concurrent,
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// The highest draw at the top level, and inside a concurrent branch
+/// (where recipes and nested groups are not drawn).
+const KINDS_TOP: u32 = 21;
+const KINDS_BRANCH: u32 = 17;
+/// The draw used when no enabled kind is left (a sleep never hurts).
+const SLEEP_DRAW: u32 = 17;
+
+/// Which parts of the generator a configuration uses. Swarm testing
+/// (Groce et al.) switches features off per seed, so that each run
+/// stresses fewer things harder and rare combinations come up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    kinds: u16,
+    /// Originals may carry the filesystem model.
+    pub fs: bool,
+}
+
+impl Features {
+    /// Everything on: the generator reads its input as it always did.
+    pub const ALL: Features = Features {
+        kinds: u16::MAX,
+        fs: true,
+    };
+
+    /// Only these kinds of step.
+    pub fn with_kinds(kinds: &[Kind], fs: bool) -> Features {
+        Features {
+            kinds: kinds.iter().fold(0, |mask, k| mask | k.bit()),
+            fs,
+        }
+    }
+
+    pub fn has(&self, kind: Kind) -> bool {
+        self.kinds & kind.bit() != 0
+    }
+
+    /// The kinds that are on, in declaration order.
+    pub fn kinds(&self) -> Vec<Kind> {
+        Kind::ALL.into_iter().filter(|k| self.has(*k)).collect()
+    }
+
+    /// The draw to use for `drawn`: itself if its kind is on, else one of
+    /// the enabled draws picked by `drawn` (no extra input is read, so the
+    /// byte stream stays aligned with [`Features::ALL`]).
+    fn remap(&self, drawn: u32, top: u32) -> u32 {
+        if self.has(Kind::of_draw(drawn)) {
+            return drawn;
+        }
+        let enabled: Vec<u32> = (0..=top).filter(|n| self.has(Kind::of_draw(*n))).collect();
+        if enabled.is_empty() {
+            return SLEEP_DRAW;
+        }
+        enabled[drawn as usize % enabled.len()]
+    }
+}
+
+/// One original device as the generator declared it.
+#[derive(Clone)]
+struct Original {
+    name: String,
+    sectors: u64,
+}
+
+/// Turns fuzz bytes into a scenario. Every choice is a small integer drawn
+/// from the input; when the input runs out, `arbitrary` answers with the
+/// smallest choice, so every input (even an empty one) is a scenario.
+pub struct Generator<'a, 'b> {
+    u: &'b mut Unstructured<'a>,
+    features: Features,
+    originals: Vec<Original>,
+    store_sectors: u64,
+    /// Next storage sector no range has used yet.
+    store_cursor: u64,
+}
+
+impl<'a, 'b> Generator<'a, 'b> {
+    pub fn new(u: &'b mut Unstructured<'a>, features: Features) -> Self {
+        Generator {
+            u,
+            features,
+            originals: Vec::new(),
+            store_sectors: 0,
+            store_cursor: 0,
+        }
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> Result<T> {
+        Ok(*self.u.choose(items)?)
+    }
+
+    /// True with probability `numerator / denominator`.
+    fn chance(&mut self, numerator: u8, denominator: u8) -> Result<bool> {
+        self.u.ratio(numerator, denominator)
+    }
+
+    pub fn scenario(mut self) -> Result<Scenario> {
+        let mut template = template();
+        let device_template = template.devices[0].clone();
+        let count = self.u.int_in_range(1..=ORIGINALS.len())?;
+        let mut devices = Vec::with_capacity(count + 1);
+        for name in &ORIGINALS[..count] {
+            let sectors = self.pick(&[2048, 4096, 16384, 65536])?;
+            let fill = if self.chance(1, 2)? {
+                Fill::Pattern
+            } else {
+                Fill::Zero
+            };
+            // Drawn even when off, to keep the input aligned.
+            let fs = self.chance(1, 3)? && self.features.fs;
+            let fs_ignores_freeze = fs && self.chance(1, 8)?;
+            devices.push(DeviceSpec {
+                name: (*name).to_string(),
+                sectors,
+                fill,
+                fs,
+                fs_ignores_freeze,
+                ..device_template.clone()
+            });
+            self.originals.push(Original {
+                name: (*name).to_string(),
+                sectors,
+            });
+        }
+        self.store_sectors = self.pick(&[32768, 131072, 524288])?;
+        devices.push(DeviceSpec {
+            name: STORE.to_string(),
+            sectors: self.store_sectors,
+            fill: Fill::Zero,
+            fs: false,
+            fs_ignores_freeze: false,
+            ..device_template
+        });
+        template.devices = devices;
+        template.params = self.params()?;
+        template.scheduler = if self.chance(1, 4)? {
+            Scheduler::Priority(self.u.int_in_range(0..=4)?)
+        } else {
+            Scheduler::Random
+        };
+        template.quirks = Vec::new();
+        template.steps = self.steps()?;
+        Ok(template)
+    }
+
+    fn params(&mut self) -> Result<Params> {
+        Ok(Params {
+            diff_storage_minimum: self.pick(&[4096, 65536, 262144])?,
+            chunk_minimum_shift: self.u.int_in_range(12..=18)?,
+            tracking_block_minimum_shift: self.pick(&[12, 16])?,
+            chunk_maximum_in_cache: self.pick(&[1, 4, 32])?,
+            free_diff_buffer_pool_size: self.pick(&[1, 4, 128])?,
+            ..Params::default()
+        })
+    }
+
+    fn steps(&mut self) -> Result<Vec<Step>> {
+        let count = self.u.int_in_range(1..=MAX_STEPS)?;
+        let mut steps = Vec::with_capacity(count);
+        for _ in 0..count {
+            if self.u.is_empty() && !steps.is_empty() {
+                break;
+            }
+            self.step(&mut steps, true)?;
+        }
+        Ok(steps)
+    }
+
+    /// Append one generated step (a recipe may append several).
+    fn step(&mut self, out: &mut Vec<Step>, top_level: bool) -> Result<()> {
+        let top = if top_level { KINDS_TOP } else { KINDS_BRANCH };
+        let drawn = self.u.int_in_range(0..=top)?;
+        match self.features.remap(drawn, top) {
+            0 => {
+                if self.chance(1, 2)? {
+                    out.push(steps::version());
+                } else {
+                    out.push(steps::tracker_remove(self.original_or_missing()?));
+                }
+            }
+            1 | 2 => out.push(self.create()?),
+            3 | 4 => out.push(self.append()?),
+            5 | 6 => out.push(steps::take(self.snapshot()?)),
+            7 => out.push(steps::destroy(self.snapshot()?)),
+            8 => {
+                if self.chance(1, 2)? {
+                    out.push(steps::collect());
+                } else {
+                    out.push(steps::collect_images(self.snapshot()?));
+                }
+            }
+            9 => {
+                let snapshot = self.snapshot()?;
+                let timeout_ms = self.pick(&[0, 1, 10, 100, 1000])?;
+                out.push(steps::wait_event(snapshot, timeout_ms));
+            }
+            10 | 11 => out.push(self.write()?),
+            12 | 13 => out.push(self.read()?),
+            14 => out.push(Step::VerifyImage {
+                snapshot: self.snapshot()?,
+                device: self.original_or_missing()?,
+                expect: Expect::Ok,
+            }),
+            15 => {
+                if self.chance(1, 3)? {
+                    out.push(Step::Sync {
+                        device: self.original()?.name,
+                    });
+                } else {
+                    out.push(Step::VerifyOriginal {
+                        device: self.original()?.name,
+                    });
+                }
+            }
+            16 => out.push(self.workload()?),
+            17 => out.push(Step::Sleep {
+                ms: self.pick(&[0, 1, 5, 20, 100])?,
+            }),
+            18..=20 => self.recipe(out)?,
+            _ => out.push(self.concurrent()?),
+        }
+        Ok(())
+    }
+
+    /// The usual life of a snapshot, so that most inputs reach TAKE:
+    /// create, give it enough storage, take, then perhaps use the image.
+    fn recipe(&mut self, out: &mut Vec<Step>) -> Result<()> {
+        let snapshot = self.snapshot()?;
+        let devices = self.create_devices()?;
+        out.push(steps::create(snapshot.clone(), devices.clone()));
+        let size = self.pick(&[4096, 16384, 65536])?;
+        let range = self.fresh_range(size);
+        out.push(steps::append(
+            snapshot.clone(),
+            STORE.to_string(),
+            vec![range],
+        ));
+        out.push(steps::take(snapshot.clone()));
+        if self.chance(3, 4)? {
+            let device = devices
+                .first()
+                .cloned()
+                .unwrap_or_else(|| MISSING.to_string());
+            out.push(steps::write(Target::Original(device.clone()), 0, 8, false));
+            out.push(Step::VerifyImage {
+                snapshot,
+                device,
+                expect: Expect::Ok,
+            });
+        }
+        Ok(())
+    }
+
+    fn concurrent(&mut self) -> Result<Step> {
+        let mut branches = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let count = self.u.int_in_range(1..=MAX_BRANCH_STEPS)?;
+            let mut branch = Vec::with_capacity(count);
+            for _ in 0..count {
+                self.step(&mut branch, false)?;
+            }
+            branches.push(branch);
+        }
+        Ok(Step::Concurrent(branches))
+    }
+
+    fn snapshot(&mut self) -> Result<String> {
+        Ok(self.pick(&SNAPSHOTS)?.to_string())
+    }
+
+    fn original(&mut self) -> Result<Original> {
+        Ok(self.u.choose(&self.originals)?.clone())
+    }
+
+    /// A declared original, or now and then a device that does not exist.
+    fn original_or_missing(&mut self) -> Result<String> {
+        if self.chance(1, 16)? {
+            return Ok(MISSING.to_string());
+        }
+        Ok(self.original()?.name)
+    }
+
+    /// CREATE's device list: usually distinct declared originals; one time
+    /// in five something a careful caller would not pass (an empty list, a
+    /// duplicate, a device that does not exist).
+    fn create_devices(&mut self) -> Result<Vec<String>> {
+        let mut devices: Vec<String> = Vec::new();
+        for original in self.originals.clone() {
+            if devices.is_empty() || self.chance(1, 2)? {
+                devices.push(original.name);
+            }
+        }
+        if devices.len() > 1 && self.chance(1, 2)? {
+            devices.remove(0);
+        }
+        if self.chance(1, 5)? {
+            match self.u.int_in_range(0..=2)? {
+                0 => devices.clear(),
+                1 => devices.push(devices[0].clone()),
+                _ => devices.push(MISSING.to_string()),
+            }
+        }
+        Ok(devices)
+    }
+
+    fn create(&mut self) -> Result<Step> {
+        let snapshot = self.snapshot()?;
+        Ok(steps::create(snapshot, self.create_devices()?))
+    }
+
+    /// APPEND_STORAGE with 0-3 ranges, good or bad.
+    fn append(&mut self) -> Result<Step> {
+        let device = if self.chance(1, 16)? {
+            MISSING.to_string()
+        } else {
+            STORE.to_string()
+        };
+        let count = self.pick(&[1, 1, 1, 2, 3, 0])?;
+        let mut ranges = Vec::with_capacity(count);
+        for _ in 0..count {
+            ranges.push(self.storage_range()?);
+        }
+        Ok(steps::append(self.snapshot()?, device, ranges))
+    }
+
+    /// One storage range. Good ranges come from the bump cursor; bad ones
+    /// (unaligned, zero, out of range, overflowing) are rejected by the
+    /// fixed engine, and those that lie inside the device still take fresh
+    /// space, so no two ranges can ever overlap even if one were accepted.
+    fn storage_range(&mut self) -> Result<(u64, u64)> {
+        let size = self.pick(&[8, 64, 512, 4096, 16384, 65536])?;
+        Ok(match self.u.int_in_range(0..=9)? {
+            0 => {
+                let (sector, count) = self.fresh_range(size + PAGE_SECTORS);
+                (sector + 1, count - PAGE_SECTORS)
+            }
+            1 => {
+                let (sector, count) = self.fresh_range(size + PAGE_SECTORS);
+                (sector, count - PAGE_SECTORS + 3)
+            }
+            2 => (self.store_cursor.next_multiple_of(PAGE_SECTORS), 0),
+            3 => (self.store_sectors - PAGE_SECTORS, size + PAGE_SECTORS),
+            4 => (u64::MAX - PAGE_SECTORS + 1, size),
+            _ => self.fresh_range(size),
+        })
+    }
+
+    /// `size` sectors nobody has had yet (page-aligned); past the end of
+    /// the device once the storage is used up, which the engine refuses.
+    fn fresh_range(&mut self, size: u64) -> (u64, u64) {
+        let sector = self.store_cursor.next_multiple_of(PAGE_SECTORS);
+        self.store_cursor = sector + size;
+        (sector, size)
+    }
+
+    /// Where IO goes: an original or an image of one, never storage.
+    fn io_target(&mut self) -> Result<(Target, u64)> {
+        let original = self.original()?;
+        let device = if self.chance(1, 16)? {
+            MISSING.to_string()
+        } else {
+            original.name
+        };
+        if self.chance(2, 5)? {
+            Ok((Target::Image(self.snapshot()?, device), original.sectors))
+        } else {
+            Ok((Target::Original(device), original.sectors))
+        }
+    }
+
+    /// An IO extent: mostly inside the device; if `may_overrun`, sometimes
+    /// across its end or far beyond it.
+    fn extent(&mut self, capacity: u64, may_overrun: bool) -> Result<(u64, u64)> {
+        let sectors = self.pick(&[1, 1, 7, 8, 8, 16, 64, 256])?;
+        let overrun = if may_overrun {
+            self.u.int_in_range(0..=15)?
+        } else {
+            15
+        };
+        let sector = match overrun {
+            0 => capacity - 1,
+            1 => capacity + self.u.int_in_range(0..=1024)?,
+            _ => {
+                let last = capacity.saturating_sub(sectors);
+                let sector = self.u.int_in_range(0..=last)?;
+                if self.chance(1, 2)? {
+                    sector & !(PAGE_SECTORS - 1)
+                } else {
+                    sector
+                }
+            }
+        };
+        Ok((sector, sectors.min(capacity.max(1))))
+    }
+
+    /// A write. Only image writes may run past the end: an original's
+    /// written sectors are read back by VerifyOriginal and by the
+    /// filesystem's writeback, which would rightly fail on them.
+    fn write(&mut self) -> Result<Step> {
+        let (target, capacity) = self.io_target()?;
+        let may_overrun = matches!(target, Target::Image(..));
+        let (sector, sectors) = self.extent(capacity, may_overrun)?;
+        Ok(steps::write(target, sector, sectors, self.chance(1, 8)?))
+    }
+
+    /// A read, anywhere on an original or an image (never the storage
+    /// device: the engine writes there, and the oracle judges every read
+    /// of a declared device against user writes only).
+    fn read(&mut self) -> Result<Step> {
+        let (target, capacity) = self.io_target()?;
+        let (sector, sectors) = if self.chance(1, 8)? {
+            (0, capacity)
+        } else {
+            self.extent(capacity, true)?
+        };
+        Ok(steps::read(target, sector, sectors))
+    }
+
+    /// A small seeded workload on an original (an image may not exist,
+    /// and a workload on a missing target fails the run).
+    fn workload(&mut self) -> Result<Step> {
+        let original = self.original()?;
+        let align = self.pick(&[1, 8])?;
+        let region = if self.chance(1, 3)? {
+            let count = self.pick(&[8, 64, 1024])?.min(original.sectors);
+            let start = self.u.int_in_range(0..=original.sectors - count)?;
+            Some((start, count))
+        } else {
+            None
+        };
+        Ok(Step::Workload(Workload {
+            target: Target::Original(original.name),
+            ops: self.u.int_in_range(1..=12)?,
+            max_sectors: self.pick(&[1, 8, 64, 256])?,
+            align,
+            read_percent: self.pick(&[0, 30, 100])?,
+            region,
+            nowait: self.chance(1, 8)?,
+        }))
+    }
+}
+
+/// A scenario with every default the loader gives, as the base that the
+/// generator fills in (so fields added later keep their defaults here).
+fn template() -> Scenario {
+    const TEXT: &str = r#"Scenario(
+        name: "fuzz-lifecycle",
+        devices: [(name: "template", sectors: 8)],
+        steps: [],
+    )"#;
+    scenario::parse(Path::new("fuzz-lifecycle.ron"), TEXT)
+        .expect("the built-in template scenario parses")
+}

@@ -1,0 +1,19 @@
+//! Swarm testing: each seed draws a whole configuration (devices, sizes,
+//! filesystem model, module parameters, scheduler, fault plan, and a
+//! workload of ioctls, IO and concurrency), runs it with every checker on,
+//! and judges it; failures are shrunk and grouped by checker and message.
+//!
+//! - [`gen`]: the configuration generator (shared with the fuzz crate);
+//! - [`steps`]: step constructors the generators use;
+//! - [`judge`]: which failures are the engine's;
+//! - [`config`]: seed -> configuration (features, faults, quirks);
+//! - [`campaign`]: many seeds over worker threads, grouping, shrinking.
+
+pub mod campaign;
+pub mod command;
+pub mod config;
+pub mod gen;
+pub mod judge;
+pub mod merge;
+pub mod steps;
+pub mod sweep;

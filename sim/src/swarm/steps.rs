@@ -1,0 +1,106 @@
+//! Constructors for the scenario steps the generators use, with every
+//! expectation `Any` and every optional field at its default.
+//!
+//! The step model grows while the simulator does; keeping each struct
+//! literal in one place means a new field is one edit here.
+
+use crate::scenario::model::{EventExpect, Expect, Step, Target};
+
+pub fn version() -> Step {
+    Step::Version {
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
+pub fn create(snapshot: String, devices: Vec<String>) -> Step {
+    Step::Create {
+        snapshot,
+        devices,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
+pub fn append(snapshot: String, device: String, ranges: Vec<(u64, u64)>) -> Step {
+    Step::Append {
+        snapshot,
+        device,
+        ranges,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
+pub fn take(snapshot: String) -> Step {
+    Step::Take {
+        snapshot,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
+pub fn destroy(snapshot: String) -> Step {
+    Step::Destroy {
+        snapshot,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
+pub fn collect() -> Step {
+    Step::Collect {
+        expect_snapshots: None,
+        expect_count: None,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
+pub fn collect_images(snapshot: String) -> Step {
+    Step::CollectImages {
+        snapshot,
+        expect_count: None,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
+pub fn wait_event(snapshot: String, timeout_ms: u32) -> Step {
+    Step::WaitEvent {
+        snapshot,
+        timeout_ms,
+        fault: None,
+        expect: EventExpect::Any,
+    }
+}
+
+pub fn write(target: Target, sector: u64, sectors: u64, nowait: bool) -> Step {
+    Step::Write {
+        target,
+        sector,
+        sectors,
+        repeat: 1,
+        stride: None,
+        pause_us: 0,
+        nowait,
+        expect: Expect::Any,
+    }
+}
+
+pub fn read(target: Target, sector: u64, sectors: u64) -> Step {
+    Step::Read {
+        target,
+        sector,
+        sectors,
+        expect: Expect::Any,
+    }
+}
+
+pub fn tracker_remove(device: String) -> Step {
+    Step::TrackerRemove {
+        device,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
