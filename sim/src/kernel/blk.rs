@@ -142,9 +142,7 @@ impl BlockLayer {
         let lat = device.latency;
         let spread = lat.max_ns.saturating_sub(lat.min_ns);
         let jitter = self.rng.borrow_mut().range(0, spread);
-        let spike = device
-            .disk_faults
-            .spike_ns(bio.op, bio.sector, bio.sectors);
+        let spike = device.disk_faults.spike_ns(bio.op, bio.sector, bio.sectors);
         let latency = lat.min_ns + jitter + lat.per_sector_ns * bio.sectors;
         Ok((latency + spike.unwrap_or(0), spike))
     }
