@@ -460,10 +460,15 @@ mod tests {
         for seed in 0..100 {
             let mut d = device(seed);
             write(&mut d, 0, vec![1; 4], false, false);
+            if d.cache.destaged_early > 0 {
+                // On the media before the newer write came: it may stay.
+                continue;
+            }
             write(&mut d, 2, vec![2; 4], false, false);
             power_loss(&mut d, &mut SeedOnly);
             let got = media(&d, 0, 6);
-            // Sectors 2 and 3 hold the newer write or nothing, never the older one.
+            // Sectors 2 and 3 hold the newer write or nothing, never the
+            // older one that was still in the cache under it.
             assert!(got[2..4].iter().all(|s| *s != 1), "seed {seed}: {got:?}");
         }
     }

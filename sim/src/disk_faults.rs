@@ -266,6 +266,7 @@ mod tests {
             f.read_fails(100, 4),
             "sectors 100..104 have one failure left"
         );
+        assert!(f.read_fails(100, 8), "105..108 had one failure left");
         assert!(!f.read_fails(100, 8), "healed");
         assert!(!f.read_fails(100, 8));
     }
