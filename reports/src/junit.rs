@@ -107,13 +107,13 @@ fn details(run: &ScenarioRun) -> String {
                 let _ = writeln!(
                     s,
                     "[{}] at {}: {}",
-                    f.checker,
+                    f.label(),
                     text::duration_ns(ns),
                     f.message
                 );
             }
             None => {
-                let _ = writeln!(s, "[{}] {}", f.checker, f.message);
+                let _ = writeln!(s, "[{}] {}", f.label(), f.message);
             }
         }
     }
@@ -155,11 +155,13 @@ mod tests {
                 checker: "point_in_time".into(),
                 message: "read 0x1\u{0}\u{1b}[31m wrong\nsecond line".into(),
                 at_ns: Some(1_500),
+                category: Default::default(),
             },
             Failure {
                 checker: "kernel_warn".into(),
                 message: "WARN at ]]> here".into(),
                 at_ns: None,
+                category: Default::default(),
             },
         ];
         let mut broken = ScenarioRun::new("broken", "scenarios/c.ron", 33);
@@ -168,6 +170,7 @@ mod tests {
             checker: "load".into(),
             message: "c.ron:3:7: expected `)`".into(),
             at_ns: None,
+            category: Default::default(),
         });
         report.runs = vec![ok, bad, broken];
         report

@@ -116,7 +116,7 @@ fn failure(out: &mut String, run: &ScenarioRun) {
             .at_ns
             .map(|ns| format!(" at {}", text::duration_ns(ns)))
             .unwrap_or_default();
-        let _ = writeln!(messages, "[{}]{at}: {}", f.checker, f.message);
+        let _ = writeln!(messages, "[{}]{at}: {}", f.label(), f.message);
     }
     if messages.is_empty() {
         messages = format!("scenario {} without a checker message\n", run.verdict);
@@ -236,6 +236,7 @@ mod tests {
             checker: "point_in_time".into(),
             message: "sector 8 differs\nexpected 0xaa".into(),
             at_ns: Some(2_000),
+            category: Default::default(),
         });
         r.runs = vec![ok, bad];
         r

@@ -365,6 +365,7 @@ fn run_one(
                 checker: "load".into(),
                 message: e.to_string(),
                 at_ns: None,
+                category: reports::Category::BenchError,
             });
             return run;
         }
@@ -393,6 +394,7 @@ fn bench_crash(file: &Path, name: &str, message: String) -> ScenarioRun {
         checker: BENCH_CHECKER.into(),
         message,
         at_ns: None,
+        category: reports::Category::BenchError,
     });
     run
 }
@@ -422,11 +424,13 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
     if outcome.passed() {
         if let Some(caught) = &outcome.caught_by {
             say!(
-                "      (expected failure caught by [{}]: {})",
+                "      (expected failure caught by [{}, {}]: {})",
                 caught.checker,
+                caught.category.as_str(),
                 caught.message
             );
         }
+        print_fault_caused(outcome);
         return;
     }
     if let Some(note) = &outcome.verdict_note {
@@ -435,8 +439,9 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
     const SHOWN: usize = 10;
     for failure in outcome.failures.iter().take(SHOWN) {
         say!(
-            "      [{}] at {} ns: {}",
+            "      [{}, {}] at {} ns: {}",
             failure.checker,
+            failure.category.as_str(),
             failure.at_ns,
             failure.message
         );
@@ -458,6 +463,26 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
         outcome.seed,
         replay_command(file, outcome.seed)
     );
+}
+
+/// A passing run may still show failures a declared fault caused (the
+/// scenario allows undetected corruption): say so, with the first one.
+fn print_fault_caused(outcome: &Outcome) {
+    use crate::check::verdict::Category;
+    let caused: Vec<_> = outcome
+        .failures
+        .iter()
+        .filter(|f| f.category == Category::DeclaredFault)
+        .collect();
+    if let Some(first) = caused.first() {
+        say!(
+            "      ({} failures {}, allowed by the scenario; first [{}]: {})",
+            caused.len(),
+            Category::DeclaredFault.as_str(),
+            first.checker,
+            first.message
+        );
+    }
 }
 
 fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
@@ -487,9 +512,22 @@ fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
             checker: f.checker.clone(),
             message: f.message.clone(),
             at_ns: Some(f.at_ns),
+            category: report_category(f),
         })
         .collect();
     run
+}
+
+/// A failure's category as reports name it; the bench's own failures
+/// are no verdict on the engine.
+fn report_category(f: &crate::kernel::Failure) -> reports::Category {
+    use crate::check::verdict::Category;
+    match f.category {
+        _ if f.checker == BENCH_CHECKER => reports::Category::BenchError,
+        Category::Engine => reports::Category::Engine,
+        Category::DeclaredFault => reports::Category::DeclaredFault,
+        Category::Expected => reports::Category::Expected,
+    }
 }
 
 fn write_file(path: &Path, text: &str) -> bool {
@@ -603,7 +641,12 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
             bench += u64::from(bench_error(&outcome));
             let why = match (&outcome.verdict_note, outcome.failures.first()) {
                 (Some(note), _) => note.clone(),
-                (None, Some(first)) => format!("[{}] {}", first.checker, first.message),
+                (None, Some(first)) => format!(
+                    "[{}, {}] {}",
+                    first.checker,
+                    first.category.as_str(),
+                    first.message
+                ),
                 (None, None) => "failed".to_string(),
             };
             say!("FAIL seed={seed} {why}");

@@ -61,6 +61,9 @@ pub struct Failure {
     pub checker: String,
     pub message: String,
     pub at_ns: u64,
+    /// Who is to blame (set by the checker, and by the verdict for a bug
+    /// scenario's expected failure).
+    pub category: crate::check::verdict::Category,
 }
 
 struct Task {
@@ -190,6 +193,8 @@ pub struct Sim {
     pub injected: RefCell<crate::check::injected::InjectedFaults>,
     /// The storage checker (engine writes to the diff storage).
     pub storage: RefCell<crate::check::storage::StorageCheck>,
+    /// Lost, corrupted and misdirected writes (`data_faults.rs`).
+    pub data_faults: RefCell<crate::data_faults::DataFaultPlan>,
     /// Sleeping points the engine reached (`might_sleep` sites), with how
     /// often: the inventory test compares them with ARCHITECTURE.md.
     pub sleep_sites: RefCell<BTreeMap<&'static str, u64>>,
@@ -236,6 +241,7 @@ impl Sim {
             fs_take: RefCell::new(Default::default()),
             injected: RefCell::new(Default::default()),
             storage: RefCell::new(Default::default()),
+            data_faults: RefCell::new(crate::data_faults::DataFaultPlan::new(seed)),
             sleep_sites: RefCell::new(BTreeMap::new()),
         })
     }
@@ -262,7 +268,18 @@ impl Sim {
             checker: checker.to_string(),
             message,
             at_ns: self.now(),
+            category: Default::default(),
         });
+    }
+
+    /// A failed check that a fault the scenario declared explains, seen by
+    /// the checker at `at_ns`.
+    pub fn fail_by_fault(&self, checker: &str, message: String, at_ns: u64) {
+        self.fail(checker, message);
+        if let Some(last) = self.failures.borrow_mut().last_mut() {
+            last.at_ns = at_ns;
+            last.category = crate::check::verdict::Category::DeclaredFault;
+        }
     }
 
     pub fn failures(&self) -> Vec<Failure> {
@@ -709,7 +726,7 @@ impl Sim {
         match bio.op {
             BioOp::Read => Ok(device.read(bio.sector, bio.sectors)),
             BioOp::Write => {
-                device.write(bio.sector, &bio.data);
+                crate::data_faults::store(self, device, bio);
                 Ok(Vec::new())
             }
             BioOp::Discard | BioOp::WriteZeroes => {

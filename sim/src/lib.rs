@@ -14,6 +14,7 @@ pub mod block;
 pub mod check;
 pub mod cli;
 pub mod ctl;
+pub mod data_faults;
 pub mod device;
 pub mod faults;
 pub mod fs;

@@ -190,6 +190,12 @@ impl StorageCheck {
         runs
     }
 
+    /// What each sector of `data` is a copy of, as far as the data says
+    /// (for the classification of device faults, `device_faults.rs`).
+    pub fn identify(&self, data: &[Stamp]) -> Vec<Option<Origin>> {
+        self.origins(data)
+    }
+
     /// Origins of a write's sectors; a sector without identity takes the
     /// one its neighbours agree on.
     fn origins(&self, data: &[Stamp]) -> Vec<Option<Origin>> {
