@@ -476,7 +476,7 @@ fn print_fault_caused(outcome: &Outcome) {
         .collect();
     if let Some(first) = caused.first() {
         say!(
-            "      ({} failures {}, allowed by the scenario; first [{}]: {})",
+            "      ({} failures {}, as the scenario allows (device_fault_corruption); first [{}]: {})",
             caused.len(),
             Category::DeclaredFault.as_str(),
             first.checker,

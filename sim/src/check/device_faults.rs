@@ -17,11 +17,18 @@
 //! 2. or a data fault hit D's (for an image: O's) sector S itself at a
 //!    time in [since, to].
 //!
+//! The storage checker's rule 2 (a live copy overwritten by another
+//! sector's data) is the same fault seen later: the engine loaded a damaged
+//! copy and stored it back, so a failure there is the fault's when a
+//! damage record covers the copy it overwrote (`storage_failure`).
+//!
 //! `since` is given by the oracle: the start of the image's TAKE, or the
 //! submission of the last user write to the sector completed before the
 //! read; a damage older than that was overwritten by good data.
 
 use blksnap_core::kernel::DevT;
+
+use crate::kernel::Sim;
 
 /// Sectors of one device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +166,25 @@ impl DeviceDamage {
     /// on).
     pub fn damaged(&self) -> usize {
         self.damage.len()
+    }
+}
+
+/// A storage checker failure (rule 2: a live copy overwritten with another
+/// sector's data): when a data fault damaged that live copy, the engine
+/// loaded the damage back and stored it again (a dirty chunk stored back
+/// into its region), so the fault is to blame, not the engine.
+pub fn storage_failure(sim: &Sim, message: String) {
+    let held = sim.storage.borrow_mut().last_overwritten.take();
+    let now = sim.now();
+    let cause = held.and_then(|(dev, sector)| {
+        sim.oracle
+            .borrow()
+            .device_damage
+            .explains(dev, sector, 0, now)
+    });
+    match cause {
+        Some(cause) => sim.fail_by_fault("storage", format!("{message}; {cause}"), now),
+        None => sim.fail("storage", message),
     }
 }
 
