@@ -381,7 +381,7 @@ mod tests {
             .filter_map(|d| d.text())
             .collect();
         assert!(
-            text.contains("[expect] at 10 ns: errno <EINVAL> & bell"),
+            text.contains("[expect, engine failure] at 10 ns: errno <EINVAL> & bell"),
             "{text}"
         );
         assert!(text.contains("blksnap-sim run scenarios/b.ron --seed 2 </dev/null"));

@@ -262,7 +262,7 @@ mod tests {
         let md = render_markdown(&report(), None);
         assert!(md.contains("## Failures"));
         assert!(md.contains(
-            "```text\n[point_in_time] at 2.000 µs: sector 8 differs\nexpected 0xaa\n```"
+            "```text\n[point_in_time, engine failure] at 2.000 µs: sector 8 differs\nexpected 0xaa\n```"
         ));
         // The replay command contains three backticks, so the fence must be longer.
         assert!(md.contains("````sh\nblksnap-sim run scenarios/bugs/x.ron --seed 9 # ```\n````"));

@@ -404,4 +404,34 @@ mod tests {
         run.metrics.insert("wall_ms".into(), f64::NAN);
         assert_eq!(run.wall_seconds(), 0.0);
     }
+
+    /// Every rendering and the JSON carry each failure's category.
+    #[test]
+    fn categories_reach_every_rendering() {
+        let mut r = sample();
+        r.runs[1].failures[0].category = Category::DeclaredFault;
+        r.runs[1].failures.push(Failure {
+            checker: "storage".into(),
+            message: "overlap".into(),
+            at_ns: None,
+            category: Category::Engine,
+        });
+        let json = r.to_json().expect("serialises");
+        assert!(json.contains("\"category\": \"declared_fault\""), "{json}");
+        assert!(json.contains("\"category\": \"engine\""), "{json}");
+        assert_eq!(RunReport::from_json(&json).expect("reads back"), r);
+        let renderings = [
+            ("junit", crate::render_junit(&r)),
+            ("markdown", crate::render_markdown(&r, None)),
+            ("html", crate::render_html(&r, None)),
+        ];
+        for (name, text) in renderings {
+            assert!(
+                text.contains("[point_in_time, caused by a declared fault]"),
+                "{name}: {text}"
+            );
+            assert!(text.contains("[storage, engine failure]"), "{name}: {text}");
+        }
+        assert_eq!(Category::Expected.to_string(), "expected outcome");
+    }
 }

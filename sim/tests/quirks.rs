@@ -119,6 +119,7 @@ bug_tests! {
     b_da_7 => "da-7.ron",
     b_da_8 => "da-8.ron",
     b_img_1 => "img-1.ron",
+    b_img_1_store_error => "img-1-store-error.ron",
     b_img_2 => "img-2.ron",
     b_io_1 => "io-1.ron",
     b_ctrl_1 => "ctrl-1.ron",

@@ -253,4 +253,82 @@ mod tests {
         assert!(m.starts_with("undetected corruption caused by a device fault"), "{m}");
         assert!(m.contains("image 252:0 of 7:0 sectors 8..12"), "{m}");
     }
+
+    /// The oracle, through its public interface: a pattern original, its
+    /// image taken at [20, 30], a copy of chunk [1024, 1032) stored at
+    /// 4096 on the storage.
+    fn oracle_with_image() -> crate::check::Oracle {
+        use crate::device::Fill;
+        let mut o = crate::check::Oracle::default();
+        o.add_device(ORIG, 0, Fill::Pattern);
+        o.add_device(STORE, 1, Fill::Zero);
+        o.storage_appended([5; 16], STORE, 0, 8192);
+        o.image_added(IMAGE, 16384);
+        o.bind_image(IMAGE, ORIG, (20, 30), [5; 16]);
+        o.set_chunk_bound(IMAGE, 8);
+        o
+    }
+
+    fn image_read(o: &mut crate::check::Oracle, sector: u64, got: u64) -> Result<(), String> {
+        use blksnap_core::kernel::Bio;
+        let bio = Bio::read(IMAGE, sector, 1);
+        let id = o.submit(500, &bio);
+        o.complete(600, id, &bio, &Ok(vec![got])).map(|_| ())
+    }
+
+    #[test]
+    fn the_oracle_notes_a_wrong_value_a_fault_explains_and_fails_any_other() {
+        // No damage: a wrong value (zeros instead of the pattern) fails.
+        let mut o = oracle_with_image();
+        let err = image_read(&mut o, 1027, 0).unwrap_err();
+        assert!(err.contains("content at TAKE"), "{err}");
+        // The copy of 1024..1032 was lost at 100 (after TAKE, before the
+        // read): the same wrong value is noted, not failed.
+        let mut o = oracle_with_image();
+        o.device_damage
+            .record(100, "lost write", at(STORE, 4096, 8), copies(1024, 8));
+        assert!(image_read(&mut o, 1027, 0).is_ok());
+        assert_eq!(o.device_damage.undetected().len(), 1);
+        assert_eq!(o.device_damage.sectors_explained, 1);
+        // ...but not a wrong value of a sector whose copy was not there.
+        let err = image_read(&mut o, 1032, 0).unwrap_err();
+        assert!(err.contains("sector 1032"), "{err}");
+        // A damage before TAKE (a copy of an earlier snapshot) or after the
+        // read explains nothing.
+        for when in [10, 700] {
+            let mut o = oracle_with_image();
+            o.device_damage
+                .record(when, "lost write", at(STORE, 4096, 8), copies(1024, 8));
+            assert!(image_read(&mut o, 1027, 0).is_err(), "damage at {when}");
+        }
+        // Damage on another original's copies explains nothing.
+        let mut o = oracle_with_image();
+        let other: Vec<_> = (1024..1032).map(|s| Some((STORE, s))).collect();
+        o.device_damage
+            .record(100, "lost write", at(STORE, 4096, 8), other);
+        assert!(image_read(&mut o, 1027, 0).is_err());
+        // A right value is never noted.
+        let mut o = oracle_with_image();
+        o.device_damage
+            .record(100, "lost write", at(STORE, 4096, 8), copies(1024, 8));
+        let right = crate::device::pattern_stamp(0, 1027);
+        assert!(image_read(&mut o, 1027, right).is_ok());
+        assert!(o.device_damage.undetected().is_empty());
+    }
+
+    #[test]
+    fn a_user_write_after_the_damage_takes_the_excuse_away() {
+        use blksnap_core::kernel::Bio;
+        let mut o = oracle_with_image();
+        o.device_damage
+            .record(100, "lost write", at(STORE, 4096, 8), copies(1024, 8));
+        // The image's own write of 1027, submitted after the damage.
+        let bio = Bio::write(IMAGE, 1027, vec![77]);
+        let id = o.submit(200, &bio);
+        o.complete(210, id, &bio, &Ok(Vec::new())).unwrap();
+        assert!(image_read(&mut o, 1027, 0).is_err());
+        assert!(image_read(&mut o, 1027, 77).is_ok());
+        // The neighbour, not rewritten, is still excused.
+        assert!(image_read(&mut o, 1026, 0).is_ok());
+    }
 }

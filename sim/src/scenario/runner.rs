@@ -1125,4 +1125,55 @@ mod tests {
         assert!(!passed);
         assert_eq!(note.as_deref(), Some("bench message"));
     }
+
+    fn by_fault(checker: &str) -> Failure {
+        Failure {
+            category: Category::DeclaredFault,
+            ..failure(checker)
+        }
+    }
+
+    /// Failures a declared fault caused pass or fail as the scenario says;
+    /// an engine failure always fails.
+    #[test]
+    fn device_fault_corruption_decides_the_fault_caused_failures_only() {
+        use DeviceFaultCorruption::*;
+        let cases = [
+            (Fails, vec![], true),
+            (Fails, vec![by_fault("point_in_time")], false),
+            (Allowed, vec![by_fault("point_in_time")], true),
+            (Allowed, vec![], true),
+            (Expected, vec![by_fault("storage")], true),
+            (Expected, vec![], false),
+            (Allowed, vec![by_fault("point_in_time"), failure("lifecycle")], false),
+            (Expected, vec![by_fault("point_in_time"), failure("lifecycle")], false),
+        ];
+        for (policy, failures, passes) in cases {
+            let (passed, note, _) = fault_verdict(policy, &failures);
+            assert_eq!(passed, passes, "{policy:?} {failures:?} {note:?}");
+        }
+        let (_, note, _) = fault_verdict(Fails, &[by_fault("point_in_time")]);
+        assert!(note.unwrap().contains("caused by a device fault"));
+    }
+
+    /// A bug scenario's expected failure becomes the expected outcome; a
+    /// failure a declared fault caused cannot stand in for it.
+    #[test]
+    fn only_an_engine_failure_catches_a_quirk() {
+        let mut scenario: Scenario =
+            ron::from_str("Scenario(name: \"b\", devices: [], steps: [])").expect("parses");
+        scenario.expect_failure = Some(ExpectedFailure {
+            checker: "point_in_time".into(),
+            contains: String::new(),
+        });
+        let options = RunOptions::default();
+        let mut failures = [by_fault("point_in_time")];
+        assert!(!verdict(&scenario, &mut failures, &options).0);
+        let mut failures = [by_fault("point_in_time"), failure("point_in_time")];
+        let (passed, _, caught) = verdict(&scenario, &mut failures, &options);
+        assert!(passed);
+        assert_eq!(caught.unwrap().category, Category::Expected);
+        assert_eq!(failures[0].category, Category::DeclaredFault);
+        assert_eq!(failures[1].category, Category::Expected);
+    }
 }
