@@ -887,7 +887,7 @@ impl Sim {
                 .borrow_mut()
                 .engine_write(bio.dev, bio.sector, &bio.data, bio.sectors);
         if let Err(message) = verdict {
-            crate::check::device_faults::storage_failure(self, message);
+            crate::check::device_faults::storage_failure(self, bio, message);
         }
     }
 

@@ -20,13 +20,14 @@
 //! The storage checker's rule 2 (a live copy overwritten by another
 //! sector's data) is the same fault seen later: the engine loaded a damaged
 //! copy and stored it back, so a failure there is the fault's when a
-//! damage record covers the copy it overwrote (`storage_failure`).
+//! damage record covers the copy it overwrote and the data written is what
+//! the device holds at that sector (`storage_failure`).
 //!
 //! `since` is given by the oracle: the start of the image's TAKE, or the
 //! submission of the last user write to the sector completed before the
 //! read; a damage older than that was overwritten by good data.
 
-use blksnap_core::kernel::DevT;
+use blksnap_core::kernel::{Bio, DevT};
 
 use crate::kernel::Sim;
 
@@ -170,20 +171,31 @@ impl DeviceDamage {
 }
 
 /// A storage checker failure (rule 2: a live copy overwritten with another
-/// sector's data): when a data fault damaged that live copy, the engine
-/// loaded the damage back and stored it again (a dirty chunk stored back
-/// into its region), so the fault is to blame, not the engine.
-pub fn storage_failure(sim: &Sim, message: String) {
-    let held = sim.storage.borrow_mut().last_overwritten.take();
+/// sector's data). When a data fault damaged that live copy, the engine may
+/// have loaded the damage and stored it back (a dirty chunk stored back
+/// into its region): then the data it writes over the copy is what the
+/// device holds there now, and the fault is to blame. Data that differs
+/// from the media did not come from the damaged region: the engine's.
+pub fn storage_failure(sim: &Sim, bio: &Bio, message: String) {
+    let overwritten = sim.storage.borrow_mut().last_overwritten.take();
     let now = sim.now();
-    let cause = held.and_then(|(dev, sector)| {
+    let cause = overwritten.and_then(|((dev, sector), at)| {
+        let written = bio.data.get(at.checked_sub(bio.sector)? as usize)?;
+        let held = sim.devices.borrow().get(&bio.dev)?.read(at, 1);
+        if held.first() != Some(written) {
+            return None;
+        }
         sim.oracle
             .borrow()
             .device_damage
             .explains(dev, sector, 0, now)
     });
     match cause {
-        Some(cause) => sim.fail_by_fault("storage", format!("{message}; {cause}"), now),
+        Some(cause) => sim.fail_by_fault(
+            "storage",
+            format!("{message}; it stores back what the device held there: {cause}"),
+            now,
+        ),
         None => sim.fail("storage", message),
     }
 }

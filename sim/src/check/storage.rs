@@ -96,9 +96,10 @@ pub struct StorageCheck {
     pub writes_judged: u64,
     /// Storage sectors judged by rule 2 (a known copy met known data).
     pub sectors_judged: u64,
-    /// The live copy the last rule 2 failure overwrote: a device fault that
-    /// damaged it explains the failure (`device_faults.rs`).
-    pub last_overwritten: Option<Origin>,
+    /// The live copy the last rule 2 failure overwrote, and the storage
+    /// sector: a device fault that damaged it may explain the failure
+    /// (`device_faults.rs`).
+    pub last_overwritten: Option<(Origin, u64)>,
 }
 
 impl StorageCheck {
@@ -253,7 +254,7 @@ impl StorageCheck {
             // means equal over the whole overlap.
             let (held, new) = (old.at(lo - old_start), run.at(lo - start));
             if held != new {
-                self.last_overwritten = Some(held);
+                self.last_overwritten = Some((held, lo));
                 return Err(format!(
                     "the engine overwrote {dev}:{lo}, the live copy of {} sector {}, \
                      with data of {} sector {} (overlapping regions)",
