@@ -236,7 +236,9 @@ mod tests {
         // Control characters are stripped; only the first line goes in the attribute.
         assert_eq!(failure.attribute("message"), Some("read 0x1[31m wrong"));
         let body = failure.text().unwrap_or_default();
-        assert!(body.contains("[point_in_time, engine failure] at 1.500 µs: read 0x1[31m wrong\nsecond line"));
+        assert!(body.contains(
+            "[point_in_time, engine failure] at 1.500 µs: read 0x1[31m wrong\nsecond line"
+        ));
         assert!(body.contains("[kernel_warn, engine failure] WARN at ]]> here"));
         assert!(body.contains("seed: 22"));
         assert!(body.contains("replay: blksnap-sim run scenarios/b.ron --seed 22 && echo \"<x>\""));

@@ -23,7 +23,12 @@ fn an_unknown_fault_kind_is_a_load_error_naming_the_valid_ones() {
     )"#;
     let err = parse(Path::new("x.ron"), text).unwrap_err().to_string();
     assert!(err.starts_with("x.ron:3:"), "{err}");
-    for kind in ["TornWrite", "LostWrite", "CorruptedWrite", "MisdirectedWrite"] {
+    for kind in [
+        "TornWrite",
+        "LostWrite",
+        "CorruptedWrite",
+        "MisdirectedWrite",
+    ] {
         assert!(err.contains(kind), "{err}");
     }
 }

@@ -62,7 +62,10 @@ impl Damage {
         if self.location.holds(dev, sector) {
             return Some(sector);
         }
-        let i = self.origins.iter().position(|o| *o == Some((dev, sector)))?;
+        let i = self
+            .origins
+            .iter()
+            .position(|o| *o == Some((dev, sector)))?;
         Some(self.location.sector + i as u64)
     }
 }
@@ -181,7 +184,7 @@ pub fn storage_failure(sim: &Sim, bio: &Bio, message: String) {
     let now = sim.now();
     let cause = overwritten.and_then(|((dev, sector), at)| {
         let written = bio.data.get(at.checked_sub(bio.sector)? as usize)?;
-        let held = sim.devices.borrow().get(&bio.dev)?.read(at, 1);
+        let held = sim.blk.devices.borrow().get(&bio.dev)?.read(at, 1);
         if held.first() != Some(written) {
             return None;
         }
@@ -209,7 +212,9 @@ mod tests {
     const IMAGE: DevT = DevT(252 << 20);
 
     fn copies(orig_first: u64, n: u64) -> Vec<Option<(DevT, u64)>> {
-        (orig_first..orig_first + n).map(|s| Some((ORIG, s))).collect()
+        (orig_first..orig_first + n)
+            .map(|s| Some((ORIG, s)))
+            .collect()
     }
 
     fn at(dev: DevT, sector: u64, sectors: u64) -> Location {
@@ -240,7 +245,12 @@ mod tests {
         let mut d = DeviceDamage::default();
         // Meant for 4096 (copy of 1024..1032), landed on 0, which held the
         // copy of 0..8.
-        d.record(100, "misdirected (meant)", at(STORE, 4096, 8), copies(1024, 8));
+        d.record(
+            100,
+            "misdirected (meant)",
+            at(STORE, 4096, 8),
+            copies(1024, 8),
+        );
         d.record(100, "misdirected (landed)", at(STORE, 0, 8), copies(0, 8));
         assert!(d.explains(ORIG, 3, 0, 200).is_some());
         assert!(d.explains(ORIG, 1030, 0, 200).is_some());
@@ -258,11 +268,18 @@ mod tests {
         }
         d.note(IMAGE, ORIG, 20, 500, "why".into());
         d.note(IMAGE, ORIG, 21, 600, "why".into());
-        let got: Vec<(u64, u64)> = d.undetected().iter().map(|u| (u.first, u.sectors)).collect();
+        let got: Vec<(u64, u64)> = d
+            .undetected()
+            .iter()
+            .map(|u| (u.first, u.sectors))
+            .collect();
         assert_eq!(got, vec![(8, 4), (20, 1), (21, 1)]);
         assert_eq!(d.sectors_explained, 6);
         let m = d.undetected()[0].message();
-        assert!(m.starts_with("undetected corruption caused by a device fault"), "{m}");
+        assert!(
+            m.starts_with("undetected corruption caused by a device fault"),
+            "{m}"
+        );
         assert!(m.contains("image 252:0 of 7:0 sectors 8..12"), "{m}");
     }
 

@@ -30,9 +30,17 @@ pub enum FaultKind {
     Resize { dev: DevT, old: u64, new: u64 },
     /// A write the device acknowledged and never stored
     /// (`data_faults.rs`).
-    LostWrite { dev: DevT, sector: u64, sectors: u64 },
+    LostWrite {
+        dev: DevT,
+        sector: u64,
+        sectors: u64,
+    },
     /// A write stored with garbage in these sectors.
-    CorruptedWrite { dev: DevT, sector: u64, sectors: u64 },
+    CorruptedWrite {
+        dev: DevT,
+        sector: u64,
+        sectors: u64,
+    },
     /// A write meant for `sector` and stored at `actual`.
     MisdirectedWrite {
         dev: DevT,
