@@ -368,6 +368,7 @@ mod tests {
                 checker: "expect".into(),
                 message: "boom".into(),
                 at_ns: None,
+                category: Default::default(),
             });
         }
         r

@@ -187,7 +187,7 @@ fn failure(out: &mut String, index: usize, run: &ScenarioRun) {
             .at_ns
             .map(|ns| format!(" at {}", text::duration_ns(ns)))
             .unwrap_or_default();
-        let _ = writeln!(out, "[{}]{at}: {}", esc(&f.checker), esc(&f.message));
+        let _ = writeln!(out, "[{}]{at}: {}", esc(&f.label()), esc(&f.message));
     }
     if run.failures.is_empty() {
         let _ = writeln!(out, "scenario {v} without a checker message");
@@ -280,6 +280,7 @@ mod tests {
             checker: "expect".into(),
             message: "errno <EINVAL> & \u{7}bell".into(),
             at_ns: Some(10),
+            category: Default::default(),
         });
         r.runs = vec![a, b];
         r
@@ -380,7 +381,7 @@ mod tests {
             .filter_map(|d| d.text())
             .collect();
         assert!(
-            text.contains("[expect] at 10 ns: errno <EINVAL> & bell"),
+            text.contains("[expect, engine failure] at 10 ns: errno <EINVAL> & bell"),
             "{text}"
         );
         assert!(text.contains("blksnap-sim run scenarios/b.ron --seed 2 </dev/null"));

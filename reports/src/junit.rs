@@ -107,13 +107,13 @@ fn details(run: &ScenarioRun) -> String {
                 let _ = writeln!(
                     s,
                     "[{}] at {}: {}",
-                    f.checker,
+                    f.label(),
                     text::duration_ns(ns),
                     f.message
                 );
             }
             None => {
-                let _ = writeln!(s, "[{}] {}", f.checker, f.message);
+                let _ = writeln!(s, "[{}] {}", f.label(), f.message);
             }
         }
     }
@@ -155,11 +155,13 @@ mod tests {
                 checker: "point_in_time".into(),
                 message: "read 0x1\u{0}\u{1b}[31m wrong\nsecond line".into(),
                 at_ns: Some(1_500),
+                category: Default::default(),
             },
             Failure {
                 checker: "kernel_warn".into(),
                 message: "WARN at ]]> here".into(),
                 at_ns: None,
+                category: Default::default(),
             },
         ];
         let mut broken = ScenarioRun::new("broken", "scenarios/c.ron", 33);
@@ -168,6 +170,7 @@ mod tests {
             checker: "load".into(),
             message: "c.ron:3:7: expected `)`".into(),
             at_ns: None,
+            category: Default::default(),
         });
         report.runs = vec![ok, bad, broken];
         report
@@ -233,8 +236,10 @@ mod tests {
         // Control characters are stripped; only the first line goes in the attribute.
         assert_eq!(failure.attribute("message"), Some("read 0x1[31m wrong"));
         let body = failure.text().unwrap_or_default();
-        assert!(body.contains("[point_in_time] at 1.500 µs: read 0x1[31m wrong\nsecond line"));
-        assert!(body.contains("[kernel_warn] WARN at ]]> here"));
+        assert!(body.contains(
+            "[point_in_time, engine failure] at 1.500 µs: read 0x1[31m wrong\nsecond line"
+        ));
+        assert!(body.contains("[kernel_warn, engine failure] WARN at ]]> here"));
         assert!(body.contains("seed: 22"));
         assert!(body.contains("replay: blksnap-sim run scenarios/b.ron --seed 22 && echo \"<x>\""));
         assert_eq!(

@@ -35,5 +35,5 @@ pub use baseline::{
 pub use html::render_html;
 pub use junit::render_junit;
 pub use markdown::render_markdown;
-pub use model::{Failure, ReportError, RunReport, ScenarioRun, Verdict, SCHEMA_VERSION};
+pub use model::{Category, Failure, ReportError, RunReport, ScenarioRun, Verdict, SCHEMA_VERSION};
 pub use svg::{render_bar_chart, Bar, BarChart};

@@ -116,7 +116,7 @@ fn failure(out: &mut String, run: &ScenarioRun) {
             .at_ns
             .map(|ns| format!(" at {}", text::duration_ns(ns)))
             .unwrap_or_default();
-        let _ = writeln!(messages, "[{}]{at}: {}", f.checker, f.message);
+        let _ = writeln!(messages, "[{}]{at}: {}", f.label(), f.message);
     }
     if messages.is_empty() {
         messages = format!("scenario {} without a checker message\n", run.verdict);
@@ -236,6 +236,7 @@ mod tests {
             checker: "point_in_time".into(),
             message: "sector 8 differs\nexpected 0xaa".into(),
             at_ns: Some(2_000),
+            category: Default::default(),
         });
         r.runs = vec![ok, bad];
         r
@@ -261,7 +262,7 @@ mod tests {
         let md = render_markdown(&report(), None);
         assert!(md.contains("## Failures"));
         assert!(md.contains(
-            "```text\n[point_in_time] at 2.000 µs: sector 8 differs\nexpected 0xaa\n```"
+            "```text\n[point_in_time, engine failure] at 2.000 µs: sector 8 differs\nexpected 0xaa\n```"
         ));
         // The replay command contains three backticks, so the fence must be longer.
         assert!(md.contains("````sh\nblksnap-sim run scenarios/bugs/x.ron --seed 9 # ```\n````"));

@@ -80,6 +80,52 @@ pub struct Failure {
     /// Virtual time of the failure, when the checker knows it.
     #[serde(default)]
     pub at_ns: Option<u64>,
+    /// Who is to blame; absent in reports older than categories: engine.
+    #[serde(default)]
+    pub category: Category,
+}
+
+/// Who a failure is blamed on.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// The engine did something wrong.
+    #[default]
+    Engine,
+    /// A checker failed because of a fault the scenario declared (e.g. undetected corruption
+    /// caused by a lost write on the diff storage).
+    DeclaredFault,
+    /// The failure a bug scenario expects: the bench caught the quirk.
+    Expected,
+    /// Not a verdict on the engine: the scenario could not be loaded, or the bench itself broke.
+    BenchError,
+}
+
+impl Category {
+    /// How every rendering names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Engine => "engine failure",
+            Category::DeclaredFault => "caused by a declared fault",
+            Category::Expected => "expected outcome",
+            Category::BenchError => "bench or input error",
+        }
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Failure {
+    /// Checker and category, as renderings show them in brackets.
+    pub fn label(&self) -> String {
+        format!("{}, {}", self.checker, self.category)
+    }
 }
 
 /// Why a report could not be written or read.
@@ -289,6 +335,7 @@ mod tests {
             checker: "point_in_time".into(),
             message: "wrong data".into(),
             at_ns: Some(5),
+            category: Default::default(),
         });
         let mut broken = ScenarioRun::new("broken", "scenarios/broken.ron", 3);
         broken.verdict = Verdict::Error;
@@ -376,5 +423,35 @@ mod tests {
         assert_eq!(run.wall_seconds(), 1.5);
         run.metrics.insert("wall_ms".into(), f64::NAN);
         assert_eq!(run.wall_seconds(), 0.0);
+    }
+
+    /// Every rendering and the JSON carry each failure's category.
+    #[test]
+    fn categories_reach_every_rendering() {
+        let mut r = sample();
+        r.runs[1].failures[0].category = Category::DeclaredFault;
+        r.runs[1].failures.push(Failure {
+            checker: "storage".into(),
+            message: "overlap".into(),
+            at_ns: None,
+            category: Category::Engine,
+        });
+        let json = r.to_json().expect("serialises");
+        assert!(json.contains("\"category\": \"declared_fault\""), "{json}");
+        assert!(json.contains("\"category\": \"engine\""), "{json}");
+        assert_eq!(RunReport::from_json(&json).expect("reads back"), r);
+        let renderings = [
+            ("junit", crate::render_junit(&r)),
+            ("markdown", crate::render_markdown(&r, None)),
+            ("html", crate::render_html(&r, None)),
+        ];
+        for (name, text) in renderings {
+            assert!(
+                text.contains("[point_in_time, caused by a declared fault]"),
+                "{name}: {text}"
+            );
+            assert!(text.contains("[storage, engine failure]"), "{name}: {text}");
+        }
+        assert_eq!(Category::Expected.to_string(), "expected outcome");
     }
 }

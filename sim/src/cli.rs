@@ -466,6 +466,7 @@ fn run_one(
                 checker: "load".into(),
                 message: e.to_string(),
                 at_ns: None,
+                category: reports::Category::BenchError,
             });
             return run;
         }
@@ -494,6 +495,7 @@ pub(crate) fn bench_crash(file: &Path, name: &str, message: String) -> ScenarioR
         checker: BENCH_CHECKER.into(),
         message,
         at_ns: None,
+        category: reports::Category::BenchError,
     });
     run
 }
@@ -523,11 +525,13 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
     if outcome.passed() {
         if let Some(caught) = &outcome.caught_by {
             say!(
-                "      (expected failure caught by [{}]: {})",
+                "      (expected failure caught by [{}, {}]: {})",
                 caught.checker,
+                caught.category.as_str(),
                 caught.message
             );
         }
+        print_fault_caused(outcome);
         return;
     }
     if let Some(note) = &outcome.verdict_note {
@@ -536,8 +540,9 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
     const SHOWN: usize = 10;
     for failure in outcome.failures.iter().take(SHOWN) {
         say!(
-            "      [{}] at {} ns: {}",
+            "      [{}, {}] at {} ns: {}",
             failure.checker,
+            failure.category.as_str(),
             failure.at_ns,
             failure.message
         );
@@ -559,6 +564,26 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
         outcome.seed,
         replay_command(file, outcome.seed)
     );
+}
+
+/// A passing run may still show failures a declared fault caused (the
+/// scenario allows undetected corruption): say so, with the first one.
+fn print_fault_caused(outcome: &Outcome) {
+    use crate::check::verdict::Category;
+    let caused: Vec<_> = outcome
+        .failures
+        .iter()
+        .filter(|f| f.category == Category::DeclaredFault)
+        .collect();
+    if let Some(first) = caused.first() {
+        say!(
+            "      ({} failures {}, as the scenario allows (device_fault_corruption); first [{}]: {})",
+            caused.len(),
+            Category::DeclaredFault.as_str(),
+            first.checker,
+            first.message
+        );
+    }
 }
 
 pub(crate) fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
@@ -588,9 +613,22 @@ pub(crate) fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> Scenari
             checker: f.checker.clone(),
             message: f.message.clone(),
             at_ns: Some(f.at_ns),
+            category: report_category(f),
         })
         .collect();
     run
+}
+
+/// A failure's category as reports name it; the bench's own failures
+/// are no verdict on the engine.
+fn report_category(f: &crate::kernel::Failure) -> reports::Category {
+    use crate::check::verdict::Category;
+    match f.category {
+        _ if f.checker == BENCH_CHECKER => reports::Category::BenchError,
+        Category::Engine => reports::Category::Engine,
+        Category::DeclaredFault => reports::Category::DeclaredFault,
+        Category::Expected => reports::Category::Expected,
+    }
 }
 
 pub(crate) fn write_file(path: &Path, text: &str) -> bool {

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod ctl;
+pub mod data_faults;
 pub mod device;
 pub mod disk_faults;
 pub mod faults;

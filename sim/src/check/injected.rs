@@ -51,6 +51,26 @@ pub enum FaultKind {
         sector: u64,
         sectors: u64,
     },
+    /// A write the device acknowledged and never stored
+    /// (`data_faults.rs`).
+    LostWrite {
+        dev: DevT,
+        sector: u64,
+        sectors: u64,
+    },
+    /// A write stored with garbage in these sectors.
+    CorruptedWrite {
+        dev: DevT,
+        sector: u64,
+        sectors: u64,
+    },
+    /// A write meant for `sector` and stored at `actual`.
+    MisdirectedWrite {
+        dev: DevT,
+        sector: u64,
+        actual: u64,
+        sectors: u64,
+    },
     /// The device was removed with `bios` of its bios in flight.
     RemovalInFlight { dev: DevT, bios: u64 },
 }
@@ -85,7 +105,10 @@ impl FaultKind {
             | FaultKind::TornWrite { dev, .. }
             | FaultKind::LatencySpike { dev, .. }
             | FaultKind::TransientReadError { dev, .. }
-            | FaultKind::RemovalInFlight { dev, .. } => Some(*dev),
+            | FaultKind::RemovalInFlight { dev, .. }
+            | FaultKind::LostWrite { dev, .. }
+            | FaultKind::CorruptedWrite { dev, .. }
+            | FaultKind::MisdirectedWrite { dev, .. } => Some(*dev),
         }
     }
 }
@@ -169,6 +192,21 @@ impl InjectedFaults {
         })
     }
 
+    /// Silent data faults (lost, corrupted, misdirected writes) on one of
+    /// `devs` in [from, to].
+    pub fn data_faults(&self, devs: &[DevT], from: u64, to: u64) -> usize {
+        self.list
+            .iter()
+            .filter(|f| f.at >= from && f.at <= to)
+            .filter(|f| match f.kind {
+                FaultKind::LostWrite { dev, .. }
+                | FaultKind::CorruptedWrite { dev, .. }
+                | FaultKind::MisdirectedWrite { dev, .. } => devs.contains(&dev),
+                _ => false,
+            })
+            .count()
+    }
+
     /// When `dev` was removed, if it was.
     pub fn removed_at(&self, dev: DevT) -> Option<u64> {
         self.list.iter().find_map(|f| match f.kind {
@@ -239,5 +277,18 @@ mod tests {
         assert_eq!(f.shrunk_by(A, 39), None);
         assert_eq!(f.shrunk_by(A, 40), Some((40, 50)));
         assert_eq!(f.count(), 4);
+        // A silent data fault is not an IO error, and counts as its own.
+        f.record(
+            50,
+            FaultKind::LostWrite {
+                dev: B,
+                sector: 0,
+                sectors: 8,
+            },
+        );
+        assert!(!f.bio_failed(&[B], true, 0, 99));
+        assert_eq!(f.data_faults(&[B], 0, 99), 1);
+        assert_eq!(f.data_faults(&[A], 0, 99), 0);
+        assert_eq!(f.data_faults(&[B], 51, 99), 0);
     }
 }

@@ -6,6 +6,7 @@
 //! knows which quirks are on.
 
 pub mod cbt;
+pub mod device_faults;
 pub mod durability;
 pub mod fs_take;
 pub mod injected;
@@ -13,6 +14,7 @@ pub mod lifecycle;
 pub mod point_in_time;
 pub mod resources;
 pub mod storage;
+pub mod verdict;
 
 pub use point_in_time::Oracle;
 

@@ -116,6 +116,8 @@ pub struct Oracle {
     /// Failed image reads excused (at once, or at the end by a fault or an
     /// event).
     pub image_errors_excused: u64,
+    /// Silent data faults and the wrong values they explain.
+    pub device_damage: super::device_faults::DeviceDamage,
 }
 
 impl Oracle {
@@ -300,14 +302,22 @@ impl Oracle {
                 continue;
             }
             let allowed = self.original_values(bio.dev, sector, from, to);
-            let allowed = self.pinned(bio.dev, sector, from, to, *got, allowed)?;
             judged.sectors += 1;
-            if !allowed.contains(got) {
-                return Err(format!(
-                    "original {} sector {sector}: read {got:#x}, expected one of {}",
-                    bio.dev,
-                    show(&allowed)
-                ));
+            let verdict = self
+                .pinned(bio.dev, sector, from, to, *got, allowed)
+                .and_then(|allowed| match allowed.contains(got) {
+                    true => Ok(()),
+                    false => Err(format!(
+                        "original {} sector {sector}: read {got:#x}, expected one of {}",
+                        bio.dev,
+                        show(&allowed)
+                    )),
+                });
+            if let Err(message) = verdict {
+                let since = self.last_write_start(bio.dev, sector, from);
+                if !self.damage_explains(bio.dev, bio.dev, sector, since, (from, to)) {
+                    return Err(message);
+                }
             }
         }
         self.original_sectors_checked += judged.sectors;
@@ -401,19 +411,57 @@ impl Oracle {
         for (i, got) in data.iter().enumerate() {
             let sector = bio.sector + i as u64;
             let allowed = self.image_values(bio.dev, sector, from, to);
-            let allowed = self.pinned(bio.dev, sector, from, to, *got, allowed)?;
             self.sectors_checked += 1;
             judged.sectors += 1;
-            if !allowed.contains(got) {
-                return Err(format!(
-                    "image {} of {orig} sector {sector}: read {got:#x}, expected one of {} \
-                     (content at TAKE plus the image's own writes)",
-                    bio.dev,
-                    show(&allowed)
-                ));
+            let verdict = self
+                .pinned(bio.dev, sector, from, to, *got, allowed)
+                .and_then(|allowed| match allowed.contains(got) {
+                    true => Ok(()),
+                    false => Err(format!(
+                        "image {} of {orig} sector {sector}: read {got:#x}, expected one of {} \
+                         (content at TAKE plus the image's own writes)",
+                        bio.dev,
+                        show(&allowed)
+                    )),
+                });
+            if let Err(message) = verdict {
+                let take = self.images[&bio.dev].take_start;
+                let since = take.max(self.last_write_start(bio.dev, sector, from));
+                if !self.damage_explains(bio.dev, orig, sector, since, (from, to)) {
+                    return Err(message);
+                }
             }
         }
         Ok(judged)
+    }
+
+    /// A wrong value of `orig`'s `sector` (read through `dev`, the
+    /// original itself or its image) that a silent data fault in
+    /// [since, read end] explains: noted as undetected corruption caused by
+    /// a device fault, not failed (`device_faults.rs`).
+    fn damage_explains(
+        &mut self,
+        dev: DevT,
+        orig: DevT,
+        sector: u64,
+        since: u64,
+        (from, to): (u64, u64),
+    ) -> bool {
+        let Some(cause) = self.device_damage.explains(orig, sector, since, to) else {
+            return false;
+        };
+        self.device_damage.note(dev, orig, sector, from, cause);
+        true
+    }
+
+    /// When the last user write to the sector that completed by `by` was
+    /// submitted (0 if none): a device fault before it was overwritten.
+    fn last_write_start(&self, dev: DevT, sector: u64, by: u64) -> u64 {
+        self.sector_writes(dev, sector)
+            .filter(|w| w.completed.is_some_and(|c| c <= by))
+            .map(|w| w.submitted)
+            .max()
+            .unwrap_or(0)
     }
 
     fn initial(&self, dev: DevT, sector: u64) -> Stamp {

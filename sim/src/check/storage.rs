@@ -96,6 +96,10 @@ pub struct StorageCheck {
     pub writes_judged: u64,
     /// Storage sectors judged by rule 2 (a known copy met known data).
     pub sectors_judged: u64,
+    /// The live copy the last rule 2 failure overwrote, and the storage
+    /// sector: a device fault that damaged it may explain the failure
+    /// (`device_faults.rs`).
+    pub last_overwritten: Option<(Origin, u64)>,
 }
 
 impl StorageCheck {
@@ -190,6 +194,12 @@ impl StorageCheck {
         runs
     }
 
+    /// What each sector of `data` is a copy of, as far as the data says
+    /// (for the classification of device faults, `device_faults.rs`).
+    pub fn identify(&self, data: &[Stamp]) -> Vec<Option<Origin>> {
+        self.origins(data)
+    }
+
     /// Origins of a write's sectors; a sector without identity takes the
     /// one its neighbours agree on.
     fn origins(&self, data: &[Stamp]) -> Vec<Option<Origin>> {
@@ -244,6 +254,7 @@ impl StorageCheck {
             // means equal over the whole overlap.
             let (held, new) = (old.at(lo - old_start), run.at(lo - start));
             if held != new {
+                self.last_overwritten = Some((held, lo));
                 return Err(format!(
                     "the engine overwrote {dev}:{lo}, the live copy of {} sector {}, \
                      with data of {} sector {} (overlapping regions)",

@@ -9,7 +9,8 @@
 //! and counted in `injected_io_errors`); EIO at submission past the end
 //! or to a removed device; a device can be resized or removed at any time
 //! (recorded as injected; removal releases its filter as bdev eviction
-//! does).
+//! does); a write may complete OK and be lost, corrupted or misdirected
+//! (silent data faults, `data_faults.rs`, recorded as injected).
 
 use std::rc::Rc;
 
@@ -115,6 +116,12 @@ impl Sim {
         // Through the device's write cache (`crate::cache`; off: the media).
         match bio.op {
             BioOp::Read => Ok(crate::cache::read(device, bio.sector, bio.sectors)),
+            // A silent data fault decides what is stored, then the cache
+            // holds it like any other write.
+            BioOp::Write => {
+                crate::data_faults::store(self, device, bio);
+                Ok(Vec::new())
+            }
             _ => {
                 crate::cache::write_bio(device, bio);
                 Ok(Vec::new())
@@ -132,7 +139,7 @@ impl Sim {
                 .borrow_mut()
                 .engine_write(bio.dev, bio.sector, &bio.data, bio.sectors);
         if let Err(message) = verdict {
-            self.fail("storage", message);
+            crate::check::device_faults::storage_failure(self, bio, message);
         }
     }
 

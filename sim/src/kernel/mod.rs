@@ -61,6 +61,9 @@ pub struct Failure {
     pub checker: String,
     pub message: String,
     pub at_ns: u64,
+    /// Who is to blame (set by the checker, and by the verdict for a bug
+    /// scenario's expected failure).
+    pub category: crate::check::verdict::Category,
 }
 
 /// What a timer does when it fires: anything with the whole `Sim`.
@@ -98,6 +101,8 @@ pub struct Sim {
     pub reclaim: RefCell<reclaim::Reclaim>,
     /// The durability checker (write cache, FLUSH/FUA, power loss).
     pub durability: RefCell<crate::check::durability::Durability>,
+    /// Lost, corrupted and misdirected writes (`data_faults.rs`).
+    pub data_faults: RefCell<crate::data_faults::DataFaultPlan>,
 }
 
 impl Sim {
@@ -124,6 +129,7 @@ impl Sim {
             storage: RefCell::new(Default::default()),
             reclaim: RefCell::new(reclaim::Reclaim::new(seed)),
             durability: RefCell::new(Default::default()),
+            data_faults: RefCell::new(crate::data_faults::DataFaultPlan::new(seed)),
         })
     }
 
@@ -149,7 +155,18 @@ impl Sim {
             checker: checker.to_string(),
             message,
             at_ns: self.now(),
+            category: Default::default(),
         });
+    }
+
+    /// A failed check that a fault the scenario declared explains, seen by
+    /// the checker at `at_ns`.
+    pub fn fail_by_fault(&self, checker: &str, message: String, at_ns: u64) {
+        self.fail(checker, message);
+        if let Some(last) = self.failures.borrow_mut().last_mut() {
+            last.at_ns = at_ns;
+            last.category = crate::check::verdict::Category::DeclaredFault;
+        }
     }
 
     pub fn failures(&self) -> Vec<Failure> {

@@ -45,7 +45,24 @@ pub struct Scenario {
     /// proves the bench catches the bug.
     #[serde(default)]
     pub expect_failure: Option<ExpectedFailure>,
+    /// Wrong data that a silent data fault the scenario declared
+    /// (`data_faults` of a device) explains: "undetected corruption caused
+    /// by a device fault". `Fails` (the default) fails the run with that
+    /// category; `Allowed` lets the run pass with or without it;
+    /// `Expected` requires at least one such read.
+    #[serde(default)]
+    pub device_fault_corruption: DeviceFaultCorruption,
     pub steps: Vec<Step>,
+}
+
+/// What a run may show of undetected corruption caused by a device fault.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub enum DeviceFaultCorruption {
+    #[default]
+    Fails,
+    Allowed,
+    Expected,
 }
 
 fn default_seed() -> u64 {
@@ -108,6 +125,10 @@ pub struct DeviceSpec {
     /// to this region (start, sectors).
     #[serde(default)]
     pub journal: Option<(u64, u64)>,
+    /// Silent data faults: lost, corrupted and misdirected writes, by
+    /// range, bio count or probability (`data_faults.rs`).
+    #[serde(default)]
+    pub data_faults: Vec<crate::data_faults::DataFault>,
 }
 
 fn default_io_min() -> u32 {

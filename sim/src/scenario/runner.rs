@@ -16,7 +16,8 @@ use std::rc::Rc;
 use blksnap_core::kernel::{DevT, Errno, LocalBoxFuture, Stamp};
 use blksnap_core::{Module, Quirks};
 
-use super::model::{Expect, Scenario, Scheduler, Step};
+use super::model::{DeviceFaultCorruption, Expect, Scenario, Scheduler, Step};
+use crate::check::verdict::Category;
 use crate::check::{resources, Oracle};
 use crate::device::Device;
 use crate::fs::{self, FsModel};
@@ -210,6 +211,10 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     for message in unexplained {
         sim.fail("point_in_time", message);
     }
+    let undetected = sim.oracle.borrow().device_damage.undetected().to_vec();
+    for read in undetected {
+        sim.fail_by_fault("point_in_time", read.message(), read.read_at);
+    }
     outcome(scenario, seed, &run, options)
 }
 
@@ -235,6 +240,9 @@ fn add_devices(sim: &Rc<Sim>, scenario: &Scenario, seed: u64) -> BTreeMap<String
             device.cache = crate::cache::WriteCache::enabled(seed, &spec.name);
         }
         device.disk_faults = crate::disk_faults::DiskFaults::new(seed, &spec.name, &spec.faults);
+        for rule in &spec.data_faults {
+            sim.data_faults.borrow_mut().add(dev, rule.clone());
+        }
         sim.add_device(device);
         sim.oracle.borrow_mut().add_device(dev, index, spec.fill);
         sim.durability
@@ -314,10 +322,13 @@ fn report_hang(sim: &Rc<Sim>) {
 }
 
 /// The verdict. A bug scenario (`expect_failure`) passes when the run
-/// failed and the named checker is among the failures.
+/// failed and the named checker is among the failures; that failure is the
+/// expected outcome. Otherwise engine failures fail the run, and
+/// undetected corruption caused by a declared device fault fails it or
+/// not as `device_fault_corruption` says. Sets each failure's category.
 fn verdict(
     scenario: &Scenario,
-    failures: &[Failure],
+    failures: &mut [Failure],
     options: &RunOptions,
 ) -> (bool, Option<String>, Option<Failure>) {
     if let Some(bench) = failures.iter().find(|f| f.checker == BENCH_CHECKER) {
@@ -329,13 +340,19 @@ fn verdict(
         .as_ref()
         .filter(|_| !options.without_quirks);
     let Some(expected) = expected else {
-        return (failures.is_empty(), None, None);
+        return fault_verdict(scenario.device_fault_corruption, failures);
     };
-    let caught = failures
-        .iter()
-        .find(|f| f.checker == expected.checker && f.message.contains(&expected.contains));
+    // A failure a declared fault explains proves nothing about the quirk.
+    let caught = failures.iter_mut().find(|f| {
+        f.category != Category::DeclaredFault
+            && f.checker == expected.checker
+            && f.message.contains(&expected.contains)
+    });
     match caught {
-        Some(failure) => (true, None, Some(failure.clone())),
+        Some(failure) => {
+            failure.category = Category::Expected;
+            (true, None, Some(failure.clone()))
+        }
         None => {
             let note = format!(
                 "expected the '{}' checker to fail this run (message containing {:?}); it did not",
@@ -346,12 +363,39 @@ fn verdict(
     }
 }
 
+/// A scenario with no expected bug: engine failures fail it; failures a
+/// declared fault caused are judged by `device_fault_corruption`.
+fn fault_verdict(
+    policy: DeviceFaultCorruption,
+    failures: &[Failure],
+) -> (bool, Option<String>, Option<Failure>) {
+    let engine = failures.iter().any(|f| f.category == Category::Engine);
+    let by_fault = failures
+        .iter()
+        .filter(|f| f.category == Category::DeclaredFault)
+        .count();
+    let note = match (engine, by_fault, policy) {
+        (true, _, _) => return (false, None, None),
+        (false, 0, DeviceFaultCorruption::Expected) => {
+            "expected undetected corruption caused by a device fault \
+             (device_fault_corruption: Expected); no read returned wrong data"
+                .to_string()
+        }
+        (false, n, DeviceFaultCorruption::Fails) if n > 0 => format!(
+            "{n} reads returned undetected corruption caused by a device fault; the scenario \
+             does not allow it (device_fault_corruption: Fails)"
+        ),
+        _ => return (true, None, None),
+    };
+    (false, Some(note), None)
+}
+
 fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) -> Outcome {
     let sim = &run.sim;
     let trace = sim.trace.borrow();
     let oracle = sim.oracle.borrow();
-    let failures = sim.failures();
-    let (passed, verdict_note, caught_by) = verdict(scenario, &failures, options);
+    let mut failures = sim.failures();
+    let (passed, verdict_note, caught_by) = verdict(scenario, &mut failures, options);
     let mut metrics = BTreeMap::new();
     metrics.insert("polls".to_string(), sim.polls() as f64);
     metrics.insert(
@@ -418,6 +462,14 @@ fn coverage_metrics(metrics: &mut BTreeMap<String, f64>, sim: &Sim, oracle: &Ora
         ("image_errors_excused", oracle.image_errors_excused),
         ("ioctls_judged", sim.lifecycle.borrow().judged),
         ("faults_injected", sim.injected.borrow().count() as u64),
+        (
+            "device_damage_recorded",
+            oracle.device_damage.damaged() as u64,
+        ),
+        (
+            "device_fault_sectors_explained",
+            oracle.device_damage.sectors_explained,
+        ),
     ];
     for (name, count) in counts {
         metrics.insert(name.to_string(), count as f64);
@@ -1095,6 +1147,7 @@ mod tests {
             checker: checker.into(),
             message: format!("{checker} message"),
             at_ns: 0,
+            category: Category::Engine,
         }
     }
 
@@ -1108,11 +1161,70 @@ mod tests {
             contains: String::new(),
         });
         let options = RunOptions::default();
-        let caught = verdict(&scenario, &[failure("oops")], &options);
+        let caught = verdict(&scenario, &mut [failure("oops")], &options);
         assert!(caught.0, "the control: the bug alone is a pass");
-        let both = [failure("oops"), failure(BENCH_CHECKER)];
-        let (passed, note, _) = verdict(&scenario, &both, &options);
+        let mut both = [failure("oops"), failure(BENCH_CHECKER)];
+        let (passed, note, _) = verdict(&scenario, &mut both, &options);
         assert!(!passed);
         assert_eq!(note.as_deref(), Some("bench message"));
+    }
+
+    fn by_fault(checker: &str) -> Failure {
+        Failure {
+            category: Category::DeclaredFault,
+            ..failure(checker)
+        }
+    }
+
+    /// Failures a declared fault caused pass or fail as the scenario says;
+    /// an engine failure always fails.
+    #[test]
+    fn device_fault_corruption_decides_the_fault_caused_failures_only() {
+        use DeviceFaultCorruption::*;
+        let cases = [
+            (Fails, vec![], true),
+            (Fails, vec![by_fault("point_in_time")], false),
+            (Allowed, vec![by_fault("point_in_time")], true),
+            (Allowed, vec![], true),
+            (Expected, vec![by_fault("storage")], true),
+            (Expected, vec![], false),
+            (
+                Allowed,
+                vec![by_fault("point_in_time"), failure("lifecycle")],
+                false,
+            ),
+            (
+                Expected,
+                vec![by_fault("point_in_time"), failure("lifecycle")],
+                false,
+            ),
+        ];
+        for (policy, failures, passes) in cases {
+            let (passed, note, _) = fault_verdict(policy, &failures);
+            assert_eq!(passed, passes, "{policy:?} {failures:?} {note:?}");
+        }
+        let (_, note, _) = fault_verdict(Fails, &[by_fault("point_in_time")]);
+        assert!(note.unwrap().contains("caused by a device fault"));
+    }
+
+    /// A bug scenario's expected failure becomes the expected outcome; a
+    /// failure a declared fault caused cannot stand in for it.
+    #[test]
+    fn only_an_engine_failure_catches_a_quirk() {
+        let mut scenario: Scenario =
+            ron::from_str("Scenario(name: \"b\", devices: [], steps: [])").expect("parses");
+        scenario.expect_failure = Some(ExpectedFailure {
+            checker: "point_in_time".into(),
+            contains: String::new(),
+        });
+        let options = RunOptions::default();
+        let mut failures = [by_fault("point_in_time")];
+        assert!(!verdict(&scenario, &mut failures, &options).0);
+        let mut failures = [by_fault("point_in_time"), failure("point_in_time")];
+        let (passed, _, caught) = verdict(&scenario, &mut failures, &options);
+        assert!(passed);
+        assert_eq!(caught.unwrap().category, Category::Expected);
+        assert_eq!(failures[0].category, Category::DeclaredFault);
+        assert_eq!(failures[1].category, Category::Expected);
     }
 }

@@ -207,7 +207,12 @@ fn report(
 fn why(outcome: &Outcome) -> String {
     match (&outcome.verdict_note, outcome.failures.first()) {
         (Some(note), _) => note.clone(),
-        (None, Some(first)) => format!("[{}] {}", first.checker, first.message),
+        (None, Some(first)) => format!(
+            "[{}, {}] {}",
+            first.checker,
+            first.category.as_str(),
+            first.message
+        ),
         (None, None) => "failed".to_string(),
     }
 }
@@ -220,6 +225,7 @@ fn crash_run(path: &Path, scenario: &Scenario, seed: u64, message: String) -> Sc
         checker: BENCH_CHECKER.into(),
         message,
         at_ns: None,
+        category: reports::Category::BenchError,
     });
     run
 }

@@ -1,0 +1,379 @@
+//! Silent data faults of a block device: writes the device acknowledges
+//! with success but does not store as asked.
+//!
+//! Fault model (the `data_faults` rules of a device in a scenario; only
+//! `Write` bios with data are hit, never reads, flushes or discards):
+//! - `LostWrite`: the bio completes OK and nothing reaches the media; the
+//!   sectors keep their old content (dm-flakey `drop_writes`).
+//! - `CorruptedWrite(first, sectors)`: the bio completes OK and is stored,
+//!   but its sectors `[first, first + sectors)`, counted from the bio's
+//!   first sector and clipped to the bio, hold garbage (dm-flakey
+//!   `corrupt_bio_byte`). Garbage stamps are unique, never a user's or a
+//!   pattern's, so they name no sector.
+//! - `MisdirectedWrite(offset)`: the bio completes OK, but its data lands
+//!   `offset` sectors away (wrapping inside the device); the sectors it was
+//!   meant for keep their old content, and the ones it lands on lose theirs
+//!   (TigerBeetle's storage simulator).
+//!
+//! Which bios: of the writes that touch `range` (the whole device if
+//! absent), the first `after` are spared; each later one is hit (with
+//! `per_million` probability, if given, drawn from the `data_faults`
+//! stream) until `count` have been hit (for ever if absent). So
+//! `after: 2, count: Some(1)` hits the third write, and
+//! `per_million: Some(10000)` about one write in a hundred.
+//!
+//! Every hit is recorded twice: in `check/injected.rs` (what the device
+//! did) and in the oracle's record of damaged copies
+//! (`check/device_faults.rs`), so a wrong value the fault explains is
+//! classified as caused by the fault, never blamed on the engine.
+
+use std::collections::BTreeMap;
+
+use blksnap_core::kernel::{Bio, BioOp, DevT, Stamp};
+use serde::{Deserialize, Serialize};
+
+use crate::check::device_faults::Location;
+use crate::check::injected::FaultKind;
+use crate::device::Device;
+use crate::kernel::Sim;
+use crate::rng::SimRng;
+
+/// What the device does to a write it hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum DataFaultKind {
+    /// Acknowledged, never stored.
+    LostWrite,
+    /// Stored with garbage in `sectors` sectors from `first` (offsets into
+    /// the bio).
+    CorruptedWrite { first: u64, sectors: u64 },
+    /// Stored `offset` sectors away (negative: before), wrapping inside the
+    /// device.
+    MisdirectedWrite { offset: i64 },
+}
+
+/// One rule of a device's `data_faults`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawDataFault", into = "RawDataFault")]
+pub struct DataFault {
+    pub kind: DataFaultKind,
+    pub range: Option<(u64, u64)>,
+    pub after: u64,
+    pub count: Option<u64>,
+    pub per_million: Option<u64>,
+}
+
+/// `DataFault` as written; validated into `DataFault`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename = "DataFault")]
+struct RawDataFault {
+    kind: DataFaultKind,
+    #[serde(default)]
+    range: Option<(u64, u64)>,
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    per_million: Option<u64>,
+}
+
+impl TryFrom<RawDataFault> for DataFault {
+    type Error = String;
+
+    fn try_from(raw: RawDataFault) -> Result<Self, String> {
+        if raw.count == Some(0) {
+            return Err(
+                "data_faults: count must be at least 1 (leave it out to hit every later write)"
+                    .into(),
+            );
+        }
+        if let Some((start, len)) = raw.range {
+            if len == 0 || start.checked_add(len).is_none() {
+                return Err(format!(
+                    "data_faults: range ({start}, {len}) is empty or overflows"
+                ));
+            }
+        }
+        if raw.per_million.is_some_and(|p| p == 0 || p > 1_000_000) {
+            return Err("data_faults: per_million is 1 to 1000000 (leave it out: always)".into());
+        }
+        match raw.kind {
+            DataFaultKind::CorruptedWrite { sectors: 0, .. } => {
+                return Err("data_faults: CorruptedWrite needs sectors of at least 1".into())
+            }
+            DataFaultKind::MisdirectedWrite { offset: 0 } => {
+                return Err("data_faults: MisdirectedWrite needs a non-zero offset".into())
+            }
+            _ => {}
+        }
+        Ok(DataFault {
+            kind: raw.kind,
+            range: raw.range,
+            after: raw.after,
+            count: raw.count,
+            per_million: raw.per_million,
+        })
+    }
+}
+
+impl From<DataFault> for RawDataFault {
+    fn from(f: DataFault) -> Self {
+        RawDataFault {
+            kind: f.kind,
+            range: f.range,
+            after: f.after,
+            count: f.count,
+            per_million: f.per_million,
+        }
+    }
+}
+
+/// A rule with its counts.
+#[derive(Clone, Debug)]
+struct Rule {
+    spec: DataFault,
+    seen: u64,
+    hit: u64,
+}
+
+impl Rule {
+    /// Count a write; true if the rule hits it.
+    fn hits(&mut self, sector: u64, sectors: u64, rng: &mut SimRng) -> bool {
+        let touches = self.spec.range.is_none_or(|(start, len)| {
+            sector < start.saturating_add(len) && start < sector.saturating_add(sectors)
+        });
+        if !touches {
+            return false;
+        }
+        self.seen += 1;
+        if self.seen <= self.spec.after || self.spec.count.is_some_and(|c| self.hit >= c) {
+            return false;
+        }
+        // Drawn only for rules with a probability, so rules without one
+        // leave the stream alone.
+        if let Some(p) = self.spec.per_million {
+            if rng.below(1_000_000) >= p {
+                return false;
+            }
+        }
+        self.hit += 1;
+        true
+    }
+}
+
+/// Garbage stamps: bit 62 set (user stamps are small counters, pattern
+/// stamps have bit 63), then a serial, so each is unique in the run.
+const GARBAGE: Stamp = 1 << 62;
+
+/// The data fault rules of every device, and their random stream.
+pub struct DataFaultPlan {
+    rules: BTreeMap<DevT, Vec<Rule>>,
+    rng: SimRng,
+    garbage_seq: u64,
+}
+
+impl DataFaultPlan {
+    pub fn new(seed: u64) -> DataFaultPlan {
+        DataFaultPlan {
+            rules: BTreeMap::new(),
+            rng: SimRng::child(seed, "data_faults"),
+            garbage_seq: 0,
+        }
+    }
+
+    pub fn add(&mut self, dev: DevT, spec: DataFault) {
+        let rule = Rule {
+            spec,
+            seen: 0,
+            hit: 0,
+        };
+        self.rules.entry(dev).or_default().push(rule);
+    }
+
+    /// The fault that hits this write, if any: every rule counts the
+    /// write, the first that hits decides.
+    fn decide(&mut self, bio: &Bio) -> Option<DataFaultKind> {
+        let rules = self.rules.get_mut(&bio.dev)?;
+        let mut hit = None;
+        for rule in rules {
+            if rule.hits(bio.sector, bio.sectors, &mut self.rng) && hit.is_none() {
+                hit = Some(rule.spec.kind);
+            }
+        }
+        hit
+    }
+
+    fn garbage(&mut self) -> Stamp {
+        self.garbage_seq += 1;
+        GARBAGE | self.garbage_seq
+    }
+}
+
+/// Where a misdirected write of `sectors` at `sector` lands: `offset`
+/// away, wrapped so that it fits inside the device.
+fn destination(sector: u64, sectors: u64, offset: i64, capacity: u64) -> u64 {
+    let slots = i128::from(capacity.saturating_sub(sectors)) + 1;
+    (i128::from(sector) + i128::from(offset)).rem_euclid(slots) as u64
+}
+
+/// Store a write bio's data on `device`, as the data fault plan says.
+/// Called by the device write path with the device borrowed; it borrows
+/// the plan, the storage checker (to know whose copies a write damages)
+/// and the oracle's damage record, never the devices.
+/// Store `data` at `sector` as `bio` would (its PREFLUSH and FUA flags),
+/// through the device's write cache; no data is a bare flush.
+fn put(device: &mut Device, bio: &Bio, sector: u64, data: &[blksnap_core::kernel::Stamp]) {
+    let mut stored = bio.clone();
+    stored.sector = sector;
+    stored.sectors = data.len() as u64;
+    stored.data = data.to_vec();
+    if data.is_empty() {
+        stored.op = BioOp::Flush;
+    }
+    crate::cache::write_bio(device, &stored);
+}
+
+pub fn store(sim: &Sim, device: &mut Device, bio: &Bio) {
+    debug_assert_eq!(bio.op, BioOp::Write);
+    let kind = sim.data_faults.borrow_mut().decide(bio);
+    let Some(kind) = kind else {
+        crate::cache::write_bio(device, bio);
+        return;
+    };
+    let (sector, sectors) = (bio.sector, bio.sectors);
+    let meant = Location {
+        dev: bio.dev,
+        sector,
+        sectors,
+    };
+    match kind {
+        DataFaultKind::LostWrite => {
+            sim.record_fault(FaultKind::LostWrite {
+                dev: bio.dev,
+                sector,
+                sectors,
+            });
+            damaged(sim, "lost write", meant, &bio.data);
+            if bio.flags.preflush {
+                // The data is lost; the flush before it still happens.
+                put(device, bio, sector, &[]);
+            }
+        }
+        DataFaultKind::CorruptedWrite { first, sectors: n } => {
+            let first = first.min(sectors - 1);
+            let n = n.min(sectors - first);
+            let mut data = bio.data.clone();
+            for stamp in &mut data[first as usize..(first + n) as usize] {
+                *stamp = sim.data_faults.borrow_mut().garbage();
+            }
+            put(device, bio, sector, &data);
+            sim.record_fault(FaultKind::CorruptedWrite {
+                dev: bio.dev,
+                sector: sector + first,
+                sectors: n,
+            });
+            let hit = Location {
+                sector: sector + first,
+                sectors: n,
+                ..meant
+            };
+            let range = first as usize..(first + n) as usize;
+            damaged(sim, "corrupted write", hit, &bio.data[range]);
+        }
+        DataFaultKind::MisdirectedWrite { offset } => {
+            let actual = destination(sector, sectors, offset, device.capacity);
+            sim.record_fault(FaultKind::MisdirectedWrite {
+                dev: bio.dev,
+                sector,
+                actual,
+                sectors,
+            });
+            damaged(sim, "misdirected write (not stored here)", meant, &bio.data);
+            let landed = Location {
+                sector: actual,
+                ..meant
+            };
+            let held = crate::cache::read(device, actual, sectors);
+            damaged(sim, "misdirected write (landed here)", landed, &held);
+            put(device, bio, actual, &bio.data);
+        }
+    }
+}
+
+/// Tell the oracle what a fault damaged: the location, and whose data it
+/// held or was meant to hold there, as the storage checker knows it from
+/// the data (copies on the diff storage name their original sectors).
+fn damaged(sim: &Sim, what: &'static str, at: Location, data: &[Stamp]) {
+    let origins = sim.storage.borrow().identify(data);
+    let now = sim.now();
+    sim.oracle
+        .borrow_mut()
+        .device_damage
+        .record(now, what, at, origins);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(range: Option<(u64, u64)>, after: u64, count: Option<u64>) -> Rule {
+        Rule {
+            spec: DataFault {
+                kind: DataFaultKind::LostWrite,
+                range,
+                after,
+                count,
+                per_million: None,
+            },
+            seen: 0,
+            hit: 0,
+        }
+    }
+
+    #[test]
+    fn rules_count_writes_in_their_range_only() {
+        let mut rng = SimRng::new(0);
+        let mut r = rule(Some((100, 10)), 1, Some(2));
+        let got: Vec<bool> = [100, 0, 105, 109, 100]
+            .iter()
+            .map(|&s| r.hits(s, 1, &mut rng))
+            .collect();
+        assert_eq!(got, vec![false, false, true, true, false]);
+        let mut every = rule(None, 0, None);
+        assert!((0..5).all(|s| every.hits(s, 8, &mut rng)));
+    }
+
+    #[test]
+    fn per_million_hits_about_that_often() {
+        let mut rng = SimRng::new(7);
+        let mut r = rule(None, 0, None);
+        r.spec.per_million = Some(250_000);
+        let hits = (0..4000).filter(|_| r.hits(0, 1, &mut rng)).count();
+        assert!((800..1200).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn misdirected_writes_wrap_inside_the_device() {
+        assert_eq!(destination(10, 8, 64, 1000), 74);
+        assert_eq!(destination(10, 8, -20, 1000), 983);
+        assert_eq!(destination(990, 8, 4, 1000), 1);
+    }
+
+    #[test]
+    fn rules_are_validated_when_loaded() {
+        let parse = |text: &str| ron::from_str::<DataFault>(text);
+        assert!(parse("(kind: LostWrite, after: 2, count: Some(1))").is_ok());
+        assert!(parse("(kind: CorruptedWrite(first: 1, sectors: 2))").is_ok());
+        assert!(parse("(kind: MisdirectedWrite(offset: -64), per_million: Some(5))").is_ok());
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        assert!(err("(kind: LostWrite, count: Some(0))").contains("at least 1"));
+        assert!(err("(kind: LostWrite, range: Some((1, 0)))").contains("empty"));
+        assert!(err("(kind: LostWrite, per_million: Some(0))").contains("1 to 1000000"));
+        assert!(err("(kind: MisdirectedWrite(offset: 0))").contains("non-zero"));
+        assert!(err("(kind: CorruptedWrite(first: 0, sectors: 0))").contains("at least 1"));
+        let unknown = err("(kind: TornWrite)");
+        assert!(unknown.contains("LostWrite"), "{unknown}");
+        assert!(unknown.contains("MisdirectedWrite"), "{unknown}");
+    }
+}
