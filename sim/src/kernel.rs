@@ -29,6 +29,9 @@ use crate::rng::SimRng;
 use crate::runqueue::RunQueue;
 use crate::trace::{Trace, TraceEvent};
 
+mod power_off;
+pub use power_off::live_sims;
+
 thread_local! {
     /// Set while a task is polled: a panic there is a failure the sim
     /// reports (an oops, or a bench error; see `panics.rs`).
@@ -193,10 +196,14 @@ pub struct Sim {
     /// Sleeping points the engine reached (`might_sleep` sites), with how
     /// often: the inventory test compares them with ARCHITECTURE.md.
     pub sleep_sites: RefCell<BTreeMap<&'static str, u64>>,
+    /// Futures of tasks that died of an oops: kept, not dropped, so the
+    /// dead task's state stays as it was until power-off frees it.
+    zombies: RefCell<Vec<LocalBoxFuture<'static, ()>>>,
 }
 
 impl Sim {
     pub fn new(seed: u64) -> Rc<Sim> {
+        power_off::sim_born();
         Rc::new(Sim {
             seed,
             sched: RefCell::new(Sched::default()),
@@ -237,6 +244,7 @@ impl Sim {
             injected: RefCell::new(Default::default()),
             storage: RefCell::new(Default::default()),
             sleep_sites: RefCell::new(BTreeMap::new()),
+            zombies: RefCell::new(Vec::new()),
         })
     }
 
@@ -504,7 +512,8 @@ impl Sim {
     }
 
     /// Poll one task once. A panic inside it kills the task with its locks
-    /// held (its future is leaked, not dropped) and fails the run.
+    /// held (its future is kept as a zombie, not dropped, until power-off)
+    /// and fails the run.
     fn poll_task(self: &Rc<Self>, id: TaskId) {
         let future = {
             let mut sched = self.sched.borrow_mut();
@@ -537,7 +546,7 @@ impl Sim {
             Err(payload) => {
                 let name = self.task_name(id);
                 let message = panic_message(&*payload);
-                std::mem::forget(future);
+                self.zombies.borrow_mut().push(future);
                 self.remove_task(id);
                 self.report_panic(&name, &message, &panics::take_site());
             }
