@@ -30,7 +30,7 @@ use crate::runqueue::RunQueue;
 use crate::trace::{Trace, TraceEvent};
 
 mod power_off;
-pub use power_off::live_sims;
+pub use power_off::{free_module_globals, live_sims};
 
 thread_local! {
     /// Set while a task is polled: a panic there is a failure the sim

@@ -18,6 +18,8 @@
 
 use std::cell::Cell;
 
+use blksnap_core::module::Module;
+
 use super::Sim;
 
 thread_local! {
@@ -39,6 +41,17 @@ impl Drop for Sim {
     fn drop(&mut self) {
         LIVE_SIMS.with(|n| n.set(n.get() - 1));
     }
+}
+
+/// The other cycle a run can leave: a module's snapshot lists hold
+/// snapshots that hold the module (and through it the sim). Module exit
+/// empties the list, but a run may end before it, and B-SNAP-1's lost
+/// snapshots are never freed at all. The host calls this at power-off for
+/// each module instance it loaded.
+pub fn free_module_globals(module: &Module) {
+    let listed = module.snapshots.take();
+    let lost = module.lost_snapshots.take();
+    drop((listed, lost));
 }
 
 /// Dropping one table can, in principle, hand work to another (a lock

@@ -462,10 +462,7 @@ impl Run {
         self.sim.power_off();
         *self.module.borrow_mut() = None;
         for module in self.loaded.take().iter().filter_map(Weak::upgrade) {
-            let listed = module.snapshots.take();
-            let lost = module.lost_snapshots.take();
-            drop(module);
-            drop((listed, lost));
+            crate::kernel::free_module_globals(&module);
         }
     }
 
