@@ -79,26 +79,20 @@ impl Sim {
     /// that calls back into the sim finds no borrow held. Returns how
     /// many objects it dropped.
     fn drop_world(&self) -> usize {
-        let tasks = {
-            let mut sched = self.sched.borrow_mut();
-            sched.processes.clear();
-            sched.runnable = Default::default();
-            std::mem::take(&mut sched.tasks)
-        };
-        let zombies = std::mem::take(&mut *self.zombies.borrow_mut());
-        let timers = std::mem::take(&mut *self.timer_actions.borrow_mut());
-        let filters = std::mem::take(&mut *self.filters.borrow_mut());
-        let disks = std::mem::take(&mut *self.disks.borrow_mut());
-        let dropped = tasks.len() + zombies.len() + timers.len() + filters.len() + disks.len();
+        let remains = self.sched.take_remains();
+        let filters = std::mem::take(&mut *self.blk.filters.borrow_mut());
+        let disks = std::mem::take(&mut *self.blk.disks.borrow_mut());
+        let dropped = remains.tasks.len()
+            + remains.zombies.len()
+            + remains.timers.len()
+            + filters.len()
+            + disks.len();
         // Futures first: they hold completions the timers would complete.
-        drop(tasks);
-        drop(zombies);
-        drop(timers);
+        drop(remains.tasks);
+        drop(remains.zombies);
+        drop(remains.timers);
         drop(filters);
         drop(disks);
-        if let Ok(mut woken) = self.queue.woken.lock() {
-            woken.clear();
-        }
         dropped
     }
 }
