@@ -550,7 +550,7 @@ fn run_on(
     }
     if !sim.has_failed() {
         sim.settle(SETTLE_NS);
-        resources::check_after_unload(&sim);
+        resources::check_after_unload(sim);
     }
     let failures = sim.failures();
     let stats = system.stats.take();
