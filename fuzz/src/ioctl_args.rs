@@ -466,8 +466,19 @@ pub fn run(program: &Program) -> std::result::Result<(), String> {
 pub type Stats = BTreeMap<&'static str, (u64, u64)>;
 
 /// [`run`], also counting the results of the calls (to tune the generator).
+/// The machine is powered off after the verdict, so a run that ends with
+/// work alive (a hang, an oops) leaves nothing allocated.
 pub fn run_with_stats(program: &Program) -> (std::result::Result<(), String>, Stats) {
     let sim = Sim::new(program.seed);
+    let system = boot(program, &sim);
+    let verdict = run_on(program, &sim, &system);
+    sim.power_off();
+    blksnap_sim::kernel::free_module_globals(&system.module);
+    verdict
+}
+
+/// The sim's devices and a loaded module.
+fn boot(program: &Program, sim: &Rc<Sim>) -> Rc<System> {
     let mut devices = Vec::new();
     for (index, (name, sectors, fill)) in DEVICES.iter().enumerate() {
         let index = index as u32;
@@ -485,7 +496,7 @@ pub fn run_with_stats(program: &Program) -> (std::result::Result<(), String>, St
     let kernel = Rc::new(SimKernel(sim.clone()));
     let module = Module::init(kernel, program.params.clone(), Quirks::default())
         .expect("module init has no fault here");
-    let system = Rc::new(System {
+    Rc::new(System {
         sim: sim.clone(),
         module,
         user: UserSpace::default(),
@@ -495,7 +506,15 @@ pub fn run_with_stats(program: &Program) -> (std::result::Result<(), String>, St
         next_stamp: Cell::new(1),
         stats: RefCell::new(Stats::new()),
         log: RefCell::new(Vec::new()),
-    });
+    })
+}
+
+/// Run the program's callers, then unload; judge.
+fn run_on(
+    program: &Program,
+    sim: &Rc<Sim>,
+    system: &Rc<System>,
+) -> (std::result::Result<(), String>, Stats) {
     let main = system.clone();
     let processes = program.processes.clone();
     sim.spawn_process(
@@ -531,7 +550,7 @@ pub fn run_with_stats(program: &Program) -> (std::result::Result<(), String>, St
     }
     if !sim.has_failed() {
         sim.settle(SETTLE_NS);
-        resources::check_after_unload(&sim);
+        resources::check_after_unload(sim);
     }
     let failures = sim.failures();
     let stats = system.stats.take();

@@ -19,7 +19,8 @@
 //!   numbers, loaded and run under a small work budget.
 //!
 //! Tools: [`minimize`] shrinks failing inputs, [`inputs`] makes
-//! deterministic pseudo-random ones, [`steps`] builds scenario steps.
+//! deterministic pseudo-random ones, [`steps`] builds scenario steps,
+//! [`to_ron`](mod@to_ron) turns an input into a regression scenario.
 //! Invariants: a body is deterministic (same input, same run, same
 //! verdict), and fails only on a checker's verdict or a broken property of
 //! the target itself, never on an errno the engine may legitimately give.
@@ -33,6 +34,7 @@ pub mod minimize;
 pub mod scenario_parse;
 pub mod scenario_run;
 pub mod steps;
+pub mod to_ron;
 
 pub use ioctl_args::ioctl_args;
 pub use lifecycle::lifecycle;

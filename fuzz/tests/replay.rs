@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use blksnap_fuzz::{inputs, target, Check, TARGETS};
+use blksnap_sim::kernel::live_sims;
 
 /// Pseudo-random inputs per target, and the stream they come from.
 const RANDOM_LIFECYCLE: u64 = 600;
@@ -43,8 +44,17 @@ fn replay_all(name: &str, check: Check, inputs: impl IntoIterator<Item = (String
     let mut failures = Vec::new();
     for (label, data) in inputs {
         count += 1;
+        let sims_before = live_sims();
         if let Err(report) = check(&data) {
             failures.push(format!("--- {name} {label}\n{report}"));
+        }
+        // A run must free its sim (power-off), or a fuzzer's process grows
+        // with every input (LeakSanitizer reports it as a leak).
+        let left = live_sims() - sims_before;
+        if left > 0 {
+            failures.push(format!(
+                "--- {name} {label}\nleak: {left} Sim(s) still allocated after the run"
+            ));
         }
     }
     eprintln!(

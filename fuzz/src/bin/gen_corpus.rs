@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use arbitrary::Unstructured;
 use blksnap_fuzz::ioctl_args::{self, ArgMap, Call, Op, Program};
 use blksnap_fuzz::{inputs, lifecycle};
+use blksnap_sim::cli::{say_line, warn};
 use blksnap_sim::scenario::model::{Step, Target};
 use blksnap_sim::scenario::{RunOptions, Scenario};
 
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
         .collect();
     missing += generate(&dir, "ioctl_args", &ioctl_features, 200);
     if missing > 0 {
-        eprintln!("{missing} feature(s) found no input");
+        warn(&format!("{missing} feature(s) found no input"));
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
@@ -105,16 +106,18 @@ fn generate(dir: &Path, target: &str, features: &[Matcher], max_len: usize) -> u
             .collect();
         candidates.sort_by_key(Vec::len);
         let Some(data) = candidates.into_iter().next() else {
-            eprintln!("{target}/{name}: no passing input found ({failing} failing)");
+            warn(&format!(
+                "{target}/{name}: no passing input found ({failing} failing)"
+            ));
             missing += 1;
             continue;
         };
         let file = format!("seed-{name}.bin");
         write(&corpus.join(&file), &data);
-        println!(
+        say_line(&format!(
             "{target}/{file}: {} bytes ({failing} failing match(es) skipped)",
             data.len()
-        );
+        ));
     }
     missing
 }
@@ -124,7 +127,7 @@ fn write(path: &Path, data: &[u8]) {
         let _ = std::fs::create_dir_all(parent);
     }
     if let Err(e) = std::fs::write(path, data) {
-        eprintln!("{}: {e}", path.display());
+        warn(&format!("{}: {e}", path.display()));
     }
 }
 

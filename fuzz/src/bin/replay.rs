@@ -10,7 +10,12 @@
 //! replay shrink <target> <file> <out>         shrink a failing input's bytes into out
 //! replay random <target> <count> [seed [dir]]  run pseudo-random inputs, report
 //!                                             failures (and save them in dir)
+//! replay to-ron <target> <file> [--out PATH]  the input as a RON regression scenario
 //! ```
+//!
+//! Output goes through the simulator's console writer, line by line: a
+//! report quotes names and messages a fuzz input chose, and those must
+//! not forge a line (`ok ...`) or drive the terminal.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,7 +34,22 @@ const USAGE: &str = "usage:
   replay shrink <target> <file> <out>      shrink a failing input's bytes into out
   replay random <target> <count> [seed [dir]]
                                            run pseudo-random inputs, report failures
-                                           (and save each failing input in dir)";
+                                           (and save each failing input in dir)
+  replay to-ron <target> <file> [--out PATH]
+                                           write the scenario the input runs as RON
+                                           (lifecycle, scenario_run), checked to
+                                           replay with the same digest";
+
+/// Print text through the console writer of `blksnap-sim`, each line
+/// escaped (control characters, bidi overrides); a closed pipe ends the
+/// process quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        for line in format!($($arg)*).split('\n') {
+            blksnap_sim::cli::say_line(line);
+        }
+    };
+}
 
 fn main() -> ExitCode {
     // Engine panics are caught by the simulator and reported as oopses;
@@ -46,10 +66,13 @@ fn main() -> ExitCode {
             shrink(&args[1], Path::new(&args[2]), Path::new(&args[3]))
         }
         Some("random") if (3..=5).contains(&args.len()) => random(&args[1..]),
+        Some("to-ron") if args.len() == 3 || args.len() == 5 => to_ron(&args[1..]),
         Some(name)
             if args.len() >= 2
-                && !["show", "random", "minimize", "stats", "shrink", "metrics"]
-                    .contains(&name) =>
+                && ![
+                    "show", "random", "minimize", "stats", "shrink", "metrics", "to-ron",
+                ]
+                .contains(&name) =>
         {
             replay(name, &args[1..])
         }
@@ -59,7 +82,9 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(message) => {
-            eprintln!("{message}");
+            for line in message.split('\n') {
+                blksnap_sim::cli::warn(line);
+            }
             ExitCode::from(2)
         }
     }
@@ -103,14 +128,14 @@ fn replay(name: &str, paths: &[String]) -> Result<bool, String> {
         let result = check(&data);
         let ms = start.elapsed().as_secs_f64() * 1e3;
         match result {
-            Ok(()) => println!("ok    {} ({ms:.1} ms)", file.display()),
+            Ok(()) => say!("ok    {} ({ms:.1} ms)", file.display()),
             Err(report) => {
                 failed += 1;
-                println!("FAIL  {} ({ms:.1} ms)\n{report}", file.display());
+                say!("FAIL  {} ({ms:.1} ms)\n{report}", file.display());
             }
         }
     }
-    println!("{} input(s), {failed} failed", files.len());
+    say!("{} input(s), {failed} failed", files.len());
     Ok(failed == 0)
 }
 
@@ -118,26 +143,26 @@ fn show(name: &str, file: &Path) -> Result<bool, String> {
     let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     match name {
         "lifecycle" => match lifecycle::build(&data) {
-            Some((scenario, seed)) => println!("seed: {seed}\n{scenario:#?}"),
-            None => println!("(no scenario)"),
+            Some((scenario, seed)) => say!("seed: {seed}\n{scenario:#?}"),
+            None => say!("(no scenario)"),
         },
         "ioctl_args" => match ioctl_args::program(&mut Unstructured::new(&data)) {
-            Ok(program) => println!("{program:#?}"),
-            Err(e) => println!("(no program: {e})"),
+            Ok(program) => say!("{program:#?}"),
+            Err(e) => say!("(no program: {e})"),
         },
         "scenario_parse" => {
             let text = String::from_utf8_lossy(&data);
             match blksnap_sim::scenario::parse(Path::new(scenario_parse::FILE), &text) {
-                Ok(scenario) => println!(
+                Ok(scenario) => say!(
                     "parses: '{}', {} device(s), {} step(s)",
                     scenario.name,
                     scenario.devices.len(),
                     scenario.steps.len()
                 ),
-                Err(error) => println!("{error}"),
+                Err(error) => say!("{error}"),
             }
         }
-        "scenario_run" => println!("{}", blksnap_fuzz::scenario_run::text_of(&data)),
+        "scenario_run" => say!("{}", blksnap_fuzz::scenario_run::text_of(&data)),
         other => return Err(format!("unknown target '{other}'")),
     }
     Ok(true)
@@ -169,11 +194,11 @@ fn random(args: &[String]) -> Result<bool, String> {
                 std::fs::write(&path, &data).map_err(|e| format!("{}: {e}", path.display()))?;
             }
             let head: String = report.lines().take(12).collect::<Vec<_>>().join("\n");
-            println!("FAIL  input {index} (seed {seed})\n{head}\n");
+            say!("FAIL  input {index} (seed {seed})\n{head}\n");
         }
     }
     let total = start.elapsed().as_secs_f64();
-    println!(
+    say!(
         "{count} input(s), {failed} failed, {total:.2} s total, {:.1} ms mean, slowest {:.1} ms (input {})",
         total * 1e3 / count.max(1) as f64,
         slowest.0,
@@ -189,11 +214,11 @@ fn minimize(target: &str, file: &Path) -> Result<bool, String> {
             .map_err(|e| format!("the input decodes to no program: {e}"))?;
         return Ok(match blksnap_fuzz::minimize::minimize_program(&program) {
             None => {
-                println!("{}: passes, nothing to minimize", file.display());
+                say!("{}: passes, nothing to minimize", file.display());
                 true
             }
             Some((_, report)) => {
-                println!("{report}");
+                say!("{report}");
                 false
             }
         });
@@ -206,17 +231,17 @@ fn minimize(target: &str, file: &Path) -> Result<bool, String> {
     let (scenario, seed) = lifecycle::build(&data).ok_or("the input decodes to no scenario")?;
     match blksnap_fuzz::minimize::minimize(&scenario, seed) {
         None => {
-            println!("{}: passes, nothing to minimize", file.display());
+            say!("{}: passes, nothing to minimize", file.display());
             Ok(true)
         }
         Some((small, outcome)) => {
-            println!(
+            say!(
                 "{}: {} top-level step(s) -> {}",
                 file.display(),
                 scenario.steps.len(),
                 small.steps.len()
             );
-            println!("{}", lifecycle::report(&small, &outcome));
+            say!("{}", lifecycle::report(&small, &outcome));
             Ok(false)
         }
     }
@@ -237,7 +262,7 @@ fn stats(count: &str) -> Result<bool, String> {
         }
     }
     for (name, (ok, err)) in total {
-        println!("{name:<42} ok {ok:>6}  err {err:>6}");
+        say!("{name:<42} ok {ok:>6}  err {err:>6}");
     }
     Ok(true)
 }
@@ -247,15 +272,15 @@ fn shrink(name: &str, file: &Path, out: &Path) -> Result<bool, String> {
     let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let small = blksnap_fuzz::minimize::shrink_bytes(check, &data);
     std::fs::write(out, &small).map_err(|e| format!("{}: {e}", out.display()))?;
-    println!(
+    say!(
         "{} bytes -> {} bytes: {}",
         data.len(),
         small.len(),
         out.display()
     );
     match check(&small) {
-        Ok(()) => println!("(passes: nothing failed)"),
-        Err(report) => println!("{}", blksnap_fuzz::minimize::report_signature(&report)),
+        Ok(()) => say!("(passes: nothing failed)"),
+        Err(report) => say!("{}", blksnap_fuzz::minimize::report_signature(&report)),
     }
     Ok(true)
 }
@@ -272,7 +297,7 @@ fn metrics(paths: &[String]) -> Result<bool, String> {
         };
         let outcome = blksnap_sim::scenario::run(&scenario, &options);
         let metric = |name: &str| outcome.metrics.get(name).copied().unwrap_or(0.0);
-        println!(
+        say!(
             "{}: {} steps, {} trace events, {:.1} ms virtual, {} image reads ({} sectors) checked, {} failure(s)",
             file.display(),
             outcome.steps,
@@ -283,5 +308,43 @@ fn metrics(paths: &[String]) -> Result<bool, String> {
             outcome.failures.len()
         );
     }
+    Ok(true)
+}
+
+/// `to-ron <target> <file> [--out PATH]`: the scenario on stdout, or in
+/// PATH (created, or replaced) with a line saying how its run ends.
+fn to_ron(args: &[String]) -> Result<bool, String> {
+    let (target, file) = (&args[0], Path::new(&args[1]));
+    let out = match args.get(2).map(String::as_str) {
+        None => None,
+        Some("--out") => Some(Path::new(&args[3])),
+        Some(other) => return Err(format!("to-ron: unknown option '{other}'\n{USAGE}")),
+    };
+    let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let converted = blksnap_fuzz::to_ron::to_ron(target, &data, &file.display().to_string())?;
+    let Some(out) = out else {
+        say!("{}", converted.text.trim_end());
+        return Ok(true);
+    };
+    std::fs::write(out, &converted.text).map_err(|e| format!("{}: {e}", out.display()))?;
+    let outcome = &converted.outcome;
+    match outcome.failures.first() {
+        None => say!(
+            "{}: written; its run passes (digest {})",
+            out.display(),
+            outcome.digest
+        ),
+        Some(first) => say!(
+            "{}: written; its run fails (digest {}): [{}] {}",
+            out.display(),
+            outcome.digest,
+            first.checker,
+            first.message
+        ),
+    }
+    say!(
+        "replay: cargo run --release -p blksnap-sim -- run {}",
+        out.display()
+    );
     Ok(true)
 }

@@ -86,7 +86,8 @@ impl Sim {
     }
 
     /// Poll one task once. A panic inside it kills the task with its locks
-    /// held (its future is leaked, not dropped) and fails the run.
+    /// held (its future is kept as a zombie, not dropped, until power-off)
+    /// and fails the run.
     fn poll_task(self: &Rc<Self>, id: TaskId) {
         let future = self.sched.begin_poll(id);
         let Some(mut future) = future else { return };
@@ -108,7 +109,7 @@ impl Sim {
             Err(payload) => {
                 let name = self.task_name(id);
                 let message = panics::panic_message(&*payload);
-                std::mem::forget(future);
+                self.sched.bury(future);
                 self.sched.remove_task(id);
                 self.report_panic(&name, &message, &panics::take_site());
             }

@@ -42,12 +42,14 @@ pub mod blk;
 mod exec;
 pub mod mm;
 pub mod reclaim;
+mod power_off;
 pub mod sched;
 pub mod sim_kernel;
 pub mod task;
 
 pub use blk::IMAGE_MAJOR;
 pub use mm::MAX_ALLOCATION;
+pub use power_off::{free_module_globals, live_sims};
 pub use sched::{Bounds, SchedPolicy, POLL_COST_NS};
 pub use task::TaskId;
 
@@ -107,6 +109,7 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(seed: u64) -> Rc<Sim> {
+        power_off::sim_born();
         Rc::new(Sim {
             seed,
             sched: sched::Scheduler::new(seed),

@@ -77,6 +77,17 @@ pub struct Scheduler<A> {
     /// Sleeping points the engine reached (`might_sleep` sites), with how
     /// often: the inventory test compares them with ARCHITECTURE.md.
     pub sleep_sites: RefCell<BTreeMap<&'static str, u64>>,
+    /// Futures of tasks that died of an oops: kept, not dropped, so the
+    /// dead task's state stays as it was until power-off frees it.
+    zombies: RefCell<Vec<LocalBoxFuture<'static, ()>>>,
+}
+
+/// Everything the scheduler holds that can hold the `Sim` back, taken out
+/// at power-off (see `power_off.rs`).
+pub(crate) struct Remains<A> {
+    pub tasks: BTreeMap<TaskId, Task>,
+    pub zombies: Vec<LocalBoxFuture<'static, ()>>,
+    pub timers: BTreeMap<(u64, u64), A>,
 }
 
 impl<A> Scheduler<A> {
@@ -91,6 +102,7 @@ impl<A> Scheduler<A> {
             policy: Cell::new(SchedPolicy::Random),
             bounds: Cell::new(Bounds::default()),
             sleep_sites: RefCell::new(BTreeMap::new()),
+            zombies: RefCell::new(Vec::new()),
         }
     }
 
@@ -356,6 +368,31 @@ impl<A> Scheduler<A> {
 
     pub(crate) fn end_poll(&self) {
         self.state.borrow_mut().current = None;
+    }
+
+    /// Keep the future of a task that died of an oops until power-off.
+    pub(crate) fn bury(&self, future: LocalBoxFuture<'static, ()>) {
+        self.zombies.borrow_mut().push(future);
+    }
+
+    /// Power-off: every task, zombie and timer, out of the scheduler (the
+    /// caller drops them once no borrow is held), and no wake-up pending.
+    pub(crate) fn take_remains(&self) -> Remains<A> {
+        let tasks = {
+            let mut sched = self.state.borrow_mut();
+            sched.processes.clear();
+            sched.runnable = RunQueue::default();
+            sched.current = None;
+            std::mem::take(&mut sched.tasks)
+        };
+        if let Ok(mut woken) = self.queue.woken.lock() {
+            woken.clear();
+        }
+        Remains {
+            tasks,
+            zombies: std::mem::take(&mut *self.zombies.borrow_mut()),
+            timers: std::mem::take(&mut *self.timers.borrow_mut()),
+        }
     }
 
     /// Give a pending task its future back.

@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use blksnap_core::kernel::{DevT, Errno, LocalBoxFuture, Stamp};
 use blksnap_core::{Module, Quirks};
@@ -140,6 +140,8 @@ pub(super) struct Run {
     sectors_read: Cell<u64>,
     sectors_written: Cell<u64>,
     over_budget: Cell<bool>,
+    /// Every module instance loaded, for power-off (see `power_off`).
+    loaded: RefCell<Vec<Weak<Module>>>,
 }
 
 /// Run a loaded scenario.
@@ -183,6 +185,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         sectors_read: Cell::new(0),
         sectors_written: Cell::new(0),
         over_budget: Cell::new(false),
+        loaded: RefCell::new(Vec::new()),
     });
     run.load_module();
     let steps = scenario.steps.clone();
@@ -215,7 +218,9 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     for read in undetected {
         sim.fail_by_fault("point_in_time", read.message(), read.read_at);
     }
-    outcome(scenario, seed, &run, options)
+    let outcome = outcome(scenario, seed, &run, options);
+    run.power_off();
+    outcome
 }
 
 fn add_devices(sim: &Rc<Sim>, scenario: &Scenario, seed: u64) -> BTreeMap<String, DevT> {
@@ -505,13 +510,29 @@ impl Run {
     fn load_module(&self) {
         let kernel = Rc::new(SimKernel(self.sim.clone()));
         match Module::init(kernel, self.params.clone(), self.quirks) {
-            Ok(module) => *self.module.borrow_mut() = Some(module),
+            Ok(module) => {
+                self.loaded.borrow_mut().push(Rc::downgrade(&module));
+                *self.module.borrow_mut() = Some(module);
+            }
             Err(e) => {
                 self.sim.record(TraceEvent::Warn {
                     msg: format!("insmod blksnap failed: {e}"),
                 });
                 *self.module.borrow_mut() = None;
             }
+        }
+    }
+
+    /// The end of the run, after the verdict: the sim drops its tasks,
+    /// timers, filters and disks, and each module that is still alive (not
+    /// unloaded, or unloaded with snapshots B-SNAP-1 lost) lets go of its
+    /// snapshot lists, which point back at it. Without this every such run
+    /// stayed allocated for the life of the process.
+    fn power_off(&self) {
+        self.sim.power_off();
+        *self.module.borrow_mut() = None;
+        for module in self.loaded.take().iter().filter_map(Weak::upgrade) {
+            crate::kernel::free_module_globals(&module);
         }
     }
 

@@ -1,0 +1,36 @@
+#!/bin/bash -eu
+# Build every cargo-fuzz target of fuzz/cargo-fuzz into $OUT, each with its
+# seed corpus (fuzz/corpus/<target>, zipped as <target>_seed_corpus.zip)
+# and its libFuzzer options. The cargo-fuzz crate is its own workspace
+# (it stays out of `cargo build --workspace`), so it has its own target
+# directory and its own committed Cargo.lock (the versions of the
+# workspace's Cargo.lock, plus libfuzzer-sys).
+#
+# `cargo fuzz build` picks the address sanitizer by default, the one
+# ClusterFuzzLite runs for Rust. CARGO_FUZZ_FLAGS adds flags: a try of this
+# script outside the builder image, on stable Rust, sets it to `-s none`
+# (with SRC and OUT pointing at a checkout's parent and a scratch dir).
+cd "$SRC/blksnap-sim"
+FUZZ_DIR=fuzz/cargo-fuzz
+# shellcheck disable=SC2086 # CARGO_FUZZ_FLAGS is a list of flags
+cargo fuzz build -O ${CARGO_FUZZ_FLAGS:-} --fuzz-dir "$FUZZ_DIR"
+BIN_DIR="$FUZZ_DIR/target/x86_64-unknown-linux-gnu/release"
+
+# Longest input that adds anything, by target (lifecycle and ioctl_args
+# decode at most a few hundred bytes; the scenario texts are longer).
+max_len() {
+  case "$1" in
+    lifecycle|ioctl_args) echo 512 ;;
+    *) echo 32768 ;;
+  esac
+}
+
+for target in $(cargo fuzz list --fuzz-dir "$FUZZ_DIR"); do
+  cp "$BIN_DIR/$target" "$OUT/"
+  corpus="fuzz/corpus/$target"
+  if [ -d "$corpus" ]; then
+    (cd "$corpus" && zip -q -r "$OUT/${target}_seed_corpus.zip" .)
+  fi
+  printf '[libfuzzer]\nmax_len = %s\ntimeout = 10\n' "$(max_len "$target")" \
+    > "$OUT/$target.options"
+done
