@@ -424,7 +424,10 @@ pub fn bench_command(only: Option<&str>) -> i32 {
         "host memcpy bandwidth: {:.0} MB/s (64 MiB x 8, this run)",
         memcpy / 1e6
     );
-    type Job<'a> = (&'static str, Box<dyn Fn() -> Result<Vec<Figure>, String> + 'a>);
+    type Job<'a> = (
+        &'static str,
+        Box<dyn Fn() -> Result<Vec<Figure>, String> + 'a>,
+    );
     let jobs: Vec<Job> = vec![
         ("seeds", Box::new(|| seeds_per_second().map(|f| vec![f]))),
         ("non-cow", Box::new(|| non_cow_writes().map(|f| vec![f]))),

@@ -224,7 +224,9 @@ impl Extent {
     /// Append the stamps of sectors [from, to) of the extent.
     fn push_range(&self, out: &mut Vec<Stamp>, from: u64, to: u64) {
         match self {
-            Extent::Run { first, step: 0, .. } => out.resize(out.len() + (to - from) as usize, *first),
+            Extent::Run { first, step: 0, .. } => {
+                out.resize(out.len() + (to - from) as usize, *first)
+            }
             Extent::Run { first, step, .. } => {
                 out.extend((from..to).map(|i| Extent::at(*first, *step, i)));
             }
@@ -318,7 +320,9 @@ mod tests {
                 0 => (0..len).map(|i| 1000 * round + i).collect(),
                 1 => vec![0; len as usize],
                 2 => (0..len).map(|_| rng.below(5)).collect(),
-                _ => (0..len).map(|i| if i % 7 < 5 { round + i } else { 3 }).collect(),
+                _ => (0..len)
+                    .map(|i| if i % 7 < 5 { round + i } else { 3 })
+                    .collect(),
             };
             d.write(sector, &data);
             for (i, stamp) in data.iter().enumerate() {

@@ -23,19 +23,120 @@ use crate::device::{pattern_stamp, Fill};
 
 type SnapId = [u8; 16];
 
-/// One user write as the oracle saw it.
-#[derive(Clone, Debug)]
-struct WriteOp {
-    sector: u64,
-    data: Vec<Stamp>,
+/// One user write as one of its sectors saw it.
+#[derive(Clone, Copy, Debug)]
+struct SectorWrite {
+    id: u64,
+    stamp: Stamp,
     submitted: u64,
     /// None while in flight, and for ever if it failed.
     completed: Option<u64>,
+    /// When a write submitted after this one completed itself completed:
+    /// from then on this one can no longer be the sector's last value.
+    superseded: Option<u64>,
 }
 
-impl WriteOp {
-    fn stamp(&self, sector: u64) -> Stamp {
-        self.data[(sector - self.sector) as usize]
+/// The writes to one sector that a judgement can still need, in
+/// submission order, and what pruning must not forget.
+#[derive(Default)]
+struct SectorHistory {
+    writes: Vec<SectorWrite>,
+    /// The latest submission ever (a pin holds until a newer write).
+    last_submitted: Option<u64>,
+    /// A user write to it completed once (the final media check).
+    ever_completed: bool,
+}
+
+impl SectorHistory {
+    /// A write of this sector completed at `now`: it supersedes every
+    /// write that had completed before it was submitted.
+    fn completed(&mut self, id: u64, now: u64) {
+        let Some(index) = self.writes.iter().rposition(|w| w.id == id) else {
+            return;
+        };
+        self.writes[index].completed = Some(now);
+        self.ever_completed = true;
+        let submitted = self.writes[index].submitted;
+        for w in &mut self.writes {
+            if w.superseded.is_none() && w.completed.is_some_and(|c| c < submitted) {
+                w.superseded = Some(now);
+            }
+        }
+    }
+
+    /// Forget the writes no judgement can need any more: superseded by
+    /// `horizon` (every later query starts at or after it), and outside
+    /// every fixed window (TAKE windows of images of this device).
+    fn prune(&mut self, horizon: u64, windows: &Windows) {
+        self.writes.retain(|w| match w.superseded {
+            Some(s) => s > horizon || windows.need(w.submitted, s),
+            None => true,
+        });
+    }
+}
+
+/// The query windows [from, to] that stay fixed while the run goes on:
+/// the TAKE windows of bound images, per original. A write that was live
+/// [submitted, superseded) in one of them stays.
+#[derive(Default)]
+struct Windows {
+    by_start: BTreeMap<(u64, u64), u32>,
+    longest: u64,
+}
+
+impl Windows {
+    fn add(&mut self, from: u64, to: u64) {
+        *self.by_start.entry((from, to)).or_default() += 1;
+        self.longest = self.longest.max(to - from);
+    }
+
+    fn remove(&mut self, from: u64, to: u64) {
+        if let Some(n) = self.by_start.get_mut(&(from, to)) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_start.remove(&(from, to));
+            }
+        }
+    }
+
+    /// A query (from, to) needs a write live over [submitted, superseded)
+    /// iff from < superseded and to >= submitted.
+    fn need(&self, submitted: u64, superseded: u64) -> bool {
+        self.by_start
+            .range(..(superseded, 0))
+            .rev()
+            .take_while(|((from, _), _)| from.saturating_add(self.longest) >= submitted)
+            .any(|((_, to), _)| *to >= submitted)
+    }
+}
+
+/// While alive, the oracle keeps every write live at or after `start`: a
+/// TAKE ran from `start`, and its window is known only when its images
+/// are bound.
+pub struct HistoryHold {
+    sim: std::rc::Rc<crate::kernel::Sim>,
+    start: u64,
+}
+
+impl HistoryHold {
+    pub fn new(sim: &std::rc::Rc<crate::kernel::Sim>, start: u64) -> HistoryHold {
+        *sim.oracle.borrow_mut().holds.entry(start).or_default() += 1;
+        HistoryHold {
+            sim: sim.clone(),
+            start,
+        }
+    }
+}
+
+impl Drop for HistoryHold {
+    fn drop(&mut self) {
+        let mut oracle = self.sim.oracle.borrow_mut();
+        if let Some(n) = oracle.holds.get_mut(&self.start) {
+            *n -= 1;
+            if *n == 0 {
+                oracle.holds.remove(&self.start);
+            }
+        }
     }
 }
 
@@ -91,11 +192,18 @@ pub struct Oracle {
     /// Originals: their fill, for sectors never written.
     devices: BTreeMap<DevT, (u32, Fill)>,
     images: BTreeMap<DevT, ImageRecord>,
-    writes: BTreeMap<u64, WriteOp>,
-    /// Write ids per (device, sector), in submission order.
-    by_sector: BTreeMap<(DevT, u64), Vec<u64>>,
-    /// Reads in flight: id -> submission time.
+    /// What each written sector's judgements can still need.
+    by_sector: BTreeMap<(DevT, u64), SectorHistory>,
+    /// Writes in flight: id -> (device, first sector, sectors).
+    writing: BTreeMap<u64, (DevT, u64, u64)>,
+    /// Reads in flight: id -> submission time, and how many started at
+    /// each time (the oldest bounds what a judgement can ask).
     reads: BTreeMap<u64, u64>,
+    read_starts: BTreeMap<u64, u32>,
+    /// TAKEs in progress by start time (see [`HistoryHold`]).
+    holds: BTreeMap<u64, u32>,
+    /// TAKE windows of bound images, per original.
+    windows: BTreeMap<DevT, Windows>,
     next_op: u64,
     /// Image reads that failed. Judged at the end.
     failed_image_reads: Vec<FailedRead>,
@@ -130,6 +238,7 @@ impl Oracle {
         // are not this image's.
         self.by_sector.retain(|(dev, _), _| *dev != image);
         self.pins.retain(|(dev, _), _| *dev != image);
+        self.forget_window(image);
         self.images.insert(
             image,
             ImageRecord {
@@ -151,11 +260,22 @@ impl Oracle {
 
     /// The image shows `orig` as of the TAKE that ran in [start, end].
     pub fn bind_image(&mut self, image: DevT, orig: DevT, take: (u64, u64), snapshot: SnapId) {
+        self.forget_window(image);
         if let Some(record) = self.images.get_mut(&image) {
             record.orig = orig;
             (record.take_start, record.take_end) = take;
             record.bound = true;
             record.snapshot = snapshot;
+            self.windows.entry(orig).or_default().add(take.0, take.1);
+        }
+    }
+
+    /// The image's TAKE window no longer needs its original's history.
+    fn forget_window(&mut self, image: DevT) {
+        if let Some(record) = self.images.get(&image).filter(|r| r.bound) {
+            if let Some(windows) = self.windows.get_mut(&record.orig) {
+                windows.remove(record.take_start, record.take_end);
+            }
         }
     }
 
@@ -211,21 +331,21 @@ impl Oracle {
         match bio.op {
             BioOp::Write => {
                 for sector in bio.sector..bio.sector + bio.sectors {
-                    self.by_sector
-                        .entry((bio.dev, sector))
-                        .or_default()
-                        .push(id);
+                    let history = self.by_sector.entry((bio.dev, sector)).or_default();
+                    history.writes.push(SectorWrite {
+                        id,
+                        stamp: bio.data[(sector - bio.sector) as usize],
+                        submitted: now,
+                        completed: None,
+                        superseded: None,
+                    });
+                    history.last_submitted = Some(now);
                 }
-                let op = WriteOp {
-                    sector: bio.sector,
-                    data: bio.data.clone(),
-                    submitted: now,
-                    completed: None,
-                };
-                self.writes.insert(id, op);
+                self.writing.insert(id, (bio.dev, bio.sector, bio.sectors));
             }
             BioOp::Read => {
                 self.reads.insert(id, now);
+                *self.read_starts.entry(now).or_default() += 1;
             }
             _ => {}
         }
@@ -242,17 +362,58 @@ impl Oracle {
     ) -> Result<Judged, String> {
         match bio.op {
             BioOp::Write => {
-                if let (Ok(_), Some(op)) = (result, self.writes.get_mut(&id)) {
-                    op.completed = Some(now);
+                if let (Ok(_), Some(range)) = (result, self.writing.remove(&id)) {
+                    self.write_completed(now, id, range);
                 }
                 Ok(Judged::default())
             }
             BioOp::Read => {
-                let submitted = self.reads.remove(&id).unwrap_or(now);
+                let submitted = match self.reads.remove(&id) {
+                    Some(at) => {
+                        self.read_ended(at);
+                        at
+                    }
+                    None => now,
+                };
                 self.judge_read(submitted, now, bio, result)
             }
             _ => Ok(Judged::default()),
         }
+    }
+
+    /// A write completed: it supersedes older ones, and what no judgement
+    /// can need any more is forgotten.
+    fn write_completed(&mut self, now: u64, id: u64, (dev, sector, sectors): (DevT, u64, u64)) {
+        let horizon = self.horizon(now);
+        let none = Windows::default();
+        let windows = self.windows.get(&dev).unwrap_or(&none);
+        for (_, history) in self
+            .by_sector
+            .range_mut((dev, sector)..(dev, sector + sectors))
+        {
+            history.completed(id, now);
+            history.prune(horizon, windows);
+        }
+    }
+
+    fn read_ended(&mut self, at: u64) {
+        if let Some(n) = self.read_starts.get_mut(&at) {
+            *n -= 1;
+            if *n == 0 {
+                self.read_starts.remove(&at);
+            }
+        }
+    }
+
+    /// No judgement from now on asks about a time before this, other than
+    /// the fixed TAKE windows: reads in flight started at or after it,
+    /// and so did every TAKE still in progress.
+    fn horizon(&self, now: u64) -> u64 {
+        let oldest = |starts: &BTreeMap<u64, u32>| starts.keys().next().copied();
+        [oldest(&self.read_starts), oldest(&self.holds)]
+            .into_iter()
+            .flatten()
+            .fold(now, u64::min)
     }
 
     fn judge_read(
@@ -302,7 +463,12 @@ impl Oracle {
         allowed: BTreeSet<Stamp>,
     ) -> Result<BTreeSet<Stamp>, String> {
         let key = (dev, sector);
-        let newer_write = |since: u64| self.sector_writes(dev, sector).any(|w| w.submitted > since);
+        let newer_write = |since: u64| {
+            self.by_sector
+                .get(&key)
+                .and_then(|h| h.last_submitted)
+                .is_some_and(|last| last > since)
+        };
         if let Some(&(stamp, since)) = self.pins.get(&key) {
             if !newer_write(since) {
                 if got != stamp {
@@ -398,13 +564,13 @@ impl Oracle {
         }
     }
 
-    /// The writes to one sector, in submission order.
-    fn sector_writes(&self, dev: DevT, sector: u64) -> impl Iterator<Item = &WriteOp> {
+    /// The writes to one sector a judgement can still need, in
+    /// submission order.
+    fn sector_writes(&self, dev: DevT, sector: u64) -> impl Iterator<Item = &SectorWrite> {
         self.by_sector
             .get(&(dev, sector))
             .into_iter()
-            .flatten()
-            .filter_map(|id| self.writes.get(id))
+            .flat_map(|h| h.writes.iter())
     }
 
     /// The stamps that may be the sector's content at `t`, from the writes
@@ -421,7 +587,7 @@ impl Oracle {
         };
         done()
             .filter(|op| op.completed.is_some_and(|c| c >= latest_start))
-            .map(|op| op.stamp(sector))
+            .map(|op| op.stamp)
             .collect()
     }
 
@@ -429,7 +595,7 @@ impl Oracle {
     fn overlapping(&self, dev: DevT, sector: u64, from: u64, to: u64) -> Vec<Stamp> {
         self.sector_writes(dev, sector)
             .filter(|op| op.submitted <= to && op.completed.is_none_or(|c| c > from))
-            .map(|op| op.stamp(sector))
+            .map(|op| op.stamp)
             .collect()
     }
 
@@ -542,10 +708,7 @@ impl Oracle {
     pub fn written_sectors(&self, dev: DevT) -> Vec<u64> {
         self.by_sector
             .range((dev, 0)..=(dev, u64::MAX))
-            .filter(|(_, ids)| {
-                ids.iter()
-                    .any(|id| self.writes.get(id).is_some_and(|w| w.completed.is_some()))
-            })
+            .filter(|(_, history)| history.ever_completed)
             .map(|((_, sector), _)| *sector)
             .collect()
     }
