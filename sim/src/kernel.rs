@@ -72,6 +72,8 @@ struct Task {
     fatal_signal: bool,
     /// Scenario processes; the run ends when all of them are done.
     is_process: bool,
+    /// Made once: a poll clones it (a reference count), never allocates.
+    waker: Waker,
 }
 
 struct WakeQueue {
@@ -299,6 +301,10 @@ impl Sim {
                     bio_list: None,
                     fatal_signal: false,
                     is_process,
+                    waker: Waker::from(Arc::new(TaskWaker {
+                        id,
+                        queue: self.queue.clone(),
+                    })),
                 },
             );
             if is_process {
@@ -512,15 +518,16 @@ impl Sim {
             sched.current = Some(id);
             sched.polls += 1;
             sched.now += POLL_COST_NS;
-            sched.tasks.get_mut(&id).and_then(|t| t.future.take())
+            sched
+                .tasks
+                .get_mut(&id)
+                .and_then(|t| Some((t.future.take()?, t.waker.clone())))
         };
-        let Some(mut future) = future else { return };
+        let Some((mut future, waker)) = future else {
+            return;
+        };
         self.maybe_demote(id);
         self.record(TraceEvent::Poll { task: id });
-        let waker = Waker::from(Arc::new(TaskWaker {
-            id,
-            queue: self.queue.clone(),
-        }));
         let mut cx = Context::from_waker(&waker);
         panics::install_hook();
         IN_POLL.with(|p| p.set(true));
@@ -977,10 +984,7 @@ impl Kernel for SimKernel {
         // One allocation past this is refused as vmalloc would refuse it:
         // the host must not try (a table for a device of 2^60 sectors).
         let fails = bytes > MAX_ALLOCATION || sim.alloc_fault(site, gfp);
-        sim.record(TraceEvent::Alloc {
-            site: site.to_string(),
-            ok: !fails,
-        });
+        sim.record(TraceEvent::Alloc { site, ok: !fails });
         if fails {
             let site = site.to_string();
             sim.record_fault(FaultKind::Alloc { site, gfp });
