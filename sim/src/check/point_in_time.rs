@@ -450,7 +450,7 @@ impl Oracle {
             let allowed = self.original_values(bio.dev, sector, from, to);
             let allowed = self.pinned(bio.dev, sector, from, to, *got, allowed)?;
             judged.sectors += 1;
-            if !allowed.contains(got) {
+            if allowed.binary_search(got).is_err() {
                 return Err(format!(
                     "original {} sector {sector}: read {got:#x}, expected one of {}",
                     bio.dev,
@@ -472,8 +472,8 @@ impl Oracle {
         from: u64,
         to: u64,
         got: Stamp,
-        allowed: BTreeSet<Stamp>,
-    ) -> Result<BTreeSet<Stamp>, String> {
+        allowed: Vec<Stamp>,
+    ) -> Result<Vec<Stamp>, String> {
         let key = (dev, sector);
         let newer_write = |since: u64| {
             self.by_sector
@@ -493,8 +493,10 @@ impl Oracle {
             }
             self.pins.remove(&key);
         }
-        let quiet = self.overlapping(dev, sector, from, to).is_empty();
-        if quiet && allowed.contains(&got) {
+        let quiet = in_flight(self.sector_writes(dev, sector), from, to)
+            .next()
+            .is_none();
+        if quiet && allowed.binary_search(&got).is_ok() {
             self.pins.insert(key, (got, from));
         }
         Ok(allowed)
@@ -557,7 +559,7 @@ impl Oracle {
             let allowed = self.pinned(bio.dev, sector, from, to, *got, allowed)?;
             self.sectors_checked += 1;
             judged.sectors += 1;
-            if !allowed.contains(got) {
+            if allowed.binary_search(got).is_err() {
                 return Err(format!(
                     "image {} of {orig} sector {sector}: read {got:#x}, expected one of {} \
                      (content at TAKE plus the image's own writes)",
@@ -578,58 +580,38 @@ impl Oracle {
 
     /// The writes to one sector a judgement can still need, in
     /// submission order.
-    fn sector_writes(&self, dev: DevT, sector: u64) -> impl Iterator<Item = &SectorWrite> {
+    fn sector_writes(&self, dev: DevT, sector: u64) -> &[SectorWrite] {
         self.by_sector
             .get(&(dev, sector))
-            .into_iter()
-            .flat_map(|h| h.writes.iter())
+            .map_or(&[], |h| h.writes.as_slice())
     }
 
-    /// The stamps that may be the sector's content at `t`, from the writes
-    /// completed by then: each of them may have been applied last unless a
-    /// write submitted after its completion (and completed by `t`)
-    /// supersedes it. Empty when no write completed by `t`.
-    fn possibly_last(&self, dev: DevT, sector: u64, t: u64) -> BTreeSet<Stamp> {
-        let done = || {
-            self.sector_writes(dev, sector)
-                .filter(move |op| op.completed.is_some_and(|c| c <= t))
-        };
-        let Some(latest_start) = done().map(|op| op.submitted).max() else {
-            return BTreeSet::new();
-        };
-        done()
-            .filter(|op| op.completed.is_some_and(|c| c >= latest_start))
-            .map(|op| op.stamp)
-            .collect()
-    }
-
-    /// Stamps of writes to `sector` that were in flight during [from, to].
-    fn overlapping(&self, dev: DevT, sector: u64, from: u64, to: u64) -> Vec<Stamp> {
-        self.sector_writes(dev, sector)
-            .filter(|op| op.submitted <= to && op.completed.is_none_or(|c| c > from))
-            .map(|op| op.stamp)
-            .collect()
-    }
-
-    /// What the original may read for `sector` in the window [from, to].
-    fn original_values(&self, dev: DevT, sector: u64, from: u64, to: u64) -> BTreeSet<Stamp> {
-        let mut allowed = self.possibly_last(dev, sector, from);
-        if allowed.is_empty() {
-            allowed.insert(self.initial(dev, sector));
+    /// What the original may read for `sector` in the window [from, to],
+    /// sorted, each value once.
+    fn original_values(&self, dev: DevT, sector: u64, from: u64, to: u64) -> Vec<Stamp> {
+        let writes = self.sector_writes(dev, sector);
+        let mut allowed = Vec::new();
+        if !possibly_last(writes, from, &mut allowed) {
+            allowed.push(self.initial(dev, sector));
         }
-        allowed.extend(self.overlapping(dev, sector, from, to));
+        overlapping(writes, from, to, &mut allowed);
+        allowed.sort_unstable();
+        allowed.dedup();
         allowed
     }
 
     /// What the image may read for `sector` in the window [from, to]: its
     /// own last write if any, else the original as of the TAKE window.
-    fn image_values(&self, image: DevT, sector: u64, from: u64, to: u64) -> BTreeSet<Stamp> {
+    fn image_values(&self, image: DevT, sector: u64, from: u64, to: u64) -> Vec<Stamp> {
         let record = &self.images[&image];
-        let mut allowed = self.possibly_last(image, sector, from);
-        if allowed.is_empty() {
+        let writes = self.sector_writes(image, sector);
+        let mut allowed = Vec::new();
+        if !possibly_last(writes, from, &mut allowed) {
             allowed = self.original_values(record.orig, sector, record.take_start, record.take_end);
         }
-        allowed.extend(self.overlapping(image, sector, from, to));
+        overlapping(writes, from, to, &mut allowed);
+        allowed.sort_unstable();
+        allowed.dedup();
         allowed
     }
 
@@ -714,6 +696,8 @@ impl Oracle {
     /// What the original should hold now, for the final media check.
     pub fn expected_now(&self, dev: DevT, sector: u64, now: u64) -> BTreeSet<Stamp> {
         self.original_values(dev, sector, now, now)
+            .into_iter()
+            .collect()
     }
 
     /// Sectors of `dev` that a user write completed on.
@@ -732,10 +716,46 @@ impl Oracle {
             return BTreeSet::new();
         }
         self.image_values(image, sector, now, now)
+            .into_iter()
+            .collect()
     }
 }
 
-fn show(values: &BTreeSet<Stamp>) -> String {
+/// Push the stamps that may be the sector's content at `t`, from the
+/// writes completed by then: each of them may have been applied last
+/// unless a write submitted after its completion (and completed by `t`)
+/// supersedes it. False (nothing pushed) when no write completed by `t`.
+fn possibly_last(writes: &[SectorWrite], t: u64, out: &mut Vec<Stamp>) -> bool {
+    let done = || {
+        writes
+            .iter()
+            .filter(move |op| op.completed.is_some_and(|c| c <= t))
+    };
+    let Some(latest_start) = done().map(|op| op.submitted).max() else {
+        return false;
+    };
+    out.extend(
+        done()
+            .filter(|op| op.completed.is_some_and(|c| c >= latest_start))
+            .map(|op| op.stamp),
+    );
+    true
+}
+
+/// Writes to the sector that were in flight during [from, to].
+fn in_flight(writes: &[SectorWrite], from: u64, to: u64) -> impl Iterator<Item = &SectorWrite> {
+    writes
+        .iter()
+        .filter(move |op| op.submitted <= to && op.completed.is_none_or(|c| c > from))
+}
+
+/// Push the stamps of writes in flight during [from, to].
+fn overlapping(writes: &[SectorWrite], from: u64, to: u64, out: &mut Vec<Stamp>) {
+    out.extend(in_flight(writes, from, to).map(|op| op.stamp));
+}
+
+/// Up to four allowed values (sorted), for a message.
+fn show(values: &[Stamp]) -> String {
     let list: Vec<String> = values.iter().take(4).map(|v| format!("{v:#x}")).collect();
     format!("{{{}}}", list.join(", "))
 }
