@@ -25,7 +25,8 @@ use blksnap_core::{ctrl, module, Module, Params, Quirks};
 use blksnap_sim::block;
 use blksnap_sim::check::resources;
 use blksnap_sim::device::{Device, Fill};
-use blksnap_sim::kernel::{Sim, SimKernel};
+use blksnap_sim::kernel::sim_kernel::SimKernel;
+use blksnap_sim::kernel::Sim;
 use blksnap_sim::user::UserSpace;
 
 /// Upper bound on operations per input.

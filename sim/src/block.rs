@@ -58,6 +58,7 @@ async fn route(sim: &Rc<Sim>, mut bio: Bio) -> BioResult {
 /// Does the bio reach past the device's current capacity?
 fn past_end(sim: &Sim, bio: &Bio) -> bool {
     let capacity = sim
+        .blk
         .devices
         .borrow()
         .get(&bio.dev)

@@ -82,7 +82,7 @@ impl FsModel {
 /// `freeze_bdev`: hold new writers, write the dirty data back.
 pub async fn freeze_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
     let depth = {
-        let mut devices = sim.devices.borrow_mut();
+        let mut devices = sim.blk.devices.borrow_mut();
         let device = devices.get_mut(&dev).ok_or(Errno::ENXIO)?;
         device.freeze_count += 1;
         device.freeze_count
@@ -117,7 +117,7 @@ pub async fn freeze_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
 /// `thaw_bdev`: -EINVAL if not frozen; the last thaw lets writers go.
 pub fn thaw_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
     let depth = {
-        let mut devices = sim.devices.borrow_mut();
+        let mut devices = sim.blk.devices.borrow_mut();
         let device = devices.get_mut(&dev).ok_or(Errno::ENXIO)?;
         if device.freeze_count == 0 {
             return Err(Errno::EINVAL);
@@ -148,7 +148,7 @@ pub fn thaw_bdev(sim: &Rc<Sim>, dev: DevT) -> Result<(), Errno> {
 /// A write through the filesystem: into the page cache once not frozen.
 /// A filesystem never writes past its device: that is -EIO at once.
 pub async fn fs_write(sim: &Rc<Sim>, dev: DevT, sector: u64, data: &[Stamp]) -> Result<(), Errno> {
-    let capacity = sim.devices.borrow().get(&dev).map_or(0, |d| d.capacity);
+    let capacity = sim.blk.devices.borrow().get(&dev).map_or(0, |d| d.capacity);
     if sector
         .checked_add(data.len() as u64)
         .is_none_or(|end| end > capacity)
@@ -325,6 +325,7 @@ fn writeback_failed(sim: &Rc<Sim>, dev: DevT, sector: u64, count: u64, e: Errno,
 /// since the bio was submitted.
 fn injected_error(sim: &Rc<Sim>, dev: DevT, sector: u64, count: u64, before: u64) -> bool {
     let bad_range = sim
+        .blk
         .devices
         .borrow()
         .get(&dev)

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use blksnap_core::kernel::{LockId, LockMode, LockOp};
 
-use crate::kernel::TaskId;
+use crate::kernel::task::TaskId;
 
 /// Classes whose release may come from another task.
 const CROSS_RELEASE: &[&str] = &["chunk.lock"];

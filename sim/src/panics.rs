@@ -8,7 +8,7 @@
 //! executor of the same thread reads right after `catch_unwind`. Panics
 //! outside a poll go to the previous hook unchanged.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Once;
 
 /// Where a caught panic happened, as `file:line:col`; plus the first frame
@@ -36,6 +36,34 @@ thread_local! {
 
 static HOOK: Once = Once::new();
 
+thread_local! {
+    /// Set while a task is polled: a panic there is a failure the sim
+    /// reports (an oops, or a bench error), so the hook stays quiet.
+    static IN_POLL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True while the executor polls a task (for a panic hook that stays quiet
+/// about oopses but reports panics of the simulator itself).
+pub fn in_task_poll() -> bool {
+    IN_POLL.with(Cell::get)
+}
+
+/// The executor marks the span of one poll.
+pub(crate) fn set_in_poll(on: bool) {
+    IN_POLL.with(|p| p.set(on));
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        return (*s).to_string();
+    }
+    if let Some(s) = payload.downcast_ref::<String>() {
+        return s.clone();
+    }
+    "panic".to_string()
+}
+
 /// Install the hook (once per process; later calls do nothing). It wraps
 /// whatever hook was there, so a hook set before (the CLI's) still sees
 /// every panic outside a task poll.
@@ -43,7 +71,7 @@ pub fn install_hook() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let in_poll = crate::kernel::in_task_poll();
+            let in_poll = in_task_poll();
             let location = info.location().map_or("<unknown>".to_string(), |l| {
                 format!("{}:{}:{}", l.file(), l.line(), l.column())
             });
@@ -68,7 +96,7 @@ pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     install_hook();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
         let site = take_site();
-        let message = crate::kernel::panic_message(&*payload);
+        let message = panic_message(&*payload);
         format!(
             "bench error: panic at {} outside any task: {message}",
             site.location

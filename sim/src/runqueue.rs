@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::kernel::TaskId;
+use crate::kernel::task::TaskId;
 
 #[derive(Default)]
 pub(crate) struct RunQueue {

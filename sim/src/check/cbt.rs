@@ -711,7 +711,7 @@ fn tracker_token(sim: &Sim, dev: DevT) -> Option<usize> {
 }
 
 fn capacity(sim: &Sim, dev: DevT) -> u64 {
-    sim.devices.borrow().get(&dev).map_or(0, |d| d.capacity)
+    sim.blk.devices.borrow().get(&dev).map_or(0, |d| d.capacity)
 }
 
 /// A user write ended (block layer hook).

@@ -208,7 +208,7 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
         if fs.is_empty() {
             return;
         }
-        let devices = sim.devices.borrow();
+        let devices = sim.blk.devices.borrow();
         let records: BTreeMap<DevT, (&FsRecord, bool)> = fs
             .iter()
             .map(|(dev, m)| {

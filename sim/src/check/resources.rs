@@ -26,10 +26,10 @@ pub fn check_after_unload(sim: &Rc<Sim>) {
     for dev in sim.disks() {
         sim.fail("resources", format!("leak: image disk {dev} still exists"));
     }
-    if sim.bios_in_flight.get() > 0 {
+    if sim.blk.bios_in_flight.get() > 0 {
         sim.fail(
             "resources",
-            format!("{} bio(s) never completed", sim.bios_in_flight.get()),
+            format!("{} bio(s) never completed", sim.blk.bios_in_flight.get()),
         );
     }
     for (task, class) in sim.lockdep.borrow().held_report() {

@@ -107,6 +107,7 @@ impl Run {
         let backup_dev = self.dev(backup);
         let room = self
             .sim
+            .blk
             .devices
             .borrow()
             .get(&backup_dev)

@@ -241,6 +241,7 @@ impl Run {
         let capacity = match w.target {
             Target::Original(_) => self
                 .sim
+                .blk
                 .devices
                 .borrow()
                 .get(&dev)

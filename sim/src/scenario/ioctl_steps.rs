@@ -6,7 +6,7 @@ use blksnap_core::kernel::{DevT, Errno};
 use blksnap_core::uapi::*;
 
 use super::load::limits::{MAX_ARG_BYTES, MAX_ARRAY_ITEMS, MAX_CBT_MAP_BYTES};
-use super::model::{ArgFault, CbtExpect, EventExpect, Expect, RawArg, Target};
+use super::model::{ArgFault, CbtExpect, EventExpect, Expect, RawArg, Step, Target};
 use super::runner::{check_expect, Run};
 use crate::trace::TraceEvent;
 use crate::user::UNMAPPED;
@@ -665,6 +665,32 @@ pub(super) struct StretchPlan {
 }
 
 impl Run {
+    /// A `Stretch` step, taken apart here so that the runner's dispatch
+    /// does not import this module (the runner and its step modules in one
+    /// direction: steps -> runner).
+    pub(super) async fn stretch_step(&self, step: &Step) -> Result<(), String> {
+        let Step::Stretch {
+            snapshot,
+            device,
+            from,
+            limit,
+            timeout_ms,
+            expect_portions,
+            expect_corrupted,
+        } = step
+        else {
+            return Err(format!("bench error: stretch_step given {step:?}"));
+        };
+        let plan = StretchPlan {
+            device: device.clone(),
+            from: *from,
+            limit: *limit,
+            timeout_ms: *timeout_ms,
+        };
+        self.stretch(snapshot, &plan, *expect_portions, *expect_corrupted)
+            .await
+    }
+
     /// The event loop of the upstream library and stretch tool (spec 11.0).
     pub(super) async fn stretch(
         &self,

@@ -20,7 +20,8 @@ use super::model::{Expect, Scenario, Scheduler, Step};
 use crate::check::{resources, Oracle};
 use crate::device::Device;
 use crate::fs::{self, FsModel};
-use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, SimKernel, BENCH_CHECKER};
+use crate::kernel::sim_kernel::SimKernel;
+use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, BENCH_CHECKER};
 use crate::rng::SimRng;
 use crate::trace::TraceEvent;
 use crate::user::UserSpace;
@@ -140,15 +141,15 @@ pub(super) struct Run {
 pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     let seed = options.seed.unwrap_or(scenario.seed);
     let sim = Sim::new(seed);
-    sim.policy.set(match scenario.scheduler {
+    sim.sched.policy.set(match scenario.scheduler {
         Scheduler::Random => SchedPolicy::Random,
         Scheduler::Priority(n) => SchedPolicy::Priority { change_points: n },
     });
     // The budget's polls are the executor's liveness bound.
     let budget = options.budget.unwrap_or_default();
-    sim.bounds.set(Bounds {
+    sim.sched.bounds.set(Bounds {
         max_polls: budget.polls,
-        ..sim.bounds.get()
+        ..sim.sched.bounds.get()
     });
     let devices = add_devices(&sim, scenario);
     apply_faults(&sim, scenario);
@@ -246,11 +247,11 @@ fn apply_faults(sim: &Rc<Sim>, scenario: &Scenario) {
     }
     plan.bio_error_ppm = scenario.faults.bio_error_ppm;
     plan.add_disk_fail = scenario.faults.add_disk_fail;
-    sim.memory_limit.set(scenario.memory_limit);
+    sim.mm.memory_limit.set(scenario.memory_limit);
 }
 
 fn report_hang(sim: &Rc<Sim>) {
-    let bounds: Bounds = sim.bounds.get();
+    let bounds: Bounds = sim.sched.bounds.get();
     let lockdep = sim.lockdep.borrow();
     let waiting: Vec<String> = lockdep
         .waiting
@@ -344,7 +345,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
     metrics.insert("polls".to_string(), sim.polls() as f64);
     metrics.insert(
         "peak_engine_bytes".to_string(),
-        sim.peak_alloc_bytes.get() as f64,
+        sim.mm.peak_alloc_bytes.get() as f64,
     );
     metrics.insert(
         "image_reads_checked".to_string(),
@@ -383,6 +384,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
             .collect(),
         log: engine_log(sim),
         sleep_sites: sim
+            .sched
             .sleep_sites
             .borrow()
             .iter()
@@ -615,6 +617,7 @@ impl Run {
     fn chunk_sectors(&self, orig: DevT, capacity: u64) -> u64 {
         let io_min = self
             .sim
+            .blk
             .devices
             .borrow()
             .get(&orig)
@@ -873,24 +876,7 @@ impl Run {
                 sectors,
                 content,
             } => self.expect_media(device, *sector, *sectors, content),
-            Step::Stretch {
-                snapshot,
-                device,
-                from,
-                limit,
-                timeout_ms,
-                expect_portions,
-                expect_corrupted,
-            } => {
-                let stretch = super::ioctl_steps::StretchPlan {
-                    device: device.clone(),
-                    from: *from,
-                    limit: *limit,
-                    timeout_ms: *timeout_ms,
-                };
-                self.stretch(snapshot, &stretch, *expect_portions, *expect_corrupted)
-                    .await
-            }
+            Step::Stretch { .. } => self.stretch_step(step).await,
             Step::Unload => {
                 self.unload().await;
                 Ok(())
@@ -943,6 +929,7 @@ impl Run {
             ))?;
         let got = self
             .sim
+            .blk
             .devices
             .borrow()
             .get(&dev)
@@ -964,6 +951,7 @@ impl Run {
             Media::Pattern(device, from) => {
                 let index = self
                     .sim
+                    .blk
                     .devices
                     .borrow()
                     .get(&self.dev(device))

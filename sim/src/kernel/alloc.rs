@@ -1,0 +1,94 @@
+//! The allocation path: what `kmalloc`/`kvmalloc` with a GFP class does in
+//! the sim, across memory (`mm.rs`), lockdep (the reclaim context) and the
+//! fault plan.
+//!
+//! Fault model: ENOMEM when the fault plan fails the site (`SITE/nowait`
+//! aims at the would-block allocations alone) or past `MAX_ALLOCATION`;
+//! each one recorded as injected. A GFP_KERNEL allocation outside a noio
+//! scope while an IO-path lock is held fails the run ("memalloc_noio").
+
+use blksnap_core::kernel::{AllocId, Errno, Gfp};
+
+use super::mm::MAX_ALLOCATION;
+use super::Sim;
+use crate::check::injected::FaultKind;
+use crate::trace::TraceEvent;
+
+impl Sim {
+    pub(crate) fn kmalloc(
+        &self,
+        site: &'static str,
+        bytes: u64,
+        gfp: Gfp,
+    ) -> Result<AllocId, Errno> {
+        self.check_reclaim_context(site, gfp);
+        // One allocation past this is refused as vmalloc would refuse it:
+        // the host must not try (a table for a device of 2^60 sectors).
+        let fails = bytes > MAX_ALLOCATION || self.alloc_fault(site, gfp);
+        self.record(TraceEvent::Alloc { site, ok: !fails });
+        if fails {
+            let site = site.to_string();
+            self.record_fault(FaultKind::Alloc { site, gfp });
+            return Err(Errno::ENOMEM);
+        }
+        Ok(self.account_alloc(site, bytes))
+    }
+
+    pub(crate) fn kfree(&self, id: AllocId) {
+        if !self.mm.free(id) {
+            self.fail(
+                "memory",
+                format!("kfree of {id:?}: double free or bad pointer"),
+            );
+        }
+    }
+
+    /// memalloc_noio: outside a noio scope, an allocation that may start IO
+    /// while the task holds a lock on the IO path can deadlock in reclaim.
+    fn check_reclaim_context(&self, site: &str, gfp: Gfp) {
+        if gfp != Gfp::Kernel || self.sched.current_noio() {
+            return;
+        }
+        if let Some(id) = self.current_task() {
+            let what = format!(
+                "GFP_KERNEL allocation at {site} by '{}'",
+                self.task_name(id)
+            );
+            let mut lockdep = self.lockdep.borrow_mut();
+            lockdep.mark = self.sched.next_id();
+            lockdep.may_io_allocation(id, what);
+        }
+        let held = self
+            .current_task()
+            .and_then(|id| self.lockdep.borrow().io_locks_held(id));
+        if let Some(class) = held {
+            self.fail(
+                "memalloc_noio",
+                format!(
+                    "GFP_KERNEL allocation at {site} while holding {class} outside a noio scope"
+                ),
+            );
+        }
+    }
+
+    /// Does the fault plan fail this allocation? A plan can aim at the
+    /// would-block allocations alone with the site name `SITE/nowait`.
+    fn alloc_fault(&self, site: &str, gfp: Gfp) -> bool {
+        let fault_site = if gfp == Gfp::NoioNowait {
+            format!("{site}/nowait")
+        } else {
+            site.to_string()
+        };
+        let mut rng = self.fault_rng.borrow_mut();
+        self.faults.borrow_mut().alloc_fails(&fault_site, &mut rng)
+    }
+
+    /// Account a live allocation; past the scenario's limit, fail the run.
+    fn account_alloc(&self, site: &'static str, bytes: u64) -> AllocId {
+        let (id, over_limit) = self.mm.account(site, bytes);
+        if let Some(message) = over_limit {
+            self.fail("memory", message);
+        }
+        id
+    }
+}

@@ -1,0 +1,164 @@
+//! The device bio path: a bio handed to a device or an image disk, its
+//! completion at a seeded time, and what it does to the media.
+//!
+//! Glue over the block layer's state (`blk.rs`), the timers, the fault
+//! plan and the storage checker.
+//!
+//! Fault model: EIO at completion when the fault plan, a bad sector range
+//! or an error window of the device says so (each recorded as injected
+//! and counted in `injected_io_errors`); EIO at submission past the end
+//! or to a removed device; a device can be resized or removed at any time
+//! (recorded as injected; removal releases its filter as bdev eviction
+//! does).
+
+use std::rc::Rc;
+
+use blksnap_core::kernel::{Bio, BioResult, Completer, DevT, Errno, LocalBoxFuture};
+
+use super::Sim;
+use crate::check::injected::FaultKind;
+use crate::trace::TraceEvent;
+
+impl Sim {
+    /// Hand a bio to a device or an image disk; no filter on this path.
+    pub fn submit_to_device(self: &Rc<Self>, bio: Bio, done: Completer<BioResult>) {
+        let disk = self.blk.disks.borrow().get(&bio.dev).cloned();
+        if let Some((disk, capacity)) = disk {
+            // bio_check_eod: the block layer refuses IO past the end.
+            if bio
+                .sector
+                .checked_add(bio.sectors)
+                .is_none_or(|end| end > capacity)
+            {
+                done.complete(Err(Errno::EIO));
+                return;
+            }
+            disk.submit_bio(bio, done);
+            return;
+        }
+        let id = self.next_bio_id();
+        self.record(TraceEvent::BioSubmit {
+            id,
+            dev: bio.dev.0,
+            op: bio.op as u8,
+            sector: bio.sector,
+            sectors: bio.sectors,
+        });
+        let check = self.blk.device_check(&bio);
+        let latency = match check {
+            Ok(latency) => latency,
+            Err(e) => {
+                self.record(TraceEvent::BioEnd { id, ok: false });
+                done.complete(Err(e));
+                return;
+            }
+        };
+        let in_flight = &self.blk.bios_in_flight;
+        in_flight.set(in_flight.get() + 1);
+        let at = self.now() + latency;
+        self.at(at, Box::new(move |sim| sim.end_device_bio(id, bio, done)));
+    }
+
+    fn end_device_bio(self: &Rc<Self>, id: u64, bio: Bio, done: Completer<BioResult>) {
+        let in_flight = &self.blk.bios_in_flight;
+        in_flight.set(in_flight.get() - 1);
+        let result = self.apply_bio(&bio);
+        self.record(TraceEvent::BioEnd {
+            id,
+            ok: result.is_ok(),
+        });
+        done.complete(result);
+    }
+
+    fn apply_bio(&self, bio: &Bio) -> BioResult {
+        use blksnap_core::kernel::BioOp;
+        let injected = self
+            .faults
+            .borrow_mut()
+            .bio_error(bio, &mut self.fault_rng.borrow_mut());
+        let mut devices = self.blk.devices.borrow_mut();
+        let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
+        let windowed = device.window_fails(bio.op, bio.sector, bio.sectors);
+        if injected || windowed || device.hits_bad_sector(bio.sector, bio.sectors) {
+            self.injected_io_errors
+                .set(self.injected_io_errors.get() + 1);
+            self.record_fault(bio_fault(bio));
+            return Err(Errno::EIO);
+        }
+        if device.removed {
+            return Err(Errno::EIO);
+        }
+        match bio.op {
+            BioOp::Read => Ok(device.read(bio.sector, bio.sectors)),
+            BioOp::Write => {
+                device.write(bio.sector, &bio.data);
+                Ok(Vec::new())
+            }
+            BioOp::Discard | BioOp::WriteZeroes => {
+                device.write(bio.sector, &vec![0; bio.sectors as usize]);
+                Ok(Vec::new())
+            }
+            BioOp::Flush => Ok(Vec::new()),
+        }
+    }
+
+    /// The engine's own writes go to the diff storage, and only there.
+    pub(crate) fn check_engine_bio(&self, bio: &Bio) {
+        if !bio.op.is_write() || self.is_image(bio.dev) {
+            return;
+        }
+        let verdict =
+            self.storage
+                .borrow_mut()
+                .engine_write(bio.dev, bio.sector, &bio.data, bio.sectors);
+        if let Err(message) = verdict {
+            self.fail("storage", message);
+        }
+    }
+
+    /// Change a device's capacity (a resized loop device).
+    pub fn resize_device(&self, dev: DevT, sectors: u64) {
+        if let Some(device) = self.blk.devices.borrow_mut().get_mut(&dev) {
+            let old = std::mem::replace(&mut device.capacity, sectors);
+            self.record_fault(FaultKind::Resize {
+                dev,
+                old,
+                new: sectors,
+            });
+        }
+    }
+
+    /// Device removal (`modprobe -r`, hot unplug): IO fails, the filter is
+    /// detached as bdev eviction does.
+    pub fn remove_device(&self, dev: DevT) {
+        if let Some(device) = self.blk.devices.borrow_mut().get_mut(&dev) {
+            device.removed = true;
+            self.record_fault(FaultKind::Removal { dev });
+        }
+        let filter = self.blk.filters.borrow_mut().remove(&dev);
+        if let Some(filter) = filter {
+            filter.release();
+        }
+    }
+
+    /// The queue freeze of filter attach/detach: wait until no filter
+    /// callback runs on `dev`.
+    pub(crate) fn wait_for_quiesce(self: &Rc<Self>, dev: DevT) -> LocalBoxFuture<'static, ()> {
+        let sim = self.clone();
+        Box::pin(async move {
+            while sim.blk.filter_calls_on(dev) > 0 {
+                sim.sleep(10_000).await;
+            }
+        })
+    }
+}
+
+/// The record of a device bio the sim failed.
+fn bio_fault(bio: &Bio) -> FaultKind {
+    FaultKind::BioError {
+        dev: bio.dev,
+        op: bio.op,
+        sector: bio.sector,
+        sectors: bio.sectors,
+    }
+}

@@ -1,0 +1,189 @@
+//! The block layer's state: the scenario's devices, the image disks the
+//! engine added, the filters attached to devices, the engine's opens, and
+//! the bios in flight.
+//!
+//! Models `blkdev_get/put`, `add_disk`/`del_gendisk`, the `bdev_filter`
+//! slot of each device with the count of filter callbacks running (the
+//! queue freeze of attach/detach waits for it), and the latency draw that
+//! sets the completion order of concurrent bios (the `disk` stream).
+//! The bio path that moves data is `bio.rs`; the user side with the filter
+//! callback is `crate::block`.
+//!
+//! Fault model (applied on the bio path, recorded as injected): EIO from
+//! the fault plan, bad sectors and error windows of a device, IO to a
+//! removed device, IO past the end; a resize or a removal of a device at
+//! any time; `add_disk` failing with ENOMEM.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use blksnap_core::kernel::{BdevFilter, BdevHandle, Bio, DevT, Errno, GenDisk};
+
+use crate::device::Device;
+use crate::rng::SimRng;
+
+/// The dynamic major the sim hands out for image disks.
+pub const IMAGE_MAJOR: u32 = 252;
+
+pub(crate) type Disk = (Rc<dyn GenDisk>, u64);
+
+pub struct BlockLayer {
+    pub devices: RefCell<BTreeMap<DevT, Device>>,
+    /// Image disks the engine added, with their capacity.
+    pub(crate) disks: RefCell<BTreeMap<DevT, Disk>>,
+    pub(crate) filters: RefCell<BTreeMap<DevT, Rc<dyn BdevFilter>>>,
+    /// Filter callbacks running per device (the queue freeze waits for them).
+    filter_calls: RefCell<BTreeMap<DevT, u64>>,
+    opens: RefCell<BTreeMap<u64, DevT>>,
+    open_seq: Cell<u64>,
+    bio_seq: Cell<u64>,
+    /// Bios handed to devices and not yet ended.
+    pub bios_in_flight: Cell<u64>,
+    rng: RefCell<SimRng>,
+}
+
+impl BlockLayer {
+    pub fn new(seed: u64) -> BlockLayer {
+        BlockLayer {
+            devices: RefCell::new(BTreeMap::new()),
+            disks: RefCell::new(BTreeMap::new()),
+            filters: RefCell::new(BTreeMap::new()),
+            filter_calls: RefCell::new(BTreeMap::new()),
+            opens: RefCell::new(BTreeMap::new()),
+            open_seq: Cell::new(0),
+            bio_seq: Cell::new(0),
+            bios_in_flight: Cell::new(0),
+            rng: RefCell::new(SimRng::child(seed, "disk")),
+        }
+    }
+
+    pub fn add_device(&self, device: Device) {
+        self.devices.borrow_mut().insert(device.dev, device);
+    }
+
+    pub fn next_bio_id(&self) -> u64 {
+        self.bio_seq.set(self.bio_seq.get() + 1);
+        self.bio_seq.get()
+    }
+
+    // --- opens -------------------------------------------------------------------------
+
+    /// `blkdev_get_by_dev`: ENXIO for a missing or removed device.
+    pub fn open(&self, dev: DevT) -> Result<BdevHandle, Errno> {
+        let mut devices = self.devices.borrow_mut();
+        let device = devices
+            .get_mut(&dev)
+            .filter(|d| !d.removed)
+            .ok_or(Errno::ENXIO)?;
+        device.open_count += 1;
+        self.open_seq.set(self.open_seq.get() + 1);
+        let id = self.open_seq.get();
+        self.opens.borrow_mut().insert(id, dev);
+        Ok(BdevHandle { id, dev })
+    }
+
+    /// `blkdev_put`; false if the handle is not open.
+    pub fn close(&self, handle: BdevHandle) -> bool {
+        if self.opens.borrow_mut().remove(&handle.id).is_none() {
+            return false;
+        }
+        if let Some(device) = self.devices.borrow_mut().get_mut(&handle.dev) {
+            device.open_count -= 1;
+        }
+        true
+    }
+
+    /// Devices opened by the engine and not closed.
+    pub fn open_bdevs(&self) -> Vec<DevT> {
+        self.opens.borrow().values().copied().collect()
+    }
+
+    pub fn nr_sectors(&self, dev: DevT) -> u64 {
+        self.devices
+            .borrow()
+            .get(&dev)
+            .filter(|d| !d.removed)
+            .map_or(0, |d| d.capacity)
+    }
+
+    pub fn io_min(&self, dev: DevT) -> u32 {
+        self.devices.borrow().get(&dev).map_or(512, |d| d.io_min)
+    }
+
+    pub fn freeze_fails(&self, dev: DevT) -> bool {
+        self.devices
+            .borrow()
+            .get(&dev)
+            .is_some_and(|d| d.freeze_fails)
+    }
+
+    // --- device bios -------------------------------------------------------------------
+
+    /// Refuse a bio the device cannot take; otherwise draw its latency.
+    pub fn device_check(&self, bio: &Bio) -> Result<u64, Errno> {
+        let devices = self.devices.borrow();
+        let device = devices.get(&bio.dev).ok_or(Errno::EIO)?;
+        if device.removed {
+            return Err(Errno::EIO);
+        }
+        let end = bio.sector.checked_add(bio.sectors).ok_or(Errno::EIO)?;
+        if end > device.capacity {
+            return Err(Errno::EIO);
+        }
+        if bio.op.is_write() && bio.op == blksnap_core::kernel::BioOp::Write {
+            assert_eq!(
+                bio.data.len() as u64,
+                bio.sectors,
+                "write bio with wrong payload"
+            );
+        }
+        let lat = device.latency;
+        let spread = lat.max_ns.saturating_sub(lat.min_ns);
+        let jitter = self.rng.borrow_mut().range(0, spread);
+        Ok(lat.min_ns + jitter + lat.per_sector_ns * bio.sectors)
+    }
+
+    // --- filters -----------------------------------------------------------------------
+
+    pub fn filter_of(&self, dev: DevT) -> Option<Rc<dyn BdevFilter>> {
+        self.filters.borrow().get(&dev).cloned()
+    }
+
+    pub fn filter_call_begin(&self, dev: DevT) {
+        *self.filter_calls.borrow_mut().entry(dev).or_insert(0) += 1;
+    }
+
+    pub fn filter_call_end(&self, dev: DevT) {
+        if let Some(n) = self.filter_calls.borrow_mut().get_mut(&dev) {
+            *n -= 1;
+        }
+    }
+
+    pub fn filter_calls_on(&self, dev: DevT) -> u64 {
+        self.filter_calls.borrow().get(&dev).copied().unwrap_or(0)
+    }
+
+    pub fn attached_filters(&self) -> Vec<DevT> {
+        self.filters.borrow().keys().copied().collect()
+    }
+
+    // --- image disks -------------------------------------------------------------------
+
+    pub fn is_image(&self, dev: DevT) -> bool {
+        self.disks.borrow().contains_key(&dev)
+    }
+
+    pub fn disks(&self) -> Vec<DevT> {
+        self.disks.borrow().keys().copied().collect()
+    }
+
+    pub fn add_disk(&self, dev: DevT, disk: Rc<dyn GenDisk>, capacity: u64) {
+        self.disks.borrow_mut().insert(dev, (disk, capacity));
+    }
+
+    /// False if `dev` is not a disk.
+    pub fn del_disk(&self, dev: DevT) -> bool {
+        self.disks.borrow_mut().remove(&dev).is_some()
+    }
+}

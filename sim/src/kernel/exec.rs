@@ -1,0 +1,173 @@
+//! The executor: spawns tasks, polls the one the scheduler picks, fires
+//! timers, and runs until the scenario's processes are done.
+//!
+//! Glue over `sched.rs` (which holds the state) and the `Sim` (a timer
+//! action and a failed task need the whole of it).
+//!
+//! Fault model: a panic in a task kills it with its locks held (its future
+//! is leaked, not dropped): an oops if engine code panicked, else a bench
+//! error (`crate::panics`). A task that exits with `current->bio_list`
+//! open fails the run ("kernel").
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use blksnap_core::kernel::{completion, Completion, LocalBoxFuture};
+
+use super::task::TaskId;
+use super::{Sim, BENCH_CHECKER};
+use crate::panics;
+use crate::trace::TraceEvent;
+
+impl Sim {
+    pub(crate) fn new_task(
+        &self,
+        name: String,
+        future: LocalBoxFuture<'static, ()>,
+        noio: bool,
+        is_process: bool,
+    ) -> TaskId {
+        let id = self.sched.add_task(name.clone(), future, noio, is_process);
+        self.record(TraceEvent::TaskSpawn { task: id, name });
+        id
+    }
+
+    /// Start a scenario process (a user task the run waits for).
+    pub fn spawn_process(&self, name: String, future: LocalBoxFuture<'static, ()>) -> TaskId {
+        self.new_task(name, future, false, true)
+    }
+
+    /// Start a sim-side background task (a flusher, a helper).
+    pub fn spawn_background(&self, name: String, future: LocalBoxFuture<'static, ()>) -> TaskId {
+        self.new_task(name, future, false, false)
+    }
+
+    /// Spawn a sim-side helper task that completes `done` with its result.
+    pub(crate) fn helper<T: 'static>(
+        self: &Rc<Self>,
+        name: &str,
+        body: LocalBoxFuture<'static, T>,
+    ) -> Completion<T> {
+        let (completion, done) = completion();
+        self.new_task(
+            name.to_string(),
+            Box::pin(async move { done.complete(body.await) }),
+            false,
+            false,
+        );
+        completion
+    }
+
+    pub fn sleep(&self, ns: u64) -> Completion<()> {
+        let (completion, done) = completion();
+        let at = self.now() + ns;
+        self.at(at, Box::new(move |_| done.complete(())));
+        completion
+    }
+
+    fn fire_due_timers(self: &Rc<Self>) {
+        while let Some(action) = self.sched.take_due_timer() {
+            action(self);
+        }
+    }
+
+    /// A task died of a panic: an oops if engine code panicked, else a
+    /// fault of the bench itself (never blamed on the engine).
+    fn report_panic(&self, task: &str, message: &str, site: &panics::PanicSite) {
+        match panics::blame(site) {
+            panics::Blame::Engine => self.fail("oops", format!("task '{task}' died: {message}")),
+            panics::Blame::Bench(at) => self.fail(
+                BENCH_CHECKER,
+                format!("bench error: panic at {at} in task '{task}': {message}"),
+            ),
+        }
+    }
+
+    /// Poll one task once. A panic inside it kills the task with its locks
+    /// held (its future is leaked, not dropped) and fails the run.
+    fn poll_task(self: &Rc<Self>, id: TaskId) {
+        let Some((mut future, waker)) = self.sched.begin_poll(id) else {
+            return;
+        };
+        self.sched.maybe_demote(id);
+        self.record(TraceEvent::Poll { task: id });
+        let mut cx = Context::from_waker(&waker);
+        panics::install_hook();
+        panics::set_in_poll(true);
+        let outcome = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+        panics::set_in_poll(false);
+        self.sched.end_poll();
+        match outcome {
+            Ok(Poll::Pending) => self.sched.park(id, future),
+            Ok(Poll::Ready(())) => self.task_exit(id),
+            Err(payload) => {
+                let name = self.task_name(id);
+                let message = panics::panic_message(&*payload);
+                std::mem::forget(future);
+                self.sched.remove_task(id);
+                self.report_panic(&name, &message, &panics::take_site());
+            }
+        }
+    }
+
+    fn task_exit(&self, id: TaskId) {
+        if let Some(task) = self.sched.remove_task(id) {
+            if task.bio_list.is_some() {
+                self.fail(
+                    "kernel",
+                    format!("task '{}' exited with a bio list open", task.name),
+                );
+            }
+        }
+        self.record(TraceEvent::TaskExit { task: id });
+    }
+
+    /// Run until every process is done, the bounds are hit, or nothing can
+    /// run. Returns false if processes remain (a hang: a deadlock, or a
+    /// livelock past the bounds).
+    pub fn run(self: &Rc<Self>) -> bool {
+        let bounds = self.sched.bounds.get();
+        loop {
+            self.sched.collect_woken();
+            self.fire_due_timers();
+            self.sched.collect_woken();
+            if !self.sched.has_live_processes() {
+                return true;
+            }
+            if self.polls() > bounds.max_polls || self.now() > bounds.max_virtual_ns {
+                return false;
+            }
+            match self.sched.pick() {
+                Some(id) => self.poll_task(id),
+                None => {
+                    if !self.sched.advance_to_next_timer() {
+                        return false;
+                    }
+                    let now = self.now();
+                    self.record(TraceEvent::TimeAdvance { now });
+                }
+            }
+        }
+    }
+
+    /// Let background work settle (timers, workers) for up to `ns`.
+    pub fn settle(self: &Rc<Self>, ns: u64) {
+        let deadline = self.now() + ns;
+        loop {
+            self.sched.collect_woken();
+            self.fire_due_timers();
+            self.sched.collect_woken();
+            if let Some(id) = self.sched.pick() {
+                self.poll_task(id);
+                continue;
+            }
+            match self.sched.next_timer_at() {
+                Some(at) if at <= deadline => {
+                    self.sched.advance_to_next_timer();
+                }
+                _ => return,
+            }
+        }
+    }
+}

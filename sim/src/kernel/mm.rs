@@ -1,0 +1,82 @@
+//! Memory: the engine's allocations, by site, with the live and peak
+//! totals and the scenario's memory limit.
+//!
+//! Models `kmalloc`/`kvmalloc`/`kfree` accounting only (no contents). The
+//! GFP class and the reclaim context are judged on the allocation path
+//! (`alloc.rs`), which also asks the fault plan.
+//!
+//! Fault model: an allocation fails with ENOMEM when the fault plan says so
+//! (per site, `SITE/nowait` for would-block allocations) or when it is over
+//! `MAX_ALLOCATION`; over the scenario's limit the run fails ("memory").
+//! A `kfree` of an unknown id is a double free ("memory").
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+use blksnap_core::kernel::AllocId;
+
+/// The largest single engine allocation the sim grants (1 GiB).
+pub const MAX_ALLOCATION: u64 = 1 << 30;
+
+/// Accounting of one allocation.
+struct Allocation {
+    site: &'static str,
+    bytes: u64,
+}
+
+#[derive(Default)]
+pub struct Memory {
+    allocs: RefCell<BTreeMap<u64, Allocation>>,
+    alloc_seq: Cell<u64>,
+    pub peak_alloc_bytes: Cell<u64>,
+    live_alloc_bytes: Cell<u64>,
+    /// Fail the run when live engine allocations exceed this (bytes).
+    pub memory_limit: Cell<Option<u64>>,
+}
+
+impl Memory {
+    /// Account a live allocation. Past the scenario's limit, the message
+    /// of the failure (once: the limit is then lifted).
+    pub fn account(&self, site: &'static str, bytes: u64) -> (AllocId, Option<String>) {
+        self.alloc_seq.set(self.alloc_seq.get() + 1);
+        let id = self.alloc_seq.get();
+        self.allocs
+            .borrow_mut()
+            .insert(id, Allocation { site, bytes });
+        let live = self.live_alloc_bytes.get() + bytes;
+        self.live_alloc_bytes.set(live);
+        self.peak_alloc_bytes
+            .set(self.peak_alloc_bytes.get().max(live));
+        let mut over = None;
+        if let Some(limit) = self.memory_limit.get().filter(|l| live > *l) {
+            self.memory_limit.set(None);
+            over = Some(format!(
+                "engine memory reached {live} bytes, over the limit of {limit}"
+            ));
+        }
+        (AllocId(id), over)
+    }
+
+    /// Forget an allocation; false if it was not live (a double free).
+    pub fn free(&self, id: AllocId) -> bool {
+        match self.allocs.borrow_mut().remove(&id.0) {
+            Some(alloc) => {
+                self.live_alloc_bytes
+                    .set(self.live_alloc_bytes.get() - alloc.bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Allocations still live, by site.
+    pub fn live_allocations(&self) -> BTreeMap<&'static str, (u64, u64)> {
+        let mut by_site: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
+        for alloc in self.allocs.borrow().values() {
+            let entry = by_site.entry(alloc.site).or_default();
+            entry.0 += 1;
+            entry.1 += alloc.bytes;
+        }
+        by_site
+    }
+}

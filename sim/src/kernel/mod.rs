@@ -1,0 +1,258 @@
+//! The simulated kernel: one seeded, single-threaded host for the engine.
+//!
+//! `Sim` composes the subsystems, each in its own file with its own state
+//! and fault model: the scheduler and virtual time (`sched.rs`, tasks in
+//! `task.rs`, the executor in `exec.rs`), memory (`mm.rs`, the allocation
+//! path in `alloc.rs`), the block layer (`blk.rs`, the device bio path in
+//! `bio.rs`), the filesystem models (`crate::fs`), lockdep
+//! (`crate::lockdep`), the fault plan (`crate::faults`) and the trace
+//! (`crate::trace`). `SimKernel` (`sim_kernel.rs`) is the engine's view:
+//! it routes each `Kernel` call to the subsystem that owns it.
+//!
+//! Kernel threads, work items and scenario processes are all tasks (futures
+//! polled by [`Sim::run`]); at every await point of any task the scheduler
+//! draws the next task to run from the seed.
+//!
+//! This file holds the per-run state and the verdicts (failures, the log);
+//! the subsystem files below it never import the `Sim` except the glue
+//! files (`exec.rs`, `alloc.rs`, `bio.rs`, `sim_kernel.rs`), which exist
+//! to cross subsystems and which this file does not import.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use blksnap_core::kernel::DevT;
+
+use crate::check::injected::FaultKind;
+use crate::check::Oracle;
+use crate::faults::FaultPlan;
+use crate::fs::FsModel;
+use crate::lockdep::Lockdep;
+use crate::rng::SimRng;
+use crate::trace::{Trace, TraceEvent};
+
+mod alloc;
+mod bio;
+pub mod blk;
+mod exec;
+pub mod mm;
+pub mod sched;
+pub mod sim_kernel;
+pub mod task;
+
+pub use blk::IMAGE_MAJOR;
+pub use mm::MAX_ALLOCATION;
+pub use sched::{Bounds, SchedPolicy, POLL_COST_NS};
+pub use task::TaskId;
+
+/// The checker name of a panic outside engine code: the bench's own
+/// fault. A run with one is an error (exit 2), whatever else it shows.
+pub const BENCH_CHECKER: &str = "bench";
+
+/// One failure of the run: which checker saw what, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub checker: String,
+    pub message: String,
+    pub at_ns: u64,
+}
+
+/// What a timer does when it fires: anything with the whole `Sim`.
+pub(crate) type TimerAction = Box<dyn FnOnce(&Rc<Sim>)>;
+
+pub struct Sim {
+    pub seed: u64,
+    /// Tasks, run queue, timers, virtual time, policy.
+    pub sched: sched::Scheduler<TimerAction>,
+    /// The engine's allocations.
+    pub mm: mm::Memory,
+    /// Devices, image disks, filters, opens, bios in flight.
+    pub blk: blk::BlockLayer,
+    fault_rng: RefCell<SimRng>,
+    uuid_rng: RefCell<SimRng>,
+    pub trace: RefCell<Trace>,
+    failures: RefCell<Vec<Failure>>,
+    pub fs: RefCell<BTreeMap<DevT, FsModel>>,
+    pub lockdep: RefCell<Lockdep>,
+    pub faults: RefCell<FaultPlan>,
+    pub oracle: RefCell<Oracle>,
+    pub lifecycle: RefCell<crate::check::lifecycle::Lifecycle>,
+    log: RefCell<Vec<(u64, String)>>,
+    /// IO errors the fault plan injected (for the oracle's judgement).
+    pub injected_io_errors: Cell<u64>,
+    /// The CBT soundness checker.
+    pub cbt: RefCell<crate::check::cbt::CbtChecker>,
+    /// The fs_consistency checker of TAKE.
+    pub fs_take: RefCell<crate::check::fs_take::FsTake>,
+    /// Every fault the sim injected, for the oracle's excuses.
+    pub injected: RefCell<crate::check::injected::InjectedFaults>,
+    /// The storage checker (engine writes to the diff storage).
+    pub storage: RefCell<crate::check::storage::StorageCheck>,
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Rc<Sim> {
+        Rc::new(Sim {
+            seed,
+            sched: sched::Scheduler::new(seed),
+            mm: mm::Memory::default(),
+            blk: blk::BlockLayer::new(seed),
+            fault_rng: RefCell::new(SimRng::child(seed, "fault")),
+            uuid_rng: RefCell::new(SimRng::child(seed, "uuid")),
+            trace: RefCell::new(Trace::default()),
+            failures: RefCell::new(Vec::new()),
+            fs: RefCell::new(BTreeMap::new()),
+            lockdep: RefCell::new(Lockdep::default()),
+            faults: RefCell::new(FaultPlan::default()),
+            oracle: RefCell::new(Oracle::default()),
+            lifecycle: RefCell::new(Default::default()),
+            log: RefCell::new(Vec::new()),
+            injected_io_errors: Cell::new(0),
+            cbt: RefCell::new(Default::default()),
+            fs_take: RefCell::new(Default::default()),
+            injected: RefCell::new(Default::default()),
+            storage: RefCell::new(Default::default()),
+        })
+    }
+
+    // --- trace and verdicts ------------------------------------------------------
+
+    pub fn now(&self) -> u64 {
+        self.sched.now()
+    }
+
+    pub fn record(&self, event: TraceEvent) {
+        let now = self.now();
+        self.trace.borrow_mut().record(now, event);
+    }
+
+    /// A failed check: recorded with the time, and in the trace.
+    pub fn fail(&self, checker: &str, message: impl Into<String>) {
+        let message = message.into();
+        self.record(TraceEvent::Failure {
+            checker: checker.to_string(),
+            msg: message.clone(),
+        });
+        self.failures.borrow_mut().push(Failure {
+            checker: checker.to_string(),
+            message,
+            at_ns: self.now(),
+        });
+    }
+
+    pub fn failures(&self) -> Vec<Failure> {
+        self.failures.borrow().clone()
+    }
+
+    pub fn has_failed(&self) -> bool {
+        !self.failures.borrow().is_empty()
+    }
+
+    /// A line of the kernel log (`pr_info` and friends), with the time.
+    pub fn log(&self, msg: String) {
+        let now = self.now();
+        self.log.borrow_mut().push((now, msg));
+    }
+
+    pub fn log_lines(&self) -> Vec<(u64, String)> {
+        self.log.borrow().clone()
+    }
+
+    /// Keep a fault the sim injected, with the time, for the oracle.
+    pub fn record_fault(&self, kind: FaultKind) {
+        let now = self.now();
+        self.injected.borrow_mut().record(now, kind);
+    }
+
+    // --- views the runner and the checkers use (same names as before the split) ------
+
+    pub fn current_task(&self) -> Option<TaskId> {
+        self.sched.current_task()
+    }
+
+    pub fn task_name(&self, id: TaskId) -> String {
+        self.sched.task_name(id)
+    }
+
+    /// Deliver SIGKILL to a task: killable waits give up.
+    pub fn kill(&self, id: TaskId) {
+        self.sched.kill(id)
+    }
+
+    /// Processes still running.
+    pub fn live_processes(&self) -> Vec<String> {
+        self.sched.live_processes()
+    }
+
+    /// True if the running task got SIGKILL.
+    pub fn current_killed(&self) -> bool {
+        self.sched.current_killed()
+    }
+
+    /// The id of a live process with this name (the first one started).
+    pub fn process_named(&self, name: &str) -> Option<TaskId> {
+        self.sched.process_named(name)
+    }
+
+    /// Every task still alive, by name (for hang reports).
+    pub fn live_tasks(&self) -> Vec<String> {
+        self.sched.live_tasks()
+    }
+
+    pub fn polls(&self) -> u64 {
+        self.sched.polls()
+    }
+
+    /// Run `action` at virtual time `at`.
+    pub fn at(&self, at: u64, action: TimerAction) {
+        self.sched.at(at, action)
+    }
+
+    pub fn add_device(&self, device: crate::device::Device) {
+        self.blk.add_device(device)
+    }
+
+    pub fn next_bio_id(&self) -> u64 {
+        self.blk.next_bio_id()
+    }
+
+    pub fn filter_of(&self, dev: DevT) -> Option<Rc<dyn blksnap_core::kernel::BdevFilter>> {
+        self.blk.filter_of(dev)
+    }
+
+    pub fn filter_call_begin(&self, dev: DevT) {
+        self.blk.filter_call_begin(dev)
+    }
+
+    pub fn filter_call_end(&self, dev: DevT) {
+        self.blk.filter_call_end(dev)
+    }
+
+    pub fn is_image(&self, dev: DevT) -> bool {
+        self.blk.is_image(dev)
+    }
+
+    /// Allocations still live, by site.
+    pub fn live_allocations(&self) -> BTreeMap<&'static str, (u64, u64)> {
+        self.mm.live_allocations()
+    }
+
+    /// Devices opened by the engine and not closed.
+    pub fn open_bdevs(&self) -> Vec<DevT> {
+        self.blk.open_bdevs()
+    }
+
+    pub fn attached_filters(&self) -> Vec<DevT> {
+        self.blk.attached_filters()
+    }
+
+    pub fn disks(&self) -> Vec<DevT> {
+        self.blk.disks()
+    }
+
+    /// The image capacity as the engine registered it.
+    pub fn disk_capacity(&self, dev: DevT) -> Option<u64> {
+        self.oracle.borrow().image_capacity(dev)
+    }
+}

@@ -1,0 +1,348 @@
+//! The scheduler and virtual time: the tasks, the run queue, the wake
+//! queue, the timers, the clock, and the policy that picks the next task.
+//!
+//! Virtual time moves by `POLL_COST_NS` per poll and jumps to the next
+//! timer when nothing can run. Every pick draws from the `sched` stream of
+//! the seed (Random), or follows seeded fixed priorities with a few seeded
+//! change points that demote the running task (PCT, `Priority`).
+//!
+//! Fault model: the scheduler injects no faults; it *is* the adversary of
+//! interleavings. A hang (no runnable task, no timer, a process left) or a
+//! livelock (past `Bounds`) ends the run; the executor reports it.
+//!
+//! This file knows nothing of the `Sim`: timer actions are an opaque type
+//! `A` the owner chooses (the `Sim` uses closures over itself).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+
+use blksnap_core::kernel::LocalBoxFuture;
+
+use super::task::{Task, TaskId, TaskWaker, WakeQueue};
+use crate::rng::SimRng;
+use crate::runqueue::RunQueue;
+
+/// Virtual time one poll of a task costs: CPU work is not free.
+pub const POLL_COST_NS: u64 = 200;
+
+/// Limits that turn a hang or a livelock into a failure.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub max_polls: u64,
+    pub max_virtual_ns: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_polls: 20_000_000,
+            max_virtual_ns: 3_600_000_000_000,
+        }
+    }
+}
+
+/// Scheduling policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedPolicy {
+    /// Uniformly random among the runnable tasks.
+    Random,
+    /// PCT-style: random fixed priorities, the highest runnable runs, and a
+    /// few seeded change points demote the running task.
+    Priority { change_points: u32 },
+}
+
+#[derive(Default)]
+pub(crate) struct RunState {
+    now: u64,
+    /// One counter for task ids and timer keys (lockdep stamps with it).
+    next_id: u64,
+    tasks: BTreeMap<TaskId, Task>,
+    runnable: RunQueue,
+    /// Live scenario processes by name: the run ends when none is left,
+    /// and `Kill` finds its sibling here (without a scan of all tasks).
+    processes: BTreeSet<(String, TaskId)>,
+    current: Option<TaskId>,
+    polls: u64,
+    change_at: BTreeSet<u64>,
+}
+
+pub struct Scheduler<A> {
+    state: RefCell<RunState>,
+    timers: RefCell<BTreeMap<(u64, u64), A>>,
+    queue: Arc<WakeQueue>,
+    rng: RefCell<SimRng>,
+    pub policy: Cell<SchedPolicy>,
+    pub bounds: Cell<Bounds>,
+    /// Sleeping points the engine reached (`might_sleep` sites), with how
+    /// often: the inventory test compares them with ARCHITECTURE.md.
+    pub sleep_sites: RefCell<BTreeMap<&'static str, u64>>,
+}
+
+impl<A> Scheduler<A> {
+    pub fn new(seed: u64) -> Scheduler<A> {
+        Scheduler {
+            state: RefCell::new(RunState::default()),
+            timers: RefCell::new(BTreeMap::new()),
+            queue: Arc::new(WakeQueue {
+                woken: Mutex::new(Vec::new()),
+            }),
+            rng: RefCell::new(SimRng::child(seed, "sched")),
+            policy: Cell::new(SchedPolicy::Random),
+            bounds: Cell::new(Bounds::default()),
+            sleep_sites: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.state.borrow().now
+    }
+
+    /// The id counter (lockdep orders its reports by it).
+    pub fn next_id(&self) -> u64 {
+        self.state.borrow().next_id
+    }
+
+    // --- tasks ---------------------------------------------------------------------
+
+    /// A new runnable task with a seeded priority.
+    pub(crate) fn add_task(
+        &self,
+        name: String,
+        future: LocalBoxFuture<'static, ()>,
+        noio: bool,
+        is_process: bool,
+    ) -> TaskId {
+        let id = {
+            let mut sched = self.state.borrow_mut();
+            sched.next_id += 1;
+            let id = sched.next_id;
+            sched.tasks.insert(
+                id,
+                Task {
+                    name: name.clone(),
+                    future: Some(future),
+                    noio,
+                    bio_list: None,
+                    fatal_signal: false,
+                    is_process,
+                    waker: Waker::from(Arc::new(TaskWaker {
+                        id,
+                        queue: self.queue.clone(),
+                    })),
+                },
+            );
+            if is_process {
+                sched.processes.insert((name, id));
+            }
+            id
+        };
+        let priority = self.rng.borrow_mut().next_u64();
+        {
+            let mut sched = self.state.borrow_mut();
+            sched.runnable.add(id, priority);
+            sched.runnable.wake(id);
+        }
+        id
+    }
+
+    pub fn current_task(&self) -> Option<TaskId> {
+        self.state.borrow().current
+    }
+
+    pub fn task_name(&self, id: TaskId) -> String {
+        self.state
+            .borrow()
+            .tasks
+            .get(&id)
+            .map(|t| t.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// Deliver SIGKILL to a task: killable waits give up.
+    pub fn kill(&self, id: TaskId) {
+        if let Some(task) = self.state.borrow_mut().tasks.get_mut(&id) {
+            task.fatal_signal = true;
+        }
+        self.queue.woken.lock().map(|mut w| w.push(id)).ok();
+    }
+
+    pub(crate) fn with_current<R>(&self, f: impl FnOnce(&mut Task) -> R) -> Option<R> {
+        let mut sched = self.state.borrow_mut();
+        let id = sched.current?;
+        sched.tasks.get_mut(&id).map(f)
+    }
+
+    /// Processes still running.
+    pub fn live_processes(&self) -> Vec<String> {
+        self.state
+            .borrow()
+            .tasks
+            .values()
+            .filter(|t| t.is_process)
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    /// True if the running task got SIGKILL.
+    pub fn current_killed(&self) -> bool {
+        self.with_current(|t| t.fatal_signal).unwrap_or(false)
+    }
+
+    /// The per-task `noio` flag of the current task.
+    pub fn current_noio(&self) -> bool {
+        self.with_current(|t| t.noio).unwrap_or(false)
+    }
+
+    /// The id of a live process with this name (the first one started).
+    pub fn process_named(&self, name: &str) -> Option<TaskId> {
+        let sched = self.state.borrow();
+        let first = sched.processes.range((name.to_string(), 0)..).next();
+        first.filter(|(n, _)| n == name).map(|(_, id)| *id)
+    }
+
+    /// True while a scenario process runs.
+    pub fn has_live_processes(&self) -> bool {
+        !self.state.borrow().processes.is_empty()
+    }
+
+    /// A task ends (done, or dead of an oops): out of every index.
+    pub(crate) fn remove_task(&self, id: TaskId) -> Option<Task> {
+        let mut sched = self.state.borrow_mut();
+        sched.runnable.forget(id);
+        let task = sched.tasks.remove(&id)?;
+        if task.is_process {
+            sched.processes.remove(&(task.name.clone(), id));
+        }
+        Some(task)
+    }
+
+    /// Every task still alive, by name (for hang reports).
+    pub fn live_tasks(&self) -> Vec<String> {
+        self.state
+            .borrow()
+            .tasks
+            .values()
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    pub fn polls(&self) -> u64 {
+        self.state.borrow().polls
+    }
+
+    /// Count a sleeping point the engine reached.
+    pub fn might_sleep(&self, site: &'static str) {
+        *self.sleep_sites.borrow_mut().entry(site).or_insert(0) += 1;
+    }
+
+    // --- timers --------------------------------------------------------------------
+
+    /// Run `action` at virtual time `at` (never in the past).
+    pub fn at(&self, at: u64, action: A) {
+        let key = {
+            let mut sched = self.state.borrow_mut();
+            sched.next_id += 1;
+            (at.max(sched.now), sched.next_id)
+        };
+        self.timers.borrow_mut().insert(key, action);
+    }
+
+    /// The earliest timer that is due now, out of the queue.
+    pub fn take_due_timer(&self) -> Option<A> {
+        let now = self.now();
+        let mut timers = self.timers.borrow_mut();
+        match timers.keys().next().copied() {
+            Some(key) if key.0 <= now => timers.remove(&key),
+            _ => None,
+        }
+    }
+
+    /// When the next timer fires, if any.
+    pub fn next_timer_at(&self) -> Option<u64> {
+        self.timers.borrow().keys().next().map(|k| k.0)
+    }
+
+    /// Jump to the next timer; false if there is none.
+    pub fn advance_to_next_timer(&self) -> bool {
+        let next = self.next_timer_at();
+        let Some(at) = next else { return false };
+        let mut sched = self.state.borrow_mut();
+        if at > sched.now {
+            sched.now = at;
+        }
+        true
+    }
+
+    // --- picking and polling -------------------------------------------------------
+
+    pub fn collect_woken(&self) {
+        let woken: Vec<TaskId> = match self.queue.woken.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(_) => Vec::new(),
+        };
+        let mut sched = self.state.borrow_mut();
+        for id in woken {
+            sched.runnable.wake(id);
+        }
+    }
+
+    pub fn pick(&self) -> Option<TaskId> {
+        let policy = self.policy.get();
+        let sched = self.state.borrow();
+        if sched.runnable.is_empty() {
+            return None;
+        }
+        match policy {
+            SchedPolicy::Random => {
+                let n = sched.runnable.len() as u64;
+                let i = self.rng.borrow_mut().below(n) as usize;
+                sched.runnable.nth(i)
+            }
+            SchedPolicy::Priority { .. } => sched.runnable.highest(),
+        }
+    }
+
+    /// PCT change points: at a few seeded poll counts, demote the task.
+    pub fn maybe_demote(&self, id: TaskId) {
+        let SchedPolicy::Priority { change_points } = self.policy.get() else {
+            return;
+        };
+        let mut sched = self.state.borrow_mut();
+        if sched.change_at.is_empty() && change_points > 0 && sched.polls == 0 {
+            let mut rng = self.rng.borrow_mut();
+            for _ in 0..change_points {
+                sched.change_at.insert(rng.below(100_000));
+            }
+        }
+        let polls = sched.polls;
+        if sched.change_at.remove(&polls) {
+            sched.runnable.set_priority(id, 0);
+        }
+    }
+
+    /// Make `id` the running task, charge the poll, and take its future
+    /// (None if the task is gone or already being polled).
+    /// The task's future and its waker, for one poll.
+    pub(crate) fn begin_poll(&self, id: TaskId) -> Option<(LocalBoxFuture<'static, ()>, Waker)> {
+        let mut sched = self.state.borrow_mut();
+        sched.runnable.sleep(id);
+        sched.current = Some(id);
+        sched.polls += 1;
+        sched.now += POLL_COST_NS;
+        let task = sched.tasks.get_mut(&id)?;
+        Some((task.future.take()?, task.waker.clone()))
+    }
+
+    pub(crate) fn end_poll(&self) {
+        self.state.borrow_mut().current = None;
+    }
+
+    /// Give a pending task its future back.
+    pub(crate) fn park(&self, id: TaskId, future: LocalBoxFuture<'static, ()>) {
+        if let Some(task) = self.state.borrow_mut().tasks.get_mut(&id) {
+            task.future = Some(future);
+        }
+    }
+}

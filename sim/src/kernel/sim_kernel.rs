@@ -1,0 +1,242 @@
+//! `SimKernel`: the engine's view of the sim, the `Kernel` impl. It is a
+//! thin facade: each boundary call goes to the subsystem that owns it
+//! (scheduler, memory, lockdep, block layer, filesystem), or to the glue
+//! that crosses subsystems.
+//!
+//! Fault model: none of its own; each call carries the fault model of the
+//! subsystem it reaches. A `warn` is a failed run ("kernel_warn"); misuse
+//! of the block layer (closing what is not open, removing a disk that is
+//! not one, opening `current->bio_list` twice) fails the run ("kernel").
+
+use std::rc::Rc;
+
+use blksnap_core::kernel::{
+    AllocId, BdevFilter, BdevHandle, Bio, BioResult, Completer, Completion, DevT, Errno, GenDisk,
+    Gfp, Kernel, LocalBoxFuture, LockId, LockMode, LockOp, TaskKind,
+};
+
+use super::blk::IMAGE_MAJOR;
+use super::Sim;
+use crate::trace::TraceEvent;
+
+/// The engine's view of the sim. It is `Rc<Sim>` behind a newtype so the
+/// engine gets a `Rc<dyn Kernel>` while the sim keeps its own handle.
+pub struct SimKernel(pub Rc<Sim>);
+
+impl Kernel for SimKernel {
+    fn now_ns(&self) -> u64 {
+        self.0.now()
+    }
+
+    fn sleep(&self, ns: u64) -> Completion<()> {
+        self.0.sleep(ns)
+    }
+
+    fn spawn(&self, kind: TaskKind, name: String, task: LocalBoxFuture<'static, ()>) {
+        let noio = matches!(kind, TaskKind::Kthread { noio: true });
+        self.0.new_task(name, task, noio, false);
+    }
+
+    fn fatal_signal_pending(&self) -> bool {
+        self.0.sched.current_killed()
+    }
+
+    fn uuid_v4(&self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        self.0.uuid_rng.borrow_mut().fill_bytes(&mut bytes);
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        bytes
+    }
+
+    fn warn(&self, msg: &str) {
+        self.0.record(TraceEvent::Warn {
+            msg: msg.to_string(),
+        });
+        self.0.fail("kernel_warn", format!("WARN: {msg}"));
+    }
+
+    fn log(&self, msg: &str) {
+        self.0.log(msg.to_string());
+    }
+
+    fn might_sleep(&self, site: &'static str) {
+        self.0.sched.might_sleep(site);
+    }
+
+    fn kmalloc(&self, site: &'static str, bytes: u64, gfp: Gfp) -> Result<AllocId, Errno> {
+        self.0.kmalloc(site, bytes, gfp)
+    }
+
+    fn kfree(&self, id: AllocId) {
+        self.0.kfree(id)
+    }
+
+    fn memalloc_noio_save(&self) -> bool {
+        self.0
+            .sched
+            .with_current(|t| std::mem::replace(&mut t.noio, true))
+            .unwrap_or(false)
+    }
+
+    fn memalloc_noio_restore(&self, previous: bool) {
+        self.0.sched.with_current(|t| t.noio = previous);
+    }
+
+    fn lock_new(&self, class: &'static str) -> LockId {
+        self.0.lockdep.borrow_mut().new_lock(class)
+    }
+
+    fn lock_event(&self, id: LockId, class: &'static str, op: LockOp, mode: LockMode) {
+        let sim = &self.0;
+        let Some(task) = sim.current_task() else {
+            return;
+        };
+        sim.lockdep.borrow_mut().mark = sim.sched.next_id();
+        let report = sim.lockdep.borrow_mut().event(task, id, class, op, mode);
+        if let Some(report) = report {
+            sim.fail("lockdep", report);
+        }
+        for report in sim.lockdep.borrow_mut().take_noio_reports() {
+            sim.fail("memalloc_noio", report);
+        }
+    }
+
+    fn bdev_open(&self, dev: DevT) -> Result<BdevHandle, Errno> {
+        self.0.blk.open(dev)
+    }
+
+    fn bdev_close(&self, handle: BdevHandle) {
+        if !self.0.blk.close(handle) {
+            self.0.fail(
+                "kernel",
+                format!("blkdev_put of {} that is not open", handle.dev),
+            );
+        }
+    }
+
+    fn bdev_nr_sectors(&self, dev: DevT) -> u64 {
+        self.0.blk.nr_sectors(dev)
+    }
+
+    fn bdev_io_min(&self, dev: DevT) -> u32 {
+        self.0.blk.io_min(dev)
+    }
+
+    fn submit_bio(&self, bio: Bio, done: Completer<BioResult>) {
+        let sim = &self.0;
+        let mut pending = Some((bio, done));
+        sim.sched.with_current(|t| {
+            if let Some(list) = t.bio_list.as_mut() {
+                list.extend(pending.take());
+            }
+        });
+        if let Some((bio, done)) = pending {
+            sim.check_engine_bio(&bio);
+            sim.submit_to_device(bio, done);
+        }
+    }
+
+    fn bio_list_begin(&self) {
+        let opened = self.0.sched.with_current(|t| {
+            let was_open = t.bio_list.is_some();
+            t.bio_list.get_or_insert_with(Vec::new);
+            was_open
+        });
+        if opened == Some(true) {
+            self.0.fail("kernel", "current->bio_list opened twice");
+        }
+    }
+
+    fn bio_list_end(&self) -> Vec<(Bio, Completer<BioResult>)> {
+        self.0
+            .sched
+            .with_current(|t| t.bio_list.take().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn freeze_bdev(&self, dev: DevT) -> Completion<Result<(), Errno>> {
+        if self.0.blk.freeze_fails(dev) {
+            return Completion::ready(Err(Errno::EBUSY));
+        }
+        let sim = self.0.clone();
+        let body = Box::pin(async move { crate::fs::freeze_bdev(&sim, dev).await });
+        self.0.helper("freeze_bdev", body)
+    }
+
+    fn thaw_bdev(&self, dev: DevT) -> Completion<Result<(), Errno>> {
+        Completion::ready(crate::fs::thaw_bdev(&self.0, dev))
+    }
+
+    fn filter_attach(
+        &self,
+        dev: DevT,
+        filter: Rc<dyn BdevFilter>,
+    ) -> Completion<Result<(), Errno>> {
+        let sim = self.0.clone();
+        let quiesce = self.0.wait_for_quiesce(dev);
+        let body = Box::pin(async move {
+            quiesce.await;
+            let mut filters = sim.blk.filters.borrow_mut();
+            if filters.contains_key(&dev) {
+                return Err(Errno::EALREADY);
+            }
+            filters.insert(dev, filter);
+            Ok(())
+        });
+        self.0.helper("bdev_filter_attach", body)
+    }
+
+    fn filter_detach(&self, dev: DevT) -> Completion<Result<(), Errno>> {
+        let sim = self.0.clone();
+        let quiesce = self.0.wait_for_quiesce(dev);
+        let body = Box::pin(async move {
+            quiesce.await;
+            let filter = sim.blk.filters.borrow_mut().remove(&dev);
+            match filter {
+                Some(filter) => {
+                    filter.release();
+                    Ok(())
+                }
+                None => Err(Errno::ENOENT),
+            }
+        });
+        self.0.helper("bdev_filter_detach", body)
+    }
+
+    fn filter_get(&self, dev: DevT) -> Option<Rc<dyn BdevFilter>> {
+        self.0.filter_of(dev)
+    }
+
+    fn image_major(&self) -> u32 {
+        IMAGE_MAJOR
+    }
+
+    fn add_disk(
+        &self,
+        dev: DevT,
+        name: String,
+        capacity: u64,
+        disk: Rc<dyn GenDisk>,
+    ) -> Result<(), Errno> {
+        let sim = &self.0;
+        if sim
+            .faults
+            .borrow_mut()
+            .add_disk_fails(&mut sim.fault_rng.borrow_mut())
+        {
+            return Err(Errno::ENOMEM);
+        }
+        sim.blk.add_disk(dev, disk, capacity);
+        sim.oracle.borrow_mut().image_added(dev, capacity);
+        sim.log(format!("add_disk {name} {dev} {capacity}"));
+        Ok(())
+    }
+
+    fn del_gendisk(&self, dev: DevT) {
+        if !self.0.blk.del_disk(dev) {
+            self.0
+                .fail("kernel", format!("del_gendisk of {dev} that is not a disk"));
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! A task of the simulated kernel: a kernel thread, a work item or a
+//! scenario process, each one a future the executor polls.
+//!
+//! Models: the per-task flags the engine can see (`PF_MEMALLOC_NOIO`, a
+//! pending SIGKILL, `current->bio_list`) and the waker that puts a task
+//! back on the run queue.
+//!
+//! Fault model: none injected here. A task can die of a panic (see
+//! `exec.rs`); it then leaves every index with its locks held.
+
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
+
+use blksnap_core::kernel::{Bio, BioResult, Completer, LocalBoxFuture};
+
+pub type TaskId = u64;
+
+pub(crate) struct Task {
+    pub(crate) name: String,
+    pub(crate) future: Option<LocalBoxFuture<'static, ()>>,
+    /// `memalloc_noio` in effect (a kthread with PF_MEMALLOC_NOIO, or a scope).
+    pub(crate) noio: bool,
+    pub(crate) bio_list: Option<Vec<(Bio, Completer<BioResult>)>>,
+    pub(crate) fatal_signal: bool,
+    /// Scenario processes; the run ends when all of them are done.
+    pub(crate) is_process: bool,
+    /// Made once: a poll clones it (a reference count), never allocates.
+    pub(crate) waker: Waker,
+}
+
+/// Tasks woken since the executor last looked. A `Mutex` only because
+/// `Waker` must be `Send + Sync`; the sim has one thread.
+pub(crate) struct WakeQueue {
+    pub(crate) woken: Mutex<Vec<TaskId>>,
+}
+
+pub(crate) struct TaskWaker {
+    pub(crate) id: TaskId,
+    pub(crate) queue: Arc<WakeQueue>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Ok(mut woken) = self.queue.woken.lock() {
+            woken.push(self.id);
+        }
+    }
+}
