@@ -49,7 +49,7 @@ async fn start(
     dev: DevT,
     sector: u64,
     count: u64,
-    mut data: Vec<Stamp>,
+    data: Vec<Stamp>,
     nowait: bool,
 ) -> Result<DiffIo, Errno> {
     let k = module.k();
@@ -75,11 +75,18 @@ async fn start(
     let per_bio = BIO_MAX_VECS * PAGE_SECTORS;
     let mut parts: Vec<Completion<BioResult>> = Vec::new();
     let mut done = 0;
+    // Taken from the front part by part: draining the Vec would move the
+    // rest of a large chunk once per bio.
+    let mut stamps = data.into_iter();
     while done < count {
         let n = per_bio.min(count - done);
         let mut bio = match op {
             BioOp::Read => Bio::read(dev, sector + done, n),
-            _ => Bio::write(dev, sector + done, data.drain(..n as usize).collect()),
+            _ => Bio::write(
+                dev,
+                sector + done,
+                stamps.by_ref().take(n as usize).collect(),
+            ),
         };
         bio.flags.sync = true;
         bio.flags.fua = op.is_write();

@@ -86,7 +86,7 @@ async fn run_filter(sim: &Rc<Sim>, bio: &Bio) -> Option<BioResult> {
     sim.record(TraceEvent::Filter {
         dev: bio.dev.0,
         sector: bio.sector,
-        verdict: format!("{verdict:?}"),
+        verdict,
     });
     match verdict {
         FilterVerdict::Pass => None,

@@ -199,6 +199,13 @@ pub enum Command {
     Abi,
     /// List the v2 bugs that scenarios can switch on.
     Quirks,
+    /// Measure the speed figures (issue 10) beside the host's memcpy.
+    Bench {
+        /// Only the figure with this key (seeds, non-cow, cow, oracle,
+        /// campaign, 1pib).
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 /// Exit codes: 0 all passed, 1 a scenario failed, 2 bad input, a bench
@@ -282,6 +289,7 @@ pub fn main_with(cli: Cli) -> i32 {
             write_stdout(&blksnap_core::uapi::render_abi());
             0
         }
+        Command::Bench { only } => crate::bench::bench_command(only.as_deref()),
         Command::Quirks => {
             for (id, what) in blksnap_core::Quirks::ALL {
                 say!("{id:<12} {what}");

@@ -1,14 +1,24 @@
 //! The typed trace of a run and its digest.
 //!
 //! Every event is encoded canonically (a tag byte and little-endian fields)
-//! into a blake3 hasher as it happens, so the digest costs no memory; the
-//! last events are kept in a ring for failure reports.
+//! into a buffer that feeds a blake3 hasher in large updates, so the digest
+//! costs little time and no memory; the last events are kept in a ring for
+//! failure reports, and formatted only when one is printed. The digest is
+//! a function of the encoded byte stream alone, however it is split into
+//! updates.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::io::Write as _;
+
+use blksnap_core::kernel::FilterVerdict;
 
 /// How many recent events a failure report shows.
 const RING: usize = 200;
+
+/// Encoded bytes gathered before one hasher update: large updates let
+/// blake3 hash whole chunks at a time.
+const BATCH: usize = 64 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TraceEvent {
@@ -39,7 +49,7 @@ pub enum TraceEvent {
     Filter {
         dev: u32,
         sector: u64,
-        verdict: String,
+        verdict: FilterVerdict,
     },
     Ioctl {
         cmd: u32,
@@ -58,7 +68,7 @@ pub enum TraceEvent {
         depth: u32,
     },
     Alloc {
-        site: String,
+        site: &'static str,
         ok: bool,
     },
     Step {
@@ -74,15 +84,32 @@ pub enum TraceEvent {
     },
 }
 
+fn num(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn text(out: &mut Vec<u8>, s: &str) {
+    num(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A filter verdict as its `Debug` text, which is what the digest has
+/// always hashed. Pass (nearly every bio) is a constant; an error is rare
+/// and written in place, without an intermediate String.
+fn verdict_text(out: &mut Vec<u8>, verdict: &FilterVerdict) {
+    if *verdict == FilterVerdict::Pass {
+        return text(out, "Pass");
+    }
+    let at = out.len();
+    num(out, 0);
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{verdict:?}");
+    let len = (out.len() - at - 8) as u64;
+    out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+}
+
 impl TraceEvent {
     fn encode(&self, out: &mut Vec<u8>) {
-        fn num(out: &mut Vec<u8>, v: u64) {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        fn text(out: &mut Vec<u8>, s: &str) {
-            num(out, s.len() as u64);
-            out.extend_from_slice(s.as_bytes());
-        }
         match self {
             TraceEvent::TaskSpawn { task, name } => {
                 out.push(1);
@@ -128,7 +155,7 @@ impl TraceEvent {
                 out.push(7);
                 num(out, u64::from(*dev));
                 num(out, *sector);
-                text(out, verdict);
+                verdict_text(out, verdict);
             }
             TraceEvent::Ioctl { cmd, result } => {
                 out.push(8);
@@ -176,7 +203,8 @@ pub struct Trace {
     hasher: blake3::Hasher,
     count: u64,
     recent: VecDeque<(u64, TraceEvent)>,
-    scratch: Vec<u8>,
+    /// Encoded events not yet hashed.
+    pending: Vec<u8>,
 }
 
 impl Default for Trace {
@@ -185,17 +213,19 @@ impl Default for Trace {
             hasher: blake3::Hasher::new(),
             count: 0,
             recent: VecDeque::with_capacity(RING),
-            scratch: Vec::new(),
+            pending: Vec::with_capacity(BATCH + 256),
         }
     }
 }
 
 impl Trace {
     pub fn record(&mut self, now: u64, event: TraceEvent) {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&now.to_le_bytes());
-        event.encode(&mut self.scratch);
-        self.hasher.update(&self.scratch);
+        self.pending.extend_from_slice(&now.to_le_bytes());
+        event.encode(&mut self.pending);
+        if self.pending.len() >= BATCH {
+            self.hasher.update(&self.pending);
+            self.pending.clear();
+        }
         self.count += 1;
         if self.recent.len() == RING {
             self.recent.pop_front();
@@ -205,8 +235,9 @@ impl Trace {
 
     /// The digest so far, as 16 hex digits (64 bits are plenty to compare).
     pub fn digest(&self) -> String {
-        let hash = self.hasher.finalize();
-        hash.to_hex()[..16].to_string()
+        let mut hasher = self.hasher.clone();
+        hasher.update(&self.pending);
+        hasher.finalize().to_hex()[..16].to_string()
     }
 
     pub fn count(&self) -> u64 {
@@ -242,5 +273,53 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         assert_ne!(a.digest(), c.digest());
         assert_eq!(a.count(), 2);
+    }
+
+    /// The digest is blake3 of the whole encoded stream, whatever the
+    /// batches: the same as hashing each event's bytes as it comes.
+    #[test]
+    fn batching_does_not_change_the_digest() {
+        let mut trace = Trace::default();
+        let mut plain = blake3::Hasher::new();
+        let verdicts = [
+            FilterVerdict::Pass,
+            FilterVerdict::Complete(blksnap_core::kernel::Errno::EIO),
+            FilterVerdict::CompletedTwice(blksnap_core::kernel::Errno::EAGAIN),
+        ];
+        for i in 0..20_000u64 {
+            let event = match i % 3 {
+                0 => TraceEvent::Poll { task: i },
+                1 => TraceEvent::Filter {
+                    dev: 7,
+                    sector: i,
+                    verdict: verdicts[(i / 3 % 3) as usize],
+                },
+                _ => TraceEvent::Alloc {
+                    site: "chunk",
+                    ok: i % 2 == 0,
+                },
+            };
+            // The bytes the digest always hashed: Debug text for verdicts.
+            let mut bytes = i.to_le_bytes().to_vec();
+            match &event {
+                TraceEvent::Filter {
+                    dev,
+                    sector,
+                    verdict,
+                } => {
+                    bytes.push(7);
+                    num(&mut bytes, u64::from(*dev));
+                    num(&mut bytes, *sector);
+                    text(&mut bytes, &format!("{verdict:?}"));
+                }
+                other => other.encode(&mut bytes),
+            }
+            plain.update(&bytes);
+            trace.record(i, event);
+            if i % 4999 == 0 {
+                assert_eq!(trace.digest(), plain.finalize().to_hex()[..16]);
+            }
+        }
+        assert_eq!(trace.digest(), plain.finalize().to_hex()[..16]);
     }
 }

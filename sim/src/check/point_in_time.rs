@@ -23,19 +23,114 @@ use crate::device::{pattern_stamp, Fill};
 
 type SnapId = [u8; 16];
 
-/// One user write as the oracle saw it.
-#[derive(Clone, Debug)]
-struct WriteOp {
-    sector: u64,
-    data: Vec<Stamp>,
+/// One user write as one of its sectors saw it.
+#[derive(Clone, Copy, Debug)]
+struct SectorWrite {
+    id: u64,
+    stamp: Stamp,
     submitted: u64,
     /// None while in flight, and for ever if it failed.
     completed: Option<u64>,
+    /// When a write submitted after this one completed itself completed:
+    /// from then on this one can no longer be the sector's last value.
+    superseded: Option<u64>,
 }
 
-impl WriteOp {
-    fn stamp(&self, sector: u64) -> Stamp {
-        self.data[(sector - self.sector) as usize]
+/// The writes to one sector that a judgement can still need, in
+/// submission order, and what pruning must not forget.
+#[derive(Default)]
+struct SectorHistory {
+    writes: Vec<SectorWrite>,
+    /// The latest submission ever (a pin holds until a newer write).
+    last_submitted: Option<u64>,
+    /// A user write to it completed once (the final media check).
+    ever_completed: bool,
+}
+
+impl SectorHistory {
+    /// A write of this sector completed at `now`: it supersedes every
+    /// write that had completed before it was submitted.
+    fn completed(&mut self, id: u64, now: u64) {
+        let Some(index) = self.writes.iter().rposition(|w| w.id == id) else {
+            return;
+        };
+        self.writes[index].completed = Some(now);
+        self.ever_completed = true;
+        let submitted = self.writes[index].submitted;
+        for w in &mut self.writes {
+            if w.superseded.is_none() && w.completed.is_some_and(|c| c < submitted) {
+                w.superseded = Some(now);
+            }
+        }
+    }
+
+    /// Forget the writes no judgement can need any more: superseded by
+    /// `horizon` (every later query starts at or after it), and outside
+    /// every fixed window (TAKE windows of images of this device).
+    fn prune(&mut self, horizon: u64, windows: &Windows) {
+        self.writes.retain(|w| match w.superseded {
+            Some(s) => s > horizon || windows.need(w.submitted, s),
+            None => true,
+        });
+    }
+}
+
+/// The query windows [from, to] that stay fixed while the run goes on:
+/// the TAKE windows of bound images, per original. A write that was live
+/// [submitted, superseded) in one of them stays.
+#[derive(Default)]
+struct Windows {
+    by_start: BTreeMap<(u64, u64), u32>,
+    longest: u64,
+}
+
+impl Windows {
+    fn add(&mut self, from: u64, to: u64) {
+        *self.by_start.entry((from, to)).or_default() += 1;
+        self.longest = self.longest.max(to - from);
+    }
+
+    fn remove(&mut self, from: u64, to: u64) {
+        if let Some(n) = self.by_start.get_mut(&(from, to)) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_start.remove(&(from, to));
+            }
+        }
+    }
+
+    /// A query (from, to) needs a write live over [submitted, superseded)
+    /// iff from < superseded and to >= submitted.
+    fn need(&self, submitted: u64, superseded: u64) -> bool {
+        self.by_start
+            .range(..(superseded, 0))
+            .rev()
+            .take_while(|((from, _), _)| from.saturating_add(self.longest) >= submitted)
+            .any(|((_, to), _)| *to >= submitted)
+    }
+}
+
+/// While alive, the oracle keeps every write live at or after `start`: a
+/// TAKE ran from `start`, and its window is known only when its images
+/// are bound.
+pub struct HistoryHold {
+    sim: std::rc::Rc<crate::kernel::Sim>,
+    start: u64,
+}
+
+impl HistoryHold {
+    pub fn new(sim: &std::rc::Rc<crate::kernel::Sim>, start: u64) -> HistoryHold {
+        sim.oracle.borrow_mut().hold(start);
+        HistoryHold {
+            sim: sim.clone(),
+            start,
+        }
+    }
+}
+
+impl Drop for HistoryHold {
+    fn drop(&mut self) {
+        self.sim.oracle.borrow_mut().release(self.start);
     }
 }
 
@@ -91,11 +186,18 @@ pub struct Oracle {
     /// Originals: their fill, for sectors never written.
     devices: BTreeMap<DevT, (u32, Fill)>,
     images: BTreeMap<DevT, ImageRecord>,
-    writes: BTreeMap<u64, WriteOp>,
-    /// Write ids per (device, sector), in submission order.
-    by_sector: BTreeMap<(DevT, u64), Vec<u64>>,
-    /// Reads in flight: id -> submission time.
+    /// What each written sector's judgements can still need.
+    by_sector: BTreeMap<(DevT, u64), SectorHistory>,
+    /// Writes in flight: id -> (device, first sector, sectors).
+    writing: BTreeMap<u64, (DevT, u64, u64)>,
+    /// Reads in flight: id -> submission time, and how many started at
+    /// each time (the oldest bounds what a judgement can ask).
     reads: BTreeMap<u64, u64>,
+    read_starts: BTreeMap<u64, u32>,
+    /// TAKEs in progress by start time (see [`HistoryHold`]).
+    holds: BTreeMap<u64, u32>,
+    /// TAKE windows of bound images, per original.
+    windows: BTreeMap<DevT, Windows>,
     next_op: u64,
     /// Image reads that failed. Judged at the end.
     failed_image_reads: Vec<FailedRead>,
@@ -132,6 +234,7 @@ impl Oracle {
         // are not this image's.
         self.by_sector.retain(|(dev, _), _| *dev != image);
         self.pins.retain(|(dev, _), _| *dev != image);
+        self.forget_window(image);
         self.images.insert(
             image,
             ImageRecord {
@@ -153,11 +256,22 @@ impl Oracle {
 
     /// The image shows `orig` as of the TAKE that ran in [start, end].
     pub fn bind_image(&mut self, image: DevT, orig: DevT, take: (u64, u64), snapshot: SnapId) {
+        self.forget_window(image);
         if let Some(record) = self.images.get_mut(&image) {
             record.orig = orig;
             (record.take_start, record.take_end) = take;
             record.bound = true;
             record.snapshot = snapshot;
+            self.windows.entry(orig).or_default().add(take.0, take.1);
+        }
+    }
+
+    /// The image's TAKE window no longer needs its original's history.
+    fn forget_window(&mut self, image: DevT) {
+        if let Some(record) = self.images.get(&image).filter(|r| r.bound) {
+            if let Some(windows) = self.windows.get_mut(&record.orig) {
+                windows.remove(record.take_start, record.take_end);
+            }
         }
     }
 
@@ -210,18 +324,20 @@ impl Oracle {
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
-            for id in self.by_sector.remove(&key).unwrap_or_default() {
-                self.writes.remove(&id);
-            }
             self.next_op += 1;
-            let found = WriteOp {
-                sector: key.1,
-                data: vec![media(key.1)],
+            let found = SectorWrite {
+                id: self.next_op,
+                stamp: media(key.1),
                 submitted: now,
                 completed: Some(now),
+                superseded: None,
             };
-            self.writes.insert(self.next_op, found);
-            self.by_sector.insert(key, vec![self.next_op]);
+            let history = SectorHistory {
+                writes: vec![found],
+                last_submitted: Some(now),
+                ever_completed: true,
+            };
+            self.by_sector.insert(key, history);
             self.pins.remove(&key);
         }
     }
@@ -238,21 +354,21 @@ impl Oracle {
         match bio.op {
             BioOp::Write => {
                 for sector in bio.sector..bio.sector + bio.sectors {
-                    self.by_sector
-                        .entry((bio.dev, sector))
-                        .or_default()
-                        .push(id);
+                    let history = self.by_sector.entry((bio.dev, sector)).or_default();
+                    history.writes.push(SectorWrite {
+                        id,
+                        stamp: bio.data[(sector - bio.sector) as usize],
+                        submitted: now,
+                        completed: None,
+                        superseded: None,
+                    });
+                    history.last_submitted = Some(now);
                 }
-                let op = WriteOp {
-                    sector: bio.sector,
-                    data: bio.data.clone(),
-                    submitted: now,
-                    completed: None,
-                };
-                self.writes.insert(id, op);
+                self.writing.insert(id, (bio.dev, bio.sector, bio.sectors));
             }
             BioOp::Read => {
                 self.reads.insert(id, now);
+                *self.read_starts.entry(now).or_default() += 1;
             }
             _ => {}
         }
@@ -269,17 +385,76 @@ impl Oracle {
     ) -> Result<Judged, String> {
         match bio.op {
             BioOp::Write => {
-                if let (Ok(_), Some(op)) = (result, self.writes.get_mut(&id)) {
-                    op.completed = Some(now);
+                if let (Ok(_), Some(range)) = (result, self.writing.remove(&id)) {
+                    self.write_completed(now, id, range);
                 }
                 Ok(Judged::default())
             }
             BioOp::Read => {
-                let submitted = self.reads.remove(&id).unwrap_or(now);
+                let submitted = match self.reads.remove(&id) {
+                    Some(at) => {
+                        self.read_ended(at);
+                        at
+                    }
+                    None => now,
+                };
                 self.judge_read(submitted, now, bio, result)
             }
             _ => Ok(Judged::default()),
         }
+    }
+
+    /// A write completed: it supersedes older ones, and what no judgement
+    /// can need any more is forgotten.
+    fn write_completed(&mut self, now: u64, id: u64, (dev, sector, sectors): (DevT, u64, u64)) {
+        let horizon = self.horizon(now);
+        let none = Windows::default();
+        let windows = self.windows.get(&dev).unwrap_or(&none);
+        for (_, history) in self
+            .by_sector
+            .range_mut((dev, sector)..(dev, sector + sectors))
+        {
+            history.completed(id, now);
+            history.prune(horizon, windows);
+        }
+    }
+
+    fn hold(&mut self, start: u64) {
+        *self.holds.entry(start).or_default() += 1;
+    }
+
+    fn release(&mut self, start: u64) {
+        if let Some(n) = self.holds.get_mut(&start) {
+            *n -= 1;
+            if *n == 0 {
+                self.holds.remove(&start);
+            }
+        }
+    }
+
+    /// Writes the oracle still keeps (what its memory grows with).
+    pub fn writes_kept(&self) -> usize {
+        self.by_sector.values().map(|h| h.writes.len()).sum()
+    }
+
+    fn read_ended(&mut self, at: u64) {
+        if let Some(n) = self.read_starts.get_mut(&at) {
+            *n -= 1;
+            if *n == 0 {
+                self.read_starts.remove(&at);
+            }
+        }
+    }
+
+    /// No judgement from now on asks about a time before this, other than
+    /// the fixed TAKE windows: reads in flight started at or after it,
+    /// and so did every TAKE still in progress.
+    fn horizon(&self, now: u64) -> u64 {
+        let oldest = |starts: &BTreeMap<u64, u32>| starts.keys().next().copied();
+        [oldest(&self.read_starts), oldest(&self.holds)]
+            .into_iter()
+            .flatten()
+            .fold(now, u64::min)
     }
 
     fn judge_read(
@@ -305,7 +480,7 @@ impl Oracle {
             judged.sectors += 1;
             let verdict = self
                 .pinned(bio.dev, sector, from, to, *got, allowed)
-                .and_then(|allowed| match allowed.contains(got) {
+                .and_then(|allowed| match allowed.binary_search(got).is_ok() {
                     true => Ok(()),
                     false => Err(format!(
                         "original {} sector {sector}: read {got:#x}, expected one of {}",
@@ -334,10 +509,15 @@ impl Oracle {
         from: u64,
         to: u64,
         got: Stamp,
-        allowed: BTreeSet<Stamp>,
-    ) -> Result<BTreeSet<Stamp>, String> {
+        allowed: Vec<Stamp>,
+    ) -> Result<Vec<Stamp>, String> {
         let key = (dev, sector);
-        let newer_write = |since: u64| self.sector_writes(dev, sector).any(|w| w.submitted > since);
+        let newer_write = |since: u64| {
+            self.by_sector
+                .get(&key)
+                .and_then(|h| h.last_submitted)
+                .is_some_and(|last| last > since)
+        };
         if let Some(&(stamp, since)) = self.pins.get(&key) {
             if !newer_write(since) {
                 if got != stamp {
@@ -350,8 +530,10 @@ impl Oracle {
             }
             self.pins.remove(&key);
         }
-        let quiet = self.overlapping(dev, sector, from, to).is_empty();
-        if quiet && allowed.contains(&got) {
+        let quiet = in_flight(self.sector_writes(dev, sector), from, to)
+            .next()
+            .is_none();
+        if quiet && allowed.binary_search(&got).is_ok() {
             self.pins.insert(key, (got, from));
         }
         Ok(allowed)
@@ -415,7 +597,7 @@ impl Oracle {
             judged.sectors += 1;
             let verdict = self
                 .pinned(bio.dev, sector, from, to, *got, allowed)
-                .and_then(|allowed| match allowed.contains(got) {
+                .and_then(|allowed| match allowed.binary_search(got).is_ok() {
                     true => Ok(()),
                     false => Err(format!(
                         "image {} of {orig} sector {sector}: read {got:#x}, expected one of {} \
@@ -458,6 +640,7 @@ impl Oracle {
     /// submitted (0 if none): a device fault before it was overwritten.
     fn last_write_start(&self, dev: DevT, sector: u64, by: u64) -> u64 {
         self.sector_writes(dev, sector)
+            .iter()
             .filter(|w| w.completed.is_some_and(|c| c <= by))
             .map(|w| w.submitted)
             .max()
@@ -471,60 +654,40 @@ impl Oracle {
         }
     }
 
-    /// The writes to one sector, in submission order.
-    fn sector_writes(&self, dev: DevT, sector: u64) -> impl Iterator<Item = &WriteOp> {
+    /// The writes to one sector a judgement can still need, in
+    /// submission order.
+    fn sector_writes(&self, dev: DevT, sector: u64) -> &[SectorWrite] {
         self.by_sector
             .get(&(dev, sector))
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.writes.get(id))
+            .map_or(&[], |h| h.writes.as_slice())
     }
 
-    /// The stamps that may be the sector's content at `t`, from the writes
-    /// completed by then: each of them may have been applied last unless a
-    /// write submitted after its completion (and completed by `t`)
-    /// supersedes it. Empty when no write completed by `t`.
-    fn possibly_last(&self, dev: DevT, sector: u64, t: u64) -> BTreeSet<Stamp> {
-        let done = || {
-            self.sector_writes(dev, sector)
-                .filter(move |op| op.completed.is_some_and(|c| c <= t))
-        };
-        let Some(latest_start) = done().map(|op| op.submitted).max() else {
-            return BTreeSet::new();
-        };
-        done()
-            .filter(|op| op.completed.is_some_and(|c| c >= latest_start))
-            .map(|op| op.stamp(sector))
-            .collect()
-    }
-
-    /// Stamps of writes to `sector` that were in flight during [from, to].
-    fn overlapping(&self, dev: DevT, sector: u64, from: u64, to: u64) -> Vec<Stamp> {
-        self.sector_writes(dev, sector)
-            .filter(|op| op.submitted <= to && op.completed.is_none_or(|c| c > from))
-            .map(|op| op.stamp(sector))
-            .collect()
-    }
-
-    /// What the original may read for `sector` in the window [from, to].
-    fn original_values(&self, dev: DevT, sector: u64, from: u64, to: u64) -> BTreeSet<Stamp> {
-        let mut allowed = self.possibly_last(dev, sector, from);
-        if allowed.is_empty() {
-            allowed.insert(self.initial(dev, sector));
+    /// What the original may read for `sector` in the window [from, to],
+    /// sorted, each value once.
+    fn original_values(&self, dev: DevT, sector: u64, from: u64, to: u64) -> Vec<Stamp> {
+        let writes = self.sector_writes(dev, sector);
+        let mut allowed = Vec::new();
+        if !possibly_last(writes, from, &mut allowed) {
+            allowed.push(self.initial(dev, sector));
         }
-        allowed.extend(self.overlapping(dev, sector, from, to));
+        overlapping(writes, from, to, &mut allowed);
+        allowed.sort_unstable();
+        allowed.dedup();
         allowed
     }
 
     /// What the image may read for `sector` in the window [from, to]: its
     /// own last write if any, else the original as of the TAKE window.
-    fn image_values(&self, image: DevT, sector: u64, from: u64, to: u64) -> BTreeSet<Stamp> {
+    fn image_values(&self, image: DevT, sector: u64, from: u64, to: u64) -> Vec<Stamp> {
         let record = &self.images[&image];
-        let mut allowed = self.possibly_last(image, sector, from);
-        if allowed.is_empty() {
+        let writes = self.sector_writes(image, sector);
+        let mut allowed = Vec::new();
+        if !possibly_last(writes, from, &mut allowed) {
             allowed = self.original_values(record.orig, sector, record.take_start, record.take_end);
         }
-        allowed.extend(self.overlapping(image, sector, from, to));
+        overlapping(writes, from, to, &mut allowed);
+        allowed.sort_unstable();
+        allowed.dedup();
         allowed
     }
 
@@ -617,16 +780,15 @@ impl Oracle {
     /// What the original should hold now, for the final media check.
     pub fn expected_now(&self, dev: DevT, sector: u64, now: u64) -> BTreeSet<Stamp> {
         self.original_values(dev, sector, now, now)
+            .into_iter()
+            .collect()
     }
 
     /// Sectors of `dev` that a user write completed on.
     pub fn written_sectors(&self, dev: DevT) -> Vec<u64> {
         self.by_sector
             .range((dev, 0)..=(dev, u64::MAX))
-            .filter(|(_, ids)| {
-                ids.iter()
-                    .any(|id| self.writes.get(id).is_some_and(|w| w.completed.is_some()))
-            })
+            .filter(|(_, history)| history.ever_completed)
             .map(|((_, sector), _)| *sector)
             .collect()
     }
@@ -638,10 +800,46 @@ impl Oracle {
             return BTreeSet::new();
         }
         self.image_values(image, sector, now, now)
+            .into_iter()
+            .collect()
     }
 }
 
-fn show(values: &BTreeSet<Stamp>) -> String {
+/// Push the stamps that may be the sector's content at `t`, from the
+/// writes completed by then: each of them may have been applied last
+/// unless a write submitted after its completion (and completed by `t`)
+/// supersedes it. False (nothing pushed) when no write completed by `t`.
+fn possibly_last(writes: &[SectorWrite], t: u64, out: &mut Vec<Stamp>) -> bool {
+    let done = || {
+        writes
+            .iter()
+            .filter(move |op| op.completed.is_some_and(|c| c <= t))
+    };
+    let Some(latest_start) = done().map(|op| op.submitted).max() else {
+        return false;
+    };
+    out.extend(
+        done()
+            .filter(|op| op.completed.is_some_and(|c| c >= latest_start))
+            .map(|op| op.stamp),
+    );
+    true
+}
+
+/// Writes to the sector that were in flight during [from, to].
+fn in_flight(writes: &[SectorWrite], from: u64, to: u64) -> impl Iterator<Item = &SectorWrite> {
+    writes
+        .iter()
+        .filter(move |op| op.submitted <= to && op.completed.is_none_or(|c| c > from))
+}
+
+/// Push the stamps of writes in flight during [from, to].
+fn overlapping(writes: &[SectorWrite], from: u64, to: u64, out: &mut Vec<Stamp>) {
+    out.extend(in_flight(writes, from, to).map(|op| op.stamp));
+}
+
+/// Up to four allowed values (sorted), for a message.
+fn show(values: &[Stamp]) -> String {
     let list: Vec<String> = values.iter().take(4).map(|v| format!("{v:#x}")).collect();
     format!("{{{}}}", list.join(", "))
 }
@@ -850,6 +1048,53 @@ mod tests {
         assert!(read(&mut o, IMAGE, 4, 40, 440, 450).is_ok());
         assert!(read(&mut o, IMAGE, 4, 50, 460, 470).is_err());
         assert!(read(&mut o, IMAGE, 4, 0, 460, 470).is_err());
+    }
+
+    #[test]
+    fn history_stays_bounded_and_take_windows_keep_what_they_need() {
+        let mut o = oracle();
+        write(&mut o, ORIG, 5, 11, 0, 10);
+        taken_at(&mut o, 20, 30);
+        for i in 0..10_000 {
+            write(&mut o, ORIG, 5, 100 + i, 40 + 20 * i, 50 + 20 * i);
+        }
+        // The value at TAKE, the one that followed it, the last one.
+        assert!(o.writes_kept() <= 3, "{} writes kept", o.writes_kept());
+        assert!(read(&mut o, IMAGE, 5, 11, 300_000, 300_010).is_ok());
+        assert!(read(&mut o, ORIG, 5, 100 + 9_999, 300_000, 300_010).is_ok());
+        assert!(read(&mut o, ORIG, 5, 100 + 9_998, 300_020, 300_030).is_err());
+    }
+
+    #[test]
+    fn a_take_in_progress_holds_the_history_of_its_start() {
+        for held in [true, false] {
+            let mut o = oracle();
+            write(&mut o, ORIG, 5, 11, 0, 10);
+            if held {
+                o.hold(20);
+            }
+            // Superseded during the TAKE, before its images are bound.
+            write(&mut o, ORIG, 5, 22, 22, 25);
+            taken_at(&mut o, 20, 30);
+            o.release(20);
+            // A write in flight during the TAKE: either value is allowed.
+            let verdict = read(&mut o, IMAGE, 5, 11, 60, 70);
+            assert_eq!(verdict.is_ok(), held, "held {held}: {verdict:?}");
+        }
+    }
+
+    #[test]
+    fn a_read_in_flight_keeps_the_values_it_may_see() {
+        let mut o = oracle();
+        write(&mut o, ORIG, 2, 10, 0, 10);
+        let slow = Bio::read(ORIG, 2, 1);
+        let id = o.submit(15, &slow);
+        write(&mut o, ORIG, 2, 20, 20, 30);
+        write(&mut o, ORIG, 2, 30, 40, 50);
+        // Overlapping writes and the value at its start are all allowed.
+        assert!(o.complete(60, id, &slow, &Ok(vec![10])).is_ok());
+        write(&mut o, ORIG, 2, 40, 70, 80);
+        assert!(o.writes_kept() <= 2, "{} writes kept", o.writes_kept());
     }
 
     #[test]

@@ -37,10 +37,7 @@ impl Sim {
         // One allocation past this is refused as vmalloc would refuse it:
         // the host must not try (a table for a device of 2^60 sectors).
         let fails = bytes > MAX_ALLOCATION || self.alloc_fault(site, gfp);
-        self.record(TraceEvent::Alloc {
-            site: site.to_string(),
-            ok: !fails,
-        });
+        self.record(TraceEvent::Alloc { site, ok: !fails });
         if fails {
             let site = site.to_string();
             self.record_fault(FaultKind::Alloc { site, gfp });

@@ -11,12 +11,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use blksnap_core::kernel::{completion, Completion, LocalBoxFuture};
 
-use super::task::{TaskId, TaskWaker};
+use super::task::TaskId;
 use super::{Sim, BENCH_CHECKER};
 use crate::panics;
 use crate::trace::TraceEvent;
@@ -89,14 +88,11 @@ impl Sim {
     /// held (its future is kept as a zombie, not dropped, until power-off)
     /// and fails the run.
     fn poll_task(self: &Rc<Self>, id: TaskId) {
-        let future = self.sched.begin_poll(id);
-        let Some(mut future) = future else { return };
+        let Some((mut future, waker)) = self.sched.begin_poll(id) else {
+            return;
+        };
         self.sched.maybe_demote(id);
         self.record(TraceEvent::Poll { task: id });
-        let waker = Waker::from(Arc::new(TaskWaker {
-            id,
-            queue: self.sched.queue(),
-        }));
         let mut cx = Context::from_waker(&waker);
         panics::install_hook();
         panics::set_in_poll(true);

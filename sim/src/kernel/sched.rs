@@ -16,10 +16,11 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
 use blksnap_core::kernel::LocalBoxFuture;
 
-use super::task::{Task, TaskId, WakeQueue};
+use super::task::{Task, TaskId, TaskWaker, WakeQueue};
 use crate::rng::SimRng;
 use crate::runqueue::RunQueue;
 
@@ -115,10 +116,6 @@ impl<A> Scheduler<A> {
         self.state.borrow().next_id
     }
 
-    pub(crate) fn queue(&self) -> Arc<WakeQueue> {
-        self.queue.clone()
-    }
-
     // --- tasks ---------------------------------------------------------------------
 
     /// A new runnable task with a seeded priority.
@@ -142,6 +139,10 @@ impl<A> Scheduler<A> {
                     bio_list: None,
                     fatal_signal: false,
                     is_process,
+                    waker: Waker::from(Arc::new(TaskWaker {
+                        id,
+                        queue: self.queue.clone(),
+                    })),
                 },
             );
             if is_process {
@@ -357,13 +358,15 @@ impl<A> Scheduler<A> {
 
     /// Make `id` the running task, charge the poll, and take its future
     /// (None if the task is gone or already being polled).
-    pub(crate) fn begin_poll(&self, id: TaskId) -> Option<LocalBoxFuture<'static, ()>> {
+    /// The task's future and its waker, for one poll.
+    pub(crate) fn begin_poll(&self, id: TaskId) -> Option<(LocalBoxFuture<'static, ()>, Waker)> {
         let mut sched = self.state.borrow_mut();
         sched.runnable.sleep(id);
         sched.current = Some(id);
         sched.polls += 1;
         sched.now += POLL_COST_NS;
-        sched.tasks.get_mut(&id).and_then(|t| t.future.take())
+        let task = sched.tasks.get_mut(&id)?;
+        Some((task.future.take()?, task.waker.clone()))
     }
 
     pub(crate) fn end_poll(&self) {

@@ -9,7 +9,7 @@
 //! `exec.rs`); it then leaves every index with its locks held.
 
 use std::sync::{Arc, Mutex};
-use std::task::Wake;
+use std::task::{Wake, Waker};
 
 use blksnap_core::kernel::{Bio, BioResult, Completer, LocalBoxFuture};
 
@@ -24,6 +24,8 @@ pub(crate) struct Task {
     pub(crate) fatal_signal: bool,
     /// Scenario processes; the run ends when all of them are done.
     pub(crate) is_process: bool,
+    /// Made once: a poll clones it (a reference count), never allocates.
+    pub(crate) waker: Waker,
 }
 
 /// Tasks woken since the executor last looked. A `Mutex` only because

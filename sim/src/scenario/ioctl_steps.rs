@@ -213,6 +213,8 @@ impl Run {
             id: self.uuid(snapshot),
         };
         let start = self.sim.now();
+        // The oracle keeps the history this TAKE's window needs until bound.
+        let _hold = crate::check::point_in_time::HistoryHold::new(&self.sim, start);
         let (result, _) = self.ioctl(IOCTL_BLK_SNAP_SNAPSHOT_TAKE, &arg, fault).await;
         let end = self.sim.now();
         check_expect(expect, result)?;
