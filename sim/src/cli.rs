@@ -158,6 +158,17 @@ pub enum Command {
     Quirks,
 }
 
+/// A load error: its `FILE:LINE:COL: message` line, then the source line
+/// and caret, each line escaped on its own.
+fn say_load_error(e: &scenario::LoadError) {
+    let shown = format!("{e:#}");
+    let mut lines = shown.lines();
+    say!("ERROR {}", lines.next().unwrap_or_default());
+    for line in lines {
+        say!("{line}");
+    }
+}
+
 /// Shown under every `--help`, so the exit codes are documented where the
 /// user looks.
 const EXIT_CODES: &str = "Exit codes:
@@ -415,7 +426,7 @@ fn run_one(
         Ok(scenario) => scenario,
         Err(e) => {
             *bad_input = true;
-            say!("ERROR {e:#}");
+            say_load_error(&e);
             let mut run =
                 ScenarioRun::new(file.display().to_string(), file.display().to_string(), 0);
             run.verdict = Verdict::Error;
@@ -626,7 +637,7 @@ fn sweep(path: &Path, from: u64, count: u64) -> i32 {
     let scenario = match scenario::load(path) {
         Ok(s) => s,
         Err(e) => {
-            say!("ERROR {e:#}");
+            say_load_error(&e);
             return 2;
         }
     };
@@ -690,7 +701,7 @@ fn shrink_command(
     let scenario = match scenario::load(path) {
         Ok(s) => s,
         Err(e) => {
-            say!("ERROR {e:#}");
+            say_load_error(&e);
             return 2;
         }
     };
