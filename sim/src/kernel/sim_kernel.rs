@@ -46,7 +46,9 @@ impl Kernel for SimKernel {
         // builder sets the version-4 and variant bits.
         let mut bytes = [0u8; 16];
         self.0.uuid_rng.borrow_mut().fill_bytes(&mut bytes);
-        uuid::Builder::from_random_bytes(bytes).into_uuid().into_bytes()
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .into_bytes()
     }
 
     fn warn(&self, msg: &str) {
