@@ -37,10 +37,24 @@ pub fn render_junit(report: &RunReport) -> String {
     out
 }
 
+/// The directory a scenario file sits in, dotted like a Java package, so a
+/// CI page groups the cases by suite directory; the suite name for a file
+/// given without a directory.
+fn classname(suite: &str, run: &ScenarioRun) -> String {
+    let dir = run.path.rsplit_once('/').map_or("", |(dir, _)| dir);
+    let dir = dir.trim_start_matches("./").trim_matches('/');
+    if dir.is_empty() || dir == "." {
+        suite.to_string()
+    } else {
+        xml_attr(&dir.replace('/', "."))
+    }
+}
+
 fn testcase(out: &mut String, suite: &str, run: &ScenarioRun) {
     let _ = writeln!(
         out,
-        "    <testcase classname=\"{suite}\" name=\"{}\" time=\"{}\">",
+        "    <testcase classname=\"{}\" name=\"{}\" time=\"{}\">",
+        classname(suite, run),
         xml_attr(&run.name),
         seconds(run.wall_seconds()),
     );
@@ -205,6 +219,15 @@ mod tests {
     }
 
     #[test]
+    fn classname_is_the_suite_directory() {
+        let at = |path: &str| classname("suite", &ScenarioRun::new("n", path, 1));
+        assert_eq!(at("scenarios/races/a.ron"), "scenarios.races");
+        assert_eq!(at("./scenarios/a.ron"), "scenarios");
+        assert_eq!(at("/tmp/x/a.ron"), "tmp.x");
+        assert_eq!(at("a.ron"), "suite");
+    }
+
+    #[test]
     fn hostile_text_round_trips() {
         let xml = render_junit(&hostile_report());
         let doc = parse(&xml);
@@ -214,9 +237,12 @@ mod tests {
             .map(|n| n.attribute("name").unwrap_or_default().to_string())
             .collect();
         assert_eq!(names, ["a<b&\"c\"", "bad'one>", "broken"]);
-        for case in doc.descendants().filter(|n| n.has_tag_name("testcase")) {
-            assert_eq!(case.attribute("classname"), Some("scen&arios"));
-        }
+        let classes: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("testcase"))
+            .map(|n| n.attribute("classname").unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(classes, ["scenarios", "scenarios", "scenarios"]);
         let prop = doc
             .descendants()
             .find(|n| n.has_tag_name("property"))

@@ -82,7 +82,8 @@ pub fn warn(line: &str) {
 #[command(
     name = "blksnap-sim",
     version,
-    about = "Deterministic simulator and test bench for the blksnap v2 snapshot engine"
+    about = "Deterministic simulator and test bench for the blksnap v2 snapshot engine",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -92,7 +93,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run every .ron scenario under the given paths (default: scenarios).
+    #[command(after_help = EXIT_CODES)]
     Run {
+        /// Scenario files, or directories searched for .ron files
+        /// (default: scenarios).
         paths: Vec<PathBuf>,
         /// Override every scenario's seed.
         #[arg(long)]
@@ -117,12 +121,15 @@ pub enum Command {
         verbose: bool,
     },
     /// Run scenarios with many seeds; print each failing seed.
+    #[command(after_help = EXIT_CODES)]
     Sweep {
         /// Scenario files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// First seed.
         #[arg(long, default_value_t = 0)]
         from: u64,
+        /// How many consecutive seeds to run.
         #[arg(long, default_value_t = 100)]
         count: u64,
         /// Worker threads; results do not depend on it.
@@ -152,14 +159,18 @@ pub enum Command {
     },
     /// Shrink a failing scenario: drop steps and lower counts while the
     /// same checker still fails; write the smallest one.
+    #[command(after_help = EXIT_CODES)]
     Shrink {
+        /// The failing scenario file.
         path: PathBuf,
+        /// The seed that fails (default: the scenario's own seed).
         #[arg(long)]
         seed: Option<u64>,
         /// The checker that must keep failing (default: the first failure's).
         #[arg(long)]
         checker: Option<String>,
-        /// Where to write the result (default: PATH with .min.ron).
+        /// Where to write the result (default: STEM.min.ron in the current
+        /// directory, STEM being the scenario file name without .ron).
         #[arg(long)]
         out: Option<PathBuf>,
         /// At most this many runs.
@@ -207,6 +218,27 @@ pub enum Command {
         only: Option<String>,
     },
 }
+
+/// A load error: its `FILE:LINE:COL: message` line, then the source line
+/// and caret, each line escaped on its own.
+fn say_load_error(e: &scenario::LoadError) {
+    let shown = format!("{e:#}");
+    let mut lines = shown.lines();
+    say!("ERROR {}", lines.next().unwrap_or_default());
+    for line in lines {
+        say!("{line}");
+    }
+}
+
+/// Shown under every `--help`, so the exit codes are documented where the
+/// user looks.
+const EXIT_CODES: &str = "Exit codes:
+  0    every scenario passed (a bug scenario passes when its checker catches the bug)
+  1    a scenario failed, `--baseline` found a regression, or `shrink` found
+       nothing to shrink
+  2    bad input (a scenario that does not load, a bad option), a bench error,
+       or an output file that cannot be written
+  141  stdout was closed early (e.g. piped into `head`)";
 
 /// Exit codes: 0 all passed, 1 a scenario failed, 2 bad input, a bench
 /// error (a panic outside engine code) or an output that cannot be written.
@@ -307,12 +339,48 @@ pub(crate) struct Outputs {
     pub(crate) baseline: Option<PathBuf>,
 }
 
-/// The one command that replays a run.
+/// The one command that replays a run, for where the user is: this binary
+/// (by name when it is the one on PATH, else by its full path) and the
+/// scenario path exactly as the user gave it, both quoted for a POSIX shell.
 pub fn replay_command(path: &Path, seed: u64) -> String {
     format!(
-        "cargo run --release -p blksnap-sim -- run {} --seed {seed}",
-        path.display()
+        "{} run {} --seed {seed}",
+        shell_quote(&this_program()),
+        shell_quote(&path.display().to_string())
     )
+}
+
+/// `blksnap-sim` when PATH finds this very binary under that name (an
+/// installed one); otherwise the running binary's path.
+fn this_program() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "blksnap-sim".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths)
+            .filter_map(|dir| std::fs::canonicalize(dir.join("blksnap-sim")).ok())
+            .next()
+            .is_some_and(|found| found == exe)
+    });
+    if on_path {
+        "blksnap-sim".into()
+    } else {
+        exe.display().to_string()
+    }
+}
+
+/// A word the shell reads back unchanged: bare when it is plain, else in
+/// single quotes (a quote inside written as '\'').
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=@%+-,".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// Every .ron file under the paths, sorted, so runs are in a stable order.
@@ -466,7 +534,7 @@ fn run_one(
         Ok(scenario) => scenario,
         Err(e) => {
             *bad_input = true;
-            say!("ERROR {e}");
+            say_load_error(&e);
             let mut run =
                 ScenarioRun::new(file.display().to_string(), file.display().to_string(), 0);
             run.verdict = Verdict::Error;
@@ -721,7 +789,7 @@ fn shrink_command(
     let scenario = match scenario::load(path) {
         Ok(s) => s,
         Err(e) => {
-            say!("ERROR {e}");
+            say_load_error(&e);
             return 2;
         }
     };

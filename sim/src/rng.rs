@@ -4,7 +4,7 @@
 //! not shift the others.
 
 use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::{Rng, SeedableRng};
 
 pub struct SimRng {
     inner: ChaCha8Rng,

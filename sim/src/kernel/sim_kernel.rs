@@ -42,11 +42,13 @@ impl Kernel for SimKernel {
     }
 
     fn uuid_v4(&self) -> [u8; 16] {
+        // Drawn from the sim's own stream so ids repeat with the seed; the
+        // builder sets the version-4 and variant bits.
         let mut bytes = [0u8; 16];
         self.0.uuid_rng.borrow_mut().fill_bytes(&mut bytes);
-        bytes[6] = (bytes[6] & 0x0f) | 0x40;
-        bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        bytes
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .into_bytes()
     }
 
     fn warn(&self, msg: &str) {

@@ -25,6 +25,10 @@ pub struct LoadError {
     pub line: usize,
     pub col: usize,
     pub message: String,
+    /// The source line with a caret under the offending token; empty when
+    /// the error has no place. Shown only by the alternate form (`{:#}`),
+    /// so the plain form stays the one `FILE:LINE:COL: message` line.
+    pub snippet: String,
 }
 
 impl fmt::Display for LoadError {
@@ -33,7 +37,11 @@ impl fmt::Display for LoadError {
         if self.line == 0 {
             return write!(f, "{path}: {}", self.message);
         }
-        write!(f, "{path}:{}:{}: {}", self.line, self.col, self.message)
+        write!(f, "{path}:{}:{}: {}", self.line, self.col, self.message)?;
+        if f.alternate() && !self.snippet.is_empty() {
+            write!(f, "\n{}", self.snippet)?;
+        }
+        Ok(())
     }
 }
 
@@ -46,6 +54,7 @@ impl LoadError {
             line: 0,
             col: 0,
             message,
+            snippet: String::new(),
         }
     }
 
@@ -56,6 +65,7 @@ impl LoadError {
             line,
             col,
             message,
+            snippet: spans::snippet(text, offset, line),
         }
     }
 }
@@ -163,7 +173,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, LoadError> {
 /// ron reports an unknown field where it stopped, after the name.
 fn ron_error(path: &Path, text: &str, e: ron::error::SpannedError) -> LoadError {
     use ron::error::Error;
-    let offset = spans::offset_of_ron(text, e.position.line, e.position.col);
+    let offset = spans::offset_of_ron(text, e.span.end.line, e.span.end.col);
     let within = |outer: &Option<String>| {
         outer
             .as_ref()
@@ -1365,6 +1375,24 @@ mod tests {
             assert!(e.message.contains(want), "{want}: {e}");
             assert!(e.line > 0, "{e}");
         }
+    }
+
+    /// The alternate form adds the source line and a caret under the whole
+    /// offending token; the first line stays `FILE:LINE:COL: message`.
+    #[test]
+    fn a_load_error_shows_the_line_with_a_caret_under_the_token() {
+        let text = GOOD.replace("sectors: 1024", "sectorz: 1024");
+        let e = parse(Path::new("x.ron"), &text).unwrap_err();
+        let shown = format!("{e:#}");
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines[0], e.to_string(), "{shown}");
+        assert!(
+            lines[0].starts_with("x.ron:3:27: unknown field `sectorz`"),
+            "{shown}"
+        );
+        assert_eq!(lines[2], "3 |     devices: [(name: \"a\", sectorz: 1024)],");
+        assert_eq!(lines[3], "  |                           ^^^^^^^", "{shown}");
+        assert_eq!(lines.len(), 4, "{shown}");
     }
 
     #[test]

@@ -743,7 +743,14 @@ impl Run {
             .borrow()
             .iter()
             .find(|(_, r)| r.id[..] == *id)
-            .map_or_else(|| format!("{id:02x?}"), |(name, _)| name.clone())
+            .map_or_else(
+                // An id the scenario never named: the standard hyphenated form.
+                || match uuid::Uuid::from_slice(id) {
+                    Ok(u) => u.hyphenated().to_string(),
+                    Err(_) => format!("{id:02x?}"),
+                },
+                |(name, _)| name.clone(),
+            )
     }
 
     pub(super) fn fresh_stamps(&self, count: u64) -> Vec<Stamp> {

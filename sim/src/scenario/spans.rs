@@ -95,7 +95,13 @@ pub fn offset_of_ron(text: &str, line: usize, col: usize) -> usize {
             None => return text.len(),
         }
     }
-    floor_char_boundary(text, (start + col.saturating_sub(1)).min(text.len()))
+    // ron 0.12 counts columns in characters, not bytes.
+    let rest = &text[start..];
+    let within = rest
+        .char_indices()
+        .nth(col.saturating_sub(1))
+        .map_or(rest.len(), |(i, _)| i);
+    floor_char_boundary(text, start + within)
 }
 
 fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
@@ -369,5 +375,54 @@ mod tests {
         }
         let deep = "[".repeat(100_000);
         assert_eq!(offset_of(&deep, &At::default().index(0).index(0)), 2);
+    }
+}
+
+/// The line holding `offset`, numbered `line`, with carets under the token
+/// that starts there (a name, number, or quoted string; one character
+/// otherwise), laid out like a compiler's diagnostic.
+pub fn snippet(text: &str, offset: usize, line: usize) -> String {
+    let offset = floor_char_boundary(text, offset.min(text.len()));
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let source = text[start..end].trim_end_matches('\r');
+    let number = line.to_string();
+    let gutter = " ".repeat(number.len());
+    // Tabs stay tabs so the caret lines up under them in any terminal.
+    let pad: String = source[..(offset - start).min(source.len())]
+        .chars()
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .collect();
+    let width = token_width(&text[offset..end]).max(1);
+    format!(
+        "{gutter} |\n{number} | {source}\n{gutter} | {pad}{}",
+        "^".repeat(width)
+    )
+}
+
+/// Characters in the token at the start of `rest`.
+fn token_width(rest: &str) -> usize {
+    let mut chars = rest.chars();
+    match chars.next() {
+        None => 0,
+        Some('"') => {
+            let mut n = 1;
+            let mut escaped = false;
+            for c in chars {
+                n += 1;
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => return n,
+                    _ => escaped = false,
+                }
+            }
+            n
+        }
+        Some(c) if c.is_alphanumeric() || c == '_' || c == '#' || c == '-' => {
+            1 + chars
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .count()
+        }
+        Some(_) => 1,
     }
 }
