@@ -221,7 +221,7 @@ pub enum Command {
 
 /// A load error: its `FILE:LINE:COL: message` line, then the source line
 /// and caret, each line escaped on its own.
-fn say_load_error(e: &scenario::LoadError) {
+pub(crate) fn say_load_error(e: &scenario::LoadError) {
     let shown = format!("{e:#}");
     let mut lines = shown.lines();
     say!("ERROR {}", lines.next().unwrap_or_default());

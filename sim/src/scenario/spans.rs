@@ -336,48 +336,6 @@ impl<'t> Parser<'t> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn place(text: &str, at: &At) -> (usize, usize) {
-        line_col(text, offset_of(text, at))
-    }
-
-    #[test]
-    fn paths_reach_fields_items_and_variants() {
-        let text = "// \"b\" in a comment\nScenario(\n  devices: [(name: \"a\"), (name: /* \"b\" */ \"b\")],\n  steps: [Workload((target: Image(\"s\", \"b\"))), Stretch(limit: Some(3))],\n)";
-        let devices = At::default().field("devices");
-        assert_eq!(place(text, &devices.index(1).field("name")), (3, 43));
-        let steps = At::default().field("steps");
-        let target = steps.index(0).index(0).field("target");
-        assert_eq!(place(text, &target.index(1)), (4, 40));
-        assert_eq!(place(text, &steps.index(1).field("limit")), (4, 63));
-    }
-
-    #[test]
-    fn a_missing_value_gives_the_deepest_one_found() {
-        let text = "S(steps: [A(x: 1)])";
-        let at = At::default().field("steps").index(0).field("y");
-        assert_eq!(place(text, &at), (1, 11));
-    }
-
-    #[test]
-    fn strings_and_raw_strings_hide_their_contents() {
-        let text = "S(a: \"x: (\\\"\", b: r#\"y: [\"#, c: 'x', d: 7)";
-        assert_eq!(place(text, &At::default().field("d")), (1, 41));
-    }
-
-    #[test]
-    fn broken_text_never_panics() {
-        for text in ["", "(", "S(a: \"", "r#\"", "/* /*", "S(a:", "é(", "[1, 2"] {
-            let _ = offset_of(text, &At::default().field("a").index(3));
-        }
-        let deep = "[".repeat(100_000);
-        assert_eq!(offset_of(&deep, &At::default().index(0).index(0)), 2);
-    }
-}
-
 /// The line holding `offset`, numbered `line`, with carets under the token
 /// that starts there (a name, number, or quoted string; one character
 /// otherwise), laid out like a compiler's diagnostic.
@@ -424,5 +382,47 @@ fn token_width(rest: &str) -> usize {
                 .count()
         }
         Some(_) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(text: &str, at: &At) -> (usize, usize) {
+        line_col(text, offset_of(text, at))
+    }
+
+    #[test]
+    fn paths_reach_fields_items_and_variants() {
+        let text = "// \"b\" in a comment\nScenario(\n  devices: [(name: \"a\"), (name: /* \"b\" */ \"b\")],\n  steps: [Workload((target: Image(\"s\", \"b\"))), Stretch(limit: Some(3))],\n)";
+        let devices = At::default().field("devices");
+        assert_eq!(place(text, &devices.index(1).field("name")), (3, 43));
+        let steps = At::default().field("steps");
+        let target = steps.index(0).index(0).field("target");
+        assert_eq!(place(text, &target.index(1)), (4, 40));
+        assert_eq!(place(text, &steps.index(1).field("limit")), (4, 63));
+    }
+
+    #[test]
+    fn a_missing_value_gives_the_deepest_one_found() {
+        let text = "S(steps: [A(x: 1)])";
+        let at = At::default().field("steps").index(0).field("y");
+        assert_eq!(place(text, &at), (1, 11));
+    }
+
+    #[test]
+    fn strings_and_raw_strings_hide_their_contents() {
+        let text = "S(a: \"x: (\\\"\", b: r#\"y: [\"#, c: 'x', d: 7)";
+        assert_eq!(place(text, &At::default().field("d")), (1, 41));
+    }
+
+    #[test]
+    fn broken_text_never_panics() {
+        for text in ["", "(", "S(a: \"", "r#\"", "/* /*", "S(a:", "é(", "[1, 2"] {
+            let _ = offset_of(text, &At::default().field("a").index(3));
+        }
+        let deep = "[".repeat(100_000);
+        assert_eq!(offset_of(&deep, &At::default().index(0).index(0)), 2);
     }
 }

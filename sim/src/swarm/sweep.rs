@@ -70,7 +70,7 @@ fn load(paths: &[PathBuf]) -> Option<Vec<(PathBuf, Scenario)>> {
         match result {
             Ok(s) => loaded.push((file, s)),
             Err(e) => {
-                say_line(&format!("ERROR {e}"));
+                crate::cli::say_load_error(&e);
                 ok = false;
             }
         }
