@@ -22,7 +22,6 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use blksnap_sim::scenario::model::{Expect, Step};
 use blksnap_sim::scenario::{self, Outcome, RunOptions, Scenario};
 
 use crate::{lifecycle, scenario_run};
@@ -33,7 +32,7 @@ pub struct Converted {
     pub text: String,
     /// The run of the written file: its digest and failures.
     pub outcome: Outcome,
-    /// Snapshot names the file had to declare (see [`loadable`]); when
+    /// Snapshot names the file had to declare (see `blksnap_sim::swarm::declare`); when
     /// there are some, the digest is not the fuzzer's run's.
     pub declared: Vec<String>,
 }
@@ -76,11 +75,12 @@ pub struct Header<'a> {
 
 /// The scenario as RON with `header`, checked to run as `scenario` runs
 /// under its own seed: same digest and failures, or, if the file had to
-/// declare snapshots (see [`loadable`]), the same failures.
+/// declare snapshots (see `blksnap_sim::swarm::declare`), the same failures.
 pub fn write_scenario(scenario: &Scenario, header: &Header) -> Result<Converted, String> {
     let options = RunOptions::default();
     let expected = scenario::run(scenario, &options);
-    let (file, declared) = loadable(scenario)?;
+    let (file, declared) =
+        blksnap_sim::swarm::declare::loadable(scenario).map_err(|e| format!("to-ron: {e}"))?;
     // The shrinker's writer spells out every field and checks that the
     // text loads; its own header line gives way to ours.
     let written = blksnap_sim::shrink::to_text(&file).map_err(|e| format!("to-ron: {e}"))?;
@@ -120,47 +120,6 @@ fn verdicts(outcome: &Outcome) -> Vec<(&str, &str)> {
         .iter()
         .map(|f| (f.checker.as_str(), f.message.as_str()))
         .collect()
-}
-
-/// Most snapshot names a scenario uses without ever creating them.
-const MAX_DECLARED: usize = 8;
-
-/// A generated scenario may name a snapshot it never creates (the runner
-/// then passes a zero id, which the engine must refuse); a scenario file
-/// may not, the loader rejects it. Such names are declared by a Create in
-/// a `Repeat(times: 0)` after the last step: it never runs, but its step
-/// record changes the trace digest. Returns the file's scenario and the
-/// names declared.
-fn loadable(scenario: &Scenario) -> Result<(Scenario, Vec<String>), String> {
-    let mut file = scenario.clone();
-    let mut declared = Vec::new();
-    loop {
-        let error = match blksnap_sim::shrink::to_text(&file) {
-            Ok(_) => return Ok((file, declared)),
-            Err(error) => error,
-        };
-        let name = never_created(&error)
-            .filter(|_| declared.len() < MAX_DECLARED)
-            .ok_or_else(|| format!("to-ron: the scenario cannot be written as a file: {error}"))?;
-        file.steps.push(Step::Repeat {
-            times: 0,
-            steps: vec![Step::Create {
-                snapshot: name.clone(),
-                devices: Vec::new(),
-                fault: None,
-                expect: Expect::Any,
-            }],
-        });
-        declared.push(name);
-    }
-}
-
-/// The name in the loader's "snapshot 'NAME' is never created" error.
-fn never_created(error: &str) -> Option<String> {
-    let (_, rest) = error.split_once("snapshot '")?;
-    let (name, rest) = rest.split_once('\'')?;
-    rest.starts_with(" is never created")
-        .then(|| name.to_string())
 }
 
 /// The comment at the top: source, verdict when written, replay command.

@@ -21,13 +21,13 @@ use crate::check::Oracle;
 /// A console line, escaped as every line of the CLI is.
 macro_rules! say {
     ($($arg:tt)*) => {
-        crate::cli::say_line(&format!($($arg)*))
+        crate::console::say_line(&format!($($arg)*))
     };
 }
 
 macro_rules! warn {
     ($($arg:tt)*) => {
-        crate::cli::warn(&format!($($arg)*))
+        crate::console::warn(&format!($($arg)*))
     };
 }
 

@@ -371,7 +371,7 @@ fn shrink_one(
         .as_ref()
         .ok_or_else(|| "the seed failed outside the scenario (a bench error)".to_string())?;
     let shrunk =
-        crate::panics::guard(|| crate::shrink::shrink(scenario, run.seed, checker, budget))
+        crate::panics::guard(|| super::declare::shrink(scenario, run.seed, checker, budget))
             .and_then(|r| r)?;
     std::fs::write(file, &shrunk.text).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok((shrunk.steps_before, shrunk.steps_after))

@@ -9,22 +9,39 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::{say_line, warn};
+use crate::console::{say_line, warn};
 
 use super::campaign::{
     group, run_seeds, shrink_groups, Group, Partition, Plan, Progress, SeedRun, Seeds, Verdict,
     SCHEMA_VERSION,
 };
 
-/// The command line's choices, checked.
+/// The command line's choices (`blksnap-sim swarm`), checked by [`plan`].
+#[derive(clap::Args, Debug)]
 pub struct SwarmArgs {
+    /// Seeds A..B (B excluded).
+    #[arg(long)]
     pub seeds: Option<String>,
+    /// Run seeds from --from on for this many seconds of wall time.
+    #[arg(long)]
     pub seconds: Option<u64>,
+    /// First seed of a --seconds campaign.
+    #[arg(long, default_value_t = 0)]
     pub from: u64,
+    /// Worker threads; results do not depend on it.
+    #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// Take every n-th seed: shard k of n (e.g. 2/3).
+    #[arg(long)]
     pub partition: Option<String>,
+    /// Force this v2 bug on in every configuration (repeatable).
+    #[arg(long = "quirk")]
     pub quirks: Vec<String>,
+    /// Output folder: shrunk failures and summary.json.
+    #[arg(long, default_value = "swarm-out")]
     pub out: PathBuf,
+    /// At most this many runs to shrink one failure group.
+    #[arg(long, default_value_t = 200)]
     pub shrink_budget: u32,
 }
 

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use blksnap_reports::RunReport;
 
-use crate::cli::{exit_code, say_line, warn, write_outputs, Outputs};
+use crate::console::{say_line, warn};
+use crate::suite::{exit_code, write_outputs, Outputs};
 
 pub struct MergeArgs {
     pub inputs: Vec<PathBuf>,

@@ -7,11 +7,13 @@
 //! - [`steps`]: step constructors the generators use;
 //! - [`judge`]: which failures are the engine's;
 //! - [`config`]: seed -> configuration (features, faults, quirks);
+//! - [`declare`]: generated scenarios as loadable files (for shrinking);
 //! - [`campaign`]: many seeds over worker threads, grouping, shrinking.
 
 pub mod campaign;
 pub mod command;
 pub mod config;
+pub mod declare;
 pub mod gen;
 pub mod judge;
 pub mod merge;

@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use blksnap_reports::{self as reports, RunReport, ScenarioRun, Verdict};
 
-use crate::cli::{bench_error, collect_files, load_all, replay_command, say_line, to_report, warn};
+use crate::console::{replay_command, say_line, warn};
 use crate::kernel::BENCH_CHECKER;
 use crate::scenario::{self, Outcome, RunOptions, Scenario};
+use crate::suite::{bench_error, collect_files, load_all, to_report};
 
 use super::campaign::Partition;
 
@@ -70,7 +71,7 @@ fn load(paths: &[PathBuf]) -> Option<Vec<(PathBuf, Scenario)>> {
         match result {
             Ok(s) => loaded.push((file, s)),
             Err(e) => {
-                crate::cli::say_load_error(&e);
+                crate::console::say_load_error(&e);
                 ok = false;
             }
         }
@@ -185,7 +186,7 @@ fn report(
     let mut code = if bench > 0 { 2 } else { i32::from(failed > 0) };
     if let Some(path) = &args.json {
         match report.to_json() {
-            Ok(json) if crate::cli::write_file(path, &json) => {}
+            Ok(json) if crate::console::write_file(path, &json) => {}
             Ok(_) => code = 2,
             Err(e) => {
                 warn(&format!("error: {e}"));
