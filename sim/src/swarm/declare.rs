@@ -63,13 +63,16 @@ mod tests {
 
     use super::*;
 
-    /// B-IMG-1 on, a snapshot taken and its image read wrongly, plus a
-    /// TAKE of "ghost", which no step creates (as a generator may write).
+    /// B-IMG-1 on, a snapshot taken and its image read wrongly, plus two
+    /// TAKEs of "ghost", which no step creates (as a generator may write):
+    /// dropping one step leaves the other, so no candidate of the plain
+    /// shrinker loads.
     fn img1_with_ghost() -> Scenario {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/bugs/img-1.ron");
         let mut scenario = crate::scenario::load(&root).expect("img-1 loads");
         scenario.expect_failure = None;
         scenario.steps.insert(0, steps::take("ghost".into()));
+        scenario.steps.push(steps::take("ghost".into()));
         scenario
     }
 
@@ -116,6 +119,7 @@ mod tests {
     fn a_loadable_scenario_is_left_as_it_is() {
         let mut scenario = img1_with_ghost();
         scenario.steps.remove(0);
+        scenario.steps.pop();
         let (file, declared) = loadable(&scenario).expect("loads");
         assert!(declared.is_empty());
         assert_eq!(file.steps.len(), scenario.steps.len());
