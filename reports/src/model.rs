@@ -401,7 +401,10 @@ mod tests {
         assert!(text.contains("\"caught_by\""), "{text}");
         assert_eq!(RunReport::from_json(&text).expect("reads back"), r);
         assert_eq!(r.caught(), 1);
-        assert_eq!(r.runs[0].caught().map(|f| f.message.as_str()), Some("read 0x21"));
+        assert_eq!(
+            r.runs[0].caught().map(|f| f.message.as_str()),
+            Some("read 0x21")
+        );
         // A failed run caught nothing, whatever it carries.
         r.runs[0].verdict = Verdict::Fail;
         assert_eq!(r.caught(), 0);
@@ -413,7 +416,10 @@ mod tests {
             at_ns: None,
             category: Category::Expected,
         });
-        assert_eq!(old.runs[0].caught().map(|f| f.checker.as_str()), Some("expect"));
+        assert_eq!(
+            old.runs[0].caught().map(|f| f.checker.as_str()),
+            Some("expect")
+        );
     }
 
     #[test]
