@@ -34,23 +34,24 @@ cd "$work"
 
 # One run: its exit code, its FAIL line (name, seed, digest; the wall time
 # at the end is cut) and its replay command.
+out="$tmp/out.txt"
 run() {
     set +e
-    "$@" >out.txt 2>&1
+    "$@" >"$out" 2>&1
     code=$?
     set -e
-    fail_line="$(grep '^FAIL ' out.txt | sed 's/digest=\([0-9a-f]*\).*/digest=\1/')"
-    replay="$(sed -n 's/^ *seed [0-9]*; replay: //p' out.txt)"
+    fail_line="$(grep '^FAIL ' "$out" | sed 's/digest=\([0-9a-f]*\).*/digest=\1/' || true)"
+    replay="$(sed -n 's/^ *seed [0-9]*; replay: //p' "$out")"
 }
 
 echo "== first run, from $work"
 run blksnap-sim run "my scenarios/img-1.ron"
-cat out.txt
+cat "$out"
 [ "$code" = 1 ] || { echo "error: expected exit 1, got $code" >&2; exit 1; }
 [ -n "$fail_line" ] && [ -n "$replay" ] || { echo "error: no FAIL line or replay command" >&2; exit 1; }
-grep -q '\[point_in_time' out.txt || { echo "error: point_in_time did not catch B-IMG-1" >&2; exit 1; }
+grep -q '\[point_in_time' "$out" || { echo "error: point_in_time did not catch B-IMG-1" >&2; exit 1; }
 first_fail="$fail_line"
-first_out="$(grep -v '^FAIL \|^PASS ' out.txt)"
+first_out="$(grep -v '^FAIL \|^PASS ' "$out")"
 case "$replay" in
     "blksnap-sim run 'my scenarios/img-1.ron' --seed "*) ;;
     *) echo "error: replay command does not name the installed binary and the path as given: $replay" >&2; exit 1 ;;
@@ -58,13 +59,13 @@ esac
 
 echo "== replay: $replay"
 run eval "$replay"
-cat out.txt
+cat "$out"
 [ "$code" = 1 ] || { echo "error: replay exited $code, expected 1" >&2; exit 1; }
 [ "$fail_line" = "$first_fail" ] || {
     echo "error: replay differs: '$fail_line' vs '$first_fail'" >&2
     exit 1
 }
-[ "$(grep -v '^FAIL \|^PASS ' out.txt)" = "$first_out" ] || {
+[ "$(grep -v '^FAIL \|^PASS ' "$out")" = "$first_out" ] || {
     echo "error: replay printed other failures" >&2
     exit 1
 }

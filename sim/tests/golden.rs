@@ -110,8 +110,8 @@ fn every_suite_file_is_pinned_and_every_pin_has_its_file() {
     let orphans: Vec<_> = committed.difference(&wanted).collect();
     assert!(
         unpinned.is_empty() && orphans.is_empty(),
-        "suite files without a golden file in sim/tests/snapshots (run `cargo insta test \\
-         -p blksnap-sim --test golden` then `cargo insta review`): {unpinned:?}; \\
+        "suite files without a golden file in sim/tests/snapshots (run `cargo insta test \
+         -p blksnap-sim --test golden` then `cargo insta review`): {unpinned:?}; \
          golden files whose scenario is gone (delete them): {orphans:?}"
     );
     // Every suite directory is in it, the bug, fault, power and race files too.
