@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::{RunReport, ScenarioRun, Verdict};
+use crate::model::{Failure, RunReport, ScenarioRun, Verdict};
 use crate::text::{self, xml_attr, xml_text};
 
 /// Renders `report` as a JUnit XML document.
@@ -83,13 +83,27 @@ fn testcase(out: &mut String, suite: &str, run: &ScenarioRun) {
 }
 
 /// The checkers' coverage counts as testcase properties, so a CI page shows
-/// how much each passing scenario actually judged.
+/// how much each passing scenario actually judged; for a bug scenario, also
+/// the checker and message that caught its quirk.
 fn coverage_properties(out: &mut String, run: &ScenarioRun) {
     let mut coverage = run.coverage().peekable();
-    if coverage.peek().is_none() {
+    let caught = run.caught();
+    if coverage.peek().is_none() && caught.is_none() {
         return;
     }
     out.push_str("      <properties>\n");
+    if let Some(f) = caught {
+        let _ = writeln!(
+            out,
+            "        <property name=\"caught_by\" value=\"{}\"/>",
+            xml_attr(&f.checker)
+        );
+        let _ = writeln!(
+            out,
+            "        <property name=\"caught_message\" value=\"{}\"/>",
+            xml_attr(&f.message)
+        );
+    }
     for (name, value) in coverage {
         let _ = writeln!(
             out,
@@ -116,29 +130,34 @@ fn headline(run: &ScenarioRun) -> (String, String) {
 fn details(run: &ScenarioRun) -> String {
     let mut s = String::new();
     for f in &run.failures {
-        match f.at_ns {
-            Some(ns) => {
-                let _ = writeln!(
-                    s,
-                    "[{}] at {}: {}",
-                    f.label(),
-                    text::duration_ns(ns),
-                    f.message
-                );
-            }
-            None => {
-                let _ = writeln!(s, "[{}] {}", f.label(), f.message);
-            }
-        }
+        let _ = writeln!(s, "{}", failure_line(f));
     }
     s.push_str(&identity(run));
     s
 }
 
-/// Seed, digest and replay command: what anyone needs to reproduce the run.
+/// `[checker, category] at TIME: message`, the time left out when unknown.
+fn failure_line(f: &Failure) -> String {
+    match f.at_ns {
+        Some(ns) => format!(
+            "[{}] at {}: {}",
+            f.label(),
+            text::duration_ns(ns),
+            f.message
+        ),
+        None => format!("[{}] {}", f.label(), f.message),
+    }
+}
+
+/// Seed, digest and replay command: what anyone needs to reproduce the run;
+/// for a bug scenario, first what caught its quirk.
 fn identity(run: &ScenarioRun) -> String {
+    let caught = run
+        .caught()
+        .map(|f| format!("caught_by: {}\n", failure_line(f)))
+        .unwrap_or_default();
     format!(
-        "scenario: {}\nseed: {}\ndigest: {}\nreplay: {}\n",
+        "{caught}scenario: {}\nseed: {}\ndigest: {}\nreplay: {}\n",
         run.path, run.seed, run.digest, run.replay
     )
 }
@@ -150,7 +169,6 @@ fn seconds(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Failure;
 
     fn hostile_report() -> RunReport {
         let mut report = RunReport::new("0.1.0 <dev>", "scen&arios");
@@ -354,5 +372,45 @@ mod tests {
         );
         // wall_ms is a measurement, not coverage.
         assert!(!xml.contains("name=\"wall_ms\""));
+    }
+
+    /// A bug scenario's pass names the checker and message that caught it,
+    /// as properties and in system-out; a plain pass has neither.
+    #[test]
+    fn expected_failure_shows_what_caught_it() {
+        let mut report = hostile_report();
+        assert!(!render_junit(&report).contains("caught_by"));
+        report.runs[0].caught_by = Some(Failure {
+            checker: "point_in_time".into(),
+            message: "read 0x21 <wrong>".into(),
+            at_ns: Some(7_000_000),
+            category: crate::model::Category::Expected,
+        });
+        let xml = render_junit(&report);
+        let doc = parse(&xml);
+        let case = doc
+            .descendants()
+            .find(|n| n.has_tag_name("testcase"))
+            .expect("a testcase");
+        let prop = |name: &str| {
+            case.descendants()
+                .find(|n| n.has_tag_name("property") && n.attribute("name") == Some(name))
+                .and_then(|n| n.attribute("value"))
+                .map(str::to_string)
+        };
+        assert_eq!(prop("caught_by").as_deref(), Some("point_in_time"));
+        assert_eq!(prop("caught_message").as_deref(), Some("read 0x21 <wrong>"));
+        let out = case
+            .descendants()
+            .find(|n| n.has_tag_name("system-out"))
+            .and_then(|n| n.text())
+            .expect("system-out text");
+        assert!(
+            out.starts_with(
+                "caught_by: [point_in_time, expected outcome] at 7.000 ms: read 0x21 <wrong>\n"
+            ),
+            "{out}"
+        );
+        assert!(!case.descendants().any(|n| n.has_tag_name("failure")));
     }
 }

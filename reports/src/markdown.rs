@@ -16,6 +16,7 @@ pub fn render_markdown(report: &RunReport, comparison: Option<&Comparison>) -> S
     let _ = writeln!(out, "{}\n", summary_line(report, comparison));
     table(&mut out, report);
     failures(&mut out, report);
+    caught(&mut out, report);
     if let Some(c) = comparison {
         changes(&mut out, c);
     }
@@ -24,10 +25,11 @@ pub fn render_markdown(report: &RunReport, comparison: Option<&Comparison>) -> S
 
 fn summary_line(report: &RunReport, comparison: Option<&Comparison>) -> String {
     let mut line = format!(
-        "**{} passed, {} failed**, {} could not be loaded ({}, tool {})",
+        "**{} passed, {} failed**, {} could not be loaded, {} caught ({}, tool {})",
         report.passed(),
         report.failed(),
         report.errored(),
+        text::count(report.caught(), "expected failure"),
         text::count(report.runs.len(), "run"),
         code(&report.tool_version),
     );
@@ -62,7 +64,7 @@ fn table(out: &mut String, report: &RunReport) {
             out,
             "| {} | {} | {} | {} | {} | {} | {} |",
             cell(&code(&run.name)),
-            verdict(run.verdict),
+            verdict(run),
             run.seed,
             cell(&code(&text::short_digest(&run.digest))),
             text::duration_ns(run.virtual_ns),
@@ -78,11 +80,14 @@ fn table(out: &mut String, report: &RunReport) {
     out.push('\n');
 }
 
-fn verdict(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Pass => "pass",
-        Verdict::Fail => "**FAIL**",
-        Verdict::Error => "**ERROR**",
+/// A bug scenario's pass names the checker that caught it, so the table
+/// never shows a bare "pass" for a quirk the bench was meant to catch.
+fn verdict(run: &ScenarioRun) -> String {
+    match (run.verdict, run.caught()) {
+        (Verdict::Pass, Some(f)) => format!("pass (caught by {})", cell(&code(&f.checker))),
+        (Verdict::Pass, None) => "pass".into(),
+        (Verdict::Fail, _) => "**FAIL**".into(),
+        (Verdict::Error, _) => "**ERROR**".into(),
     }
 }
 
@@ -124,6 +129,41 @@ fn failure(out: &mut String, run: &ScenarioRun) {
     fenced(out, "text", &messages);
     out.push_str("Replay:\n\n");
     fenced(out, "sh", &run.replay);
+}
+
+/// The bug scenarios whose quirk a checker caught: which checker, what it
+/// said, and how to replay it.
+fn caught(out: &mut String, report: &RunReport) {
+    let caught: Vec<_> = report
+        .runs
+        .iter()
+        .filter_map(|r| r.caught().map(|f| (r, f)))
+        .collect();
+    if caught.is_empty() {
+        return;
+    }
+    out.push_str(
+        "## Expected failures caught
+
+",
+    );
+    for (run, f) in caught {
+        let at = f
+            .at_ns
+            .map(|ns| format!(" at {}", text::duration_ns(ns)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "- {} ({}, seed {}, digest {}): caught by {}{at}: {}",
+            code(&run.name),
+            code(&run.path),
+            code(&run.seed.to_string()),
+            code(&text::short_digest(&run.digest)),
+            code(&f.label()),
+            inline(&f.message),
+        );
+    }
+    out.push('\n');
 }
 
 fn changes(out: &mut String, c: &Comparison) {
@@ -245,7 +285,9 @@ mod tests {
     #[test]
     fn summary_and_table() {
         let md = render_markdown(&report(), None);
-        assert!(md.contains("**1 passed, 1 failed**, 0 could not be loaded (2 runs"));
+        assert!(md.contains(
+            "**1 passed, 1 failed**, 0 could not be loaded, 0 expected failures caught (2 runs"
+        ));
         assert!(md.contains(
             "| Scenario | Verdict | Seed | Digest | Virtual time | Steps | Events | `cow_chunks` |"
         ));
@@ -276,6 +318,36 @@ mod tests {
         assert!(!render_markdown(&r, None).contains("## Failures"));
         let empty = render_markdown(&RunReport::new("v", "s"), None);
         assert!(empty.contains("No scenarios were run."));
+    }
+
+    /// A bug scenario's pass shows the checker and message that caught it,
+    /// in the table, the summary and a section of its own.
+    #[test]
+    fn expected_failures_show_what_caught_them() {
+        let mut r = report();
+        let md = render_markdown(&r, None);
+        assert!(!md.contains("## Expected failures caught"), "{md}");
+        r.runs[1].verdict = Verdict::Pass;
+        r.runs[1].caught_by = Some(Failure {
+            checker: "point_in_time".into(),
+            message: "sector 8 <differs>".into(),
+            at_ns: Some(3_000),
+            category: crate::model::Category::Expected,
+        });
+        let md = render_markdown(&r, None);
+        assert!(md.contains(", 1 expected failure caught ("), "{md}");
+        assert!(
+            md.contains("| pass (caught by `point_in_time`) | 9 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "## Expected failures caught\n\n- ``a|b`c`` (`scenarios/bugs/x.ron`, seed `9`, \
+                 digest (empty)): caught by `point_in_time, expected outcome` at 3.000 µs: \
+                 sector 8 \\<differs\\>\n"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

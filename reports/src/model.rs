@@ -56,6 +56,11 @@ pub struct ScenarioRun {
     /// What the checkers reported; empty for a passing run.
     #[serde(default)]
     pub failures: Vec<Failure>,
+    /// For a bug scenario that passed: the failure that caught the quirk
+    /// (its checker and message, category `expected`), so a report shows
+    /// what caught the bug, not just "pass". Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caught_by: Option<Failure>,
 }
 
 /// The judgement on one scenario run.
@@ -224,6 +229,11 @@ impl RunReport {
         self.count(Verdict::Error)
     }
 
+    /// Number of bug scenarios that passed because a checker caught their quirk.
+    pub fn caught(&self) -> usize {
+        self.runs.iter().filter(|r| r.caught().is_some()).count()
+    }
+
     /// True when every run passed (an empty report counts as success).
     pub fn all_passed(&self) -> bool {
         self.runs.iter().all(|r| r.verdict == Verdict::Pass)
@@ -294,7 +304,22 @@ impl ScenarioRun {
             events: 0,
             metrics: BTreeMap::new(),
             failures: Vec::new(),
+            caught_by: None,
         }
+    }
+
+    /// The failure that caught a bug scenario's quirk, for a passing run:
+    /// `caught_by`, or in a report written before that field existed the
+    /// failure whose category is `expected`.
+    pub fn caught(&self) -> Option<&Failure> {
+        if self.verdict != Verdict::Pass {
+            return None;
+        }
+        self.caught_by.as_ref().or_else(|| {
+            self.failures
+                .iter()
+                .find(|f| f.category == Category::Expected)
+        })
     }
 
     /// A metric's value, if the run recorded it.
@@ -357,6 +382,44 @@ mod tests {
         let text = r.to_json().expect("finite metrics serialise");
         assert!(text.contains("\"verdict\": \"fail\""));
         assert_eq!(RunReport::from_json(&text).expect("reads back"), r);
+    }
+
+    /// A bug scenario's catch survives the JSON round trip; runs without
+    /// one write no `caught_by` key, so older readers see the same layout.
+    #[test]
+    fn caught_by_round_trip() {
+        let mut r = sample();
+        let text = r.to_json().expect("serialises");
+        assert!(!text.contains("caught_by"), "{text}");
+        r.runs[0].caught_by = Some(Failure {
+            checker: "point_in_time".into(),
+            message: "read 0x21".into(),
+            at_ns: Some(7),
+            category: Category::Expected,
+        });
+        let text = r.to_json().expect("serialises");
+        assert!(text.contains("\"caught_by\""), "{text}");
+        assert_eq!(RunReport::from_json(&text).expect("reads back"), r);
+        assert_eq!(r.caught(), 1);
+        assert_eq!(
+            r.runs[0].caught().map(|f| f.message.as_str()),
+            Some("read 0x21")
+        );
+        // A failed run caught nothing, whatever it carries.
+        r.runs[0].verdict = Verdict::Fail;
+        assert_eq!(r.caught(), 0);
+        // An older report: no caught_by, but the failure's category says it.
+        let mut old = sample();
+        old.runs[0].failures.push(Failure {
+            checker: "expect".into(),
+            message: "step 2 failed".into(),
+            at_ns: None,
+            category: Category::Expected,
+        });
+        assert_eq!(
+            old.runs[0].caught().map(|f| f.checker.as_str()),
+            Some("expect")
+        );
     }
 
     #[test]

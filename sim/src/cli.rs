@@ -47,68 +47,89 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run every .ron scenario under the given paths (default: scenarios).
+    /// Run every .ron scenario under the given paths, each with its own
+    /// seed (or --seed), and judge it with every checker.
     #[command(after_help = EXIT_CODES)]
     Run {
-        /// Scenario files, or directories searched for .ron files
-        /// (default: scenarios).
+        /// Scenario files, or directories searched recursively for .ron
+        /// files, run in sorted path order [default: scenarios].
         paths: Vec<PathBuf>,
-        /// Override every scenario's seed.
+        /// Run every scenario with this seed instead of its own `seed:`
+        /// [default: each scenario's own].
         #[arg(long)]
         seed: Option<u64>,
-        /// Write JUnit XML, one testcase per scenario.
+        /// Write JUnit XML to this file, one testcase per scenario
+        /// [default: not written].
         #[arg(long)]
         junit: Option<PathBuf>,
-        /// Write the run as JSON (usable later as --baseline).
+        /// Write the run as a JSON run report to this file; usable later
+        /// as --baseline [default: not written].
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Write a Markdown summary.
+        /// Write a Markdown summary to this file [default: not written].
         #[arg(long)]
         markdown: Option<PathBuf>,
-        /// Write a self-contained HTML report with plots.
+        /// Write a self-contained HTML report to this file [default: not
+        /// written].
         #[arg(long)]
         html: Option<PathBuf>,
-        /// Compare with an earlier --json run and show regressions.
+        /// Compare with an earlier --json run report and list the changes;
+        /// a regression exits 1 [default: no comparison].
         #[arg(long)]
         baseline: Option<PathBuf>,
-        /// Print the last trace events of each failing scenario.
+        /// Print the kernel log and the last trace events of each failing
+        /// scenario [default: off].
         #[arg(long, short)]
         verbose: bool,
     },
-    /// Run scenarios with many seeds; print each failing seed.
+    /// Run scenarios with many consecutive seeds; print each failing seed
+    /// with its replay command.
     #[command(after_help = EXIT_CODES)]
     Sweep {
-        /// Scenario files or directories.
+        /// Scenario files, or directories searched recursively for .ron
+        /// files (at least one).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// First seed.
         #[arg(long, default_value_t = 0)]
         from: u64,
-        /// How many consecutive seeds to run.
+        /// How many consecutive seeds to run per file.
         #[arg(long, default_value_t = 100)]
         count: u64,
-        /// Worker threads; results do not depend on it.
+        /// Worker threads; the results do not depend on it.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
-        /// Take every n-th (file, seed) run: shard k of n (e.g. 2/3).
+        /// Run only shard K of N (K in 1..=N): every N-th (file, seed) run,
+        /// e.g. 2/3 [default: all runs].
         #[arg(long)]
         partition: Option<String>,
-        /// Write the runs as a JSON run report (for `merge`, `--baseline`).
+        /// Write the runs as a JSON run report to this file, for `merge`
+        /// or --baseline [default: not written].
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Combine the JSON run reports of shards into one; compare it with a
-    /// baseline.
+    /// Combine the JSON run reports of sweep or run shards into one report;
+    /// optionally compare it with a baseline.
+    #[command(after_help = EXIT_CODES)]
     Merge {
+        /// The JSON run reports to combine (at least one), e.g. the
+        /// --json files of `sweep --partition K/N`.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        /// Write the merged JSON run report to this file [default: not
+        /// written].
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Write the merged report as JUnit XML to this file [default: not
+        /// written].
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Write the merged report as Markdown to this file [default: not
+        /// written].
         #[arg(long)]
         markdown: Option<PathBuf>,
-        /// Compare with an earlier JSON report; a regression exits 1.
+        /// Compare with an earlier JSON run report; a regression exits 1
+        /// [default: no comparison].
         #[arg(long)]
         baseline: Option<PathBuf>,
     },
@@ -118,14 +139,15 @@ pub enum Command {
     Shrink {
         /// The failing scenario file.
         path: PathBuf,
-        /// The seed that fails (default: the scenario's own seed).
+        /// The seed that fails [default: the scenario's own seed].
         #[arg(long)]
         seed: Option<u64>,
-        /// The checker that must keep failing (default: the first failure's).
+        /// The checker that must keep failing [default: the checker of the
+        /// run's first failure].
         #[arg(long)]
         checker: Option<String>,
-        /// Where to write the result (default: STEM.min.ron in the current
-        /// directory, STEM being the scenario file name without .ron).
+        /// Where to write the result [default: STEM.min.ron in the current
+        /// directory, STEM being the scenario file name without .ron].
         #[arg(long)]
         out: Option<PathBuf>,
         /// At most this many runs.
@@ -135,15 +157,21 @@ pub enum Command {
     /// Swarm testing: each seed draws a whole configuration (devices,
     /// fs model, parameters, scheduler, faults, workload), runs it with
     /// every checker on; failures are shrunk and grouped.
+    #[command(after_help = EXIT_CODES)]
     Swarm(crate::swarm::command::SwarmArgs),
-    /// Print the ioctl numbers and struct layouts of the v2 ABI.
+    /// Print the ioctl numbers and struct layouts of the v2 ABI (no
+    /// arguments).
+    #[command(after_help = EXIT_CODES)]
     Abi,
-    /// List the v2 bugs that scenarios can switch on.
+    /// List the v2 bugs that scenarios (`quirks: [...]`) and `swarm
+    /// --quirk` can switch on (no arguments).
+    #[command(after_help = EXIT_CODES)]
     Quirks,
     /// Measure the speed figures (issue 10) beside the host's memcpy.
+    #[command(after_help = EXIT_CODES)]
     Bench {
-        /// Only the figure with this key (seeds, non-cow, cow, oracle,
-        /// campaign, 1pib).
+        /// Only the figure with this key: seeds, non-cow, cow, oracle,
+        /// campaign or 1pib [default: every figure].
         #[arg(long)]
         only: Option<String>,
     },
@@ -152,11 +180,13 @@ pub enum Command {
 /// Shown under every `--help`, so the exit codes are documented where the
 /// user looks.
 const EXIT_CODES: &str = "Exit codes:
-  0    every scenario passed (a bug scenario passes when its checker catches the bug)
-  1    a scenario failed, `--baseline` found a regression, or `shrink` found
-       nothing to shrink
-  2    bad input (a scenario that does not load, a bad option), a bench error,
-       or an output file that cannot be written
+  0    success: every scenario, seed or merged run passed (a bug scenario
+       passes when its checker catches the bug); abi, quirks and bench printed
+  1    a scenario, seed or swarm configuration failed, `--baseline` found a
+       regression, or `shrink` found nothing to shrink
+  2    bad input (a scenario that does not load, a bad option or argument), a
+       bench error (a panic outside engine code, a bench figure that could not
+       be measured), or an output file that cannot be written
   141  stdout was closed early (e.g. piped into `head`)";
 
 /// Exit codes: 0 all passed, 1 a scenario failed, 2 bad input, a bench

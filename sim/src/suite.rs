@@ -162,22 +162,16 @@ pub fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
             checker: f.checker.clone(),
             message: f.message.clone(),
             at_ns: Some(f.at_ns),
-            category: report_category(f),
+            category: f.category,
         })
         .collect();
+    run.caught_by = outcome.caught_by.as_ref().map(|f| reports::Failure {
+        checker: f.checker.clone(),
+        message: f.message.clone(),
+        at_ns: Some(f.at_ns),
+        category: f.category,
+    });
     run
-}
-
-/// A failure's category as reports name it; the bench's own failures
-/// are no verdict on the engine.
-fn report_category(f: &crate::kernel::Failure) -> reports::Category {
-    use crate::check::verdict::Category;
-    match f.category {
-        _ if f.checker == BENCH_CHECKER => reports::Category::BenchError,
-        Category::Engine => reports::Category::Engine,
-        Category::DeclaredFault => reports::Category::DeclaredFault,
-        Category::Expected => reports::Category::Expected,
-    }
 }
 
 /// Write the requested reports; 2 if an output or the baseline failed.

@@ -3,7 +3,12 @@
 //! and Markdown renderings of a fixed run, and the `--help` texts. A change
 //! in behaviour shows as a diff to review; accept an intended one with
 //! `cargo insta review` (or `INSTA_UPDATE=always cargo test -p blksnap-sim
-//! --test golden` and read `git diff`).
+//! --test golden` and read `git diff`). CI runs `cargo insta test --check
+//! --unreferenced=reject` (`.ci/steps/golden.sh`).
+//!
+//! The set of golden files is checked against the suite both ways: a new
+//! scenario without one fails, and so does a golden file whose scenario
+//! is gone, so nothing slips in unpinned or stays pinned after removal.
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -46,27 +51,75 @@ fn pinned(rel: &str) -> String {
     out
 }
 
+/// Every suite file by its path under the root, with its golden file's
+/// snapshot name (the path below `scenarios/`, `/` written `__`).
+fn suite() -> Vec<(String, String)> {
+    let files = blksnap_sim::cli::collect_files(&[root().join("scenarios")]).expect("suite");
+    let named: Vec<_> = files
+        .iter()
+        .map(|file| {
+            let rel = file
+                .strip_prefix(root())
+                .expect("under the root")
+                .to_string_lossy()
+                .replace('\\', "/");
+            let name = rel
+                .trim_start_matches("scenarios/")
+                .trim_end_matches(".ron")
+                .replace('/', "__");
+            (rel, format!("suite__{name}"))
+        })
+        .collect();
+    // A walk that found nothing would pin nothing.
+    assert!(named.len() > 50, "only {} scenarios found", named.len());
+    named
+}
+
 /// Every scenario of the suite, one golden file each (named by its path),
 /// so a change names the scenarios it moved.
 #[test]
 fn suite_digests_and_metrics() {
-    let files = blksnap_sim::cli::collect_files(&[root().join("scenarios")]).expect("suite");
-    let mut judged = 0;
-    for file in &files {
-        let rel = file
-            .strip_prefix(root())
-            .expect("under the root")
-            .to_string_lossy()
-            .replace('\\', "/");
-        let name = rel
-            .trim_start_matches("scenarios/")
-            .trim_end_matches(".ron")
-            .replace('/', "__");
-        insta::assert_snapshot!(format!("suite__{name}"), pinned(&rel));
-        judged += 1;
+    for (rel, name) in suite() {
+        insta::assert_snapshot!(name, pinned(&rel));
     }
-    // A walk that found nothing would pin nothing.
-    assert!(judged > 50, "only {judged} scenarios found");
+}
+
+/// The snapshot names of the committed suite golden files.
+fn committed_suite_snapshots() -> std::collections::BTreeSet<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("dir entry").file_name())
+        .filter_map(|name| {
+            let name = name.to_string_lossy();
+            let stem = name.strip_prefix("golden__")?.strip_suffix(".snap")?;
+            stem.starts_with("suite__").then(|| stem.to_string())
+        })
+        .collect()
+}
+
+/// Each suite file has a committed golden file and each suite golden file
+/// has its scenario. Checked on the file names alone, so it holds whatever
+/// `INSTA_UPDATE` says (insta would write a missing snapshot as new).
+#[test]
+fn every_suite_file_is_pinned_and_every_pin_has_its_file() {
+    let committed = committed_suite_snapshots();
+    let wanted: std::collections::BTreeSet<String> =
+        suite().into_iter().map(|(_, name)| name).collect();
+    let unpinned: Vec<_> = wanted.difference(&committed).collect();
+    let orphans: Vec<_> = committed.difference(&wanted).collect();
+    assert!(
+        unpinned.is_empty() && orphans.is_empty(),
+        "suite files without a golden file in sim/tests/snapshots (run `cargo insta test \
+         -p blksnap-sim --test golden` then `cargo insta review`): {unpinned:?}; \
+         golden files whose scenario is gone (delete them): {orphans:?}"
+    );
+    // Every suite directory is in it, the bug, fault, power and race files too.
+    for dir in ["basic", "bugs", "faults", "power", "races"] {
+        let prefix = format!("suite__{dir}__");
+        let n = committed.iter().filter(|c| c.starts_with(&prefix)).count();
+        assert!(n > 0, "no golden file for scenarios/{dir}/");
+    }
 }
 
 fn sim(args: &[&str], dir: &Path) -> std::process::Output {
@@ -131,24 +184,68 @@ fn junit_and_markdown_of_a_fixed_run() {
     );
 }
 
+/// The subcommands, from the command line's own definition, so a new
+/// one gets a golden `--help` without anyone listing it here.
+fn subcommands() -> Vec<String> {
+    use clap::CommandFactory;
+    let names: Vec<String> = blksnap_sim::cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .filter(|name| name != "help")
+        .collect();
+    assert!(names.len() >= 8, "subcommands: {names:?}");
+    names
+}
+
 #[test]
 fn help_texts() {
-    for sub in [
-        &[][..],
-        &["run"],
-        &["sweep"],
-        &["shrink"],
-        &["abi"],
-        &["quirks"],
-    ] {
-        let mut args: Vec<&str> = sub.to_vec();
+    let mut subs: Vec<Option<String>> = vec![None];
+    subs.extend(subcommands().into_iter().map(Some));
+    for sub in subs {
+        let mut args: Vec<&str> = sub.iter().map(String::as_str).collect();
         args.push("--help");
         let out = sim(&args, &root());
         assert_eq!(out.status.code(), Some(0), "{out:?}");
-        let name = if sub.is_empty() { "top" } else { sub[0] };
-        insta::assert_snapshot!(
-            format!("help__{name}"),
-            String::from_utf8(out.stdout).unwrap()
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("Exit codes:\n  0 "),
+            "{sub:?} --help lists no exit codes"
         );
+        let name = sub.as_deref().unwrap_or("top");
+        insta::assert_snapshot!(format!("help__{name}"), text);
     }
+}
+
+/// Every argument of every subcommand has a help line, and that line
+/// gives its default: clap's `[default: ...]` from the definition, or the
+/// same words in the help text for a default that is not a value (an
+/// absent output file, the scenario's own seed). Required arguments have
+/// none.
+#[test]
+fn every_argument_has_help_with_its_default() {
+    use clap::CommandFactory;
+    let cli = blksnap_sim::cli::Cli::command();
+    let mut judged = 0;
+    let mut missing = Vec::new();
+    for sub in cli.get_subcommands().filter(|c| c.get_name() != "help") {
+        for arg in sub.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            judged += 1;
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let has_default = !arg.get_default_values().is_empty()
+                || help.contains("[default:")
+                || arg.is_required_set();
+            if help.is_empty() || !has_default {
+                missing.push(format!("{} --{id}: {help:?}", sub.get_name()));
+            }
+        }
+    }
+    assert!(judged > 30, "judged only {judged} arguments");
+    assert!(
+        missing.is_empty(),
+        "arguments without help or default: {missing:#?}"
+    );
 }

@@ -2,32 +2,9 @@
 //!
 //! Every failure a run reports carries one, so a reader (and a report)
 //! tells an engine bug from the consequence of a fault the scenario
-//! declared, and from the bug a `scenarios/bugs/` file exists to show.
+//! declared, from the bug a `scenarios/bugs/` file exists to show, and
+//! from a breakage of the bench itself. The type is the reports crate's:
+//! the sim sets it and every rendering reads it, with no translation
+//! between two copies that could drift apart.
 
-use serde::{Deserialize, Serialize};
-
-/// Who a failure is blamed on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Category {
-    /// The engine did something wrong (the default: a checker that cannot
-    /// explain a failure blames the engine).
-    #[default]
-    Engine,
-    /// A checker failed because of a fault the scenario declared and the
-    /// sim injected (e.g. undetected corruption caused by a lost write on
-    /// the diff storage: v2 keeps no checksums).
-    DeclaredFault,
-    /// The failure a bug scenario expects: the quirk was caught.
-    Expected,
-}
-
-impl Category {
-    /// How reports name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Engine => "engine failure",
-            Category::DeclaredFault => "caused by a declared fault",
-            Category::Expected => "expected outcome",
-        }
-    }
-}
+pub use blksnap_reports::Category;

@@ -336,8 +336,9 @@ fn verdict(
     failures: &mut [Failure],
     options: &RunOptions,
 ) -> (bool, Option<String>, Option<Failure>) {
-    if let Some(bench) = failures.iter().find(|f| f.checker == BENCH_CHECKER) {
+    if let Some(bench) = failures.iter_mut().find(|f| f.checker == BENCH_CHECKER) {
         // The bench broke: whatever the engine did, this run proves nothing.
+        bench.category = Category::BenchError;
         return (false, Some(bench.message.clone()), None);
     }
     let expected = scenario
@@ -1195,6 +1196,11 @@ mod tests {
         let (passed, note, _) = verdict(&scenario, &mut both, &options);
         assert!(!passed);
         assert_eq!(note.as_deref(), Some("bench message"));
+        assert_eq!(
+            both[1].category,
+            Category::BenchError,
+            "no verdict on the engine"
+        );
     }
 
     fn by_fault(checker: &str) -> Failure {

@@ -19,10 +19,12 @@ use super::campaign::{
 /// The command line's choices (`blksnap-sim swarm`), checked by [`plan`].
 #[derive(clap::Args, Debug)]
 pub struct SwarmArgs {
-    /// Seeds A..B (B excluded).
+    /// Seeds A..B (B excluded) [default: none; give this or
+    /// --seconds].
     #[arg(long)]
     pub seeds: Option<String>,
-    /// Run seeds from --from on for this many seconds of wall time.
+    /// Run seeds from --from on for this many seconds of wall time
+    /// [default: none; give this or --seeds].
     #[arg(long)]
     pub seconds: Option<u64>,
     /// First seed of a --seconds campaign.
@@ -31,10 +33,12 @@ pub struct SwarmArgs {
     /// Worker threads; results do not depend on it.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
-    /// Take every n-th seed: shard k of n (e.g. 2/3).
+    /// Run only shard K of N (K in 1..=N): every N-th seed, e.g. 2/3
+    /// [default: all seeds].
     #[arg(long)]
     pub partition: Option<String>,
-    /// Force this v2 bug on in every configuration (repeatable).
+    /// Force this v2 bug on in every configuration (repeatable; ids
+    /// from `blksnap-sim quirks`) [default: none forced].
     #[arg(long = "quirk")]
     pub quirks: Vec<String>,
     /// Output folder: shrunk failures and summary.json.
