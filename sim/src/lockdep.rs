@@ -63,6 +63,10 @@ pub struct Lockdep {
     reported: BTreeSet<(&'static str, &'static str)>,
     /// Tasks waiting for a lock.
     pub waiting: BTreeMap<TaskId, (&'static str, LockMode)>,
+    /// Ordered pairs (held, wanted) already judged against the current
+    /// edges: judging one again would find the same path, report nothing
+    /// new and add no edge, so it is skipped. Cleared when an edge is new.
+    judged: BTreeSet<(&'static str, &'static str)>,
 }
 
 impl Lockdep {
@@ -122,7 +126,7 @@ impl Lockdep {
     }
 
     fn check_order(&mut self, task: TaskId, class: &'static str) -> Option<String> {
-        if CROSS_RELEASE.contains(&class) {
+        if CROSS_RELEASE.contains(&class) || self.all_judged(task, class) {
             return None;
         }
         let held: Vec<&'static str> = self
@@ -132,7 +136,7 @@ impl Lockdep {
             .unwrap_or_default();
         let mut report = None;
         for before in held {
-            if before == class || CROSS_RELEASE.contains(&before) {
+            if Self::unordered(before, class) || self.judged.contains(&(before, class)) {
                 continue;
             }
             if self.reaches(class, before) && self.reported.insert((before, class)) {
@@ -140,9 +144,29 @@ impl Lockdep {
                     "possible circular locking: {before} -> {class}, but {class} -> ... -> {before} was seen"
                 ));
             }
-            self.edges.entry(before).or_default().insert(class);
+            if self.edges.entry(before).or_default().insert(class) {
+                self.judged.clear();
+            }
+            // The new edge leaves from `before`, so it cannot lie on a
+            // path from `class` back to `before`: this verdict still holds.
+            self.judged.insert((before, class));
         }
         report
+    }
+
+    /// A pair lockdep does not order: the same class, or a cross-release one.
+    fn unordered(before: &'static str, class: &'static str) -> bool {
+        before == class || CROSS_RELEASE.contains(&before)
+    }
+
+    /// Whether every lock the task holds was already judged before `class`
+    /// (the usual case once a run has seen its lock orders): no allocation.
+    fn all_judged(&self, task: TaskId, class: &'static str) -> bool {
+        self.held.get(&task).is_none_or(|list| {
+            list.iter().all(|&(_, before, _)| {
+                Self::unordered(before, class) || self.judged.contains(&(before, class))
+            })
+        })
     }
 
     /// Is there a path of recorded edges from `from` to `to`?
@@ -239,6 +263,45 @@ mod tests {
         assert!(take(&mut l, 2, 2, "b").is_none());
         assert!(take(&mut l, 2, 1, "a").is_some());
         assert!(l.held_report().len() == 2);
+    }
+
+    /// A judged pair is judged again once a new edge may close a cycle
+    /// through it, and each inversion is still reported once.
+    #[test]
+    fn judged_pairs_are_judged_again_after_a_new_edge() {
+        fn hold(l: &mut Lockdep, t: TaskId, pair: [(u64, &'static str); 2]) -> Option<String> {
+            let first = take(l, t, pair[0].0, pair[0].1);
+            let second = take(l, t, pair[1].0, pair[1].1);
+            l.event(
+                t,
+                LockId(pair[1].0),
+                pair[1].1,
+                LockOp::Release,
+                LockMode::Write,
+            );
+            l.event(
+                t,
+                LockId(pair[0].0),
+                pair[0].1,
+                LockOp::Release,
+                LockMode::Write,
+            );
+            first.or(second)
+        }
+        let mut l = Lockdep::default();
+        assert!(hold(&mut l, 1, [(1, "a"), (2, "b")]).is_none());
+        assert!(hold(&mut l, 1, [(1, "a"), (2, "b")]).is_none(), "judged");
+        assert!(hold(&mut l, 2, [(2, "b"), (3, "c")]).is_none());
+        // c -> a closes a -> b -> c -> a: found although a -> b was judged.
+        let report = hold(&mut l, 3, [(3, "c"), (1, "a")]).expect("inversion");
+        assert!(report.contains("c -> a"), "{report}");
+        assert!(hold(&mut l, 3, [(3, "c"), (1, "a")]).is_none(), "once");
+        let again = hold(&mut l, 1, [(1, "a"), (2, "b")]);
+        assert!(
+            again.unwrap().contains("a -> b"),
+            "a -> b now closes a cycle too"
+        );
+        assert!(hold(&mut l, 1, [(1, "a"), (2, "b")]).is_none(), "once");
     }
 
     #[test]

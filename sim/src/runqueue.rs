@@ -9,6 +9,10 @@
 //!   runnable ones and finds the i-th in O(log n).
 //! - `highest()`: the runnable task of the highest priority, the larger id
 //!   among equals (as a max over ids in ascending order picks).
+//!
+//! The priority order costs a set insert and remove per poll, so it is
+//! built on the first `highest()` and kept from then on: a run under the
+//! uniform policy (most runs) never pays for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +29,8 @@ pub(crate) struct RunQueue {
     /// Fenwick tree over the slots, 1-based; its size is a power of two.
     tree: Vec<usize>,
     len: usize,
-    by_priority: BTreeSet<(u64, TaskId)>,
+    /// The runnable tasks by priority; None until `highest()` first asks.
+    by_priority: Option<BTreeSet<(u64, TaskId)>>,
 }
 
 impl RunQueue {
@@ -56,7 +61,9 @@ impl RunQueue {
         if !self.runnable[slot] {
             self.runnable[slot] = true;
             self.update(slot, true);
-            self.by_priority.insert((priority, id));
+            if let Some(set) = self.by_priority.as_mut() {
+                set.insert((priority, id));
+            }
         }
     }
 
@@ -68,7 +75,9 @@ impl RunQueue {
         if self.runnable[slot] {
             self.runnable[slot] = false;
             self.update(slot, false);
-            self.by_priority.remove(&(priority, id));
+            if let Some(set) = self.by_priority.as_mut() {
+                set.remove(&(priority, id));
+            }
         }
     }
 
@@ -76,9 +85,9 @@ impl RunQueue {
         let Some(&(slot, old)) = self.live.get(&id) else {
             return;
         };
-        if self.runnable[slot] {
-            self.by_priority.remove(&(old, id));
-            self.by_priority.insert((priority, id));
+        if let Some(set) = self.by_priority.as_mut().filter(|_| self.runnable[slot]) {
+            set.remove(&(old, id));
+            set.insert((priority, id));
         }
         self.live.insert(id, (slot, priority));
     }
@@ -114,8 +123,17 @@ impl RunQueue {
     }
 
     /// The runnable task of the highest priority (the larger id on a tie).
-    pub fn highest(&self) -> Option<TaskId> {
-        self.by_priority.last().map(|&(_, id)| id)
+    pub fn highest(&mut self) -> Option<TaskId> {
+        if self.by_priority.is_none() {
+            let set = self
+                .live
+                .iter()
+                .filter(|(_, &(slot, _))| self.runnable[slot])
+                .map(|(&id, &(_, priority))| (priority, id))
+                .collect();
+            self.by_priority = Some(set);
+        }
+        self.by_priority.as_ref()?.last().map(|&(_, id)| id)
     }
 
     fn update(&mut self, slot: usize, add: bool) {
@@ -158,12 +176,23 @@ mod tests {
     /// adds, wakes, sleeps, priority changes and exits.
     #[test]
     fn picks_match_a_sorted_set() {
+        picks_match_from(0);
+    }
+
+    /// The priority order built late, from a queue that lived without it.
+    #[test]
+    fn priority_order_built_late_matches() {
+        picks_match_from(5_000);
+    }
+
+    /// Random operations, checking `highest()` from operation `first_highest` on.
+    fn picks_match_from(first_highest: usize) {
         let mut rng = SimRng::child(7, "test");
         let mut queue = RunQueue::default();
         let mut live: BTreeMap<TaskId, u64> = BTreeMap::new();
         let mut runnable: BTreeSet<TaskId> = BTreeSet::new();
         let mut next = 0;
-        for _ in 0..20_000 {
+        for step in 0..20_000 {
             match rng.below(6) {
                 0 | 1 => {
                     next += 1 + rng.below(3);
@@ -206,8 +235,10 @@ mod tests {
                 assert_eq!(queue.nth(i), runnable.iter().nth(i).copied());
             }
             assert_eq!(queue.nth(runnable.len()), None);
-            let highest = runnable.iter().max_by_key(|id| live[id]).copied();
-            assert_eq!(queue.highest(), highest);
+            if step >= first_highest {
+                let highest = runnable.iter().max_by_key(|id| live[id]).copied();
+                assert_eq!(queue.highest(), highest);
+            }
         }
         assert!(next > 1000, "the test grew the tree several times");
     }

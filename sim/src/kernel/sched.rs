@@ -311,20 +311,25 @@ impl<A> Scheduler<A> {
 
     // --- picking and polling -------------------------------------------------------
 
+    /// Drained in place: the queue keeps its buffer, so a wake never
+    /// allocates once the run is warm (waking touches no waker, so the
+    /// lock is not taken again meanwhile).
     pub fn collect_woken(&self) {
-        let woken: Vec<TaskId> = match self.queue.woken.lock() {
-            Ok(mut w) => std::mem::take(&mut *w),
-            Err(_) => Vec::new(),
+        let Ok(mut woken) = self.queue.woken.lock() else {
+            return;
         };
+        if woken.is_empty() {
+            return;
+        }
         let mut sched = self.state.borrow_mut();
-        for id in woken {
+        for id in woken.drain(..) {
             sched.runnable.wake(id);
         }
     }
 
     pub fn pick(&self) -> Option<TaskId> {
         let policy = self.policy.get();
-        let sched = self.state.borrow();
+        let mut sched = self.state.borrow_mut();
         if sched.runnable.is_empty() {
             return None;
         }

@@ -98,12 +98,16 @@ impl Kernel for SimKernel {
         let Some(task) = sim.current_task() else {
             return;
         };
-        sim.lockdep.borrow_mut().mark = sim.sched.next_id();
-        let report = sim.lockdep.borrow_mut().event(task, id, class, op, mode);
+        let (report, noio) = {
+            let mut lockdep = sim.lockdep.borrow_mut();
+            lockdep.mark = sim.sched.next_id();
+            let report = lockdep.event(task, id, class, op, mode);
+            (report, lockdep.take_noio_reports())
+        };
         if let Some(report) = report {
             sim.fail("lockdep", report);
         }
-        for report in sim.lockdep.borrow_mut().take_noio_reports() {
+        for report in noio {
             sim.fail("memalloc_noio", report);
         }
     }
