@@ -56,6 +56,13 @@ pub struct ScenarioRun {
     /// What the checkers reported; empty for a passing run.
     #[serde(default)]
     pub failures: Vec<Failure>,
+    /// The last trace events before the end of a failed run (the ones that say what the
+    /// engine and the users did: IO, ioctls, events, freezes, steps, warnings, failures).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<String>,
+    /// Counters sampled over virtual time; absent in reports written before they existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<crate::series::TimeSeries>,
 }
 
 /// The judgement on one scenario run.
@@ -294,6 +301,8 @@ impl ScenarioRun {
             events: 0,
             metrics: BTreeMap::new(),
             failures: Vec::new(),
+            recent_events: Vec::new(),
+            series: None,
         }
     }
 
