@@ -40,12 +40,20 @@ pre.trace{font-size:.85em;max-height:16em;overflow-y:auto}\
 details{border:1px solid #ddd;border-radius:4px;padding:.2em .6em;margin:.3em 0}\
 summary{cursor:pointer}figure{margin:.6em 0}";
 
-/// Sets `data-rendered` on `<body>` once the page loaded and `data-script-error` when any
-/// script error happened; free of `<` and `&` so the page stays well-formed XML.
+/// Once the page loaded: opens the scenario a `#scn-N` link names (so a link from a failure,
+/// or a URL, shows its plots), sets `data-rendered` on `<body>` with the number of plots, and
+/// `data-failure-bottom` to where the first failure's message ends (a browser test checks it
+/// is above the fold); `data-script-error` marks any script error. Free of `<` and `&` so the
+/// page stays well-formed XML.
 const MARKER_SCRIPT: &str = "\
 window.addEventListener('error',function(){document.body.setAttribute('data-script-error','1')});\
-window.addEventListener('load',function(){var n=document.querySelectorAll('svg').length;\
-document.body.setAttribute('data-rendered','ok '+n+' svg')});";
+function openTarget(){var d=document.getElementById(location.hash.slice(1));\
+if(d){if(d.tagName=='DETAILS'){d.open=true;d.scrollIntoView();}}}\
+window.addEventListener('hashchange',openTarget);\
+window.addEventListener('load',function(){openTarget();var b=document.body;\
+b.setAttribute('data-rendered','ok '+document.querySelectorAll('svg').length+' svg');\
+var f=document.querySelector('section.failure pre');\
+if(f){b.setAttribute('data-failure-bottom',Math.round(f.getBoundingClientRect().bottom+window.scrollY));}});";
 
 /// Trace lines a failure shows (the report keeps more; the last ones matter most).
 const TRACE_SHOWN: usize = 25;

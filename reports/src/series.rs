@@ -101,8 +101,12 @@ impl Line {
         }
     }
 
-    /// Keeps every other point (the first always) and samples half as often from now on.
+    /// Keeps every other point (the first always) and samples half as often from now on. The
+    /// newest point, if dropped, waits as the pending one so the line still ends on it.
     fn halve(&mut self) {
+        if self.points.len() % 2 == 0 {
+            self.pending = self.points.last().copied();
+        }
         let mut i = 0;
         self.points.retain(|_| {
             i += 1;
@@ -243,6 +247,24 @@ mod tests {
         let mid = l.points.iter().filter(|p| p.0 <= 500_000).count();
         let share = mid as f64 / l.points.len() as f64;
         assert!((0.4..0.6).contains(&share), "{share}");
+    }
+
+    /// The sample that fills the line (and halves it) is still its last point.
+    #[test]
+    fn the_sample_that_halves_is_kept() {
+        for n in [
+            MAX_POINTS as u64,
+            2 * MAX_POINTS as u64 - 1,
+            3 * MAX_POINTS as u64,
+        ] {
+            let mut l = Line::new(Plot::Cow, "writes", "d");
+            for i in 1..=n {
+                l.sample(i, i as f64);
+            }
+            l.finish();
+            assert_eq!(l.points.last(), Some(&(n, n as f64)), "{n} samples");
+            assert!(l.points.len() <= MAX_POINTS);
+        }
     }
 
     #[test]

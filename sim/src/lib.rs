@@ -28,6 +28,7 @@ pub mod power;
 pub mod rng;
 mod runqueue;
 pub mod scenario;
+pub mod series;
 pub mod shrink;
 pub mod swarm;
 pub mod trace;
