@@ -41,7 +41,7 @@ details{border:1px solid #ddd;border-radius:4px;padding:.2em .6em;margin:.3em 0}
 summary{cursor:pointer}figure{margin:.6em 0}";
 
 /// Once the page loaded: opens the scenario a `#scn-N` link names (so a link from a failure,
-/// or a URL, shows its plots), sets `data-rendered` on `<body>` with the number of plots, and
+/// or a URL, shows its plots), or every scenario when the URL ends in `?open`, sets `data-rendered` on `<body>` with the number of plots, and
 /// `data-failure-bottom` to where the first failure's message ends (a browser test checks it
 /// is above the fold); `data-script-error` marks any script error. Free of `<` and `&` so the
 /// page stays well-formed XML.
@@ -51,6 +51,7 @@ function openTarget(){var d=document.getElementById(location.hash.slice(1));\
 if(d){if(d.tagName=='DETAILS'){d.open=true;d.scrollIntoView();}}}\
 window.addEventListener('hashchange',openTarget);\
 window.addEventListener('load',function(){openTarget();var b=document.body;\
+if(location.search=='?open'){document.querySelectorAll('details').forEach(function(d){d.open=true;});}\
 b.setAttribute('data-rendered','ok '+document.querySelectorAll('svg').length+' svg');\
 var f=document.querySelector('section.failure pre');\
 if(f){b.setAttribute('data-failure-bottom',Math.round(f.getBoundingClientRect().bottom+window.scrollY));}});";

@@ -4,7 +4,7 @@
 //!
 //! Counters of one plot can span orders of magnitude (a storage device of millions of sectors
 //! beside a few thousand filled): when the largest line exceeds the smallest non-zero one a
-//! hundredfold the value axis is log10(1 + v), and says so. Each plot is scaled to its own run,
+//! twentyfold the value axis is log10(1 + v), and says so. Each plot is scaled to its own run,
 //! so a run of hours and one of milliseconds both fill the width. Drawn by hand, like
 //! [`crate::svg`], so the bytes are the same for the same series.
 
@@ -22,7 +22,7 @@ const LEGEND_ROW: f64 = 16.0;
 const AXIS_H: f64 = 36.0;
 const TIMELINE_ROW: f64 = 18.0;
 /// Ratio of largest to smallest line above which the value axis is logarithmic.
-const LOG_RATIO: f64 = 100.0;
+const LOG_RATIO: f64 = 20.0;
 const PALETTE: [&str; 8] = [
     "#4c78a8", "#f58518", "#54a24b", "#b279a2", "#9d755d", "#e45756", "#72b7b2", "#bab0ac",
 ];
