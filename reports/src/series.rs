@@ -90,7 +90,7 @@ impl Line {
             return;
         }
         self.seen += 1;
-        if self.seen % self.stride.max(1) != 0 {
+        if !self.seen.is_multiple_of(self.stride.max(1)) {
             self.pending = Some((at_ns, value));
             return;
         }
@@ -104,7 +104,7 @@ impl Line {
     /// Keeps every other point (the first always) and samples half as often from now on. The
     /// newest point, if dropped, waits as the pending one so the line still ends on it.
     fn halve(&mut self) {
-        if self.points.len() % 2 == 0 {
+        if self.points.len().is_multiple_of(2) {
             self.pending = self.points.last().copied();
         }
         let mut i = 0;
