@@ -58,6 +58,9 @@ if(f){b.setAttribute('data-failure-bottom',Math.round(f.getBoundingClientRect().
 
 /// Trace lines a failure shows (the report keeps more; the last ones matter most).
 const TRACE_SHOWN: usize = 25;
+/// Checker messages a failure shows before "and N more": a run with hundreds of WARNs must not
+/// push its seed, replay command and the next failures off the screen.
+const MESSAGES_SHOWN: usize = 8;
 
 /// Renders `report` (and, when given, its comparison with a baseline) as an HTML page.
 pub fn render_html(report: &RunReport, comparison: Option<&Comparison>) -> String {
@@ -159,7 +162,7 @@ fn failure(out: &mut String, index: usize, run: &ScenarioRun) {
         esc(&run.name)
     );
     out.push_str("<pre>");
-    for f in &run.failures {
+    for f in run.failures.iter().take(MESSAGES_SHOWN) {
         let at = f
             .at_ns
             .map(|ns| format!(" at {}", text::duration_ns(ns)))
@@ -168,6 +171,13 @@ fn failure(out: &mut String, index: usize, run: &ScenarioRun) {
     }
     if run.failures.is_empty() {
         let _ = writeln!(out, "scenario {v} without a checker message");
+    }
+    if run.failures.len() > MESSAGES_SHOWN {
+        let more = run.failures.len() - MESSAGES_SHOWN;
+        let _ = writeln!(
+            out,
+            "... and {more} more (all of them in the JSON and JUnit reports)"
+        );
     }
     out.push_str("</pre>\n");
     let _ = writeln!(
@@ -526,6 +536,18 @@ mod tests {
             at("last-trace-line") < at("<h2>Scenarios</h2>"),
             "trace tail shown"
         );
+    }
+
+    /// A run with hundreds of messages shows a few, and still its replay command.
+    #[test]
+    fn many_messages_are_capped() {
+        let mut r = report();
+        let warn = r.runs[1].failures[0].clone();
+        r.runs[1].failures = vec![warn; 300];
+        let html = render_html(&r, None);
+        assert_eq!(html.matches("errno &lt;EINVAL&gt;").count(), MESSAGES_SHOWN);
+        assert!(html.contains("... and 292 more"));
+        assert!(html.contains("--seed 2 &lt;/dev/null"));
     }
 
     #[test]
