@@ -26,8 +26,10 @@ pub mod html;
 pub mod junit;
 pub mod markdown;
 pub mod model;
+pub mod series;
 pub mod svg;
 mod text;
+pub mod timeplot;
 
 pub use baseline::{
     compare, relative_change, Change, ChangeKind, Comparison, MetricDelta, Tolerance, VIRTUAL_NS,
@@ -36,4 +38,6 @@ pub use html::render_html;
 pub use junit::render_junit;
 pub use markdown::render_markdown;
 pub use model::{Category, Failure, ReportError, RunReport, ScenarioRun, Verdict, SCHEMA_VERSION};
+pub use series::{Line, Mark, Plot, TimeSeries, Window};
 pub use svg::{render_bar_chart, Bar, BarChart};
+pub use timeplot::{render_time_plot, render_timeline};

@@ -61,6 +61,13 @@ pub struct ScenarioRun {
     /// what caught the bug, not just "pass". Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caught_by: Option<Failure>,
+    /// The last trace events before the end of a failed run (the ones that say what the
+    /// engine and the users did: IO, ioctls, events, freezes, steps, warnings, failures).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<String>,
+    /// Counters sampled over virtual time; absent in reports written before they existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<crate::series::TimeSeries>,
 }
 
 /// The judgement on one scenario run.
@@ -305,6 +312,8 @@ impl ScenarioRun {
             metrics: BTreeMap::new(),
             failures: Vec::new(),
             caught_by: None,
+            recent_events: Vec::new(),
+            series: None,
         }
     }
 

@@ -35,7 +35,14 @@ pub async fn ioctl(
     let id = nr.and_then(|nr| named_id(nr, arg, user));
     let token = sim.lifecycle.borrow_mut().begin();
     let cbt = crate::check::cbt::ioctl_begin(sim, cmd, arg, user);
+    let take = id.filter(|_| nr == Some(IoctlNr::SnapshotTake));
+    if let Some(id) = take {
+        sim.series.borrow_mut().take_begin(sim.now(), id);
+    }
     let result = ctrl::ioctl(module, cmd, arg, user).await;
+    if let Some(id) = take {
+        sim.series.borrow_mut().take_end(sim.now(), id);
+    }
     crate::check::cbt::ioctl_end(sim, &module.params(), cbt, arg, result, user);
     let value = match result {
         Ok(v) => v,
@@ -184,6 +191,7 @@ fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
             range.sector_count,
         );
         let (start, count) = (range.sector_offset, range.sector_count);
+        sim.series.borrow_mut().appended(sim.now(), dev, count);
         sim.storage
             .borrow_mut()
             .appended(append.id.b, dev, start, count);

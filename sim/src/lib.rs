@@ -29,6 +29,7 @@ pub mod power;
 pub mod rng;
 mod runqueue;
 pub mod scenario;
+pub mod series;
 pub mod shrink;
 pub mod suite;
 pub mod swarm;

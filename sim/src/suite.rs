@@ -148,6 +148,10 @@ pub fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
     run.events = outcome.trace_events;
     run.metrics = outcome.metrics.clone();
     run.metrics.insert("wall_ms".into(), wall_ms);
+    run.series = Some(outcome.series.clone());
+    if !outcome.passed() {
+        run.recent_events = trace_that_matters(&outcome.recent);
+    }
     run.verdict = if bench_error(outcome) {
         Verdict::Error
     } else if outcome.passed() {
@@ -172,6 +176,21 @@ pub fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
         category: f.category,
     });
     run
+}
+
+/// The last trace lines worth reading in a failure report: scheduler polls, clock advances,
+/// allocations and bio completions that succeeded say nothing about what went wrong.
+fn trace_that_matters(recent: &[String]) -> Vec<String> {
+    const SHOWN: usize = 40;
+    let matters = |line: &&String| {
+        let event = line.split_whitespace().nth(1).unwrap_or_default();
+        let routine = matches!(event, "Poll" | "TimeAdvance" | "TaskSpawn" | "TaskExit")
+            || (matches!(event, "Alloc" | "BioEnd") && line.contains("ok: true"));
+        !routine
+    };
+    let kept: Vec<String> = recent.iter().filter(matters).cloned().collect();
+    let skip = kept.len().saturating_sub(SHOWN);
+    kept.into_iter().skip(skip).collect()
 }
 
 /// Write the requested reports; 2 if an output or the baseline failed.

@@ -25,6 +25,10 @@ impl Sim {
     pub fn submit_to_device(self: &Rc<Self>, bio: Bio, done: Completer<BioResult>) {
         let disk = self.blk.disks.borrow().get(&bio.dev).cloned();
         if let Some((disk, capacity)) = disk {
+            let write = bio.op.is_write();
+            self.series
+                .borrow_mut()
+                .image_io(self.now(), bio.dev, write);
             // bio_check_eod: the block layer refuses IO past the end.
             if bio
                 .sector
@@ -134,6 +138,10 @@ impl Sim {
         if !bio.op.is_write() || self.is_image(bio.dev) {
             return;
         }
+        let now = self.now();
+        self.series
+            .borrow_mut()
+            .engine_write(now, bio.dev, bio.sector, bio.sectors);
         let verdict =
             self.storage
                 .borrow_mut()

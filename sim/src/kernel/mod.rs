@@ -105,6 +105,8 @@ pub struct Sim {
     pub durability: RefCell<crate::check::durability::Durability>,
     /// Lost, corrupted and misdirected writes (`data_faults.rs`).
     pub data_faults: RefCell<crate::data_faults::DataFaultPlan>,
+    /// Counters sampled over virtual time for the report (`series.rs`); observes only.
+    pub series: RefCell<crate::series::Sampler>,
 }
 
 impl Sim {
@@ -133,6 +135,7 @@ impl Sim {
             reclaim: RefCell::new(reclaim::Reclaim::new(seed)),
             durability: RefCell::new(Default::default()),
             data_faults: RefCell::new(crate::data_faults::DataFaultPlan::new(seed)),
+            series: RefCell::new(Default::default()),
         })
     }
 
@@ -144,6 +147,15 @@ impl Sim {
 
     pub fn record(&self, event: TraceEvent) {
         let now = self.now();
+        match &event {
+            TraceEvent::Freeze { dev, depth } => {
+                self.series.borrow_mut().freeze(now, DevT(*dev), *depth)
+            }
+            TraceEvent::Thaw { dev, depth } => {
+                self.series.borrow_mut().thaw(now, DevT(*dev), *depth)
+            }
+            _ => {}
+        }
         self.trace.borrow_mut().record(now, event);
     }
 

@@ -383,6 +383,10 @@ impl Run {
             code: event.code,
             time_label: event.time_label,
         });
+        self.sim
+            .series
+            .borrow_mut()
+            .event(self.sim.now(), id, event.code);
         if event.code == EVENT_CORRUPTED {
             if let Some(payload) = BlkSnapEventCorrupted::decode(&event.data) {
                 let orig = dev_t(payload.orig_dev_id);

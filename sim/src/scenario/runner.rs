@@ -99,6 +99,8 @@ pub struct Outcome {
     /// The engine's sleeping points reached (`Kernel::might_sleep` sites),
     /// with how many times each was reached.
     pub sleep_sites: BTreeMap<String, u64>,
+    /// Counters sampled over virtual time (`crate::series`), for the report.
+    pub series: blksnap_reports::TimeSeries,
 }
 
 impl Outcome {
@@ -456,7 +458,30 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
             .iter()
             .map(|(site, n)| (site.to_string(), *n))
             .collect(),
+        series: sim.series.borrow().finish(
+            sim.now(),
+            &series_names(run),
+            run.params.low_space_threshold(),
+        ),
     }
+}
+
+/// Devices, image disks and snapshots as the scenario names them, for the plots.
+fn series_names(run: &Run) -> crate::series::Names {
+    let mut names = crate::series::Names::default();
+    for (name, dev) in &run.devices {
+        names.devices.insert(*dev, name.clone());
+    }
+    for (name, snap) in run.snapshots.borrow().iter() {
+        names.snapshots.insert(snap.id, name.clone());
+        for (orig, image) in &snap.images {
+            let orig = names.devices.get(orig).cloned().unwrap_or(orig.to_string());
+            names
+                .devices
+                .insert(*image, format!("image of {orig} ({name})"));
+        }
+    }
+    names
 }
 
 /// The checkers' coverage counts: how much each one judged, so a run

@@ -1,0 +1,359 @@
+//! Counters sampled over virtual time for the report's plots (`blksnap_reports::TimeSeries`).
+//!
+//! Fault model: none. This layer only observes; it draws no random numbers, records nothing
+//! in the trace and changes no state anyone else reads, so sampling never moves a digest.
+//!
+//! What it sees is what crosses the kernel boundary, like the checkers: the ranges users
+//! appended (APPEND_STORAGE arguments), the writes the engine issues to the diff storage, the
+//! bios submitted to the image disks, freezes and thaws of the block devices, the TAKE ioctls
+//! and the events WAIT_EVENT returned. "Chunks in the caches" is not sampled: the engine keeps
+//! that count internally and reports it through no kernel interface (no stats or trace hook
+//! in `blksnap_core::kernel::Kernel`), and reading engine state would break the black box.
+//!
+//! Cost: one map lookup per sample; each line keeps at most `MAX_POINTS` points and the run at
+//! most `MAX_SPANS` windows and marks, however long it runs.
+
+use std::collections::BTreeMap;
+
+use blksnap_core::kernel::DevT;
+use blksnap_reports::{Line, Mark, Plot, TimeSeries, Window};
+
+/// Names the runner knows for devices and snapshots, to label the plots.
+#[derive(Default)]
+pub struct Names {
+    pub devices: BTreeMap<DevT, String>,
+    pub snapshots: BTreeMap<[u8; 16], String>,
+}
+
+impl Names {
+    fn device(&self, dev: DevT) -> String {
+        self.devices
+            .get(&dev)
+            .cloned()
+            .unwrap_or_else(|| dev.to_string())
+    }
+
+    fn snapshot(&self, id: &[u8; 16]) -> String {
+        self.snapshots.get(id).cloned().unwrap_or_else(|| {
+            let hex: String = id[..4].iter().map(|b| format!("{b:02x}")).collect();
+            format!("snapshot {hex}…")
+        })
+    }
+}
+
+/// What a series counts; each is one line per device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Counter {
+    /// Sectors users appended to the diff storage on this device.
+    Appended,
+    /// Distinct appended sectors the engine has written (a region rewritten counts once).
+    Filled,
+    /// Writes the engine issued to this storage device.
+    CowWrites,
+    /// Reads submitted to this image disk.
+    ImageReads,
+    /// Writes submitted to this image disk.
+    ImageWrites,
+}
+
+impl Counter {
+    fn plot(self) -> Plot {
+        match self {
+            Counter::Appended | Counter::Filled => Plot::Storage,
+            Counter::CowWrites => Plot::Cow,
+            Counter::ImageReads | Counter::ImageWrites => Plot::ImageIo,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Counter::Appended => "appended",
+            Counter::Filled => "filled",
+            Counter::CowWrites => "writes",
+            Counter::ImageReads => "reads",
+            Counter::ImageWrites => "writes",
+        }
+    }
+}
+
+/// A sampled count and its line.
+struct Count {
+    value: u64,
+    line: Line,
+}
+
+/// Who is a window's or mark's subject until names are known at the end.
+#[derive(Clone, Copy)]
+enum Subject {
+    Device(DevT),
+    Snapshot([u8; 16]),
+}
+
+struct Span {
+    kind: &'static str,
+    subject: Subject,
+    start_ns: u64,
+    end_ns: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Sampler {
+    counts: BTreeMap<(Counter, DevT), Count>,
+    /// Storage sectors the engine wrote, per device, as disjoint [start, end) runs.
+    written: BTreeMap<DevT, BTreeMap<u64, u64>>,
+    /// Open and closed windows, in the order they began (bounded).
+    windows: Vec<Span>,
+    /// Events: (kind, snapshot, at).
+    marks: Vec<(String, Subject, u64)>,
+    /// Windows and marks past the bound.
+    dropped: u64,
+}
+
+impl Sampler {
+    fn add(&mut self, now: u64, counter: Counter, dev: DevT, n: u64) {
+        let count = self.counts.entry((counter, dev)).or_insert_with(|| Count {
+            value: 0,
+            line: Line::new(counter.plot(), counter.name(), dev.to_string()),
+        });
+        count.value += n;
+        count.line.sample(now, count.value as f64);
+    }
+
+    /// APPEND_STORAGE offered `count` sectors of `dev`.
+    pub fn appended(&mut self, now: u64, dev: DevT, count: u64) {
+        self.add(now, Counter::Appended, dev, count);
+    }
+
+    /// The engine wrote `sectors` at `sector` of storage device `dev`.
+    pub fn engine_write(&mut self, now: u64, dev: DevT, sector: u64, sectors: u64) {
+        self.add(now, Counter::CowWrites, dev, 1);
+        let runs = self.written.entry(dev).or_default();
+        let new = cover(runs, sector, sector.saturating_add(sectors));
+        if new > 0 {
+            self.add(now, Counter::Filled, dev, new);
+        }
+    }
+
+    /// A bio reached image disk `dev`.
+    pub fn image_io(&mut self, now: u64, dev: DevT, write: bool) {
+        let counter = if write {
+            Counter::ImageWrites
+        } else {
+            Counter::ImageReads
+        };
+        self.add(now, counter, dev, 1);
+    }
+
+    /// A freeze of `dev` took its count to `depth`: the first opens a window.
+    pub fn freeze(&mut self, now: u64, dev: DevT, depth: u32) {
+        if depth == 1 {
+            self.open("freeze", Subject::Device(dev), now);
+        }
+    }
+
+    /// A thaw of `dev` took its count to `depth`: the last closes the window.
+    pub fn thaw(&mut self, now: u64, dev: DevT, depth: u32) {
+        if depth == 0 {
+            self.close(
+                "freeze",
+                |s| matches!(s, Subject::Device(d) if d == dev),
+                now,
+            );
+        }
+    }
+
+    /// A TAKE ioctl of snapshot `id` began.
+    pub fn take_begin(&mut self, now: u64, id: [u8; 16]) {
+        self.open("take", Subject::Snapshot(id), now);
+    }
+
+    /// The TAKE ioctl of snapshot `id` returned.
+    pub fn take_end(&mut self, now: u64, id: [u8; 16]) {
+        self.close(
+            "take",
+            |s| matches!(s, Subject::Snapshot(i) if i == id),
+            now,
+        );
+    }
+
+    /// WAIT_EVENT returned event `code` of snapshot `id`.
+    pub fn event(&mut self, now: u64, id: [u8; 16], code: u32) {
+        if self.marks.len() >= blksnap_reports::series::MAX_SPANS {
+            self.dropped += 1;
+            return;
+        }
+        let kind = match code {
+            blksnap_core::uapi::EVENT_LOW_FREE_SPACE => "low_space".to_string(),
+            blksnap_core::uapi::EVENT_CORRUPTED => "corrupted".to_string(),
+            other => format!("event {other}"),
+        };
+        self.marks.push((kind, Subject::Snapshot(id), now));
+    }
+
+    fn open(&mut self, kind: &'static str, subject: Subject, now: u64) {
+        if self.windows.len() >= blksnap_reports::series::MAX_SPANS {
+            self.dropped += 1;
+            return;
+        }
+        self.windows.push(Span {
+            kind,
+            subject,
+            start_ns: now,
+            end_ns: None,
+        });
+    }
+
+    fn close(&mut self, kind: &str, subject: impl Fn(Subject) -> bool, now: u64) {
+        let open = self
+            .windows
+            .iter_mut()
+            .rev()
+            .find(|w| w.kind == kind && w.end_ns.is_none() && subject(w.subject));
+        if let Some(w) = open {
+            w.end_ns = Some(now);
+        }
+    }
+
+    /// The series of the run that ended at `end_ns`, labelled with `names`. The low-space
+    /// level of a storage device is its appended sectors less the engine's public
+    /// `low_space_threshold` parameter: the engine reports low space when the filled line
+    /// crosses it (per snapshot; the plot is per device, exact when one snapshot uses it).
+    pub fn finish(&self, end_ns: u64, names: &Names, low_space_threshold: u64) -> TimeSeries {
+        let mut series = TimeSeries {
+            end_ns,
+            dropped: self.dropped,
+            ..TimeSeries::default()
+        };
+        for ((counter, dev), count) in &self.counts {
+            let mut line = count.line.clone();
+            line.finish();
+            line.device = names.device(*dev);
+            if *counter == Counter::Appended {
+                series
+                    .lines
+                    .push(low_space_level(&line, low_space_threshold));
+            }
+            series.lines.push(line);
+        }
+        series
+            .lines
+            .sort_by(|a, b| (a.plot, &a.device, &a.name).cmp(&(b.plot, &b.device, &b.name)));
+        let label = |s: &Subject| match s {
+            Subject::Device(dev) => names.device(*dev),
+            Subject::Snapshot(id) => names.snapshot(id),
+        };
+        for w in &self.windows {
+            series.push_window(Window {
+                kind: w.kind.to_string(),
+                device: label(&w.subject),
+                start_ns: w.start_ns,
+                end_ns: w.end_ns.unwrap_or(end_ns),
+            });
+        }
+        for (kind, subject, at_ns) in &self.marks {
+            series.push_mark(Mark {
+                kind: kind.clone(),
+                device: label(subject),
+                at_ns: *at_ns,
+            });
+        }
+        series
+    }
+}
+
+/// The appended line lowered by the threshold (not below zero).
+fn low_space_level(appended: &Line, threshold: u64) -> Line {
+    let mut level = Line::new(Plot::Storage, "low-space level", appended.device.clone());
+    for &(t, v) in &appended.points {
+        level.sample(t, (v - threshold as f64).max(0.0));
+    }
+    level.finish();
+    level
+}
+
+/// Adds [start, end) to the disjoint runs; returns how many sectors were not covered before.
+fn cover(runs: &mut BTreeMap<u64, u64>, start: u64, end: u64) -> u64 {
+    if start >= end {
+        return 0;
+    }
+    let (mut lo, mut hi) = (start, end);
+    let mut already = 0;
+    // Runs that overlap or touch [start, end) merge into one.
+    let first = runs
+        .range(..=start)
+        .next_back()
+        .filter(|(_, e)| **e >= start)
+        .map(|(s, _)| *s);
+    let from = first.unwrap_or(start);
+    let touching: Vec<(u64, u64)> = runs.range(from..=end).map(|(s, e)| (*s, *e)).collect();
+    for (s, e) in touching {
+        already += e.min(end).saturating_sub(s.max(start));
+        lo = lo.min(s);
+        hi = hi.max(e);
+        runs.remove(&s);
+    }
+    runs.insert(lo, hi);
+    (end - start) - already
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cover_counts_new_sectors_once() {
+        let mut runs = BTreeMap::new();
+        assert_eq!(cover(&mut runs, 0, 8), 8);
+        assert_eq!(cover(&mut runs, 0, 8), 0, "rewrite of a region");
+        assert_eq!(cover(&mut runs, 16, 24), 8);
+        assert_eq!(cover(&mut runs, 4, 20), 8, "fills the gap only");
+        assert_eq!(runs.into_iter().collect::<Vec<_>>(), [(0, 24)]);
+        let mut runs = BTreeMap::new();
+        assert_eq!(cover(&mut runs, 8, 16), 8);
+        assert_eq!(cover(&mut runs, 16, 24), 8, "adjacent");
+        assert_eq!(cover(&mut runs, 0, 8), 8);
+        assert_eq!(runs.into_iter().collect::<Vec<_>>(), [(0, 24)]);
+    }
+
+    #[test]
+    fn windows_pair_up_and_labels_come_from_names() {
+        let (a, b) = (DevT(1 << 20), DevT(2 << 20));
+        let mut s = Sampler::default();
+        s.freeze(10, a, 1);
+        s.freeze(11, a, 2);
+        s.thaw(12, a, 1);
+        s.freeze(13, b, 1);
+        s.thaw(20, a, 0);
+        s.take_begin(5, [7; 16]);
+        s.take_end(30, [7; 16]);
+        s.event(40, [7; 16], blksnap_core::uapi::EVENT_LOW_FREE_SPACE);
+        s.appended(1, b, 100);
+        s.engine_write(2, b, 0, 8);
+        let mut names = Names::default();
+        names.devices.insert(a, "sda".into());
+        names.snapshots.insert([7; 16], "snap".into());
+        let series = s.finish(50, &names, 40);
+        let w: Vec<_> = series
+            .windows
+            .iter()
+            .map(|w| (w.kind.as_str(), w.device.as_str(), w.start_ns, w.end_ns))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                ("freeze", "sda", 10, 20),
+                ("freeze", b.to_string().as_str(), 13, 50),
+                ("take", "snap", 5, 30)
+            ]
+        );
+        assert_eq!(series.marks[0].kind, "low_space");
+        let level = series
+            .lines
+            .iter()
+            .find(|l| l.name == "low-space level")
+            .expect("level line");
+        assert_eq!(level.points, [(1, 60.0)]);
+        let names: Vec<_> = series.lines.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["appended", "filled", "low-space level", "writes"]);
+    }
+}
