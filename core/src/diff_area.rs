@@ -12,8 +12,8 @@ use crate::diff_io;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::EVENT_CORRUPTED;
 use crate::kernel::{
-    blkdev_get, kmalloc, preempt, AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, Kref,
-    NoioScope, Stamp, TaskKind, SECTOR_SHIFT,
+    blkdev_get, completion, kmalloc, preempt, sleep_point, AllocId, BdevHandle, BioResult,
+    Completer, DevT, Errno, Gfp, Kref, NoioScope, Stamp, TaskKind, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -44,6 +44,15 @@ pub struct DiffArea {
     read_cache: RefCell<VecDeque<Rc<Chunk>>>,
     write_cache: RefCell<VecDeque<Rc<Chunk>>>,
     eviction_queued: Cell<bool>,
+    /// `flush_work` callers, woken when the eviction work returns.
+    eviction_flushers: RefCell<Vec<Completer<()>>>,
+    /// Set when `free` starts: v2 marks the area corrupted there, which
+    /// stops the eviction loop and its queueing whatever B-DA-8 says.
+    freeing: Cell<bool>,
+    /// The quirk under which `free` stopped waiting for IO still pending
+    /// (B-DA-7: the 6 s cap; B-DA-9: no wait after the flush), named in
+    /// the use-after-free a late completion then hits.
+    skipped_wait: Cell<Option<&'static str>>,
     free_buffers: RefCell<Vec<DiffBuffer>>,
     corrupt_flag: Cell<u64>,
     pending_io: Cell<u64>,
@@ -119,6 +128,9 @@ impl DiffArea {
             read_cache: RefCell::new(VecDeque::new()),
             write_cache: RefCell::new(VecDeque::new()),
             eviction_queued: Cell::new(false),
+            eviction_flushers: RefCell::new(Vec::new()),
+            freeing: Cell::new(false),
+            skipped_wait: Cell::new(None),
             free_buffers: RefCell::new(Vec::new()),
             corrupt_flag: Cell::new(0),
             pending_io: Cell::new(0),
@@ -287,7 +299,7 @@ impl DiffArea {
     /// Eviction stops for good on a corrupted area in v2, so image IO grows
     /// the caches without bound (B-DA-8); the fix keeps trimming them.
     fn eviction_stopped(&self) -> bool {
-        self.is_corrupted() && self.module.quirks.da_8
+        self.freeing.get() || (self.is_corrupted() && self.module.quirks.da_8)
     }
 
     fn maybe_queue_eviction(self: &Rc<Self>) {
@@ -304,13 +316,22 @@ impl DiffArea {
             Box::pin(async move {
                 area.evict().await;
                 area.eviction_queued.set(false);
+                // flush_work returns as the work ends, not at a later poll:
+                // the store it may have just started is still in flight.
+                for flusher in area.eviction_flushers.take() {
+                    flusher.complete(());
+                }
             }),
         );
     }
 
     /// The eviction work: trim each cache back to its limit.
     /// It sleeps where the C work does: the region and bio allocations of
-    /// the store (GFP_NOIO), with the chunk lock held.
+    /// the store (GFP_NOIO), and the store's bio allocation and submission
+    /// (`diff_io_do`: bio_alloc_bioset from a GFP_NOIO mempool, then
+    /// submit_bio_noacct, which waits for a request tag or a throttle; no
+    /// bio list is open in a work item, so the bio goes down at once), all
+    /// with the chunk lock held.
     async fn evict(self: &Rc<Self>) {
         while !self.eviction_stopped() && !self.freed.get() {
             let Some(chunk) = self.pick_for_eviction() else {
@@ -320,8 +341,11 @@ impl DiffArea {
                 self.module.k().warn("cached chunk without a ready buffer");
                 chunk.lock.up(self.module.k());
             } else if chunk.has(bits::DIRTY) {
-                if let Err(e) = self.schedule_storing(&chunk, false).await {
-                    self.store_failed(&chunk, Some(e)).await;
+                match self.schedule_storing(&chunk, false).await {
+                    // Counted as pending before the submission, as the C
+                    // counts it before diff_io_do (chunk.c:251-253).
+                    Ok(()) => sleep_point(self.module.k(), "cache_release.submit_bio").await,
+                    Err(e) => self.store_failed(&chunk, Some(e)).await,
                 }
             } else {
                 self.release_buffer(&chunk);
@@ -405,22 +429,30 @@ impl DiffArea {
             Box::pin(async move {
                 let result = io.await;
                 if area.freed.get() {
-                    panic!("BUG: use-after-free: IO completed on a freed diff_area (B-DA-7)");
+                    panic!(
+                        "BUG: use-after-free: IO completed on a freed diff_area ({})",
+                        area.skipped_wait.get().unwrap_or("no quirk")
+                    );
                 }
                 match notify {
                     Notify::Load => area.notify_load(&chunk, result).await,
                     Notify::Store => area.notify_store(&chunk, result).await,
                 }
                 // The worker can be preempted once the chunk is unlocked; a
-                // free that stopped waiting (B-DA-7) may run to the end
-                // meanwhile. The quirk keeps it off the CPU for a tick.
-                if area.module.quirks.da_7 {
+                // free that stopped waiting (B-DA-7, or B-DA-9 once it has
+                // begun) may run to the end meanwhile. The quirks keep it
+                // off the CPU for a tick there.
+                let quirk = area.module.quirks;
+                if quirk.da_7 || (quirk.da_9 && area.freeing.get()) {
                     area.module.k().sleep(crate::tracker::PREEMPTED_NS).await;
                 } else {
                     preempt().await;
                 }
                 if area.freed.get() {
-                    panic!("BUG: use-after-free: pending_io_count of a freed diff_area (B-DA-7)");
+                    panic!(
+                        "BUG: use-after-free: pending_io_count of a freed diff_area ({})",
+                        area.skipped_wait.get().unwrap_or("no quirk")
+                    );
                 }
                 area.pending_io.set(area.pending_io.get() - 1);
             }),
@@ -733,25 +765,18 @@ impl DiffArea {
         let deadline = k.now_ns() + FREE_WAIT_NS;
         while self.pending_io.get() > 0 {
             if self.module.quirks.da_7 && k.now_ns() >= deadline {
+                self.skipped_wait.set(Some("B-DA-7"));
                 break;
             }
             // One jiffy per poll, as the C's schedule_timeout_interruptible(1).
             k.sleep(crate::ctrl::JIFFY_NS).await;
         }
-        // Corrupted (no event): nothing queues eviction any more; then
-        // flush the work that may be queued.
+        // Corrupted (no event): nothing queues eviction any more and the
+        // running work stops at its next chunk; then flush it.
         self.corrupt_flag.set(self.corrupt_flag.get() + 1);
-        while self.eviction_queued.get() {
-            k.sleep(1_000_000).await;
-        }
-        // The eviction work flushed just now may have started a store after
-        // the wait above ended; v2 frees under it, and the store's
-        // completion then writes `pending_io_count` of freed memory (found
-        // by the bench in scenarios/bugs/snap-11.ron on the fixed engine).
-        // The fix waits for that IO too; v2's behaviour stays with B-DA-7.
-        while !self.module.quirks.da_7 && self.pending_io.get() > 0 {
-            k.sleep(crate::ctrl::JIFFY_NS).await;
-        }
+        self.freeing.set(true);
+        self.flush_eviction().await;
+        self.wait_for_stores_of_the_flushed_work().await;
         let chunks: Vec<Rc<Chunk>> = self.chunks.borrow().values().cloned().collect();
         for chunk in chunks {
             chunk.lock.down(k).await;
@@ -772,6 +797,38 @@ impl DiffArea {
             k.kfree(alloc);
         }
         self.freed.set(true);
+    }
+
+    /// `flush_work(&cache_release_work)`: back once the work has returned.
+    async fn flush_eviction(&self) {
+        while self.eviction_queued.get() {
+            let (done, flusher) = completion();
+            self.eviction_flushers.borrow_mut().push(flusher);
+            done.await;
+        }
+    }
+
+    /// The eviction work flushed just now may have been asleep in a
+    /// GFP_NOIO allocation of its store while the IO wait above ended, and
+    /// started that store after it. v2 frees under it, and the store's
+    /// completion then writes `pending_io_count` of freed memory (B-DA-9,
+    /// found by the bench in scenarios/bugs/snap-11.ron on the fixed
+    /// engine). The fix waits for that IO too.
+    async fn wait_for_stores_of_the_flushed_work(&self) {
+        let k = self.module.k();
+        if self.module.quirks.da_9 {
+            if self.pending_io.get() > 0 && self.skipped_wait.get().is_none() {
+                self.skipped_wait.set(Some("B-DA-9"));
+            }
+            return;
+        }
+        // B-DA-7 gave up on the first wait; the second one keeps to it.
+        if self.skipped_wait.get().is_some() {
+            return;
+        }
+        while self.pending_io.get() > 0 {
+            k.sleep(crate::ctrl::JIFFY_NS).await;
+        }
     }
 }
 

@@ -42,6 +42,7 @@
 //! | B-DA-5 | a failed image load gives the buffer back (v2 WARNs at the next load of the chunk, image or COW path, and leaks the buffer) |
 //! | B-DA-7 | free waits for IO in flight however long it takes |
 //! | B-DA-8 | eviction keeps trimming a corrupted area's caches |
+//! | B-DA-9 | free waits for IO in flight again after flushing the eviction work (diff_area.c:86-100: v2 waits for `pending_io_count` first, then flushes `cache_release_work`, whose store started after that wait completes on freed memory) |
 //! | B-IMG-1 | image IO of a corrupted area, or of a failed chunk, ends with EIO (v3) |
 //! | B-IMG-2 | a failed add_disk puts the references it took |
 //! | B-IMG-3 | the idle worker sleeps until a bio arrives |
@@ -60,6 +61,16 @@
 //! - 8.6 step 4: a slot without an image reports `{orig, 0:0}`, not
 //!   `{0:0, 0:0}`: the original device is filled in from the tracker
 //!   whether or not the image exists (snapshot_collect_images).
+//!
+//! B-DA-9 is not in the spec either (found by the bench in
+//! `scenarios/bugs/snap-11.ron` on the fixed engine): `diff_area_free`
+//! (diff_area.c:76-114) polls `pending_io_count` down to 0 (86-97), sets
+//! the corrupt flag (99) and only then flushes the eviction work (100).
+//! A work sleeping in a GFP_NOIO allocation of `chunk_schedule_storing`
+//! (chunk.c:49, 240) at that moment wakes, counts its store as pending
+//! (chunk.c:251) and submits it; the free then takes the chunk's lock
+//! (chunk.c:218), frees the chunk and the area, and `chunk_notify_store`
+//! decrements `pending_io_count` of the freed area (chunk.c:193).
 //!
 //! B-SNAP-11 is not in the spec: the id is the next free one of the family
 //! (the review's finding 3, a (d) bug): a release of a snapshot sharing a
@@ -145,6 +156,7 @@ quirks! {
     da_5 = "B-DA-5": "a failed image load leaves the buffer attached (WARN and leak next time)",
     da_7 = "B-DA-7": "diff_area_free gives up waiting for IO after 6 s and frees anyway",
     da_8 = "B-DA-8": "cache eviction stops once the diff_area is corrupted",
+    da_9 = "B-DA-9": "diff_area_free frees under a store the eviction work it flushes started after its IO wait",
     img_1 = "B-IMG-1": "image IO errors are swallowed and corruption is not checked",
     img_2 = "B-IMG-2": "a failed add_disk leaks the diff_area and CBT references",
     img_3 = "B-IMG-3": "the idle image worker polls every 10 ms",

@@ -213,3 +213,37 @@ fn a_second_concurrent_tracker_remove_is_enoent() {
         assert_eq!(enoent, 1, "seed {seed}: {:?}", o.log);
     }
 }
+
+/// B-DA-9 is its own v2 bug, not B-DA-7: in `bugs/da-9.ron` the stores
+/// take 1 us, so the 6 s cap of B-DA-7 never fires and B-DA-7 alone frees
+/// nothing under a store; B-DA-9 (no second wait after the flush) does,
+/// and the oops names it. Seeds 0..20.
+#[test]
+fn b_da_9_frees_under_the_flushed_store_and_b_da_7_does_not() {
+    let text = std::fs::read_to_string(bug_file("da-9.ron")).unwrap();
+    let da_7 = text
+        .replace(r#"quirks: ["B-DA-9"]"#, r#"quirks: ["B-DA-7"]"#)
+        .replace("expect_failure:", "// expect_failure:");
+    assert_ne!(text, da_7);
+    for seed in 0..20 {
+        let v2 = run_text("da-9.ron", &text, seed);
+        let oops: Vec<&str> = v2
+            .failures
+            .iter()
+            .filter(|f| f.checker == "oops")
+            .map(|f| f.message.as_str())
+            .collect();
+        assert!(
+            oops.iter()
+                .any(|m| m.contains("pending_io_count of a freed diff_area (B-DA-9)")),
+            "seed {seed}: {:?}",
+            v2.failures
+        );
+        let other = run_text("da-9-as-da-7.ron", &da_7, seed);
+        assert!(
+            other.passed() && other.failures.is_empty(),
+            "seed {seed}: {:?}",
+            other.failures
+        );
+    }
+}

@@ -97,3 +97,36 @@ fn every_listed_sleeping_point_is_reached_and_every_reached_one_is_listed() {
         "sleeping points reached but not in the ARCHITECTURE.md inventory: {unlisted:?}"
     );
 }
+
+/// The eviction work's store submission (`cache_release.submit_bio`:
+/// bio_alloc_bioset and submit_bio_noacct in diff_io_do) is a sleeping
+/// point a race scenario reaches: in `races/cow-vs-eviction.ron` (and its
+/// PCT twin) the one-chunk write cache sends every dirty image chunk
+/// through the eviction work, at each of seeds 0..10.
+#[test]
+fn the_eviction_store_submission_is_reached_by_the_eviction_race() {
+    for name in ["cow-vs-eviction.ron", "cow-vs-eviction-pct.ron"] {
+        let file = root().join("scenarios/races").join(name);
+        let scenario = load(&file).unwrap_or_else(|e| panic!("{e}"));
+        for seed in 0..10 {
+            let outcome = run(
+                &scenario,
+                &RunOptions {
+                    seed: Some(seed),
+                    ..RunOptions::default()
+                },
+            );
+            let reached = outcome
+                .sleep_sites
+                .get("cache_release.submit_bio")
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                reached > 0,
+                "{name} seed {seed}: the eviction work never slept in its store submission; \
+                 sites: {:?}",
+                outcome.sleep_sites
+            );
+        }
+    }
+}

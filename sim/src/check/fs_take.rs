@@ -22,6 +22,12 @@
 //! whose writeback failed with an injected error; sectors written below
 //! the filesystem (raw block writes, recognised by stamps the fs never
 //! accepted); and image sectors the image itself was written at.
+//!
+//! Device faults: a wrong sector that a silent data fault the sim injected
+//! explains (the oracle's damage record: a lost, corrupted or misdirected
+//! write of that sector's copy since the TAKE) is undetected corruption
+//! caused by a device fault, reported as such (`device_faults.rs`); any
+//! other wrong sector of the same read still fails as the engine's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -93,11 +99,15 @@ impl FsTake {
     }
 
     /// Judge one successful image read against the original's fs record.
+    /// `device_fault` names the injected data fault that explains a wrong
+    /// image sector, if one does; those are collected in `by_fault`.
     fn judge_read(
         &mut self,
         bio: &Bio,
         data: &[Stamp],
         records: &BTreeMap<DevT, (&FsRecord, bool)>,
+        device_fault: &dyn Fn(DevT, u64) -> Option<String>,
+        by_fault: &mut Vec<String>,
     ) -> Result<(), String> {
         let Some(binding) = self.images.get(&bio.dev).copied() else {
             return Ok(());
@@ -125,7 +135,7 @@ impl FsTake {
             }
             self.sectors_judged += 1;
             if !allowed.contains(got) {
-                return Err(format!(
+                let message = format!(
                     "image {} of {} sector {sector}: read {got:#x}, but the filesystem had \
                      accepted {} before the freeze (TAKE {}..{} ns, synced up to {until} ns)",
                     bio.dev,
@@ -133,7 +143,13 @@ impl FsTake {
                     show(&allowed),
                     binding.take_start,
                     binding.take_end,
-                ));
+                );
+                match device_fault(bio.dev, sector) {
+                    Some(cause) => by_fault.push(format!(
+                        "undetected corruption caused by a device fault: {message}; {cause}"
+                    )),
+                    None => return Err(message),
+                }
             }
         }
         Ok(())
@@ -203,6 +219,7 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
     let (BioOp::Read, Ok(data)) = (bio.op, result) else {
         return;
     };
+    let mut by_fault = Vec::new();
     let verdict = {
         let fs = sim.fs.borrow();
         if fs.is_empty() {
@@ -216,8 +233,24 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
                 (*dev, (&m.record, fails))
             })
             .collect();
-        sim.fs_take.borrow_mut().judge_read(bio, data, &records)
+        let now = sim.now();
+        let oracle = sim.oracle.borrow();
+        let device_fault = |image: DevT, sector: u64| oracle.image_damage_cause(image, sector, now);
+        let verdict =
+            sim.fs_take
+                .borrow_mut()
+                .judge_read(bio, data, &records, &device_fault, &mut by_fault);
+        verdict
     };
+    // One report per read for what the faults explain: its first sector.
+    if let Some(first) = by_fault.first() {
+        let more = by_fault.len() - 1;
+        let message = match more {
+            0 => first.clone(),
+            n => format!("{first} (and {n} more sectors of this read)"),
+        };
+        sim.fail_by_fault("fs_consistency", message, sim.now());
+    }
     if let Err(message) = verdict {
         sim.fail("fs_consistency", message);
     }
@@ -249,7 +282,16 @@ mod tests {
 
     fn judge(checker: &mut FsTake, r: &FsRecord, sector: u64, got: Stamp) -> Result<(), String> {
         let records = BTreeMap::from([(ORIG, (r, false))]);
-        checker.judge_read(&Bio::read(IMAGE, sector, 1), &[got], &records)
+        let mut by_fault = Vec::new();
+        let verdict = checker.judge_read(
+            &Bio::read(IMAGE, sector, 1),
+            &[got],
+            &records,
+            &|_, _| None,
+            &mut by_fault,
+        );
+        assert!(by_fault.is_empty());
+        verdict
     }
 
     fn taken(start: u64, end: u64) -> FsTake {
@@ -322,6 +364,33 @@ mod tests {
         c.write_submitted(&Bio::write(ORIG, 3, vec![0x50]), Some(&r));
         assert!(!c.raw_written.contains(&(ORIG, 3)));
         assert!(c.raw_written.contains(&(ORIG, 5)));
+    }
+
+    #[test]
+    fn a_wrong_sector_a_device_fault_explains_is_the_faults_and_the_rest_the_engines() {
+        let r = record(&[(3, 50, 0x50), (4, 50, 0x51)], &[]);
+        let mut c = taken(100, 200);
+        let records = BTreeMap::from([(ORIG, (&r, false))]);
+        let fault = |_: DevT, sector: u64| (sector == 3).then(|| "a lost write".to_string());
+        let mut by_fault = Vec::new();
+        // Sector 3 wrong and explained, sector 4 right: no engine failure.
+        let read = Bio::read(IMAGE, 3, 2);
+        assert!(c
+            .judge_read(&read, &[0, 0x51], &records, &fault, &mut by_fault)
+            .is_ok());
+        assert_eq!(by_fault.len(), 1);
+        assert!(
+            by_fault[0].contains("caused by a device fault")
+                && by_fault[0].contains("a lost write")
+        );
+        // Sector 4 wrong too: the fault does not explain it.
+        by_fault.clear();
+        let err = c
+            .judge_read(&read, &[0, 0], &records, &fault, &mut by_fault)
+            .unwrap_err();
+        assert!(err.contains("sector 4"), "{err}");
+        assert_eq!(by_fault.len(), 1);
+        assert_eq!(c.sectors_judged, 4);
     }
 
     #[test]

@@ -795,6 +795,18 @@ impl Oracle {
 
     /// What an image may hold at `sector` now (the backup compare): the
     /// original's content at TAKE plus the image's own writes.
+    /// Why a wrong value at `image`'s `sector`, seen at `now` by a checker
+    /// that judges the image itself (fs_consistency, CompareBackup), is a
+    /// device fault's doing: a damage since its TAKE (or the last user
+    /// write to the sector) that held a copy of the original's sector.
+    pub fn image_damage_cause(&self, image: DevT, sector: u64, now: u64) -> Option<String> {
+        let record = self.images.get(&image)?;
+        let since = record
+            .take_start
+            .max(self.last_write_start(image, sector, now));
+        self.device_damage.explains(record.orig, sector, since, now)
+    }
+
     pub fn image_allowed(&self, image: DevT, sector: u64, now: u64) -> BTreeSet<Stamp> {
         if !self.images.contains_key(&image) {
             return BTreeSet::new();

@@ -187,6 +187,7 @@ impl Run {
     ) -> Result<(), String> {
         let plan = self.backup_plan(snapshot, device, backup)?;
         let mut judged = 0;
+        let mut by_fault = Vec::new();
         for sector in (0..plan.sectors).step_by(COPY_SECTORS as usize) {
             if self.out_of_budget() {
                 return Err(SPENT.into());
@@ -199,10 +200,16 @@ impl Run {
                 let at = sector + i as u64;
                 let allowed = self.sim.oracle.borrow().image_allowed(plan.image, at, now);
                 if got != want || !allowed.contains(got) {
-                    return Err(format!(
+                    let message = format!(
                         "backup {backup} differs from the image of {device} in {snapshot} at \
                          sector {at}: backup {got:#x}, image {want:#x}, allowed at TAKE {allowed:x?}"
-                    ));
+                    );
+                    match self.device_fault_cause(&plan, at, got == want, now) {
+                        Some(cause) => by_fault.push(format!(
+                            "undetected corruption caused by a device fault: {message}; {cause}"
+                        )),
+                        None => return Err(message),
+                    }
                 }
                 judged += 1;
             }
@@ -210,7 +217,36 @@ impl Run {
         if judged == 0 {
             return Err(format!("CompareBackup of {device} judged no sector"));
         }
+        // What injected data faults explain is reported as theirs, once
+        // per step with its first sector.
+        if let Some(first) = by_fault.first() {
+            let message = match by_fault.len() - 1 {
+                0 => first.clone(),
+                n => format!("{first} (and {n} more sectors)"),
+            };
+            self.sim.fail_by_fault(
+                "expect",
+                format!("CompareBackup: {message}"),
+                self.sim.now(),
+            );
+        }
         Ok(())
+    }
+
+    /// The injected data fault that explains a wrong sector `at` of the
+    /// comparison, if one does: the image's own value (the backup equals
+    /// it) through the oracle's damage record since TAKE; a backup that
+    /// differs from the image, through a fault on the backup device's
+    /// sector itself since the backup began.
+    fn device_fault_cause(&self, plan: &Plan, at: u64, same: bool, now: u64) -> Option<String> {
+        let oracle = self.sim.oracle.borrow();
+        if same {
+            return oracle.image_damage_cause(plan.image, at, now);
+        }
+        let backup_sector = at;
+        oracle
+            .device_damage
+            .explains(plan.backup, backup_sector, 0, now)
     }
 
     // --- the tool's pieces --------------------------------------------------------------
