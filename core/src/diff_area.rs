@@ -13,7 +13,7 @@ use crate::diff_storage::DiffStorage;
 use crate::event_queue::EVENT_CORRUPTED;
 use crate::kernel::{
     blkdev_get, kmalloc, preempt, AllocId, BdevHandle, BioResult, DevT, Errno, Gfp, Kref,
-    NoioScope, Stamp, TaskKind, SECTOR_SHIFT,
+    NoioScope, Stamps, TaskKind, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -443,7 +443,7 @@ impl DiffArea {
             "load completed on a chunk not loading"
         );
         if let Some(buffer) = chunk.buffer.borrow_mut().as_mut() {
-            buffer.data[..data.len()].copy_from_slice(&data);
+            buffer.data.overwrite(0, &data);
         }
         chunk.clear(bits::LOADING);
         chunk.set(bits::BUFFER_READY);
@@ -635,8 +635,8 @@ impl DiffArea {
         number: u64,
         offset: u64,
         count: u64,
-        write: Option<&[Stamp]>,
-    ) -> Result<Vec<Stamp>, Errno> {
+        write: Option<&Stamps>,
+    ) -> Result<Stamps, Errno> {
         let k = self.module.k();
         let chunk = self.chunk(number).ok_or(Errno::EIO)?;
         chunk.lock.down_killable(k).await?;
@@ -650,14 +650,13 @@ impl DiffArea {
             chunk.lock.up(k);
             return Err(e);
         }
-        let range = offset as usize..(offset + count) as usize;
         let data = {
             let mut buffer = chunk.buffer.borrow_mut();
             let buffer = buffer.as_mut().expect("BUFFER_READY has a buffer");
             if let Some(stamps) = write {
-                buffer.data[range.clone()].copy_from_slice(stamps);
+                buffer.data.overwrite(offset, stamps);
             }
-            buffer.data[range].to_vec()
+            buffer.data.slice(offset, offset + count)
         };
         if write.is_some() {
             chunk.set(bits::DIRTY);
@@ -706,7 +705,7 @@ impl DiffArea {
         match loaded {
             Ok(data) => {
                 let n = data.len().min(buffer.data.len());
-                buffer.data[..n].copy_from_slice(&data[..n]);
+                buffer.data.overwrite(0, &data.slice(0, n));
                 *chunk.buffer.borrow_mut() = Some(buffer);
                 chunk.set(bits::BUFFER_READY);
                 Ok(())
@@ -778,6 +777,7 @@ impl DiffArea {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::Stamp;
     use crate::event_queue::Event;
     use crate::kernel::testing::{dev, load, quirks, run, TestKernel};
     use crate::kernel::{BioOp, Kernel};
@@ -843,7 +843,7 @@ mod tests {
     }
 
     fn image_read(s: &Setup, number: u64, offset: u64, count: u64) -> Result<Vec<Stamp>, Errno> {
-        run(&s.k, s.area.image_io(number, offset, count, None))
+        run(&s.k, s.area.image_io(number, offset, count, None)).map(|d| d.to_vec())
     }
 
     fn events(s: &Setup) -> Vec<Event> {
@@ -1123,8 +1123,9 @@ mod tests {
     #[test]
     fn an_image_write_marks_dirty_and_leaves_the_original_alone() {
         let s = setup(&[]);
-        let written = run(&s.k, s.area.image_io(0, 5, 2, Some(&[77, 78])));
-        assert_eq!(written, Ok(vec![77, 78]));
+        let stamps = Stamps::from_slice(&[77, 78]);
+        let written = run(&s.k, s.area.image_io(0, 5, 2, Some(&stamps)));
+        assert_eq!(written, Ok(stamps));
         let chunk = s.area.chunk(0).unwrap();
         assert_eq!(chunk.state(), bits::BUFFER_READY | bits::DIRTY);
         assert_eq!(s.area.write_cache.borrow().len(), 1);
@@ -1148,7 +1149,8 @@ mod tests {
         };
         let s = setup_with(params, &[], 64 * MIB);
         run(&s.k, async {
-            s.area.image_io(0, 5, 2, Some(&[77, 78])).await.unwrap();
+            let stamps = Stamps::from_slice(&[77, 78]);
+            s.area.image_io(0, 5, 2, Some(&stamps)).await.unwrap();
             s.k.settle().await;
         });
         let chunk = s.area.chunk(0).unwrap();

@@ -86,7 +86,7 @@ impl FsTake {
         let Some(record) = fs else { return };
         for (i, stamp) in bio.data.iter().enumerate() {
             let sector = bio.sector + i as u64;
-            if !record.accepted_stamp(sector, *stamp) {
+            if !record.accepted_stamp(sector, stamp) {
                 self.raw_written.insert((bio.dev, sector));
             }
         }
@@ -216,7 +216,9 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
                 (*dev, (&m.record, fails))
             })
             .collect();
-        sim.fs_take.borrow_mut().judge_read(bio, data, &records)
+        sim.fs_take
+            .borrow_mut()
+            .judge_read(bio, &data.to_vec(), &records)
     };
     if let Err(message) = verdict {
         sim.fail("fs_consistency", message);
