@@ -777,9 +777,9 @@ impl DiffArea {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::Stamp;
     use crate::event_queue::Event;
     use crate::kernel::testing::{dev, load, quirks, run, TestKernel};
+    use crate::kernel::Stamp;
     use crate::kernel::{BioOp, Kernel};
     use crate::params::Params;
     use crate::quirks::Quirks;

@@ -28,7 +28,16 @@ pub async fn read(
     count: u64,
     nowait: bool,
 ) -> Result<DiffIo, Errno> {
-    start(module, BioOp::Read, dev, sector, count, Stamps::new(), nowait).await
+    start(
+        module,
+        BioOp::Read,
+        dev,
+        sector,
+        count,
+        Stamps::new(),
+        nowait,
+    )
+    .await
 }
 
 /// Start a `REQ_SYNC|REQ_FUA` write of `data` at `sector`.

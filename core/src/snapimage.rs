@@ -172,7 +172,11 @@ impl SnapImage {
             let count = (chunk_sectors - offset).min(end - sector);
             let done = sector - bio.sector;
             let part = (bio.op == BioOp::Write).then(|| bio.data.slice(done, done + count));
-            match self.diff_area.image_io(number, offset, count, part.as_ref()).await {
+            match self
+                .diff_area
+                .image_io(number, offset, count, part.as_ref())
+                .await
+            {
                 Ok(stamps) => data.append(&stamps),
                 // v2 stops at the first failed segment and ends the bio with
                 // status OK (B-IMG-1): the rest of the reader's buffer keeps
@@ -237,8 +241,8 @@ impl GenDisk for SnapImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::Stamp;
     use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel, IMAGE_MAJOR};
+    use crate::kernel::Stamp;
     use crate::params::Params;
 
     const MIB: u64 = 2048; // sectors

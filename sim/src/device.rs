@@ -24,6 +24,9 @@ use crate::cache::WriteCache;
 use crate::disk_faults::DiskFaults;
 use crate::faults::IoWindow;
 
+/// The most runs one media extent joins (see `Device::write`).
+const MAX_EXTENT_RUNS: usize = 64;
+
 /// What a never-written sector holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Fill {
@@ -144,6 +147,16 @@ impl Device {
         }
         let end = sector + data.len();
         self.cut(sector, end);
+        // A write that continues the extent before it joins it, so a chunk
+        // stored in many bios is one extent; capped in runs, so cutting an
+        // extent later stays cheap.
+        let before = self.media.range_mut(..sector).next_back();
+        if let Some((start, extent)) = before {
+            if start + extent.len() == sector && extent.runs() + data.runs() <= MAX_EXTENT_RUNS {
+                extent.append(data);
+                return;
+            }
+        }
         self.media.insert(sector, data.clone());
     }
 

@@ -183,8 +183,16 @@ impl Stamps {
     /// The runs covering sectors [from, to), cut to it, each with the
     /// offset of its first sector in `self`.
     pub fn runs_in(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, Run)> + '_ {
-        assert!(from <= to && to <= self.len, "[{from}, {to}) of {}", self.len);
-        let first = if from == to { self.pieces.len() } else { self.piece_of(from) };
+        assert!(
+            from <= to && to <= self.len,
+            "[{from}, {to}) of {}",
+            self.len
+        );
+        let first = if from == to {
+            self.pieces.len()
+        } else {
+            self.piece_of(from)
+        };
         self.pieces[first..]
             .iter()
             .take_while(move |p| p.at < to)
@@ -336,12 +344,21 @@ mod tests {
 
     #[test]
     fn slices_and_overwrites_match_a_vec() {
-        let mut model: Vec<Stamp> = (0..64).map(|i| if i % 9 == 0 { 0 } else { 1000 + i }).collect();
+        let mut model: Vec<Stamp> = (0..64)
+            .map(|i| if i % 9 == 0 { 0 } else { 1000 + i })
+            .collect();
         let mut s = Stamps::from_slice(&model);
         for (from, to) in [(0, 64), (3, 3), (5, 40), (63, 64), (8, 9)] {
-            assert_eq!(s.slice(from, to), model[from as usize..to as usize].to_vec());
+            assert_eq!(
+                s.slice(from, to),
+                model[from as usize..to as usize].to_vec()
+            );
         }
-        for (at, src) in [(4u64, vec![1, 2, 3]), (0, vec![9; 5]), (60, vec![7, 8, 9, 10])] {
+        for (at, src) in [
+            (4u64, vec![1, 2, 3]),
+            (0, vec![9; 5]),
+            (60, vec![7, 8, 9, 10]),
+        ] {
             model[at as usize..at as usize + src.len()].copy_from_slice(&src);
             s.overwrite(at, &Stamps::from_vec(src));
             assert_eq!(s, model);

@@ -304,7 +304,8 @@ mod tests {
         use blksnap_core::kernel::Bio;
         let bio = Bio::read(IMAGE, sector, 1);
         let id = o.submit(500, &bio);
-        o.complete(600, id, &bio, &Ok(Stamps::from_slice(&[got]))).map(|_| ())
+        o.complete(600, id, &bio, &Ok(Stamps::from_slice(&[got])))
+            .map(|_| ())
     }
 
     #[test]

@@ -53,6 +53,10 @@ impl Write {
     }
 }
 
+/// The most sectors joined engine writes cover (1 GiB): it bounds how far
+/// back a sector's writes can start.
+const MAX_JOINED: u64 = 1 << 21;
+
 /// A user FLUSH (or REQ_PREFLUSH) that completed: (submitted, completed).
 type Flush = (u64, u64);
 
@@ -72,6 +76,8 @@ pub struct Durability {
     /// before it. One entry per write, not one per sector it covers.
     by_start: BTreeMap<(DevT, u64), Vec<u64>>,
     longest: BTreeMap<DevT, u64>,
+    /// The last engine write per device (later ones may join it).
+    last_engine: BTreeMap<DevT, u64>,
     flushes: BTreeMap<DevT, Vec<Flush>>,
     /// Completed user writes no FLUSH has judged yet, per device.
     unflushed: BTreeMap<DevT, BTreeSet<u64>>,
@@ -139,7 +145,10 @@ impl Durability {
         if !self.fills.contains_key(&bio.dev) || bio.op != BioOp::Write {
             return;
         }
-        self.add_write(Write {
+        if self.join_engine_write(bio) {
+            return;
+        }
+        let id = self.add_write(Write {
             dev: bio.dev,
             sector: bio.sector,
             data: bio.data.clone(),
@@ -148,6 +157,29 @@ impl Durability {
             fua: false,
             user: false,
         });
+        self.last_engine.insert(bio.dev, id);
+    }
+
+    /// An engine write that continues the device's last engine write joins
+    /// it (up to `MAX_JOINED` sectors): a chunk stored in many bios is then
+    /// one write. Equivalent for every rule: engine writes never complete,
+    /// are never user writes, and are judged only at times after they
+    /// were all submitted, so only their data and place matter.
+    fn join_engine_write(&mut self, bio: &Bio) -> bool {
+        let Some(&id) = self.last_engine.get(&bio.dev) else {
+            return false;
+        };
+        let Some(last) = self.writes.get_mut(&id) else {
+            return false;
+        };
+        if last.end() != bio.sector || last.data.len() + bio.data.len() > MAX_JOINED {
+            return false;
+        }
+        last.data.append(&bio.data);
+        let len = last.data.len();
+        let longest = self.longest.entry(bio.dev).or_default();
+        *longest = (*longest).max(len);
+        true
     }
 
     /// A user write ended: it is complete (if it succeeded) and awaits a FLUSH.
@@ -238,7 +270,11 @@ impl Durability {
         let mut spans: Vec<(u64, u64)> = Vec::new();
         let starts = self.by_start.range((dev, 0)..=(dev, u64::MAX));
         for (&(_, start), ids) in starts {
-            let end = ids.iter().map(|id| self.writes[id].end()).max().unwrap_or(start);
+            let end = ids
+                .iter()
+                .map(|id| self.writes[id].end())
+                .max()
+                .unwrap_or(start);
             match spans.last_mut() {
                 Some((_, e)) if start <= *e => *e = (*e).max(end),
                 _ => spans.push((start, end)),
@@ -397,6 +433,7 @@ impl Durability {
             }
         }
         self.longest.remove(&dev);
+        self.last_engine.remove(&dev);
         self.unflushed.remove(&dev);
         self.flushes.remove(&dev);
         self.epoch.insert(dev, t);
@@ -562,7 +599,13 @@ mod tests {
         // The next epoch starts from what was found.
         let t = c.submit(50, &bio(BioOp::Read, 0, vec![], false));
         assert_eq!(
-            c.read_ended(&Bio::read(D, 0, 1), t.submitted, 60, &Ok(Stamps::from_slice(&[2])), false),
+            c.read_ended(
+                &Bio::read(D, 0, 1),
+                t.submitted,
+                60,
+                &Ok(Stamps::from_slice(&[2])),
+                false
+            ),
             Ok(1)
         );
     }
@@ -576,11 +619,20 @@ mod tests {
             .read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[0])), false)
             .unwrap_err();
         assert!(err.contains("must read back"), "{err}");
-        assert_eq!(c.read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[0])), true), Ok(0));
-        assert_eq!(c.read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[7])), false), Ok(1));
+        assert_eq!(
+            c.read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[0])), true),
+            Ok(0)
+        );
+        assert_eq!(
+            c.read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[7])), false),
+            Ok(1)
+        );
         // A write in flight during the read may be seen.
         let t = c.submit(25, &bio(BioOp::Write, 0, vec![8], false));
-        assert_eq!(c.read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[8])), false), Ok(1));
+        assert_eq!(
+            c.read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[8])), false),
+            Ok(1)
+        );
         c.write_ended(40, t, true);
     }
 

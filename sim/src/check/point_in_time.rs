@@ -847,8 +847,8 @@ fn show(values: &[Stamp]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blksnap_core::kernel::Stamps;
     use crate::check::injected::FaultKind;
+    use blksnap_core::kernel::Stamps;
 
     const ORIG: DevT = DevT(8 << 20);
     const IMAGE: DevT = DevT(252 << 20);
@@ -1093,7 +1093,9 @@ mod tests {
         write(&mut o, ORIG, 2, 20, 20, 30);
         write(&mut o, ORIG, 2, 30, 40, 50);
         // Overlapping writes and the value at its start are all allowed.
-        assert!(o.complete(60, id, &slow, &Ok(Stamps::from_slice(&[10]))).is_ok());
+        assert!(o
+            .complete(60, id, &slow, &Ok(Stamps::from_slice(&[10])))
+            .is_ok());
         write(&mut o, ORIG, 2, 40, 70, 80);
         assert!(o.writes_kept() <= 2, "{} writes kept", o.writes_kept());
     }
@@ -1104,7 +1106,9 @@ mod tests {
         taken_at(&mut o, 20, 30);
         let bio = Bio::read(IMAGE, 0, 4);
         let id = o.submit(40, &bio);
-        let judged = o.complete(50, id, &bio, &Ok(Stamps::from_slice(&[0; 4]))).unwrap();
+        let judged = o
+            .complete(50, id, &bio, &Ok(Stamps::from_slice(&[0; 4])))
+            .unwrap();
         assert_eq!(judged.sectors, 4);
         let id = o.submit(60, &bio);
         let judged = o.complete(70, id, &bio, &Err(Errno::EIO)).unwrap();

@@ -342,7 +342,9 @@ impl StorageCheck {
     /// identity take the one their neighbours agree on.
     fn origins(&self, data: &Stamps) -> Vec<(u64, u64, Option<Origin>)> {
         let known = self.pieces(data);
-        let mut bases = known.iter().filter_map(|(i, _, o)| o.map(|(d, s)| (d, s.wrapping_sub(*i))));
+        let mut bases = known
+            .iter()
+            .filter_map(|(i, _, o)| o.map(|(d, s)| (d, s.wrapping_sub(*i))));
         let Some(base) = bases.next() else {
             return known;
         };
@@ -370,9 +372,22 @@ impl StorageCheck {
                 self.judge_run(dev, start, run)?;
             }
             self.forget(dev, start, start + len);
-            self.copies.insert((dev, start), run);
+            self.insert_copy(dev, start, run);
         }
         Ok(())
+    }
+
+    /// Record a copy; one that continues the copy before it joins it, so
+    /// a chunk stored in many bios is one entry.
+    fn insert_copy(&mut self, dev: DevT, start: u64, run: Extent) {
+        let before = self.copies.range_mut(..(dev, start)).next_back();
+        if let Some(((d, s), old)) = before {
+            if *d == dev && s + old.len == start && old.at(old.len) == run.orig {
+                old.len += run.len;
+                return;
+            }
+        }
+        self.copies.insert((dev, start), run);
     }
 
     /// Rule 2 for one run: where it meets known copies, they must be
@@ -504,7 +519,9 @@ mod tests {
         assert!(write(&mut c, 1024, &chunk(0, 512)).is_ok());
         let err = write(&mut c, 2048, &chunk(512, 8)).unwrap_err();
         assert!(err.contains("outside every appended"), "{err}");
-        let err = c.engine_write(ORIG, 0, &Stamps::from_slice(&chunk(0, 8)), 8).unwrap_err();
+        let err = c
+            .engine_write(ORIG, 0, &Stamps::from_slice(&chunk(0, 8)), 8)
+            .unwrap_err();
         assert!(err.contains("outside every appended"), "{err}");
         assert_eq!(c.writes_judged, 3);
     }
