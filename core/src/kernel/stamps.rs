@@ -339,7 +339,7 @@ mod tests {
             assert_eq!(s.get(i as u64), d);
         }
         assert_eq!(Stamps::counting(100, 1 << 40).runs(), 1);
-        assert_eq!(Stamps::repeat(0, 1 << 40).is_all(0), true);
+        assert!(Stamps::repeat(0, 1 << 40).is_all(0));
     }
 
     #[test]

@@ -469,7 +469,7 @@ impl TestKernel {
                 .collect::<Stamps>()),
             BioOp::Write => {
                 assert_eq!(
-                    bio.data.len() as u64,
+                    bio.data.len(),
                     bio.sectors,
                     "write bio with a wrong data length"
                 );
