@@ -5,7 +5,8 @@
 # without its test (--unreferenced=reject). A behaviour change fails here
 # with a readable diff; accept an intended one with `cargo insta review`.
 #
-# Scoped to the golden test: `cargo test --workspace` runs the rest.
+# Scoped to the golden test: `cargo test --workspace` runs the rest. In the
+# `ci` profile, so it reuses the build .ci/run made.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -18,4 +19,4 @@ fi
 cargo insta --version
 
 echo "== golden files"
-cargo insta test --check --unreferenced=reject -p blksnap-sim --test golden
+cargo insta test --profile ci --check --unreferenced=reject -p blksnap-sim --test golden

@@ -5,8 +5,8 @@
 #
 # The binary is installed with `cargo install --locked --path sim --root
 # $TMP` (README's command) into a temporary prefix; CARGO_TARGET_DIR points
-# at the repository's target/ so the install reuses the release build
-# instead of compiling everything again in a fresh directory.
+# at the repository's target/ and --profile ci so the install reuses the
+# build .ci/run made instead of compiling everything again.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 tmp="$(mktemp -d)"
@@ -14,7 +14,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 echo "== install into $tmp/prefix"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}" \
-    cargo install --locked --quiet --path "$repo/sim" --root "$tmp/prefix"
+    cargo install --locked --quiet --profile ci --path "$repo/sim" --root "$tmp/prefix"
 export PATH="$tmp/prefix/bin:$PATH"
 [ "$(command -v blksnap-sim)" = "$tmp/prefix/bin/blksnap-sim" ] || {
     echo "error: PATH does not find the installed blksnap-sim" >&2

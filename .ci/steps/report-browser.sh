@@ -27,8 +27,9 @@ fail() {
 }
 
 echo "== report-browser: suite run with one failure"
-cargo build --release -p blksnap-sim
-BIN=$PWD/target/release/blksnap-sim
+# The binary .ci/run's build phase made (the `ci` profile); built here only when run alone.
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/ci/blksnap-sim
+[ -x "$BIN" ] || cargo test --workspace --profile ci --no-run
 # The bug scenario without its expect_failure line: the quirk is on and nothing expects the
 # checker to fire, so exactly this run fails.
 grep -v expect_failure scenarios/bugs/img-1.ron |

@@ -13,7 +13,7 @@ use crate::diff_storage::DiffStorage;
 use crate::event_queue::EVENT_CORRUPTED;
 use crate::kernel::{
     blkdev_get, completion, kmalloc, preempt, sleep_point, AllocId, BdevHandle, BioResult,
-    Completer, DevT, Errno, Gfp, Kref, NoioScope, Stamp, TaskKind, SECTOR_SHIFT,
+    Completer, DevT, Errno, Gfp, Kref, NoioScope, Stamps, TaskKind, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -475,7 +475,7 @@ impl DiffArea {
             "load completed on a chunk not loading"
         );
         if let Some(buffer) = chunk.buffer.borrow_mut().as_mut() {
-            buffer.data[..data.len()].copy_from_slice(&data);
+            buffer.data.overwrite(0, &data);
         }
         chunk.clear(bits::LOADING);
         chunk.set(bits::BUFFER_READY);
@@ -667,8 +667,8 @@ impl DiffArea {
         number: u64,
         offset: u64,
         count: u64,
-        write: Option<&[Stamp]>,
-    ) -> Result<Vec<Stamp>, Errno> {
+        write: Option<&Stamps>,
+    ) -> Result<Stamps, Errno> {
         let k = self.module.k();
         let chunk = self.chunk(number).ok_or(Errno::EIO)?;
         chunk.lock.down_killable(k).await?;
@@ -682,14 +682,13 @@ impl DiffArea {
             chunk.lock.up(k);
             return Err(e);
         }
-        let range = offset as usize..(offset + count) as usize;
         let data = {
             let mut buffer = chunk.buffer.borrow_mut();
             let buffer = buffer.as_mut().expect("BUFFER_READY has a buffer");
             if let Some(stamps) = write {
-                buffer.data[range.clone()].copy_from_slice(stamps);
+                buffer.data.overwrite(offset, stamps);
             }
-            buffer.data[range].to_vec()
+            buffer.data.slice(offset, offset + count)
         };
         if write.is_some() {
             chunk.set(bits::DIRTY);
@@ -738,7 +737,7 @@ impl DiffArea {
         match loaded {
             Ok(data) => {
                 let n = data.len().min(buffer.data.len());
-                buffer.data[..n].copy_from_slice(&data[..n]);
+                buffer.data.overwrite(0, &data.slice(0, n));
                 *chunk.buffer.borrow_mut() = Some(buffer);
                 chunk.set(bits::BUFFER_READY);
                 Ok(())
@@ -837,6 +836,7 @@ mod tests {
     use super::*;
     use crate::event_queue::Event;
     use crate::kernel::testing::{dev, load, quirks, run, TestKernel};
+    use crate::kernel::Stamp;
     use crate::kernel::{BioOp, Kernel};
     use crate::params::Params;
     use crate::quirks::Quirks;
@@ -900,7 +900,7 @@ mod tests {
     }
 
     fn image_read(s: &Setup, number: u64, offset: u64, count: u64) -> Result<Vec<Stamp>, Errno> {
-        run(&s.k, s.area.image_io(number, offset, count, None))
+        run(&s.k, s.area.image_io(number, offset, count, None)).map(|d| d.to_vec())
     }
 
     fn events(s: &Setup) -> Vec<Event> {
@@ -1180,8 +1180,9 @@ mod tests {
     #[test]
     fn an_image_write_marks_dirty_and_leaves_the_original_alone() {
         let s = setup(&[]);
-        let written = run(&s.k, s.area.image_io(0, 5, 2, Some(&[77, 78])));
-        assert_eq!(written, Ok(vec![77, 78]));
+        let stamps = Stamps::from_slice(&[77, 78]);
+        let written = run(&s.k, s.area.image_io(0, 5, 2, Some(&stamps)));
+        assert_eq!(written, Ok(stamps));
         let chunk = s.area.chunk(0).unwrap();
         assert_eq!(chunk.state(), bits::BUFFER_READY | bits::DIRTY);
         assert_eq!(s.area.write_cache.borrow().len(), 1);
@@ -1205,7 +1206,8 @@ mod tests {
         };
         let s = setup_with(params, &[], 64 * MIB);
         run(&s.k, async {
-            s.area.image_io(0, 5, 2, Some(&[77, 78])).await.unwrap();
+            let stamps = Stamps::from_slice(&[77, 78]);
+            s.area.image_io(0, 5, 2, Some(&stamps)).await.unwrap();
             s.k.settle().await;
         });
         let chunk = s.area.chunk(0).unwrap();

@@ -3,11 +3,12 @@
 //! A buffer is always one whole chunk, even for the trimmed last chunk. Free
 //! buffers wait in a per-diff_area pool (see `diff_area`).
 
-use crate::kernel::{kmalloc, AllocId, Errno, Gfp, Kernel, Stamp, SECTOR_SIZE};
+use crate::kernel::{kmalloc, AllocId, Errno, Gfp, Kernel, Stamps, SECTOR_SIZE};
 
 pub struct DiffBuffer {
-    /// One stamp per sector of the chunk.
-    pub data: Vec<Stamp>,
+    /// One stamp per sector of the chunk, as runs: a fresh buffer is one
+    /// run of zeros whatever the chunk size.
+    pub data: Stamps,
     alloc: AllocId,
 }
 
@@ -21,7 +22,7 @@ impl DiffBuffer {
             .await
             .map_err(|_| if nowait { Errno::EAGAIN } else { Errno::ENOMEM })?;
         Ok(DiffBuffer {
-            data: vec![0; sectors as usize],
+            data: Stamps::repeat(0, sectors),
             alloc,
         })
     }
@@ -32,7 +33,7 @@ impl DiffBuffer {
     }
 
     pub fn sectors(&self) -> u64 {
-        self.data.len() as u64
+        self.data.len()
     }
 }
 
@@ -46,7 +47,7 @@ mod tests {
         let k = TestKernel::new();
         let buffer = run(&k, DiffBuffer::new(&*k, 512, false)).unwrap();
         assert_eq!(buffer.sectors(), 512);
-        assert!(buffer.data.iter().all(|&s| s == 0));
+        assert!(buffer.data.is_all(0));
         assert_eq!(k.live_allocs(), vec![("diff_buffer", 512 * SECTOR_SIZE)]);
         buffer.free(&*k);
         assert!(k.live_allocs().is_empty());

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use crate::kernel::{
     kmalloc, submit, AllocId, Bio, BioOp, BioResult, Completion, DevT, Errno, Gfp, LocalBoxFuture,
-    Stamp, PAGE_SECTORS,
+    Stamps, PAGE_SECTORS,
 };
 use crate::module::Module;
 
@@ -28,7 +28,16 @@ pub async fn read(
     count: u64,
     nowait: bool,
 ) -> Result<DiffIo, Errno> {
-    start(module, BioOp::Read, dev, sector, count, Vec::new(), nowait).await
+    start(
+        module,
+        BioOp::Read,
+        dev,
+        sector,
+        count,
+        Stamps::new(),
+        nowait,
+    )
+    .await
 }
 
 /// Start a `REQ_SYNC|REQ_FUA` write of `data` at `sector`.
@@ -36,10 +45,10 @@ pub async fn write(
     module: &Rc<Module>,
     dev: DevT,
     sector: u64,
-    data: Vec<Stamp>,
+    data: Stamps,
     nowait: bool,
 ) -> Result<DiffIo, Errno> {
-    let count = data.len() as u64;
+    let count = data.len();
     start(module, BioOp::Write, dev, sector, count, data, nowait).await
 }
 
@@ -49,7 +58,7 @@ async fn start(
     dev: DevT,
     sector: u64,
     count: u64,
-    data: Vec<Stamp>,
+    data: Stamps,
     nowait: bool,
 ) -> Result<DiffIo, Errno> {
     let k = module.k();
@@ -75,18 +84,12 @@ async fn start(
     let per_bio = BIO_MAX_VECS * PAGE_SECTORS;
     let mut parts: Vec<Completion<BioResult>> = Vec::new();
     let mut done = 0;
-    // Taken from the front part by part: draining the Vec would move the
-    // rest of a large chunk once per bio.
-    let mut stamps = data.into_iter();
     while done < count {
         let n = per_bio.min(count - done);
+        // Each part takes its slice of the runs: O(runs), not O(sectors).
         let mut bio = match op {
             BioOp::Read => Bio::read(dev, sector + done, n),
-            _ => Bio::write(
-                dev,
-                sector + done,
-                stamps.by_ref().take(n as usize).collect(),
-            ),
+            _ => Bio::write(dev, sector + done, data.slice(done, done + n)),
         };
         bio.flags.sync = true;
         bio.flags.fua = op.is_write();
@@ -100,11 +103,11 @@ async fn start(
 /// The end of a split IO: all parts, any error maps to -EIO; then the
 /// `diff_io` is freed.
 async fn join(module: Rc<Module>, alloc: AllocId, parts: Vec<Completion<BioResult>>) -> BioResult {
-    let mut data = Vec::new();
+    let mut data = Stamps::new();
     let mut failed = false;
     for part in parts {
         match part.await {
-            Ok(mut stamps) => data.append(&mut stamps),
+            Ok(stamps) => data.append(&stamps),
             Err(_) => failed = true,
         }
     }
@@ -167,13 +170,13 @@ mod tests {
     #[test]
     fn a_write_is_split_and_flagged_sync_fua_filtered() {
         let (k, m, d) = setup(&[]);
-        let data: Vec<Stamp> = (1..=4096).collect();
+        let data = Stamps::counting(1, 4096);
         run(
             &k,
             start_now(&k, write(&m, d, 0, data.clone(), false)).unwrap(),
         )
         .unwrap();
-        assert_eq!(k.peek(d, 0, 4096), data);
+        assert_eq!(data, k.peek(d, 0, 4096));
         let bios = k.bios();
         assert_eq!(bios.len(), 2);
         for (i, bio) in bios.iter().enumerate() {
@@ -200,7 +203,7 @@ mod tests {
             Some(Errno::EINVAL)
         );
         assert_eq!(
-            start_now(&k, write(&m, d, 4, vec![1; 8], false)).err(),
+            start_now(&k, write(&m, d, 4, Stamps::repeat(1, 8), false)).err(),
             Some(Errno::EINVAL)
         );
         assert!(k.bios().is_empty());
@@ -239,7 +242,7 @@ mod tests {
         let past = start_now(&k, read(&m, d, (1 << 20) - 2048, 4096, false)).unwrap();
         assert_eq!(run(&k, past), Err(Errno::EIO));
         k.set_fail_io(d, true);
-        let failed = start_now(&k, write(&m, d, 0, vec![1; 8], false)).unwrap();
+        let failed = start_now(&k, write(&m, d, 0, Stamps::repeat(1, 8), false)).unwrap();
         assert_eq!(run(&k, failed), Err(Errno::EIO));
     }
 

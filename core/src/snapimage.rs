@@ -10,7 +10,7 @@ use crate::cbt_map::CbtMap;
 use crate::diff_area::DiffArea;
 use crate::kernel::{
     completion, kmalloc, sleep_point, AllocId, Bio, BioOp, BioResult, Completer, Completion, DevT,
-    Errno, GenDisk, Gfp, Stamp, TaskKind, SECTOR_SHIFT,
+    Errno, GenDisk, Gfp, Stamps, TaskKind, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -154,7 +154,7 @@ impl SnapImage {
     /// `snapimage_process_bio`: chunk by chunk through the diff_area.
     async fn process(&self, bio: &Bio) -> BioResult {
         match bio.op {
-            BioOp::Flush if bio.sectors == 0 => return Ok(Vec::new()),
+            BioOp::Flush if bio.sectors == 0 => return Ok(Stamps::new()),
             BioOp::Read | BioOp::Write => {}
             _ => return Err(Errno::EIO),
         }
@@ -162,7 +162,7 @@ impl SnapImage {
         if !swallow_errors && self.diff_area.is_corrupted() {
             return Err(Errno::EIO);
         }
-        let mut data: Vec<Stamp> = Vec::with_capacity(bio.sectors as usize);
+        let mut data = Stamps::new();
         let chunk_sectors = self.diff_area.chunk_sectors();
         let mut sector = bio.sector;
         let end = bio.sector + bio.sectors;
@@ -170,15 +170,19 @@ impl SnapImage {
             let number = sector / chunk_sectors;
             let offset = sector % chunk_sectors;
             let count = (chunk_sectors - offset).min(end - sector);
-            let done = (sector - bio.sector) as usize;
-            let write = (bio.op == BioOp::Write).then(|| &bio.data[done..done + count as usize]);
-            match self.diff_area.image_io(number, offset, count, write).await {
-                Ok(mut stamps) => data.append(&mut stamps),
+            let done = sector - bio.sector;
+            let part = (bio.op == BioOp::Write).then(|| bio.data.slice(done, done + count));
+            match self
+                .diff_area
+                .image_io(number, offset, count, part.as_ref())
+                .await
+            {
+                Ok(stamps) => data.append(&stamps),
                 // v2 stops at the first failed segment and ends the bio with
                 // status OK (B-IMG-1): the rest of the reader's buffer keeps
                 // whatever it held, modelled as zeros.
                 Err(_) if swallow_errors => {
-                    data.resize(bio.sectors as usize, 0);
+                    data.resize(bio.sectors, 0);
                     break;
                 }
                 Err(e) => return Err(e),
@@ -186,7 +190,7 @@ impl SnapImage {
             sector += count;
         }
         if bio.op == BioOp::Write {
-            data.clear();
+            data = Stamps::new();
         }
         Ok(data)
     }
@@ -238,6 +242,7 @@ impl GenDisk for SnapImage {
 mod tests {
     use super::*;
     use crate::kernel::testing::{dev, load, quirks, run, Ctl, TestKernel, IMAGE_MAJOR};
+    use crate::kernel::Stamp;
     use crate::params::Params;
 
     const MIB: u64 = 2048; // sectors
@@ -305,7 +310,7 @@ mod tests {
         run(&k, async {
             assert_eq!(
                 k.user_write(image, 510, vec![7, 8, 9, 10]).await,
-                Ok(vec![])
+                Ok(Stamps::new())
             );
             assert_eq!(
                 k.user_read(image, 509, 6).await,
@@ -339,7 +344,7 @@ mod tests {
         let (k, _ctl, _id, image) = taken(&[], 128 * MIB);
         assert_eq!(
             run(&k, k.user_bio(bio(BioOp::Flush, image, 0, 0))),
-            Ok(vec![])
+            Ok(Stamps::new())
         );
         // Class (c) fix: the errno the block layer gives for a queue with no
         // discard / write-zeroes limit (was EIO).
@@ -362,7 +367,7 @@ mod tests {
         });
         assert_eq!(
             results.0,
-            Ok(vec![1; 4]),
+            Ok(Stamps::repeat(1, 4)),
             "the read ran after the first write only"
         );
         assert_eq!(run(&k, k.user_read(image, 0, 4)), Ok(vec![2; 4]));

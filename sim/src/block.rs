@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 
-use blksnap_core::kernel::{completion, Bio, BioHeader, BioResult, Errno, FilterVerdict};
+use blksnap_core::kernel::{completion, Bio, BioHeader, BioResult, Errno, FilterVerdict, Stamps};
 
 use crate::check::point_in_time::Judged;
 use crate::kernel::Sim;
@@ -92,7 +92,7 @@ async fn run_filter(sim: &Rc<Sim>, bio: &Bio) -> Option<BioResult> {
         FilterVerdict::Pass => None,
         // Status 0 is BLK_STS_OK: the filter took the bio and ended it
         // well without sending it down (what a REQ_NOWAIT refusal is not).
-        FilterVerdict::Complete(Errno(0)) => Some(Ok(Vec::new())),
+        FilterVerdict::Complete(Errno(0)) => Some(Ok(Stamps::new())),
         FilterVerdict::Complete(e) => Some(Err(e)),
         FilterVerdict::CompletedTwice(e) => {
             sim.fail(

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use blksnap_core::kernel::{Bio, BioOp, Stamp};
+use blksnap_core::kernel::{Bio, BioOp, Stamp, Stamps};
 
 use crate::device::Device;
 use crate::rng::SimRng;
@@ -134,28 +134,33 @@ impl WriteCache {
         }
     }
 
-    fn insert(&mut self, sector: u64, data: &[Stamp]) {
-        self.mask(sector, data.len() as u64);
+    fn insert(&mut self, sector: u64, data: &Stamps) {
+        self.mask(sector, data.len());
         self.next_seq += 1;
         let seq = self.next_seq;
-        for s in sector..sector + data.len() as u64 {
+        for s in sector..sector + data.len() {
             self.owner.insert(s, seq);
         }
-        let data = data.iter().copied().map(Some).collect();
+        let data = data.iter().map(Some).collect();
         self.entries.insert(seq, Entry { sector, data });
     }
 
-    /// Put one entry's live sectors (or a part of them) on the media.
+    /// Put one entry's live sectors (or a part of them) on the media, each
+    /// stretch of live sectors as one write.
     fn destage(media: &mut Device, entry: &Entry, part: (u64, u64)) {
         let (from, len) = part;
-        for (i, stamp) in entry.data.iter().enumerate().skip(from as usize) {
-            if i as u64 >= from + len {
-                break;
-            }
-            if let Some(stamp) = stamp {
-                media.write(entry.sector + i as u64, &[*stamp]);
+        let mut live = Stamps::new();
+        let mut live_from = from;
+        for i in from..from + len {
+            match entry.data[i as usize] {
+                Some(stamp) => live.push(stamp),
+                None => {
+                    media.write(entry.sector + live_from, &std::mem::take(&mut live));
+                    live_from = i + 1;
+                }
             }
         }
+        media.write(entry.sector + live_from, &live);
     }
 
     fn remove(&mut self, seq: u64) -> Option<Entry> {
@@ -254,25 +259,30 @@ impl WriteCache {
 }
 
 /// Read through the cache: the media, with cached sectors over it.
-pub fn read(device: &Device, sector: u64, count: u64) -> Vec<Stamp> {
-    let mut data = device.read(sector, count);
+pub fn read(device: &Device, sector: u64, count: u64) -> Stamps {
+    let media = device.read(sector, count);
     let cache = &device.cache;
-    for (s, seq) in cache.owner.range(sector..sector + count) {
+    let mut cached = cache.owner.range(sector..sector + count).peekable();
+    if cached.peek().is_none() {
+        return media;
+    }
+    let mut data = media.to_vec();
+    for (s, seq) in cached {
         let entry = &cache.entries[seq];
         if let Some(stamp) = entry.data[(s - entry.sector) as usize] {
             data[(s - sector) as usize] = stamp;
         }
     }
-    data
+    Stamps::from_vec(data)
 }
 
 /// A write (or discard, write-zeroes, flush) bio reaches the device and
 /// completes: apply it through the cache.
 pub fn write_bio(device: &mut Device, bio: &Bio) {
-    let data: Vec<Stamp> = match bio.op {
+    let data = match bio.op {
         BioOp::Write => bio.data.clone(),
-        BioOp::Discard | BioOp::WriteZeroes => vec![0; bio.sectors as usize],
-        BioOp::Flush | BioOp::Read => Vec::new(),
+        BioOp::Discard | BioOp::WriteZeroes => Stamps::repeat(0, bio.sectors),
+        BioOp::Flush | BioOp::Read => Stamps::new(),
     };
     let mut cache = std::mem::take(&mut device.cache);
     if !cache.enabled {
@@ -287,7 +297,7 @@ pub fn write_bio(device: &mut Device, bio: &Bio) {
     }
     if !data.is_empty() {
         if bio.flags.fua {
-            cache.mask(bio.sector, data.len() as u64);
+            cache.mask(bio.sector, data.len());
             device.write(bio.sector, &data);
         } else {
             cache.insert(bio.sector, &data);
@@ -344,7 +354,7 @@ mod tests {
 
     /// Media only (what survives power loss once the cache is gone).
     fn media(d: &Device, sector: u64, count: u64) -> Vec<Stamp> {
-        d.read(sector, count)
+        d.read(sector, count).to_vec()
     }
 
     #[test]
@@ -406,7 +416,7 @@ mod tests {
         let (mut kept, mut dropped, mut torn) = (0, 0, 0);
         for seed in 0..200 {
             let mut d = device(seed);
-            d.write(0, &[50; 8]);
+            d.write(0, &Stamps::repeat(50, 8));
             write(&mut d, 0, (1..=8).collect(), false, false);
             let before = d.cache.destaged_early;
             let lost = power_loss(&mut d, &mut SeedOnly);

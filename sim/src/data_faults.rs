@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 
-use blksnap_core::kernel::{Bio, BioOp, DevT, Stamp};
+use blksnap_core::kernel::{Bio, BioOp, DevT, Stamp, Stamps};
 use serde::{Deserialize, Serialize};
 
 use crate::check::device_faults::Location;
@@ -223,11 +223,11 @@ fn destination(sector: u64, sectors: u64, offset: i64, capacity: u64) -> u64 {
 /// and the oracle's damage record, never the devices.
 /// Store `data` at `sector` as `bio` would (its PREFLUSH and FUA flags),
 /// through the device's write cache; no data is a bare flush.
-fn put(device: &mut Device, bio: &Bio, sector: u64, data: &[blksnap_core::kernel::Stamp]) {
+fn put(device: &mut Device, bio: &Bio, sector: u64, data: &Stamps) {
     let mut stored = bio.clone();
     stored.sector = sector;
-    stored.sectors = data.len() as u64;
-    stored.data = data.to_vec();
+    stored.sectors = data.len();
+    stored.data = data.clone();
     if data.is_empty() {
         stored.op = BioOp::Flush;
     }
@@ -257,16 +257,17 @@ pub fn store(sim: &Sim, device: &mut Device, bio: &Bio) {
             damaged(sim, "lost write", meant, &bio.data);
             if bio.flags.preflush {
                 // The data is lost; the flush before it still happens.
-                put(device, bio, sector, &[]);
+                put(device, bio, sector, &Stamps::new());
             }
         }
         DataFaultKind::CorruptedWrite { first, sectors: n } => {
             let first = first.min(sectors - 1);
             let n = n.min(sectors - first);
+            let garbage: Stamps = (0..n)
+                .map(|_| sim.data_faults.borrow_mut().garbage())
+                .collect();
             let mut data = bio.data.clone();
-            for stamp in &mut data[first as usize..(first + n) as usize] {
-                *stamp = sim.data_faults.borrow_mut().garbage();
-            }
+            data.overwrite(first, &garbage);
             put(device, bio, sector, &data);
             sim.record_fault(FaultKind::CorruptedWrite {
                 dev: bio.dev,
@@ -278,8 +279,8 @@ pub fn store(sim: &Sim, device: &mut Device, bio: &Bio) {
                 sectors: n,
                 ..meant
             };
-            let range = first as usize..(first + n) as usize;
-            damaged(sim, "corrupted write", hit, &bio.data[range]);
+            let meant_there = bio.data.slice(first, first + n);
+            damaged(sim, "corrupted write", hit, &meant_there);
         }
         DataFaultKind::MisdirectedWrite { offset } => {
             let actual = destination(sector, sectors, offset, device.capacity);
@@ -304,7 +305,7 @@ pub fn store(sim: &Sim, device: &mut Device, bio: &Bio) {
 /// Tell the oracle what a fault damaged: the location, and whose data it
 /// held or was meant to hold there, as the storage checker knows it from
 /// the data (copies on the diff storage name their original sectors).
-fn damaged(sim: &Sim, what: &'static str, at: Location, data: &[Stamp]) {
+fn damaged(sim: &Sim, what: &'static str, at: Location, data: &Stamps) {
     let origins = sim.storage.borrow().identify(data);
     let now = sim.now();
     sim.oracle

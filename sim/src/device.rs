@@ -17,12 +17,15 @@
 
 use std::collections::BTreeMap;
 
-use blksnap_core::kernel::{BioOp, DevT, Stamp};
+use blksnap_core::kernel::{BioOp, DevT, Stamp, Stamps};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::WriteCache;
 use crate::disk_faults::DiskFaults;
 use crate::faults::IoWindow;
+
+/// The most runs one media extent joins (see `Device::write`).
+const MAX_EXTENT_RUNS: usize = 64;
 
 /// What a never-written sector holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -69,7 +72,7 @@ pub struct Device {
     pub fill: Fill,
     pub latency: Latency,
     /// Written extents by first sector; they never overlap.
-    media: BTreeMap<u64, Extent>,
+    media: BTreeMap<u64, Stamps>,
     /// Sectors that fail with EIO (fault injection).
     pub bad_sectors: BTreeMap<u64, u64>,
     pub removed: bool,
@@ -117,36 +120,48 @@ impl Device {
         }
     }
 
-    pub fn read(&self, sector: u64, count: u64) -> Vec<Stamp> {
+    /// Sectors [sector, sector + count): written extents and the fill
+    /// between them, run by run.
+    pub fn read(&self, sector: u64, count: u64) -> Stamps {
         let end = sector + count;
-        let mut out = Vec::with_capacity(count as usize);
+        let mut out = Stamps::new();
         let mut at = sector;
         for (&start, extent) in self.extents_in(sector, end) {
             if start > at {
-                self.push_fill(&mut out, at, start);
+                out.append(&self.fill_runs(at, start));
                 at = start;
             }
             let stop = end.min(start + extent.len());
-            extent.push_range(&mut out, at - start, stop - start);
+            for (_, run) in extent.runs_in(at - start, stop - start) {
+                out.push_run(run);
+            }
             at = stop;
         }
-        self.push_fill(&mut out, at, end);
+        out.append(&self.fill_runs(at, end));
         out
     }
 
-    pub fn write(&mut self, sector: u64, data: &[Stamp]) {
+    pub fn write(&mut self, sector: u64, data: &Stamps) {
         if data.is_empty() {
             return;
         }
-        let end = sector + data.len() as u64;
+        let end = sector + data.len();
         self.cut(sector, end);
-        for (offset, extent) in Extent::compress(data) {
-            self.media.insert(sector + offset, extent);
+        // A write that continues the extent before it joins it, so a chunk
+        // stored in many bios is one extent; capped in runs, so cutting an
+        // extent later stays cheap.
+        let before = self.media.range_mut(..sector).next_back();
+        if let Some((start, extent)) = before {
+            if start + extent.len() == sector && extent.runs() + data.runs() <= MAX_EXTENT_RUNS {
+                extent.append(data);
+                return;
+            }
         }
+        self.media.insert(sector, data.clone());
     }
 
     /// The extents that overlap [sector, end), in order.
-    fn extents_in(&self, sector: u64, end: u64) -> impl Iterator<Item = (&u64, &Extent)> {
+    fn extents_in(&self, sector: u64, end: u64) -> impl Iterator<Item = (&u64, &Stamps)> {
         let before = self
             .media
             .range(..sector)
@@ -155,11 +170,11 @@ impl Device {
         before.into_iter().chain(self.media.range(sector..end))
     }
 
-    /// The fill of never-written sectors [from, to).
-    fn push_fill(&self, out: &mut Vec<Stamp>, from: u64, to: u64) {
+    /// The fill of never-written sectors [from, to): one run.
+    fn fill_runs(&self, from: u64, to: u64) -> Stamps {
         match self.fill {
-            Fill::Zero => out.resize(out.len() + (to - from) as usize, 0),
-            Fill::Pattern => out.extend((from..to).map(|s| pattern_stamp(self.index, s))),
+            Fill::Zero => Stamps::repeat(0, to - from),
+            Fill::Pattern => Stamps::counting(pattern_stamp(self.index, from), to - from),
         }
     }
 
@@ -174,8 +189,7 @@ impl Device {
                 self.media.insert(start, extent.slice(0, sector - start));
             }
             if start + len > end {
-                self.media
-                    .insert(end, extent.slice(end - start, start + len - start));
+                self.media.insert(end, extent.slice(end - start, len));
             }
         }
     }
@@ -207,109 +221,19 @@ impl Device {
     }
 }
 
-/// Runs shorter than this stay literal: a run costs a map entry.
-const MIN_RUN: usize = 4;
-
-/// A run of written sectors.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Extent {
-    /// Sector `i` of the run holds `first + i * step` (wrapping): step 1
-    /// for a user write or a copy of the pattern, step 0 for zeros.
-    Run { first: Stamp, step: u64, len: u64 },
-    /// Stamps with no rule.
-    Literal(Vec<Stamp>),
-}
-
-impl Extent {
-    fn len(&self) -> u64 {
-        match self {
-            Extent::Run { len, .. } => *len,
-            Extent::Literal(v) => v.len() as u64,
-        }
-    }
-
-    fn at(first: Stamp, step: u64, i: u64) -> Stamp {
-        first.wrapping_add(i.wrapping_mul(step))
-    }
-
-    /// Append the stamps of sectors [from, to) of the extent.
-    fn push_range(&self, out: &mut Vec<Stamp>, from: u64, to: u64) {
-        match self {
-            Extent::Run { first, step: 0, .. } => {
-                out.resize(out.len() + (to - from) as usize, *first)
-            }
-            Extent::Run { first, step, .. } => {
-                out.extend((from..to).map(|i| Extent::at(*first, *step, i)));
-            }
-            Extent::Literal(v) => out.extend_from_slice(&v[from as usize..to as usize]),
-        }
-    }
-
-    /// Sectors [from, to) of the extent as an extent of their own.
-    fn slice(&self, from: u64, to: u64) -> Extent {
-        match self {
-            Extent::Run { first, step, .. } => Extent::Run {
-                first: Extent::at(*first, *step, from),
-                step: *step,
-                len: to - from,
-            },
-            Extent::Literal(v) => Extent::Literal(v[from as usize..to as usize].to_vec()),
-        }
-    }
-
-    /// `data` as extents with their offsets: runs of at least `MIN_RUN`
-    /// counting or repeated stamps, literals between them.
-    fn compress(data: &[Stamp]) -> Vec<(u64, Extent)> {
-        let mut out = Vec::new();
-        let mut literal_from = 0;
-        let mut i = 0;
-        while i < data.len() {
-            let run = Extent::run_at(data, i);
-            if run.1 < MIN_RUN && i + run.1 < data.len() {
-                i += 1;
-                continue;
-            }
-            if literal_from < i {
-                let literal = Extent::Literal(data[literal_from..i].to_vec());
-                out.push((literal_from as u64, literal));
-            }
-            let (step, len) = run;
-            let extent = Extent::Run {
-                first: data[i],
-                step,
-                len: len as u64,
-            };
-            out.push((i as u64, extent));
-            i += len;
-            literal_from = i;
-        }
-        out
-    }
-
-    /// The longest run starting at `i`: its step and length.
-    fn run_at(data: &[Stamp], i: usize) -> (u64, usize) {
-        let step = match data.get(i + 1) {
-            Some(next) if *next == data[i].wrapping_add(1) => 1,
-            _ => 0,
-        };
-        let len = data[i..]
-            .windows(2)
-            .take_while(|w| w[1] == w[0].wrapping_add(step))
-            .count()
-            + 1;
-        (step, len)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn w(d: &mut Device, sector: u64, data: &[Stamp]) {
+        d.write(sector, &Stamps::from_slice(data));
+    }
 
     #[test]
     fn sparse_media_reads_fill_and_written_data() {
         let mut d = Device::new("a".into(), DevT::new(8, 0), 3, 1 << 41, Fill::Pattern);
         assert_eq!(d.read(5, 1), vec![pattern_stamp(3, 5)]);
-        d.write((1 << 41) - 2, &[7, 8]);
+        w(&mut d, (1 << 41) - 2, &[7, 8]);
         assert_eq!(
             d.read((1 << 41) - 3, 3),
             vec![pattern_stamp(3, (1 << 41) - 3), 7, 8]
@@ -335,7 +259,7 @@ mod tests {
                     .map(|i| if i % 7 < 5 { round + i } else { 3 })
                     .collect(),
             };
-            d.write(sector, &data);
+            w(&mut d, sector, &data);
             for (i, stamp) in data.iter().enumerate() {
                 model.insert(sector + i as u64, *stamp);
             }
@@ -356,11 +280,12 @@ mod tests {
     fn a_counting_run_costs_one_extent_whatever_its_length() {
         let mut d = Device::new("a".into(), DevT::new(8, 0), 0, 1 << 41, Fill::Zero);
         let chunk: Vec<Stamp> = (0..1 << 20).map(|i| pattern_stamp(2, i)).collect();
-        d.write(1 << 40, &chunk);
-        d.write(5, &[0; 4096]);
+        w(&mut d, 1 << 40, &chunk);
+        w(&mut d, 5, &[0; 4096]);
         assert_eq!(d.extents(), 2);
-        d.write((1 << 40) + 10, &[1, 2]);
-        assert_eq!(d.extents(), 4, "split around the overwrite");
+        w(&mut d, (1 << 40) + 10, &[1, 2]);
+        // Split around the overwrite, which joins the part before it.
+        assert_eq!(d.extents(), 3);
         assert_eq!(d.read((1 << 40) + 9, 4), vec![chunk[9], 1, 2, chunk[12]]);
     }
 

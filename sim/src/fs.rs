@@ -268,7 +268,9 @@ pub async fn fs_read(
     sector: u64,
     count: u64,
 ) -> Result<Vec<Stamp>, Errno> {
-    let mut data = block::user_bio(sim, Bio::read(dev, sector, count)).await?;
+    let mut data = block::user_bio(sim, Bio::read(dev, sector, count))
+        .await?
+        .to_vec();
     if let Some(fs) = sim.fs.borrow().get(&dev) {
         for (s, stamp) in fs.dirty.range(sector..sector + count) {
             data[(s - sector) as usize] = *stamp;

@@ -113,7 +113,7 @@ fn restart_history(sim: &Sim, dev: DevT, clean: bool) -> u64 {
     let Some(device) = devices.get(&dev) else {
         return 0;
     };
-    let media = |s: u64| device.read(s, 1)[0];
+    let media = |s: u64| device.read(s, 1).get(0);
     let (judged, verdict) = sim
         .durability
         .borrow_mut()

@@ -13,6 +13,7 @@
 
 mod completion;
 mod kref;
+mod stamps;
 pub mod sync;
 #[cfg(test)]
 pub mod testing;
@@ -24,6 +25,7 @@ use std::rc::Rc;
 
 pub use completion::{completion, preempt, Completer, Completion, Yield};
 pub use kref::Kref;
+pub use stamps::{Run, Stamps};
 
 /// A boxed, single-threaded future, as tasks and filter callbacks return.
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -165,15 +167,16 @@ pub struct BioFlags {
     pub filtered: bool,
 }
 
-/// A block IO request. `data` holds one stamp per sector for a write and is
-/// empty for a read; a read returns its stamps in [`BioResult`].
+/// A block IO request. `data` holds one stamp per sector for a write (as
+/// runs, see [`Stamps`]) and is empty for a read; a read returns its stamps
+/// in [`BioResult`].
 #[derive(Clone, Debug)]
 pub struct Bio {
     pub dev: DevT,
     pub op: BioOp,
     pub sector: u64,
     pub sectors: u64,
-    pub data: Vec<Stamp>,
+    pub data: Stamps,
     pub flags: BioFlags,
 }
 
@@ -184,17 +187,18 @@ impl Bio {
             op: BioOp::Read,
             sector,
             sectors,
-            data: Vec::new(),
+            data: Stamps::new(),
             flags: BioFlags::default(),
         }
     }
 
-    pub fn write(dev: DevT, sector: u64, data: Vec<Stamp>) -> Bio {
+    pub fn write(dev: DevT, sector: u64, data: impl Into<Stamps>) -> Bio {
+        let data = data.into();
         Bio {
             dev,
             op: BioOp::Write,
             sector,
-            sectors: data.len() as u64,
+            sectors: data.len(),
             data,
             flags: BioFlags::default(),
         }
@@ -202,7 +206,7 @@ impl Bio {
 }
 
 /// What a bio ends with: the data read (empty for writes) or an error.
-pub type BioResult = Result<Vec<Stamp>, Errno>;
+pub type BioResult = Result<Stamps, Errno>;
 
 /// What the filter callback decides about a bio (v2 `submit_bio_cb`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

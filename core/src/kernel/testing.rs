@@ -28,7 +28,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use super::{
     completion, AllocId, BdevFilter, BdevHandle, Bio, BioFlags, BioHeader, BioOp, BioResult,
     Completer, Completion, DevT, Errno, FilterVerdict, GenDisk, Gfp, Kernel, LocalBoxFuture,
-    LockId, LockMode, LockOp, Stamp, TaskKind, UserMemory,
+    LockId, LockMode, LockOp, Stamp, Stamps, TaskKind, UserMemory,
 };
 use crate::ctrl::{self, IoctlResult};
 use crate::module::Module;
@@ -466,24 +466,24 @@ impl TestKernel {
         match bio.op {
             BioOp::Read => Ok((bio.sector..end)
                 .map(|s| device.data.get(&s).copied().unwrap_or(0))
-                .collect()),
+                .collect::<Stamps>()),
             BioOp::Write => {
                 assert_eq!(
-                    bio.data.len() as u64,
+                    bio.data.len(),
                     bio.sectors,
                     "write bio with a wrong data length"
                 );
-                for (i, &stamp) in bio.data.iter().enumerate() {
+                for (i, stamp) in bio.data.iter().enumerate() {
                     put_stamp(&mut device.data, bio.sector + i as u64, stamp);
                 }
-                Ok(Vec::new())
+                Ok(Stamps::new())
             }
-            BioOp::Flush => Ok(Vec::new()),
+            BioOp::Flush => Ok(Stamps::new()),
             BioOp::Discard | BioOp::WriteZeroes => {
                 for s in bio.sector..end {
                     device.data.remove(&s);
                 }
-                Ok(Vec::new())
+                Ok(Stamps::new())
             }
         }
     }
@@ -549,8 +549,16 @@ impl TestKernel {
         self.user_bio(Bio::write(dev, sector, data)).await
     }
 
-    pub async fn user_read(self: &Rc<Self>, dev: DevT, sector: u64, count: u64) -> BioResult {
-        self.user_bio(Bio::read(dev, sector, count)).await
+    /// A user read, its data as a plain list for the tests to compare.
+    pub async fn user_read(
+        self: &Rc<Self>,
+        dev: DevT,
+        sector: u64,
+        count: u64,
+    ) -> Result<Vec<Stamp>, Errno> {
+        self.user_bio(Bio::read(dev, sector, count))
+            .await
+            .map(|data| data.to_vec())
     }
 }
 
@@ -1219,8 +1227,8 @@ mod tests {
             let past = submit(&*k, Bio::read(d, 60, 8)).await;
             (w, r, past)
         });
-        assert_eq!(w, Ok(vec![]));
-        assert_eq!(r, Ok(vec![0, 7, 8, 0]));
+        assert_eq!(w, Ok(Stamps::new()));
+        assert_eq!(r, Ok(Stamps::from_slice(&[0, 7, 8, 0])));
         assert_eq!(past, Err(Errno::EIO));
         assert_eq!(k.peek(d, 4, 2), vec![7, 8]);
         assert_eq!(k.bios().len(), 3);
@@ -1328,7 +1336,7 @@ mod tests {
             for (bio, done) in list {
                 k.submit_bio(bio, done);
             }
-            assert_eq!(queued.await, Ok(vec![]));
+            assert_eq!(queued.await, Ok(Stamps::new()));
         });
         assert_eq!(k.peek(d, 0, 1), vec![1]);
     }

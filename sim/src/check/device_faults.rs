@@ -183,9 +183,10 @@ pub fn storage_failure(sim: &Sim, bio: &Bio, message: String) {
     let overwritten = sim.storage.borrow_mut().last_overwritten.take();
     let now = sim.now();
     let cause = overwritten.and_then(|((dev, sector), at)| {
-        let written = bio.data.get(at.checked_sub(bio.sector)? as usize)?;
+        let offset = at.checked_sub(bio.sector).filter(|o| *o < bio.data.len())?;
+        let written = bio.data.get(offset);
         let held = sim.blk.devices.borrow().get(&bio.dev)?.read(at, 1);
-        if held.first() != Some(written) {
+        if held.get(0) != written {
             return None;
         }
         sim.oracle
@@ -206,6 +207,7 @@ pub fn storage_failure(sim: &Sim, bio: &Bio, message: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blksnap_core::kernel::Stamps;
 
     const ORIG: DevT = DevT(7 << 20);
     const STORE: DevT = DevT(7 << 20 | 1);
@@ -302,7 +304,8 @@ mod tests {
         use blksnap_core::kernel::Bio;
         let bio = Bio::read(IMAGE, sector, 1);
         let id = o.submit(500, &bio);
-        o.complete(600, id, &bio, &Ok(vec![got])).map(|_| ())
+        o.complete(600, id, &bio, &Ok(Stamps::from_slice(&[got])))
+            .map(|_| ())
     }
 
     #[test]
@@ -354,7 +357,7 @@ mod tests {
         // The image's own write of 1027, submitted after the damage.
         let bio = Bio::write(IMAGE, 1027, vec![77]);
         let id = o.submit(200, &bio);
-        o.complete(210, id, &bio, &Ok(Vec::new())).unwrap();
+        o.complete(210, id, &bio, &Ok(Stamps::new())).unwrap();
         assert!(image_read(&mut o, 1027, 0).is_err());
         assert!(image_read(&mut o, 1027, 77).is_ok());
         // The neighbour, not rewritten, is still excused.

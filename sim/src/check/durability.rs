@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Stamp};
+use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Stamp, Stamps};
 
 use crate::device::{pattern_stamp, Fill};
 
@@ -35,7 +35,8 @@ use crate::device::{pattern_stamp, Fill};
 struct Write {
     dev: DevT,
     sector: u64,
-    data: Vec<Stamp>,
+    /// As runs: a chunk store of a never-written range is one run.
+    data: Stamps,
     submitted: u64,
     completed: Option<u64>,
     fua: bool,
@@ -44,9 +45,17 @@ struct Write {
 
 impl Write {
     fn stamp(&self, sector: u64) -> Stamp {
-        self.data[(sector - self.sector) as usize]
+        self.data.get(sector - self.sector)
+    }
+
+    fn end(&self) -> u64 {
+        self.sector + self.data.len()
     }
 }
+
+/// The most sectors joined engine writes cover (1 GiB): it bounds how far
+/// back a sector's writes can start.
+const MAX_JOINED: u64 = 1 << 21;
 
 /// A user FLUSH (or REQ_PREFLUSH) that completed: (submitted, completed).
 type Flush = (u64, u64);
@@ -62,7 +71,13 @@ pub struct Token {
 pub struct Durability {
     fills: BTreeMap<DevT, (u32, Fill)>,
     writes: BTreeMap<u64, Write>,
-    by_sector: BTreeMap<(DevT, u64), Vec<u64>>,
+    /// Writes since the last power loss by (device, first sector), and the
+    /// longest per device: the writes over a sector start at most that far
+    /// before it. One entry per write, not one per sector it covers.
+    by_start: BTreeMap<(DevT, u64), Vec<u64>>,
+    longest: BTreeMap<DevT, u64>,
+    /// The last engine write per device (later ones may join it).
+    last_engine: BTreeMap<DevT, u64>,
     flushes: BTreeMap<DevT, Vec<Flush>>,
     /// Completed user writes no FLUSH has judged yet, per device.
     unflushed: BTreeMap<DevT, BTreeSet<u64>>,
@@ -94,9 +109,12 @@ impl Durability {
     fn add_write(&mut self, write: Write) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        for s in write.sector..write.sector + write.data.len() as u64 {
-            self.by_sector.entry((write.dev, s)).or_default().push(id);
-        }
+        self.by_start
+            .entry((write.dev, write.sector))
+            .or_default()
+            .push(id);
+        let longest = self.longest.entry(write.dev).or_default();
+        *longest = (*longest).max(write.data.len());
         self.writes.insert(id, write);
         id
     }
@@ -105,8 +123,8 @@ impl Durability {
     pub fn submit(&mut self, now: u64, bio: &Bio) -> Token {
         let data = match bio.op {
             BioOp::Write => bio.data.clone(),
-            BioOp::Discard | BioOp::WriteZeroes => vec![0; bio.sectors as usize],
-            _ => Vec::new(),
+            BioOp::Discard | BioOp::WriteZeroes => Stamps::repeat(0, bio.sectors),
+            _ => Stamps::new(),
         };
         let id = (self.fills.contains_key(&bio.dev) && !data.is_empty()).then(|| {
             self.add_write(Write {
@@ -127,7 +145,10 @@ impl Durability {
         if !self.fills.contains_key(&bio.dev) || bio.op != BioOp::Write {
             return;
         }
-        self.add_write(Write {
+        if self.join_engine_write(bio) {
+            return;
+        }
+        let id = self.add_write(Write {
             dev: bio.dev,
             sector: bio.sector,
             data: bio.data.clone(),
@@ -136,6 +157,29 @@ impl Durability {
             fua: false,
             user: false,
         });
+        self.last_engine.insert(bio.dev, id);
+    }
+
+    /// An engine write that continues the device's last engine write joins
+    /// it (up to `MAX_JOINED` sectors): a chunk stored in many bios is then
+    /// one write. Equivalent for every rule: engine writes never complete,
+    /// are never user writes, and are judged only at times after they
+    /// were all submitted, so only their data and place matter.
+    fn join_engine_write(&mut self, bio: &Bio) -> bool {
+        let Some(&id) = self.last_engine.get(&bio.dev) else {
+            return false;
+        };
+        let Some(last) = self.writes.get_mut(&id) else {
+            return false;
+        };
+        if last.end() != bio.sector || last.data.len() + bio.data.len() > MAX_JOINED {
+            return false;
+        }
+        last.data.append(&bio.data);
+        let len = last.data.len();
+        let longest = self.longest.entry(bio.dev).or_default();
+        *longest = (*longest).max(len);
+        true
     }
 
     /// A user write ended: it is complete (if it succeeded) and awaits a FLUSH.
@@ -189,7 +233,7 @@ impl Durability {
                 set.remove(id);
             }
             let write = &self.writes[id];
-            for s in write.sector..write.sector + write.data.len() as u64 {
+            for s in write.sector..write.end() {
                 let got = media(s);
                 let allowed = self.allowed(dev, s, now);
                 judged += 1;
@@ -212,11 +256,31 @@ impl Durability {
 
     /// The writes to `sector` since the last power loss.
     fn sector_writes(&self, dev: DevT, sector: u64) -> impl Iterator<Item = &Write> {
-        self.by_sector
-            .get(&(dev, sector))
-            .into_iter()
-            .flatten()
+        let longest = self.longest.get(&dev).copied().unwrap_or(0);
+        let from = (sector + 1).saturating_sub(longest).min(sector);
+        self.by_start
+            .range((dev, from)..=(dev, sector))
+            .flat_map(|(_, ids)| ids)
             .filter_map(|id| self.writes.get(id))
+            .filter(move |w| w.end() > sector)
+    }
+
+    /// Every sector written on `dev` since the last power loss, in order.
+    fn written_sectors(&self, dev: DevT) -> Vec<u64> {
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        let starts = self.by_start.range((dev, 0)..=(dev, u64::MAX));
+        for (&(_, start), ids) in starts {
+            let end = ids
+                .iter()
+                .map(|id| self.writes[id].end())
+                .max()
+                .unwrap_or(start);
+            match spans.last_mut() {
+                Some((_, e)) if start <= *e => *e = (*e).max(end),
+                _ => spans.push((start, end)),
+            }
+        }
+        spans.into_iter().flat_map(|(s, e)| s..e).collect()
     }
 
     /// Is `w` durable at `t`?
@@ -275,7 +339,7 @@ impl Durability {
             let s = bio.sector + i as u64;
             let allowed = self.readable(bio.dev, s, from, to);
             judged += 1;
-            if !allowed.contains(got) {
+            if !allowed.contains(&got) {
                 return Err(format!(
                     "{} sector {s}: read {got:#x} at {from}..{to} ns, but with no fault \
                      injected on the device a completed write must read back: expected one of {}",
@@ -324,11 +388,7 @@ impl Durability {
         clean: bool,
         media: &dyn Fn(u64) -> Stamp,
     ) -> (u64, Result<(), String>) {
-        let sectors: Vec<u64> = self
-            .by_sector
-            .range((dev, 0)..=(dev, u64::MAX))
-            .map(|((_, s), _)| *s)
-            .collect();
+        let sectors = self.written_sectors(dev);
         let mut judged = 0;
         let mut verdict = Ok(());
         let mut found = Vec::new();
@@ -363,15 +423,17 @@ impl Durability {
             self.baseline.insert((dev, s), stamp);
         }
         let keys: Vec<(DevT, u64)> = self
-            .by_sector
+            .by_start
             .range((dev, 0)..=(dev, u64::MAX))
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
-            for id in self.by_sector.remove(&key).unwrap_or_default() {
+            for id in self.by_start.remove(&key).unwrap_or_default() {
                 self.writes.remove(&id);
             }
         }
+        self.longest.remove(&dev);
+        self.last_engine.remove(&dev);
         self.unflushed.remove(&dev);
         self.flushes.remove(&dev);
         self.epoch.insert(dev, t);
@@ -429,7 +491,7 @@ pub mod hooks {
             let Some(device) = devices.get(&bio.dev) else {
                 return;
             };
-            let media = |s: u64| device.read(s, 1)[0];
+            let media = |s: u64| device.read(s, 1).get(0);
             let verdict = sim
                 .durability
                 .borrow_mut()
@@ -537,7 +599,13 @@ mod tests {
         // The next epoch starts from what was found.
         let t = c.submit(50, &bio(BioOp::Read, 0, vec![], false));
         assert_eq!(
-            c.read_ended(&Bio::read(D, 0, 1), t.submitted, 60, &Ok(vec![2]), false),
+            c.read_ended(
+                &Bio::read(D, 0, 1),
+                t.submitted,
+                60,
+                &Ok(Stamps::from_slice(&[2])),
+                false
+            ),
             Ok(1)
         );
     }
@@ -548,14 +616,23 @@ mod tests {
         write(&mut c, 7, 0, 10, false);
         let read = Bio::read(D, 0, 1);
         let err = c
-            .read_ended(&read, 20, 30, &Ok(vec![0]), false)
+            .read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[0])), false)
             .unwrap_err();
         assert!(err.contains("must read back"), "{err}");
-        assert_eq!(c.read_ended(&read, 20, 30, &Ok(vec![0]), true), Ok(0));
-        assert_eq!(c.read_ended(&read, 20, 30, &Ok(vec![7]), false), Ok(1));
+        assert_eq!(
+            c.read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[0])), true),
+            Ok(0)
+        );
+        assert_eq!(
+            c.read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[7])), false),
+            Ok(1)
+        );
         // A write in flight during the read may be seen.
         let t = c.submit(25, &bio(BioOp::Write, 0, vec![8], false));
-        assert_eq!(c.read_ended(&read, 20, 30, &Ok(vec![8]), false), Ok(1));
+        assert_eq!(
+            c.read_ended(&read, 20, 30, &Ok(Stamps::from_slice(&[8])), false),
+            Ok(1)
+        );
         c.write_ended(40, t, true);
     }
 
@@ -583,7 +660,8 @@ mod tests {
             Durability {
                 fills: self.fills.clone(),
                 writes: self.writes.clone(),
-                by_sector: self.by_sector.clone(),
+                by_start: self.by_start.clone(),
+                longest: self.longest.clone(),
                 flushes: self.flushes.clone(),
                 unflushed: self.unflushed.clone(),
                 baseline: self.baseline.clone(),

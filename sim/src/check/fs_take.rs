@@ -92,7 +92,7 @@ impl FsTake {
         let Some(record) = fs else { return };
         for (i, stamp) in bio.data.iter().enumerate() {
             let sector = bio.sector + i as u64;
-            if !record.accepted_stamp(sector, *stamp) {
+            if !record.accepted_stamp(sector, stamp) {
                 self.raw_written.insert((bio.dev, sector));
             }
         }
@@ -236,10 +236,13 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
         let now = sim.now();
         let oracle = sim.oracle.borrow();
         let device_fault = |image: DevT, sector: u64| oracle.image_damage_cause(image, sector, now);
-        let verdict =
-            sim.fs_take
-                .borrow_mut()
-                .judge_read(bio, data, &records, &device_fault, &mut by_fault);
+        let verdict = sim.fs_take.borrow_mut().judge_read(
+            bio,
+            &data.to_vec(),
+            &records,
+            &device_fault,
+            &mut by_fault,
+        );
         verdict
     };
     // One report per read for what the faults explain: its first sector.

@@ -357,7 +357,7 @@ impl Oracle {
                     let history = self.by_sector.entry((bio.dev, sector)).or_default();
                     history.writes.push(SectorWrite {
                         id,
-                        stamp: bio.data[(sector - bio.sector) as usize],
+                        stamp: bio.data.get(sector - bio.sector),
                         submitted: now,
                         completed: None,
                         superseded: None,
@@ -472,7 +472,7 @@ impl Oracle {
         };
         let mut judged = Judged::default();
         for (i, got) in data.iter().enumerate() {
-            let sector = bio.sector + i as u64;
+            let (sector, got) = (bio.sector + i as u64, &got);
             if self.is_storage(bio.dev, sector) {
                 continue;
             }
@@ -591,7 +591,7 @@ impl Oracle {
         self.image_reads_checked += 1;
         let mut judged = Judged::default();
         for (i, got) in data.iter().enumerate() {
-            let sector = bio.sector + i as u64;
+            let (sector, got) = (bio.sector + i as u64, &got);
             let allowed = self.image_values(bio.dev, sector, from, to);
             self.sectors_checked += 1;
             judged.sectors += 1;
@@ -860,6 +860,7 @@ fn show(values: &[Stamp]) -> String {
 mod tests {
     use super::*;
     use crate::check::injected::FaultKind;
+    use blksnap_core::kernel::Stamps;
 
     const ORIG: DevT = DevT(8 << 20);
     const IMAGE: DevT = DevT(252 << 20);
@@ -876,7 +877,7 @@ mod tests {
     fn write(o: &mut Oracle, dev: DevT, sector: u64, stamp: Stamp, at: u64, done: u64) {
         let bio = Bio::write(dev, sector, vec![stamp]);
         let id = o.submit(at, &bio);
-        o.complete(done, id, &bio, &Ok(Vec::new())).unwrap();
+        o.complete(done, id, &bio, &Ok(Stamps::new())).unwrap();
     }
 
     fn read(
@@ -889,7 +890,7 @@ mod tests {
     ) -> Result<Judged, String> {
         let bio = Bio::read(dev, sector, 1);
         let id = o.submit(at, &bio);
-        o.complete(done, id, &bio, &Ok(vec![got]))
+        o.complete(done, id, &bio, &Ok(Stamps::from_slice(&[got])))
     }
 
     fn taken_at(o: &mut Oracle, start: u64, end: u64) {
@@ -1035,8 +1036,8 @@ mod tests {
             let b = Bio::write(ORIG, 2, vec![20]);
             let ia = o.submit(100, &a);
             let ib = o.submit(110, &b);
-            o.complete(130, ib, &b, &Ok(Vec::new())).unwrap();
-            o.complete(140, ia, &a, &Ok(Vec::new())).unwrap();
+            o.complete(130, ib, &b, &Ok(Stamps::new())).unwrap();
+            o.complete(140, ia, &a, &Ok(Stamps::new())).unwrap();
         };
         overlap(&mut o);
         // Either may have been applied last: the first read pins one.
@@ -1055,8 +1056,8 @@ mod tests {
         let b = Bio::write(IMAGE, 4, vec![50]);
         let ia = o.submit(400, &a);
         let ib = o.submit(405, &b);
-        o.complete(420, ia, &a, &Ok(Vec::new())).unwrap();
-        o.complete(430, ib, &b, &Ok(Vec::new())).unwrap();
+        o.complete(420, ia, &a, &Ok(Stamps::new())).unwrap();
+        o.complete(430, ib, &b, &Ok(Stamps::new())).unwrap();
         assert!(read(&mut o, IMAGE, 4, 40, 440, 450).is_ok());
         assert!(read(&mut o, IMAGE, 4, 50, 460, 470).is_err());
         assert!(read(&mut o, IMAGE, 4, 0, 460, 470).is_err());
@@ -1104,7 +1105,9 @@ mod tests {
         write(&mut o, ORIG, 2, 20, 20, 30);
         write(&mut o, ORIG, 2, 30, 40, 50);
         // Overlapping writes and the value at its start are all allowed.
-        assert!(o.complete(60, id, &slow, &Ok(vec![10])).is_ok());
+        assert!(o
+            .complete(60, id, &slow, &Ok(Stamps::from_slice(&[10])))
+            .is_ok());
         write(&mut o, ORIG, 2, 40, 70, 80);
         assert!(o.writes_kept() <= 2, "{} writes kept", o.writes_kept());
     }
@@ -1115,7 +1118,9 @@ mod tests {
         taken_at(&mut o, 20, 30);
         let bio = Bio::read(IMAGE, 0, 4);
         let id = o.submit(40, &bio);
-        let judged = o.complete(50, id, &bio, &Ok(vec![0; 4])).unwrap();
+        let judged = o
+            .complete(50, id, &bio, &Ok(Stamps::from_slice(&[0; 4])))
+            .unwrap();
         assert_eq!(judged.sectors, 4);
         let id = o.submit(60, &bio);
         let judged = o.complete(70, id, &bio, &Err(Errno::EIO)).unwrap();

@@ -36,7 +36,7 @@
 
 use std::collections::BTreeMap;
 
-use blksnap_core::kernel::{DevT, Stamp};
+use blksnap_core::kernel::{DevT, Run, Stamp, Stamps};
 
 /// Where a sector's content came from: (original device, sector).
 type Origin = (DevT, u64);
@@ -82,9 +82,11 @@ impl AppendedRange {
 #[derive(Default)]
 pub struct StorageCheck {
     ranges: Vec<AppendedRange>,
-    /// Stamp -> the sector its first user write went to; None once the
-    /// same stamp was written elsewhere too (copied data has no identity).
-    stamps: BTreeMap<Stamp, Option<Origin>>,
+    /// Runs of stamps -> the sectors their first user write went to, held
+    /// as runs: first stamp -> (length, origin of the first stamp), where
+    /// stamp `first + i` names `origin + i`. None once a stamp of the run
+    /// was written elsewhere too (copied data has no identity).
+    stamps: BTreeMap<Stamp, (u64, Option<Origin>)>,
     /// Device index -> device, for pattern stamps.
     by_index: BTreeMap<u32, DevT>,
     /// Image -> its original.
@@ -111,19 +113,75 @@ impl StorageCheck {
         self.images.insert(image, orig);
     }
 
-    /// A user write: each stamp now names its sector.
-    pub fn user_write(&mut self, dev: DevT, sector: u64, data: &[Stamp]) {
-        for (i, &stamp) in data.iter().enumerate() {
-            let here = (dev, sector + i as u64);
-            self.stamps
-                .entry(stamp)
-                .and_modify(|seen| {
-                    if *seen != Some(here) {
-                        *seen = None;
-                    }
-                })
-                .or_insert(Some(here));
+    /// A user write: each stamp now names its sector, run by run.
+    pub fn user_write(&mut self, dev: DevT, sector: u64, data: &Stamps) {
+        for (offset, run) in data.iter_runs() {
+            let here = (dev, sector + offset);
+            if run.step == 1 || run.len == 1 {
+                self.name_stamps(run.first, run.len, here);
+            } else {
+                // One stamp on several sectors names none of them.
+                self.name_stamps(run.first, 1, here);
+                self.name_stamps(run.first, 1, (dev, u64::MAX));
+            }
         }
+    }
+
+    /// Stamps [first, first + len) were written at `here` onwards: a stamp
+    /// seen nowhere else names its sector; one seen elsewhere names none.
+    fn name_stamps(&mut self, first: Stamp, len: u64, here: Origin) {
+        let end = first.saturating_add(len);
+        let at = |stamp: Stamp| Some((here.0, here.1.wrapping_add(stamp - first)));
+        let mut pieces: Vec<(Stamp, u64, Option<Origin>)> = Vec::new();
+        let mut next = first;
+        for (start, known_len, known) in self.stamp_runs(first, end) {
+            if start > next {
+                pieces.push((next, start - next, at(next)));
+            }
+            // Known runs count like the new one: equal at the start means
+            // equal all along.
+            let same = known.is_some() && known == at(start);
+            pieces.push((start, known_len, if same { known } else { None }));
+            next = start + known_len;
+        }
+        if end > next {
+            pieces.push((next, end - next, at(next)));
+        }
+        for (start, len, origin) in pieces {
+            self.stamps.insert(start, (len, origin));
+        }
+    }
+
+    /// The known stamp runs that meet [first, end), cut to it (cutting
+    /// the map's entries at the edges), with their origins.
+    fn stamp_runs(&mut self, first: Stamp, end: Stamp) -> Vec<(Stamp, u64, Option<Origin>)> {
+        let shift = |o: Option<Origin>, by: u64| o.map(|(d, s)| (d, s.wrapping_add(by)));
+        let before = self
+            .stamps
+            .range(..first)
+            .next_back()
+            .filter(|(s, (len, _))| *s + *len > first)
+            .map(|(s, v)| (*s, *v));
+        if let Some((start, (len, origin))) = before {
+            self.stamps.insert(start, (first - start, origin));
+            self.stamps
+                .insert(first, (start + len - first, shift(origin, first - start)));
+        }
+        let last = self
+            .stamps
+            .range(first..end)
+            .next_back()
+            .filter(|(s, (len, _))| *s + *len > end)
+            .map(|(s, v)| (*s, *v));
+        if let Some((start, (len, origin))) = last {
+            self.stamps.insert(start, (end - start, origin));
+            self.stamps
+                .insert(end, (start + len - end, shift(origin, end - start)));
+        }
+        self.stamps
+            .range(first..end)
+            .map(|(s, (len, o))| (*s, *len, *o))
+            .collect()
     }
 
     /// APPEND_STORAGE offered a range to a snapshot. Ranges it reuses from
@@ -161,8 +219,13 @@ impl StorageCheck {
 
     /// The origin a stamp names, if any.
     fn origin(&self, stamp: Stamp) -> Option<Origin> {
-        let (dev, sector) = match self.stamps.get(&stamp) {
-            Some(seen) => (*seen)?,
+        let known = self
+            .stamps
+            .range(..=stamp)
+            .next_back()
+            .filter(|(s, (len, _))| stamp - **s < *len);
+        let (dev, sector) = match known {
+            Some((s, (_, seen))) => seen.map(|(d, first)| (d, first.wrapping_add(stamp - s)))?,
             None if stamp >> 63 == 1 => {
                 let index = ((stamp >> 48) & 0x7fff) as u32;
                 (*self.by_index.get(&index)?, stamp & ((1 << 48) - 1))
@@ -172,51 +235,123 @@ impl StorageCheck {
         Some((self.images.get(&dev).copied().unwrap_or(dev), sector))
     }
 
+    /// A run of data as pieces whose origins count up with the sectors:
+    /// (offset into the run, length, origin of the first), None where the
+    /// stamps name nothing. A counting run costs one piece per known stamp
+    /// run it crosses, not one per sector.
+    fn run_origins(&self, run: Run, out: &mut Vec<(u64, u64, Option<Origin>)>) {
+        let mut push = |offset: u64, len: u64, origin: Option<Origin>| match out.last_mut() {
+            Some((o, l, prev))
+                if *o + *l == offset
+                    && match (*prev, origin) {
+                        (None, None) => true,
+                        (Some(p), Some(n)) => p.0 == n.0 && p.1.wrapping_add(*l) == n.1,
+                        _ => false,
+                    } =>
+            {
+                *l += len
+            }
+            _ => out.push((offset, len, origin)),
+        };
+        if run.step == 0 || run.len == 1 {
+            // One stamp again and again: the origin cannot count up.
+            match self.origin(run.first) {
+                None => push(0, run.len, None),
+                Some(origin) => (0..run.len).for_each(|i| push(i, 1, Some(origin))),
+            }
+            return;
+        }
+        let mut i = 0;
+        while i < run.len {
+            let stamp = run.at(i);
+            let (len, origin) = self.origin_stretch(stamp, run.len - i);
+            push(i, len, origin);
+            i += len;
+        }
+    }
+
+    /// From `stamp`, how many counting stamps (at most `max`) share one
+    /// rule for their origin, and the origin of the first.
+    fn origin_stretch(&self, stamp: Stamp, max: u64) -> (u64, Option<Origin>) {
+        let known = self.stamps.range(..=stamp).next_back();
+        if let Some((s, (len, _))) = known.filter(|(s, (len, _))| stamp - **s < *len) {
+            return ((s + len - stamp).min(max), self.origin(stamp));
+        }
+        // Up to the next known run, and, for the pattern, to the end of
+        // the device index's stamp space.
+        let next_known = self
+            .stamps
+            .range(stamp..)
+            .next()
+            .map_or(u64::MAX, |(s, _)| *s);
+        let mut len = next_known.saturating_sub(stamp).min(max);
+        if stamp >> 63 == 1 {
+            let space_end = (stamp | ((1 << 48) - 1)).saturating_add(1);
+            len = len.min(space_end.wrapping_sub(stamp).max(1));
+        } else {
+            len = len.min(((1 << 63) - stamp).max(1));
+        }
+        (len.max(1), self.origin(stamp))
+    }
+
+    /// A write's data as pieces of counting origins (see `run_origins`).
+    fn pieces(&self, data: &Stamps) -> Vec<(u64, u64, Option<Origin>)> {
+        let mut out: Vec<(u64, u64, Option<Origin>)> = Vec::new();
+        for (offset, run) in data.iter_runs() {
+            let mut part = Vec::new();
+            self.run_origins(run, &mut part);
+            for (o, len, origin) in part {
+                let continues = out.last().is_some_and(|(po, pl, prev)| {
+                    po + pl == offset + o
+                        && match (*prev, origin) {
+                            (None, None) => true,
+                            (Some(p), Some(n)) => p.0 == n.0 && p.1.wrapping_add(*pl) == n.1,
+                            _ => false,
+                        }
+                });
+                match out.last_mut() {
+                    Some(last) if continues => last.1 += len,
+                    _ => out.push((offset + o, len, origin)),
+                }
+            }
+        }
+        out
+    }
+
     /// A write's data as runs of consecutive original sectors:
     /// (offset into the write, length, origin of the first sector).
     /// Sectors without identity are in no run.
-    fn runs(&self, data: &[Stamp]) -> Vec<(u64, u64, Origin)> {
-        let mut runs: Vec<(u64, u64, Origin)> = Vec::new();
-        for (i, origin) in self.origins(data).into_iter().enumerate() {
-            let i = i as u64;
-            let Some(origin) = origin else { continue };
-            match runs.last_mut() {
-                Some((offset, len, first))
-                    if *offset + *len == i
-                        && first.0 == origin.0
-                        && first.1.wrapping_add(*len) == origin.1 =>
-                {
-                    *len += 1
-                }
-                _ => runs.push((i, 1, origin)),
-            }
-        }
-        runs
+    fn runs(&self, data: &Stamps) -> Vec<(u64, u64, Origin)> {
+        self.origins(data)
+            .into_iter()
+            .filter_map(|(offset, len, origin)| Some((offset, len, origin?)))
+            .collect()
     }
 
     /// What each sector of `data` is a copy of, as far as the data says
     /// (for the classification of device faults, `device_faults.rs`).
-    pub fn identify(&self, data: &[Stamp]) -> Vec<Option<Origin>> {
-        self.origins(data)
+    pub fn identify(&self, data: &Stamps) -> Vec<Option<Origin>> {
+        let mut out = Vec::with_capacity(data.len() as usize);
+        for (_, len, origin) in self.origins(data) {
+            out.extend((0..len).map(|i| origin.map(|(d, s)| (d, s.wrapping_add(i)))));
+        }
+        out
     }
 
-    /// Origins of a write's sectors; a sector without identity takes the
-    /// one its neighbours agree on.
-    fn origins(&self, data: &[Stamp]) -> Vec<Option<Origin>> {
-        let known: Vec<Option<Origin>> = data.iter().map(|s| self.origin(*s)).collect();
+    /// Origins of a write's sectors as counting pieces; sectors without
+    /// identity take the one their neighbours agree on.
+    fn origins(&self, data: &Stamps) -> Vec<(u64, u64, Option<Origin>)> {
+        let known = self.pieces(data);
         let mut bases = known
             .iter()
-            .enumerate()
-            .filter_map(|(i, o)| o.map(|(d, s)| (d, s.wrapping_sub(i as u64))));
+            .filter_map(|(i, _, o)| o.map(|(d, s)| (d, s.wrapping_sub(*i))));
         let Some(base) = bases.next() else {
             return known;
         };
         if bases.any(|b| b != base) {
             return known;
         }
-        (0..data.len() as u64)
-            .map(|i| Some((base.0, base.1.wrapping_add(i))))
-            .collect()
+        vec![(0, data.len(), Some(base))]
     }
 
     /// One write the engine issued: rules 1 and 2.
@@ -224,7 +359,7 @@ impl StorageCheck {
         &mut self,
         dev: DevT,
         sector: u64,
-        data: &[Stamp],
+        data: &Stamps,
         count: u64,
     ) -> Result<(), String> {
         self.writes_judged += 1;
@@ -237,9 +372,22 @@ impl StorageCheck {
                 self.judge_run(dev, start, run)?;
             }
             self.forget(dev, start, start + len);
-            self.copies.insert((dev, start), run);
+            self.insert_copy(dev, start, run);
         }
         Ok(())
+    }
+
+    /// Record a copy; one that continues the copy before it joins it, so
+    /// a chunk stored in many bios is one entry.
+    fn insert_copy(&mut self, dev: DevT, start: u64, run: Extent) {
+        let before = self.copies.range_mut(..(dev, start)).next_back();
+        if let Some(((d, s), old)) = before {
+            if *d == dev && s + old.len == start && old.at(old.len) == run.orig {
+                old.len += run.len;
+                return;
+            }
+        }
+        self.copies.insert((dev, start), run);
     }
 
     /// Rule 2 for one run: where it meets known copies, they must be
@@ -361,7 +509,7 @@ mod tests {
     }
 
     fn write(c: &mut StorageCheck, at: u64, data: &[Stamp]) -> Result<(), String> {
-        c.engine_write(STORE, at, data, data.len() as u64)
+        c.engine_write(STORE, at, &Stamps::from_slice(data), data.len() as u64)
     }
 
     #[test]
@@ -371,7 +519,9 @@ mod tests {
         assert!(write(&mut c, 1024, &chunk(0, 512)).is_ok());
         let err = write(&mut c, 2048, &chunk(512, 8)).unwrap_err();
         assert!(err.contains("outside every appended"), "{err}");
-        let err = c.engine_write(ORIG, 0, &chunk(0, 8), 8).unwrap_err();
+        let err = c
+            .engine_write(ORIG, 0, &Stamps::from_slice(&chunk(0, 8)), 8)
+            .unwrap_err();
         assert!(err.contains("outside every appended"), "{err}");
         assert_eq!(c.writes_judged, 3);
     }
@@ -408,14 +558,14 @@ mod tests {
         assert!(write(&mut c, 0, &chunk(0, 8)).is_ok());
         // The user wrote the image (sectors 2 and 3), then eviction stores
         // the chunk again: same origin sectors, newer data.
-        c.user_write(IMAGE, 2, &[41, 42]);
+        c.user_write(IMAGE, 2, &Stamps::from_slice(&[41, 42]));
         let mut newer = chunk(0, 8);
         newer[2] = 41;
         newer[3] = 42;
         assert!(write(&mut c, 0, &newer).is_ok());
         assert_eq!(c.sectors_judged, 8);
         // An image write of another sector stored here is an overlap.
-        c.user_write(IMAGE, 100, &[43]);
+        c.user_write(IMAGE, 100, &Stamps::from_slice(&[43]));
         newer[4] = 43;
         let err = write(&mut c, 0, &newer).unwrap_err();
         assert!(err.contains("data of 7:0 sector 100"), "{err}");
@@ -425,13 +575,13 @@ mod tests {
     fn zeros_take_the_identity_of_their_neighbours() {
         let mut c = check();
         c.appended(S1, STORE, 0, 4096);
-        c.user_write(ORIG, 7, &[5]);
+        c.user_write(ORIG, 7, &Stamps::from_slice(&[5]));
         // A zero-filled original: only sector 7 was written by a user.
         let mut first = vec![0; 8];
         first[7] = 5;
         assert!(write(&mut c, 0, &first).is_ok());
         // Another chunk (sectors 8..16, user stamp at 8) lands on sector 7.
-        c.user_write(ORIG, 8, &[6]);
+        c.user_write(ORIG, 8, &Stamps::from_slice(&[6]));
         let mut second = vec![0; 8];
         second[0] = 6;
         let err = write(&mut c, 7, &second).unwrap_err();
@@ -488,8 +638,8 @@ mod tests {
     fn copied_user_data_has_no_identity() {
         let mut c = check();
         c.appended(S1, STORE, 0, 4096);
-        c.user_write(ORIG, 0, &[9]);
-        c.user_write(ORIG, 64, &[9]);
+        c.user_write(ORIG, 0, &Stamps::from_slice(&[9]));
+        c.user_write(ORIG, 64, &Stamps::from_slice(&[9]));
         assert!(write(&mut c, 0, &[9]).is_ok());
         assert!(write(&mut c, 0, &[pattern_stamp(0, 500)]).is_ok());
         assert_eq!(c.sectors_judged, 0);

@@ -14,7 +14,7 @@
 
 use std::rc::Rc;
 
-use blksnap_core::kernel::{Bio, BioResult, Completer, DevT, Errno, LocalBoxFuture};
+use blksnap_core::kernel::{Bio, BioResult, Completer, DevT, Errno, LocalBoxFuture, Stamps};
 
 use super::Sim;
 use crate::check::injected::FaultKind;
@@ -124,11 +124,11 @@ impl Sim {
             // holds it like any other write.
             BioOp::Write => {
                 crate::data_faults::store(self, device, bio);
-                Ok(Vec::new())
+                Ok(Stamps::new())
             }
             _ => {
                 crate::cache::write_bio(device, bio);
-                Ok(Vec::new())
+                Ok(Stamps::new())
             }
         }
     }

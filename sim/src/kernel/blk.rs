@@ -133,11 +133,7 @@ impl BlockLayer {
             return Err(Errno::EIO);
         }
         if bio.op.is_write() && bio.op == blksnap_core::kernel::BioOp::Write {
-            assert_eq!(
-                bio.data.len() as u64,
-                bio.sectors,
-                "write bio with wrong payload"
-            );
+            assert_eq!(bio.data.len(), bio.sectors, "write bio with wrong payload");
         }
         let lat = device.latency;
         let spread = lat.max_ns.saturating_sub(lat.min_ns);

@@ -255,6 +255,7 @@ impl Run {
         self.charge_sectors(count, false);
         block::user_bio(&self.sim, Bio::read(dev, sector, count))
             .await
+            .map(|data| data.to_vec())
             .map_err(|e| format!("backup: read of {dev} at {sector} failed: {e}"))
     }
 

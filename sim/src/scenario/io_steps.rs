@@ -65,7 +65,9 @@ impl Run {
         if self.has_fs(dev) {
             return fs::fs_read(&self.sim, dev, sector, sectors).await;
         }
-        block::user_bio(&self.sim, Bio::read(dev, sector, sectors)).await
+        block::user_bio(&self.sim, Bio::read(dev, sector, sectors))
+            .await
+            .map(|data| data.to_vec())
     }
 
     /// Read the image and let the oracle judge it. An empty check fails:

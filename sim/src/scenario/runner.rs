@@ -1085,7 +1085,7 @@ impl Run {
             .devices
             .borrow()
             .get(&dev)
-            .map(|d| d.read(sector, sectors))
+            .map(|d| d.read(sector, sectors).to_vec())
             .ok_or(format!("no device {device}"))?;
         if self.media_matches(&got, content) {
             return Ok(());

@@ -1,0 +1,384 @@
+//! Sector contents of a bio or a buffer, held as runs of stamps.
+//!
+//! Most data the engine moves counts up or repeats: a user write is a block
+//! of fresh stamps, a never-written range is the device's pattern or zeros.
+//! Held as runs (first stamp, step, length), a 512 MiB chunk copy of such a
+//! range is one run, so moving it costs O(1) in time and memory whatever
+//! the chunk size. Stamps that follow no rule cost one run each.
+//!
+//! Equality is on content, never on how the runs happen to be cut, so two
+//! `Stamps` built different ways compare equal when they read the same.
+
+use std::fmt;
+
+use super::Stamp;
+
+/// `len` stamps: sector `i` holds `first + i * step` (wrapping). `step` is
+/// 1 (a user write, the pattern) or 0 (zeros, one repeated stamp).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Run {
+    pub first: Stamp,
+    pub step: u64,
+    pub len: u64,
+}
+
+impl Run {
+    /// The stamp of sector `i` of the run.
+    pub fn at(&self, i: u64) -> Stamp {
+        self.first.wrapping_add(i.wrapping_mul(self.step))
+    }
+
+    /// Sectors [from, to) of the run.
+    pub fn slice(&self, from: u64, to: u64) -> Run {
+        debug_assert!(from <= to && to <= self.len);
+        Run {
+            first: self.at(from),
+            step: self.step,
+            len: to - from,
+        }
+    }
+
+    /// Whether `next` can continue this run without a new one.
+    fn continues_with(&self, next: &Run) -> Option<u64> {
+        if self.len == 1 {
+            // A lone stamp takes the step the next run gives it.
+            let step = next.first.wrapping_sub(self.first);
+            ((step == 0 || step == 1) && (next.len == 1 || next.step == step)).then_some(step)
+        } else {
+            (next.first == self.at(self.len) && (next.len == 1 || next.step == self.step))
+                .then_some(self.step)
+        }
+    }
+}
+
+/// A run and the offset of its first sector in the whole.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Piece {
+    at: u64,
+    run: Run,
+}
+
+/// A sequence of stamps, one per sector, stored run by run.
+#[derive(Clone, Default)]
+pub struct Stamps {
+    pieces: Vec<Piece>,
+    len: u64,
+}
+
+impl Stamps {
+    pub fn new() -> Stamps {
+        Stamps::default()
+    }
+
+    /// `len` sectors all holding `stamp` (zeros: `repeat(0, len)`).
+    pub fn repeat(stamp: Stamp, len: u64) -> Stamps {
+        Stamps::run(stamp, 0, len)
+    }
+
+    /// `len` sectors counting up from `first`.
+    pub fn counting(first: Stamp, len: u64) -> Stamps {
+        Stamps::run(first, 1, len)
+    }
+
+    pub fn run(first: Stamp, step: u64, len: u64) -> Stamps {
+        let mut out = Stamps::new();
+        out.push_run(Run { first, step, len });
+        out
+    }
+
+    pub fn from_slice(data: &[Stamp]) -> Stamps {
+        let mut out = Stamps::new();
+        for &stamp in data {
+            out.push(stamp);
+        }
+        out
+    }
+
+    pub fn from_vec(data: Vec<Stamp>) -> Stamps {
+        Stamps::from_slice(&data)
+    }
+
+    /// The parts one after the other.
+    pub fn concat<'a>(parts: impl IntoIterator<Item = &'a Stamps>) -> Stamps {
+        let mut out = Stamps::new();
+        for part in parts {
+            out.append(part);
+        }
+        out
+    }
+
+    /// Sectors held.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Runs held (what the memory grows with).
+    pub fn runs(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// The index of the piece holding sector `i`.
+    fn piece_of(&self, i: u64) -> usize {
+        assert!(i < self.len, "stamp {i} of {}", self.len);
+        self.pieces.partition_point(|p| p.at <= i) - 1
+    }
+
+    /// The stamp of sector `i`; panics past the end, as indexing does.
+    pub fn get(&self, i: u64) -> Stamp {
+        let piece = &self.pieces[self.piece_of(i)];
+        piece.run.at(i - piece.at)
+    }
+
+    pub fn push(&mut self, stamp: Stamp) {
+        self.push_run(Run {
+            first: stamp,
+            step: 0,
+            len: 1,
+        });
+    }
+
+    /// Append a run, merged into the last one when it continues it.
+    pub fn push_run(&mut self, run: Run) {
+        if run.len == 0 {
+            return;
+        }
+        let run = if run.len == 1 {
+            Run { step: 0, ..run }
+        } else {
+            run
+        };
+        self.len += run.len;
+        if let Some(last) = self.pieces.last_mut() {
+            if let Some(step) = last.run.continues_with(&run) {
+                last.run.step = step;
+                last.run.len += run.len;
+                return;
+            }
+        }
+        self.pieces.push(Piece {
+            at: self.len - run.len,
+            run,
+        });
+    }
+
+    pub fn append(&mut self, other: &Stamps) {
+        for piece in &other.pieces {
+            self.push_run(piece.run);
+        }
+    }
+
+    /// Sectors [from, to) as their own `Stamps`.
+    pub fn slice(&self, from: u64, to: u64) -> Stamps {
+        let mut out = Stamps::new();
+        for (_, run) in self.runs_in(from, to) {
+            out.push_run(run);
+        }
+        out
+    }
+
+    /// The runs covering sectors [from, to), cut to it, each with the
+    /// offset of its first sector in `self`.
+    pub fn runs_in(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, Run)> + '_ {
+        assert!(
+            from <= to && to <= self.len,
+            "[{from}, {to}) of {}",
+            self.len
+        );
+        let first = if from == to {
+            self.pieces.len()
+        } else {
+            self.piece_of(from)
+        };
+        self.pieces[first..]
+            .iter()
+            .take_while(move |p| p.at < to)
+            .map(move |p| {
+                let start = from.max(p.at);
+                let stop = to.min(p.at + p.run.len);
+                (start, p.run.slice(start - p.at, stop - p.at))
+            })
+    }
+
+    /// Every run with the offset of its first sector.
+    pub fn iter_runs(&self) -> impl Iterator<Item = (u64, Run)> + '_ {
+        self.pieces.iter().map(|p| (p.at, p.run))
+    }
+
+    /// Every stamp, one per sector (O(len): for small data and messages).
+    pub fn iter(&self) -> impl Iterator<Item = Stamp> + '_ {
+        self.pieces
+            .iter()
+            .flat_map(|p| (0..p.run.len).map(move |i| p.run.at(i)))
+    }
+
+    pub fn to_vec(&self) -> Vec<Stamp> {
+        self.iter().collect()
+    }
+
+    /// Replace sectors [at, at + src.len()) with `src`.
+    pub fn overwrite(&mut self, at: u64, src: &Stamps) {
+        let end = at + src.len;
+        assert!(end <= self.len, "[{at}, {end}) of {}", self.len);
+        let mut out = self.slice(0, at);
+        out.append(src);
+        out.append(&self.slice(end, self.len));
+        *self = out;
+    }
+
+    /// Cut to `len` sectors, or grow with `stamp`.
+    pub fn resize(&mut self, len: u64, stamp: Stamp) {
+        if len <= self.len {
+            *self = self.slice(0, len);
+        } else {
+            self.push_run(Run {
+                first: stamp,
+                step: 0,
+                len: len - self.len,
+            });
+        }
+    }
+
+    /// Whether every sector holds `stamp` (true when empty).
+    pub fn is_all(&self, stamp: Stamp) -> bool {
+        self.pieces
+            .iter()
+            .all(|p| p.run.first == stamp && (p.run.step == 0 || p.run.len == 1))
+    }
+}
+
+impl PartialEq for Stamps {
+    /// Content equality, walked run against run.
+    fn eq(&self, other: &Stamps) -> bool {
+        if self.len != other.len {
+            return false;
+        }
+        let (mut a, mut b) = (self.pieces.iter(), other.pieces.iter());
+        let (mut ra, mut rb) = (None::<Run>, None::<Run>);
+        loop {
+            let x = match ra.take().or_else(|| a.next().map(|p| p.run)) {
+                Some(run) => run,
+                None => return rb.is_none() && b.next().is_none(),
+            };
+            let y = match rb.take().or_else(|| b.next().map(|p| p.run)) {
+                Some(run) => run,
+                None => return false,
+            };
+            let n = x.len.min(y.len);
+            if x.first != y.first || (n > 1 && x.step != y.step) {
+                return false;
+            }
+            if x.len > n {
+                ra = Some(x.slice(n, x.len));
+            }
+            if y.len > n {
+                rb = Some(y.slice(n, y.len));
+            }
+        }
+    }
+}
+
+impl Eq for Stamps {}
+
+impl PartialEq<[Stamp]> for Stamps {
+    fn eq(&self, other: &[Stamp]) -> bool {
+        self.len == other.len() as u64 && self.iter().eq(other.iter().copied())
+    }
+}
+
+impl PartialEq<Vec<Stamp>> for Stamps {
+    fn eq(&self, other: &Vec<Stamp>) -> bool {
+        self == other.as_slice()
+    }
+}
+
+/// Printed as the list of stamps, as the `Vec` it replaces was.
+impl fmt::Debug for Stamps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl From<Vec<Stamp>> for Stamps {
+    fn from(data: Vec<Stamp>) -> Stamps {
+        Stamps::from_vec(data)
+    }
+}
+
+impl From<&[Stamp]> for Stamps {
+    fn from(data: &[Stamp]) -> Stamps {
+        Stamps::from_slice(data)
+    }
+}
+
+impl FromIterator<Stamp> for Stamps {
+    fn from_iter<I: IntoIterator<Item = Stamp>>(iter: I) -> Stamps {
+        let mut out = Stamps::new();
+        for stamp in iter {
+            out.push(stamp);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_and_read_back() {
+        let data: Vec<Stamp> = vec![5, 6, 7, 7, 7, 0, 9, 10, 1 << 62, 3];
+        let s = Stamps::from_slice(&data);
+        assert_eq!(s.len(), 10);
+        assert_eq!(s.to_vec(), data);
+        assert_eq!(s, data);
+        for (i, &d) in data.iter().enumerate() {
+            assert_eq!(s.get(i as u64), d);
+        }
+        assert_eq!(Stamps::counting(100, 1 << 40).runs(), 1);
+        assert!(Stamps::repeat(0, 1 << 40).is_all(0));
+    }
+
+    #[test]
+    fn slices_and_overwrites_match_a_vec() {
+        let mut model: Vec<Stamp> = (0..64)
+            .map(|i| if i % 9 == 0 { 0 } else { 1000 + i })
+            .collect();
+        let mut s = Stamps::from_slice(&model);
+        for (from, to) in [(0, 64), (3, 3), (5, 40), (63, 64), (8, 9)] {
+            assert_eq!(
+                s.slice(from, to),
+                model[from as usize..to as usize].to_vec()
+            );
+        }
+        for (at, src) in [
+            (4u64, vec![1, 2, 3]),
+            (0, vec![9; 5]),
+            (60, vec![7, 8, 9, 10]),
+        ] {
+            model[at as usize..at as usize + src.len()].copy_from_slice(&src);
+            s.overwrite(at, &Stamps::from_vec(src));
+            assert_eq!(s, model);
+        }
+        s.resize(70, 4);
+        model.resize(70, 4);
+        assert_eq!(s, model);
+        s.resize(10, 0);
+        assert_eq!(s, model[..10].to_vec());
+    }
+
+    #[test]
+    fn equality_is_on_content_not_on_cuts() {
+        // Greedy merging cuts 5,5,6,7 as [5 x2][6,7]; built the other way
+        // it is [5][5,6,7]; both read the same.
+        let a = Stamps::from_slice(&[5, 5, 6, 7]);
+        let mut b = Stamps::repeat(5, 1);
+        b.append(&Stamps::counting(5, 3));
+        assert_eq!(a, b);
+        assert_ne!(a, Stamps::from_slice(&[5, 5, 6, 8]));
+        assert_ne!(a, Stamps::from_slice(&[5, 5, 6]));
+    }
+}
