@@ -11,6 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
+# CI starts from a machine without a browser: install Debian's (about 2 minutes).
+if [ -z "$CHROMIUM" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== report-browser: installing chromium"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    CHROMIUM=$(command -v chromium || true)
+fi
 if [ -z "$CHROMIUM" ]; then
     echo "report-browser: chromium not installed (apt-get install -y chromium)" >&2
     exit 1

@@ -115,7 +115,8 @@ impl Sampler {
             value: 0,
             line: Line::new(counter.plot(), counter.name(), dev.to_string()),
         });
-        count.value += n;
+        // Saturating: hostile ioctl arguments append ranges up to u64::MAX sectors.
+        count.value = count.value.saturating_add(n);
         count.line.sample(now, count.value as f64);
     }
 
