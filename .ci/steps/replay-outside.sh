@@ -3,18 +3,26 @@
 # repository, and the replay command the failing run prints, run from that
 # directory, must reproduce the same failure with the same digest.
 #
-# The binary is installed with `cargo install --locked --path sim --root
-# $TMP` (README's command) into a temporary prefix; CARGO_TARGET_DIR points
-# at the repository's target/ and --profile ci so the install reuses the
-# build .ci/run made instead of compiling everything again.
+# The binary goes into a temporary prefix's bin/, on PATH, as `cargo install
+# --locked --path sim --root $TMP` (README's command) would put it. By
+# default the step copies the binary .ci/run's build phase made: `cargo
+# install` builds blksnap-sim alone, whose feature set differs from the
+# workspace build, so it compiled the crate and ron again (75 s wall, 134 s
+# CPU in CI). REPLAY_INSTALL=cargo runs the real `cargo install` instead.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
 echo "== install into $tmp/prefix"
-CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}" \
-    cargo install --locked --quiet --profile ci --path "$repo/sim" --root "$tmp/prefix"
+built="${CARGO_TARGET_DIR:-$repo/target}/ci/blksnap-sim"
+if [ "${REPLAY_INSTALL:-copy}" = cargo ] || [ ! -x "$built" ]; then
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}" \
+        cargo install --locked --quiet --profile ci --path "$repo/sim" --root "$tmp/prefix"
+else
+    mkdir -p "$tmp/prefix/bin"
+    cp "$built" "$tmp/prefix/bin/blksnap-sim"
+fi
 export PATH="$tmp/prefix/bin:$PATH"
 [ "$(command -v blksnap-sim)" = "$tmp/prefix/bin/blksnap-sim" ] || {
     echo "error: PATH does not find the installed blksnap-sim" >&2

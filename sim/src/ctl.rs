@@ -34,6 +34,7 @@ pub async fn ioctl(
     let nr = IoctlNr::ALL.iter().copied().find(|nr| nr.cmd() == cmd);
     let id = nr.and_then(|nr| named_id(nr, arg, user));
     let token = sim.lifecycle.borrow_mut().begin();
+    let began = sim.now();
     let cbt = crate::check::cbt::ioctl_begin(sim, cmd, arg, user);
     let take = id.filter(|_| nr == Some(IoctlNr::SnapshotTake));
     if let Some(id) = take {
@@ -55,6 +56,7 @@ pub async fn ioctl(
         result,
         listed: listed_ids(nr, result, arg, user),
         created: created_id(nr, result, arg, user),
+        alloc_fault: sim.injected.borrow().alloc_failed(None, began, sim.now()),
     });
     let verdict = match call {
         Some(call) => sim.lifecycle.borrow_mut().end(token, &call),
@@ -101,6 +103,7 @@ fn unknown_call(result: IoctlResult) -> Call {
         result,
         listed: None,
         created: None,
+        alloc_fault: false,
     }
 }
 
