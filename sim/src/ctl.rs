@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use blksnap_core::ctrl::{self, IoctlResult};
-use blksnap_core::kernel::{DevT, UserMemory};
+use blksnap_core::kernel::{DevT, Errno, UserMemory};
 use blksnap_core::uapi::{
     BlkSnapBlockRange, BlkSnapEventCorrupted, BlkSnapSnapshotAppendStorage, BlkSnapSnapshotCollect,
     BlkSnapSnapshotCreate, BlkSnapSnapshotEvent, IoctlNr, UapiStruct, EVENT_CORRUPTED,
@@ -56,7 +56,9 @@ pub async fn ioctl(
         result,
         listed: listed_ids(nr, result, arg, user),
         created: created_id(nr, result, arg, user),
-        alloc_fault: sim.injected.borrow().alloc_failed(None, began, sim.now()),
+        // Only ENOMEM is ever excused by it: skip the scan of the fault record otherwise.
+        alloc_fault: result == Err(Errno::ENOMEM)
+            && sim.injected.borrow().alloc_failed(None, began, sim.now()),
     });
     let verdict = match call {
         Some(call) => sim.lifecycle.borrow_mut().end(token, &call),
