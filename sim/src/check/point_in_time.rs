@@ -14,20 +14,30 @@
 //! snapshot corrupted for that device first, or a fault the sim recorded
 //! (`injected.rs`) explains that read by device, sectors and time.
 
+mod extents;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
-use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Errno, Stamp};
+use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Errno, Stamp, Stamps};
 
+use self::extents::{Extents, Piece};
 use super::injected::InjectedFaults;
 use crate::device::{pattern_stamp, Fill};
 
 type SnapId = [u8; 16];
 
-/// One user write as one of its sectors saw it.
-#[derive(Clone, Copy, Debug)]
+/// What one user write carried, kept once for all its sectors.
+struct Written {
+    first: u64,
+    data: Stamps,
+}
+
+/// One user write as the sectors of one range saw it.
+#[derive(Clone)]
 struct SectorWrite {
     id: u64,
-    stamp: Stamp,
+    written: Rc<Written>,
     submitted: u64,
     /// None while in flight, and for ever if it failed.
     completed: Option<u64>,
@@ -36,15 +46,168 @@ struct SectorWrite {
     superseded: Option<u64>,
 }
 
-/// The writes to one sector that a judgement can still need, in
-/// submission order, and what pruning must not forget.
-#[derive(Default)]
+impl SectorWrite {
+    /// What the write put in `sector` (one of its own).
+    fn stamp(&self, sector: u64) -> Stamp {
+        self.written.data.get(sector - self.written.first)
+    }
+
+    /// In flight at some moment of [from, to].
+    fn in_flight(&self, from: u64, to: u64) -> bool {
+        self.submitted <= to && self.completed.is_none_or(|c| c > from)
+    }
+
+    /// The same write in the same state (the data follows from the id).
+    fn same(&self, other: &SectorWrite) -> bool {
+        (self.id, self.submitted, self.completed, self.superseded)
+            == (other.id, other.submitted, other.completed, other.superseded)
+    }
+}
+
+/// The writes to the sectors of one range that a judgement can still
+/// need, in submission order, and what pruning must not forget. Every
+/// sector of the range has this same history.
+#[derive(Clone, Default)]
 struct SectorHistory {
     writes: Vec<SectorWrite>,
     /// The latest submission ever (a pin holds until a newer write).
     last_submitted: Option<u64>,
     /// A user write to it completed once (the final media check).
     ever_completed: bool,
+}
+
+impl Piece for SectorHistory {
+    fn cut(&mut self, _at: u64) -> SectorHistory {
+        self.clone()
+    }
+
+    fn join(&mut self, next: &SectorHistory) -> bool {
+        self.last_submitted == next.last_submitted
+            && self.ever_completed == next.ever_completed
+            && self.writes.len() == next.writes.len()
+            && self.writes.iter().zip(&next.writes).all(|(a, b)| a.same(b))
+    }
+}
+
+/// Values reads saw with no write in flight, and when the read that saw
+/// them started: until a write to those sectors is submitted after that,
+/// every read must see them again.
+struct Pin {
+    since: u64,
+    seen: Stamps,
+}
+
+impl Piece for Pin {
+    fn cut(&mut self, at: u64) -> Pin {
+        let tail = self.seen.slice(at, self.seen.len());
+        self.seen = self.seen.slice(0, at);
+        Pin {
+            since: self.since,
+            seen: tail,
+        }
+    }
+
+    fn join(&mut self, next: &Pin) -> bool {
+        if self.since != next.since {
+            return false;
+        }
+        self.seen.append(&next.seen);
+        true
+    }
+}
+
+/// Which writes of one history a window [from, to] allows: those that may
+/// be the last at `from`, and those in flight during the window.
+#[derive(Clone, Copy)]
+struct Rule {
+    from: u64,
+    to: u64,
+    /// The latest submission among the writes completed by `from` (None:
+    /// nothing completed by then, the sector holds what came before).
+    latest_start: Option<u64>,
+}
+
+impl Rule {
+    fn new(writes: &[SectorWrite], from: u64, to: u64) -> Rule {
+        let latest_start = writes
+            .iter()
+            .filter(|w| w.completed.is_some_and(|c| c <= from))
+            .map(|w| w.submitted)
+            .max();
+        Rule {
+            from,
+            to,
+            latest_start,
+        }
+    }
+
+    /// A write completed by `from` may have been applied last unless a
+    /// write submitted after its completion (and completed by `from`)
+    /// supersedes it; a write in flight may have landed or not.
+    fn allows(&self, w: &SectorWrite) -> bool {
+        let last = match (self.latest_start, w.completed) {
+            (Some(latest), Some(c)) => c <= self.from && c >= latest,
+            _ => false,
+        };
+        last || w.in_flight(self.from, self.to)
+    }
+}
+
+/// What a never-written sector of a device holds.
+#[derive(Clone, Copy)]
+enum Initial {
+    Zero,
+    Pattern(u32),
+}
+
+impl Initial {
+    fn stamp(self, sector: u64) -> Stamp {
+        match self {
+            Initial::Zero => 0,
+            Initial::Pattern(index) => pattern_stamp(index, sector),
+        }
+    }
+}
+
+/// What the sectors of one stretch may read: the writes its own history
+/// allows, else (none completed by the window's start) what came before
+/// them: for an image, the original as the TAKE window allows it, and
+/// the original's initial fill before that.
+struct Allowed<'a> {
+    own: (&'a [SectorWrite], Rule),
+    orig: Option<(&'a [SectorWrite], Rule)>,
+    initial: Initial,
+}
+
+impl Allowed<'_> {
+    /// Whether `f` holds for one of the values allowed at `sector`.
+    fn any(&self, sector: u64, mut f: impl FnMut(Stamp) -> bool) -> bool {
+        for (writes, rule) in std::iter::once(self.own).chain(self.orig) {
+            if writes.iter().any(|w| rule.allows(w) && f(w.stamp(sector))) {
+                return true;
+            }
+            if rule.latest_start.is_some() {
+                return false;
+            }
+        }
+        f(self.initial.stamp(sector))
+    }
+
+    fn contains(&self, sector: u64, got: Stamp) -> bool {
+        self.any(sector, |v| v == got)
+    }
+
+    /// The values allowed at `sector`, sorted, each once.
+    fn list(&self, sector: u64) -> Vec<Stamp> {
+        let mut values = Vec::new();
+        self.any(sector, |v| {
+            values.push(v);
+            false
+        });
+        values.sort_unstable();
+        values.dedup();
+        values
+    }
 }
 
 impl SectorHistory {
@@ -186,8 +349,9 @@ pub struct Oracle {
     /// Originals: their fill, for sectors never written.
     devices: BTreeMap<DevT, (u32, Fill)>,
     images: BTreeMap<DevT, ImageRecord>,
-    /// What each written sector's judgements can still need.
-    by_sector: BTreeMap<(DevT, u64), SectorHistory>,
+    /// What each written sector's judgements can still need, per device,
+    /// by ranges of sectors with the same history.
+    history: BTreeMap<DevT, Extents<SectorHistory>>,
     /// Writes in flight: id -> (device, first sector, sectors).
     writing: BTreeMap<u64, (DevT, u64, u64)>,
     /// Reads in flight: id -> submission time, and how many started at
@@ -201,9 +365,9 @@ pub struct Oracle {
     next_op: u64,
     /// Image reads that failed. Judged at the end.
     failed_image_reads: Vec<FailedRead>,
-    /// A value a read saw with no write in flight: (stamp, read start).
-    /// Until a new write to that sector, every read must see it again.
-    pins: BTreeMap<(DevT, u64), (Stamp, u64)>,
+    /// Values reads saw with no write in flight, per device, by ranges.
+    /// Until a new write to a sector, every read must see its value again.
+    pins: BTreeMap<DevT, Extents<Pin>>,
     /// Originals whose snapshot the engine reported corrupted, and when.
     corrupted: BTreeMap<DevT, u64>,
     /// Diff storage ranges users appended: the engine writes there, so
@@ -232,8 +396,8 @@ impl Oracle {
     pub fn image_added(&mut self, image: DevT, capacity: u64) {
         // A new image may reuse the number of one that is gone: its writes
         // are not this image's.
-        self.by_sector.retain(|(dev, _), _| *dev != image);
-        self.pins.retain(|(dev, _), _| *dev != image);
+        self.history.remove(&image);
+        self.pins.remove(&image);
         self.forget_window(image);
         self.images.insert(
             image,
@@ -288,10 +452,21 @@ impl Oracle {
         self.storage_of.entry(snapshot).or_default().insert(dev);
     }
 
-    fn is_storage(&self, dev: DevT, sector: u64) -> bool {
-        self.storage
-            .get(&dev)
-            .is_some_and(|ranges| ranges.iter().any(|&(s, c)| sector >= s && sector - s < c))
+    /// From `sector`, the stretch below `limit` that is all inside the
+    /// storage ranges of `dev` or all outside them: its end, and which.
+    fn storage_piece(&self, dev: DevT, sector: u64, limit: u64) -> (u64, bool) {
+        let Some(ranges) = self.storage.get(&dev) else {
+            return (limit, false);
+        };
+        let inside = ranges
+            .iter()
+            .any(|&(s, c)| sector >= s && sector - s < c);
+        let end = ranges
+            .iter()
+            .flat_map(|&(s, c)| [s, s.saturating_add(c)])
+            .filter(|&edge| edge > sector)
+            .fold(limit, u64::min);
+        (end, inside)
     }
 
     /// The user is removing the image (DESTROY of its snapshot, unload).
@@ -318,27 +493,33 @@ impl Oracle {
     /// Power was cut at `now` (`power.rs`): what `dev` holds now is where
     /// its history starts again, and writes cut in flight never complete.
     pub fn power_cycled(&mut self, dev: DevT, now: u64, media: &dyn Fn(u64) -> Stamp) {
-        let keys: Vec<(DevT, u64)> = self
-            .by_sector
-            .range((dev, 0)..=(dev, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
+        let Some(map) = self.history.get_mut(&dev) else {
+            return;
+        };
+        for (start, end, history) in map.values_mut() {
             self.next_op += 1;
+            let mut seen = Stamps::new();
+            for sector in start..end {
+                seen.push(media(sector));
+            }
             let found = SectorWrite {
                 id: self.next_op,
-                stamp: media(key.1),
+                written: Rc::new(Written {
+                    first: start,
+                    data: seen,
+                }),
                 submitted: now,
                 completed: Some(now),
                 superseded: None,
             };
-            let history = SectorHistory {
+            *history = SectorHistory {
                 writes: vec![found],
                 last_submitted: Some(now),
                 ever_completed: true,
             };
-            self.by_sector.insert(key, history);
-            self.pins.remove(&key);
+            if let Some(pins) = self.pins.get_mut(&dev) {
+                pins.remove(start, end);
+            }
         }
     }
 
@@ -353,17 +534,31 @@ impl Oracle {
         let id = self.next_op;
         match bio.op {
             BioOp::Write => {
-                for sector in bio.sector..bio.sector + bio.sectors {
-                    let history = self.by_sector.entry((bio.dev, sector)).or_default();
-                    history.writes.push(SectorWrite {
-                        id,
-                        stamp: bio.data.get(sector - bio.sector),
-                        submitted: now,
-                        completed: None,
-                        superseded: None,
-                    });
-                    history.last_submitted = Some(now);
-                }
+                let write = SectorWrite {
+                    id,
+                    written: Rc::new(Written {
+                        first: bio.sector,
+                        data: bio.data.clone(),
+                    }),
+                    submitted: now,
+                    completed: None,
+                    superseded: None,
+                };
+                // A range the write cuts keeps its history on both sides.
+                let end = bio.sector.wrapping_add(bio.sectors);
+                self.history.entry(bio.dev).or_default().fill(
+                    bio.sector,
+                    end,
+                    |history| {
+                        history.writes.push(write.clone());
+                        history.last_submitted = Some(now);
+                    },
+                    |_, _| SectorHistory {
+                        writes: vec![write.clone()],
+                        last_submitted: Some(now),
+                        ever_completed: false,
+                    },
+                );
                 self.writing.insert(id, (bio.dev, bio.sector, bio.sectors));
             }
             BioOp::Read => {
@@ -410,13 +605,19 @@ impl Oracle {
         let horizon = self.horizon(now);
         let none = Windows::default();
         let windows = self.windows.get(&dev).unwrap_or(&none);
-        for (_, history) in self
-            .by_sector
-            .range_mut((dev, sector)..(dev, sector + sectors))
-        {
+        let Some(map) = self.history.get_mut(&dev) else {
+            return;
+        };
+        let end = sector.wrapping_add(sectors);
+        if sector >= end {
+            return;
+        }
+        for (_, _, history) in map.cut_range_mut(sector, end) {
             history.completed(id, now);
             history.prune(horizon, windows);
         }
+        // Pruning may have left neighbours with the same history.
+        map.join_around(sector, end);
     }
 
     fn hold(&mut self, start: u64) {
@@ -434,7 +635,11 @@ impl Oracle {
 
     /// Writes the oracle still keeps (what its memory grows with).
     pub fn writes_kept(&self) -> usize {
-        self.by_sector.values().map(|h| h.writes.len()).sum()
+        self.history
+            .values()
+            .flat_map(|map| map.iter())
+            .map(|(_, _, h)| h.writes.len())
+            .sum()
     }
 
     fn read_ended(&mut self, at: u64) {
@@ -471,72 +676,171 @@ impl Oracle {
             return Ok(Judged::default());
         };
         let mut judged = Judged::default();
-        for (i, got) in data.iter().enumerate() {
-            let (sector, got) = (bio.sector + i as u64, &got);
-            if self.is_storage(bio.dev, sector) {
-                continue;
-            }
-            let allowed = self.original_values(bio.dev, sector, from, to);
-            judged.sectors += 1;
-            let verdict = self
-                .pinned(bio.dev, sector, from, to, *got, allowed)
-                .and_then(|allowed| match allowed.binary_search(got).is_ok() {
-                    true => Ok(()),
-                    false => Err(format!(
-                        "original {} sector {sector}: read {got:#x}, expected one of {}",
-                        bio.dev,
-                        show(&allowed)
-                    )),
-                });
-            if let Err(message) = verdict {
-                let since = self.last_write_start(bio.dev, sector, from);
-                if !self.damage_explains(bio.dev, bio.dev, sector, since, (from, to)) {
-                    return Err(message);
-                }
-            }
-        }
+        let read = Read {
+            dev: bio.dev,
+            orig: None,
+            from,
+            to,
+            first: bio.sector,
+            data,
+        };
+        self.judge_sectors(&read, &mut judged.sectors)?;
         self.original_sectors_checked += judged.sectors;
         self.original_reads_checked += u64::from(judged.sectors > 0);
         Ok(judged)
     }
 
-    /// Narrow `allowed` to a value an earlier read pinned, and pin what this
-    /// read saw when no write to the sector was in flight during it.
-    fn pinned(
-        &mut self,
-        dev: DevT,
-        sector: u64,
-        from: u64,
-        to: u64,
-        got: Stamp,
-        allowed: Vec<Stamp>,
-    ) -> Result<Vec<Stamp>, String> {
-        let key = (dev, sector);
-        let newer_write = |since: u64| {
-            self.by_sector
-                .get(&key)
-                .and_then(|h| h.last_submitted)
+    /// Judge every sector of a read, stretch by stretch: where the read's
+    /// history, the original's (for an image) and the pins stay the same,
+    /// what is allowed is worked out once and each sector compared with
+    /// it. `counted` grows by each sector compared, the failing one too.
+    /// A wrong value that a device fault explains is noted and passes.
+    fn judge_sectors(&mut self, read: &Read, counted: &mut u64) -> Result<(), String> {
+        let end = read.first + read.data.len();
+        let mut sector = read.first;
+        while sector < end {
+            if read.orig.is_none() {
+                // The engine writes the storage ranges: not judged.
+                let (stop, storage) = self.storage_piece(read.dev, sector, end);
+                if storage {
+                    sector = stop;
+                    continue;
+                }
+                let stretch = self.judge_stretch(read, sector, stop);
+                sector = self.apply(read, sector, stretch, counted)?;
+            } else {
+                let stretch = self.judge_stretch(read, sector, end);
+                sector = self.apply(read, sector, stretch, counted)?;
+            }
+        }
+        if let Some(pins) = self.pins.get_mut(&read.dev) {
+            pins.join_around(read.first, end);
+        }
+        Ok(())
+    }
+
+    /// Compare the sectors from `sector` on, up to `limit` or the end of
+    /// the stretch where everything the judgement reads is the same, or
+    /// the first wrong one.
+    fn judge_stretch(&self, read: &Read, sector: u64, limit: u64) -> Stretch {
+        let (mut stop, own) = piece(self.history.get(&read.dev), sector, limit);
+        let orig = read.orig.map(|(orig, take)| {
+            let (end, history) = piece(self.history.get(&orig), sector, stop);
+            stop = end;
+            (history, take)
+        });
+        let (end, pin) = piece(self.pins.get(&read.dev), sector, stop);
+        stop = end;
+        let writes = writes_of(own);
+        let allowed = Allowed {
+            own: (writes, Rule::new(writes, read.from, read.to)),
+            orig: orig.map(|(history, (take_start, take_end))| {
+                let writes = writes_of(history);
+                (writes, Rule::new(writes, take_start, take_end))
+            }),
+            initial: self.initial(read.orig.map_or(read.dev, |(orig, _)| orig)),
+        };
+        // A pin holds until a write submitted after the read that set it.
+        let newer = |since: u64| {
+            own.and_then(|(_, h)| h.last_submitted)
                 .is_some_and(|last| last > since)
         };
-        if let Some(&(stamp, since)) = self.pins.get(&key) {
-            if !newer_write(since) {
-                if got != stamp {
-                    return Err(format!(
-                        "{dev} sector {sector}: read {got:#x}, but a read at {since} ns saw \
-                         {stamp:#x} and no write to it came since"
-                    ));
+        let kept = pin.filter(|(_, pin)| !newer(pin.since));
+        let quiet = !writes.iter().any(|w| w.in_flight(read.from, read.to));
+        let failure = self.first_wrong(read, sector, stop, &allowed, kept);
+        Stretch {
+            stop,
+            failure,
+            stale_pin: pin.is_some() && kept.is_none(),
+            pin: quiet && kept.is_none(),
+            last_write: allowed.own.1.latest_start.unwrap_or(0),
+        }
+    }
+
+    /// The first sector of [sector, stop) whose value is wrong, and the
+    /// message that says why.
+    fn first_wrong(
+        &self,
+        read: &Read,
+        sector: u64,
+        stop: u64,
+        allowed: &Allowed,
+        kept: Option<(u64, &Pin)>,
+    ) -> Option<(u64, String)> {
+        let base = read.first;
+        for (at, run) in read.data.runs_in(sector - base, stop - base) {
+            for i in 0..run.len {
+                let (sector, got) = (base + at + i, run.at(i));
+                if let Some((start, pin)) = kept {
+                    let stamp = pin.seen.get(sector - start);
+                    if got != stamp {
+                        let message = format!(
+                            "{} sector {sector}: read {got:#x}, but a read at {} ns saw \
+                             {stamp:#x} and no write to it came since",
+                            read.dev, pin.since
+                        );
+                        return Some((sector, message));
+                    }
                 }
-                return Ok(allowed);
+                if !allowed.contains(sector, got) {
+                    return Some((sector, self.wrong_value(read, sector, got, allowed)));
+                }
             }
-            self.pins.remove(&key);
         }
-        let quiet = in_flight(self.sector_writes(dev, sector), from, to)
-            .next()
-            .is_none();
-        if quiet && allowed.binary_search(&got).is_ok() {
-            self.pins.insert(key, (got, from));
+        None
+    }
+
+    fn wrong_value(&self, read: &Read, sector: u64, got: Stamp, allowed: &Allowed) -> String {
+        let values = show(&allowed.list(sector));
+        match read.orig {
+            None => format!(
+                "original {} sector {sector}: read {got:#x}, expected one of {values}",
+                read.dev
+            ),
+            Some((orig, _)) => format!(
+                "image {} of {orig} sector {sector}: read {got:#x}, expected one of {values} \
+                 (content at TAKE plus the image's own writes)",
+                read.dev
+            ),
         }
-        Ok(allowed)
+    }
+
+    /// Record what a stretch's judgement found: the pins it drops and
+    /// sets, and a wrong value unless a device fault explains it. Returns
+    /// where the judgement goes on.
+    fn apply(
+        &mut self,
+        read: &Read,
+        sector: u64,
+        stretch: Stretch,
+        counted: &mut u64,
+    ) -> Result<u64, String> {
+        // Sectors [sector, passed) read an allowed value.
+        let passed = stretch.failure.as_ref().map_or(stretch.stop, |(k, _)| *k);
+        let judged_to = stretch.failure.as_ref().map_or(passed, |_| passed + 1);
+        *counted += judged_to - sector;
+        if stretch.stale_pin || (stretch.pin && passed > sector) {
+            let pins = self.pins.entry(read.dev).or_default();
+            if stretch.stale_pin {
+                pins.remove(sector, judged_to);
+            }
+            if stretch.pin && passed > sector {
+                let seen = read.data.slice(sector - read.first, passed - read.first);
+                let since = read.from;
+                pins.insert(sector, passed, Pin { since, seen });
+            }
+        }
+        let Some((wrong, message)) = stretch.failure else {
+            return Ok(stretch.stop);
+        };
+        let (orig, since) = match read.orig {
+            None => (read.dev, stretch.last_write),
+            Some((orig, (take_start, _))) => (orig, take_start.max(stretch.last_write)),
+        };
+        if !self.damage_explains(read.dev, orig, wrong, since, (read.from, read.to)) {
+            return Err(message);
+        }
+        Ok(wrong + 1)
     }
 
     fn judge_image_read(
@@ -588,33 +892,19 @@ impl Oracle {
                 });
             }
         };
+        let read = Read {
+            dev: bio.dev,
+            orig: Some((orig, (image.take_start, image.take_end))),
+            from,
+            to,
+            first: bio.sector,
+            data,
+        };
         self.image_reads_checked += 1;
         let mut judged = Judged::default();
-        for (i, got) in data.iter().enumerate() {
-            let (sector, got) = (bio.sector + i as u64, &got);
-            let allowed = self.image_values(bio.dev, sector, from, to);
-            self.sectors_checked += 1;
-            judged.sectors += 1;
-            let verdict = self
-                .pinned(bio.dev, sector, from, to, *got, allowed)
-                .and_then(|allowed| match allowed.binary_search(got).is_ok() {
-                    true => Ok(()),
-                    false => Err(format!(
-                        "image {} of {orig} sector {sector}: read {got:#x}, expected one of {} \
-                         (content at TAKE plus the image's own writes)",
-                        bio.dev,
-                        show(&allowed)
-                    )),
-                });
-            if let Err(message) = verdict {
-                let take = self.images[&bio.dev].take_start;
-                let since = take.max(self.last_write_start(bio.dev, sector, from));
-                if !self.damage_explains(bio.dev, orig, sector, since, (from, to)) {
-                    return Err(message);
-                }
-            }
-        }
-        Ok(judged)
+        let verdict = self.judge_sectors(&read, &mut judged.sectors);
+        self.sectors_checked += judged.sectors;
+        verdict.map(|()| judged)
     }
 
     /// A wrong value of `orig`'s `sector` (read through `dev`, the
@@ -639,41 +929,37 @@ impl Oracle {
     /// When the last user write to the sector that completed by `by` was
     /// submitted (0 if none): a device fault before it was overwritten.
     fn last_write_start(&self, dev: DevT, sector: u64, by: u64) -> u64 {
-        self.sector_writes(dev, sector)
-            .iter()
-            .filter(|w| w.completed.is_some_and(|c| c <= by))
-            .map(|w| w.submitted)
-            .max()
+        Rule::new(self.sector_writes(dev, sector), by, by)
+            .latest_start
             .unwrap_or(0)
     }
 
-    fn initial(&self, dev: DevT, sector: u64) -> Stamp {
+    fn initial(&self, dev: DevT) -> Initial {
         match self.devices.get(&dev) {
-            Some((index, Fill::Pattern)) => pattern_stamp(*index, sector),
-            _ => 0,
+            Some((index, Fill::Pattern)) => Initial::Pattern(*index),
+            _ => Initial::Zero,
         }
     }
 
     /// The writes to one sector a judgement can still need, in
     /// submission order.
     fn sector_writes(&self, dev: DevT, sector: u64) -> &[SectorWrite] {
-        self.by_sector
-            .get(&(dev, sector))
-            .map_or(&[], |h| h.writes.as_slice())
+        self.history
+            .get(&dev)
+            .and_then(|map| map.at(sector))
+            .map_or(&[], |(_, _, h)| h.writes.as_slice())
     }
 
     /// What the original may read for `sector` in the window [from, to],
     /// sorted, each value once.
     fn original_values(&self, dev: DevT, sector: u64, from: u64, to: u64) -> Vec<Stamp> {
         let writes = self.sector_writes(dev, sector);
-        let mut allowed = Vec::new();
-        if !possibly_last(writes, from, &mut allowed) {
-            allowed.push(self.initial(dev, sector));
-        }
-        overlapping(writes, from, to, &mut allowed);
-        allowed.sort_unstable();
-        allowed.dedup();
-        allowed
+        let allowed = Allowed {
+            own: (writes, Rule::new(writes, from, to)),
+            orig: None,
+            initial: self.initial(dev),
+        };
+        allowed.list(sector)
     }
 
     /// What the image may read for `sector` in the window [from, to]: its
@@ -681,14 +967,13 @@ impl Oracle {
     fn image_values(&self, image: DevT, sector: u64, from: u64, to: u64) -> Vec<Stamp> {
         let record = &self.images[&image];
         let writes = self.sector_writes(image, sector);
-        let mut allowed = Vec::new();
-        if !possibly_last(writes, from, &mut allowed) {
-            allowed = self.original_values(record.orig, sector, record.take_start, record.take_end);
-        }
-        overlapping(writes, from, to, &mut allowed);
-        allowed.sort_unstable();
-        allowed.dedup();
-        allowed
+        let orig = self.sector_writes(record.orig, sector);
+        let allowed = Allowed {
+            own: (writes, Rule::new(writes, from, to)),
+            orig: Some((orig, Rule::new(orig, record.take_start, record.take_end))),
+            initial: self.initial(record.orig),
+        };
+        allowed.list(sector)
     }
 
     /// Failed image reads that nothing explains (judged at the end, since
@@ -786,10 +1071,12 @@ impl Oracle {
 
     /// Sectors of `dev` that a user write completed on.
     pub fn written_sectors(&self, dev: DevT) -> Vec<u64> {
-        self.by_sector
-            .range((dev, 0)..=(dev, u64::MAX))
-            .filter(|(_, history)| history.ever_completed)
-            .map(|((_, sector), _)| *sector)
+        self.history
+            .get(&dev)
+            .into_iter()
+            .flat_map(|map| map.iter())
+            .filter(|(_, _, history)| history.ever_completed)
+            .flat_map(|(start, end, _)| start..end)
             .collect()
     }
 
@@ -817,37 +1104,39 @@ impl Oracle {
     }
 }
 
-/// Push the stamps that may be the sector's content at `t`, from the
-/// writes completed by then: each of them may have been applied last
-/// unless a write submitted after its completion (and completed by `t`)
-/// supersedes it. False (nothing pushed) when no write completed by `t`.
-fn possibly_last(writes: &[SectorWrite], t: u64, out: &mut Vec<Stamp>) -> bool {
-    let done = || {
-        writes
-            .iter()
-            .filter(move |op| op.completed.is_some_and(|c| c <= t))
-    };
-    let Some(latest_start) = done().map(|op| op.submitted).max() else {
-        return false;
-    };
-    out.extend(
-        done()
-            .filter(|op| op.completed.is_some_and(|c| c >= latest_start))
-            .map(|op| op.stamp),
-    );
-    true
+/// One read being judged.
+struct Read<'a> {
+    dev: DevT,
+    /// For an image: its original and the TAKE window.
+    orig: Option<(DevT, (u64, u64))>,
+    from: u64,
+    to: u64,
+    first: u64,
+    data: &'a Stamps,
 }
 
-/// Writes to the sector that were in flight during [from, to].
-fn in_flight(writes: &[SectorWrite], from: u64, to: u64) -> impl Iterator<Item = &SectorWrite> {
-    writes
-        .iter()
-        .filter(move |op| op.submitted <= to && op.completed.is_none_or(|c| c > from))
+/// What the judgement of one stretch of a read found.
+struct Stretch {
+    /// Where the stretch ends (exclusive).
+    stop: u64,
+    /// The first wrong sector and why.
+    failure: Option<(u64, String)>,
+    /// A pin on the stretch no longer holds (a newer write came).
+    stale_pin: bool,
+    /// No write in flight and no pin kept: what passed is pinned.
+    pin: bool,
+    /// When the last write completed by the read's start was submitted.
+    last_write: u64,
 }
 
-/// Push the stamps of writes in flight during [from, to].
-fn overlapping(writes: &[SectorWrite], from: u64, to: u64, out: &mut Vec<Stamp>) {
-    out.extend(in_flight(writes, from, to).map(|op| op.stamp));
+/// From `sector`, the stretch below `limit` that one range (or one gap)
+/// of `map` covers: its end, and the range's start and value.
+fn writes_of(history: Option<(u64, &SectorHistory)>) -> &[SectorWrite] {
+    history.map_or(&[], |(_, h)| h.writes.as_slice())
+}
+
+fn piece<V: Piece>(map: Option<&Extents<V>>, sector: u64, limit: u64) -> (u64, Option<(u64, &V)>) {
+    map.map_or((limit, None), |map| map.piece(sector, limit))
 }
 
 /// Up to four allowed values (sorted), for a message.

@@ -1,0 +1,179 @@
+//! Sector ranges of one device, each with a value: the oracle's history
+//! and its pins.
+//!
+//! The oracle's state only changes at the edges of the bios users issue,
+//! so it is held per range of sectors whose state is the same, not per
+//! sector: a write of N sectors costs a few range operations, not N map
+//! entries. A range is cut where an operation starts or ends inside it,
+//! and neighbours whose values became equal again are joined, so the map
+//! stays as fine as the state it holds and no finer.
+
+use std::collections::BTreeMap;
+
+/// A value that covers a range of sectors, can be cut in two at an offset,
+/// and can absorb the value of the range that follows it.
+pub trait Piece: Sized {
+    /// Keep sectors [0, at) of the range in `self`; return [at, len).
+    fn cut(&mut self, at: u64) -> Self;
+    /// Absorb `next`, the value of the range right after this one, when
+    /// the two read as one; false (nothing changed) when they do not.
+    fn join(&mut self, next: &Self) -> bool;
+}
+
+/// Disjoint ranges [start, end) of sectors, each with its value.
+pub struct Extents<V> {
+    map: BTreeMap<u64, (u64, V)>,
+}
+
+impl<V> Default for Extents<V> {
+    fn default() -> Self {
+        Extents {
+            map: BTreeMap::new(),
+        }
+    }
+}
+
+impl<V: Piece> Extents<V> {
+    /// The range holding `sector`: (start, end, value).
+    pub fn at(&self, sector: u64) -> Option<(u64, u64, &V)> {
+        let (&start, (end, value)) = self.map.range(..=sector).next_back()?;
+        (*end > sector).then_some((start, *end, value))
+    }
+
+    /// From `sector`, the longest stretch below `limit` that one range
+    /// (or one gap) covers: its end, and the range's start and value.
+    pub fn piece(&self, sector: u64, limit: u64) -> (u64, Option<(u64, &V)>) {
+        if let Some((start, end, value)) = self.at(sector) {
+            return (end.min(limit), Some((start, value)));
+        }
+        let next = self.map.range(sector..).next().map(|(start, _)| *start);
+        (next.map_or(limit, |n| n.min(limit)), None)
+    }
+
+    /// Make `at` the edge of a range (cut the range that spans it).
+    pub fn split(&mut self, at: u64) {
+        let Some((&start, (end, value))) = self.map.range_mut(..at).next_back() else {
+            return;
+        };
+        if *end <= at {
+            return;
+        }
+        let tail = value.cut(at - start);
+        let tail_end = std::mem::replace(end, at);
+        self.map.insert(at, (tail_end, tail));
+    }
+
+    /// The ranges inside [from, to), after cutting those that cross its
+    /// edges, in order: (start, end, value).
+    pub fn cut_range_mut(
+        &mut self,
+        from: u64,
+        to: u64,
+    ) -> impl Iterator<Item = (u64, u64, &mut V)> + '_ {
+        self.split(from);
+        self.split(to);
+        self.map
+            .range_mut(from..to)
+            .map(|(start, (end, value))| (*start, *end, value))
+    }
+
+    /// Give every sector of [from, to) a value: `update` changes a range
+    /// that exists, `fresh` makes the value of a gap [start, end).
+    pub fn fill(
+        &mut self,
+        from: u64,
+        to: u64,
+        mut update: impl FnMut(&mut V),
+        mut fresh: impl FnMut(u64, u64) -> V,
+    ) {
+        if from >= to {
+            return;
+        }
+        self.split(from);
+        self.split(to);
+        let mut cursor = from;
+        while cursor < to {
+            let next = self.map.range_mut(cursor..to).next();
+            match next {
+                Some((&start, (end, value))) if start == cursor => {
+                    update(value);
+                    cursor = *end;
+                }
+                other => {
+                    let gap_end = other.map_or(to, |(start, _)| *start);
+                    self.map.insert(cursor, (gap_end, fresh(cursor, gap_end)));
+                    cursor = gap_end;
+                }
+            }
+        }
+    }
+
+    /// Set [from, to) to one value, replacing what was there.
+    pub fn insert(&mut self, from: u64, to: u64, value: V) {
+        if from >= to {
+            return;
+        }
+        self.remove(from, to);
+        self.map.insert(from, (to, value));
+    }
+
+    /// Forget every sector of [from, to).
+    pub fn remove(&mut self, from: u64, to: u64) {
+        self.split(from);
+        self.split(to);
+        while let Some((&start, _)) = self.map.range(from..to).next() {
+            self.map.remove(&start);
+        }
+    }
+
+    /// Join neighbours that read as one, among the ranges that touch
+    /// [from, to] (the edges an operation over [from, to) may have cut).
+    pub fn join_around(&mut self, from: u64, to: u64) {
+        let first = self
+            .map
+            .range(..from)
+            .next_back()
+            .filter(|(_, (end, _))| *end >= from)
+            .map(|(start, _)| *start)
+            .or_else(|| self.map.range(from..).next().map(|(start, _)| *start));
+        let Some(mut current) = first else {
+            return;
+        };
+        while current <= to {
+            let mut pair = self.map.range_mut(current..);
+            let (_, (end, value)) = pair.next().expect("current range");
+            let Some((&next, (next_end, next_value))) = pair.next() else {
+                return;
+            };
+            if next > to {
+                return;
+            }
+            if next == *end && value.join(next_value) {
+                *end = *next_end;
+                self.map.remove(&next);
+                continue;
+            }
+            current = next;
+        }
+    }
+
+    /// Every range in order: (start, end, value).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &V)> + '_ {
+        self.map
+            .iter()
+            .map(|(start, (end, value))| (*start, *end, value))
+    }
+
+    /// Every value, to change it in place (its range stays).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = (u64, u64, &mut V)> + '_ {
+        self.map
+            .iter_mut()
+            .map(|(start, (end, value))| (*start, *end, value))
+    }
+
+    /// Ranges held (what the memory grows with).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
