@@ -1416,4 +1416,105 @@ mod tests {
         assert_eq!(judged.sectors, 0);
         assert!(judged.failure_judged);
     }
+
+    fn write_many(o: &mut Oracle, sector: u64, stamps: &[Stamp], at: u64, done: u64) {
+        let bio = Bio::write(ORIG, sector, stamps.to_vec());
+        let id = o.submit(at, &bio);
+        o.complete(done, id, &bio, &Ok(Stamps::new())).unwrap();
+    }
+
+    fn read_many(o: &mut Oracle, sector: u64, got: &[Stamp], at: u64) -> Result<Judged, String> {
+        let bio = Bio::read(ORIG, sector, got.len() as u64);
+        let id = o.submit(at, &bio);
+        o.complete(at + 5, id, &bio, &Ok(Stamps::from_slice(got)))
+    }
+
+    fn ranges(o: &Oracle) -> usize {
+        o.history.get(&ORIG).map_or(0, |map| map.len())
+    }
+
+    #[test]
+    fn a_write_straddling_two_earlier_writes_cuts_them_at_its_edges() {
+        let mut o = oracle();
+        write_many(&mut o, 0, &[1, 2, 3, 4], 0, 10);
+        write_many(&mut o, 4, &[5, 6, 7, 8], 20, 30);
+        // Over the second half of the first and the first half of the second.
+        let slow = Bio::write(ORIG, 2, vec![30, 40, 50, 60]);
+        let id = o.submit(40, &slow);
+        // In flight: both values of sectors 2..6 are allowed, and nothing
+        // else; sectors 0, 1, 6, 7 keep their one value.
+        assert!(read_many(&mut o, 2, &[3, 40, 5, 60], 42).is_ok());
+        let err = read_many(&mut o, 0, &[1, 9, 3, 4, 5, 6, 7, 8], 44).unwrap_err();
+        assert!(err.contains("sector 1: read 0x9, expected one of {0x2}"), "{err}");
+        let err = read_many(&mut o, 6, &[60, 8], 46).unwrap_err();
+        assert!(err.contains("sector 6: read 0x3c, expected one of {0x7}"), "{err}");
+        o.complete(50, id, &slow, &Ok(Stamps::new())).unwrap();
+        // Cut at 2 and 6; 2..4 and 4..6 hold the same history once the
+        // older writes are pruned, and are joined.
+        assert_eq!(ranges(&o), 3);
+        let err = read_many(&mut o, 0, &[1, 2, 30, 40, 5, 60, 7, 8], 60).unwrap_err();
+        assert!(
+            err.contains("original 8:0 sector 4: read 0x5, expected one of {0x32}"),
+            "{err}"
+        );
+        assert!(read_many(&mut o, 0, &[1, 2, 30, 40, 50, 60, 7, 8], 70).is_ok());
+        assert_eq!(o.written_sectors(ORIG), (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_read_straddling_pinned_and_unpinned_ranges_is_held_where_pinned() {
+        let mut o = oracle();
+        // Two writes of sectors 0..4 overlapping in time: either may be last.
+        let a = Bio::write(ORIG, 0, vec![10, 11, 12, 13]);
+        let b = Bio::write(ORIG, 0, vec![20, 21, 22, 23]);
+        let ia = o.submit(100, &a);
+        let ib = o.submit(110, &b);
+        o.complete(130, ib, &b, &Ok(Stamps::new())).unwrap();
+        o.complete(140, ia, &a, &Ok(Stamps::new())).unwrap();
+        // A read of sectors 0..2 sees the second write there: pinned.
+        assert!(read_many(&mut o, 0, &[20, 21], 150).is_ok());
+        // Across the pinned and the unpinned sectors: the pinned ones must
+        // show the pinned value; the others may still show either.
+        let err = read_many(&mut o, 0, &[20, 11, 12, 13], 160).unwrap_err();
+        assert!(
+            err.contains("8:0 sector 1: read 0xb, but a read at 150 ns saw 0x15"),
+            "{err}"
+        );
+        let judged = read_many(&mut o, 0, &[20, 21, 12, 13], 170).unwrap();
+        assert_eq!(judged.sectors, 4);
+        // That read pinned sectors 2..4 to the first write's values.
+        let err = read_many(&mut o, 1, &[21, 12, 23], 180).unwrap_err();
+        assert!(
+            err.contains("8:0 sector 3: read 0x17, but a read at 170 ns saw 0xd"),
+            "{err}"
+        );
+        assert!(read_many(&mut o, 0, &[20, 21, 12, 13], 190).is_ok());
+        // A new write to sector 1 only frees sector 1.
+        write_many(&mut o, 1, &[31], 200, 210);
+        assert!(read_many(&mut o, 0, &[20, 31, 12, 13], 220).is_ok());
+        assert!(read_many(&mut o, 0, &[10, 31, 12, 13], 230).is_err());
+    }
+
+    #[test]
+    fn pruning_forgets_only_the_superseded_part_of_a_range() {
+        let mut o = oracle();
+        write_many(&mut o, 0, &[1, 2, 3, 4, 5, 6, 7, 8], 0, 10);
+        // Overwrite sectors 0..4 many times: the first write stays needed
+        // for 4..8 only.
+        for i in 0..1000 {
+            let at = 20 + 20 * i;
+            write_many(&mut o, 0, &[100 + i; 4], at, at + 10);
+        }
+        assert_eq!(ranges(&o), 2);
+        assert_eq!(o.writes_kept(), 2, "one write on each side");
+        assert!(read_many(&mut o, 0, &[1099, 1099, 1099, 1099, 5, 6, 7, 8], 30_000).is_ok());
+        assert!(read_many(&mut o, 3, &[4], 30_010).is_err());
+        assert!(read_many(&mut o, 0, &[1098], 30_020).is_err());
+        // Superseded on the other side too, by one write over both: the
+        // two ranges hold the same history again and are joined.
+        write_many(&mut o, 0, &[9; 8], 40_000, 40_010);
+        assert_eq!(ranges(&o), 1);
+        assert_eq!(o.writes_kept(), 1);
+        assert!(read_many(&mut o, 0, &[9; 8], 40_020).is_ok());
+    }
 }
