@@ -19,7 +19,7 @@ mod extents;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Errno, Stamp, Stamps};
+use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Errno, Run, Stamp, Stamps};
 
 use self::extents::{Extents, Piece};
 use super::injected::InjectedFaults;
@@ -27,17 +27,38 @@ use crate::device::{pattern_stamp, Fill};
 
 type SnapId = [u8; 16];
 
-/// What one user write carried, kept once for all its sectors.
-struct Written {
-    first: u64,
-    data: Stamps,
+/// What one user write carried. Most writes are one run of stamps, held
+/// in place; other data is shared by every range the write covers.
+#[derive(Clone)]
+enum Written {
+    Run(Run),
+    Runs(Rc<Stamps>),
+}
+
+impl Written {
+    fn new(data: &Stamps) -> Written {
+        match data.runs() {
+            1 => Written::Run(data.iter_runs().next().expect("one run").1),
+            _ => Written::Runs(Rc::new(data.clone())),
+        }
+    }
+
+    /// The stamp of the write's `i`th sector.
+    fn get(&self, i: u64) -> Stamp {
+        match self {
+            Written::Run(run) => run.at(i),
+            Written::Runs(data) => data.get(i),
+        }
+    }
 }
 
 /// One user write as the sectors of one range saw it.
 #[derive(Clone)]
 struct SectorWrite {
     id: u64,
-    written: Rc<Written>,
+    /// The write's first sector and its data.
+    first: u64,
+    written: Written,
     submitted: u64,
     /// None while in flight, and for ever if it failed.
     completed: Option<u64>,
@@ -49,7 +70,7 @@ struct SectorWrite {
 impl SectorWrite {
     /// What the write put in `sector` (one of its own).
     fn stamp(&self, sector: u64) -> Stamp {
-        self.written.data.get(sector - self.written.first)
+        self.written.get(sector - self.first)
     }
 
     /// In flight at some moment of [from, to].
@@ -458,9 +479,7 @@ impl Oracle {
         let Some(ranges) = self.storage.get(&dev) else {
             return (limit, false);
         };
-        let inside = ranges
-            .iter()
-            .any(|&(s, c)| sector >= s && sector - s < c);
+        let inside = ranges.iter().any(|&(s, c)| sector >= s && sector - s < c);
         let end = ranges
             .iter()
             .flat_map(|&(s, c)| [s, s.saturating_add(c)])
@@ -504,10 +523,8 @@ impl Oracle {
             }
             let found = SectorWrite {
                 id: self.next_op,
-                written: Rc::new(Written {
-                    first: start,
-                    data: seen,
-                }),
+                first: start,
+                written: Written::new(&seen),
                 submitted: now,
                 completed: Some(now),
                 superseded: None,
@@ -536,10 +553,8 @@ impl Oracle {
             BioOp::Write => {
                 let write = SectorWrite {
                     id,
-                    written: Rc::new(Written {
-                        first: bio.sector,
-                        data: bio.data.clone(),
-                    }),
+                    first: bio.sector,
+                    written: Written::new(&bio.data),
                     submitted: now,
                     completed: None,
                     superseded: None,
@@ -827,7 +842,9 @@ impl Oracle {
             if stretch.pin && passed > sector {
                 let seen = read.data.slice(sector - read.first, passed - read.first);
                 let since = read.from;
-                pins.insert(sector, passed, Pin { since, seen });
+                // No pin is left there: the stretch had none, or it was
+                // just dropped.
+                pins.insert_gap(sector, passed, Pin { since, seen });
             }
         }
         let Some((wrong, message)) = stretch.failure else {
@@ -1445,9 +1462,15 @@ mod tests {
         // else; sectors 0, 1, 6, 7 keep their one value.
         assert!(read_many(&mut o, 2, &[3, 40, 5, 60], 42).is_ok());
         let err = read_many(&mut o, 0, &[1, 9, 3, 4, 5, 6, 7, 8], 44).unwrap_err();
-        assert!(err.contains("sector 1: read 0x9, expected one of {0x2}"), "{err}");
+        assert!(
+            err.contains("sector 1: read 0x9, expected one of {0x2}"),
+            "{err}"
+        );
         let err = read_many(&mut o, 6, &[60, 8], 46).unwrap_err();
-        assert!(err.contains("sector 6: read 0x3c, expected one of {0x7}"), "{err}");
+        assert!(
+            err.contains("sector 6: read 0x3c, expected one of {0x7}"),
+            "{err}"
+        );
         o.complete(50, id, &slow, &Ok(Stamps::new())).unwrap();
         // Cut at 2 and 6; 2..4 and 4..6 hold the same history once the
         // older writes are pruned, and are joined.

@@ -108,13 +108,16 @@ impl<V: Piece> Extents<V> {
         }
     }
 
-    /// Set [from, to) to one value, replacing what was there.
-    pub fn insert(&mut self, from: u64, to: u64, value: V) {
-        if from >= to {
-            return;
+    /// Set [from, to), a gap, to one value.
+    pub fn insert_gap(&mut self, from: u64, to: u64, value: V) {
+        debug_assert!(self
+            .map
+            .range(..to)
+            .next_back()
+            .is_none_or(|(_, (end, _))| *end <= from));
+        if from < to {
+            self.map.insert(from, (to, value));
         }
-        self.remove(from, to);
-        self.map.insert(from, (to, value));
     }
 
     /// Forget every sector of [from, to).
