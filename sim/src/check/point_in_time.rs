@@ -627,10 +627,10 @@ impl Oracle {
         if sector >= end {
             return;
         }
-        for (_, _, history) in map.cut_range_mut(sector, end) {
+        map.update(sector, end, |history| {
             history.completed(id, now);
             history.prune(horizon, windows);
-        }
+        });
         // Pruning may have left neighbours with the same history.
         map.join_around(sector, end);
     }

@@ -50,6 +50,15 @@ impl<V: Piece> Extents<V> {
         (next.map_or(limit, |n| n.min(limit)), None)
     }
 
+    /// The range that is exactly [from, to), if there is one (the common
+    /// case of a bio that meets the same sectors as the one before it).
+    fn exact_mut(&mut self, from: u64, to: u64) -> Option<&mut V> {
+        match self.map.get_mut(&from) {
+            Some((end, value)) if *end == to => Some(value),
+            _ => None,
+        }
+    }
+
     /// Make `at` the edge of a range (cut the range that spans it).
     pub fn split(&mut self, at: u64) {
         let Some((&start, (end, value))) = self.map.range_mut(..at).next_back() else {
@@ -63,18 +72,18 @@ impl<V: Piece> Extents<V> {
         self.map.insert(at, (tail_end, tail));
     }
 
-    /// The ranges inside [from, to), after cutting those that cross its
-    /// edges, in order: (start, end, value).
-    pub fn cut_range_mut(
-        &mut self,
-        from: u64,
-        to: u64,
-    ) -> impl Iterator<Item = (u64, u64, &mut V)> + '_ {
+    /// Change every range inside [from, to), after cutting those that
+    /// cross its edges (gaps stay gaps).
+    pub fn update(&mut self, from: u64, to: u64, mut update: impl FnMut(&mut V)) {
+        if let Some(value) = self.exact_mut(from, to) {
+            update(value);
+            return;
+        }
         self.split(from);
         self.split(to);
-        self.map
-            .range_mut(from..to)
-            .map(|(start, (end, value))| (*start, *end, value))
+        for (_, (_, value)) in self.map.range_mut(from..to) {
+            update(value);
+        }
     }
 
     /// Give every sector of [from, to) a value: `update` changes a range
@@ -87,6 +96,10 @@ impl<V: Piece> Extents<V> {
         mut fresh: impl FnMut(u64, u64) -> V,
     ) {
         if from >= to {
+            return;
+        }
+        if let Some(value) = self.exact_mut(from, to) {
+            update(value);
             return;
         }
         self.split(from);
@@ -122,6 +135,10 @@ impl<V: Piece> Extents<V> {
 
     /// Forget every sector of [from, to).
     pub fn remove(&mut self, from: u64, to: u64) {
+        if self.exact_mut(from, to).is_some() {
+            self.map.remove(&from);
+            return;
+        }
         self.split(from);
         self.split(to);
         while let Some((&start, _)) = self.map.range(from..to).next() {
