@@ -13,6 +13,13 @@
 //! when something the user can see explains it: the engine reported the
 //! snapshot corrupted for that device first, or a fault the sim recorded
 //! (`injected.rs`) explains that read by device, sectors and time.
+//!
+//! The rules are per sector, but the state is kept per range of sectors
+//! (`extents.rs`): the history of a range is one list of writes, each
+//! holding its bio's data once, and a range is cut only where a bio starts
+//! or ends inside it. A read is judged stretch by stretch (where its
+//! device's history, the original's and the pins stay the same): what is
+//! allowed is worked out once per stretch and each sector compared with it.
 
 mod extents;
 
