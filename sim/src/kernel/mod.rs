@@ -26,7 +26,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use blksnap_core::kernel::DevT;
+use blksnap_core::kernel::{Bio, BioResult, Completer, DevT};
 
 use crate::check::injected::FaultKind;
 use crate::check::Oracle;
@@ -68,8 +68,26 @@ pub struct Failure {
     pub category: crate::check::verdict::Category,
 }
 
-/// What a timer does when it fires: anything with the whole `Sim`.
-pub(crate) type TimerAction = Box<dyn FnOnce(&Rc<Sim>)>;
+/// What a timer does when it fires. The two a bio and a sleep arm are
+/// plain data (no allocation, no indirect call); anything else is a
+/// closure with the whole `Sim`.
+pub enum TimerAction {
+    /// A device bio ends (`bio.rs`): its id, the bio, and who waits.
+    EndBio(u64, Bio, Completer<BioResult>),
+    /// A sleep is over.
+    Wake(Completer<()>),
+    Call(Box<dyn FnOnce(&Rc<Sim>)>),
+}
+
+impl TimerAction {
+    fn fire(self, sim: &Rc<Sim>) {
+        match self {
+            TimerAction::EndBio(id, bio, done) => sim.end_device_bio(id, bio, done),
+            TimerAction::Wake(done) => done.complete(()),
+            TimerAction::Call(action) => action(sim),
+        }
+    }
+}
 
 pub struct Sim {
     pub seed: u64,
@@ -248,8 +266,8 @@ impl Sim {
     }
 
     /// Run `action` at virtual time `at`.
-    pub fn at(&self, at: u64, action: TimerAction) {
-        self.sched.at(at, action)
+    pub fn at(&self, at: u64, action: Box<dyn FnOnce(&Rc<Sim>)>) {
+        self.sched.at(at, TimerAction::Call(action))
     }
 
     pub fn add_device(&self, device: crate::device::Device) {
