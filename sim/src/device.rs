@@ -157,13 +157,22 @@ impl Device {
             return;
         }
         let end = sector + data.len();
-        // The last extent that starts before the end decides the common
-        // cases with one search: nothing overlaps the write when it ends
-        // by `sector` (it is then the extent just before).
-        let last = self.media.range_mut(..end).next_back();
+        // One search finds the extent that starts at `end` (the write
+        // continues into it) and the last one that starts before it:
+        // nothing overlaps the write when that one ends by `sector`.
+        let mut near = self.media.range_mut(..=end);
+        let (last, next) = match near.next_back() {
+            Some((&start, extent)) if start == end => (near.next_back(), Some(extent)),
+            other => (other, None),
+        };
         match last {
             Some((&start, extent)) if start + extent.len() <= sector => {
                 if start + extent.len() == sector && join(extent, data) {
+                    // Bios of one copy complete in any order: joining the
+                    // extent after too keeps a stored chunk one extent.
+                    if next.is_some_and(|next| join(extent, next)) {
+                        self.media.remove(&end);
+                    }
                     return;
                 }
             }
@@ -176,9 +185,15 @@ impl Device {
                         return;
                     }
                 }
+                self.media.insert(sector, data.clone());
+                return;
             }
         }
-        self.media.insert(sector, data.clone());
+        let mut fresh = data.clone();
+        if next.is_some_and(|next| join(&mut fresh, next)) {
+            self.media.remove(&end);
+        }
+        self.media.insert(sector, fresh);
     }
 
     /// The extents that overlap [sector, end), in order. One search in
@@ -332,6 +347,20 @@ mod tests {
         // Split around the overwrite, which joins the part before it.
         assert_eq!(d.extents(), 3);
         assert_eq!(d.read((1 << 40) + 9, 4), vec![chunk[9], 1, 2, chunk[12]]);
+    }
+
+    /// The bios of one copy complete in any order; the pieces still end
+    /// as one extent, and read back as written.
+    #[test]
+    fn pieces_written_out_of_order_join_into_one_extent() {
+        let mut d = Device::new("a".into(), DevT::new(8, 0), 0, 1 << 20, Fill::Zero);
+        let chunk = Stamps::counting(pattern_stamp(1, 0), 64 * 16);
+        for piece in [3u64, 1, 0, 2, 15, 7, 4, 5, 6, 9, 8, 11, 10, 13, 12, 14] {
+            d.write(1000 + piece * 64, &chunk.slice(piece * 64, piece * 64 + 64));
+        }
+        assert_eq!(d.extents(), 1);
+        assert_eq!(d.read(1000, 64 * 16), chunk);
+        assert_eq!(d.read(999, 2), vec![0, chunk.get(0)]);
     }
 
     #[test]
