@@ -167,7 +167,8 @@ impl Device {
         };
         match last {
             Some((&start, extent)) if start + extent.len() <= sector => {
-                if start + extent.len() == sector && join(extent, data) {
+                let joined = start + extent.len() == sector && join(extent, data);
+                if joined {
                     // Bios of one copy complete in any order: joining the
                     // extent after too keeps a stored chunk one extent.
                     if next.is_some_and(|next| join(extent, next)) {

@@ -68,6 +68,9 @@ pub struct Failure {
     pub category: crate::check::verdict::Category,
 }
 
+/// A timer's action that needs the whole `Sim`.
+pub type TimerCall = Box<dyn FnOnce(&Rc<Sim>)>;
+
 /// What a timer does when it fires. The two a bio and a sleep arm are
 /// plain data (no allocation, no indirect call); anything else is a
 /// closure with the whole `Sim`.
@@ -76,7 +79,7 @@ pub enum TimerAction {
     EndBio(u64, Bio, Completer<BioResult>),
     /// A sleep is over.
     Wake(Completer<()>),
-    Call(Box<dyn FnOnce(&Rc<Sim>)>),
+    Call(TimerCall),
 }
 
 impl TimerAction {
@@ -266,7 +269,7 @@ impl Sim {
     }
 
     /// Run `action` at virtual time `at`.
-    pub fn at(&self, at: u64, action: Box<dyn FnOnce(&Rc<Sim>)>) {
+    pub fn at(&self, at: u64, action: TimerCall) {
         self.sched.at(at, TimerAction::Call(action))
     }
 
