@@ -279,6 +279,17 @@ pub fn read(device: &Device, sector: u64, count: u64) -> Stamps {
 /// A write (or discard, write-zeroes, flush) bio reaches the device and
 /// completes: apply it through the cache.
 pub fn write_bio(device: &mut Device, bio: &Bio) {
+    if !device.cache.enabled {
+        // Straight to the media, without a copy of the payload.
+        match bio.op {
+            BioOp::Write => device.write(bio.sector, &bio.data),
+            BioOp::Discard | BioOp::WriteZeroes => {
+                device.write(bio.sector, &Stamps::repeat(0, bio.sectors))
+            }
+            BioOp::Flush | BioOp::Read => {}
+        }
+        return;
+    }
     let data = match bio.op {
         BioOp::Write => bio.data.clone(),
         BioOp::Discard | BioOp::WriteZeroes => Stamps::repeat(0, bio.sectors),

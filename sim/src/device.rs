@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use blksnap_core::kernel::{BioOp, DevT, Stamp, Stamps};
+use blksnap_core::kernel::{BioOp, DevT, Run, Stamp, Stamps};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::WriteCache;
@@ -26,6 +26,17 @@ use crate::faults::IoWindow;
 
 /// The most runs one media extent joins (see `Device::write`).
 const MAX_EXTENT_RUNS: usize = 64;
+
+/// A write that continues the extent before it joins it, so a chunk
+/// stored in many bios is one extent; capped in runs, so cutting an
+/// extent later stays cheap. False if it does not fit.
+fn join(extent: &mut Stamps, data: &Stamps) -> bool {
+    let fits = extent.runs() + data.runs() <= MAX_EXTENT_RUNS;
+    if fits {
+        extent.append(data);
+    }
+    fits
+}
 
 /// What a never-written sector holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -128,7 +139,7 @@ impl Device {
         let mut at = sector;
         for (&start, extent) in self.extents_in(sector, end) {
             if start > at {
-                out.append(&self.fill_runs(at, start));
+                out.push_run(self.fill_run(at, start));
                 at = start;
             }
             let stop = end.min(start + extent.len());
@@ -137,7 +148,7 @@ impl Device {
             }
             at = stop;
         }
-        out.append(&self.fill_runs(at, end));
+        out.push_run(self.fill_run(at, end));
         out
     }
 
@@ -146,35 +157,85 @@ impl Device {
             return;
         }
         let end = sector + data.len();
-        self.cut(sector, end);
-        // A write that continues the extent before it joins it, so a chunk
-        // stored in many bios is one extent; capped in runs, so cutting an
-        // extent later stays cheap.
-        let before = self.media.range_mut(..sector).next_back();
-        if let Some((start, extent)) = before {
-            if start + extent.len() == sector && extent.runs() + data.runs() <= MAX_EXTENT_RUNS {
-                extent.append(data);
+        // One search finds the extent that starts at `end` (the write
+        // continues into it) and the last one that starts before it:
+        // nothing overlaps the write when that one ends by `sector`.
+        let mut near = self.media.range_mut(..=end);
+        let (last, next) = match near.next_back() {
+            Some((&start, extent)) if start == end => (near.next_back(), Some(extent)),
+            other => (other, None),
+        };
+        match last {
+            Some((&start, extent)) if start + extent.len() <= sector => {
+                let joined = start + extent.len() == sector && join(extent, data);
+                if joined {
+                    // Bios of one copy complete in any order: joining the
+                    // extent after too keeps a stored chunk one extent.
+                    if next.is_some_and(|next| join(extent, next)) {
+                        self.media.remove(&end);
+                    }
+                    return;
+                }
+            }
+            None => {}
+            Some(_) => {
+                self.cut(sector, end);
+                let before = self.media.range_mut(..sector).next_back();
+                if let Some((start, extent)) = before {
+                    if start + extent.len() == sector && join(extent, data) {
+                        return;
+                    }
+                }
+                self.media.insert(sector, data.clone());
                 return;
             }
         }
-        self.media.insert(sector, data.clone());
+        let mut fresh = data.clone();
+        if next.is_some_and(|next| join(&mut fresh, next)) {
+            self.media.remove(&end);
+        }
+        self.media.insert(sector, fresh);
     }
 
-    /// The extents that overlap [sector, end), in order.
+    /// The extents that overlap [sector, end), in order. One search in
+    /// the common cases (none, or one that holds `sector`).
     fn extents_in(&self, sector: u64, end: u64) -> impl Iterator<Item = (&u64, &Stamps)> {
-        let before = self
+        let last = self
             .media
-            .range(..sector)
+            .range(..end)
             .next_back()
             .filter(|(&start, e)| start + e.len() > sector);
-        before.into_iter().chain(self.media.range(sector..end))
+        let (only, many) = match last {
+            Some((&start, _)) if start <= sector => (last, None),
+            Some(_) => {
+                let before = self
+                    .media
+                    .range(..sector)
+                    .next_back()
+                    .filter(|(&start, e)| start + e.len() > sector);
+                (
+                    None,
+                    Some(before.into_iter().chain(self.media.range(sector..end))),
+                )
+            }
+            None => (None, None),
+        };
+        only.into_iter().chain(many.into_iter().flatten())
     }
 
     /// The fill of never-written sectors [from, to): one run.
-    fn fill_runs(&self, from: u64, to: u64) -> Stamps {
+    fn fill_run(&self, from: u64, to: u64) -> Run {
         match self.fill {
-            Fill::Zero => Stamps::repeat(0, to - from),
-            Fill::Pattern => Stamps::counting(pattern_stamp(self.index, from), to - from),
+            Fill::Zero => Run {
+                first: 0,
+                step: 0,
+                len: to - from,
+            },
+            Fill::Pattern => Run {
+                first: pattern_stamp(self.index, from),
+                step: 1,
+                len: to - from,
+            },
         }
     }
 
@@ -287,6 +348,20 @@ mod tests {
         // Split around the overwrite, which joins the part before it.
         assert_eq!(d.extents(), 3);
         assert_eq!(d.read((1 << 40) + 9, 4), vec![chunk[9], 1, 2, chunk[12]]);
+    }
+
+    /// The bios of one copy complete in any order; the pieces still end
+    /// as one extent, and read back as written.
+    #[test]
+    fn pieces_written_out_of_order_join_into_one_extent() {
+        let mut d = Device::new("a".into(), DevT::new(8, 0), 0, 1 << 20, Fill::Zero);
+        let chunk = Stamps::counting(pattern_stamp(1, 0), 64 * 16);
+        for piece in [3u64, 1, 0, 2, 15, 7, 4, 5, 6, 9, 8, 11, 10, 13, 12, 14] {
+            d.write(1000 + piece * 64, &chunk.slice(piece * 64, piece * 64 + 64));
+        }
+        assert_eq!(d.extents(), 1);
+        assert_eq!(d.read(1000, 64 * 16), chunk);
+        assert_eq!(d.read(999, 2), vec![0, chunk.get(0)]);
     }
 
     #[test]

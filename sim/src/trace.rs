@@ -7,7 +7,6 @@
 //! a function of the encoded byte stream alone, however it is split into
 //! updates.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write as _;
 
@@ -202,7 +201,10 @@ impl TraceEvent {
 pub struct Trace {
     hasher: blake3::Hasher,
     count: u64,
-    recent: VecDeque<(u64, TraceEvent)>,
+    /// The last `RING` events, a ring: `ring[next]` is the oldest once it
+    /// is full (an event overwrites it in place, nothing shifts).
+    ring: Vec<(u64, TraceEvent)>,
+    next: usize,
     /// Encoded events not yet hashed.
     pending: Vec<u8>,
 }
@@ -212,7 +214,8 @@ impl Default for Trace {
         Trace {
             hasher: blake3::Hasher::new(),
             count: 0,
-            recent: VecDeque::with_capacity(RING),
+            ring: Vec::with_capacity(RING),
+            next: 0,
             pending: Vec::with_capacity(BATCH + 256),
         }
     }
@@ -227,10 +230,12 @@ impl Trace {
             self.pending.clear();
         }
         self.count += 1;
-        if self.recent.len() == RING {
-            self.recent.pop_front();
+        if self.ring.len() < RING {
+            self.ring.push((now, event));
+        } else {
+            self.ring[self.next] = (now, event);
         }
-        self.recent.push_back((now, event));
+        self.next = (self.next + 1) % RING;
     }
 
     /// The digest so far, as 16 hex digits (64 bits are plenty to compare).
@@ -244,8 +249,10 @@ impl Trace {
         self.count
     }
 
+    /// The last events, oldest first.
     pub fn recent(&self) -> impl Iterator<Item = &(u64, TraceEvent)> {
-        self.recent.iter()
+        let (newer, older) = self.ring.split_at(self.next);
+        older.iter().chain(newer)
     }
 }
 
@@ -273,6 +280,21 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         assert_ne!(a.digest(), c.digest());
         assert_eq!(a.count(), 2);
+    }
+
+    /// The ring keeps the last `RING` events, oldest first.
+    #[test]
+    fn recent_keeps_the_last_events_in_order() {
+        let mut trace = Trace::default();
+        for n in [0, 3, RING - 3, 2 * RING + 7] {
+            let total = trace.count();
+            let times: Vec<u64> = trace.recent().map(|(t, _)| *t).collect();
+            let first = total.saturating_sub(RING as u64);
+            assert_eq!(times, (first..total).collect::<Vec<u64>>());
+            for i in 0..n as u64 {
+                trace.record(total + i, TraceEvent::Poll { task: i });
+            }
+        }
     }
 
     /// The digest is blake3 of the whole encoded stream, whatever the

@@ -73,10 +73,10 @@ impl Sim {
             device.in_flight += 1;
         }
         let at = self.now() + latency;
-        self.at(at, Box::new(move |sim| sim.end_device_bio(id, bio, done)));
+        self.sched.at(at, super::TimerAction::EndBio(id, bio, done));
     }
 
-    fn end_device_bio(self: &Rc<Self>, id: u64, bio: Bio, done: Completer<BioResult>) {
+    pub(super) fn end_device_bio(self: &Rc<Self>, id: u64, bio: Bio, done: Completer<BioResult>) {
         let in_flight = &self.blk.bios_in_flight;
         in_flight.set(in_flight.get() - 1);
         if let Some(device) = self.blk.devices.borrow_mut().get_mut(&bio.dev) {

@@ -62,13 +62,13 @@ impl Sim {
     pub fn sleep(&self, ns: u64) -> Completion<()> {
         let (completion, done) = completion();
         let at = self.now() + ns;
-        self.at(at, Box::new(move |_| done.complete(())));
+        self.sched.at(at, super::TimerAction::Wake(done));
         completion
     }
 
     fn fire_due_timers(self: &Rc<Self>) {
         while let Some(action) = self.sched.take_due_timer() {
-            action(self);
+            action.fire(self);
         }
     }
 

@@ -26,7 +26,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use blksnap_core::kernel::DevT;
+use blksnap_core::kernel::{Bio, BioResult, Completer, DevT};
 
 use crate::check::injected::FaultKind;
 use crate::check::Oracle;
@@ -68,8 +68,29 @@ pub struct Failure {
     pub category: crate::check::verdict::Category,
 }
 
-/// What a timer does when it fires: anything with the whole `Sim`.
-pub(crate) type TimerAction = Box<dyn FnOnce(&Rc<Sim>)>;
+/// A timer's action that needs the whole `Sim`.
+pub type TimerCall = Box<dyn FnOnce(&Rc<Sim>)>;
+
+/// What a timer does when it fires. The two a bio and a sleep arm are
+/// plain data (no allocation, no indirect call); anything else is a
+/// closure with the whole `Sim`.
+pub enum TimerAction {
+    /// A device bio ends (`bio.rs`): its id, the bio, and who waits.
+    EndBio(u64, Bio, Completer<BioResult>),
+    /// A sleep is over.
+    Wake(Completer<()>),
+    Call(TimerCall),
+}
+
+impl TimerAction {
+    fn fire(self, sim: &Rc<Sim>) {
+        match self {
+            TimerAction::EndBio(id, bio, done) => sim.end_device_bio(id, bio, done),
+            TimerAction::Wake(done) => done.complete(()),
+            TimerAction::Call(action) => action(sim),
+        }
+    }
+}
 
 pub struct Sim {
     pub seed: u64,
@@ -248,8 +269,8 @@ impl Sim {
     }
 
     /// Run `action` at virtual time `at`.
-    pub fn at(&self, at: u64, action: TimerAction) {
-        self.sched.at(at, action)
+    pub fn at(&self, at: u64, action: TimerCall) {
+        self.sched.at(at, TimerAction::Call(action))
     }
 
     pub fn add_device(&self, device: crate::device::Device) {

@@ -14,7 +14,8 @@
 //! `A` the owner chooses (the `Sim` uses closures over itself).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
@@ -68,9 +69,72 @@ pub(crate) struct RunState {
     change_at: BTreeSet<u64>,
 }
 
+/// The timer queue: a heap of (due time, key, slot) over a slab of
+/// actions. Keys are unique and grow, so timers fire in (due, key) order,
+/// the order a sorted map of them would give; the heap and the slab keep
+/// their buffers, so a timer costs no allocation once the run is warm.
+struct Timers<A> {
+    heap: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    slots: Vec<Option<A>>,
+    free: Vec<usize>,
+}
+
+impl<A> Default for Timers<A> {
+    fn default() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<A> Timers<A> {
+    fn insert(&mut self, at: u64, key: u64, action: A) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(action);
+                slot
+            }
+            None => {
+                self.slots.push(Some(action));
+                self.slots.len() - 1
+            }
+        };
+        self.heap.push(Reverse((at, key, slot)));
+    }
+
+    fn next_at(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// The earliest timer if it is due by `now`.
+    fn pop_due(&mut self, now: u64) -> Option<A> {
+        let Reverse((at, _, slot)) = *self.heap.peek()?;
+        if at > now {
+            return None;
+        }
+        self.heap.pop();
+        self.free.push(slot);
+        self.slots[slot].take()
+    }
+
+    /// Every action, in firing order; the queue is left empty.
+    fn drain(&mut self) -> Vec<A> {
+        let mut order = std::mem::take(&mut self.heap).into_sorted_vec();
+        order.reverse();
+        let mut slots = std::mem::take(&mut self.slots);
+        self.free.clear();
+        order
+            .into_iter()
+            .filter_map(|Reverse((_, _, slot))| slots[slot].take())
+            .collect()
+    }
+}
+
 pub struct Scheduler<A> {
     state: RefCell<RunState>,
-    timers: RefCell<BTreeMap<(u64, u64), A>>,
+    timers: RefCell<Timers<A>>,
     queue: Arc<WakeQueue>,
     rng: RefCell<SimRng>,
     pub policy: Cell<SchedPolicy>,
@@ -88,14 +152,15 @@ pub struct Scheduler<A> {
 pub(crate) struct Remains<A> {
     pub tasks: BTreeMap<TaskId, Task>,
     pub zombies: Vec<LocalBoxFuture<'static, ()>>,
-    pub timers: BTreeMap<(u64, u64), A>,
+    /// Pending timer actions, in firing order.
+    pub timers: Vec<A>,
 }
 
 impl<A> Scheduler<A> {
     pub fn new(seed: u64) -> Scheduler<A> {
         Scheduler {
             state: RefCell::new(RunState::default()),
-            timers: RefCell::new(BTreeMap::new()),
+            timers: RefCell::new(Timers::default()),
             queue: Arc::new(WakeQueue {
                 woken: Mutex::new(Vec::new()),
             }),
@@ -241,8 +306,8 @@ impl<A> Scheduler<A> {
             .filter(|id| Some(*id) != keep)
             .filter_map(|id| self.remove_task(id))
             .collect();
-        let timers = std::mem::take(&mut *self.timers.borrow_mut());
-        (tasks, timers.into_values().collect())
+        let timers = self.timers.borrow_mut().drain();
+        (tasks, timers)
     }
 
     /// Run `f` with no task current (what it does reaches no task).
@@ -275,27 +340,23 @@ impl<A> Scheduler<A> {
 
     /// Run `action` at virtual time `at` (never in the past).
     pub fn at(&self, at: u64, action: A) {
-        let key = {
+        let (at, key) = {
             let mut sched = self.state.borrow_mut();
             sched.next_id += 1;
             (at.max(sched.now), sched.next_id)
         };
-        self.timers.borrow_mut().insert(key, action);
+        self.timers.borrow_mut().insert(at, key, action);
     }
 
     /// The earliest timer that is due now, out of the queue.
     pub fn take_due_timer(&self) -> Option<A> {
         let now = self.now();
-        let mut timers = self.timers.borrow_mut();
-        match timers.keys().next().copied() {
-            Some(key) if key.0 <= now => timers.remove(&key),
-            _ => None,
-        }
+        self.timers.borrow_mut().pop_due(now)
     }
 
     /// When the next timer fires, if any.
     pub fn next_timer_at(&self) -> Option<u64> {
-        self.timers.borrow().keys().next().map(|k| k.0)
+        self.timers.borrow().next_at()
     }
 
     /// Jump to the next timer; false if there is none.
@@ -399,7 +460,7 @@ impl<A> Scheduler<A> {
         Remains {
             tasks,
             zombies: std::mem::take(&mut *self.zombies.borrow_mut()),
-            timers: std::mem::take(&mut *self.timers.borrow_mut()),
+            timers: self.timers.borrow_mut().drain(),
         }
     }
 
