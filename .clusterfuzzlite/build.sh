@@ -31,6 +31,9 @@ for target in $(cargo fuzz list --fuzz-dir "$FUZZ_DIR"); do
   if [ -d "$corpus" ]; then
     (cd "$corpus" && zip -q -r "$OUT/${target}_seed_corpus.zip" .)
   fi
-  printf '[libfuzzer]\nmax_len = %s\ntimeout = 10\n' "$(max_len "$target")" \
+  # timeout: a backstop only (the simulator reports a hang itself); under
+  # ASan one lifecycle input can take several seconds of CPU (fuzz/README.md,
+  # "Speed"), and a timeout counts as a crash.
+  printf '[libfuzzer]\nmax_len = %s\ntimeout = 60\n' "$(max_len "$target")" \
     > "$OUT/$target.options"
 done

@@ -1,31 +1,6 @@
 //! Deterministic pseudo-random fuzz inputs, for the stable-Rust tests and
-//! the corpus generator (no RNG crate: splitmix64 is enough here).
+//! the corpus generator. The stream lives in the simulator
+//! ([`blksnap_sim::swarm::inputs`]) so that `blksnap-sim bench` times the
+//! `lifecycle` target on the same inputs as `replay random`.
 
-/// The splitmix64 stream.
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..bound` (`bound > 0`).
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound
-    }
-}
-
-/// Input number `index` of the stream `seed`: 16 to `max_len` random bytes.
-pub fn random_input(seed: u64, index: u64, max_len: usize) -> Vec<u8> {
-    let mut rng = SplitMix::new(seed ^ index.wrapping_mul(0xa076_1d64_78bd_642f));
-    let len = 16 + rng.below(max_len.saturating_sub(16) as u64 + 1) as usize;
-    (0..len).map(|_| rng.next_u64() as u8).collect()
-}
+pub use blksnap_sim::swarm::inputs::{random_input, SplitMix};

@@ -13,9 +13,7 @@
 //! target reads its input with every generator feature on, so the
 //! committed corpus keeps its meaning.
 
-use arbitrary::Unstructured;
 use blksnap_sim::scenario::Scenario;
-use blksnap_sim::swarm::gen::{Features, Generator};
 
 pub use blksnap_sim::swarm::gen::MAX_STEPS;
 pub use blksnap_sim::swarm::judge::{failures_text, judge, report, sanitize};
@@ -39,10 +37,7 @@ pub fn check(data: &[u8]) -> std::result::Result<(), String> {
 /// The scenario and seed an input describes (`None` only if `arbitrary`
 /// gives up, which a well-formed generator never makes it do).
 pub fn build(data: &[u8]) -> Option<(Scenario, u64)> {
-    let mut u = Unstructured::new(data);
-    let seed: u64 = u.arbitrary().ok()?;
-    let scenario = Generator::new(&mut u, Features::ALL).scenario().ok()?;
-    Some((scenario, seed))
+    blksnap_sim::swarm::inputs::lifecycle_scenario(data)
 }
 
 /// Run, and judge the outcome as described in the module comment.

@@ -171,7 +171,7 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Bench {
         /// Only the figure with this key: seeds, non-cow, cow, oracle,
-        /// campaign or 1pib [default: every figure].
+        /// campaign, 1pib or fuzz [default: every figure].
         #[arg(long)]
         only: Option<String>,
     },

@@ -3,12 +3,17 @@
 //! and Markdown renderings of a fixed run, and the `--help` texts. A change
 //! in behaviour shows as a diff to review; accept an intended one with
 //! `cargo insta review` (or `INSTA_UPDATE=always cargo test -p blksnap-sim
-//! --test golden` and read `git diff`). CI runs `cargo insta test --check
-//! --unreferenced=reject` (`.ci/steps/golden.sh`).
+//! --test golden` and read `git diff`). CI runs this test with
+//! `INSTA_UPDATE=no` (`.ci/run`, tests phase): a changed golden file fails
+//! insta's assertion, and insta writes nothing; cargo-insta is not needed.
 //!
-//! The set of golden files is checked against the suite both ways: a new
-//! scenario without one fails, and so does a golden file whose scenario
-//! is gone, so nothing slips in unpinned or stays pinned after removal.
+//! The set of golden files is checked both ways, on file names alone (so
+//! it holds whatever `INSTA_UPDATE` says): a new scenario, subcommand or
+//! rendering without its golden file fails, and so does any file in
+//! `tests/snapshots` that no test here writes (a golden file whose
+//! scenario is gone, a stray or misnamed `.snap`, a left-over `.snap.new`),
+//! so nothing slips in unpinned or stays pinned after removal. (This is
+//! what `cargo insta test --unreferenced=reject` checked.)
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -84,39 +89,60 @@ fn suite_digests_and_metrics() {
     }
 }
 
-/// The snapshot names of the committed suite golden files.
-fn committed_suite_snapshots() -> std::collections::BTreeSet<String> {
+/// Every file name in `tests/snapshots`.
+fn committed_files() -> std::collections::BTreeSet<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
     std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("dir entry").file_name())
-        .filter_map(|name| {
-            let name = name.to_string_lossy();
-            let stem = name.strip_prefix("golden__")?.strip_suffix(".snap")?;
-            stem.starts_with("suite__").then(|| stem.to_string())
+        .map(|entry| {
+            let entry = entry.expect("dir entry");
+            entry.file_name().to_string_lossy().into_owned()
         })
         .collect()
 }
 
-/// Each suite file has a committed golden file and each suite golden file
-/// has its scenario. Checked on the file names alone, so it holds whatever
-/// `INSTA_UPDATE` says (insta would write a missing snapshot as new).
+/// The file name of the golden file of the snapshot `name` of this test.
+fn golden_file(name: &str) -> String {
+    format!("golden__{name}.snap")
+}
+
+/// Every golden file the tests of this file write: one per suite file,
+/// the fixed run's two renderings, and one `--help` per subcommand.
+fn wanted_files() -> std::collections::BTreeSet<String> {
+    let mut wanted: std::collections::BTreeSet<String> = suite()
+        .into_iter()
+        .map(|(_, name)| golden_file(&name))
+        .collect();
+    for name in ["fixed_run_junit", "fixed_run_markdown"] {
+        wanted.insert(golden_file(name));
+    }
+    wanted.insert(golden_file("help__top"));
+    for sub in subcommands() {
+        wanted.insert(golden_file(&format!("help__{sub}")));
+    }
+    wanted
+}
+
+/// Each golden file a test writes is committed, and each committed file
+/// in `tests/snapshots` is one a test writes. Checked on the file names
+/// alone, so it holds whatever `INSTA_UPDATE` says (insta would write a
+/// missing snapshot as new).
 #[test]
-fn every_suite_file_is_pinned_and_every_pin_has_its_file() {
-    let committed = committed_suite_snapshots();
-    let wanted: std::collections::BTreeSet<String> =
-        suite().into_iter().map(|(_, name)| name).collect();
-    let unpinned: Vec<_> = wanted.difference(&committed).collect();
-    let orphans: Vec<_> = committed.difference(&wanted).collect();
+fn every_golden_file_is_wanted_and_every_wanted_one_is_committed() {
+    let committed = committed_files();
+    let wanted = wanted_files();
+    let missing: Vec<_> = wanted.difference(&committed).collect();
+    let unreferenced: Vec<_> = committed.difference(&wanted).collect();
     assert!(
-        unpinned.is_empty() && orphans.is_empty(),
-        "suite files without a golden file in sim/tests/snapshots (run `cargo insta test \
-         -p blksnap-sim --test golden` then `cargo insta review`): {unpinned:?}; \
-         golden files whose scenario is gone (delete them): {orphans:?}"
+        missing.is_empty() && unreferenced.is_empty(),
+        "golden files missing in sim/tests/snapshots (run `INSTA_UPDATE=always cargo test \
+         -p blksnap-sim --test golden` and read `git diff`): {missing:?}; \
+         files in sim/tests/snapshots that no test writes (a scenario gone, a stray or \
+         misnamed file, a left-over .snap.new: delete them): {unreferenced:?}"
     );
     // Every suite directory is in it, the bug, fault, power and race files too.
     for dir in ["basic", "bugs", "faults", "power", "races"] {
-        let prefix = format!("suite__{dir}__");
+        let prefix = format!("golden__suite__{dir}__");
         let n = committed.iter().filter(|c| c.starts_with(&prefix)).count();
         assert!(n > 0, "no golden file for scenarios/{dir}/");
     }

@@ -9,7 +9,8 @@
 //! replay metrics <file-or-dir>...             what each lifecycle input's run did
 //! replay shrink <target> <file> <out>         shrink a failing input's bytes into out
 //! replay random <target> <count> [seed [dir]]  run pseudo-random inputs, report
-//!                                             failures (and save them in dir)
+//!                                             failures and the time per input (and
+//!                                             save failing and the 3 slowest in dir)
 //! replay to-ron <target> <file> [--out PATH]  the input as a RON regression scenario
 //! ```
 //!
@@ -33,8 +34,10 @@ const USAGE: &str = "usage:
   replay metrics <file-or-dir>...          what each lifecycle input's run did
   replay shrink <target> <file> <out>      shrink a failing input's bytes into out
   replay random <target> <count> [seed [dir]]
-                                           run pseudo-random inputs, report failures
-                                           (and save each failing input in dir)
+                                           run pseudo-random inputs, report failures and
+                                           the time per input (median, p90, p99, max);
+                                           save each failing input, and the 3 slowest
+                                           as slow-*, in dir
   replay to-ron <target> <file> [--out PATH]
                                            write the scenario the input runs as RON
                                            (lifecycle, scenario_run), checked to
@@ -177,21 +180,16 @@ fn random(args: &[String]) -> Result<bool, String> {
     };
     let start = Instant::now();
     let mut failed = 0;
-    let mut slowest = (0.0, 0);
+    let mut times: Vec<(f64, u64)> = Vec::with_capacity(count as usize);
     for index in 0..count {
         let data = inputs::random_input(seed, index, 512);
         let one = Instant::now();
         let result = check(&data);
-        let ms = one.elapsed().as_secs_f64() * 1e3;
-        if ms > slowest.0 {
-            slowest = (ms, index);
-        }
+        times.push((one.elapsed().as_secs_f64() * 1e3, index));
         if let Err(report) = result {
             failed += 1;
             if let Some(dir) = args.get(3) {
-                let path = Path::new(dir).join(format!("{}-{seed}-{index}.bin", args[0]));
-                std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
-                std::fs::write(&path, &data).map_err(|e| format!("{}: {e}", path.display()))?;
+                save(dir, &format!("{}-{seed}-{index}.bin", args[0]), &data)?;
             }
             let head: String = report.lines().take(12).collect::<Vec<_>>().join("\n");
             say!("FAIL  input {index} (seed {seed})\n{head}\n");
@@ -199,12 +197,43 @@ fn random(args: &[String]) -> Result<bool, String> {
     }
     let total = start.elapsed().as_secs_f64();
     say!(
-        "{count} input(s), {failed} failed, {total:.2} s total, {:.1} ms mean, slowest {:.1} ms (input {})",
-        total * 1e3 / count.max(1) as f64,
-        slowest.0,
-        slowest.1
+        "{count} input(s), {failed} failed, {total:.2} s total, {:.1} ms mean",
+        total * 1e3 / count.max(1) as f64
     );
+    // What rules a fuzzer's executions per second: the tail, not the median.
+    times.sort_by(|a, b| b.0.total_cmp(&a.0));
+    if !times.is_empty() {
+        let at = |q: f64| times[((1.0 - q) * (times.len() - 1) as f64).round() as usize].0;
+        let slow_share: f64 = times
+            .iter()
+            .take(times.len().div_ceil(10))
+            .map(|t| t.0)
+            .sum::<f64>()
+            / times.iter().map(|t| t.0).sum::<f64>().max(1e-9);
+        say!(
+            "per input: median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.1} ms; the slowest 10% take {:.0}% of the time",
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            times[0].0,
+            slow_share * 100.0
+        );
+    }
+    for (ms, index) in times.iter().take(3) {
+        say!("slow  input {index} (seed {seed}): {ms:.1} ms");
+        if let Some(dir) = args.get(3) {
+            let data = inputs::random_input(seed, *index, 512);
+            save(dir, &format!("slow-{}-{seed}-{index}.bin", args[0]), &data)?;
+        }
+    }
     Ok(failed == 0)
+}
+
+/// Write `data` as `dir/name`, creating `dir`.
+fn save(dir: &str, name: &str, data: &[u8]) -> Result<(), String> {
+    let path = Path::new(dir).join(name);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+    std::fs::write(&path, data).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn minimize(target: &str, file: &Path) -> Result<bool, String> {

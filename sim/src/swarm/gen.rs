@@ -567,12 +567,17 @@ impl<'a, 'b> Generator<'a, 'b> {
 
 /// A scenario with every default the loader gives, as the base that the
 /// generator fills in (so fields added later keep their defaults here).
+/// Parsed once per thread: a fuzzer calls the generator for every input,
+/// and parsing the text each time was a fixed cost of every execution.
 fn template() -> Scenario {
     const TEXT: &str = r#"Scenario(
         name: "fuzz-lifecycle",
         devices: [(name: "template", sectors: 8)],
         steps: [],
     )"#;
-    scenario::parse(Path::new("fuzz-lifecycle.ron"), TEXT)
-        .expect("the built-in template scenario parses")
+    thread_local! {
+        static TEMPLATE: Scenario = scenario::parse(Path::new("fuzz-lifecycle.ron"), TEXT)
+            .expect("the built-in template scenario parses");
+    }
+    TEMPLATE.with(Scenario::clone)
 }

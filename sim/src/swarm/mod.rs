@@ -4,6 +4,8 @@
 //! and judges it; failures are shrunk and grouped by checker and message.
 //!
 //! - [`gen`]: the configuration generator (shared with the fuzz crate);
+//! - [`inputs`]: pseudo-random fuzz inputs, and the `lifecycle` target's
+//!   reading of one;
 //! - [`steps`]: step constructors the generators use;
 //! - [`judge`]: which failures are the engine's;
 //! - [`config`]: seed -> configuration (features, faults, quirks);
@@ -15,6 +17,7 @@ pub mod command;
 pub mod config;
 pub mod declare;
 pub mod gen;
+pub mod inputs;
 pub mod judge;
 pub mod merge;
 pub mod steps;

@@ -1,0 +1,49 @@
+//! Deterministic pseudo-random fuzz inputs: the stream the fuzz crate's
+//! tests, its corpus generator and `replay random` draw from, and the one
+//! `blksnap-sim bench` times the `lifecycle` target on (so both measure the
+//! same inputs). No RNG crate: splitmix64 is enough for input bytes.
+
+use arbitrary::Unstructured;
+
+use super::gen::{Features, Generator};
+use crate::scenario::Scenario;
+
+/// The splitmix64 stream.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `0..bound` (`bound > 0`).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound
+    }
+}
+
+/// Input number `index` of the stream `seed`: 16 to `max_len` random bytes.
+pub fn random_input(seed: u64, index: u64, max_len: usize) -> Vec<u8> {
+    let mut rng = SplitMix::new(seed ^ index.wrapping_mul(0xa076_1d64_78bd_642f));
+    let len = 16 + rng.below(max_len.saturating_sub(16) as u64 + 1) as usize;
+    (0..len).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// The scenario and run seed a `lifecycle` fuzz input describes: the first
+/// 8 bytes are the seed, the rest drive the generator with every feature
+/// on. `None` only if `arbitrary` gives up, which the generator never
+/// makes it do.
+pub fn lifecycle_scenario(data: &[u8]) -> Option<(Scenario, u64)> {
+    let mut u = Unstructured::new(data);
+    let seed: u64 = u.arbitrary().ok()?;
+    let scenario = Generator::new(&mut u, Features::ALL).scenario().ok()?;
+    Some((scenario, seed))
+}
