@@ -438,12 +438,14 @@ impl DiffArea {
                     Notify::Load => area.notify_load(&chunk, result).await,
                     Notify::Store => area.notify_store(&chunk, result).await,
                 }
-                // The worker can be preempted once the chunk is unlocked; a
-                // free that stopped waiting (B-DA-7, or B-DA-9 once it has
-                // begun) may run to the end meanwhile. The quirks keep it
-                // off the CPU for a tick there.
-                let quirk = area.module.quirks;
-                if quirk.da_7 || (quirk.da_9 && area.freeing.get()) {
+                // The worker can be preempted once the chunk is unlocked,
+                // before its last touch of the area. That only matters once
+                // the free is past its IO wait: a free that does not wait
+                // again (B-DA-9, or B-DA-7 after its cap) runs to the end
+                // meanwhile. So from there the worker is kept off the CPU
+                // for a tick, with or without a quirk: the quirks change
+                // what the free does, never where the worker sleeps.
+                if area.freeing.get() {
                     area.module.k().sleep(crate::tracker::PREEMPTED_NS).await;
                 } else {
                     preempt().await;
