@@ -130,7 +130,11 @@ fn work_item_and_image_worker_submissions_are_reached_by_their_races() {
                         ..RunOptions::default()
                     },
                 );
-                assert!(outcome.passed(), "{name} seed {seed}: {:?}", outcome.failures);
+                assert!(
+                    outcome.passed(),
+                    "{name} seed {seed}: {:?}",
+                    outcome.failures
+                );
                 let reached = outcome.sleep_sites.get(site).copied().unwrap_or(0);
                 assert!(
                     reached > 0,
