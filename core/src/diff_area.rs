@@ -438,12 +438,14 @@ impl DiffArea {
                     Notify::Load => area.notify_load(&chunk, result).await,
                     Notify::Store => area.notify_store(&chunk, result).await,
                 }
-                // The worker can be preempted once the chunk is unlocked; a
-                // free that stopped waiting (B-DA-7, or B-DA-9 once it has
-                // begun) may run to the end meanwhile. The quirks keep it
-                // off the CPU for a tick there.
-                let quirk = area.module.quirks;
-                if quirk.da_7 || (quirk.da_9 && area.freeing.get()) {
+                // The worker can be preempted once the chunk is unlocked,
+                // before its last touch of the area. That only matters once
+                // the free is past its IO wait: a free that does not wait
+                // again (B-DA-9, or B-DA-7 after its cap) runs to the end
+                // meanwhile. So from there the worker is kept off the CPU
+                // for a tick, with or without a quirk: the quirks change
+                // what the free does, never where the worker sleeps.
+                if area.freeing.get() {
                     area.module.k().sleep(crate::tracker::PREEMPTED_NS).await;
                 } else {
                     preempt().await;
@@ -459,8 +461,13 @@ impl DiffArea {
         );
     }
 
-    /// Completion of the COW read of the original.
-    /// The store it starts allocates (GFP_NOIO), so it sleeps there.
+    /// Completion of the COW read of the original, in a work item
+    /// (`chunk_notify_load`, chunk.c:106-146, queued by diff_io.c:41).
+    /// The store it starts sleeps where the eviction's does: its GFP_NOIO
+    /// allocations, then `diff_io_do` (chunk.c:135 → 253; diff_io.c:125
+    /// bio_alloc_bioset, 157 submit_bio_noacct), counted as pending first
+    /// (chunk.c:251). No bio list is open in a work item, so the bio goes
+    /// down at once and the submission may wait for a tag, chunk lock held.
     async fn notify_load(self: &Rc<Self>, chunk: &Rc<Chunk>, result: BioResult) {
         let data = match result {
             Ok(data) => data,
@@ -480,8 +487,9 @@ impl DiffArea {
         chunk.clear(bits::LOADING);
         chunk.set(bits::BUFFER_READY);
         let _noio = NoioScope::enter(self.module.k());
-        if let Err(e) = self.schedule_storing(chunk, false).await {
-            self.store_failed(chunk, Some(e)).await;
+        match self.schedule_storing(chunk, false).await {
+            Ok(()) => sleep_point(self.module.k(), "notify_load.submit_bio").await,
+            Err(e) => self.store_failed(chunk, Some(e)).await,
         }
     }
 
@@ -710,27 +718,37 @@ impl DiffArea {
     /// Synchronous load for the image: from the storage region if the chunk
     /// was stored, else from the original (safe: a write to the original
     /// would have copied the chunk first, and we hold its lock).
+    /// The image kthread submits the bio itself, with no bio list open
+    /// (diff_area.c:543 → 488 `chunk_load_diff`, chunk.c:338, or 490
+    /// `chunk_load_orig`, chunk.c:317; then diff_io.c:125 bio_alloc_bioset
+    /// and 157 submit_bio_noacct), so it may sleep in the submission, chunk
+    /// lock held, before it waits for the completion (diff_io.c:160).
     async fn load_for_image(self: &Rc<Self>, chunk: &Rc<Chunk>) -> Result<(), Errno> {
         self.drop_lost_buffer(chunk);
         let buffer = self.take_buffer(false).await?;
-        let io = match chunk.region.get().filter(|_| chunk.has(bits::STORE_READY)) {
-            Some(region) => {
-                diff_io::read(&self.module, region.dev, region.sector, region.count, false).await
-            }
+        let (io, site) = match chunk.region.get().filter(|_| chunk.has(bits::STORE_READY)) {
+            Some(region) => (
+                diff_io::read(&self.module, region.dev, region.sector, region.count, false).await,
+                "image_load_diff.submit_bio",
+            ),
             None => {
                 let start = chunk.number * self.chunk_sectors();
-                diff_io::read(
+                let io = diff_io::read(
                     &self.module,
                     self.orig_dev,
                     start,
                     chunk.sector_count,
                     false,
                 )
-                .await
+                .await;
+                (io, "image_load_orig.submit_bio")
             }
         };
         let loaded = match io {
-            Ok(io) => io.await,
+            Ok(io) => {
+                sleep_point(self.module.k(), site).await;
+                io.await
+            }
             Err(e) => Err(e),
         };
         let mut buffer = buffer;

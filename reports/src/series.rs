@@ -158,8 +158,12 @@ pub struct Mark {
     pub kind: String,
     /// The snapshot or device it concerns.
     pub device: String,
-    /// Virtual ns the user received it.
+    /// Virtual ns the engine generated it (the event's time label).
     pub at_ns: u64,
+    /// Virtual ns WAIT_EVENT returned it to the user, when known (older
+    /// reports have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_ns: Option<u64>,
 }
 
 /// Everything sampled over one run.
@@ -288,6 +292,7 @@ mod tests {
                 kind: "low_space".into(),
                 device: "s".into(),
                 at_ns: i,
+                received_ns: None,
             });
         }
         assert_eq!((s.marks.len(), s.dropped), (MAX_SPANS, 5));

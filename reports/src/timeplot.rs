@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::series::{Line, Plot, TimeSeries};
+use crate::series::{Line, Mark, Plot, TimeSeries};
 use crate::text::{self, xml_attr, xml_text};
 
 const WIDTH: f64 = 760.0;
@@ -172,13 +172,11 @@ pub fn render_timeline(series: &TimeSeries) -> Option<String> {
             let _ = writeln!(
                 out,
                 "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"{}\" \
-                 stroke-width=\"2\"><title>{} {} at {}</title></line>",
+                 stroke-width=\"2\"><title>{}</title></line>",
                 y + 1.0,
                 y + TIMELINE_ROW - 1.0,
                 mark_colour(kind),
-                xml_text(kind),
-                xml_text(device),
-                text::duration_ns(m.at_ns),
+                xml_text(&mark_title(m)),
             );
         }
     }
@@ -239,12 +237,30 @@ fn rule_marks(out: &mut String, series: &TimeSeries, axes: Axes, top: f64, botto
         let _ = writeln!(
             out,
             "<line x1=\"{x:.1}\" y1=\"{top:.1}\" x2=\"{x:.1}\" y2=\"{bottom:.1}\" stroke=\"{}\" \
-             stroke-dasharray=\"4 2\"><title>{} {}</title></line>",
+             stroke-dasharray=\"4 2\"><title>{}</title></line>",
             mark_colour(&m.kind),
-            xml_text(&m.kind),
-            xml_text(&m.device),
+            xml_text(&mark_title(m)),
         );
     }
+}
+
+/// A mark stands where the engine generated the event; its tooltip also says when
+/// WAIT_EVENT handed it to the user, which can be much later.
+fn mark_title(m: &Mark) -> String {
+    let mut title = format!(
+        "{} {}: generated at {}",
+        m.kind,
+        m.device,
+        text::duration_ns(m.at_ns)
+    );
+    if let Some(received) = m.received_ns {
+        let _ = write!(
+            title,
+            ", returned by WAIT_EVENT at {}",
+            text::duration_ns(received)
+        );
+    }
+    title
 }
 
 /// A counter holds its value until the next sample: drawn as steps, not slopes.
@@ -347,7 +363,7 @@ fn compact(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::series::{Mark, Window};
+    use crate::series::Window;
 
     fn series() -> TimeSeries {
         let mut s = TimeSeries {
@@ -373,6 +389,7 @@ mod tests {
             kind: "low_space".into(),
             device: "snap".into(),
             at_ns: 600_000,
+            received_ns: Some(700_000),
         });
         s
     }
@@ -416,6 +433,17 @@ mod tests {
             doc.descendants().filter(|n| n.has_tag_name("rect")).count(),
             1
         );
+    }
+
+    #[test]
+    fn a_mark_says_when_it_was_generated_and_when_it_was_returned() {
+        let want = "low_space snap: generated at 600.000 µs, returned by WAIT_EVENT at 700.000 µs";
+        let plot = render_time_plot(&series(), Plot::Storage).expect("storage lines");
+        let timeline = render_timeline(&series()).expect("a timeline");
+        for svg in [plot, timeline] {
+            let doc = parse(&svg);
+            assert!(doc.descendants().any(|n| n.text() == Some(want)), "{svg}");
+        }
     }
 
     #[test]

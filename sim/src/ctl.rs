@@ -196,7 +196,9 @@ fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
             range.sector_count,
         );
         let (start, count) = (range.sector_offset, range.sector_count);
-        sim.series.borrow_mut().appended(sim.now(), dev, count);
+        sim.series
+            .borrow_mut()
+            .appended(sim.now(), append.id.b, dev, count);
         sim.storage
             .borrow_mut()
             .appended(append.id.b, dev, start, count);

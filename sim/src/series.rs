@@ -6,14 +6,15 @@
 //! What it sees is what crosses the kernel boundary, like the checkers: the ranges users
 //! appended (APPEND_STORAGE arguments), the writes the engine issues to the diff storage, the
 //! bios submitted to the image disks, freezes and thaws of the block devices, the TAKE ioctls
-//! and the events WAIT_EVENT returned. "Chunks in the caches" is not sampled: the engine keeps
+//! and the events WAIT_EVENT returned (with the time the engine generated each, its time
+//! label, and a low-space event's `requested_nr_sect`). "Chunks in the caches" is not sampled: the engine keeps
 //! that count internally and reports it through no kernel interface (no stats or trace hook
 //! in `blksnap_core::kernel::Kernel`), and reading engine state would break the black box.
 //!
 //! Cost: one map lookup per sample; each line keeps at most `MAX_POINTS` points and the run at
 //! most `MAX_SPANS` windows and marks, however long it runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use blksnap_core::kernel::DevT;
 use blksnap_reports::{Line, Mark, Plot, TimeSeries, Window};
@@ -82,6 +83,23 @@ struct Count {
     line: Line,
 }
 
+/// One event WAIT_EVENT returned.
+struct EventMark {
+    kind: String,
+    snapshot: [u8; 16],
+    /// When the engine generated it (its time label).
+    generated_ns: u64,
+    /// When WAIT_EVENT returned it.
+    received_ns: u64,
+}
+
+/// What the low-space events of one snapshot asked for so far.
+struct Requested {
+    sectors: u64,
+    /// (generated at, sectors requested by then), one point per event.
+    steps: Vec<(u64, u64)>,
+}
+
 /// Who is a window's or mark's subject until names are known at the end.
 #[derive(Clone, Copy)]
 enum Subject {
@@ -103,8 +121,12 @@ pub struct Sampler {
     written: BTreeMap<DevT, BTreeMap<u64, u64>>,
     /// Open and closed windows, in the order they began (bounded).
     windows: Vec<Span>,
-    /// Events: (kind, snapshot, at).
-    marks: Vec<(String, Subject, u64)>,
+    /// Events, in the order WAIT_EVENT returned them (bounded).
+    marks: Vec<EventMark>,
+    /// The storage devices each snapshot appended.
+    storage_of: BTreeMap<[u8; 16], BTreeSet<DevT>>,
+    /// Per snapshot, the sectors its low-space events requested (bounded like the marks).
+    requested: BTreeMap<[u8; 16], Requested>,
     /// Windows and marks past the bound.
     dropped: u64,
 }
@@ -120,9 +142,10 @@ impl Sampler {
         count.line.sample(now, count.value as f64);
     }
 
-    /// APPEND_STORAGE offered `count` sectors of `dev`.
-    pub fn appended(&mut self, now: u64, dev: DevT, count: u64) {
+    /// APPEND_STORAGE offered `count` sectors of `dev` to snapshot `id`.
+    pub fn appended(&mut self, now: u64, id: [u8; 16], dev: DevT, count: u64) {
         self.add(now, Counter::Appended, dev, count);
+        self.storage_of.entry(id).or_default().insert(dev);
     }
 
     /// The engine wrote `sectors` at `sector` of storage device `dev`.
@@ -177,18 +200,48 @@ impl Sampler {
         );
     }
 
-    /// WAIT_EVENT returned event `code` of snapshot `id`.
-    pub fn event(&mut self, now: u64, id: [u8; 16], code: u32) {
+    /// WAIT_EVENT returned, at `now`, event `code` of snapshot `id`, which the engine says it
+    /// generated at `time_label`; a low-space event asked for `requested_nr_sect` more
+    /// sectors. A time label that is not a time of this run (negative, or later than now)
+    /// is drawn at `now`.
+    pub fn event(
+        &mut self,
+        now: u64,
+        id: [u8; 16],
+        code: u32,
+        time_label: i64,
+        requested_nr_sect: Option<u64>,
+    ) {
         if self.marks.len() >= blksnap_reports::series::MAX_SPANS {
             self.dropped += 1;
             return;
         }
+        let generated_ns = u64::try_from(time_label).map_or(now, |t| t.min(now));
         let kind = match code {
             blksnap_core::uapi::EVENT_LOW_FREE_SPACE => "low_space".to_string(),
             blksnap_core::uapi::EVENT_CORRUPTED => "corrupted".to_string(),
             other => format!("event {other}"),
         };
-        self.marks.push((kind, Subject::Snapshot(id), now));
+        if let Some(sectors) = requested_nr_sect.filter(|_| kind == "low_space") {
+            let asked = self.requested.entry(id).or_insert(Requested {
+                sectors: 0,
+                steps: Vec::new(),
+            });
+            asked.sectors = asked.sectors.saturating_add(sectors);
+            // One queue per snapshot returns its events in the order they were generated;
+            // a label out of that order is drawn at the last one's time.
+            let at = asked
+                .steps
+                .last()
+                .map_or(generated_ns, |p| p.0.max(generated_ns));
+            asked.steps.push((at, asked.sectors));
+        }
+        self.marks.push(EventMark {
+            kind,
+            snapshot: id,
+            generated_ns,
+            received_ns: now,
+        });
     }
 
     fn open(&mut self, kind: &'static str, subject: Subject, now: u64) {
@@ -216,25 +269,28 @@ impl Sampler {
     }
 
     /// The series of the run that ended at `end_ns`, labelled with `names`. The low-space
-    /// level of a storage device is its appended sectors less the engine's public
-    /// `low_space_threshold` parameter: the engine reports low space when the filled line
-    /// crosses it (per snapshot; the plot is per device, exact when one snapshot uses it).
+    /// level of a snapshot is what its low-space events requested so far (the sum of their
+    /// `requested_nr_sect`, the creation event's included) less the engine's public
+    /// `low_space_threshold` parameter: the engine raises the next event when
+    /// "requested minus filled <= threshold", i.e. when the filled line reaches the level.
+    /// It is drawn against the devices the snapshot appended (exact when it used one).
     pub fn finish(&self, end_ns: u64, names: &Names, low_space_threshold: u64) -> TimeSeries {
         let mut series = TimeSeries {
             end_ns,
             dropped: self.dropped,
             ..TimeSeries::default()
         };
-        for ((counter, dev), count) in &self.counts {
+        for ((_, dev), count) in &self.counts {
             let mut line = count.line.clone();
             line.finish();
             line.device = names.device(*dev);
-            if *counter == Counter::Appended {
-                series
-                    .lines
-                    .push(low_space_level(&line, low_space_threshold));
-            }
             series.lines.push(line);
+        }
+        for (id, asked) in &self.requested {
+            let device = self.storage_label(id, names);
+            series
+                .lines
+                .push(low_space_level(asked, device, low_space_threshold));
         }
         series
             .lines
@@ -251,22 +307,48 @@ impl Sampler {
                 end_ns: w.end_ns.unwrap_or(end_ns),
             });
         }
-        for (kind, subject, at_ns) in &self.marks {
+        // Marks stand at the time the engine generated the event: in time order.
+        let mut marks: Vec<&EventMark> = self.marks.iter().collect();
+        marks.sort_by_key(|m| m.generated_ns);
+        for m in marks {
             series.push_mark(Mark {
-                kind: kind.clone(),
-                device: label(subject),
-                at_ns: *at_ns,
+                kind: m.kind.clone(),
+                device: label(&Subject::Snapshot(m.snapshot)),
+                at_ns: m.generated_ns,
+                received_ns: Some(m.received_ns),
             });
         }
         series
     }
+
+    /// The storage devices snapshot `id` appended, as the plot names them ("a+b"), with the
+    /// snapshot's name when it appended none or another snapshot shares one of them.
+    fn storage_label(&self, id: &[u8; 16], names: &Names) -> String {
+        let devs = self.storage_of.get(id);
+        let shared = devs.is_some_and(|devs| {
+            self.storage_of
+                .iter()
+                .any(|(other, d)| other != id && !d.is_disjoint(devs))
+        });
+        let joined = devs.map_or(String::new(), |devs| {
+            devs.iter()
+                .map(|d| names.device(*d))
+                .collect::<Vec<_>>()
+                .join("+")
+        });
+        match (joined.is_empty(), shared) {
+            (true, _) => names.snapshot(id),
+            (false, true) => format!("{joined} ({})", names.snapshot(id)),
+            (false, false) => joined,
+        }
+    }
 }
 
-/// The appended line lowered by the threshold (not below zero).
-fn low_space_level(appended: &Line, threshold: u64) -> Line {
-    let mut level = Line::new(Plot::Storage, "low-space level", appended.device.clone());
-    for &(t, v) in &appended.points {
-        level.sample(t, (v - threshold as f64).max(0.0));
+/// Requested sectors less the threshold (not below zero), a step at each low-space event.
+fn low_space_level(asked: &Requested, device: String, threshold: u64) -> Line {
+    let mut level = Line::new(Plot::Storage, "low-space level", device);
+    for &(t, sectors) in &asked.steps {
+        level.sample(t, sectors.saturating_sub(threshold) as f64);
     }
     level.finish();
     level
@@ -327,8 +409,14 @@ mod tests {
         s.thaw(20, a, 0);
         s.take_begin(5, [7; 16]);
         s.take_end(30, [7; 16]);
-        s.event(40, [7; 16], blksnap_core::uapi::EVENT_LOW_FREE_SPACE);
-        s.appended(1, b, 100);
+        s.event(
+            40,
+            [7; 16],
+            blksnap_core::uapi::EVENT_LOW_FREE_SPACE,
+            3,
+            Some(100),
+        );
+        s.appended(1, [7; 16], b, 300);
         s.engine_write(2, b, 0, 8);
         let mut names = Names::default();
         names.devices.insert(a, "sda".into());
@@ -348,12 +436,19 @@ mod tests {
             ]
         );
         assert_eq!(series.marks[0].kind, "low_space");
+        assert_eq!(
+            (series.marks[0].at_ns, series.marks[0].received_ns),
+            (3, Some(40)),
+            "at the time generated, returned later"
+        );
         let level = series
             .lines
             .iter()
             .find(|l| l.name == "low-space level")
             .expect("level line");
-        assert_eq!(level.points, [(1, 60.0)]);
+        // Requested (100) less the threshold (40), not appended (300) less it.
+        assert_eq!(level.points, [(3, 60.0)]);
+        assert_eq!(level.device, b.to_string());
         let names: Vec<_> = series.lines.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["appended", "filled", "low-space level", "writes"]);
     }

@@ -72,7 +72,16 @@ fn cow_scenario_samples_its_copies() {
     assert_bounded(series);
 }
 
-/// The storage-events scenario: low-space events are marks at the times WAIT_EVENT returned
+/// The value of a stepped line at `t` (its last point at or before `t`).
+fn at(line: &blksnap_reports::Line, t: u64) -> f64 {
+    line.points
+        .iter()
+        .take_while(|p| p.0 <= t)
+        .last()
+        .map_or(0.0, |p| p.1)
+}
+
+/// The storage-events scenario: low-space events are marks at the times the engine generated
 /// them, and the filled line is at the low-space level at the second one.
 #[test]
 fn storage_events_scenario_marks_low_space() {
@@ -96,21 +105,75 @@ fn storage_events_scenario_marks_low_space() {
         .find(|l| l.name == "filled" && l.device == level.device)
         .expect("a filled line on the same device");
     // At the second event (the first comes at creation) the filled count has reached the
-    // level appended at that time, give or take the region the engine allocated (and counted)
-    // but had not yet written: the sim counts a sector when the engine writes it.
-    let at = |line: &blksnap_reports::Line, t: u64| {
-        line.points
-            .iter()
-            .take_while(|p| p.0 <= t)
-            .last()
-            .map_or(0.0, |p| p.1)
-    };
+    // level it crossed (the one drawn just before the event steps it up), give or take the
+    // region the engine allocated (and counted) but had not yet written: the sim counts a
+    // sector when the engine writes it.
     assert!(
-        at(filled, low[1]) >= 0.99 * at(level, low[1]),
+        at(filled, low[1]) >= 0.99 * at(level, low[1] - 1),
         "filled {} below the level {} at the second low-space event",
         at(filled, low[1]),
-        at(level, low[1])
+        at(level, low[1] - 1)
     );
+    assert_bounded(series);
+}
+
+/// The user appends twice what the creation event asked for. The level comes from what the
+/// engine requested ("requested minus filled <= threshold"), so the filled line meets it at
+/// the first event after TAKE; the old rule ("appended minus threshold") put it at 2M - T,
+/// far above. The creation event is taken late: its mark stands at CREATE, where the engine
+/// generated it, and keeps the time WAIT_EVENT returned it.
+#[test]
+fn the_low_space_level_is_what_the_engine_requested_not_what_was_appended() {
+    const M: f64 = 262_144.0;
+    let out = outcome("scenarios/coverage/low-space-append-more-than-requested.ron");
+    assert!(out.passed(), "{:?}", out.failures);
+    let series = &out.series;
+    let low: Vec<&blksnap_reports::Mark> = series
+        .marks
+        .iter()
+        .filter(|m| m.kind == "low_space")
+        .collect();
+    assert_eq!(
+        low.len(),
+        2,
+        "creation and first after TAKE: {:?}",
+        series.marks
+    );
+    let take = series
+        .windows
+        .iter()
+        .find(|w| w.kind == "take")
+        .expect("a TAKE window");
+    let received = |m: &blksnap_reports::Mark| m.received_ns.expect("a return time");
+    assert!(
+        low[0].at_ns < take.start_ns && received(low[0]) > take.end_ns,
+        "the creation event: generated at {} ns, before the TAKE at {} ns, returned at {} ns",
+        low[0].at_ns,
+        take.start_ns,
+        received(low[0])
+    );
+    assert!(low[1].at_ns > take.end_ns && low[1].at_ns < received(low[1]));
+    let line = |name: &str| {
+        series
+            .plot(Plot::Storage)
+            .find(|l| l.name == name && l.device == "store")
+            .unwrap_or_else(|| panic!("no {name} line on store: {:?}", series.lines))
+    };
+    let (level, filled, appended) = (line("low-space level"), line("filled"), line("appended"));
+    let threshold = M / 2.0;
+    assert_eq!(at(appended, low[1].at_ns), 2.0 * M);
+    // The level crossed at the event: M requested at creation, less T; then M more.
+    assert_eq!(at(level, low[1].at_ns - 1), M - threshold);
+    assert_eq!(at(level, low[1].at_ns), 2.0 * M - threshold);
+    // The filled line is at that level when the event is generated; under the old rule
+    // the level (appended less T) was 2M - T there.
+    let crossed = at(level, low[1].at_ns - 1);
+    assert!(
+        at(filled, low[1].at_ns) >= 0.99 * crossed,
+        "filled {} below the level {crossed} at the event",
+        at(filled, low[1].at_ns)
+    );
+    assert!(at(filled, low[1].at_ns) < 0.99 * (at(appended, low[1].at_ns) - threshold));
     assert_bounded(series);
 }
 

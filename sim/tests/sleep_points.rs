@@ -98,35 +98,50 @@ fn every_listed_sleeping_point_is_reached_and_every_reached_one_is_listed() {
     );
 }
 
-/// The eviction work's store submission (`cache_release.submit_bio`:
-/// bio_alloc_bioset and submit_bio_noacct in diff_io_do) is a sleeping
-/// point a race scenario reaches: in `races/cow-vs-eviction.ron` (and its
-/// PCT twin) the one-chunk write cache sends every dirty image chunk
-/// through the eviction work, at each of seeds 0..10.
+/// The bio submissions of work items and of the image kthread (no bio
+/// list is open there, so `submit_bio_noacct` may sleep) are sleeping
+/// points the race scenarios written for them reach, at each of seeds
+/// 0..10 under the random scheduler and under PCT:
+/// - the eviction work's store (`cache_release.submit_bio`), in
+///   `races/cow-vs-eviction`: the one-chunk write cache sends every dirty
+///   image chunk through the eviction work;
+/// - the store the COW's load-completion work starts
+///   (`notify_load.submit_bio`), in `races/cow-store-submit-vs-image`;
+/// - the image worker's synchronous chunk load, from the diff storage and
+///   from the original (`image_load_diff.submit_bio`,
+///   `image_load_orig.submit_bio`), in `races/image-load-vs-cow`.
 #[test]
-fn the_eviction_store_submission_is_reached_by_the_eviction_race() {
-    for name in ["cow-vs-eviction.ron", "cow-vs-eviction-pct.ron"] {
-        let file = root().join("scenarios/races").join(name);
-        let scenario = load(&file).unwrap_or_else(|e| panic!("{e}"));
-        for seed in 0..10 {
-            let outcome = run(
-                &scenario,
-                &RunOptions {
-                    seed: Some(seed),
-                    ..RunOptions::default()
-                },
-            );
-            let reached = outcome
-                .sleep_sites
-                .get("cache_release.submit_bio")
-                .copied()
-                .unwrap_or(0);
-            assert!(
-                reached > 0,
-                "{name} seed {seed}: the eviction work never slept in its store submission; \
-                 sites: {:?}",
-                outcome.sleep_sites
-            );
+fn work_item_and_image_worker_submissions_are_reached_by_their_races() {
+    let cases = [
+        ("cow-vs-eviction", "cache_release.submit_bio"),
+        ("cow-store-submit-vs-image", "notify_load.submit_bio"),
+        ("image-load-vs-cow", "image_load_diff.submit_bio"),
+        ("image-load-vs-cow", "image_load_orig.submit_bio"),
+    ];
+    for (race, site) in cases {
+        for name in [format!("{race}.ron"), format!("{race}-pct.ron")] {
+            let file = root().join("scenarios/races").join(&name);
+            let scenario = load(&file).unwrap_or_else(|e| panic!("{e}"));
+            for seed in 0..10 {
+                let outcome = run(
+                    &scenario,
+                    &RunOptions {
+                        seed: Some(seed),
+                        ..RunOptions::default()
+                    },
+                );
+                assert!(
+                    outcome.passed(),
+                    "{name} seed {seed}: {:?}",
+                    outcome.failures
+                );
+                let reached = outcome.sleep_sites.get(site).copied().unwrap_or(0);
+                assert!(
+                    reached > 0,
+                    "{name} seed {seed}: never slept at {site}; sites: {:?}",
+                    outcome.sleep_sites
+                );
+            }
         }
     }
 }

@@ -14,6 +14,8 @@
 //! generation does a full copy instead (spec 4.4: a new generation says
 //! nothing of older snapshots).
 
+use std::collections::BTreeMap;
+
 use blksnap_core::kernel::{Bio, DevT, Stamp};
 use blksnap_core::uapi::*;
 
@@ -69,6 +71,52 @@ impl Meta {
             generation,
             base: u8::try_from(*base).ok()?,
         })
+    }
+}
+
+/// When the tool last copied each sector of each backup device: the
+/// submission of that copy's write. A device fault on a backup sector
+/// before its copy was overwritten by the copy, so only a fault since then
+/// can explain a backup that differs from the image.
+#[derive(Default)]
+pub struct BackupCopies {
+    /// Per device, disjoint runs: start -> (end, copy submitted at).
+    runs: BTreeMap<DevT, BTreeMap<u64, (u64, u64)>>,
+}
+
+impl BackupCopies {
+    /// The tool's write of [start, start + count) was submitted at `at`.
+    fn copied(&mut self, dev: DevT, start: u64, count: u64, at: u64) {
+        let end = start.saturating_add(count);
+        if start >= end {
+            return;
+        }
+        let runs = self.runs.entry(dev).or_default();
+        // Runs that overlap [start, end) keep only their parts outside it.
+        let first = runs
+            .range(..start)
+            .next_back()
+            .filter(|(_, (e, _))| *e > start)
+            .map_or(start, |(s, _)| *s);
+        let overlapping: Vec<(u64, (u64, u64))> =
+            runs.range(first..end).map(|(s, v)| (*s, *v)).collect();
+        for (s, (e, t)) in overlapping {
+            runs.remove(&s);
+            if s < start {
+                runs.insert(s, (start, t));
+            }
+            if e > end {
+                runs.insert(end, (e, t));
+            }
+        }
+        runs.insert(start, (end, at));
+    }
+
+    /// When the copy now on `dev`'s `sector` was submitted, if the tool
+    /// ever copied that sector.
+    fn copied_at(&self, dev: DevT, sector: u64) -> Option<u64> {
+        let (_, (end, at)) = self.runs.get(&dev)?.range(..=sector).next_back()?;
+        (sector < *end).then_some(*at)
     }
 }
 
@@ -237,16 +285,22 @@ impl Run {
     /// comparison, if one does: the image's own value (the backup equals
     /// it) through the oracle's damage record since TAKE; a backup that
     /// differs from the image, through a fault on the backup device's
-    /// sector itself since the backup began.
+    /// sector itself since the tool's copy of that sector was submitted
+    /// (an older fault was overwritten by the copy; a sector the tool
+    /// never copied has no fault to blame).
     fn device_fault_cause(&self, plan: &Plan, at: u64, same: bool, now: u64) -> Option<String> {
         let oracle = self.sim.oracle.borrow();
         if same {
             return oracle.image_damage_cause(plan.image, at, now);
         }
         let backup_sector = at;
+        let since = self
+            .backup_copies
+            .borrow()
+            .copied_at(plan.backup, backup_sector)?;
         oracle
             .device_damage
-            .explains(plan.backup, backup_sector, 0, now)
+            .explains(plan.backup, backup_sector, since, now)
     }
 
     // --- the tool's pieces --------------------------------------------------------------
@@ -269,7 +323,12 @@ impl Run {
 
     async fn copy(&self, plan: &Plan, sector: u64, count: u64) -> Result<(), String> {
         let data = self.user_read(plan.image, sector, count).await?;
-        self.user_write(plan.backup, sector, data).await
+        let submitted = self.sim.now();
+        self.user_write(plan.backup, sector, data).await?;
+        self.backup_copies
+            .borrow_mut()
+            .copied(plan.backup, sector, count, submitted);
+        Ok(())
     }
 
     async fn copy_full(&self, plan: &Plan) -> Result<(), String> {
@@ -400,6 +459,35 @@ mod tests {
         assert_eq!(Meta::parse(&meta.stamps()), Some(meta));
         assert_eq!(Meta::parse(&[0; 5]), None);
         assert_eq!(Meta::parse(&[META_MAGIC, 1, 2]), None);
+    }
+
+    #[test]
+    fn a_copy_replaces_the_times_of_the_sectors_it_overwrites() {
+        let (d, e) = (DevT::new(7, 2), DevT::new(7, 3));
+        let mut copies = BackupCopies::default();
+        assert_eq!(copies.copied_at(d, 0), None, "never copied");
+        copies.copied(d, 0, 1024, 10);
+        copies.copied(d, 1024, 1024, 20);
+        copies.copied(d, 512, 8, 30);
+        copies.copied(d, 1000, 100, 40);
+        let at = |copies: &BackupCopies, sectors: &[u64]| -> Vec<Option<u64>> {
+            sectors.iter().map(|s| copies.copied_at(d, *s)).collect()
+        };
+        assert_eq!(
+            at(&copies, &[0, 511, 512, 519, 520, 999]),
+            [Some(10), Some(10), Some(30), Some(30), Some(10), Some(10)]
+        );
+        assert_eq!(
+            at(&copies, &[1000, 1099, 1100, 2047]),
+            [Some(40), Some(40), Some(20), Some(20)]
+        );
+        assert_eq!(at(&copies, &[2048]), [None], "past the last copy");
+        assert_eq!(copies.copied_at(e, 0), None, "another device");
+        copies.copied(d, 0, 4096, 50);
+        assert_eq!(
+            at(&copies, &[0, 1000, 4095, 4096]),
+            [Some(50), Some(50), Some(50), None]
+        );
     }
 
     #[test]

@@ -383,10 +383,17 @@ impl Run {
             code: event.code,
             time_label: event.time_label,
         });
-        self.sim
-            .series
-            .borrow_mut()
-            .event(self.sim.now(), id, event.code);
+        let requested = (event.code == EVENT_LOW_FREE_SPACE)
+            .then(|| BlkSnapEventLowFreeSpace::decode(&event.data))
+            .flatten()
+            .map(|e| e.requested_nr_sect);
+        self.sim.series.borrow_mut().event(
+            self.sim.now(),
+            id,
+            event.code,
+            event.time_label,
+            requested,
+        );
         if event.code == EVENT_CORRUPTED {
             if let Some(payload) = BlkSnapEventCorrupted::decode(&event.data) {
                 let orig = dev_t(payload.orig_dev_id);

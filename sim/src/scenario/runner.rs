@@ -144,6 +144,8 @@ pub(super) struct Run {
     over_budget: Cell<bool>,
     /// Every module instance loaded, for power-off (see `power_off`).
     loaded: RefCell<Vec<Weak<Module>>>,
+    /// When the backup steps last copied each sector of a backup device.
+    pub backup_copies: RefCell<super::backup_steps::BackupCopies>,
 }
 
 /// Run a loaded scenario.
@@ -188,6 +190,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         sectors_written: Cell::new(0),
         over_budget: Cell::new(false),
         loaded: RefCell::new(Vec::new()),
+        backup_copies: RefCell::default(),
     });
     run.load_module();
     let steps = scenario.steps.clone();
