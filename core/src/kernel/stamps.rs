@@ -319,7 +319,10 @@ impl PartialEq for Stamps {
         if self.len != other.len {
             return false;
         }
-        let (mut a, mut b) = (self.pieces.as_slice().iter(), other.pieces.as_slice().iter());
+        let (mut a, mut b) = (
+            self.pieces.as_slice().iter(),
+            other.pieces.as_slice().iter(),
+        );
         let (mut ra, mut rb) = (None::<Run>, None::<Run>);
         loop {
             let x = match ra.take().or_else(|| a.next().map(|p| p.run)) {
@@ -460,7 +463,11 @@ mod tests {
     fn one_run_is_held_inline_and_grows_past_it() {
         let mut s = Stamps::counting(10, 4);
         assert!(matches!(s.pieces, Pieces::One(_)));
-        s.push_run(Run { first: 0, step: 0, len: 3 });
+        s.push_run(Run {
+            first: 0,
+            step: 0,
+            len: 3,
+        });
         s.push(9);
         assert!(matches!(s.pieces, Pieces::Many(_)));
         assert_eq!(s.to_vec(), vec![10, 11, 12, 13, 0, 0, 0, 9]);

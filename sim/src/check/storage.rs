@@ -141,8 +141,7 @@ impl StorageCheck {
             None => None,
             Some(_) => self.stamps.range(..end).next_back(),
         };
-        let meets =
-            last_before_end.is_some_and(|(s, (known_len, _))| *s + *known_len > first);
+        let meets = last_before_end.is_some_and(|(s, (known_len, _))| *s + *known_len > first);
         if !meets {
             if end > first {
                 self.stamps.insert(first, (end - first, Some(here)));
