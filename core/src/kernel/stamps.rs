@@ -58,10 +58,47 @@ struct Piece {
     run: Run,
 }
 
+/// The pieces of a `Stamps`. Most data is one run (a user write, a chunk
+/// of a never-written range), so one piece is held inline: cloning or
+/// building such data allocates nothing.
+#[derive(Clone, Default)]
+enum Pieces {
+    #[default]
+    Empty,
+    One(Piece),
+    Many(Vec<Piece>),
+}
+
+impl Pieces {
+    fn as_slice(&self) -> &[Piece] {
+        match self {
+            Pieces::Empty => &[],
+            Pieces::One(piece) => std::slice::from_ref(piece),
+            Pieces::Many(pieces) => pieces,
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut Piece> {
+        match self {
+            Pieces::Empty => None,
+            Pieces::One(piece) => Some(piece),
+            Pieces::Many(pieces) => pieces.last_mut(),
+        }
+    }
+
+    fn push(&mut self, piece: Piece) {
+        match self {
+            Pieces::Empty => *self = Pieces::One(piece),
+            Pieces::One(first) => *self = Pieces::Many(vec![*first, piece]),
+            Pieces::Many(pieces) => pieces.push(piece),
+        }
+    }
+}
+
 /// A sequence of stamps, one per sector, stored run by run.
 #[derive(Clone, Default)]
 pub struct Stamps {
-    pieces: Vec<Piece>,
+    pieces: Pieces,
     len: u64,
 }
 
@@ -86,10 +123,29 @@ impl Stamps {
         out
     }
 
+    /// Cut into runs as pushing the stamps one by one would: each run is
+    /// as long as it can be, its step set by its first two stamps.
     pub fn from_slice(data: &[Stamp]) -> Stamps {
         let mut out = Stamps::new();
-        for &stamp in data {
-            out.push(stamp);
+        let mut i = 0;
+        while i < data.len() {
+            let first = data[i];
+            let step = data.get(i + 1).map_or(0, |next| next.wrapping_sub(first));
+            let mut len = 1;
+            if step <= 1 {
+                while data
+                    .get(i + len)
+                    .is_some_and(|&s| s == data[i + len - 1].wrapping_add(step))
+                {
+                    len += 1;
+                }
+            }
+            out.push_run(Run {
+                first,
+                step: if len == 1 { 0 } else { step },
+                len: len as u64,
+            });
+            i += len;
         }
         out
     }
@@ -118,18 +174,22 @@ impl Stamps {
 
     /// Runs held (what the memory grows with).
     pub fn runs(&self) -> usize {
-        self.pieces.len()
+        self.pieces.as_slice().len()
     }
 
     /// The index of the piece holding sector `i`.
     fn piece_of(&self, i: u64) -> usize {
         assert!(i < self.len, "stamp {i} of {}", self.len);
-        self.pieces.partition_point(|p| p.at <= i) - 1
+        self.pieces.as_slice().partition_point(|p| p.at <= i) - 1
     }
 
     /// The stamp of sector `i`; panics past the end, as indexing does.
     pub fn get(&self, i: u64) -> Stamp {
-        let piece = &self.pieces[self.piece_of(i)];
+        if let Pieces::One(piece) = &self.pieces {
+            assert!(i < self.len, "stamp {i} of {}", self.len);
+            return piece.run.at(i - piece.at);
+        }
+        let piece = &self.pieces.as_slice()[self.piece_of(i)];
         piece.run.at(i - piece.at)
     }
 
@@ -166,7 +226,7 @@ impl Stamps {
     }
 
     pub fn append(&mut self, other: &Stamps) {
-        for piece in &other.pieces {
+        for piece in other.pieces.as_slice() {
             self.push_run(piece.run);
         }
     }
@@ -188,12 +248,13 @@ impl Stamps {
             "[{from}, {to}) of {}",
             self.len
         );
+        let pieces = self.pieces.as_slice();
         let first = if from == to {
-            self.pieces.len()
+            pieces.len()
         } else {
             self.piece_of(from)
         };
-        self.pieces[first..]
+        pieces[first..]
             .iter()
             .take_while(move |p| p.at < to)
             .map(move |p| {
@@ -205,12 +266,13 @@ impl Stamps {
 
     /// Every run with the offset of its first sector.
     pub fn iter_runs(&self) -> impl Iterator<Item = (u64, Run)> + '_ {
-        self.pieces.iter().map(|p| (p.at, p.run))
+        self.pieces.as_slice().iter().map(|p| (p.at, p.run))
     }
 
     /// Every stamp, one per sector (O(len): for small data and messages).
     pub fn iter(&self) -> impl Iterator<Item = Stamp> + '_ {
         self.pieces
+            .as_slice()
             .iter()
             .flat_map(|p| (0..p.run.len).map(move |i| p.run.at(i)))
     }
@@ -245,6 +307,7 @@ impl Stamps {
     /// Whether every sector holds `stamp` (true when empty).
     pub fn is_all(&self, stamp: Stamp) -> bool {
         self.pieces
+            .as_slice()
             .iter()
             .all(|p| p.run.first == stamp && (p.run.step == 0 || p.run.len == 1))
     }
@@ -256,7 +319,10 @@ impl PartialEq for Stamps {
         if self.len != other.len {
             return false;
         }
-        let (mut a, mut b) = (self.pieces.iter(), other.pieces.iter());
+        let (mut a, mut b) = (
+            self.pieces.as_slice().iter(),
+            other.pieces.as_slice().iter(),
+        );
         let (mut ra, mut rb) = (None::<Run>, None::<Run>);
         loop {
             let x = match ra.take().or_else(|| a.next().map(|p| p.run)) {
@@ -368,6 +434,45 @@ mod tests {
         assert_eq!(s, model);
         s.resize(10, 0);
         assert_eq!(s, model[..10].to_vec());
+    }
+
+    #[test]
+    fn from_slice_cuts_as_pushing_one_by_one() {
+        // Stamps drawn from a few values so that runs of both steps, lone
+        // stamps and wrap-arounds all occur; the greedy push is the model.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let n = (x % 12) as usize;
+            let data: Vec<Stamp> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    [0, 1, 2, 3, u64::MAX, 7][(x % 6) as usize]
+                })
+                .collect();
+            let fast = Stamps::from_slice(&data);
+            let pushed: Stamps = data.iter().copied().collect();
+            assert_eq!(fast.to_vec(), data);
+            let runs = |s: &Stamps| s.iter_runs().collect::<Vec<_>>();
+            assert_eq!(runs(&fast), runs(&pushed), "{data:?}");
+        }
+    }
+
+    #[test]
+    fn one_run_is_held_inline_and_grows_past_it() {
+        let mut s = Stamps::counting(10, 4);
+        assert!(matches!(s.pieces, Pieces::One(_)));
+        s.push_run(Run {
+            first: 0,
+            step: 0,
+            len: 3,
+        });
+        s.push(9);
+        assert!(matches!(s.pieces, Pieces::Many(_)));
+        assert_eq!(s.to_vec(), vec![10, 11, 12, 13, 0, 0, 0, 9]);
+        assert_eq!(s.slice(2, 6).to_vec(), vec![12, 13, 0, 0]);
+        assert!(Stamps::new().is_empty() && Stamps::new().runs() == 0);
     }
 
     #[test]

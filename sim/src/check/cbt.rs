@@ -64,7 +64,12 @@ impl BlockSet {
                 .pages
                 .entry(page)
                 .or_insert_with(|| Box::new(BitArray::ZERO));
-            bits[lo..=hi].fill(true);
+            if lo == hi {
+                // Most writes touch one block: a bit set, not a range fill.
+                bits.set(lo, true);
+            } else {
+                bits[lo..=hi].fill(true);
+            }
             block = page * PAGE_BITS + hi as u64 + 1;
         }
     }

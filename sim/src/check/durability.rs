@@ -23,7 +23,8 @@
 //!   loss, a read returns the last completed write (any of those that
 //!   overlapped), or a write in flight during the read.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Index;
 
 use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Stamp, Stamps};
 
@@ -53,6 +54,57 @@ impl Write {
     }
 }
 
+/// Writes by id. Ids are handed out in increasing order and writes leave
+/// only at power loss, so a deque from the oldest live id finds a write in
+/// O(1) where a map would search. A removed write leaves a hole until every
+/// older one is gone too (another device's writes may still be live).
+#[derive(Clone, Default)]
+struct WriteLog {
+    first: u64,
+    slots: VecDeque<Option<Write>>,
+}
+
+impl WriteLog {
+    fn insert(&mut self, id: u64, write: Write) {
+        if self.slots.is_empty() {
+            self.first = id;
+        }
+        assert_eq!(id, self.first + self.slots.len() as u64, "ids in order");
+        self.slots.push_back(Some(write));
+    }
+
+    fn slot(&self, id: u64) -> Option<usize> {
+        id.checked_sub(self.first).map(|i| i as usize)
+    }
+
+    fn get(&self, id: &u64) -> Option<&Write> {
+        self.slots.get(self.slot(*id)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, id: &u64) -> Option<&mut Write> {
+        let slot = self.slot(*id)?;
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    fn remove(&mut self, id: &u64) {
+        if let Some(slot) = self.slot(*id).and_then(|i| self.slots.get_mut(i)) {
+            *slot = None;
+        }
+        while self.slots.front().is_some_and(|w| w.is_none()) {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+    }
+}
+
+impl Index<&u64> for WriteLog {
+    type Output = Write;
+
+    fn index(&self, id: &u64) -> &Write {
+        self.get(id).expect("a live write")
+    }
+}
+
 /// The most sectors joined engine writes cover (1 GiB): it bounds how far
 /// back a sector's writes can start.
 const MAX_JOINED: u64 = 1 << 21;
@@ -70,7 +122,7 @@ pub struct Token {
 #[derive(Default)]
 pub struct Durability {
     fills: BTreeMap<DevT, (u32, Fill)>,
-    writes: BTreeMap<u64, Write>,
+    writes: WriteLog,
     /// Writes since the last power loss by (device, first sector), and the
     /// longest per device: the writes over a sector start at most that far
     /// before it. One entry per write, not one per sector it covers.
@@ -79,8 +131,9 @@ pub struct Durability {
     /// The last engine write per device (later ones may join it).
     last_engine: BTreeMap<DevT, u64>,
     flushes: BTreeMap<DevT, Vec<Flush>>,
-    /// Completed user writes no FLUSH has judged yet, per device.
-    unflushed: BTreeMap<DevT, BTreeSet<u64>>,
+    /// Completed user writes no FLUSH has judged yet, per device, in the
+    /// order they completed (a FLUSH judges them in id order).
+    unflushed: BTreeMap<DevT, Vec<u64>>,
     /// Content found after the last power loss, and when it happened.
     baseline: BTreeMap<(DevT, u64), Stamp>,
     epoch: BTreeMap<DevT, u64>,
@@ -190,7 +243,7 @@ impl Durability {
         };
         if ok {
             write.completed = Some(now);
-            self.unflushed.entry(write.dev).or_default().insert(id);
+            self.unflushed.entry(write.dev).or_default().push(id);
         }
     }
 
@@ -215,7 +268,7 @@ impl Durability {
             .entry(dev)
             .or_default()
             .push((token.submitted, now));
-        let covered: Vec<u64> = self
+        let mut covered: Vec<u64> = self
             .unflushed
             .get(&dev)
             .into_iter()
@@ -227,31 +280,40 @@ impl Durability {
                     .is_some_and(|c| c <= token.submitted)
             })
             .collect();
+        covered.sort_unstable();
         let mut judged = 0;
-        for id in &covered {
-            if let Some(set) = self.unflushed.get_mut(&dev) {
-                set.remove(id);
-            }
+        for (i, id) in covered.iter().enumerate() {
             let write = &self.writes[id];
             for s in write.sector..write.end() {
                 let got = media(s);
                 let allowed = self.allowed(dev, s, now);
                 judged += 1;
                 if !allowed.contains(&got) {
-                    return Err(format!(
+                    let message = format!(
                         "FLUSH of {dev} submitted at {} ns completed at {now} ns, but sector {s} \
                          written by a write completed at {} ns is not durable: the media holds \
                          {got:#x}, expected one of {}",
                         token.submitted,
                         write.completed.unwrap_or(0),
                         show(&allowed)
-                    ));
+                    );
+                    // Judged (and dropped) so far: the ones up to this.
+                    self.drop_unflushed(dev, &covered[..=i]);
+                    return Err(message);
                 }
             }
         }
+        self.drop_unflushed(dev, &covered);
         self.flushes_judged += 1;
         self.flush_sectors_judged += judged;
         Ok(judged)
+    }
+
+    /// Forget the writes a FLUSH judged (`judged` sorted by id).
+    fn drop_unflushed(&mut self, dev: DevT, judged: &[u64]) {
+        if let Some(ids) = self.unflushed.get_mut(&dev) {
+            ids.retain(|id| judged.binary_search(id).is_err());
+        }
     }
 
     /// The writes to `sector` since the last power loss.
@@ -337,9 +399,9 @@ impl Durability {
         let mut judged = 0;
         for (i, got) in data.iter().enumerate() {
             let s = bio.sector + i as u64;
-            let allowed = self.readable(bio.dev, s, from, to);
             judged += 1;
-            if !allowed.contains(&got) {
+            if !self.may_read(bio.dev, s, from, to, got) {
+                let allowed = self.readable(bio.dev, s, from, to);
                 return Err(format!(
                     "{} sector {s}: read {got:#x} at {from}..{to} ns, but with no fault \
                      injected on the device a completed write must read back: expected one of {}",
@@ -350,6 +412,29 @@ impl Durability {
         }
         self.read_sectors_judged += judged;
         Ok(judged)
+    }
+
+    /// Whether `readable` holds `got`, without building the set: a read
+    /// judges every sector, and the set is only needed for a message.
+    fn may_read(&self, dev: DevT, sector: u64, from: u64, to: u64, got: Stamp) -> bool {
+        let done = |w: &&Write| w.user && w.completed.is_some_and(|c| c <= from);
+        let latest = self
+            .sector_writes(dev, sector)
+            .filter(done)
+            .map(|w| w.submitted)
+            .max();
+        let last = match latest {
+            Some(latest) => self
+                .sector_writes(dev, sector)
+                .filter(done)
+                .filter(|w| w.completed.is_some_and(|c| c >= latest))
+                .any(|w| w.stamp(sector) == got),
+            None => self.base(dev, sector) == got,
+        };
+        last || self
+            .sector_writes(dev, sector)
+            .filter(|w| w.submitted <= to && w.completed.is_none_or(|c| c > from))
+            .any(|w| w.stamp(sector) == got)
     }
 
     /// What a read over [from, to] may return: the last completed writes

@@ -131,6 +131,23 @@ impl StorageCheck {
     /// seen nowhere else names its sector; one seen elsewhere names none.
     fn name_stamps(&mut self, first: Stamp, len: u64, here: Origin) {
         let end = first.saturating_add(len);
+        // Fresh stamps (every new user write) meet no known run: runs are
+        // disjoint, so only the last one starting before `end` can meet
+        // them. One lookup, no cutting, nothing collected.
+        // Fresh stamps count up from every stamp seen before: the map's
+        // last entry is then the last one before `end`, at no search.
+        let last_before_end = match self.stamps.last_key_value() {
+            Some((s, v)) if *s < end => Some((s, v)),
+            None => None,
+            Some(_) => self.stamps.range(..end).next_back(),
+        };
+        let meets = last_before_end.is_some_and(|(s, (known_len, _))| *s + *known_len > first);
+        if !meets {
+            if end > first {
+                self.stamps.insert(first, (end - first, Some(here)));
+            }
+            return;
+        }
         let at = |stamp: Stamp| Some((here.0, here.1.wrapping_add(stamp - first)));
         let mut pieces: Vec<(Stamp, u64, Option<Origin>)> = Vec::new();
         let mut next = first;
