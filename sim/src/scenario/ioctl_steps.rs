@@ -222,15 +222,46 @@ impl Run {
             // The runner's own COLLECT_IMAGES, to learn the images. A DESTROY
             // that overlapped the TAKE may have removed the snapshot since:
             // nothing is left to bind then (it is not the TAKE's result).
-            let pairs = match self.collect_images(snapshot, None, None, &Expect::Ok).await {
-                Ok(pairs) => pairs,
-                Err(_) if self.record(snapshot).destroying => return Ok(()),
-                Err(e) => return Err(format!("COLLECT_IMAGES after a successful TAKE: {e}")),
+            let Some(pairs) = self.collect_taken_images(snapshot).await? else {
+                return Ok(());
             };
             crate::check::fs_take::taken(&self.sim, &pairs, start, end);
             self.bind_images(snapshot, pairs, start, end);
         }
         Ok(())
+    }
+
+    /// The runner's own COLLECT_IMAGES after a TAKE, as a backup tool calls
+    /// it: an ENOMEM that the sim caused by failing an allocation inside the
+    /// call is retried (v2 allocates the image array with GFP_KERNEL, and a
+    /// tool retries ENOMEM). `None`: nothing to bind, because a DESTROY
+    /// removed the snapshot or every attempt hit an injected allocation
+    /// failure (then a failure caused by a declared fault is recorded).
+    async fn collect_taken_images(
+        &self,
+        snapshot: &str,
+    ) -> Result<Option<Vec<(DevT, DevT)>>, String> {
+        const ATTEMPTS: u32 = 4;
+        for attempt in 1..=ATTEMPTS {
+            let began = self.sim.now();
+            let error = match self.collect_images(snapshot, None, None, &Expect::Ok).await {
+                Ok(pairs) => return Ok(Some(pairs)),
+                Err(_) if self.record(snapshot).destroying => return Ok(None),
+                Err(e) => format!("COLLECT_IMAGES after a successful TAKE: {e}"),
+            };
+            let now = self.sim.now();
+            let injected = error.contains("ENOMEM")
+                && self.sim.injected.borrow().alloc_failed(None, began, now);
+            if !injected {
+                return Err(error);
+            }
+            if attempt == ATTEMPTS {
+                let message = format!("{error} ({ATTEMPTS} attempts, each failed by the sim)");
+                self.sim.fail_by_fault("expect", message, now);
+                return Ok(None);
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     pub(super) async fn destroy(
@@ -291,10 +322,17 @@ impl Run {
         expect: &Expect,
     ) -> Result<(), String> {
         let query = BlkSnapSnapshotCollect::default();
-        let count = self
+        // The count query is part of the step: its error is judged by the
+        // step's `expect` as the call's own would be (no module: ENODEV).
+        let count = match self
             .count_first(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT, query, fault, |c| c.count)
             .await
-            .map_err(|e| format!("COLLECT (count) failed: {e}"))?;
+        {
+            Ok(count) => count,
+            Err(e) => {
+                return check_expect(expect, Err(e)).map_err(|m| format!("COLLECT (count): {m}"))
+            }
+        };
         let ids = vec![BlkSnapUuid::default(); array_items(count)];
         let arg = BlkSnapSnapshotCollect {
             count,
@@ -466,10 +504,18 @@ impl Run {
         expect: &Expect,
     ) -> Result<(), String> {
         let query = BlkSnapTrackerCollect::default();
-        let count = self
+        // The count query is part of the step: its error is judged by the
+        // step's `expect` as the call's own would be (no module: ENODEV).
+        let count = match self
             .count_first(IOCTL_BLK_SNAP_TRACKER_COLLECT, query, fault, |c| c.count)
             .await
-            .map_err(|e| format!("TRACKER_COLLECT (count) failed: {e}"))?;
+        {
+            Ok(count) => count,
+            Err(e) => {
+                return check_expect(expect, Err(e))
+                    .map_err(|m| format!("TRACKER_COLLECT (count): {m}"))
+            }
+        };
         let infos = vec![BlkSnapCbtInfo::default(); array_items(count)];
         let arg = BlkSnapTrackerCollect {
             count,
