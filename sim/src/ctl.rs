@@ -56,9 +56,7 @@ pub async fn ioctl(
         result,
         listed: listed_ids(nr, result, arg, user),
         created: created_id(nr, result, arg, user),
-        // Only ENOMEM is ever excused by it: skip the scan of the fault record otherwise.
-        alloc_fault: result == Err(Errno::ENOMEM)
-            && sim.injected.borrow().alloc_failed(None, began, sim.now()),
+        alloc_fault: enomem_injected(sim, result, began, sim.now()),
     });
     let verdict = match call {
         Some(call) => sim.lifecycle.borrow_mut().end(token, &call),
@@ -74,6 +72,14 @@ pub async fn ioctl(
         check_event(sim, id, arg, user);
     }
     result
+}
+
+/// The call failed with ENOMEM and the sim failed an allocation (any site)
+/// in [began, ended]: the failure is the declared fault's, not the engine's.
+/// The lifecycle checker and the runner's COLLECT_IMAGES retry both ask this.
+pub fn enomem_injected(sim: &Sim, result: IoctlResult, began: u64, ended: u64) -> bool {
+    // Only ENOMEM is ever excused: skip the scan of the fault record otherwise.
+    result == Err(Errno::ENOMEM) && sim.injected.borrow().alloc_failed(None, began, ended)
 }
 
 /// The events checker: a corrupted event comes at most once per device.

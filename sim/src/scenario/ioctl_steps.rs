@@ -242,26 +242,25 @@ impl Run {
         snapshot: &str,
     ) -> Result<Option<Vec<(DevT, DevT)>>, String> {
         const ATTEMPTS: u32 = 4;
-        for attempt in 1..=ATTEMPTS {
-            let began = self.sim.now();
-            let error = match self.collect_images(snapshot, None, None, &Expect::Ok).await {
-                Ok(pairs) => return Ok(Some(pairs)),
+        const WHAT: &str = "COLLECT_IMAGES after a successful TAKE: expected success";
+        let mut ended = self.sim.now();
+        for _ in 0..ATTEMPTS {
+            let images = self.images_call(snapshot, None).await;
+            let errno = match images.result {
+                Ok(_) => return Ok(Some(images.pairs)),
                 Err(_) if self.record(snapshot).destroying => return Ok(None),
-                Err(e) => format!("COLLECT_IMAGES after a successful TAKE: {e}"),
+                Err(errno) => errno,
             };
-            let now = self.sim.now();
-            let injected = error.contains("ENOMEM")
-                && self.sim.injected.borrow().alloc_failed(None, began, now);
-            if !injected {
-                return Err(error);
-            }
-            if attempt == ATTEMPTS {
-                let message = format!("{error} ({ATTEMPTS} attempts, each failed by the sim)");
-                self.sim.fail_by_fault("expect", message, now);
-                return Ok(None);
+            let began;
+            (began, ended) = images.window;
+            if !crate::ctl::enomem_injected(&self.sim, Err(errno), began, ended) {
+                return Err(format!("{WHAT}, got {errno}"));
             }
         }
-        unreachable!("the last attempt returns")
+        let enomem = Errno::ENOMEM;
+        let message = format!("{WHAT}, got {enomem} ({ATTEMPTS} attempts, each failed by the sim)");
+        self.sim.fail_by_fault("expect", message, ended);
+        Ok(None)
     }
 
     pub(super) async fn destroy(
@@ -367,15 +366,27 @@ impl Run {
         fault: Option<&ArgFault>,
         expect: &Expect,
     ) -> Result<Vec<(DevT, DevT)>, String> {
+        let images = self.images_call(snapshot, fault).await;
+        check_expect(expect, images.result)?;
+        if let Some(written) = images.written {
+            check_count("COLLECT_IMAGES", Some(written), expect_count)?;
+        }
+        Ok(images.pairs)
+    }
+
+    /// COLLECT_IMAGES as user space calls it: the count query, then the
+    /// array. The errno stays typed, for the callers that judge it.
+    async fn images_call(&self, snapshot: &str, fault: Option<&ArgFault>) -> ImagesCall {
         let id = self.uuid(snapshot);
         let query = BlkSnapSnapshotCollectImages {
             id,
             ..Default::default()
         };
         let cmd = IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES;
+        let began = self.sim.now();
         let count = match self.count_first(cmd, query, fault, |c| c.count).await {
             Ok(count) => count,
-            Err(e) => return check_expect(expect, Err(e)).map(|()| Vec::new()),
+            Err(e) => return ImagesCall::failed(Err(e), None, (began, self.sim.now())),
         };
         let infos = vec![BlkSnapImageInfo::default(); array_items(count)];
         let arg = BlkSnapSnapshotCollectImages {
@@ -383,22 +394,26 @@ impl Run {
             count,
             image_info_array: self.map_array(&infos, fault),
         };
-        let (result, addr) = self
-            .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES, &arg, fault)
-            .await;
-        check_expect(expect, result)?;
+        let began = self.sim.now();
+        let (result, addr) = self.ioctl(cmd, &arg, fault).await;
+        let window = (began, self.sim.now());
         let written = self
             .read_back::<BlkSnapSnapshotCollectImages>(addr)
             .map_or(0, |c| c.count);
-        check_count("COLLECT_IMAGES", Some(written), expect_count)?;
         if result.is_err() {
-            return Ok(Vec::new());
+            return ImagesCall::failed(result, Some(written), window);
         }
         let size = BlkSnapImageInfo::SIZE as u64;
-        Ok((0..array_items(count.min(written)) as u64)
+        let pairs = (0..array_items(count.min(written)) as u64)
             .filter_map(|i| self.read_back::<BlkSnapImageInfo>(arg.image_info_array + i * size))
             .map(|info| (dev_t(info.orig_dev_id), dev_t(info.image_dev_id)))
-            .collect())
+            .collect();
+        ImagesCall {
+            result,
+            written: Some(written),
+            pairs,
+            window,
+        }
     }
 
     pub(super) async fn wait_event_raw(
@@ -829,6 +844,29 @@ pub(super) fn cbt_buffer_bytes(length: u32) -> usize {
 }
 
 /// The count an ioctl wrote back, against the step's expectation.
+/// What one COLLECT_IMAGES (count query and array call) returned.
+struct ImagesCall {
+    /// The last ioctl's result.
+    result: Result<i64, Errno>,
+    /// The count the array call wrote back (None: the query failed first).
+    written: Option<u32>,
+    /// The images read back (none on an error).
+    pairs: Vec<(DevT, DevT)>,
+    /// When the last ioctl began and ended, to tell an injected ENOMEM.
+    window: (u64, u64),
+}
+
+impl ImagesCall {
+    fn failed(result: Result<i64, Errno>, written: Option<u32>, window: (u64, u64)) -> Self {
+        Self {
+            result,
+            written,
+            pairs: Vec::new(),
+            window,
+        }
+    }
+}
+
 fn check_count(name: &str, written: Option<u32>, expected: Option<u32>) -> Result<(), String> {
     match expected {
         Some(want) if written != Some(want) => {
