@@ -118,7 +118,14 @@ pub fn exit_code(error: bool, failed: bool) -> i32 {
 /// like a bench error of a task (exit 2), and the next scenario runs.
 pub fn bench_crash(file: &Path, name: &str, message: String) -> ScenarioRun {
     say_line(&format!("ERROR {name}: {message}"));
-    let mut run = ScenarioRun::new(name.to_string(), file.display().to_string(), 0);
+    bench_error_run(file, name, 0, message)
+}
+
+/// A run the bench could not finish (`run`'s crash, `sweep`'s panic at a
+/// seed): verdict Error, one bench failure with no time. The one place
+/// such a run is built, so every report shows it alike.
+pub fn bench_error_run(file: &Path, name: &str, seed: u64, message: String) -> ScenarioRun {
+    let mut run = ScenarioRun::new(name.to_string(), file.display().to_string(), seed);
     run.verdict = Verdict::Error;
     run.failures.push(reports::Failure {
         checker: BENCH_CHECKER.into(),

@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use blksnap_sim::check::verdict::Category;
-use blksnap_sim::scenario::{load, parse, run, RunOptions};
+use blksnap_sim::scenario::parse;
+
+#[path = "common/runs.rs"]
+mod runs;
 
 fn faults_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../scenarios/faults")
-        .join(name)
+    runs::root().join("scenarios/faults").join(name)
 }
 
 #[test]
@@ -44,15 +45,7 @@ fn fault_scenarios_classify_the_corruption_they_cause() {
         ("data-faults-random.ron", false),
     ];
     for (file, expected) in files {
-        let scenario = load(&faults_file(file)).unwrap_or_else(|e| panic!("{e}"));
-        for seed in 0..5 {
-            let outcome = run(
-                &scenario,
-                &RunOptions {
-                    seed: Some(seed),
-                    ..RunOptions::default()
-                },
-            );
+        runs::each_seed(&faults_file(file), 0..5, |seed, outcome| {
             assert!(
                 outcome.passed(),
                 "{file} seed {seed}: {:?} {:?}",
@@ -65,6 +58,6 @@ fn fault_scenarios_classify_the_corruption_they_cause() {
                 .all(|f| f.category == Category::DeclaredFault));
             let explained = outcome.metrics["device_fault_sectors_explained"];
             assert!(!expected || explained > 0.0, "{file} seed {seed}");
-        }
+        });
     }
 }

@@ -1,20 +1,11 @@
 //! Same seed, same trace digest; a random workload under two seeds gives
 //! two digests. Runs the real scenario files through the library.
 
-use std::path::Path;
-
-use blksnap_sim::scenario::{load, run, RunOptions};
+#[path = "common/runs.rs"]
+mod runs;
 
 fn digest(path: &str, seed: u64) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let scenario = load(&root.join(path)).expect("scenario loads");
-    let outcome = run(
-        &scenario,
-        &RunOptions {
-            seed: Some(seed),
-            ..RunOptions::default()
-        },
-    );
+    let outcome = runs::run_at(&runs::load_file(&runs::root().join(path)), Some(seed));
     assert!(
         outcome.passed(),
         "{path} seed {seed}: {:?}",

@@ -3,13 +3,12 @@
 //! filesystem's record (a checker that judged none would pass a TAKE that
 //! forgets to freeze as readily as a correct one).
 
-use std::path::Path;
-
-use blksnap_sim::scenario::{load, run, RunOptions};
+#[path = "common/runs.rs"]
+mod runs;
 
 #[test]
 fn fs_scenarios_pass_and_judge_sectors() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/fs");
+    let dir = runs::root().join("scenarios/fs");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("scenarios/fs")
         .map(|e| e.expect("entry").path())
@@ -18,15 +17,7 @@ fn fs_scenarios_pass_and_judge_sectors() {
     files.sort();
     assert!(files.len() >= 2, "scenarios/fs has {} files", files.len());
     for file in &files {
-        let scenario = load(file).unwrap_or_else(|e| panic!("{e}"));
-        for seed in 0..10 {
-            let outcome = run(
-                &scenario,
-                &RunOptions {
-                    seed: Some(seed),
-                    ..RunOptions::default()
-                },
-            );
+        runs::each_seed(file, 0..10, |seed, outcome| {
             let judged = outcome.metrics["fs_sectors_judged"];
             assert!(
                 outcome.passed(),
@@ -39,6 +30,6 @@ fn fs_scenarios_pass_and_judge_sectors() {
                 "{} seed {seed}: fs_consistency judged only {judged} sectors",
                 file.display()
             );
-        }
+        });
     }
 }

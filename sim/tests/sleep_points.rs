@@ -11,13 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use blksnap_sim::scenario::{load, run, RunOptions};
+#[path = "common/runs.rs"]
+mod runs;
 
 const SECTION: &str = "## Sleeping points inventory";
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use runs::root;
 
 /// The `site` column (the last one; each name in backquotes) of the
 /// inventory table.
@@ -65,8 +64,7 @@ fn reached_sites() -> BTreeMap<String, u64> {
     assert!(files.len() > 50, "the suite was not found: {files:?}");
     let mut reached = BTreeMap::new();
     for file in files {
-        let scenario = load(&file).unwrap_or_else(|e| panic!("{e}"));
-        let outcome = run(&scenario, &RunOptions::default());
+        let outcome = runs::run_at(&runs::load_file(&file), None);
         for site in outcome.sleep_sites.keys() {
             *reached.entry(site.clone()).or_insert(0) += 1;
         }
@@ -121,15 +119,7 @@ fn work_item_and_image_worker_submissions_are_reached_by_their_races() {
     for (race, site) in cases {
         for name in [format!("{race}.ron"), format!("{race}-pct.ron")] {
             let file = root().join("scenarios/races").join(&name);
-            let scenario = load(&file).unwrap_or_else(|e| panic!("{e}"));
-            for seed in 0..10 {
-                let outcome = run(
-                    &scenario,
-                    &RunOptions {
-                        seed: Some(seed),
-                        ..RunOptions::default()
-                    },
-                );
+            runs::each_seed(&file, 0..10, |seed, outcome| {
                 assert!(
                     outcome.passed(),
                     "{name} seed {seed}: {:?}",
@@ -141,7 +131,7 @@ fn work_item_and_image_worker_submissions_are_reached_by_their_races() {
                     "{name} seed {seed}: never slept at {site}; sites: {:?}",
                     outcome.sleep_sites
                 );
-            }
+            });
         }
     }
 }

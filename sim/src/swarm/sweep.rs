@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use blksnap_reports::{self as reports, RunReport, ScenarioRun, Verdict};
+use blksnap_reports::{RunReport, ScenarioRun};
 
 use crate::console::{replay_command, say_line, warn};
-use crate::kernel::BENCH_CHECKER;
 use crate::scenario::{self, Outcome, RunOptions, Scenario};
 use crate::suite::{bench_error, collect_files, load_all, to_report};
 
@@ -219,14 +218,7 @@ fn why(outcome: &Outcome) -> String {
 }
 
 fn crash_run(path: &Path, scenario: &Scenario, seed: u64, message: String) -> ScenarioRun {
-    let mut run = ScenarioRun::new(scenario.name.clone(), path.display().to_string(), seed);
-    run.verdict = Verdict::Error;
+    let mut run = crate::suite::bench_error_run(path, &scenario.name, seed, message);
     run.replay = replay_command(path, seed);
-    run.failures.push(reports::Failure {
-        checker: BENCH_CHECKER.into(),
-        message,
-        at_ns: None,
-        category: reports::Category::BenchError,
-    });
     run
 }
