@@ -395,7 +395,11 @@ fn print_outcome(file: &Path, outcome: &Outcome, wall_ms: f64, verbose: bool) {
         for line in &outcome.log {
             say!("      log {line}");
         }
-        for line in &outcome.recent {
+        for line in outcome
+            .recent_trace
+            .iter()
+            .map(scenario::runner::recent_line)
+        {
             say!("      | {line}");
         }
     }

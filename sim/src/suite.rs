@@ -9,7 +9,9 @@ use blksnap_reports::{self as reports, RunReport, ScenarioRun, Verdict};
 
 use crate::console::{replay_command, say_line, warn, write_file};
 use crate::kernel::BENCH_CHECKER;
+use crate::scenario::runner::recent_line;
 use crate::scenario::{self, Outcome};
+use crate::trace::TraceEvent;
 
 /// The reports a command writes, each when its path is given.
 pub struct Outputs {
@@ -157,7 +159,7 @@ pub fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
     run.metrics.insert("wall_ms".into(), wall_ms);
     run.series = Some(outcome.series.clone());
     if !outcome.passed() {
-        run.recent_events = trace_that_matters(&outcome.recent);
+        run.recent_events = trace_that_matters(&outcome.recent_trace);
     }
     run.verdict = if bench_error(outcome) {
         Verdict::Error
@@ -185,19 +187,35 @@ pub fn to_report(file: &Path, outcome: &Outcome, wall_ms: f64) -> ScenarioRun {
     run
 }
 
-/// The last trace lines worth reading in a failure report: scheduler polls, clock advances,
-/// allocations and bio completions that succeeded say nothing about what went wrong.
-fn trace_that_matters(recent: &[String]) -> Vec<String> {
+/// The last trace lines worth reading in a failure report (at most 40).
+fn trace_that_matters(recent: &[(u64, TraceEvent)]) -> Vec<String> {
     const SHOWN: usize = 40;
-    let matters = |line: &&String| {
-        let event = line.split_whitespace().nth(1).unwrap_or_default();
-        let routine = matches!(event, "Poll" | "TimeAdvance" | "TaskSpawn" | "TaskExit")
-            || (matches!(event, "Alloc" | "BioEnd") && line.contains("ok: true"));
-        !routine
-    };
-    let kept: Vec<String> = recent.iter().filter(matters).cloned().collect();
+    let kept: Vec<&(u64, TraceEvent)> = recent.iter().filter(|(_, e)| matters(e)).collect();
     let skip = kept.len().saturating_sub(SHOWN);
-    kept.into_iter().skip(skip).collect()
+    kept.into_iter().skip(skip).map(recent_line).collect()
+}
+
+/// Whether an event says something about what went wrong: scheduler
+/// polls, clock advances, task births and deaths, and allocations and bio
+/// completions that succeeded do not. No catch-all arm: a new event kind
+/// must be classified here.
+pub fn matters(event: &TraceEvent) -> bool {
+    match event {
+        TraceEvent::Poll { .. }
+        | TraceEvent::TimeAdvance { .. }
+        | TraceEvent::TaskSpawn { .. }
+        | TraceEvent::TaskExit { .. } => false,
+        TraceEvent::Alloc { ok, .. } | TraceEvent::BioEnd { ok, .. } => !ok,
+        TraceEvent::BioSubmit { .. }
+        | TraceEvent::Filter { .. }
+        | TraceEvent::Ioctl { .. }
+        | TraceEvent::Event { .. }
+        | TraceEvent::Freeze { .. }
+        | TraceEvent::Thaw { .. }
+        | TraceEvent::Step { .. }
+        | TraceEvent::Warn { .. }
+        | TraceEvent::Failure { .. } => true,
+    }
 }
 
 /// Write the requested reports; 2 if an output or the baseline failed.
@@ -260,4 +278,42 @@ pub fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
 fn load_baseline(path: &Path) -> Result<RunReport, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     RunReport::from_json(&text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Routine events are dropped, failed allocations and bios and every
+    /// ioctl are kept, and only the last 40 kept ones are shown, in order.
+    #[test]
+    fn the_trace_that_matters_drops_routine_events_and_keeps_the_last_forty() {
+        let mut recent = vec![
+            (1, TraceEvent::Poll { task: 1 }),
+            (
+                2,
+                TraceEvent::Alloc {
+                    site: "a",
+                    ok: true,
+                },
+            ),
+            (
+                3,
+                TraceEvent::Alloc {
+                    site: "b",
+                    ok: false,
+                },
+            ),
+            (4, TraceEvent::BioEnd { id: 7, ok: true }),
+            (5, TraceEvent::BioEnd { id: 8, ok: false }),
+        ];
+        let lines = trace_that_matters(&recent);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0], recent_line(&recent[2]));
+        assert_eq!(lines[1], recent_line(&recent[4]));
+        recent.extend((0..50).map(|i| (10 + i, TraceEvent::Ioctl { cmd: 1, result: 0 })));
+        let lines = trace_that_matters(&recent);
+        assert_eq!(lines.len(), 40);
+        assert_eq!(lines[39], recent_line(&recent[54]));
+    }
 }

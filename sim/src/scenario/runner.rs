@@ -92,8 +92,9 @@ pub struct Outcome {
     pub steps: u64,
     pub trace_events: u64,
     pub metrics: BTreeMap<String, f64>,
-    /// The last trace events, for a failure report.
-    pub recent: Vec<String>,
+    /// The last trace events with their times, for a failure report (as
+    /// values: a report picks and renders them, see `recent_line`).
+    pub recent_trace: Vec<(u64, TraceEvent)>,
     /// The engine's log (`pr_*` lines), last ones first kept.
     pub log: Vec<String>,
     /// The engine's sleeping points reached (`Kernel::might_sleep` sites),
@@ -449,10 +450,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         steps: run.steps_run.get(),
         trace_events: trace.count(),
         metrics,
-        recent: trace
-            .recent()
-            .map(|(t, e)| format!("{t:>14} {e}"))
-            .collect(),
+        recent_trace: trace.recent().cloned().collect(),
         log: engine_log(sim),
         sleep_sites: sim
             .sched
@@ -522,6 +520,12 @@ fn engine_log(sim: &Sim) -> Vec<String> {
 }
 
 /// A step's result against its expectation.
+/// One recent trace event as a report line: its time, right-aligned, then
+/// the event.
+pub fn recent_line((time, event): &(u64, TraceEvent)) -> String {
+    format!("{time:>14} {event}")
+}
+
 pub(super) fn check_expect(expect: &Expect, result: Result<i64, Errno>) -> Result<(), String> {
     match (expect, result) {
         (Expect::Any, _) | (Expect::Ok, Ok(_)) => Ok(()),

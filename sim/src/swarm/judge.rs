@@ -291,7 +291,11 @@ pub fn report(scenario: &Scenario, outcome: &Outcome) -> String {
     );
     failures_text(&mut text, &outcome.failures);
     let _ = writeln!(text, "last trace events:");
-    for line in outcome.recent.iter().rev().take(30).rev() {
+    let shown = outcome.recent_trace.len().saturating_sub(30);
+    for line in outcome.recent_trace[shown..]
+        .iter()
+        .map(scenario::runner::recent_line)
+    {
         let _ = writeln!(text, "  {line}");
     }
     let _ = writeln!(text, "scenario: {scenario:#?}");
