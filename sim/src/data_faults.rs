@@ -15,11 +15,9 @@
 //!   meant for keep their old content, and the ones it lands on lose theirs
 //!   (TigerBeetle's storage simulator).
 //!
-//! Which bios: of the writes that touch `range` (the whole device if
-//! absent), the first `after` are spared; each later one is hit (with
-//! `per_million` probability, if given, drawn from the `data_faults`
-//! stream) until `count` have been hit (for ever if absent). So
-//! `after: 2, count: Some(1)` hits the third write, and
+//! Which writes: the selector's fields (`fault_select.rs`: `range`,
+//! `after`, `count`, `nth`, `per_million`, drawn from the `data_faults`
+//! stream). So `after: 2, count: Some(1)` hits the third write, and
 //! `per_million: Some(10000)` about one write in a hundred.
 //!
 //! Every hit is recorded twice: in `check/injected.rs` (what the device
@@ -35,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::check::device_faults::Location;
 use crate::check::injected::FaultKind;
 use crate::device::Device;
+use crate::fault_select::{Select, Selector};
 use crate::kernel::Sim;
 use crate::rng::SimRng;
 
@@ -52,114 +51,56 @@ pub enum DataFaultKind {
     MisdirectedWrite { offset: i64 },
 }
 
-/// One rule of a device's `data_faults`.
+/// One rule of a device's `data_faults`: what it does, and which writes
+/// it hits (the selector's fields, `fault_select.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawDataFault", into = "RawDataFault")]
+#[serde(deny_unknown_fields)]
 pub struct DataFault {
     pub kind: DataFaultKind,
+    #[serde(default)]
     pub range: Option<(u64, u64)>,
+    #[serde(default)]
     pub after: u64,
+    #[serde(default)]
     pub count: Option<u64>,
+    #[serde(default)]
     pub per_million: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nth: Option<u64>,
 }
 
-/// `DataFault` as written; validated into `DataFault`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename = "DataFault")]
-struct RawDataFault {
-    kind: DataFaultKind,
-    #[serde(default)]
-    range: Option<(u64, u64)>,
-    #[serde(default)]
-    after: u64,
-    #[serde(default)]
-    count: Option<u64>,
-    #[serde(default)]
-    per_million: Option<u64>,
-}
+impl DataFault {
+    /// The selecting fields (validated by the loader, see `Select::validate`).
+    pub fn select(&self) -> Select {
+        Select {
+            range: self.range,
+            after: self.after,
+            count: self.count,
+            nth: self.nth,
+            per_million: self.per_million,
+        }
+    }
 
-impl TryFrom<RawDataFault> for DataFault {
-    type Error = String;
-
-    fn try_from(raw: RawDataFault) -> Result<Self, String> {
-        if raw.count == Some(0) {
-            return Err(
-                "data_faults: count must be at least 1 (leave it out to hit every later write)"
-                    .into(),
-            );
-        }
-        if let Some((start, len)) = raw.range {
-            if len == 0 || start.checked_add(len).is_none() {
-                return Err(format!(
-                    "data_faults: range ({start}, {len}) is empty or overflows"
-                ));
-            }
-        }
-        if raw.per_million.is_some_and(|p| p == 0 || p > 1_000_000) {
-            return Err("data_faults: per_million is 1 to 1000000 (leave it out: always)".into());
-        }
-        match raw.kind {
+    /// What is wrong with the kind, if anything (the selector's fields are
+    /// `Select::validate`'s).
+    pub fn validate_kind(&self) -> Result<(), String> {
+        match self.kind {
             DataFaultKind::CorruptedWrite { sectors: 0, .. } => {
-                return Err("data_faults: CorruptedWrite needs sectors of at least 1".into())
+                Err("CorruptedWrite needs sectors of at least 1".into())
             }
             DataFaultKind::MisdirectedWrite { offset: 0 } => {
-                return Err("data_faults: MisdirectedWrite needs a non-zero offset".into())
+                Err("MisdirectedWrite needs a non-zero offset".into())
             }
-            _ => {}
-        }
-        Ok(DataFault {
-            kind: raw.kind,
-            range: raw.range,
-            after: raw.after,
-            count: raw.count,
-            per_million: raw.per_million,
-        })
-    }
-}
-
-impl From<DataFault> for RawDataFault {
-    fn from(f: DataFault) -> Self {
-        RawDataFault {
-            kind: f.kind,
-            range: f.range,
-            after: f.after,
-            count: f.count,
-            per_million: f.per_million,
+            _ => Ok(()),
         }
     }
 }
 
-/// A rule with its counts.
+/// A rule with its selector.
 #[derive(Clone, Debug)]
 struct Rule {
-    spec: DataFault,
-    seen: u64,
-    hit: u64,
-}
-
-impl Rule {
-    /// Count a write; true if the rule hits it.
-    fn hits(&mut self, sector: u64, sectors: u64, rng: &mut SimRng) -> bool {
-        let touches = self.spec.range.is_none_or(|(start, len)| {
-            sector < start.saturating_add(len) && start < sector.saturating_add(sectors)
-        });
-        if !touches {
-            return false;
-        }
-        self.seen += 1;
-        if self.seen <= self.spec.after || self.spec.count.is_some_and(|c| self.hit >= c) {
-            return false;
-        }
-        // Drawn only for rules with a probability, so rules without one
-        // leave the stream alone.
-        if let Some(p) = self.spec.per_million {
-            if rng.below(1_000_000) >= p {
-                return false;
-            }
-        }
-        self.hit += 1;
-        true
-    }
+    kind: DataFaultKind,
+    selector: Selector,
 }
 
 /// Garbage stamps: bit 62 set (user stamps are small counters, pattern
@@ -184,9 +125,8 @@ impl DataFaultPlan {
 
     pub fn add(&mut self, dev: DevT, spec: DataFault) {
         let rule = Rule {
-            spec,
-            seen: 0,
-            hit: 0,
+            kind: spec.kind,
+            selector: Selector::new(spec.select()),
         };
         self.rules.entry(dev).or_default().push(rule);
     }
@@ -197,8 +137,8 @@ impl DataFaultPlan {
         let rules = self.rules.get_mut(&bio.dev)?;
         let mut hit = None;
         for rule in rules {
-            if rule.hits(bio.sector, bio.sectors, &mut self.rng) && hit.is_none() {
-                hit = Some(rule.spec.kind);
+            if rule.selector.hits(bio.sector, bio.sectors, &mut self.rng) && hit.is_none() {
+                hit = Some(rule.kind);
             }
         }
         hit
@@ -318,42 +258,6 @@ fn damaged(sim: &Sim, what: &'static str, at: Location, data: &Stamps) {
 mod tests {
     use super::*;
 
-    fn rule(range: Option<(u64, u64)>, after: u64, count: Option<u64>) -> Rule {
-        Rule {
-            spec: DataFault {
-                kind: DataFaultKind::LostWrite,
-                range,
-                after,
-                count,
-                per_million: None,
-            },
-            seen: 0,
-            hit: 0,
-        }
-    }
-
-    #[test]
-    fn rules_count_writes_in_their_range_only() {
-        let mut rng = SimRng::new(0);
-        let mut r = rule(Some((100, 10)), 1, Some(2));
-        let got: Vec<bool> = [100, 0, 105, 109, 100]
-            .iter()
-            .map(|&s| r.hits(s, 1, &mut rng))
-            .collect();
-        assert_eq!(got, vec![false, false, true, true, false]);
-        let mut every = rule(None, 0, None);
-        assert!((0..5).all(|s| every.hits(s, 8, &mut rng)));
-    }
-
-    #[test]
-    fn per_million_hits_about_that_often() {
-        let mut rng = SimRng::new(7);
-        let mut r = rule(None, 0, None);
-        r.spec.per_million = Some(250_000);
-        let hits = (0..4000).filter(|_| r.hits(0, 1, &mut rng)).count();
-        assert!((800..1200).contains(&hits), "{hits}");
-    }
-
     #[test]
     fn misdirected_writes_wrap_inside_the_device() {
         assert_eq!(destination(10, 8, 64, 1000), 74);
@@ -362,18 +266,21 @@ mod tests {
     }
 
     #[test]
-    fn rules_are_validated_when_loaded() {
+    fn rules_parse_and_their_kind_is_validated() {
         let parse = |text: &str| ron::from_str::<DataFault>(text);
-        assert!(parse("(kind: LostWrite, after: 2, count: Some(1))").is_ok());
-        assert!(parse("(kind: CorruptedWrite(first: 1, sectors: 2))").is_ok());
-        assert!(parse("(kind: MisdirectedWrite(offset: -64), per_million: Some(5))").is_ok());
-        let err = |text: &str| parse(text).unwrap_err().to_string();
-        assert!(err("(kind: LostWrite, count: Some(0))").contains("at least 1"));
-        assert!(err("(kind: LostWrite, range: Some((1, 0)))").contains("empty"));
-        assert!(err("(kind: LostWrite, per_million: Some(0))").contains("1 to 1000000"));
-        assert!(err("(kind: MisdirectedWrite(offset: 0))").contains("non-zero"));
-        assert!(err("(kind: CorruptedWrite(first: 0, sectors: 0))").contains("at least 1"));
-        let unknown = err("(kind: TornWrite)");
+        let rule = parse("(kind: LostWrite, after: 2, count: Some(1))").unwrap();
+        assert_eq!((rule.select().after, rule.select().count), (2, Some(1)));
+        let rule = parse("(kind: MisdirectedWrite(offset: -64), nth: Some(5))").unwrap();
+        assert_eq!(rule.select().nth, Some(5));
+        let kind = |text: &str| parse(text).unwrap().validate_kind();
+        assert!(kind("(kind: CorruptedWrite(first: 1, sectors: 2))").is_ok());
+        assert!(kind("(kind: MisdirectedWrite(offset: 0))")
+            .unwrap_err()
+            .contains("non-zero"));
+        assert!(kind("(kind: CorruptedWrite(first: 0, sectors: 0))")
+            .unwrap_err()
+            .contains("at least 1"));
+        let unknown = parse("(kind: TornWrite)").unwrap_err().to_string();
         assert!(unknown.contains("LostWrite"), "{unknown}");
         assert!(unknown.contains("MisdirectedWrite"), "{unknown}");
     }

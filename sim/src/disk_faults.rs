@@ -1,7 +1,8 @@
 //! Per-device disk faults of the fault plan (`faults:` of a device).
 //!
-//! Fault model, one kind per variant of [`DiskFault`], each aimed by a
-//! sector range, the Nth matching bio, or a probability per million:
+//! Fault model, one kind per variant of [`DiskFault`], each aimed by the
+//! selector's fields (`fault_select.rs`: a sector range, bios spared and
+//! counted, the Nth matching bio, or a probability per million):
 //! - `LatencySpike`: a bio takes `extra_us` longer, as dm-delay or a disk
 //!   doing internal recovery does. The data is untouched.
 //! - `FlakyRead`: a read fails with EIO, and so do the next reads of the
@@ -24,16 +25,22 @@ use blksnap_core::kernel::BioOp;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::TearPolicy;
+use crate::fault_select::{Select, Selector};
 use crate::rng::SimRng;
 
-/// A disk fault as a scenario declares it. With neither `nth` nor
-/// `per_million`, every bio that matches the range is hit.
+/// A disk fault as a scenario declares it: what it does, and which bios
+/// it hits (the selector's fields, `fault_select.rs`; with neither `nth`
+/// nor `per_million`, every bio its window leaves).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum DiskFault {
     LatencySpike {
         #[serde(default)]
         range: Option<(u64, u64)>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        after: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
         #[serde(default)]
         nth: Option<u64>,
         #[serde(default)]
@@ -43,6 +50,10 @@ pub enum DiskFault {
     FlakyRead {
         #[serde(default)]
         range: Option<(u64, u64)>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        after: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
         #[serde(default)]
         nth: Option<u64>,
         #[serde(default)]
@@ -53,11 +64,19 @@ pub enum DiskFault {
     TornWrite {
         #[serde(default)]
         range: Option<(u64, u64)>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        after: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
         #[serde(default)]
         nth: Option<u64>,
         #[serde(default)]
         per_million: Option<u64>,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn one() -> u32 {
@@ -71,95 +90,71 @@ pub const KINDS: &[&str] = &["LatencySpike", "FlakyRead", "TornWrite"];
 pub const MAX_SPIKE_US: u64 = 10_000_000;
 
 impl DiskFault {
-    fn aim(&self) -> Aim {
-        let (range, nth, per_million) = match self {
+    /// The selecting fields (validated by the loader, see `Select::validate`).
+    pub fn select(&self) -> Select {
+        let (range, after, count, nth, per_million) = match self {
             DiskFault::LatencySpike {
                 range,
+                after,
+                count,
                 nth,
                 per_million,
                 ..
             }
             | DiskFault::FlakyRead {
                 range,
+                after,
+                count,
                 nth,
                 per_million,
                 ..
             }
             | DiskFault::TornWrite {
                 range,
+                after,
+                count,
                 nth,
                 per_million,
-            } => (*range, *nth, *per_million),
+            } => (*range, *after, *count, *nth, *per_million),
         };
-        Aim {
+        Select {
             range,
+            after,
+            count,
             nth,
             per_million,
-            seen: 0,
         }
     }
 
-    /// What is wrong with the declaration, if anything (the loader places
-    /// the message at the fault).
-    pub fn validate(&self) -> Result<(), String> {
-        let aim = self.aim();
-        if aim.nth.is_some() && aim.per_million.is_some() {
-            return Err("give `nth` or `per_million`, not both".into());
-        }
-        if aim.nth == Some(0) {
-            return Err("`nth` counts from 1".into());
-        }
-        if aim.per_million.is_some_and(|p| p > 1_000_000) {
-            return Err("`per_million` is at most 1000000".into());
-        }
-        if let Some((start, len)) = aim.range {
-            if len == 0 || start.checked_add(len).is_none() {
-                return Err(format!("range ({start}, {len}) is empty or overflows"));
-            }
-        }
+    /// What is wrong with the kind's own fields, as (field, message); the
+    /// loader places the message at the field.
+    pub fn validate_kind(&self) -> Result<(), (&'static str, String)> {
         match self {
-            DiskFault::LatencySpike { extra_us, .. } if *extra_us > MAX_SPIKE_US => {
-                Err(format!("extra_us is at most {MAX_SPIKE_US} (10 s)"))
+            DiskFault::LatencySpike { extra_us, .. } if *extra_us > MAX_SPIKE_US => Err((
+                "extra_us",
+                format!("extra_us is at most {MAX_SPIKE_US} (10 s)"),
+            )),
+            DiskFault::FlakyRead { failures: 0, .. } => {
+                Err(("failures", "failures must be at least 1".into()))
             }
-            DiskFault::FlakyRead { failures: 0, .. } => Err("failures must be at least 1".into()),
             _ => Ok(()),
         }
     }
 }
 
-/// Which bios a fault hits, with the count of those it has seen.
-#[derive(Clone, Debug)]
-struct Aim {
-    range: Option<(u64, u64)>,
-    nth: Option<u64>,
-    per_million: Option<u64>,
-    seen: u64,
-}
-
-impl Aim {
-    fn fires(&mut self, sector: u64, sectors: u64, rng: &mut SimRng) -> bool {
-        let touches = self.range.is_none_or(|(start, len)| {
-            sector < start.saturating_add(len) && start < sector.saturating_add(sectors.max(1))
-        });
-        if !touches {
-            return false;
-        }
-        self.seen += 1;
-        match (self.nth, self.per_million) {
-            (Some(n), _) => self.seen == n,
-            (None, Some(p)) => rng.below(1_000_000) < p,
-            (None, None) => true,
-        }
-    }
+/// Count a bio against a fault's selector. A bio of no sectors (a flush)
+/// counts as touching its first sector.
+fn fires(selector: &mut Selector, sector: u64, sectors: u64, rng: &mut SimRng) -> bool {
+    selector.hits(sector, sectors.max(1), rng)
 }
 
 /// The faults of one device, ready to fire.
 #[derive(Default)]
 pub struct DiskFaults {
     rng: Option<SimRng>,
-    spikes: Vec<(Aim, u64)>,
-    flaky: Vec<(Aim, u32)>,
-    tears: Vec<Aim>,
+    spikes: Vec<(Selector, u64)>,
+    flaky: Vec<(Selector, u32)>,
+    tears: Vec<Selector>,
     /// Sectors a flaky read weakened: reads left to fail before they heal.
     weak: BTreeMap<u64, u32>,
 }
@@ -172,7 +167,7 @@ impl DiskFaults {
         }
         out.rng = Some(SimRng::child(seed, &format!("disk-faults/{device}")));
         for fault in faults {
-            let aim = fault.aim();
+            let aim = Selector::new(fault.select());
             match fault {
                 DiskFault::LatencySpike { extra_us, .. } => out.spikes.push((aim, *extra_us)),
                 DiskFault::FlakyRead { failures, .. } => out.flaky.push((aim, *failures)),
@@ -190,7 +185,7 @@ impl DiskFaults {
         }
         let mut extra = 0;
         for (aim, us) in &mut self.spikes {
-            if aim.fires(sector, sectors, rng) {
+            if fires(aim, sector, sectors, rng) {
                 extra += us.saturating_mul(1000);
             }
         }
@@ -206,7 +201,7 @@ impl DiskFaults {
         let weakened = self.weak.range(sector..end).next().is_some();
         if !weakened {
             for (aim, failures) in &mut self.flaky {
-                if aim.fires(sector, sectors, rng) {
+                if fires(aim, sector, sectors, rng) {
                     for s in sector..end {
                         self.weak.insert(s, *failures);
                     }
@@ -233,7 +228,7 @@ impl TearPolicy for DiskFaults {
         };
         let mut tear = false;
         for aim in &mut self.tears {
-            tear |= aim.fires(sector, sectors, rng);
+            tear |= fires(aim, sector, sectors, rng);
         }
         tear
     }
@@ -251,6 +246,8 @@ mod tests {
     fn a_flaky_read_fails_then_heals() {
         let mut f = faults(&[DiskFault::FlakyRead {
             range: Some((100, 8)),
+            after: 0,
+            count: None,
             nth: Some(2),
             per_million: None,
             failures: 2,
@@ -276,12 +273,16 @@ mod tests {
         let mut f = faults(&[
             DiskFault::LatencySpike {
                 range: None,
+                after: 0,
+                count: None,
                 nth: Some(3),
                 per_million: None,
                 extra_us: 5,
             },
             DiskFault::LatencySpike {
                 range: Some((50, 1)),
+                after: 0,
+                count: None,
                 nth: None,
                 per_million: None,
                 extra_us: 1,
@@ -297,7 +298,8 @@ mod tests {
     }
 
     /// A scenario naming an unknown fault kind fails to load with its
-    /// place and the valid kinds; a bad aim is placed at the fault.
+    /// place and the valid kinds; a bad selector field is placed at the
+    /// field, its message prefixed by the list's name.
     #[test]
     fn a_load_error_names_an_unknown_fault_kind_and_the_valid_ones() {
         let text = |fault: &str| {
@@ -319,31 +321,29 @@ mod tests {
         let err = crate::scenario::parse(path, &text("TornWrite(nth: 0)"))
             .unwrap_err()
             .to_string();
+        // ` faults: [TornWrite(nth: 0)]`: the 0 is at column 26.
         assert!(
-            err.contains("x.ron:2:11") && err.contains("counts from 1"),
+            err.starts_with("x.ron:2:26: faults: `nth` counts from 1"),
             "{err}"
         );
         assert!(crate::scenario::parse(path, &text("FlakyRead(range: (0, 8))")).is_ok());
     }
 
     #[test]
-    fn validation_names_the_problem() {
-        let bad = DiskFault::TornWrite {
-            range: None,
-            nth: Some(1),
-            per_million: Some(5),
-        };
-        assert!(bad.validate().unwrap_err().contains("not both"));
-        let bad = DiskFault::FlakyRead {
-            range: Some((0, 0)),
-            nth: None,
-            per_million: None,
-            failures: 1,
-        };
-        assert!(bad.validate().unwrap_err().contains("empty"));
-        let parse = |t: &str| ron::from_str::<DiskFault>(t);
-        assert!(parse("TornWrite(nth: Some(2))").is_ok());
-        let err = parse("TornWrit(nth: Some(2))").unwrap_err().to_string();
+    fn kinds_are_validated_and_every_variant_gives_its_selector() {
+        let parse = |t: &str| ron::from_str::<DiskFault>(t).unwrap();
+        let spike = parse("LatencySpike(after: 2, count: Some(1), extra_us: 20000000)");
+        assert_eq!(spike.validate_kind().unwrap_err().0, "extra_us");
+        assert_eq!((spike.select().after, spike.select().count), (2, Some(1)));
+        let flaky = parse("FlakyRead(range: Some((0, 8)), failures: 0)");
+        assert_eq!(flaky.validate_kind().unwrap_err().0, "failures");
+        assert_eq!(flaky.select().range, Some((0, 8)));
+        let tear = parse("TornWrite(nth: Some(2))");
+        assert!(tear.validate_kind().is_ok());
+        assert_eq!(tear.select().nth, Some(2));
+        let err = ron::from_str::<DiskFault>("TornWrit(nth: Some(2))")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("TornWrite"), "{err}");
     }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use blksnap_core::kernel::{Bio, BioOp};
 use serde::{Deserialize, Serialize};
 
+use crate::fault_select::{Select, Selector};
 use crate::rng::SimRng;
 
 /// How an allocation site fails.
@@ -33,96 +34,69 @@ pub enum IoOp {
 }
 
 /// A window of EIO on one device (`io_errors` of a device): of the bios of
-/// `op` that touch `range` (the whole device by default), the first
-/// `after` succeed, then `count` of them fail (every later one if absent).
-/// Counting bios rather than time aims the fault at an engine step (the
-/// first COW store, the third load) whatever the seed's timing.
+/// `op`, the selector's fields (`fault_select.rs`) pick those that fail;
+/// e.g. `after: 1, count: 2` fails the second and third bio that touch the
+/// range, and every later one if `count` is absent. Counting bios rather
+/// than time aims the fault at an engine step (the first COW store, the
+/// third load) whatever the seed's timing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawIoErrors", into = "RawIoErrors")]
+#[serde(deny_unknown_fields)]
 pub struct IoErrors {
     pub op: IoOp,
+    #[serde(default)]
     pub range: Option<(u64, u64)>,
+    #[serde(default)]
     pub after: u64,
+    #[serde(default)]
     pub count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nth: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_million: Option<u64>,
 }
 
-/// `IoErrors` as written; validated into `IoErrors`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename = "IoErrors")]
-struct RawIoErrors {
-    op: IoOp,
-    #[serde(default)]
-    range: Option<(u64, u64)>,
-    #[serde(default)]
-    after: u64,
-    #[serde(default)]
-    count: Option<u64>,
-}
-
-impl TryFrom<RawIoErrors> for IoErrors {
-    type Error = String;
-
-    fn try_from(raw: RawIoErrors) -> Result<Self, String> {
-        if raw.count == Some(0) {
-            return Err(
-                "io_errors: count must be at least 1 (leave it out to fail every later bio)".into(),
-            );
+impl IoErrors {
+    /// The selecting fields (validated by the loader, see `Select::validate`).
+    pub fn select(&self) -> Select {
+        Select {
+            range: self.range,
+            after: self.after,
+            count: self.count,
+            nth: self.nth,
+            per_million: self.per_million,
         }
-        if let Some((start, len)) = raw.range {
-            if len == 0 || start.checked_add(len).is_none() {
-                return Err(format!(
-                    "io_errors: range ({start}, {len}) is empty or overflows"
-                ));
-            }
-        }
-        Ok(IoErrors {
-            op: raw.op,
-            range: raw.range,
-            after: raw.after,
-            count: raw.count,
-        })
     }
-}
 
-impl From<IoErrors> for RawIoErrors {
-    fn from(e: IoErrors) -> Self {
-        RawIoErrors {
-            op: e.op,
-            range: e.range,
-            after: e.after,
-            count: e.count,
+    fn applies_to(&self, op: BioOp) -> bool {
+        match self.op {
+            IoOp::Any => op != BioOp::Flush,
+            IoOp::Read => op == BioOp::Read,
+            IoOp::Write => op.is_write() && op != BioOp::Flush,
         }
     }
 }
 
-/// An `IoErrors` window with the count of bios it has seen.
-#[derive(Clone, Debug)]
+/// An `IoErrors` window with its selector and its own fault stream
+/// (drawn from only by a window with `per_million`).
 pub struct IoWindow {
     pub spec: IoErrors,
-    seen: u64,
+    selector: Selector,
+    rng: SimRng,
 }
 
 impl IoWindow {
-    pub fn new(spec: IoErrors) -> IoWindow {
-        IoWindow { spec, seen: 0 }
+    pub fn new(spec: IoErrors, rng: SimRng) -> IoWindow {
+        let selector = Selector::new(spec.select());
+        IoWindow {
+            spec,
+            selector,
+            rng,
+        }
     }
 
     /// Count a bio; true if it falls inside the failing window.
     pub fn fails(&mut self, op: BioOp, sector: u64, sectors: u64) -> bool {
-        let op_matches = match self.spec.op {
-            IoOp::Any => op != BioOp::Flush,
-            IoOp::Read => op == BioOp::Read,
-            IoOp::Write => op.is_write() && op != BioOp::Flush,
-        };
-        let touches = self.spec.range.is_none_or(|(start, len)| {
-            sector < start.saturating_add(len) && start < sector.saturating_add(sectors)
-        });
-        if !op_matches || !touches {
-            return false;
-        }
-        self.seen += 1;
-        let after = self.spec.after;
-        self.seen > after && self.spec.count.is_none_or(|c| self.seen - after <= c)
+        self.spec.applies_to(op) && self.selector.hits(sector, sectors, &mut self.rng)
     }
 }
 
@@ -180,12 +154,15 @@ mod tests {
     }
 
     fn window(op: IoOp, range: Option<(u64, u64)>, after: u64, count: Option<u64>) -> IoWindow {
-        IoWindow::new(IoErrors {
+        let spec = IoErrors {
             op,
             range,
             after,
             count,
-        })
+            nth: None,
+            per_million: None,
+        };
+        IoWindow::new(spec, SimRng::new(0))
     }
 
     #[test]
@@ -206,20 +183,21 @@ mod tests {
         let mut every = window(IoOp::Read, None, 0, None);
         assert!(every.fails(BioOp::Read, 7, 8) && every.fails(BioOp::Read, 0, 1));
         assert!(!every.fails(BioOp::Write, 0, 1));
+        let mut writes = window(IoOp::Write, None, 0, None);
+        assert!(
+            !writes.fails(BioOp::Flush, 0, 0),
+            "a flush is never counted"
+        );
     }
 
     #[test]
-    fn io_errors_are_validated_when_loaded() {
+    fn io_errors_parse_the_selector_fields() {
         let parse = |text: &str| ron::from_str::<IoErrors>(text);
-        assert!(parse("(op: Write, after: 2, count: Some(1))").is_ok());
-        let err = parse("(op: Write, count: Some(0))")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("count must be at least 1"), "{err}");
-        let err = parse("(op: Read, range: Some((5, 0)))")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("empty or overflows"), "{err}");
+        let spec = parse("(op: Write, after: 2, count: Some(1))").unwrap();
+        assert_eq!((spec.after, spec.count, spec.nth), (2, Some(1), None));
+        let spec = parse("(op: Read, nth: Some(3), range: Some((0, 8)))").unwrap();
+        assert_eq!(spec.select().nth, Some(3));
+        assert!(parse("(op: Read, per_million: Some(5))").is_ok());
         assert!(parse("(op: Read, aftr: 1)").is_err());
     }
 }

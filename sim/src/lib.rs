@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod data_faults;
 pub mod device;
 pub mod disk_faults;
+pub mod fault_select;
 pub mod faults;
 pub mod fs;
 pub mod kernel;

@@ -12,6 +12,7 @@ use blksnap_core::Quirks;
 
 use super::model::{EventExpect, Expect, Scenario, Step, Target};
 use super::spans::{self, At};
+use crate::fault_select::Select;
 
 /// The largest scenario file read, in bytes (4 MiB): a scenario is a
 /// page or two of text, and a bigger file is a mistake, not a test.
@@ -1241,12 +1242,10 @@ fn check_power(steps: &[Step], at: &At, top: bool) -> Result<(), (At, String)> {
     Ok(())
 }
 
-/// A disk fault or journal a device cannot have: (where, what).
+/// A fault rule or journal a device cannot have: (where, what).
 fn disk_problem(device: &super::model::DeviceSpec, at: &At) -> Option<(At, String)> {
-    for (i, fault) in device.faults.iter().enumerate() {
-        if let Err(message) = fault.validate() {
-            return Some((at.field("faults").index(i), message));
-        }
+    if let Some(problem) = fault_problem(device, at) {
+        return Some(problem);
     }
     let (start, len) = device.journal?;
     if !device.fs {
@@ -1262,6 +1261,38 @@ fn disk_problem(device: &super::model::DeviceSpec, at: &At) -> Option<(At, Strin
             device.sectors
         );
         return Some((at.field("journal"), message));
+    }
+    None
+}
+
+/// A rule of a device's three fault lists that cannot be: its selector's
+/// fields (one validator for every list, `fault_select.rs`) or its kind's
+/// own fields. Placed at the field, the message prefixed by the list's name.
+fn fault_problem(device: &super::model::DeviceSpec, at: &At) -> Option<(At, String)> {
+    type Rule = (Select, Result<(), (&'static str, String)>);
+    let disk = device
+        .faults
+        .iter()
+        .map(|f| (f.select(), f.validate_kind()));
+    let data = device.data_faults.iter().map(|f| {
+        let kind = f.validate_kind().map_err(|message| ("kind", message));
+        (f.select(), kind)
+    });
+    let io = device.io_errors.iter().map(|f| (f.select(), Ok(())));
+    let lists: [(&'static str, Vec<Rule>); 3] = [
+        ("faults", disk.collect()),
+        ("data_faults", data.collect()),
+        ("io_errors", io.collect()),
+    ];
+    for (list, rules) in lists {
+        for (i, (select, kind)) in rules.into_iter().enumerate() {
+            if let Err((field, message)) = select.validate().and(kind) {
+                return Some((
+                    at.field(list).index(i).field(field),
+                    format!("{list}: {message}"),
+                ));
+            }
+        }
     }
     None
 }

@@ -241,12 +241,7 @@ fn add_devices(sim: &Rc<Sim>, scenario: &Scenario, seed: u64) -> BTreeMap<String
             device.bad_sectors.insert(start, len);
         }
         device.freeze_fails = spec.freeze_fails;
-        device.io_errors = spec
-            .io_errors
-            .iter()
-            .cloned()
-            .map(crate::faults::IoWindow::new)
-            .collect();
+        device.io_errors = io_windows(seed, spec);
         if spec.write_cache {
             device.cache = crate::cache::WriteCache::enabled(seed, &spec.name);
         }
@@ -520,6 +515,18 @@ fn engine_log(sim: &Sim) -> Vec<String> {
 }
 
 /// A step's result against its expectation.
+/// A device's `io_errors` windows, each with its own fault stream (drawn
+/// from only by a window with `per_million`, so others draw nothing).
+fn io_windows(seed: u64, spec: &super::model::DeviceSpec) -> Vec<crate::faults::IoWindow> {
+    let windows = spec.io_errors.iter().enumerate();
+    windows
+        .map(|(i, window)| {
+            let stream = SimRng::child(seed, &format!("io-errors/{}/{i}", spec.name));
+            crate::faults::IoWindow::new(window.clone(), stream)
+        })
+        .collect()
+}
+
 /// One recent trace event as a report line: its time, right-aligned, then
 /// the event.
 pub fn recent_line((time, event): &(u64, TraceEvent)) -> String {
