@@ -61,3 +61,62 @@ fn fault_scenarios_classify_the_corruption_they_cause() {
         });
     }
 }
+
+/// One validator for the three fault lists of a device: a bad selector
+/// field is a load error at that field (`FILE:LINE:COL`), its message
+/// prefixed by the list's name; `per_million: 0` is one everywhere.
+#[test]
+fn a_bad_selector_field_is_placed_at_the_field_in_every_list() {
+    let cases = [
+        (
+            "faults: [TornWrite(nth: 1, per_million: 5)]",
+            "per_million: 5",
+            "faults: give `nth` or `per_million`",
+        ),
+        (
+            "faults: [LatencySpike(per_million: 0, extra_us: 1)]",
+            "per_million: 0",
+            "faults: per_million is 1 to 1000000",
+        ),
+        (
+            "data_faults: [(kind: LostWrite, count: 0)]",
+            "count: 0",
+            "data_faults: count must be at least 1",
+        ),
+        (
+            "data_faults: [(kind: LostWrite, per_million: 0)]",
+            "per_million: 0",
+            "data_faults: per_million is 1 to 1000000",
+        ),
+        (
+            "data_faults: [(kind: MisdirectedWrite(offset: 0))]",
+            "kind: ",
+            "data_faults: MisdirectedWrite needs",
+        ),
+        (
+            "io_errors: [(op: Write, range: (8, 0))]",
+            "range: (8",
+            "io_errors: range (8, 0) is empty",
+        ),
+        (
+            "io_errors: [(op: Read, nth: 0)]",
+            "nth: 0",
+            "io_errors: `nth` counts from 1",
+        ),
+        (
+            "io_errors: [(op: Read, per_million: 0)]",
+            "per_million: 0",
+            "io_errors: per_million is 1 to 1000000",
+        ),
+    ];
+    for (list, field, message) in cases {
+        let text = format!(
+            "Scenario(\n    name: \"x\",\n    devices: [(name: \"s\", sectors: 64,\n        {list})],\n    steps: [],\n)"
+        );
+        let err = parse(Path::new("x.ron"), &text).unwrap_err().to_string();
+        // The value of the field, on line 4 (columns count from 1).
+        let col = list.find(field).expect("field in the case") + field.find(' ').unwrap() + 2 + 8;
+        let want = format!("x.ron:4:{col}: {message}");
+        assert!(err.starts_with(&want), "{list}: got {err}, want {want}");
+    }
+}
