@@ -1,8 +1,10 @@
 //! Fault injection, declared per scenario.
 //!
 //! The fault model: allocations fail at a named site (the Nth call, or with
-//! a probability), bios fail with EIO on a device range (see `device`), and
-//! `add_disk` fails. Every decision comes from the sim's fault stream.
+//! a probability), bios fail with EIO (`io_errors` windows, aimed by the
+//! selector of `fault_select.rs`, each with its own stream; see `device`),
+//! and `add_disk` fails. Every other decision comes from the sim's fault
+//! stream.
 
 use std::collections::BTreeMap;
 

@@ -251,9 +251,9 @@ impl Run {
                 Err(_) if self.record(snapshot).destroying => return Ok(None),
                 Err(errno) => errno,
             };
-            let began;
-            (began, ended) = images.window;
-            if !crate::ctl::enomem_injected(&self.sim, Err(errno), began, ended) {
+            let (began, end) = images.window;
+            ended = end;
+            if !crate::ctl::enomem_injected(&self.sim, Err(errno), began, end) {
                 return Err(format!("{WHAT}, got {errno}"));
             }
         }
@@ -843,7 +843,6 @@ pub(super) fn cbt_buffer_bytes(length: u32) -> usize {
     u64::from(length).clamp(1, MAX_CBT_MAP_BYTES) as usize
 }
 
-/// The count an ioctl wrote back, against the step's expectation.
 /// What one COLLECT_IMAGES (count query and array call) returned.
 struct ImagesCall {
     /// The last ioctl's result.
@@ -867,6 +866,7 @@ impl ImagesCall {
     }
 }
 
+/// The count an ioctl wrote back, against the step's expectation.
 fn check_count(name: &str, written: Option<u32>, expected: Option<u32>) -> Result<(), String> {
     match expected {
         Some(want) if written != Some(want) => {
