@@ -661,3 +661,83 @@ fn template() -> Scenario {
     }
     TEMPLATE.with(Scenario::clone)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swarm::inputs::random_input;
+
+    fn generate(data: &[u8], scale: Scale) -> Scenario {
+        let mut u = Unstructured::new(data);
+        Generator::new(&mut u, Features::ALL)
+            .at_scale(scale)
+            .scenario()
+            .expect("a scenario")
+    }
+
+    /// A step with the numbers that depend on device sizes (IO offsets and
+    /// lengths, workload regions) zeroed: what else it is, is decided by
+    /// the same input bytes at every scale.
+    fn shape(step: &Step) -> String {
+        let mut step = step.clone();
+        match &mut step {
+            Step::Write {
+                sector, sectors, ..
+            }
+            | Step::Read {
+                sector, sectors, ..
+            } => (*sector, *sectors) = (0, 0),
+            Step::Workload(w) => w.region = None,
+            Step::Concurrent(branches) => {
+                let shapes: Vec<Vec<String>> = branches
+                    .iter()
+                    .map(|b| b.iter().map(shape).collect())
+                    .collect();
+                return format!("Concurrent({shapes:?})");
+            }
+            _ => {}
+        }
+        format!("{step:?}")
+    }
+
+    /// A farm scenario is the start of the full one of the same bytes: the
+    /// same devices (no larger), parameters and scheduler, and its steps
+    /// are the first of Full's. Over many inputs it keeps at least 45 % of
+    /// them (55 % at `FARM_IO_SECTORS` = 8192; 28 % at 1024, which fails).
+    #[test]
+    fn farm_scale_keeps_the_steps_of_full() {
+        let (mut kept, mut total) = (0, 0);
+        for index in 0..400 {
+            let data = random_input(11, index, 512);
+            let (full, farm) = (generate(&data, Scale::Full), generate(&data, Scale::Farm));
+            assert_eq!(full.devices.len(), farm.devices.len());
+            for (f, s) in full.devices.iter().zip(&farm.devices) {
+                assert_eq!((&f.name, f.fill, f.fs), (&s.name, s.fill, s.fs));
+                assert!(s.sectors <= f.sectors && s.sectors >= 2048, "input {index}");
+            }
+            assert_eq!(format!("{:?}", full.params), format!("{:?}", farm.params));
+            assert_eq!(format!("{:?}", full.scheduler), format!("{:?}", farm.scheduler));
+            let shapes = |s: &Scenario| s.steps.iter().map(shape).collect::<Vec<_>>();
+            let (full_shapes, farm_shapes) = (shapes(&full), shapes(&farm));
+            assert!(farm_shapes.len() <= full_shapes.len(), "input {index}");
+            assert_eq!(farm_shapes, full_shapes[..farm_shapes.len()], "input {index}");
+            kept += farm_shapes.len();
+            total += full_shapes.len();
+        }
+        eprintln!("farm scale kept {kept} of {total} steps");
+        assert!(kept * 20 >= total * 9, "farm kept only {kept} of {total} steps");
+    }
+
+    /// Every size of the farm table reads the input as Full's does: large
+    /// enough that every offset drawn on it takes two bytes, as on Full's
+    /// smallest device (an IO of up to 256 sectors, a workload region of
+    /// up to 1024), and no larger than Full's size for the same byte.
+    #[test]
+    fn farm_sizes_read_the_input_like_full() {
+        for (byte, sectors) in FARM_SECTORS.iter().enumerate() {
+            assert!(*sectors >= 1024 + 256, "byte {byte}");
+            assert!(*sectors <= FULL_SECTORS[byte % 4], "byte {byte}");
+        }
+        assert!(FARM_SECTORS.contains(&65536), "big devices never come up");
+    }
+}

@@ -58,3 +58,35 @@ pub fn lifecycle_scenario(data: &[u8], scale: Scale) -> Option<(Scenario, u64)> 
         Scale::Farm => Some((sanitize(&scenario), seed)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::model::Step;
+
+    fn has_verify_image(steps: &[Step]) -> bool {
+        steps.iter().any(|step| match step {
+            Step::Concurrent(branches) => branches.iter().any(|b| has_verify_image(b)),
+            other => matches!(other, Step::VerifyImage { .. }),
+        })
+    }
+
+    /// A farm scenario comes sanitized: no `VerifyImage` is left (a missing
+    /// image, the judge's reason to run again, cannot happen), and
+    /// sanitizing it again changes nothing, so a rerun would repeat the
+    /// same run. Full scenarios keep theirs (the swarm's digests).
+    #[test]
+    fn farm_scenarios_need_no_rerun() {
+        let mut full_verifies = 0;
+        for index in 0..300 {
+            let data = random_input(12, index, 512);
+            let (farm, _) = lifecycle_scenario(&data, Scale::Farm).expect("a scenario");
+            assert!(!has_verify_image(&farm.steps), "input {index}");
+            let again = sanitize(&farm);
+            assert_eq!(format!("{again:?}"), format!("{farm:?}"), "input {index}");
+            let (full, _) = lifecycle_scenario(&data, Scale::Full).expect("a scenario");
+            full_verifies += usize::from(has_verify_image(&full.steps));
+        }
+        assert!(full_verifies > 0, "no full scenario verified an image");
+    }
+}
