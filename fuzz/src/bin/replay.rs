@@ -220,22 +220,21 @@ fn random_args(args: &[String]) -> Result<RandomArgs, String> {
     Ok(out)
 }
 
-/// The body `replay random` runs: the target's own, or `lifecycle` at the
-/// scale and with the quirks asked for.
-fn random_check(args: &RandomArgs) -> Result<Box<dyn Fn(&[u8]) -> Result<(), String>>, String> {
-    let check = check_of(&args.positional[0])?;
-    if args.positional[0] != "lifecycle" {
-        return Ok(Box::new(check));
+impl RandomArgs {
+    /// Run one input as `replay random` runs it: the target's own body, or
+    /// `lifecycle` at the scale and with the quirks asked for.
+    fn check(&self, target: blksnap_fuzz::Check, data: &[u8]) -> Result<(), String> {
+        if self.positional[0] == "lifecycle" {
+            lifecycle::check_at(data, self.scale, &self.quirks)
+        } else {
+            target(data)
+        }
     }
-    let (scale, quirks) = (args.scale, args.quirks.clone());
-    Ok(Box::new(move |data| {
-        lifecycle::check_at(data, scale, &quirks)
-    }))
 }
 
 fn random(args: &[String]) -> Result<bool, String> {
     let args = random_args(args)?;
-    let check = random_check(&args)?;
+    let body = check_of(&args.positional[0])?;
     let target = &args.positional[0];
     let count: u64 = args.positional[1]
         .parse()
@@ -251,7 +250,7 @@ fn random(args: &[String]) -> Result<bool, String> {
     for index in 0..count {
         let data = inputs::random_input(seed, index, 512);
         let one = Instant::now();
-        let result = check(&data);
+        let result = args.check(body, &data);
         times.push((one.elapsed().as_secs_f64() * 1e3, index));
         if let Err(report) = result {
             failed += 1;
@@ -264,9 +263,8 @@ fn random(args: &[String]) -> Result<bool, String> {
     }
     let seconds = cpu.seconds();
     say!(
-        "{count} input(s), {failed} failed, {seconds:.2} CPU s: {:.0} inputs and {:.2} failures per CPU s",
-        count as f64 / seconds.max(1e-9),
-        failed as f64 / seconds.max(1e-9)
+        "{count} input(s), {failed} failed, {seconds:.2} CPU s: {}",
+        rates(count, failed, seconds)
     );
     say_times(&mut times);
     for (ms, index) in times.iter().take(3) {
@@ -279,6 +277,23 @@ fn random(args: &[String]) -> Result<bool, String> {
     Ok(failed == 0)
 }
 
+/// Inputs and failures per CPU second. The thread's CPU time is counted
+/// in scheduler ticks, so a run shorter than [`MIN_RATE_SECONDS`] gets no
+/// rate.
+fn rates(count: u64, failed: u64, seconds: f64) -> String {
+    if seconds < MIN_RATE_SECONDS {
+        return "too short for a rate".to_string();
+    }
+    format!(
+        "{:.0} inputs and {:.2} failures per CPU s",
+        count as f64 / seconds,
+        failed as f64 / seconds
+    )
+}
+
+/// The shortest run `replay random` gives a rate for.
+const MIN_RATE_SECONDS: f64 = 0.05;
+
 /// The mean and the quantiles of the times per input (wall, ms), slowest
 /// first afterwards: what rules a fuzzer's executions per second is the
 /// tail, not the median.
@@ -289,7 +304,11 @@ fn say_times(times: &mut [(f64, u64)]) {
     }
     let total: f64 = times.iter().map(|t| t.0).sum();
     let at = |q: f64| times[((1.0 - q) * (times.len() - 1) as f64).round() as usize].0;
-    let slow: f64 = times.iter().take(times.len().div_ceil(10)).map(|t| t.0).sum();
+    let slow: f64 = times
+        .iter()
+        .take(times.len().div_ceil(10))
+        .map(|t| t.0)
+        .sum();
     say!(
         "per input (wall): mean {:.2} ms, median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.1} ms; the slowest 10% take {:.0}% of the time",
         total / times.len() as f64,

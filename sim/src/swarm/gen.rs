@@ -716,16 +716,26 @@ mod tests {
                 assert!(s.sectors <= f.sectors && s.sectors >= 2048, "input {index}");
             }
             assert_eq!(format!("{:?}", full.params), format!("{:?}", farm.params));
-            assert_eq!(format!("{:?}", full.scheduler), format!("{:?}", farm.scheduler));
+            assert_eq!(
+                format!("{:?}", full.scheduler),
+                format!("{:?}", farm.scheduler)
+            );
             let shapes = |s: &Scenario| s.steps.iter().map(shape).collect::<Vec<_>>();
             let (full_shapes, farm_shapes) = (shapes(&full), shapes(&farm));
             assert!(farm_shapes.len() <= full_shapes.len(), "input {index}");
-            assert_eq!(farm_shapes, full_shapes[..farm_shapes.len()], "input {index}");
+            assert_eq!(
+                farm_shapes,
+                full_shapes[..farm_shapes.len()],
+                "input {index}"
+            );
             kept += farm_shapes.len();
             total += full_shapes.len();
         }
         eprintln!("farm scale kept {kept} of {total} steps");
-        assert!(kept * 20 >= total * 9, "farm kept only {kept} of {total} steps");
+        assert!(
+            kept * 20 >= total * 9,
+            "farm kept only {kept} of {total} steps"
+        );
     }
 
     /// Every size of the farm table reads the input as Full's does: large
