@@ -12,10 +12,16 @@
 //! ([`blksnap_sim::swarm`]), shared with `blksnap-sim swarm`; the fuzz
 //! target reads its input with every generator feature on, so the
 //! committed corpus keeps its meaning.
+//!
+//! The target runs at [`Scale::Farm`]: small devices, and the scenario
+//! ends once its user IO passes `FARM_IO_SECTORS`, already sanitized, so
+//! one input is one short run (a fuzz farm's executions per second). It is
+//! the start of the [`Scale::Full`] scenario of the same bytes (what
+//! `blksnap-sim swarm` runs; `replay random lifecycle --scale full` too).
 
 use blksnap_sim::scenario::Scenario;
 
-pub use blksnap_sim::swarm::gen::MAX_STEPS;
+pub use blksnap_sim::swarm::gen::{Scale, FARM_IO_SECTORS, MAX_STEPS};
 pub use blksnap_sim::swarm::judge::{failures_text, judge, report, sanitize};
 
 /// The body of the `lifecycle` fuzz target: panics with a readable report
@@ -28,16 +34,29 @@ pub fn lifecycle(data: &[u8]) {
 
 /// Build and run the scenario of `data`; `Err` carries the failure report.
 pub fn check(data: &[u8]) -> std::result::Result<(), String> {
-    let Some((scenario, seed)) = build(data) else {
+    check_at(data, Scale::Farm, &[])
+}
+
+/// [`check`] at another scale, with `quirks` switched on (to measure what
+/// a scale finds: with a quirk on, a failure is a find).
+pub fn check_at(data: &[u8], scale: Scale, quirks: &[String]) -> std::result::Result<(), String> {
+    let Some((mut scenario, seed)) = build_at(data, scale) else {
         return Ok(());
     };
+    scenario.quirks = quirks.to_vec();
     verdict(&scenario, seed)
 }
 
-/// The scenario and seed an input describes (`None` only if `arbitrary`
-/// gives up, which a well-formed generator never makes it do).
+/// The scenario and seed an input describes, as the target runs it (`None`
+/// only if `arbitrary` gives up, which a well-formed generator never makes
+/// it do).
 pub fn build(data: &[u8]) -> Option<(Scenario, u64)> {
-    blksnap_sim::swarm::inputs::lifecycle_scenario(data)
+    build_at(data, Scale::Farm)
+}
+
+/// [`build`] at another scale.
+pub fn build_at(data: &[u8], scale: Scale) -> Option<(Scenario, u64)> {
+    blksnap_sim::swarm::inputs::lifecycle_scenario(data, scale)
 }
 
 /// Run, and judge the outcome as described in the module comment.

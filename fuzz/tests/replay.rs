@@ -96,6 +96,17 @@ fn corpus_lifecycle() {
     replay_corpus("lifecycle");
 }
 
+/// The lifecycle corpus at full scale too: its `regress-*` inputs were
+/// found on full-size scenarios (the target runs farm-scale ones, which
+/// end sooner on smaller devices), and keep guarding those bugs there.
+#[test]
+fn corpus_lifecycle_full_scale() {
+    fn check_full(data: &[u8]) -> Result<(), String> {
+        blksnap_fuzz::lifecycle::check_at(data, blksnap_fuzz::lifecycle::Scale::Full, &[])
+    }
+    replay_all("lifecycle", check_full, corpus("lifecycle"));
+}
+
 #[test]
 fn corpus_scenario_parse() {
     replay_corpus("scenario_parse");

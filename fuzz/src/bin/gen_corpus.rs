@@ -170,6 +170,18 @@ fn is_image_io(step: &Step) -> bool {
     )
 }
 
+/// An image read: the lifecycle target's scenarios come sanitized, so a
+/// `VerifyImage` arrives as plain image reads.
+fn is_image_read(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::Read {
+            target: Target::Image(..),
+            ..
+        } | Step::VerifyImage { .. }
+    )
+}
+
 fn is_original_write(step: &Step) -> bool {
     matches!(
         step,
@@ -306,7 +318,7 @@ fn image_writes(s: &Scenario) -> bool {
                 }
             )
         }) >= 2
-        && count(s, |st| matches!(st, Step::VerifyImage { .. })) > 0
+        && count(s, is_image_read) > 0
 }
 
 fn collect_and_events(s: &Scenario) -> bool {

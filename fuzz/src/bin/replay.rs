@@ -8,9 +8,12 @@
 //! replay stats <count>                        ioctl results over random ioctl_args inputs
 //! replay metrics <file-or-dir>...             what each lifecycle input's run did
 //! replay shrink <target> <file> <out>         shrink a failing input's bytes into out
-//! replay random <target> <count> [seed [dir]]  run pseudo-random inputs, report
-//!                                             failures and the time per input (and
-//!                                             save failing and the 3 slowest in dir)
+//! replay random <target> <count> [seed [dir]] [--scale farm|full] [--quirk Q]...
+//!                                             run pseudo-random inputs, report
+//!                                             failures, inputs per CPU second and the
+//!                                             time per input (and save failing and the
+//!                                             3 slowest in dir); lifecycle at farm
+//!                                             scale unless told full, quirks on
 //! replay to-ron <target> <file> [--out PATH]  the input as a RON regression scenario
 //! ```
 //!
@@ -23,7 +26,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use arbitrary::Unstructured;
+use blksnap_fuzz::lifecycle::Scale;
 use blksnap_fuzz::{inputs, ioctl_args, lifecycle, scenario_parse, target, TARGETS};
+use blksnap_sim::bench::CpuClock;
 
 const USAGE: &str = "usage:
   replay <target> <file-or-dir>...         run each input; exit 1 if any fails
@@ -33,11 +38,15 @@ const USAGE: &str = "usage:
   replay stats <count>                     ioctl results over random ioctl_args inputs
   replay metrics <file-or-dir>...          what each lifecycle input's run did
   replay shrink <target> <file> <out>      shrink a failing input's bytes into out
-  replay random <target> <count> [seed [dir]]
-                                           run pseudo-random inputs, report failures and
-                                           the time per input (median, p90, p99, max);
+  replay random <target> <count> [seed [dir]] [--scale farm|full] [--quirk Q]...
+                                           run pseudo-random inputs, report failures,
+                                           inputs and failures per CPU second, and the
+                                           time per input (mean, median, p90, p99, max);
                                            save each failing input, and the 3 slowest
-                                           as slow-*, in dir
+                                           as slow-*, in dir. lifecycle: at farm scale
+                                           (what the fuzz target runs) unless
+                                           --scale full (the swarm's); each --quirk Q
+                                           switched on (then a failure is a find)
   replay to-ron <target> <file> [--out PATH]
                                            write the scenario the input runs as RON
                                            (lifecycle, scenario_run), checked to
@@ -68,7 +77,7 @@ fn main() -> ExitCode {
         Some("shrink") if args.len() == 4 => {
             shrink(&args[1], Path::new(&args[2]), Path::new(&args[3]))
         }
-        Some("random") if (3..=5).contains(&args.len()) => random(&args[1..]),
+        Some("random") if args.len() >= 3 => random(&args[1..]),
         Some("to-ron") if args.len() == 3 || args.len() == 5 => to_ron(&args[1..]),
         Some(name)
             if args.len() >= 2
@@ -171,62 +180,144 @@ fn show(name: &str, file: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
+/// What `replay random` runs: the positional arguments, and for
+/// `lifecycle` the scale and the quirks to switch on.
+struct RandomArgs {
+    positional: Vec<String>,
+    scale: Scale,
+    quirks: Vec<String>,
+}
+
+fn random_args(args: &[String]) -> Result<RandomArgs, String> {
+    let mut out = RandomArgs {
+        positional: Vec::new(),
+        scale: Scale::Farm,
+        quirks: Vec::new(),
+    };
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--scale" => {
+                out.scale = match rest.next().map(String::as_str) {
+                    Some("farm") => Scale::Farm,
+                    Some("full") => Scale::Full,
+                    other => return Err(format!("--scale: farm or full, not {other:?}")),
+                }
+            }
+            "--quirk" => out
+                .quirks
+                .push(rest.next().ok_or("--quirk: which quirk?")?.clone()),
+            _ => out.positional.push(arg.clone()),
+        }
+    }
+    if !(2..=4).contains(&out.positional.len()) {
+        return Err(USAGE.to_string());
+    }
+    let options = out.scale != Scale::Farm || !out.quirks.is_empty();
+    if options && out.positional[0] != "lifecycle" {
+        return Err("--scale and --quirk are for the lifecycle target".to_string());
+    }
+    Ok(out)
+}
+
+impl RandomArgs {
+    /// Run one input as `replay random` runs it: the target's own body, or
+    /// `lifecycle` at the scale and with the quirks asked for.
+    fn check(&self, target: blksnap_fuzz::Check, data: &[u8]) -> Result<(), String> {
+        if self.positional[0] == "lifecycle" {
+            lifecycle::check_at(data, self.scale, &self.quirks)
+        } else {
+            target(data)
+        }
+    }
+}
+
 fn random(args: &[String]) -> Result<bool, String> {
-    let check = check_of(&args[0])?;
-    let count: u64 = args[1].parse().map_err(|e| format!("count: {e}"))?;
-    let seed: u64 = match args.get(2) {
+    let args = random_args(args)?;
+    let body = check_of(&args.positional[0])?;
+    let target = &args.positional[0];
+    let count: u64 = args.positional[1]
+        .parse()
+        .map_err(|e| format!("count: {e}"))?;
+    let seed: u64 = match args.positional.get(2) {
         Some(s) => s.parse().map_err(|e| format!("seed: {e}"))?,
         None => 0,
     };
-    let start = Instant::now();
+    let dir = args.positional.get(3);
+    let cpu = CpuClock::start();
     let mut failed = 0;
     let mut times: Vec<(f64, u64)> = Vec::with_capacity(count as usize);
     for index in 0..count {
         let data = inputs::random_input(seed, index, 512);
         let one = Instant::now();
-        let result = check(&data);
+        let result = args.check(body, &data);
         times.push((one.elapsed().as_secs_f64() * 1e3, index));
         if let Err(report) = result {
             failed += 1;
-            if let Some(dir) = args.get(3) {
-                save(dir, &format!("{}-{seed}-{index}.bin", args[0]), &data)?;
+            if let Some(dir) = dir {
+                save(dir, &format!("{target}-{seed}-{index}.bin"), &data)?;
             }
             let head: String = report.lines().take(12).collect::<Vec<_>>().join("\n");
             say!("FAIL  input {index} (seed {seed})\n{head}\n");
         }
     }
-    let total = start.elapsed().as_secs_f64();
+    let seconds = cpu.seconds();
     say!(
-        "{count} input(s), {failed} failed, {total:.2} s total, {:.1} ms mean",
-        total * 1e3 / count.max(1) as f64
+        "{count} input(s), {failed} failed, {seconds:.2} CPU s: {}",
+        rates(count, failed, seconds)
     );
-    // What rules a fuzzer's executions per second: the tail, not the median.
-    times.sort_by(|a, b| b.0.total_cmp(&a.0));
-    if !times.is_empty() {
-        let at = |q: f64| times[((1.0 - q) * (times.len() - 1) as f64).round() as usize].0;
-        let slow_share: f64 = times
-            .iter()
-            .take(times.len().div_ceil(10))
-            .map(|t| t.0)
-            .sum::<f64>()
-            / times.iter().map(|t| t.0).sum::<f64>().max(1e-9);
-        say!(
-            "per input: median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.1} ms; the slowest 10% take {:.0}% of the time",
-            at(0.5),
-            at(0.9),
-            at(0.99),
-            times[0].0,
-            slow_share * 100.0
-        );
-    }
+    say_times(&mut times);
     for (ms, index) in times.iter().take(3) {
         say!("slow  input {index} (seed {seed}): {ms:.1} ms");
-        if let Some(dir) = args.get(3) {
+        if let Some(dir) = dir {
             let data = inputs::random_input(seed, *index, 512);
-            save(dir, &format!("slow-{}-{seed}-{index}.bin", args[0]), &data)?;
+            save(dir, &format!("slow-{target}-{seed}-{index}.bin"), &data)?;
         }
     }
     Ok(failed == 0)
+}
+
+/// Inputs and failures per CPU second. The thread's CPU time is counted
+/// in scheduler ticks, so a run shorter than [`MIN_RATE_SECONDS`] gets no
+/// rate.
+fn rates(count: u64, failed: u64, seconds: f64) -> String {
+    if seconds < MIN_RATE_SECONDS {
+        return "too short for a rate".to_string();
+    }
+    format!(
+        "{:.0} inputs and {:.2} failures per CPU s",
+        count as f64 / seconds,
+        failed as f64 / seconds
+    )
+}
+
+/// The shortest run `replay random` gives a rate for.
+const MIN_RATE_SECONDS: f64 = 0.05;
+
+/// The mean and the quantiles of the times per input (wall, ms), slowest
+/// first afterwards: what rules a fuzzer's executions per second is the
+/// tail, not the median.
+fn say_times(times: &mut [(f64, u64)]) {
+    times.sort_by(|a, b| b.0.total_cmp(&a.0));
+    if times.is_empty() {
+        return;
+    }
+    let total: f64 = times.iter().map(|t| t.0).sum();
+    let at = |q: f64| times[((1.0 - q) * (times.len() - 1) as f64).round() as usize].0;
+    let slow: f64 = times
+        .iter()
+        .take(times.len().div_ceil(10))
+        .map(|t| t.0)
+        .sum();
+    say!(
+        "per input (wall): mean {:.2} ms, median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.1} ms; the slowest 10% take {:.0}% of the time",
+        total / times.len() as f64,
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        times[0].0,
+        slow / total.max(1e-9) * 100.0
+    );
 }
 
 /// Write `data` as `dir/name`, creating `dir`.

@@ -41,6 +41,44 @@ use super::steps;
 
 /// Upper bound on top-level steps (a concurrent group counts as one).
 pub const MAX_STEPS: usize = 40;
+/// At [`Scale::Farm`], the scenario ends after the top-level step whose
+/// user IO (sectors written, read or verified, as [`io_sectors`] counts
+/// them) brings the total past this.
+pub const FARM_IO_SECTORS: u64 = 8192;
+/// Original device sizes at [`Scale::Full`], indexed by the drawn byte
+/// modulo 4 (what `choose` does with a 4-entry table).
+const FULL_SECTORS: [u64; 4] = [2048, 4096, 16384, 65536];
+/// Original device sizes at [`Scale::Farm`], indexed by the whole drawn
+/// byte: a 256-entry table reads the same one byte as [`FULL_SECTORS`], so
+/// the input stays aligned with Full. Full's size when it is 2048 or 4096,
+/// and for a few bytes (1 in 64) also when larger, so that big devices
+/// still come up; 4096 otherwise.
+const FARM_SECTORS: [u64; 256] = farm_sectors();
+
+const fn farm_sectors() -> [u64; 256] {
+    let mut table = [0; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let full = FULL_SECTORS[byte % 4];
+        table[byte] = if byte < 4 || full <= 4096 { full } else { 4096 };
+        byte += 1;
+    }
+    table
+}
+
+/// How big the generated scenario is. Both read the input alike (a Farm
+/// scenario is the start of the Full one of the same bytes, on smaller
+/// devices), so a finding of a fuzz farm replays, longer, at Full scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// What `blksnap-sim swarm` runs: devices up to 65536 sectors and up
+    /// to [`MAX_STEPS`] steps (its digests depend on it).
+    Full,
+    /// What the fuzz targets run, for executions per second: devices from
+    /// [`FARM_SECTORS`], and the scenario ends once its user IO passes
+    /// [`FARM_IO_SECTORS`].
+    Farm,
+}
 /// Upper bound on the steps of one concurrent branch.
 const MAX_BRANCH_STEPS: usize = 4;
 /// Snapshot names the steps use.
@@ -193,6 +231,7 @@ struct Original {
 pub struct Generator<'a, 'b> {
     u: &'b mut Unstructured<'a>,
     features: Features,
+    scale: Scale,
     originals: Vec<Original>,
     store_sectors: u64,
     /// Next storage sector no range has used yet.
@@ -204,10 +243,17 @@ impl<'a, 'b> Generator<'a, 'b> {
         Generator {
             u,
             features,
+            scale: Scale::Full,
             originals: Vec::new(),
             store_sectors: 0,
             store_cursor: 0,
         }
+    }
+
+    /// The same generator at another scale.
+    pub fn at_scale(mut self, scale: Scale) -> Self {
+        self.scale = scale;
+        self
     }
 
     fn pick<T: Copy>(&mut self, items: &[T]) -> Result<T> {
@@ -225,7 +271,10 @@ impl<'a, 'b> Generator<'a, 'b> {
         let count = self.u.int_in_range(1..=ORIGINALS.len())?;
         let mut devices = Vec::with_capacity(count + 1);
         for name in &ORIGINALS[..count] {
-            let sectors = self.pick(&[2048, 4096, 16384, 65536])?;
+            let sectors = match self.scale {
+                Scale::Full => self.pick(&FULL_SECTORS)?,
+                Scale::Farm => self.pick(&FARM_SECTORS)?,
+            };
             let fill = if self.chance(1, 2)? {
                 Fill::Pattern
             } else {
@@ -282,11 +331,19 @@ impl<'a, 'b> Generator<'a, 'b> {
     fn steps(&mut self) -> Result<Vec<Step>> {
         let count = self.u.int_in_range(1..=MAX_STEPS)?;
         let mut steps = Vec::with_capacity(count);
+        let mut io = 0;
         for _ in 0..count {
             if self.u.is_empty() && !steps.is_empty() {
                 break;
             }
+            let first = steps.len();
             self.step(&mut steps, true)?;
+            if self.scale == Scale::Farm {
+                io += self.io_sectors(&steps[first..]);
+                if io > FARM_IO_SECTORS {
+                    break;
+                }
+            }
         }
         Ok(steps)
     }
@@ -374,6 +431,29 @@ impl<'a, 'b> Generator<'a, 'b> {
             });
         }
         Ok(())
+    }
+
+    /// The user IO of `steps`, in sectors: what the simulator moves and the
+    /// oracle judges, so what a run's time mostly grows with. A verify
+    /// counts the whole device, a workload its largest possible IO.
+    fn io_sectors(&self, steps: &[Step]) -> u64 {
+        steps.iter().map(|step| self.step_io(step)).sum()
+    }
+
+    fn step_io(&self, step: &Step) -> u64 {
+        let capacity = |device: &str| {
+            self.originals
+                .iter()
+                .find(|o| o.name == device)
+                .map_or(0, |o| o.sectors)
+        };
+        match step {
+            Step::Write { sectors, .. } | Step::Read { sectors, .. } => *sectors,
+            Step::VerifyImage { device, .. } | Step::VerifyOriginal { device } => capacity(device),
+            Step::Workload(w) => u64::from(w.ops) * w.max_sectors,
+            Step::Concurrent(branches) => branches.iter().map(|b| self.io_sectors(b)).sum(),
+            _ => 0,
+        }
     }
 
     fn concurrent(&mut self) -> Result<Step> {
@@ -580,4 +660,94 @@ fn template() -> Scenario {
             .expect("the built-in template scenario parses");
     }
     TEMPLATE.with(Scenario::clone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swarm::inputs::random_input;
+
+    fn generate(data: &[u8], scale: Scale) -> Scenario {
+        let mut u = Unstructured::new(data);
+        Generator::new(&mut u, Features::ALL)
+            .at_scale(scale)
+            .scenario()
+            .expect("a scenario")
+    }
+
+    /// A step with the numbers that depend on device sizes (IO offsets and
+    /// lengths, workload regions) zeroed: what else it is, is decided by
+    /// the same input bytes at every scale.
+    fn shape(step: &Step) -> String {
+        let mut step = step.clone();
+        match &mut step {
+            Step::Write {
+                sector, sectors, ..
+            }
+            | Step::Read {
+                sector, sectors, ..
+            } => (*sector, *sectors) = (0, 0),
+            Step::Workload(w) => w.region = None,
+            Step::Concurrent(branches) => {
+                let shapes: Vec<Vec<String>> = branches
+                    .iter()
+                    .map(|b| b.iter().map(shape).collect())
+                    .collect();
+                return format!("Concurrent({shapes:?})");
+            }
+            _ => {}
+        }
+        format!("{step:?}")
+    }
+
+    /// A farm scenario is the start of the full one of the same bytes: the
+    /// same devices (no larger), parameters and scheduler, and its steps
+    /// are the first of Full's. Over many inputs it keeps at least 45 % of
+    /// them (55 % at `FARM_IO_SECTORS` = 8192; 28 % at 1024, which fails).
+    #[test]
+    fn farm_scale_keeps_the_steps_of_full() {
+        let (mut kept, mut total) = (0, 0);
+        for index in 0..400 {
+            let data = random_input(11, index, 512);
+            let (full, farm) = (generate(&data, Scale::Full), generate(&data, Scale::Farm));
+            assert_eq!(full.devices.len(), farm.devices.len());
+            for (f, s) in full.devices.iter().zip(&farm.devices) {
+                assert_eq!((&f.name, f.fill, f.fs), (&s.name, s.fill, s.fs));
+                assert!(s.sectors <= f.sectors && s.sectors >= 2048, "input {index}");
+            }
+            assert_eq!(format!("{:?}", full.params), format!("{:?}", farm.params));
+            assert_eq!(
+                format!("{:?}", full.scheduler),
+                format!("{:?}", farm.scheduler)
+            );
+            let shapes = |s: &Scenario| s.steps.iter().map(shape).collect::<Vec<_>>();
+            let (full_shapes, farm_shapes) = (shapes(&full), shapes(&farm));
+            assert!(farm_shapes.len() <= full_shapes.len(), "input {index}");
+            assert_eq!(
+                farm_shapes,
+                full_shapes[..farm_shapes.len()],
+                "input {index}"
+            );
+            kept += farm_shapes.len();
+            total += full_shapes.len();
+        }
+        eprintln!("farm scale kept {kept} of {total} steps");
+        assert!(
+            kept * 20 >= total * 9,
+            "farm kept only {kept} of {total} steps"
+        );
+    }
+
+    /// Every size of the farm table reads the input as Full's does: large
+    /// enough that every offset drawn on it takes two bytes, as on Full's
+    /// smallest device (an IO of up to 256 sectors, a workload region of
+    /// up to 1024), and no larger than Full's size for the same byte.
+    #[test]
+    fn farm_sizes_read_the_input_like_full() {
+        for (byte, sectors) in FARM_SECTORS.iter().enumerate() {
+            assert!(*sectors >= 1024 + 256, "byte {byte}");
+            assert!(*sectors <= FULL_SECTORS[byte % 4], "byte {byte}");
+        }
+        assert!(FARM_SECTORS.contains(&65536), "big devices never come up");
+    }
 }

@@ -5,7 +5,8 @@
 
 use arbitrary::Unstructured;
 
-use super::gen::{Features, Generator};
+use super::gen::{Features, Generator, Scale};
+use super::judge::sanitize;
 use crate::scenario::Scenario;
 
 /// The splitmix64 stream.
@@ -39,11 +40,53 @@ pub fn random_input(seed: u64, index: u64, max_len: usize) -> Vec<u8> {
 
 /// The scenario and run seed a `lifecycle` fuzz input describes: the first
 /// 8 bytes are the seed, the rest drive the generator with every feature
-/// on. `None` only if `arbitrary` gives up, which the generator never
-/// makes it do.
-pub fn lifecycle_scenario(data: &[u8]) -> Option<(Scenario, u64)> {
+/// on, at `scale`. A [`Scale::Farm`] scenario comes [`sanitize`]d, so the
+/// judge runs it once: the rerun it would do for a `VerifyImage` of an
+/// image a failed TAKE never made is the run of the sanitized scenario,
+/// which the oracle judges as strictly (every image read, byte by byte).
+/// `None` only if `arbitrary` gives up, which the generator never makes it
+/// do.
+pub fn lifecycle_scenario(data: &[u8], scale: Scale) -> Option<(Scenario, u64)> {
     let mut u = Unstructured::new(data);
     let seed: u64 = u.arbitrary().ok()?;
-    let scenario = Generator::new(&mut u, Features::ALL).scenario().ok()?;
-    Some((scenario, seed))
+    let scenario = Generator::new(&mut u, Features::ALL)
+        .at_scale(scale)
+        .scenario()
+        .ok()?;
+    match scale {
+        Scale::Full => Some((scenario, seed)),
+        Scale::Farm => Some((sanitize(&scenario), seed)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::model::Step;
+
+    fn has_verify_image(steps: &[Step]) -> bool {
+        steps.iter().any(|step| match step {
+            Step::Concurrent(branches) => branches.iter().any(|b| has_verify_image(b)),
+            other => matches!(other, Step::VerifyImage { .. }),
+        })
+    }
+
+    /// A farm scenario comes sanitized: no `VerifyImage` is left (a missing
+    /// image, the judge's reason to run again, cannot happen), and
+    /// sanitizing it again changes nothing, so a rerun would repeat the
+    /// same run. Full scenarios keep theirs (the swarm's digests).
+    #[test]
+    fn farm_scenarios_need_no_rerun() {
+        let mut full_verifies = 0;
+        for index in 0..300 {
+            let data = random_input(12, index, 512);
+            let (farm, _) = lifecycle_scenario(&data, Scale::Farm).expect("a scenario");
+            assert!(!has_verify_image(&farm.steps), "input {index}");
+            let again = sanitize(&farm);
+            assert_eq!(format!("{again:?}"), format!("{farm:?}"), "input {index}");
+            let (full, _) = lifecycle_scenario(&data, Scale::Full).expect("a scenario");
+            full_verifies += usize::from(has_verify_image(&full.steps));
+        }
+        assert!(full_verifies > 0, "no full scenario verified an image");
+    }
 }
