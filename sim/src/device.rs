@@ -178,6 +178,17 @@ impl Device {
                 }
             }
             None => {}
+            Some((&start, extent))
+                if start <= sector
+                    && end <= start + extent.len()
+                    && extent.runs() + data.runs() + 2 <= MAX_EXTENT_RUNS =>
+            {
+                // Wholly inside one extent (an overwrite of written data,
+                // the usual non-COW write): spliced in place, no extent
+                // is cut, removed or inserted.
+                extent.overwrite(sector - start, data);
+                return;
+            }
             Some(_) => {
                 self.cut(sector, end);
                 let before = self.media.range_mut(..sector).next_back();
