@@ -10,6 +10,11 @@
 //! - `highest()`: the runnable task of the highest priority, the larger id
 //!   among equals (as a max over ids in ascending order picks).
 //!
+//! While at most `MASK_SLOTS` tasks were ever created (most runs), the
+//! runnable slots are bits of one word instead of the tree: a wake or a
+//! sleep flips a bit and the i-th runnable task is found by clearing the
+//! i lowest bits, with no loop over the tree's levels.
+//!
 //! The priority order costs a set insert and remove per poll, so it is
 //! built on the first `highest()` and kept from then on: a run under the
 //! uniform policy (most runs) never pays for it.
@@ -17,6 +22,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kernel::task::TaskId;
+
+/// Slots the one-word bitmap holds; the tree replaces it past them.
+const MASK_SLOTS: usize = 64;
 
 #[derive(Default)]
 pub(crate) struct RunQueue {
@@ -27,7 +35,10 @@ pub(crate) struct RunQueue {
     /// Whether the task of a slot is runnable.
     runnable: Vec<bool>,
     /// Fenwick tree over the slots, 1-based; its size is a power of two.
+    /// Empty while the slots fit in `mask`.
     tree: Vec<usize>,
+    /// Bit `slot` set if that slot's task is runnable, while `tree` is empty.
+    mask: u64,
     len: usize,
     /// The runnable tasks by priority; None until `highest()` first asks.
     by_priority: Option<BTreeSet<(u64, TaskId)>>,
@@ -41,8 +52,8 @@ impl RunQueue {
         self.id_at.push(id);
         self.runnable.push(false);
         let size = self.tree.len().saturating_sub(1);
-        if slot >= size {
-            self.rebuild((size * 2).max(64));
+        if slot >= MASK_SLOTS && slot >= size {
+            self.rebuild((size * 2).max(2 * MASK_SLOTS));
         }
         self.live.insert(id, (slot, priority));
     }
@@ -105,6 +116,13 @@ impl RunQueue {
         if i >= self.len {
             return None;
         }
+        if self.tree.is_empty() {
+            let mut mask = self.mask;
+            for _ in 0..i {
+                mask &= mask - 1;
+            }
+            return self.id_at.get(mask.trailing_zeros() as usize).copied();
+        }
         // Binary lifting: the largest prefix of slots holding at most `i`
         // runnable tasks ends just before the one wanted.
         let size = self.tree.len() - 1;
@@ -142,6 +160,10 @@ impl RunQueue {
         } else {
             self.len -= 1;
         }
+        if self.tree.is_empty() {
+            self.mask ^= 1 << slot;
+            return;
+        }
         let mut i = slot + 1;
         while i < self.tree.len() {
             if add {
@@ -177,6 +199,27 @@ mod tests {
     #[test]
     fn picks_match_a_sorted_set() {
         picks_match_from(0);
+    }
+
+    /// The bitmap serves the first `MASK_SLOTS` tasks, the tree from the
+    /// next one on, and the picks do not change across the switch.
+    #[test]
+    fn the_bitmap_hands_over_to_the_tree() {
+        let mut queue = RunQueue::default();
+        for id in 1..=MASK_SLOTS as u64 {
+            queue.add(id * 10, 0);
+            if id % 3 != 0 {
+                queue.wake(id * 10);
+            }
+        }
+        assert!(queue.tree.is_empty(), "the bitmap while the slots fit");
+        let before: Vec<_> = (0..queue.len()).map(|i| queue.nth(i)).collect();
+        queue.add(10_000, 0);
+        assert!(!queue.tree.is_empty(), "the tree past them");
+        let after: Vec<_> = (0..queue.len()).map(|i| queue.nth(i)).collect();
+        assert_eq!(before, after);
+        assert_eq!(before.len(), 43);
+        assert_eq!(before[2], Some(40));
     }
 
     /// The priority order built late, from a queue that lived without it.
