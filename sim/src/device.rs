@@ -356,9 +356,14 @@ mod tests {
         w(&mut d, 5, &[0; 4096]);
         assert_eq!(d.extents(), 2);
         w(&mut d, (1 << 40) + 10, &[1, 2]);
-        // Split around the overwrite, which joins the part before it.
-        assert_eq!(d.extents(), 3);
+        // An overwrite wholly inside an extent is spliced into it.
+        assert_eq!(d.extents(), 2);
         assert_eq!(d.read((1 << 40) + 9, 4), vec![chunk[9], 1, 2, chunk[12]]);
+        // One across the end of an extent cuts it and joins the part
+        // before it: still one extent there.
+        w(&mut d, 4096 + 4, &[3, 3]);
+        assert_eq!(d.extents(), 2);
+        assert_eq!(d.read(4096 + 3, 4), vec![0, 3, 3, 0]);
     }
 
     /// The bios of one copy complete in any order; the pieces still end
