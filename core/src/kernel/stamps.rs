@@ -51,6 +51,15 @@ impl Run {
     }
 }
 
+/// A run as `push_run` keeps it: a lone stamp has step 0.
+fn normal(run: Run) -> Run {
+    if run.len == 1 {
+        Run { step: 0, ..run }
+    } else {
+        run
+    }
+}
+
 /// A run and the offset of its first sector in the whole.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Piece {
@@ -296,8 +305,11 @@ impl Stamps {
             *self = out;
             return;
         }
-        let pieces = self.pieces.as_slice();
         let (first, last) = (self.piece_of(at), self.piece_of(end - 1));
+        if self.overwrite_without_merges(at, src, first, last) {
+            return;
+        }
+        let pieces = self.pieces.as_slice();
         // The pieces before `first` come back unchanged, but the part of
         // `first` before the write may merge into the one before it.
         let start = first.saturating_sub(1);
@@ -319,6 +331,48 @@ impl Stamps {
         stop = Self::push_while_merging(&mut mid, pieces, stop);
         let base = pieces[start].at;
         self.splice(start..stop, base, mid);
+    }
+
+    /// The usual overwrite (one run into data of many, the device's
+    /// extents): when no run merges with its neighbour along the part
+    /// before the write, `src` and the part after, the rebuild cuts them
+    /// as they stand, so they replace pieces `first..=last` in place with
+    /// no allocation. False, having changed nothing, otherwise.
+    fn overwrite_without_merges(&mut self, at: u64, src: &Stamps, first: usize, last: usize) -> bool {
+        let Pieces::One(middle) = src.pieces else {
+            return false;
+        };
+        let Pieces::Many(pieces) = &mut self.pieces else {
+            return false;
+        };
+        let end = at + src.len;
+        let (head, tail) = (pieces[first], pieces[last]);
+        let before = Piece {
+            at: head.at,
+            run: normal(head.run.slice(0, at - head.at)),
+        };
+        let after = Piece {
+            at: end,
+            run: normal(tail.run.slice(end - tail.at, tail.run.len)),
+        };
+        let middle = Piece { at, ..middle };
+        let new = [before, middle, after];
+        let new = new.iter().filter(|p| p.run.len > 0);
+        let outer = first.checked_sub(1).map(|i| pieces[i]);
+        let next = pieces.get(last + 1).copied();
+        let chain = outer.iter().chain(new.clone()).chain(next.iter());
+        let mut previous: Option<&Piece> = None;
+        for piece in chain {
+            if previous.is_some_and(|p| p.run.continues_with(&piece.run).is_some()) {
+                return false;
+            }
+            previous = Some(piece);
+        }
+        pieces.splice(first..=last, new.copied());
+        if let [one] = pieces[..] {
+            self.pieces = Pieces::One(one);
+        }
+        true
     }
 
     /// Push `pieces[from..]` onto `out` while each merges into its last
