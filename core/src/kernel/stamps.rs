@@ -338,7 +338,13 @@ impl Stamps {
     /// before the write, `src` and the part after, the rebuild cuts them
     /// as they stand, so they replace pieces `first..=last` in place with
     /// no allocation. False, having changed nothing, otherwise.
-    fn overwrite_without_merges(&mut self, at: u64, src: &Stamps, first: usize, last: usize) -> bool {
+    fn overwrite_without_merges(
+        &mut self,
+        at: u64,
+        src: &Stamps,
+        first: usize,
+        last: usize,
+    ) -> bool {
         let Pieces::One(middle) = src.pieces else {
             return false;
         };
@@ -381,7 +387,7 @@ impl Stamps {
         let mut at = from;
         while let Some(next) = pieces.get(at) {
             let last = out.pieces.as_slice().last();
-            if !last.is_some_and(|p| p.run.continues_with(&next.run).is_some()) {
+            if last.is_none_or(|p| p.run.continues_with(&next.run).is_none()) {
                 break;
             }
             out.push_run(next.run);
