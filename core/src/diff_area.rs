@@ -44,6 +44,10 @@ pub struct DiffArea {
     read_cache: RefCell<VecDeque<Rc<Chunk>>>,
     write_cache: RefCell<VecDeque<Rc<Chunk>>>,
     eviction_queued: Cell<bool>,
+    /// The original's "major:minor", made once for the names of the work
+    /// items (formatting it per spawned item cost more than the rest of
+    /// building the name).
+    dev_name: String,
     /// `flush_work` callers, woken when the eviction work returns.
     eviction_flushers: RefCell<Vec<Completer<()>>>,
     /// Set when `free` starts: v2 marks the area corrupted there, which
@@ -128,6 +132,7 @@ impl DiffArea {
             read_cache: RefCell::new(VecDeque::new()),
             write_cache: RefCell::new(VecDeque::new()),
             eviction_queued: Cell::new(false),
+            dev_name: dev.to_string(),
             eviction_flushers: RefCell::new(Vec::new()),
             freeing: Cell::new(false),
             skipped_wait: Cell::new(None),
@@ -309,7 +314,7 @@ impl DiffArea {
         // Like v2's work item, it holds no reference: free flushes it.
         self.eviction_queued.set(true);
         let area = self.clone();
-        let name = format!("blksnap_cache_release {}", self.orig_dev);
+        let name = ["blksnap_cache_release ", &self.dev_name].concat();
         self.module.k().spawn(
             TaskKind::Work,
             name,
@@ -413,6 +418,19 @@ impl DiffArea {
 
     /// Run `notify` in a work item once `io` ends, counting it as pending.
     /// Like v2, IO in flight holds no reference: `free` waits for it.
+    /// "{what} {major:minor}#{chunk}", the name of a chunk's work item.
+    fn work_name(&self, what: &str, chunk: u64) -> String {
+        use std::fmt::Write as _;
+        let mut name = String::with_capacity(what.len() + self.dev_name.len() + 22);
+        name.push_str(what);
+        name.push(' ');
+        name.push_str(&self.dev_name);
+        name.push('#');
+        // Writing to a String cannot fail.
+        let _ = write!(name, "{chunk}");
+        name
+    }
+
     fn spawn_notify(
         self: &Rc<Self>,
         name: &str,
@@ -422,7 +440,7 @@ impl DiffArea {
     ) {
         self.pending_io.set(self.pending_io.get() + 1);
         let (area, chunk) = (self.clone(), chunk.clone());
-        let name = format!("{name} {}#{}", self.orig_dev, chunk.number);
+        let name = self.work_name(name, chunk.number);
         self.module.k().spawn(
             TaskKind::Work,
             name,

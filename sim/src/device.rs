@@ -178,6 +178,17 @@ impl Device {
                 }
             }
             None => {}
+            Some((&start, extent))
+                if start <= sector
+                    && end <= start + extent.len()
+                    && extent.runs() + data.runs() + 2 <= MAX_EXTENT_RUNS =>
+            {
+                // Wholly inside one extent (an overwrite of written data,
+                // the usual non-COW write): spliced in place, no extent
+                // is cut, removed or inserted.
+                extent.overwrite(sector - start, data);
+                return;
+            }
             Some(_) => {
                 self.cut(sector, end);
                 let before = self.media.range_mut(..sector).next_back();
@@ -345,9 +356,14 @@ mod tests {
         w(&mut d, 5, &[0; 4096]);
         assert_eq!(d.extents(), 2);
         w(&mut d, (1 << 40) + 10, &[1, 2]);
-        // Split around the overwrite, which joins the part before it.
-        assert_eq!(d.extents(), 3);
+        // An overwrite wholly inside an extent is spliced into it.
+        assert_eq!(d.extents(), 2);
         assert_eq!(d.read((1 << 40) + 9, 4), vec![chunk[9], 1, 2, chunk[12]]);
+        // One across the end of an extent cuts it and joins the part
+        // before it: still one extent there.
+        w(&mut d, 4096 + 4, &[3, 3]);
+        assert_eq!(d.extents(), 2);
+        assert_eq!(d.read(4096 + 3, 4), vec![0, 3, 3, 0]);
     }
 
     /// The bios of one copy complete in any order; the pieces still end

@@ -47,6 +47,19 @@ struct Suspect {
     what: String,
 }
 
+/// A class name's address and length: two names that are equal as keys
+/// are the same text (the converse may fail, which only costs a cache miss).
+type NameKey = (usize, usize);
+
+fn name_key(name: &'static str) -> NameKey {
+    (name.as_ptr() as usize, name.len())
+}
+
+/// The key of an ordered pair of classes in the `judged` cache.
+fn pair(before: &'static str, class: &'static str) -> (NameKey, NameKey) {
+    (name_key(before), name_key(class))
+}
+
 #[derive(Default)]
 pub struct Lockdep {
     next_id: u64,
@@ -55,7 +68,10 @@ pub struct Lockdep {
     /// Ordering edges between classes.
     edges: BTreeMap<&'static str, BTreeSet<&'static str>>,
     /// Holders of cross-release locks, by lock.
-    cross_holders: BTreeMap<LockId, CrossHeld>,
+    /// Sorted by lock, as a map would be: a few at a time, and a vector
+    /// keeps its buffer, where a map allocates a node for its first entry
+    /// and frees it with its last (twice per chunk lock taken).
+    cross_holders: Vec<(LockId, CrossHeld)>,
     /// The sim's id counter now: task ids above it are created later.
     pub mark: u64,
     /// Reports of the noio rule, for the `memalloc_noio` checker.
@@ -66,7 +82,9 @@ pub struct Lockdep {
     /// Ordered pairs (held, wanted) already judged against the current
     /// edges: judging one again would find the same path, report nothing
     /// new and add no edge, so it is skipped. Cleared when an edge is new.
-    judged: BTreeSet<(&'static str, &'static str)>,
+    /// Keyed by the names' addresses: a cache needs no string compares,
+    /// and a class whose name lives at two addresses is only judged again.
+    judged: BTreeSet<(NameKey, NameKey)>,
 }
 
 impl Lockdep {
@@ -102,7 +120,7 @@ impl Lockdep {
                         mark: self.mark,
                         suspects: Vec::new(),
                     };
-                    self.cross_holders.insert(id, held);
+                    self.insert_cross(id, held);
                 }
             }
             LockOp::Release => self.release(task, id, class),
@@ -110,8 +128,24 @@ impl Lockdep {
         None
     }
 
+    /// Keep `held` for the lock, replacing an entry it had (as a map would).
+    fn insert_cross(&mut self, id: LockId, held: CrossHeld) {
+        match self.cross_holders.binary_search_by_key(&id, |(l, _)| *l) {
+            Ok(i) => self.cross_holders[i].1 = held,
+            Err(i) => self.cross_holders.insert(i, (id, held)),
+        }
+    }
+
+    fn remove_cross(&mut self, id: LockId) -> Option<CrossHeld> {
+        let i = self
+            .cross_holders
+            .binary_search_by_key(&id, |(l, _)| *l)
+            .ok()?;
+        Some(self.cross_holders.remove(i).1)
+    }
+
     fn release(&mut self, task: TaskId, id: LockId, class: &'static str) {
-        let owner = match self.cross_holders.remove(&id) {
+        let owner = match self.remove_cross(id) {
             Some(held) if CROSS_RELEASE.contains(&class) => {
                 self.judge_cross_release(&held, task);
                 held.task
@@ -136,7 +170,7 @@ impl Lockdep {
             .unwrap_or_default();
         let mut report = None;
         for before in held {
-            if Self::unordered(before, class) || self.judged.contains(&(before, class)) {
+            if Self::unordered(before, class) || self.judged.contains(&pair(before, class)) {
                 continue;
             }
             if self.reaches(class, before) && self.reported.insert((before, class)) {
@@ -149,7 +183,7 @@ impl Lockdep {
             }
             // The new edge leaves from `before`, so it cannot lie on a
             // path from `class` back to `before`: this verdict still holds.
-            self.judged.insert((before, class));
+            self.judged.insert(pair(before, class));
         }
         report
     }
@@ -164,7 +198,7 @@ impl Lockdep {
     fn all_judged(&self, task: TaskId, class: &'static str) -> bool {
         self.held.get(&task).is_none_or(|list| {
             list.iter().all(|&(_, before, _)| {
-                Self::unordered(before, class) || self.judged.contains(&(before, class))
+                Self::unordered(before, class) || self.judged.contains(&pair(before, class))
             })
         })
     }
@@ -201,7 +235,7 @@ impl Lockdep {
     /// suspect under each cross-release lock the task may hold.
     pub fn may_io_allocation(&mut self, task: TaskId, what: String) {
         let mark = self.mark;
-        for held in self.cross_holders.values_mut() {
+        for (_, held) in &mut self.cross_holders {
             if held.task == task || task > held.mark {
                 held.suspects.push(Suspect {
                     task,

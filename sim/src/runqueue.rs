@@ -10,6 +10,12 @@
 //! - `highest()`: the runnable task of the highest priority, the larger id
 //!   among equals (as a max over ids in ascending order picks).
 //!
+//! While at most `WORD_SLOTS` tasks were ever created (most runs), the
+//! runnable slots are bits of a few words instead of the tree: a wake or
+//! a sleep flips a bit, and the i-th runnable task is found by counting
+//! the bits of at most `WORD_SLOTS / 64` words, then clearing the lowest
+//! bits of one, with no loop over the tree's levels.
+//!
 //! The priority order costs a set insert and remove per poll, so it is
 //! built on the first `highest()` and kept from then on: a run under the
 //! uniform policy (most runs) never pays for it.
@@ -17,6 +23,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kernel::task::TaskId;
+
+/// Slots the bitmap holds; the tree replaces it past them (where
+/// counting the words would cost more than the tree's levels).
+const WORD_SLOTS: usize = 1024;
 
 #[derive(Default)]
 pub(crate) struct RunQueue {
@@ -27,7 +37,11 @@ pub(crate) struct RunQueue {
     /// Whether the task of a slot is runnable.
     runnable: Vec<bool>,
     /// Fenwick tree over the slots, 1-based; its size is a power of two.
+    /// Empty while the slots fit in `words`.
     tree: Vec<usize>,
+    /// Bit `slot % 64` of word `slot / 64` set if that slot's task is
+    /// runnable, while `tree` is empty.
+    words: Vec<u64>,
     len: usize,
     /// The runnable tasks by priority; None until `highest()` first asks.
     by_priority: Option<BTreeSet<(u64, TaskId)>>,
@@ -41,8 +55,10 @@ impl RunQueue {
         self.id_at.push(id);
         self.runnable.push(false);
         let size = self.tree.len().saturating_sub(1);
-        if slot >= size {
-            self.rebuild((size * 2).max(64));
+        if slot >= WORD_SLOTS && slot >= size {
+            self.rebuild((size * 2).max(2 * WORD_SLOTS));
+        } else if self.tree.is_empty() && slot / 64 == self.words.len() {
+            self.words.push(0);
         }
         self.live.insert(id, (slot, priority));
     }
@@ -101,9 +117,13 @@ impl RunQueue {
     }
 
     /// The runnable task with the `i`-th smallest id (from 0).
+    #[inline]
     pub fn nth(&self, i: usize) -> Option<TaskId> {
         if i >= self.len {
             return None;
+        }
+        if self.tree.is_empty() {
+            return self.nth_in_words(i);
         }
         // Binary lifting: the largest prefix of slots holding at most `i`
         // runnable tasks ends just before the one wanted.
@@ -122,6 +142,35 @@ impl RunQueue {
         self.id_at.get(pos).copied()
     }
 
+    /// `nth` on the bitmap: skip whole words by their counts, then clear
+    /// the lowest bits of the word that holds the task.
+    #[inline]
+    fn nth_in_words(&self, mut i: usize) -> Option<TaskId> {
+        if let [mut word] = self.words[..] {
+            // One word (at most 64 tasks ever, the usual run): no count.
+            for _ in 0..i {
+                word &= word - 1;
+            }
+            return self.id_at.get(word.trailing_zeros() as usize).copied();
+        }
+        for (w, &word) in self.words.iter().enumerate() {
+            let count = word.count_ones() as usize;
+            if i >= count {
+                i -= count;
+                continue;
+            }
+            let mut word = word;
+            for _ in 0..i {
+                word &= word - 1;
+            }
+            return self
+                .id_at
+                .get(w * 64 + word.trailing_zeros() as usize)
+                .copied();
+        }
+        None
+    }
+
     /// The runnable task of the highest priority (the larger id on a tie).
     pub fn highest(&mut self) -> Option<TaskId> {
         if self.by_priority.is_none() {
@@ -136,11 +185,16 @@ impl RunQueue {
         self.by_priority.as_ref()?.last().map(|&(_, id)| id)
     }
 
+    #[inline]
     fn update(&mut self, slot: usize, add: bool) {
         if add {
             self.len += 1;
         } else {
             self.len -= 1;
+        }
+        if self.tree.is_empty() {
+            self.words[slot / 64] ^= 1 << (slot % 64);
+            return;
         }
         let mut i = slot + 1;
         while i < self.tree.len() {
@@ -177,6 +231,31 @@ mod tests {
     #[test]
     fn picks_match_a_sorted_set() {
         picks_match_from(0);
+    }
+
+    /// The bitmap serves the first `WORD_SLOTS` tasks, the tree from the
+    /// next one on, and the picks do not change across the switch.
+    #[test]
+    fn the_bitmap_hands_over_to_the_tree() {
+        let mut queue = RunQueue::default();
+        let n = WORD_SLOTS as u64;
+        for id in 1..=n {
+            queue.add(id * 10, 0);
+            if id % 3 != 0 {
+                queue.wake(id * 10);
+            }
+        }
+        let expected: Vec<_> = (1..=n)
+            .filter(|id| id % 3 != 0)
+            .map(|id| Some(id * 10))
+            .collect();
+        assert!(queue.tree.is_empty(), "the bitmap while the slots fit");
+        let before: Vec<_> = (0..queue.len()).map(|i| queue.nth(i)).collect();
+        assert_eq!(before, expected);
+        queue.add(100_000, 0);
+        assert!(!queue.tree.is_empty(), "the tree past them");
+        let after: Vec<_> = (0..queue.len()).map(|i| queue.nth(i)).collect();
+        assert_eq!(after, expected);
     }
 
     /// The priority order built late, from a queue that lived without it.

@@ -51,6 +51,15 @@ impl Run {
     }
 }
 
+/// A run as `push_run` keeps it: a lone stamp has step 0.
+fn normal(run: Run) -> Run {
+    if run.len == 1 {
+        Run { step: 0, ..run }
+    } else {
+        run
+    }
+}
+
 /// A run and the offset of its first sector in the whole.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Piece {
@@ -281,14 +290,132 @@ impl Stamps {
         self.iter().collect()
     }
 
-    /// Replace sectors [at, at + src.len()) with `src`.
+    /// Replace sectors [at, at + src.len()) with `src`, cut into runs
+    /// exactly as the rebuild (the part before, `src`, then the part after
+    /// cut again by `slice`) cuts them, but in place: only the pieces a
+    /// merge can reach are pushed again, so a small write into data of
+    /// many runs costs O(its runs + log n), not O(n).
     pub fn overwrite(&mut self, at: u64, src: &Stamps) {
         let end = at + src.len;
         assert!(end <= self.len, "[{at}, {end}) of {}", self.len);
-        let mut out = self.slice(0, at);
-        out.append(src);
-        out.append(&self.slice(end, self.len));
-        *self = out;
+        if src.is_empty() {
+            // Rare; cutting the part after again may still merge runs.
+            let mut out = self.slice(0, at);
+            out.append(&self.slice(end, self.len));
+            *self = out;
+            return;
+        }
+        let (first, last) = (self.piece_of(at), self.piece_of(end - 1));
+        if self.overwrite_without_merges(at, src, first, last) {
+            return;
+        }
+        let pieces = self.pieces.as_slice();
+        // The pieces before `first` come back unchanged, but the part of
+        // `first` before the write may merge into the one before it.
+        let start = first.saturating_sub(1);
+        let mut mid = Stamps::new();
+        if start < first {
+            mid.push_run(pieces[start].run);
+        }
+        let head = &pieces[first];
+        mid.push_run(head.run.slice(0, at - head.at));
+        mid.append(src);
+        // The part after, cut again on its own as `slice` does, then
+        // pushed after `src`: each pass re-pushes pieces only while they
+        // merge; from the first that does not, the rest is unchanged.
+        let tail = &pieces[last];
+        let mut after = Stamps::new();
+        after.push_run(tail.run.slice(end - tail.at, tail.run.len));
+        let mut stop = Self::push_while_merging(&mut after, pieces, last + 1);
+        mid.append(&after);
+        stop = Self::push_while_merging(&mut mid, pieces, stop);
+        let base = pieces[start].at;
+        self.splice(start..stop, base, mid);
+    }
+
+    /// The usual overwrite (one run into data of many, the device's
+    /// extents): when no run merges with its neighbour along the part
+    /// before the write, `src` and the part after, the rebuild cuts them
+    /// as they stand, so they replace pieces `first..=last` in place with
+    /// no allocation. False, having changed nothing, otherwise.
+    fn overwrite_without_merges(
+        &mut self,
+        at: u64,
+        src: &Stamps,
+        first: usize,
+        last: usize,
+    ) -> bool {
+        let Pieces::One(middle) = src.pieces else {
+            return false;
+        };
+        let Pieces::Many(pieces) = &mut self.pieces else {
+            return false;
+        };
+        let end = at + src.len;
+        let (head, tail) = (pieces[first], pieces[last]);
+        let before = Piece {
+            at: head.at,
+            run: normal(head.run.slice(0, at - head.at)),
+        };
+        let after = Piece {
+            at: end,
+            run: normal(tail.run.slice(end - tail.at, tail.run.len)),
+        };
+        let middle = Piece { at, ..middle };
+        let new = [before, middle, after];
+        let new = new.iter().filter(|p| p.run.len > 0);
+        let outer = first.checked_sub(1).map(|i| pieces[i]);
+        let next = pieces.get(last + 1).copied();
+        let chain = outer.iter().chain(new.clone()).chain(next.iter());
+        let mut previous: Option<&Piece> = None;
+        for piece in chain {
+            if previous.is_some_and(|p| p.run.continues_with(&piece.run).is_some()) {
+                return false;
+            }
+            previous = Some(piece);
+        }
+        pieces.splice(first..=last, new.copied());
+        if let [one] = pieces[..] {
+            self.pieces = Pieces::One(one);
+        }
+        true
+    }
+
+    /// Push `pieces[from..]` onto `out` while each merges into its last
+    /// run; the index of the first that would not.
+    fn push_while_merging(out: &mut Stamps, pieces: &[Piece], from: usize) -> usize {
+        let mut at = from;
+        while let Some(next) = pieces.get(at) {
+            let last = out.pieces.as_slice().last();
+            if last.is_none_or(|p| p.run.continues_with(&next.run).is_none()) {
+                break;
+            }
+            out.push_run(next.run);
+            at += 1;
+        }
+        at
+    }
+
+    /// Replace `range` of the pieces with `mid`'s, which start at `base`.
+    fn splice(&mut self, range: std::ops::Range<usize>, base: u64, mid: Stamps) {
+        let whole = range.start == 0 && range.end == self.pieces.as_slice().len();
+        if whole {
+            self.pieces = mid.pieces;
+            return;
+        }
+        let moved = mid.pieces.as_slice().iter().map(|p| Piece {
+            at: p.at + base,
+            run: p.run,
+        });
+        match &mut self.pieces {
+            Pieces::Many(pieces) => {
+                pieces.splice(range, moved);
+                if pieces.len() == 1 {
+                    self.pieces = Pieces::One(pieces[0]);
+                }
+            }
+            _ => unreachable!("one piece or none is always replaced whole"),
+        }
     }
 
     /// Cut to `len` sectors, or grow with `stamp`.
@@ -434,6 +561,42 @@ mod tests {
         assert_eq!(s, model);
         s.resize(10, 0);
         assert_eq!(s, model[..10].to_vec());
+    }
+
+    /// The old overwrite, the model of the in-place one: rebuild it all.
+    fn rebuilt_overwrite(s: &Stamps, at: u64, src: &Stamps) -> Stamps {
+        let mut out = s.slice(0, at);
+        out.append(src);
+        out.append(&s.slice(at + src.len(), s.len()));
+        out
+    }
+
+    /// Overwrites in place cut the runs exactly as the rebuild does, on
+    /// data whose few values make runs merge across every edge.
+    #[test]
+    fn an_overwrite_in_place_cuts_as_the_rebuild() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let runs = |s: &Stamps| s.iter_runs().collect::<Vec<_>>();
+        for _ in 0..3000 {
+            let n = 1 + next(20);
+            let values = [0, 1, 2, 3, 4, u64::MAX];
+            let data: Vec<Stamp> = (0..n).map(|_| values[next(6) as usize]).collect();
+            let mut s = Stamps::from_slice(&data);
+            let at = next(n);
+            let len = next(n - at + 1);
+            let src: Vec<Stamp> = (0..len).map(|_| values[next(6) as usize]).collect();
+            let src = Stamps::from_slice(&src);
+            let model = rebuilt_overwrite(&s, at, &src);
+            s.overwrite(at, &src);
+            assert_eq!(runs(&s), runs(&model), "{data:?} at {at} by {src:?}");
+            assert_eq!(matches!(s.pieces, Pieces::One(_)), model.runs() == 1);
+        }
     }
 
     #[test]

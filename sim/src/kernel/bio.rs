@@ -49,7 +49,7 @@ impl Sim {
             sector: bio.sector,
             sectors: bio.sectors,
         });
-        let check = self.blk.device_check(&bio);
+        let check = self.blk.device_accept(&bio);
         let latency = match check {
             Ok((latency, spike)) => {
                 if let Some(extra_ns) = spike {
@@ -67,11 +67,6 @@ impl Sim {
                 return;
             }
         };
-        let in_flight = &self.blk.bios_in_flight;
-        in_flight.set(in_flight.get() + 1);
-        if let Some(device) = self.blk.devices.borrow_mut().get_mut(&bio.dev) {
-            device.in_flight += 1;
-        }
         let at = self.now() + latency;
         self.sched.at(at, super::TimerAction::EndBio(id, bio, done));
     }
@@ -79,9 +74,6 @@ impl Sim {
     pub(super) fn end_device_bio(self: &Rc<Self>, id: u64, bio: Bio, done: Completer<BioResult>) {
         let in_flight = &self.blk.bios_in_flight;
         in_flight.set(in_flight.get() - 1);
-        if let Some(device) = self.blk.devices.borrow_mut().get_mut(&bio.dev) {
-            device.in_flight = device.in_flight.saturating_sub(1);
-        }
         let result = self.apply_bio(&bio);
         self.record(TraceEvent::BioEnd {
             id,
@@ -98,6 +90,8 @@ impl Sim {
             .bio_error(bio, &mut self.fault_rng.borrow_mut());
         let mut devices = self.blk.devices.borrow_mut();
         let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
+        // No longer in flight: ended here, whatever its result.
+        device.in_flight = device.in_flight.saturating_sub(1);
         let windowed = device.window_fails(bio.op, bio.sector, bio.sectors);
         if injected || windowed || device.hits_bad_sector(bio.sector, bio.sectors) {
             self.injected_io_errors

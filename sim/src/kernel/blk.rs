@@ -120,9 +120,10 @@ impl BlockLayer {
 
     // --- device bios -------------------------------------------------------------------
 
-    /// Refuse a bio the device cannot take; otherwise draw its latency,
-    /// with a latency spike of the device's disk faults if one hits it.
-    pub fn device_check(&self, bio: &Bio) -> Result<(u64, Option<u64>), Errno> {
+    /// Refuse a bio the device cannot take; otherwise count it in flight
+    /// and draw its latency, with a latency spike of the device's disk
+    /// faults if one hits it (one device lookup for all of it).
+    pub fn device_accept(&self, bio: &Bio) -> Result<(u64, Option<u64>), Errno> {
         let mut devices = self.devices.borrow_mut();
         let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
         if device.removed {
@@ -140,6 +141,8 @@ impl BlockLayer {
         let jitter = self.rng.borrow_mut().range(0, spread);
         let spike = device.disk_faults.spike_ns(bio.op, bio.sector, bio.sectors);
         let latency = lat.min_ns + jitter + lat.per_sector_ns * bio.sectors;
+        device.in_flight += 1;
+        self.bios_in_flight.set(self.bios_in_flight.get() + 1);
         Ok((latency + spike.unwrap_or(0), spike))
     }
 

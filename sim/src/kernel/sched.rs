@@ -16,7 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Waker;
 
 use blksnap_core::kernel::LocalBoxFuture;
@@ -161,9 +161,7 @@ impl<A> Scheduler<A> {
         Scheduler {
             state: RefCell::new(RunState::default()),
             timers: RefCell::new(Timers::default()),
-            queue: Arc::new(WakeQueue {
-                woken: Mutex::new(Vec::new()),
-            }),
+            queue: Arc::new(WakeQueue::new()),
             rng: RefCell::new(SimRng::child(seed, "sched")),
             policy: Cell::new(SchedPolicy::Random),
             bounds: Cell::new(Bounds::default()),
@@ -242,7 +240,7 @@ impl<A> Scheduler<A> {
         if let Some(task) = self.state.borrow_mut().tasks.get_mut(&id) {
             task.fatal_signal = true;
         }
-        self.queue.woken.lock().map(|mut w| w.push(id)).ok();
+        self.queue.push(id);
     }
 
     pub(crate) fn with_current<R>(&self, f: impl FnOnce(&mut Task) -> R) -> Option<R> {
@@ -376,16 +374,11 @@ impl<A> Scheduler<A> {
     /// allocates once the run is warm (waking touches no waker, so the
     /// lock is not taken again meanwhile).
     pub fn collect_woken(&self) {
-        let Ok(mut woken) = self.queue.woken.lock() else {
-            return;
-        };
-        if woken.is_empty() {
+        if !self.queue.may_hold() {
             return;
         }
         let mut sched = self.state.borrow_mut();
-        for id in woken.drain(..) {
-            sched.runnable.wake(id);
-        }
+        self.queue.drain(|id| sched.runnable.wake(id));
     }
 
     pub fn pick(&self) -> Option<TaskId> {
@@ -454,9 +447,7 @@ impl<A> Scheduler<A> {
             sched.current = None;
             std::mem::take(&mut sched.tasks)
         };
-        if let Ok(mut woken) = self.queue.woken.lock() {
-            woken.clear();
-        }
+        self.queue.drain(|_| {});
         Remains {
             tasks,
             zombies: std::mem::take(&mut *self.zombies.borrow_mut()),

@@ -8,6 +8,7 @@
 //! Fault model: none injected here. A task can die of a panic (see
 //! `exec.rs`); it then leaves every index with its locks held.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 
@@ -32,6 +33,39 @@ pub(crate) struct Task {
 /// `Waker` must be `Send + Sync`; the sim has one thread.
 pub(crate) struct WakeQueue {
     pub(crate) woken: Mutex<Vec<TaskId>>,
+    /// Set when `woken` may hold a task: the executor looks twice per
+    /// poll, and mostly finds none, so it reads this instead of locking.
+    pub(crate) any: AtomicBool,
+}
+
+impl WakeQueue {
+    pub(crate) fn new() -> WakeQueue {
+        WakeQueue {
+            woken: Mutex::new(Vec::new()),
+            any: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn push(&self, id: TaskId) {
+        if let Ok(mut woken) = self.woken.lock() {
+            woken.push(id);
+            self.any.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether a task may have been woken since the last `drain`.
+    pub(crate) fn may_hold(&self) -> bool {
+        self.any.load(Ordering::Acquire)
+    }
+
+    /// The woken tasks, in wake order, handed to `f`; the queue keeps
+    /// its buffer.
+    pub(crate) fn drain(&self, f: impl FnMut(TaskId)) {
+        if let Ok(mut woken) = self.woken.lock() {
+            self.any.store(false, Ordering::Release);
+            woken.drain(..).for_each(f);
+        }
+    }
 }
 
 pub(crate) struct TaskWaker {
@@ -45,8 +79,6 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Ok(mut woken) = self.queue.woken.lock() {
-            woken.push(self.id);
-        }
+        self.queue.push(self.id);
     }
 }
