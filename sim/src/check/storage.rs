@@ -236,11 +236,31 @@ impl StorageCheck {
 
     /// The origin a stamp names, if any.
     fn origin(&self, stamp: Stamp) -> Option<Origin> {
-        let known = self
-            .stamps
-            .range(..=stamp)
-            .next_back()
-            .filter(|(s, (len, _))| stamp - **s < *len);
+        self.origin_after(stamp, self.known_before(stamp))
+    }
+
+    /// The last known stamp run starting at or before `stamp` (it may end
+    /// before it). Fresh and pattern stamps lie past every known run: the
+    /// map's last entry answers for them without a range search.
+    fn known_before(&self, stamp: Stamp) -> Option<(Stamp, (u64, Option<Origin>))> {
+        match self.stamps.last_key_value() {
+            Some((s, v)) if *s <= stamp => Some((*s, *v)),
+            None => None,
+            Some(_) => self
+                .stamps
+                .range(..=stamp)
+                .next_back()
+                .map(|(s, v)| (*s, *v)),
+        }
+    }
+
+    /// The origin `stamp` names, given the last known run at or before it.
+    fn origin_after(
+        &self,
+        stamp: Stamp,
+        before: Option<(Stamp, (u64, Option<Origin>))>,
+    ) -> Option<Origin> {
+        let known = before.filter(|(s, (len, _))| stamp - *s < *len);
         let (dev, sector) = match known {
             Some((s, (_, seen))) => seen.map(|(d, first)| (d, first.wrapping_add(stamp - s)))?,
             None if stamp >> 63 == 1 => {
@@ -290,17 +310,21 @@ impl StorageCheck {
     /// From `stamp`, how many counting stamps (at most `max`) share one
     /// rule for their origin, and the origin of the first.
     fn origin_stretch(&self, stamp: Stamp, max: u64) -> (u64, Option<Origin>) {
-        let known = self.stamps.range(..=stamp).next_back();
-        if let Some((s, (len, _))) = known.filter(|(s, (len, _))| stamp - **s < *len) {
-            return ((s + len - stamp).min(max), self.origin(stamp));
+        let before = self.known_before(stamp);
+        let origin = self.origin_after(stamp, before);
+        if let Some((s, (len, _))) = before.filter(|(s, (len, _))| stamp - *s < *len) {
+            return ((s + len - stamp).min(max), origin);
         }
         // Up to the next known run, and, for the pattern, to the end of
         // the device index's stamp space.
-        let next_known = self
-            .stamps
-            .range(stamp..)
-            .next()
-            .map_or(u64::MAX, |(s, _)| *s);
+        let next_known = match self.stamps.last_key_value() {
+            Some((last, _)) if *last > stamp => self
+                .stamps
+                .range(stamp..)
+                .next()
+                .map_or(u64::MAX, |(s, _)| *s),
+            _ => u64::MAX,
+        };
         let mut len = next_known.saturating_sub(stamp).min(max);
         if stamp >> 63 == 1 {
             let space_end = (stamp | ((1 << 48) - 1)).saturating_add(1);
@@ -308,7 +332,7 @@ impl StorageCheck {
         } else {
             len = len.min(((1 << 63) - stamp).max(1));
         }
-        (len.max(1), self.origin(stamp))
+        (len.max(1), origin)
     }
 
     /// A write's data as pieces of counting origins (see `run_origins`).
@@ -415,12 +439,38 @@ impl StorageCheck {
     /// Rule 2 for one run of a write (when judged), then the run replaces
     /// what was known of its sectors.
     fn store(&mut self, dev: DevT, start: u64, run: Extent, judged: bool) -> Result<(), String> {
+        if self.store_fresh(dev, start, run) {
+            return Ok(());
+        }
         if judged {
             self.judge_run(dev, start, run)?;
         }
         self.forget(dev, start, start + run.len);
         self.insert_copy(dev, start, run);
         Ok(())
+    }
+
+    /// Store a run that meets no known copy, if it does not (the usual
+    /// case: a chunk stored into fresh space, bio after bio): nothing to
+    /// judge or forget, and one search finds the copy it may continue.
+    /// False, with nothing changed, when it meets a known copy.
+    fn store_fresh(&mut self, dev: DevT, start: u64, run: Extent) -> bool {
+        let end = start + run.len;
+        // Copies never overlap: only the last one starting before `end`
+        // can reach past `start` without one starting inside the run.
+        let last = self.copies.range_mut(..(dev, end)).next_back();
+        let last = last.filter(|((d, _), _)| *d == dev);
+        match last {
+            Some((s, old)) if s.1 + old.len > start => false,
+            Some((s, old)) if s.1 + old.len == start && old.at(old.len) == run.orig => {
+                old.len += run.len;
+                true
+            }
+            _ => {
+                self.copies.insert((dev, start), run);
+                true
+            }
+        }
     }
 
     /// Record a copy; one that continues the copy before it joins it, so
