@@ -265,8 +265,9 @@ pub struct CbtChecker {
     snapshots: BTreeMap<[u8; 16], Vec<DevT>>,
     /// Image -> original, from COLLECT_IMAGES.
     images: BTreeMap<DevT, DevT>,
-    /// Filters seen, kept so that a new one never reuses an old address.
-    filters: Vec<Weak<dyn BdevFilter>>,
+    /// Filters seen, by address, kept weakly so that a new one never
+    /// reuses an old address.
+    filters: BTreeMap<usize, Weak<dyn BdevFilter>>,
     pub blocks_judged: u64,
     pub maps_judged: u64,
     pub maps_unjudged: u64,
@@ -704,14 +705,14 @@ fn overreported(gen: &Gen, device: &Device, read: &MapRead) -> u64 {
 fn tracker_token(sim: &Sim, dev: DevT) -> Option<usize> {
     let filter: Rc<dyn BdevFilter> = sim.filter_of(dev)?;
     let token = Rc::as_ptr(&filter) as *const () as usize;
-    let mut checker = sim.cbt.borrow_mut();
-    let known = checker
+    // Every filter seen is held weakly, so its allocation (and address)
+    // outlives it: a token in the map names that filter and no other.
+    // One lookup per write, however many filters the run attached.
+    sim.cbt
+        .borrow_mut()
         .filters
-        .iter()
-        .any(|w| w.upgrade().is_some_and(|f| Rc::ptr_eq(&f, &filter)));
-    if !known {
-        checker.filters.push(Rc::downgrade(&filter));
-    }
+        .entry(token)
+        .or_insert_with(|| Rc::downgrade(&filter));
     Some(token)
 }
 

@@ -396,11 +396,18 @@ impl Durability {
         if faulted || bio.op != BioOp::Read {
             return Ok(0);
         }
+        // One search finds every write that meets the read; each sector
+        // then picks its own from those (a read judges every sector).
+        let meeting: Vec<&Write> = self.range_writes(bio.dev, bio.sector, bio.sector + data.len());
         let mut judged = 0;
         for (i, got) in data.iter().enumerate() {
             let s = bio.sector + i as u64;
             judged += 1;
-            if !self.may_read(bio.dev, s, from, to, got) {
+            let here = meeting
+                .iter()
+                .copied()
+                .filter(|w| w.sector <= s && w.end() > s);
+            if !self.may_read(here, bio.dev, s, (from, to), got) {
                 let allowed = self.readable(bio.dev, s, from, to);
                 return Err(format!(
                     "{} sector {s}: read {got:#x} at {from}..{to} ns, but with no fault \
@@ -414,25 +421,40 @@ impl Durability {
         Ok(judged)
     }
 
-    /// Whether `readable` holds `got`, without building the set: a read
-    /// judges every sector, and the set is only needed for a message.
-    fn may_read(&self, dev: DevT, sector: u64, from: u64, to: u64, got: Stamp) -> bool {
+    /// The writes since the last power loss that meet [from, to).
+    fn range_writes(&self, dev: DevT, from: u64, to: u64) -> Vec<&Write> {
+        let longest = self.longest.get(&dev).copied().unwrap_or(0);
+        let first = (from + 1).saturating_sub(longest).min(from);
+        self.by_start
+            .range((dev, first)..(dev, to.max(from)))
+            .flat_map(|(_, ids)| ids)
+            .filter_map(|id| self.writes.get(id))
+            .filter(|w| w.end() > from)
+            .collect()
+    }
+
+    /// Whether `readable` holds `got`, without building the set: `here`
+    /// are the writes over `sector` (as `sector_writes` gives them), and
+    /// the read ran over `during` = [from, to].
+    fn may_read<'a>(
+        &self,
+        here: impl Iterator<Item = &'a Write> + Clone,
+        dev: DevT,
+        sector: u64,
+        (from, to): (u64, u64),
+        got: Stamp,
+    ) -> bool {
         let done = |w: &&Write| w.user && w.completed.is_some_and(|c| c <= from);
-        let latest = self
-            .sector_writes(dev, sector)
-            .filter(done)
-            .map(|w| w.submitted)
-            .max();
+        let latest = here.clone().filter(done).map(|w| w.submitted).max();
         let last = match latest {
-            Some(latest) => self
-                .sector_writes(dev, sector)
+            Some(latest) => here
+                .clone()
                 .filter(done)
                 .filter(|w| w.completed.is_some_and(|c| c >= latest))
                 .any(|w| w.stamp(sector) == got),
             None => self.base(dev, sector) == got,
         };
-        last || self
-            .sector_writes(dev, sector)
+        last || here
             .filter(|w| w.submitted <= to && w.completed.is_none_or(|c| c > from))
             .any(|w| w.stamp(sector) == got)
     }
