@@ -676,7 +676,7 @@ mod tests {
     /// copy of another sector fails at the first such sector and is not
     /// stored; zeros name nothing and change nothing.
     fn naive_write(model: &mut BTreeMap<u64, Origin>, at: u64, data: &[Stamp]) -> Option<u64> {
-        let origin = |s: Stamp| (s != 0).then(|| (ORIG, s & ((1 << 48) - 1)));
+        let origin = |s: Stamp| (s != 0).then_some((ORIG, s & ((1 << 48) - 1)));
         let mut i = 0;
         while i < data.len() {
             let Some(first) = origin(data[i]) else {
