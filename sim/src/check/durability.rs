@@ -55,9 +55,10 @@ impl Write {
 }
 
 /// Writes by id. Ids are handed out in increasing order and writes leave
-/// only at power loss, so a deque from the oldest live id finds a write in
-/// O(1) where a map would search. A removed write leaves a hole until every
-/// older one is gone too (another device's writes may still be live).
+/// only at power loss or when folded, so a deque from the oldest live id
+/// finds a write in O(1) where a map would search. A removed write leaves
+/// a hole until every older one is gone too (another device's writes, or
+/// the newest durable write of a sector, may still be live).
 #[derive(Clone, Default)]
 struct WriteLog {
     first: u64,
@@ -147,9 +148,10 @@ pub struct Durability {
     /// User reads in flight, by (device, submission time): a fold keeps
     /// what they may still be judged against.
     reading: BTreeMap<(DevT, u64), u32>,
-    /// Writes held per device, and the count at which the next fold runs.
-    live: BTreeMap<DevT, u64>,
-    fold_at: BTreeMap<DevT, u64>,
+    /// Writes held (all devices), and the count at which a FLUSH next
+    /// folds its device (0: `FOLD_MIN`).
+    held: u64,
+    fold_at: u64,
     /// Never fold (the tests compare a folding checker with this one).
     keep_all: bool,
     next_id: u64,
@@ -183,7 +185,7 @@ impl Durability {
             .push(id);
         let longest = self.longest.entry(write.dev).or_default();
         *longest = (*longest).max(write.data.len());
-        *self.live.entry(write.dev).or_default() += 1;
+        self.held += 1;
         self.writes.insert(id, write);
         id
     }
@@ -359,8 +361,7 @@ impl Durability {
     /// durable write of a sector is never dropped, so the sets each rule
     /// builds are unchanged. Writes a FLUSH has still to judge stay.
     fn fold(&mut self, dev: DevT, now: u64) {
-        let live = self.live.get(&dev).copied().unwrap_or(0);
-        if self.keep_all || live < self.fold_at.get(&dev).copied().unwrap_or(FOLD_MIN) {
+        if self.keep_all || self.held < self.fold_at.max(FOLD_MIN) {
             return;
         }
         let reads = self.reading.range((dev, 0)..=(dev, u64::MAX)).next();
@@ -389,9 +390,8 @@ impl Durability {
             }
             self.writes.remove(&id);
         }
-        let kept = live - gone.len() as u64;
-        self.live.insert(dev, kept);
-        self.fold_at.insert(dev, (2 * kept).max(FOLD_MIN));
+        self.held -= gone.len() as u64;
+        self.fold_at = 2 * self.held;
     }
 
     /// Whether every sector of the completed user write `v` has a user
@@ -653,11 +653,10 @@ impl Durability {
         for key in keys {
             for id in self.by_start.remove(&key).unwrap_or_default() {
                 self.writes.remove(&id);
+                self.held -= 1;
             }
         }
         self.longest.remove(&dev);
-        self.live.remove(&dev);
-        self.fold_at.remove(&dev);
         self.last_engine.remove(&dev);
         self.unflushed.remove(&dev);
         self.flushes.remove(&dev);
@@ -996,6 +995,7 @@ mod tests {
                 unflushed: self.unflushed.clone(),
                 baseline: self.baseline.clone(),
                 epoch: self.epoch.clone(),
+                held: self.held,
                 next_id: self.next_id,
                 ..Durability::default()
             }
