@@ -268,6 +268,8 @@ pub struct CbtChecker {
     /// Filters seen, by address, kept weakly so that a new one never
     /// reuses an old address.
     filters: BTreeMap<usize, Weak<dyn BdevFilter>>,
+    /// The filter the last lookup met (it is in `filters`).
+    last_filter: Option<usize>,
     pub blocks_judged: u64,
     pub maps_judged: u64,
     pub maps_unjudged: u64,
@@ -708,11 +710,15 @@ fn tracker_token(sim: &Sim, dev: DevT) -> Option<usize> {
     // Every filter seen is held weakly, so its allocation (and address)
     // outlives it: a token in the map names that filter and no other.
     // One lookup per write, however many filters the run attached.
-    sim.cbt
-        .borrow_mut()
-        .filters
-        .entry(token)
-        .or_insert_with(|| Rc::downgrade(&filter));
+    // Most writes meet the filter the last one met: no lookup then.
+    let mut checker = sim.cbt.borrow_mut();
+    if checker.last_filter != Some(token) {
+        checker
+            .filters
+            .entry(token)
+            .or_insert_with(|| Rc::downgrade(&filter));
+        checker.last_filter = Some(token);
+    }
     Some(token)
 }
 
