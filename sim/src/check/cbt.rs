@@ -265,8 +265,11 @@ pub struct CbtChecker {
     snapshots: BTreeMap<[u8; 16], Vec<DevT>>,
     /// Image -> original, from COLLECT_IMAGES.
     images: BTreeMap<DevT, DevT>,
-    /// Filters seen, kept so that a new one never reuses an old address.
-    filters: Vec<Weak<dyn BdevFilter>>,
+    /// Filters seen, by address, kept weakly so that a new one never
+    /// reuses an old address.
+    filters: BTreeMap<usize, Weak<dyn BdevFilter>>,
+    /// The filter the last lookup met (it is in `filters`).
+    last_filter: Option<usize>,
     pub blocks_judged: u64,
     pub maps_judged: u64,
     pub maps_unjudged: u64,
@@ -704,13 +707,17 @@ fn overreported(gen: &Gen, device: &Device, read: &MapRead) -> u64 {
 fn tracker_token(sim: &Sim, dev: DevT) -> Option<usize> {
     let filter: Rc<dyn BdevFilter> = sim.filter_of(dev)?;
     let token = Rc::as_ptr(&filter) as *const () as usize;
+    // Every filter seen is held weakly, so its allocation (and address)
+    // outlives it: a token in the map names that filter and no other.
+    // One lookup per write, however many filters the run attached.
+    // Most writes meet the filter the last one met: no lookup then.
     let mut checker = sim.cbt.borrow_mut();
-    let known = checker
-        .filters
-        .iter()
-        .any(|w| w.upgrade().is_some_and(|f| Rc::ptr_eq(&f, &filter)));
-    if !known {
-        checker.filters.push(Rc::downgrade(&filter));
+    if checker.last_filter != Some(token) {
+        checker
+            .filters
+            .entry(token)
+            .or_insert_with(|| Rc::downgrade(&filter));
+        checker.last_filter = Some(token);
     }
     Some(token)
 }

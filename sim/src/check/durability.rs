@@ -55,9 +55,10 @@ impl Write {
 }
 
 /// Writes by id. Ids are handed out in increasing order and writes leave
-/// only at power loss, so a deque from the oldest live id finds a write in
-/// O(1) where a map would search. A removed write leaves a hole until every
-/// older one is gone too (another device's writes may still be live).
+/// only at power loss or when folded, so a deque from the oldest live id
+/// finds a write in O(1) where a map would search. A removed write leaves
+/// a hole until every older one is gone too (another device's writes, or
+/// the newest durable write of a sector, may still be live).
 #[derive(Clone, Default)]
 struct WriteLog {
     first: u64,
@@ -117,7 +118,14 @@ type Flush = (u64, u64);
 pub struct Token {
     id: Option<u64>,
     submitted: u64,
+    /// A read of this followed device: in flight until it ends.
+    read_of: Option<DevT>,
 }
+
+/// Writes a device may hold before the first fold (then twice what the
+/// last fold kept): folding scans the device's writes, so it runs once per
+/// doubling and costs O(1) per write, amortized.
+const FOLD_MIN: u64 = 64;
 
 #[derive(Default)]
 pub struct Durability {
@@ -137,6 +145,15 @@ pub struct Durability {
     /// Content found after the last power loss, and when it happened.
     baseline: BTreeMap<(DevT, u64), Stamp>,
     epoch: BTreeMap<DevT, u64>,
+    /// User reads in flight, by (device, submission time): a fold keeps
+    /// what they may still be judged against.
+    reading: BTreeMap<(DevT, u64), u32>,
+    /// Writes held (all devices), and the count at which a FLUSH next
+    /// folds its device (0: `FOLD_MIN`).
+    held: u64,
+    fold_at: u64,
+    /// Never fold (the tests compare a folding checker with this one).
+    keep_all: bool,
     next_id: u64,
     pub power_sectors_judged: u64,
     pub flush_sectors_judged: u64,
@@ -168,6 +185,7 @@ impl Durability {
             .push(id);
         let longest = self.longest.entry(write.dev).or_default();
         *longest = (*longest).max(write.data.len());
+        self.held += 1;
         self.writes.insert(id, write);
         id
     }
@@ -190,7 +208,15 @@ impl Durability {
                 user: true,
             })
         });
-        Token { id, submitted: now }
+        let read_of = (bio.op == BioOp::Read && self.fills.contains_key(&bio.dev)).then(|| {
+            *self.reading.entry((bio.dev, now)).or_default() += 1;
+            bio.dev
+        });
+        Token {
+            id,
+            submitted: now,
+            read_of,
+        }
     }
 
     /// The engine wrote to a device: its data may be there from now on.
@@ -237,6 +263,9 @@ impl Durability {
 
     /// A user write ended: it is complete (if it succeeded) and awaits a FLUSH.
     pub fn write_ended(&mut self, now: u64, token: Token, ok: bool) {
+        if let Some(dev) = token.read_of {
+            self.read_done(dev, token.submitted);
+        }
         let Some(id) = token.id else { return };
         let Some(write) = self.writes.get_mut(&id) else {
             return;
@@ -304,9 +333,96 @@ impl Durability {
             }
         }
         self.drop_unflushed(dev, &covered);
+        self.fold(dev, now);
         self.flushes_judged += 1;
         self.flush_sectors_judged += judged;
         Ok(judged)
+    }
+
+    /// A read of `dev` submitted at `submitted` ended.
+    fn read_done(&mut self, dev: DevT, submitted: u64) {
+        if let Some(n) = self.reading.get_mut(&(dev, submitted)) {
+            *n -= 1;
+            if *n == 0 {
+                self.reading.remove(&(dev, submitted));
+            }
+        }
+    }
+
+    /// Drop the user writes of `dev` no rule can need any more, so that
+    /// the log stays bounded between power losses (issue 10). A completed
+    /// user write V goes once, on each of its sectors, a user write D that
+    /// is durable now was submitted after V completed, and D completed
+    /// before every read in flight on the device began. Then, on each
+    /// sector, for every judgement from now on: V is superseded by a
+    /// durable write (not allowed after power loss, and D keeps the base
+    /// out); V is neither the last completed write nor in flight for any
+    /// read (D completed after V and before the read began). The newest
+    /// durable write of a sector is never dropped, so the sets each rule
+    /// builds are unchanged. Writes a FLUSH has still to judge stay.
+    fn fold(&mut self, dev: DevT, now: u64) {
+        if self.keep_all || self.held < self.fold_at.max(FOLD_MIN) {
+            return;
+        }
+        let reads = self.reading.range((dev, 0)..=(dev, u64::MAX)).next();
+        let horizon = reads.map_or(now, |((_, from), _)| (*from).min(now));
+        let pending: BTreeSet<u64> = self
+            .unflushed
+            .get(&dev)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        let mut gone = Vec::new();
+        for (&(_, start), ids) in self.by_start.range((dev, 0)..=(dev, u64::MAX)) {
+            for &id in ids.iter().filter(|id| !pending.contains(id)) {
+                if self.superseded_everywhere(&self.writes[&id], now, horizon) {
+                    gone.push((start, id));
+                }
+            }
+        }
+        for &(start, id) in &gone {
+            if let Some(ids) = self.by_start.get_mut(&(dev, start)) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    self.by_start.remove(&(dev, start));
+                }
+            }
+            self.writes.remove(&id);
+        }
+        self.held -= gone.len() as u64;
+        self.fold_at = 2 * self.held;
+    }
+
+    /// Whether every sector of the completed user write `v` has a user
+    /// write durable at `now`, submitted after `v` completed and completed
+    /// by `horizon`.
+    fn superseded_everywhere(&self, v: &Write, now: u64, horizon: u64) -> bool {
+        let Some(done) = v.completed.filter(|_| v.user) else {
+            return false;
+        };
+        let mut spans: Vec<(u64, u64)> = self
+            .range_writes(v.dev, v.sector, v.end())
+            .into_iter()
+            .filter(|d| d.user && d.submitted > done)
+            .filter(|d| d.completed.is_some_and(|c| c <= horizon) && self.durable(d, now))
+            .map(|d| (d.sector.max(v.sector), d.end().min(v.end())))
+            .collect();
+        spans.sort_unstable();
+        let mut reach = v.sector;
+        for (start, end) in spans {
+            if start > reach {
+                return false;
+            }
+            reach = reach.max(end);
+        }
+        reach >= v.end()
+    }
+
+    /// User writes held (what the memory grows with).
+    #[cfg(test)]
+    fn writes_held(&self) -> usize {
+        self.writes.slots.iter().flatten().count()
     }
 
     /// Forget the writes a FLUSH judged (`judged` sorted by id).
@@ -396,11 +512,18 @@ impl Durability {
         if faulted || bio.op != BioOp::Read {
             return Ok(0);
         }
+        // One search finds every write that meets the read; each sector
+        // then picks its own from those (a read judges every sector).
+        let meeting: Vec<&Write> = self.range_writes(bio.dev, bio.sector, bio.sector + data.len());
         let mut judged = 0;
         for (i, got) in data.iter().enumerate() {
             let s = bio.sector + i as u64;
             judged += 1;
-            if !self.may_read(bio.dev, s, from, to, got) {
+            let here = meeting
+                .iter()
+                .copied()
+                .filter(|w| w.sector <= s && w.end() > s);
+            if !self.may_read(here, bio.dev, s, (from, to), got) {
                 let allowed = self.readable(bio.dev, s, from, to);
                 return Err(format!(
                     "{} sector {s}: read {got:#x} at {from}..{to} ns, but with no fault \
@@ -414,25 +537,40 @@ impl Durability {
         Ok(judged)
     }
 
-    /// Whether `readable` holds `got`, without building the set: a read
-    /// judges every sector, and the set is only needed for a message.
-    fn may_read(&self, dev: DevT, sector: u64, from: u64, to: u64, got: Stamp) -> bool {
+    /// The writes since the last power loss that meet [from, to).
+    fn range_writes(&self, dev: DevT, from: u64, to: u64) -> Vec<&Write> {
+        let longest = self.longest.get(&dev).copied().unwrap_or(0);
+        let first = (from + 1).saturating_sub(longest).min(from);
+        self.by_start
+            .range((dev, first)..(dev, to.max(from)))
+            .flat_map(|(_, ids)| ids)
+            .filter_map(|id| self.writes.get(id))
+            .filter(|w| w.end() > from)
+            .collect()
+    }
+
+    /// Whether `readable` holds `got`, without building the set: `here`
+    /// are the writes over `sector` (as `sector_writes` gives them), and
+    /// the read ran over `during` = [from, to].
+    fn may_read<'a>(
+        &self,
+        here: impl Iterator<Item = &'a Write> + Clone,
+        dev: DevT,
+        sector: u64,
+        (from, to): (u64, u64),
+        got: Stamp,
+    ) -> bool {
         let done = |w: &&Write| w.user && w.completed.is_some_and(|c| c <= from);
-        let latest = self
-            .sector_writes(dev, sector)
-            .filter(done)
-            .map(|w| w.submitted)
-            .max();
+        let latest = here.clone().filter(done).map(|w| w.submitted).max();
         let last = match latest {
-            Some(latest) => self
-                .sector_writes(dev, sector)
+            Some(latest) => here
+                .clone()
                 .filter(done)
                 .filter(|w| w.completed.is_some_and(|c| c >= latest))
                 .any(|w| w.stamp(sector) == got),
             None => self.base(dev, sector) == got,
         };
-        last || self
-            .sector_writes(dev, sector)
+        last || here
             .filter(|w| w.submitted <= to && w.completed.is_none_or(|c| c > from))
             .any(|w| w.stamp(sector) == got)
     }
@@ -515,6 +653,7 @@ impl Durability {
         for key in keys {
             for id in self.by_start.remove(&key).unwrap_or_default() {
                 self.writes.remove(&id);
+                self.held -= 1;
             }
         }
         self.longest.remove(&dev);
@@ -740,6 +879,111 @@ mod tests {
         assert_eq!(c.power_loss(D, 40, true, &|_| 2), (1, Ok(())));
     }
 
+    /// What the media or a read shows of sector `s`: mostly the last
+    /// write, sometimes any value the sector ever held.
+    fn shown(
+        rng: &mut crate::rng::SimRng,
+        (history, last): (&[Vec<Stamp>], &[Stamp]),
+        noise: u64,
+        s: u64,
+    ) -> Stamp {
+        let held = &history[s as usize];
+        match rng.below(noise) {
+            0 => held[rng.below(held.len() as u64) as usize],
+            _ => last[s as usize],
+        }
+    }
+
+    /// A long random run of writes (some FUA), reads, FLUSHes and power
+    /// losses, with bios overlapping in time and media that mostly hold
+    /// the last write: a folding checker gives exactly the verdicts of one
+    /// that keeps every write, and holds a bounded number of writes.
+    #[test]
+    fn folding_keeps_the_verdicts_and_bounds_the_writes_held() {
+        let (mut kept_most, mut most_held) = (0, 0);
+        // Reads failed and passed, FLUSHes failed and passed.
+        let mut outcomes = [0; 4];
+        for seed in 0..6 {
+            let mut rng = crate::rng::SimRng::new(seed);
+            let mut fold = checker();
+            let mut keep = checker();
+            keep.keep_all = true;
+            let (mut history, mut last): (Vec<Vec<Stamp>>, Vec<Stamp>) =
+                (vec![vec![0]; 64], vec![0; 64]);
+            let mut pending: Vec<(Bio, Token, Token)> = Vec::new();
+            for t in 1..6000u64 {
+                if pending.len() < 6 && rng.below(2) == 0 {
+                    let (sector, len) = (rng.below(56), 1 + rng.below(8));
+                    let b = match rng.below(8) {
+                        0..=3 => {
+                            let data: Vec<Stamp> = (0..len).map(|i| t * 16 + i).collect();
+                            bio(BioOp::Write, sector, data, rng.below(8) == 0)
+                        }
+                        4..=6 => Bio::read(D, sector, len),
+                        _ => bio(BioOp::Flush, 0, vec![], false),
+                    };
+                    let (a, k) = (fold.submit(t, &b), keep.submit(t, &b));
+                    pending.push((b, a, k));
+                    continue;
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+                let (b, a, k) = pending.remove(rng.below(pending.len() as u64) as usize);
+                let ok = rng.below(16) != 0;
+                fold.write_ended(t, a, ok);
+                keep.write_ended(t, k, ok);
+                match b.op {
+                    BioOp::Write if ok => {
+                        for (i, stamp) in b.data.iter().enumerate() {
+                            let s = b.sector as usize + i;
+                            history[s].push(stamp);
+                            last[s] = stamp;
+                        }
+                    }
+                    BioOp::Read => {
+                        let data: Vec<Stamp> = (b.sector..b.sector + b.sectors)
+                            .map(|s| shown(&mut rng, (&history[..], &last[..]), 10, s))
+                            .collect();
+                        let result = Ok(Stamps::from_slice(&data));
+                        let got = fold.read_ended(&b, a.submitted, t, &result, false);
+                        outcomes[got.is_ok() as usize] += 1;
+                        assert_eq!(got, keep.read_ended(&b, k.submitted, t, &result, false));
+                    }
+                    BioOp::Flush if ok => {
+                        let media: Vec<Stamp> = (0..64)
+                            .map(|s| shown(&mut rng, (&history[..], &last[..]), 2000, s))
+                            .collect();
+                        let media = |s: u64| media[s as usize];
+                        let got = fold.flush_ended(D, a, t, &media);
+                        outcomes[2 + got.is_ok() as usize] += 1;
+                        assert_eq!(got, keep.flush_ended(D, k, t, &media), "seed {seed} at {t}");
+                    }
+                    _ => {}
+                }
+                if rng.below(3000) == 0 {
+                    let media: Vec<Stamp> = (0..64)
+                        .map(|s| shown(&mut rng, (&history[..], &last[..]), 2000, s))
+                        .collect();
+                    let media = |s: u64| media[s as usize];
+                    let got = fold.power_loss(D, t, false, &media);
+                    assert_eq!(got, keep.power_loss(D, t, false, &media));
+                }
+                most_held = most_held.max(fold.writes_held());
+                kept_most = kept_most.max(keep.writes_held());
+            }
+        }
+        eprintln!("most held {most_held}, without folding {kept_most}, {outcomes:?}");
+        assert!(outcomes.iter().all(|n| *n > 10), "{outcomes:?}");
+        // Bounded: 64 sectors hold at most 64 newest durable writes, plus
+        // what came since the last fold (at most twice what it kept).
+        assert!(
+            most_held <= 3 * 64 + FOLD_MIN as usize,
+            "{most_held} writes held"
+        );
+        assert!(kept_most > 800, "the run kept only {kept_most} writes");
+    }
+
     impl Durability {
         fn clone_for_test(&self) -> Durability {
             Durability {
@@ -751,6 +995,7 @@ mod tests {
                 unflushed: self.unflushed.clone(),
                 baseline: self.baseline.clone(),
                 epoch: self.epoch.clone(),
+                held: self.held,
                 next_id: self.next_id,
                 ..Durability::default()
             }

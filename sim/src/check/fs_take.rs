@@ -219,6 +219,11 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
     let (BioOp::Read, Ok(data)) = (bio.op, result) else {
         return;
     };
+    // Only reads of an image bound to a filesystem model are judged: any
+    // other read returns before the records and the data are gathered.
+    if !sim.fs_take.borrow().images.contains_key(&bio.dev) {
+        return;
+    }
     let mut by_fault = Vec::new();
     let verdict = {
         let fs = sim.fs.borrow();
