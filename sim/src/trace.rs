@@ -8,7 +8,6 @@
 //! updates.
 
 use std::fmt;
-use std::io::Write as _;
 
 use blksnap_core::kernel::FilterVerdict;
 
@@ -83,33 +82,41 @@ pub enum TraceEvent {
     },
 }
 
-fn num(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
+/// Where an event's bytes go: a vector (tests, reference encodings) or
+/// the trace's pending batch (no intermediate buffer).
+trait Out {
+    fn bytes(&mut self, b: &[u8]);
 }
 
-fn text(out: &mut Vec<u8>, s: &str) {
+impl Out for Vec<u8> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+}
+
+fn num(out: &mut impl Out, v: u64) {
+    out.bytes(&v.to_le_bytes());
+}
+
+fn text(out: &mut impl Out, s: &str) {
     num(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+    out.bytes(s.as_bytes());
 }
 
 /// A filter verdict as its `Debug` text, which is what the digest has
-/// always hashed. Pass (nearly every bio) is a constant; an error is rare
-/// and written in place, without an intermediate String.
-fn verdict_text(out: &mut Vec<u8>, verdict: &FilterVerdict) {
+/// always hashed. Pass (nearly every bio) is a constant (and takes the
+/// fast path); an error is rare.
+fn verdict_text(out: &mut impl Out, verdict: &FilterVerdict) {
     if *verdict == FilterVerdict::Pass {
         return text(out, "Pass");
     }
-    let at = out.len();
-    num(out, 0);
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{verdict:?}");
-    let len = (out.len() - at - 8) as u64;
-    out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+    text(out, &format!("{verdict:?}"));
 }
 
-/// The longest encoding of an event whose size does not depend on its
-/// strings, time included (a bio submit: 8 + 1 + 8 + 8 + 1 + 8 + 8).
-const FRAME: usize = 48;
+/// Room for the longest encoding of an event the fast path writes, time
+/// included: a bio submit (8 + 1 + 8 + 8 + 1 + 8 + 8 = 42), or an
+/// allocation whose site name fits (8 + 1 + 8 + name + 1).
+const FRAME: usize = 64;
 
 /// `Pass` as `verdict_text` encodes it: its length, then its text.
 const PASS: [u8; 12] = *b"\x04\0\0\0\0\0\0\0Pass";
@@ -171,6 +178,14 @@ fn fixed_body(event: &TraceEvent, frame: &mut [u8; FRAME]) -> Option<usize> {
             let at = put(frame, 9, u64::from(*dev));
             put(frame, at, u64::from(*depth))
         }
+        // Site names are short constants; a longer one takes the general path.
+        TraceEvent::Alloc { site, ok } if site.len() < FRAME - 18 => {
+            let at = put(frame, 9, site.len() as u64);
+            let end = at + site.len();
+            frame[at..end].copy_from_slice(site.as_bytes());
+            frame[end] = u8::from(*ok);
+            end + 1
+        }
         _ => return None,
     };
     Some(end)
@@ -201,8 +216,8 @@ impl TraceEvent {
     /// The canonical encoding, field by field: the reference the fast
     /// path (`fixed_body`) must match byte for byte, and the path of the
     /// rare events that carry strings.
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.tag());
+    fn encode(&self, out: &mut impl Out) {
+        out.bytes(&[self.tag()]);
         match self {
             TraceEvent::TaskSpawn { task, name } => {
                 num(out, *task);
@@ -219,13 +234,13 @@ impl TraceEvent {
             } => {
                 num(out, *id);
                 num(out, u64::from(*dev));
-                out.push(*op);
+                out.bytes(&[*op]);
                 num(out, *sector);
                 num(out, *sectors);
             }
             TraceEvent::BioEnd { id, ok } => {
                 num(out, *id);
-                out.push(u8::from(*ok));
+                out.bytes(&[u8::from(*ok)]);
             }
             TraceEvent::Filter {
                 dev,
@@ -250,7 +265,7 @@ impl TraceEvent {
             }
             TraceEvent::Alloc { site, ok } => {
                 text(out, site);
-                out.push(u8::from(*ok));
+                out.bytes(&[u8::from(*ok)]);
             }
             TraceEvent::Step { index, what } => {
                 num(out, *index);
@@ -262,6 +277,15 @@ impl TraceEvent {
                 text(out, msg);
             }
         }
+    }
+}
+
+/// The trace's pending batch as an `Out`.
+struct Batch<'a>(&'a mut Trace);
+
+impl Out for Batch<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.append(b);
     }
 }
 
@@ -325,12 +349,17 @@ impl Trace {
             self.fill += len;
             return;
         }
-        // Rare (spawns, steps, allocations, errors): encode on the side,
-        // time included, and append.
-        let mut bytes = Vec::with_capacity(64);
-        num(&mut bytes, now);
-        event.encode(&mut bytes);
-        self.append(&bytes);
+        // Rare (spawns, steps, errors): the fields go to the batch one by
+        // one, after the time.
+        let mut batch = Batch(self);
+        num(&mut batch, now);
+        event.encode(&mut batch);
+    }
+
+    /// Hashes the pending batch.
+    fn flush(&mut self) {
+        self.hasher.update(&self.pending[..self.fill]);
+        self.fill = 0;
     }
 
     /// Appends bytes of any length to the pending batch.
@@ -345,12 +374,6 @@ impl Trace {
         }
         self.pending[self.fill..self.fill + bytes.len()].copy_from_slice(bytes);
         self.fill += bytes.len();
-    }
-
-    /// Hashes the pending batch.
-    fn flush(&mut self) {
-        self.hasher.update(&self.pending[..self.fill]);
-        self.fill = 0;
     }
 
     /// The digest so far, as 16 hex digits (64 bits are plenty to compare).
@@ -432,9 +455,18 @@ mod tests {
                     sector: i,
                     verdict: verdicts[(i % 3) as usize],
                 },
+                // A site name too long for the fast path now and then.
                 4 => TraceEvent::Alloc {
-                    site: "chunk",
+                    site: if i % 5 == 0 {
+                        "a site name much longer than the frame has room for"
+                    } else {
+                        "chunk"
+                    },
                     ok: i % 2 == 0,
+                },
+                10 if i % 2 == 0 => TraceEvent::TaskSpawn {
+                    task: i,
+                    name: format!("kworker/{i}"),
                 },
                 5 => TraceEvent::BioSubmit {
                     id: i,
