@@ -450,7 +450,7 @@ mod tests {
         for i in 0..20_000u64 {
             let event = match i % 13 {
                 0 => TraceEvent::Poll { task: i },
-                1 | 2 | 3 => TraceEvent::Filter {
+                1..=3 => TraceEvent::Filter {
                     dev: 7,
                     sector: i,
                     verdict: verdicts[(i % 3) as usize],
