@@ -287,18 +287,15 @@ impl DiffArea {
         }
     }
 
-    /// Caches over their limit, read cache first.
-    fn over_limit(&self) -> Vec<Cache> {
+    /// Caches over their limit, read cache first, each judged when the
+    /// iterator reaches it: no vector per call. (Judging the write cache
+    /// after the read cache's trylocks is the same: they leave it as is.)
+    fn over_limit(&self) -> impl Iterator<Item = Cache> + '_ {
         // Signed, as the C int parameter (B-PARAM-1: -1 always evicts).
         let max = self.module.params().cache_limit();
-        let mut over = Vec::new();
-        if self.read_cache.borrow().len() as i64 > max {
-            over.push(Cache::Read);
-        }
-        if self.write_cache.borrow().len() as i64 > max {
-            over.push(Cache::Write);
-        }
-        over
+        [Cache::Read, Cache::Write]
+            .into_iter()
+            .filter(move |&which| self.cache(which).borrow().len() as i64 > max)
     }
 
     /// Eviction stops for good on a corrupted area in v2, so image IO grows
@@ -308,7 +305,10 @@ impl DiffArea {
     }
 
     fn maybe_queue_eviction(self: &Rc<Self>) {
-        if self.eviction_stopped() || self.eviction_queued.get() || self.over_limit().is_empty() {
+        if self.eviction_stopped()
+            || self.eviction_queued.get()
+            || self.over_limit().next().is_none()
+        {
             return;
         }
         // Like v2's work item, it holds no reference: free flushes it.
@@ -363,7 +363,7 @@ impl DiffArea {
     /// read cache if it is over its limit, else from the write cache.
     fn pick_for_eviction(&self) -> Option<Rc<Chunk>> {
         let k = self.module.k();
-        self.over_limit().into_iter().find_map(|which| {
+        self.over_limit().find_map(|which| {
             let mut cache = self.cache(which).borrow_mut();
             let index = cache.iter().position(|c| c.lock.down_trylock(k))?;
             cache.remove(index)

@@ -107,11 +107,9 @@ impl Lockdep {
             LockOp::Contended => {
                 self.waiting.insert(task, (class, mode));
             }
-            LockOp::Abandoned => {
-                self.waiting.remove(&task);
-            }
+            LockOp::Abandoned => self.stop_waiting(task),
             LockOp::Acquired => {
-                self.waiting.remove(&task);
+                self.stop_waiting(task);
                 self.held.entry(task).or_default().push((id, class, mode));
                 if CROSS_RELEASE.contains(&class) {
                     let held = CrossHeld {
@@ -126,6 +124,14 @@ impl Lockdep {
             LockOp::Release => self.release(task, id, class),
         }
         None
+    }
+
+    /// The task no longer waits. Waiting is rare (only contended locks),
+    /// so the map is nearly always empty and the lookup is skipped.
+    fn stop_waiting(&mut self, task: TaskId) {
+        if !self.waiting.is_empty() {
+            self.waiting.remove(&task);
+        }
     }
 
     /// Keep `held` for the lock, replacing an entry it had (as a map would).

@@ -8,7 +8,6 @@
 //! updates.
 
 use std::fmt;
-use std::io::Write as _;
 
 use blksnap_core::kernel::FilterVerdict;
 
@@ -83,50 +82,149 @@ pub enum TraceEvent {
     },
 }
 
-fn num(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
+/// Where an event's bytes go: a vector (tests, reference encodings) or
+/// the trace's pending batch (no intermediate buffer).
+trait Out {
+    fn bytes(&mut self, b: &[u8]);
 }
 
-fn text(out: &mut Vec<u8>, s: &str) {
+impl Out for Vec<u8> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+}
+
+fn num(out: &mut impl Out, v: u64) {
+    out.bytes(&v.to_le_bytes());
+}
+
+fn text(out: &mut impl Out, s: &str) {
     num(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+    out.bytes(s.as_bytes());
 }
 
 /// A filter verdict as its `Debug` text, which is what the digest has
-/// always hashed. Pass (nearly every bio) is a constant; an error is rare
-/// and written in place, without an intermediate String.
-fn verdict_text(out: &mut Vec<u8>, verdict: &FilterVerdict) {
+/// always hashed. Pass (nearly every bio) is a constant (and takes the
+/// fast path); an error is rare.
+fn verdict_text(out: &mut impl Out, verdict: &FilterVerdict) {
     if *verdict == FilterVerdict::Pass {
         return text(out, "Pass");
     }
-    let at = out.len();
-    num(out, 0);
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{verdict:?}");
-    let len = (out.len() - at - 8) as u64;
-    out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+    text(out, &format!("{verdict:?}"));
+}
+
+/// Room for the longest encoding of an event the fast path writes, time
+/// included: a bio submit (8 + 1 + 8 + 8 + 1 + 8 + 8 = 42), or an
+/// allocation whose site name fits (8 + 1 + 8 + name + 1).
+const FRAME: usize = 64;
+
+/// `Pass` as `verdict_text` encodes it: its length, then its text.
+const PASS: [u8; 12] = *b"\x04\0\0\0\0\0\0\0Pass";
+
+/// Writes `v` at `at` and returns the offset after it. Inlined with a
+/// constant `at`, the bounds check folds away.
+#[inline(always)]
+fn put(frame: &mut [u8; FRAME], at: usize, v: u64) -> usize {
+    frame[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    at + 8
+}
+
+/// The bytes after the time and the tag of an event of fixed size,
+/// written into `frame` from offset 9; the returned length counts the
+/// time and the tag. `None` for events with strings, which take the
+/// general path (`TraceEvent::encode`).
+#[inline(always)]
+fn fixed_body(event: &TraceEvent, frame: &mut [u8; FRAME]) -> Option<usize> {
+    let end = match event {
+        TraceEvent::TaskExit { task } | TraceEvent::Poll { task } => put(frame, 9, *task),
+        TraceEvent::TimeAdvance { now } => put(frame, 9, *now),
+        TraceEvent::BioSubmit {
+            id,
+            dev,
+            op,
+            sector,
+            sectors,
+        } => {
+            let at = put(frame, 9, *id);
+            let at = put(frame, at, u64::from(*dev));
+            frame[at] = *op;
+            let at = put(frame, at + 1, *sector);
+            put(frame, at, *sectors)
+        }
+        TraceEvent::BioEnd { id, ok } => {
+            let at = put(frame, 9, *id);
+            frame[at] = u8::from(*ok);
+            at + 1
+        }
+        TraceEvent::Filter {
+            dev,
+            sector,
+            verdict: FilterVerdict::Pass,
+        } => {
+            let at = put(frame, 9, u64::from(*dev));
+            let at = put(frame, at, *sector);
+            frame[at..at + PASS.len()].copy_from_slice(&PASS);
+            at + PASS.len()
+        }
+        TraceEvent::Ioctl { cmd, result } => {
+            let at = put(frame, 9, u64::from(*cmd));
+            put(frame, at, *result as u64)
+        }
+        TraceEvent::Event { code, time_label } => {
+            let at = put(frame, 9, u64::from(*code));
+            put(frame, at, *time_label as u64)
+        }
+        TraceEvent::Freeze { dev, depth } | TraceEvent::Thaw { dev, depth } => {
+            let at = put(frame, 9, u64::from(*dev));
+            put(frame, at, u64::from(*depth))
+        }
+        // Site names are short constants; a longer one takes the general path.
+        TraceEvent::Alloc { site, ok } if site.len() < FRAME - 18 => {
+            let at = put(frame, 9, site.len() as u64);
+            let end = at + site.len();
+            frame[at..end].copy_from_slice(site.as_bytes());
+            frame[end] = u8::from(*ok);
+            end + 1
+        }
+        _ => return None,
+    };
+    Some(end)
 }
 
 impl TraceEvent {
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// The tag byte that starts the event's encoding.
+    fn tag(&self) -> u8 {
+        match self {
+            TraceEvent::TaskSpawn { .. } => 1,
+            TraceEvent::TaskExit { .. } => 2,
+            TraceEvent::Poll { .. } => 3,
+            TraceEvent::TimeAdvance { .. } => 4,
+            TraceEvent::BioSubmit { .. } => 5,
+            TraceEvent::BioEnd { .. } => 6,
+            TraceEvent::Filter { .. } => 7,
+            TraceEvent::Ioctl { .. } => 8,
+            TraceEvent::Event { .. } => 9,
+            TraceEvent::Freeze { .. } => 10,
+            TraceEvent::Thaw { .. } => 11,
+            TraceEvent::Alloc { .. } => 12,
+            TraceEvent::Step { .. } => 13,
+            TraceEvent::Warn { .. } => 14,
+            TraceEvent::Failure { .. } => 15,
+        }
+    }
+
+    /// The canonical encoding, field by field: the reference the fast
+    /// path (`fixed_body`) must match byte for byte, and the path of the
+    /// rare events that carry strings.
+    fn encode(&self, out: &mut impl Out) {
+        out.bytes(&[self.tag()]);
         match self {
             TraceEvent::TaskSpawn { task, name } => {
-                out.push(1);
                 num(out, *task);
                 text(out, name);
             }
-            TraceEvent::TaskExit { task } => {
-                out.push(2);
-                num(out, *task);
-            }
-            TraceEvent::Poll { task } => {
-                out.push(3);
-                num(out, *task);
-            }
-            TraceEvent::TimeAdvance { now } => {
-                out.push(4);
-                num(out, *now);
-            }
+            TraceEvent::TaskExit { task } | TraceEvent::Poll { task } => num(out, *task),
+            TraceEvent::TimeAdvance { now } => num(out, *now),
             TraceEvent::BioSubmit {
                 id,
                 dev,
@@ -134,67 +232,60 @@ impl TraceEvent {
                 sector,
                 sectors,
             } => {
-                out.push(5);
                 num(out, *id);
                 num(out, u64::from(*dev));
-                out.push(*op);
+                out.bytes(&[*op]);
                 num(out, *sector);
                 num(out, *sectors);
             }
             TraceEvent::BioEnd { id, ok } => {
-                out.push(6);
                 num(out, *id);
-                out.push(u8::from(*ok));
+                out.bytes(&[u8::from(*ok)]);
             }
             TraceEvent::Filter {
                 dev,
                 sector,
                 verdict,
             } => {
-                out.push(7);
                 num(out, u64::from(*dev));
                 num(out, *sector);
                 verdict_text(out, verdict);
             }
             TraceEvent::Ioctl { cmd, result } => {
-                out.push(8);
                 num(out, u64::from(*cmd));
                 num(out, *result as u64);
             }
             TraceEvent::Event { code, time_label } => {
-                out.push(9);
                 num(out, u64::from(*code));
                 num(out, *time_label as u64);
             }
             TraceEvent::Freeze { dev, depth } | TraceEvent::Thaw { dev, depth } => {
-                out.push(if matches!(self, TraceEvent::Freeze { .. }) {
-                    10
-                } else {
-                    11
-                });
                 num(out, u64::from(*dev));
                 num(out, u64::from(*depth));
             }
             TraceEvent::Alloc { site, ok } => {
-                out.push(12);
                 text(out, site);
-                out.push(u8::from(*ok));
+                out.bytes(&[u8::from(*ok)]);
             }
             TraceEvent::Step { index, what } => {
-                out.push(13);
                 num(out, *index);
                 text(out, what);
             }
-            TraceEvent::Warn { msg } => {
-                out.push(14);
-                text(out, msg);
-            }
+            TraceEvent::Warn { msg } => text(out, msg),
             TraceEvent::Failure { checker, msg } => {
-                out.push(15);
                 text(out, checker);
                 text(out, msg);
             }
         }
+    }
+}
+
+/// The trace's pending batch as an `Out`.
+struct Batch<'a>(&'a mut Trace);
+
+impl Out for Batch<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.append(b);
     }
 }
 
@@ -205,8 +296,11 @@ pub struct Trace {
     /// is full (an event overwrites it in place, nothing shifts).
     ring: Vec<(u64, TraceEvent)>,
     next: usize,
-    /// Encoded events not yet hashed.
+    /// Encoded events not yet hashed: `pending[..fill]`. Its length is
+    /// fixed, so a fixed-size event is written at known offsets with one
+    /// bounds check and no capacity checks.
     pending: Vec<u8>,
+    fill: usize,
 }
 
 impl Default for Trace {
@@ -216,19 +310,18 @@ impl Default for Trace {
             count: 0,
             ring: Vec::with_capacity(RING),
             next: 0,
-            pending: Vec::with_capacity(BATCH + 256),
+            pending: vec![0; BATCH],
+            fill: 0,
         }
     }
 }
 
 impl Trace {
+    /// Inlined into `Sim::record`, its one caller: the event is moved
+    /// once, into the ring, instead of once more through a call.
+    #[inline]
     pub fn record(&mut self, now: u64, event: TraceEvent) {
-        self.pending.extend_from_slice(&now.to_le_bytes());
-        event.encode(&mut self.pending);
-        if self.pending.len() >= BATCH {
-            self.hasher.update(&self.pending);
-            self.pending.clear();
-        }
+        self.encode(now, &event);
         self.count += 1;
         if self.ring.len() < RING {
             self.ring.push((now, event));
@@ -242,10 +335,51 @@ impl Trace {
         }
     }
 
+    /// Appends the event's bytes to the pending batch, hashing the batch
+    /// first when a whole frame might not fit.
+    fn encode(&mut self, now: u64, event: &TraceEvent) {
+        if self.fill + FRAME > BATCH {
+            self.flush();
+        }
+        let at = self.fill;
+        let frame: &mut [u8; FRAME] = (&mut self.pending[at..at + FRAME]).try_into().unwrap();
+        put(frame, 0, now);
+        frame[8] = event.tag();
+        if let Some(len) = fixed_body(event, frame) {
+            self.fill += len;
+            return;
+        }
+        // Rare (spawns, steps, errors): the fields go to the batch one by
+        // one, after the time.
+        let mut batch = Batch(self);
+        num(&mut batch, now);
+        event.encode(&mut batch);
+    }
+
+    /// Hashes the pending batch.
+    fn flush(&mut self) {
+        self.hasher.update(&self.pending[..self.fill]);
+        self.fill = 0;
+    }
+
+    /// Appends bytes of any length to the pending batch.
+    fn append(&mut self, bytes: &[u8]) {
+        if self.fill + bytes.len() > BATCH {
+            self.flush();
+        }
+        if bytes.len() > BATCH {
+            // Larger than a batch: hashed at once, in stream order.
+            self.hasher.update(bytes);
+            return;
+        }
+        self.pending[self.fill..self.fill + bytes.len()].copy_from_slice(bytes);
+        self.fill += bytes.len();
+    }
+
     /// The digest so far, as 16 hex digits (64 bits are plenty to compare).
     pub fn digest(&self) -> String {
         let mut hasher = self.hasher.clone();
-        hasher.update(&self.pending);
+        hasher.update(&self.pending[..self.fill]);
         hasher.finalize().to_hex()[..16].to_string()
     }
 
@@ -302,7 +436,8 @@ mod tests {
     }
 
     /// The digest is blake3 of the whole encoded stream, whatever the
-    /// batches: the same as hashing each event's bytes as it comes.
+    /// batches and whichever path encodes the event: the same as hashing
+    /// each event's field-by-field bytes as it comes.
     #[test]
     fn batching_does_not_change_the_digest() {
         let mut trace = Trace::default();
@@ -313,16 +448,52 @@ mod tests {
             FilterVerdict::CompletedTwice(blksnap_core::kernel::Errno::EAGAIN),
         ];
         for i in 0..20_000u64 {
-            let event = match i % 3 {
+            let event = match i % 13 {
                 0 => TraceEvent::Poll { task: i },
-                1 => TraceEvent::Filter {
+                1..=3 => TraceEvent::Filter {
                     dev: 7,
                     sector: i,
-                    verdict: verdicts[(i / 3 % 3) as usize],
+                    verdict: verdicts[(i % 3) as usize],
                 },
-                _ => TraceEvent::Alloc {
-                    site: "chunk",
+                // A site name too long for the fast path now and then.
+                4 => TraceEvent::Alloc {
+                    site: if i % 5 == 0 {
+                        "a site name much longer than the frame has room for"
+                    } else {
+                        "chunk"
+                    },
                     ok: i % 2 == 0,
+                },
+                10 if i % 2 == 0 => TraceEvent::TaskSpawn {
+                    task: i,
+                    name: format!("kworker/{i}"),
+                },
+                5 => TraceEvent::BioSubmit {
+                    id: i,
+                    dev: 3,
+                    op: (i % 7) as u8,
+                    sector: i << 3,
+                    sectors: 8,
+                },
+                6 => TraceEvent::BioEnd {
+                    id: i,
+                    ok: i % 2 == 0,
+                },
+                7 => TraceEvent::TaskExit { task: i },
+                8 => TraceEvent::TimeAdvance { now: i },
+                9 => TraceEvent::Ioctl {
+                    cmd: 9,
+                    result: -(i as i64),
+                },
+                10 => TraceEvent::Event {
+                    code: 2,
+                    time_label: -1,
+                },
+                11 if i % 2 == 0 => TraceEvent::Freeze { dev: 1, depth: 2 },
+                11 => TraceEvent::Thaw { dev: 1, depth: 1 },
+                // A long text now and then crosses a batch boundary.
+                _ => TraceEvent::Warn {
+                    msg: "w".repeat(if i % 1000 < 13 { BATCH + 5 } else { 3 }),
                 },
             };
             // The bytes the digest always hashed: Debug text for verdicts.
