@@ -416,8 +416,6 @@ impl DiffArea {
         Ok(())
     }
 
-    /// Run `notify` in a work item once `io` ends, counting it as pending.
-    /// Like v2, IO in flight holds no reference: `free` waits for it.
     /// "{what} {major:minor}#{chunk}", the name of a chunk's work item.
     fn work_name(&self, what: &str, chunk: u64) -> String {
         use std::fmt::Write as _;
@@ -431,6 +429,8 @@ impl DiffArea {
         name
     }
 
+    /// Run `notify` in a work item once `io` ends, counting it as pending.
+    /// Like v2, IO in flight holds no reference: `free` waits for it.
     fn spawn_notify(
         self: &Rc<Self>,
         name: &str,

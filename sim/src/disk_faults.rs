@@ -142,8 +142,8 @@ impl DiskFault {
     }
 }
 
-/// Count a bio against a fault's selector. A bio of no sectors (a flush)
-/// counts as touching its first sector.
+/// Count a bio against a fault's selector. Flushes never get here; a bio
+/// of no sectors would count as touching its first sector.
 fn fires(selector: &mut Selector, sector: u64, sectors: u64, rng: &mut SimRng) -> bool {
     selector.hits(sector, sectors.max(1), rng)
 }

@@ -84,6 +84,7 @@ pub struct Lockdep {
     /// new and add no edge, so it is skipped. Cleared when an edge is new.
     /// Keyed by the names' addresses: a cache needs no string compares,
     /// and a class whose name lives at two addresses is only judged again.
+    /// Looked up, never iterated: address order must not reach the trace.
     judged: BTreeSet<(NameKey, NameKey)>,
 }
 

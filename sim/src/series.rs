@@ -374,7 +374,8 @@ fn cover(runs: &mut BTreeMap<u64, u64>, start: u64, end: u64) -> u64 {
             return end - start;
         }
     }
-    // Several runs meet it: merge them from the last down, one search each.
+    // It meets several runs, or starts before the one it meets: merge them
+    // from the last down, one search each.
     let (mut lo, mut hi) = (start, end);
     let mut already = 0;
     while let Some((s, e)) = runs

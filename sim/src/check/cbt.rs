@@ -266,7 +266,8 @@ pub struct CbtChecker {
     /// Image -> original, from COLLECT_IMAGES.
     images: BTreeMap<DevT, DevT>,
     /// Filters seen, by address, kept weakly so that a new one never
-    /// reuses an old address.
+    /// reuses an old address. Looked up, never iterated: an order by
+    /// address would differ between runs and must not reach a verdict.
     filters: BTreeMap<usize, Weak<dyn BdevFilter>>,
     /// The filter the last lookup met (it is in `filters`).
     last_filter: Option<usize>,

@@ -32,10 +32,10 @@ pub(crate) struct Task {
 /// Tasks woken since the executor last looked. A `Mutex` only because
 /// `Waker` must be `Send + Sync`; the sim has one thread.
 pub(crate) struct WakeQueue {
-    pub(crate) woken: Mutex<Vec<TaskId>>,
+    woken: Mutex<Vec<TaskId>>,
     /// Set when `woken` may hold a task: the executor looks twice per
     /// poll, and mostly finds none, so it reads this instead of locking.
-    pub(crate) any: AtomicBool,
+    any: AtomicBool,
 }
 
 impl WakeQueue {

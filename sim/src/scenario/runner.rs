@@ -514,7 +514,6 @@ fn engine_log(sim: &Sim) -> Vec<String> {
         .collect()
 }
 
-/// A step's result against its expectation.
 /// A device's `io_errors` windows, each with its own fault stream (drawn
 /// from only by a window with `per_million`, so others draw nothing).
 fn io_windows(seed: u64, spec: &super::model::DeviceSpec) -> Vec<crate::faults::IoWindow> {
@@ -533,6 +532,7 @@ pub fn recent_line((time, event): &(u64, TraceEvent)) -> String {
     format!("{time:>14} {event}")
 }
 
+/// A step's result against its expectation.
 pub(super) fn check_expect(expect: &Expect, result: Result<i64, Errno>) -> Result<(), String> {
     match (expect, result) {
         (Expect::Any, _) | (Expect::Ok, Ok(_)) => Ok(()),
