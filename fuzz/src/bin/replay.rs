@@ -204,9 +204,14 @@ fn random_args(args: &[String]) -> Result<RandomArgs, String> {
                     other => return Err(format!("--scale: farm or full, not {other:?}")),
                 }
             }
-            "--quirk" => out
-                .quirks
-                .push(rest.next().ok_or("--quirk: which quirk?")?.clone()),
+            "--quirk" => {
+                let id = rest.next().ok_or("--quirk: which quirk?")?;
+                // A misspelt id would silently find nothing.
+                blksnap_core::Quirks::default().enable(id).map_err(|_| {
+                    format!("--quirk '{id}': unknown quirk (`blksnap-sim quirks` lists them)")
+                })?;
+                out.quirks.push(id.clone());
+            }
             _ => out.positional.push(arg.clone()),
         }
     }

@@ -51,8 +51,8 @@ const FULL_SECTORS: [u64; 4] = [2048, 4096, 16384, 65536];
 /// Original device sizes at [`Scale::Farm`], indexed by the whole drawn
 /// byte: a 256-entry table reads the same one byte as [`FULL_SECTORS`], so
 /// the input stays aligned with Full. Full's size when it is 2048 or 4096,
-/// and for a few bytes (1 in 64) also when larger, so that big devices
-/// still come up; 4096 otherwise.
+/// and for two bytes (1 in 128: 16384 and 65536) also when larger, so
+/// that big devices still come up; 4096 otherwise.
 const FARM_SECTORS: [u64; 256] = farm_sectors();
 
 const fn farm_sectors() -> [u64; 256] {
