@@ -241,9 +241,10 @@ impl Allowed<'_> {
 impl SectorHistory {
     /// A write of this sector completed at `now`: it supersedes every
     /// write that had completed before it was submitted.
-    fn completed(&mut self, id: u64, now: u64) {
+    /// False (nothing changed) when the write is not in this history.
+    fn completed(&mut self, id: u64, now: u64) -> bool {
         let Some(index) = self.writes.iter().rposition(|w| w.id == id) else {
-            return;
+            return false;
         };
         self.writes[index].completed = Some(now);
         self.ever_completed = true;
@@ -253,6 +254,7 @@ impl SectorHistory {
                 w.superseded = Some(now);
             }
         }
+        true
     }
 
     /// Forget the writes no judgement can need any more: superseded by
@@ -634,12 +636,20 @@ impl Oracle {
         if sector >= end {
             return;
         }
+        let mut everywhere = true;
         map.update(sector, end, |history| {
-            history.completed(id, now);
+            everywhere &= history.completed(id, now);
             history.prune(horizon, windows);
         });
-        // Pruning may have left neighbours with the same history.
-        map.join_around(sector, end);
+        // Pruning may have left neighbours with the same history. Where
+        // every range of the write still holds it (its own completion
+        // never prunes it), none can join a range outside the write, which
+        // never held it: only the edges inside the write need a look.
+        if everywhere {
+            map.join_inside(sector, end);
+        } else {
+            map.join_around(sector, end);
+        }
     }
 
     fn hold(&mut self, start: u64) {

@@ -177,6 +177,39 @@ impl<V: Piece> Extents<V> {
         }
     }
 
+    /// Join neighbours that read as one where their edge lies strictly
+    /// inside (from, to): enough after an operation that changed only the
+    /// ranges of [from, to) and left each of them unable to join a range
+    /// outside it. One walk, and one more search per join made.
+    pub fn join_inside(&mut self, from: u64, to: u64) {
+        let mut cursor = from;
+        while let Some(joined) = self.first_join_inside(cursor, to) {
+            self.map.remove(&joined);
+            cursor = self
+                .map
+                .range(..joined)
+                .next_back()
+                .map_or(from, |(start, _)| *start);
+        }
+    }
+
+    /// Walk the ranges that start in [cursor, to); join the first pair
+    /// that reads as one and return the start of the range absorbed (to
+    /// be removed).
+    fn first_join_inside(&mut self, cursor: u64, to: u64) -> Option<u64> {
+        let mut ranges = self.map.range_mut(cursor..to);
+        let (_, first) = ranges.next()?;
+        let (mut end, mut value) = (&mut first.0, &mut first.1);
+        for (&next, (next_end, next_value)) in ranges {
+            if next == *end && value.join(next_value) {
+                *end = *next_end;
+                return Some(next);
+            }
+            (end, value) = (next_end, next_value);
+        }
+        None
+    }
+
     /// Every range in order: (start, end, value).
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &V)> + '_ {
         self.map
