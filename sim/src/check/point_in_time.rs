@@ -637,16 +637,19 @@ impl Oracle {
             return;
         }
         let mut everywhere = true;
-        map.update(sector, end, |history| {
+        let one_range = map.update(sector, end, |history| {
             everywhere &= history.completed(id, now);
             history.prune(horizon, windows);
         });
         // Pruning may have left neighbours with the same history. Where
         // every range of the write still holds it (its own completion
         // never prunes it), none can join a range outside the write, which
-        // never held it: only the edges inside the write need a look.
+        // never held it: only the edges inside the write need a look, and
+        // one range has none.
         if everywhere {
-            map.join_inside(sector, end);
+            if !one_range {
+                map.join_inside(sector, end);
+            }
         } else {
             map.join_around(sector, end);
         }

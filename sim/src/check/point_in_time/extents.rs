@@ -73,17 +73,19 @@ impl<V: Piece> Extents<V> {
     }
 
     /// Change every range inside [from, to), after cutting those that
-    /// cross its edges (gaps stay gaps).
-    pub fn update(&mut self, from: u64, to: u64, mut update: impl FnMut(&mut V)) {
+    /// cross its edges (gaps stay gaps). True when one range was exactly
+    /// [from, to) (no edge inside it to look at afterwards).
+    pub fn update(&mut self, from: u64, to: u64, mut update: impl FnMut(&mut V)) -> bool {
         if let Some(value) = self.exact_mut(from, to) {
             update(value);
-            return;
+            return true;
         }
         self.split(from);
         self.split(to);
         for (_, (_, value)) in self.map.range_mut(from..to) {
             update(value);
         }
+        false
     }
 
     /// Give every sector of [from, to) a value: `update` changes a range
