@@ -73,17 +73,19 @@ impl<V: Piece> Extents<V> {
     }
 
     /// Change every range inside [from, to), after cutting those that
-    /// cross its edges (gaps stay gaps).
-    pub fn update(&mut self, from: u64, to: u64, mut update: impl FnMut(&mut V)) {
+    /// cross its edges (gaps stay gaps). True when one range was exactly
+    /// [from, to) (no edge inside it to look at afterwards).
+    pub fn update(&mut self, from: u64, to: u64, mut update: impl FnMut(&mut V)) -> bool {
         if let Some(value) = self.exact_mut(from, to) {
             update(value);
-            return;
+            return true;
         }
         self.split(from);
         self.split(to);
         for (_, (_, value)) in self.map.range_mut(from..to) {
             update(value);
         }
+        false
     }
 
     /// Give every sector of [from, to) a value: `update` changes a range
@@ -175,6 +177,39 @@ impl<V: Piece> Extents<V> {
             }
             current = next;
         }
+    }
+
+    /// Join neighbours that read as one where their edge lies strictly
+    /// inside (from, to): enough after an operation that changed only the
+    /// ranges of [from, to) and left each of them unable to join a range
+    /// outside it. One walk, and one more search per join made.
+    pub fn join_inside(&mut self, from: u64, to: u64) {
+        let mut cursor = from;
+        while let Some(joined) = self.first_join_inside(cursor, to) {
+            self.map.remove(&joined);
+            cursor = self
+                .map
+                .range(..joined)
+                .next_back()
+                .map_or(from, |(start, _)| *start);
+        }
+    }
+
+    /// Walk the ranges that start in [cursor, to); join the first pair
+    /// that reads as one and return the start of the range absorbed (to
+    /// be removed).
+    fn first_join_inside(&mut self, cursor: u64, to: u64) -> Option<u64> {
+        let mut ranges = self.map.range_mut(cursor..to);
+        let (_, first) = ranges.next()?;
+        let (mut end, mut value) = (&mut first.0, &mut first.1);
+        for (&next, (next_end, next_value)) in ranges {
+            if next == *end && value.join(next_value) {
+                *end = *next_end;
+                return Some(next);
+            }
+            (end, value) = (next_end, next_value);
+        }
+        None
     }
 
     /// Every range in order: (start, end, value).
