@@ -141,7 +141,7 @@ pub struct Scheduler<A> {
     pub bounds: Cell<Bounds>,
     /// Sleeping points the engine reached (`might_sleep` sites), with how
     /// often: the inventory test compares them with ARCHITECTURE.md.
-    pub sleep_sites: RefCell<BTreeMap<&'static str, u64>>,
+    pub sleep_sites: RefCell<SleepSites>,
     /// Futures of tasks that died of an oops: kept, not dropped, so the
     /// dead task's state stays as it was until power-off frees it.
     zombies: RefCell<Vec<LocalBoxFuture<'static, ()>>>,
@@ -165,7 +165,7 @@ impl<A> Scheduler<A> {
             rng: RefCell::new(SimRng::child(seed, "sched")),
             policy: Cell::new(SchedPolicy::Random),
             bounds: Cell::new(Bounds::default()),
-            sleep_sites: RefCell::new(BTreeMap::new()),
+            sleep_sites: RefCell::new(SleepSites::default()),
             zombies: RefCell::new(Vec::new()),
         }
     }
@@ -331,7 +331,7 @@ impl<A> Scheduler<A> {
 
     /// Count a sleeping point the engine reached.
     pub fn might_sleep(&self, site: &'static str) {
-        *self.sleep_sites.borrow_mut().entry(site).or_insert(0) += 1;
+        self.sleep_sites.borrow_mut().count(site);
     }
 
     // --- timers --------------------------------------------------------------------
@@ -460,5 +460,71 @@ impl<A> Scheduler<A> {
         if let Some(task) = self.state.borrow_mut().tasks.get_mut(&id) {
             task.future = Some(future);
         }
+    }
+}
+
+/// The `might_sleep` counters. The hot path keys a site by the address and
+/// length of its `&'static str` (two integer compares, where a name key
+/// costs a string compare per lookup, each one recorded under libFuzzer's
+/// compare tracing); one slot per distinct name, so two literals with the
+/// same text count together, exactly as the by-name map did.
+#[derive(Default)]
+pub struct SleepSites {
+    /// (address, length) of a site literal -> its slot in `slots`.
+    by_ptr: BTreeMap<(usize, usize), usize>,
+    /// One counter per distinct site name.
+    slots: Vec<(&'static str, u64)>,
+}
+
+impl SleepSites {
+    /// Count one visit to `site`.
+    pub fn count(&mut self, site: &'static str) {
+        let key = (site.as_ptr() as usize, site.len());
+        let slot = match self.by_ptr.get(&key) {
+            Some(&slot) => slot,
+            None => self.new_key(key, site),
+        };
+        self.slots[slot].1 += 1;
+    }
+
+    /// First visit through this literal: reuse the slot of an equal name
+    /// reached through another literal, or open one.
+    fn new_key(&mut self, key: (usize, usize), site: &'static str) -> usize {
+        let slot = match self.slots.iter().position(|(name, _)| *name == site) {
+            Some(slot) => slot,
+            None => {
+                self.slots.push((site, 0));
+                self.slots.len() - 1
+            }
+        };
+        self.by_ptr.insert(key, slot);
+        slot
+    }
+
+    /// The sites and their counts, sorted by name (the order the by-name
+    /// map gave, so every listing stays byte-identical).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &u64)> {
+        let mut sorted: Vec<(&'static str, &u64)> =
+            self.slots.iter().map(|(name, n)| (*name, n)).collect();
+        sorted.sort_unstable_by_key(|(name, _)| *name);
+        sorted.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod sleep_sites_tests {
+    use super::SleepSites;
+
+    /// Two literals with the same text at different addresses count as one
+    /// site, and the listing is sorted by name, not by address.
+    #[test]
+    fn same_name_counts_together_and_lists_by_name() {
+        let other_b: &'static str = Box::leak(String::from("b").into_boxed_str());
+        let mut sites = SleepSites::default();
+        for site in ["b", "a", other_b, "b", "c:b"] {
+            sites.count(site);
+        }
+        let listed: Vec<(&str, u64)> = sites.iter().map(|(s, n)| (s, *n)).collect();
+        assert_eq!(listed, vec![("a", 1), ("b", 3), ("c:b", 1)]);
     }
 }
