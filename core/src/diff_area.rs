@@ -40,7 +40,7 @@ pub struct DiffArea {
     struct_alloc: Cell<Option<AllocId>>,
     /// Chunk structs, made on first touch; v2 allocates them all up front,
     /// which `struct_alloc` accounts for.
-    chunks: RefCell<BTreeMap<u64, Rc<Chunk>>>,
+    chunks: RefCell<ChunkTable>,
     read_cache: RefCell<VecDeque<Rc<Chunk>>>,
     write_cache: RefCell<VecDeque<Rc<Chunk>>>,
     eviction_queued: Cell<bool>,
@@ -88,6 +88,50 @@ enum Notify {
     Store,
 }
 
+/// Largest chunk count kept in a flat table (512 KiB of slots at most).
+const FLAT_CHUNKS_MAX: u64 = 65_536;
+
+/// The chunks made so far, by number. Up to `FLAT_CHUNKS_MAX` chunks a flat
+/// vector indexed by number (an index, where a map walks nodes on every
+/// I/O); above, a map, so a huge device does not pay for slots it never
+/// touches. Both list their chunks in ascending number.
+enum ChunkTable {
+    Flat(Vec<Option<Rc<Chunk>>>),
+    Map(BTreeMap<u64, Rc<Chunk>>),
+}
+
+impl ChunkTable {
+    fn new(chunk_count: u64) -> ChunkTable {
+        if chunk_count <= FLAT_CHUNKS_MAX {
+            ChunkTable::Flat(Vec::new())
+        } else {
+            ChunkTable::Map(BTreeMap::new())
+        }
+    }
+
+    /// The chunk `number`, made by `make` on first use.
+    fn get_or_insert_with(&mut self, number: u64, make: impl FnOnce() -> Rc<Chunk>) -> &Rc<Chunk> {
+        match self {
+            ChunkTable::Flat(slots) => {
+                let index = number as usize;
+                if index >= slots.len() {
+                    slots.resize(index + 1, None);
+                }
+                slots[index].get_or_insert_with(make)
+            }
+            ChunkTable::Map(map) => map.entry(number).or_insert_with(make),
+        }
+    }
+
+    /// The chunks made so far, in ascending number.
+    fn values(&self) -> Box<dyn Iterator<Item = &Rc<Chunk>> + '_> {
+        match self {
+            ChunkTable::Flat(slots) => Box::new(slots.iter().flatten()),
+            ChunkTable::Map(map) => Box::new(map.values()),
+        }
+    }
+}
+
 impl DiffArea {
     /// `diff_area_new`, at TAKE. The returned area holds one reference,
     /// owned by the tracker.
@@ -128,7 +172,7 @@ impl DiffArea {
             chunk_count,
             capacity,
             struct_alloc: Cell::new(Some(struct_alloc)),
-            chunks: RefCell::new(BTreeMap::new()),
+            chunks: RefCell::new(ChunkTable::new(chunk_count)),
             read_cache: RefCell::new(VecDeque::new()),
             write_cache: RefCell::new(VecDeque::new()),
             eviction_queued: Cell::new(false),
@@ -171,7 +215,7 @@ impl DiffArea {
             return None;
         }
         let mut chunks = self.chunks.borrow_mut();
-        let chunk = chunks.entry(number).or_insert_with(|| {
+        let chunk = chunks.get_or_insert_with(number, || {
             let sectors = self.chunk_sectors();
             let start = number * sectors;
             let count = sectors.min(self.capacity - start);
