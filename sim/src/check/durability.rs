@@ -1051,6 +1051,41 @@ mod tests {
         );
     }
 
+    /// The rule as written, by a scan of every FLUSH: what
+    /// `Flushes::any_between` must answer.
+    fn any_between_by_scan(all: &[(u64, u64)], done: u64, t: u64) -> bool {
+        all.iter().any(|&(sub, end)| sub >= done && end <= t)
+    }
+
+    /// Random FLUSH histories (overlapping FLUSHes, equal times, now and
+    /// then one completing out of order) and random questions: the binary
+    /// search answers exactly as the scan.
+    #[test]
+    fn the_flush_search_answers_as_the_scan_of_every_flush() {
+        let mut answers = [0; 2];
+        for seed in 0..20 {
+            let mut rng = crate::rng::SimRng::new(seed);
+            let (mut fast, mut all) = (Flushes::default(), Vec::new());
+            let mut now = 0;
+            for _ in 0..300 {
+                now += rng.below(4);
+                let sub = now.saturating_sub(rng.below(40));
+                let end = match rng.below(20) {
+                    0 => now.saturating_sub(rng.below(30)),
+                    _ => now,
+                };
+                let sub = sub.min(end);
+                fast.push(sub, end);
+                all.push((sub, end));
+                let (done, t) = (rng.below(now + 10), rng.below(now + 10));
+                let want = any_between_by_scan(&all, done, t);
+                assert_eq!(fast.any_between(done, t), want, "seed {seed}: {done}..{t}");
+                answers[want as usize] += 1;
+            }
+        }
+        assert!(answers.iter().all(|n| *n > 500), "{answers:?}");
+    }
+
     impl Durability {
         fn clone_for_test(&self) -> Durability {
             Durability {
