@@ -110,8 +110,41 @@ impl Index<&u64> for WriteLog {
 /// back a sector's writes can start.
 const MAX_JOINED: u64 = 1 << 21;
 
-/// A user FLUSH (or REQ_PREFLUSH) that completed: (submitted, completed).
-type Flush = (u64, u64);
+/// The user FLUSHes (and REQ_PREFLUSHes) of a device that completed since
+/// its last power loss, sorted by completion time, with the latest
+/// submission among each prefix: "did a FLUSH submitted at or after `done`
+/// complete by `t`?" is then one binary search (the prefix completed by
+/// `t`) and one look at its latest submission, where a scan of every
+/// FLUSH made runs with many FLUSHes quadratic (issue 10).
+#[derive(Clone, Default)]
+struct Flushes {
+    /// Completion times, non-decreasing.
+    ends: Vec<u64>,
+    /// `latest[i]`: the latest submission among the FLUSHes `0..=i`.
+    latest: Vec<u64>,
+}
+
+impl Flushes {
+    /// A FLUSH submitted at `sub` completed at `end`. The simulator's
+    /// clock only moves forward, so this appends; an out-of-order `end`
+    /// still lands in its place (and the maxima after it are redone).
+    fn push(&mut self, sub: u64, end: u64) {
+        let at = self.ends.partition_point(|e| *e <= end);
+        self.ends.insert(at, end);
+        self.latest.insert(at, sub);
+        for i in at..self.latest.len() {
+            let before = if i == 0 { 0 } else { self.latest[i - 1] };
+            let own = if i == at { sub } else { self.latest[i] };
+            self.latest[i] = own.max(before);
+        }
+    }
+
+    /// Whether a FLUSH submitted at or after `done` completed by `t`.
+    fn any_between(&self, done: u64, t: u64) -> bool {
+        let completed = self.ends.partition_point(|e| *e <= t);
+        completed > 0 && self.latest[completed - 1] >= done
+    }
+}
 
 /// A user bio the checker follows: its id (writes) and submission time.
 #[derive(Clone, Copy, Debug)]
@@ -138,7 +171,7 @@ pub struct Durability {
     longest: BTreeMap<DevT, u64>,
     /// The last engine write per device (later ones may join it).
     last_engine: BTreeMap<DevT, u64>,
-    flushes: BTreeMap<DevT, Vec<Flush>>,
+    flushes: BTreeMap<DevT, Flushes>,
     /// Completed user writes no FLUSH has judged yet, per device, in the
     /// order they completed (a FLUSH judges them in id order).
     unflushed: BTreeMap<DevT, Vec<u64>>,
@@ -297,7 +330,7 @@ impl Durability {
         self.flushes
             .entry(dev)
             .or_default()
-            .push((token.submitted, now));
+            .push(token.submitted, now);
         let mut covered: Vec<u64> = self
             .unflushed
             .get(&dev)
@@ -470,10 +503,9 @@ impl Durability {
         if w.fua {
             return true;
         }
-        let flushes = self.flushes.get(&w.dev).into_iter().flatten();
-        flushes
-            .into_iter()
-            .any(|&(sub, end)| sub >= done && end <= t)
+        self.flushes
+            .get(&w.dev)
+            .is_some_and(|f| f.any_between(done, t))
     }
 
     /// Values the durable media may hold for `sector` at `t`.
@@ -1017,6 +1049,41 @@ mod tests {
             with, without,
             "a read that died at the power loss pins the fold"
         );
+    }
+
+    /// The rule as written, by a scan of every FLUSH: what
+    /// `Flushes::any_between` must answer.
+    fn any_between_by_scan(all: &[(u64, u64)], done: u64, t: u64) -> bool {
+        all.iter().any(|&(sub, end)| sub >= done && end <= t)
+    }
+
+    /// Random FLUSH histories (overlapping FLUSHes, equal times, now and
+    /// then one completing out of order) and random questions: the binary
+    /// search answers exactly as the scan.
+    #[test]
+    fn the_flush_search_answers_as_the_scan_of_every_flush() {
+        let mut answers = [0; 2];
+        for seed in 0..20 {
+            let mut rng = crate::rng::SimRng::new(seed);
+            let (mut fast, mut all) = (Flushes::default(), Vec::new());
+            let mut now = 0;
+            for _ in 0..300 {
+                now += rng.below(4);
+                let sub = now.saturating_sub(rng.below(40));
+                let end = match rng.below(20) {
+                    0 => now.saturating_sub(rng.below(30)),
+                    _ => now,
+                };
+                let sub = sub.min(end);
+                fast.push(sub, end);
+                all.push((sub, end));
+                let (done, t) = (rng.below(now + 10), rng.below(now + 10));
+                let want = any_between_by_scan(&all, done, t);
+                assert_eq!(fast.any_between(done, t), want, "seed {seed}: {done}..{t}");
+                answers[want as usize] += 1;
+            }
+        }
+        assert!(answers.iter().all(|n| *n > 500), "{answers:?}");
     }
 
     impl Durability {
