@@ -52,7 +52,10 @@ pub enum DataFaultKind {
 }
 
 /// One rule of a device's `data_faults`: what it does, and which writes
-/// it hits (the selector's fields, `fault_select.rs`).
+/// it hits (the selector's fields, `fault_select.rs`). The fields are
+/// spelled out here and in `faults.rs`'s `IoErrors`, not a flattened
+/// `Select`: serde's `flatten` does not work with `deny_unknown_fields`,
+/// and an unknown field must stay a load error at the field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataFault {
