@@ -29,7 +29,7 @@ use std::rc::Rc;
 use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Errno, Run, Stamp, Stamps};
 
 use self::extents::{Extents, Piece};
-use super::injected::InjectedFaults;
+use super::injected::{FaultKind, InjectedFaults};
 use crate::device::{pattern_stamp, Fill};
 
 type SnapId = [u8; 16];
@@ -364,6 +364,33 @@ struct FailedRead {
     errno: Errno,
 }
 
+/// A corrupted event the scenario read. v2 raises the corrupt flag first
+/// and only then allocates the event (GFP_NOIO, which may sleep in
+/// reclaim) and stamps it (`diff_area_set_corrupted` -> `event_gen`:
+/// kzalloc, then ktime_get), so image IO may fail from `began`, before the
+/// time label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CorruptedEvent {
+    label: u64,
+    began: u64,
+}
+
+/// One WAIT_EVENT's window and outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WaitEventResult {
+    from: u64,
+    to: u64,
+    error: Option<Errno>,
+}
+
+/// The allocation site of an event (`event_gen`'s kzalloc).
+const EVENT_SITE: &str = "event";
+
+/// Allocations on the copy-on-write path whose failure corrupts the
+/// snapshot (spec 5.7: a chunk that cannot be copied or stored is lost):
+/// the chunk's buffer, its IO context and its storage region.
+const CORRUPTING_ALLOC_SITES: [&str; 3] = ["diff_buffer", "diff_io", "diff_region"];
+
 /// What the oracle did with one read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Judged {
@@ -398,8 +425,20 @@ pub struct Oracle {
     /// Values reads saw with no write in flight, per device, by ranges.
     /// Until a new write to a sector, every read must see its value again.
     pins: BTreeMap<DevT, Extents<Pin>>,
-    /// Originals whose snapshot the engine reported corrupted, and when.
-    corrupted: BTreeMap<DevT, u64>,
+    /// The first corrupted event the scenario read for each (snapshot,
+    /// original).
+    corrupted: BTreeMap<(SnapId, DevT), CorruptedEvent>,
+    /// Allocations at `event` whose reclaim has begun and which have not
+    /// returned yet: (task, when the reclaim began).
+    event_reclaims: Vec<(u64, u64)>,
+    /// `event` allocations that reclaimed first: when each returned, and
+    /// when it began (the latest begin of those returning at that time).
+    event_alloc_began: BTreeMap<u64, u64>,
+    /// When the last `event` allocation returned: an event was queued then.
+    last_event_queued: Option<u64>,
+    /// Each snapshot's last WAIT_EVENT: when it began and ended, and its
+    /// error if it failed.
+    last_wait_event: BTreeMap<SnapId, WaitEventResult>,
     /// Diff storage ranges users appended: the engine writes there, so
     /// user reads of them are not judged.
     storage: BTreeMap<DevT, Vec<(u64, u64)>>,
@@ -549,9 +588,49 @@ impl Oracle {
         }
     }
 
-    /// A corrupted event for `orig`, generated at `time`.
-    pub fn corrupted_event(&mut self, orig: DevT, time: u64) {
-        self.corrupted.entry(orig).or_insert(time);
+    /// The scenario read a corrupted event of `snapshot` for `orig`, with
+    /// time label `label`.
+    pub fn corrupted_event(&mut self, snapshot: SnapId, orig: DevT, label: u64) {
+        let began = self.event_alloc_began.get(&label).copied().unwrap_or(label);
+        self.corrupted
+            .entry((snapshot, orig))
+            .or_insert(CorruptedEvent { label, began });
+    }
+
+    /// An allocation at `site` by `task` begins to reclaim at `now` (the
+    /// kernel's slow path; it sleeps before it returns).
+    pub fn reclaim_began(&mut self, site: &str, task: u64, now: u64) {
+        if site == EVENT_SITE {
+            self.event_reclaims.retain(|(t, _)| *t != task);
+            self.event_reclaims.push((task, now));
+        }
+    }
+
+    /// An allocation at `site` by `task` returned memory at `now`.
+    pub fn allocated(&mut self, site: &str, task: u64, now: u64) {
+        if site != EVENT_SITE {
+            return;
+        }
+        self.last_event_queued = Some(now);
+        let Some(i) = self.event_reclaims.iter().position(|(t, _)| *t == task) else {
+            return;
+        };
+        let (_, began) = self.event_reclaims.swap_remove(i);
+        let latest = self.event_alloc_began.entry(now).or_insert(began);
+        *latest = (*latest).max(began);
+    }
+
+    /// A WAIT_EVENT on `snapshot` ran from `from` to `to` (`error` if it
+    /// failed).
+    pub fn wait_event_result(
+        &mut self,
+        snapshot: SnapId,
+        from: u64,
+        to: u64,
+        error: Option<Errno>,
+    ) {
+        let result = WaitEventResult { from, to, error };
+        self.last_wait_event.insert(snapshot, result);
     }
 
     /// A user bio starts. Returns its op id.
@@ -1040,8 +1119,8 @@ impl Oracle {
     fn excuse(&self, read: &FailedRead, faults: &InjectedFaults) -> Option<&'static str> {
         if self
             .corrupted
-            .get(&read.orig)
-            .is_some_and(|t| *t <= read.to)
+            .get(&(read.snapshot, read.orig))
+            .is_some_and(|event| event.began <= read.to)
         {
             return Some("the snapshot was reported corrupted");
         }
@@ -1069,9 +1148,53 @@ impl Oracle {
             return Some("a read the image load needed failed");
         }
         // The corruption happened, but its event was lost with its memory.
+        if faults
+            .first_alloc_failure(EVENT_SITE, read.take_start, read.to)
+            .is_some()
+        {
+            return Some("the corrupted event's allocation failed");
+        }
+        let corrupted_at = self.first_corrupting_fault(read, faults)?;
+        (!self.queue_seen_empty_since(read.snapshot, corrupted_at))
+            .then_some("a fault corrupted the snapshot, and its events were not all read after it")
+    }
+
+    /// The first fault after the read's snapshot was taken, by the read's
+    /// end, that corrupts that snapshot (spec 5.7): a failed write to its
+    /// storage, a failed read of its original (a copy-on-write load), or a
+    /// failed allocation on the copy-on-write path.
+    fn first_corrupting_fault(&self, read: &FailedRead, faults: &InjectedFaults) -> Option<u64> {
+        let storage = self.storage_of.get(&read.snapshot);
+        let on_storage = |dev: &DevT| storage.is_some_and(|s| s.contains(dev));
         faults
-            .first_alloc_failure("event", read.take_start, read.to)
-            .map(|_| "the corrupted event's allocation failed")
+            .all()
+            .iter()
+            .filter(|f| f.at >= read.take_start && f.at <= read.to)
+            .find(|f| match &f.kind {
+                FaultKind::BioError { dev, op, .. } if op.is_write() => on_storage(dev),
+                FaultKind::BioError { dev, .. } | FaultKind::TransientReadError { dev, .. } => {
+                    *dev == read.orig
+                }
+                FaultKind::Alloc { site, .. } => CORRUPTING_ALLOC_SITES.contains(&site.as_str()),
+                _ => false,
+            })
+            .map(|f| f.at)
+    }
+
+    /// Whether the user saw the snapshot's event queue empty after `since`:
+    /// its last WAIT_EVENT began then or later and found no event (ENOENT),
+    /// and no event was queued after that WAIT_EVENT began. Otherwise a
+    /// corrupted event may be in the queue, unread: the last WAIT_EVENT
+    /// came before the fault, returned an event (more may wait behind it),
+    /// failed (WAIT_EVENT allocates before it dequeues, and the sim may
+    /// fail that allocation), or an event was still being allocated (v2
+    /// queues it only after its GFP_NOIO allocation, which may sleep).
+    fn queue_seen_empty_since(&self, snapshot: SnapId, since: u64) -> bool {
+        self.last_wait_event.get(&snapshot).is_some_and(|w| {
+            w.from >= since
+                && w.error == Some(Errno::ENOENT)
+                && self.last_event_queued.is_none_or(|t| t < w.from)
+        })
     }
 
     /// An injected read error in the read's window, on a device the image
@@ -1285,8 +1408,117 @@ mod tests {
         read_err(&mut o, 0, Errno::EIO, 40, 50);
         let none = InjectedFaults::default();
         assert_eq!(o.unexplained_image_errors(&none).len(), 1);
-        o.corrupted_event(ORIG, 45);
+        o.corrupted_event(SNAP, ORIG, 45);
         assert!(o.unexplained_image_errors(&none).is_empty());
+    }
+
+    #[test]
+    fn a_corrupted_event_excuses_reads_from_when_its_allocation_began() {
+        let none = InjectedFaults::default();
+        // The event reclaimed from 45 to 60 and is stamped 60: the read
+        // that failed at 50 came after the flag was raised.
+        let mut o = oracle();
+        taken_at(&mut o, 20, 30);
+        read_err(&mut o, 0, Errno::EIO, 40, 50);
+        o.reclaim_began("event", 7, 45);
+        o.allocated("event", 7, 60);
+        o.corrupted_event(SNAP, ORIG, 60);
+        assert!(o.unexplained_image_errors(&none).is_empty());
+        // Reclaim began after the read ended: not excused.
+        let mut o = oracle();
+        taken_at(&mut o, 20, 30);
+        read_err(&mut o, 0, Errno::EIO, 40, 50);
+        o.reclaim_began("event", 7, 52);
+        o.allocated("event", 7, 60);
+        o.corrupted_event(SNAP, ORIG, 60);
+        assert_eq!(o.unexplained_image_errors(&none).len(), 1);
+        // Another task's allocation, another site, or another snapshot's
+        // event: not excused.
+        for (site, task, snapshot) in [
+            ("event", 8, SNAP),
+            ("snapshot", 7, SNAP),
+            ("event", 7, [6; 16]),
+        ] {
+            let mut o = oracle();
+            taken_at(&mut o, 20, 30);
+            read_err(&mut o, 0, Errno::EIO, 40, 50);
+            o.reclaim_began(site, 7, 45);
+            o.allocated(site, task, 60);
+            o.corrupted_event(snapshot, ORIG, 60);
+            assert_eq!(o.unexplained_image_errors(&none).len(), 1, "{site} {task}");
+        }
+    }
+
+    #[test]
+    fn an_unread_event_excuses_reads_only_after_a_corrupting_fault() {
+        let lost = |site: &str| FaultKind::Alloc {
+            site: site.into(),
+            gfp: blksnap_core::kernel::Gfp::Noio,
+        };
+        let store_write = bio_fault(STORE, BioOp::Write, 3);
+        // The read failed at 40..50 after a TAKE at 20..30. `waits`: the
+        // WAIT_EVENTs (from, to, error); `queued`: when an event was
+        // allocated. Is the read excused?
+        let judge = |cause: &FaultKind,
+                     at: u64,
+                     waits: &[(u64, u64, Option<Errno>)],
+                     queued: Option<u64>| {
+            let mut o = oracle();
+            o.add_device(STORE, 1, Fill::Zero);
+            o.storage_appended(SNAP, STORE, 0, 64);
+            taken_at(&mut o, 20, 30);
+            read_err(&mut o, 0, Errno::EIO, 40, 50);
+            for &(from, to, error) in waits {
+                o.wait_event_result(SNAP, from, to, error);
+            }
+            if let Some(t) = queued {
+                o.allocated("event", 3, t);
+            }
+            let mut f = InjectedFaults::default();
+            f.record(at, cause.clone());
+            o.unexplained_image_errors(&f).is_empty()
+        };
+        let (enoent, enomem) = (Some(Errno::ENOENT), Some(Errno::ENOMEM));
+        // Never looked, looked before the fault, got an event (more may
+        // wait), or the last look failed: the event may be unread.
+        assert!(judge(&store_write, 35, &[], None));
+        assert!(judge(&store_write, 35, &[(31, 32, enoent)], None));
+        assert!(judge(
+            &store_write,
+            35,
+            &[(100, 110, enoent), (120, 130, None)],
+            None
+        ));
+        assert!(judge(
+            &store_write,
+            35,
+            &[(100, 110, enoent), (120, 130, enomem)],
+            None
+        ));
+        // Seen empty after the fault: the event was due and never came.
+        assert!(!judge(
+            &store_write,
+            35,
+            &[(120, 130, enomem), (100, 110, enoent)],
+            None
+        ));
+        assert!(!judge(&store_write, 35, &[(35, 40, enoent)], Some(34)));
+        // ... unless an event was queued after that look began.
+        assert!(judge(&store_write, 35, &[(100, 110, enoent)], Some(100)));
+        assert!(judge(&store_write, 35, &[(100, 110, enoent)], Some(140)));
+        // Faults that corrupt the snapshot, and faults that do not.
+        let unread: &[(u64, u64, Option<Errno>)] = &[];
+        assert!(judge(&bio_fault(ORIG, BioOp::Read, 60), 35, unread, None));
+        assert!(judge(&lost("diff_buffer"), 35, unread, None));
+        assert!(judge(&lost("diff_region"), 45, unread, None));
+        assert!(judge(&lost("diff_io"), 50, unread, None));
+        assert!(!judge(&store_write, 15, unread, None));
+        assert!(!judge(&store_write, 55, unread, None));
+        assert!(!judge(&bio_fault(STORE, BioOp::Read, 3), 35, unread, None));
+        assert!(!judge(&bio_fault(OTHER, BioOp::Write, 3), 35, unread, None));
+        assert!(!judge(&bio_fault(OTHER, BioOp::Read, 3), 35, unread, None));
+        assert!(!judge(&lost("snapshot"), 35, unread, None));
+        assert!(!judge(&lost("wait_event"), 35, unread, None));
     }
 
     #[test]
@@ -1296,6 +1528,8 @@ mod tests {
         o.storage_appended(SNAP, STORE, 0, 64);
         taken_at(&mut o, 20, 30);
         read_err(&mut o, 16, Errno::EIO, 40, 50);
+        // The teardown's WAIT_EVENT found the queue empty.
+        o.wait_event_result(SNAP, 100, 110, Some(Errno::ENOENT));
         let judge = |o: &mut Oracle, kind: FaultKind, at: u64| {
             let mut f = InjectedFaults::default();
             f.record(at, kind);
@@ -1309,7 +1543,8 @@ mod tests {
         assert!(!judge(&mut o, bio_fault(ORIG, BioOp::Read, 40), 45));
         assert!(!judge(&mut o, bio_fault(ORIG, BioOp::Read, 16), 39));
         assert!(!judge(&mut o, bio_fault(ORIG, BioOp::Read, 16), 51));
-        // A failed store corrupts the snapshot: the event is required.
+        // A failed store corrupts the snapshot: the event is required,
+        // and the queue held none.
         assert!(!judge(&mut o, bio_fault(STORE, BioOp::Write, 3), 35));
         // ENOMEM is not explained by an IO error, nor EIO by an allocation.
         let alloc = FaultKind::Alloc {

@@ -43,7 +43,25 @@ impl Sim {
             self.record_fault(FaultKind::Alloc { site, gfp });
             return Err(Errno::ENOMEM);
         }
+        self.tell_oracle_allocated(site);
         Ok(self.account_alloc(site, bytes))
+    }
+
+    /// An allocation at `site` begins to reclaim: the oracle times the
+    /// corrupted event from here (the engine raised the corrupt flag before
+    /// it allocated the event).
+    pub(crate) fn reclaim_began(&self, site: &'static str) {
+        if let Some(task) = self.current_task() {
+            let now = self.now();
+            self.oracle.borrow_mut().reclaim_began(site, task, now);
+        }
+    }
+
+    fn tell_oracle_allocated(&self, site: &'static str) {
+        if let Some(task) = self.current_task() {
+            let now = self.now();
+            self.oracle.borrow_mut().allocated(site, task, now);
+        }
     }
 
     pub(crate) fn kfree(&self, id: AllocId) {

@@ -66,8 +66,12 @@ impl Kernel for SimKernel {
         self.0.sched.might_sleep(site);
     }
 
-    fn alloc_slowpath(&self, _site: &'static str, gfp: Gfp) -> Option<u64> {
-        self.0.alloc_slowpath(gfp)
+    fn alloc_slowpath(&self, site: &'static str, gfp: Gfp) -> Option<u64> {
+        let reclaim = self.0.alloc_slowpath(gfp);
+        if reclaim.is_some() {
+            self.0.reclaim_began(site);
+        }
+        reclaim
     }
 
     fn kmalloc(&self, site: &'static str, bytes: u64, gfp: Gfp) -> Result<AllocId, Errno> {

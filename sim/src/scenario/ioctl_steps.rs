@@ -427,9 +427,17 @@ impl Run {
             timeout_ms,
             ..Default::default()
         };
+        let from = self.sim.now();
         let (result, addr) = self
             .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT, &arg, fault)
             .await;
+        // The oracle learns which WAIT_EVENT came last, and whether it
+        // could read the queue (an unread corrupted event excuses failed
+        // image reads only when the sim kept the user from reading it).
+        self.sim
+            .oracle
+            .borrow_mut()
+            .wait_event_result(id, from, self.sim.now(), result.err());
         result?;
         let event: BlkSnapSnapshotEvent = self.read_back(addr).ok_or(Errno::EFAULT)?;
         self.sim.record(TraceEvent::Event {
@@ -453,7 +461,7 @@ impl Run {
                 self.sim
                     .oracle
                     .borrow_mut()
-                    .corrupted_event(orig, event.time_label as u64);
+                    .corrupted_event(id, orig, event.time_label as u64);
             }
         }
         Ok(event)
