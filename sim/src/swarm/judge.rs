@@ -107,6 +107,15 @@ pub fn blames_engine(failure: &Failure, scenario: &Scenario) -> bool {
     !is_take_race(failure, scenario)
 }
 
+/// A TAKE step that failed, by its own ioctl (`(Take): expected success,
+/// got E`) or by the runner's COLLECT_IMAGES after it (`(Take):
+/// COLLECT_IMAGES after a successful TAKE: expected success, got E`).
+fn is_take_failure(message: &str) -> bool {
+    message
+        .split_once(" (Take): ")
+        .is_some_and(|(_, rest)| rest.contains("expected success, got "))
+}
+
 /// A user IO step that failed with EIO while the fault plan fails random
 /// device bios: the injected fault explains it, the step expected too
 /// much. (Fault-free configurations still judge such a step strictly.)
@@ -132,7 +141,7 @@ fn is_take_race(failure: &Failure, scenario: &Scenario) -> bool {
     if failure.checker == "coverage" {
         return true;
     }
-    if failure.checker != "expect" || !failure.message.contains(" (Take): expected success, got ") {
+    if failure.checker != "expect" || !is_take_failure(&failure.message) {
         return false;
     }
     let Some(path) = failure
@@ -393,4 +402,55 @@ fn drop_image_io_after_destroy(steps: &mut Vec<Step>, dead: &mut BTreeSet<String
         kept.push(step);
     }
     *steps = kept;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::verdict::Category;
+
+    fn expect_failure(message: &str) -> Failure {
+        Failure {
+            checker: "expect".into(),
+            message: message.into(),
+            at_ns: 0,
+            category: Category::Engine,
+        }
+    }
+
+    /// Swarm seed 32872: a TAKE of "b" while a concurrent branch CREATEs a
+    /// new "b"; the runner's COLLECT_IMAGES then asks for the new, untaken
+    /// "b" and gets ENODEV. The scenario raced itself.
+    fn take_beside(other: Step) -> Scenario {
+        let mut scenario = crate::scenario::parse(
+            std::path::Path::new("race.ron"),
+            r#"Scenario(name: "race", devices: [(name: "d0", sectors: 4096)], steps: [])"#,
+        )
+        .expect("loads");
+        let take = steps::take("b".into());
+        scenario.steps = vec![
+            steps::create("b".into(), vec!["d0".into()]),
+            Step::Concurrent(vec![vec![other], vec![steps::take("a".into()), take]]),
+        ];
+        scenario
+    }
+
+    #[test]
+    fn a_take_racing_a_create_of_its_name_is_the_scenarios_doing() {
+        let racing = take_beside(steps::create("b".into(), vec!["d0".into()]));
+        let calm = take_beside(steps::create("c".into(), vec!["d0".into()]));
+        for message in [
+            "step 1.1.1 (Take): COLLECT_IMAGES after a successful TAKE: expected success, got ENODEV",
+            "step 1.1.1 (Take): expected success, got ENOENT",
+        ] {
+            let failure = expect_failure(message);
+            assert!(is_take_race(&failure, &racing), "{message}");
+            assert!(!is_take_race(&failure, &calm), "{message}");
+        }
+        // Another step, or the TAKE's other failures, are not forgiven.
+        let other = expect_failure("step 1.1.0 (Take): expected success, got ENOENT");
+        assert!(!is_take_race(&other, &racing));
+        let data = expect_failure("step 1.1.1 (Take): the image of d0 is missing");
+        assert!(!is_take_race(&data, &racing));
+    }
 }
