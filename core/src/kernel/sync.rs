@@ -328,6 +328,12 @@ impl Semaphore {
         self.raw.acquire(kernel, LockMode::Write, true)
     }
 
+    /// `down_killable` when `killable`, else `down` (always Ok), as one
+    /// future type: for a caller that picks by a flag.
+    pub fn down_either<'a>(&'a self, kernel: &'a dyn Kernel, killable: bool) -> Acquisition<'a> {
+        self.raw.acquire(kernel, LockMode::Write, killable)
+    }
+
     pub fn down_trylock(&self, kernel: &dyn Kernel) -> bool {
         let ok = self.raw.try_enter(LockMode::Write);
         if ok {
