@@ -215,6 +215,17 @@ impl Stamps {
         self.pieces.as_slice().partition_point(|p| p.at <= i) - 1
     }
 
+    /// `piece_of(i)` for an `i` at or past piece `from`: usually in that
+    /// same piece (a small write), so no second binary search.
+    fn piece_of_from(&self, from: usize, i: u64) -> usize {
+        let pieces = self.pieces.as_slice();
+        let piece = &pieces[from];
+        if i < piece.at + piece.run.len {
+            return from;
+        }
+        self.piece_of(i)
+    }
+
     /// The stamp of sector `i`; panics past the end, as indexing does.
     pub fn get(&self, i: u64) -> Stamp {
         if let Pieces::One(piece) = &self.pieces {
@@ -346,7 +357,8 @@ impl Stamps {
             *self = out;
             return;
         }
-        let (first, last) = (self.piece_of(at), self.piece_of(end - 1));
+        let first = self.piece_of(at);
+        let last = self.piece_of_from(first, end - 1);
         if self.overwrite_without_merges(at, src, first, last) {
             return;
         }
@@ -403,23 +415,40 @@ impl Stamps {
             run: normal(tail.run.slice(end - tail.at, tail.run.len)),
         };
         let middle = Piece { at, ..middle };
-        let new = [before, middle, after];
-        let new = new.iter().filter(|p| p.run.len > 0);
-        let outer = first.checked_sub(1).map(|i| pieces[i]);
-        let next = pieces.get(last + 1).copied();
-        let chain = outer.iter().chain(new.clone()).chain(next.iter());
-        let mut previous: Option<&Piece> = None;
-        for piece in chain {
+        // The non-empty parts, in a fixed array: no iterator adapters,
+        // whose inlined code cost more than the rest of the overwrite.
+        let mut new = [middle; 3];
+        let mut n = 0;
+        for piece in [before, middle, after] {
+            if piece.run.len > 0 {
+                new[n] = piece;
+                n += 1;
+            }
+        }
+        let new = &new[..n];
+        let mut previous = first.checked_sub(1).map(|i| pieces[i]);
+        for piece in new.iter().chain(pieces.get(last + 1)) {
             if previous.is_some_and(|p| p.run.continues_with(&piece.run).is_some()) {
                 return false;
             }
-            previous = Some(piece);
+            previous = Some(*piece);
         }
-        pieces.splice(first..=last, new.copied());
+        Self::replace_pieces(pieces, first, last, new);
         if let [one] = pieces[..] {
             self.pieces = Pieces::One(one);
         }
         true
+    }
+
+    /// Replace `pieces[first..=last]` with `new`: in place when the count
+    /// is unchanged, else one move of the tail.
+    fn replace_pieces(pieces: &mut Vec<Piece>, first: usize, last: usize, new: &[Piece]) {
+        let removed = last + 1 - first;
+        if new.len() == removed {
+            pieces[first..=last].copy_from_slice(new);
+        } else {
+            pieces.splice(first..=last, new.iter().copied());
+        }
     }
 
     /// Push `pieces[from..]` onto `out` while each merges into its last
