@@ -159,25 +159,28 @@ impl Stamps {
     /// as long as it can be, its step set by its first two stamps.
     pub fn from_slice(data: &[Stamp]) -> Stamps {
         let mut out = Stamps::new();
-        let mut i = 0;
-        while i < data.len() {
-            let first = data[i];
-            let step = data.get(i + 1).map_or(0, |next| next.wrapping_sub(first));
+        let mut rest = data;
+        // Walked by slice patterns: no index, so no bounds check per stamp
+        // (every user write's data comes through here).
+        while let [first, tail @ ..] = rest {
+            let step = tail.first().map_or(0, |next| next.wrapping_sub(*first));
             let mut len = 1;
             if step <= 1 {
-                while data
-                    .get(i + len)
-                    .is_some_and(|&s| s == data[i + len - 1].wrapping_add(step))
-                {
+                let mut previous = *first;
+                for &stamp in tail {
+                    if stamp != previous.wrapping_add(step) {
+                        break;
+                    }
+                    previous = stamp;
                     len += 1;
                 }
             }
             out.push_run(Run {
-                first,
+                first: *first,
                 step: if len == 1 { 0 } else { step },
                 len: len as u64,
             });
-            i += len;
+            rest = &rest[len..];
         }
         out
     }
