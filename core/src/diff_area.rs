@@ -4,13 +4,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use crate::chunk::{bits, Chunk};
 use crate::diff_buffer::DiffBuffer;
 use crate::diff_io;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::EVENT_CORRUPTED;
+use crate::kernel::sync::Acquisition;
 use crate::kernel::{
     blkdev_get, completion, kmalloc, preempt, sleep_point, AllocId, BdevHandle, BioResult,
     Completer, DevT, Errno, Gfp, Kref, NoioScope, Stamps, TaskKind, SECTOR_SHIFT,
@@ -632,20 +636,21 @@ impl DiffArea {
         Ok(())
     }
 
-    async fn lock_chunk(&self, chunk: &Chunk, nowait: bool, killable: bool) -> Result<(), Errno> {
+    /// A `REQ_NOWAIT` writer only tries the lock (-EAGAIN when held);
+    /// others wait, killably with `killable`. Not an `async fn`: the wait
+    /// is the lock's own future, one nesting level fewer on each poll.
+    fn lock_chunk<'a>(
+        &'a self,
+        chunk: &'a Chunk,
+        nowait: bool,
+        killable: bool,
+    ) -> ChunkLocking<'a> {
         let k = self.module.k();
         if nowait {
-            return if chunk.lock.down_trylock(k) {
-                Ok(())
-            } else {
-                Err(Errno::EAGAIN)
-            };
+            let taken = chunk.lock.down_trylock(k);
+            return ChunkLocking::Tried(Some(if taken { Ok(()) } else { Err(Errno::EAGAIN) }));
         }
-        if killable {
-            return chunk.lock.down_killable(k).await;
-        }
-        chunk.lock.down(k).await;
-        Ok(())
+        ChunkLocking::Waiting(chunk.lock.down_either(k, killable))
     }
 
     /// The COW decision for one locked chunk (spec 5.3, first block).
@@ -907,6 +912,25 @@ impl DiffArea {
         }
         while self.pending_io.get() > 0 {
             k.sleep(crate::ctrl::JIFFY_NS).await;
+        }
+    }
+}
+
+/// `lock_chunk`'s answer: the trylock's at once, or the wait for the lock.
+enum ChunkLocking<'a> {
+    Tried(Option<Result<(), Errno>>),
+    Waiting(Acquisition<'a>),
+}
+
+impl Future for ChunkLocking<'_> {
+    type Output = Result<(), Errno>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            ChunkLocking::Tried(result) => {
+                Poll::Ready(result.take().expect("polled after completion"))
+            }
+            ChunkLocking::Waiting(acquisition) => Pin::new(acquisition).poll(cx),
         }
     }
 }

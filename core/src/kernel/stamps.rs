@@ -95,7 +95,18 @@ impl Pieces {
         }
     }
 
+    /// Inlined for the usual first piece; growing past one piece
+    /// allocates, so it stays out of line (`push_more`).
+    #[inline]
     fn push(&mut self, piece: Piece) {
+        match self {
+            Pieces::Empty => *self = Pieces::One(piece),
+            _ => self.push_more(piece),
+        }
+    }
+
+    #[inline(never)]
+    fn push_more(&mut self, piece: Piece) {
         match self {
             Pieces::Empty => *self = Pieces::One(piece),
             Pieces::One(first) => *self = Pieces::Many(vec![*first, piece]),
@@ -127,34 +138,49 @@ impl Stamps {
     }
 
     pub fn run(first: Stamp, step: u64, len: u64) -> Stamps {
-        let mut out = Stamps::new();
-        out.push_run(Run { first, step, len });
-        out
+        Stamps::of_run(Run { first, step, len })
+    }
+
+    /// One run as `push_run` onto empty data holds it, built directly.
+    fn of_run(run: Run) -> Stamps {
+        if run.len == 0 {
+            return Stamps::new();
+        }
+        Stamps {
+            pieces: Pieces::One(Piece {
+                at: 0,
+                run: normal(run),
+            }),
+            len: run.len,
+        }
     }
 
     /// Cut into runs as pushing the stamps one by one would: each run is
     /// as long as it can be, its step set by its first two stamps.
     pub fn from_slice(data: &[Stamp]) -> Stamps {
         let mut out = Stamps::new();
-        let mut i = 0;
-        while i < data.len() {
-            let first = data[i];
-            let step = data.get(i + 1).map_or(0, |next| next.wrapping_sub(first));
+        let mut rest = data;
+        // Walked by slice patterns: no index, so no bounds check per stamp
+        // (every user write's data comes through here).
+        while let [first, tail @ ..] = rest {
+            let step = tail.first().map_or(0, |next| next.wrapping_sub(*first));
             let mut len = 1;
             if step <= 1 {
-                while data
-                    .get(i + len)
-                    .is_some_and(|&s| s == data[i + len - 1].wrapping_add(step))
-                {
+                let mut previous = *first;
+                for &stamp in tail {
+                    if stamp != previous.wrapping_add(step) {
+                        break;
+                    }
+                    previous = stamp;
                     len += 1;
                 }
             }
             out.push_run(Run {
-                first,
+                first: *first,
                 step: if len == 1 { 0 } else { step },
                 len: len as u64,
             });
-            i += len;
+            rest = &rest[len..];
         }
         out
     }
@@ -192,6 +218,17 @@ impl Stamps {
         self.pieces.as_slice().partition_point(|p| p.at <= i) - 1
     }
 
+    /// `piece_of(i)` for an `i` at or past piece `from`: usually in that
+    /// same piece (a small write), so no second binary search.
+    fn piece_of_from(&self, from: usize, i: u64) -> usize {
+        let pieces = self.pieces.as_slice();
+        let piece = &pieces[from];
+        if i < piece.at + piece.run.len {
+            return from;
+        }
+        self.piece_of(i)
+    }
+
     /// The stamp of sector `i`; panics past the end, as indexing does.
     pub fn get(&self, i: u64) -> Stamp {
         if let Pieces::One(piece) = &self.pieces {
@@ -211,6 +248,10 @@ impl Stamps {
     }
 
     /// Append a run, merged into the last one when it continues it.
+    /// Inlined: every bio's data is built or joined run by run through
+    /// here (a 512 MiB chunk copy is 1024 bios), and the call itself
+    /// cost about as much as the merge.
+    #[inline]
     pub fn push_run(&mut self, run: Run) {
         if run.len == 0 {
             return;
@@ -235,6 +276,10 @@ impl Stamps {
     }
 
     pub fn append(&mut self, other: &Stamps) {
+        if let Pieces::One(piece) = &other.pieces {
+            // Most data is one run (each part of a split bio): no loop.
+            return self.push_run(piece.run);
+        }
         for piece in other.pieces.as_slice() {
             self.push_run(piece.run);
         }
@@ -242,7 +287,6 @@ impl Stamps {
 
     /// Sectors [from, to) as their own `Stamps`.
     pub fn slice(&self, from: u64, to: u64) -> Stamps {
-        let mut out = Stamps::new();
         if let Pieces::One(piece) = &self.pieces {
             // One run (most data): its cut, without the iterator. The
             // only piece starts at sector 0.
@@ -251,9 +295,9 @@ impl Stamps {
                 "[{from}, {to}) of {}",
                 self.len
             );
-            out.push_run(piece.run.slice(from, to));
-            return out;
+            return Stamps::of_run(piece.run.slice(from, to));
         }
+        let mut out = Stamps::new();
         for (_, run) in self.runs_in(from, to) {
             out.push_run(run);
         }
@@ -316,7 +360,8 @@ impl Stamps {
             *self = out;
             return;
         }
-        let (first, last) = (self.piece_of(at), self.piece_of(end - 1));
+        let first = self.piece_of(at);
+        let last = self.piece_of_from(first, end - 1);
         if self.overwrite_without_merges(at, src, first, last) {
             return;
         }
@@ -373,23 +418,40 @@ impl Stamps {
             run: normal(tail.run.slice(end - tail.at, tail.run.len)),
         };
         let middle = Piece { at, ..middle };
-        let new = [before, middle, after];
-        let new = new.iter().filter(|p| p.run.len > 0);
-        let outer = first.checked_sub(1).map(|i| pieces[i]);
-        let next = pieces.get(last + 1).copied();
-        let chain = outer.iter().chain(new.clone()).chain(next.iter());
-        let mut previous: Option<&Piece> = None;
-        for piece in chain {
+        // The non-empty parts, in a fixed array: no iterator adapters,
+        // whose inlined code cost more than the rest of the overwrite.
+        let mut new = [middle; 3];
+        let mut n = 0;
+        for piece in [before, middle, after] {
+            if piece.run.len > 0 {
+                new[n] = piece;
+                n += 1;
+            }
+        }
+        let new = &new[..n];
+        let mut previous = first.checked_sub(1).map(|i| pieces[i]);
+        for piece in new.iter().chain(pieces.get(last + 1)) {
             if previous.is_some_and(|p| p.run.continues_with(&piece.run).is_some()) {
                 return false;
             }
-            previous = Some(piece);
+            previous = Some(*piece);
         }
-        pieces.splice(first..=last, new.copied());
+        Self::replace_pieces(pieces, first, last, new);
         if let [one] = pieces[..] {
             self.pieces = Pieces::One(one);
         }
         true
+    }
+
+    /// Replace `pieces[first..=last]` with `new`: in place when the count
+    /// is unchanged, else one move of the tail.
+    fn replace_pieces(pieces: &mut Vec<Piece>, first: usize, last: usize, new: &[Piece]) {
+        let removed = last + 1 - first;
+        if new.len() == removed {
+            pieces[first..=last].copy_from_slice(new);
+        } else {
+            pieces.splice(first..=last, new.iter().copied());
+        }
     }
 
     /// Push `pieces[from..]` onto `out` while each merges into its last

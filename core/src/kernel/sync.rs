@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use super::{preempt, Errno, Kernel, LockId, LockMode, LockOp};
+use super::{Errno, Kernel, LockId, LockMode, LockOp};
 
 /// One queued waiter: granted by the releaser, or cancelled by a signal.
 struct Waiter {
@@ -84,30 +84,124 @@ impl LockState {
     }
 }
 
-/// Waits in the queue until granted; a killable wait gives up on a fatal signal.
-struct Acquire<'a> {
-    state: &'a RefCell<LockState>,
-    waiter: Rc<Waiter>,
-    kernel: &'a dyn Kernel,
-    killable: bool,
+/// Where an acquisition stands.
+enum Stage {
+    /// Not polled yet: the preemption point comes first.
+    Start,
+    /// Yielded once; the next poll reports and tries the lock.
+    Yielded,
+    /// Queued as this waiter until granted (or killed).
+    Queued(Rc<Waiter>),
+    /// Ready was returned.
+    Done,
 }
 
-impl Future for Acquire<'_> {
+/// One acquisition, as the kernel's `down`/`down_read` run it: a
+/// preemption point, the `Acquire` report, then the lock at once or a
+/// FIFO wait (`Contended` first) until a release grants it; a killable
+/// wait gives up on a fatal signal. It is the state machine an `async fn`
+/// with a `preempt().await` and a queue wait would be, written out: every
+/// lock taken in the write path is polled through it, and the generated
+/// one cost a resume per nesting level on each poll.
+pub struct Acquisition<'a> {
+    lock: &'a RawLock,
+    kernel: &'a dyn Kernel,
+    mode: LockMode,
+    killable: bool,
+    stage: Stage,
+}
+
+impl Future for Acquisition<'_> {
     type Output = Result<(), Errno>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.waiter.granted.get() {
+        let this = self.get_mut();
+        match &this.stage {
+            Stage::Start => {
+                // `preempt()`: yield once, so the scheduler picks who runs.
+                this.stage = Stage::Yielded;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Stage::Yielded => this.report_and_try(cx),
+            Stage::Queued(_) => this.poll_queued(cx),
+            Stage::Done => panic!("lock acquisition polled after it completed"),
+        }
+    }
+}
+
+impl Acquisition<'_> {
+    fn event(&self, op: LockOp) {
+        let lock = self.lock;
+        self.kernel.lock_event(lock.id, lock.class, op, self.mode);
+    }
+
+    /// After the preemption point: take the lock, or queue and wait.
+    fn report_and_try(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
+        self.event(LockOp::Acquire);
+        if self.lock.try_enter(self.mode) {
+            self.event(LockOp::Acquired);
+            self.stage = Stage::Done;
             return Poll::Ready(Ok(()));
         }
-        if self.killable && self.kernel.fatal_signal_pending() {
-            let mut state = self.state.borrow_mut();
-            state.waiters.retain(|w| !Rc::ptr_eq(w, &self.waiter));
+        self.event(LockOp::Contended);
+        let waiter = Rc::new(Waiter {
+            mode: self.mode,
+            granted: Cell::new(false),
+            waker: RefCell::new(None),
+        });
+        self.lock
+            .state
+            .borrow_mut()
+            .waiters
+            .push_back(waiter.clone());
+        self.stage = Stage::Queued(waiter);
+        self.poll_queued(cx)
+    }
+
+    /// Queued: granted by a releaser, or cancelled by a fatal signal.
+    fn poll_queued(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
+        let Stage::Queued(waiter) = &self.stage else {
+            unreachable!("only a queued acquisition waits");
+        };
+        let result = if waiter.granted.get() {
+            Ok(())
+        } else if self.killable && self.kernel.fatal_signal_pending() {
+            let mut state = self.lock.state.borrow_mut();
+            state.waiters.retain(|w| !Rc::ptr_eq(w, waiter));
             // Leaving the queue may unblock readers queued behind a writer.
             state.grant_waiters();
-            return Poll::Ready(Err(Errno::EINTR));
+            Err(Errno::EINTR)
+        } else {
+            *waiter.waker.borrow_mut() = Some(cx.waker().clone());
+            return Poll::Pending;
+        };
+        self.stage = Stage::Done;
+        let op = if result.is_ok() {
+            LockOp::Acquired
+        } else {
+            LockOp::Abandoned
+        };
+        self.event(op);
+        Poll::Ready(result)
+    }
+}
+
+/// An acquisition that cannot be interrupted (`down`, `down_read`,
+/// `down_write`, `mutex_lock`): its result is always Ok, and asserted.
+pub struct Uninterruptible<'a>(Acquisition<'a>);
+
+impl Future for Uninterruptible<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match Pin::new(&mut self.0).poll(cx) {
+            Poll::Ready(result) => {
+                assert!(result.is_ok(), "uninterruptible wait was interrupted");
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
         }
-        *self.waiter.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
     }
 }
 
@@ -127,39 +221,27 @@ impl RawLock {
         }
     }
 
-    async fn acquire(
-        &self,
-        kernel: &dyn Kernel,
+    fn acquire<'a>(
+        &'a self,
+        kernel: &'a dyn Kernel,
         mode: LockMode,
         killable: bool,
-    ) -> Result<(), Errno> {
-        preempt().await;
-        kernel.lock_event(self.id, self.class, LockOp::Acquire, mode);
-        if self.try_enter(mode) {
-            kernel.lock_event(self.id, self.class, LockOp::Acquired, mode);
-            return Ok(());
-        }
-        kernel.lock_event(self.id, self.class, LockOp::Contended, mode);
-        let waiter = Rc::new(Waiter {
-            mode,
-            granted: Cell::new(false),
-            waker: RefCell::new(None),
-        });
-        self.state.borrow_mut().waiters.push_back(waiter.clone());
-        let result = Acquire {
-            state: &self.state,
-            waiter,
+    ) -> Acquisition<'a> {
+        Acquisition {
+            lock: self,
             kernel,
+            mode,
             killable,
+            stage: Stage::Start,
         }
-        .await;
-        let op = if result.is_ok() {
-            LockOp::Acquired
-        } else {
-            LockOp::Abandoned
-        };
-        kernel.lock_event(self.id, self.class, op, mode);
-        result
+    }
+
+    fn acquire_uninterruptible<'a>(
+        &'a self,
+        kernel: &'a dyn Kernel,
+        mode: LockMode,
+    ) -> Uninterruptible<'a> {
+        Uninterruptible(self.acquire(kernel, mode, false))
     }
 
     fn try_enter(&self, mode: LockMode) -> bool {
@@ -192,9 +274,8 @@ impl RwSem {
         }
     }
 
-    pub async fn down_read(&self, kernel: &dyn Kernel) {
-        let result = self.raw.acquire(kernel, LockMode::Read, false).await;
-        assert!(result.is_ok(), "uninterruptible wait was interrupted");
+    pub fn down_read<'a>(&'a self, kernel: &'a dyn Kernel) -> Uninterruptible<'a> {
+        self.raw.acquire_uninterruptible(kernel, LockMode::Read)
     }
 
     /// The `REQ_NOWAIT` path: never sleeps.
@@ -215,9 +296,8 @@ impl RwSem {
         self.raw.release(kernel, LockMode::Read);
     }
 
-    pub async fn down_write(&self, kernel: &dyn Kernel) {
-        let result = self.raw.acquire(kernel, LockMode::Write, false).await;
-        assert!(result.is_ok(), "uninterruptible wait was interrupted");
+    pub fn down_write<'a>(&'a self, kernel: &'a dyn Kernel) -> Uninterruptible<'a> {
+        self.raw.acquire_uninterruptible(kernel, LockMode::Write)
     }
 
     pub fn up_write(&self, kernel: &dyn Kernel) {
@@ -239,14 +319,19 @@ impl Semaphore {
         }
     }
 
-    pub async fn down(&self, kernel: &dyn Kernel) {
-        let result = self.raw.acquire(kernel, LockMode::Write, false).await;
-        assert!(result.is_ok(), "uninterruptible wait was interrupted");
+    pub fn down<'a>(&'a self, kernel: &'a dyn Kernel) -> Uninterruptible<'a> {
+        self.raw.acquire_uninterruptible(kernel, LockMode::Write)
     }
 
     /// `down_killable`: -EINTR when a fatal signal arrives while waiting.
-    pub async fn down_killable(&self, kernel: &dyn Kernel) -> Result<(), Errno> {
-        self.raw.acquire(kernel, LockMode::Write, true).await
+    pub fn down_killable<'a>(&'a self, kernel: &'a dyn Kernel) -> Acquisition<'a> {
+        self.raw.acquire(kernel, LockMode::Write, true)
+    }
+
+    /// `down_killable` when `killable`, else `down` (always Ok), as one
+    /// future type: for a caller that picks by a flag.
+    pub fn down_either<'a>(&'a self, kernel: &'a dyn Kernel, killable: bool) -> Acquisition<'a> {
+        self.raw.acquire(kernel, LockMode::Write, killable)
     }
 
     pub fn down_trylock(&self, kernel: &dyn Kernel) -> bool {
@@ -286,8 +371,9 @@ impl<T> Mutex<T> {
     }
 
     pub async fn lock<'a>(&'a self, kernel: &'a dyn Kernel) -> MutexGuard<'a, T> {
-        let result = self.raw.acquire(kernel, LockMode::Write, false).await;
-        assert!(result.is_ok(), "uninterruptible wait was interrupted");
+        self.raw
+            .acquire_uninterruptible(kernel, LockMode::Write)
+            .await;
         MutexGuard {
             mutex: self,
             kernel,
@@ -466,6 +552,52 @@ mod tests {
             assert!(sem.down_trylock(&*k));
             sem.up(&*k);
         });
+    }
+
+    /// Poll once with a waker that only counts its wakes.
+    fn poll_counting<F: Future + Unpin>(future: &mut F, wakes: &Arc<Wakes>) -> Poll<F::Output> {
+        let waker = Waker::from(wakes.clone());
+        Pin::new(future).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicU32);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    use std::sync::Arc;
+
+    #[test]
+    fn an_acquisition_yields_once_before_it_takes_the_lock() {
+        let k = TestKernel::new();
+        let sem = Semaphore::new(&*k, "chunk.lock");
+        let wakes = Arc::new(Wakes::default());
+        let mut down = sem.down(&*k);
+        // The preemption point: woken at once, the lock not yet tried.
+        assert_eq!(poll_counting(&mut down, &wakes), Poll::Pending);
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(!sem.is_locked());
+        assert_eq!(poll_counting(&mut down, &wakes), Poll::Ready(()));
+        assert!(sem.is_locked());
+        // Held: the next one yields, then queues (Contended) until granted.
+        let mut second = sem.down_killable(&*k);
+        assert_eq!(poll_counting(&mut second, &wakes), Poll::Pending);
+        assert_eq!(poll_counting(&mut second, &wakes), Poll::Pending);
+        assert_eq!(k.contended("chunk.lock"), 1);
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+        sem.up(&*k);
+        assert_eq!(
+            wakes.0.load(std::sync::atomic::Ordering::Relaxed),
+            3,
+            "granted"
+        );
+        assert!(sem.is_locked(), "handed straight to the waiter");
+        assert_eq!(poll_counting(&mut second, &wakes), Poll::Ready(Ok(())));
+        sem.up(&*k);
     }
 
     #[test]
