@@ -51,6 +51,18 @@ struct Extent {
     orig: Origin,
 }
 
+/// The open copy: `ext` at `start` of `dev`, and where the next known copy
+/// of `dev` starts (`limit`, `u64::MAX` if none): the copy may grow up to
+/// it without meeting another. Nothing else changes the copies while it
+/// is open, so `limit` stays true.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    dev: DevT,
+    start: u64,
+    ext: Extent,
+    limit: u64,
+}
+
 impl Extent {
     /// The origin of the sector `offset` sectors into the run.
     fn at(&self, offset: u64) -> Origin {
@@ -94,6 +106,11 @@ pub struct StorageCheck {
     /// (storage device, first sector) -> the copies a run of sectors holds;
     /// runs never overlap.
     copies: BTreeMap<(DevT, u64), Extent>,
+    /// The copy being stored, bio after bio, held outside `copies` so that
+    /// each bio continuing it costs no search (issue 10): part of the
+    /// copies like any other, and put in the map (`settle`) before
+    /// anything else reads or changes them.
+    open: Option<Open>,
     /// Engine writes judged by rule 1.
     pub writes_judged: u64,
     /// Storage sectors judged by rule 2 (a known copy met known data).
@@ -439,6 +456,10 @@ impl StorageCheck {
     /// Rule 2 for one run of a write (when judged), then the run replaces
     /// what was known of its sectors.
     fn store(&mut self, dev: DevT, start: u64, run: Extent, judged: bool) -> Result<(), String> {
+        if self.extend_open(dev, start, run) {
+            return Ok(());
+        }
+        self.settle();
         if self.store_fresh(dev, start, run) {
             return Ok(());
         }
@@ -448,6 +469,30 @@ impl StorageCheck {
         self.forget(dev, start, start + run.len);
         self.insert_copy(dev, start, run);
         Ok(())
+    }
+
+    /// The run continues the open copy and ends before the next known copy
+    /// starts: it meets no copy, and store_fresh would join it to the open
+    /// one. Grow it, at no search.
+    fn extend_open(&mut self, dev: DevT, start: u64, run: Extent) -> bool {
+        let Some(open) = self.open.as_mut() else {
+            return false;
+        };
+        let continues = open.dev == dev
+            && open.start + open.ext.len == start
+            && open.ext.at(open.ext.len) == run.orig;
+        if !continues || start + run.len > open.limit {
+            return false;
+        }
+        open.ext.len += run.len;
+        true
+    }
+
+    /// Put the open copy, if any, in the map with the others.
+    fn settle(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.copies.insert((open.dev, open.start), open.ext);
+        }
     }
 
     /// Store a run that meets no known copy, if it does not (the usual
@@ -467,7 +512,16 @@ impl StorageCheck {
                 true
             }
             _ => {
-                self.copies.insert((dev, start), run);
+                // A new copy: it stays open while the next bios continue
+                // it (a chunk is stored in many bios).
+                let limit = self.copies.range((dev, end)..).next();
+                let limit = limit.filter(|((d, _), _)| *d == dev);
+                self.open = Some(Open {
+                    dev,
+                    start,
+                    ext: run,
+                    limit: limit.map_or(u64::MAX, |((_, s), _)| *s),
+                });
                 true
             }
         }
@@ -476,6 +530,7 @@ impl StorageCheck {
     /// Record a copy; one that continues the copy before it joins it, so
     /// a chunk stored in many bios is one entry.
     fn insert_copy(&mut self, dev: DevT, start: u64, run: Extent) {
+        debug_assert!(self.open.is_none(), "settled before changing the copies");
         let before = self.copies.range_mut(..(dev, start)).next_back();
         if let Some(((d, s), old)) = before {
             if *d == dev && s + old.len == start && old.at(old.len) == run.orig {
@@ -525,6 +580,7 @@ impl StorageCheck {
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = (u64, Extent)> + '_ {
+        debug_assert!(self.open.is_none(), "settled before reading the copies");
         let before = self
             .copies
             .range(..(dev, start))
@@ -538,6 +594,7 @@ impl StorageCheck {
     /// `start`: copies never overlap, so those that meet [start, end) are
     /// found from the last down, one search each.
     fn last_meeting(&self, dev: DevT, start: u64, end: u64) -> Option<(u64, Extent)> {
+        debug_assert!(self.open.is_none(), "settled before reading the copies");
         self.copies
             .range(..(dev, end))
             .next_back()
@@ -550,6 +607,7 @@ impl StorageCheck {
     /// was and no longer meets [start, end); the part after `end` starts
     /// at `end`: neither is found again.
     fn forget(&mut self, dev: DevT, start: u64, end: u64) {
+        self.settle();
         while let Some((old_start, old)) = self.last_meeting(dev, start, end) {
             if old_start < start {
                 let len = start - old_start;
@@ -643,14 +701,20 @@ mod tests {
             let mut c = check();
             c.appended(S1, STORE, 0, 256);
             let mut model: BTreeMap<u64, Origin> = BTreeMap::new();
+            let mut next = (0, 0);
             for _ in 0..40 {
                 let at = rng.below(200);
                 // Mostly one of two mappings of storage to original
                 // sectors, so that rewrites of live copies often agree
-                // and split the runs they meet.
-                let a = match rng.below(3) {
-                    0 => rng.below(64),
-                    shift => at + shift,
+                // and split the runs they meet; one write in four
+                // continues the last (a chunk stored bio after bio: the
+                // open copy grows).
+                let (at, a) = match rng.below(4) {
+                    0 if next.0 < 200 => next,
+                    _ => match rng.below(3) {
+                        0 => (at, rng.below(64)),
+                        shift => (at, at + shift),
+                    },
                 };
                 let n1 = 1 + rng.below(24);
                 let mut data = chunk(a, n1);
@@ -660,6 +724,7 @@ mod tests {
                     _ => {}
                 }
                 let data = &data[..data.len().min(256 - at as usize)];
+                next = (at + n1.min(data.len() as u64), a + n1);
                 let expected = naive_write(&mut model, at, data);
                 let got = write(&mut c, at, data);
                 assert_eq!(got.is_err(), expected.is_some(), "{got:?} vs {expected:?}");
@@ -703,11 +768,18 @@ mod tests {
         None
     }
 
+    /// The sectors the copies hold, the open one included; asserts that
+    /// no two copies share a sector.
     fn held_sectors(c: &StorageCheck) -> BTreeMap<u64, Origin> {
-        c.copies
-            .iter()
+        let open = c.open.map(|o| ((o.dev, o.start), o.ext));
+        let copies = c.copies.iter().map(|(k, e)| (*k, *e)).chain(open);
+        let held: Vec<(u64, Origin)> = copies
             .flat_map(|((_, s), e)| (0..e.len).map(move |i| (s + i, e.at(i))))
-            .collect()
+            .collect();
+        let sectors = held.len();
+        let held: BTreeMap<u64, Origin> = held.into_iter().collect();
+        assert_eq!(held.len(), sectors, "copies overlap");
+        held
     }
 
     #[test]
