@@ -51,6 +51,66 @@ struct Extent {
     orig: Origin,
 }
 
+/// A known run of stamps: its length and the origin of its first stamp.
+type Known = (u64, Option<Origin>);
+
+/// The known stamp runs by first stamp (disjoint). Fresh stamps (every new
+/// user write) count up from every stamp seen before, so most runs arrive
+/// past the last one: those are pushed on `fresh`, a sorted Vec (no search,
+/// where a map insert searches; issue 10). Every key of `fresh` is above
+/// every key of `older`; a run that lands anywhere else, and any cutting,
+/// first moves `fresh` into `older` (each run moves once).
+#[derive(Default)]
+struct StampRuns {
+    older: BTreeMap<Stamp, Known>,
+    fresh: Vec<(Stamp, Known)>,
+}
+
+impl StampRuns {
+    /// The run with the highest first stamp.
+    fn last(&self) -> Option<(Stamp, Known)> {
+        let older = || self.older.last_key_value().map(|(s, v)| (*s, *v));
+        self.fresh.last().copied().or_else(older)
+    }
+
+    /// The last run starting at or before `stamp` (it may end before it).
+    fn at_or_before(&self, stamp: Stamp) -> Option<(Stamp, Known)> {
+        let i = self.fresh.partition_point(|(s, _)| *s <= stamp);
+        if i > 0 {
+            return Some(self.fresh[i - 1]);
+        }
+        self.older
+            .range(..=stamp)
+            .next_back()
+            .map(|(s, v)| (*s, *v))
+    }
+
+    /// The first stamp of the first run starting at or after `stamp`.
+    fn first_at_or_after(&self, stamp: Stamp) -> Option<Stamp> {
+        if let Some((s, _)) = self.older.range(stamp..).next() {
+            return Some(*s);
+        }
+        let i = self.fresh.partition_point(|(s, _)| *s < stamp);
+        self.fresh.get(i).map(|(s, _)| *s)
+    }
+
+    fn insert(&mut self, first: Stamp, known: Known) {
+        if self.last().is_none_or(|(s, _)| s < first) {
+            self.fresh.push((first, known));
+        } else {
+            self.settled().insert(first, known);
+        }
+    }
+
+    /// Every run in one map, to cut and replace runs anywhere.
+    fn settled(&mut self) -> &mut BTreeMap<Stamp, Known> {
+        for (first, known) in self.fresh.drain(..) {
+            self.older.insert(first, known);
+        }
+        &mut self.older
+    }
+}
+
 /// The open copy: `ext` at `start` of `dev`, and where the next known copy
 /// of `dev` starts (`limit`, `u64::MAX` if none): the copy may grow up to
 /// it without meeting another. Nothing else changes the copies while it
@@ -98,7 +158,7 @@ pub struct StorageCheck {
     /// as runs: first stamp -> (length, origin of the first stamp), where
     /// stamp `first + i` names `origin + i`. None once a stamp of the run
     /// was written elsewhere too (copied data has no identity).
-    stamps: BTreeMap<Stamp, (u64, Option<Origin>)>,
+    stamps: StampRuns,
     /// Device index -> device, for pattern stamps.
     by_index: BTreeMap<u32, DevT>,
     /// Image -> its original.
@@ -153,12 +213,12 @@ impl StorageCheck {
         // them. One lookup, no cutting, nothing collected.
         // Fresh stamps count up from every stamp seen before: the map's
         // last entry is then the last one before `end`, at no search.
-        let last_before_end = match self.stamps.last_key_value() {
-            Some((s, v)) if *s < end => Some((s, v)),
+        let last_before_end = match self.stamps.last() {
+            Some((s, v)) if s < end => Some((s, v)),
             None => None,
-            Some(_) => self.stamps.range(..end).next_back(),
+            Some(_) => end.checked_sub(1).and_then(|e| self.stamps.at_or_before(e)),
         };
-        let meets = last_before_end.is_some_and(|(s, (known_len, _))| *s + *known_len > first);
+        let meets = last_before_end.is_some_and(|(s, (known_len, _))| s + known_len > first);
         if !meets {
             if end > first {
                 self.stamps.insert(first, (end - first, Some(here)));
@@ -181,8 +241,9 @@ impl StorageCheck {
         if end > next {
             pieces.push((next, end - next, at(next)));
         }
+        let runs = self.stamps.settled();
         for (start, len, origin) in pieces {
-            self.stamps.insert(start, (len, origin));
+            runs.insert(start, (len, origin));
         }
     }
 
@@ -190,29 +251,26 @@ impl StorageCheck {
     /// the map's entries at the edges), with their origins.
     fn stamp_runs(&mut self, first: Stamp, end: Stamp) -> Vec<(Stamp, u64, Option<Origin>)> {
         let shift = |o: Option<Origin>, by: u64| o.map(|(d, s)| (d, s.wrapping_add(by)));
-        let before = self
-            .stamps
+        let stamps = self.stamps.settled();
+        let before = stamps
             .range(..first)
             .next_back()
             .filter(|(s, (len, _))| *s + *len > first)
             .map(|(s, v)| (*s, *v));
         if let Some((start, (len, origin))) = before {
-            self.stamps.insert(start, (first - start, origin));
-            self.stamps
-                .insert(first, (start + len - first, shift(origin, first - start)));
+            stamps.insert(start, (first - start, origin));
+            stamps.insert(first, (start + len - first, shift(origin, first - start)));
         }
-        let last = self
-            .stamps
+        let last = stamps
             .range(first..end)
             .next_back()
             .filter(|(s, (len, _))| *s + *len > end)
             .map(|(s, v)| (*s, *v));
         if let Some((start, (len, origin))) = last {
-            self.stamps.insert(start, (end - start, origin));
-            self.stamps
-                .insert(end, (start + len - end, shift(origin, end - start)));
+            stamps.insert(start, (end - start, origin));
+            stamps.insert(end, (start + len - end, shift(origin, end - start)));
         }
-        self.stamps
+        stamps
             .range(first..end)
             .map(|(s, (len, o))| (*s, *len, *o))
             .collect()
@@ -259,15 +317,11 @@ impl StorageCheck {
     /// The last known stamp run starting at or before `stamp` (it may end
     /// before it). Fresh and pattern stamps lie past every known run: the
     /// map's last entry answers for them without a range search.
-    fn known_before(&self, stamp: Stamp) -> Option<(Stamp, (u64, Option<Origin>))> {
-        match self.stamps.last_key_value() {
-            Some((s, v)) if *s <= stamp => Some((*s, *v)),
+    fn known_before(&self, stamp: Stamp) -> Option<(Stamp, Known)> {
+        match self.stamps.last() {
+            Some((s, v)) if s <= stamp => Some((s, v)),
             None => None,
-            Some(_) => self
-                .stamps
-                .range(..=stamp)
-                .next_back()
-                .map(|(s, v)| (*s, *v)),
+            Some(_) => self.stamps.at_or_before(stamp),
         }
     }
 
@@ -334,12 +388,10 @@ impl StorageCheck {
         }
         // Up to the next known run, and, for the pattern, to the end of
         // the device index's stamp space.
-        let next_known = match self.stamps.last_key_value() {
-            Some((last, _)) if *last > stamp => self
-                .stamps
-                .range(stamp..)
-                .next()
-                .map_or(u64::MAX, |(s, _)| *s),
+        let next_known = match self.stamps.last() {
+            Some((last, _)) if last > stamp => {
+                self.stamps.first_at_or_after(stamp).unwrap_or(u64::MAX)
+            }
             _ => u64::MAX,
         };
         let mut len = next_known.saturating_sub(stamp).min(max);
@@ -780,6 +832,65 @@ mod tests {
         let held: BTreeMap<u64, Origin> = held.into_iter().collect();
         assert_eq!(held.len(), sectors, "copies overlap");
         held
+    }
+
+    /// Random user writes (fresh counting stamps past every stamp seen,
+    /// counting runs over stamps seen before, one stamp on several
+    /// sectors) against a plain map of stamp -> origin (the first place a
+    /// stamp was written; none once written anywhere else): every stamp
+    /// names the same origin, and `origin_stretch` never reaches past a
+    /// stamp whose origin does not count on from the first.
+    #[test]
+    fn stamp_names_agree_with_a_map_of_stamps() {
+        let mut rng = crate::rng::SimRng::new(9);
+        let mut fresh_runs = 0;
+        for _ in 0..100 {
+            let mut c = check();
+            let mut model: BTreeMap<Stamp, Option<Origin>> = BTreeMap::new();
+            let mut top = 1;
+            for _ in 0..40 {
+                let sector = rng.below(64);
+                let len = 1 + rng.below(12);
+                let (first, step) = match rng.below(5) {
+                    0 | 1 => (top, 1),
+                    2 => (1 + rng.below(top), 0),
+                    _ => (1 + rng.below(top), 1),
+                };
+                fresh_runs += u64::from(first == top);
+                let stamps: Vec<Stamp> = (0..len).map(|i| first + i * step).collect();
+                for (i, stamp) in stamps.iter().enumerate() {
+                    let here = (ORIG, sector + i as u64);
+                    let named = if step == 0 && len > 1 {
+                        None
+                    } else {
+                        Some(here)
+                    };
+                    let seen = model.entry(*stamp).or_insert(named);
+                    if *seen != named {
+                        *seen = None;
+                    }
+                }
+                top = top.max(first + len * step + 1);
+                c.user_write(ORIG, sector, &Stamps::from_slice(&stamps));
+                for stamp in 1..top + 2 {
+                    let expected = model.get(&stamp).copied().flatten();
+                    assert_eq!(c.origin(stamp), expected, "stamp {stamp}");
+                    let (len, origin) = c.origin_stretch(stamp, 64);
+                    assert_eq!(origin, expected, "stamp {stamp}");
+                    for i in 1..len {
+                        let counted = origin.map(|(d, s)| (d, s + i));
+                        let named = model.get(&(stamp + i)).copied().flatten();
+                        assert_eq!(
+                            named,
+                            counted,
+                            "stamp {} in the stretch of {stamp}",
+                            stamp + i
+                        );
+                    }
+                }
+            }
+        }
+        assert!(fresh_runs > 1000, "{fresh_runs} fresh runs");
     }
 
     #[test]
