@@ -171,6 +171,12 @@ pub struct StorageCheck {
     /// copies like any other, and put in the map (`settle`) before
     /// anything else reads or changes them.
     open: Option<Open>,
+    /// Where the last engine write's data stopped in its stretch of stamps
+    /// (`origin_stretch`): the next stamp, how many stamps from it still
+    /// count on with the same rule, and its origin. The next bio of a chunk
+    /// starts there: its origin needs no lookup. Cleared whenever what the
+    /// stamps name changes (user writes, devices, images).
+    stretch: Option<(Stamp, u64, Origin)>,
     /// Engine writes judged by rule 1.
     pub writes_judged: u64,
     /// Storage sectors judged by rule 2 (a known copy met known data).
@@ -183,15 +189,18 @@ pub struct StorageCheck {
 
 impl StorageCheck {
     pub fn add_device(&mut self, dev: DevT, index: u32) {
+        self.stretch = None;
         self.by_index.insert(index, dev);
     }
 
     pub fn bind_image(&mut self, image: DevT, orig: DevT) {
+        self.stretch = None;
         self.images.insert(image, orig);
     }
 
     /// A user write: each stamp now names its sector, run by run.
     pub fn user_write(&mut self, dev: DevT, sector: u64, data: &Stamps) {
+        self.stretch = None;
         for (offset, run) in data.iter_runs() {
             let here = (dev, sector + offset);
             if run.step == 1 || run.len == 1 {
@@ -492,17 +501,25 @@ impl StorageCheck {
     /// counting run whose stamps name consecutive sectors (a chunk of the
     /// pattern or of one user write: most engine writes). `origins` would
     /// give the same single piece; this finds it with one search and no
-    /// allocation.
-    fn one_origin(&self, data: &Stamps) -> Option<Origin> {
+    /// allocation; none when it continues the last write's stretch.
+    fn one_origin(&mut self, data: &Stamps) -> Option<Origin> {
         let mut runs = data.iter_runs();
         let (_, run) = runs.next()?;
         if runs.next().is_some() || (run.step != 1 && run.len != 1) {
             return None;
         }
-        match self.origin_stretch(run.first, run.len) {
-            (len, Some(origin)) if len == run.len => Some(origin),
-            _ => None,
-        }
+        let (len, origin) = match self.stretch {
+            Some((next, left, origin)) if next == run.first => (left, Some(origin)),
+            _ => self.origin_stretch(run.first, u64::MAX),
+        };
+        let origin = origin.filter(|_| len >= run.len)?;
+        let next = run.first.checked_add(run.len);
+        self.stretch = next.map(|next| {
+            let after = (origin.0, origin.1.wrapping_add(run.len));
+            (next, len - run.len, after)
+        });
+        self.stretch = self.stretch.filter(|(_, left, _)| *left > 0);
+        Some(origin)
     }
 
     /// Rule 2 for one run of a write (when judged), then the run replaces
@@ -891,6 +908,74 @@ mod tests {
             }
         }
         assert!(fresh_runs > 1000, "{fresh_runs} fresh runs");
+    }
+
+    /// `one_origin` (with the stretch it remembers from the last engine
+    /// write) against the plain map of stamps, on engine writes that
+    /// mostly continue the last one's stamps, between random user writes
+    /// that change what the stamps name.
+    #[test]
+    fn one_origin_agrees_with_a_map_of_stamps() {
+        let mut rng = crate::rng::SimRng::new(11);
+        let (mut found, mut remembered) = (0, 0);
+        for _ in 0..100 {
+            let mut c = check();
+            let mut model: BTreeMap<Stamp, Option<Origin>> = BTreeMap::new();
+            let (mut top, mut next) = (1, 1);
+            for _ in 0..60 {
+                if rng.below(4) == 0 {
+                    let sector = rng.below(64);
+                    let first = if rng.below(2) == 0 {
+                        top
+                    } else {
+                        1 + rng.below(top)
+                    };
+                    let len = 1 + rng.below(24);
+                    for i in 0..len {
+                        let named = Some((ORIG, sector + i));
+                        let seen = model.entry(first + i).or_insert(named);
+                        if *seen != named {
+                            *seen = None;
+                        }
+                    }
+                    top = top.max(first + len + 1);
+                    let stamps: Vec<Stamp> = (first..first + len).collect();
+                    c.user_write(ORIG, sector, &Stamps::from_slice(&stamps));
+                    continue;
+                }
+                let first = if rng.below(4) == 0 {
+                    1 + rng.below(top)
+                } else {
+                    next
+                };
+                let len = 1 + rng.below(4);
+                let origin = model.get(&first).copied().flatten();
+                let counts = (0..len).all(|i| {
+                    let named = model.get(&(first + i)).copied().flatten();
+                    named.is_some() && named == origin.map(|(d, s)| (d, s + i))
+                });
+                // What one search answers (runs cut apart may miss a
+                // stamp range that counts on; engine_write then takes the
+                // slow path): one_origin must answer the same.
+                let searched = match c.origin_stretch(first, len) {
+                    (l, Some(o)) if l == len => Some(o),
+                    _ => None,
+                };
+                remembered += u64::from(c.stretch.is_some_and(|(n, _, _)| n == first));
+                let stamps: Vec<Stamp> = (first..first + len).collect();
+                let got = c.one_origin(&Stamps::from_slice(&stamps));
+                assert_eq!(got, searched, "stamps {first}..{}", first + len);
+                if got.is_some() {
+                    assert!(counts && got == origin, "stamps {first}..{}", first + len);
+                }
+                found += u64::from(got.is_some());
+                next = first + len;
+            }
+        }
+        assert!(
+            found > 500 && remembered > 500,
+            "{found} found, {remembered} remembered"
+        );
     }
 
     #[test]
