@@ -15,6 +15,7 @@
 //! most `MAX_SPANS` windows and marks, however long it runs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use blksnap_core::kernel::DevT;
 use blksnap_reports::{Line, Mark, Plot, TimeSeries, Window};
@@ -118,7 +119,7 @@ struct Span {
 pub struct Sampler {
     counts: BTreeMap<(Counter, DevT), Count>,
     /// Storage sectors the engine wrote, per device, as disjoint [start, end) runs.
-    written: BTreeMap<DevT, BTreeMap<u64, u64>>,
+    written: BTreeMap<DevT, Covered>,
     /// Open and closed windows, in the order they began (bounded).
     windows: Vec<Span>,
     /// Events, in the order WAIT_EVENT returned them (bounded).
@@ -151,8 +152,8 @@ impl Sampler {
     /// The engine wrote `sectors` at `sector` of storage device `dev`.
     pub fn engine_write(&mut self, now: u64, dev: DevT, sector: u64, sectors: u64) {
         self.add(now, Counter::CowWrites, dev, 1);
-        let runs = self.written.entry(dev).or_default();
-        let new = cover(runs, sector, sector.saturating_add(sectors));
+        let covered = self.written.entry(dev).or_default();
+        let new = covered.cover(sector, sector.saturating_add(sectors));
         if new > 0 {
             self.add(now, Counter::Filled, dev, new);
         }
@@ -354,14 +355,59 @@ fn low_space_level(asked: &Requested, device: String, threshold: u64) -> Line {
     level
 }
 
+/// Storage sectors the engine wrote on one device, as disjoint runs that never touch
+/// (touching runs merge). The run being written, bio after bio, is held open outside the
+/// map: a bio that continues it, short of the next run, costs no search (issue 10).
+#[derive(Default)]
+struct Covered {
+    /// First sector -> end.
+    runs: BTreeMap<u64, u64>,
+    /// The open run (start, end) and where the next run in `runs` starts (`u64::MAX` if
+    /// none): it may grow up to, not onto, that start. Nothing else changes `runs` while
+    /// it is open, so that bound stays true.
+    open: Option<(u64, u64, u64)>,
+}
+
+impl Covered {
+    /// Adds [start, end); returns how many sectors were not covered before.
+    fn cover(&mut self, start: u64, end: u64) -> u64 {
+        if start >= end {
+            return 0;
+        }
+        if let Some((s, e, limit)) = self.open.as_mut() {
+            if *s <= start && start <= *e && end < *limit {
+                let new = end.saturating_sub(*e);
+                *e = (*e).max(end);
+                return new;
+            }
+        }
+        if let Some((s, e, _)) = self.open.take() {
+            self.runs.insert(s, e);
+        }
+        cover(&mut self.runs, start, end, &mut self.open)
+    }
+
+    /// Every run, the open one included, in order.
+    #[cfg(test)]
+    fn all(&self) -> Vec<(u64, u64)> {
+        let mut all: Vec<(u64, u64)> = self.runs.iter().map(|(s, e)| (*s, *e)).collect();
+        all.extend(self.open.map(|(s, e, _)| (s, e)));
+        all.sort_unstable();
+        all
+    }
+}
+
 /// Adds [start, end) to the disjoint runs; returns how many sectors were not covered before.
 /// Runs never touch (touching runs merge), so only the last run starting at or before `end`
 /// can meet [start, end) unless it starts after `start`: the usual write (into a fresh area,
-/// or continuing the run before it) costs one search and no allocation.
-fn cover(runs: &mut BTreeMap<u64, u64>, start: u64, end: u64) -> u64 {
-    if start >= end {
-        return 0;
-    }
+/// or continuing the run before it) costs one search and no allocation. A write that meets
+/// no run opens a new one (`open`, with the start of the next run) instead of joining the map.
+fn cover(
+    runs: &mut BTreeMap<u64, u64>,
+    start: u64,
+    end: u64,
+    open: &mut Option<(u64, u64, u64)>,
+) -> u64 {
     match runs.range_mut(..=end).next_back() {
         Some((s, e)) if *e >= start && *s <= start => {
             let already = (*e).min(end) - start;
@@ -370,7 +416,10 @@ fn cover(runs: &mut BTreeMap<u64, u64>, start: u64, end: u64) -> u64 {
         }
         Some((_, e)) if *e >= start => {}
         _ => {
-            runs.insert(start, end);
+            // No run starting at or before `end` reaches `start`: the next one starts
+            // after `end`.
+            let next = runs.range((Excluded(end), Unbounded)).next();
+            *open = Some((start, end, next.map_or(u64::MAX, |(s, _)| *s)));
             return end - start;
         }
     }
@@ -399,39 +448,52 @@ mod tests {
 
     #[test]
     fn cover_counts_new_sectors_once() {
-        let mut runs = BTreeMap::new();
-        assert_eq!(cover(&mut runs, 0, 8), 8);
-        assert_eq!(cover(&mut runs, 0, 8), 0, "rewrite of a region");
-        assert_eq!(cover(&mut runs, 16, 24), 8);
-        assert_eq!(cover(&mut runs, 4, 20), 8, "fills the gap only");
-        assert_eq!(runs.into_iter().collect::<Vec<_>>(), [(0, 24)]);
-        let mut runs = BTreeMap::new();
-        assert_eq!(cover(&mut runs, 8, 16), 8);
-        assert_eq!(cover(&mut runs, 16, 24), 8, "adjacent");
-        assert_eq!(cover(&mut runs, 0, 8), 8);
-        assert_eq!(runs.into_iter().collect::<Vec<_>>(), [(0, 24)]);
+        let mut runs = Covered::default();
+        assert_eq!(runs.cover(0, 8), 8);
+        assert_eq!(runs.cover(0, 8), 0, "rewrite of a region");
+        assert_eq!(runs.cover(16, 24), 8);
+        assert_eq!(runs.cover(4, 20), 8, "fills the gap only");
+        assert_eq!(runs.all(), [(0, 24)]);
+        let mut runs = Covered::default();
+        assert_eq!(runs.cover(8, 16), 8);
+        assert_eq!(runs.cover(16, 24), 8, "adjacent");
+        assert_eq!(runs.cover(0, 8), 8);
+        assert_eq!(runs.all(), [(0, 24)]);
     }
 
-    /// The one-search paths of `cover` against a plain set of sectors, on random writes
-    /// that start inside, before, after and across the runs already covered.
+    /// `cover` (the open run and the one-search paths) against a plain set of sectors, on
+    /// random writes that start inside, before, after and across the runs already covered;
+    /// one in three continues the last write, as a region stored bio after bio.
     #[test]
     fn cover_agrees_with_a_set_of_sectors() {
         let mut rng = crate::rng::SimRng::new(6);
+        let mut grown = 0;
         for _ in 0..200 {
-            let mut runs = BTreeMap::new();
+            let mut runs = Covered::default();
             let mut set = BTreeSet::new();
+            let mut last_end = 0;
             for _ in 0..60 {
-                let start = rng.below(200);
+                let start = match rng.below(3) {
+                    0 => last_end,
+                    _ => rng.below(200),
+                };
                 let end = start + rng.below(24);
+                last_end = end;
                 let new = (start..end).filter(|s| !set.contains(s)).count() as u64;
                 set.extend(start..end);
-                assert_eq!(cover(&mut runs, start, end), new, "[{start}, {end})");
-                let held: BTreeSet<u64> = runs.iter().flat_map(|(s, e)| *s..*e).collect();
+                let was_open = runs.open;
+                assert_eq!(runs.cover(start, end), new, "[{start}, {end})");
+                grown += u64::from(
+                    was_open.is_some() && runs.open.is_some_and(|o| o.0 == was_open.unwrap().0),
+                );
+                let all = runs.all();
+                let held: BTreeSet<u64> = all.iter().flat_map(|(s, e)| *s..*e).collect();
                 assert_eq!(held, set);
-                let gaps = runs.iter().zip(runs.iter().skip(1));
+                let gaps = all.iter().zip(all.iter().skip(1));
                 assert!(gaps.clone().all(|((_, e), (s, _))| e < s), "runs touch");
             }
         }
+        assert!(grown > 500, "the open run grew {grown} times");
     }
 
     #[test]

@@ -223,6 +223,26 @@ struct Device {
 }
 
 impl Device {
+    /// The device has `tracker` now: another one than before means the
+    /// old map is gone with its tracker.
+    fn tracker_is(&mut self, tracker: Option<usize>) {
+        if self.tracker != tracker {
+            self.lose();
+            self.lost = false;
+            self.tracker = tracker;
+            self.generation = None;
+            self.old_generations.clear();
+        }
+    }
+
+    /// A user write ended: file it in the current generation, if any.
+    fn write(&mut self, change: &Change) {
+        let taking = self.taking > 0;
+        if let Some(gen) = self.gen.as_mut() {
+            record_change(gen, change, taking);
+        }
+    }
+
     fn lose(&mut self) {
         self.lost = true;
         self.gen = None;
@@ -281,14 +301,7 @@ impl CbtChecker {
     /// The tracker of `dev` is now `tracker` (None: no filter). A tracker
     /// the model did not see created is not judged.
     pub fn tracker_is(&mut self, dev: DevT, tracker: Option<usize>) {
-        let device = self.devices.entry(dev).or_default();
-        if device.tracker != tracker {
-            device.lose();
-            device.lost = false;
-            device.tracker = tracker;
-            device.generation = None;
-            device.old_generations.clear();
-        }
+        self.devices.entry(dev).or_default().tracker_is(tracker);
     }
 
     /// CREATE ran in [start, end] and `dev` has `tracker` after it: if the
@@ -357,12 +370,8 @@ impl CbtChecker {
 
     /// A user write to `dev` ended.
     pub fn write(&mut self, dev: DevT, change: &Change) {
-        let Some(device) = self.devices.get_mut(&dev) else {
-            return;
-        };
-        let taking = device.taking > 0;
-        if let Some(gen) = device.gen.as_mut() {
-            record_change(gen, change, taking);
+        if let Some(device) = self.devices.get_mut(&dev) {
+            device.write(change);
         }
     }
 
@@ -731,10 +740,11 @@ fn capacity(sim: &Sim, dev: DevT) -> u64 {
 pub fn user_write(sim: &Sim, dev: DevT, change: &Change) {
     let token = tracker_token(sim, dev);
     let mut checker = sim.cbt.borrow_mut();
-    if checker.devices.contains_key(&dev) {
-        checker.tracker_is(dev, token);
+    // One lookup: `tracker_is` then `write` on the device, when followed.
+    if let Some(device) = checker.devices.get_mut(&dev) {
+        device.tracker_is(token);
+        device.write(change);
     }
-    checker.write(dev, change);
 }
 
 /// What an ioctl hook remembers between its start and its end.

@@ -51,6 +51,78 @@ struct Extent {
     orig: Origin,
 }
 
+/// A known run of stamps: its length and the origin of its first stamp.
+type Known = (u64, Option<Origin>);
+
+/// The known stamp runs by first stamp (disjoint). Fresh stamps (every new
+/// user write) count up from every stamp seen before, so most runs arrive
+/// past the last one: those are pushed on `fresh`, a sorted Vec (no search,
+/// where a map insert searches; issue 10). Every key of `fresh` is above
+/// every key of `older`; a run that lands anywhere else, and any cutting,
+/// first moves `fresh` into `older` (each run moves once).
+#[derive(Default)]
+struct StampRuns {
+    older: BTreeMap<Stamp, Known>,
+    fresh: Vec<(Stamp, Known)>,
+}
+
+impl StampRuns {
+    /// The run with the highest first stamp.
+    fn last(&self) -> Option<(Stamp, Known)> {
+        let older = || self.older.last_key_value().map(|(s, v)| (*s, *v));
+        self.fresh.last().copied().or_else(older)
+    }
+
+    /// The last run starting at or before `stamp` (it may end before it).
+    fn at_or_before(&self, stamp: Stamp) -> Option<(Stamp, Known)> {
+        let i = self.fresh.partition_point(|(s, _)| *s <= stamp);
+        if i > 0 {
+            return Some(self.fresh[i - 1]);
+        }
+        self.older
+            .range(..=stamp)
+            .next_back()
+            .map(|(s, v)| (*s, *v))
+    }
+
+    /// The first stamp of the first run starting at or after `stamp`.
+    fn first_at_or_after(&self, stamp: Stamp) -> Option<Stamp> {
+        if let Some((s, _)) = self.older.range(stamp..).next() {
+            return Some(*s);
+        }
+        let i = self.fresh.partition_point(|(s, _)| *s < stamp);
+        self.fresh.get(i).map(|(s, _)| *s)
+    }
+
+    fn insert(&mut self, first: Stamp, known: Known) {
+        if self.last().is_none_or(|(s, _)| s < first) {
+            self.fresh.push((first, known));
+        } else {
+            self.settled().insert(first, known);
+        }
+    }
+
+    /// Every run in one map, to cut and replace runs anywhere.
+    fn settled(&mut self) -> &mut BTreeMap<Stamp, Known> {
+        for (first, known) in self.fresh.drain(..) {
+            self.older.insert(first, known);
+        }
+        &mut self.older
+    }
+}
+
+/// The open copy: `ext` at `start` of `dev`, and where the next known copy
+/// of `dev` starts (`limit`, `u64::MAX` if none): the copy may grow up to
+/// it without meeting another. Nothing else changes the copies while it
+/// is open, so `limit` stays true.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    dev: DevT,
+    start: u64,
+    ext: Extent,
+    limit: u64,
+}
+
 impl Extent {
     /// The origin of the sector `offset` sectors into the run.
     fn at(&self, offset: u64) -> Origin {
@@ -86,7 +158,7 @@ pub struct StorageCheck {
     /// as runs: first stamp -> (length, origin of the first stamp), where
     /// stamp `first + i` names `origin + i`. None once a stamp of the run
     /// was written elsewhere too (copied data has no identity).
-    stamps: BTreeMap<Stamp, (u64, Option<Origin>)>,
+    stamps: StampRuns,
     /// Device index -> device, for pattern stamps.
     by_index: BTreeMap<u32, DevT>,
     /// Image -> its original.
@@ -94,6 +166,17 @@ pub struct StorageCheck {
     /// (storage device, first sector) -> the copies a run of sectors holds;
     /// runs never overlap.
     copies: BTreeMap<(DevT, u64), Extent>,
+    /// The copy being stored, bio after bio, held outside `copies` so that
+    /// each bio continuing it costs no search (issue 10): part of the
+    /// copies like any other, and put in the map (`settle`) before
+    /// anything else reads or changes them.
+    open: Option<Open>,
+    /// Where the last engine write's data stopped in its stretch of stamps
+    /// (`origin_stretch`): the next stamp, how many stamps from it still
+    /// count on with the same rule, and its origin. The next bio of a chunk
+    /// starts there: its origin needs no lookup. Cleared whenever what the
+    /// stamps name changes (user writes, devices, images).
+    stretch: Option<(Stamp, u64, Origin)>,
     /// Engine writes judged by rule 1.
     pub writes_judged: u64,
     /// Storage sectors judged by rule 2 (a known copy met known data).
@@ -106,15 +189,18 @@ pub struct StorageCheck {
 
 impl StorageCheck {
     pub fn add_device(&mut self, dev: DevT, index: u32) {
+        self.stretch = None;
         self.by_index.insert(index, dev);
     }
 
     pub fn bind_image(&mut self, image: DevT, orig: DevT) {
+        self.stretch = None;
         self.images.insert(image, orig);
     }
 
     /// A user write: each stamp now names its sector, run by run.
     pub fn user_write(&mut self, dev: DevT, sector: u64, data: &Stamps) {
+        self.stretch = None;
         for (offset, run) in data.iter_runs() {
             let here = (dev, sector + offset);
             if run.step == 1 || run.len == 1 {
@@ -136,12 +222,12 @@ impl StorageCheck {
         // them. One lookup, no cutting, nothing collected.
         // Fresh stamps count up from every stamp seen before: the map's
         // last entry is then the last one before `end`, at no search.
-        let last_before_end = match self.stamps.last_key_value() {
-            Some((s, v)) if *s < end => Some((s, v)),
+        let last_before_end = match self.stamps.last() {
+            Some((s, v)) if s < end => Some((s, v)),
             None => None,
-            Some(_) => self.stamps.range(..end).next_back(),
+            Some(_) => end.checked_sub(1).and_then(|e| self.stamps.at_or_before(e)),
         };
-        let meets = last_before_end.is_some_and(|(s, (known_len, _))| *s + *known_len > first);
+        let meets = last_before_end.is_some_and(|(s, (known_len, _))| s + known_len > first);
         if !meets {
             if end > first {
                 self.stamps.insert(first, (end - first, Some(here)));
@@ -164,8 +250,9 @@ impl StorageCheck {
         if end > next {
             pieces.push((next, end - next, at(next)));
         }
+        let runs = self.stamps.settled();
         for (start, len, origin) in pieces {
-            self.stamps.insert(start, (len, origin));
+            runs.insert(start, (len, origin));
         }
     }
 
@@ -173,29 +260,26 @@ impl StorageCheck {
     /// the map's entries at the edges), with their origins.
     fn stamp_runs(&mut self, first: Stamp, end: Stamp) -> Vec<(Stamp, u64, Option<Origin>)> {
         let shift = |o: Option<Origin>, by: u64| o.map(|(d, s)| (d, s.wrapping_add(by)));
-        let before = self
-            .stamps
+        let stamps = self.stamps.settled();
+        let before = stamps
             .range(..first)
             .next_back()
             .filter(|(s, (len, _))| *s + *len > first)
             .map(|(s, v)| (*s, *v));
         if let Some((start, (len, origin))) = before {
-            self.stamps.insert(start, (first - start, origin));
-            self.stamps
-                .insert(first, (start + len - first, shift(origin, first - start)));
+            stamps.insert(start, (first - start, origin));
+            stamps.insert(first, (start + len - first, shift(origin, first - start)));
         }
-        let last = self
-            .stamps
+        let last = stamps
             .range(first..end)
             .next_back()
             .filter(|(s, (len, _))| *s + *len > end)
             .map(|(s, v)| (*s, *v));
         if let Some((start, (len, origin))) = last {
-            self.stamps.insert(start, (end - start, origin));
-            self.stamps
-                .insert(end, (start + len - end, shift(origin, end - start)));
+            stamps.insert(start, (end - start, origin));
+            stamps.insert(end, (start + len - end, shift(origin, end - start)));
         }
-        self.stamps
+        stamps
             .range(first..end)
             .map(|(s, (len, o))| (*s, *len, *o))
             .collect()
@@ -242,15 +326,11 @@ impl StorageCheck {
     /// The last known stamp run starting at or before `stamp` (it may end
     /// before it). Fresh and pattern stamps lie past every known run: the
     /// map's last entry answers for them without a range search.
-    fn known_before(&self, stamp: Stamp) -> Option<(Stamp, (u64, Option<Origin>))> {
-        match self.stamps.last_key_value() {
-            Some((s, v)) if *s <= stamp => Some((*s, *v)),
+    fn known_before(&self, stamp: Stamp) -> Option<(Stamp, Known)> {
+        match self.stamps.last() {
+            Some((s, v)) if s <= stamp => Some((s, v)),
             None => None,
-            Some(_) => self
-                .stamps
-                .range(..=stamp)
-                .next_back()
-                .map(|(s, v)| (*s, *v)),
+            Some(_) => self.stamps.at_or_before(stamp),
         }
     }
 
@@ -317,12 +397,10 @@ impl StorageCheck {
         }
         // Up to the next known run, and, for the pattern, to the end of
         // the device index's stamp space.
-        let next_known = match self.stamps.last_key_value() {
-            Some((last, _)) if *last > stamp => self
-                .stamps
-                .range(stamp..)
-                .next()
-                .map_or(u64::MAX, |(s, _)| *s),
+        let next_known = match self.stamps.last() {
+            Some((last, _)) if last > stamp => {
+                self.stamps.first_at_or_after(stamp).unwrap_or(u64::MAX)
+            }
             _ => u64::MAX,
         };
         let mut len = next_known.saturating_sub(stamp).min(max);
@@ -423,22 +501,34 @@ impl StorageCheck {
     /// counting run whose stamps name consecutive sectors (a chunk of the
     /// pattern or of one user write: most engine writes). `origins` would
     /// give the same single piece; this finds it with one search and no
-    /// allocation.
-    fn one_origin(&self, data: &Stamps) -> Option<Origin> {
+    /// allocation; none when it continues the last write's stretch.
+    fn one_origin(&mut self, data: &Stamps) -> Option<Origin> {
         let mut runs = data.iter_runs();
         let (_, run) = runs.next()?;
         if runs.next().is_some() || (run.step != 1 && run.len != 1) {
             return None;
         }
-        match self.origin_stretch(run.first, run.len) {
-            (len, Some(origin)) if len == run.len => Some(origin),
-            _ => None,
-        }
+        let (len, origin) = match self.stretch {
+            Some((next, left, origin)) if next == run.first => (left, Some(origin)),
+            _ => self.origin_stretch(run.first, u64::MAX),
+        };
+        let origin = origin.filter(|_| len >= run.len)?;
+        let next = run.first.checked_add(run.len);
+        self.stretch = next.map(|next| {
+            let after = (origin.0, origin.1.wrapping_add(run.len));
+            (next, len - run.len, after)
+        });
+        self.stretch = self.stretch.filter(|(_, left, _)| *left > 0);
+        Some(origin)
     }
 
     /// Rule 2 for one run of a write (when judged), then the run replaces
     /// what was known of its sectors.
     fn store(&mut self, dev: DevT, start: u64, run: Extent, judged: bool) -> Result<(), String> {
+        if self.extend_open(dev, start, run) {
+            return Ok(());
+        }
+        self.settle();
         if self.store_fresh(dev, start, run) {
             return Ok(());
         }
@@ -448,6 +538,30 @@ impl StorageCheck {
         self.forget(dev, start, start + run.len);
         self.insert_copy(dev, start, run);
         Ok(())
+    }
+
+    /// The run continues the open copy and ends before the next known copy
+    /// starts: it meets no copy, and store_fresh would join it to the open
+    /// one. Grow it, at no search.
+    fn extend_open(&mut self, dev: DevT, start: u64, run: Extent) -> bool {
+        let Some(open) = self.open.as_mut() else {
+            return false;
+        };
+        let continues = open.dev == dev
+            && open.start + open.ext.len == start
+            && open.ext.at(open.ext.len) == run.orig;
+        if !continues || start + run.len > open.limit {
+            return false;
+        }
+        open.ext.len += run.len;
+        true
+    }
+
+    /// Put the open copy, if any, in the map with the others.
+    fn settle(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.copies.insert((open.dev, open.start), open.ext);
+        }
     }
 
     /// Store a run that meets no known copy, if it does not (the usual
@@ -467,7 +581,16 @@ impl StorageCheck {
                 true
             }
             _ => {
-                self.copies.insert((dev, start), run);
+                // A new copy: it stays open while the next bios continue
+                // it (a chunk is stored in many bios).
+                let limit = self.copies.range((dev, end)..).next();
+                let limit = limit.filter(|((d, _), _)| *d == dev);
+                self.open = Some(Open {
+                    dev,
+                    start,
+                    ext: run,
+                    limit: limit.map_or(u64::MAX, |((_, s), _)| *s),
+                });
                 true
             }
         }
@@ -476,6 +599,7 @@ impl StorageCheck {
     /// Record a copy; one that continues the copy before it joins it, so
     /// a chunk stored in many bios is one entry.
     fn insert_copy(&mut self, dev: DevT, start: u64, run: Extent) {
+        debug_assert!(self.open.is_none(), "settled before changing the copies");
         let before = self.copies.range_mut(..(dev, start)).next_back();
         if let Some(((d, s), old)) = before {
             if *d == dev && s + old.len == start && old.at(old.len) == run.orig {
@@ -525,6 +649,7 @@ impl StorageCheck {
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = (u64, Extent)> + '_ {
+        debug_assert!(self.open.is_none(), "settled before reading the copies");
         let before = self
             .copies
             .range(..(dev, start))
@@ -538,6 +663,7 @@ impl StorageCheck {
     /// `start`: copies never overlap, so those that meet [start, end) are
     /// found from the last down, one search each.
     fn last_meeting(&self, dev: DevT, start: u64, end: u64) -> Option<(u64, Extent)> {
+        debug_assert!(self.open.is_none(), "settled before reading the copies");
         self.copies
             .range(..(dev, end))
             .next_back()
@@ -550,6 +676,7 @@ impl StorageCheck {
     /// was and no longer meets [start, end); the part after `end` starts
     /// at `end`: neither is found again.
     fn forget(&mut self, dev: DevT, start: u64, end: u64) {
+        self.settle();
         while let Some((old_start, old)) = self.last_meeting(dev, start, end) {
             if old_start < start {
                 let len = start - old_start;
@@ -643,14 +770,20 @@ mod tests {
             let mut c = check();
             c.appended(S1, STORE, 0, 256);
             let mut model: BTreeMap<u64, Origin> = BTreeMap::new();
+            let mut next = (0, 0);
             for _ in 0..40 {
                 let at = rng.below(200);
                 // Mostly one of two mappings of storage to original
                 // sectors, so that rewrites of live copies often agree
-                // and split the runs they meet.
-                let a = match rng.below(3) {
-                    0 => rng.below(64),
-                    shift => at + shift,
+                // and split the runs they meet; one write in four
+                // continues the last (a chunk stored bio after bio: the
+                // open copy grows).
+                let (at, a) = match rng.below(4) {
+                    0 if next.0 < 200 => next,
+                    _ => match rng.below(3) {
+                        0 => (at, rng.below(64)),
+                        shift => (at, at + shift),
+                    },
                 };
                 let n1 = 1 + rng.below(24);
                 let mut data = chunk(a, n1);
@@ -660,6 +793,7 @@ mod tests {
                     _ => {}
                 }
                 let data = &data[..data.len().min(256 - at as usize)];
+                next = (at + n1.min(data.len() as u64), a + n1);
                 let expected = naive_write(&mut model, at, data);
                 let got = write(&mut c, at, data);
                 assert_eq!(got.is_err(), expected.is_some(), "{got:?} vs {expected:?}");
@@ -703,11 +837,145 @@ mod tests {
         None
     }
 
+    /// The sectors the copies hold, the open one included; asserts that
+    /// no two copies share a sector.
     fn held_sectors(c: &StorageCheck) -> BTreeMap<u64, Origin> {
-        c.copies
-            .iter()
+        let open = c.open.map(|o| ((o.dev, o.start), o.ext));
+        let copies = c.copies.iter().map(|(k, e)| (*k, *e)).chain(open);
+        let held: Vec<(u64, Origin)> = copies
             .flat_map(|((_, s), e)| (0..e.len).map(move |i| (s + i, e.at(i))))
-            .collect()
+            .collect();
+        let sectors = held.len();
+        let held: BTreeMap<u64, Origin> = held.into_iter().collect();
+        assert_eq!(held.len(), sectors, "copies overlap");
+        held
+    }
+
+    /// Random user writes (fresh counting stamps past every stamp seen,
+    /// counting runs over stamps seen before, one stamp on several
+    /// sectors) against a plain map of stamp -> origin (the first place a
+    /// stamp was written; none once written anywhere else): every stamp
+    /// names the same origin, and `origin_stretch` never reaches past a
+    /// stamp whose origin does not count on from the first.
+    #[test]
+    fn stamp_names_agree_with_a_map_of_stamps() {
+        let mut rng = crate::rng::SimRng::new(9);
+        let mut fresh_runs = 0;
+        for _ in 0..100 {
+            let mut c = check();
+            let mut model: BTreeMap<Stamp, Option<Origin>> = BTreeMap::new();
+            let mut top = 1;
+            for _ in 0..40 {
+                let sector = rng.below(64);
+                let len = 1 + rng.below(12);
+                let (first, step) = match rng.below(5) {
+                    0 | 1 => (top, 1),
+                    2 => (1 + rng.below(top), 0),
+                    _ => (1 + rng.below(top), 1),
+                };
+                fresh_runs += u64::from(first == top);
+                let stamps: Vec<Stamp> = (0..len).map(|i| first + i * step).collect();
+                for (i, stamp) in stamps.iter().enumerate() {
+                    let here = (ORIG, sector + i as u64);
+                    let named = if step == 0 && len > 1 {
+                        None
+                    } else {
+                        Some(here)
+                    };
+                    let seen = model.entry(*stamp).or_insert(named);
+                    if *seen != named {
+                        *seen = None;
+                    }
+                }
+                top = top.max(first + len * step + 1);
+                c.user_write(ORIG, sector, &Stamps::from_slice(&stamps));
+                for stamp in 1..top + 2 {
+                    let expected = model.get(&stamp).copied().flatten();
+                    assert_eq!(c.origin(stamp), expected, "stamp {stamp}");
+                    let (len, origin) = c.origin_stretch(stamp, 64);
+                    assert_eq!(origin, expected, "stamp {stamp}");
+                    for i in 1..len {
+                        let counted = origin.map(|(d, s)| (d, s + i));
+                        let named = model.get(&(stamp + i)).copied().flatten();
+                        assert_eq!(
+                            named,
+                            counted,
+                            "stamp {} in the stretch of {stamp}",
+                            stamp + i
+                        );
+                    }
+                }
+            }
+        }
+        assert!(fresh_runs > 1000, "{fresh_runs} fresh runs");
+    }
+
+    /// `one_origin` (with the stretch it remembers from the last engine
+    /// write) against the plain map of stamps, on engine writes that
+    /// mostly continue the last one's stamps, between random user writes
+    /// that change what the stamps name.
+    #[test]
+    fn one_origin_agrees_with_a_map_of_stamps() {
+        let mut rng = crate::rng::SimRng::new(11);
+        let (mut found, mut remembered) = (0, 0);
+        for _ in 0..100 {
+            let mut c = check();
+            let mut model: BTreeMap<Stamp, Option<Origin>> = BTreeMap::new();
+            let (mut top, mut next) = (1, 1);
+            for _ in 0..60 {
+                if rng.below(4) == 0 {
+                    let sector = rng.below(64);
+                    let first = if rng.below(2) == 0 {
+                        top
+                    } else {
+                        1 + rng.below(top)
+                    };
+                    let len = 1 + rng.below(24);
+                    for i in 0..len {
+                        let named = Some((ORIG, sector + i));
+                        let seen = model.entry(first + i).or_insert(named);
+                        if *seen != named {
+                            *seen = None;
+                        }
+                    }
+                    top = top.max(first + len + 1);
+                    let stamps: Vec<Stamp> = (first..first + len).collect();
+                    c.user_write(ORIG, sector, &Stamps::from_slice(&stamps));
+                    continue;
+                }
+                let first = if rng.below(4) == 0 {
+                    1 + rng.below(top)
+                } else {
+                    next
+                };
+                let len = 1 + rng.below(4);
+                let origin = model.get(&first).copied().flatten();
+                let counts = (0..len).all(|i| {
+                    let named = model.get(&(first + i)).copied().flatten();
+                    named.is_some() && named == origin.map(|(d, s)| (d, s + i))
+                });
+                // What one search answers (runs cut apart may miss a
+                // stamp range that counts on; engine_write then takes the
+                // slow path): one_origin must answer the same.
+                let searched = match c.origin_stretch(first, len) {
+                    (l, Some(o)) if l == len => Some(o),
+                    _ => None,
+                };
+                remembered += u64::from(c.stretch.is_some_and(|(n, _, _)| n == first));
+                let stamps: Vec<Stamp> = (first..first + len).collect();
+                let got = c.one_origin(&Stamps::from_slice(&stamps));
+                assert_eq!(got, searched, "stamps {first}..{}", first + len);
+                if got.is_some() {
+                    assert!(counts && got == origin, "stamps {first}..{}", first + len);
+                }
+                found += u64::from(got.is_some());
+                next = first + len;
+            }
+        }
+        assert!(
+            found > 500 && remembered > 500,
+            "{found} found, {remembered} remembered"
+        );
     }
 
     #[test]
