@@ -179,9 +179,7 @@ impl Lockdep {
     ) -> Option<String> {
         match op {
             LockOp::Acquire => return self.check_order(task, class),
-            LockOp::Contended => {
-                self.waiting.insert(task, (class, mode));
-            }
+            LockOp::Contended => self.start_waiting(task, class, mode),
             LockOp::Abandoned => self.stop_waiting(task),
             LockOp::Acquired => {
                 self.stop_waiting(task);
@@ -199,6 +197,12 @@ impl Lockdep {
             LockOp::Release => self.release(task, id, class),
         }
         None
+    }
+
+    /// The task waits for a lock. Rare, so kept out of `event`'s body.
+    #[inline(never)]
+    fn start_waiting(&mut self, task: TaskId, class: &'static str, mode: LockMode) {
+        self.waiting.insert(task, (class, mode));
     }
 
     /// The task no longer waits. Waiting is rare (only contended locks),
@@ -225,7 +229,9 @@ impl Lockdep {
     fn release(&mut self, task: TaskId, id: LockId, class: &'static str) {
         let owner = match self.remove_cross(id) {
             Some(held) if CROSS_RELEASE.contains(&class) => {
-                self.judge_cross_release(&held, task);
+                if !held.suspects.is_empty() {
+                    self.judge_cross_release(&held, task);
+                }
                 held.task
             }
             _ => task,
@@ -237,6 +243,14 @@ impl Lockdep {
         if CROSS_RELEASE.contains(&class) || self.all_judged(task, class) {
             return None;
         }
+        self.judge_order(task, class)
+    }
+
+    /// Judges `class` after each lock the task holds that was not judged
+    /// before it: rare once a run has seen its lock orders, so kept out
+    /// of `event`'s body (its registers and stack cost every event).
+    #[inline(never)]
+    fn judge_order(&mut self, task: TaskId, class: &'static str) -> Option<String> {
         let held: Vec<&'static str> = self.held.of(task).iter().map(|(_, c, _)| *c).collect();
         let mut report = None;
         for before in held {
@@ -315,7 +329,8 @@ impl Lockdep {
     }
 
     /// The lock `held` is released by `releaser`: report each suspect that
-    /// surely allocated while holding it.
+    /// surely allocated while holding it. Rare: not in `event`'s body.
+    #[inline(never)]
     fn judge_cross_release(&mut self, held: &CrossHeld, releaser: TaskId) {
         for suspect in &held.suspects {
             let by_taker =
