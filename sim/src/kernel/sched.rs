@@ -122,7 +122,8 @@ impl<A> Timers<A> {
             "timer queue limits: {slot} timers pending, {seq} inserted"
         );
         let low = (seq << SLOT_BITS) | slot as u64;
-        self.heap.push(Reverse(u128::from(at) << 64 | u128::from(low)));
+        let entry = (u128::from(at) << 64) | u128::from(low);
+        self.heap.push(Reverse(entry));
     }
 
     fn next_at(&self) -> Option<u64> {
