@@ -15,6 +15,7 @@
 //! `removed` (EIO for everything). The media never loses or tears a write
 //! that completed.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use blksnap_core::kernel::{BioOp, DevT, Run, Stamp, Stamps};
@@ -84,6 +85,12 @@ pub struct Device {
     pub latency: Latency,
     /// Written extents by first sector; they never overlap.
     media: BTreeMap<u64, Stamps>,
+    /// Sectors [from, to) known to hold no extent (empty if from == to):
+    /// a read inside it is the fill, with no search of `media`. A chunk
+    /// copy reads a large device's unwritten space in many bios; the
+    /// first one that finds nothing learns the gap around it. A write
+    /// into it empties it.
+    gap: Cell<(u64, u64)>,
     /// Sectors that fail with EIO (fault injection).
     pub bad_sectors: BTreeMap<u64, u64>,
     pub removed: bool,
@@ -112,6 +119,7 @@ impl Device {
             fill,
             latency: Latency::default(),
             media: BTreeMap::new(),
+            gap: Cell::new((0, 0)),
             bad_sectors: BTreeMap::new(),
             removed: false,
             freeze_fails: false,
@@ -136,6 +144,11 @@ impl Device {
     pub fn read(&self, sector: u64, count: u64) -> Stamps {
         let end = sector + count;
         let mut out = Stamps::new();
+        let (from, to) = self.gap.get();
+        if from <= sector && end <= to {
+            out.push_run(self.fill_run(sector, end));
+            return out;
+        }
         let mut at = sector;
         for (&start, extent) in self.extents_in(sector, end) {
             if start > at {
@@ -148,8 +161,25 @@ impl Device {
             }
             at = stop;
         }
+        if at == sector && count > 0 {
+            // Nothing written in [sector, end).
+            self.learn_gap(sector, end);
+        }
         out.push_run(self.fill_run(at, end));
         out
+    }
+
+    /// Keeps the unwritten span around [sector, end), which holds no
+    /// extent: from the end of the extent before it to the start of the
+    /// one after it.
+    fn learn_gap(&self, sector: u64, end: u64) {
+        let from = self
+            .media
+            .range(..sector)
+            .next_back()
+            .map_or(0, |(&start, extent)| start + extent.len());
+        let to = self.media.range(end..).next().map_or(u64::MAX, |(&s, _)| s);
+        self.gap.set((from, to));
     }
 
     pub fn write(&mut self, sector: u64, data: &Stamps) {
@@ -157,6 +187,10 @@ impl Device {
             return;
         }
         let end = sector + data.len();
+        let (from, to) = self.gap.get();
+        if sector < to && from < end {
+            self.gap.set((0, 0));
+        }
         // One search finds the extent that starts at `end` (the write
         // continues into it) and the last one that starts before it:
         // nothing overlaps the write when that one ends by `sector`.
@@ -378,6 +412,32 @@ mod tests {
         assert_eq!(d.extents(), 1);
         assert_eq!(d.read(1000, 64 * 16), chunk);
         assert_eq!(d.read(999, 2), vec![0, chunk.get(0)]);
+    }
+
+    /// A read of unwritten space learns the gap around it; writes into
+    /// the gap, at its edges or elsewhere, are read back all the same.
+    #[test]
+    fn reads_in_a_learned_gap_see_later_writes() {
+        let mut d = Device::new("a".into(), DevT::new(8, 0), 2, 1 << 30, Fill::Pattern);
+        w(&mut d, 100, &[1, 2]);
+        w(&mut d, 1000, &[3]);
+        let fill = |s: u64| pattern_stamp(2, s);
+        assert_eq!(d.read(500, 2), vec![fill(500), fill(501)]);
+        assert_eq!(d.gap.get(), (102, 1000));
+        // Inside the gap: served from it.
+        assert_eq!(d.read(102, 3), vec![fill(102), fill(103), fill(104)]);
+        // A write elsewhere keeps it; one into it, even at its edge, ends it.
+        w(&mut d, 5000, &[9]);
+        assert_eq!(d.gap.get(), (102, 1000));
+        w(&mut d, 999, &[7]);
+        assert_eq!(d.gap.get(), (0, 0));
+        assert_eq!(d.read(998, 3), vec![fill(998), 7, 3]);
+        assert_eq!(d.read(700, 1), vec![fill(700)]);
+        w(&mut d, 102, &[8]);
+        assert_eq!(d.read(101, 3), vec![2, 8, fill(103)]);
+        // Past the last extent, the gap runs to the end of the address space.
+        assert_eq!(d.read(6000, 1), vec![fill(6000)]);
+        assert_eq!(d.gap.get(), (5001, u64::MAX));
     }
 
     #[test]

@@ -60,17 +60,91 @@ fn pair(before: &'static str, class: &'static str) -> (NameKey, NameKey) {
     (name_key(before), name_key(class))
 }
 
+/// A lock a task holds: its id, class and mode.
+type HeldLock = (LockId, &'static str, LockMode);
+
+/// The tasks that hold locks, each with its locks in acquisition order.
+/// Only tasks that hold a lock now are kept: a few at a time, so a scan
+/// of a short vector finds one, where a map kept an entry for every task
+/// that ever took a lock (task ids share the counter with timers and
+/// reach 10^5, so no table is indexed by id). Unsorted, so that a task
+/// comes and goes without shifting the others; `iter` sorts. A list that
+/// empties goes to `spare`, so taking a first lock allocates nothing.
+#[derive(Default)]
+struct HeldTable {
+    tasks: Vec<(TaskId, Vec<HeldLock>)>,
+    spare: Vec<Vec<HeldLock>>,
+}
+
+impl HeldTable {
+    /// The task's locks; empty if it holds none.
+    fn of(&self, task: TaskId) -> &[HeldLock] {
+        match self.find(task) {
+            Some(i) => &self.tasks[i].1,
+            None => &[],
+        }
+    }
+
+    fn find(&self, task: TaskId) -> Option<usize> {
+        self.tasks.iter().position(|(t, _)| *t == task)
+    }
+
+    fn push(&mut self, task: TaskId, lock: HeldLock) {
+        match self.find(task) {
+            Some(i) => self.tasks[i].1.push(lock),
+            None => {
+                let mut list = self.spare.pop().unwrap_or_default();
+                list.push(lock);
+                self.tasks.push((task, list));
+            }
+        }
+    }
+
+    /// Drops the task's latest hold of `id`, if it has one.
+    fn remove(&mut self, task: TaskId, id: LockId) {
+        let Some(i) = self.find(task) else {
+            return;
+        };
+        let list = &mut self.tasks[i].1;
+        match list.iter().rposition(|(l, _, _)| *l == id) {
+            // Locks are mostly released in reverse order: no shift.
+            Some(at) if at + 1 == list.len() => {
+                list.pop();
+            }
+            Some(at) => {
+                list.remove(at);
+            }
+            None => {}
+        }
+        if list.is_empty() {
+            let (_, list) = self.tasks.swap_remove(i);
+            self.spare.push(list);
+        }
+    }
+
+    /// Every held lock, by task (ascending, as the map listed them) and
+    /// then in acquisition order.
+    fn iter(&self) -> impl Iterator<Item = (TaskId, &HeldLock)> {
+        let mut tasks: Vec<&(TaskId, Vec<HeldLock>)> = self.tasks.iter().collect();
+        tasks.sort_by_key(|(t, _)| *t);
+        tasks
+            .into_iter()
+            .flat_map(|(t, l)| l.iter().map(move |lock| (*t, lock)))
+    }
+}
+
 #[derive(Default)]
 pub struct Lockdep {
     next_id: u64,
-    /// Locks each task holds, in acquisition order.
-    held: BTreeMap<TaskId, Vec<(LockId, &'static str, LockMode)>>,
+    /// Locks each task holds.
+    held: HeldTable,
     /// Ordering edges between classes.
     edges: BTreeMap<&'static str, BTreeSet<&'static str>>,
-    /// Holders of cross-release locks, by lock.
-    /// Sorted by lock, as a map would be: a few at a time, and a vector
-    /// keeps its buffer, where a map allocates a node for its first entry
-    /// and frees it with its last (twice per chunk lock taken).
+    /// Holders of cross-release locks, one entry per lock.
+    /// A few at a time, in no order (nothing lists them in order: each
+    /// lock's suspects are its own): a vector keeps its buffer, where a
+    /// map allocates a node for its first entry and frees it with its
+    /// last (twice per chunk lock taken), and nothing shifts.
     cross_holders: Vec<(LockId, CrossHeld)>,
     /// The sim's id counter now: task ids above it are created later.
     pub mark: u64,
@@ -105,13 +179,11 @@ impl Lockdep {
     ) -> Option<String> {
         match op {
             LockOp::Acquire => return self.check_order(task, class),
-            LockOp::Contended => {
-                self.waiting.insert(task, (class, mode));
-            }
+            LockOp::Contended => self.start_waiting(task, class, mode),
             LockOp::Abandoned => self.stop_waiting(task),
             LockOp::Acquired => {
                 self.stop_waiting(task);
-                self.held.entry(task).or_default().push((id, class, mode));
+                self.held.push(task, (id, class, mode));
                 if CROSS_RELEASE.contains(&class) {
                     let held = CrossHeld {
                         task,
@@ -127,6 +199,12 @@ impl Lockdep {
         None
     }
 
+    /// The task waits for a lock. Rare, so kept out of `event`'s body.
+    #[inline(never)]
+    fn start_waiting(&mut self, task: TaskId, class: &'static str, mode: LockMode) {
+        self.waiting.insert(task, (class, mode));
+    }
+
     /// The task no longer waits. Waiting is rare (only contended locks),
     /// so the map is nearly always empty and the lookup is skipped.
     fn stop_waiting(&mut self, task: TaskId) {
@@ -137,44 +215,43 @@ impl Lockdep {
 
     /// Keep `held` for the lock, replacing an entry it had (as a map would).
     fn insert_cross(&mut self, id: LockId, held: CrossHeld) {
-        match self.cross_holders.binary_search_by_key(&id, |(l, _)| *l) {
-            Ok(i) => self.cross_holders[i].1 = held,
-            Err(i) => self.cross_holders.insert(i, (id, held)),
+        match self.cross_holders.iter().position(|(l, _)| *l == id) {
+            Some(i) => self.cross_holders[i].1 = held,
+            None => self.cross_holders.push((id, held)),
         }
     }
 
     fn remove_cross(&mut self, id: LockId) -> Option<CrossHeld> {
-        let i = self
-            .cross_holders
-            .binary_search_by_key(&id, |(l, _)| *l)
-            .ok()?;
-        Some(self.cross_holders.remove(i).1)
+        let i = self.cross_holders.iter().position(|(l, _)| *l == id)?;
+        Some(self.cross_holders.swap_remove(i).1)
     }
 
     fn release(&mut self, task: TaskId, id: LockId, class: &'static str) {
         let owner = match self.remove_cross(id) {
             Some(held) if CROSS_RELEASE.contains(&class) => {
-                self.judge_cross_release(&held, task);
+                if !held.suspects.is_empty() {
+                    self.judge_cross_release(&held, task);
+                }
                 held.task
             }
             _ => task,
         };
-        if let Some(list) = self.held.get_mut(&owner) {
-            if let Some(i) = list.iter().rposition(|(l, _, _)| *l == id) {
-                list.remove(i);
-            }
-        }
+        self.held.remove(owner, id);
     }
 
     fn check_order(&mut self, task: TaskId, class: &'static str) -> Option<String> {
         if CROSS_RELEASE.contains(&class) || self.all_judged(task, class) {
             return None;
         }
-        let held: Vec<&'static str> = self
-            .held
-            .get(&task)
-            .map(|l| l.iter().map(|(_, c, _)| *c).collect())
-            .unwrap_or_default();
+        self.judge_order(task, class)
+    }
+
+    /// Judges `class` after each lock the task holds that was not judged
+    /// before it: rare once a run has seen its lock orders, so kept out
+    /// of `event`'s body (its registers and stack cost every event).
+    #[inline(never)]
+    fn judge_order(&mut self, task: TaskId, class: &'static str) -> Option<String> {
+        let held: Vec<&'static str> = self.held.of(task).iter().map(|(_, c, _)| *c).collect();
         let mut report = None;
         for before in held {
             if Self::unordered(before, class) || self.judged.contains(&pair(before, class)) {
@@ -203,10 +280,8 @@ impl Lockdep {
     /// Whether every lock the task holds was already judged before `class`
     /// (the usual case once a run has seen its lock orders): no allocation.
     fn all_judged(&self, task: TaskId, class: &'static str) -> bool {
-        self.held.get(&task).is_none_or(|list| {
-            list.iter().all(|&(_, before, _)| {
-                Self::unordered(before, class) || self.judged.contains(&pair(before, class))
-            })
+        self.held.of(task).iter().all(|&(_, before, _)| {
+            Self::unordered(before, class) || self.judged.contains(&pair(before, class))
         })
     }
 
@@ -232,7 +307,7 @@ impl Lockdep {
     /// took it, so it does not count, as lockdep does not track it.
     pub fn io_locks_held(&self, task: TaskId) -> Option<&'static str> {
         self.held
-            .get(&task)?
+            .of(task)
             .iter()
             .map(|(_, c, _)| *c)
             .find(|c| IO_PATH.contains(c) && !CROSS_RELEASE.contains(c))
@@ -254,7 +329,8 @@ impl Lockdep {
     }
 
     /// The lock `held` is released by `releaser`: report each suspect that
-    /// surely allocated while holding it.
+    /// surely allocated while holding it. Rare: not in `event`'s body.
+    #[inline(never)]
     fn judge_cross_release(&mut self, held: &CrossHeld, releaser: TaskId) {
         for suspect in &held.suspects {
             let by_taker =
@@ -275,12 +351,14 @@ impl Lockdep {
         std::mem::take(&mut self.noio_reports)
     }
 
+    /// Whether there are reports of the noio rule to take (rarely).
+    pub fn has_noio_reports(&self) -> bool {
+        !self.noio_reports.is_empty()
+    }
+
     /// Locks still held, as "task holds class" lines.
     pub fn held_report(&self) -> Vec<(TaskId, &'static str)> {
-        self.held
-            .iter()
-            .flat_map(|(t, l)| l.iter().map(move |(_, c, _)| (*t, *c)))
-            .collect()
+        self.held.iter().map(|(t, (_, c, _))| (t, *c)).collect()
     }
 }
 
@@ -343,6 +421,43 @@ mod tests {
             "a -> b now closes a cycle too"
         );
         assert!(hold(&mut l, 1, [(1, "a"), (2, "b")]).is_none(), "once");
+    }
+
+    /// `held_report` lists tasks by id and each task's locks in the order
+    /// taken, however tasks came and went and locks were released.
+    #[test]
+    fn held_locks_are_listed_by_task_then_order_taken() {
+        let mut l = Lockdep::default();
+        take(&mut l, 9, 1, "a");
+        take(&mut l, 3, 2, "b");
+        take(&mut l, 9, 3, "c");
+        take(&mut l, 9, 4, "d");
+        take(&mut l, 5, 5, "e");
+        // Not the last taken: the others keep their order.
+        l.event(9, LockId(3), "c", LockOp::Release, LockMode::Write);
+        assert_eq!(
+            l.held_report(),
+            vec![(3, "b"), (5, "e"), (9, "a"), (9, "d")]
+        );
+        // Task 3 leaves the table, then comes back with a reused list.
+        l.event(3, LockId(2), "b", LockOp::Release, LockMode::Write);
+        assert_eq!(l.io_locks_held(3), None);
+        take(&mut l, 7, 6, "tracker_submit_lock");
+        take(&mut l, 3, 7, "f");
+        assert_eq!(
+            l.held_report(),
+            vec![
+                (3, "f"),
+                (5, "e"),
+                (7, "tracker_submit_lock"),
+                (9, "a"),
+                (9, "d")
+            ]
+        );
+        assert_eq!(l.io_locks_held(7), Some("tracker_submit_lock"));
+        // A release of a lock the task does not hold changes nothing.
+        l.event(5, LockId(4), "d", LockOp::Release, LockMode::Write);
+        assert_eq!(l.held_report().len(), 5);
     }
 
     #[test]

@@ -129,15 +129,18 @@ fn put(frame: &mut [u8; FRAME], at: usize, v: u64) -> usize {
     at + 8
 }
 
-/// The bytes after the time and the tag of an event of fixed size,
-/// written into `frame` from offset 9; the returned length counts the
-/// time and the tag. `None` for events with strings, which take the
-/// general path (`TraceEvent::encode`).
+/// The tag and the bytes after the time of an event of fixed size,
+/// written into `frame` from offset 8; the returned length counts the
+/// time. `None` for events with strings, which take the general path
+/// (`TraceEvent::encode`). Each arm writes its tag as a constant (what
+/// `TraceEvent::tag` says, checked by `batching_does_not_change_the_digest`),
+/// so the event's variant is matched once per event, not twice.
 #[inline(always)]
 fn fixed_body(event: &TraceEvent, frame: &mut [u8; FRAME]) -> Option<usize> {
     let end = match event {
-        TraceEvent::TaskExit { task } | TraceEvent::Poll { task } => put(frame, 9, *task),
-        TraceEvent::TimeAdvance { now } => put(frame, 9, *now),
+        TraceEvent::Poll { task } => tagged(frame, 3, *task),
+        TraceEvent::TaskExit { task } => tagged(frame, 2, *task),
+        TraceEvent::TimeAdvance { now } => tagged(frame, 4, *now),
         TraceEvent::BioSubmit {
             id,
             dev,
@@ -145,14 +148,14 @@ fn fixed_body(event: &TraceEvent, frame: &mut [u8; FRAME]) -> Option<usize> {
             sector,
             sectors,
         } => {
-            let at = put(frame, 9, *id);
+            let at = tagged(frame, 5, *id);
             let at = put(frame, at, u64::from(*dev));
             frame[at] = *op;
             let at = put(frame, at + 1, *sector);
             put(frame, at, *sectors)
         }
         TraceEvent::BioEnd { id, ok } => {
-            let at = put(frame, 9, *id);
+            let at = tagged(frame, 6, *id);
             frame[at] = u8::from(*ok);
             at + 1
         }
@@ -161,26 +164,30 @@ fn fixed_body(event: &TraceEvent, frame: &mut [u8; FRAME]) -> Option<usize> {
             sector,
             verdict: FilterVerdict::Pass,
         } => {
-            let at = put(frame, 9, u64::from(*dev));
+            let at = tagged(frame, 7, u64::from(*dev));
             let at = put(frame, at, *sector);
             frame[at..at + PASS.len()].copy_from_slice(&PASS);
             at + PASS.len()
         }
         TraceEvent::Ioctl { cmd, result } => {
-            let at = put(frame, 9, u64::from(*cmd));
+            let at = tagged(frame, 8, u64::from(*cmd));
             put(frame, at, *result as u64)
         }
         TraceEvent::Event { code, time_label } => {
-            let at = put(frame, 9, u64::from(*code));
+            let at = tagged(frame, 9, u64::from(*code));
             put(frame, at, *time_label as u64)
         }
-        TraceEvent::Freeze { dev, depth } | TraceEvent::Thaw { dev, depth } => {
-            let at = put(frame, 9, u64::from(*dev));
+        TraceEvent::Freeze { dev, depth } => {
+            let at = tagged(frame, 10, u64::from(*dev));
+            put(frame, at, u64::from(*depth))
+        }
+        TraceEvent::Thaw { dev, depth } => {
+            let at = tagged(frame, 11, u64::from(*dev));
             put(frame, at, u64::from(*depth))
         }
         // Site names are short constants; a longer one takes the general path.
         TraceEvent::Alloc { site, ok } if site.len() < FRAME - 18 => {
-            let at = put(frame, 9, site.len() as u64);
+            let at = tagged(frame, 12, site.len() as u64);
             let end = at + site.len();
             frame[at..end].copy_from_slice(site.as_bytes());
             frame[end] = u8::from(*ok);
@@ -189,6 +196,13 @@ fn fixed_body(event: &TraceEvent, frame: &mut [u8; FRAME]) -> Option<usize> {
         _ => return None,
     };
     Some(end)
+}
+
+/// Writes the tag at offset 8 and the event's first field after it.
+#[inline(always)]
+fn tagged(frame: &mut [u8; FRAME], tag: u8, first: u64) -> usize {
+    frame[8] = tag;
+    put(frame, 9, first)
 }
 
 impl TraceEvent {
@@ -322,7 +336,8 @@ impl Trace {
     #[inline]
     pub fn record(&mut self, now: u64, event: TraceEvent) {
         self.encode(now, &event);
-        self.count += 1;
+        // Cannot overflow: no run makes 2^64 events.
+        self.count = self.count.wrapping_add(1);
         if self.ring.len() < RING {
             self.ring.push((now, event));
         } else {
@@ -336,7 +351,9 @@ impl Trace {
     }
 
     /// Appends the event's bytes to the pending batch, hashing the batch
-    /// first when a whole frame might not fit.
+    /// first when a whole frame might not fit. Inlined into `record`: no
+    /// call, and the event is not copied for one.
+    #[inline(always)]
     fn encode(&mut self, now: u64, event: &TraceEvent) {
         if self.fill + FRAME > BATCH {
             self.flush();
@@ -344,19 +361,23 @@ impl Trace {
         let at = self.fill;
         let frame: &mut [u8; FRAME] = (&mut self.pending[at..at + FRAME]).try_into().unwrap();
         put(frame, 0, now);
-        frame[8] = event.tag();
-        if let Some(len) = fixed_body(event, frame) {
-            self.fill += len;
-            return;
+        match fixed_body(event, frame) {
+            Some(len) => self.fill += len,
+            None => self.encode_general(now, event),
         }
-        // Rare (spawns, steps, errors): the fields go to the batch one by
-        // one, after the time.
+    }
+
+    /// Rare (spawns, steps, errors): the fields go to the batch one by
+    /// one, after the time.
+    #[inline(never)]
+    fn encode_general(&mut self, now: u64, event: &TraceEvent) {
         let mut batch = Batch(self);
         num(&mut batch, now);
         event.encode(&mut batch);
     }
 
     /// Hashes the pending batch.
+    #[inline(never)]
     fn flush(&mut self) {
         self.hasher.update(&self.pending[..self.fill]);
         self.fill = 0;
