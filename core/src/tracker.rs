@@ -347,7 +347,8 @@ impl Tracker {
             // The write is let through after an error; first wait for the
             // copies already started, or the write could overtake them.
             Err(e) if e != Errno::EAGAIN && !self.passes_at_once(e) => {
-                area.wait_started(bio.sector, bio.sectors).await;
+                // Boxed: an error path, kept out of every write's future.
+                Box::pin(area.wait_started(bio.sector, bio.sectors)).await;
                 Err(e)
             }
             Err(e) => Err(e),
