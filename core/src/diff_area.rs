@@ -627,7 +627,8 @@ impl DiffArea {
     ) -> Result<(), Errno> {
         for number in self.chunk_numbers(sector, count) {
             let Some(chunk) = self.chunk(number) else {
-                self.set_corrupted(Errno::EINVAL).await;
+                // Boxed: rare, and inline it would grow every write's future.
+                Box::pin(self.set_corrupted(Errno::EINVAL)).await;
                 return Err(Errno::EINVAL);
             };
             self.lock_chunk(&chunk, nowait, killable).await?;
@@ -654,6 +655,10 @@ impl DiffArea {
     }
 
     /// The COW decision for one locked chunk (spec 5.3, first block).
+    /// Every write's filter future holds this one inline, so the paths
+    /// most writes never take (starting a copy, failing a chunk) are
+    /// boxed: inline they made the per-write future hundreds of bytes,
+    /// moved and re-entered on each of its polls.
     async fn copy_chunk(self: &Rc<Self>, chunk: &Rc<Chunk>, nowait: bool) -> Result<(), Errno> {
         let k = self.module.k();
         if chunk.has(bits::FAILED | bits::DIRTY | bits::STORE_READY) {
@@ -662,14 +667,14 @@ impl DiffArea {
         }
         if chunk.has(bits::LOADING | bits::STORING) {
             // IO in flight would hold the lock: a stale bit is a broken chunk.
-            self.store_failed(chunk, Some(Errno::EFAULT)).await;
+            Box::pin(self.store_failed(chunk, Some(Errno::EFAULT))).await;
             return Err(Errno::EFAULT);
         }
         let started = if chunk.has(bits::BUFFER_READY) {
             self.cache_remove(chunk);
-            self.schedule_storing(chunk, nowait).await
+            Box::pin(self.schedule_storing(chunk, nowait)).await
         } else {
-            self.schedule_loading(chunk, nowait).await
+            Box::pin(self.schedule_loading(chunk, nowait)).await
         };
         match started {
             Ok(()) => Ok(()),
@@ -685,7 +690,7 @@ impl DiffArea {
                 Err(Errno::EAGAIN)
             }
             Err(e) => {
-                self.store_failed(chunk, Some(e)).await;
+                Box::pin(self.store_failed(chunk, Some(e))).await;
                 Err(e)
             }
         }
@@ -702,7 +707,8 @@ impl DiffArea {
         let k = self.module.k();
         for number in self.chunk_numbers(sector, count) {
             let Some(chunk) = self.chunk(number) else {
-                self.set_corrupted(Errno::EINVAL).await;
+                // Boxed: rare, and inline it would grow every write's future.
+                Box::pin(self.set_corrupted(Errno::EINVAL)).await;
                 return Err(Errno::EINVAL);
             };
             self.lock_chunk(&chunk, nowait, killable).await?;

@@ -5,36 +5,42 @@
 //! A completer dropped without a value leaves its completion pending for ever:
 //! that is deliberate, it is how a leaked bio shows up as a hang in the sim.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+/// Cells rather than one `RefCell`: every bio makes, completes and polls a
+/// slot, and no access needs a borrow that outlives one statement, so the
+/// borrow flag was pure cost.
 struct Slot<T> {
-    value: Option<T>,
-    waker: Option<Waker>,
+    value: Cell<Option<T>>,
+    waker: Cell<Option<Waker>>,
+    /// Set once the value is there, so `is_done` need not take it out.
+    done: Cell<bool>,
     /// Set once the value has been handed to the awaiting side.
-    taken: bool,
+    taken: Cell<bool>,
 }
 
 /// The awaiting half.
 pub struct Completion<T> {
-    slot: Rc<RefCell<Slot<T>>>,
+    slot: Rc<Slot<T>>,
 }
 
 /// The completing half.
 pub struct Completer<T> {
-    slot: Rc<RefCell<Slot<T>>>,
+    slot: Rc<Slot<T>>,
 }
 
 /// A linked completion/completer pair.
 pub fn completion<T>() -> (Completion<T>, Completer<T>) {
-    let slot = Rc::new(RefCell::new(Slot {
-        value: None,
-        waker: None,
-        taken: false,
-    }));
+    let slot = Rc::new(Slot {
+        value: Cell::new(None),
+        waker: Cell::new(None),
+        done: Cell::new(false),
+        taken: Cell::new(false),
+    });
     (Completion { slot: slot.clone() }, Completer { slot })
 }
 
@@ -48,7 +54,7 @@ impl<T> Completion<T> {
 
     /// True once the value is there (and not yet taken).
     pub fn is_done(&self) -> bool {
-        self.slot.borrow().value.is_some()
+        self.slot.done.get() && !self.slot.taken.get()
     }
 }
 
@@ -56,16 +62,11 @@ impl<T> Completer<T> {
     /// Hand the value over and wake the waiter. Completing twice is a bug of
     /// the caller (a double `bio_endio`), so it is asserted.
     pub fn complete(self, value: T) {
-        let waker = {
-            let mut slot = self.slot.borrow_mut();
-            assert!(
-                slot.value.is_none() && !slot.taken,
-                "completion completed twice"
-            );
-            slot.value = Some(value);
-            slot.waker.take()
-        };
-        if let Some(waker) = waker {
+        let slot = &self.slot;
+        assert!(!slot.done.get(), "completion completed twice");
+        slot.done.set(true);
+        slot.value.set(Some(value));
+        if let Some(waker) = slot.waker.take() {
             waker.wake();
         }
     }
@@ -80,15 +81,15 @@ impl<T> Future for Completion<T> {
     type Output = T;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let mut slot = self.slot.borrow_mut();
+        let slot = &self.slot;
         match slot.value.take() {
             Some(value) => {
-                slot.taken = true;
+                slot.taken.set(true);
                 Poll::Ready(value)
             }
             None => {
-                assert!(!slot.taken, "completion polled after it was taken");
-                slot.waker = Some(cx.waker().clone());
+                assert!(!slot.taken.get(), "completion polled after it was taken");
+                slot.waker.set(Some(cx.waker().clone()));
                 Poll::Pending
             }
         }

@@ -250,8 +250,9 @@ impl Stamps {
     /// Append a run, merged into the last one when it continues it.
     /// Inlined: every bio's data is built or joined run by run through
     /// here (a 512 MiB chunk copy is 1024 bios), and the call itself
-    /// cost about as much as the merge.
-    #[inline]
+    /// cost about as much as the merge. `#[inline]` alone was not taken
+    /// (it stayed a 40-instruction call, 17.7 M on pib200), so it is forced.
+    #[inline(always)]
     pub fn push_run(&mut self, run: Run) {
         if run.len == 0 {
             return;
