@@ -11,7 +11,7 @@
 //! that count internally and reports it through no kernel interface (no stats or trace hook
 //! in `blksnap_core::kernel::Kernel`), and reading engine state would break the black box.
 //!
-//! Cost: one map lookup per sample; each line keeps at most `MAX_POINTS` points and the run at
+//! Cost: one map lookup per sample (none when the counter's last device is sampled again); each line keeps at most `MAX_POINTS` points and the run at
 //! most `MAX_SPANS` windows and marks, however long it runs.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,6 +78,9 @@ impl Counter {
     }
 }
 
+/// How many counters there are (`Counter as usize` indexes arrays of this length).
+const COUNTERS: usize = Counter::ImageWrites as usize + 1;
+
 /// A sampled count and its line.
 struct Count {
     value: u64,
@@ -117,7 +120,12 @@ struct Span {
 
 #[derive(Default)]
 pub struct Sampler {
-    counts: BTreeMap<(Counter, DevT), Count>,
+    /// Where each count is in `lines`, in the order `finish` takes them.
+    counts: BTreeMap<(Counter, DevT), usize>,
+    lines: Vec<Count>,
+    /// Per counter, the device it last counted and where: a run samples one storage
+    /// device bio after bio, so most samples find their count with no map search (issue 10).
+    recent: [Option<(DevT, usize)>; COUNTERS],
     /// Storage sectors the engine wrote, per device, as disjoint [start, end) runs.
     written: BTreeMap<DevT, Covered>,
     /// Open and closed windows, in the order they began (bounded).
@@ -134,13 +142,28 @@ pub struct Sampler {
 
 impl Sampler {
     fn add(&mut self, now: u64, counter: Counter, dev: DevT, n: u64) {
-        let count = self.counts.entry((counter, dev)).or_insert_with(|| Count {
-            value: 0,
-            line: Line::new(counter.plot(), counter.name(), dev.to_string()),
-        });
+        let at = match self.recent[counter as usize] {
+            Some((last, at)) if last == dev => at,
+            _ => self.find(counter, dev),
+        };
+        let count = &mut self.lines[at];
         // Saturating: hostile ioctl arguments append ranges up to u64::MAX sectors.
         count.value = count.value.saturating_add(n);
         count.line.sample(now, count.value as f64);
+    }
+
+    /// Where the count of `counter` on `dev` is (a new one if none), remembered as recent.
+    fn find(&mut self, counter: Counter, dev: DevT) -> usize {
+        let lines = &mut self.lines;
+        let at = *self.counts.entry((counter, dev)).or_insert_with(|| {
+            lines.push(Count {
+                value: 0,
+                line: Line::new(counter.plot(), counter.name(), dev.to_string()),
+            });
+            lines.len() - 1
+        });
+        self.recent[counter as usize] = Some((dev, at));
+        at
     }
 
     /// APPEND_STORAGE offered `count` sectors of `dev` to snapshot `id`.
@@ -281,10 +304,10 @@ impl Sampler {
             dropped: self.dropped,
             ..TimeSeries::default()
         };
-        for ((_, dev), count) in &self.counts {
-            let mut line = count.line.clone();
+        for (&(_, dev), &at) in &self.counts {
+            let mut line = self.lines[at].line.clone();
             line.finish();
-            line.device = names.device(*dev);
+            line.device = names.device(dev);
             series.lines.push(line);
         }
         for (id, asked) in &self.requested {

@@ -23,8 +23,9 @@
 //!   loss, a read returns the last completed write (any of those that
 //!   overlapped), or a write in flight during the read.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::ops::Index;
+use std::ops::{Index, RangeBounds};
 
 use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Stamp, Stamps};
 
@@ -110,6 +111,74 @@ impl Index<&u64> for WriteLog {
 /// back a sector's writes can start.
 const MAX_JOINED: u64 = 1 << 21;
 
+/// The ids of the writes that start at one sector, oldest first. Most
+/// sectors start one write: that one is held inline, so recording a write
+/// allocates nothing (issue 10).
+#[derive(Clone, Debug)]
+struct Ids {
+    first: u64,
+    more: Vec<u64>,
+}
+
+impl Ids {
+    fn iter(&self) -> impl Iterator<Item = &u64> {
+        std::iter::once(&self.first).chain(&self.more)
+    }
+
+    /// Forgets `id`; false when no id is left.
+    fn remove(&mut self, id: u64) -> bool {
+        if self.first == id {
+            if self.more.is_empty() {
+                return false;
+            }
+            self.first = self.more.remove(0);
+        } else {
+            self.more.retain(|i| *i != id);
+        }
+        true
+    }
+}
+
+/// One device's writes since its last power loss, by first sector, and the
+/// longest of them: the writes over a sector start at most that far before
+/// it. One entry per write, not one per sector it covers. Per device, so a
+/// search compares sectors only (issue 10).
+#[derive(Clone, Default)]
+struct Starts {
+    ids: BTreeMap<u64, Ids>,
+    longest: u64,
+}
+
+impl Starts {
+    fn add(&mut self, sector: u64, id: u64) {
+        match self.ids.entry(sector) {
+            Entry::Vacant(v) => {
+                v.insert(Ids {
+                    first: id,
+                    more: Vec::new(),
+                });
+            }
+            Entry::Occupied(mut o) => o.get_mut().more.push(id),
+        }
+    }
+
+    /// Forgets write `id`, which starts at `sector`.
+    fn forget(&mut self, sector: u64, id: u64) {
+        if let Some(ids) = self.ids.get_mut(&sector) {
+            if !ids.remove(id) {
+                self.ids.remove(&sector);
+            }
+        }
+    }
+
+    /// The ids of the writes that start in `range`, in sector then id order.
+    fn in_range(&self, range: impl RangeBounds<u64>) -> impl Iterator<Item = (u64, &u64)> {
+        self.ids
+            .range(range)
+            .flat_map(|(s, ids)| ids.iter().map(move |id| (*s, id)))
+    }
+}
+
 /// The user FLUSHes (and REQ_PREFLUSHes) of a device that completed since
 /// its last power loss, sorted by completion time, with the latest
 /// submission among each prefix: "did a FLUSH submitted at or after `done`
@@ -164,11 +233,8 @@ const FOLD_MIN: u64 = 64;
 pub struct Durability {
     fills: BTreeMap<DevT, (u32, Fill)>,
     writes: WriteLog,
-    /// Writes since the last power loss by (device, first sector), and the
-    /// longest per device: the writes over a sector start at most that far
-    /// before it. One entry per write, not one per sector it covers.
-    by_start: BTreeMap<(DevT, u64), Vec<u64>>,
-    longest: BTreeMap<DevT, u64>,
+    /// Writes since the last power loss, per device.
+    starts: BTreeMap<DevT, Starts>,
     /// The last engine write per device (later ones may join it).
     last_engine: BTreeMap<DevT, u64>,
     flushes: BTreeMap<DevT, Flushes>,
@@ -212,12 +278,9 @@ impl Durability {
     fn add_write(&mut self, write: Write) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        self.by_start
-            .entry((write.dev, write.sector))
-            .or_default()
-            .push(id);
-        let longest = self.longest.entry(write.dev).or_default();
-        *longest = (*longest).max(write.data.len());
+        let starts = self.starts.entry(write.dev).or_default();
+        starts.add(write.sector, id);
+        starts.longest = starts.longest.max(write.data.len());
         self.held += 1;
         self.writes.insert(id, write);
         id
@@ -289,8 +352,8 @@ impl Durability {
         }
         last.data.append(&bio.data);
         let len = last.data.len();
-        let longest = self.longest.entry(bio.dev).or_default();
-        *longest = (*longest).max(len);
+        let starts = self.starts.entry(bio.dev).or_default();
+        starts.longest = starts.longest.max(len);
         true
     }
 
@@ -408,19 +471,16 @@ impl Durability {
             .copied()
             .collect();
         let mut gone = Vec::new();
-        for (&(_, start), ids) in self.by_start.range((dev, 0)..=(dev, u64::MAX)) {
-            for &id in ids.iter().filter(|id| !pending.contains(id)) {
-                if self.superseded_everywhere(&self.writes[&id], now, horizon) {
-                    gone.push((start, id));
-                }
+        let starts = self.starts.get(&dev).into_iter();
+        for (start, &id) in starts.flat_map(|s| s.in_range(..)) {
+            if !pending.contains(&id) && self.superseded_everywhere(&self.writes[&id], now, horizon)
+            {
+                gone.push((start, id));
             }
         }
         for &(start, id) in &gone {
-            if let Some(ids) = self.by_start.get_mut(&(dev, start)) {
-                ids.retain(|i| *i != id);
-                if ids.is_empty() {
-                    self.by_start.remove(&(dev, start));
-                }
+            if let Some(starts) = self.starts.get_mut(&dev) {
+                starts.forget(start, id);
             }
             self.writes.remove(&id);
         }
@@ -468,20 +528,21 @@ impl Durability {
 
     /// The writes to `sector` since the last power loss.
     fn sector_writes(&self, dev: DevT, sector: u64) -> impl Iterator<Item = &Write> {
-        let longest = self.longest.get(&dev).copied().unwrap_or(0);
+        let starts = self.starts.get(&dev);
+        let longest = starts.map_or(0, |s| s.longest);
         let from = (sector + 1).saturating_sub(longest).min(sector);
-        self.by_start
-            .range((dev, from)..=(dev, sector))
-            .flat_map(|(_, ids)| ids)
-            .filter_map(|id| self.writes.get(id))
+        starts
+            .into_iter()
+            .flat_map(move |s| s.in_range(from..=sector))
+            .filter_map(|(_, id)| self.writes.get(id))
             .filter(move |w| w.end() > sector)
     }
 
     /// Every sector written on `dev` since the last power loss, in order.
     fn written_sectors(&self, dev: DevT) -> Vec<u64> {
         let mut spans: Vec<(u64, u64)> = Vec::new();
-        let starts = self.by_start.range((dev, 0)..=(dev, u64::MAX));
-        for (&(_, start), ids) in starts {
+        let starts = self.starts.get(&dev).into_iter().flat_map(|s| &s.ids);
+        for (&start, ids) in starts {
             let end = ids
                 .iter()
                 .map(|id| self.writes[id].end())
@@ -572,12 +633,13 @@ impl Durability {
 
     /// The writes since the last power loss that meet [from, to).
     fn range_writes(&self, dev: DevT, from: u64, to: u64) -> Vec<&Write> {
-        let longest = self.longest.get(&dev).copied().unwrap_or(0);
+        let starts = self.starts.get(&dev);
+        let longest = starts.map_or(0, |s| s.longest);
         let first = (from + 1).saturating_sub(longest).min(from);
-        self.by_start
-            .range((dev, first)..(dev, to.max(from)))
-            .flat_map(|(_, ids)| ids)
-            .filter_map(|id| self.writes.get(id))
+        starts
+            .into_iter()
+            .flat_map(|s| s.in_range(first..to.max(from)))
+            .filter_map(|(_, id)| self.writes.get(id))
             .filter(|w| w.end() > from)
             .collect()
     }
@@ -678,21 +740,13 @@ impl Durability {
         for (s, stamp) in found {
             self.baseline.insert((dev, s), stamp);
         }
-        let keys: Vec<(DevT, u64)> = self
-            .by_start
-            .range((dev, 0)..=(dev, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
-            for id in self.by_start.remove(&key).unwrap_or_default() {
-                self.writes.remove(&id);
-                self.held -= 1;
-            }
+        for (_, &id) in self.starts.remove(&dev).unwrap_or_default().in_range(..) {
+            self.writes.remove(&id);
+            self.held -= 1;
         }
         // Reads in flight at the cut never end (the power loss ended their
         // bios with their tasks); left here they would pin every later fold.
         self.reading.retain(|&(d, _), _| d != dev);
-        self.longest.remove(&dev);
         self.last_engine.remove(&dev);
         self.unflushed.remove(&dev);
         self.flushes.remove(&dev);
@@ -1091,8 +1145,7 @@ mod tests {
             Durability {
                 fills: self.fills.clone(),
                 writes: self.writes.clone(),
-                by_start: self.by_start.clone(),
-                longest: self.longest.clone(),
+                starts: self.starts.clone(),
                 flushes: self.flushes.clone(),
                 unflushed: self.unflushed.clone(),
                 baseline: self.baseline.clone(),
