@@ -146,7 +146,7 @@ impl Sim {
                         return false;
                     }
                     let now = self.now();
-                    self.record(TraceEvent::TimeAdvance { now });
+                    self.record_time_advance(now);
                 }
             }
         }
