@@ -170,8 +170,8 @@ impl Sim {
         self.record_inline(event)
     }
 
-    /// The three events of every bio and every jump of time (most events
-    /// of a run) each have their own recorder: the caller passes a few
+    /// The events of every bio, poll and jump of time (most events of a
+    /// run) each have their own recorder: the caller passes a few
     /// words, not a built event, and in the recorder the variant is a
     /// constant, so neither match on it (in `record` and in
     /// `Trace::encode`) is left. Out of line: inlined into their callers,
@@ -190,6 +190,12 @@ impl Sim {
             sector: bio.sector,
             sectors: bio.sectors,
         })
+    }
+
+    /// Every poll of a task (most events of a run without bios).
+    #[inline(never)]
+    pub(crate) fn record_poll(&self, task: u64) {
+        self.record_inline(TraceEvent::Poll { task })
     }
 
     #[inline(never)]
