@@ -83,8 +83,10 @@ pub struct Device {
     pub io_min: u32,
     pub fill: Fill,
     pub latency: Latency,
-    /// Written extents by first sector; they never overlap.
-    media: BTreeMap<u64, Stamps>,
+    /// Written extents by first sector; they never overlap. Boxed: a
+    /// leaf shift or merge of the map moves 16-byte slots, not 56-byte
+    /// ones (a chunk copy joins and removes extents on every other write).
+    media: BTreeMap<u64, Box<Stamps>>,
     /// Sectors [from, to) known to hold no extent (empty if from == to):
     /// a read inside it is the fill, with no search of `media`. A chunk
     /// copy reads a large device's unwritten space in many bios; the
@@ -231,11 +233,11 @@ impl Device {
                         return;
                     }
                 }
-                self.media.insert(sector, data.clone());
+                self.media.insert(sector, Box::new(data.clone()));
                 return;
             }
         }
-        let mut fresh = data.clone();
+        let mut fresh = Box::new(data.clone());
         if next.is_some_and(|next| join(&mut fresh, next)) {
             self.media.remove(&end);
         }
@@ -265,7 +267,9 @@ impl Device {
             }
             None => (None, None),
         };
-        only.into_iter().chain(many.into_iter().flatten())
+        only.into_iter()
+            .chain(many.into_iter().flatten())
+            .map(|(start, extent)| (start, &**extent))
     }
 
     /// The fill of never-written sectors [from, to): one run.
@@ -292,10 +296,12 @@ impl Device {
             let extent = self.media.remove(&start).expect("listed above");
             let len = extent.len();
             if start < sector {
-                self.media.insert(start, extent.slice(0, sector - start));
+                self.media
+                    .insert(start, Box::new(extent.slice(0, sector - start)));
             }
             if start + len > end {
-                self.media.insert(end, extent.slice(end - start, len));
+                self.media
+                    .insert(end, Box::new(extent.slice(end - start, len)));
             }
         }
     }

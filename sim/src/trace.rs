@@ -331,9 +331,10 @@ impl Default for Trace {
 }
 
 impl Trace {
-    /// Inlined into `Sim::record`, its one caller: the event is moved
-    /// once, into the ring, instead of once more through a call.
-    #[inline]
+    /// Inlined into `Sim::record` and its recorders of hot events: the
+    /// event is moved once, into the ring, instead of once more through
+    /// a call, and where its variant is a constant the match on it folds.
+    #[inline(always)]
     pub fn record(&mut self, now: u64, event: TraceEvent) {
         self.encode(now, &event);
         // Cannot overflow: no run makes 2^64 events.

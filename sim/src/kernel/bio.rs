@@ -18,7 +18,6 @@ use blksnap_core::kernel::{Bio, BioResult, Completer, DevT, Errno, LocalBoxFutur
 
 use super::Sim;
 use crate::check::injected::FaultKind;
-use crate::trace::TraceEvent;
 
 impl Sim {
     /// Hand a bio to a device or an image disk; no filter on this path.
@@ -42,13 +41,7 @@ impl Sim {
             return;
         }
         let id = self.next_bio_id();
-        self.record(TraceEvent::BioSubmit {
-            id,
-            dev: bio.dev.0,
-            op: bio.op as u8,
-            sector: bio.sector,
-            sectors: bio.sectors,
-        });
+        self.record_bio_submit(id, &bio);
         let check = self.blk.device_accept(&bio);
         let latency = match check {
             Ok((latency, spike)) => {
@@ -62,7 +55,7 @@ impl Sim {
                 latency
             }
             Err(e) => {
-                self.record(TraceEvent::BioEnd { id, ok: false });
+                self.record_bio_end(id, false);
                 done.complete(Err(e));
                 return;
             }
@@ -75,10 +68,7 @@ impl Sim {
         let in_flight = &self.blk.bios_in_flight;
         in_flight.set(in_flight.get() - 1);
         let result = self.apply_bio(&bio);
-        self.record(TraceEvent::BioEnd {
-            id,
-            ok: result.is_ok(),
-        });
+        self.record_bio_end(id, result.is_ok());
         done.complete(result);
     }
 

@@ -92,7 +92,7 @@ impl Sim {
             return;
         };
         self.sched.maybe_demote(id);
-        self.record(TraceEvent::Poll { task: id });
+        self.record_poll(id);
         let mut cx = Context::from_waker(&waker);
         panics::install_hook();
         panics::set_in_poll(true);
@@ -146,7 +146,7 @@ impl Sim {
                         return false;
                     }
                     let now = self.now();
-                    self.record(TraceEvent::TimeAdvance { now });
+                    self.record_time_advance(now);
                 }
             }
         }
