@@ -1414,39 +1414,26 @@ mod tests {
 
     #[test]
     fn a_corrupted_event_excuses_reads_from_when_its_allocation_began() {
-        let none = InjectedFaults::default();
-        // The event reclaimed from 45 to 60 and is stamped 60: the read
-        // that failed at 50 came after the flag was raised.
-        let mut o = oracle();
-        taken_at(&mut o, 20, 30);
-        read_err(&mut o, 0, Errno::EIO, 40, 50);
-        o.reclaim_began("event", 7, 45);
-        o.allocated("event", 7, 60);
-        o.corrupted_event(SNAP, ORIG, 60);
-        assert!(o.unexplained_image_errors(&none).is_empty());
-        // Reclaim began after the read ended: not excused.
-        let mut o = oracle();
-        taken_at(&mut o, 20, 30);
-        read_err(&mut o, 0, Errno::EIO, 40, 50);
-        o.reclaim_began("event", 7, 52);
-        o.allocated("event", 7, 60);
-        o.corrupted_event(SNAP, ORIG, 60);
-        assert_eq!(o.unexplained_image_errors(&none).len(), 1);
-        // Another task's allocation, another site, or another snapshot's
-        // event: not excused.
-        for (site, task, snapshot) in [
-            ("event", 8, SNAP),
-            ("snapshot", 7, SNAP),
-            ("event", 7, [6; 16]),
-        ] {
+        // A read fails at 40..50; task 7 begins an allocation at `site` at
+        // `began`, `task` gets it at 60, and an event of `snapshot` stamped
+        // 60 is read. How many failed reads are unexplained?
+        let unexplained = |site: &str, began: u64, task: u64, snapshot: SnapId| {
             let mut o = oracle();
             taken_at(&mut o, 20, 30);
             read_err(&mut o, 0, Errno::EIO, 40, 50);
-            o.reclaim_began(site, 7, 45);
+            o.reclaim_began(site, 7, began);
             o.allocated(site, task, 60);
             o.corrupted_event(snapshot, ORIG, 60);
-            assert_eq!(o.unexplained_image_errors(&none).len(), 1, "{site} {task}");
-        }
+            o.unexplained_image_errors(&InjectedFaults::default()).len()
+        };
+        // The flag was raised at 45, before the read failed.
+        assert_eq!(unexplained("event", 45, 7, SNAP), 0);
+        // Reclaim began after the read ended.
+        assert_eq!(unexplained("event", 52, 7, SNAP), 1);
+        // Another task's allocation, another site, another snapshot's event.
+        assert_eq!(unexplained("event", 45, 8, SNAP), 1);
+        assert_eq!(unexplained("snapshot", 45, 7, SNAP), 1);
+        assert_eq!(unexplained("event", 45, 7, [6; 16]), 1);
     }
 
     #[test]
