@@ -42,10 +42,23 @@ pub fn shrink(
     checker: &str,
     budget: u32,
 ) -> Result<Shrunk, String> {
-    if !still_fails(original, seed, checker) {
-        return Err(format!(
-            "the scenario does not fail with '{checker}' at seed {seed}"
-        ));
+    shrink_while(original, budget, &|candidate| {
+        still_fails(candidate, seed, checker)
+    })
+    .ok_or_else(|| format!("the scenario does not fail with '{checker}' at seed {seed}"))?
+}
+
+/// Shrink `original` while `keeps` holds, in at most `budget` runs of it;
+/// `None` if it does not hold for `original`. `keeps` says what "fails the
+/// same way" means: the CLI's `shrink` wants any failure of one checker,
+/// the swarm wants the judge to still blame its group's bug.
+pub fn shrink_while(
+    original: &Scenario,
+    budget: u32,
+    keeps: &dyn Fn(&Scenario) -> bool,
+) -> Option<Result<Shrunk, String>> {
+    if !keeps(original) {
+        return None;
     }
     let mut best = original.clone();
     best.expect_failure = None;
@@ -61,21 +74,20 @@ pub fn shrink(
                 continue;
             }
             runs += 1;
-            if still_fails(&candidate, seed, checker) {
+            if keeps(&candidate) {
                 best = candidate;
                 continue 'rounds;
             }
         }
         break;
     }
-    let text = to_text(&best)?;
-    Ok(Shrunk {
+    Some(to_text(&best).map(|text| Shrunk {
         steps_before: count_steps(&original.steps),
         steps_after: count_steps(&best.steps),
         scenario: best,
         text,
         runs,
-    })
+    }))
 }
 
 /// The scenario as RON that loads again (references checked).

@@ -327,7 +327,7 @@ pub fn shrink_groups(groups: &mut [Group], runs: &[SeedRun], out: &Path, plan: &
                 let group = &groups_ref[index as usize];
                 let run = by_seed[&group.seeds[0]];
                 let file = out.join(format!("group-{:02}-{}.ron", index + 1, group.checker));
-                let result = shrink_one(run, &group.checker, &file, plan.shrink_budget);
+                let result = shrink_one(run, group, &file, plan.shrink_budget);
                 shrunk
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -362,7 +362,7 @@ pub fn replay(file: &Path, seed: u64) -> String {
 /// Shrink one failing seed and write it; the step counts before and after.
 fn shrink_one(
     run: &SeedRun,
-    checker: &str,
+    group: &Group,
     file: &PathBuf,
     budget: u32,
 ) -> Result<(usize, usize), String> {
@@ -370,9 +370,10 @@ fn shrink_one(
         .failing
         .as_ref()
         .ok_or_else(|| "the seed failed outside the scenario (a bench error)".to_string())?;
-    let shrunk =
-        crate::panics::guard(|| super::declare::shrink(scenario, run.seed, checker, budget))
-            .and_then(|r| r)?;
+    let shrunk = crate::panics::guard(|| {
+        super::declare::shrink(scenario, run.seed, &group.checker, &group.message, budget)
+    })
+    .and_then(|r| r)?;
     std::fs::write(file, &shrunk.text).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok((shrunk.steps_before, shrunk.steps_after))
 }

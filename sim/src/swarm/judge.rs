@@ -16,7 +16,12 @@
 //!   never reads, so the oracle cannot explain its failed image reads;
 //! - a TAKE racing a DESTROY or CREATE of the same name in another
 //!   concurrent branch may lose its follow-up COLLECT_IMAGES (see
-//!   `is_take_race`).
+//!   `is_forgiven`).
+//!
+//! Never the engine's: a failure the run itself puts down to a fault the
+//! generated plan declared (`Category::DeclaredFault`: every attempt of the
+//! runner's COLLECT_IMAGES after a TAKE failed by an injected allocation
+//! failure, a read whose damage an injected device fault explains).
 //!
 //! A run with failures of these kinds (any image verdict of the oracle
 //! counts as one) is run again as [`sanitize`]d: `VerifyImage` becomes
@@ -29,6 +34,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use crate::check::verdict::Category;
 use crate::kernel::Failure;
 use crate::scenario::model::{Step, Target};
 use crate::scenario::{self, Outcome, RunOptions, Scenario};
@@ -78,7 +84,7 @@ fn judge_outcome(
     options: &RunOptions,
     first: Outcome,
 ) -> Option<(Scenario, Outcome)> {
-    if first.failures.iter().all(|f| is_take_race(f, scenario)) {
+    if first.failures.iter().all(|f| is_forgiven(f, scenario)) {
         return None;
     }
     let doubtful = |f: &Failure| is_missing_image(f) || is_image_verdict(f);
@@ -87,14 +93,14 @@ fn judge_outcome(
     }
     let sanitized = sanitize(scenario);
     let rerun = scenario::run(&sanitized, options);
-    if !rerun.failures.iter().all(|f| is_take_race(f, &sanitized)) {
+    if !rerun.failures.iter().all(|f| is_forgiven(f, &sanitized)) {
         return Some((sanitized, rerun));
     }
     // The doubtful failures went away; any others of the first run stand.
     let mut first = first;
     first
         .failures
-        .retain(|f| !doubtful(f) && !is_take_race(f, scenario));
+        .retain(|f| !doubtful(f) && !is_forgiven(f, scenario));
     if first.failures.is_empty() {
         return None;
     }
@@ -102,9 +108,10 @@ fn judge_outcome(
 }
 
 /// Whether the judge holds `failure` against the engine (a take race of
-/// the scenario's own making, or an empty coverage check, it does not).
+/// the scenario's own making, an empty coverage check, or what a declared
+/// fault explains, it does not).
 pub fn blames_engine(failure: &Failure, scenario: &Scenario) -> bool {
-    !is_take_race(failure, scenario)
+    !is_forgiven(failure, scenario)
 }
 
 /// A TAKE step that failed, by its own ioctl (`(Take): expected success,
@@ -125,13 +132,24 @@ fn is_injected_eio(failure: &Failure, scenario: &Scenario) -> bool {
         && failure.message.ends_with("failed: EIO")
 }
 
-/// The runner follows a successful TAKE with COLLECT_IMAGES expecting
-/// success, as the upstream library does. When another branch of the same
-/// concurrent group destroys or re-creates that snapshot name in between,
-/// the collect fails: the scenario raced itself, the engine did nothing
-/// wrong. (The run then skips its teardown checks, so only the rare
-/// interleaving that hits the window loses them.)
-fn is_take_race(failure: &Failure, scenario: &Scenario) -> bool {
+/// Failures of the scenario's own making:
+/// - what the run puts down to a fault its plan declared (the category is
+///   set where the failure is recorded, from the sim's own fault log, so
+///   no message is read; swarm seeds 45017 and 67356: all four attempts
+///   of the runner's COLLECT_IMAGES failed by injected ENOMEM);
+/// - a user IO step's EIO under random bio errors ([`is_injected_eio`]);
+/// - an empty coverage check;
+/// - a take race: the runner follows a successful TAKE with
+///   COLLECT_IMAGES expecting success, as the upstream library does. When
+///   another branch of the same concurrent group destroys or re-creates
+///   that snapshot name in between, the collect fails: the scenario raced
+///   itself, the engine did nothing wrong. (The run then skips its
+///   teardown checks, so only the rare interleaving that hits the window
+///   loses them.)
+fn is_forgiven(failure: &Failure, scenario: &Scenario) -> bool {
+    if failure.category == Category::DeclaredFault {
+        return true;
+    }
     if is_injected_eio(failure, scenario) {
         return true;
     }
@@ -407,7 +425,6 @@ fn drop_image_io_after_destroy(steps: &mut Vec<Step>, dead: &mut BTreeSet<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::verdict::Category;
 
     fn expect_failure(message: &str) -> Failure {
         Failure {
@@ -444,13 +461,35 @@ mod tests {
             "step 1.1.1 (Take): expected success, got ENOENT",
         ] {
             let failure = expect_failure(message);
-            assert!(is_take_race(&failure, &racing), "{message}");
-            assert!(!is_take_race(&failure, &calm), "{message}");
+            assert!(is_forgiven(&failure, &racing), "{message}");
+            assert!(!is_forgiven(&failure, &calm), "{message}");
         }
         // Another step, or the TAKE's other failures, are not forgiven.
         let other = expect_failure("step 1.1.0 (Take): expected success, got ENOENT");
-        assert!(!is_take_race(&other, &racing));
+        assert!(!is_forgiven(&other, &racing));
         let data = expect_failure("step 1.1.1 (Take): the image of d0 is missing");
-        assert!(!is_take_race(&data, &racing));
+        assert!(!is_forgiven(&data, &racing));
+    }
+
+    /// Swarm seed 45017: every attempt of the runner's COLLECT_IMAGES after
+    /// a TAKE failed by an allocation failure the plan injected. The runner
+    /// records it as the fault's; the judge must not blame the engine. The
+    /// same words recorded as the engine's stay blamed: the category
+    /// decides, not the message.
+    #[test]
+    fn a_failure_a_declared_fault_explains_is_not_the_engines() {
+        let calm = take_beside(steps::create("c".into(), vec!["d0".into()]));
+        let message = "step 1.1.1 (Take): COLLECT_IMAGES after a successful TAKE: expected \
+                       success, got ENOMEM (4 attempts, each failed by the sim)";
+        let mut failure = expect_failure(message);
+        assert!(blames_engine(&failure, &calm));
+        failure.category = Category::DeclaredFault;
+        assert!(!blames_engine(&failure, &calm));
+        let mut read =
+            expect_failure("image 252:0 of 7:0 sector 8: read 0x1, expected one of {0x2}");
+        read.checker = "point_in_time".into();
+        assert!(blames_engine(&read, &calm));
+        read.category = Category::DeclaredFault;
+        assert!(!blames_engine(&read, &calm));
     }
 }
