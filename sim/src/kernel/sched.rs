@@ -259,6 +259,13 @@ impl<A> Scheduler<A> {
         self.state.borrow().current
     }
 
+    /// The running task and the id counter, with one borrow (every lock
+    /// event reads both).
+    pub fn current_and_next_id(&self) -> (Option<TaskId>, u64) {
+        let state = self.state.borrow();
+        (state.current, state.next_id)
+    }
+
     pub fn task_name(&self, id: TaskId) -> String {
         self.state
             .borrow()
