@@ -21,7 +21,7 @@ use std::task::Waker;
 
 use blksnap_core::kernel::LocalBoxFuture;
 
-use super::task::{Task, TaskId, TaskWaker, WakeQueue};
+use super::task::{Task, TaskId, TaskWaker, WakeQueue, NO_SLOT};
 use crate::rng::SimRng;
 use crate::runqueue::RunQueue;
 
@@ -65,6 +65,9 @@ pub(crate) struct RunState {
     /// and `Kill` finds its sibling here (without a scan of all tasks).
     processes: BTreeSet<(String, TaskId)>,
     current: Option<TaskId>,
+    /// The run-queue slot of the task `pick` chose last (`NO_SLOT` if the
+    /// policy did not say): its poll puts it to sleep with no search.
+    picked_slot: usize,
     polls: u64,
     change_at: BTreeSet<u64>,
 }
@@ -226,6 +229,8 @@ impl<A> Scheduler<A> {
             let mut sched = self.state.borrow_mut();
             sched.next_id += 1;
             let id = sched.next_id;
+            // `runnable.add` below gives this slot: no task is added between.
+            let slot = sched.runnable.next_slot();
             sched.tasks.insert(
                 id,
                 Task {
@@ -237,6 +242,7 @@ impl<A> Scheduler<A> {
                     is_process,
                     waker: Waker::from(Arc::new(TaskWaker {
                         id,
+                        slot,
                         queue: self.queue.clone(),
                     })),
                 },
@@ -280,7 +286,7 @@ impl<A> Scheduler<A> {
         if let Some(task) = self.state.borrow_mut().tasks.get_mut(&id) {
             task.fatal_signal = true;
         }
-        self.queue.push(id);
+        self.queue.push(id, NO_SLOT);
     }
 
     pub(crate) fn with_current<R>(&self, f: impl FnOnce(&mut Task) -> R) -> Option<R> {
@@ -419,7 +425,7 @@ impl<A> Scheduler<A> {
             return;
         }
         let mut sched = self.state.borrow_mut();
-        self.queue.drain(|id| sched.runnable.wake(id));
+        self.queue.drain(|id, slot| sched.runnable.wake_slot(id, slot));
     }
 
     pub fn pick(&self) -> Option<TaskId> {
@@ -432,9 +438,14 @@ impl<A> Scheduler<A> {
             SchedPolicy::Random => {
                 let n = sched.runnable.len() as u64;
                 let i = self.rng.borrow_mut().below(n) as usize;
-                sched.runnable.nth(i)
+                let (id, slot) = sched.runnable.nth_slot(i)?;
+                sched.picked_slot = slot;
+                Some(id)
             }
-            SchedPolicy::Priority { .. } => sched.runnable.highest(),
+            SchedPolicy::Priority { .. } => {
+                sched.picked_slot = NO_SLOT;
+                sched.runnable.highest()
+            }
         }
     }
 
@@ -461,7 +472,8 @@ impl<A> Scheduler<A> {
     /// The task's future and its waker, for one poll.
     pub(crate) fn begin_poll(&self, id: TaskId) -> Option<(LocalBoxFuture<'static, ()>, Waker)> {
         let mut sched = self.state.borrow_mut();
-        sched.runnable.sleep(id);
+        let slot = std::mem::replace(&mut sched.picked_slot, NO_SLOT);
+        sched.runnable.sleep_slot(id, slot);
         sched.current = Some(id);
         sched.polls += 1;
         sched.now += POLL_COST_NS;
@@ -488,7 +500,7 @@ impl<A> Scheduler<A> {
             sched.current = None;
             std::mem::take(&mut sched.tasks)
         };
-        self.queue.drain(|_| {});
+        self.queue.drain(|_, _| {});
         Remains {
             tasks,
             zombies: std::mem::take(&mut *self.zombies.borrow_mut()),

@@ -29,10 +29,11 @@ pub(crate) struct Task {
     pub(crate) waker: Waker,
 }
 
-/// Tasks woken since the executor last looked. A `Mutex` only because
+/// Tasks woken since the executor last looked, each with its run-queue
+/// slot (`NO_SLOT` if the waker does not know it). A `Mutex` only because
 /// `Waker` must be `Send + Sync`; the sim has one thread.
 pub(crate) struct WakeQueue {
-    woken: Mutex<Vec<TaskId>>,
+    woken: Mutex<Vec<(TaskId, usize)>>,
     /// Set when `woken` may hold a task: the executor looks twice per
     /// poll, and mostly finds none, so it reads this instead of locking.
     any: AtomicBool,
@@ -46,9 +47,9 @@ impl WakeQueue {
         }
     }
 
-    pub(crate) fn push(&self, id: TaskId) {
+    pub(crate) fn push(&self, id: TaskId, slot: usize) {
         if let Ok(mut woken) = self.woken.lock() {
-            woken.push(id);
+            woken.push((id, slot));
             self.any.store(true, Ordering::Release);
         }
     }
@@ -60,16 +61,21 @@ impl WakeQueue {
 
     /// The woken tasks, in wake order, handed to `f`; the queue keeps
     /// its buffer.
-    pub(crate) fn drain(&self, f: impl FnMut(TaskId)) {
+    pub(crate) fn drain(&self, mut f: impl FnMut(TaskId, usize)) {
         if let Ok(mut woken) = self.woken.lock() {
             self.any.store(false, Ordering::Release);
-            woken.drain(..).for_each(f);
+            woken.drain(..).for_each(|(id, slot)| f(id, slot));
         }
     }
 }
 
+/// A slot no task has: the run queue searches for the task instead.
+pub(crate) const NO_SLOT: usize = usize::MAX;
+
 pub(crate) struct TaskWaker {
     pub(crate) id: TaskId,
+    /// The task's run-queue slot: a wake needs no search for it.
+    pub(crate) slot: usize,
     pub(crate) queue: Arc<WakeQueue>,
 }
 
@@ -79,6 +85,6 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.queue.push(self.id);
+        self.queue.push(self.id, self.slot);
     }
 }
