@@ -21,7 +21,7 @@ use std::task::Waker;
 
 use blksnap_core::kernel::LocalBoxFuture;
 
-use super::task::{Task, TaskId, TaskWaker, WakeQueue, NO_SLOT};
+use super::task::{Task, TaskId, TaskTable, TaskWaker, WakeQueue, NO_SLOT};
 use crate::rng::SimRng;
 use crate::runqueue::RunQueue;
 
@@ -59,12 +59,14 @@ pub(crate) struct RunState {
     now: u64,
     /// One counter for task ids and timer keys (lockdep stamps with it).
     next_id: u64,
-    tasks: BTreeMap<TaskId, Task>,
+    tasks: TaskTable,
     runnable: RunQueue,
     /// Live scenario processes by name: the run ends when none is left,
     /// and `Kill` finds its sibling here (without a scan of all tasks).
     processes: BTreeSet<(String, TaskId)>,
     current: Option<TaskId>,
+    /// The table slot of the task last polled (of `current` while it runs).
+    current_slot: usize,
     /// The run-queue slot of the task `pick` chose last (`NO_SLOT` if the
     /// policy did not say): its poll puts it to sleep with no search.
     picked_slot: usize,
@@ -276,14 +278,14 @@ impl<A> Scheduler<A> {
         self.state
             .borrow()
             .tasks
-            .get(&id)
+            .get(id)
             .map(|t| t.name.clone())
             .unwrap_or_default()
     }
 
     /// Deliver SIGKILL to a task: killable waits give up.
     pub fn kill(&self, id: TaskId) {
-        if let Some(task) = self.state.borrow_mut().tasks.get_mut(&id) {
+        if let Some(task) = self.state.borrow_mut().tasks.get_mut(id) {
             task.fatal_signal = true;
         }
         self.queue.push(id, NO_SLOT);
@@ -292,7 +294,10 @@ impl<A> Scheduler<A> {
     pub(crate) fn with_current<R>(&self, f: impl FnOnce(&mut Task) -> R) -> Option<R> {
         let mut sched = self.state.borrow_mut();
         let id = sched.current?;
-        sched.tasks.get_mut(&id).map(f)
+        // `current` is only set by `begin_poll`, with its slot (checked
+        // against the id: a task gone from the table is not found).
+        let slot = sched.current_slot;
+        sched.tasks.at_mut(slot, id).map(f)
     }
 
     /// Processes still running.
@@ -332,7 +337,7 @@ impl<A> Scheduler<A> {
     pub(crate) fn remove_task(&self, id: TaskId) -> Option<Task> {
         let mut sched = self.state.borrow_mut();
         sched.runnable.forget(id);
-        let task = sched.tasks.remove(&id)?;
+        let task = sched.tasks.remove(id)?;
         if task.is_process {
             sched.processes.remove(&(task.name.clone(), id));
         }
@@ -344,7 +349,7 @@ impl<A> Scheduler<A> {
     /// dropped.
     pub(crate) fn remove_all_but_current(&self) -> (Vec<Task>, Vec<A>) {
         let keep = self.current_task();
-        let ids: Vec<TaskId> = self.state.borrow().tasks.keys().copied().collect();
+        let ids: Vec<TaskId> = self.state.borrow().tasks.ids();
         let tasks = ids
             .into_iter()
             .filter(|id| Some(*id) != keep)
@@ -425,7 +430,8 @@ impl<A> Scheduler<A> {
             return;
         }
         let mut sched = self.state.borrow_mut();
-        self.queue.drain(|id, slot| sched.runnable.wake_slot(id, slot));
+        self.queue
+            .drain(|id, slot| sched.runnable.wake_slot(id, slot));
     }
 
     pub fn pick(&self) -> Option<TaskId> {
@@ -477,7 +483,9 @@ impl<A> Scheduler<A> {
         sched.current = Some(id);
         sched.polls += 1;
         sched.now += POLL_COST_NS;
-        let task = sched.tasks.get_mut(&id)?;
+        let slot = sched.tasks.slot_of(id).unwrap_or(NO_SLOT);
+        sched.current_slot = slot;
+        let task = sched.tasks.at_mut(slot, id)?;
         Some((task.future.take()?, task.waker.clone()))
     }
 
@@ -498,7 +506,7 @@ impl<A> Scheduler<A> {
             sched.processes.clear();
             sched.runnable = RunQueue::default();
             sched.current = None;
-            std::mem::take(&mut sched.tasks)
+            sched.tasks.take_all()
         };
         self.queue.drain(|_, _| {});
         Remains {
@@ -508,9 +516,16 @@ impl<A> Scheduler<A> {
         }
     }
 
-    /// Give a pending task its future back.
+    /// Give a pending task its future back: the task just polled, so
+    /// found by the slot `begin_poll` kept (else searched).
     pub(crate) fn park(&self, id: TaskId, future: LocalBoxFuture<'static, ()>) {
-        if let Some(task) = self.state.borrow_mut().tasks.get_mut(&id) {
+        let mut sched = self.state.borrow_mut();
+        let slot = sched.current_slot;
+        let task = match sched.tasks.at_mut(slot, id) {
+            Some(task) => Some(task),
+            None => sched.tasks.get_mut(id),
+        };
+        if let Some(task) = task {
             task.future = Some(future);
         }
     }

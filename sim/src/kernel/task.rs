@@ -8,6 +8,7 @@
 //! Fault model: none injected here. A task can die of a panic (see
 //! `exec.rs`); it then leaves every index with its locks held.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
@@ -86,5 +87,139 @@ impl Wake for TaskWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.queue.push(self.id, self.slot);
+    }
+}
+
+/// The live tasks: a slab (a slot freed by an exit is reused) with an
+/// index by id. The running task is reached by its slot (`at_mut`), with
+/// no search: the engine asks for `current` several times a poll (noio
+/// scopes, `current->bio_list`, SIGKILL), and a map keyed by id searched
+/// each time. Listings go through the index, in id order, as the map did.
+#[derive(Default)]
+pub(crate) struct TaskTable {
+    slab: Vec<Option<(TaskId, Task)>>,
+    free: Vec<usize>,
+    index: BTreeMap<TaskId, usize>,
+}
+
+impl TaskTable {
+    pub(crate) fn insert(&mut self, id: TaskId, task: Task) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot] = Some((id, task));
+                slot
+            }
+            None => {
+                self.slab.push(Some((id, task)));
+                self.slab.len() - 1
+            }
+        };
+        self.index.insert(id, slot);
+    }
+
+    /// The slot of a live task.
+    pub(crate) fn slot_of(&self, id: TaskId) -> Option<usize> {
+        self.index.get(&id).copied()
+    }
+
+    /// Task `id` if it is the one in `slot` (a slot outlives its task and
+    /// may hold a newer one: the id says which).
+    pub(crate) fn at_mut(&mut self, slot: usize, id: TaskId) -> Option<&mut Task> {
+        match self.slab.get_mut(slot) {
+            Some(Some((held, task))) if *held == id => Some(task),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn get(&self, id: TaskId) -> Option<&Task> {
+        let slot = self.slot_of(id)?;
+        self.slab[slot].as_ref().map(|(_, task)| task)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: TaskId) -> Option<&mut Task> {
+        let slot = self.slot_of(id)?;
+        self.at_mut(slot, id)
+    }
+
+    pub(crate) fn remove(&mut self, id: TaskId) -> Option<Task> {
+        let slot = self.index.remove(&id)?;
+        self.free.push(slot);
+        self.slab[slot].take().map(|(_, task)| task)
+    }
+
+    /// Ids of the live tasks, ascending.
+    pub(crate) fn ids(&self) -> Vec<TaskId> {
+        self.index.keys().copied().collect()
+    }
+
+    /// The live tasks by id, ascending.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Task> {
+        self.index
+            .values()
+            .filter_map(|&slot| self.slab[slot].as_ref().map(|(_, task)| task))
+    }
+
+    /// Every task, out of the table, by id.
+    pub(crate) fn take_all(&mut self) -> BTreeMap<TaskId, Task> {
+        let mut slab = std::mem::take(&mut self.slab);
+        self.free.clear();
+        std::mem::take(&mut self.index)
+            .into_iter()
+            .filter_map(|(id, slot)| slab[slot].take().map(|(_, task)| (id, task)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(name: &str) -> Task {
+        Task {
+            name: name.to_string(),
+            future: None,
+            noio: false,
+            bio_list: None,
+            fatal_signal: false,
+            is_process: false,
+            waker: Waker::from(Arc::new(TaskWaker {
+                id: 0,
+                slot: NO_SLOT,
+                queue: Arc::new(WakeQueue::new()),
+            })),
+        }
+    }
+
+    /// A freed slot is reused by a newer task: the old id no longer finds
+    /// it through the slot, listings stay in id order, and `take_all`
+    /// hands every task over by id.
+    #[test]
+    fn slots_are_reused_and_checked_by_id() {
+        let mut table = TaskTable::default();
+        for (id, name) in [(3, "a"), (5, "b"), (9, "c")] {
+            table.insert(id, task(name));
+        }
+        let slot_b = table.slot_of(5).unwrap();
+        assert_eq!(table.remove(5).map(|t| t.name), Some("b".to_string()));
+        assert!(table.remove(5).is_none());
+        table.insert(12, task("d"));
+        assert_eq!(table.slot_of(12), Some(slot_b), "the freed slot");
+        assert!(table.at_mut(slot_b, 5).is_none(), "the old id");
+        assert_eq!(
+            table.at_mut(slot_b, 12).map(|t| t.name.clone()),
+            Some("d".into())
+        );
+        assert!(table.get(5).is_none() && table.get_mut(5).is_none());
+        assert!(table.at_mut(usize::MAX, 12).is_none());
+        let names: Vec<&str> = table.values().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "c", "d"]);
+        assert_eq!(table.ids(), [3, 9, 12]);
+        let all: Vec<(TaskId, String)> = table
+            .take_all()
+            .into_iter()
+            .map(|(id, t)| (id, t.name))
+            .collect();
+        assert_eq!(all, [(3, "a".into()), (9, "c".into()), (12, "d".into())]);
+        assert!(table.values().next().is_none() && table.get(3).is_none());
     }
 }
