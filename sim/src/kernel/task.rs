@@ -9,7 +9,7 @@
 //! `exec.rs`); it then leaves every index with its locks held.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 
@@ -31,28 +31,48 @@ pub(crate) struct Task {
 }
 
 /// Tasks woken since the executor last looked, each with its run-queue
-/// slot (`NO_SLOT` if the waker does not know it). A `Mutex` only because
-/// `Waker` must be `Send + Sync`; the sim has one thread.
+/// slot (`NO_SLOT` if the waker does not know it), in wake order.
+/// Atomics and a `Mutex` only because `Waker` must be `Send + Sync`: the
+/// sim has one thread, so plain loads and stores are enough.
+///
+/// Most drains find one task: the first one woken is kept in `first_*`
+/// with no lock, and only the ones after it go to the locked `later`.
 pub(crate) struct WakeQueue {
-    woken: Mutex<Vec<(TaskId, usize)>>,
-    /// Set when `woken` may hold a task: the executor looks twice per
-    /// poll, and mostly finds none, so it reads this instead of locking.
+    first_id: AtomicU64,
+    first_slot: AtomicUsize,
+    /// Set while `first_*` holds a task.
+    has_first: AtomicBool,
+    /// Tasks woken after the first, in order.
+    later: Mutex<Vec<(TaskId, usize)>>,
+    /// Set while `later` may hold a task (else `drain` takes no lock).
+    has_later: AtomicBool,
+    /// Set when the queue may hold a task: the executor looks twice per
+    /// poll, and mostly finds none, so it reads this first.
     any: AtomicBool,
 }
 
 impl WakeQueue {
     pub(crate) fn new() -> WakeQueue {
         WakeQueue {
-            woken: Mutex::new(Vec::new()),
+            first_id: AtomicU64::new(0),
+            first_slot: AtomicUsize::new(NO_SLOT),
+            has_first: AtomicBool::new(false),
+            later: Mutex::new(Vec::new()),
+            has_later: AtomicBool::new(false),
             any: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn push(&self, id: TaskId, slot: usize) {
-        if let Ok(mut woken) = self.woken.lock() {
-            woken.push((id, slot));
-            self.any.store(true, Ordering::Release);
+        if !self.has_first.load(Ordering::Acquire) {
+            self.first_id.store(id, Ordering::Relaxed);
+            self.first_slot.store(slot, Ordering::Relaxed);
+            self.has_first.store(true, Ordering::Release);
+        } else if let Ok(mut later) = self.later.lock() {
+            later.push((id, slot));
+            self.has_later.store(true, Ordering::Release);
         }
+        self.any.store(true, Ordering::Release);
     }
 
     /// Whether a task may have been woken since the last `drain`.
@@ -60,12 +80,18 @@ impl WakeQueue {
         self.any.load(Ordering::Acquire)
     }
 
-    /// The woken tasks, in wake order, handed to `f`; the queue keeps
-    /// its buffer.
+    /// The woken tasks, in wake order, handed to `f` (which wakes no
+    /// task); the queue keeps its buffer.
     pub(crate) fn drain(&self, mut f: impl FnMut(TaskId, usize)) {
-        if let Ok(mut woken) = self.woken.lock() {
-            self.any.store(false, Ordering::Release);
-            woken.drain(..).for_each(|(id, slot)| f(id, slot));
+        self.any.store(false, Ordering::Release);
+        if self.has_first.swap(false, Ordering::AcqRel) {
+            let id = self.first_id.load(Ordering::Relaxed);
+            f(id, self.first_slot.load(Ordering::Relaxed));
+        }
+        if self.has_later.swap(false, Ordering::AcqRel) {
+            if let Ok(mut later) = self.later.lock() {
+                later.drain(..).for_each(|(id, slot)| f(id, slot));
+            }
         }
     }
 }
@@ -188,6 +214,25 @@ mod tests {
                 queue: Arc::new(WakeQueue::new()),
             })),
         }
+    }
+
+    /// Wakes come out in wake order, the first one (no lock) before the
+    /// later ones, and a drained queue starts over with a first one.
+    #[test]
+    fn wakes_drain_in_order() {
+        let queue = WakeQueue::new();
+        let mut out = Vec::new();
+        queue.drain(|id, slot| out.push((id, slot)));
+        assert!(out.is_empty() && !queue.may_hold());
+        for round in 0..3u64 {
+            for i in 0..round + 1 {
+                queue.push(10 * round + i, i as usize);
+            }
+            assert!(queue.may_hold());
+            queue.drain(|id, slot| out.push((id, slot)));
+            assert!(!queue.may_hold());
+        }
+        assert_eq!(out, [(0, 0), (10, 0), (11, 1), (20, 0), (21, 1), (22, 2)]);
     }
 
     /// A freed slot is reused by a newer task: the old id no longer finds
