@@ -221,20 +221,29 @@ impl Lockdep {
         }
     }
 
-    fn remove_cross(&mut self, id: LockId) -> Option<CrossHeld> {
+    /// Drops the lock's cross-release entry: the task that holds it, and
+    /// the task that released it judged against its suspects, if any.
+    fn remove_cross(&mut self, id: LockId, releaser: TaskId) -> Option<TaskId> {
         let i = self.cross_holders.iter().position(|(l, _)| *l == id)?;
-        Some(self.cross_holders.swap_remove(i).1)
+        let held = &self.cross_holders[i].1;
+        if !held.suspects.is_empty() {
+            let (_, held) = self.cross_holders.swap_remove(i);
+            self.judge_cross_release(&held, releaser);
+            return Some(held.task);
+        }
+        let owner = held.task;
+        // No suspects: nothing to drop but the entry (no 64-byte move out).
+        self.cross_holders.swap_remove(i);
+        Some(owner)
     }
 
+    /// Only a cross-release class has an entry in `cross_holders` (a
+    /// lock's class never changes), so any other release skips the scan.
     fn release(&mut self, task: TaskId, id: LockId, class: &'static str) {
-        let owner = match self.remove_cross(id) {
-            Some(held) if CROSS_RELEASE.contains(&class) => {
-                if !held.suspects.is_empty() {
-                    self.judge_cross_release(&held, task);
-                }
-                held.task
-            }
-            _ => task,
+        let owner = if CROSS_RELEASE.contains(&class) {
+            self.remove_cross(id, task).unwrap_or(task)
+        } else {
+            task
         };
         self.held.remove(owner, id);
     }

@@ -19,6 +19,11 @@
 //! The priority order costs a set insert and remove per poll, so it is
 //! built on the first `highest()` and kept from then on: a run under the
 //! uniform policy (most runs) never pays for it.
+//!
+//! A wake and a sleep per poll: each may name the task's slot, which the
+//! waker learned when the task was added and the pick found, so that
+//! neither searches the live map (`wake_slot`, `sleep_slot`; a slot that
+//! does not hold the id falls back to the search).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,6 +41,8 @@ pub(crate) struct RunQueue {
     id_at: Vec<TaskId>,
     /// Whether the task of a slot is runnable.
     runnable: Vec<bool>,
+    /// Whether the task of a slot is live (added, not forgotten).
+    alive: Vec<bool>,
     /// Fenwick tree over the slots, 1-based; its size is a power of two.
     /// Empty while the slots fit in `words`.
     tree: Vec<usize>,
@@ -54,6 +61,7 @@ impl RunQueue {
         let slot = self.id_at.len();
         self.id_at.push(id);
         self.runnable.push(false);
+        self.alive.push(true);
         let size = self.tree.len().saturating_sub(1);
         if slot >= WORD_SLOTS && slot >= size {
             self.rebuild((size * 2).max(2 * WORD_SLOTS));
@@ -66,7 +74,43 @@ impl RunQueue {
     /// The task is gone: never runnable again.
     pub fn forget(&mut self, id: TaskId) {
         self.sleep(id);
-        self.live.remove(&id);
+        if let Some((slot, _)) = self.live.remove(&id) {
+            self.alive[slot] = false;
+        }
+    }
+
+    /// The slot the next `add` gives its task.
+    pub fn next_slot(&self) -> usize {
+        self.id_at.len()
+    }
+
+    /// Whether `slot` is the slot of task `id`.
+    fn holds(&self, slot: usize, id: TaskId) -> bool {
+        self.id_at.get(slot) == Some(&id)
+    }
+
+    /// `wake` of task `id`, known to be in `slot` (else searched).
+    pub fn wake_slot(&mut self, id: TaskId, slot: usize) {
+        if !self.holds(slot, id) || self.by_priority.is_some() {
+            return self.wake(id);
+        }
+        if self.alive[slot] && !self.runnable[slot] {
+            self.runnable[slot] = true;
+            self.update(slot, true);
+        }
+    }
+
+    /// `sleep` of task `id`, known to be in `slot` (else searched). A
+    /// runnable slot is live (a task is put to sleep before it is
+    /// forgotten), so no liveness check.
+    pub fn sleep_slot(&mut self, id: TaskId, slot: usize) {
+        if !self.holds(slot, id) || self.by_priority.is_some() {
+            return self.sleep(id);
+        }
+        if self.runnable[slot] {
+            self.runnable[slot] = false;
+            self.update(slot, false);
+        }
     }
 
     /// Make a live task runnable (nothing for a dead one).
@@ -117,8 +161,14 @@ impl RunQueue {
     }
 
     /// The runnable task with the `i`-th smallest id (from 0).
-    #[inline]
+    #[cfg(test)]
     pub fn nth(&self, i: usize) -> Option<TaskId> {
+        self.nth_slot(i).map(|(id, _)| id)
+    }
+
+    /// The runnable task with the `i`-th smallest id (from 0), and its slot.
+    #[inline]
+    pub fn nth_slot(&self, i: usize) -> Option<(TaskId, usize)> {
         if i >= self.len {
             return None;
         }
@@ -139,19 +189,25 @@ impl RunQueue {
             }
             step /= 2;
         }
-        self.id_at.get(pos).copied()
+        self.at_slot(pos)
+    }
+
+    /// The task of `slot` and the slot, if the slot was handed out.
+    #[inline]
+    fn at_slot(&self, slot: usize) -> Option<(TaskId, usize)> {
+        self.id_at.get(slot).map(|&id| (id, slot))
     }
 
     /// `nth` on the bitmap: skip whole words by their counts, then clear
     /// the lowest bits of the word that holds the task.
     #[inline]
-    fn nth_in_words(&self, mut i: usize) -> Option<TaskId> {
+    fn nth_in_words(&self, mut i: usize) -> Option<(TaskId, usize)> {
         if let [mut word] = self.words[..] {
             // One word (at most 64 tasks ever, the usual run): no count.
             for _ in 0..i {
                 word &= word - 1;
             }
-            return self.id_at.get(word.trailing_zeros() as usize).copied();
+            return self.at_slot(word.trailing_zeros() as usize);
         }
         for (w, &word) in self.words.iter().enumerate() {
             let count = word.count_ones() as usize;
@@ -163,10 +219,7 @@ impl RunQueue {
             for _ in 0..i {
                 word &= word - 1;
             }
-            return self
-                .id_at
-                .get(w * 64 + word.trailing_zeros() as usize)
-                .copied();
+            return self.at_slot(w * 64 + word.trailing_zeros() as usize);
         }
         None
     }
@@ -270,12 +323,15 @@ mod tests {
         let mut queue = RunQueue::default();
         let mut live: BTreeMap<TaskId, u64> = BTreeMap::new();
         let mut runnable: BTreeSet<TaskId> = BTreeSet::new();
+        // The slot of every task ever added, as its waker knows it.
+        let mut slots: BTreeMap<TaskId, usize> = BTreeMap::new();
         let mut next = 0;
         for step in 0..20_000 {
             match rng.below(6) {
                 0 | 1 => {
                     next += 1 + rng.below(3);
                     let priority = rng.below(8);
+                    slots.insert(next, queue.next_slot());
                     queue.add(next, priority);
                     live.insert(next, priority);
                     queue.wake(next);
@@ -283,14 +339,20 @@ mod tests {
                 }
                 2 if next > 0 => {
                     let id = 1 + rng.below(next);
-                    queue.wake(id);
+                    match slot_hint(&mut rng, &slots, id) {
+                        Some(slot) => queue.wake_slot(id, slot),
+                        None => queue.wake(id),
+                    }
                     if live.contains_key(&id) {
                         runnable.insert(id);
                     }
                 }
                 3 if next > 0 => {
                     let id = 1 + rng.below(next);
-                    queue.sleep(id);
+                    match slot_hint(&mut rng, &slots, id) {
+                        Some(slot) => queue.sleep_slot(id, slot),
+                        None => queue.sleep(id),
+                    }
                     runnable.remove(&id);
                 }
                 4 if next > 0 => {
@@ -320,5 +382,15 @@ mod tests {
             }
         }
         assert!(next > 1000, "the test grew the tree several times");
+    }
+
+    /// For a wake or a sleep: no slot (the search), the task's own slot
+    /// (dead or alive), or a slot of another task, or one never handed out.
+    fn slot_hint(rng: &mut SimRng, slots: &BTreeMap<TaskId, usize>, id: TaskId) -> Option<usize> {
+        match rng.below(4) {
+            0 => None,
+            1 => Some(rng.below(slots.len() as u64 + 2) as usize),
+            _ => Some(slots.get(&id).copied().unwrap_or(usize::MAX)),
+        }
     }
 }

@@ -21,7 +21,7 @@ use std::task::Waker;
 
 use blksnap_core::kernel::LocalBoxFuture;
 
-use super::task::{Task, TaskId, TaskWaker, WakeQueue};
+use super::task::{Task, TaskId, TaskTable, TaskWaker, WakeQueue, NO_SLOT};
 use crate::rng::SimRng;
 use crate::runqueue::RunQueue;
 
@@ -59,12 +59,17 @@ pub(crate) struct RunState {
     now: u64,
     /// One counter for task ids and timer keys (lockdep stamps with it).
     next_id: u64,
-    tasks: BTreeMap<TaskId, Task>,
+    tasks: TaskTable,
     runnable: RunQueue,
     /// Live scenario processes by name: the run ends when none is left,
     /// and `Kill` finds its sibling here (without a scan of all tasks).
     processes: BTreeSet<(String, TaskId)>,
     current: Option<TaskId>,
+    /// The table slot of the task last polled (of `current` while it runs).
+    current_slot: usize,
+    /// The run-queue slot of the task `pick` chose last (`NO_SLOT` if the
+    /// policy did not say): its poll puts it to sleep with no search.
+    picked_slot: usize,
     polls: u64,
     change_at: BTreeSet<u64>,
 }
@@ -226,6 +231,8 @@ impl<A> Scheduler<A> {
             let mut sched = self.state.borrow_mut();
             sched.next_id += 1;
             let id = sched.next_id;
+            // `runnable.add` below gives this slot: no task is added between.
+            let slot = sched.runnable.next_slot();
             sched.tasks.insert(
                 id,
                 Task {
@@ -237,6 +244,7 @@ impl<A> Scheduler<A> {
                     is_process,
                     waker: Waker::from(Arc::new(TaskWaker {
                         id,
+                        slot,
                         queue: self.queue.clone(),
                     })),
                 },
@@ -259,27 +267,37 @@ impl<A> Scheduler<A> {
         self.state.borrow().current
     }
 
+    /// The running task and the id counter, with one borrow (every lock
+    /// event reads both).
+    pub fn current_and_next_id(&self) -> (Option<TaskId>, u64) {
+        let state = self.state.borrow();
+        (state.current, state.next_id)
+    }
+
     pub fn task_name(&self, id: TaskId) -> String {
         self.state
             .borrow()
             .tasks
-            .get(&id)
+            .get(id)
             .map(|t| t.name.clone())
             .unwrap_or_default()
     }
 
     /// Deliver SIGKILL to a task: killable waits give up.
     pub fn kill(&self, id: TaskId) {
-        if let Some(task) = self.state.borrow_mut().tasks.get_mut(&id) {
+        if let Some(task) = self.state.borrow_mut().tasks.get_mut(id) {
             task.fatal_signal = true;
         }
-        self.queue.push(id);
+        self.queue.push(id, NO_SLOT);
     }
 
     pub(crate) fn with_current<R>(&self, f: impl FnOnce(&mut Task) -> R) -> Option<R> {
         let mut sched = self.state.borrow_mut();
         let id = sched.current?;
-        sched.tasks.get_mut(&id).map(f)
+        // `current` is only set by `begin_poll`, with its slot (checked
+        // against the id: a task gone from the table is not found).
+        let slot = sched.current_slot;
+        sched.tasks.at_mut(slot, id).map(f)
     }
 
     /// Processes still running.
@@ -319,7 +337,7 @@ impl<A> Scheduler<A> {
     pub(crate) fn remove_task(&self, id: TaskId) -> Option<Task> {
         let mut sched = self.state.borrow_mut();
         sched.runnable.forget(id);
-        let task = sched.tasks.remove(&id)?;
+        let task = sched.tasks.remove(id)?;
         if task.is_process {
             sched.processes.remove(&(task.name.clone(), id));
         }
@@ -331,7 +349,7 @@ impl<A> Scheduler<A> {
     /// dropped.
     pub(crate) fn remove_all_but_current(&self) -> (Vec<Task>, Vec<A>) {
         let keep = self.current_task();
-        let ids: Vec<TaskId> = self.state.borrow().tasks.keys().copied().collect();
+        let ids: Vec<TaskId> = self.state.borrow().tasks.ids();
         let tasks = ids
             .into_iter()
             .filter(|id| Some(*id) != keep)
@@ -412,7 +430,8 @@ impl<A> Scheduler<A> {
             return;
         }
         let mut sched = self.state.borrow_mut();
-        self.queue.drain(|id| sched.runnable.wake(id));
+        self.queue
+            .drain(|id, slot| sched.runnable.wake_slot(id, slot));
     }
 
     pub fn pick(&self) -> Option<TaskId> {
@@ -425,9 +444,14 @@ impl<A> Scheduler<A> {
             SchedPolicy::Random => {
                 let n = sched.runnable.len() as u64;
                 let i = self.rng.borrow_mut().below(n) as usize;
-                sched.runnable.nth(i)
+                let (id, slot) = sched.runnable.nth_slot(i)?;
+                sched.picked_slot = slot;
+                Some(id)
             }
-            SchedPolicy::Priority { .. } => sched.runnable.highest(),
+            SchedPolicy::Priority { .. } => {
+                sched.picked_slot = NO_SLOT;
+                sched.runnable.highest()
+            }
         }
     }
 
@@ -454,11 +478,14 @@ impl<A> Scheduler<A> {
     /// The task's future and its waker, for one poll.
     pub(crate) fn begin_poll(&self, id: TaskId) -> Option<(LocalBoxFuture<'static, ()>, Waker)> {
         let mut sched = self.state.borrow_mut();
-        sched.runnable.sleep(id);
+        let slot = std::mem::replace(&mut sched.picked_slot, NO_SLOT);
+        sched.runnable.sleep_slot(id, slot);
         sched.current = Some(id);
         sched.polls += 1;
         sched.now += POLL_COST_NS;
-        let task = sched.tasks.get_mut(&id)?;
+        let slot = sched.tasks.slot_of(id).unwrap_or(NO_SLOT);
+        sched.current_slot = slot;
+        let task = sched.tasks.at_mut(slot, id)?;
         Some((task.future.take()?, task.waker.clone()))
     }
 
@@ -479,9 +506,9 @@ impl<A> Scheduler<A> {
             sched.processes.clear();
             sched.runnable = RunQueue::default();
             sched.current = None;
-            std::mem::take(&mut sched.tasks)
+            sched.tasks.take_all()
         };
-        self.queue.drain(|_| {});
+        self.queue.drain(|_, _| {});
         Remains {
             tasks,
             zombies: std::mem::take(&mut *self.zombies.borrow_mut()),
@@ -489,9 +516,16 @@ impl<A> Scheduler<A> {
         }
     }
 
-    /// Give a pending task its future back.
+    /// Give a pending task its future back: the task just polled, so
+    /// found by the slot `begin_poll` kept (else searched).
     pub(crate) fn park(&self, id: TaskId, future: LocalBoxFuture<'static, ()>) {
-        if let Some(task) = self.state.borrow_mut().tasks.get_mut(&id) {
+        let mut sched = self.state.borrow_mut();
+        let slot = sched.current_slot;
+        let task = match sched.tasks.at_mut(slot, id) {
+            Some(task) => Some(task),
+            None => sched.tasks.get_mut(id),
+        };
+        if let Some(task) = task {
             task.future = Some(future);
         }
     }

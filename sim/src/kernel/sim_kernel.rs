@@ -99,12 +99,12 @@ impl Kernel for SimKernel {
 
     fn lock_event(&self, id: LockId, class: &'static str, op: LockOp, mode: LockMode) {
         let sim = &self.0;
-        let Some(task) = sim.current_task() else {
+        let (Some(task), mark) = sim.sched.current_and_next_id() else {
             return;
         };
         let (report, noio) = {
             let mut lockdep = sim.lockdep.borrow_mut();
-            lockdep.mark = sim.sched.next_id();
+            lockdep.mark = mark;
             let report = lockdep.event(task, id, class, op, mode);
             // Nearly always none: no vector is moved out and dropped.
             let noio = lockdep.has_noio_reports();
