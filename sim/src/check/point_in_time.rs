@@ -268,6 +268,36 @@ impl SectorHistory {
     }
 }
 
+/// User bios in flight by op id, each with what its end needs. Ids grow,
+/// so pushing keeps them sorted; the bios in flight are few (one per user
+/// task, plus writeback), so a Vec is cheaper than a map (issue 10).
+struct InFlight<T> {
+    ops: Vec<(u64, T)>,
+}
+
+impl<T: Copy> InFlight<T> {
+    fn push(&mut self, id: u64, value: T) {
+        debug_assert!(self.ops.last().is_none_or(|&(last, _)| last < id));
+        self.ops.push((id, value));
+    }
+
+    /// The op's value, no longer in flight (None: not in flight).
+    fn take(&mut self, id: u64) -> Option<T> {
+        let at = self.ops.binary_search_by_key(&id, |&(op, _)| op).ok()?;
+        Some(self.ops.remove(at).1)
+    }
+
+    fn values(&self) -> impl Iterator<Item = T> + '_ {
+        self.ops.iter().map(|&(_, value)| value)
+    }
+}
+
+impl<T> Default for InFlight<T> {
+    fn default() -> Self {
+        InFlight { ops: Vec::new() }
+    }
+}
+
 /// The query windows [from, to] that stay fixed while the run goes on:
 /// the TAKE windows of bound images, per original. A write that was live
 /// [submitted, superseded) in one of them stays.
@@ -275,12 +305,17 @@ impl SectorHistory {
 struct Windows {
     by_start: BTreeMap<(u64, u64), u32>,
     longest: u64,
+    /// The latest end of a window held (0: none). A write submitted after
+    /// it is needed by none, with no search: most writes of a run come
+    /// after the last TAKE (issue 10).
+    latest_end: u64,
 }
 
 impl Windows {
     fn add(&mut self, from: u64, to: u64) {
         *self.by_start.entry((from, to)).or_default() += 1;
         self.longest = self.longest.max(to - from);
+        self.latest_end = self.latest_end.max(to);
     }
 
     fn remove(&mut self, from: u64, to: u64) {
@@ -288,6 +323,7 @@ impl Windows {
             *n -= 1;
             if *n == 0 {
                 self.by_start.remove(&(from, to));
+                self.latest_end = self.by_start.keys().map(|&(_, to)| to).max().unwrap_or(0);
             }
         }
     }
@@ -295,6 +331,9 @@ impl Windows {
     /// A query (from, to) needs a write live over [submitted, superseded)
     /// iff from < superseded and to >= submitted.
     fn need(&self, submitted: u64, superseded: u64) -> bool {
+        if self.by_start.is_empty() || self.latest_end < submitted {
+            return false;
+        }
         self.by_start
             .range(..(superseded, 0))
             .rev()
@@ -409,12 +448,11 @@ pub struct Oracle {
     /// What each written sector's judgements can still need, per device,
     /// by ranges of sectors with the same history.
     history: BTreeMap<DevT, Extents<SectorHistory>>,
-    /// Writes in flight: id -> (device, first sector, sectors).
-    writing: BTreeMap<u64, (DevT, u64, u64)>,
-    /// Reads in flight: id -> submission time, and how many started at
-    /// each time (the oldest bounds what a judgement can ask).
-    reads: BTreeMap<u64, u64>,
-    read_starts: BTreeMap<u64, u32>,
+    /// Writes in flight: (device, first sector, sectors).
+    writing: InFlight<(DevT, u64, u64)>,
+    /// Reads in flight: their submission times (the oldest bounds what a
+    /// judgement can ask).
+    reads: InFlight<u64>,
     /// TAKEs in progress by start time (see [`HistoryHold`]).
     holds: BTreeMap<u64, u32>,
     /// TAKE windows of bound images, per original.
@@ -662,12 +700,9 @@ impl Oracle {
                         ever_completed: false,
                     },
                 );
-                self.writing.insert(id, (bio.dev, bio.sector, bio.sectors));
+                self.writing.push(id, (bio.dev, bio.sector, bio.sectors));
             }
-            BioOp::Read => {
-                self.reads.insert(id, now);
-                *self.read_starts.entry(now).or_default() += 1;
-            }
+            BioOp::Read => self.reads.push(id, now),
             _ => {}
         }
         id
@@ -683,19 +718,13 @@ impl Oracle {
     ) -> Result<Judged, String> {
         match bio.op {
             BioOp::Write => {
-                if let (Ok(_), Some(range)) = (result, self.writing.remove(&id)) {
+                if let (Some(range), Ok(_)) = (self.writing.take(id), result) {
                     self.write_completed(now, id, range);
                 }
                 Ok(Judged::default())
             }
             BioOp::Read => {
-                let submitted = match self.reads.remove(&id) {
-                    Some(at) => {
-                        self.read_ended(at);
-                        at
-                    }
-                    None => now,
-                };
+                let submitted = self.reads.take(id).unwrap_or(now);
                 self.judge_read(submitted, now, bio, result)
             }
             _ => Ok(Judged::default()),
@@ -756,21 +785,12 @@ impl Oracle {
             .sum()
     }
 
-    fn read_ended(&mut self, at: u64) {
-        if let Some(n) = self.read_starts.get_mut(&at) {
-            *n -= 1;
-            if *n == 0 {
-                self.read_starts.remove(&at);
-            }
-        }
-    }
-
     /// No judgement from now on asks about a time before this, other than
     /// the fixed TAKE windows: reads in flight started at or after it,
     /// and so did every TAKE still in progress.
     fn horizon(&self, now: u64) -> u64 {
-        let oldest = |starts: &BTreeMap<u64, u32>| starts.keys().next().copied();
-        [oldest(&self.read_starts), oldest(&self.holds)]
+        let oldest_read = self.reads.values().min();
+        [oldest_read, self.holds.keys().next().copied()]
             .into_iter()
             .flatten()
             .fold(now, u64::min)
