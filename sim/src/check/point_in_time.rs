@@ -1942,4 +1942,111 @@ mod tests {
         // The joins the ranges' maximality depends on did happen.
         assert!(joined > 100, "{joined}");
     }
+
+    /// `Windows::need` (with its `latest_end` shortcut) says what a scan of
+    /// every window held says, as windows come and go.
+    #[test]
+    fn windows_need_agrees_with_a_scan_of_every_window() {
+        let mut rejected = 0;
+        for seed in 0..20 {
+            let mut rng = crate::rng::SimRng::new(seed);
+            let mut windows = Windows::default();
+            let mut held: Vec<(u64, u64)> = Vec::new();
+            for _ in 0..300 {
+                if held.is_empty() || rng.chance(1, 2) {
+                    let from = rng.below(1000);
+                    let window = (from, from + rng.below(100));
+                    windows.add(window.0, window.1);
+                    held.push(window);
+                } else {
+                    let (from, to) = held.swap_remove(rng.below(held.len() as u64) as usize);
+                    windows.remove(from, to);
+                }
+                for _ in 0..10 {
+                    let submitted = rng.below(1200);
+                    let superseded = submitted + 1 + rng.below(200);
+                    let scan = held
+                        .iter()
+                        .any(|&(from, to)| from < superseded && to >= submitted);
+                    assert_eq!(
+                        windows.need(submitted, superseded),
+                        scan,
+                        "seed {seed}: [{submitted}, {superseded}) with {held:?}"
+                    );
+                    rejected += u64::from(windows.latest_end < submitted);
+                }
+            }
+        }
+        assert!(rejected > 1000, "the shortcut ran {rejected} times");
+    }
+
+    /// What `Allowed::sources` lets a stretch compare is what `any` finds,
+    /// sector by sector, for histories with writes completed, superseded
+    /// and in flight, with and without an original behind.
+    #[test]
+    fn sources_allow_what_any_allows() {
+        let mut rng = crate::rng::SimRng::new(7);
+        fn writes_of(rng: &mut crate::rng::SimRng) -> Vec<SectorWrite> {
+            (0..rng.below(4))
+                .map(|i| {
+                    let submitted = rng.below(100);
+                    SectorWrite {
+                        id: i,
+                        first: rng.below(4),
+                        written: Written::Run(Run {
+                            first: 1 + rng.below(6),
+                            step: rng.below(2),
+                            len: 8,
+                        }),
+                        submitted,
+                        completed: rng.chance(3, 4).then(|| submitted + rng.below(50)),
+                        superseded: None,
+                    }
+                })
+                .collect()
+        }
+        let mut compared = 0;
+        for _ in 0..2000 {
+            let own = writes_of(&mut rng);
+            let orig = writes_of(&mut rng);
+            let (from, to) = (rng.below(120), rng.below(120));
+            let allowed = Allowed {
+                own: (&own, Rule::new(&own, from, to)),
+                orig: rng
+                    .chance(1, 2)
+                    .then(|| (orig.as_slice(), Rule::new(&orig, to / 2, to))),
+                initial: Initial::Pattern(1),
+            };
+            let sources = allowed.sources();
+            for sector in 4..8 {
+                for got in (0..12).chain([Initial::Pattern(1).stamp(sector)]) {
+                    let any = allowed.any(sector, |v| v == got);
+                    assert_eq!(sources.contains(sector, got), any, "sector {sector} {got}");
+                    compared += u64::from(any);
+                }
+            }
+        }
+        assert!(compared > 1000, "{compared} allowed values met");
+    }
+
+    /// Bios in flight are found by id whatever order they end in, and
+    /// only once.
+    #[test]
+    fn in_flight_ops_end_in_any_order() {
+        let mut ops = InFlight::default();
+        for id in [3, 5, 8, 9] {
+            ops.push(id, id * 10);
+        }
+        assert_eq!(ops.take(8), Some(80));
+        assert_eq!(ops.take(8), None);
+        assert_eq!(ops.take(4), None);
+        assert_eq!(ops.take(3), Some(30));
+        ops.push(12, 120);
+        assert_eq!(ops.values().collect::<Vec<_>>(), [50, 90, 120]);
+        assert_eq!(
+            (ops.take(12), ops.take(5), ops.take(9)),
+            (Some(120), Some(50), Some(90))
+        );
+        assert_eq!(ops.values().count(), 0);
+    }
 }
