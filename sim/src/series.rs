@@ -144,6 +144,9 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// Inlined: an engine write samples twice, and the call's frame cost
+    /// about as much as the sample itself (issue 10).
+    #[inline(always)]
     fn add(&mut self, now: u64, counter: Counter, dev: DevT, n: u64) {
         let at = match self.recent[counter as usize] {
             Some((last, at)) if last == dev => at,
@@ -156,6 +159,7 @@ impl Sampler {
     }
 
     /// Where the count of `counter` on `dev` is (a new one if none), remembered as recent.
+    #[inline(never)]
     fn find(&mut self, counter: Counter, dev: DevT) -> usize {
         let lines = &mut self.lines;
         let at = *self.counts.entry((counter, dev)).or_insert_with(|| {
