@@ -21,14 +21,11 @@ impl Run {
     pub(super) fn target_dev(&self, target: &Target) -> Result<DevT, Errno> {
         match target {
             Target::Original(device) => Ok(self.dev(device)),
-            Target::Image(snapshot, device) => {
-                let record = self.record(snapshot);
-                record
-                    .images
-                    .get(&self.dev(device))
-                    .copied()
-                    .ok_or(Errno::ENXIO)
-            }
+            // Not `record`: it clones the snapshot's record (its map of
+            // images), which every op of an image workload paid.
+            Target::Image(snapshot, device) => self
+                .image_of(snapshot, self.dev(device))
+                .ok_or(Errno::ENXIO),
         }
     }
 

@@ -693,6 +693,13 @@ impl Run {
             .unwrap_or_default()
     }
 
+    /// The image of `orig` in the snapshot named `snapshot`, looked up in
+    /// place (no copy of the record).
+    pub(super) fn image_of(&self, snapshot: &str, orig: DevT) -> Option<DevT> {
+        let snapshots = self.snapshots.borrow();
+        snapshots.get(snapshot)?.images.get(&orig).copied()
+    }
+
     /// A CREATE named `snapshot`. A live snapshot of the same name is kept
     /// under a hidden name, so the teardown still drains and destroys it.
     pub(super) fn created(&self, snapshot: &str, id: [u8; 16]) {
