@@ -126,8 +126,11 @@ pub struct Sampler {
     /// Per counter, the device it last counted and where: a run samples one storage
     /// device bio after bio, so most samples find their count with no map search (issue 10).
     recent: [Option<(DevT, usize)>; COUNTERS],
-    /// Storage sectors the engine wrote, per device, as disjoint [start, end) runs.
-    written: BTreeMap<DevT, Covered>,
+    /// Storage sectors the engine wrote, per device, as disjoint [start, end) runs: where
+    /// each device's are in `covers`, and the device written last (like `recent`).
+    written: BTreeMap<DevT, usize>,
+    covers: Vec<Covered>,
+    last_written: Option<(DevT, usize)>,
     /// Open and closed windows, in the order they began (bounded).
     windows: Vec<Span>,
     /// Events, in the order WAIT_EVENT returned them (bounded).
@@ -141,6 +144,9 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// Inlined: an engine write samples twice, and the call's frame cost
+    /// about as much as the sample itself (issue 10).
+    #[inline(always)]
     fn add(&mut self, now: u64, counter: Counter, dev: DevT, n: u64) {
         let at = match self.recent[counter as usize] {
             Some((last, at)) if last == dev => at,
@@ -153,6 +159,7 @@ impl Sampler {
     }
 
     /// Where the count of `counter` on `dev` is (a new one if none), remembered as recent.
+    #[inline(never)]
     fn find(&mut self, counter: Counter, dev: DevT) -> usize {
         let lines = &mut self.lines;
         let at = *self.counts.entry((counter, dev)).or_insert_with(|| {
@@ -175,11 +182,30 @@ impl Sampler {
     /// The engine wrote `sectors` at `sector` of storage device `dev`.
     pub fn engine_write(&mut self, now: u64, dev: DevT, sector: u64, sectors: u64) {
         self.add(now, Counter::CowWrites, dev, 1);
-        let covered = self.written.entry(dev).or_default();
-        let new = covered.cover(sector, sector.saturating_add(sectors));
+        let new = self
+            .covered(dev)
+            .cover(sector, sector.saturating_add(sectors));
         if new > 0 {
             self.add(now, Counter::Filled, dev, new);
         }
+    }
+
+    /// What the engine wrote on storage device `dev` (nothing yet if new), with no map
+    /// search when it is the device written last.
+    fn covered(&mut self, dev: DevT) -> &mut Covered {
+        let at = match self.last_written {
+            Some((last, at)) if last == dev => at,
+            _ => {
+                let covers = &mut self.covers;
+                let at = *self.written.entry(dev).or_insert_with(|| {
+                    covers.push(Covered::default());
+                    covers.len() - 1
+                });
+                self.last_written = Some((dev, at));
+                at
+            }
+        };
+        &mut self.covers[at]
     }
 
     /// A bio reached image disk `dev`.

@@ -317,12 +317,22 @@ impl Durability {
 
     /// The engine wrote to a device: its data may be there from now on.
     pub fn engine_write(&mut self, now: u64, bio: &Bio) {
-        if !self.fills.contains_key(&bio.dev) || bio.op != BioOp::Write {
+        if bio.op != BioOp::Write {
             return;
         }
-        if self.join_engine_write(bio) {
+        // A device with a last engine write has a fill (fills are never
+        // dropped): the usual engine write, one that continues the last,
+        // costs no fill lookup (issue 10).
+        if self.join_engine_write(bio) || !self.fills.contains_key(&bio.dev) {
             return;
         }
+        self.add_engine_write(now, bio);
+    }
+
+    /// An engine write that joins none: a write of its own, the device's
+    /// last (kept out of line: it is rare, and its frame is large).
+    #[inline(never)]
+    fn add_engine_write(&mut self, now: u64, bio: &Bio) {
         let id = self.add_write(Write {
             dev: bio.dev,
             sector: bio.sector,
@@ -352,8 +362,12 @@ impl Durability {
         }
         last.data.append(&bio.data);
         let len = last.data.len();
-        let starts = self.starts.entry(bio.dev).or_default();
-        starts.longest = starts.longest.max(len);
+        // The device has its starts (its last engine write is one of
+        // them): a search, not an entry.
+        match self.starts.get_mut(&bio.dev) {
+            Some(starts) => starts.longest = starts.longest.max(len),
+            None => self.starts.entry(bio.dev).or_default().longest = len,
+        }
         true
     }
 

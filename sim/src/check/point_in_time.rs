@@ -221,8 +221,25 @@ impl Allowed<'_> {
         f(self.initial.stamp(sector))
     }
 
-    fn contains(&self, sector: u64, got: Stamp) -> bool {
-        self.any(sector, |v| v == got)
+    /// What `any` walks, worked out once for a whole stretch: the writes
+    /// the rules allow, in the same order, and the initial fill when no
+    /// rule stops before it. A stretch judges many sectors with one set of
+    /// writes, so each sector then costs only its comparisons (issue 10).
+    fn sources(&self) -> Sources<'_> {
+        let mut writes = Vec::new();
+        for (list, rule) in std::iter::once(self.own).chain(self.orig) {
+            writes.extend(list.iter().filter(|w| rule.allows(w)));
+            if rule.latest_start.is_some() {
+                return Sources {
+                    writes,
+                    initial: None,
+                };
+            }
+        }
+        Sources {
+            writes,
+            initial: Some(self.initial),
+        }
     }
 
     /// The values allowed at `sector`, sorted, each once.
@@ -235,6 +252,21 @@ impl Allowed<'_> {
         values.sort_unstable();
         values.dedup();
         values
+    }
+}
+
+/// Where the values one stretch allows come from (`Allowed::sources`).
+struct Sources<'a> {
+    writes: Vec<&'a SectorWrite>,
+    initial: Option<Initial>,
+}
+
+impl Sources<'_> {
+    /// Whether `got` is one of the values allowed at `sector` (one the
+    /// `Allowed` these come from would find with `any`).
+    fn contains(&self, sector: u64, got: Stamp) -> bool {
+        self.writes.iter().any(|w| w.stamp(sector) == got)
+            || self.initial.is_some_and(|i| i.stamp(sector) == got)
     }
 }
 
@@ -268,6 +300,36 @@ impl SectorHistory {
     }
 }
 
+/// User bios in flight by op id, each with what its end needs. Ids grow,
+/// so pushing keeps them sorted; the bios in flight are few (one per user
+/// task, plus writeback), so a Vec is cheaper than a map (issue 10).
+struct InFlight<T> {
+    ops: Vec<(u64, T)>,
+}
+
+impl<T: Copy> InFlight<T> {
+    fn push(&mut self, id: u64, value: T) {
+        debug_assert!(self.ops.last().is_none_or(|&(last, _)| last < id));
+        self.ops.push((id, value));
+    }
+
+    /// The op's value, no longer in flight (None: not in flight).
+    fn take(&mut self, id: u64) -> Option<T> {
+        let at = self.ops.binary_search_by_key(&id, |&(op, _)| op).ok()?;
+        Some(self.ops.remove(at).1)
+    }
+
+    fn values(&self) -> impl Iterator<Item = T> + '_ {
+        self.ops.iter().map(|&(_, value)| value)
+    }
+}
+
+impl<T> Default for InFlight<T> {
+    fn default() -> Self {
+        InFlight { ops: Vec::new() }
+    }
+}
+
 /// The query windows [from, to] that stay fixed while the run goes on:
 /// the TAKE windows of bound images, per original. A write that was live
 /// [submitted, superseded) in one of them stays.
@@ -275,12 +337,17 @@ impl SectorHistory {
 struct Windows {
     by_start: BTreeMap<(u64, u64), u32>,
     longest: u64,
+    /// The latest end of a window held (0: none). A write submitted after
+    /// it is needed by none, with no search: most writes of a run come
+    /// after the last TAKE (issue 10).
+    latest_end: u64,
 }
 
 impl Windows {
     fn add(&mut self, from: u64, to: u64) {
         *self.by_start.entry((from, to)).or_default() += 1;
         self.longest = self.longest.max(to - from);
+        self.latest_end = self.latest_end.max(to);
     }
 
     fn remove(&mut self, from: u64, to: u64) {
@@ -288,6 +355,7 @@ impl Windows {
             *n -= 1;
             if *n == 0 {
                 self.by_start.remove(&(from, to));
+                self.latest_end = self.by_start.keys().map(|&(_, to)| to).max().unwrap_or(0);
             }
         }
     }
@@ -295,6 +363,9 @@ impl Windows {
     /// A query (from, to) needs a write live over [submitted, superseded)
     /// iff from < superseded and to >= submitted.
     fn need(&self, submitted: u64, superseded: u64) -> bool {
+        if self.by_start.is_empty() || self.latest_end < submitted {
+            return false;
+        }
         self.by_start
             .range(..(superseded, 0))
             .rev()
@@ -409,12 +480,11 @@ pub struct Oracle {
     /// What each written sector's judgements can still need, per device,
     /// by ranges of sectors with the same history.
     history: BTreeMap<DevT, Extents<SectorHistory>>,
-    /// Writes in flight: id -> (device, first sector, sectors).
-    writing: BTreeMap<u64, (DevT, u64, u64)>,
-    /// Reads in flight: id -> submission time, and how many started at
-    /// each time (the oldest bounds what a judgement can ask).
-    reads: BTreeMap<u64, u64>,
-    read_starts: BTreeMap<u64, u32>,
+    /// Writes in flight: (device, first sector, sectors).
+    writing: InFlight<(DevT, u64, u64)>,
+    /// Reads in flight: their submission times (the oldest bounds what a
+    /// judgement can ask).
+    reads: InFlight<u64>,
     /// TAKEs in progress by start time (see [`HistoryHold`]).
     holds: BTreeMap<u64, u32>,
     /// TAKE windows of bound images, per original.
@@ -662,12 +732,9 @@ impl Oracle {
                         ever_completed: false,
                     },
                 );
-                self.writing.insert(id, (bio.dev, bio.sector, bio.sectors));
+                self.writing.push(id, (bio.dev, bio.sector, bio.sectors));
             }
-            BioOp::Read => {
-                self.reads.insert(id, now);
-                *self.read_starts.entry(now).or_default() += 1;
-            }
+            BioOp::Read => self.reads.push(id, now),
             _ => {}
         }
         id
@@ -683,19 +750,13 @@ impl Oracle {
     ) -> Result<Judged, String> {
         match bio.op {
             BioOp::Write => {
-                if let (Ok(_), Some(range)) = (result, self.writing.remove(&id)) {
+                if let (Some(range), Ok(_)) = (self.writing.take(id), result) {
                     self.write_completed(now, id, range);
                 }
                 Ok(Judged::default())
             }
             BioOp::Read => {
-                let submitted = match self.reads.remove(&id) {
-                    Some(at) => {
-                        self.read_ended(at);
-                        at
-                    }
-                    None => now,
-                };
+                let submitted = self.reads.take(id).unwrap_or(now);
                 self.judge_read(submitted, now, bio, result)
             }
             _ => Ok(Judged::default()),
@@ -756,21 +817,12 @@ impl Oracle {
             .sum()
     }
 
-    fn read_ended(&mut self, at: u64) {
-        if let Some(n) = self.read_starts.get_mut(&at) {
-            *n -= 1;
-            if *n == 0 {
-                self.read_starts.remove(&at);
-            }
-        }
-    }
-
     /// No judgement from now on asks about a time before this, other than
     /// the fixed TAKE windows: reads in flight started at or after it,
     /// and so did every TAKE still in progress.
     fn horizon(&self, now: u64) -> u64 {
-        let oldest = |starts: &BTreeMap<u64, u32>| starts.keys().next().copied();
-        [oldest(&self.read_starts), oldest(&self.holds)]
+        let oldest_read = self.reads.values().min();
+        [oldest_read, self.holds.keys().next().copied()]
             .into_iter()
             .flatten()
             .fold(now, u64::min)
@@ -882,6 +934,7 @@ impl Oracle {
         kept: Option<(u64, &Pin)>,
     ) -> Option<(u64, String)> {
         let base = read.first;
+        let sources = allowed.sources();
         for (at, run) in read.data.runs_in(sector - base, stop - base) {
             for i in 0..run.len {
                 let (sector, got) = (base + at + i, run.at(i));
@@ -896,7 +949,7 @@ impl Oracle {
                         return Some((sector, message));
                     }
                 }
-                if !allowed.contains(sector, got) {
+                if !sources.contains(sector, got) {
                     return Some((sector, self.wrong_value(read, sector, got, allowed)));
                 }
             }
@@ -1888,5 +1941,112 @@ mod tests {
         }
         // The joins the ranges' maximality depends on did happen.
         assert!(joined > 100, "{joined}");
+    }
+
+    /// `Windows::need` (with its `latest_end` shortcut) says what a scan of
+    /// every window held says, as windows come and go.
+    #[test]
+    fn windows_need_agrees_with_a_scan_of_every_window() {
+        let mut rejected = 0;
+        for seed in 0..20 {
+            let mut rng = crate::rng::SimRng::new(seed);
+            let mut windows = Windows::default();
+            let mut held: Vec<(u64, u64)> = Vec::new();
+            for _ in 0..300 {
+                if held.is_empty() || rng.chance(1, 2) {
+                    let from = rng.below(1000);
+                    let window = (from, from + rng.below(100));
+                    windows.add(window.0, window.1);
+                    held.push(window);
+                } else {
+                    let (from, to) = held.swap_remove(rng.below(held.len() as u64) as usize);
+                    windows.remove(from, to);
+                }
+                for _ in 0..10 {
+                    let submitted = rng.below(1200);
+                    let superseded = submitted + 1 + rng.below(200);
+                    let scan = held
+                        .iter()
+                        .any(|&(from, to)| from < superseded && to >= submitted);
+                    assert_eq!(
+                        windows.need(submitted, superseded),
+                        scan,
+                        "seed {seed}: [{submitted}, {superseded}) with {held:?}"
+                    );
+                    rejected += u64::from(windows.latest_end < submitted);
+                }
+            }
+        }
+        assert!(rejected > 1000, "the shortcut ran {rejected} times");
+    }
+
+    /// What `Allowed::sources` lets a stretch compare is what `any` finds,
+    /// sector by sector, for histories with writes completed, superseded
+    /// and in flight, with and without an original behind.
+    #[test]
+    fn sources_allow_what_any_allows() {
+        let mut rng = crate::rng::SimRng::new(7);
+        fn writes_of(rng: &mut crate::rng::SimRng) -> Vec<SectorWrite> {
+            (0..rng.below(4))
+                .map(|i| {
+                    let submitted = rng.below(100);
+                    SectorWrite {
+                        id: i,
+                        first: rng.below(4),
+                        written: Written::Run(Run {
+                            first: 1 + rng.below(6),
+                            step: rng.below(2),
+                            len: 8,
+                        }),
+                        submitted,
+                        completed: rng.chance(3, 4).then(|| submitted + rng.below(50)),
+                        superseded: None,
+                    }
+                })
+                .collect()
+        }
+        let mut compared = 0;
+        for _ in 0..2000 {
+            let own = writes_of(&mut rng);
+            let orig = writes_of(&mut rng);
+            let (from, to) = (rng.below(120), rng.below(120));
+            let allowed = Allowed {
+                own: (&own, Rule::new(&own, from, to)),
+                orig: rng
+                    .chance(1, 2)
+                    .then(|| (orig.as_slice(), Rule::new(&orig, to / 2, to))),
+                initial: Initial::Pattern(1),
+            };
+            let sources = allowed.sources();
+            for sector in 4..8 {
+                for got in (0..12).chain([Initial::Pattern(1).stamp(sector)]) {
+                    let any = allowed.any(sector, |v| v == got);
+                    assert_eq!(sources.contains(sector, got), any, "sector {sector} {got}");
+                    compared += u64::from(any);
+                }
+            }
+        }
+        assert!(compared > 1000, "{compared} allowed values met");
+    }
+
+    /// Bios in flight are found by id whatever order they end in, and
+    /// only once.
+    #[test]
+    fn in_flight_ops_end_in_any_order() {
+        let mut ops = InFlight::default();
+        for id in [3, 5, 8, 9] {
+            ops.push(id, id * 10);
+        }
+        assert_eq!(ops.take(8), Some(80));
+        assert_eq!(ops.take(8), None);
+        assert_eq!(ops.take(4), None);
+        assert_eq!(ops.take(3), Some(30));
+        ops.push(12, 120);
+        assert_eq!(ops.values().collect::<Vec<_>>(), [50, 90, 120]);
+        assert_eq!(
+            (ops.take(12), ops.take(5), ops.take(9)),
+            (Some(120), Some(50), Some(90))
+        );
+        assert_eq!(ops.values().count(), 0);
     }
 }

@@ -693,6 +693,13 @@ impl Run {
             .unwrap_or_default()
     }
 
+    /// The image of `orig` in the snapshot named `snapshot`, looked up in
+    /// place (no copy of the record).
+    pub(super) fn image_of(&self, snapshot: &str, orig: DevT) -> Option<DevT> {
+        let snapshots = self.snapshots.borrow();
+        snapshots.get(snapshot)?.images.get(&orig).copied()
+    }
+
     /// A CREATE named `snapshot`. A live snapshot of the same name is kept
     /// under a hidden name, so the teardown still drains and destroys it.
     pub(super) fn created(&self, snapshot: &str, id: [u8; 16]) {
@@ -913,6 +920,9 @@ impl Run {
                 self.mark_dirty(target, ranges, fault.as_ref(), expect)
                     .await
             }
+            // Here, not in other_step: a workload's every op is polled
+            // through one future less (issue 10).
+            Step::Workload(workload) => self.workload(workload).await,
             _ => self.other_step(step, at).await,
         }
     }
@@ -957,7 +967,6 @@ impl Run {
                 expect,
             } => self.verify_image(snapshot, device, expect).await,
             Step::VerifyOriginal { device } => self.verify_original(device).await,
-            Step::Workload(workload) => self.workload(workload).await,
             Step::Concurrent(branches) => {
                 self.concurrent(branches, at).await;
                 Ok(())
@@ -1073,7 +1082,7 @@ impl Run {
                 Ok(())
             }
             Step::Flush { device, expect } => self.flush(device, expect).await,
-            _ => unreachable!("ioctl steps are dispatched in step()"),
+            _ => unreachable!("ioctl and workload steps are dispatched in step()"),
         }
     }
 
