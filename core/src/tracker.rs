@@ -3,10 +3,14 @@
 //! holds each write back until the chunks it touches are copied.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 
 use crate::cbt_map::CbtMap;
-use crate::diff_area::DiffArea;
+use crate::diff_area::{CopyRange, DiffArea, WaitRange};
+use crate::kernel::sync::LockWait;
 use crate::kernel::{
     blkdev_get, blkdev_put, kmalloc, sleep_point, AllocId, BdevFilter, BioHeader, DevT, Errno,
     FilterVerdict, Gfp, Kernel, Kref, LocalBoxFuture, NoioScope, TaskKind,
@@ -304,12 +308,12 @@ impl Tracker {
         self.snapshot_is_taken.set(false);
     }
 
-    /// The body of `submit_bio_cb` after the read lock is taken (spec 3.4).
-    /// Borrows the tracker from `submit_bio_cb`'s future, which owns it: no
-    /// `Rc` clone per write, and one pointer less in the boxed future.
-    async fn filter_write(&self, bio: BioHeader) -> FilterVerdict {
+    /// The start of `submit_bio_cb` after the read lock is taken (spec
+    /// 3.4), up to its first sleep: the area to copy into, or Err when
+    /// the write passes without a COW.
+    fn filter_start(&self, bio: &BioHeader) -> Result<Rc<DiffArea>, ()> {
         if !bio.op.is_write() || bio.sectors == 0 {
-            return FilterVerdict::Pass;
+            return Err(());
         }
         let k = self.module.k();
         let marked = {
@@ -317,45 +321,21 @@ impl Tracker {
             self.cbt_map.set(bio.sector, bio.sectors)
         };
         if marked.is_err() && self.module.quirks.trk_4 {
-            return FilterVerdict::Pass;
+            return Err(());
         }
         if !self.snapshot_is_taken.get() {
-            return FilterVerdict::Pass;
+            return Err(());
         }
         let Some(area) = self.diff_area.borrow().clone() else {
             // Taken yet no diff_area: a release of a snapshot sharing this
             // tracker NULLed it. v2 dereferences it (B-SNAP-11).
             self.null_diff_area_oops("tracker_submit_bio_cb");
-            return FilterVerdict::Pass;
+            return Err(());
         };
         if area.is_corrupted() {
-            return FilterVerdict::Pass;
+            return Err(());
         }
-        let nowait = bio.flags.nowait;
-        // v2 waits for chunk locks killably, and a fatal signal then lets
-        // the write through without its COW (B-DA-4); the fix does not give
-        // up a copy half-way.
-        let killable = self.module.quirks.da_4;
-        let copied = {
-            let _noio = NoioScope::enter(k);
-            k.bio_list_begin();
-            let copied = area.copy(bio.sector, bio.sectors, nowait, killable).await;
-            let queued = k.bio_list_end();
-            self.submit_queued(queued, copied.is_ok());
-            copied
-        };
-        let result = match copied {
-            Ok(()) => area.wait(bio.sector, bio.sectors, nowait, killable).await,
-            // The write is let through after an error; first wait for the
-            // copies already started, or the write could overtake them.
-            Err(e) if e != Errno::EAGAIN && !self.passes_at_once(e) => {
-                // Boxed: an error path, kept out of every write's future.
-                Box::pin(area.wait_started(bio.sector, bio.sectors)).await;
-                Err(e)
-            }
-            Err(e) => Err(e),
-        };
-        self.verdict(result)
+        Ok(area)
     }
 
     /// Whether a failed copy lets the write through without waiting for the
@@ -435,20 +415,10 @@ fn take_entry(list: &mut Vec<TrackedDevice>, dev: DevT) -> Option<TrackedDevice>
 
 impl BdevFilter for Tracker {
     fn submit_bio_cb(self: Rc<Self>, bio: BioHeader) -> LocalBoxFuture<'static, FilterVerdict> {
-        Box::pin(async move {
-            let module = &self.module;
-            let k = module.k();
-            let lock = &module.tracker_submit_lock;
-            if bio.flags.nowait {
-                if !lock.down_read_trylock(k) {
-                    return self.would_block();
-                }
-            } else {
-                lock.down_read(k).await;
-            }
-            let verdict = self.filter_write(bio).await;
-            lock.up_read(k);
-            verdict
+        Box::pin(WriteFilter {
+            tracker: self,
+            bio,
+            stage: FilterStage::Start,
         })
     }
 
@@ -460,6 +430,153 @@ impl BdevFilter for Tracker {
             forget_device(&self.module, self.dev_id);
         }
         self.put();
+    }
+}
+
+/// `tracker_submit_bio_cb`'s future (spec 3.4), written out by hand: the
+/// read lock of `tracker_submit_lock`, the CBT mark, then for a write
+/// under a snapshot `diff_area_copy` (in the writer's NOIO scope and bio
+/// list) and `diff_area_wait`. Every write is polled through it once per
+/// sleep; as nested `async fn`s each poll resumed every level, and the
+/// boxed future held all of them. It sleeps exactly where they did: the
+/// locks' own preemption points and waits, and the boxed rare parts.
+struct WriteFilter {
+    tracker: Rc<Tracker>,
+    bio: BioHeader,
+    stage: FilterStage,
+}
+
+enum FilterStage {
+    /// Not polled yet.
+    Start,
+    /// Waiting for `tracker_submit_lock`, read.
+    SubmitLock(LockWait),
+    /// In `diff_area_copy`, inside the NOIO scope entered with this
+    /// previous state, and the writer's bio list.
+    Copy(CopyRange, bool),
+    /// In `diff_area_wait`.
+    Wait(WaitRange),
+    /// After a failed copy: waiting for the copies in flight, to fail the
+    /// write with this error after. Boxed: an error path.
+    WaitStarted(LocalBoxFuture<'static, ()>, Errno),
+    /// Ready was returned.
+    Done,
+}
+
+impl Future for WriteFilter {
+    type Output = FilterVerdict;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FilterVerdict> {
+        let WriteFilter {
+            tracker,
+            bio,
+            stage,
+        } = self.get_mut();
+        let k = tracker.module.k();
+        let lock = &tracker.module.tracker_submit_lock;
+        loop {
+            let result = match stage {
+                FilterStage::Start if bio.flags.nowait => {
+                    if !lock.down_read_trylock(k) {
+                        *stage = FilterStage::Done;
+                        return Poll::Ready(tracker.would_block());
+                    }
+                    locked(tracker, bio, stage)
+                }
+                FilterStage::Start => {
+                    *stage = FilterStage::SubmitLock(lock.read_wait());
+                    continue;
+                }
+                FilterStage::SubmitLock(wait) => {
+                    let taken = ready!(lock.poll_wait(k, wait, cx));
+                    assert!(taken.is_ok(), "uninterruptible wait was interrupted");
+                    locked(tracker, bio, stage)
+                }
+                FilterStage::Copy(copy, _) => {
+                    let copied = ready!(Pin::new(copy).poll(cx));
+                    copied_then(tracker, bio, stage, copied)
+                }
+                FilterStage::Wait(wait) => Some(ready!(Pin::new(wait).poll(cx))),
+                FilterStage::WaitStarted(waiting, e) => {
+                    let e = *e;
+                    ready!(waiting.as_mut().poll(cx));
+                    Some(Err(e))
+                }
+                FilterStage::Done => panic!("submit_bio_cb polled after it completed"),
+            };
+            if let Some(result) = result {
+                *stage = FilterStage::Done;
+                let verdict = tracker.verdict(result);
+                lock.up_read(k);
+                return Poll::Ready(verdict);
+            }
+        }
+    }
+}
+
+/// The read lock is held: mark the CBT, and start the COW if needed.
+/// Some(Ok) when the write passes at once.
+fn locked(
+    tracker: &Tracker,
+    bio: &BioHeader,
+    stage: &mut FilterStage,
+) -> Option<Result<(), Errno>> {
+    let area = match tracker.filter_start(bio) {
+        Ok(area) => area,
+        Err(()) => return Some(Ok(())),
+    };
+    let k = tracker.module.k();
+    // v2 waits for chunk locks killably, and a fatal signal then lets
+    // the write through without its COW (B-DA-4); the fix does not
+    // give up a copy half-way.
+    let killable = tracker.module.quirks.da_4;
+    let noio = k.memalloc_noio_save();
+    k.bio_list_begin();
+    let copy = area.copy(bio.sector, bio.sectors, bio.flags.nowait, killable);
+    *stage = FilterStage::Copy(copy, noio);
+    None
+}
+
+/// `diff_area_copy` returned: submit its bios, leave the NOIO scope, then
+/// wait for the chunks; or the write's result at once.
+fn copied_then(
+    tracker: &Tracker,
+    bio: &BioHeader,
+    stage: &mut FilterStage,
+    copied: Result<(), Errno>,
+) -> Option<Result<(), Errno>> {
+    let k = tracker.module.k();
+    let FilterStage::Copy(copy, noio) = std::mem::replace(stage, FilterStage::Done) else {
+        unreachable!("called from the copy stage");
+    };
+    let queued = k.bio_list_end();
+    tracker.submit_queued(queued, copied.is_ok());
+    k.memalloc_noio_restore(noio);
+    *stage = match copied {
+        Ok(()) => {
+            let killable = tracker.module.quirks.da_4;
+            let (sector, count, nowait) = (bio.sector, bio.sectors, bio.flags.nowait);
+            FilterStage::Wait(copy.area().wait(sector, count, nowait, killable))
+        }
+        // The write is let through after an error; first wait for the
+        // copies already started, or the write could overtake them.
+        Err(e) if e != Errno::EAGAIN && !tracker.passes_at_once(e) => {
+            let (area, sector, count) = (copy.area().clone(), bio.sector, bio.sectors);
+            let waiting = Box::pin(async move { area.wait_started(sector, count).await });
+            FilterStage::WaitStarted(waiting, e)
+        }
+        Err(e) => return Some(Err(e)),
+    };
+    None
+}
+
+impl Drop for WriteFilter {
+    /// Dropped inside the copy (a task the run leaves blocked): leave the
+    /// NOIO scope, as the `NoioScope` guard of the `async fn` did.
+    fn drop(&mut self) {
+        if let FilterStage::Copy(_, noio) = self.stage {
+            self.tracker.module.k().memalloc_noio_restore(noio);
+        }
     }
 }
 
