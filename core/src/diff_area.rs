@@ -653,6 +653,18 @@ impl DiffArea {
         ))
     }
 
+    /// The walk of `copy` and `wait`, for a future that runs both.
+    #[inline(always)]
+    pub(crate) fn walk(
+        self: &Rc<Self>,
+        sector: u64,
+        count: u64,
+        nowait: bool,
+        killable: bool,
+    ) -> ChunkWalk {
+        ChunkWalk::new(self.clone(), sector, count, nowait, killable)
+    }
+
     /// The COW decision for one locked chunk (spec 5.3, first block), when
     /// the chunk needs nothing: it is unlocked and true is returned. Else
     /// the copy is to be started by `start_copy`.
@@ -931,7 +943,7 @@ impl DiffArea {
 /// twice per chunk, and the generated machines cost a resume per nesting
 /// level (filter, copy, lock) on each poll. The awaits are the same: the
 /// lock's yield and wait, and the boxed parts that may sleep.
-struct ChunkWalk {
+pub(crate) struct ChunkWalk {
     area: Rc<DiffArea>,
     numbers: std::ops::RangeInclusive<u64>,
     nowait: bool,
@@ -1039,33 +1051,60 @@ impl ChunkWalk {
     }
 }
 
-/// `DiffArea::copy`'s future.
-pub struct CopyRange(ChunkWalk);
-
-impl CopyRange {
-    /// The area, for the writer's next step.
-    pub fn area(&self) -> &Rc<DiffArea> {
-        &self.0.area
-    }
-}
-
-impl Future for CopyRange {
-    type Output = Result<(), Errno>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let walk = &mut self.get_mut().0;
+impl ChunkWalk {
+    /// `diff_area_copy` over the walk: start the COW of each chunk.
+    #[inline(always)]
+    pub(crate) fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
         loop {
-            let chunk = match ready!(walk.poll_locked(cx)) {
+            let chunk = match ready!(self.poll_locked(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(e)),
                 Some(Ok(chunk)) => chunk,
             };
-            if !walk.area.copied_already(&chunk) {
-                let start = walk.area.clone().start_copy(chunk, walk.nowait);
-                walk.start_part(Box::pin(start));
+            if !self.area.copied_already(&chunk) {
+                let start = self.area.clone().start_copy(chunk, self.nowait);
+                self.start_part(Box::pin(start));
             }
         }
+    }
+
+    /// `diff_area_wait` over the walk: wait for each chunk's copy.
+    #[inline(always)]
+    pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
+        loop {
+            let chunk = match ready!(self.poll_locked(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                Some(Ok(chunk)) => chunk,
+            };
+            if let Err(e) = self.area.check_copied(&chunk) {
+                self.step = WalkStep::Done;
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    /// Walk the same range again from its first chunk (the writer's
+    /// `diff_area_wait` after its `diff_area_copy`).
+    #[inline(always)]
+    pub(crate) fn rewind(&mut self, sector: u64, count: u64) {
+        self.numbers = self.area.chunk_numbers(sector, count);
+        self.step = WalkStep::Next;
+    }
+
+    pub(crate) fn area(&self) -> &Rc<DiffArea> {
+        &self.area
+    }
+}
+
+/// `DiffArea::copy`'s future.
+pub struct CopyRange(ChunkWalk);
+
+impl Future for CopyRange {
+    type Output = Result<(), Errno>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().0.poll_copy(cx)
     }
 }
 
@@ -1075,20 +1114,8 @@ pub struct WaitRange(ChunkWalk);
 impl Future for WaitRange {
     type Output = Result<(), Errno>;
 
-    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let walk = &mut self.get_mut().0;
-        loop {
-            let chunk = match ready!(walk.poll_locked(cx)) {
-                None => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                Some(Ok(chunk)) => chunk,
-            };
-            if let Err(e) = walk.area.check_copied(&chunk) {
-                walk.step = WalkStep::Done;
-                return Poll::Ready(Err(e));
-            }
-        }
+        self.get_mut().0.poll_wait(cx)
     }
 }
 

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use crate::cbt_map::CbtMap;
-use crate::diff_area::{CopyRange, DiffArea, WaitRange};
+use crate::diff_area::{ChunkWalk, DiffArea};
 use crate::kernel::sync::LockWait;
 use crate::kernel::{
     blkdev_get, blkdev_put, kmalloc, sleep_point, AllocId, BdevFilter, BioHeader, DevT, Errno,
@@ -415,11 +415,7 @@ fn take_entry(list: &mut Vec<TrackedDevice>, dev: DevT) -> Option<TrackedDevice>
 
 impl BdevFilter for Tracker {
     fn submit_bio_cb(self: Rc<Self>, bio: BioHeader) -> LocalBoxFuture<'static, FilterVerdict> {
-        Box::pin(WriteFilter {
-            tracker: self,
-            bio,
-            stage: FilterStage::Start,
-        })
+        Box::pin(WriteFilter::new(self, bio))
     }
 
     /// The attachment is gone (detach, or the device went away): the fix
@@ -443,139 +439,178 @@ impl BdevFilter for Tracker {
 struct WriteFilter {
     tracker: Rc<Tracker>,
     bio: BioHeader,
-    stage: FilterStage,
+    step: FilterStep,
+    /// The acquisition of `tracker_submit_lock` (`FilterStep::SubmitLock`).
+    submit_lock: LockWait,
+    /// The chunks of the write: copied, then waited for.
+    walk: Option<ChunkWalk>,
+    /// The NOIO state to restore when the copy ends (`FilterStep::Copy`).
+    noio: bool,
+    /// After a failed copy: the wait for the copies in flight (boxed, an
+    /// error path), and the error the write gets after it.
+    started: Option<(LocalBoxFuture<'static, ()>, Errno)>,
 }
 
-enum FilterStage {
+/// Where the filter stands; what it holds is in `WriteFilter`'s fields,
+/// so moving between steps drops nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FilterStep {
     /// Not polled yet.
     Start,
     /// Waiting for `tracker_submit_lock`, read.
-    SubmitLock(LockWait),
-    /// In `diff_area_copy`, inside the NOIO scope entered with this
-    /// previous state, and the writer's bio list.
-    Copy(CopyRange, bool),
+    SubmitLock,
+    /// In `diff_area_copy`, inside the NOIO scope and the bio list.
+    Copy,
     /// In `diff_area_wait`.
-    Wait(WaitRange),
-    /// After a failed copy: waiting for the copies in flight, to fail the
-    /// write with this error after. Boxed: an error path.
-    WaitStarted(LocalBoxFuture<'static, ()>, Errno),
+    Wait,
+    /// In the wait after a failed copy.
+    WaitStarted,
     /// Ready was returned.
     Done,
+}
+
+impl WriteFilter {
+    fn new(tracker: Rc<Tracker>, bio: BioHeader) -> Self {
+        WriteFilter {
+            tracker,
+            bio,
+            step: FilterStep::Start,
+            submit_lock: LockWait::done(),
+            walk: None,
+            noio: false,
+            started: None,
+        }
+    }
+
+    /// Poll the current step: Some with the write's COW result when it is
+    /// over (the read lock still held), None to go on with the next step.
+    #[inline(always)]
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<(), Errno>>> {
+        let module = &self.tracker.module;
+        let (k, lock) = (module.k(), &module.tracker_submit_lock);
+        Poll::Ready(match self.step {
+            FilterStep::Start => {
+                self.submit_lock = lock.read_wait();
+                self.step = FilterStep::SubmitLock;
+                None
+            }
+            FilterStep::SubmitLock => {
+                let taken = ready!(lock.poll_wait(k, &mut self.submit_lock, cx));
+                assert!(taken.is_ok(), "uninterruptible wait was interrupted");
+                self.locked()
+            }
+            FilterStep::Copy => {
+                let walk = self.walk.as_mut().expect("a copy has its walk");
+                let copied = ready!(walk.poll_copy(cx));
+                self.copied(copied)
+            }
+            FilterStep::Wait => {
+                let walk = self.walk.as_mut().expect("a wait has its walk");
+                Some(ready!(walk.poll_wait(cx)))
+            }
+            FilterStep::WaitStarted => {
+                let (waiting, e) = self.started.as_mut().expect("a wait is running");
+                ready!(waiting.as_mut().poll(cx));
+                Some(Err(*e))
+            }
+            FilterStep::Done => panic!("submit_bio_cb polled after it completed"),
+        })
+    }
+
+    /// The read lock is held: mark the CBT, and start the COW if needed.
+    /// Some(Ok) when the write passes at once.
+    #[inline(always)]
+    fn locked(&mut self) -> Option<Result<(), Errno>> {
+        let area = match self.tracker.filter_start(&self.bio) {
+            Ok(area) => area,
+            Err(()) => return Some(Ok(())),
+        };
+        let k = self.tracker.module.k();
+        // v2 waits for chunk locks killably, and a fatal signal then lets
+        // the write through without its COW (B-DA-4); the fix does not
+        // give up a copy half-way.
+        let killable = self.tracker.module.quirks.da_4;
+        self.noio = k.memalloc_noio_save();
+        k.bio_list_begin();
+        let bio = &self.bio;
+        self.walk = Some(area.walk(bio.sector, bio.sectors, bio.flags.nowait, killable));
+        self.step = FilterStep::Copy;
+        None
+    }
+
+    /// `diff_area_copy` returned: submit its bios, leave the NOIO scope,
+    /// then wait for the chunks; or the write's result at once.
+    #[inline(always)]
+    fn copied(&mut self, copied: Result<(), Errno>) -> Option<Result<(), Errno>> {
+        let k = self.tracker.module.k();
+        self.step = FilterStep::Done;
+        let queued = k.bio_list_end();
+        self.tracker.submit_queued(queued, copied.is_ok());
+        k.memalloc_noio_restore(self.noio);
+        let bio = &self.bio;
+        let walk = self.walk.as_mut().expect("a copy has its walk");
+        match copied {
+            Ok(()) => {
+                walk.rewind(bio.sector, bio.sectors);
+                self.step = FilterStep::Wait;
+            }
+            // The write is let through after an error; first wait for the
+            // copies already started, or the write could overtake them.
+            Err(e) if e != Errno::EAGAIN && !self.tracker.passes_at_once(e) => {
+                let (area, sector, count) = (walk.area().clone(), bio.sector, bio.sectors);
+                let waiting = Box::pin(async move { area.wait_started(sector, count).await });
+                self.started = Some((waiting, e));
+                self.step = FilterStep::WaitStarted;
+            }
+            Err(e) => return Some(Err(e)),
+        }
+        None
+    }
 }
 
 impl Future for WriteFilter {
     type Output = FilterVerdict;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FilterVerdict> {
-        let WriteFilter {
-            tracker,
-            bio,
-            stage,
-        } = self.get_mut();
-        let k = tracker.module.k();
-        let lock = &tracker.module.tracker_submit_lock;
+        let this = self.get_mut();
+        if this.step == FilterStep::Start && this.bio.flags.nowait {
+            // REQ_NOWAIT: only the trylock, no preemption point.
+            let module = &this.tracker.module;
+            if !module.tracker_submit_lock.down_read_trylock(module.k()) {
+                this.step = FilterStep::Done;
+                return Poll::Ready(this.tracker.would_block());
+            }
+            if let Some(result) = this.locked() {
+                return Poll::Ready(this.finish(result));
+            }
+        }
         loop {
-            let result = match stage {
-                FilterStage::Start if bio.flags.nowait => {
-                    if !lock.down_read_trylock(k) {
-                        *stage = FilterStage::Done;
-                        return Poll::Ready(tracker.would_block());
-                    }
-                    locked(tracker, bio, stage)
-                }
-                FilterStage::Start => {
-                    *stage = FilterStage::SubmitLock(lock.read_wait());
-                    continue;
-                }
-                FilterStage::SubmitLock(wait) => {
-                    let taken = ready!(lock.poll_wait(k, wait, cx));
-                    assert!(taken.is_ok(), "uninterruptible wait was interrupted");
-                    locked(tracker, bio, stage)
-                }
-                FilterStage::Copy(copy, _) => {
-                    let copied = ready!(Pin::new(copy).poll(cx));
-                    copied_then(tracker, bio, stage, copied)
-                }
-                FilterStage::Wait(wait) => Some(ready!(Pin::new(wait).poll(cx))),
-                FilterStage::WaitStarted(waiting, e) => {
-                    let e = *e;
-                    ready!(waiting.as_mut().poll(cx));
-                    Some(Err(e))
-                }
-                FilterStage::Done => panic!("submit_bio_cb polled after it completed"),
-            };
-            if let Some(result) = result {
-                *stage = FilterStage::Done;
-                let verdict = tracker.verdict(result);
-                lock.up_read(k);
-                return Poll::Ready(verdict);
+            if let Some(result) = ready!(this.poll_step(cx)) {
+                return Poll::Ready(this.finish(result));
             }
         }
     }
 }
 
-/// The read lock is held: mark the CBT, and start the COW if needed.
-/// Some(Ok) when the write passes at once.
-fn locked(
-    tracker: &Tracker,
-    bio: &BioHeader,
-    stage: &mut FilterStage,
-) -> Option<Result<(), Errno>> {
-    let area = match tracker.filter_start(bio) {
-        Ok(area) => area,
-        Err(()) => return Some(Ok(())),
-    };
-    let k = tracker.module.k();
-    // v2 waits for chunk locks killably, and a fatal signal then lets
-    // the write through without its COW (B-DA-4); the fix does not
-    // give up a copy half-way.
-    let killable = tracker.module.quirks.da_4;
-    let noio = k.memalloc_noio_save();
-    k.bio_list_begin();
-    let copy = area.copy(bio.sector, bio.sectors, bio.flags.nowait, killable);
-    *stage = FilterStage::Copy(copy, noio);
-    None
-}
-
-/// `diff_area_copy` returned: submit its bios, leave the NOIO scope, then
-/// wait for the chunks; or the write's result at once.
-fn copied_then(
-    tracker: &Tracker,
-    bio: &BioHeader,
-    stage: &mut FilterStage,
-    copied: Result<(), Errno>,
-) -> Option<Result<(), Errno>> {
-    let k = tracker.module.k();
-    let FilterStage::Copy(copy, noio) = std::mem::replace(stage, FilterStage::Done) else {
-        unreachable!("called from the copy stage");
-    };
-    let queued = k.bio_list_end();
-    tracker.submit_queued(queued, copied.is_ok());
-    k.memalloc_noio_restore(noio);
-    *stage = match copied {
-        Ok(()) => {
-            let killable = tracker.module.quirks.da_4;
-            let (sector, count, nowait) = (bio.sector, bio.sectors, bio.flags.nowait);
-            FilterStage::Wait(copy.area().wait(sector, count, nowait, killable))
-        }
-        // The write is let through after an error; first wait for the
-        // copies already started, or the write could overtake them.
-        Err(e) if e != Errno::EAGAIN && !tracker.passes_at_once(e) => {
-            let (area, sector, count) = (copy.area().clone(), bio.sector, bio.sectors);
-            let waiting = Box::pin(async move { area.wait_started(sector, count).await });
-            FilterStage::WaitStarted(waiting, e)
-        }
-        Err(e) => return Some(Err(e)),
-    };
-    None
+impl WriteFilter {
+    /// The COW is over: its verdict, after the read lock is released.
+    fn finish(&mut self, result: Result<(), Errno>) -> FilterVerdict {
+        self.step = FilterStep::Done;
+        self.walk = None;
+        self.started = None;
+        let verdict = self.tracker.verdict(result);
+        let module = &self.tracker.module;
+        module.tracker_submit_lock.up_read(module.k());
+        verdict
+    }
 }
 
 impl Drop for WriteFilter {
     /// Dropped inside the copy (a task the run leaves blocked): leave the
     /// NOIO scope, as the `NoioScope` guard of the `async fn` did.
     fn drop(&mut self) {
-        if let FilterStage::Copy(_, noio) = self.stage {
-            self.tracker.module.k().memalloc_noio_restore(noio);
+        if self.step == FilterStep::Copy {
+            self.tracker.module.k().memalloc_noio_restore(self.noio);
         }
     }
 }
