@@ -949,7 +949,9 @@ pub(crate) struct ChunkWalk {
     nowait: bool,
     killable: bool,
     step: WalkStep,
-    /// The chunk being locked (`WalkStep::Locking`) and its acquisition.
+    /// The chunk being locked (`WalkStep::Locking`), then the one locked.
+    /// Kept after: the table never drops a chunk, so a later visit to the
+    /// same number (the writer's wait after its copy) needs no lookup.
     chunk: Option<Rc<Chunk>>,
     wait: LockWait,
     /// The part being run in `WalkStep::Boxed`.
@@ -986,9 +988,10 @@ impl ChunkWalk {
         }
     }
 
-    /// The next chunk, locked; None past the range; an error ends the walk.
+    /// Lock the next chunk (then in `chunk`): Some(Ok) when it is locked,
+    /// None past the range; an error ends the walk.
     #[inline(always)]
-    fn poll_locked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Rc<Chunk>, Errno>>> {
+    fn poll_locked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<(), Errno>>> {
         loop {
             match self.step {
                 WalkStep::Next => {
@@ -996,23 +999,25 @@ impl ChunkWalk {
                         self.step = WalkStep::Done;
                         return Poll::Ready(None);
                     };
-                    match self.area.chunk(number) {
-                        Some(chunk) if self.nowait => return self.try_lock(chunk),
-                        Some(chunk) => {
-                            self.wait = chunk.lock.wait(self.killable);
-                            self.chunk = Some(chunk);
-                            self.step = WalkStep::Locking;
-                        }
-                        None => self.start_part(self.area.clone().corrupt_past_end()),
+                    if !self.visit(number) {
+                        self.start_part(self.area.clone().corrupt_past_end());
+                        continue;
                     }
+                    let chunk = self.locked_chunk();
+                    if self.nowait {
+                        // REQ_NOWAIT: only the trylock, no preemption point.
+                        let taken = chunk.lock.down_trylock(self.area.module.k());
+                        return self.end_on_error(if taken { Ok(()) } else { Err(Errno::EAGAIN) });
+                    }
+                    self.wait = chunk.lock.wait(self.killable);
+                    self.step = WalkStep::Locking;
                 }
                 WalkStep::Locking => {
                     let k = self.area.module.k();
                     let chunk = self.chunk.as_ref().expect("a chunk is being locked");
                     let locked = ready!(chunk.lock.poll_wait(k, &mut self.wait, cx));
-                    let chunk = self.chunk.take().expect("a chunk is being locked");
                     self.step = WalkStep::Next;
-                    return self.end_on_error(locked.map(|()| chunk));
+                    return self.end_on_error(locked);
                 }
                 WalkStep::Boxed => {
                     let part = self.part.as_mut().expect("a part is running");
@@ -1028,22 +1033,32 @@ impl ChunkWalk {
         }
     }
 
+    /// Make chunk `number` the walk's `chunk`, looked up unless it is it
+    /// already; false past the end of the device.
+    #[inline(always)]
+    fn visit(&mut self, number: u64) -> bool {
+        if let Some(chunk) = &self.chunk {
+            if chunk.number == number {
+                return true;
+            }
+        }
+        self.chunk = self.area.chunk(number);
+        self.chunk.is_some()
+    }
+
+    /// The chunk last visited.
+    #[inline(always)]
+    fn locked_chunk(&self) -> &Rc<Chunk> {
+        self.chunk.as_ref().expect("a chunk was visited")
+    }
+
     fn start_part(&mut self, part: LocalBoxFuture<'static, Result<(), Errno>>) {
         self.part = Some(part);
         self.step = WalkStep::Boxed;
     }
 
-    /// The `REQ_NOWAIT` trylock: no preemption point, no wait.
-    fn try_lock(&mut self, chunk: Rc<Chunk>) -> Poll<Option<Result<Rc<Chunk>, Errno>>> {
-        let taken = chunk.lock.down_trylock(self.area.module.k());
-        self.end_on_error(if taken { Ok(chunk) } else { Err(Errno::EAGAIN) })
-    }
-
-    #[inline]
-    fn end_on_error(
-        &mut self,
-        result: Result<Rc<Chunk>, Errno>,
-    ) -> Poll<Option<Result<Rc<Chunk>, Errno>>> {
+    #[inline(always)]
+    fn end_on_error(&mut self, result: Result<(), Errno>) -> Poll<Option<Result<(), Errno>>> {
         if result.is_err() {
             self.step = WalkStep::Done;
         }
@@ -1056,13 +1071,14 @@ impl ChunkWalk {
     #[inline(always)]
     pub(crate) fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
         loop {
-            let chunk = match ready!(self.poll_locked(cx)) {
+            match ready!(self.poll_locked(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(e)),
-                Some(Ok(chunk)) => chunk,
-            };
-            if !self.area.copied_already(&chunk) {
-                let start = self.area.clone().start_copy(chunk, self.nowait);
+                Some(Ok(())) => {}
+            }
+            let chunk = self.locked_chunk();
+            if !self.area.copied_already(chunk) {
+                let start = self.area.clone().start_copy(chunk.clone(), self.nowait);
                 self.start_part(Box::pin(start));
             }
         }
@@ -1072,12 +1088,12 @@ impl ChunkWalk {
     #[inline(always)]
     pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
         loop {
-            let chunk = match ready!(self.poll_locked(cx)) {
+            match ready!(self.poll_locked(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(e)),
-                Some(Ok(chunk)) => chunk,
-            };
-            if let Err(e) = self.area.check_copied(&chunk) {
+                Some(Ok(())) => {}
+            }
+            if let Err(e) = self.area.check_copied(self.locked_chunk()) {
                 self.step = WalkStep::Done;
                 return Poll::Ready(Err(e));
             }

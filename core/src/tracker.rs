@@ -954,6 +954,77 @@ mod tests {
         tracker(ctl, dev(0)).diff_area.borrow().clone().unwrap()
     }
 
+    /// Polls a `submit_bio_cb` future, and after each Pending notes
+    /// whether chunk 0 is locked and the task is in a NOIO scope; drops
+    /// the future unfinished after `stop_after` Pendings.
+    struct Probe {
+        filter: Option<LocalBoxFuture<'static, FilterVerdict>>,
+        k: Rc<TestKernel>,
+        chunk: Rc<crate::chunk::Chunk>,
+        seen: Vec<(bool, bool)>,
+        stop_after: usize,
+    }
+
+    impl Future for Probe {
+        type Output = (Option<FilterVerdict>, Vec<(bool, bool)>);
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let filter = self.filter.as_mut().expect("polled after Ready");
+            if let Poll::Ready(verdict) = filter.as_mut().poll(cx) {
+                return Poll::Ready((Some(verdict), std::mem::take(&mut self.seen)));
+            }
+            let seen = (self.chunk.lock.is_locked(), self.k.current_noio());
+            self.seen.push(seen);
+            if self.seen.len() < self.stop_after {
+                return Poll::Pending;
+            }
+            self.filter = None;
+            Poll::Ready((None, std::mem::take(&mut self.seen)))
+        }
+    }
+
+    /// Run one write of chunk 0 (copied already) through the filter.
+    fn probe(nowait: bool, stop_after: usize) -> (Option<FilterVerdict>, Vec<(bool, bool)>) {
+        let (k, ctl) = setup(&[]);
+        let filter = run(&k, async {
+            taken(&ctl, dev(0)).await;
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+            k.filter_get(dev(0)).unwrap()
+        });
+        let probe = Probe {
+            filter: Some(filter.submit_bio_cb(header(BioOp::Write, 8, 8, nowait))),
+            k: k.clone(),
+            chunk: area(&ctl).chunk(0).unwrap(),
+            seen: Vec::new(),
+            stop_after,
+        };
+        let (verdict, seen) = run(&k, async {
+            let result = probe.await;
+            assert!(!k.current_noio(), "the NOIO scope is left");
+            result
+        });
+        assert_eq!(counters(&ctl).filled, 512, "copied by the first write only");
+        (verdict, seen)
+    }
+
+    #[test]
+    fn a_write_to_a_copied_chunk_sleeps_at_the_three_lock_preemption_points() {
+        // The submit lock's, then the chunk lock's in diff_area_copy (in
+        // the NOIO scope), then in diff_area_wait; never holding the chunk.
+        let (verdict, seen) = probe(false, usize::MAX);
+        assert_eq!(verdict, Some(FilterVerdict::Pass));
+        assert_eq!(seen, vec![(false, false), (false, true), (false, false)]);
+        // REQ_NOWAIT only tries the locks: no sleep at all.
+        assert_eq!(probe(true, usize::MAX), (Some(FilterVerdict::Pass), vec![]));
+    }
+
+    #[test]
+    fn a_write_dropped_inside_the_copy_leaves_its_noio_scope() {
+        let (verdict, seen) = probe(false, 2);
+        assert_eq!(verdict, None);
+        assert_eq!(seen, vec![(false, false), (false, true)]);
+    }
+
     #[test]
     fn cow_bios_queued_before_an_error_are_still_submitted() {
         let (k, ctl) = overflow_mid_range(&[]);
