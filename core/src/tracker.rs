@@ -594,10 +594,11 @@ impl Future for WriteFilter {
 
 impl WriteFilter {
     /// The COW is over: its verdict, after the read lock is released.
+    /// The walk and the boxed wait are dropped with the future, right
+    /// after: nothing of theirs is observable.
+    #[inline(always)]
     fn finish(&mut self, result: Result<(), Errno>) -> FilterVerdict {
         self.step = FilterStep::Done;
-        self.walk = None;
-        self.started = None;
         let verdict = self.tracker.verdict(result);
         let module = &self.tracker.module;
         module.tracker_submit_lock.up_read(module.k());
