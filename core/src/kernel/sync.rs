@@ -148,7 +148,7 @@ impl LockWait {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn poll_on(
         &mut self,
         lock: &RawLock,
