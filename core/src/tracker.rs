@@ -311,6 +311,7 @@ impl Tracker {
     /// The start of `submit_bio_cb` after the read lock is taken (spec
     /// 3.4), up to its first sleep: the area to copy into, or Err when
     /// the write passes without a COW.
+    #[inline(always)]
     fn filter_start(&self, bio: &BioHeader) -> Result<Rc<DiffArea>, ()> {
         if !bio.op.is_write() || bio.sectors == 0 {
             return Err(());
