@@ -298,7 +298,10 @@ impl RawLock {
         kernel.lock_event(self.id, self.class, LockOp::Release, mode);
         let mut state = self.state.borrow_mut();
         state.leave(mode);
-        state.grant_waiters();
+        // Most releases have nobody queued: no call for them.
+        if !state.waiters.is_empty() {
+            state.grant_waiters();
+        }
     }
 }
 
@@ -386,14 +389,9 @@ impl Semaphore {
         self.raw.acquire(kernel, LockMode::Write, true)
     }
 
-    /// `down_killable` when `killable`, else `down` (always Ok), as one
-    /// future type: for a caller that picks by a flag.
-    pub fn down_either<'a>(&'a self, kernel: &'a dyn Kernel, killable: bool) -> Acquisition<'a> {
-        self.raw.acquire(kernel, LockMode::Write, killable)
-    }
-
-    /// `down_either` as a [`LockWait`], for a hand-written future to poll
-    /// with [`Semaphore::poll_wait`].
+    /// `down_killable` when `killable`, else `down` (always Ok), as a
+    /// [`LockWait`] for a hand-written future to poll with
+    /// [`Semaphore::poll_wait`].
     pub fn wait(&self, killable: bool) -> LockWait {
         LockWait::new(LockMode::Write, killable)
     }
