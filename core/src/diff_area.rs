@@ -229,6 +229,7 @@ impl DiffArea {
     }
 
     /// The chunk numbers a sector range touches, in ascending order.
+    #[inline(always)]
     fn chunk_numbers(&self, sector: u64, count: u64) -> std::ops::RangeInclusive<u64> {
         let shift = self.chunk_shift - SECTOR_SHIFT;
         (sector >> shift)..=((sector + count.max(1) - 1) >> shift)
