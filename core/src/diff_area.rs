@@ -7,17 +7,17 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use crate::chunk::{bits, Chunk};
 use crate::diff_buffer::DiffBuffer;
 use crate::diff_io;
 use crate::diff_storage::DiffStorage;
 use crate::event_queue::EVENT_CORRUPTED;
-use crate::kernel::sync::Acquisition;
+use crate::kernel::sync::LockWait;
 use crate::kernel::{
     blkdev_get, completion, kmalloc, preempt, sleep_point, AllocId, BdevHandle, BioResult,
-    Completer, DevT, Errno, Gfp, Kref, NoioScope, Stamps, TaskKind, SECTOR_SHIFT,
+    Completer, DevT, Errno, Gfp, Kref, LocalBoxFuture, NoioScope, Stamps, TaskKind, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -229,6 +229,7 @@ impl DiffArea {
     }
 
     /// The chunk numbers a sector range touches, in ascending order.
+    #[inline(always)]
     fn chunk_numbers(&self, sector: u64, count: u64) -> std::ops::RangeInclusive<u64> {
         let shift = self.chunk_shift - SECTOR_SHIFT;
         (sector >> shift)..=((sector + count.max(1) - 1) >> shift)
@@ -618,63 +619,80 @@ impl DiffArea {
     /// `diff_area_copy`: start the COW of every chunk a write touches, in
     /// ascending order. Bios go to the writer's `bio_list`; the caller
     /// submits them once the whole range is scheduled.
-    pub async fn copy(
+    #[inline(always)]
+    pub fn copy(
         self: &Rc<Self>,
         sector: u64,
         count: u64,
         nowait: bool,
         killable: bool,
-    ) -> Result<(), Errno> {
-        for number in self.chunk_numbers(sector, count) {
-            let Some(chunk) = self.chunk(number) else {
-                // Boxed: rare, and inline it would grow every write's future.
-                Box::pin(self.set_corrupted(Errno::EINVAL)).await;
-                return Err(Errno::EINVAL);
-            };
-            self.lock_chunk(&chunk, nowait, killable).await?;
-            self.copy_chunk(&chunk, nowait).await?;
-        }
-        Ok(())
+    ) -> CopyRange {
+        CopyRange(ChunkWalk::new(
+            self.clone(),
+            sector,
+            count,
+            nowait,
+            killable,
+        ))
     }
 
-    /// A `REQ_NOWAIT` writer only tries the lock (-EAGAIN when held);
-    /// others wait, killably with `killable`. Not an `async fn`: the wait
-    /// is the lock's own future, one nesting level fewer on each poll.
-    fn lock_chunk<'a>(
-        &'a self,
-        chunk: &'a Chunk,
+    /// `diff_area_wait`: block until no chunk of the range is being copied.
+    #[inline(always)]
+    pub fn wait(
+        self: &Rc<Self>,
+        sector: u64,
+        count: u64,
         nowait: bool,
         killable: bool,
-    ) -> ChunkLocking<'a> {
-        let k = self.module.k();
-        if nowait {
-            let taken = chunk.lock.down_trylock(k);
-            return ChunkLocking::Tried(Some(if taken { Ok(()) } else { Err(Errno::EAGAIN) }));
-        }
-        ChunkLocking::Waiting(chunk.lock.down_either(k, killable))
+    ) -> WaitRange {
+        WaitRange(ChunkWalk::new(
+            self.clone(),
+            sector,
+            count,
+            nowait,
+            killable,
+        ))
     }
 
-    /// The COW decision for one locked chunk (spec 5.3, first block).
-    /// Every write's filter future holds this one inline, so the paths
-    /// most writes never take (starting a copy, failing a chunk) are
-    /// boxed: inline they made the per-write future hundreds of bytes,
-    /// moved and re-entered on each of its polls.
-    async fn copy_chunk(self: &Rc<Self>, chunk: &Rc<Chunk>, nowait: bool) -> Result<(), Errno> {
-        let k = self.module.k();
+    /// The walk of `copy` and `wait`, for a future that runs both.
+    #[inline(always)]
+    pub(crate) fn walk(
+        self: &Rc<Self>,
+        sector: u64,
+        count: u64,
+        nowait: bool,
+        killable: bool,
+    ) -> ChunkWalk {
+        ChunkWalk::new(self.clone(), sector, count, nowait, killable)
+    }
+
+    /// The COW decision for one locked chunk (spec 5.3, first block), when
+    /// the chunk needs nothing: it is unlocked and true is returned. Else
+    /// the copy is to be started by `start_copy`.
+    #[inline(always)]
+    fn copied_already(&self, chunk: &Chunk) -> bool {
         if chunk.has(bits::FAILED | bits::DIRTY | bits::STORE_READY) {
-            chunk.lock.up(k);
-            return Ok(());
+            chunk.lock.up(self.module.k());
+            return true;
         }
+        false
+    }
+
+    /// The rest of the COW decision for one locked chunk: start its copy.
+    /// Boxed by the caller as a whole (it owns its arguments), so the
+    /// per-write future holds none of these state machines inline.
+    async fn start_copy(self: Rc<Self>, chunk: Rc<Chunk>, nowait: bool) -> Result<(), Errno> {
+        let k = self.module.k();
         if chunk.has(bits::LOADING | bits::STORING) {
             // IO in flight would hold the lock: a stale bit is a broken chunk.
-            Box::pin(self.store_failed(chunk, Some(Errno::EFAULT))).await;
+            self.store_failed(&chunk, Some(Errno::EFAULT)).await;
             return Err(Errno::EFAULT);
         }
         let started = if chunk.has(bits::BUFFER_READY) {
-            self.cache_remove(chunk);
-            Box::pin(self.schedule_storing(chunk, nowait)).await
+            self.cache_remove(&chunk);
+            self.schedule_storing(&chunk, nowait).await
         } else {
-            Box::pin(self.schedule_loading(chunk, nowait)).await
+            self.schedule_loading(&chunk, nowait).await
         };
         match started {
             Ok(()) => Ok(()),
@@ -683,46 +701,43 @@ impl DiffArea {
             // whole snapshot (B-DA-3).
             Err(Errno::EAGAIN) if !self.module.quirks.da_3 => {
                 if chunk.has(bits::BUFFER_READY) {
-                    self.cache_and_unlock(chunk);
+                    self.cache_and_unlock(&chunk);
                 } else {
                     chunk.lock.up(k);
                 }
                 Err(Errno::EAGAIN)
             }
             Err(e) => {
-                Box::pin(self.store_failed(chunk, Some(e))).await;
+                self.store_failed(&chunk, Some(e)).await;
                 Err(e)
             }
         }
     }
 
-    /// `diff_area_wait`: block until no chunk of the range is being copied.
-    pub async fn wait(
-        &self,
-        sector: u64,
-        count: u64,
-        nowait: bool,
-        killable: bool,
-    ) -> Result<(), Errno> {
+    /// `diff_area_wait`'s check of one locked chunk: unlock it, and the
+    /// error the write gets if the copy failed.
+    #[inline(always)]
+    fn check_copied(&self, chunk: &Chunk) -> Result<(), Errno> {
         let k = self.module.k();
-        for number in self.chunk_numbers(sector, count) {
-            let Some(chunk) = self.chunk(number) else {
-                // Boxed: rare, and inline it would grow every write's future.
-                Box::pin(self.set_corrupted(Errno::EINVAL)).await;
-                return Err(Errno::EINVAL);
-            };
-            self.lock_chunk(&chunk, nowait, killable).await?;
-            let state = chunk.state();
-            chunk.lock.up(k);
-            if state & bits::FAILED != 0 {
-                return Err(Errno::EFAULT);
-            }
-            if state & (bits::BUFFER_READY | bits::DIRTY | bits::STORE_READY) == 0 {
-                // Unreachable in v2 too (B-DA-6), where the lock would leak.
-                k.warn("diff_area_wait: chunk in no ready state");
-            }
+        let state = chunk.state();
+        chunk.lock.up(k);
+        if state & bits::FAILED != 0 {
+            return Err(Errno::EFAULT);
+        }
+        if state & (bits::BUFFER_READY | bits::DIRTY | bits::STORE_READY) == 0 {
+            // Unreachable in v2 too (B-DA-6), where the lock would leak.
+            k.warn("diff_area_wait: chunk in no ready state");
         }
         Ok(())
+    }
+
+    /// A chunk number past the end: the area is corrupted (-EINVAL).
+    /// Boxed: rare, and inline it would grow every write's future.
+    fn corrupt_past_end(self: Rc<Self>) -> LocalBoxFuture<'static, Result<(), Errno>> {
+        Box::pin(async move {
+            self.set_corrupted(Errno::EINVAL).await;
+            Err(Errno::EINVAL)
+        })
     }
 
     /// After a failed `copy`: wait until no copy of the range is in flight,
@@ -922,22 +937,202 @@ impl DiffArea {
     }
 }
 
-/// `lock_chunk`'s answer: the trylock's at once, or the wait for the lock.
-enum ChunkLocking<'a> {
-    Tried(Option<Result<(), Errno>>),
-    Waiting(Acquisition<'a>),
+/// The walk of `copy` and `wait` over the chunks of a range, in ascending
+/// order, each one locked in turn: a `REQ_NOWAIT` writer only tries the
+/// lock (-EAGAIN when held); others wait, killably with `killable`.
+/// Written out by hand rather than as `async fn`s: every write polls it
+/// twice per chunk, and the generated machines cost a resume per nesting
+/// level (filter, copy, lock) on each poll. The awaits are the same: the
+/// lock's yield and wait, and the boxed parts that may sleep.
+pub(crate) struct ChunkWalk {
+    area: Rc<DiffArea>,
+    numbers: std::ops::RangeInclusive<u64>,
+    nowait: bool,
+    killable: bool,
+    step: WalkStep,
+    /// The chunk being locked (`WalkStep::Locking`), then the one locked.
+    /// Kept after: the table never drops a chunk, so a later visit to the
+    /// same number (the writer's wait after its copy) needs no lookup.
+    chunk: Option<Rc<Chunk>>,
+    wait: LockWait,
+    /// The part being run in `WalkStep::Boxed`.
+    part: Option<LocalBoxFuture<'static, Result<(), Errno>>>,
 }
 
-impl Future for ChunkLocking<'_> {
+/// Where the walk stands; what it holds is in `ChunkWalk`'s fields, so
+/// moving between steps drops nothing.
+#[derive(Clone, Copy)]
+enum WalkStep {
+    /// Go on with the next chunk of the range.
+    Next,
+    /// Waiting for the lock of `chunk`.
+    Locking,
+    /// A part that may sleep (a copy being started, or the corruption of
+    /// the area): Ok goes on with the next chunk.
+    Boxed,
+    /// Ready was returned.
+    Done,
+}
+
+impl ChunkWalk {
+    #[inline(always)]
+    fn new(area: Rc<DiffArea>, sector: u64, count: u64, nowait: bool, killable: bool) -> Self {
+        ChunkWalk {
+            numbers: area.chunk_numbers(sector, count),
+            area,
+            nowait,
+            killable,
+            step: WalkStep::Next,
+            chunk: None,
+            wait: LockWait::done(),
+            part: None,
+        }
+    }
+
+    /// Lock the next chunk (then in `chunk`): Some(Ok) when it is locked,
+    /// None past the range; an error ends the walk.
+    #[inline(always)]
+    fn poll_locked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<(), Errno>>> {
+        loop {
+            match self.step {
+                WalkStep::Next => {
+                    let Some(number) = self.numbers.next() else {
+                        self.step = WalkStep::Done;
+                        return Poll::Ready(None);
+                    };
+                    if !self.visit(number) {
+                        self.start_part(self.area.clone().corrupt_past_end());
+                        continue;
+                    }
+                    let chunk = self.locked_chunk();
+                    if self.nowait {
+                        // REQ_NOWAIT: only the trylock, no preemption point.
+                        let taken = chunk.lock.down_trylock(self.area.module.k());
+                        return self.end_on_error(if taken { Ok(()) } else { Err(Errno::EAGAIN) });
+                    }
+                    self.wait = chunk.lock.wait(self.killable);
+                    self.step = WalkStep::Locking;
+                }
+                WalkStep::Locking => {
+                    let k = self.area.module.k();
+                    let chunk = self.chunk.as_ref().expect("a chunk is being locked");
+                    let locked = ready!(chunk.lock.poll_wait(k, &mut self.wait, cx));
+                    self.step = WalkStep::Next;
+                    return self.end_on_error(locked);
+                }
+                WalkStep::Boxed => {
+                    let part = self.part.as_mut().expect("a part is running");
+                    let result = ready!(part.as_mut().poll(cx));
+                    self.part = None;
+                    self.step = WalkStep::Next;
+                    if let Err(e) = result {
+                        return self.end_on_error(Err(e));
+                    }
+                }
+                WalkStep::Done => panic!("chunk walk polled after it completed"),
+            }
+        }
+    }
+
+    /// Make chunk `number` the walk's `chunk`, looked up unless it is it
+    /// already; false past the end of the device.
+    #[inline(always)]
+    fn visit(&mut self, number: u64) -> bool {
+        if let Some(chunk) = &self.chunk {
+            if chunk.number == number {
+                return true;
+            }
+        }
+        self.chunk = self.area.chunk(number);
+        self.chunk.is_some()
+    }
+
+    /// The chunk last visited.
+    #[inline(always)]
+    fn locked_chunk(&self) -> &Rc<Chunk> {
+        self.chunk.as_ref().expect("a chunk was visited")
+    }
+
+    fn start_part(&mut self, part: LocalBoxFuture<'static, Result<(), Errno>>) {
+        self.part = Some(part);
+        self.step = WalkStep::Boxed;
+    }
+
+    #[inline(always)]
+    fn end_on_error(&mut self, result: Result<(), Errno>) -> Poll<Option<Result<(), Errno>>> {
+        if result.is_err() {
+            self.step = WalkStep::Done;
+        }
+        Poll::Ready(Some(result))
+    }
+}
+
+impl ChunkWalk {
+    /// `diff_area_copy` over the walk: start the COW of each chunk.
+    #[inline(always)]
+    pub(crate) fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
+        loop {
+            match ready!(self.poll_locked(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                Some(Ok(())) => {}
+            }
+            let chunk = self.locked_chunk();
+            if !self.area.copied_already(chunk) {
+                let start = self.area.clone().start_copy(chunk.clone(), self.nowait);
+                self.start_part(Box::pin(start));
+            }
+        }
+    }
+
+    /// `diff_area_wait` over the walk: wait for each chunk's copy.
+    #[inline(always)]
+    pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
+        loop {
+            match ready!(self.poll_locked(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                Some(Ok(())) => {}
+            }
+            if let Err(e) = self.area.check_copied(self.locked_chunk()) {
+                self.step = WalkStep::Done;
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    /// Walk the same range again from its first chunk (the writer's
+    /// `diff_area_wait` after its `diff_area_copy`).
+    #[inline(always)]
+    pub(crate) fn rewind(&mut self, sector: u64, count: u64) {
+        self.numbers = self.area.chunk_numbers(sector, count);
+        self.step = WalkStep::Next;
+    }
+
+    pub(crate) fn area(&self) -> &Rc<DiffArea> {
+        &self.area
+    }
+}
+
+/// `DiffArea::copy`'s future.
+pub struct CopyRange(ChunkWalk);
+
+impl Future for CopyRange {
     type Output = Result<(), Errno>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            ChunkLocking::Tried(result) => {
-                Poll::Ready(result.take().expect("polled after completion"))
-            }
-            ChunkLocking::Waiting(acquisition) => Pin::new(acquisition).poll(cx),
-        }
+        self.get_mut().0.poll_copy(cx)
+    }
+}
+
+/// `DiffArea::wait`'s future.
+pub struct WaitRange(ChunkWalk);
+
+impl Future for WaitRange {
+    type Output = Result<(), Errno>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().0.poll_wait(cx)
     }
 }
 

@@ -3,10 +3,14 @@
 //! holds each write back until the chunks it touches are copied.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 
 use crate::cbt_map::CbtMap;
-use crate::diff_area::DiffArea;
+use crate::diff_area::{ChunkWalk, DiffArea};
+use crate::kernel::sync::LockWait;
 use crate::kernel::{
     blkdev_get, blkdev_put, kmalloc, sleep_point, AllocId, BdevFilter, BioHeader, DevT, Errno,
     FilterVerdict, Gfp, Kernel, Kref, LocalBoxFuture, NoioScope, TaskKind,
@@ -304,12 +308,13 @@ impl Tracker {
         self.snapshot_is_taken.set(false);
     }
 
-    /// The body of `submit_bio_cb` after the read lock is taken (spec 3.4).
-    /// Borrows the tracker from `submit_bio_cb`'s future, which owns it: no
-    /// `Rc` clone per write, and one pointer less in the boxed future.
-    async fn filter_write(&self, bio: BioHeader) -> FilterVerdict {
+    /// The start of `submit_bio_cb` after the read lock is taken (spec
+    /// 3.4), up to its first sleep: the area to copy into, or Err when
+    /// the write passes without a COW.
+    #[inline(always)]
+    fn filter_start(&self, bio: &BioHeader) -> Result<Rc<DiffArea>, ()> {
         if !bio.op.is_write() || bio.sectors == 0 {
-            return FilterVerdict::Pass;
+            return Err(());
         }
         let k = self.module.k();
         let marked = {
@@ -317,45 +322,21 @@ impl Tracker {
             self.cbt_map.set(bio.sector, bio.sectors)
         };
         if marked.is_err() && self.module.quirks.trk_4 {
-            return FilterVerdict::Pass;
+            return Err(());
         }
         if !self.snapshot_is_taken.get() {
-            return FilterVerdict::Pass;
+            return Err(());
         }
         let Some(area) = self.diff_area.borrow().clone() else {
             // Taken yet no diff_area: a release of a snapshot sharing this
             // tracker NULLed it. v2 dereferences it (B-SNAP-11).
             self.null_diff_area_oops("tracker_submit_bio_cb");
-            return FilterVerdict::Pass;
+            return Err(());
         };
         if area.is_corrupted() {
-            return FilterVerdict::Pass;
+            return Err(());
         }
-        let nowait = bio.flags.nowait;
-        // v2 waits for chunk locks killably, and a fatal signal then lets
-        // the write through without its COW (B-DA-4); the fix does not give
-        // up a copy half-way.
-        let killable = self.module.quirks.da_4;
-        let copied = {
-            let _noio = NoioScope::enter(k);
-            k.bio_list_begin();
-            let copied = area.copy(bio.sector, bio.sectors, nowait, killable).await;
-            let queued = k.bio_list_end();
-            self.submit_queued(queued, copied.is_ok());
-            copied
-        };
-        let result = match copied {
-            Ok(()) => area.wait(bio.sector, bio.sectors, nowait, killable).await,
-            // The write is let through after an error; first wait for the
-            // copies already started, or the write could overtake them.
-            Err(e) if e != Errno::EAGAIN && !self.passes_at_once(e) => {
-                // Boxed: an error path, kept out of every write's future.
-                Box::pin(area.wait_started(bio.sector, bio.sectors)).await;
-                Err(e)
-            }
-            Err(e) => Err(e),
-        };
-        self.verdict(result)
+        Ok(area)
     }
 
     /// Whether a failed copy lets the write through without waiting for the
@@ -435,21 +416,7 @@ fn take_entry(list: &mut Vec<TrackedDevice>, dev: DevT) -> Option<TrackedDevice>
 
 impl BdevFilter for Tracker {
     fn submit_bio_cb(self: Rc<Self>, bio: BioHeader) -> LocalBoxFuture<'static, FilterVerdict> {
-        Box::pin(async move {
-            let module = &self.module;
-            let k = module.k();
-            let lock = &module.tracker_submit_lock;
-            if bio.flags.nowait {
-                if !lock.down_read_trylock(k) {
-                    return self.would_block();
-                }
-            } else {
-                lock.down_read(k).await;
-            }
-            let verdict = self.filter_write(bio).await;
-            lock.up_read(k);
-            verdict
-        })
+        Box::pin(WriteFilter::new(self, bio))
     }
 
     /// The attachment is gone (detach, or the device went away): the fix
@@ -460,6 +427,193 @@ impl BdevFilter for Tracker {
             forget_device(&self.module, self.dev_id);
         }
         self.put();
+    }
+}
+
+/// `tracker_submit_bio_cb`'s future (spec 3.4), written out by hand: the
+/// read lock of `tracker_submit_lock`, the CBT mark, then for a write
+/// under a snapshot `diff_area_copy` (in the writer's NOIO scope and bio
+/// list) and `diff_area_wait`. Every write is polled through it once per
+/// sleep; as nested `async fn`s each poll resumed every level, and the
+/// boxed future held all of them. It sleeps exactly where they did: the
+/// locks' own preemption points and waits, and the boxed rare parts.
+struct WriteFilter {
+    tracker: Rc<Tracker>,
+    bio: BioHeader,
+    step: FilterStep,
+    /// The acquisition of `tracker_submit_lock` (`FilterStep::SubmitLock`).
+    submit_lock: LockWait,
+    /// The chunks of the write: copied, then waited for.
+    walk: Option<ChunkWalk>,
+    /// The NOIO state to restore when the copy ends (`FilterStep::Copy`).
+    noio: bool,
+    /// After a failed copy: the wait for the copies in flight (boxed, an
+    /// error path), and the error the write gets after it.
+    started: Option<(LocalBoxFuture<'static, ()>, Errno)>,
+}
+
+/// Where the filter stands; what it holds is in `WriteFilter`'s fields,
+/// so moving between steps drops nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FilterStep {
+    /// Not polled yet.
+    Start,
+    /// Waiting for `tracker_submit_lock`, read.
+    SubmitLock,
+    /// In `diff_area_copy`, inside the NOIO scope and the bio list.
+    Copy,
+    /// In `diff_area_wait`.
+    Wait,
+    /// In the wait after a failed copy.
+    WaitStarted,
+    /// Ready was returned.
+    Done,
+}
+
+impl WriteFilter {
+    fn new(tracker: Rc<Tracker>, bio: BioHeader) -> Self {
+        WriteFilter {
+            tracker,
+            bio,
+            step: FilterStep::Start,
+            submit_lock: LockWait::done(),
+            walk: None,
+            noio: false,
+            started: None,
+        }
+    }
+
+    /// Poll the current step: Some with the write's COW result when it is
+    /// over (the read lock still held), None to go on with the next step.
+    #[inline(always)]
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<(), Errno>>> {
+        let module = &self.tracker.module;
+        let (k, lock) = (module.k(), &module.tracker_submit_lock);
+        Poll::Ready(match self.step {
+            FilterStep::Start => {
+                self.submit_lock = lock.read_wait();
+                self.step = FilterStep::SubmitLock;
+                None
+            }
+            FilterStep::SubmitLock => {
+                let taken = ready!(lock.poll_wait(k, &mut self.submit_lock, cx));
+                assert!(taken.is_ok(), "uninterruptible wait was interrupted");
+                self.locked()
+            }
+            FilterStep::Copy => {
+                let walk = self.walk.as_mut().expect("a copy has its walk");
+                let copied = ready!(walk.poll_copy(cx));
+                self.copied(copied)
+            }
+            FilterStep::Wait => {
+                let walk = self.walk.as_mut().expect("a wait has its walk");
+                Some(ready!(walk.poll_wait(cx)))
+            }
+            FilterStep::WaitStarted => {
+                let (waiting, e) = self.started.as_mut().expect("a wait is running");
+                ready!(waiting.as_mut().poll(cx));
+                Some(Err(*e))
+            }
+            FilterStep::Done => panic!("submit_bio_cb polled after it completed"),
+        })
+    }
+
+    /// The read lock is held: mark the CBT, and start the COW if needed.
+    /// Some(Ok) when the write passes at once.
+    #[inline(always)]
+    fn locked(&mut self) -> Option<Result<(), Errno>> {
+        let area = match self.tracker.filter_start(&self.bio) {
+            Ok(area) => area,
+            Err(()) => return Some(Ok(())),
+        };
+        let k = self.tracker.module.k();
+        // v2 waits for chunk locks killably, and a fatal signal then lets
+        // the write through without its COW (B-DA-4); the fix does not
+        // give up a copy half-way.
+        let killable = self.tracker.module.quirks.da_4;
+        self.noio = k.memalloc_noio_save();
+        k.bio_list_begin();
+        let bio = &self.bio;
+        self.walk = Some(area.walk(bio.sector, bio.sectors, bio.flags.nowait, killable));
+        self.step = FilterStep::Copy;
+        None
+    }
+
+    /// `diff_area_copy` returned: submit its bios, leave the NOIO scope,
+    /// then wait for the chunks; or the write's result at once.
+    #[inline(always)]
+    fn copied(&mut self, copied: Result<(), Errno>) -> Option<Result<(), Errno>> {
+        let k = self.tracker.module.k();
+        self.step = FilterStep::Done;
+        let queued = k.bio_list_end();
+        self.tracker.submit_queued(queued, copied.is_ok());
+        k.memalloc_noio_restore(self.noio);
+        let bio = &self.bio;
+        let walk = self.walk.as_mut().expect("a copy has its walk");
+        match copied {
+            Ok(()) => {
+                walk.rewind(bio.sector, bio.sectors);
+                self.step = FilterStep::Wait;
+            }
+            // The write is let through after an error; first wait for the
+            // copies already started, or the write could overtake them.
+            Err(e) if e != Errno::EAGAIN && !self.tracker.passes_at_once(e) => {
+                let (area, sector, count) = (walk.area().clone(), bio.sector, bio.sectors);
+                let waiting = Box::pin(async move { area.wait_started(sector, count).await });
+                self.started = Some((waiting, e));
+                self.step = FilterStep::WaitStarted;
+            }
+            Err(e) => return Some(Err(e)),
+        }
+        None
+    }
+}
+
+impl Future for WriteFilter {
+    type Output = FilterVerdict;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FilterVerdict> {
+        let this = self.get_mut();
+        if this.step == FilterStep::Start && this.bio.flags.nowait {
+            // REQ_NOWAIT: only the trylock, no preemption point.
+            let module = &this.tracker.module;
+            if !module.tracker_submit_lock.down_read_trylock(module.k()) {
+                this.step = FilterStep::Done;
+                return Poll::Ready(this.tracker.would_block());
+            }
+            if let Some(result) = this.locked() {
+                return Poll::Ready(this.finish(result));
+            }
+        }
+        loop {
+            if let Some(result) = ready!(this.poll_step(cx)) {
+                return Poll::Ready(this.finish(result));
+            }
+        }
+    }
+}
+
+impl WriteFilter {
+    /// The COW is over: its verdict, after the read lock is released.
+    /// The walk and the boxed wait are dropped with the future, right
+    /// after: nothing of theirs is observable.
+    #[inline(always)]
+    fn finish(&mut self, result: Result<(), Errno>) -> FilterVerdict {
+        self.step = FilterStep::Done;
+        let verdict = self.tracker.verdict(result);
+        let module = &self.tracker.module;
+        module.tracker_submit_lock.up_read(module.k());
+        verdict
+    }
+}
+
+impl Drop for WriteFilter {
+    /// Dropped inside the copy (a task the run leaves blocked): leave the
+    /// NOIO scope, as the `NoioScope` guard of the `async fn` did.
+    fn drop(&mut self) {
+        if self.step == FilterStep::Copy {
+            self.tracker.module.k().memalloc_noio_restore(self.noio);
+        }
     }
 }
 
@@ -800,6 +954,77 @@ mod tests {
 
     fn area(ctl: &Ctl) -> Rc<DiffArea> {
         tracker(ctl, dev(0)).diff_area.borrow().clone().unwrap()
+    }
+
+    /// Polls a `submit_bio_cb` future, and after each Pending notes
+    /// whether chunk 0 is locked and the task is in a NOIO scope; drops
+    /// the future unfinished after `stop_after` Pendings.
+    struct Probe {
+        filter: Option<LocalBoxFuture<'static, FilterVerdict>>,
+        k: Rc<TestKernel>,
+        chunk: Rc<crate::chunk::Chunk>,
+        seen: Vec<(bool, bool)>,
+        stop_after: usize,
+    }
+
+    impl Future for Probe {
+        type Output = (Option<FilterVerdict>, Vec<(bool, bool)>);
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let filter = self.filter.as_mut().expect("polled after Ready");
+            if let Poll::Ready(verdict) = filter.as_mut().poll(cx) {
+                return Poll::Ready((Some(verdict), std::mem::take(&mut self.seen)));
+            }
+            let seen = (self.chunk.lock.is_locked(), self.k.current_noio());
+            self.seen.push(seen);
+            if self.seen.len() < self.stop_after {
+                return Poll::Pending;
+            }
+            self.filter = None;
+            Poll::Ready((None, std::mem::take(&mut self.seen)))
+        }
+    }
+
+    /// Run one write of chunk 0 (copied already) through the filter.
+    fn probe(nowait: bool, stop_after: usize) -> (Option<FilterVerdict>, Vec<(bool, bool)>) {
+        let (k, ctl) = setup(&[]);
+        let filter = run(&k, async {
+            taken(&ctl, dev(0)).await;
+            k.user_write(dev(0), 0, vec![5; 8]).await.unwrap();
+            k.filter_get(dev(0)).unwrap()
+        });
+        let probe = Probe {
+            filter: Some(filter.submit_bio_cb(header(BioOp::Write, 8, 8, nowait))),
+            k: k.clone(),
+            chunk: area(&ctl).chunk(0).unwrap(),
+            seen: Vec::new(),
+            stop_after,
+        };
+        let (verdict, seen) = run(&k, async {
+            let result = probe.await;
+            assert!(!k.current_noio(), "the NOIO scope is left");
+            result
+        });
+        assert_eq!(counters(&ctl).filled, 512, "copied by the first write only");
+        (verdict, seen)
+    }
+
+    #[test]
+    fn a_write_to_a_copied_chunk_sleeps_at_the_three_lock_preemption_points() {
+        // The submit lock's, then the chunk lock's in diff_area_copy (in
+        // the NOIO scope), then in diff_area_wait; never holding the chunk.
+        let (verdict, seen) = probe(false, usize::MAX);
+        assert_eq!(verdict, Some(FilterVerdict::Pass));
+        assert_eq!(seen, vec![(false, false), (false, true), (false, false)]);
+        // REQ_NOWAIT only tries the locks: no sleep at all.
+        assert_eq!(probe(true, usize::MAX), (Some(FilterVerdict::Pass), vec![]));
+    }
+
+    #[test]
+    fn a_write_dropped_inside_the_copy_leaves_its_noio_scope() {
+        let (verdict, seen) = probe(false, 2);
+        assert_eq!(verdict, None);
+        assert_eq!(seen, vec![(false, false), (false, true)]);
     }
 
     #[test]

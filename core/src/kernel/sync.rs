@@ -106,9 +106,7 @@ enum Stage {
 pub struct Acquisition<'a> {
     lock: &'a RawLock,
     kernel: &'a dyn Kernel,
-    mode: LockMode,
-    killable: bool,
-    stage: Stage,
+    wait: LockWait,
 }
 
 impl Future for Acquisition<'_> {
@@ -116,58 +114,103 @@ impl Future for Acquisition<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        match &this.stage {
-            Stage::Start => {
-                // `preempt()`: yield once, so the scheduler picks who runs.
-                this.stage = Stage::Yielded;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            Stage::Yielded => this.report_and_try(cx),
-            Stage::Queued(_) => this.poll_queued(cx),
-            Stage::Done => panic!("lock acquisition polled after it completed"),
-        }
+        this.wait.poll_on(this.lock, this.kernel, cx)
     }
 }
 
-impl Acquisition<'_> {
-    fn event(&self, op: LockOp) {
-        let lock = self.lock;
-        self.kernel.lock_event(lock.id, lock.class, op, self.mode);
+/// The state of one acquisition, without a borrow of the lock: a
+/// hand-written future that owns (an `Rc` of) the lock's owner keeps this
+/// and hands the lock in at each poll (`RwSem::poll_wait`,
+/// `Semaphore::poll_wait`), where an [`Acquisition`] would borrow from the
+/// future itself. Polled on one lock only, from first poll to Ready.
+pub struct LockWait {
+    mode: LockMode,
+    killable: bool,
+    stage: Stage,
+}
+
+impl LockWait {
+    fn new(mode: LockMode, killable: bool) -> Self {
+        LockWait {
+            mode,
+            killable,
+            stage: Stage::Start,
+        }
+    }
+
+    /// A placeholder for a future's field between acquisitions: it holds
+    /// nothing, and polling it panics.
+    pub fn done() -> Self {
+        LockWait {
+            mode: LockMode::Write,
+            killable: false,
+            stage: Stage::Done,
+        }
+    }
+
+    #[inline(always)]
+    fn poll_on(
+        &mut self,
+        lock: &RawLock,
+        kernel: &dyn Kernel,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Errno>> {
+        match &self.stage {
+            Stage::Start => {
+                // `preempt()`: yield once, so the scheduler picks who runs.
+                self.stage = Stage::Yielded;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Stage::Yielded => self.report_and_try(lock, kernel, cx),
+            Stage::Queued(_) => self.poll_queued(lock, kernel, cx),
+            Stage::Done => panic!("lock acquisition polled after it completed"),
+        }
+    }
+
+    fn event(&self, lock: &RawLock, kernel: &dyn Kernel, op: LockOp) {
+        kernel.lock_event(lock.id, lock.class, op, self.mode);
     }
 
     /// After the preemption point: take the lock, or queue and wait.
-    fn report_and_try(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
-        self.event(LockOp::Acquire);
-        if self.lock.try_enter(self.mode) {
-            self.event(LockOp::Acquired);
+    #[inline]
+    fn report_and_try(
+        &mut self,
+        lock: &RawLock,
+        kernel: &dyn Kernel,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Errno>> {
+        self.event(lock, kernel, LockOp::Acquire);
+        if lock.try_enter(self.mode) {
+            self.event(lock, kernel, LockOp::Acquired);
             self.stage = Stage::Done;
             return Poll::Ready(Ok(()));
         }
-        self.event(LockOp::Contended);
+        self.event(lock, kernel, LockOp::Contended);
         let waiter = Rc::new(Waiter {
             mode: self.mode,
             granted: Cell::new(false),
             waker: RefCell::new(None),
         });
-        self.lock
-            .state
-            .borrow_mut()
-            .waiters
-            .push_back(waiter.clone());
+        lock.state.borrow_mut().waiters.push_back(waiter.clone());
         self.stage = Stage::Queued(waiter);
-        self.poll_queued(cx)
+        self.poll_queued(lock, kernel, cx)
     }
 
     /// Queued: granted by a releaser, or cancelled by a fatal signal.
-    fn poll_queued(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
+    fn poll_queued(
+        &mut self,
+        lock: &RawLock,
+        kernel: &dyn Kernel,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Errno>> {
         let Stage::Queued(waiter) = &self.stage else {
             unreachable!("only a queued acquisition waits");
         };
         let result = if waiter.granted.get() {
             Ok(())
-        } else if self.killable && self.kernel.fatal_signal_pending() {
-            let mut state = self.lock.state.borrow_mut();
+        } else if self.killable && kernel.fatal_signal_pending() {
+            let mut state = lock.state.borrow_mut();
             state.waiters.retain(|w| !Rc::ptr_eq(w, waiter));
             // Leaving the queue may unblock readers queued behind a writer.
             state.grant_waiters();
@@ -182,7 +225,7 @@ impl Acquisition<'_> {
         } else {
             LockOp::Abandoned
         };
-        self.event(op);
+        self.event(lock, kernel, op);
         Poll::Ready(result)
     }
 }
@@ -230,9 +273,7 @@ impl RawLock {
         Acquisition {
             lock: self,
             kernel,
-            mode,
-            killable,
-            stage: Stage::Start,
+            wait: LockWait::new(mode, killable),
         }
     }
 
@@ -257,7 +298,10 @@ impl RawLock {
         kernel.lock_event(self.id, self.class, LockOp::Release, mode);
         let mut state = self.state.borrow_mut();
         state.leave(mode);
-        state.grant_waiters();
+        // Most releases have nobody queued: no call for them.
+        if !state.waiters.is_empty() {
+            state.grant_waiters();
+        }
     }
 }
 
@@ -296,6 +340,23 @@ impl RwSem {
         self.raw.release(kernel, LockMode::Read);
     }
 
+    /// `down_read` as a [`LockWait`], for a hand-written future to poll
+    /// with [`RwSem::poll_wait`]. Uninterruptible: its result is always Ok.
+    pub fn read_wait(&self) -> LockWait {
+        LockWait::new(LockMode::Read, false)
+    }
+
+    /// Poll an acquisition of this lock made by `read_wait`.
+    #[inline]
+    pub fn poll_wait(
+        &self,
+        kernel: &dyn Kernel,
+        wait: &mut LockWait,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Errno>> {
+        wait.poll_on(&self.raw, kernel, cx)
+    }
+
     pub fn down_write<'a>(&'a self, kernel: &'a dyn Kernel) -> Uninterruptible<'a> {
         self.raw.acquire_uninterruptible(kernel, LockMode::Write)
     }
@@ -328,10 +389,22 @@ impl Semaphore {
         self.raw.acquire(kernel, LockMode::Write, true)
     }
 
-    /// `down_killable` when `killable`, else `down` (always Ok), as one
-    /// future type: for a caller that picks by a flag.
-    pub fn down_either<'a>(&'a self, kernel: &'a dyn Kernel, killable: bool) -> Acquisition<'a> {
-        self.raw.acquire(kernel, LockMode::Write, killable)
+    /// `down_killable` when `killable`, else `down` (always Ok), as a
+    /// [`LockWait`] for a hand-written future to poll with
+    /// [`Semaphore::poll_wait`].
+    pub fn wait(&self, killable: bool) -> LockWait {
+        LockWait::new(LockMode::Write, killable)
+    }
+
+    /// Poll an acquisition of this lock made by `wait`.
+    #[inline]
+    pub fn poll_wait(
+        &self,
+        kernel: &dyn Kernel,
+        wait: &mut LockWait,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Errno>> {
+        wait.poll_on(&self.raw, kernel, cx)
     }
 
     pub fn down_trylock(&self, kernel: &dyn Kernel) -> bool {
