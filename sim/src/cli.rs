@@ -174,6 +174,10 @@ pub enum Command {
         /// campaign, 1pib or fuzz [default: every figure].
         #[arg(long)]
         only: Option<String>,
+        /// Runs of each CPU-time figure; the median is reported, with every
+        /// run's number beside it (a shared host varies by a fifth).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        repeat: u32,
     },
 }
 
@@ -252,7 +256,7 @@ pub fn main_with(cli: Cli) -> i32 {
             write_stdout(&blksnap_core::uapi::render_abi());
             0
         }
-        Command::Bench { only } => crate::bench::bench_command(only.as_deref()),
+        Command::Bench { only, repeat } => crate::bench::bench_command(only.as_deref(), repeat),
         Command::Quirks => {
             for (id, what) in blksnap_core::Quirks::ALL {
                 say!("{id:<12} {what}");
