@@ -276,12 +276,21 @@ impl Stamps {
         });
     }
 
+    /// Inlined: most data is one run (each part of a split bio), and a
+    /// call with the loop's register saves cost about as much as the push
+    /// itself. Many runs go out of line (`append_pieces`).
+    #[inline]
     pub fn append(&mut self, other: &Stamps) {
-        if let Pieces::One(piece) = &other.pieces {
-            // Most data is one run (each part of a split bio): no loop.
-            return self.push_run(piece.run);
+        match &other.pieces {
+            Pieces::One(piece) => self.push_run(piece.run),
+            Pieces::Empty => {}
+            Pieces::Many(pieces) => self.append_pieces(pieces),
         }
-        for piece in other.pieces.as_slice() {
+    }
+
+    #[inline(never)]
+    fn append_pieces(&mut self, pieces: &[Piece]) {
+        for piece in pieces {
             self.push_run(piece.run);
         }
     }
