@@ -51,6 +51,15 @@ impl Run {
     }
 }
 
+/// The panic of a cut past the end, out of line so that the inlined
+/// `slice` carries no formatting code.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn out_of_range(from: u64, to: u64, len: u64) -> ! {
+    panic!("[{from}, {to}) of {len}")
+}
+
 /// A run as `push_run` keeps it: a lone stamp has step 0.
 fn normal(run: Run) -> Run {
     if run.len == 1 {
@@ -142,6 +151,7 @@ impl Stamps {
     }
 
     /// One run as `push_run` onto empty data holds it, built directly.
+    #[inline]
     fn of_run(run: Run) -> Stamps {
         if run.len == 0 {
             return Stamps::new();
@@ -276,28 +286,42 @@ impl Stamps {
         });
     }
 
+    /// Inlined: most data is one run (each part of a split bio), and a
+    /// call with the loop's register saves cost about as much as the push
+    /// itself. Many runs go out of line (`append_pieces`).
+    #[inline]
     pub fn append(&mut self, other: &Stamps) {
-        if let Pieces::One(piece) = &other.pieces {
-            // Most data is one run (each part of a split bio): no loop.
-            return self.push_run(piece.run);
+        match &other.pieces {
+            Pieces::One(piece) => self.push_run(piece.run),
+            Pieces::Empty => {}
+            Pieces::Many(pieces) => self.append_pieces(pieces),
         }
-        for piece in other.pieces.as_slice() {
+    }
+
+    #[inline(never)]
+    fn append_pieces(&mut self, pieces: &[Piece]) {
+        for piece in pieces {
             self.push_run(piece.run);
         }
     }
 
-    /// Sectors [from, to) as their own `Stamps`.
+    /// Sectors [from, to) as their own `Stamps`. Inlined for one run (most
+    /// data, e.g. each part of a split chunk IO): its cut, without the
+    /// iterator, the call, or the panic's formatting in line.
+    #[inline]
     pub fn slice(&self, from: u64, to: u64) -> Stamps {
         if let Pieces::One(piece) = &self.pieces {
-            // One run (most data): its cut, without the iterator. The
-            // only piece starts at sector 0.
-            assert!(
-                from <= to && to <= self.len,
-                "[{from}, {to}) of {}",
-                self.len
-            );
+            if !(from <= to && to <= self.len) {
+                out_of_range(from, to, self.len);
+            }
+            // The only piece starts at sector 0.
             return Stamps::of_run(piece.run.slice(from, to));
         }
+        self.slice_pieces(from, to)
+    }
+
+    #[inline(never)]
+    fn slice_pieces(&self, from: u64, to: u64) -> Stamps {
         let mut out = Stamps::new();
         for (_, run) in self.runs_in(from, to) {
             out.push_run(run);
@@ -618,6 +642,49 @@ mod tests {
     }
 
     use super::*;
+
+    /// A cut past the end panics with the same message on both paths of
+    /// `slice`: the one-run path inlined, the many-run path out of line.
+    #[test]
+    fn a_slice_past_the_end_panics_on_both_paths() {
+        let one = Stamps::counting(1, 8);
+        let many = Stamps::from_slice(&[1, 5, 9]);
+        for (stamps, from, to, want) in [
+            (&one, 4, 9, "[4, 9) of 8"),
+            (&one, 5, 4, "[5, 4) of 8"),
+            (&many, 0, 4, "[0, 4) of 3"),
+        ] {
+            let panic = std::panic::catch_unwind(|| stamps.slice(from, to)).unwrap_err();
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .unwrap_or_default();
+            assert_eq!(message, want);
+        }
+    }
+
+    /// `append` of an empty, a one-run and a many-run `Stamps` (the inlined
+    /// paths and the loop) reads as the concatenated stamps, and merges a
+    /// run that goes on across the seam.
+    #[test]
+    fn append_of_each_shape_reads_as_the_concatenation() {
+        let parts = [
+            Stamps::new(),
+            Stamps::counting(10, 4),
+            Stamps::from_slice(&[14, 15, 3, 3, 3]),
+            Stamps::counting(4, 2),
+            Stamps::new(),
+        ];
+        let mut whole = Stamps::new();
+        let mut model = Vec::new();
+        for part in &parts {
+            whole.append(part);
+            model.extend(part.to_vec());
+            assert_eq!(whole, model);
+        }
+        // 10..=15 is one run; 3, 3, 3 then 4, 5 are two more.
+        assert_eq!(whole.runs(), 3);
+    }
 
     #[test]
     fn runs_merge_and_read_back() {
