@@ -27,11 +27,17 @@ impl SimRng {
         }
     }
 
+    // The draws below are inlined into their callers: each is a few
+    // instructions around the stream's buffer read, and as calls they
+    // paid about 20 more in register saves (1 PiB run: 205k bio
+    // latencies through `range`). Same code, same values.
+    #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.inner.next_u64()
     }
 
     /// Uniform in [0, bound), without modulo bias. `bound` must be > 0.
+    #[inline]
     pub fn below(&mut self, bound: u64) -> u64 {
         assert!(bound > 0, "below(0)");
         let zone = u64::MAX - (u64::MAX % bound);
@@ -43,7 +49,9 @@ impl SimRng {
         }
     }
 
-    /// Uniform in [low, high].
+    /// Uniform in [low, high]. Always inlined: a plain hint left it a
+    /// call in `device_accept`, once per bio.
+    #[inline(always)]
     pub fn range(&mut self, low: u64, high: u64) -> u64 {
         assert!(low <= high, "range({low}, {high})");
         if high - low == u64::MAX {
@@ -53,6 +61,7 @@ impl SimRng {
     }
 
     /// True with probability `numerator / denominator`.
+    #[inline]
     pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
         self.below(denominator) < numerator
     }
