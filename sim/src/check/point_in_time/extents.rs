@@ -9,6 +9,7 @@
 //! stays as fine as the state it holds and no finer.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 /// A value that covers a range of sectors, can be cut in two at an offset,
 /// and can absorb the value of the range that follows it.
@@ -150,33 +151,19 @@ impl<V: Piece> Extents<V> {
 
     /// Join neighbours that read as one, among the ranges that touch
     /// [from, to] (the edges an operation over [from, to) may have cut).
+    /// One walk from the range ending at `from` (or from `from` itself),
+    /// and one more search per join made.
     pub fn join_around(&mut self, from: u64, to: u64) {
         let first = self
             .map
             .range(..from)
             .next_back()
             .filter(|(_, (end, _))| *end >= from)
-            .map(|(start, _)| *start)
-            .or_else(|| self.map.range(from..).next().map(|(start, _)| *start));
-        let Some(mut current) = first else {
+            .map_or(from, |(start, _)| *start);
+        if first > to {
             return;
-        };
-        while current <= to {
-            let mut pair = self.map.range_mut(current..);
-            let (_, (end, value)) = pair.next().expect("current range");
-            let Some((&next, (next_end, next_value))) = pair.next() else {
-                return;
-            };
-            if next > to {
-                return;
-            }
-            if next == *end && value.join(next_value) {
-                *end = *next_end;
-                self.map.remove(&next);
-                continue;
-            }
-            current = next;
         }
+        self.join_from(first, Bound::Included(to));
     }
 
     /// Join neighbours that read as one where their edge lies strictly
@@ -184,8 +171,15 @@ impl<V: Piece> Extents<V> {
     /// ranges of [from, to) and left each of them unable to join a range
     /// outside it. One walk, and one more search per join made.
     pub fn join_inside(&mut self, from: u64, to: u64) {
+        self.join_from(from, Bound::Excluded(to));
+    }
+
+    /// Join neighbours among the ranges that start from `from` up to
+    /// `last`: walk them, join the first pair that reads as one, and walk
+    /// again from the joined range.
+    fn join_from(&mut self, from: u64, last: Bound<u64>) {
         let mut cursor = from;
-        while let Some(joined) = self.first_join_inside(cursor, to) {
+        while let Some(joined) = self.first_join(cursor, last) {
             self.map.remove(&joined);
             cursor = self
                 .map
@@ -195,11 +189,11 @@ impl<V: Piece> Extents<V> {
         }
     }
 
-    /// Walk the ranges that start in [cursor, to); join the first pair
-    /// that reads as one and return the start of the range absorbed (to
-    /// be removed).
-    fn first_join_inside(&mut self, cursor: u64, to: u64) -> Option<u64> {
-        let mut ranges = self.map.range_mut(cursor..to);
+    /// Walk the ranges that start from `cursor` up to `last`; join the
+    /// first pair that reads as one and return the start of the range
+    /// absorbed (to be removed).
+    fn first_join(&mut self, cursor: u64, last: Bound<u64>) -> Option<u64> {
+        let mut ranges = self.map.range_mut((Bound::Included(cursor), last));
         let (_, first) = ranges.next()?;
         let (mut end, mut value) = (&mut first.0, &mut first.1);
         for (&next, (next_end, next_value)) in ranges {
