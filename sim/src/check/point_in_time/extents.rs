@@ -101,9 +101,19 @@ impl<V: Piece> Extents<V> {
         if from >= to {
             return;
         }
-        if let Some(value) = self.exact_mut(from, to) {
-            update(value);
-            return;
+        // The last range starting before `to` tells the two common cases
+        // with one search: it is exactly [from, to), or it ends by `from`
+        // (then so does every range before it: [from, to) is one gap).
+        match self.map.range_mut(..to).next_back() {
+            Some((&start, (end, value))) if start == from && *end == to => {
+                update(value);
+                return;
+            }
+            Some((_, (end, _))) if *end > from => {}
+            _ => {
+                self.map.insert(from, (to, fresh(from, to)));
+                return;
+            }
         }
         self.split(from);
         self.split(to);
