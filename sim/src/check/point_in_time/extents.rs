@@ -60,6 +60,14 @@ impl<V: Piece> Extents<V> {
         }
     }
 
+    /// No range meets [from, to): the last range starting before `to`
+    /// ends by `from` (then so does every range before it). One search,
+    /// where a gap otherwise costs two splits and a walk.
+    fn is_gap(&self, from: u64, to: u64) -> bool {
+        let last = self.map.range(..to).next_back();
+        last.is_none_or(|(_, (end, _))| *end <= from)
+    }
+
     /// Make `at` the edge of a range (cut the range that spans it).
     pub fn split(&mut self, at: u64) {
         let Some((&start, (end, value))) = self.map.range_mut(..at).next_back() else {
@@ -101,19 +109,13 @@ impl<V: Piece> Extents<V> {
         if from >= to {
             return;
         }
-        // The last range starting before `to` tells the two common cases
-        // with one search: it is exactly [from, to), or it ends by `from`
-        // (then so does every range before it: [from, to) is one gap).
-        match self.map.range_mut(..to).next_back() {
-            Some((&start, (end, value))) if start == from && *end == to => {
-                update(value);
-                return;
-            }
-            Some((_, (end, _))) if *end > from => {}
-            _ => {
-                self.map.insert(from, (to, fresh(from, to)));
-                return;
-            }
+        if let Some(value) = self.exact_mut(from, to) {
+            update(value);
+            return;
+        }
+        if self.is_gap(from, to) {
+            self.map.insert(from, (to, fresh(from, to)));
+            return;
         }
         self.split(from);
         self.split(to);
@@ -136,11 +138,7 @@ impl<V: Piece> Extents<V> {
 
     /// Set [from, to), a gap, to one value.
     pub fn insert_gap(&mut self, from: u64, to: u64, value: V) {
-        debug_assert!(self
-            .map
-            .range(..to)
-            .next_back()
-            .is_none_or(|(_, (end, _))| *end <= from));
+        debug_assert!(self.is_gap(from, to));
         if from < to {
             self.map.insert(from, (to, value));
         }
