@@ -234,3 +234,64 @@ impl<V: Piece> Extents<V> {
         self.map.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value that joins its neighbour when equal.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Same(u32);
+
+    impl Piece for Same {
+        fn cut(&mut self, _at: u64) -> Same {
+            *self
+        }
+
+        fn join(&mut self, next: &Same) -> bool {
+            self.0 == next.0
+        }
+    }
+
+    fn ranges(map: &Extents<Same>) -> Vec<(u64, u64, u32)> {
+        map.iter().map(|(s, e, v)| (s, e, v.0)).collect()
+    }
+
+    #[test]
+    fn join_around_joins_at_both_edges_and_nowhere_else() {
+        let mut map = Extents::default();
+        for (from, to) in [(0, 4), (4, 8), (8, 12), (20, 24)] {
+            map.insert_gap(from, to, Same(1));
+        }
+        // [4, 8) touches [0, 4) at `from` and [8, 12) at `to`: both join;
+        // [20, 24) is past `to` and not adjacent.
+        map.join_around(4, 8);
+        assert_eq!(ranges(&map), vec![(0, 12, 1), (20, 24, 1)]);
+        map.insert_gap(12, 20, Same(1));
+        map.join_around(12, 12);
+        assert_eq!(ranges(&map), vec![(0, 20, 1), (20, 24, 1)]);
+    }
+
+    #[test]
+    fn fill_gives_gaps_fresh_values_and_updates_ranges() {
+        let mut map = Extents::default();
+        let fill = |map: &mut Extents<Same>, from, to| {
+            map.fill(from, to, |v| v.0 += 10, |_, _| Same(1));
+        };
+        fill(&mut map, 4, 8); // a gap, in an empty map
+        fill(&mut map, 10, 12); // a gap after a range that ends before it
+        fill(&mut map, 0, 4); // a gap whose end meets a range
+        fill(&mut map, 4, 8); // exactly one range
+        assert_eq!(ranges(&map), vec![(0, 4, 1), (4, 8, 11), (10, 12, 1)]);
+        fill(&mut map, 6, 11); // over a range's tail, a gap and a range's head
+        let want = vec![
+            (0, 4, 1),
+            (4, 6, 11),
+            (6, 8, 21),
+            (8, 10, 1),
+            (10, 11, 11),
+            (11, 12, 1),
+        ];
+        assert_eq!(ranges(&map), want);
+    }
+}
