@@ -293,5 +293,8 @@ mod tests {
             (11, 12, 1),
         ];
         assert_eq!(ranges(&map), want);
+        // Over the last range, which ends inside [from, to): not a gap.
+        fill(&mut map, 11, 14);
+        assert_eq!(ranges(&map)[5..], [(11, 12, 11), (12, 14, 1)]);
     }
 }
