@@ -9,6 +9,7 @@
 //! stays as fine as the state it holds and no finer.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 /// A value that covers a range of sectors, can be cut in two at an offset,
 /// and can absorb the value of the range that follows it.
@@ -59,6 +60,14 @@ impl<V: Piece> Extents<V> {
         }
     }
 
+    /// No range meets [from, to): the last range starting before `to`
+    /// ends by `from` (then so does every range before it). One search,
+    /// where a gap otherwise costs two splits and a walk.
+    fn is_gap(&self, from: u64, to: u64) -> bool {
+        let last = self.map.range(..to).next_back();
+        last.is_none_or(|(_, (end, _))| *end <= from)
+    }
+
     /// Make `at` the edge of a range (cut the range that spans it).
     pub fn split(&mut self, at: u64) {
         let Some((&start, (end, value))) = self.map.range_mut(..at).next_back() else {
@@ -104,6 +113,10 @@ impl<V: Piece> Extents<V> {
             update(value);
             return;
         }
+        if self.is_gap(from, to) {
+            self.map.insert(from, (to, fresh(from, to)));
+            return;
+        }
         self.split(from);
         self.split(to);
         let mut cursor = from;
@@ -125,11 +138,7 @@ impl<V: Piece> Extents<V> {
 
     /// Set [from, to), a gap, to one value.
     pub fn insert_gap(&mut self, from: u64, to: u64, value: V) {
-        debug_assert!(self
-            .map
-            .range(..to)
-            .next_back()
-            .is_none_or(|(_, (end, _))| *end <= from));
+        debug_assert!(self.is_gap(from, to));
         if from < to {
             self.map.insert(from, (to, value));
         }
@@ -150,33 +159,19 @@ impl<V: Piece> Extents<V> {
 
     /// Join neighbours that read as one, among the ranges that touch
     /// [from, to] (the edges an operation over [from, to) may have cut).
+    /// One walk from the range ending at `from` (or from `from` itself),
+    /// and one more search per join made.
     pub fn join_around(&mut self, from: u64, to: u64) {
         let first = self
             .map
             .range(..from)
             .next_back()
             .filter(|(_, (end, _))| *end >= from)
-            .map(|(start, _)| *start)
-            .or_else(|| self.map.range(from..).next().map(|(start, _)| *start));
-        let Some(mut current) = first else {
+            .map_or(from, |(start, _)| *start);
+        if first > to {
             return;
-        };
-        while current <= to {
-            let mut pair = self.map.range_mut(current..);
-            let (_, (end, value)) = pair.next().expect("current range");
-            let Some((&next, (next_end, next_value))) = pair.next() else {
-                return;
-            };
-            if next > to {
-                return;
-            }
-            if next == *end && value.join(next_value) {
-                *end = *next_end;
-                self.map.remove(&next);
-                continue;
-            }
-            current = next;
         }
+        self.join_from(first, Bound::Included(to));
     }
 
     /// Join neighbours that read as one where their edge lies strictly
@@ -184,8 +179,15 @@ impl<V: Piece> Extents<V> {
     /// ranges of [from, to) and left each of them unable to join a range
     /// outside it. One walk, and one more search per join made.
     pub fn join_inside(&mut self, from: u64, to: u64) {
+        self.join_from(from, Bound::Excluded(to));
+    }
+
+    /// Join neighbours among the ranges that start from `from` up to
+    /// `last`: walk them, join the first pair that reads as one, and walk
+    /// again from the joined range.
+    fn join_from(&mut self, from: u64, last: Bound<u64>) {
         let mut cursor = from;
-        while let Some(joined) = self.first_join_inside(cursor, to) {
+        while let Some(joined) = self.first_join(cursor, last) {
             self.map.remove(&joined);
             cursor = self
                 .map
@@ -195,11 +197,11 @@ impl<V: Piece> Extents<V> {
         }
     }
 
-    /// Walk the ranges that start in [cursor, to); join the first pair
-    /// that reads as one and return the start of the range absorbed (to
-    /// be removed).
-    fn first_join_inside(&mut self, cursor: u64, to: u64) -> Option<u64> {
-        let mut ranges = self.map.range_mut(cursor..to);
+    /// Walk the ranges that start from `cursor` up to `last`; join the
+    /// first pair that reads as one and return the start of the range
+    /// absorbed (to be removed).
+    fn first_join(&mut self, cursor: u64, last: Bound<u64>) -> Option<u64> {
+        let mut ranges = self.map.range_mut((Bound::Included(cursor), last));
         let (_, first) = ranges.next()?;
         let (mut end, mut value) = (&mut first.0, &mut first.1);
         for (&next, (next_end, next_value)) in ranges {
@@ -230,5 +232,69 @@ impl<V: Piece> Extents<V> {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value that joins its neighbour when equal.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Same(u32);
+
+    impl Piece for Same {
+        fn cut(&mut self, _at: u64) -> Same {
+            *self
+        }
+
+        fn join(&mut self, next: &Same) -> bool {
+            self.0 == next.0
+        }
+    }
+
+    fn ranges(map: &Extents<Same>) -> Vec<(u64, u64, u32)> {
+        map.iter().map(|(s, e, v)| (s, e, v.0)).collect()
+    }
+
+    #[test]
+    fn join_around_joins_at_both_edges_and_nowhere_else() {
+        let mut map = Extents::default();
+        for (from, to) in [(0, 4), (4, 8), (8, 12), (20, 24)] {
+            map.insert_gap(from, to, Same(1));
+        }
+        // [4, 8) touches [0, 4) at `from` and [8, 12) at `to`: both join;
+        // [20, 24) is past `to` and not adjacent.
+        map.join_around(4, 8);
+        assert_eq!(ranges(&map), vec![(0, 12, 1), (20, 24, 1)]);
+        map.insert_gap(12, 20, Same(1));
+        map.join_around(12, 12);
+        assert_eq!(ranges(&map), vec![(0, 20, 1), (20, 24, 1)]);
+    }
+
+    #[test]
+    fn fill_gives_gaps_fresh_values_and_updates_ranges() {
+        let mut map = Extents::default();
+        let fill = |map: &mut Extents<Same>, from, to| {
+            map.fill(from, to, |v| v.0 += 10, |_, _| Same(1));
+        };
+        fill(&mut map, 4, 8); // a gap, in an empty map
+        fill(&mut map, 10, 12); // a gap after a range that ends before it
+        fill(&mut map, 0, 4); // a gap whose end meets a range
+        fill(&mut map, 4, 8); // exactly one range
+        assert_eq!(ranges(&map), vec![(0, 4, 1), (4, 8, 11), (10, 12, 1)]);
+        fill(&mut map, 6, 11); // over a range's tail, a gap and a range's head
+        let want = vec![
+            (0, 4, 1),
+            (4, 6, 11),
+            (6, 8, 21),
+            (8, 10, 1),
+            (10, 11, 11),
+            (11, 12, 1),
+        ];
+        assert_eq!(ranges(&map), want);
+        // Over the last range, which ends inside [from, to): not a gap.
+        fill(&mut map, 11, 14);
+        assert_eq!(ranges(&map)[5..], [(11, 12, 11), (12, 14, 1)]);
     }
 }
