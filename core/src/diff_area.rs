@@ -627,13 +627,7 @@ impl DiffArea {
         nowait: bool,
         killable: bool,
     ) -> CopyRange {
-        CopyRange(ChunkWalk::new(
-            self.clone(),
-            sector,
-            count,
-            nowait,
-            killable,
-        ))
+        CopyRange(self.walk(sector, count, nowait, killable))
     }
 
     /// `diff_area_wait`: block until no chunk of the range is being copied.
@@ -645,13 +639,7 @@ impl DiffArea {
         nowait: bool,
         killable: bool,
     ) -> WaitRange {
-        WaitRange(ChunkWalk::new(
-            self.clone(),
-            sector,
-            count,
-            nowait,
-            killable,
-        ))
+        WaitRange(self.walk(sector, count, nowait, killable))
     }
 
     /// The walk of `copy` and `wait`, for a future that runs both.

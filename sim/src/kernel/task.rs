@@ -45,10 +45,10 @@ pub(crate) struct WakeQueue {
     /// Tasks woken after the first, in order.
     later: Mutex<Vec<(TaskId, usize)>>,
     /// Set while `later` may hold a task (else `drain` takes no lock).
+    /// Never without `has_first`: a wake fills `first_*` before `later`,
+    /// and `drain` empties both, so `has_first` says whether the queue
+    /// holds any task.
     has_later: AtomicBool,
-    /// Set when the queue may hold a task: the executor looks twice per
-    /// poll, and mostly finds none, so it reads this first.
-    any: AtomicBool,
 }
 
 impl WakeQueue {
@@ -59,7 +59,6 @@ impl WakeQueue {
             has_first: AtomicBool::new(false),
             later: Mutex::new(Vec::new()),
             has_later: AtomicBool::new(false),
-            any: AtomicBool::new(false),
         }
     }
 
@@ -72,18 +71,17 @@ impl WakeQueue {
             later.push((id, slot));
             self.has_later.store(true, Ordering::Release);
         }
-        self.any.store(true, Ordering::Release);
     }
 
     /// Whether a task may have been woken since the last `drain`.
     pub(crate) fn may_hold(&self) -> bool {
-        self.any.load(Ordering::Acquire)
+        // The executor looks twice per poll and mostly finds none.
+        self.has_first.load(Ordering::Acquire)
     }
 
     /// The woken tasks, in wake order, handed to `f` (which wakes no
     /// task); the queue keeps its buffer.
     pub(crate) fn drain(&self, mut f: impl FnMut(TaskId, usize)) {
-        self.any.store(false, Ordering::Release);
         if self.has_first.swap(false, Ordering::AcqRel) {
             let id = self.first_id.load(Ordering::Relaxed);
             f(id, self.first_slot.load(Ordering::Relaxed));
