@@ -7,6 +7,8 @@
 //! a function of the encoded byte stream alone, however it is split into
 //! updates.
 
+use std::cell::OnceCell;
+use std::collections::VecDeque;
 use std::fmt;
 
 use blksnap_core::kernel::FilterVerdict;
@@ -307,9 +309,15 @@ pub struct Trace {
     hasher: blake3::Hasher,
     count: u64,
     /// The last `RING` events, a ring: `ring[next]` is the oldest once it
-    /// is full (an event overwrites it in place, nothing shifts).
-    ring: Vec<(u64, TraceEvent)>,
+    /// is full (an entry overwrites it in place, nothing shifts, nothing
+    /// is dropped: entries are `Copy`).
+    ring: Vec<Slot>,
     next: usize,
+    /// The events that are not hot (`Kind::Cold`), whole, with their
+    /// numbers, oldest first; those older than the ring are trimmed.
+    cold: VecDeque<(u64, TraceEvent)>,
+    /// `recent()`'s events, decoded once after the last event.
+    decoded: OnceCell<Vec<(u64, TraceEvent)>>,
     /// Encoded events not yet hashed: `pending[..fill]`. Its length is
     /// fixed, so a fixed-size event is written at known offsets with one
     /// bounds check and no capacity checks.
@@ -317,13 +325,70 @@ pub struct Trace {
     fill: usize,
 }
 
+/// What a ring entry holds: a hot event (one with its own recorder), or
+/// `Cold`, any event kept whole in `Trace::cold`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Kind {
+    #[default]
+    Cold,
+    Poll,
+    TimeAdvance,
+    BioSubmit,
+    BioEnd,
+}
+
+/// A ring entry: the time and a hot event's fields as plain words
+/// (written with a few stores, where a `TraceEvent` was matched, moved
+/// and the one it replaced dropped), or for `Cold` the event's number.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    now: u64,
+    /// Poll: the task; TimeAdvance: the time; bios: the id; Cold: the number.
+    a: u64,
+    /// BioSubmit: the sector.
+    b: u64,
+    /// BioSubmit: the sector count.
+    c: u64,
+    dev: u32,
+    /// BioSubmit: the op; BioEnd: ok.
+    small: u8,
+    kind: Kind,
+}
+
+impl Slot {
+    /// The event the slot stands for; `cold` holds the cold ones.
+    fn decode(&self, cold: &VecDeque<(u64, TraceEvent)>) -> TraceEvent {
+        match self.kind {
+            Kind::Poll => TraceEvent::Poll { task: self.a },
+            Kind::TimeAdvance => TraceEvent::TimeAdvance { now: self.a },
+            Kind::BioSubmit => TraceEvent::BioSubmit {
+                id: self.a,
+                dev: self.dev,
+                op: self.small,
+                sector: self.b,
+                sectors: self.c,
+            },
+            Kind::BioEnd => TraceEvent::BioEnd {
+                id: self.a,
+                ok: self.small != 0,
+            },
+            Kind::Cold => {
+                let at = cold.partition_point(|(n, _)| *n < self.a);
+                cold[at].1.clone()
+            }
+        }
+    }
+}
+
 impl Default for Trace {
     fn default() -> Self {
         Trace {
             hasher: blake3::Hasher::new(),
             count: 0,
-            ring: Vec::with_capacity(RING),
+            ring: vec![Slot::default(); RING],
             next: 0,
+            cold: VecDeque::new(),
+            decoded: OnceCell::new(),
             pending: vec![0; BATCH],
             fill: 0,
         }
@@ -331,23 +396,121 @@ impl Default for Trace {
 }
 
 impl Trace {
-    /// Inlined into `Sim::record` and its recorders of hot events: the
-    /// event is moved once, into the ring, instead of once more through
-    /// a call, and where its variant is a constant the match on it folds.
+    /// Inlined into `Sim::record`: the event is moved once, into `cold`,
+    /// instead of once more through a call. Events with recorders of
+    /// their own (`record_poll` and the others below) take those.
     #[inline(always)]
     pub fn record(&mut self, now: u64, event: TraceEvent) {
         self.encode(now, &event);
+        let number = self.count;
+        // The ring keeps events from number + 1 - RING on: older cold ones go.
+        while self
+            .cold
+            .front()
+            .is_some_and(|(n, _)| n + RING as u64 <= number)
+        {
+            self.cold.pop_front();
+        }
+        self.cold.push_back((number, event));
+        self.push_slot(Slot {
+            now,
+            a: number,
+            ..Slot::default()
+        });
+    }
+
+    /// A poll of `task`, as `record(now, TraceEvent::Poll { task })`, with
+    /// no event built, matched or dropped.
+    #[inline(always)]
+    pub fn record_poll(&mut self, now: u64, task: u64) {
+        let end = tagged(self.frame(now), 3, task);
+        self.fill += end;
+        self.push_slot(Slot {
+            now,
+            a: task,
+            kind: Kind::Poll,
+            ..Slot::default()
+        });
+    }
+
+    /// As `record(now, TraceEvent::TimeAdvance { now: to })`.
+    #[inline(always)]
+    pub fn record_time_advance(&mut self, now: u64, to: u64) {
+        let end = tagged(self.frame(now), 4, to);
+        self.fill += end;
+        self.push_slot(Slot {
+            now,
+            a: to,
+            kind: Kind::TimeAdvance,
+            ..Slot::default()
+        });
+    }
+
+    /// As `record(now, TraceEvent::BioSubmit { .. })` with these fields.
+    #[inline(always)]
+    pub fn record_bio_submit(&mut self, now: u64, id: u64, dev: u32, op: u8, range: (u64, u64)) {
+        let (sector, sectors) = range;
+        let frame = self.frame(now);
+        let at = tagged(frame, 5, id);
+        let at = put(frame, at, u64::from(dev));
+        frame[at] = op;
+        let at = put(frame, at + 1, sector);
+        let end = put(frame, at, sectors);
+        self.fill += end;
+        self.push_slot(Slot {
+            now,
+            a: id,
+            b: sector,
+            c: sectors,
+            dev,
+            small: op,
+            kind: Kind::BioSubmit,
+        });
+    }
+
+    /// As `record(now, TraceEvent::BioEnd { id, ok })`.
+    #[inline(always)]
+    pub fn record_bio_end(&mut self, now: u64, id: u64, ok: bool) {
+        let frame = self.frame(now);
+        let at = tagged(frame, 6, id);
+        frame[at] = u8::from(ok);
+        self.fill += at + 1;
+        self.push_slot(Slot {
+            now,
+            a: id,
+            small: u8::from(ok),
+            kind: Kind::BioEnd,
+            ..Slot::default()
+        });
+    }
+
+    /// The frame the next event is written to, its time written; the
+    /// batch is hashed first if a whole frame might not fit.
+    #[inline(always)]
+    fn frame(&mut self, now: u64) -> &mut [u8; FRAME] {
+        if self.fill + FRAME > BATCH {
+            self.flush();
+        }
+        let at = self.fill;
+        let frame: &mut [u8; FRAME] = (&mut self.pending[at..at + FRAME]).try_into().unwrap();
+        put(frame, 0, now);
+        frame
+    }
+
+    /// Counts the event and keeps its slot in the ring.
+    #[inline(always)]
+    fn push_slot(&mut self, slot: Slot) {
         // Cannot overflow: no run makes 2^64 events.
         self.count = self.count.wrapping_add(1);
-        if self.ring.len() < RING {
-            self.ring.push((now, event));
-        } else {
-            self.ring[self.next] = (now, event);
-        }
+        self.ring[self.next] = slot;
         // A compare, not a division per event.
         self.next += 1;
         if self.next == RING {
             self.next = 0;
+        }
+        // Nearly always empty: `recent()` is read at the end of a run.
+        if self.decoded.get().is_some() {
+            self.decoded = OnceCell::new();
         }
     }
 
@@ -356,13 +519,7 @@ impl Trace {
     /// call, and the event is not copied for one.
     #[inline(always)]
     fn encode(&mut self, now: u64, event: &TraceEvent) {
-        if self.fill + FRAME > BATCH {
-            self.flush();
-        }
-        let at = self.fill;
-        let frame: &mut [u8; FRAME] = (&mut self.pending[at..at + FRAME]).try_into().unwrap();
-        put(frame, 0, now);
-        match fixed_body(event, frame) {
+        match fixed_body(event, self.frame(now)) {
             Some(len) => self.fill += len,
             None => self.encode_general(now, event),
         }
@@ -411,8 +568,18 @@ impl Trace {
 
     /// The last events, oldest first.
     pub fn recent(&self) -> impl Iterator<Item = &(u64, TraceEvent)> {
-        let (newer, older) = self.ring.split_at(self.next);
-        older.iter().chain(newer)
+        self.decoded
+            .get_or_init(|| {
+                let (newer, older) = self.ring.split_at(self.next);
+                // Until the ring is full, the slots from `next` on are unused.
+                let older = if self.count < RING as u64 { &[] } else { older };
+                older
+                    .iter()
+                    .chain(newer)
+                    .map(|slot| (slot.now, slot.decode(&self.cold)))
+                    .collect()
+            })
+            .iter()
     }
 }
 
@@ -455,6 +622,57 @@ mod tests {
                 trace.record(total + i, TraceEvent::Poll { task: i });
             }
         }
+    }
+
+    /// Each hot recorder hashes the bytes and keeps the event `record`
+    /// would: the same digest and the same `recent()`, read while the
+    /// ring fills and after it wraps, mixed with cold events.
+    #[test]
+    fn hot_recorders_match_record() {
+        let mut hot = Trace::default();
+        let mut plain = Trace::default();
+        for i in 0..3 * RING as u64 + 17 {
+            let event = match i % 5 {
+                0 => TraceEvent::Poll { task: i },
+                1 => TraceEvent::TimeAdvance { now: i + 1 },
+                2 => TraceEvent::BioSubmit {
+                    id: i,
+                    dev: 3,
+                    op: (i % 7) as u8,
+                    sector: i << 3,
+                    sectors: i + 8,
+                },
+                3 => TraceEvent::BioEnd {
+                    id: i,
+                    ok: i % 2 == 0,
+                },
+                _ => TraceEvent::Warn {
+                    msg: format!("w{i}"),
+                },
+            };
+            match event.clone() {
+                TraceEvent::Poll { task } => hot.record_poll(i, task),
+                TraceEvent::TimeAdvance { now } => hot.record_time_advance(i, now),
+                TraceEvent::BioSubmit {
+                    id,
+                    dev,
+                    op,
+                    sector,
+                    sectors,
+                } => hot.record_bio_submit(i, id, dev, op, (sector, sectors)),
+                TraceEvent::BioEnd { id, ok } => hot.record_bio_end(i, id, ok),
+                other => hot.record(i, other),
+            }
+            plain.record(i, event);
+            if i % 37 == 0 || i + 1 == RING as u64 {
+                assert!(hot.recent().eq(plain.recent()), "after event {i}");
+                assert_eq!(hot.digest(), plain.digest());
+            }
+        }
+        assert!(hot.recent().eq(plain.recent()));
+        assert_eq!(hot.recent().count(), RING);
+        assert_eq!(hot.digest(), plain.digest());
+        assert!(plain.cold.len() <= RING, "old cold events are trimmed");
     }
 
     /// The digest is blake3 of the whole encoded stream, whatever the

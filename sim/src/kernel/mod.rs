@@ -171,36 +171,37 @@ impl Sim {
     }
 
     /// The events of every bio, poll and jump of time (most events of a
-    /// run) each have their own recorder: the caller passes a few
-    /// words, not a built event, and in the recorder the variant is a
-    /// constant, so neither match on it (in `record` and in
-    /// `Trace::encode`) is left. Out of line: inlined into their callers,
-    /// they made those save more registers and cost more than they saved.
+    /// run) each have their own recorder: the caller passes a few words,
+    /// and the trace writes them (`Trace::record_poll` and the others)
+    /// with no `TraceEvent` built, matched, moved or dropped. Out of line:
+    /// inlined into their callers, they made those save more registers
+    /// and cost more than they saved.
     #[inline(never)]
     pub(crate) fn record_time_advance(&self, now: u64) {
-        self.record_inline(TraceEvent::TimeAdvance { now })
+        let at = self.now();
+        self.trace.borrow_mut().record_time_advance(at, now);
     }
 
     #[inline(never)]
     pub(crate) fn record_bio_submit(&self, id: u64, bio: &Bio) {
-        self.record_inline(TraceEvent::BioSubmit {
-            id,
-            dev: bio.dev.0,
-            op: bio.op as u8,
-            sector: bio.sector,
-            sectors: bio.sectors,
-        })
+        let now = self.now();
+        let range = (bio.sector, bio.sectors);
+        self.trace
+            .borrow_mut()
+            .record_bio_submit(now, id, bio.dev.0, bio.op as u8, range);
     }
 
     /// Every poll of a task (most events of a run without bios).
     #[inline(never)]
     pub(crate) fn record_poll(&self, task: u64) {
-        self.record_inline(TraceEvent::Poll { task })
+        let now = self.now();
+        self.trace.borrow_mut().record_poll(now, task);
     }
 
     #[inline(never)]
     pub(crate) fn record_bio_end(&self, id: u64, ok: bool) {
-        self.record_inline(TraceEvent::BioEnd { id, ok })
+        let now = self.now();
+        self.trace.borrow_mut().record_bio_end(now, id, ok);
     }
 
     #[inline(always)]
