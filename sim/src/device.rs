@@ -316,6 +316,11 @@ impl Device {
 
     /// True if the range touches an injected bad sector range.
     pub fn hits_bad_sector(&self, sector: u64, count: u64) -> bool {
+        // Nearly always none: no range search per bio (an empty map's
+        // range still costs a call and a walk).
+        if self.bad_sectors.is_empty() {
+            return false;
+        }
         let end = sector + count;
         self.bad_sectors
             .range(..end)
