@@ -8,7 +8,6 @@
 //! updates.
 
 use std::cell::OnceCell;
-use std::collections::VecDeque;
 use std::fmt;
 
 use blksnap_core::kernel::FilterVerdict;
@@ -313,9 +312,10 @@ pub struct Trace {
     /// is dropped: entries are `Copy`).
     ring: Vec<Slot>,
     next: usize,
-    /// The events that are not hot (`Kind::Cold`), whole, with their
-    /// numbers, oldest first; those older than the ring are trimmed.
-    cold: VecDeque<(u64, TraceEvent)>,
+    /// The events that are not hot (`Kind::Cold`), whole, at their
+    /// slot's index: a cold event replaces the one there in place. What a
+    /// hot slot's index holds here is stale and never read.
+    cold: Vec<Option<TraceEvent>>,
     /// `recent()`'s events, decoded once after the last event.
     decoded: OnceCell<Vec<(u64, TraceEvent)>>,
     /// Encoded events not yet hashed: `pending[..fill]`. Its length is
@@ -339,11 +339,11 @@ enum Kind {
 
 /// A ring entry: the time and a hot event's fields as plain words
 /// (written with a few stores, where a `TraceEvent` was matched, moved
-/// and the one it replaced dropped), or for `Cold` the event's number.
+/// and the one it replaced dropped), or `Cold`: the event is in `cold`.
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
     now: u64,
-    /// Poll: the task; TimeAdvance: the time; bios: the id; Cold: the number.
+    /// Poll: the task; TimeAdvance: the time; bios: the id.
     a: u64,
     /// BioSubmit: the sector.
     b: u64,
@@ -356,8 +356,8 @@ struct Slot {
 }
 
 impl Slot {
-    /// The event the slot stands for; `cold` holds the cold ones.
-    fn decode(&self, cold: &VecDeque<(u64, TraceEvent)>) -> TraceEvent {
+    /// The event the slot stands for; `cold` holds a cold one.
+    fn decode(&self, cold: &Option<TraceEvent>) -> TraceEvent {
         match self.kind {
             Kind::Poll => TraceEvent::Poll { task: self.a },
             Kind::TimeAdvance => TraceEvent::TimeAdvance { now: self.a },
@@ -372,10 +372,7 @@ impl Slot {
                 id: self.a,
                 ok: self.small != 0,
             },
-            Kind::Cold => {
-                let at = cold.partition_point(|(n, _)| *n < self.a);
-                cold[at].1.clone()
-            }
+            Kind::Cold => cold.clone().expect("a cold slot's event is kept"),
         }
     }
 }
@@ -387,7 +384,7 @@ impl Default for Trace {
             count: 0,
             ring: vec![Slot::default(); RING],
             next: 0,
-            cold: VecDeque::new(),
+            cold: vec![None; RING],
             decoded: OnceCell::new(),
             pending: vec![0; BATCH],
             fill: 0,
@@ -402,19 +399,9 @@ impl Trace {
     #[inline(always)]
     pub fn record(&mut self, now: u64, event: TraceEvent) {
         self.encode(now, &event);
-        let number = self.count;
-        // The ring keeps events from number + 1 - RING on: older cold ones go.
-        while self
-            .cold
-            .front()
-            .is_some_and(|(n, _)| n + RING as u64 <= number)
-        {
-            self.cold.pop_front();
-        }
-        self.cold.push_back((number, event));
+        self.cold[self.next] = Some(event);
         self.push_slot(Slot {
             now,
-            a: number,
             ..Slot::default()
         });
     }
@@ -570,13 +557,19 @@ impl Trace {
     pub fn recent(&self) -> impl Iterator<Item = &(u64, TraceEvent)> {
         self.decoded
             .get_or_init(|| {
-                let (newer, older) = self.ring.split_at(self.next);
-                // Until the ring is full, the slots from `next` on are unused.
-                let older = if self.count < RING as u64 { &[] } else { older };
-                older
-                    .iter()
-                    .chain(newer)
-                    .map(|slot| (slot.now, slot.decode(&self.cold)))
+                // Until the ring is full, the oldest event is at 0.
+                let oldest = if self.count < RING as u64 {
+                    0
+                } else {
+                    self.next
+                };
+                let kept = self.count.min(RING as u64) as usize;
+                (0..kept)
+                    .map(|k| {
+                        let at = (oldest + k) % RING;
+                        let slot = &self.ring[at];
+                        (slot.now, slot.decode(&self.cold[at]))
+                    })
                     .collect()
             })
             .iter()
@@ -672,7 +665,6 @@ mod tests {
         assert!(hot.recent().eq(plain.recent()));
         assert_eq!(hot.recent().count(), RING);
         assert_eq!(hot.digest(), plain.digest());
-        assert!(plain.cold.len() <= RING, "old cold events are trimmed");
     }
 
     /// The digest is blake3 of the whole encoded stream, whatever the
