@@ -454,6 +454,10 @@ struct WaitEventResult {
     error: Option<Errno>,
 }
 
+/// Rule 7's excuse: the snapshot's queue may hold the corrupted event.
+const UNREAD_EVENT: &str =
+    "a fault corrupted the snapshot, and its events were not all read after it";
+
 /// The allocation site of an event (`event_gen`'s kzalloc).
 const EVENT_SITE: &str = "event";
 
@@ -1208,8 +1212,21 @@ impl Oracle {
             return Some("the corrupted event's allocation failed");
         }
         let corrupted_at = self.first_corrupting_fault(read, faults)?;
-        (!self.queue_seen_empty_since(read.snapshot, corrupted_at))
-            .then_some("a fault corrupted the snapshot, and its events were not all read after it")
+        (!self.queue_seen_empty_since(read.snapshot, corrupted_at)).then_some(UNREAD_EVENT)
+    }
+
+    /// Snapshots with a failed image read that only their event queue can
+    /// judge: no rule excuses it but a corrupted event the user has not
+    /// read (rules 1 and 7). A run without a teardown never drains their
+    /// queues (DESTROY does), so rule 7 would excuse every such read, even
+    /// of an engine that never queued the event; the runner reads these
+    /// queues before the judgement, as a user would.
+    pub fn snapshots_judged_by_events(&self, faults: &InjectedFaults) -> BTreeSet<SnapId> {
+        self.failed_image_reads
+            .iter()
+            .filter(|read| matches!(self.excuse(read, faults), None | Some(UNREAD_EVENT)))
+            .map(|read| read.snapshot)
+            .collect()
     }
 
     /// The first fault after the read's snapshot was taken, by the read's
