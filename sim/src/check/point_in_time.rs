@@ -1578,6 +1578,47 @@ mod tests {
         assert!(!judge(&lost("wait_event"), 35, unread, None));
     }
 
+    /// The snapshots the runner drains at the end of a run with no
+    /// teardown: those with a failed read that only an event can judge
+    /// (rule 7, or nothing yet), not those a read event or a fault excuses.
+    /// After the drain saw the queue empty, rule 7 no longer excuses.
+    #[test]
+    fn only_reads_an_event_can_judge_ask_for_their_queue() {
+        let store_write = bio_fault(STORE, BioOp::Write, 3);
+        let setup = || {
+            let mut o = oracle();
+            o.add_device(STORE, 1, Fill::Zero);
+            o.storage_appended(SNAP, STORE, 0, 64);
+            taken_at(&mut o, 20, 30);
+            read_err(&mut o, 0, Errno::EIO, 40, 50);
+            o
+        };
+        let faults = |at: u64, kind: &FaultKind| {
+            let mut f = InjectedFaults::default();
+            f.record(at, kind.clone());
+            f
+        };
+        let asked = |o: &Oracle, f: &InjectedFaults| o.snapshots_judged_by_events(f);
+        let want: BTreeSet<SnapId> = [SNAP].into();
+        // Rule 7 excuses it: the queue was never read after the fault.
+        let corrupting = faults(35, &store_write);
+        let mut o = setup();
+        assert_eq!(asked(&o, &corrupting), want);
+        // The drain found the queue empty: the read is unexplained.
+        o.wait_event_result(SNAP, 60, 61, Some(Errno::ENOENT));
+        assert!(asked(&o, &corrupting) == want && !o.unexplained_image_errors(&corrupting).is_empty());
+        // Nothing excuses it (no fault): only an unread event can.
+        let none = InjectedFaults::default();
+        assert_eq!(asked(&setup(), &none), want);
+        // The drain read the corrupted event: excused, and not asked again.
+        let mut o = setup();
+        o.corrupted_event(SNAP, ORIG, 45);
+        assert!(asked(&o, &none).is_empty() && o.unexplained_image_errors(&none).is_empty());
+        // A fault that explains the read by itself needs no queue.
+        let read_error = faults(45, &bio_fault(ORIG, BioOp::Read, 0));
+        assert!(asked(&setup(), &read_error).is_empty());
+    }
+
     #[test]
     fn an_injected_eio_excuses_only_its_device_range_and_time() {
         let mut o = oracle();
