@@ -1606,7 +1606,9 @@ mod tests {
         assert_eq!(asked(&o, &corrupting), want);
         // The drain found the queue empty: the read is unexplained.
         o.wait_event_result(SNAP, 60, 61, Some(Errno::ENOENT));
-        assert!(asked(&o, &corrupting) == want && !o.unexplained_image_errors(&corrupting).is_empty());
+        assert!(
+            asked(&o, &corrupting) == want && !o.unexplained_image_errors(&corrupting).is_empty()
+        );
         // Nothing excuses it (no fault): only an unread event can.
         let none = InjectedFaults::default();
         assert_eq!(asked(&setup(), &none), want);
