@@ -454,6 +454,10 @@ struct WaitEventResult {
     error: Option<Errno>,
 }
 
+/// Rule 7's excuse: the snapshot's queue may hold the corrupted event.
+const UNREAD_EVENT: &str =
+    "a fault corrupted the snapshot, and its events were not all read after it";
+
 /// The allocation site of an event (`event_gen`'s kzalloc).
 const EVENT_SITE: &str = "event";
 
@@ -1208,8 +1212,21 @@ impl Oracle {
             return Some("the corrupted event's allocation failed");
         }
         let corrupted_at = self.first_corrupting_fault(read, faults)?;
-        (!self.queue_seen_empty_since(read.snapshot, corrupted_at))
-            .then_some("a fault corrupted the snapshot, and its events were not all read after it")
+        (!self.queue_seen_empty_since(read.snapshot, corrupted_at)).then_some(UNREAD_EVENT)
+    }
+
+    /// Snapshots with a failed image read that only their event queue can
+    /// judge: no rule excuses it but a corrupted event the user has not
+    /// read (rules 1 and 7). A run without a teardown never drains their
+    /// queues (DESTROY does), so rule 7 would excuse every such read, even
+    /// of an engine that never queued the event; the runner reads these
+    /// queues before the judgement, as a user would.
+    pub fn snapshots_judged_by_events(&self, faults: &InjectedFaults) -> BTreeSet<SnapId> {
+        self.failed_image_reads
+            .iter()
+            .filter(|read| matches!(self.excuse(read, faults), None | Some(UNREAD_EVENT)))
+            .map(|read| read.snapshot)
+            .collect()
     }
 
     /// The first fault after the read's snapshot was taken, by the read's
@@ -1559,6 +1576,49 @@ mod tests {
         assert!(!judge(&bio_fault(OTHER, BioOp::Read, 3), 35, unread, None));
         assert!(!judge(&lost("snapshot"), 35, unread, None));
         assert!(!judge(&lost("wait_event"), 35, unread, None));
+    }
+
+    /// The snapshots the runner drains at the end of a run with no
+    /// teardown: those with a failed read that only an event can judge
+    /// (rule 7, or nothing yet), not those a read event or a fault excuses.
+    /// After the drain saw the queue empty, rule 7 no longer excuses.
+    #[test]
+    fn only_reads_an_event_can_judge_ask_for_their_queue() {
+        let store_write = bio_fault(STORE, BioOp::Write, 3);
+        let setup = || {
+            let mut o = oracle();
+            o.add_device(STORE, 1, Fill::Zero);
+            o.storage_appended(SNAP, STORE, 0, 64);
+            taken_at(&mut o, 20, 30);
+            read_err(&mut o, 0, Errno::EIO, 40, 50);
+            o
+        };
+        let faults = |at: u64, kind: &FaultKind| {
+            let mut f = InjectedFaults::default();
+            f.record(at, kind.clone());
+            f
+        };
+        let asked = |o: &Oracle, f: &InjectedFaults| o.snapshots_judged_by_events(f);
+        let want: BTreeSet<SnapId> = [SNAP].into();
+        // Rule 7 excuses it: the queue was never read after the fault.
+        let corrupting = faults(35, &store_write);
+        let mut o = setup();
+        assert_eq!(asked(&o, &corrupting), want);
+        // The drain found the queue empty: the read is unexplained.
+        o.wait_event_result(SNAP, 60, 61, Some(Errno::ENOENT));
+        assert!(
+            asked(&o, &corrupting) == want && !o.unexplained_image_errors(&corrupting).is_empty()
+        );
+        // Nothing excuses it (no fault): only an unread event can.
+        let none = InjectedFaults::default();
+        assert_eq!(asked(&setup(), &none), want);
+        // The drain read the corrupted event: excused, and not asked again.
+        let mut o = setup();
+        o.corrupted_event(SNAP, ORIG, 45);
+        assert!(asked(&o, &none).is_empty() && o.unexplained_image_errors(&none).is_empty());
+        // A fault that explains the read by itself needs no queue.
+        let read_error = faults(45, &bio_fault(ORIG, BioOp::Read, 0));
+        assert!(asked(&setup(), &read_error).is_empty());
     }
 
     #[test]

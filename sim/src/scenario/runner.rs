@@ -201,6 +201,27 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         format!("scenario {}", scenario.name),
         Box::pin(async move {
             main.steps(&steps, "").await;
+            // Without a teardown no DESTROY drains the event queues: read
+            // those that failed image reads are judged by (rule 7), so the
+            // oracle sees whether the engine queued a corrupted event.
+            let judged = match (teardown, main.module()) {
+                (false, Some(_)) => main
+                    .sim
+                    .oracle
+                    .borrow()
+                    .snapshots_judged_by_events(&main.sim.injected.borrow()),
+                _ => Default::default(),
+            };
+            let live: Vec<String> = main
+                .snapshots
+                .borrow()
+                .iter()
+                .filter(|(_, r)| !r.destroyed && judged.contains(&r.id))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in live {
+                main.drain_events(&name).await;
+            }
             if teardown {
                 main.teardown().await;
             }
