@@ -43,7 +43,7 @@
 //! | B-DA-7 | free waits for IO in flight however long it takes |
 //! | B-DA-8 | eviction keeps trimming a corrupted area's caches |
 //! | B-DA-9 | free waits for IO in flight again after flushing the eviction work (diff_area.c:86-100: v2 waits for `pending_io_count` first, then flushes `cache_release_work`, whose store started after that wait completes on freed memory) |
-//! | B-IMG-1 | image IO of a corrupted area, or of a failed chunk, ends with EIO (v3) |
+//! | B-IMG-1 | image IO of a corrupted area, or of a failed chunk, ends with EIO (v3); so does image IO in flight when the area is corrupted (v3 to 6.9 check only at entry: a chunk read after the corruption may return the original's new data, with status OK) |
 //! | B-IMG-2 | a failed add_disk puts the references it took |
 //! | B-IMG-3 | the idle worker sleeps until a bio arrives |
 //! | B-IO-1 | chunk IO is split into bios of at most 256 pages (v3) |

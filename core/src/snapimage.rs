@@ -189,6 +189,15 @@ impl SnapImage {
             }
             sector += count;
         }
+        // Checked again at the end: a chunk read after the area was
+        // corrupted may come from an original that a write changed with no
+        // COW (a corrupted area passes writes). v3 to 6.9 check only at
+        // entry, so a bio in flight across the corruption ends OK with
+        // data that is not the snapshot's (found by the lifecycle fuzzer,
+        // fuzz/findings: f13-image-read-stale).
+        if !swallow_errors && self.diff_area.is_corrupted() {
+            return Err(Errno::EIO);
+        }
         if bio.op == BioOp::Write {
             data = Stamps::new();
         }
