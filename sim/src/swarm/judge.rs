@@ -2,10 +2,16 @@
 //! which the random scenario brought on itself. Shared by the `lifecycle`
 //! fuzz target and `blksnap-sim swarm`.
 //!
+//! The judge reads types, never a message: a failure's checker, its
+//! category (`Category::DeclaredFault`) and, for a step's failure, what
+//! the runner recorded with it (`Failure::step`: the step's path, kind and
+//! [`Cause`]). A reworded message changes no verdict, and a message that
+//! only reads like a forgiven one is not forgiven.
+//!
 //! Some failures that are not the engine's cannot be ruled out up front,
 //! because they depend on whether a step succeeded:
 //! - `VerifyImage` names an image that exists only if an earlier TAKE
-//!   succeeded; the runner fails the run ("no image of ...") when it does
+//!   succeeded; the runner fails the run ([`Cause::NoImage`]) when it does
 //!   not;
 //! - image IO after (or racing) a DESTROY of its snapshot hits a deleted
 //!   disk, and the oracle blames the engine for the EIO; a new image that
@@ -34,10 +40,12 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use blksnap_core::kernel::Errno;
+
 use crate::check::verdict::Category;
 use crate::kernel::Failure;
-use crate::scenario::model::{Step, Target};
-use crate::scenario::{self, Outcome, RunOptions, Scenario};
+use crate::scenario::model::{Expect, Step, Target};
+use crate::scenario::{self, Cause, Outcome, RunOptions, Scenario, StepFailure, StepKind};
 
 use super::steps;
 
@@ -114,64 +122,66 @@ pub fn blames_engine(failure: &Failure, scenario: &Scenario) -> bool {
     !is_forgiven(failure, scenario)
 }
 
-/// A TAKE step that failed, by its own ioctl (`(Take): expected success,
-/// got E`) or by the runner's COLLECT_IMAGES after it (`(Take):
-/// COLLECT_IMAGES after a successful TAKE: expected success, got E`).
-fn is_take_failure(message: &str) -> bool {
-    message
-        .split_once(" (Take): ")
-        .is_some_and(|(_, rest)| rest.contains("expected success, got "))
+/// A step's failure as the runner recorded it (`expect`), if it is one.
+fn step_failure(failure: &Failure) -> Option<&StepFailure> {
+    failure.step.as_ref().filter(|_| failure.checker == "expect")
 }
 
-/// A user IO step that failed with EIO while the fault plan fails random
-/// device bios: the injected fault explains it, the step expected too
-/// much. (Fault-free configurations still judge such a step strictly.)
+/// A TAKE step that failed, by its own ioctl (expected success, got an
+/// errno) or by the runner's COLLECT_IMAGES after it.
+fn is_take_failure(step: &StepFailure) -> bool {
+    let failed = match &step.cause {
+        Cause::Unexpected {
+            expected: Expect::Ok,
+            got: Err(_),
+        }
+        | Cause::CollectAfterTake { .. } => true,
+        _ => false,
+    };
+    step.step == StepKind::Take && failed
+}
+
+/// A user IO of a step that failed with EIO while the fault plan fails
+/// random device bios: the injected fault explains it, the step expected
+/// too much. (Fault-free configurations still judge such a step strictly.)
 fn is_injected_eio(failure: &Failure, scenario: &Scenario) -> bool {
-    scenario.faults.bio_error_ppm > 0
-        && failure.checker == "expect"
-        && failure.message.ends_with("failed: EIO")
+    let eio = step_failure(failure).is_some_and(|step| {
+        matches!(step.cause, Cause::Io { got, .. } if got == Errno::EIO)
+    });
+    scenario.faults.bio_error_ppm > 0 && eio
 }
 
 /// Failures of the scenario's own making:
 /// - what the run puts down to a fault its plan declared (the category is
-///   set where the failure is recorded, from the sim's own fault log, so
-///   no message is read; swarm seeds 45017 and 67356: all four attempts
-///   of the runner's COLLECT_IMAGES failed by injected ENOMEM);
+///   set where the failure is recorded, from the sim's own fault log;
+///   swarm seeds 45017 and 67356: all four attempts of the runner's
+///   COLLECT_IMAGES failed by injected ENOMEM);
 /// - a user IO step's EIO under random bio errors ([`is_injected_eio`]);
 /// - an empty coverage check;
-/// - a take race: the runner follows a successful TAKE with
-///   COLLECT_IMAGES expecting success, as the upstream library does. When
-///   another branch of the same concurrent group destroys or re-creates
-///   that snapshot name in between, the collect fails: the scenario raced
-///   itself, the engine did nothing wrong. (The run then skips its
-///   teardown checks, so only the rare interleaving that hits the window
-///   loses them.)
+/// - a take race ([`is_take_race`]).
 fn is_forgiven(failure: &Failure, scenario: &Scenario) -> bool {
-    if failure.category == Category::DeclaredFault {
-        return true;
-    }
-    if is_injected_eio(failure, scenario) {
-        return true;
-    }
     // A random scenario may verify an image it overflowed, or an original
     // it never wrote: an empty check is the generator's doing, not the
     // engine's.
-    if failure.checker == "coverage" {
-        return true;
-    }
-    if failure.checker != "expect" || !is_take_failure(&failure.message) {
+    failure.category == Category::DeclaredFault
+        || is_injected_eio(failure, scenario)
+        || failure.checker == "coverage"
+        || step_failure(failure).is_some_and(|step| is_take_race(step, scenario))
+}
+
+/// A take race: the runner follows a successful TAKE with COLLECT_IMAGES
+/// expecting success, as the upstream library does. When another branch
+/// of the same concurrent group destroys or re-creates that snapshot name
+/// in between, the collect fails: the scenario raced itself, the engine
+/// did nothing wrong. (The run then skips its teardown checks, so only
+/// the rare interleaving that hits the window loses them.) The step is
+/// found by its path: a TAKE at `[group, branch, index]`, the group a
+/// top-level `Concurrent` step.
+fn is_take_race(step: &StepFailure, scenario: &Scenario) -> bool {
+    if !is_take_failure(step) {
         return false;
     }
-    let Some(path) = failure
-        .message
-        .strip_prefix("step ")
-        .and_then(|rest| rest.split_once(' '))
-        .map(|(path, _)| path)
-    else {
-        return false;
-    };
-    let indices: Vec<usize> = path.split('.').filter_map(|i| i.parse().ok()).collect();
-    let [group, branch, index] = indices[..] else {
+    let [group, branch, index] = step.path[..] else {
         return false;
     };
     let Some(Step::Concurrent(branches)) = scenario.steps.get(group) else {
@@ -193,19 +203,19 @@ fn is_forgiven(failure: &Failure, scenario: &Scenario) -> bool {
 
 /// An image verdict of the oracle that the scenario itself may have caused
 /// (findings S1 and S6, or a snapshot orphaned by re-creating its name), so
-/// worth a sanitized run before it counts: a failed image read it cannot
-/// explain, or image data it did not expect.
+/// worth a sanitized run before it counts: while `IMAGE_IO_AFTER_DESTROY`
+/// is off, any failure of the oracle. (The oracle's image verdicts carry
+/// no type of their own; before this judge read types it took those whose
+/// message begins with "image ", which leaves out only its verdicts on
+/// originals, and a sanitized run of those costs a run, not a verdict.)
 fn is_image_verdict(failure: &Failure) -> bool {
-    !IMAGE_IO_AFTER_DESTROY
-        && failure.checker == "point_in_time"
-        && failure.message.starts_with("image ")
+    !IMAGE_IO_AFTER_DESTROY && failure.checker == "point_in_time" && failure.step.is_none()
 }
 
 /// A `VerifyImage` of an image that never came to be: the scenario's fault.
 fn is_missing_image(failure: &Failure) -> bool {
-    failure.checker == "expect"
-        && failure.message.contains("(VerifyImage)")
-        && failure.message.contains(": no image of ")
+    step_failure(failure)
+        .is_some_and(|step| step.step == StepKind::VerifyImage && step.cause == Cause::NoImage)
 }
 
 /// The scenario with each `VerifyImage` turned into image reads expecting
