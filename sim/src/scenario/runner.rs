@@ -1267,6 +1267,7 @@ mod tests {
             message: format!("{checker} message"),
             at_ns: 0,
             category: Category::Engine,
+            step: None,
         }
     }
 
