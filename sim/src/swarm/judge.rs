@@ -133,14 +133,13 @@ fn step_failure(failure: &Failure) -> Option<&StepFailure> {
 /// A TAKE step that failed, by its own ioctl (expected success, got an
 /// errno) or by the runner's COLLECT_IMAGES after it.
 fn is_take_failure(step: &StepFailure) -> bool {
-    let failed = match &step.cause {
+    let failed = matches!(
+        &step.cause,
         Cause::Unexpected {
             expected: Expect::Ok,
             got: Err(_),
-        }
-        | Cause::CollectAfterTake { .. } => true,
-        _ => false,
-    };
+        } | Cause::CollectAfterTake { .. }
+    );
     step.step == StepKind::Take && failed
 }
 
