@@ -22,7 +22,10 @@
 //!   never reads, so the oracle cannot explain its failed image reads;
 //! - a TAKE racing a DESTROY or CREATE of the same name in another
 //!   concurrent branch may lose its follow-up COLLECT_IMAGES (see
-//!   `is_forgiven`).
+//!   `is_take_race`);
+//! - a user IO of a step (a VerifyOriginal read, a backup's copy, a
+//!   freeze) fails with EIO while the plan fails random device bios
+//!   (`Cause::Io`, see `is_injected_eio`).
 //!
 //! Never the engine's: a failure the run itself puts down to a fault the
 //! generated plan declared (`Category::DeclaredFault`: every attempt of the
