@@ -66,6 +66,9 @@ pub struct Failure {
     /// Who is to blame (set by the checker, and by the verdict for a bug
     /// scenario's expected failure).
     pub category: crate::check::verdict::Category,
+    /// For a scenario step's failure (the runner's `expect`): which step
+    /// failed and why, as types. `None` for every checker's failure.
+    pub step: Option<crate::scenario::StepFailure>,
 }
 
 /// A timer's action that needs the whole `Sim`.
@@ -231,7 +234,16 @@ impl Sim {
             message,
             at_ns: self.now(),
             category: Default::default(),
+            step: None,
         });
+    }
+
+    /// A scenario step's failure: [`Sim::fail`], with what failed as types.
+    pub fn fail_step(&self, checker: &str, message: String, step: crate::scenario::StepFailure) {
+        self.fail(checker, message);
+        if let Some(last) = self.failures.borrow_mut().last_mut() {
+            last.step = Some(step);
+        }
     }
 
     /// A failed check that a fault the scenario declared explains, seen by

@@ -21,7 +21,8 @@ use blksnap_core::uapi::*;
 
 use super::ioctl_steps::{blk_dev, dev_t};
 use super::model::Target;
-use super::runner::Run;
+use super::runner::{io_failed, Run};
+use super::{Cause, IoOp, StepError};
 use crate::block;
 
 /// Sectors per image read or backup write.
@@ -140,17 +141,18 @@ struct Plan {
 }
 
 impl Run {
-    fn backup_plan(&self, snapshot: &str, device: &str, backup: &str) -> Result<Plan, String> {
+    fn backup_plan(&self, snapshot: &str, device: &str, backup: &str) -> Result<Plan, StepError> {
         let orig = self.dev(device);
         let target = Target::Image(snapshot.to_string(), device.to_string());
-        let image = self
-            .target_dev(&target)
-            .map_err(|_| format!("backup: no image of {device} in {snapshot}"))?;
+        let image = self.target_dev(&target).map_err(|_| {
+            let message = format!("backup: no image of {device} in {snapshot}");
+            StepError::new(Cause::NoImage, message)
+        })?;
         let sectors = self.sim.disk_capacity(image).unwrap_or(0);
         if sectors == 0 || sectors > MAX_BACKUP_SECTORS {
             return Err(format!(
                 "backup: the image of {device} has {sectors} sectors; backups copy 1 to {MAX_BACKUP_SECTORS}"
-            ));
+            ).into());
         }
         let backup_dev = self.dev(backup);
         let room = self
@@ -164,7 +166,7 @@ impl Run {
             return Err(format!(
                 "backup: {backup} has {room} sectors, needs {} (the image and {META_SECTORS} of metadata)",
                 sectors + META_SECTORS
-            ));
+            ).into());
         }
         Ok(Plan {
             orig,
@@ -181,7 +183,7 @@ impl Run {
         snapshot: &str,
         device: &str,
         backup: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let plan = self.backup_plan(snapshot, device, backup)?;
         let info = self.cbt_info(plan.orig).await?;
         self.copy_full(&plan).await?;
@@ -196,7 +198,7 @@ impl Run {
         device: &str,
         backup: &str,
         expect_full: Option<bool>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let plan = self.backup_plan(snapshot, device, backup)?;
         let info = self.cbt_info(plan.orig).await?;
         let last = self.read_meta(&plan).await?;
@@ -216,7 +218,8 @@ impl Run {
                 } else {
                     "an incremental one"
                 }
-            ));
+            )
+            .into());
         }
         match base {
             None => self.copy_full(&plan).await?,
@@ -232,7 +235,7 @@ impl Run {
         snapshot: &str,
         device: &str,
         backup: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let plan = self.backup_plan(snapshot, device, backup)?;
         let mut judged = 0;
         let mut by_fault = Vec::new();
@@ -256,14 +259,14 @@ impl Run {
                         Some(cause) => by_fault.push(format!(
                             "undetected corruption caused by a device fault: {message}; {cause}"
                         )),
-                        None => return Err(message),
+                        None => return Err(message.into()),
                     }
                 }
                 judged += 1;
             }
         }
         if judged == 0 {
-            return Err(format!("CompareBackup of {device} judged no sector"));
+            return Err(format!("CompareBackup of {device} judged no sector").into());
         }
         // What injected data faults explain is reported as theirs, once
         // per step with its first sector.
@@ -305,23 +308,35 @@ impl Run {
 
     // --- the tool's pieces --------------------------------------------------------------
 
-    async fn user_read(&self, dev: DevT, sector: u64, count: u64) -> Result<Vec<Stamp>, String> {
+    async fn user_read(&self, dev: DevT, sector: u64, count: u64) -> Result<Vec<Stamp>, StepError> {
         self.charge_sectors(count, false);
         block::user_bio(&self.sim, Bio::read(dev, sector, count))
             .await
             .map(|data| data.to_vec())
-            .map_err(|e| format!("backup: read of {dev} at {sector} failed: {e}"))
+            .map_err(|e| {
+                io_failed(
+                    IoOp::Read,
+                    e,
+                    format_args!("backup: read of {dev} at {sector} failed"),
+                )
+            })
     }
 
-    async fn user_write(&self, dev: DevT, sector: u64, data: Vec<Stamp>) -> Result<(), String> {
+    async fn user_write(&self, dev: DevT, sector: u64, data: Vec<Stamp>) -> Result<(), StepError> {
         self.charge_sectors(data.len() as u64, true);
         block::user_bio(&self.sim, Bio::write(dev, sector, data))
             .await
             .map(|_| ())
-            .map_err(|e| format!("backup: write of {dev} at {sector} failed: {e}"))
+            .map_err(|e| {
+                io_failed(
+                    IoOp::Write,
+                    e,
+                    format_args!("backup: write of {dev} at {sector} failed"),
+                )
+            })
     }
 
-    async fn copy(&self, plan: &Plan, sector: u64, count: u64) -> Result<(), String> {
+    async fn copy(&self, plan: &Plan, sector: u64, count: u64) -> Result<(), StepError> {
         let data = self.user_read(plan.image, sector, count).await?;
         let submitted = self.sim.now();
         self.user_write(plan.backup, sector, data).await?;
@@ -331,7 +346,7 @@ impl Run {
         Ok(())
     }
 
-    async fn copy_full(&self, plan: &Plan) -> Result<(), String> {
+    async fn copy_full(&self, plan: &Plan) -> Result<(), StepError> {
         for sector in (0..plan.sectors).step_by(COPY_SECTORS as usize) {
             if self.out_of_budget() {
                 return Err(SPENT.into());
@@ -348,13 +363,14 @@ impl Run {
         plan: &Plan,
         info: &BlkSnapCbtInfo,
         base: u8,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let block_sectors = u64::from(info.blk_size / 512);
         if block_sectors == 0 {
             return Err(format!(
                 "backup: TRACKER_COLLECT reports blk_size {}, not a whole number of sectors",
                 info.blk_size
-            ));
+            )
+            .into());
         }
         let map = self.read_map(plan.orig, info.blk_count).await?;
         for (block, _) in map.iter().enumerate().filter(|(_, b)| **b > base) {
@@ -374,7 +390,7 @@ impl Run {
     }
 
     /// TRACKER_COLLECT, as the tool calls it: count, then the entries.
-    async fn cbt_info(&self, orig: DevT) -> Result<BlkSnapCbtInfo, String> {
+    async fn cbt_info(&self, orig: DevT) -> Result<BlkSnapCbtInfo, StepError> {
         let failed = |e| format!("backup: TRACKER_COLLECT failed: {e}");
         let query = self.map_user(BlkSnapTrackerCollect::default().encode());
         self.ioctl_at(IOCTL_BLK_SNAP_TRACKER_COLLECT, query)
@@ -402,11 +418,11 @@ impl Run {
                 BlkSnapCbtInfo::decode(&bytes)
             })
             .find(|info| dev_t(info.dev_id) == orig)
-            .ok_or(format!("backup: TRACKER_COLLECT does not list {orig}"))
+            .ok_or_else(|| format!("backup: TRACKER_COLLECT does not list {orig}").into())
     }
 
     /// READ_CBT_MAP of the whole map in one call, as the library does.
-    async fn read_map(&self, orig: DevT, blk_count: u32) -> Result<Vec<u8>, String> {
+    async fn read_map(&self, orig: DevT, blk_count: u32) -> Result<Vec<u8>, StepError> {
         let buff = self.map_user(vec![0; super::ioctl_steps::cbt_buffer_bytes(blk_count)]);
         let arg = BlkSnapTrackerReadCbtBitmap {
             dev_id: blk_dev(orig),
@@ -422,19 +438,20 @@ impl Run {
         if copied != i64::from(blk_count) {
             return Err(format!(
                 "backup: READ_CBT_MAP of {orig} copied {copied} bytes of a {blk_count}-block map"
-            ));
+            )
+            .into());
         }
         Ok(self.user.read(buff, blk_count as usize).unwrap_or_default())
     }
 
-    async fn read_meta(&self, plan: &Plan) -> Result<Option<Meta>, String> {
+    async fn read_meta(&self, plan: &Plan) -> Result<Option<Meta>, StepError> {
         let stamps = self
             .user_read(plan.backup, plan.meta_at, META_SECTORS)
             .await?;
         Ok(Meta::parse(&stamps))
     }
 
-    async fn write_meta(&self, plan: &Plan, info: &BlkSnapCbtInfo) -> Result<(), String> {
+    async fn write_meta(&self, plan: &Plan, info: &BlkSnapCbtInfo) -> Result<(), StepError> {
         let meta = Meta {
             orig: plan.orig,
             generation: info.generation_id.b,

@@ -5,7 +5,8 @@
 use blksnap_core::kernel::{Bio, DevT, Errno};
 
 use super::model::{Expect, Target, Workload};
-use super::runner::{check_expect, Run};
+use super::runner::{check_expect, io_failed, Run};
+use super::{Cause, IoOp, StepError};
 use crate::block;
 use crate::fs;
 use crate::trace::TraceEvent;
@@ -83,12 +84,15 @@ impl Run {
         snapshot: &str,
         device: &str,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let orig = self.dev(device);
         let target = Target::Image(snapshot.to_string(), device.to_string());
-        let image = self
-            .target_dev(&target)
-            .map_err(|_| format!("no image of {device} in {snapshot}"))?;
+        let image = self.target_dev(&target).map_err(|_| {
+            StepError::new(
+                Cause::NoImage,
+                format!("no image of {device} in {snapshot}"),
+            )
+        })?;
         let capacity = self.sim.disk_capacity(image).unwrap_or(0);
         let (mut judged, mut eio, mut other) = (0u64, 0u64, None);
         for (sector, count) in self.verify_ranges(orig, capacity) {
@@ -129,19 +133,21 @@ impl Run {
         judged: u64,
         eio: u64,
         other: Option<(u64, Errno)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         match expect {
             Expect::Err(_) => {
                 if let Some((sector, e)) = other {
                     return Err(format!(
                         "expected the {what} to fail with EIO, a read at {sector} failed with {e}"
-                    ));
+                    )
+                    .into());
                 }
                 if eio == 0 {
                     return Err(format!(
                         "expected the {what} to be unreadable (EIO), every read succeeded \
                          ({judged} sectors judged)"
-                    ));
+                    )
+                    .into());
                 }
                 Ok(())
             }
@@ -185,7 +191,7 @@ impl Run {
     /// Read back every sector users wrote; the oracle must judge at least
     /// one of them (a device nobody wrote, or one written only inside
     /// storage ranges, verifies nothing).
-    pub(super) async fn verify_original(&self, device: &str) -> Result<(), String> {
+    pub(super) async fn verify_original(&self, device: &str) -> Result<(), StepError> {
         let dev = self.dev(device);
         let sectors = self.sim.oracle.borrow().written_sectors(dev);
         let mut judged = 0;
@@ -196,7 +202,13 @@ impl Run {
             self.charge_sectors(1, false);
             let bio = Bio::read(dev, sector, 1);
             let (result, seen) = block::user_bio_judged(&self.sim, bio).await;
-            result.map_err(|e| format!("read of {device} sector {sector} failed: {e}"))?;
+            result.map_err(|e| {
+                io_failed(
+                    IoOp::Read,
+                    e,
+                    format_args!("read of {device} sector {sector} failed"),
+                )
+            })?;
             judged += seen.sectors;
         }
         if judged == 0 {
@@ -217,7 +229,7 @@ impl Run {
         sector: u64,
         sectors: u64,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let dev = self.target_dev(target).ok();
         let Some(dev) = dev.filter(|d| !self.has_fs(*d) && *expect == Expect::Ok) else {
             let result = self.read(target, sector, sectors).await;
@@ -239,7 +251,7 @@ impl Run {
         Ok(())
     }
 
-    pub(super) async fn workload(&self, w: &Workload) -> Result<(), String> {
+    pub(super) async fn workload(&self, w: &Workload) -> Result<(), StepError> {
         let dev = self
             .target_dev(&w.target)
             .map_err(|e| format!("workload target: {e}"))?;

@@ -8,6 +8,7 @@ use blksnap_core::uapi::*;
 use super::load::limits::{MAX_ARG_BYTES, MAX_ARRAY_ITEMS, MAX_CBT_MAP_BYTES};
 use super::model::{ArgFault, CbtExpect, EventExpect, Expect, RawArg, Step, Target};
 use super::runner::{check_expect, Run};
+use super::{Cause, StepError};
 use crate::trace::TraceEvent;
 use crate::user::UNMAPPED;
 
@@ -123,7 +124,7 @@ impl Run {
         cmd: u32,
         arg: &RawArg,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let addr = match arg {
             RawArg::Null => 0,
             RawArg::Unmapped => UNMAPPED,
@@ -138,7 +139,7 @@ impl Run {
         &self,
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let (result, addr) = self
             .ioctl(IOCTL_BLK_SNAP_VERSION, &BlkSnapVersion::default(), fault)
             .await;
@@ -146,7 +147,7 @@ impl Run {
         if result.is_ok() {
             let got: Option<BlkSnapVersion> = self.read_back(addr);
             if got != Some(MODULE_VERSION) {
-                return Err(format!("VERSION returned {got:?}"));
+                return Err(format!("VERSION returned {got:?}").into());
             }
         }
         Ok(())
@@ -158,7 +159,7 @@ impl Run {
         devices: &[String],
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let devs: Vec<BlkSnapDev> = devices.iter().map(|d| blk_dev(self.dev(d))).collect();
         let arg = BlkSnapSnapshotCreate {
             count: Self::count(devs.len(), fault),
@@ -183,7 +184,7 @@ impl Run {
         ranges: &[(u64, u64)],
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let ranges: Vec<BlkSnapBlockRange> = ranges
             .iter()
             .map(|&(sector_offset, sector_count)| BlkSnapBlockRange {
@@ -208,7 +209,7 @@ impl Run {
         snapshot: &str,
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let arg = BlkSnapSnapshotTake {
             id: self.uuid(snapshot),
         };
@@ -240,7 +241,7 @@ impl Run {
     async fn collect_taken_images(
         &self,
         snapshot: &str,
-    ) -> Result<Option<Vec<(DevT, DevT)>>, String> {
+    ) -> Result<Option<Vec<(DevT, DevT)>>, StepError> {
         const ATTEMPTS: u32 = 4;
         const WHAT: &str = "COLLECT_IMAGES after a successful TAKE: expected success";
         let mut ended = self.sim.now();
@@ -254,7 +255,8 @@ impl Run {
             let (began, end) = images.window;
             ended = end;
             if !crate::ctl::enomem_injected(&self.sim, Err(errno), began, end) {
-                return Err(format!("{WHAT}, got {errno}"));
+                let cause = Cause::CollectAfterTake { got: errno };
+                return Err(StepError::new(cause, format!("{WHAT}, got {errno}")));
             }
         }
         let enomem = Errno::ENOMEM;
@@ -268,7 +270,7 @@ impl Run {
         snapshot: &str,
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         self.drain_events(snapshot).await;
         // From here the images may go away: their IO may fail. (A snapshot
         // destroyed before keeps its images marked gone.)
@@ -319,7 +321,7 @@ impl Run {
         expect_count: Option<u32>,
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let query = BlkSnapSnapshotCollect::default();
         // The count query is part of the step: its error is judged by the
         // step's `expect` as the call's own would be (no module: ENODEV).
@@ -329,7 +331,8 @@ impl Run {
         {
             Ok(count) => count,
             Err(e) => {
-                return check_expect(expect, Err(e)).map_err(|m| format!("COLLECT (count): {m}"))
+                return check_expect(expect, Err(e))
+                    .map_err(|m| m.prefixed(format_args!("COLLECT (count): ")))
             }
         };
         let ids = vec![BlkSnapUuid::default(); array_items(count)];
@@ -353,7 +356,7 @@ impl Run {
             .map(|b| self.snapshot_name(&b))
             .collect();
         if got != expected {
-            return Err(format!("COLLECT listed {got:?}, expected {expected:?}"));
+            return Err(format!("COLLECT listed {got:?}, expected {expected:?}").into());
         }
         Ok(())
     }
@@ -365,7 +368,7 @@ impl Run {
         expect_count: Option<u32>,
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<Vec<(DevT, DevT)>, String> {
+    ) -> Result<Vec<(DevT, DevT)>, StepError> {
         let images = self.images_call(snapshot, fault).await;
         check_expect(expect, images.result)?;
         if let Some(written) = images.written {
@@ -473,7 +476,7 @@ impl Run {
         timeout_ms: u32,
         fault: Option<&ArgFault>,
         expect: &EventExpect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let result = self
             .wait_event_raw(self.record(snapshot).id, timeout_ms, fault)
             .await;
@@ -499,10 +502,7 @@ impl Run {
         if ok {
             Ok(())
         } else {
-            Err(format!(
-                "expected event {expect:?}, got {}",
-                describe_event(&result)
-            ))
+            Err(format!("expected event {expect:?}, got {}", describe_event(&result)).into())
         }
     }
 
@@ -511,7 +511,7 @@ impl Run {
         device: &str,
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let arg = BlkSnapTrackerRemove {
             dev_id: blk_dev(self.dev(device)),
         };
@@ -525,7 +525,7 @@ impl Run {
         expect_entries: Option<&[CbtExpect]>,
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let query = BlkSnapTrackerCollect::default();
         // The count query is part of the step: its error is judged by the
         // step's `expect` as the call's own would be (no module: ENODEV).
@@ -536,7 +536,7 @@ impl Run {
             Ok(count) => count,
             Err(e) => {
                 return check_expect(expect, Err(e))
-                    .map_err(|m| format!("TRACKER_COLLECT (count): {m}"))
+                    .map_err(|m| m.prefixed(format_args!("TRACKER_COLLECT (count): ")))
             }
         };
         let infos = vec![BlkSnapCbtInfo::default(); array_items(count)];
@@ -564,19 +564,18 @@ impl Run {
                 "TRACKER_COLLECT gave {} entries, expected {}",
                 got.len(),
                 entries.len()
-            ));
+            )
+            .into());
         }
         got.iter()
             .zip(entries)
             .try_for_each(|(info, want)| self.check_cbt_info(info, want))
     }
 
-    fn check_cbt_info(&self, info: &BlkSnapCbtInfo, want: &CbtExpect) -> Result<(), String> {
+    fn check_cbt_info(&self, info: &BlkSnapCbtInfo, want: &CbtExpect) -> Result<(), StepError> {
         let dev = dev_t(info.dev_id);
         let mismatch = |what: &str, got: String, exp: String| {
-            Err(format!(
-                "cbt_info of {dev}: {what} is {got}, expected {exp}"
-            ))
+            Err(format!("cbt_info of {dev}: {what} is {got}, expected {exp}").into())
         };
         if dev != self.dev(&want.device) {
             return mismatch("device", dev.to_string(), want.device.clone());
@@ -616,17 +615,17 @@ impl Run {
 
     /// Name generations: the first use of a name records the id; `new:NAME`
     /// requires an id different from every generation named so far.
-    fn check_generation(&self, name: &str, id: [u8; 16]) -> Result<(), String> {
+    fn check_generation(&self, name: &str, id: [u8; 16]) -> Result<(), StepError> {
         let mut generations = self.generations.borrow_mut();
         if let Some(name) = name.strip_prefix("new:") {
             if generations.values().any(|g| *g == id) {
-                return Err(format!("generation '{name}' is not new"));
+                return Err(format!("generation '{name}' is not new").into());
             }
             generations.insert(name.to_string(), id);
             return Ok(());
         }
         match generations.get(name) {
-            Some(known) if *known != id => Err(format!("generation changed from '{name}'")),
+            Some(known) if *known != id => Err(format!("generation changed from '{name}'").into()),
             Some(_) => Ok(()),
             None => {
                 generations.insert(name.to_string(), id);
@@ -647,7 +646,7 @@ impl Run {
         expect_len: Option<i64>,
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let buff = match fault {
             Some(ArgFault::ArrayNull) => 0,
             Some(ArgFault::ArrayUnmapped) => UNMAPPED,
@@ -666,7 +665,7 @@ impl Run {
         check_expect(expect, result)?;
         let Ok(copied) = result else { return Ok(()) };
         if let Some(want) = expect_len.filter(|w| *w != copied) {
-            return Err(format!("READ_CBT_MAP returned {copied}, expected {want}"));
+            return Err(format!("READ_CBT_MAP returned {copied}, expected {want}").into());
         }
         let bytes = self.user.read(buff, copied as usize).unwrap_or_default();
         self.check_cbt_bytes(&bytes, save, same_as, expect_bytes)
@@ -678,11 +677,11 @@ impl Run {
         save: Option<&str>,
         same_as: Option<&str>,
         expect_bytes: &[(u32, u8)],
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         for &(index, value) in expect_bytes {
             let got = bytes.get(index as usize).copied();
             if got != Some(value) {
-                return Err(format!("CBT byte {index} is {got:?}, expected {value}"));
+                return Err(format!("CBT byte {index} is {got:?}, expected {value}").into());
             }
         }
         if let Some(name) = same_as {
@@ -699,7 +698,8 @@ impl Run {
                     saved.get(i),
                     bytes.len(),
                     saved.len()
-                ));
+                )
+                .into());
             }
         }
         if let Some(name) = save {
@@ -716,7 +716,7 @@ impl Run {
         ranges: &[(u64, u64)],
         fault: Option<&ArgFault>,
         expect: &Expect,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let dev = match target {
             Target::Original(device) => self.dev(device),
             // An image that does not exist: any minor of the image major.
@@ -755,7 +755,7 @@ impl Run {
     /// A `Stretch` step, taken apart here so that the runner's dispatch
     /// does not import this module (the runner and its step modules in one
     /// direction: steps -> runner).
-    pub(super) async fn stretch_step(&self, step: &Step) -> Result<(), String> {
+    pub(super) async fn stretch_step(&self, step: &Step) -> Result<(), StepError> {
         let Step::Stretch {
             snapshot,
             device,
@@ -766,7 +766,7 @@ impl Run {
             expect_corrupted,
         } = step
         else {
-            return Err(format!("bench error: stretch_step given {step:?}"));
+            return Err(format!("bench error: stretch_step given {step:?}").into());
         };
         let plan = StretchPlan {
             device: device.clone(),
@@ -785,7 +785,7 @@ impl Run {
         plan: &StretchPlan,
         expect_portions: Option<u64>,
         expect_corrupted: Option<bool>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let id = self.record(snapshot).id;
         let (mut next, mut appended, mut portions, mut corrupted) = (plan.from, 0u64, 0u64, false);
         let mut stopped_by = String::from("the loop bound");
@@ -828,12 +828,14 @@ impl Run {
         if let Some(want) = expect_portions.filter(|w| *w != portions) {
             return Err(format!(
                 "stretch appended {portions} portions, expected {want} (stopped by {stopped_by})"
-            ));
+            )
+            .into());
         }
         if let Some(want) = expect_corrupted.filter(|w| *w != corrupted) {
             return Err(format!(
                 "stretch saw corrupted: {corrupted}, expected {want} (stopped by {stopped_by})"
-            ));
+            )
+            .into());
         }
         Ok(())
     }
@@ -875,10 +877,10 @@ impl ImagesCall {
 }
 
 /// The count an ioctl wrote back, against the step's expectation.
-fn check_count(name: &str, written: Option<u32>, expected: Option<u32>) -> Result<(), String> {
+fn check_count(name: &str, written: Option<u32>, expected: Option<u32>) -> Result<(), StepError> {
     match expected {
         Some(want) if written != Some(want) => {
-            Err(format!("{name} wrote count {written:?}, expected {want}"))
+            Err(format!("{name} wrote count {written:?}, expected {want}").into())
         }
         _ => Ok(()),
     }

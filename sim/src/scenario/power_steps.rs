@@ -15,6 +15,7 @@ use blksnap_core::kernel::{Bio, BioOp, DevT};
 use super::model::{Expect, Step};
 use super::runner::{check_expect, Run};
 use crate::rng::SimRng;
+use crate::scenario::StepError;
 
 impl Run {
     pub(super) async fn power_loss(
@@ -23,14 +24,16 @@ impl Run {
         after_us: u64,
         jitter_us: u64,
         at: &str,
+        path: &[usize],
     ) {
         for (b, branch) in during.iter().enumerate() {
             let run = self.clone();
             let steps = branch.clone();
             let prefix = format!("{at}.{b}.");
+            let parent = [path, &[b]].concat();
             self.sim.spawn_process(
                 format!("powered {at}.{b}"),
-                Box::pin(async move { run.steps(&steps, &prefix).await }),
+                Box::pin(async move { run.steps(&steps, &prefix, &parent).await }),
             );
         }
         let jitter = match jitter_us {
@@ -57,12 +60,12 @@ impl Run {
     }
 
     /// An empty REQ_PREFLUSH write, through the block layer (and the filter).
-    pub(super) async fn flush(&self, device: &str, expect: &Expect) -> Result<(), String> {
+    pub(super) async fn flush(&self, device: &str, expect: &Expect) -> Result<(), StepError> {
         let mut bio = Bio::write(self.dev(device), 0, Vec::new());
         bio.op = BioOp::Flush;
         bio.flags.preflush = true;
         let result = crate::block::user_bio(&self.sim, bio).await;
-        check_expect(expect, result.map(|_| 0)).map_err(|e| format!("flush: {e}"))
+        check_expect(expect, result.map(|_| 0)).map_err(|e| e.prefixed(format_args!("flush: ")))
     }
 
     fn judged_something(&self, what: &str, at: &str, judged: u64) {

@@ -24,6 +24,7 @@ use crate::fs::{self, FsModel};
 use crate::kernel::sim_kernel::SimKernel;
 use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, BENCH_CHECKER};
 use crate::rng::SimRng;
+use crate::scenario::{Cause, IoOp, StepError, StepFailure, StepKind};
 use crate::trace::TraceEvent;
 use crate::user::UserSpace;
 
@@ -200,7 +201,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     sim.spawn_process(
         format!("scenario {}", scenario.name),
         Box::pin(async move {
-            main.steps(&steps, "").await;
+            main.steps(&steps, "", &[]).await;
             // Without a teardown no DESTROY drains the event queues: read
             // those that failed image reads are judged by (rule 7), so the
             // oracle sees whether the engine queued a corrupted event.
@@ -554,14 +555,24 @@ pub fn recent_line((time, event): &(u64, TraceEvent)) -> String {
 }
 
 /// A step's result against its expectation.
-pub(super) fn check_expect(expect: &Expect, result: Result<i64, Errno>) -> Result<(), String> {
-    match (expect, result) {
-        (Expect::Any, _) | (Expect::Ok, Ok(_)) => Ok(()),
-        (Expect::Ok, Err(e)) => Err(format!("expected success, got {e}")),
-        (Expect::Err(name), Err(e)) if e.name() == name => Ok(()),
-        (Expect::Err(name), Err(e)) => Err(format!("expected {name}, got {e}")),
-        (Expect::Err(name), Ok(v)) => Err(format!("expected {name}, got success ({v})")),
-    }
+pub(super) fn check_expect(expect: &Expect, result: Result<i64, Errno>) -> Result<(), StepError> {
+    let message = match (expect, result) {
+        (Expect::Any, _) | (Expect::Ok, Ok(_)) => return Ok(()),
+        (Expect::Ok, Err(e)) => format!("expected success, got {e}"),
+        (Expect::Err(name), Err(e)) if e.name() == name => return Ok(()),
+        (Expect::Err(name), Err(e)) => format!("expected {name}, got {e}"),
+        (Expect::Err(name), Ok(v)) => format!("expected {name}, got success ({v})"),
+    };
+    let cause = Cause::Unexpected {
+        expected: expect.clone(),
+        got: result,
+    };
+    Err(StepError::new(cause, message))
+}
+
+/// A user IO of a step failed: `what: E`.
+pub(super) fn io_failed(op: IoOp, got: Errno, what: impl std::fmt::Display) -> StepError {
+    StepError::new(Cause::Io { op, got }, format!("{what}: {got}"))
 }
 
 impl Run {
@@ -601,13 +612,21 @@ impl Run {
         self.module.borrow().clone()
     }
 
+    /// Run `steps`, each at `prefix` and its index (the `1.0.2` of the
+    /// trace and the messages); `parent` is the same path as numbers.
     pub(super) fn steps<'a>(
         self: &'a Rc<Self>,
         steps: &'a [Step],
         prefix: &'a str,
+        parent: &'a [usize],
     ) -> LocalBoxFuture<'a, ()> {
         Box::pin(async move {
+            let mut path = parent.to_vec();
+            path.push(0);
             for (i, step) in steps.iter().enumerate() {
+                if let Some(last) = path.last_mut() {
+                    *last = i;
+                }
                 if self.sim.current_killed() {
                     // A process that got SIGKILL runs no further steps.
                     return;
@@ -621,14 +640,24 @@ impl Run {
                     what: format!("{at} {}", step.kind()),
                 });
                 self.steps_run.set(self.steps_run.get() + 1);
-                let result = self.step(step, &at).await;
+                let result = self.step(step, &at, &path).await;
                 self.unmap_step_memory();
-                if let Err(message) = result {
-                    self.sim
-                        .fail("expect", format!("step {at} ({}): {message}", step.kind()));
+                if let Err(error) = result {
+                    self.step_failed(step, &at, &path, error);
                 }
             }
         })
+    }
+
+    /// Record a step's failure, with what failed as types.
+    fn step_failed(&self, step: &Step, at: &str, path: &[usize], error: StepError) {
+        let message = format!("step {at} ({}): {}", step.kind(), error.message);
+        let failure = StepFailure {
+            path: path.to_vec(),
+            step: StepKind::of(step),
+            cause: error.cause,
+        };
+        self.sim.fail_step("expect", message, failure);
     }
 
     /// True once the run spent its work budget (steps, waits inside a
@@ -827,7 +856,7 @@ impl Run {
         (first..first + count).collect()
     }
 
-    async fn step(self: &Rc<Self>, step: &Step, at: &str) -> Result<(), String> {
+    async fn step(self: &Rc<Self>, step: &Step, at: &str, path: &[usize]) -> Result<(), StepError> {
         match step {
             Step::Version { fault, expect } => self.version(fault.as_ref(), expect).await,
             Step::Create {
@@ -944,12 +973,17 @@ impl Run {
             // Here, not in other_step: a workload's every op is polled
             // through one future less (issue 10).
             Step::Workload(workload) => self.workload(workload).await,
-            _ => self.other_step(step, at).await,
+            _ => self.other_step(step, at, path).await,
         }
     }
 
     /// Steps that are not ioctls.
-    async fn other_step(self: &Rc<Self>, step: &Step, at: &str) -> Result<(), String> {
+    async fn other_step(
+        self: &Rc<Self>,
+        step: &Step,
+        at: &str,
+        path: &[usize],
+    ) -> Result<(), StepError> {
         match step {
             Step::Write {
                 target,
@@ -969,7 +1003,7 @@ impl Run {
                     let at_sector = sector.saturating_add(i.saturating_mul(stride));
                     let result = self.write(target, at_sector, *sectors, *nowait).await;
                     check_expect(expect, result.map(|()| 0))
-                        .map_err(|e| format!("write at {at_sector}: {e}"))?;
+                        .map_err(|e| e.prefixed(format_args!("write at {at_sector}: ")))?;
                     if *pause_us > 0 {
                         self.sim.sleep(pause_us.saturating_mul(1000)).await;
                     }
@@ -989,7 +1023,7 @@ impl Run {
             } => self.verify_image(snapshot, device, expect).await,
             Step::VerifyOriginal { device } => self.verify_original(device).await,
             Step::Concurrent(branches) => {
-                self.concurrent(branches, at).await;
+                self.concurrent(branches, at, path).await;
                 Ok(())
             }
             Step::Sleep { ms } => {
@@ -1002,10 +1036,9 @@ impl Run {
             }
             Step::Freeze { device } => fs::freeze_bdev(&self.sim, self.dev(device), false)
                 .await
-                .map_err(|e| format!("freeze failed: {e}")),
-            Step::Thaw { device } => {
-                fs::thaw_bdev(&self.sim, self.dev(device)).map_err(|e| format!("thaw failed: {e}"))
-            }
+                .map_err(|e| io_failed(IoOp::Freeze, e, "freeze failed")),
+            Step::Thaw { device } => fs::thaw_bdev(&self.sim, self.dev(device))
+                .map_err(|e| io_failed(IoOp::Thaw, e, "thaw failed")),
             Step::RemoveDevice { device } => {
                 self.sim.remove_device(self.dev(device));
                 Ok(())
@@ -1021,7 +1054,7 @@ impl Run {
             }
             Step::Timed { max_ms, steps } => {
                 let start = self.sim.now();
-                self.steps(steps, &format!("{at}.")).await;
+                self.steps(steps, &format!("{at}."), path).await;
                 let took = self.sim.now().saturating_sub(start);
                 if took > max_ms.saturating_mul(1_000_000) {
                     self.sim.fail(
@@ -1044,12 +1077,17 @@ impl Run {
                         self.sim.kill(task);
                         Ok(())
                     }
-                    None => Err(format!("no running process '{name}'")),
+                    None => Err(format!("no running process '{name}'").into()),
                 }
             }
             Step::Repeat { times, steps } => {
+                let mut rounds = path.to_vec();
+                rounds.push(0);
                 for round in 0..*times {
-                    self.steps(steps, &format!("{at}.r{round}.")).await;
+                    if let Some(last) = rounds.last_mut() {
+                        *last = round as usize;
+                    }
+                    self.steps(steps, &format!("{at}.r{round}."), &rounds).await;
                 }
                 Ok(())
             }
@@ -1058,7 +1096,9 @@ impl Run {
                 sector,
                 sectors,
                 content,
-            } => self.expect_media(device, *sector, *sectors, content),
+            } => self
+                .expect_media(device, *sector, *sectors, content)
+                .map_err(StepError::from),
             Step::Stretch { .. } => self.stretch_step(step).await,
             Step::Unload => {
                 self.unload().await;
@@ -1095,7 +1135,8 @@ impl Run {
                 after_us,
                 jitter_us,
             } => {
-                self.power_loss(during, *after_us, *jitter_us, at).await;
+                self.power_loss(during, *after_us, *jitter_us, at, path)
+                    .await;
                 Ok(())
             }
             Step::Reboot => {
@@ -1163,24 +1204,25 @@ impl Run {
         }
     }
 
-    fn set_param(&self, name: &str, value: i64, expect: &Expect) -> Result<(), String> {
+    fn set_param(&self, name: &str, value: i64, expect: &Expect) -> Result<(), StepError> {
         let module = self.module().ok_or("the module is not loaded")?;
         let validate = !module.quirks.param_1;
         let result = module.params.borrow_mut().set(name, value, validate);
         check_expect(expect, result.map(|()| 0))
     }
 
-    async fn concurrent(self: &Rc<Self>, branches: &[Vec<Step>], at: &str) {
+    async fn concurrent(self: &Rc<Self>, branches: &[Vec<Step>], at: &str, path: &[usize]) {
         let mut done = Vec::new();
         for (b, branch) in branches.iter().enumerate() {
             let (finished, finish) = blksnap_core::kernel::completion();
             let run = self.clone();
             let steps = branch.clone();
             let prefix = format!("{at}.{b}.");
+            let parent = [path, &[b]].concat();
             self.sim.spawn_process(
                 format!("branch {at}.{b}"),
                 Box::pin(async move {
-                    run.steps(&steps, &prefix).await;
+                    run.steps(&steps, &prefix, &parent).await;
                     finish.complete(());
                 }),
             );
@@ -1246,6 +1288,7 @@ mod tests {
             message: format!("{checker} message"),
             at_ns: 0,
             category: Category::Engine,
+            step: None,
         }
     }
 

@@ -2,10 +2,16 @@
 //! which the random scenario brought on itself. Shared by the `lifecycle`
 //! fuzz target and `blksnap-sim swarm`.
 //!
+//! The judge reads types, never a message: a failure's checker, its
+//! category (`Category::DeclaredFault`) and, for a step's failure, what
+//! the runner recorded with it (`Failure::step`: the step's path, kind and
+//! [`Cause`]). A reworded message changes no verdict, and a message that
+//! only reads like a forgiven one is not forgiven.
+//!
 //! Some failures that are not the engine's cannot be ruled out up front,
 //! because they depend on whether a step succeeded:
 //! - `VerifyImage` names an image that exists only if an earlier TAKE
-//!   succeeded; the runner fails the run ("no image of ...") when it does
+//!   succeeded; the runner fails the run ([`Cause::NoImage`]) when it does
 //!   not;
 //! - image IO after (or racing) a DESTROY of its snapshot hits a deleted
 //!   disk, and the oracle blames the engine for the EIO; a new image that
@@ -16,7 +22,10 @@
 //!   never reads, so the oracle cannot explain its failed image reads;
 //! - a TAKE racing a DESTROY or CREATE of the same name in another
 //!   concurrent branch may lose its follow-up COLLECT_IMAGES (see
-//!   `is_forgiven`).
+//!   `is_take_race`);
+//! - a user IO of a step (a VerifyOriginal read, a backup's copy, a
+//!   freeze) fails with EIO while the plan fails random device bios
+//!   (`Cause::Io`, see `is_injected_eio`).
 //!
 //! Never the engine's: a failure the run itself puts down to a fault the
 //! generated plan declared (`Category::DeclaredFault`: every attempt of the
@@ -34,10 +43,12 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use blksnap_core::kernel::Errno;
+
 use crate::check::verdict::Category;
 use crate::kernel::Failure;
-use crate::scenario::model::{Step, Target};
-use crate::scenario::{self, Outcome, RunOptions, Scenario};
+use crate::scenario::model::{Expect, Step, Target};
+use crate::scenario::{self, Cause, Outcome, RunOptions, Scenario, StepFailure, StepKind};
 
 use super::steps;
 
@@ -114,64 +125,67 @@ pub fn blames_engine(failure: &Failure, scenario: &Scenario) -> bool {
     !is_forgiven(failure, scenario)
 }
 
-/// A TAKE step that failed, by its own ioctl (`(Take): expected success,
-/// got E`) or by the runner's COLLECT_IMAGES after it (`(Take):
-/// COLLECT_IMAGES after a successful TAKE: expected success, got E`).
-fn is_take_failure(message: &str) -> bool {
-    message
-        .split_once(" (Take): ")
-        .is_some_and(|(_, rest)| rest.contains("expected success, got "))
+/// A step's failure as the runner recorded it (`expect`), if it is one.
+fn step_failure(failure: &Failure) -> Option<&StepFailure> {
+    failure
+        .step
+        .as_ref()
+        .filter(|_| failure.checker == "expect")
 }
 
-/// A user IO step that failed with EIO while the fault plan fails random
-/// device bios: the injected fault explains it, the step expected too
-/// much. (Fault-free configurations still judge such a step strictly.)
+/// A TAKE step that failed, by its own ioctl (expected success, got an
+/// errno) or by the runner's COLLECT_IMAGES after it.
+fn is_take_failure(step: &StepFailure) -> bool {
+    let failed = matches!(
+        &step.cause,
+        Cause::Unexpected {
+            expected: Expect::Ok,
+            got: Err(_),
+        } | Cause::CollectAfterTake { .. }
+    );
+    step.step == StepKind::Take && failed
+}
+
+/// A user IO of a step that failed with EIO while the fault plan fails
+/// random device bios: the injected fault explains it, the step expected
+/// too much. (Fault-free configurations still judge such a step strictly.)
 fn is_injected_eio(failure: &Failure, scenario: &Scenario) -> bool {
-    scenario.faults.bio_error_ppm > 0
-        && failure.checker == "expect"
-        && failure.message.ends_with("failed: EIO")
+    let eio = step_failure(failure)
+        .is_some_and(|step| matches!(step.cause, Cause::Io { got, .. } if got == Errno::EIO));
+    scenario.faults.bio_error_ppm > 0 && eio
 }
 
 /// Failures of the scenario's own making:
 /// - what the run puts down to a fault its plan declared (the category is
-///   set where the failure is recorded, from the sim's own fault log, so
-///   no message is read; swarm seeds 45017 and 67356: all four attempts
-///   of the runner's COLLECT_IMAGES failed by injected ENOMEM);
+///   set where the failure is recorded, from the sim's own fault log;
+///   swarm seeds 45017 and 67356: all four attempts of the runner's
+///   COLLECT_IMAGES failed by injected ENOMEM);
 /// - a user IO step's EIO under random bio errors ([`is_injected_eio`]);
 /// - an empty coverage check;
-/// - a take race: the runner follows a successful TAKE with
-///   COLLECT_IMAGES expecting success, as the upstream library does. When
-///   another branch of the same concurrent group destroys or re-creates
-///   that snapshot name in between, the collect fails: the scenario raced
-///   itself, the engine did nothing wrong. (The run then skips its
-///   teardown checks, so only the rare interleaving that hits the window
-///   loses them.)
+/// - a take race ([`is_take_race`]).
 fn is_forgiven(failure: &Failure, scenario: &Scenario) -> bool {
-    if failure.category == Category::DeclaredFault {
-        return true;
-    }
-    if is_injected_eio(failure, scenario) {
-        return true;
-    }
     // A random scenario may verify an image it overflowed, or an original
     // it never wrote: an empty check is the generator's doing, not the
     // engine's.
-    if failure.checker == "coverage" {
-        return true;
-    }
-    if failure.checker != "expect" || !is_take_failure(&failure.message) {
+    failure.category == Category::DeclaredFault
+        || is_injected_eio(failure, scenario)
+        || failure.checker == "coverage"
+        || step_failure(failure).is_some_and(|step| is_take_race(step, scenario))
+}
+
+/// A take race: the runner follows a successful TAKE with COLLECT_IMAGES
+/// expecting success, as the upstream library does. When another branch
+/// of the same concurrent group destroys or re-creates that snapshot name
+/// in between, the collect fails: the scenario raced itself, the engine
+/// did nothing wrong. (The run then skips its teardown checks, so only
+/// the rare interleaving that hits the window loses them.) The step is
+/// found by its path: a TAKE at `[group, branch, index]`, the group a
+/// top-level `Concurrent` step.
+fn is_take_race(step: &StepFailure, scenario: &Scenario) -> bool {
+    if !is_take_failure(step) {
         return false;
     }
-    let Some(path) = failure
-        .message
-        .strip_prefix("step ")
-        .and_then(|rest| rest.split_once(' '))
-        .map(|(path, _)| path)
-    else {
-        return false;
-    };
-    let indices: Vec<usize> = path.split('.').filter_map(|i| i.parse().ok()).collect();
-    let [group, branch, index] = indices[..] else {
+    let [group, branch, index] = step.path[..] else {
         return false;
     };
     let Some(Step::Concurrent(branches)) = scenario.steps.get(group) else {
@@ -193,19 +207,19 @@ fn is_forgiven(failure: &Failure, scenario: &Scenario) -> bool {
 
 /// An image verdict of the oracle that the scenario itself may have caused
 /// (findings S1 and S6, or a snapshot orphaned by re-creating its name), so
-/// worth a sanitized run before it counts: a failed image read it cannot
-/// explain, or image data it did not expect.
+/// worth a sanitized run before it counts: while `IMAGE_IO_AFTER_DESTROY`
+/// is off, any failure of the oracle. (The oracle's image verdicts carry
+/// no type of their own; before this judge read types it took those whose
+/// message begins with "image ", which leaves out only its verdicts on
+/// originals, and a sanitized run of those costs a run, not a verdict.)
 fn is_image_verdict(failure: &Failure) -> bool {
-    !IMAGE_IO_AFTER_DESTROY
-        && failure.checker == "point_in_time"
-        && failure.message.starts_with("image ")
+    !IMAGE_IO_AFTER_DESTROY && failure.checker == "point_in_time" && failure.step.is_none()
 }
 
 /// A `VerifyImage` of an image that never came to be: the scenario's fault.
 fn is_missing_image(failure: &Failure) -> bool {
-    failure.checker == "expect"
-        && failure.message.contains("(VerifyImage)")
-        && failure.message.contains(": no image of ")
+    step_failure(failure)
+        .is_some_and(|step| step.step == StepKind::VerifyImage && step.cause == Cause::NoImage)
 }
 
 /// The scenario with each `VerifyImage` turned into image reads expecting
@@ -424,26 +438,76 @@ fn drop_image_io_after_destroy(steps: &mut Vec<Step>, dead: &mut BTreeSet<String
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::Path;
 
-    fn expect_failure(message: &str) -> Failure {
+    use super::*;
+    use crate::scenario::IoOp;
+
+    fn expect_failure(message: &str, step: Option<StepFailure>) -> Failure {
         Failure {
             checker: "expect".into(),
             message: message.into(),
             at_ns: 0,
             category: Category::Engine,
+            step,
         }
+    }
+
+    fn take_failed(cause: Cause) -> Option<StepFailure> {
+        Some(StepFailure {
+            path: vec![1, 1, 1],
+            step: StepKind::Take,
+            cause,
+        })
+    }
+
+    fn run_at(scenario: &Scenario, seed: u64) -> Outcome {
+        let options = RunOptions {
+            seed: Some(seed),
+            ..RunOptions::default()
+        };
+        scenario::run(scenario, &options)
+    }
+
+    /// The swarm configuration of `seed` (no quirk forced).
+    fn swarm_scenario(seed: u64) -> Scenario {
+        super::super::config::configuration(seed, &[]).scenario
+    }
+
+    fn parse(text: &str) -> Scenario {
+        crate::scenario::parse(Path::new("judge.ron"), text).expect("loads")
+    }
+
+    /// The first failure of `outcome` the runner recorded for a step.
+    fn first_step_failure(outcome: &Outcome) -> &Failure {
+        let failure = outcome.failures.iter().find(|f| f.step.is_some());
+        failure.expect("a step failed")
+    }
+
+    /// The same failure with another message: the verdict must not change.
+    fn reworded(failure: &Failure) -> Failure {
+        Failure {
+            message: "reworded: the judge must not read this".into(),
+            ..failure.clone()
+        }
+    }
+
+    /// The same message with another cause (a step's own check): what the
+    /// text rules forgave by the words alone.
+    fn other_cause(failure: &Failure) -> Failure {
+        let mut other = failure.clone();
+        if let Some(step) = other.step.as_mut() {
+            step.cause = Cause::Check;
+        }
+        other
     }
 
     /// Swarm seed 32872: a TAKE of "b" while a concurrent branch CREATEs a
     /// new "b"; the runner's COLLECT_IMAGES then asks for the new, untaken
     /// "b" and gets ENODEV. The scenario raced itself.
     fn take_beside(other: Step) -> Scenario {
-        let mut scenario = crate::scenario::parse(
-            std::path::Path::new("race.ron"),
-            r#"Scenario(name: "race", devices: [(name: "d0", sectors: 4096)], steps: [])"#,
-        )
-        .expect("loads");
+        let mut scenario =
+            parse(r#"Scenario(name: "race", devices: [(name: "d0", sectors: 4096)], steps: [])"#);
         let take = steps::take("b".into());
         scenario.steps = vec![
             steps::create("b".into(), vec!["d0".into()]),
@@ -452,23 +516,205 @@ mod tests {
         scenario
     }
 
+    /// The take race, by its types: the TAKE at the path, the cause, the
+    /// other branch. The message plays no part.
     #[test]
     fn a_take_racing_a_create_of_its_name_is_the_scenarios_doing() {
         let racing = take_beside(steps::create("b".into(), vec!["d0".into()]));
         let calm = take_beside(steps::create("c".into(), vec!["d0".into()]));
-        for message in [
-            "step 1.1.1 (Take): COLLECT_IMAGES after a successful TAKE: expected success, got ENODEV",
-            "step 1.1.1 (Take): expected success, got ENOENT",
-        ] {
-            let failure = expect_failure(message);
-            assert!(is_forgiven(&failure, &racing), "{message}");
-            assert!(!is_forgiven(&failure, &calm), "{message}");
+        let causes = [
+            Cause::CollectAfterTake { got: Errno::ENODEV },
+            Cause::Unexpected {
+                expected: Expect::Ok,
+                got: Err(Errno::ENOENT),
+            },
+        ];
+        for cause in causes {
+            let failure = expect_failure("any words", take_failed(cause.clone()));
+            assert!(is_forgiven(&failure, &racing), "{cause:?}");
+            assert!(!is_forgiven(&failure, &calm), "{cause:?}");
+            // Another step (the TAKE of "a" at 1.1.0) is not forgiven.
+            let mut other = failure.clone();
+            if let Some(step) = other.step.as_mut() {
+                step.path = vec![1, 1, 0];
+            }
+            assert!(!is_forgiven(&other, &racing), "{cause:?}");
         }
-        // Another step, or the TAKE's other failures, are not forgiven.
-        let other = expect_failure("step 1.1.0 (Take): expected success, got ENOENT");
-        assert!(!is_forgiven(&other, &racing));
-        let data = expect_failure("step 1.1.1 (Take): the image of d0 is missing");
-        assert!(!is_forgiven(&data, &racing));
+        // The TAKE's other failures are not forgiven: a data check, an
+        // expected error that did not come, a failure with no step.
+        let unforgiven = [
+            take_failed(Cause::Check),
+            take_failed(Cause::Unexpected {
+                expected: Expect::Err("ENOENT".into()),
+                got: Ok(0),
+            }),
+            None,
+        ];
+        let text = "step 1.1.1 (Take): COLLECT_IMAGES after a successful TAKE: expected success, \
+                    got ENODEV";
+        for step in unforgiven {
+            let failure = expect_failure(text, step.clone());
+            assert!(!is_forgiven(&failure, &racing), "{step:?}");
+        }
+    }
+
+    /// Swarm seed 32872 as it runs: the runner records the failed collect
+    /// with its path and cause, and the judge forgives it; reworded, too;
+    /// the same words with a step's own check as the cause, not.
+    #[test]
+    fn the_runner_records_a_take_race_as_types() {
+        let scenario = swarm_scenario(32872);
+        let outcome = run_at(&scenario, 32872);
+        let failure = first_step_failure(&outcome);
+        let expected = StepFailure {
+            path: vec![10, 1, 1],
+            step: StepKind::Take,
+            cause: Cause::CollectAfterTake { got: Errno::ENODEV },
+        };
+        assert_eq!(
+            failure.step.as_ref(),
+            Some(&expected),
+            "{}",
+            failure.message
+        );
+        assert!(is_forgiven(failure, &scenario));
+        assert!(is_forgiven(&reworded(failure), &scenario));
+        assert!(!is_forgiven(&other_cause(failure), &scenario));
+        assert!(judge(&scenario, 32872).is_none());
+    }
+
+    /// A TAKE's own ioctl that fails beside a DESTROY of its name in
+    /// another branch (a snapshot never created: the runner passes a zero
+    /// id), as a real run records it.
+    #[test]
+    fn the_runner_records_a_failed_take_as_types() {
+        let race = |other: &str| {
+            let mut scenario = parse(
+                r#"Scenario(name: "take", devices: [(name: "d0", sectors: 4096)], steps: [])"#,
+            );
+            let mut take = steps::take("c".into());
+            if let Step::Take { expect, .. } = &mut take {
+                *expect = Expect::Ok;
+            }
+            scenario.steps = vec![Step::Concurrent(vec![
+                vec![steps::destroy(other.into())],
+                vec![Step::Sleep { ms: 1 }, take],
+            ])];
+            scenario
+        };
+        let (racing, calm) = (race("c"), race("d"));
+        let outcome = run_at(&racing, 1);
+        let failure = first_step_failure(&outcome);
+        let step = failure.step.as_ref().expect("typed");
+        assert_eq!(
+            (&step.path[..], step.step),
+            (&[0, 1, 1][..], StepKind::Take)
+        );
+        assert!(
+            matches!(
+                step.cause,
+                Cause::Unexpected {
+                    expected: Expect::Ok,
+                    got: Err(_)
+                }
+            ),
+            "{step:?}"
+        );
+        assert!(is_forgiven(failure, &racing));
+        assert!(is_forgiven(&reworded(failure), &racing));
+        assert!(!is_forgiven(&other_cause(failure), &racing));
+        assert!(!is_forgiven(failure, &calm));
+    }
+
+    /// Swarm seed 273 (its sanitized run, which the judge makes for a
+    /// VerifyImage of a snapshot never taken): random bio errors fail a
+    /// VerifyOriginal's read with EIO; the injected fault explains it.
+    /// Without random bio errors in the plan the same failure counts.
+    #[test]
+    fn an_injected_eio_of_a_user_read_is_the_faults() {
+        let scenario = sanitize(&swarm_scenario(273));
+        assert!(scenario.faults.bio_error_ppm > 0);
+        let outcome = run_at(&scenario, 273);
+        let failure = outcome
+            .failures
+            .iter()
+            .find(|f| {
+                f.step
+                    .as_ref()
+                    .is_some_and(|s| s.step == StepKind::VerifyOriginal)
+            })
+            .expect("a VerifyOriginal failed");
+        let expected = StepFailure {
+            path: vec![47],
+            step: StepKind::VerifyOriginal,
+            cause: Cause::Io {
+                op: IoOp::Read,
+                got: Errno::EIO,
+            },
+        };
+        assert_eq!(
+            failure.step.as_ref(),
+            Some(&expected),
+            "{}",
+            failure.message
+        );
+        assert!(is_forgiven(failure, &scenario));
+        assert!(is_forgiven(&reworded(failure), &scenario));
+        assert!(!is_forgiven(&other_cause(failure), &scenario));
+        let mut strict = scenario.clone();
+        strict.faults.bio_error_ppm = 0;
+        assert!(!is_forgiven(failure, &strict));
+        // Another errno of the same read is the engine's.
+        let mut enxio = failure.clone();
+        if let Some(step) = enxio.step.as_mut() {
+            step.cause = Cause::Io {
+                op: IoOp::Read,
+                got: Errno::ENXIO,
+            };
+        }
+        assert!(!is_forgiven(&enxio, &scenario));
+    }
+
+    /// A VerifyImage of a snapshot never taken: the runner records a
+    /// missing image, a doubt the sanitized run clears. A backup of the
+    /// same missing image is no VerifyImage: its failure is no doubt.
+    #[test]
+    fn a_verify_of_an_image_never_taken_is_the_scenarios_doing() {
+        let scenario = parse(
+            r#"Scenario(name: "s", devices: [(name: "d1", sectors: 4096),
+                (name: "d2", sectors: 8192)], steps: [
+                Create(snapshot: "a", devices: ["d1"]),
+                VerifyImage(snapshot: "a", device: "d1"),
+                FullBackup(snapshot: "a", device: "d1", backup: "d2"),
+            ])"#,
+        );
+        let outcome = run_at(&scenario, 45017);
+        let typed: Vec<&StepFailure> = outcome.failures.iter().flat_map(|f| &f.step).collect();
+        let kinds: Vec<(&[usize], StepKind, &Cause)> = typed
+            .iter()
+            .map(|s| (&s.path[..], s.step, &s.cause))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (&[1][..], StepKind::VerifyImage, &Cause::NoImage),
+                (&[2][..], StepKind::FullBackup, &Cause::NoImage)
+            ]
+        );
+        let verify = first_step_failure(&outcome);
+        assert!(is_missing_image(verify));
+        assert!(is_missing_image(&reworded(verify)));
+        assert!(!is_missing_image(&other_cause(verify)));
+        let backup = outcome.failures.iter().rfind(|f| f.step.is_some());
+        assert!(!is_missing_image(backup.expect("the backup failed")));
+        // Without the backup the sanitized run passes: nothing is blamed.
+        let mut verify_only = scenario.clone();
+        verify_only.steps.pop();
+        assert!(judge(&verify_only, 45017).is_none());
+        assert!(
+            judge(&scenario, 45017).is_some(),
+            "the backup's failure stands"
+        );
     }
 
     /// Swarm seed 45017: every attempt of the runner's COLLECT_IMAGES after
@@ -478,18 +724,28 @@ mod tests {
     /// decides, not the message.
     #[test]
     fn a_failure_a_declared_fault_explains_is_not_the_engines() {
-        let calm = take_beside(steps::create("c".into(), vec!["d0".into()]));
-        let message = "step 1.1.1 (Take): COLLECT_IMAGES after a successful TAKE: expected \
-                       success, got ENOMEM (4 attempts, each failed by the sim)";
-        let mut failure = expect_failure(message);
-        assert!(blames_engine(&failure, &calm));
-        failure.category = Category::DeclaredFault;
-        assert!(!blames_engine(&failure, &calm));
-        let mut read =
-            expect_failure("image 252:0 of 7:0 sector 8: read 0x1, expected one of {0x2}");
+        let scenario = swarm_scenario(45017);
+        let outcome = run_at(&scenario, 45017);
+        let declared = outcome
+            .failures
+            .iter()
+            .find(|f| f.category == Category::DeclaredFault)
+            .expect("the collect failed by injected ENOMEM");
+        assert!(!blames_engine(declared, &scenario));
+        assert!(!blames_engine(&reworded(declared), &scenario));
+        let engines = Failure {
+            category: Category::Engine,
+            ..declared.clone()
+        };
+        assert!(blames_engine(&engines, &scenario));
+        assert!(judge(&scenario, 45017).is_none());
+        let mut read = expect_failure(
+            "image 252:0 of 7:0 sector 8: read 0x1, expected one of {0x2}",
+            None,
+        );
         read.checker = "point_in_time".into();
-        assert!(blames_engine(&read, &calm));
+        assert!(blames_engine(&read, &scenario));
         read.category = Category::DeclaredFault;
-        assert!(!blames_engine(&read, &calm));
+        assert!(!blames_engine(&read, &scenario));
     }
 }
