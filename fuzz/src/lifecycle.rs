@@ -32,6 +32,30 @@ pub fn lifecycle(data: &[u8]) {
     }
 }
 
+/// The body the cargo-fuzz wrapper runs: [`lifecycle`], with the quirks
+/// that `FUZZ_QUIRKS` names (comma-separated, read once) switched on.
+/// Unset, as every documented command and ClusterFuzzLite run it, it is
+/// [`lifecycle`]; set, a crash is a find, which measures how fast a build
+/// and its libFuzzer options find a known bug, with the same binary.
+pub fn lifecycle_env(data: &[u8]) {
+    static QUIRKS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let quirks = QUIRKS.get_or_init(|| env_quirks(std::env::var("FUZZ_QUIRKS").ok()));
+    if let Err(report) = check_at(data, Scale::Farm, quirks) {
+        panic!("{report}");
+    }
+}
+
+/// The quirk names of a `FUZZ_QUIRKS` value.
+fn env_quirks(value: Option<String>) -> Vec<String> {
+    value
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Build and run the scenario of `data`; `Err` carries the failure report.
 pub fn check(data: &[u8]) -> std::result::Result<(), String> {
     check_at(data, Scale::Farm, &[])
@@ -74,6 +98,15 @@ mod tests {
     use blksnap_sim::scenario::model::Step;
     use blksnap_sim::scenario::{self, RunOptions};
     use blksnap_sim::swarm::judge::image_io_snapshot;
+
+    /// `FUZZ_QUIRKS` names quirks by comma; unset or empty names none.
+    #[test]
+    fn env_quirks_split_on_commas() {
+        assert!(env_quirks(None).is_empty());
+        assert!(env_quirks(Some(" ".into())).is_empty());
+        let both = env_quirks(Some("B-EVT-1, B-CBT-1,".into()));
+        assert_eq!(both, ["B-EVT-1", "B-CBT-1"]);
+    }
 
     /// Every generated parameter set is one the fixed module accepts (the
     /// loader refuses the others, so a scenario file could not have them).
