@@ -1060,11 +1060,10 @@ impl ChunkWalk {
     #[inline(always)]
     pub(crate) fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
         loop {
-            match ready!(self.poll_locked(cx)) {
-                None => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                Some(Ok(())) => {}
-            }
+            let Some(locked) = ready!(self.poll_locked(cx)) else {
+                return Poll::Ready(Ok(()));
+            };
+            locked?;
             let chunk = self.locked_chunk();
             if !self.area.copied_already(chunk) {
                 let start = self.area.clone().start_copy(chunk.clone(), self.nowait);
@@ -1077,11 +1076,10 @@ impl ChunkWalk {
     #[inline(always)]
     pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Errno>> {
         loop {
-            match ready!(self.poll_locked(cx)) {
-                None => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                Some(Ok(())) => {}
-            }
+            let Some(locked) = ready!(self.poll_locked(cx)) else {
+                return Poll::Ready(Ok(()));
+            };
+            locked?;
             if let Err(e) = self.area.check_copied(self.locked_chunk()) {
                 self.step = WalkStep::Done;
                 return Poll::Ready(Err(e));

@@ -35,9 +35,9 @@ fn every_scenario_example_parses() {
     }
 }
 
-fn collect_kinds(steps: &[Step], kinds: &mut std::collections::BTreeSet<&'static str>) {
+fn collect_kinds(steps: &[Step], kinds: &mut std::collections::BTreeSet<String>) {
     for step in steps {
-        kinds.insert(step.kind());
+        kinds.insert(step.kind().to_string());
         match step {
             Step::Concurrent(branches) => branches.iter().for_each(|b| collect_kinds(b, kinds)),
             Step::Repeat { steps, .. } | Step::Timed { steps, .. } => collect_kinds(steps, kinds),

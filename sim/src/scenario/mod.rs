@@ -15,7 +15,8 @@ pub use load::{load, parse, LoadError};
 pub use model::Scenario;
 pub use runner::{run, run_file, Outcome, RunOptions};
 
-use model::{Expect, Step};
+use model::Expect;
+pub use model::StepKind;
 
 /// What failed when a step failed, recorded with the failure
 /// (`Failure::step`) where the runner records it, so a judge of the run
@@ -93,96 +94,5 @@ impl From<String> for StepError {
 impl From<&str> for StepError {
     fn from(message: &str) -> Self {
         StepError::new(Cause::Check, message.to_string())
-    }
-}
-
-/// A step's kind, as a type (the model's `Step::kind` is its name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepKind {
-    Version,
-    Create,
-    Append,
-    Take,
-    Destroy,
-    Collect,
-    CollectImages,
-    WaitEvent,
-    Write,
-    Read,
-    VerifyImage,
-    VerifyOriginal,
-    Workload,
-    Concurrent,
-    Sleep,
-    Sync,
-    Freeze,
-    Thaw,
-    RemoveDevice,
-    Ioctl,
-    TrackerRemove,
-    TrackerCollect,
-    ReadCbtMap,
-    MarkDirty,
-    SetParam,
-    Resize,
-    Unload,
-    Repeat,
-    Timed,
-    Kill,
-    ExpectMedia,
-    Stretch,
-    Load,
-    FullBackup,
-    IncrementalBackup,
-    CompareBackup,
-    PowerLoss,
-    Reboot,
-    Flush,
-}
-
-impl StepKind {
-    pub fn of(step: &Step) -> StepKind {
-        use StepKind as K;
-        match step {
-            Step::Version { .. } => K::Version,
-            Step::Create { .. } => K::Create,
-            Step::Append { .. } => K::Append,
-            Step::Take { .. } => K::Take,
-            Step::Destroy { .. } => K::Destroy,
-            Step::Collect { .. } => K::Collect,
-            Step::CollectImages { .. } => K::CollectImages,
-            Step::WaitEvent { .. } => K::WaitEvent,
-            Step::Write { .. } => K::Write,
-            Step::Read { .. } => K::Read,
-            Step::VerifyImage { .. } => K::VerifyImage,
-            Step::VerifyOriginal { .. } => K::VerifyOriginal,
-            Step::Workload(_) => K::Workload,
-            Step::Concurrent(_) => K::Concurrent,
-            Step::Sleep { .. } => K::Sleep,
-            Step::Sync { .. } => K::Sync,
-            Step::Freeze { .. } => K::Freeze,
-            Step::Thaw { .. } => K::Thaw,
-            Step::RemoveDevice { .. } => K::RemoveDevice,
-            Step::Ioctl { .. } => K::Ioctl,
-            Step::TrackerRemove { .. } => K::TrackerRemove,
-            Step::TrackerCollect { .. } => K::TrackerCollect,
-            Step::ReadCbtMap { .. } => K::ReadCbtMap,
-            Step::MarkDirty { .. } => K::MarkDirty,
-            Step::SetParam { .. } => K::SetParam,
-            Step::Resize { .. } => K::Resize,
-            Step::Unload => K::Unload,
-            Step::Repeat { .. } => K::Repeat,
-            Step::Timed { .. } => K::Timed,
-            Step::Kill { .. } => K::Kill,
-            Step::ExpectMedia { .. } => K::ExpectMedia,
-            Step::Stretch { .. } => K::Stretch,
-            Step::Load => K::Load,
-            Step::FullBackup { .. } => K::FullBackup,
-            Step::IncrementalBackup { .. } => K::IncrementalBackup,
-            Step::CompareBackup { .. } => K::CompareBackup,
-            Step::PowerLoss { .. } => K::PowerLoss,
-            Step::Reboot => K::Reboot,
-            Step::Flush { .. } => K::Flush,
-        }
     }
 }

@@ -24,7 +24,7 @@ use crate::fs::{self, FsModel};
 use crate::kernel::sim_kernel::SimKernel;
 use crate::kernel::{Bounds, Failure, SchedPolicy, Sim, BENCH_CHECKER};
 use crate::rng::SimRng;
-use crate::scenario::{Cause, IoOp, StepError, StepFailure, StepKind};
+use crate::scenario::{Cause, IoOp, StepError, StepFailure};
 use crate::trace::TraceEvent;
 use crate::user::UserSpace;
 
@@ -654,7 +654,7 @@ impl Run {
         let message = format!("step {at} ({}): {}", step.kind(), error.message);
         let failure = StepFailure {
             path: path.to_vec(),
-            step: StepKind::of(step),
+            step: step.kind(),
             cause: error.cause,
         };
         self.sim.fail_step("expect", message, failure);
