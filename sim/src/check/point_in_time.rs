@@ -1594,6 +1594,14 @@ mod tests {
         assert!(read(&mut o, IMAGE, 1, 10, 32, 34).is_ok());
         write(&mut o, ORIG, 1, 30, 36, 40);
         assert!(read(&mut o, IMAGE, 1, 20, 50, 60).is_err());
+        // Even one whose data is an allowed value (20, as the other
+        // write before the TAKE): it was not in flight at the TAKE.
+        let mut o = oracle();
+        overlap_before(&mut o, 1);
+        taken_at(&mut o, 20, 30);
+        assert!(read(&mut o, IMAGE, 1, 10, 32, 34).is_ok());
+        write(&mut o, ORIG, 1, 20, 36, 40);
+        assert!(read(&mut o, IMAGE, 1, 20, 50, 60).is_err());
         // In flight at the TAKE, landing late, but the read saw other data.
         let mut o = oracle();
         overlap_before(&mut o, 1);
