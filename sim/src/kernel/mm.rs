@@ -32,6 +32,8 @@ pub struct Memory {
     live_alloc_bytes: Cell<u64>,
     /// Fail the run when live engine allocations exceed this (bytes).
     pub memory_limit: Cell<Option<u64>>,
+    /// Allocations in reclaim (begun, not yet returned): (task, site).
+    reclaiming: RefCell<Vec<(u64, &'static str)>>,
 }
 
 impl Memory {
@@ -78,6 +80,28 @@ impl Memory {
     pub fn forget_all(&self) {
         self.allocs.borrow_mut().clear();
         self.live_alloc_bytes.set(0);
+        self.reclaiming.borrow_mut().clear();
+    }
+
+    /// `task`'s allocation at `site` went to reclaim (it sleeps before it
+    /// returns).
+    pub fn reclaim_began(&self, task: u64, site: &'static str) {
+        let mut reclaiming = self.reclaiming.borrow_mut();
+        reclaiming.retain(|(t, _)| *t != task);
+        reclaiming.push((task, site));
+    }
+
+    /// `task`'s allocation returned (memory or ENOMEM).
+    pub fn returned(&self, task: u64) {
+        let mut reclaiming = self.reclaiming.borrow_mut();
+        if !reclaiming.is_empty() {
+            reclaiming.retain(|(t, _)| *t != task);
+        }
+    }
+
+    /// Whether an allocation at `site` is in reclaim now.
+    pub fn reclaiming(&self, site: &str) -> bool {
+        self.reclaiming.borrow().iter().any(|(_, s)| *s == site)
     }
 
     /// Allocations still live, by site.
