@@ -37,8 +37,10 @@ impl Sim {
         // One allocation past this is refused as vmalloc would refuse it:
         // the host must not try (a table for a device of 2^60 sectors).
         let fails = bytes > MAX_ALLOCATION || self.alloc_fault(site, gfp);
-        if let Some(task) = self.current_task() {
-            self.mm.returned(task);
+        if self.mm.any_reclaiming() {
+            if let Some(task) = self.current_task() {
+                self.mm.returned(task);
+            }
         }
         self.record(TraceEvent::Alloc { site, ok: !fails });
         if fails {

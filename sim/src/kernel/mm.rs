@@ -93,10 +93,12 @@ impl Memory {
 
     /// `task`'s allocation returned (memory or ENOMEM).
     pub fn returned(&self, task: u64) {
-        let mut reclaiming = self.reclaiming.borrow_mut();
-        if !reclaiming.is_empty() {
-            reclaiming.retain(|(t, _)| *t != task);
-        }
+        self.reclaiming.borrow_mut().retain(|(t, _)| *t != task);
+    }
+
+    /// Whether any allocation is in reclaim (most of the time none is).
+    pub fn any_reclaiming(&self) -> bool {
+        !self.reclaiming.borrow().is_empty()
     }
 
     /// Whether an allocation at `site` is in reclaim now.
@@ -113,5 +115,31 @@ impl Memory {
             entry.1 += alloc.bytes;
         }
         by_site
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An allocation is in reclaim from its slow path until it returns,
+    /// whatever it returned; power loss forgets every one.
+    #[test]
+    fn reclaims_are_kept_until_their_allocation_returns() {
+        let mm = Memory::default();
+        assert!(!mm.any_reclaiming());
+        mm.reclaim_began(1, "event");
+        mm.reclaim_began(2, "diff_buffer");
+        assert!(mm.reclaiming("event") && mm.reclaiming("diff_buffer"));
+        assert!(!mm.reclaiming("wait_event"));
+        mm.returned(3);
+        assert!(mm.reclaiming("event"), "another task's return ends nothing");
+        mm.returned(1);
+        assert!(!mm.reclaiming("event") && mm.any_reclaiming());
+        // A task has one allocation at a time: a new slow path replaces it.
+        mm.reclaim_began(2, "event");
+        assert!(mm.reclaiming("event") && !mm.reclaiming("diff_buffer"));
+        mm.forget_all();
+        assert!(!mm.any_reclaiming());
     }
 }
