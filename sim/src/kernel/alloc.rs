@@ -37,6 +37,11 @@ impl Sim {
         // One allocation past this is refused as vmalloc would refuse it:
         // the host must not try (a table for a device of 2^60 sectors).
         let fails = bytes > MAX_ALLOCATION || self.alloc_fault(site, gfp);
+        if self.mm.any_reclaiming() {
+            if let Some(task) = self.current_task() {
+                self.mm.returned(task);
+            }
+        }
         self.record(TraceEvent::Alloc { site, ok: !fails });
         if fails {
             let site = site.to_string();
@@ -53,8 +58,16 @@ impl Sim {
     pub(crate) fn reclaim_began(&self, site: &'static str) {
         if let Some(task) = self.current_task() {
             let now = self.now();
+            self.mm.reclaim_began(task, site);
             self.oracle.borrow_mut().reclaim_began(site, task, now);
         }
+    }
+
+    /// Whether an allocation at `site` is in reclaim now: it has begun and
+    /// not returned (the user's last look at an event queue may come
+    /// before such an event is queued).
+    pub fn reclaiming(&self, site: &str) -> bool {
+        self.mm.reclaiming(site)
     }
 
     fn tell_oracle_allocated(&self, site: &'static str) {

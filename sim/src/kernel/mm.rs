@@ -32,6 +32,8 @@ pub struct Memory {
     live_alloc_bytes: Cell<u64>,
     /// Fail the run when live engine allocations exceed this (bytes).
     pub memory_limit: Cell<Option<u64>>,
+    /// Allocations in reclaim (begun, not yet returned): (task, site).
+    reclaiming: RefCell<Vec<(u64, &'static str)>>,
 }
 
 impl Memory {
@@ -78,6 +80,30 @@ impl Memory {
     pub fn forget_all(&self) {
         self.allocs.borrow_mut().clear();
         self.live_alloc_bytes.set(0);
+        self.reclaiming.borrow_mut().clear();
+    }
+
+    /// `task`'s allocation at `site` went to reclaim (it sleeps before it
+    /// returns).
+    pub fn reclaim_began(&self, task: u64, site: &'static str) {
+        let mut reclaiming = self.reclaiming.borrow_mut();
+        reclaiming.retain(|(t, _)| *t != task);
+        reclaiming.push((task, site));
+    }
+
+    /// `task`'s allocation returned (memory or ENOMEM).
+    pub fn returned(&self, task: u64) {
+        self.reclaiming.borrow_mut().retain(|(t, _)| *t != task);
+    }
+
+    /// Whether any allocation is in reclaim (most of the time none is).
+    pub fn any_reclaiming(&self) -> bool {
+        !self.reclaiming.borrow().is_empty()
+    }
+
+    /// Whether an allocation at `site` is in reclaim now.
+    pub fn reclaiming(&self, site: &str) -> bool {
+        self.reclaiming.borrow().iter().any(|(_, s)| *s == site)
     }
 
     /// Allocations still live, by site.
@@ -89,5 +115,31 @@ impl Memory {
             entry.1 += alloc.bytes;
         }
         by_site
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An allocation is in reclaim from its slow path until it returns,
+    /// whatever it returned; power loss forgets every one.
+    #[test]
+    fn reclaims_are_kept_until_their_allocation_returns() {
+        let mm = Memory::default();
+        assert!(!mm.any_reclaiming());
+        mm.reclaim_began(1, "event");
+        mm.reclaim_began(2, "diff_buffer");
+        assert!(mm.reclaiming("event") && mm.reclaiming("diff_buffer"));
+        assert!(!mm.reclaiming("wait_event"));
+        mm.returned(3);
+        assert!(mm.reclaiming("event"), "another task's return ends nothing");
+        mm.returned(1);
+        assert!(!mm.reclaiming("event") && mm.any_reclaiming());
+        // A task has one allocation at a time: a new slow path replaces it.
+        mm.reclaim_began(2, "event");
+        assert!(mm.reclaiming("event") && !mm.reclaiming("diff_buffer"));
+        mm.forget_all();
+        assert!(!mm.any_reclaiming());
     }
 }

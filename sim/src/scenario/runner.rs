@@ -772,16 +772,26 @@ impl Run {
         }
     }
 
-    pub(super) fn destroyed(&self, snapshot: &str) {
-        if let Some(record) = self.snapshots.borrow_mut().get_mut(snapshot) {
-            record.destroyed = true;
-        }
+    /// The snapshot with this id is gone, under whatever name the
+    /// scenario knows it now (a CREATE of its name during the DESTROY
+    /// moved it to a hidden one; finding f13c).
+    pub(super) fn destroyed(&self, id: [u8; 16]) {
+        self.update_record_of(id, |record| record.destroyed = true);
     }
 
-    /// A DESTROY step of `snapshot` begins (`true`) or failed (`false`).
-    pub(super) fn destroying(&self, snapshot: &str, begun: bool) {
-        if let Some(record) = self.snapshots.borrow_mut().get_mut(snapshot) {
-            record.destroying = begun;
+    /// A DESTROY of the snapshot with this id begins (`true`) or failed
+    /// (`false`).
+    pub(super) fn destroying(&self, id: [u8; 16], begun: bool) {
+        self.update_record_of(id, |record| record.destroying = begun);
+    }
+
+    /// Change the record of the snapshot with this id, if the scenario
+    /// created one. A never-created name has the all-zero id, which no
+    /// record holds.
+    fn update_record_of(&self, id: [u8; 16], change: impl FnOnce(&mut SnapRecord)) {
+        let mut snapshots = self.snapshots.borrow_mut();
+        if let Some(record) = snapshots.values_mut().find(|r| r.id == id) {
+            change(record);
         }
     }
 
