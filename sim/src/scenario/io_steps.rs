@@ -42,6 +42,17 @@ impl Run {
         nowait: bool,
     ) -> Result<(), Errno> {
         let dev = self.target_dev(target)?;
+        self.write_dev(dev, sector, sectors, nowait).await
+    }
+
+    /// `write` to a device already looked up.
+    async fn write_dev(
+        &self,
+        dev: DevT,
+        sector: u64,
+        sectors: u64,
+        nowait: bool,
+    ) -> Result<(), Errno> {
         self.charge_sectors(sectors, true);
         let data = self.fresh_stamps(sectors);
         if self.has_fs(dev) && !nowait {
@@ -266,6 +277,13 @@ impl Run {
             Target::Image(..) => self.sim.disk_capacity(dev).unwrap_or(0),
         };
         let (start, count) = w.region.unwrap_or((0, capacity));
+        // An original's device number is fixed for the run (`devices` is
+        // built at load): looked up once, not by name on every op. An
+        // image's is looked up per op, as the image may go away.
+        let original = match &w.target {
+            Target::Original(_) => Some(dev),
+            Target::Image(..) => None,
+        };
         let align = w.align.max(1);
         if count < align {
             return Err("workload region smaller than one aligned IO".into());
@@ -287,6 +305,8 @@ impl Run {
             };
             if is_read {
                 let _ = self.read(&w.target, sector, sectors).await;
+            } else if let Some(dev) = original {
+                let _ = self.write_dev(dev, sector, sectors, w.nowait).await;
             } else {
                 let _ = self.write(&w.target, sector, sectors, w.nowait).await;
             }
