@@ -40,6 +40,10 @@ pub async fn user_bio_judged(sim: &Rc<Sim>, bio: Bio) -> (BioResult, Judged) {
     (result, judged)
 }
 
+/// The bio's way down: the end-of-device check, the filter, the device.
+/// One `async fn` with the filter call written inline (it was a nested
+/// `async fn`): every poll of a user bio resumes one state machine less
+/// (issue 10).
 async fn route(sim: &Rc<Sim>, mut bio: Bio) -> BioResult {
     // submit_bio_noacct's bio_check_eod: a bio past the end of the device
     // fails before any filter sees it (Linux 6.1), reads and writes alike.
@@ -47,8 +51,20 @@ async fn route(sim: &Rc<Sim>, mut bio: Bio) -> BioResult {
         return Err(Errno::EIO);
     }
     if !bio.flags.filtered {
-        if let Some(verdict) = run_filter(sim, &bio).await {
-            return verdict;
+        // The filter callback, in the submitter's task.
+        if let Some(filter) = sim.filter_of(bio.dev) {
+            let header = BioHeader {
+                op: bio.op,
+                sector: bio.sector,
+                sectors: bio.sectors,
+                flags: bio.flags,
+            };
+            sim.filter_call_begin(bio.dev);
+            let verdict = filter.submit_bio_cb(header).await;
+            sim.filter_call_end(bio.dev);
+            if let Some(result) = filter_verdict(sim, &bio, verdict) {
+                return result;
+            }
         }
         bio.flags.filtered = true;
     }
@@ -70,19 +86,9 @@ fn past_end(sim: &Sim, bio: &Bio) -> bool {
     capacity.is_some_and(|capacity| end.is_none_or(|end| end > capacity))
 }
 
-/// The filter callback, in the submitter's task. Some(result) when the
-/// filter ended the bio itself.
-async fn run_filter(sim: &Rc<Sim>, bio: &Bio) -> Option<BioResult> {
-    let filter = sim.filter_of(bio.dev)?;
-    let header = BioHeader {
-        op: bio.op,
-        sector: bio.sector,
-        sectors: bio.sectors,
-        flags: bio.flags,
-    };
-    sim.filter_call_begin(bio.dev);
-    let verdict = filter.submit_bio_cb(header).await;
-    sim.filter_call_end(bio.dev);
+/// The filter's verdict, recorded: Some(result) when the filter ended the
+/// bio itself.
+fn filter_verdict(sim: &Sim, bio: &Bio, verdict: FilterVerdict) -> Option<BioResult> {
     sim.record(TraceEvent::Filter {
         dev: bio.dev.0,
         sector: bio.sector,
