@@ -18,43 +18,83 @@ pub async fn user_bio(sim: &Rc<Sim>, bio: Bio) -> BioResult {
     user_bio_judged(sim, bio).await.0
 }
 
+/// What the checkers noted of a user bio at its submission, for its end.
+struct Submitted {
+    op: u64,
+    at: u64,
+    durable: crate::check::durability::Token,
+}
+
 /// Submit a user bio, wait for its end, and say what the oracle judged of
 /// it (a verifying step counts the sectors the oracle compared).
+///
+/// The bio's way down (the end-of-device check, the filter, the device)
+/// is written in this one `async fn`, where it was two nested ones: every
+/// poll of a user bio resumes one state machine, not three (issue 10).
 pub async fn user_bio_judged(sim: &Rc<Sim>, bio: Bio) -> (BioResult, Judged) {
-    let (op, submitted) = (sim.oracle.borrow_mut().submit(sim.now(), &bio), sim.now());
-    crate::check::fs_take::submitted(sim, &bio);
-    sim.storage
-        .borrow_mut()
-        .user_write(bio.dev, bio.sector, &bio.data);
-    let durable = crate::check::durability::hooks::submitted(sim, &bio);
-    let result = route(sim, bio.clone()).await;
-    crate::check::durability::hooks::ended(sim, &bio, durable, &result);
-    crate::check::fs_take::completed(sim, &bio, &result);
-    let now = sim.now();
-    crate::check::cbt::user_bio_ended(sim, &bio, submitted, now, result.is_ok());
-    let verdict = sim.oracle.borrow_mut().complete(now, op, &bio, &result);
-    let judged = verdict.unwrap_or_else(|message| {
-        sim.fail("point_in_time", message);
-        Judged::default()
-    });
+    let noted = submitted(sim, &bio);
+    let mut down = bio.clone();
+    let result = 'route: {
+        // submit_bio_noacct's bio_check_eod: a bio past the end of the
+        // device fails before any filter sees it (Linux 6.1), reads and
+        // writes alike.
+        if past_end(sim, &down) {
+            break 'route Err(Errno::EIO);
+        }
+        if !down.flags.filtered {
+            // The filter callback, in the submitter's task.
+            if let Some(filter) = sim.filter_of(down.dev) {
+                sim.filter_call_begin(down.dev);
+                let verdict = filter.submit_bio_cb(header(&down)).await;
+                sim.filter_call_end(down.dev);
+                if let Some(result) = filter_verdict(sim, &down, verdict) {
+                    break 'route result;
+                }
+            }
+            down.flags.filtered = true;
+        }
+        let (done, completer) = completion();
+        sim.submit_to_device(down, completer);
+        done.await
+    };
+    let judged = ended(sim, &bio, noted, &result);
     (result, judged)
 }
 
-async fn route(sim: &Rc<Sim>, mut bio: Bio) -> BioResult {
-    // submit_bio_noacct's bio_check_eod: a bio past the end of the device
-    // fails before any filter sees it (Linux 6.1), reads and writes alike.
-    if past_end(sim, &bio) {
-        return Err(Errno::EIO);
+/// The checkers' hooks at a user bio's submission.
+#[inline(always)]
+fn submitted(sim: &Sim, bio: &Bio) -> Submitted {
+    let (op, at) = (sim.oracle.borrow_mut().submit(sim.now(), bio), sim.now());
+    crate::check::fs_take::submitted(sim, bio);
+    sim.storage
+        .borrow_mut()
+        .user_write(bio.dev, bio.sector, &bio.data);
+    let durable = crate::check::durability::hooks::submitted(sim, bio);
+    Submitted { op, at, durable }
+}
+
+/// The checkers' hooks at a user bio's end, and what the oracle judged.
+#[inline(always)]
+fn ended(sim: &Sim, bio: &Bio, noted: Submitted, result: &BioResult) -> Judged {
+    crate::check::durability::hooks::ended(sim, bio, noted.durable, result);
+    crate::check::fs_take::completed(sim, bio, result);
+    let now = sim.now();
+    crate::check::cbt::user_bio_ended(sim, bio, noted.at, now, result.is_ok());
+    let verdict = sim.oracle.borrow_mut().complete(now, noted.op, bio, result);
+    verdict.unwrap_or_else(|message| {
+        sim.fail("point_in_time", message);
+        Judged::default()
+    })
+}
+
+/// The header the filter sees of a bio.
+fn header(bio: &Bio) -> BioHeader {
+    BioHeader {
+        op: bio.op,
+        sector: bio.sector,
+        sectors: bio.sectors,
+        flags: bio.flags,
     }
-    if !bio.flags.filtered {
-        if let Some(verdict) = run_filter(sim, &bio).await {
-            return verdict;
-        }
-        bio.flags.filtered = true;
-    }
-    let (done, completer) = completion();
-    sim.submit_to_device(bio, completer);
-    done.await
 }
 
 /// Does the bio reach past the device's current capacity?
@@ -70,19 +110,9 @@ fn past_end(sim: &Sim, bio: &Bio) -> bool {
     capacity.is_some_and(|capacity| end.is_none_or(|end| end > capacity))
 }
 
-/// The filter callback, in the submitter's task. Some(result) when the
-/// filter ended the bio itself.
-async fn run_filter(sim: &Rc<Sim>, bio: &Bio) -> Option<BioResult> {
-    let filter = sim.filter_of(bio.dev)?;
-    let header = BioHeader {
-        op: bio.op,
-        sector: bio.sector,
-        sectors: bio.sectors,
-        flags: bio.flags,
-    };
-    sim.filter_call_begin(bio.dev);
-    let verdict = filter.submit_bio_cb(header).await;
-    sim.filter_call_end(bio.dev);
+/// The filter's verdict, recorded: Some(result) when the filter ended the
+/// bio itself.
+fn filter_verdict(sim: &Sim, bio: &Bio, verdict: FilterVerdict) -> Option<BioResult> {
     sim.record(TraceEvent::Filter {
         dev: bio.dev.0,
         sector: bio.sector,

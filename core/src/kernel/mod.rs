@@ -289,6 +289,11 @@ pub enum LockOp {
     /// The lock is busy; the task sleeps.
     Contended,
     Acquired,
+    /// `Acquire` then `Acquired` with nothing between them: the lock was
+    /// free. One report for the two, as every uncontended acquisition
+    /// makes them (a call less per lock taken on the write path); the
+    /// host handles it exactly as the pair.
+    Taken,
     /// A killable wait gave up.
     Abandoned,
     Release,

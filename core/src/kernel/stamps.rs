@@ -60,6 +60,29 @@ fn out_of_range(from: u64, to: u64, len: u64) -> ! {
     panic!("[{from}, {to}) of {len}")
 }
 
+/// `data` as one run, if it is one: counting up, or one stamp repeated
+/// (a lone stamp is a run of step 0). None for empty data.
+#[inline]
+fn one_run(data: &[Stamp]) -> Option<Run> {
+    let (&first, tail) = data.split_first()?;
+    let step = tail.first().map_or(0, |next| next.wrapping_sub(first));
+    if step > 1 {
+        return None;
+    }
+    let mut previous = first;
+    for &stamp in tail {
+        if stamp != previous.wrapping_add(step) {
+            return None;
+        }
+        previous = stamp;
+    }
+    Some(Run {
+        first,
+        step,
+        len: data.len() as u64,
+    })
+}
+
 /// A run as `push_run` keeps it: a lone stamp has step 0.
 fn normal(run: Run) -> Run {
     if run.len == 1 {
@@ -168,6 +191,11 @@ impl Stamps {
     /// Cut into runs as pushing the stamps one by one would: each run is
     /// as long as it can be, its step set by its first two stamps.
     pub fn from_slice(data: &[Stamp]) -> Stamps {
+        // A user write's data is one run: built directly, as `push_run`
+        // onto empty data would hold it.
+        if let Some(run) = one_run(data) {
+            return Stamps::of_run(run);
+        }
         let mut out = Stamps::new();
         let mut rest = data;
         // Walked by slice patterns: no index, so no bounds check per stamp

@@ -172,7 +172,11 @@ impl LockWait {
         kernel.lock_event(lock.id, lock.class, op, self.mode);
     }
 
-    /// After the preemption point: take the lock, or queue and wait.
+    /// After the preemption point: take the lock, or queue and wait. The
+    /// lock's state is tried before the `Acquire` report: the report does
+    /// not touch the lock and the try does not reach the kernel, so the
+    /// order is the same to both, and a free lock is reported once
+    /// (`Taken`, the `Acquire`/`Acquired` pair).
     #[inline]
     fn report_and_try(
         &mut self,
@@ -180,12 +184,12 @@ impl LockWait {
         kernel: &dyn Kernel,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Errno>> {
-        self.event(lock, kernel, LockOp::Acquire);
         if lock.try_enter(self.mode) {
-            self.event(lock, kernel, LockOp::Acquired);
+            self.event(lock, kernel, LockOp::Taken);
             self.stage = Stage::Done;
             return Poll::Ready(Ok(()));
         }
+        self.event(lock, kernel, LockOp::Acquire);
         self.event(lock, kernel, LockOp::Contended);
         let waiter = Rc::new(Waiter {
             mode: self.mode,

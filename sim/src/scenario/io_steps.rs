@@ -2,7 +2,7 @@
 //! workloads. Every user IO goes through `block::user_bio`, where the
 //! oracle records and judges it.
 
-use blksnap_core::kernel::{Bio, DevT, Errno};
+use blksnap_core::kernel::{Bio, DevT, Errno, Stamp};
 
 use super::model::{Expect, Target, Workload};
 use super::runner::{check_expect, io_failed, Run};
@@ -16,6 +16,13 @@ use crate::trace::TraceEvent;
 const VERIFY_FULL_LIMIT: u64 = 1 << 22;
 const VERIFY_BIO_SECTORS: u64 = 1024;
 const VERIFY_SAMPLES: u64 = 64;
+
+/// What a write sends: a bio, or on a device with the filesystem model
+/// (and without REQ_NOWAIT) the data `fs::fs_write` writes.
+enum WriteOp {
+    Bio(Bio),
+    Fs(Vec<Stamp>),
+}
 
 impl Run {
     /// The block device a target names, or why there is none.
@@ -42,16 +49,36 @@ impl Run {
         nowait: bool,
     ) -> Result<(), Errno> {
         let dev = self.target_dev(target)?;
+        self.write_dev(dev, sector, sectors, nowait).await
+    }
+
+    /// `write` to a device already looked up.
+    async fn write_dev(
+        &self,
+        dev: DevT,
+        sector: u64,
+        sectors: u64,
+        nowait: bool,
+    ) -> Result<(), Errno> {
+        match self.prepare_write(dev, sector, sectors, nowait) {
+            WriteOp::Fs(data) => fs::fs_write(&self.sim, dev, sector, &data).await,
+            // user_bio_judged, not user_bio: one future less to go through
+            // on each of the op's polls (issue 10).
+            WriteOp::Bio(bio) => block::user_bio_judged(&self.sim, bio).await.0.map(|_| ()),
+        }
+    }
+
+    /// A write's work before it sleeps: its sectors charged, its fresh
+    /// stamps drawn, and what carries them.
+    fn prepare_write(&self, dev: DevT, sector: u64, sectors: u64, nowait: bool) -> WriteOp {
         self.charge_sectors(sectors, true);
         let data = self.fresh_stamps(sectors);
         if self.has_fs(dev) && !nowait {
-            return fs::fs_write(&self.sim, dev, sector, &data).await;
+            return WriteOp::Fs(data);
         }
         let mut bio = Bio::write(dev, sector, data);
         bio.flags.nowait = nowait;
-        // user_bio_judged, not user_bio: one future less to go through on
-        // each of the op's polls (issue 10).
-        block::user_bio_judged(&self.sim, bio).await.0.map(|_| ())
+        WriteOp::Bio(bio)
     }
 
     pub(super) async fn read(
@@ -266,6 +293,13 @@ impl Run {
             Target::Image(..) => self.sim.disk_capacity(dev).unwrap_or(0),
         };
         let (start, count) = w.region.unwrap_or((0, capacity));
+        // An original's device number is fixed for the run (`devices` is
+        // built at load): looked up once, not by name on every op. An
+        // image's is looked up per op, as the image may go away.
+        let original = match &w.target {
+            Target::Original(_) => Some(dev),
+            Target::Image(..) => None,
+        };
         let align = w.align.max(1);
         if count < align {
             return Err("workload region smaller than one aligned IO".into());
@@ -287,6 +321,17 @@ impl Run {
             };
             if is_read {
                 let _ = self.read(&w.target, sector, sectors).await;
+            } else if let Some(dev) = original {
+                // `write_dev`'s body, awaited here: every poll of the op
+                // goes through one future less (issue 10).
+                match self.prepare_write(dev, sector, sectors, w.nowait) {
+                    WriteOp::Fs(data) => {
+                        let _ = fs::fs_write(&self.sim, dev, sector, &data).await;
+                    }
+                    WriteOp::Bio(bio) => {
+                        let _ = block::user_bio_judged(&self.sim, bio).await;
+                    }
+                }
             } else {
                 let _ = self.write(&w.target, sector, sectors, w.nowait).await;
             }
