@@ -6,8 +6,8 @@
 use arbitrary::Unstructured;
 
 use super::gen::{Features, Generator, Scale};
-use super::judge::sanitize;
-use crate::scenario::Scenario;
+use super::judge::{self, sanitize};
+use crate::scenario::{self, Outcome, RunOptions, Scenario};
 
 /// The splitmix64 stream.
 pub struct SplitMix(u64);
@@ -57,6 +57,28 @@ pub fn lifecycle_scenario(data: &[u8], scale: Scale) -> Option<(Scenario, u64)> 
         Scale::Full => Some((scenario, seed)),
         Scale::Farm => Some((sanitize(&scenario), seed)),
     }
+}
+
+/// [`judge::judge`], for runs that mostly pass (the fuzz target, the
+/// bench's fuzz figure): the first run builds only its verdict
+/// (`RunOptions::verdict_only`: no digest, metrics, trace, log, sleep
+/// sites or series, which a passing run's caller discards). If every
+/// failure is one the judge forgives, `judge` would return `None` from
+/// that same first run (a run does not depend on what its outcome keeps);
+/// otherwise this is `judge` itself, which runs the scenario again and
+/// returns the same failing run in full, for its report.
+pub fn judge_fast(scenario: &Scenario, seed: u64) -> Option<(Scenario, Outcome)> {
+    let options = RunOptions {
+        seed: Some(seed),
+        verdict_only: true,
+        ..RunOptions::default()
+    };
+    let first = scenario::run(scenario, &options);
+    let blamed = |f: &crate::kernel::Failure| judge::blames_engine(f, scenario);
+    if !first.failures.iter().any(blamed) {
+        return None;
+    }
+    judge::judge(scenario, seed)
 }
 
 #[cfg(test)]
