@@ -93,6 +93,46 @@ mod tests {
         })
     }
 
+    /// What a failure report shows of a judged run.
+    fn shown(judged: Option<(Scenario, Outcome)>) -> Option<(String, Vec<String>, String)> {
+        judged.map(|(scenario, outcome)| {
+            let failures = outcome
+                .failures
+                .iter()
+                .map(|f| format!("[{}] {:?} {}", f.checker, f.category, f.message))
+                .collect();
+            (format!("{scenario:?}"), failures, outcome.digest)
+        })
+    }
+
+    /// `judge_fast` gives `judge`'s verdict and failing run, with quirks
+    /// on that fail many inputs (so both of its ways are taken), and a
+    /// verdict-only run the same failures and verdict as a whole one.
+    #[test]
+    fn judge_fast_is_judge() {
+        let mut failing = 0;
+        for (index, quirk) in (0..120).zip(["B-SNAP-1", "B-DA-1", "B-TRK-2"].iter().cycle()) {
+            let data = random_input(21, index, 512);
+            let (mut scenario, seed) = lifecycle_scenario(&data, Scale::Farm).expect("a scenario");
+            scenario.quirks = vec![quirk.to_string()];
+            let full = judge::judge(&scenario, seed);
+            failing += usize::from(full.is_some());
+            assert_eq!(shown(judge_fast(&scenario, seed)), shown(full), "input {index}");
+            let options = |verdict_only| RunOptions {
+                seed: Some(seed),
+                verdict_only,
+                ..RunOptions::default()
+            };
+            let whole = scenario::run(&scenario, &options(false));
+            let lean = scenario::run(&scenario, &options(true));
+            assert_eq!(format!("{:?}", lean.failures), format!("{:?}", whole.failures));
+            assert_eq!(lean.passed, whole.passed, "input {index}");
+            assert_eq!((lean.steps, lean.virtual_ns), (whole.steps, whole.virtual_ns));
+            assert!(lean.digest.is_empty() && lean.metrics.is_empty());
+        }
+        assert!(failing > 10, "only {failing} of 120 inputs failed: test the quirks");
+    }
+
     /// A farm scenario comes sanitized: no `VerifyImage` is left (a missing
     /// image, the judge's reason to run again, cannot happen), and
     /// sanitizing it again changes nothing, so a rerun would repeat the
