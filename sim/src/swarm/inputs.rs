@@ -117,7 +117,11 @@ mod tests {
             scenario.quirks = vec![quirk.to_string()];
             let full = judge::judge(&scenario, seed);
             failing += usize::from(full.is_some());
-            assert_eq!(shown(judge_fast(&scenario, seed)), shown(full), "input {index}");
+            assert_eq!(
+                shown(judge_fast(&scenario, seed)),
+                shown(full),
+                "input {index}"
+            );
             let options = |verdict_only| RunOptions {
                 seed: Some(seed),
                 verdict_only,
@@ -125,12 +129,21 @@ mod tests {
             };
             let whole = scenario::run(&scenario, &options(false));
             let lean = scenario::run(&scenario, &options(true));
-            assert_eq!(format!("{:?}", lean.failures), format!("{:?}", whole.failures));
+            assert_eq!(
+                format!("{:?}", lean.failures),
+                format!("{:?}", whole.failures)
+            );
             assert_eq!(lean.passed, whole.passed, "input {index}");
-            assert_eq!((lean.steps, lean.virtual_ns), (whole.steps, whole.virtual_ns));
+            assert_eq!(
+                (lean.steps, lean.virtual_ns),
+                (whole.steps, whole.virtual_ns)
+            );
             assert!(lean.digest.is_empty() && lean.metrics.is_empty());
         }
-        assert!(failing > 10, "only {failing} of 120 inputs failed: test the quirks");
+        assert!(
+            failing > 10,
+            "only {failing} of 120 inputs failed: test the quirks"
+        );
     }
 
     /// A farm scenario comes sanitized: no `VerifyImage` is left (a missing
