@@ -41,6 +41,13 @@ pub struct RunOptions {
     pub without_quirks: bool,
     /// A smaller work budget than the default (fuzzing, tests).
     pub budget: Option<WorkBudget>,
+    /// Build only what a verdict reads: the outcome's failures, verdict,
+    /// steps, time and event count. Its digest is empty, and its metrics,
+    /// recent trace, log, sleep sites and series are left empty (a fuzz
+    /// target judges millions of runs and reports none that passes; it
+    /// reruns a failing one in full for its report). The run itself is
+    /// the same.
+    pub verdict_only: bool,
 }
 
 /// The virtual work one run may do before it is stopped and failed
@@ -421,10 +428,61 @@ fn fault_verdict(
 
 fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) -> Outcome {
     let sim = &run.sim;
-    let trace = sim.trace.borrow();
-    let oracle = sim.oracle.borrow();
     let mut failures = sim.failures();
     let (passed, verdict_note, caught_by) = verdict(scenario, &mut failures, options);
+    let verdict = Outcome {
+        name: scenario.name.clone(),
+        seed,
+        digest: String::new(),
+        failures,
+        passed,
+        verdict_note,
+        caught_by,
+        virtual_ns: sim.now(),
+        steps: run.steps_run.get(),
+        trace_events: sim.trace.borrow().count(),
+        metrics: BTreeMap::new(),
+        recent_trace: Vec::new(),
+        log: Vec::new(),
+        sleep_sites: BTreeMap::new(),
+        series: Default::default(),
+    };
+    if options.verdict_only {
+        return verdict;
+    }
+    with_report(verdict, run)
+}
+
+/// `outcome` with what only a report reads: the trace's digest and last
+/// events, the metrics, the engine's log, the sleep sites and the series.
+fn with_report(verdict: Outcome, run: &Rc<Run>) -> Outcome {
+    let sim = &run.sim;
+    let trace = sim.trace.borrow();
+    Outcome {
+        digest: trace.digest(),
+        metrics: metrics(run),
+        recent_trace: trace.recent().cloned().collect(),
+        log: engine_log(sim),
+        sleep_sites: sim
+            .sched
+            .sleep_sites
+            .borrow()
+            .iter()
+            .map(|(site, n)| (site.to_string(), *n))
+            .collect(),
+        series: sim.series.borrow().finish(
+            sim.now(),
+            &series_names(run),
+            run.params.low_space_threshold(),
+        ),
+        ..verdict
+    }
+}
+
+/// What the run and its checkers counted, by name.
+fn metrics(run: &Run) -> BTreeMap<String, f64> {
+    let sim = &run.sim;
+    let oracle = sim.oracle.borrow();
     let mut metrics = BTreeMap::new();
     metrics.insert("polls".to_string(), sim.polls() as f64);
     metrics.insert(
@@ -455,33 +513,7 @@ fn outcome(scenario: &Scenario, seed: u64, run: &Rc<Run>, options: &RunOptions) 
         "user_mapped_peak_bytes".to_string(),
         run.user.peak_bytes() as f64,
     );
-    Outcome {
-        name: scenario.name.clone(),
-        seed,
-        digest: trace.digest(),
-        failures,
-        passed,
-        verdict_note,
-        caught_by,
-        virtual_ns: sim.now(),
-        steps: run.steps_run.get(),
-        trace_events: trace.count(),
-        metrics,
-        recent_trace: trace.recent().cloned().collect(),
-        log: engine_log(sim),
-        sleep_sites: sim
-            .sched
-            .sleep_sites
-            .borrow()
-            .iter()
-            .map(|(site, n)| (site.to_string(), *n))
-            .collect(),
-        series: sim.series.borrow().finish(
-            sim.now(),
-            &series_names(run),
-            run.params.low_space_threshold(),
-        ),
-    }
+    metrics
 }
 
 /// Devices, image disks and snapshots as the scenario names them, for the plots.

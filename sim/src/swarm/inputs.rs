@@ -6,8 +6,8 @@
 use arbitrary::Unstructured;
 
 use super::gen::{Features, Generator, Scale};
-use super::judge::sanitize;
-use crate::scenario::Scenario;
+use super::judge::{self, sanitize};
+use crate::scenario::{self, Outcome, RunOptions, Scenario};
 
 /// The splitmix64 stream.
 pub struct SplitMix(u64);
@@ -59,6 +59,28 @@ pub fn lifecycle_scenario(data: &[u8], scale: Scale) -> Option<(Scenario, u64)> 
     }
 }
 
+/// [`judge::judge`], for runs that mostly pass (the fuzz target, the
+/// bench's fuzz figure): the first run builds only its verdict
+/// (`RunOptions::verdict_only`: no digest, metrics, trace, log, sleep
+/// sites or series, which a passing run's caller discards). If every
+/// failure is one the judge forgives, `judge` would return `None` from
+/// that same first run (a run does not depend on what its outcome keeps);
+/// otherwise this is `judge` itself, which runs the scenario again and
+/// returns the same failing run in full, for its report.
+pub fn judge_fast(scenario: &Scenario, seed: u64) -> Option<(Scenario, Outcome)> {
+    let options = RunOptions {
+        seed: Some(seed),
+        verdict_only: true,
+        ..RunOptions::default()
+    };
+    let first = scenario::run(scenario, &options);
+    let blamed = |f: &crate::kernel::Failure| judge::blames_engine(f, scenario);
+    if !first.failures.iter().any(blamed) {
+        return None;
+    }
+    judge::judge(scenario, seed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +91,59 @@ mod tests {
             Step::Concurrent(branches) => branches.iter().any(|b| has_verify_image(b)),
             other => matches!(other, Step::VerifyImage { .. }),
         })
+    }
+
+    /// What a failure report shows of a judged run.
+    fn shown(judged: Option<(Scenario, Outcome)>) -> Option<(String, Vec<String>, String)> {
+        judged.map(|(scenario, outcome)| {
+            let failures = outcome
+                .failures
+                .iter()
+                .map(|f| format!("[{}] {:?} {}", f.checker, f.category, f.message))
+                .collect();
+            (format!("{scenario:?}"), failures, outcome.digest)
+        })
+    }
+
+    /// `judge_fast` gives `judge`'s verdict and failing run, with quirks
+    /// on that fail many inputs (so both of its ways are taken), and a
+    /// verdict-only run the same failures and verdict as a whole one.
+    #[test]
+    fn judge_fast_is_judge() {
+        let mut failing = 0;
+        for (index, quirk) in (0..120).zip(["B-SNAP-1", "B-DA-1", "B-TRK-2"].iter().cycle()) {
+            let data = random_input(21, index, 512);
+            let (mut scenario, seed) = lifecycle_scenario(&data, Scale::Farm).expect("a scenario");
+            scenario.quirks = vec![quirk.to_string()];
+            let full = judge::judge(&scenario, seed);
+            failing += usize::from(full.is_some());
+            assert_eq!(
+                shown(judge_fast(&scenario, seed)),
+                shown(full),
+                "input {index}"
+            );
+            let options = |verdict_only| RunOptions {
+                seed: Some(seed),
+                verdict_only,
+                ..RunOptions::default()
+            };
+            let whole = scenario::run(&scenario, &options(false));
+            let lean = scenario::run(&scenario, &options(true));
+            assert_eq!(
+                format!("{:?}", lean.failures),
+                format!("{:?}", whole.failures)
+            );
+            assert_eq!(lean.passed, whole.passed, "input {index}");
+            assert_eq!(
+                (lean.steps, lean.virtual_ns),
+                (whole.steps, whole.virtual_ns)
+            );
+            assert!(lean.digest.is_empty() && lean.metrics.is_empty());
+        }
+        assert!(
+            failing > 10,
+            "only {failing} of 120 inputs failed: test the quirks"
+        );
     }
 
     /// A farm scenario comes sanitized: no `VerifyImage` is left (a missing
