@@ -138,35 +138,24 @@ impl Kernel for SimKernel {
 
     fn submit_bio(&self, bio: Bio, done: Completer<BioResult>) {
         let sim = &self.0;
-        let mut pending = Some((bio, done));
-        sim.sched.with_current(|t| {
-            if let Some(list) = t.bio_list.as_mut() {
-                list.extend(pending.take());
-            }
-        });
-        if let Some((bio, done)) = pending {
-            sim.check_engine_bio(&bio);
-            crate::check::durability::hooks::engine_write(sim, &bio);
-            sim.submit_to_device(bio, done);
+        // Asked first, so the bio is not moved into an `Option` and back
+        // out on the usual path (no list open).
+        if sim.sched.current_bio_list_open() {
+            return queue_on_bio_list(sim, bio, done);
         }
+        sim.check_engine_bio(&bio);
+        crate::check::durability::hooks::engine_write(sim, &bio);
+        sim.submit_to_device(bio, done);
     }
 
     fn bio_list_begin(&self) {
-        let opened = self.0.sched.with_current(|t| {
-            let was_open = t.bio_list.is_some();
-            t.bio_list.get_or_insert_with(Vec::new);
-            was_open
-        });
-        if opened == Some(true) {
+        if self.0.sched.open_bio_list() == Some(true) {
             self.0.fail("kernel", "current->bio_list opened twice");
         }
     }
 
     fn bio_list_end(&self) -> Vec<(Bio, Completer<BioResult>)> {
-        self.0
-            .sched
-            .with_current(|t| t.bio_list.take().unwrap_or_default())
-            .unwrap_or_default()
+        self.0.sched.close_bio_list()
     }
 
     fn freeze_bdev(&self, dev: DevT) -> Completion<Result<(), Errno>> {
@@ -267,4 +256,16 @@ fn lock_reports(sim: &Sim, report: Option<String>, noio: bool) {
             sim.fail("memalloc_noio", report);
         }
     }
+}
+
+/// A bio submitted under the running task's open `current->bio_list`:
+/// queued there, submitted when the list closes (out of line: rare).
+#[inline(never)]
+fn queue_on_bio_list(sim: &Sim, bio: Bio, done: Completer<BioResult>) {
+    let item = (bio, done);
+    sim.sched.with_current(move |t| {
+        if let Some(list) = t.bio_list.as_mut() {
+            list.push(item);
+        }
+    });
 }
