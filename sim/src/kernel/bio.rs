@@ -118,6 +118,8 @@ impl Sim {
     }
 
     /// The engine's own writes go to the diff storage, and only there.
+    /// Inlined into `submit_bio` (its one caller).
+    #[inline(always)]
     pub(crate) fn check_engine_bio(&self, bio: &Bio) {
         if !bio.op.is_write() || self.is_image(bio.dev) {
             return;

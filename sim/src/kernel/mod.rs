@@ -86,6 +86,9 @@ pub enum TimerAction {
 }
 
 impl TimerAction {
+    /// Inlined into the executor's loop, as the timer pop is: out of
+    /// line, the call saved registers and moved the action once more.
+    #[inline(always)]
     fn fire(self, sim: &Rc<Sim>) {
         match self {
             TimerAction::EndBio(id, bio, done) => sim.end_device_bio(id, bio, done),
@@ -179,7 +182,11 @@ impl Sim {
     /// with no `TraceEvent` built, matched, moved or dropped. Out of line:
     /// inlined into their callers, they made those save more registers
     /// and cost more than they saved.
-    #[inline(never)]
+    ///
+    /// The jump of time is the exception: inlined into the executor's loop
+    /// (its one caller), whose registers are saved once per run, not once
+    /// per event.
+    #[inline(always)]
     pub(crate) fn record_time_advance(&self, now: u64) {
         let at = self.now();
         self.trace.borrow_mut().record_time_advance(at, now);

@@ -319,10 +319,32 @@ impl<A> Scheduler<A> {
         sched.tasks.at_mut(slot, id).map(f)
     }
 
-    /// True if the running task has `current->bio_list` open.
+    /// True if some live task has `current->bio_list` open (then
+    /// `queue_bio` looks at the running task's).
     #[inline(always)]
-    pub(crate) fn current_bio_list_open(&self) -> bool {
-        self.open_bio_lists.get() > 0 && self.with_current(|t| t.bio_list.is_some()) == Some(true)
+    pub(crate) fn any_bio_list_open(&self) -> bool {
+        self.open_bio_lists.get() > 0
+    }
+
+    /// Queues a bio on the running task's `current->bio_list` if it is
+    /// open, with one look at the task; else hands the bio back.
+    pub(crate) fn queue_bio(
+        &self,
+        item: (Bio, Completer<BioResult>),
+    ) -> Result<(), (Bio, Completer<BioResult>)> {
+        let mut sched = self.state.borrow_mut();
+        let Some(id) = sched.current else {
+            return Err(item);
+        };
+        // `current` is only set by `begin_poll`, with its slot.
+        let slot = sched.current_slot;
+        match sched.tasks.at_mut(slot, id).and_then(|t| t.bio_list.as_mut()) {
+            Some(list) => {
+                list.push(item);
+                Ok(())
+            }
+            None => Err(item),
+        }
     }
 
     /// Opens the running task's `current->bio_list`: whether it was open
@@ -489,6 +511,10 @@ impl<A> Scheduler<A> {
             .drain(|id, slot| sched.runnable.wake_slot(id, slot));
     }
 
+    /// Inlined into the executor's loops: once per iteration, and nearly
+    /// always an empty run queue in a run of bios (a few instructions,
+    /// where the call cost about 15 more).
+    #[inline(always)]
     pub fn pick(&self) -> Option<TaskId> {
         let policy = self.policy.get();
         let mut sched = self.state.borrow_mut();

@@ -139,13 +139,11 @@ impl Kernel for SimKernel {
     fn submit_bio(&self, bio: Bio, done: Completer<BioResult>) {
         let sim = &self.0;
         // Asked first, so the bio is not moved into an `Option` and back
-        // out on the usual path (no list open).
-        if sim.sched.current_bio_list_open() {
-            return queue_on_bio_list(sim, bio, done);
+        // out on the usual path (no list open anywhere).
+        if sim.sched.any_bio_list_open() {
+            return queue_or_submit(sim, bio, done);
         }
-        sim.check_engine_bio(&bio);
-        crate::check::durability::hooks::engine_write(sim, &bio);
-        sim.submit_to_device(bio, done);
+        submit_now(sim, bio, done);
     }
 
     fn bio_list_begin(&self) {
@@ -258,14 +256,20 @@ fn lock_reports(sim: &Sim, report: Option<String>, noio: bool) {
     }
 }
 
-/// A bio submitted under the running task's open `current->bio_list`:
-/// queued there, submitted when the list closes (out of line: rare).
+/// A bio submitted while some task has `current->bio_list` open: queued
+/// on the running task's list if it is that task (submitted when the
+/// list closes), else submitted. Out of line: the usual path has no list.
 #[inline(never)]
-fn queue_on_bio_list(sim: &Sim, bio: Bio, done: Completer<BioResult>) {
-    let item = (bio, done);
-    sim.sched.with_current(move |t| {
-        if let Some(list) = t.bio_list.as_mut() {
-            list.push(item);
-        }
-    });
+fn queue_or_submit(sim: &Rc<Sim>, bio: Bio, done: Completer<BioResult>) {
+    if let Err((bio, done)) = sim.sched.queue_bio((bio, done)) {
+        submit_now(sim, bio, done);
+    }
+}
+
+/// The bio goes to the checkers, then to the device.
+#[inline(always)]
+fn submit_now(sim: &Rc<Sim>, bio: Bio, done: Completer<BioResult>) {
+    sim.check_engine_bio(&bio);
+    crate::check::durability::hooks::engine_write(sim, &bio);
+    sim.submit_to_device(bio, done);
 }
