@@ -187,6 +187,11 @@ impl BlockLayer {
 
     // --- image disks -------------------------------------------------------------------
 
+    /// The image disk `dev` is, if it is one.
+    pub(crate) fn disk(&self, dev: DevT) -> Option<Disk> {
+        self.disks.borrow().get(&dev).cloned()
+    }
+
     pub fn is_image(&self, dev: DevT) -> bool {
         self.disks.borrow().contains_key(&dev)
     }

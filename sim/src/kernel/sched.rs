@@ -338,7 +338,11 @@ impl<A> Scheduler<A> {
         };
         // `current` is only set by `begin_poll`, with its slot.
         let slot = sched.current_slot;
-        match sched.tasks.at_mut(slot, id).and_then(|t| t.bio_list.as_mut()) {
+        match sched
+            .tasks
+            .at_mut(slot, id)
+            .and_then(|t| t.bio_list.as_mut())
+        {
             Some(list) => {
                 list.push(item);
                 Ok(())

@@ -266,10 +266,14 @@ fn queue_or_submit(sim: &Rc<Sim>, bio: Bio, done: Completer<BioResult>) {
     }
 }
 
-/// The bio goes to the checkers, then to the device.
+/// The bio goes to the checkers, then to the device or image disk (looked
+/// up once for both: the checkers see the engine's IO to devices).
 #[inline(always)]
 fn submit_now(sim: &Rc<Sim>, bio: Bio, done: Completer<BioResult>) {
-    sim.check_engine_bio(&bio);
+    let disk = sim.blk.disk(bio.dev);
+    if disk.is_none() {
+        sim.check_engine_bio(&bio);
+    }
     crate::check::durability::hooks::engine_write(sim, &bio);
-    sim.submit_to_device(bio, done);
+    sim.submit_to(bio, done, disk);
 }
