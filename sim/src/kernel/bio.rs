@@ -76,6 +76,8 @@ impl Sim {
         self.sched.at(at, super::TimerAction::EndBio(id, bio, done));
     }
 
+    /// Inlined into the timer's action, and so into the executor's loop.
+    #[inline(always)]
     pub(super) fn end_device_bio(self: &Rc<Self>, id: u64, bio: Bio, done: Completer<BioResult>) {
         let in_flight = &self.blk.bios_in_flight;
         in_flight.set(in_flight.get() - 1);
