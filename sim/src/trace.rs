@@ -700,6 +700,31 @@ mod tests {
         assert_eq!(hot.digest(), plain.digest());
     }
 
+    /// A trace takes over the batch buffer a dropped one left, dirty with
+    /// that one's bytes, and hashes only what it records itself.
+    #[test]
+    fn a_reused_batch_buffer_hashes_only_new_bytes() {
+        let mut old = Trace::default();
+        for i in 0..5_000u64 {
+            old.record_bio_submit(i, i, 7, 1, (i << 3, 8));
+        }
+        drop(old);
+        let mut trace = Trace::default();
+        assert!(
+            SPARE_BATCH.with(|spare| spare.take().is_none()),
+            "the new trace took the spare buffer"
+        );
+        let mut plain = blake3::Hasher::new();
+        for i in 0..3u64 {
+            let event = TraceEvent::Poll { task: i };
+            let mut bytes = (i + 1).to_le_bytes().to_vec();
+            event.encode(&mut bytes);
+            plain.update(&bytes);
+            trace.record(i + 1, event);
+        }
+        assert_eq!(trace.digest(), plain.finalize().to_hex()[..16]);
+    }
+
     /// The digest is blake3 of the whole encoded stream, whatever the
     /// batches and whichever path encodes the event: the same as hashing
     /// each event's field-by-field bytes as it comes.

@@ -717,3 +717,55 @@ mod timer_tests {
         assert_eq!(timers.next_at(), None);
     }
 }
+
+#[cfg(test)]
+mod bio_list_tests {
+    use super::*;
+    use blksnap_core::kernel::{completion, DevT};
+
+    fn bio() -> (Bio, Completer<BioResult>) {
+        (Bio::read(DevT::new(8, 0), 0, 8), completion().1)
+    }
+
+    /// Runs `f` as task `id`'s poll (it is `current` meanwhile).
+    fn as_task<R>(sched: &Scheduler<()>, id: TaskId, f: impl FnOnce() -> R) -> R {
+        let (future, _waker) = sched.begin_poll(id).expect("a live task");
+        let out = f();
+        sched.end_poll();
+        sched.park(id, future);
+        out
+    }
+
+    /// The count that lets a bio skip the look at the running task
+    /// follows every list: opened once however often it is opened, gone
+    /// when it closes or its task is removed; a bio is queued only on the
+    /// running task's own open list.
+    #[test]
+    fn open_bio_lists_are_counted_until_closed_or_their_task_goes() {
+        let sched: Scheduler<()> = Scheduler::new(1);
+        let a = sched.add_task("a".into(), Box::pin(async {}), false, false);
+        let b = sched.add_task("b".into(), Box::pin(async {}), false, false);
+        assert!(!sched.any_bio_list_open());
+        assert!(sched.queue_bio(bio()).is_err(), "no task runs");
+        as_task(&sched, a, || {
+            assert_eq!(sched.open_bio_list(), Some(false));
+            assert_eq!(sched.open_bio_list(), Some(true));
+            assert!(sched.queue_bio(bio()).is_ok());
+        });
+        assert_eq!(sched.open_bio_lists.get(), 1);
+        as_task(&sched, b, || {
+            assert!(sched.queue_bio(bio()).is_err(), "b has no list open");
+            assert!(sched.close_bio_list().is_empty());
+            assert_eq!(sched.open_bio_list(), Some(false));
+            assert!(sched.queue_bio(bio()).is_ok());
+            assert!(sched.queue_bio(bio()).is_ok());
+            assert_eq!(sched.close_bio_list().len(), 2);
+        });
+        assert_eq!(sched.open_bio_lists.get(), 1);
+        // The next list opens with the room the last one needed.
+        assert_eq!(sched.bio_list_room.get(), 2);
+        let task = sched.remove_task(a).expect("a is live");
+        assert_eq!(task.bio_list.map(|list| list.len()), Some(1));
+        assert!(!sched.any_bio_list_open());
+    }
+}
