@@ -327,7 +327,9 @@ impl<A> Scheduler<A> {
     }
 
     /// Queues a bio on the running task's `current->bio_list` if it is
-    /// open, with one look at the task; else hands the bio back.
+    /// open, with one look at the task; else hands the bio back. Inlined
+    /// into its one caller (half the bios of a COW come through here).
+    #[inline(always)]
     pub(crate) fn queue_bio(
         &self,
         item: (Bio, Completer<BioResult>),
