@@ -192,8 +192,16 @@ impl DiskFaults {
         (extra > 0).then_some(extra)
     }
 
-    /// Does this read fail (a flaky sector not yet healed)?
+    /// Does this read fail (a flaky sector not yet healed)? Inlined: a
+    /// device with no disk faults (nearly every one) answers with one
+    /// test, where the call cost about 30 instructions per read.
+    #[inline(always)]
     pub fn read_fails(&mut self, sector: u64, sectors: u64) -> bool {
+        self.rng.is_some() && self.flaky_read_fails(sector, sectors)
+    }
+
+    #[inline(never)]
+    fn flaky_read_fails(&mut self, sector: u64, sectors: u64) -> bool {
         let Some(rng) = self.rng.as_mut() else {
             return false;
         };

@@ -7,13 +7,17 @@
 //! a function of the encoded byte stream alone, however it is split into
 //! updates.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::fmt;
 
 use blksnap_core::kernel::FilterVerdict;
 
 /// How many recent events a failure report shows.
 const RING: usize = 200;
+
+/// Entries the ring holds: the power of two above `RING`, so an entry's
+/// index is a mask (no bounds check, no compare to wrap) per event.
+const SLOTS: usize = 256;
 
 /// Encoded bytes gathered before one hasher update: large updates let
 /// blake3 hash whole chunks at a time.
@@ -307,21 +311,23 @@ impl Out for Batch<'_> {
 pub struct Trace {
     hasher: blake3::Hasher,
     count: u64,
-    /// The last `RING` events, a ring: `ring[next]` is the oldest once it
-    /// is full (an entry overwrites it in place, nothing shifts, nothing
-    /// is dropped: entries are `Copy`).
-    ring: Vec<Slot>,
-    next: usize,
+    /// The last `SLOTS` events, a ring: event number `n` is at
+    /// `n % SLOTS` (an entry overwrites the oldest in place, nothing
+    /// shifts, nothing is dropped: entries are `Copy`). `recent()` reads
+    /// the last `RING` of them.
+    ring: Box<[Slot; SLOTS]>,
     /// The events that are not hot (`Kind::Cold`), whole, at their
     /// slot's index: a cold event replaces the one there in place. What a
     /// hot slot's index holds here is stale and never read.
     cold: Vec<Option<TraceEvent>>,
     /// `recent()`'s events, decoded once after the last event.
     decoded: OnceCell<Vec<(u64, TraceEvent)>>,
-    /// Encoded events not yet hashed: `pending[..fill]`. Its length is
+    /// Encoded events not yet hashed: `pending[..fill]` (`fill` is at
+    /// most `BATCH`: it grows with wrapping adds, which never wrap and
+    /// carry no overflow check per event). Its length is
     /// fixed, so a fixed-size event is written at known offsets with one
     /// bounds check and no capacity checks.
-    pending: Vec<u8>,
+    pending: Box<[u8]>,
     fill: usize,
 }
 
@@ -382,13 +388,38 @@ impl Default for Trace {
         Trace {
             hasher: blake3::Hasher::new(),
             count: 0,
-            ring: vec![Slot::default(); RING],
-            next: 0,
-            cold: vec![None; RING],
+            ring: Box::new([Slot::default(); SLOTS]),
+            cold: vec![None; SLOTS],
             decoded: OnceCell::new(),
-            pending: vec![0; BATCH],
+            pending: spare_batch(),
             fill: 0,
         }
+    }
+}
+
+thread_local! {
+    /// The batch buffer of the last trace dropped on this thread: a run
+    /// takes it over instead of zeroing a new one (the fuzz loop makes a
+    /// trace per run; what the buffer held is never read, only what the
+    /// run writes to it).
+    static SPARE_BATCH: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+}
+
+/// A batch buffer (`BATCH` bytes): the spare one if there is one, else a
+/// zeroed one.
+fn spare_batch() -> Box<[u8]> {
+    SPARE_BATCH
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; BATCH].into_boxed_slice())
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        let batch = std::mem::take(&mut self.pending);
+        // Gone only while the thread exits: the buffer is then freed.
+        let _ = SPARE_BATCH.try_with(|spare| spare.set(Some(batch)));
     }
 }
 
@@ -399,7 +430,7 @@ impl Trace {
     #[inline(always)]
     pub fn record(&mut self, now: u64, event: TraceEvent) {
         self.encode(now, &event);
-        self.cold[self.next] = Some(event);
+        self.cold[self.count as usize % SLOTS] = Some(event);
         self.push_slot(Slot {
             now,
             ..Slot::default()
@@ -411,7 +442,7 @@ impl Trace {
     #[inline(always)]
     pub fn record_poll(&mut self, now: u64, task: u64) {
         let end = tagged(self.frame(now), 3, task);
-        self.fill += end;
+        self.fill = self.fill.wrapping_add(end);
         self.push_slot(Slot {
             now,
             a: task,
@@ -424,7 +455,7 @@ impl Trace {
     #[inline(always)]
     pub fn record_time_advance(&mut self, now: u64, to: u64) {
         let end = tagged(self.frame(now), 4, to);
-        self.fill += end;
+        self.fill = self.fill.wrapping_add(end);
         self.push_slot(Slot {
             now,
             a: to,
@@ -443,7 +474,7 @@ impl Trace {
         frame[at] = op;
         let at = put(frame, at + 1, sector);
         let end = put(frame, at, sectors);
-        self.fill += end;
+        self.fill = self.fill.wrapping_add(end);
         self.push_slot(Slot {
             now,
             a: id,
@@ -461,7 +492,7 @@ impl Trace {
         let frame = self.frame(now);
         let at = tagged(frame, 6, id);
         frame[at] = u8::from(ok);
-        self.fill += at + 1;
+        self.fill = self.fill.wrapping_add(at + 1);
         self.push_slot(Slot {
             now,
             a: id,
@@ -475,30 +506,38 @@ impl Trace {
     /// batch is hashed first if a whole frame might not fit.
     #[inline(always)]
     fn frame(&mut self, now: u64) -> &mut [u8; FRAME] {
-        if self.fill + FRAME > BATCH {
+        // `at` is known to leave room for a frame on both paths, so the
+        // slice below takes no bounds check.
+        let at = if self.fill > BATCH - FRAME {
             self.flush();
-        }
-        let at = self.fill;
+            0
+        } else {
+            self.fill
+        };
         let frame: &mut [u8; FRAME] = (&mut self.pending[at..at + FRAME]).try_into().unwrap();
         put(frame, 0, now);
         frame
     }
 
-    /// Counts the event and keeps its slot in the ring.
+    /// Keeps the event's slot in the ring and counts it.
     #[inline(always)]
     fn push_slot(&mut self, slot: Slot) {
+        self.ring[self.count as usize % SLOTS] = slot;
         // Cannot overflow: no run makes 2^64 events.
         self.count = self.count.wrapping_add(1);
-        self.ring[self.next] = slot;
-        // A compare, not a division per event.
-        self.next += 1;
-        if self.next == RING {
-            self.next = 0;
-        }
         // Nearly always empty: `recent()` is read at the end of a run.
         if self.decoded.get().is_some() {
-            self.decoded = OnceCell::new();
+            self.forget_decoded();
         }
+    }
+
+    /// Drops `recent()`'s events (an event came after them). Out of line
+    /// and cold: with the drop of a `Vec` of events inlined, every
+    /// recorder saved and restored six registers more.
+    #[cold]
+    #[inline(never)]
+    fn forget_decoded(&mut self) {
+        self.decoded = OnceCell::new();
     }
 
     /// Appends the event's bytes to the pending batch, hashing the batch
@@ -507,7 +546,7 @@ impl Trace {
     #[inline(always)]
     fn encode(&mut self, now: u64, event: &TraceEvent) {
         match fixed_body(event, self.frame(now)) {
-            Some(len) => self.fill += len,
+            Some(len) => self.fill = self.fill.wrapping_add(len),
             None => self.encode_general(now, event),
         }
     }
@@ -557,16 +596,10 @@ impl Trace {
     pub fn recent(&self) -> impl Iterator<Item = &(u64, TraceEvent)> {
         self.decoded
             .get_or_init(|| {
-                // Until the ring is full, the oldest event is at 0.
-                let oldest = if self.count < RING as u64 {
-                    0
-                } else {
-                    self.next
-                };
-                let kept = self.count.min(RING as u64) as usize;
-                (0..kept)
-                    .map(|k| {
-                        let at = (oldest + k) % RING;
+                let first = self.count.saturating_sub(RING as u64);
+                (first..self.count)
+                    .map(|n| {
+                        let at = n as usize % SLOTS;
                         let slot = &self.ring[at];
                         (slot.now, slot.decode(&self.cold[at]))
                     })
@@ -665,6 +698,31 @@ mod tests {
         assert!(hot.recent().eq(plain.recent()));
         assert_eq!(hot.recent().count(), RING);
         assert_eq!(hot.digest(), plain.digest());
+    }
+
+    /// A trace takes over the batch buffer a dropped one left, dirty with
+    /// that one's bytes, and hashes only what it records itself.
+    #[test]
+    fn a_reused_batch_buffer_hashes_only_new_bytes() {
+        let mut old = Trace::default();
+        for i in 0..5_000u64 {
+            old.record_bio_submit(i, i, 7, 1, (i << 3, 8));
+        }
+        drop(old);
+        let mut trace = Trace::default();
+        assert!(
+            SPARE_BATCH.with(|spare| spare.take().is_none()),
+            "the new trace took the spare buffer"
+        );
+        let mut plain = blake3::Hasher::new();
+        for i in 0..3u64 {
+            let event = TraceEvent::Poll { task: i };
+            let mut bytes = (i + 1).to_le_bytes().to_vec();
+            event.encode(&mut bytes);
+            plain.update(&bytes);
+            trace.record(i + 1, event);
+        }
+        assert_eq!(trace.digest(), plain.finalize().to_hex()[..16]);
     }
 
     /// The digest is blake3 of the whole encoded stream, whatever the

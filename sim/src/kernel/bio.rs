@@ -16,13 +16,25 @@ use std::rc::Rc;
 
 use blksnap_core::kernel::{Bio, BioResult, Completer, DevT, Errno, LocalBoxFuture, Stamps};
 
+use super::blk::Disk;
 use super::Sim;
 use crate::check::injected::FaultKind;
 
 impl Sim {
     /// Hand a bio to a device or an image disk; no filter on this path.
     pub fn submit_to_device(self: &Rc<Self>, bio: Bio, done: Completer<BioResult>) {
-        let disk = self.blk.disks.borrow().get(&bio.dev).cloned();
+        let disk = self.blk.disk(bio.dev);
+        self.submit_to(bio, done, disk);
+    }
+
+    /// `submit_to_device` with the image disk of `bio.dev` (None: a
+    /// device) looked up by the caller, which needed it too.
+    pub(super) fn submit_to(
+        self: &Rc<Self>,
+        bio: Bio,
+        done: Completer<BioResult>,
+        disk: Option<Disk>,
+    ) {
         if let Some((disk, capacity)) = disk {
             let write = bio.op.is_write();
             self.series
@@ -64,6 +76,8 @@ impl Sim {
         self.sched.at(at, super::TimerAction::EndBio(id, bio, done));
     }
 
+    /// Inlined into the timer's action, and so into the executor's loop.
+    #[inline(always)]
     pub(super) fn end_device_bio(self: &Rc<Self>, id: u64, bio: Bio, done: Completer<BioResult>) {
         let in_flight = &self.blk.bios_in_flight;
         in_flight.set(in_flight.get() - 1);
@@ -72,12 +86,17 @@ impl Sim {
         done.complete(result);
     }
 
+    /// What a bio does to the media, and its result. Inlined with the
+    /// rest of a bio's end into the executor's loop.
+    #[inline(always)]
     fn apply_bio(&self, bio: &Bio) -> BioResult {
         use blksnap_core::kernel::BioOp;
-        let injected = self
-            .faults
-            .borrow_mut()
-            .bio_error(bio, &mut self.fault_rng.borrow_mut());
+        // The random bio error's stream is borrowed only when it is on
+        // (`bio_error` draws nothing with no rate).
+        let injected = {
+            let mut faults = self.faults.borrow_mut();
+            faults.bio_error_ppm > 0 && faults.bio_error(bio, &mut self.fault_rng.borrow_mut())
+        };
         let mut devices = self.blk.devices.borrow_mut();
         let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
         // No longer in flight: ended here, whatever its result.
@@ -117,9 +136,12 @@ impl Sim {
         }
     }
 
-    /// The engine's own writes go to the diff storage, and only there.
+    /// The engine's own writes go to the diff storage, and only there:
+    /// a bio to a device, not to an image disk (the caller knows which).
+    /// Inlined into `submit_bio` (its one caller).
+    #[inline(always)]
     pub(crate) fn check_engine_bio(&self, bio: &Bio) {
-        if !bio.op.is_write() || self.is_image(bio.dev) {
+        if !bio.op.is_write() {
             return;
         }
         let now = self.now();

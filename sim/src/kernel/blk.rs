@@ -122,7 +122,11 @@ impl BlockLayer {
 
     /// Refuse a bio the device cannot take; otherwise count it in flight
     /// and draw its latency, with a latency spike of the device's disk
-    /// faults if one hits it (one device lookup for all of it).
+    /// faults if one hits it (one device lookup for all of it). Inlined
+    /// into the bio path (its one caller), which saves the registers
+    /// once: as a call, that and the result through memory cost about 25
+    /// instructions per bio.
+    #[inline(always)]
     pub fn device_accept(&self, bio: &Bio) -> Result<(u64, Option<u64>), Errno> {
         let mut devices = self.devices.borrow_mut();
         let device = devices.get_mut(&bio.dev).ok_or(Errno::EIO)?;
@@ -186,6 +190,11 @@ impl BlockLayer {
     }
 
     // --- image disks -------------------------------------------------------------------
+
+    /// The image disk `dev` is, if it is one.
+    pub(crate) fn disk(&self, dev: DevT) -> Option<Disk> {
+        self.disks.borrow().get(&dev).cloned()
+    }
 
     pub fn is_image(&self, dev: DevT) -> bool {
         self.disks.borrow().contains_key(&dev)

@@ -66,6 +66,9 @@ impl Sim {
         completion
     }
 
+    /// Inlined into the executor's loops: a call per iteration saved and
+    /// restored as many registers as a bio's end costs in instructions.
+    #[inline(always)]
     fn fire_due_timers(self: &Rc<Self>) {
         while let Some(action) = self.sched.take_due_timer() {
             action.fire(self);
@@ -145,8 +148,7 @@ impl Sim {
                     if !self.sched.advance_to_next_timer() {
                         return false;
                     }
-                    let now = self.now();
-                    self.record_time_advance(now);
+                    self.record_time_advance(self.now());
                 }
             }
         }

@@ -86,6 +86,9 @@ pub enum TimerAction {
 }
 
 impl TimerAction {
+    /// Inlined into the executor's loop, as the timer pop is: out of
+    /// line, the call saved registers and moved the action once more.
+    #[inline(always)]
     fn fire(self, sim: &Rc<Sim>) {
         match self {
             TimerAction::EndBio(id, bio, done) => sim.end_device_bio(id, bio, done),
@@ -176,16 +179,18 @@ impl Sim {
     /// The events of every bio, poll and jump of time (most events of a
     /// run) each have their own recorder: the caller passes a few words,
     /// and the trace writes them (`Trace::record_poll` and the others)
-    /// with no `TraceEvent` built, matched, moved or dropped. Out of line:
-    /// inlined into their callers, they made those save more registers
-    /// and cost more than they saved.
-    #[inline(never)]
+    /// with no `TraceEvent` built, matched, moved or dropped. The poll's
+    /// is out of line: inlined into `poll_task`, it made it save more
+    /// registers and cost more than it saved. The others are inlined into
+    /// the executor's loop and the bio path, which save their registers
+    /// once per run or per bio anyway.
+    #[inline(always)]
     pub(crate) fn record_time_advance(&self, now: u64) {
         let at = self.now();
         self.trace.borrow_mut().record_time_advance(at, now);
     }
 
-    #[inline(never)]
+    #[inline(always)]
     pub(crate) fn record_bio_submit(&self, id: u64, bio: &Bio) {
         let now = self.now();
         let range = (bio.sector, bio.sectors);
@@ -201,7 +206,7 @@ impl Sim {
         self.trace.borrow_mut().record_poll(now, task);
     }
 
-    #[inline(never)]
+    #[inline(always)]
     pub(crate) fn record_bio_end(&self, id: u64, ok: bool) {
         let now = self.now();
         self.trace.borrow_mut().record_bio_end(now, id, ok);

@@ -138,35 +138,22 @@ impl Kernel for SimKernel {
 
     fn submit_bio(&self, bio: Bio, done: Completer<BioResult>) {
         let sim = &self.0;
-        let mut pending = Some((bio, done));
-        sim.sched.with_current(|t| {
-            if let Some(list) = t.bio_list.as_mut() {
-                list.extend(pending.take());
-            }
-        });
-        if let Some((bio, done)) = pending {
-            sim.check_engine_bio(&bio);
-            crate::check::durability::hooks::engine_write(sim, &bio);
-            sim.submit_to_device(bio, done);
+        // Asked first, so the bio is not moved into an `Option` and back
+        // out on the usual path (no list open anywhere).
+        if sim.sched.any_bio_list_open() {
+            return queue_or_submit(sim, bio, done);
         }
+        submit_now(sim, bio, done);
     }
 
     fn bio_list_begin(&self) {
-        let opened = self.0.sched.with_current(|t| {
-            let was_open = t.bio_list.is_some();
-            t.bio_list.get_or_insert_with(Vec::new);
-            was_open
-        });
-        if opened == Some(true) {
+        if self.0.sched.open_bio_list() == Some(true) {
             self.0.fail("kernel", "current->bio_list opened twice");
         }
     }
 
     fn bio_list_end(&self) -> Vec<(Bio, Completer<BioResult>)> {
-        self.0
-            .sched
-            .with_current(|t| t.bio_list.take().unwrap_or_default())
-            .unwrap_or_default()
+        self.0.sched.close_bio_list()
     }
 
     fn freeze_bdev(&self, dev: DevT) -> Completion<Result<(), Errno>> {
@@ -267,4 +254,26 @@ fn lock_reports(sim: &Sim, report: Option<String>, noio: bool) {
             sim.fail("memalloc_noio", report);
         }
     }
+}
+
+/// A bio submitted while some task has `current->bio_list` open: queued
+/// on the running task's list if it is that task (submitted when the
+/// list closes), else submitted. Out of line: the usual path has no list.
+#[inline(never)]
+fn queue_or_submit(sim: &Rc<Sim>, bio: Bio, done: Completer<BioResult>) {
+    if let Err((bio, done)) = sim.sched.queue_bio((bio, done)) {
+        submit_now(sim, bio, done);
+    }
+}
+
+/// The bio goes to the checkers, then to the device or image disk (looked
+/// up once for both: the checkers see the engine's IO to devices).
+#[inline(always)]
+fn submit_now(sim: &Rc<Sim>, bio: Bio, done: Completer<BioResult>) {
+    let disk = sim.blk.disk(bio.dev);
+    if disk.is_none() {
+        sim.check_engine_bio(&bio);
+    }
+    crate::check::durability::hooks::engine_write(sim, &bio);
+    sim.submit_to(bio, done, disk);
 }
