@@ -11,10 +11,12 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
+use blksnap_core::kernel::sync::{install_preemptor, Preemptor};
 use blksnap_core::kernel::{completion, Completion, LocalBoxFuture};
 
+use super::sched::Bounds;
 use super::task::TaskId;
 use super::{Sim, BENCH_CHECKER};
 use crate::panics;
@@ -132,6 +134,7 @@ impl Sim {
     /// livelock past the bounds).
     pub fn run(self: &Rc<Self>) -> bool {
         let bounds = self.sched.bounds.get();
+        let _in_place = self.run_preemption_points_in_place(Some(bounds));
         loop {
             self.sched.collect_woken();
             self.fire_due_timers();
@@ -142,7 +145,7 @@ impl Sim {
             if self.polls() > bounds.max_polls || self.now() > bounds.max_virtual_ns {
                 return false;
             }
-            match self.sched.pick() {
+            match self.sched.next_pick() {
                 Some(id) => self.poll_task(id),
                 None => {
                     if !self.sched.advance_to_next_timer() {
@@ -154,14 +157,27 @@ impl Sim {
         }
     }
 
+    /// While the guard lives, the engine's preemption points ask this
+    /// executor (`bounds`: its loop's checks) to run them in place.
+    fn run_preemption_points_in_place(
+        self: &Rc<Self>,
+        bounds: Option<Bounds>,
+    ) -> blksnap_core::kernel::sync::PreemptorInstalled {
+        install_preemptor(Rc::new(InPlace {
+            sim: self.clone(),
+            bounds,
+        }))
+    }
+
     /// Let background work settle (timers, workers) for up to `ns`.
     pub fn settle(self: &Rc<Self>, ns: u64) {
         let deadline = self.now() + ns;
+        let _in_place = self.run_preemption_points_in_place(None);
         loop {
             self.sched.collect_woken();
             self.fire_due_timers();
             self.sched.collect_woken();
-            if let Some(id) = self.sched.pick() {
+            if let Some(id) = self.sched.next_pick() {
                 self.poll_task(id);
                 continue;
             }
@@ -172,5 +188,25 @@ impl Sim {
                 _ => return,
             }
         }
+    }
+}
+
+/// A preemption point of a task this executor polls, run in place (see
+/// `Scheduler::repoll_in_place`): on the same pick, the rest of what
+/// `poll_task` does before a poll, and the task goes on.
+struct InPlace {
+    sim: Rc<Sim>,
+    /// The checks of the loop that runs: `run`'s, or none for `settle`.
+    bounds: Option<Bounds>,
+}
+
+impl Preemptor for InPlace {
+    fn preempt_in_place(&self, waker: &Waker) -> bool {
+        let Some(id) = self.sim.sched.repoll_in_place(waker, self.bounds) else {
+            return false;
+        };
+        self.sim.sched.maybe_demote(id);
+        self.sim.record_poll(id);
+        true
     }
 }

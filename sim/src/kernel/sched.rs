@@ -187,6 +187,10 @@ pub struct Scheduler<A> {
     /// which grown from empty copied them (96 bytes each) eight times.
     bio_list_room: Cell<usize>,
     state: RefCell<RunState>,
+    /// The task a preemption point run in place picked when it was not
+    /// its own (`repoll_in_place`): the executor's loop polls it next,
+    /// with no second draw.
+    prepicked: Cell<Option<TaskId>>,
     timers: RefCell<Timers<A>>,
     queue: Arc<WakeQueue>,
     rng: RefCell<SimRng>,
@@ -216,6 +220,7 @@ impl<A> Scheduler<A> {
             open_bio_lists: Cell::new(0),
             bio_list_room: Cell::new(0),
             state: RefCell::new(RunState::default()),
+            prepicked: Cell::new(None),
             timers: RefCell::new(Timers::default()),
             queue: Arc::new(WakeQueue::new()),
             rng: RefCell::new(SimRng::child(seed, "sched")),
@@ -540,6 +545,71 @@ impl<A> Scheduler<A> {
                 sched.runnable.highest()
             }
         }
+    }
+
+    /// The executor loop's next pick: the one a preemption point run in
+    /// place drew already, else a fresh draw.
+    #[inline(always)]
+    pub fn next_pick(&self) -> Option<TaskId> {
+        match self.prepicked.take() {
+            Some(id) => Some(id),
+            None => self.pick(),
+        }
+    }
+
+    /// What the executor's loop does from a running task's self-wake at a
+    /// preemption point to its next poll, done while the task is still
+    /// being polled, as long as that is exactly the same:
+    /// - `waker` must be the running task's own (else the wake was not a
+    ///   return to this executor);
+    /// - no timer may be due (firing one runs sim code that expects no
+    ///   task to run; the loop does it);
+    /// - the wakes are collected, then the loop's checks (`bounds`: the
+    ///   `run` loop's; None for `settle`, which has none) must pass;
+    /// - the pick is drawn. The same task: its poll is charged as
+    ///   `begin_poll` charges it, and its id returned (the caller demotes
+    ///   and records the poll, as `poll_task` does). Another task: kept
+    ///   for the loop's `next_pick`, and None.
+    ///
+    /// After None the task returns `Pending` with no effect on the way
+    /// out (its futures are state machines that only pass it up), so the
+    /// loop finds the state this left.
+    pub(crate) fn repoll_in_place(&self, waker: &Waker, bounds: Option<Bounds>) -> Option<TaskId> {
+        let id = self.running_task_of(waker)?;
+        let now = self.now();
+        if self.timers.borrow().next_at().is_some_and(|at| at <= now) {
+            return None;
+        }
+        self.collect_woken();
+        if let Some(bounds) = bounds {
+            let state = self.state.borrow();
+            let ends = state.processes.is_empty()
+                || state.polls > bounds.max_polls
+                || now > bounds.max_virtual_ns;
+            if ends {
+                return None;
+            }
+        }
+        let picked = self.pick()?;
+        if picked != id {
+            self.prepicked.set(Some(picked));
+            return None;
+        }
+        let mut state = self.state.borrow_mut();
+        let slot = std::mem::replace(&mut state.picked_slot, NO_SLOT);
+        state.runnable.sleep_slot(id, slot);
+        state.polls += 1;
+        self.now.set(now + POLL_COST_NS);
+        Some(id)
+    }
+
+    /// The running task, if `waker` is its own.
+    fn running_task_of(&self, waker: &Waker) -> Option<TaskId> {
+        let mut state = self.state.borrow_mut();
+        let id = state.current?;
+        let slot = state.current_slot;
+        let task = state.tasks.at_mut(slot, id)?;
+        task.waker.will_wake(waker).then_some(id)
     }
 
     /// PCT change points: at a few seeded poll counts, demote the task.
