@@ -94,10 +94,11 @@ impl LockState {
 /// executor then polls it again through the same chain; when the pick is
 /// the same task, both cost more than the scheduling itself.
 pub trait Preemptor {
-    /// Called right after the running task woke itself through `waker` at
-    /// a preemption point. True if the host picked that task again and
-    /// charged its next poll: the caller goes on as that poll. False if
-    /// anything else is to happen first: the caller returns `Pending`.
+    /// Called at a preemption point of the task that `waker` wakes, in
+    /// place of `waker.wake_by_ref()`. True if the host picked that task
+    /// again and charged its next poll: the caller goes on as that poll.
+    /// False if anything else is to happen first: the task was woken (as
+    /// by `waker`) and the caller returns `Pending`.
     fn preempt_in_place(&self, waker: &Waker) -> bool;
 }
 
@@ -132,12 +133,16 @@ impl Drop for PreemptorInstalled {
     }
 }
 
-/// Ask this thread's host, if any, to run the preemption point in place.
+/// Ask this thread's host, if any, to run the preemption point in place;
+/// else (or if it does not) the task is woken to return `Pending`.
 #[inline]
 fn preempted_in_place(waker: &Waker) -> bool {
     PREEMPTOR.with(|slot| match &*slot.borrow() {
         Some(preemptor) => preemptor.preempt_in_place(waker),
-        None => false,
+        None => {
+            waker.wake_by_ref();
+            false
+        }
     })
 }
 
@@ -218,7 +223,6 @@ impl LockWait {
                 // A host that picks this task again at once lets it go on
                 // here, with the same schedule as a return and a re-poll.
                 self.stage = Stage::Yielded;
-                cx.waker().wake_by_ref();
                 if preempted_in_place(cx.waker()) {
                     return self.report_and_try(lock, kernel, cx);
                 }

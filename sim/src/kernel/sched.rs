@@ -72,6 +72,10 @@ pub(crate) struct RunState {
     /// The run-queue slot of the task `pick` chose last (`NO_SLOT` if the
     /// policy did not say): its poll puts it to sleep with no search.
     picked_slot: usize,
+    /// The run-queue slot of the running task, as its poll began with
+    /// it (`NO_SLOT` if the policy did not say): a preemption point run in
+    /// place wakes it there.
+    running_rq_slot: usize,
     polls: u64,
     change_at: BTreeSet<u64>,
 }
@@ -557,11 +561,14 @@ impl<A> Scheduler<A> {
         }
     }
 
-    /// What the executor's loop does from a running task's self-wake at a
-    /// preemption point to its next poll, done while the task is still
-    /// being polled, as long as that is exactly the same:
-    /// - `waker` must be the running task's own (else the wake was not a
-    ///   return to this executor);
+    /// A running task's preemption point: its self-wake through `waker`,
+    /// then what the executor's loop does up to its next poll, done while
+    /// the task is still being polled, as long as that is exactly the same:
+    /// - `waker` must be the running task's own (else it is only woken, and
+    ///   the wake was not a return to this executor). The wake is made on
+    ///   the run queue at once, not through the wake queue: the runnable
+    ///   set the loop's collection builds does not depend on the order of
+    ///   the wakes;
     /// - no timer may be due (firing one runs sim code that expects no
     ///   task to run; the loop does it);
     /// - the wakes are collected, then the loop's checks (`bounds`: the
@@ -575,7 +582,10 @@ impl<A> Scheduler<A> {
     /// out (its futures are state machines that only pass it up), so the
     /// loop finds the state this left.
     pub(crate) fn repoll_in_place(&self, waker: &Waker, bounds: Option<Bounds>) -> Option<TaskId> {
-        let id = self.running_task_of(waker)?;
+        let Some(id) = self.wake_running_task(waker) else {
+            waker.wake_by_ref();
+            return None;
+        };
         let now = self.now();
         if self.timers.borrow().next_at().is_some_and(|at| at <= now) {
             return None;
@@ -598,25 +608,38 @@ impl<A> Scheduler<A> {
         let mut state = self.state.borrow_mut();
         let slot = std::mem::replace(&mut state.picked_slot, NO_SLOT);
         state.runnable.sleep_slot(id, slot);
+        state.running_rq_slot = slot;
         state.polls += 1;
         self.now.set(now + POLL_COST_NS);
         Some(id)
     }
 
-    /// The running task, if `waker` is its own.
-    fn running_task_of(&self, waker: &Waker) -> Option<TaskId> {
+    /// The running task, woken, if `waker` is its own.
+    #[inline(always)]
+    fn wake_running_task(&self, waker: &Waker) -> Option<TaskId> {
         let mut state = self.state.borrow_mut();
         let id = state.current?;
         let slot = state.current_slot;
         let task = state.tasks.at_mut(slot, id)?;
-        task.waker.will_wake(waker).then_some(id)
+        if !task.waker.will_wake(waker) {
+            return None;
+        }
+        let rq_slot = state.running_rq_slot;
+        state.runnable.wake_slot(id, rq_slot);
+        Some(id)
     }
 
     /// PCT change points: at a few seeded poll counts, demote the task.
+    /// Inlined: most runs are under the uniform policy (nothing to do).
+    #[inline(always)]
     pub fn maybe_demote(&self, id: TaskId) {
         let SchedPolicy::Priority { change_points } = self.policy.get() else {
             return;
         };
+        self.demote_at_change_point(id, change_points);
+    }
+
+    fn demote_at_change_point(&self, id: TaskId, change_points: u32) {
         let mut sched = self.state.borrow_mut();
         if sched.change_at.is_empty() && change_points > 0 && sched.polls == 0 {
             let mut rng = self.rng.borrow_mut();
@@ -637,6 +660,7 @@ impl<A> Scheduler<A> {
         let mut sched = self.state.borrow_mut();
         let slot = std::mem::replace(&mut sched.picked_slot, NO_SLOT);
         sched.runnable.sleep_slot(id, slot);
+        sched.running_rq_slot = slot;
         sched.current = Some(id);
         sched.polls += 1;
         self.now.set(self.now() + POLL_COST_NS);
