@@ -195,6 +195,14 @@ pub struct Scheduler<A> {
     /// its own (`repoll_in_place`): the executor's loop polls it next,
     /// with no second draw.
     prepicked: Cell<Option<TaskId>>,
+    /// Tests: preemption points take the plain path (return and re-poll),
+    /// to compare a run with the one made in place.
+    #[cfg(test)]
+    pub(crate) plain_preemption: Cell<bool>,
+    /// Tests: preemption points run in place that went on with the same
+    /// task, and that picked another.
+    #[cfg(test)]
+    pub(crate) in_place_picks: Cell<(u64, u64)>,
     timers: RefCell<Timers<A>>,
     queue: Arc<WakeQueue>,
     rng: RefCell<SimRng>,
@@ -225,6 +233,10 @@ impl<A> Scheduler<A> {
             bio_list_room: Cell::new(0),
             state: RefCell::new(RunState::default()),
             prepicked: Cell::new(None),
+            #[cfg(test)]
+            plain_preemption: Cell::new(false),
+            #[cfg(test)]
+            in_place_picks: Cell::new((0, 0)),
             timers: RefCell::new(Timers::default()),
             queue: Arc::new(WakeQueue::new()),
             rng: RefCell::new(SimRng::child(seed, "sched")),
@@ -582,6 +594,11 @@ impl<A> Scheduler<A> {
     /// out (its futures are state machines that only pass it up), so the
     /// loop finds the state this left.
     pub(crate) fn repoll_in_place(&self, waker: &Waker, bounds: Option<Bounds>) -> Option<TaskId> {
+        #[cfg(test)]
+        if self.plain_preemption.get() {
+            waker.wake_by_ref();
+            return None;
+        }
         let Some(id) = self.wake_running_task(waker) else {
             waker.wake_by_ref();
             return None;
@@ -601,6 +618,13 @@ impl<A> Scheduler<A> {
             }
         }
         let picked = self.pick()?;
+        #[cfg(test)]
+        {
+            let (same, other) = self.in_place_picks.get();
+            let same_again = picked == id;
+            let counts = (same + u64::from(same_again), other + u64::from(!same_again));
+            self.in_place_picks.set(counts);
+        }
         if picked != id {
             self.prepicked.set(Some(picked));
             return None;
