@@ -145,7 +145,7 @@ impl Sim {
             if self.polls() > bounds.max_polls || self.now() > bounds.max_virtual_ns {
                 return false;
             }
-            match self.sched.next_pick() {
+            match self.sched.pick() {
                 Some(id) => self.poll_task(id),
                 None => {
                     if !self.sched.advance_to_next_timer() {
@@ -177,7 +177,7 @@ impl Sim {
             self.sched.collect_woken();
             self.fire_due_timers();
             self.sched.collect_woken();
-            if let Some(id) = self.sched.next_pick() {
+            if let Some(id) = self.sched.pick() {
                 self.poll_task(id);
                 continue;
             }

@@ -540,13 +540,18 @@ impl<A> Scheduler<A> {
 
     /// Inlined into the executor's loops: once per iteration, and nearly
     /// always an empty run queue in a run of bios (a few instructions,
-    /// where the call cost about 15 more).
+    /// where the call cost about 15 more). A pick a preemption point run
+    /// in place drew already (`prepicked`, a runnable task: the queue is
+    /// not empty) is taken with no second draw.
     #[inline(always)]
     pub fn pick(&self) -> Option<TaskId> {
         let policy = self.policy.get();
         let mut sched = self.state.borrow_mut();
         if sched.runnable.is_empty() {
             return None;
+        }
+        if let Some(id) = self.prepicked.take() {
+            return Some(id);
         }
         match policy {
             SchedPolicy::Random => {
@@ -560,16 +565,6 @@ impl<A> Scheduler<A> {
                 sched.picked_slot = NO_SLOT;
                 sched.runnable.highest()
             }
-        }
-    }
-
-    /// The executor loop's next pick: the one a preemption point run in
-    /// place drew already, else a fresh draw.
-    #[inline(always)]
-    pub fn next_pick(&self) -> Option<TaskId> {
-        match self.prepicked.take() {
-            Some(id) => Some(id),
-            None => self.pick(),
         }
     }
 
@@ -588,7 +583,7 @@ impl<A> Scheduler<A> {
     /// - the pick is drawn. The same task: its poll is charged as
     ///   `begin_poll` charges it, and its id returned (the caller demotes
     ///   and records the poll, as `poll_task` does). Another task: kept
-    ///   for the loop's `next_pick`, and None.
+    ///   for the loop's next `pick`, and None.
     ///
     /// After None the task returns `Pending` with no effect on the way
     /// out (its futures are state machines that only pass it up), so the
