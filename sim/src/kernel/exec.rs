@@ -285,7 +285,11 @@ mod tests {
                 let (plain, plain_polls, none) = contended_run(true, policy, seed);
                 let (fast, fast_polls, picks) = contended_run(false, policy, seed);
                 assert_eq!(none, (0, 0));
-                assert_eq!((fast, fast_polls), (plain, plain_polls), "{policy:?}, seed {seed}");
+                assert_eq!(
+                    (fast, fast_polls),
+                    (plain, plain_polls),
+                    "{policy:?}, seed {seed}"
+                );
                 assert!(picks.0 > 0, "{policy:?}, seed {seed}: {picks:?}");
                 if policy == SchedPolicy::Random {
                     assert!(picks.1 > 0, "seed {seed}: {picks:?}");
