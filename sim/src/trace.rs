@@ -341,6 +341,8 @@ enum Kind {
     TimeAdvance,
     BioSubmit,
     BioEnd,
+    /// A filter's `Pass` (every user bio on a tracked device has one).
+    FilterPass,
 }
 
 /// A ring entry: the time and a hot event's fields as plain words
@@ -351,7 +353,7 @@ struct Slot {
     now: u64,
     /// Poll: the task; TimeAdvance: the time; bios: the id.
     a: u64,
-    /// BioSubmit: the sector.
+    /// BioSubmit, FilterPass: the sector.
     b: u64,
     /// BioSubmit: the sector count.
     c: u64,
@@ -377,6 +379,11 @@ impl Slot {
             Kind::BioEnd => TraceEvent::BioEnd {
                 id: self.a,
                 ok: self.small != 0,
+            },
+            Kind::FilterPass => TraceEvent::Filter {
+                dev: self.dev,
+                sector: self.b,
+                verdict: FilterVerdict::Pass,
             },
             Kind::Cold => cold.clone().expect("a cold slot's event is kept"),
         }
@@ -498,6 +505,25 @@ impl Trace {
             a: id,
             small: u8::from(ok),
             kind: Kind::BioEnd,
+            ..Slot::default()
+        });
+    }
+
+    /// As `record(now, TraceEvent::Filter { dev, sector, verdict: Pass })`:
+    /// where `record` took about 220 instructions per user bio (the
+    /// match, the move into `cold` and the drop of the event it replaced).
+    #[inline(always)]
+    pub fn record_filter_pass(&mut self, now: u64, dev: u32, sector: u64) {
+        let frame = self.frame(now);
+        let at = tagged(frame, 7, u64::from(dev));
+        let at = put(frame, at, sector);
+        frame[at..at + PASS.len()].copy_from_slice(&PASS);
+        self.fill = self.fill.wrapping_add(at + PASS.len());
+        self.push_slot(Slot {
+            now,
+            b: sector,
+            dev,
+            kind: Kind::FilterPass,
             ..Slot::default()
         });
     }
@@ -658,7 +684,7 @@ mod tests {
         let mut hot = Trace::default();
         let mut plain = Trace::default();
         for i in 0..3 * RING as u64 + 17 {
-            let event = match i % 5 {
+            let event = match i % 6 {
                 0 => TraceEvent::Poll { task: i },
                 1 => TraceEvent::TimeAdvance { now: i + 1 },
                 2 => TraceEvent::BioSubmit {
@@ -671,6 +697,11 @@ mod tests {
                 3 => TraceEvent::BioEnd {
                     id: i,
                     ok: i % 2 == 0,
+                },
+                4 => TraceEvent::Filter {
+                    dev: 3,
+                    sector: i << 3,
+                    verdict: FilterVerdict::Pass,
                 },
                 _ => TraceEvent::Warn {
                     msg: format!("w{i}"),
@@ -687,6 +718,11 @@ mod tests {
                     sectors,
                 } => hot.record_bio_submit(i, id, dev, op, (sector, sectors)),
                 TraceEvent::BioEnd { id, ok } => hot.record_bio_end(i, id, ok),
+                TraceEvent::Filter {
+                    dev,
+                    sector,
+                    verdict: FilterVerdict::Pass,
+                } => hot.record_filter_pass(i, dev, sector),
                 other => hot.record(i, other),
             }
             plain.record(i, event);

@@ -11,10 +11,12 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
+use blksnap_core::kernel::sync::{install_preemptor, Preemptor};
 use blksnap_core::kernel::{completion, Completion, LocalBoxFuture};
 
+use super::sched::Bounds;
 use super::task::TaskId;
 use super::{Sim, BENCH_CHECKER};
 use crate::panics;
@@ -132,6 +134,7 @@ impl Sim {
     /// livelock past the bounds).
     pub fn run(self: &Rc<Self>) -> bool {
         let bounds = self.sched.bounds.get();
+        let _in_place = self.run_preemption_points_in_place(Some(bounds));
         loop {
             self.sched.collect_woken();
             self.fire_due_timers();
@@ -154,9 +157,22 @@ impl Sim {
         }
     }
 
+    /// While the guard lives, the engine's preemption points ask this
+    /// executor (`bounds`: its loop's checks) to run them in place.
+    fn run_preemption_points_in_place(
+        self: &Rc<Self>,
+        bounds: Option<Bounds>,
+    ) -> blksnap_core::kernel::sync::PreemptorInstalled {
+        install_preemptor(Rc::new(InPlace {
+            sim: self.clone(),
+            bounds,
+        }))
+    }
+
     /// Let background work settle (timers, workers) for up to `ns`.
     pub fn settle(self: &Rc<Self>, ns: u64) {
         let deadline = self.now() + ns;
+        let _in_place = self.run_preemption_points_in_place(None);
         loop {
             self.sched.collect_woken();
             self.fire_due_timers();
@@ -170,6 +186,114 @@ impl Sim {
                     self.sched.advance_to_next_timer();
                 }
                 _ => return,
+            }
+        }
+    }
+}
+
+/// A preemption point of a task this executor polls, run in place (see
+/// `Scheduler::repoll_in_place`): on the same pick, the rest of what
+/// `poll_task` does before a poll, and the task goes on.
+struct InPlace {
+    sim: Rc<Sim>,
+    /// The checks of the loop that runs: `run`'s, or none for `settle`.
+    bounds: Option<Bounds>,
+}
+
+impl Preemptor for InPlace {
+    fn preempt_in_place(&self, waker: &Waker) -> bool {
+        let Some(id) = self.sim.sched.repoll_in_place(waker, self.bounds) else {
+            return false;
+        };
+        self.sim.sched.maybe_demote(id);
+        self.sim.record_poll(id);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use blksnap_core::kernel::sync::{RwSem, Semaphore};
+    use blksnap_core::kernel::Kernel;
+
+    use crate::kernel::sim_kernel::SimKernel;
+    use crate::kernel::{SchedPolicy, Sim};
+
+    /// Processes and a background task contend for two locks, with sleeps
+    /// and bare yields between; the run's trace digest, its polls and the
+    /// in-place picks (same task, another task).
+    fn contended_run(plain: bool, policy: SchedPolicy, seed: u64) -> (String, u64, (u64, u64)) {
+        let sim = Sim::new(seed);
+        sim.sched.policy.set(policy);
+        sim.sched.plain_preemption.set(plain);
+        let k: Rc<dyn Kernel> = Rc::new(SimKernel(sim.clone()));
+        let outer = Rc::new(RwSem::new(&*k, "test.outer"));
+        let inner = Rc::new(Semaphore::new(&*k, "test.inner"));
+        for p in 0..4u64 {
+            let (k, outer, inner) = (k.clone(), outer.clone(), inner.clone());
+            sim.spawn_process(
+                format!("p{p}"),
+                Box::pin(async move {
+                    for i in 0..30u64 {
+                        outer.down_read(&*k).await;
+                        inner.down(&*k).await;
+                        if (i + p) % 4 == 0 {
+                            k.sleep(300 * p).await;
+                        }
+                        inner.up(&*k);
+                        outer.up_read(&*k);
+                        if i % 5 == p {
+                            blksnap_core::kernel::preempt().await;
+                        }
+                    }
+                }),
+            );
+        }
+        let (bk, bouter) = (k.clone(), outer.clone());
+        sim.spawn_background(
+            "writer".into(),
+            Box::pin(async move {
+                for _ in 0..40 {
+                    bouter.down_write(&*bk).await;
+                    bouter.up_write(&*bk);
+                    bk.sleep(700).await;
+                }
+            }),
+        );
+        assert!(sim.run(), "the processes end");
+        // The writer goes on alone, under `settle`'s loop.
+        sim.settle(40 * 700);
+        assert!(!sim.has_failed(), "{:?}", sim.failures());
+        let digest = sim.trace.borrow().digest();
+        (digest, sim.polls(), sim.sched.in_place_picks.get())
+    }
+
+    /// A preemption point run in place gives the run a return and a
+    /// re-poll give, event for event (the digest) and poll for poll, under
+    /// both policies, and the in-place path was taken both ways (the same
+    /// task went on; another task was picked and polled next).
+    #[test]
+    fn in_place_preemption_keeps_the_schedule() {
+        let policies = [
+            SchedPolicy::Random,
+            SchedPolicy::Priority { change_points: 3 },
+        ];
+        for policy in policies {
+            for seed in 0..6 {
+                let (plain, plain_polls, none) = contended_run(true, policy, seed);
+                let (fast, fast_polls, picks) = contended_run(false, policy, seed);
+                assert_eq!(none, (0, 0));
+                assert_eq!(
+                    (fast, fast_polls),
+                    (plain, plain_polls),
+                    "{policy:?}, seed {seed}"
+                );
+                assert!(picks.0 > 0, "{policy:?}, seed {seed}: {picks:?}");
+                if policy == SchedPolicy::Random {
+                    assert!(picks.1 > 0, "seed {seed}: {picks:?}");
+                }
             }
         }
     }

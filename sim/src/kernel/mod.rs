@@ -26,7 +26,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use blksnap_core::kernel::{Bio, BioResult, Completer, DevT};
+use blksnap_core::kernel::{Bio, BioResult, Completer, DevT, FilterVerdict};
 
 use crate::check::injected::FaultKind;
 use crate::check::Oracle;
@@ -212,10 +212,20 @@ impl Sim {
         self.trace.borrow_mut().record_bio_end(now, id, ok);
     }
 
+    /// A filter's `Pass` (one per user bio on a tracked device) takes its
+    /// own recorder: the event is not kept whole.
     #[inline(always)]
     fn record_inline(&self, event: TraceEvent) {
         let now = self.now();
         match &event {
+            TraceEvent::Filter {
+                dev,
+                sector,
+                verdict: FilterVerdict::Pass,
+            } => {
+                let (dev, sector) = (*dev, *sector);
+                return self.trace.borrow_mut().record_filter_pass(now, dev, sector);
+            }
             TraceEvent::Freeze { dev, depth } => {
                 self.series.borrow_mut().freeze(now, DevT(*dev), *depth)
             }

@@ -72,6 +72,10 @@ pub(crate) struct RunState {
     /// The run-queue slot of the task `pick` chose last (`NO_SLOT` if the
     /// policy did not say): its poll puts it to sleep with no search.
     picked_slot: usize,
+    /// The run-queue slot of the running task, as its poll began with
+    /// it (`NO_SLOT` if the policy did not say): a preemption point run in
+    /// place wakes it there.
+    running_rq_slot: usize,
     polls: u64,
     change_at: BTreeSet<u64>,
 }
@@ -187,6 +191,18 @@ pub struct Scheduler<A> {
     /// which grown from empty copied them (96 bytes each) eight times.
     bio_list_room: Cell<usize>,
     state: RefCell<RunState>,
+    /// The task a preemption point run in place picked when it was not
+    /// its own (`repoll_in_place`): the executor's loop polls it next,
+    /// with no second draw.
+    prepicked: Cell<Option<TaskId>>,
+    /// Tests: preemption points take the plain path (return and re-poll),
+    /// to compare a run with the one made in place.
+    #[cfg(test)]
+    pub(crate) plain_preemption: Cell<bool>,
+    /// Tests: preemption points run in place that went on with the same
+    /// task, and that picked another.
+    #[cfg(test)]
+    pub(crate) in_place_picks: Cell<(u64, u64)>,
     timers: RefCell<Timers<A>>,
     queue: Arc<WakeQueue>,
     rng: RefCell<SimRng>,
@@ -216,6 +232,11 @@ impl<A> Scheduler<A> {
             open_bio_lists: Cell::new(0),
             bio_list_room: Cell::new(0),
             state: RefCell::new(RunState::default()),
+            prepicked: Cell::new(None),
+            #[cfg(test)]
+            plain_preemption: Cell::new(false),
+            #[cfg(test)]
+            in_place_picks: Cell::new((0, 0)),
             timers: RefCell::new(Timers::default()),
             queue: Arc::new(WakeQueue::new()),
             rng: RefCell::new(SimRng::child(seed, "sched")),
@@ -519,13 +540,18 @@ impl<A> Scheduler<A> {
 
     /// Inlined into the executor's loops: once per iteration, and nearly
     /// always an empty run queue in a run of bios (a few instructions,
-    /// where the call cost about 15 more).
+    /// where the call cost about 15 more). A pick a preemption point run
+    /// in place drew already (`prepicked`, a runnable task: the queue is
+    /// not empty) is taken with no second draw.
     #[inline(always)]
     pub fn pick(&self) -> Option<TaskId> {
         let policy = self.policy.get();
         let mut sched = self.state.borrow_mut();
         if sched.runnable.is_empty() {
             return None;
+        }
+        if let Some(id) = self.prepicked.take() {
+            return Some(id);
         }
         match policy {
             SchedPolicy::Random => {
@@ -542,11 +568,97 @@ impl<A> Scheduler<A> {
         }
     }
 
+    /// A running task's preemption point: its self-wake through `waker`,
+    /// then what the executor's loop does up to its next poll, done while
+    /// the task is still being polled, as long as that is exactly the same:
+    /// - `waker` must be the running task's own (else it is only woken, and
+    ///   the wake was not a return to this executor). The wake is made on
+    ///   the run queue at once, not through the wake queue: the runnable
+    ///   set the loop's collection builds does not depend on the order of
+    ///   the wakes;
+    /// - no timer may be due (firing one runs sim code that expects no
+    ///   task to run; the loop does it);
+    /// - the wakes are collected, then the loop's checks (`bounds`: the
+    ///   `run` loop's; None for `settle`, which has none) must pass;
+    /// - the pick is drawn. The same task: its poll is charged as
+    ///   `begin_poll` charges it, and its id returned (the caller demotes
+    ///   and records the poll, as `poll_task` does). Another task: kept
+    ///   for the loop's next `pick`, and None.
+    ///
+    /// After None the task returns `Pending` with no effect on the way
+    /// out (its futures are state machines that only pass it up), so the
+    /// loop finds the state this left.
+    pub(crate) fn repoll_in_place(&self, waker: &Waker, bounds: Option<Bounds>) -> Option<TaskId> {
+        #[cfg(test)]
+        if self.plain_preemption.get() {
+            waker.wake_by_ref();
+            return None;
+        }
+        let Some(id) = self.wake_running_task(waker) else {
+            waker.wake_by_ref();
+            return None;
+        };
+        let now = self.now();
+        if self.timers.borrow().next_at().is_some_and(|at| at <= now) {
+            return None;
+        }
+        self.collect_woken();
+        if let Some(bounds) = bounds {
+            let state = self.state.borrow();
+            let ends = state.processes.is_empty()
+                || state.polls > bounds.max_polls
+                || now > bounds.max_virtual_ns;
+            if ends {
+                return None;
+            }
+        }
+        let picked = self.pick()?;
+        #[cfg(test)]
+        {
+            let (same, other) = self.in_place_picks.get();
+            let same_again = picked == id;
+            let counts = (same + u64::from(same_again), other + u64::from(!same_again));
+            self.in_place_picks.set(counts);
+        }
+        if picked != id {
+            self.prepicked.set(Some(picked));
+            return None;
+        }
+        let mut state = self.state.borrow_mut();
+        let slot = std::mem::replace(&mut state.picked_slot, NO_SLOT);
+        state.runnable.sleep_slot(id, slot);
+        state.running_rq_slot = slot;
+        state.polls += 1;
+        self.now.set(now + POLL_COST_NS);
+        Some(id)
+    }
+
+    /// The running task, woken, if `waker` is its own.
+    #[inline(always)]
+    fn wake_running_task(&self, waker: &Waker) -> Option<TaskId> {
+        let mut state = self.state.borrow_mut();
+        let id = state.current?;
+        let slot = state.current_slot;
+        let task = state.tasks.at_mut(slot, id)?;
+        if !task.waker.will_wake(waker) {
+            return None;
+        }
+        let rq_slot = state.running_rq_slot;
+        state.runnable.wake_slot(id, rq_slot);
+        Some(id)
+    }
+
     /// PCT change points: at a few seeded poll counts, demote the task.
+    /// Inlined: most runs are under the uniform policy (nothing to do).
+    #[inline(always)]
     pub fn maybe_demote(&self, id: TaskId) {
         let SchedPolicy::Priority { change_points } = self.policy.get() else {
             return;
         };
+        self.demote_at_change_point(id, change_points);
+    }
+
+    fn demote_at_change_point(&self, id: TaskId, change_points: u32) {
         let mut sched = self.state.borrow_mut();
         if sched.change_at.is_empty() && change_points > 0 && sched.polls == 0 {
             let mut rng = self.rng.borrow_mut();
@@ -567,6 +679,7 @@ impl<A> Scheduler<A> {
         let mut sched = self.state.borrow_mut();
         let slot = std::mem::replace(&mut sched.picked_slot, NO_SLOT);
         sched.runnable.sleep_slot(id, slot);
+        sched.running_rq_slot = slot;
         sched.current = Some(id);
         sched.polls += 1;
         self.now.set(self.now() + POLL_COST_NS);
