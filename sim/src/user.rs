@@ -67,22 +67,21 @@ impl UserSpace {
     }
 
     /// Unmap every mapping task `owner` made: its pointers now fault.
+    /// One pass over the owned mappings, with no list of them built first
+    /// (every step of a process ends here, issue 10).
     pub fn unmap_owned_by(&self, owner: u64) {
-        let mut owned = self.owned.borrow_mut();
-        let mine: Vec<u64> = owned
-            .iter()
-            .filter(|(_, o)| **o == owner)
-            .map(|(addr, _)| *addr)
-            .collect();
         let mut maps = self.maps.borrow_mut();
         let mut read_only = self.read_only.borrow_mut();
-        for addr in mine {
-            owned.remove(&addr);
-            read_only.remove(&addr);
-            if let Some(bytes) = maps.remove(&addr) {
+        self.owned.borrow_mut().retain(|addr, o| {
+            if *o != owner {
+                return true;
+            }
+            read_only.remove(addr);
+            if let Some(bytes) = maps.remove(addr) {
                 self.mapped.set(self.mapped.get() - bytes.len());
             }
-        }
+            false
+        });
     }
 
     /// Bytes mapped now.
@@ -178,6 +177,10 @@ mod tests {
         assert_eq!(user.copy_to_user(c, &[1]), Err(0));
         assert_eq!(user.copy_from_user(c, 4).unwrap(), vec![5; 4]);
         assert_eq!(user.copy_from_user(UNMAPPED, 1), Err(Errno::EFAULT));
+        // A length that would wrap faults; the guard gap is unmapped.
+        assert_eq!(user.copy_from_user(a + 1, usize::MAX), Err(Errno::EFAULT));
+        assert_eq!(user.copy_to_user(a + 4, &[1]), Err(0));
+        assert_eq!(user.copy_from_user(a + 4, 1), Err(Errno::EFAULT));
     }
 
     #[test]
