@@ -470,18 +470,18 @@ impl Ctrl<'_> {
         let event = snapshot.wait_event(self.timeout_ns(timeout_ms)).await;
         snapshot.put().await;
         let event = event?;
-        if event.data.len() > EVENT_DATA_SIZE {
-            return Err(Errno::ENOSPC);
-        }
-        let mut out = BlkSnapSnapshotEvent {
-            id: BlkSnapUuid { b: id },
-            code: event.code,
-            time_label: event.time_label,
-            ..Default::default()
-        };
-        out.data[..event.data.len()].copy_from_slice(&event.data);
+        // timeout_ms goes back as 0 (B-CTRL-2); a payload past the page
+        // does not fit.
+        let out = BlkSnapSnapshotEvent::encode_with(
+            BlkSnapUuid { b: id },
+            0,
+            event.code,
+            event.time_label,
+            &event.data,
+        )
+        .ok_or(Errno::ENOSPC)?;
         self.user
-            .copy_to_user(self.arg, &out.encode())
+            .copy_to_user(self.arg, &out)
             .map_err(|_| Errno::EINVAL)?;
         Ok(0)
     }

@@ -554,6 +554,31 @@ impl Default for BlkSnapSnapshotEvent {
     }
 }
 
+impl BlkSnapSnapshotEvent {
+    /// The encoding of an event with these fields and `data` at the start of
+    /// its payload (the rest zero): `encode` of that struct, without
+    /// building and zeroing the page-sized struct first and copying its
+    /// whole payload (WAIT_EVENT's answer, issue 10). `None` if `data` does
+    /// not fit.
+    pub fn encode_with(
+        id: BlkSnapUuid,
+        timeout_ms: u32,
+        code: u32,
+        time_label: i64,
+        data: &[u8],
+    ) -> Option<Vec<u8>> {
+        let mut buf = vec![0; Self::SIZE];
+        let payload = offset_of!(Self, data);
+        buf.get_mut(payload..payload + data.len())?
+            .copy_from_slice(data);
+        id.write(&mut buf, offset_of!(Self, id));
+        timeout_ms.write(&mut buf, offset_of!(Self, timeout_ms));
+        code.write(&mut buf, offset_of!(Self, code));
+        time_label.write(&mut buf, offset_of!(Self, time_label));
+        Some(buf)
+    }
+}
+
 /// `struct blk_snap_event_low_free_space`: payload of event code 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(C)]
@@ -1153,6 +1178,28 @@ mod tests {
         };
         event.data[..BlkSnapEventCorrupted::SIZE].copy_from_slice(&corrupted.encode());
         assert_eq!(BlkSnapEventCorrupted::decode(&event.data), Some(corrupted));
+    }
+
+    /// `encode_with` is `encode` of the struct with the same fields, for
+    /// payloads from empty to a full page, and refuses one byte more.
+    #[test]
+    fn event_encode_with_is_encode() {
+        for len in [0, 1, 8, 12, 100, EVENT_DATA_SIZE] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251 + 1) as u8).collect();
+            let mut event = BlkSnapSnapshotEvent {
+                id: BlkSnapUuid { b: [7; 16] },
+                timeout_ms: 9,
+                code: EVENT_CORRUPTED,
+                time_label: -3,
+                ..Default::default()
+            };
+            event.data[..len].copy_from_slice(&data);
+            let with = BlkSnapSnapshotEvent::encode_with(event.id, 9, EVENT_CORRUPTED, -3, &data);
+            assert_eq!(with, Some(event.encode()), "payload of {len} bytes");
+        }
+        let over = vec![1; EVENT_DATA_SIZE + 1];
+        let with = BlkSnapSnapshotEvent::encode_with(BlkSnapUuid::default(), 0, 0, 0, &over);
+        assert_eq!(with, None);
     }
 
     #[test]

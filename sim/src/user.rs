@@ -67,22 +67,21 @@ impl UserSpace {
     }
 
     /// Unmap every mapping task `owner` made: its pointers now fault.
+    /// One pass over the owned mappings, with no list of them built first
+    /// (every step of a process ends here, issue 10).
     pub fn unmap_owned_by(&self, owner: u64) {
-        let mut owned = self.owned.borrow_mut();
-        let mine: Vec<u64> = owned
-            .iter()
-            .filter(|(_, o)| **o == owner)
-            .map(|(addr, _)| *addr)
-            .collect();
         let mut maps = self.maps.borrow_mut();
         let mut read_only = self.read_only.borrow_mut();
-        for addr in mine {
-            owned.remove(&addr);
-            read_only.remove(&addr);
-            if let Some(bytes) = maps.remove(&addr) {
+        self.owned.borrow_mut().retain(|addr, o| {
+            if *o != owner {
+                return true;
+            }
+            read_only.remove(addr);
+            if let Some(bytes) = maps.remove(addr) {
                 self.mapped.set(self.mapped.get() - bytes.len());
             }
-        }
+            false
+        });
     }
 
     /// Bytes mapped now.
@@ -110,21 +109,13 @@ impl UserSpace {
         self.owned.borrow_mut().clear();
         self.mapped.set(0);
     }
+}
 
-    /// The mapping holding `addr`, as (start, length).
-    fn find(&self, addr: u64) -> Option<(u64, usize)> {
-        let maps = self.maps.borrow();
-        let (start, bytes) = maps.range(..=addr).next_back()?;
-        (addr < start + bytes.len() as u64).then_some((*start, bytes.len()))
-    }
-
-    /// How many bytes from `addr` on are mapped, up to `len`.
-    fn mapped_len(&self, addr: u64, len: usize) -> usize {
-        match self.find(addr) {
-            Some((start, size)) => (start + size as u64 - addr).min(len as u64) as usize,
-            None => 0,
-        }
-    }
+/// The mapping holding `addr` in `maps`: its start and bytes. One walk of
+/// the map per copy (a copy looked the mapping up three times, issue 10).
+fn holding(maps: &BTreeMap<u64, Vec<u8>>, addr: u64) -> Option<(u64, &Vec<u8>)> {
+    let (start, bytes) = maps.range(..=addr).next_back()?;
+    (addr < start + bytes.len() as u64).then_some((*start, bytes))
 }
 
 impl UserMemory for UserSpace {
@@ -132,35 +123,34 @@ impl UserMemory for UserSpace {
         if len == 0 {
             return Ok(Vec::new());
         }
-        if self.mapped_len(addr, len) < len {
-            return Err(Errno::EFAULT);
-        }
-        let (start, _) = self.find(addr).ok_or(Errno::EFAULT)?;
         let maps = self.maps.borrow();
+        let (start, bytes) = holding(&maps, addr).ok_or(Errno::EFAULT)?;
         let offset = (addr - start) as usize;
-        Ok(maps[&start][offset..offset + len].to_vec())
+        // `len` comes from the engine: a huge one faults, it does not wrap.
+        let end = offset.checked_add(len).ok_or(Errno::EFAULT)?;
+        bytes
+            .get(offset..end)
+            .map(<[u8]>::to_vec)
+            .ok_or(Errno::EFAULT)
     }
 
     fn copy_to_user(&self, addr: u64, data: &[u8]) -> Result<(), usize> {
         if data.is_empty() {
             return Ok(());
         }
-        let writable = self
-            .find(addr)
-            .is_some_and(|(start, _)| !self.read_only.borrow().contains(&start));
-        let n = if writable {
-            self.mapped_len(addr, data.len())
-        } else {
-            0
-        };
-        if n > 0 {
-            let (start, _) = self.find(addr).ok_or(0usize)?;
-            let offset = (addr - start) as usize;
-            let mut maps = self.maps.borrow_mut();
-            if let Some(bytes) = maps.get_mut(&start) {
+        let mut maps = self.maps.borrow_mut();
+        let read_only = self.read_only.borrow();
+        let n = match maps.range_mut(..=addr).next_back() {
+            Some((start, bytes))
+                if addr < start + bytes.len() as u64 && !read_only.contains(start) =>
+            {
+                let offset = (addr - start) as usize;
+                let n = (bytes.len() - offset).min(data.len());
                 bytes[offset..offset + n].copy_from_slice(&data[..n]);
+                n
             }
-        }
+            _ => 0,
+        };
         if n < data.len() {
             return Err(n);
         }
@@ -187,6 +177,10 @@ mod tests {
         assert_eq!(user.copy_to_user(c, &[1]), Err(0));
         assert_eq!(user.copy_from_user(c, 4).unwrap(), vec![5; 4]);
         assert_eq!(user.copy_from_user(UNMAPPED, 1), Err(Errno::EFAULT));
+        // A length that would wrap faults; the guard gap is unmapped.
+        assert_eq!(user.copy_from_user(a + 1, usize::MAX), Err(Errno::EFAULT));
+        assert_eq!(user.copy_to_user(a + 4, &[1]), Err(0));
+        assert_eq!(user.copy_from_user(a + 4, 1), Err(Errno::EFAULT));
     }
 
     #[test]

@@ -116,14 +116,19 @@ impl Sim {
 
     /// Does the fault plan fail this allocation? A plan can aim at the
     /// would-block allocations alone with the site name `SITE/nowait`.
+    /// Only a would-block allocation builds a name: every other one asks
+    /// with the literal (a `String` per kmalloc was a malloc and a free on
+    /// the hottest path, issue 10).
     fn alloc_fault(&self, site: &str, gfp: Gfp) -> bool {
+        let nowait;
         let fault_site = if gfp == Gfp::NoioNowait {
-            format!("{site}/nowait")
+            nowait = format!("{site}/nowait");
+            nowait.as_str()
         } else {
-            site.to_string()
+            site
         };
         let mut rng = self.fault_rng.borrow_mut();
-        self.faults.borrow_mut().alloc_fails(&fault_site, &mut rng)
+        self.faults.borrow_mut().alloc_fails(fault_site, &mut rng)
     }
 
     /// Account a live allocation; past the scenario's limit, fail the run.

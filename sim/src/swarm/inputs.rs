@@ -6,7 +6,7 @@
 use arbitrary::Unstructured;
 
 use super::gen::{Features, Generator, Scale};
-use super::judge::{self, sanitize};
+use super::judge::{self, sanitize_owned};
 use crate::scenario::{self, Outcome, RunOptions, Scenario};
 
 /// The splitmix64 stream.
@@ -40,7 +40,7 @@ pub fn random_input(seed: u64, index: u64, max_len: usize) -> Vec<u8> {
 
 /// The scenario and run seed a `lifecycle` fuzz input describes: the first
 /// 8 bytes are the seed, the rest drive the generator with every feature
-/// on, at `scale`. A [`Scale::Farm`] scenario comes [`sanitize`]d, so the
+/// on, at `scale`. A [`Scale::Farm`] scenario comes [`judge::sanitize`]d, so the
 /// judge runs it once: the rerun it would do for a `VerifyImage` of an
 /// image a failed TAKE never made is the run of the sanitized scenario,
 /// which the oracle judges as strictly (every image read, byte by byte).
@@ -55,7 +55,7 @@ pub fn lifecycle_scenario(data: &[u8], scale: Scale) -> Option<(Scenario, u64)> 
         .ok()?;
     match scale {
         Scale::Full => Some((scenario, seed)),
-        Scale::Farm => Some((sanitize(&scenario), seed)),
+        Scale::Farm => Some((sanitize_owned(scenario), seed)),
     }
 }
 
@@ -157,7 +157,7 @@ mod tests {
             let data = random_input(12, index, 512);
             let (farm, _) = lifecycle_scenario(&data, Scale::Farm).expect("a scenario");
             assert!(!has_verify_image(&farm.steps), "input {index}");
-            let again = sanitize(&farm);
+            let again = judge::sanitize(&farm);
             assert_eq!(format!("{again:?}"), format!("{farm:?}"), "input {index}");
             let (full, _) = lifecycle_scenario(&data, Scale::Full).expect("a scenario");
             full_verifies += usize::from(has_verify_image(&full.steps));
