@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Stamp};
 
-use crate::fs::{FreezeRecord, FsRecord};
+use crate::fs::FsRecord;
 use crate::kernel::Sim;
 
 /// An image whose original has a filesystem, as the Take step bound it.
@@ -99,20 +99,23 @@ impl FsTake {
     }
 
     /// Judge one successful image read against the original's fs record.
+    /// `record_of` gives an original's fs record and whether its device
+    /// refuses to freeze (`None`: no filesystem); only the bound original's
+    /// is asked for, so no map of every device is built per read (issue 10).
     /// `device_fault` names the injected data fault that explains a wrong
     /// image sector, if one does; those are collected in `by_fault`.
-    fn judge_read(
+    fn judge_read<'r>(
         &mut self,
         bio: &Bio,
-        data: &[Stamp],
-        records: &BTreeMap<DevT, (&FsRecord, bool)>,
+        data: impl IntoIterator<Item = Stamp>,
+        record_of: impl FnOnce(DevT) -> Option<(&'r FsRecord, bool)>,
         device_fault: &dyn Fn(DevT, u64) -> Option<String>,
         by_fault: &mut Vec<String>,
     ) -> Result<(), String> {
         let Some(binding) = self.images.get(&bio.dev).copied() else {
             return Ok(());
         };
-        let Some(&(record, freeze_fails)) = records.get(&binding.orig) else {
+        let Some((record, freeze_fails)) = record_of(binding.orig) else {
             return Ok(());
         };
         if freeze_fails {
@@ -121,7 +124,7 @@ impl FsTake {
         let Window::Until(until) = window(record, binding.take_start, binding.take_end) else {
             return Ok(());
         };
-        for (i, got) in data.iter().enumerate() {
+        for (i, got) in data.into_iter().enumerate() {
             let sector = bio.sector + i as u64;
             if self.image_written.contains(&(bio.dev, sector))
                 || self.raw_written.contains(&(binding.orig, sector))
@@ -131,7 +134,7 @@ impl FsTake {
             }
             // Most sectors read what was allowed: decide that without
             // building the set, which only the failure message needs.
-            let Some(admitted) = admits(record, sector, binding.take_start, until, *got) else {
+            let Some(admitted) = admits(record, sector, binding.take_start, until, got) else {
                 continue;
             };
             self.sectors_judged += 1;
@@ -163,15 +166,15 @@ impl FsTake {
 /// beginning; one the fs ignored guarantees nothing; none at all (the
 /// engine never froze) leaves every write accepted before the end.
 fn window(record: &FsRecord, start: u64, end: u64) -> Window {
-    let overlapping: Vec<&FreezeRecord> = record
+    // An iterator, walked twice, not a Vec: this runs for every judged read.
+    let mut overlapping = record
         .freezes
         .iter()
-        .filter(|f| f.begun <= end && f.thawed.is_none_or(|t| t >= start))
-        .collect();
-    if overlapping.iter().any(|f| !f.honoured) {
+        .filter(|f| f.begun <= end && f.thawed.is_none_or(|t| t >= start));
+    if overlapping.clone().any(|f| !f.honoured) {
         return Window::NotJudged;
     }
-    match overlapping.first() {
+    match overlapping.next() {
         Some(freeze) => Window::Until(freeze.begun.max(start)),
         None => Window::Until(end),
     }
@@ -252,20 +255,17 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
             return;
         }
         let devices = sim.blk.devices.borrow();
-        let records: BTreeMap<DevT, (&FsRecord, bool)> = fs
-            .iter()
-            .map(|(dev, m)| {
-                let fails = devices.get(dev).is_some_and(|d| d.freeze_fails);
-                (*dev, (&m.record, fails))
-            })
-            .collect();
+        let record_of = |orig: DevT| {
+            let fails = devices.get(&orig).is_some_and(|d| d.freeze_fails);
+            fs.get(&orig).map(|m| (&m.record, fails))
+        };
         let now = sim.now();
         let oracle = sim.oracle.borrow();
         let device_fault = |image: DevT, sector: u64| oracle.image_damage_cause(image, sector, now);
         let verdict = sim.fs_take.borrow_mut().judge_read(
             bio,
-            &data.to_vec(),
-            &records,
+            data.iter(),
+            record_of,
             &device_fault,
             &mut by_fault,
         );
@@ -288,6 +288,7 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::FreezeRecord;
 
     const ORIG: DevT = DevT(7 << 20);
     const IMAGE: DevT = DevT(252 << 20);
@@ -310,12 +311,11 @@ mod tests {
     }
 
     fn judge(checker: &mut FsTake, r: &FsRecord, sector: u64, got: Stamp) -> Result<(), String> {
-        let records = BTreeMap::from([(ORIG, (r, false))]);
         let mut by_fault = Vec::new();
         let verdict = checker.judge_read(
             &Bio::read(IMAGE, sector, 1),
-            &[got],
-            &records,
+            [got],
+            |dev| (dev == ORIG).then_some((r, false)),
             &|_, _| None,
             &mut by_fault,
         );
@@ -399,13 +399,13 @@ mod tests {
     fn a_wrong_sector_a_device_fault_explains_is_the_faults_and_the_rest_the_engines() {
         let r = record(&[(3, 50, 0x50), (4, 50, 0x51)], &[]);
         let mut c = taken(100, 200);
-        let records = BTreeMap::from([(ORIG, (&r, false))]);
+        let records = |dev| (dev == ORIG).then_some((&r, false));
         let fault = |_: DevT, sector: u64| (sector == 3).then(|| "a lost write".to_string());
         let mut by_fault = Vec::new();
         // Sector 3 wrong and explained, sector 4 right: no engine failure.
         let read = Bio::read(IMAGE, 3, 2);
         assert!(c
-            .judge_read(&read, &[0, 0x51], &records, &fault, &mut by_fault)
+            .judge_read(&read, [0, 0x51], records, &fault, &mut by_fault)
             .is_ok());
         assert_eq!(by_fault.len(), 1);
         assert!(
@@ -415,7 +415,7 @@ mod tests {
         // Sector 4 wrong too: the fault does not explain it.
         by_fault.clear();
         let err = c
-            .judge_read(&read, &[0, 0], &records, &fault, &mut by_fault)
+            .judge_read(&read, [0, 0], records, &fault, &mut by_fault)
             .unwrap_err();
         assert!(err.contains("sector 4"), "{err}");
         assert_eq!(by_fault.len(), 1);
