@@ -245,22 +245,32 @@ fn admits_list(list: &[(u64, Stamp)], start: u64, until: u64, got: Stamp) -> Opt
 /// A sorted (sector, value) sequence looked up at sectors that only grow:
 /// each entry is passed once, so a read costs the entries in its range
 /// and not a search per sector.
-struct Walk<I: Iterator> {
-    entries: std::iter::Peekable<I>,
+struct Walk<V, I> {
+    /// The first entry not passed yet (None: none left), then the rest.
+    head: Option<(u64, V)>,
+    rest: I,
 }
 
-impl<V, I: Iterator<Item = (u64, V)>> Walk<I> {
-    fn new(entries: I) -> Self {
+impl<V, I: Iterator<Item = (u64, V)>> Walk<V, I> {
+    fn new(mut entries: I) -> Self {
         Walk {
-            entries: entries.peekable(),
+            head: entries.next(),
+            rest: entries,
         }
     }
 
     /// The value at `sector`, if any; `sector` is not below the last one
-    /// asked for.
+    /// asked for. A walk with nothing left costs one test.
+    #[inline]
     fn at(&mut self, sector: u64) -> Option<V> {
-        while self.entries.next_if(|(s, _)| *s < sector).is_some() {}
-        self.entries.next_if(|(s, _)| *s == sector).map(|(_, v)| v)
+        while self.head.as_ref().is_some_and(|(s, _)| *s < sector) {
+            self.head = self.rest.next();
+        }
+        if self.head.as_ref().is_some_and(|(s, _)| *s == sector) {
+            let (_, value) = std::mem::replace(&mut self.head, self.rest.next())?;
+            return Some(value);
+        }
+        None
     }
 }
 
