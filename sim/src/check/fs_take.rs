@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Stamp};
 
-use crate::fs::{FreezeRecord, FsRecord};
+use crate::fs::FsRecord;
 use crate::kernel::Sim;
 
 /// An image whose original has a filesystem, as the Take step bound it.
@@ -99,20 +99,23 @@ impl FsTake {
     }
 
     /// Judge one successful image read against the original's fs record.
+    /// `record_of` gives an original's fs record and whether its device
+    /// refuses to freeze (`None`: no filesystem); only the bound original's
+    /// is asked for, so no map of every device is built per read (issue 10).
     /// `device_fault` names the injected data fault that explains a wrong
     /// image sector, if one does; those are collected in `by_fault`.
-    fn judge_read(
+    fn judge_read<'r>(
         &mut self,
         bio: &Bio,
-        data: &[Stamp],
-        records: &BTreeMap<DevT, (&FsRecord, bool)>,
+        data: impl IntoIterator<Item = Stamp>,
+        record_of: impl FnOnce(DevT) -> Option<(&'r FsRecord, bool)>,
         device_fault: &dyn Fn(DevT, u64) -> Option<String>,
         by_fault: &mut Vec<String>,
     ) -> Result<(), String> {
         let Some(binding) = self.images.get(&bio.dev).copied() else {
             return Ok(());
         };
-        let Some(&(record, freeze_fails)) = records.get(&binding.orig) else {
+        let Some((record, freeze_fails)) = record_of(binding.orig) else {
             return Ok(());
         };
         if freeze_fails {
@@ -121,17 +124,36 @@ impl FsTake {
         let Window::Until(until) = window(record, binding.take_start, binding.take_end) else {
             return Ok(());
         };
-        for (i, got) in data.iter().enumerate() {
+        // The read's sectors count up, so each record is walked once over
+        // the read's range, in step with them, instead of searched per
+        // sector (issue 10: this loop was most of an fs run's checking).
+        // Open-ended: the walks are lazy and stop where the data does.
+        let mut image_written = Walk::new(
+            self.image_written
+                .range((bio.dev, bio.sector)..=(bio.dev, u64::MAX))
+                .map(|&(_, s)| (s, ())),
+        );
+        let mut raw_written = Walk::new(
+            self.raw_written
+                .range((binding.orig, bio.sector)..=(binding.orig, u64::MAX))
+                .map(|&(_, s)| (s, ())),
+        );
+        let mut lost = Walk::new(record.lost.range(bio.sector..).map(|&s| (s, ())));
+        let mut accepted = Walk::new(record.accepted.range(bio.sector..).map(|(&s, l)| (s, l)));
+        for (i, got) in data.into_iter().enumerate() {
             let sector = bio.sector + i as u64;
-            if self.image_written.contains(&(bio.dev, sector))
-                || self.raw_written.contains(&(binding.orig, sector))
-                || record.lost.contains(&sector)
+            if image_written.at(sector).is_some()
+                || raw_written.at(sector).is_some()
+                || lost.at(sector).is_some()
             {
                 continue;
             }
             // Most sectors read what was allowed: decide that without
             // building the set, which only the failure message needs.
-            let Some(admitted) = admits(record, sector, binding.take_start, until, *got) else {
+            let Some(list) = accepted.at(sector) else {
+                continue;
+            };
+            let Some(admitted) = admits_list(list, binding.take_start, until, got) else {
                 continue;
             };
             self.sectors_judged += 1;
@@ -163,15 +185,15 @@ impl FsTake {
 /// beginning; one the fs ignored guarantees nothing; none at all (the
 /// engine never froze) leaves every write accepted before the end.
 fn window(record: &FsRecord, start: u64, end: u64) -> Window {
-    let overlapping: Vec<&FreezeRecord> = record
+    // An iterator, walked twice, not a Vec: this runs for every judged read.
+    let mut overlapping = record
         .freezes
         .iter()
-        .filter(|f| f.begun <= end && f.thawed.is_none_or(|t| t >= start))
-        .collect();
-    if overlapping.iter().any(|f| !f.honoured) {
+        .filter(|f| f.begun <= end && f.thawed.is_none_or(|t| t >= start));
+    if overlapping.clone().any(|f| !f.honoured) {
         return Window::NotJudged;
     }
-    match overlapping.first() {
+    match overlapping.next() {
         Some(freeze) => Window::Until(freeze.begun.max(start)),
         None => Window::Until(end),
     }
@@ -199,8 +221,13 @@ fn allowed(record: &FsRecord, sector: u64, start: u64, until: u64) -> BTreeSet<S
 /// Whether `got` is one of the values [`allowed`] gives (the same rule,
 /// with no set built); `None` when it gives none, so the sector is not
 /// judged. Called for every judged sector of every image read.
+#[cfg(test)]
 fn admits(record: &FsRecord, sector: u64, start: u64, until: u64, got: Stamp) -> Option<bool> {
-    let list = record.accepted.get(&sector)?;
+    admits_list(record.accepted.get(&sector)?, start, until, got)
+}
+
+/// [`admits`] on the sector's list of accepted writes.
+fn admits_list(list: &[(u64, Stamp)], start: u64, until: u64, got: Stamp) -> Option<bool> {
     let before = list
         .iter()
         .rev()
@@ -213,6 +240,38 @@ fn admits(record: &FsRecord, sector: u64, start: u64, until: u64, got: Stamp) ->
         hit |= stamp == got;
     }
     any.then_some(hit)
+}
+
+/// A sorted (sector, value) sequence looked up at sectors that only grow:
+/// each entry is passed once, so a read costs the entries in its range
+/// and not a search per sector.
+struct Walk<V, I> {
+    /// The first entry not passed yet (None: none left), then the rest.
+    head: Option<(u64, V)>,
+    rest: I,
+}
+
+impl<V, I: Iterator<Item = (u64, V)>> Walk<V, I> {
+    fn new(mut entries: I) -> Self {
+        Walk {
+            head: entries.next(),
+            rest: entries,
+        }
+    }
+
+    /// The value at `sector`, if any; `sector` is not below the last one
+    /// asked for. A walk with nothing left costs one test.
+    #[inline]
+    fn at(&mut self, sector: u64) -> Option<V> {
+        while self.head.as_ref().is_some_and(|(s, _)| *s < sector) {
+            self.head = self.rest.next();
+        }
+        if self.head.as_ref().is_some_and(|(s, _)| *s == sector) {
+            let (_, value) = std::mem::replace(&mut self.head, self.rest.next())?;
+            return Some(value);
+        }
+        None
+    }
 }
 
 fn show(values: &BTreeSet<Stamp>) -> String {
@@ -252,20 +311,17 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
             return;
         }
         let devices = sim.blk.devices.borrow();
-        let records: BTreeMap<DevT, (&FsRecord, bool)> = fs
-            .iter()
-            .map(|(dev, m)| {
-                let fails = devices.get(dev).is_some_and(|d| d.freeze_fails);
-                (*dev, (&m.record, fails))
-            })
-            .collect();
+        let record_of = |orig: DevT| {
+            let fails = devices.get(&orig).is_some_and(|d| d.freeze_fails);
+            fs.get(&orig).map(|m| (&m.record, fails))
+        };
         let now = sim.now();
         let oracle = sim.oracle.borrow();
         let device_fault = |image: DevT, sector: u64| oracle.image_damage_cause(image, sector, now);
         let verdict = sim.fs_take.borrow_mut().judge_read(
             bio,
-            &data.to_vec(),
-            &records,
+            data.iter(),
+            record_of,
             &device_fault,
             &mut by_fault,
         );
@@ -288,6 +344,7 @@ pub fn completed(sim: &Sim, bio: &Bio, result: &BioResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::FreezeRecord;
 
     const ORIG: DevT = DevT(7 << 20);
     const IMAGE: DevT = DevT(252 << 20);
@@ -310,12 +367,11 @@ mod tests {
     }
 
     fn judge(checker: &mut FsTake, r: &FsRecord, sector: u64, got: Stamp) -> Result<(), String> {
-        let records = BTreeMap::from([(ORIG, (r, false))]);
         let mut by_fault = Vec::new();
         let verdict = checker.judge_read(
             &Bio::read(IMAGE, sector, 1),
-            &[got],
-            &records,
+            [got],
+            |dev| (dev == ORIG).then_some((r, false)),
             &|_, _| None,
             &mut by_fault,
         );
@@ -399,13 +455,13 @@ mod tests {
     fn a_wrong_sector_a_device_fault_explains_is_the_faults_and_the_rest_the_engines() {
         let r = record(&[(3, 50, 0x50), (4, 50, 0x51)], &[]);
         let mut c = taken(100, 200);
-        let records = BTreeMap::from([(ORIG, (&r, false))]);
+        let records = |dev| (dev == ORIG).then_some((&r, false));
         let fault = |_: DevT, sector: u64| (sector == 3).then(|| "a lost write".to_string());
         let mut by_fault = Vec::new();
         // Sector 3 wrong and explained, sector 4 right: no engine failure.
         let read = Bio::read(IMAGE, 3, 2);
         assert!(c
-            .judge_read(&read, &[0, 0x51], &records, &fault, &mut by_fault)
+            .judge_read(&read, [0, 0x51], records, &fault, &mut by_fault)
             .is_ok());
         assert_eq!(by_fault.len(), 1);
         assert!(
@@ -415,7 +471,7 @@ mod tests {
         // Sector 4 wrong too: the fault does not explain it.
         by_fault.clear();
         let err = c
-            .judge_read(&read, &[0, 0], &records, &fault, &mut by_fault)
+            .judge_read(&read, [0, 0], records, &fault, &mut by_fault)
             .unwrap_err();
         assert!(err.contains("sector 4"), "{err}");
         assert_eq!(by_fault.len(), 1);
@@ -428,6 +484,30 @@ mod tests {
         let mut c = taken(100, 200);
         assert!(judge(&mut c, &r, 9, 0x1234).is_ok());
         assert_eq!(c.sectors_judged, 0);
+    }
+
+    /// A walk answers as a lookup in the map would, for sectors asked in
+    /// increasing order with gaps (as the judged sectors of a read skip
+    /// the image's own writes).
+    #[test]
+    fn a_walk_finds_what_a_lookup_finds() {
+        let mut rng = crate::rng::SimRng::new(11);
+        for _ in 0..500 {
+            let map: BTreeMap<u64, u64> = (0..rng.below(12))
+                .map(|_| (rng.below(40), rng.below(1000)))
+                .collect();
+            let from = rng.below(20);
+            let mut walk = Walk::new(map.range(from..).map(|(&s, &v)| (s, v)));
+            let mut sector = from;
+            while sector < 50 {
+                assert_eq!(
+                    walk.at(sector),
+                    map.get(&sector).copied(),
+                    "{map:?} {sector}"
+                );
+                sector += 1 + rng.below(3);
+            }
+        }
     }
 
     /// `admits` decides as membership in `allowed` does, on random

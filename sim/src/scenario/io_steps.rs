@@ -74,7 +74,7 @@ impl Run {
         self.charge_sectors(sectors, true);
         let data = self.fresh_stamps(sectors);
         if self.has_fs(dev) && !nowait {
-            return WriteOp::Fs(data);
+            return WriteOp::Fs(data.to_vec());
         }
         let mut bio = Bio::write(dev, sector, data);
         bio.flags.nowait = nowait;
