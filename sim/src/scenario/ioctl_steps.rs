@@ -10,10 +10,10 @@ use super::model::{ArgFault, CbtExpect, EventExpect, Expect, RawArg, Step, Targe
 use super::runner::{check_expect, Run};
 use super::{Cause, StepError};
 use crate::trace::TraceEvent;
+use crate::user::UNMAPPED;
 
 /// The engine's allocation site of an event (`event_gen`'s kzalloc).
 const EVENT_SITE: &str = "event";
-use crate::user::UNMAPPED;
 
 pub(super) fn blk_dev(dev: DevT) -> BlkSnapDev {
     BlkSnapDev {
