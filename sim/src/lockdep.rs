@@ -141,6 +141,50 @@ impl Lockdep {
         LockId(self.next_id | class_bits(class))
     }
 
+    /// `Taken` when it surely reports nothing: nobody waits (so none
+    /// stops waiting), and the lock is cross-release or the task holds no
+    /// lock (no order to judge). Then the lock is held and true; else
+    /// nothing changed and false (`event` takes it).
+    #[inline(always)]
+    fn taken_quietly(&mut self, task: TaskId, id: LockId, class: &'static str) -> bool {
+        let quiet = self.waiting.is_empty() && (is_cross(id) || !self.holds_any(task));
+        if quiet {
+            self.acquired(task, id, class);
+        }
+        quiet
+    }
+
+    /// `Release` when it surely reports nothing: a lock that is not
+    /// cross-release (only those have suspects to judge), or one whose
+    /// hold has no suspects. Then it is released and true; else nothing
+    /// changed and false (`event` takes it).
+    #[inline(always)]
+    fn released_quietly(&mut self, task: TaskId, id: LockId) -> bool {
+        let quiet = self.suspects.is_empty() || !is_cross(id);
+        if quiet {
+            self.release(task, id);
+        }
+        quiet
+    }
+
+    /// An event that surely reports nothing, handled in place: an
+    /// uncontended take or a release (`taken_quietly`,
+    /// `released_quietly`). False if it was not one: `event` takes it.
+    #[inline(always)]
+    pub fn quiet_event(
+        &mut self,
+        task: TaskId,
+        id: LockId,
+        class: &'static str,
+        op: LockOp,
+    ) -> bool {
+        match op {
+            LockOp::Taken => self.taken_quietly(task, id, class),
+            LockOp::Release => self.released_quietly(task, id),
+            _ => false,
+        }
+    }
+
     /// One lock event of a task; Some(report) on an order inversion.
     /// Inlined into `lock_event`: each op's common case is a few compares
     /// and stores, cheaper than a call that saves six registers and
@@ -319,8 +363,7 @@ impl Lockdep {
         let held: Vec<Held> = self.holds_of(task).copied().collect();
         let mut report = None;
         for before in held {
-            if Self::unordered(&before, class) || self.judged.contains(&pair(before.class, class))
-            {
+            if Self::unordered(&before, class) || self.judged.contains(&pair(before.class, class)) {
                 continue;
             }
             let before = before.class;
@@ -446,8 +489,8 @@ mod tests {
     }
 
     fn take(l: &mut Lockdep, t: TaskId, id: u64, c: &'static str) -> Option<String> {
-        let r = l.event(t, lid(id, c), LockOp::Acquire, LockMode::Write);
-        l.event(t, lid(id, c), LockOp::Acquired, LockMode::Write);
+        let r = l.event(t, lid(id, c), c, LockOp::Acquire, LockMode::Write);
+        l.event(t, lid(id, c), c, LockOp::Acquired, LockMode::Write);
         r
     }
 
@@ -456,8 +499,8 @@ mod tests {
         let mut l = Lockdep::default();
         assert!(take(&mut l, 1, 1, "a").is_none());
         assert!(take(&mut l, 1, 2, "b").is_none());
-        l.event(1, lid(2, "b"), LockOp::Release, LockMode::Write);
-        l.event(1, lid(1, "a"), LockOp::Release, LockMode::Write);
+        l.event(1, lid(2, "b"), "b", LockOp::Release, LockMode::Write);
+        l.event(1, lid(1, "a"), "a", LockOp::Release, LockMode::Write);
         assert!(take(&mut l, 2, 2, "b").is_none());
         assert!(take(&mut l, 2, 1, "a").is_some());
         assert!(l.held_report().len() == 2);
@@ -473,12 +516,14 @@ mod tests {
             l.event(
                 t,
                 lid(pair[1].0, pair[1].1),
+                pair[1].1,
                 LockOp::Release,
                 LockMode::Write,
             );
             l.event(
                 t,
                 lid(pair[0].0, pair[0].1),
+                pair[0].1,
                 LockOp::Release,
                 LockMode::Write,
             );
@@ -511,13 +556,13 @@ mod tests {
         take(&mut l, 9, 4, "d");
         take(&mut l, 5, 5, "e");
         // Not the last taken: the others keep their order.
-        l.event(9, lid(3, "c"), LockOp::Release, LockMode::Write);
+        l.event(9, lid(3, "c"), "c", LockOp::Release, LockMode::Write);
         assert_eq!(
             l.held_report(),
             vec![(3, "b"), (5, "e"), (9, "a"), (9, "d")]
         );
         // Task 3 leaves the table, then comes back with a reused list.
-        l.event(3, lid(2, "b"), LockOp::Release, LockMode::Write);
+        l.event(3, lid(2, "b"), "b", LockOp::Release, LockMode::Write);
         assert_eq!(l.io_locks_held(3), None);
         take(&mut l, 7, 6, "tracker_submit_lock");
         take(&mut l, 3, 7, "f");
@@ -533,7 +578,7 @@ mod tests {
         );
         assert_eq!(l.io_locks_held(7), Some("tracker_submit_lock"));
         // A release of a lock the task does not hold changes nothing.
-        l.event(5, lid(4, "d"), LockOp::Release, LockMode::Write);
+        l.event(5, lid(4, "d"), "d", LockOp::Release, LockMode::Write);
         assert_eq!(l.held_report().len(), 5);
     }
 
@@ -550,19 +595,19 @@ mod tests {
             let mut out = Vec::new();
             let mut take = |l: &mut Lockdep, t: TaskId, id: u64, c: &'static str| {
                 let r = if taken {
-                    l.event(t, lid(id, c), LockOp::Taken, LockMode::Write)
+                    l.event(t, lid(id, c), c, LockOp::Taken, LockMode::Write)
                 } else {
-                    let r = l.event(t, lid(id, c), LockOp::Acquire, LockMode::Write);
-                    l.event(t, lid(id, c), LockOp::Acquired, LockMode::Write);
+                    let r = l.event(t, lid(id, c), c, LockOp::Acquire, LockMode::Write);
+                    l.event(t, lid(id, c), c, LockOp::Acquired, LockMode::Write);
                     r
                 };
                 out.push(format!("{t} {c}: {r:?} {:?}", l.held_report()));
             };
             take(&mut l, 1, 1, "a");
             take(&mut l, 1, 2, "b");
-            l.event(1, lid(2, "b"), LockOp::Release, LockMode::Write);
-            l.event(1, lid(1, "a"), LockOp::Release, LockMode::Write);
-            l.event(2, lid(3, "c"), LockOp::Contended, LockMode::Write);
+            l.event(1, lid(2, "b"), "b", LockOp::Release, LockMode::Write);
+            l.event(1, lid(1, "a"), "a", LockOp::Release, LockMode::Write);
+            l.event(2, lid(3, "c"), "c", LockOp::Contended, LockMode::Write);
             take(&mut l, 2, 2, "b");
             take(&mut l, 2, 1, "a");
             take(&mut l, 2, 9, "chunk.lock");
@@ -582,13 +627,86 @@ mod tests {
         assert_eq!(script(true), pair);
     }
 
+    /// The quiet paths (`quiet_event`, then `event` if it declines, as
+    /// `lock_event` calls them) judge as `event` alone: the same reports,
+    /// held locks, noio verdicts and waiters over a long seeded mix of
+    /// events, tasks, cross-release and IO-path locks, and allocations.
+    #[test]
+    fn quiet_events_judge_as_the_full_path() {
+        const CLASSES: [&str; 5] = ["a", "b", "tracker_submit_lock", "chunk.lock", "c"];
+        const OPS: [LockOp; 6] = [
+            LockOp::Taken,
+            LockOp::Release,
+            LockOp::Acquire,
+            LockOp::Acquired,
+            LockOp::Contended,
+            LockOp::Abandoned,
+        ];
+        fn script(quiet: bool) -> Vec<String> {
+            let mut l = Lockdep::default();
+            let mut out = Vec::new();
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            for step in 0..4000u64 {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let r = state >> 33;
+                let task = 1 + r % 4;
+                let n = 1 + (r >> 3) % 6;
+                let class = CLASSES[(n as usize) % CLASSES.len()];
+                let id = lid(n, class);
+                l.mark = step / 7;
+                if r % 23 == 0 {
+                    l.may_io_allocation(task, format!("alloc {step}"));
+                    continue;
+                }
+                // Takes and releases most, as the write path makes them.
+                let k = ((r >> 8) % 10) as usize;
+                let op = if k < 8 {
+                    OPS[k % 2]
+                } else {
+                    OPS[2 + ((r >> 12) % 4) as usize]
+                };
+                let handled = quiet && l.quiet_event(task, id, class, op);
+                let report = if handled {
+                    None
+                } else {
+                    l.event(task, id, class, op, LockMode::Write)
+                };
+                out.push(format!(
+                    "{step} {report:?} {:?} {:?} {:?} {:?}",
+                    l.held_report(),
+                    l.take_noio_reports(),
+                    l.waiting,
+                    l.io_locks_held(task)
+                ));
+            }
+            out
+        }
+        let full = script(false);
+        let all = full.join("\n");
+        for seen in ["circular", "while holding", "tracker_submit_lock\")"] {
+            assert!(all.contains(seen), "the mix never showed {seen}");
+        }
+        let quiet = script(true);
+        let first = quiet.iter().zip(&full).position(|(q, f)| q != f);
+        assert_eq!(first.map(|at| (&quiet[at], &full[at])), None);
+        assert_eq!(quiet.len(), full.len());
+    }
+
     #[test]
     fn cross_release_is_tracked_by_owner() {
         let mut l = Lockdep::default();
         take(&mut l, 1, 9, "chunk.lock");
         assert_eq!(l.held_report(), vec![(1, "chunk.lock")]);
         assert_eq!(l.io_locks_held(1), None);
-        l.event(2, lid(9, "chunk.lock"), LockOp::Release, LockMode::Write);
+        l.event(
+            2,
+            lid(9, "chunk.lock"),
+            "chunk.lock",
+            LockOp::Release,
+            LockMode::Write,
+        );
         assert!(l.held_report().is_empty());
         take(&mut l, 1, 3, "tracker_submit_lock");
         assert_eq!(l.io_locks_held(1), Some("tracker_submit_lock"));
@@ -598,6 +716,7 @@ mod tests {
         l.event(
             t,
             lid(id, "chunk.lock"),
+            "chunk.lock",
             LockOp::Release,
             LockMode::Write,
         );
