@@ -9,6 +9,7 @@
 //! not one, opening `current->bio_list` twice) fails the run ("kernel").
 
 use std::rc::Rc;
+use std::task::Waker;
 
 use blksnap_core::kernel::{
     AllocId, BdevFilter, BdevHandle, Bio, BioResult, Completer, Completion, DevT, Errno, GenDisk,
@@ -36,6 +37,10 @@ impl Kernel for SimKernel {
     fn spawn(&self, kind: TaskKind, name: String, task: LocalBoxFuture<'static, ()>) {
         let noio = matches!(kind, TaskKind::Kthread { noio: true });
         self.0.new_task(name, task, noio, false);
+    }
+
+    fn preempt(&self, waker: &Waker) -> bool {
+        self.0.preempt_in_place(waker)
     }
 
     fn fatal_signal_pending(&self) -> bool {
