@@ -217,9 +217,9 @@ mod tests {
         let mut point = preempt(&*k);
         let mut cx = Context::from_waker(&waker);
         assert_eq!(Pin::new(&mut point).poll(&mut cx), Poll::Pending);
-        assert_eq!(wakes.0.get(), 1);
+        assert_eq!(wakes.get(), 1);
         assert_eq!(Pin::new(&mut point).poll(&mut cx), Poll::Ready(()));
-        assert_eq!(wakes.0.get(), 1);
+        assert_eq!(wakes.get(), 1);
     }
 
     #[derive(Default)]
