@@ -656,7 +656,7 @@ mod tests {
                 let class = CLASSES[(n as usize) % CLASSES.len()];
                 let id = lid(n, class);
                 l.mark = step / 7;
-                if r % 23 == 0 {
+                if r.is_multiple_of(23) {
                     l.may_io_allocation(task, format!("alloc {step}"));
                     continue;
                 }
