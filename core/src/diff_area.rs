@@ -515,7 +515,7 @@ impl DiffArea {
                 if area.freeing.get() {
                     area.module.k().sleep(crate::tracker::PREEMPTED_NS).await;
                 } else {
-                    preempt().await;
+                    preempt(area.module.k()).await;
                 }
                 if area.freed.get() {
                     panic!(

@@ -29,15 +29,56 @@ const CROSS_RELEASE: &[&str] = &["chunk.lock"];
 /// Locks on the IO path: a GFP_KERNEL allocation under them may deadlock.
 const IO_PATH: &[&str] = &["tracker_submit_lock", "chunk.lock"];
 
-/// A held cross-release lock: who took it, and at which mark. The may-IO
-/// allocations that may have been made under it are kept apart
-/// (`Lockdep::suspects`), as few locks have any: an entry is a few plain
-/// words, moved and dropped for nothing twice per chunk lock taken.
+/// A lock's id carries its class's two properties, found once when the
+/// lock is made (`new_lock`), as Linux's `lockdep_map` caches its class:
+/// an event tests a bit where it compared the class name with each name
+/// of the lists above (a lock's class never changes). The counter keeps
+/// the low bits, so ids stay unique and equal only for the same lock.
+const CROSS_BIT: u64 = 1 << 63;
+const IO_PATH_BIT: u64 = 1 << 62;
+
+/// The property bits of a lock of `class`.
+fn class_bits(class: &'static str) -> u64 {
+    let cross = if CROSS_RELEASE.contains(&class) {
+        CROSS_BIT
+    } else {
+        0
+    };
+    let io_path = if IO_PATH.contains(&class) {
+        IO_PATH_BIT
+    } else {
+        0
+    };
+    cross | io_path
+}
+
+/// A lock of a cross-release class (its release may come from another task).
+#[inline(always)]
+fn is_cross(id: LockId) -> bool {
+    id.0 & CROSS_BIT != 0
+}
+
+/// A lock on the IO path.
+fn is_io_path(id: LockId) -> bool {
+    id.0 & IO_PATH_BIT != 0
+}
+
+/// One hold of a lock: who took it, and at which mark. The may-IO
+/// allocations that may have been made under a cross-release one are kept
+/// apart (`Lockdep::suspects`), as few locks have any: an entry is a few
+/// plain words, pushed and popped for nothing on each lock taken.
 #[derive(Clone, Copy)]
-struct CrossHeld {
+struct Held {
     task: TaskId,
+    id: LockId,
     class: &'static str,
+    /// The sim's id counter when it was taken.
     mark: u64,
+    /// The hold a cross-release lock's release is judged by: its latest.
+    /// A cross-release lock taken again before a release seen here (one
+    /// made with no task current reaches no one) passes it on, and the
+    /// older hold's suspects are dropped, as a map keyed by lock did.
+    cross: bool,
 }
 
 /// A GFP_KERNEL allocation outside a noio scope while a cross-release lock
@@ -62,94 +103,18 @@ fn pair(before: &'static str, class: &'static str) -> (NameKey, NameKey) {
     (name_key(before), name_key(class))
 }
 
-/// A lock a task holds: its id, class and mode.
-type HeldLock = (LockId, &'static str, LockMode);
-
-/// The tasks that hold locks, each with its locks in acquisition order.
-/// Only tasks that hold a lock now are kept: a few at a time, so a scan
-/// of a short vector finds one, where a map kept an entry for every task
-/// that ever took a lock (task ids share the counter with timers and
-/// reach 10^5, so no table is indexed by id). Unsorted, so that a task
-/// comes and goes without shifting the others; `iter` sorts. A list that
-/// empties goes to `spare`, so taking a first lock allocates nothing.
-#[derive(Default)]
-struct HeldTable {
-    tasks: Vec<(TaskId, Vec<HeldLock>)>,
-    spare: Vec<Vec<HeldLock>>,
-}
-
-impl HeldTable {
-    /// The task's locks; empty if it holds none.
-    fn of(&self, task: TaskId) -> &[HeldLock] {
-        match self.find(task) {
-            Some(i) => &self.tasks[i].1,
-            None => &[],
-        }
-    }
-
-    fn find(&self, task: TaskId) -> Option<usize> {
-        self.tasks.iter().position(|(t, _)| *t == task)
-    }
-
-    #[inline(always)]
-    fn push(&mut self, task: TaskId, lock: HeldLock) {
-        match self.find(task) {
-            Some(i) => self.tasks[i].1.push(lock),
-            None => {
-                let mut list = self.spare.pop().unwrap_or_default();
-                list.push(lock);
-                self.tasks.push((task, list));
-            }
-        }
-    }
-
-    /// Drops the task's latest hold of `id`, if it has one.
-    #[inline(always)]
-    fn remove(&mut self, task: TaskId, id: LockId) {
-        let Some(i) = self.find(task) else {
-            return;
-        };
-        let list = &mut self.tasks[i].1;
-        match list.iter().rposition(|(l, _, _)| *l == id) {
-            // Locks are mostly released in reverse order: no shift.
-            Some(at) if at + 1 == list.len() => {
-                list.pop();
-            }
-            Some(at) => {
-                list.remove(at);
-            }
-            None => {}
-        }
-        if list.is_empty() {
-            let (_, list) = self.tasks.swap_remove(i);
-            self.spare.push(list);
-        }
-    }
-
-    /// Every held lock, by task (ascending, as the map listed them) and
-    /// then in acquisition order.
-    fn iter(&self) -> impl Iterator<Item = (TaskId, &HeldLock)> {
-        let mut tasks: Vec<&(TaskId, Vec<HeldLock>)> = self.tasks.iter().collect();
-        tasks.sort_by_key(|(t, _)| *t);
-        tasks
-            .into_iter()
-            .flat_map(|(t, l)| l.iter().map(move |lock| (*t, lock)))
-    }
-}
-
 #[derive(Default)]
 pub struct Lockdep {
     next_id: u64,
-    /// Locks each task holds.
-    held: HeldTable,
+    /// Every lock held now, of every task, in the order taken (Linux keeps
+    /// `held_locks` in each task; here one list serves all, a task's holds
+    /// in their order). A few at a time, so a scan from the end finds a
+    /// task's holds, and taking an uncontended lock and releasing it is a
+    /// push and a pop that keep the buffer. Task ids share the counter
+    /// with timers and reach 10^5, so no table is indexed by task.
+    held: Vec<Held>,
     /// Ordering edges between classes.
     edges: BTreeMap<&'static str, BTreeSet<&'static str>>,
-    /// Holders of cross-release locks, one entry per lock.
-    /// A few at a time, in no order (nothing lists them in order: each
-    /// lock's suspects are its own): a vector keeps its buffer, where a
-    /// map allocates a node for its first entry and frees it with its
-    /// last (twice per chunk lock taken), and nothing shifts.
-    cross_holders: Vec<(LockId, CrossHeld)>,
     /// The suspects of each held cross-release lock that has some, in the
     /// order they came; empty nearly always, so a release checks only that.
     suspects: Vec<(LockId, Vec<Suspect>)>,
@@ -170,9 +135,54 @@ pub struct Lockdep {
 }
 
 impl Lockdep {
-    pub fn new_lock(&mut self, _class: &'static str) -> LockId {
+    /// A new lock of `class`: its id, with the class's property bits.
+    pub fn new_lock(&mut self, class: &'static str) -> LockId {
         self.next_id += 1;
-        LockId(self.next_id)
+        LockId(self.next_id | class_bits(class))
+    }
+
+    /// `Taken` when it surely reports nothing: nobody waits (so none
+    /// stops waiting), and the lock is cross-release or the task holds no
+    /// lock (no order to judge). Then the lock is held and true; else
+    /// nothing changed and false (`event` takes it).
+    #[inline(always)]
+    fn taken_quietly(&mut self, task: TaskId, id: LockId, class: &'static str) -> bool {
+        let quiet = self.waiting.is_empty() && (is_cross(id) || !self.holds_any(task));
+        if quiet {
+            self.acquired(task, id, class);
+        }
+        quiet
+    }
+
+    /// `Release` when it surely reports nothing: a lock that is not
+    /// cross-release (only those have suspects to judge), or one whose
+    /// hold has no suspects. Then it is released and true; else nothing
+    /// changed and false (`event` takes it).
+    #[inline(always)]
+    fn released_quietly(&mut self, task: TaskId, id: LockId) -> bool {
+        let quiet = self.suspects.is_empty() || !is_cross(id);
+        if quiet {
+            self.release(task, id);
+        }
+        quiet
+    }
+
+    /// An event that surely reports nothing, handled in place: an
+    /// uncontended take or a release (`taken_quietly`,
+    /// `released_quietly`). False if it was not one: `event` takes it.
+    #[inline(always)]
+    pub fn quiet_event(
+        &mut self,
+        task: TaskId,
+        id: LockId,
+        class: &'static str,
+        op: LockOp,
+    ) -> bool {
+        match op {
+            LockOp::Taken => self.taken_quietly(task, id, class),
+            LockOp::Release => self.released_quietly(task, id),
+            _ => false,
+        }
     }
 
     /// One lock event of a task; Some(report) on an order inversion.
@@ -189,35 +199,37 @@ impl Lockdep {
         mode: LockMode,
     ) -> Option<String> {
         match op {
-            LockOp::Acquire => return self.check_order(task, class),
+            LockOp::Acquire => return self.check_order(task, id, class),
             LockOp::Contended => self.start_waiting(task, class, mode),
             LockOp::Abandoned => self.stop_waiting(task),
-            LockOp::Acquired => self.acquired(task, id, class, mode),
+            LockOp::Acquired => self.acquired(task, id, class),
             // The pair with nothing between: the order is judged against
             // the locks held before this one, then it is held.
             LockOp::Taken => {
-                let report = self.check_order(task, class);
-                self.acquired(task, id, class, mode);
+                let report = self.check_order(task, id, class);
+                self.acquired(task, id, class);
                 return report;
             }
-            LockOp::Release => self.release(task, id, class),
+            LockOp::Release => self.release(task, id),
         }
         None
     }
 
     /// The task holds the lock now.
     #[inline(always)]
-    fn acquired(&mut self, task: TaskId, id: LockId, class: &'static str, mode: LockMode) {
+    fn acquired(&mut self, task: TaskId, id: LockId, class: &'static str) {
         self.stop_waiting(task);
-        self.held.push(task, (id, class, mode));
-        if CROSS_RELEASE.contains(&class) {
-            let held = CrossHeld {
-                task,
-                class,
-                mark: self.mark,
-            };
-            self.insert_cross(id, held);
+        let cross = is_cross(id);
+        if cross {
+            self.retire_cross(id);
         }
+        self.held.push(Held {
+            task,
+            id,
+            class,
+            mark: self.mark,
+            cross,
+        });
     }
 
     /// The task waits for a lock. Rare, so kept out of `event`'s body.
@@ -234,29 +246,22 @@ impl Lockdep {
         }
     }
 
-    /// Keep `held` for the lock, replacing an entry it had (as a map would:
-    /// the replaced entry's suspects go with it).
+    /// The hold a release of cross-release lock `id` is judged by, if any.
     #[inline(always)]
-    fn insert_cross(&mut self, id: LockId, held: CrossHeld) {
-        match self.cross_holders.iter().position(|(l, _)| *l == id) {
-            Some(i) => {
-                self.cross_holders[i].1 = held;
-                self.take_suspects(id);
-            }
-            None => self.cross_holders.push((id, held)),
-        }
+    fn cross_hold(&self, id: LockId) -> Option<usize> {
+        self.held.iter().rposition(|h| h.cross && h.id == id)
     }
 
-    /// Drops the lock's cross-release entry: the task that holds it, and
-    /// the task that released it judged against its suspects, if any.
+    /// Cross-release lock `id` is taken: an older hold of it (its release
+    /// was not seen) no longer counts, and its suspects go with it.
     #[inline(always)]
-    fn remove_cross(&mut self, id: LockId, releaser: TaskId) -> Option<TaskId> {
-        let i = self.cross_holders.iter().position(|(l, _)| *l == id)?;
-        let (_, held) = self.cross_holders.swap_remove(i);
-        if !self.suspects.is_empty() {
-            self.judge_suspects(id, &held, releaser);
+    fn retire_cross(&mut self, id: LockId) {
+        if let Some(at) = self.cross_hold(id) {
+            self.held[at].cross = false;
+            if !self.suspects.is_empty() {
+                self.take_suspects(id);
+            }
         }
-        Some(held.task)
     }
 
     /// The lock's suspects, taken out of `suspects`; empty if it has none.
@@ -271,28 +276,71 @@ impl Lockdep {
     /// Judges the released lock's suspects, if it has any. Rare: out of
     /// line, so the common release stays small.
     #[inline(never)]
-    fn judge_suspects(&mut self, id: LockId, held: &CrossHeld, releaser: TaskId) {
-        let suspects = self.take_suspects(id);
+    fn judge_suspects(&mut self, held: &Held, releaser: TaskId) {
+        let suspects = self.take_suspects(held.id);
         self.judge_cross_release(held, &suspects, releaser);
     }
 
-    /// Only a cross-release class has an entry in `cross_holders` (a
-    /// lock's class never changes), so any other release skips the scan.
+    /// The task's latest hold of `id`, if it has one.
     #[inline(always)]
-    fn release(&mut self, task: TaskId, id: LockId, class: &'static str) {
-        let owner = if CROSS_RELEASE.contains(&class) {
-            self.remove_cross(id, task).unwrap_or(task)
-        } else {
-            task
+    fn latest(&self, task: TaskId, id: LockId) -> Option<usize> {
+        self.held.iter().rposition(|h| h.task == task && h.id == id)
+    }
+
+    /// A cross-release lock's release drops the hold it is judged by
+    /// (whoever took it) and judges its suspects; any other release (or
+    /// one with no such hold) drops the releaser's latest hold of it.
+    #[inline(always)]
+    fn release(&mut self, task: TaskId, id: LockId) {
+        let at = match self.cross_hold_of(id) {
+            Some(at) => {
+                if !self.suspects.is_empty() {
+                    let held = self.held[at];
+                    self.judge_suspects(&held, task);
+                }
+                Some(at)
+            }
+            None => self.latest(task, id),
         };
-        self.held.remove(owner, id);
+        match at {
+            // Locks are mostly released in reverse order: no shift.
+            Some(at) if at + 1 == self.held.len() => {
+                self.held.pop();
+            }
+            Some(at) => {
+                self.held.remove(at);
+            }
+            None => {}
+        }
+    }
+
+    /// `cross_hold`, for a cross-release lock only: any other release
+    /// skips the scan (only such a lock has a hold marked `cross`).
+    #[inline(always)]
+    fn cross_hold_of(&self, id: LockId) -> Option<usize> {
+        if is_cross(id) {
+            self.cross_hold(id)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the task holds a lock.
+    #[inline(always)]
+    fn holds_any(&self, task: TaskId) -> bool {
+        self.held.iter().any(|h| h.task == task)
+    }
+
+    /// The task's holds, in the order taken.
+    fn holds_of(&self, task: TaskId) -> impl Iterator<Item = &Held> {
+        self.held.iter().filter(move |h| h.task == task)
     }
 
     /// The uncontended common case first: a cross-release class, or a
     /// task that holds no lock, orders nothing (no edge, no report).
     #[inline(always)]
-    fn check_order(&mut self, task: TaskId, class: &'static str) -> Option<String> {
-        if CROSS_RELEASE.contains(&class) || self.held.of(task).is_empty() {
+    fn check_order(&mut self, task: TaskId, id: LockId, class: &'static str) -> Option<String> {
+        if is_cross(id) || !self.holds_any(task) {
             return None;
         }
         self.check_held_order(task, class)
@@ -312,12 +360,13 @@ impl Lockdep {
     /// of `event`'s body (its registers and stack cost every event).
     #[inline(never)]
     fn judge_order(&mut self, task: TaskId, class: &'static str) -> Option<String> {
-        let held: Vec<&'static str> = self.held.of(task).iter().map(|(_, c, _)| *c).collect();
+        let held: Vec<Held> = self.holds_of(task).copied().collect();
         let mut report = None;
         for before in held {
-            if Self::unordered(before, class) || self.judged.contains(&pair(before, class)) {
+            if Self::unordered(&before, class) || self.judged.contains(&pair(before.class, class)) {
                 continue;
             }
+            let before = before.class;
             if self.reaches(class, before) && self.reported.insert((before, class)) {
                 report = Some(format!(
                     "possible circular locking: {before} -> {class}, but {class} -> ... -> {before} was seen"
@@ -333,16 +382,17 @@ impl Lockdep {
         report
     }
 
-    /// A pair lockdep does not order: the same class, or a cross-release one.
-    fn unordered(before: &'static str, class: &'static str) -> bool {
-        before == class || CROSS_RELEASE.contains(&before)
+    /// A pair lockdep does not order: the same class, or a cross-release
+    /// one held.
+    fn unordered(before: &Held, class: &'static str) -> bool {
+        before.class == class || is_cross(before.id)
     }
 
     /// Whether every lock the task holds was already judged before `class`
     /// (the usual case once a run has seen its lock orders): no allocation.
     fn all_judged(&self, task: TaskId, class: &'static str) -> bool {
-        self.held.of(task).iter().all(|&(_, before, _)| {
-            Self::unordered(before, class) || self.judged.contains(&pair(before, class))
+        self.holds_of(task).all(|before| {
+            Self::unordered(before, class) || self.judged.contains(&pair(before.class, class))
         })
     }
 
@@ -367,27 +417,25 @@ impl Lockdep {
     /// chunk semaphore) belongs to the IO in flight, not to the task that
     /// took it, so it does not count, as lockdep does not track it.
     pub fn io_locks_held(&self, task: TaskId) -> Option<&'static str> {
-        self.held
-            .of(task)
-            .iter()
-            .map(|(_, c, _)| *c)
-            .find(|c| IO_PATH.contains(c) && !CROSS_RELEASE.contains(c))
+        self.holds_of(task)
+            .find(|h| is_io_path(h.id) && !is_cross(h.id))
+            .map(|h| h.class)
     }
 
     /// A GFP_KERNEL allocation outside a noio scope by `task`: kept as a
     /// suspect under each cross-release lock the task may hold.
     pub fn may_io_allocation(&mut self, task: TaskId, what: String) {
         let mark = self.mark;
-        for (id, held) in &self.cross_holders {
+        for held in self.held.iter().filter(|h| h.cross) {
             if held.task == task || task > held.mark {
                 let suspect = Suspect {
                     task,
                     mark,
                     what: what.clone(),
                 };
-                match self.suspects.iter_mut().find(|(l, _)| l == id) {
+                match self.suspects.iter_mut().find(|(l, _)| *l == held.id) {
                     Some((_, list)) => list.push(suspect),
-                    None => self.suspects.push((*id, vec![suspect])),
+                    None => self.suspects.push((held.id, vec![suspect])),
                 }
             }
         }
@@ -396,7 +444,7 @@ impl Lockdep {
     /// The lock `held` is released by `releaser`: report each suspect that
     /// surely allocated while holding it. Rare: not in `event`'s body.
     #[inline(never)]
-    fn judge_cross_release(&mut self, held: &CrossHeld, suspects: &[Suspect], releaser: TaskId) {
+    fn judge_cross_release(&mut self, held: &Held, suspects: &[Suspect], releaser: TaskId) {
         for suspect in suspects {
             let by_taker =
                 suspect.task == held.task && (releaser == held.task || suspect.mark == held.mark);
@@ -421,9 +469,13 @@ impl Lockdep {
         !self.noio_reports.is_empty()
     }
 
-    /// Locks still held, as "task holds class" lines.
+    /// Locks still held, as "task holds class" lines: by task (ascending),
+    /// then in the order taken (the sort is stable).
     pub fn held_report(&self) -> Vec<(TaskId, &'static str)> {
-        self.held.iter().map(|(t, (_, c, _))| (t, *c)).collect()
+        let mut held: Vec<(TaskId, &'static str)> =
+            self.held.iter().map(|h| (h.task, h.class)).collect();
+        held.sort_by_key(|(task, _)| *task);
+        held
     }
 }
 
@@ -431,9 +483,14 @@ impl Lockdep {
 mod tests {
     use super::*;
 
+    /// The id `new_lock` gives the `n`th lock if its class is `class`.
+    fn lid(n: u64, class: &'static str) -> LockId {
+        LockId(n | class_bits(class))
+    }
+
     fn take(l: &mut Lockdep, t: TaskId, id: u64, c: &'static str) -> Option<String> {
-        let r = l.event(t, LockId(id), c, LockOp::Acquire, LockMode::Write);
-        l.event(t, LockId(id), c, LockOp::Acquired, LockMode::Write);
+        let r = l.event(t, lid(id, c), c, LockOp::Acquire, LockMode::Write);
+        l.event(t, lid(id, c), c, LockOp::Acquired, LockMode::Write);
         r
     }
 
@@ -442,8 +499,8 @@ mod tests {
         let mut l = Lockdep::default();
         assert!(take(&mut l, 1, 1, "a").is_none());
         assert!(take(&mut l, 1, 2, "b").is_none());
-        l.event(1, LockId(2), "b", LockOp::Release, LockMode::Write);
-        l.event(1, LockId(1), "a", LockOp::Release, LockMode::Write);
+        l.event(1, lid(2, "b"), "b", LockOp::Release, LockMode::Write);
+        l.event(1, lid(1, "a"), "a", LockOp::Release, LockMode::Write);
         assert!(take(&mut l, 2, 2, "b").is_none());
         assert!(take(&mut l, 2, 1, "a").is_some());
         assert!(l.held_report().len() == 2);
@@ -458,14 +515,14 @@ mod tests {
             let second = take(l, t, pair[1].0, pair[1].1);
             l.event(
                 t,
-                LockId(pair[1].0),
+                lid(pair[1].0, pair[1].1),
                 pair[1].1,
                 LockOp::Release,
                 LockMode::Write,
             );
             l.event(
                 t,
-                LockId(pair[0].0),
+                lid(pair[0].0, pair[0].1),
                 pair[0].1,
                 LockOp::Release,
                 LockMode::Write,
@@ -499,13 +556,13 @@ mod tests {
         take(&mut l, 9, 4, "d");
         take(&mut l, 5, 5, "e");
         // Not the last taken: the others keep their order.
-        l.event(9, LockId(3), "c", LockOp::Release, LockMode::Write);
+        l.event(9, lid(3, "c"), "c", LockOp::Release, LockMode::Write);
         assert_eq!(
             l.held_report(),
             vec![(3, "b"), (5, "e"), (9, "a"), (9, "d")]
         );
         // Task 3 leaves the table, then comes back with a reused list.
-        l.event(3, LockId(2), "b", LockOp::Release, LockMode::Write);
+        l.event(3, lid(2, "b"), "b", LockOp::Release, LockMode::Write);
         assert_eq!(l.io_locks_held(3), None);
         take(&mut l, 7, 6, "tracker_submit_lock");
         take(&mut l, 3, 7, "f");
@@ -521,7 +578,7 @@ mod tests {
         );
         assert_eq!(l.io_locks_held(7), Some("tracker_submit_lock"));
         // A release of a lock the task does not hold changes nothing.
-        l.event(5, LockId(4), "d", LockOp::Release, LockMode::Write);
+        l.event(5, lid(4, "d"), "d", LockOp::Release, LockMode::Write);
         assert_eq!(l.held_report().len(), 5);
     }
 
@@ -538,19 +595,19 @@ mod tests {
             let mut out = Vec::new();
             let mut take = |l: &mut Lockdep, t: TaskId, id: u64, c: &'static str| {
                 let r = if taken {
-                    l.event(t, LockId(id), c, LockOp::Taken, LockMode::Write)
+                    l.event(t, lid(id, c), c, LockOp::Taken, LockMode::Write)
                 } else {
-                    let r = l.event(t, LockId(id), c, LockOp::Acquire, LockMode::Write);
-                    l.event(t, LockId(id), c, LockOp::Acquired, LockMode::Write);
+                    let r = l.event(t, lid(id, c), c, LockOp::Acquire, LockMode::Write);
+                    l.event(t, lid(id, c), c, LockOp::Acquired, LockMode::Write);
                     r
                 };
                 out.push(format!("{t} {c}: {r:?} {:?}", l.held_report()));
             };
             take(&mut l, 1, 1, "a");
             take(&mut l, 1, 2, "b");
-            l.event(1, LockId(2), "b", LockOp::Release, LockMode::Write);
-            l.event(1, LockId(1), "a", LockOp::Release, LockMode::Write);
-            l.event(2, LockId(3), "c", LockOp::Contended, LockMode::Write);
+            l.event(1, lid(2, "b"), "b", LockOp::Release, LockMode::Write);
+            l.event(1, lid(1, "a"), "a", LockOp::Release, LockMode::Write);
+            l.event(2, lid(3, "c"), "c", LockOp::Contended, LockMode::Write);
             take(&mut l, 2, 2, "b");
             take(&mut l, 2, 1, "a");
             take(&mut l, 2, 9, "chunk.lock");
@@ -570,13 +627,86 @@ mod tests {
         assert_eq!(script(true), pair);
     }
 
+    /// The quiet paths (`quiet_event`, then `event` if it declines, as
+    /// `lock_event` calls them) judge as `event` alone: the same reports,
+    /// held locks, noio verdicts and waiters over a long seeded mix of
+    /// events, tasks, cross-release and IO-path locks, and allocations.
+    #[test]
+    fn quiet_events_judge_as_the_full_path() {
+        const CLASSES: [&str; 5] = ["a", "b", "tracker_submit_lock", "chunk.lock", "c"];
+        const OPS: [LockOp; 6] = [
+            LockOp::Taken,
+            LockOp::Release,
+            LockOp::Acquire,
+            LockOp::Acquired,
+            LockOp::Contended,
+            LockOp::Abandoned,
+        ];
+        fn script(quiet: bool) -> Vec<String> {
+            let mut l = Lockdep::default();
+            let mut out = Vec::new();
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            for step in 0..4000u64 {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let r = state >> 33;
+                let task = 1 + r % 4;
+                let n = 1 + (r >> 3) % 6;
+                let class = CLASSES[(n as usize) % CLASSES.len()];
+                let id = lid(n, class);
+                l.mark = step / 7;
+                if r.is_multiple_of(23) {
+                    l.may_io_allocation(task, format!("alloc {step}"));
+                    continue;
+                }
+                // Takes and releases most, as the write path makes them.
+                let k = ((r >> 8) % 10) as usize;
+                let op = if k < 8 {
+                    OPS[k % 2]
+                } else {
+                    OPS[2 + ((r >> 12) % 4) as usize]
+                };
+                let handled = quiet && l.quiet_event(task, id, class, op);
+                let report = if handled {
+                    None
+                } else {
+                    l.event(task, id, class, op, LockMode::Write)
+                };
+                out.push(format!(
+                    "{step} {report:?} {:?} {:?} {:?} {:?}",
+                    l.held_report(),
+                    l.take_noio_reports(),
+                    l.waiting,
+                    l.io_locks_held(task)
+                ));
+            }
+            out
+        }
+        let full = script(false);
+        let all = full.join("\n");
+        for seen in ["circular", "while holding", "tracker_submit_lock\")"] {
+            assert!(all.contains(seen), "the mix never showed {seen}");
+        }
+        let quiet = script(true);
+        let first = quiet.iter().zip(&full).position(|(q, f)| q != f);
+        assert_eq!(first.map(|at| (&quiet[at], &full[at])), None);
+        assert_eq!(quiet.len(), full.len());
+    }
+
     #[test]
     fn cross_release_is_tracked_by_owner() {
         let mut l = Lockdep::default();
         take(&mut l, 1, 9, "chunk.lock");
         assert_eq!(l.held_report(), vec![(1, "chunk.lock")]);
         assert_eq!(l.io_locks_held(1), None);
-        l.event(2, LockId(9), "chunk.lock", LockOp::Release, LockMode::Write);
+        l.event(
+            2,
+            lid(9, "chunk.lock"),
+            "chunk.lock",
+            LockOp::Release,
+            LockMode::Write,
+        );
         assert!(l.held_report().is_empty());
         take(&mut l, 1, 3, "tracker_submit_lock");
         assert_eq!(l.io_locks_held(1), Some("tracker_submit_lock"));
@@ -585,7 +715,7 @@ mod tests {
     fn release(l: &mut Lockdep, t: TaskId, id: u64) {
         l.event(
             t,
-            LockId(id),
+            lid(id, "chunk.lock"),
             "chunk.lock",
             LockOp::Release,
             LockMode::Write,

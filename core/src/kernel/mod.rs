@@ -22,6 +22,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Waker;
 
 pub use completion::{completion, preempt, Completer, Completion, Yield};
 pub use kref::Kref;
@@ -321,6 +322,17 @@ pub trait Kernel {
     fn fatal_signal_pending(&self) -> bool;
     /// A random version-4 UUID (`uuid_gen`).
     fn uuid_v4(&self) -> [u8; 16];
+    /// A preemption point of the task `waker` wakes ([`preempt`], a lock's
+    /// first poll). True if the host picked that task again at once and
+    /// charged its next poll: the caller goes on as that poll, with no
+    /// return through its chain of futures and no re-poll. False if
+    /// anything else is to happen first: the task was woken (as by
+    /// `waker`) and the caller returns `Pending`. The default always
+    /// takes that path.
+    fn preempt(&self, waker: &Waker) -> bool {
+        waker.wake_by_ref();
+        false
+    }
 
     // --- reporting -----------------------------------------------------------
     /// `WARN`: the host treats it as a failed run (panic_on_warn).
@@ -411,7 +423,7 @@ pub fn submit(kernel: &dyn Kernel, bio: Bio) -> Completion<BioResult> {
 /// site to the host and yield, so the seeded scheduler decides who runs.
 pub async fn sleep_point(kernel: &dyn Kernel, site: &'static str) {
     kernel.might_sleep(site);
-    preempt().await;
+    preempt(kernel).await;
 }
 
 /// `kmalloc` as the C calls it. An allocation whose class may sleep is a
@@ -429,7 +441,7 @@ pub async fn kmalloc(
     if gfp.may_sleep() {
         kernel.might_sleep(site);
         if let Some(reclaim_ns) = kernel.alloc_slowpath(site, gfp) {
-            preempt().await;
+            preempt(kernel).await;
             if reclaim_ns > 0 {
                 kernel.sleep(reclaim_ns).await;
             }

@@ -84,68 +84,6 @@ impl LockState {
     }
 }
 
-/// A host scheduler that can run a preemption point in place: the work
-/// its executor does between a task's return at a preemption point and
-/// its next poll (wakes collected, the pick drawn, the poll charged and
-/// recorded), done while the task's future is still being polled.
-///
-/// Why: a preemption point returns `Pending` through the whole chain of
-/// futures of the task (a user write's is five or more deep), and the
-/// executor then polls it again through the same chain; when the pick is
-/// the same task, both cost more than the scheduling itself.
-pub trait Preemptor {
-    /// Called at a preemption point of the task that `waker` wakes, in
-    /// place of `waker.wake_by_ref()`. True if the host picked that task
-    /// again and charged its next poll: the caller goes on as that poll.
-    /// False if anything else is to happen first: the task was woken (as
-    /// by `waker`) and the caller returns `Pending`.
-    fn preempt_in_place(&self, waker: &Waker) -> bool;
-}
-
-thread_local! {
-    /// The host whose executor is polling tasks on this thread, if it runs
-    /// preemption points in place. A thread-local because the `Kernel`
-    /// trait (another file) has no such call; the host checks `waker`
-    /// against its running task, so a future polled by anything else (a
-    /// test's executor, a foreign waker) takes the plain path.
-    static PREEMPTOR: RefCell<Option<Rc<dyn Preemptor>>> = const { RefCell::new(None) };
-}
-
-/// The preemptor installed by [`install_preemptor`], until dropped (then
-/// the one before it is back).
-#[must_use = "the preemptor is uninstalled when this is dropped"]
-pub struct PreemptorInstalled {
-    previous: Option<Rc<dyn Preemptor>>,
-}
-
-/// Make `preemptor` the host of this thread's preemption points while the
-/// returned guard lives (an executor's loop).
-pub fn install_preemptor(preemptor: Rc<dyn Preemptor>) -> PreemptorInstalled {
-    let previous = PREEMPTOR.with(|slot| slot.replace(Some(preemptor)));
-    PreemptorInstalled { previous }
-}
-
-impl Drop for PreemptorInstalled {
-    fn drop(&mut self) {
-        let previous = self.previous.take();
-        // The one uninstalled is dropped outside the borrow.
-        let _ours = PREEMPTOR.with(|slot| slot.replace(previous));
-    }
-}
-
-/// Ask this thread's host, if any, to run the preemption point in place;
-/// else (or if it does not) the task is woken to return `Pending`.
-#[inline]
-fn preempted_in_place(waker: &Waker) -> bool {
-    PREEMPTOR.with(|slot| match &*slot.borrow() {
-        Some(preemptor) => preemptor.preempt_in_place(waker),
-        None => {
-            waker.wake_by_ref();
-            false
-        }
-    })
-}
-
 /// Where an acquisition stands.
 enum Stage {
     /// Not polled yet: the preemption point comes first.
@@ -221,9 +159,10 @@ impl LockWait {
             Stage::Start => {
                 // `preempt()`: yield once, so the scheduler picks who runs.
                 // A host that picks this task again at once lets it go on
-                // here, with the same schedule as a return and a re-poll.
+                // here, with the same schedule as a return and a re-poll
+                // (`Kernel::preempt`).
                 self.stage = Stage::Yielded;
-                if preempted_in_place(cx.waker()) {
+                if kernel.preempt(cx.waker()) {
                     return self.report_and_try(lock, kernel, cx);
                 }
                 Poll::Pending

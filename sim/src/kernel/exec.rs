@@ -9,11 +9,11 @@
 //! error (`crate::panics`). A task that exits with `current->bio_list`
 //! open fails the run ("kernel").
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use blksnap_core::kernel::sync::{install_preemptor, Preemptor};
 use blksnap_core::kernel::{completion, Completion, LocalBoxFuture};
 
 use super::sched::Bounds;
@@ -134,7 +134,7 @@ impl Sim {
     /// livelock past the bounds).
     pub fn run(self: &Rc<Self>) -> bool {
         let bounds = self.sched.bounds.get();
-        let _in_place = self.run_preemption_points_in_place(Some(bounds));
+        let _in_place = InPlace::enter(Some(bounds));
         loop {
             self.sched.collect_woken();
             self.fire_due_timers();
@@ -157,22 +157,10 @@ impl Sim {
         }
     }
 
-    /// While the guard lives, the engine's preemption points ask this
-    /// executor (`bounds`: its loop's checks) to run them in place.
-    fn run_preemption_points_in_place(
-        self: &Rc<Self>,
-        bounds: Option<Bounds>,
-    ) -> blksnap_core::kernel::sync::PreemptorInstalled {
-        install_preemptor(Rc::new(InPlace {
-            sim: self.clone(),
-            bounds,
-        }))
-    }
-
     /// Let background work settle (timers, workers) for up to `ns`.
     pub fn settle(self: &Rc<Self>, ns: u64) {
         let deadline = self.now() + ns;
-        let _in_place = self.run_preemption_points_in_place(None);
+        let _in_place = InPlace::enter(None);
         loop {
             self.sched.collect_woken();
             self.fire_due_timers();
@@ -191,23 +179,54 @@ impl Sim {
     }
 }
 
-/// A preemption point of a task this executor polls, run in place (see
-/// `Scheduler::repoll_in_place`): on the same pick, the rest of what
-/// `poll_task` does before a poll, and the task goes on.
-struct InPlace {
-    sim: Rc<Sim>,
-    /// The checks of the loop that runs: `run`'s, or none for `settle`.
-    bounds: Option<Bounds>,
-}
-
-impl Preemptor for InPlace {
-    fn preempt_in_place(&self, waker: &Waker) -> bool {
-        let Some(id) = self.sim.sched.repoll_in_place(waker, self.bounds) else {
+impl Sim {
+    /// A preemption point of the task `waker` wakes (`Kernel::preempt`),
+    /// run in place (see `Scheduler::repoll_in_place`) if an executor loop
+    /// polls it: on the same pick, the rest of what `poll_task` does
+    /// before a poll, and true (the task goes on). Else the task is woken
+    /// and false (it returns `Pending`).
+    pub(crate) fn preempt_in_place(&self, waker: &Waker) -> bool {
+        let Some(bounds) = LOOP.get() else {
+            waker.wake_by_ref();
             return false;
         };
-        self.sim.sched.maybe_demote(id);
-        self.sim.record_poll(id);
+        let Some(id) = self.sched.repoll_in_place(waker, bounds) else {
+            return false;
+        };
+        self.sched.maybe_demote(id);
+        self.record_poll(id);
         true
+    }
+}
+
+thread_local! {
+    /// The checks of the executor loop running on this thread (`run`'s
+    /// bounds, or None for `settle`'s, which has none), if one runs. Plain
+    /// data: a preemption point reads it, and `repoll_in_place` checks
+    /// that `waker` is the running task's own, so a future polled by
+    /// anything else takes the plain path. (A field of the scheduler would
+    /// do as well; `sched.rs` is not this file.)
+    static LOOP: Cell<Option<Option<Bounds>>> = const { Cell::new(None) };
+}
+
+/// An executor loop's preemption points run in place while this lives;
+/// then the loop that ran before (if any) is back.
+#[must_use = "preemption points run in place only while this lives"]
+struct InPlace {
+    previous: Option<Option<Bounds>>,
+}
+
+impl InPlace {
+    fn enter(bounds: Option<Bounds>) -> InPlace {
+        InPlace {
+            previous: LOOP.replace(Some(bounds)),
+        }
+    }
+}
+
+impl Drop for InPlace {
+    fn drop(&mut self) {
+        LOOP.set(self.previous);
     }
 }
 
@@ -245,7 +264,7 @@ mod tests {
                         inner.up(&*k);
                         outer.up_read(&*k);
                         if i % 5 == p {
-                            blksnap_core::kernel::preempt().await;
+                            blksnap_core::kernel::preempt(&*k).await;
                         }
                     }
                 }),
