@@ -793,6 +793,8 @@ pub struct SleepSites {
     /// third field for a free entry; a power of two long, at most half
     /// full (empty until the first count).
     table: Vec<(usize, usize, usize)>,
+    /// Keys in `table`.
+    keys: usize,
     /// One counter per distinct site name.
     slots: Vec<(&'static str, u64)>,
 }
@@ -844,14 +846,13 @@ impl SleepSites {
                 self.slots.len() - 1
             }
         };
-        let keys = self.table.iter().filter(|e| e.2 != 0).count() + 1;
-        if self.table.is_empty() || keys * 2 > self.table.len() {
+        self.keys += 1;
+        let free = if self.keys * 2 > self.table.len() {
             self.grow();
+            self.find(key).expect_err("a new key")
         } else {
-            self.table[free] = (key.0, key.1, slot + 1);
-            return slot;
-        }
-        let free = self.find(key).expect_err("a new key");
+            free
+        };
         self.table[free] = (key.0, key.1, slot + 1);
         slot
     }
