@@ -76,6 +76,222 @@ impl Default for Latency {
     }
 }
 
+/// Where an extent sits in [`Media`]: its block, and its index there.
+/// Valid until the next insert or remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pos {
+    block: usize,
+    i: usize,
+}
+
+/// Extents per block of [`Media`] before it splits in two.
+const BLOCK_MAX: usize = 64;
+
+/// A block of [`Media`]: (start, extent) in order, never empty.
+type Block = Vec<(u64, Box<Stamps>)>;
+
+/// Written extents by first sector, in order: a sorted map cut into
+/// blocks of at most [`BLOCK_MAX`], with the first start of each block
+/// kept apart for the search. It replaced a `BTreeMap`: a chunk copy
+/// writes its pieces in any order, and each write looked up its
+/// neighbours (a range, about 150 instructions), and one in two
+/// removed or inserted a piece (about 280 each), with a search of its
+/// own. Here a search is two binary searches over flat arrays, and the
+/// write works at the position it found: the neighbours are the indexes
+/// around it, and a remove or insert moves at most a block's 16-byte
+/// slots (a chunk copy's pieces sit in the last blocks: a copy appends
+/// to the store).
+#[derive(Default)]
+struct Media {
+    /// `blocks[b][0].0`, for each block.
+    firsts: Vec<u64>,
+    blocks: Vec<Block>,
+}
+
+impl Media {
+    /// The extent with the last start that `before(start)` holds for.
+    #[inline]
+    fn last_where(&self, before: impl Fn(u64) -> bool) -> Option<Pos> {
+        let block = self.firsts.partition_point(|&f| before(f)).checked_sub(1)?;
+        let i = self.blocks[block].partition_point(|&(s, _)| before(s)) - 1;
+        Some(Pos { block, i })
+    }
+
+    /// The extent with the last start at or before `key`.
+    #[inline]
+    fn last_at_or_before(&self, key: u64) -> Option<Pos> {
+        self.last_where(|s| s <= key)
+    }
+
+    /// The extent with the last start before `key`.
+    #[inline]
+    fn last_before(&self, key: u64) -> Option<Pos> {
+        self.last_where(|s| s < key)
+    }
+
+    /// The extent with the first start at or after `key`.
+    fn first_at_or_after(&self, key: u64) -> Option<Pos> {
+        match self.last_before(key) {
+            Some(p) => self.next(p),
+            None => (!self.blocks.is_empty()).then_some(Pos { block: 0, i: 0 }),
+        }
+    }
+
+    /// Where an extent goes right after `p` (None: first of all).
+    #[inline]
+    fn after(p: Option<Pos>) -> Pos {
+        p.map_or(Pos { block: 0, i: 0 }, |p| Pos {
+            block: p.block,
+            i: p.i + 1,
+        })
+    }
+
+    #[inline]
+    fn next(&self, p: Pos) -> Option<Pos> {
+        if p.i + 1 < self.blocks[p.block].len() {
+            Some(Pos {
+                block: p.block,
+                i: p.i + 1,
+            })
+        } else if p.block + 1 < self.blocks.len() {
+            Some(Pos {
+                block: p.block + 1,
+                i: 0,
+            })
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    fn prev(&self, p: Pos) -> Option<Pos> {
+        if p.i > 0 {
+            Some(Pos {
+                block: p.block,
+                i: p.i - 1,
+            })
+        } else {
+            let block = p.block.checked_sub(1)?;
+            Some(Pos {
+                block,
+                i: self.blocks[block].len() - 1,
+            })
+        }
+    }
+
+    #[inline]
+    fn start(&self, p: Pos) -> u64 {
+        self.blocks[p.block][p.i].0
+    }
+
+    #[inline]
+    fn extent(&self, p: Pos) -> &Stamps {
+        &self.blocks[p.block][p.i].1
+    }
+
+    #[inline]
+    fn extent_mut(&mut self, p: Pos) -> &mut Stamps {
+        &mut self.blocks[p.block][p.i].1
+    }
+
+    /// The extent at `p` now starts at `start`, and holds `extent`: the
+    /// order must not change (no extent starts between the two starts).
+    fn replace(&mut self, p: Pos, start: u64, extent: Box<Stamps>) {
+        self.blocks[p.block][p.i] = (start, extent);
+        if p.i == 0 {
+            self.firsts[p.block] = start;
+        }
+    }
+
+    /// The extent at `a`, to change, and the one at `b`, after it.
+    fn pair_mut(&mut self, a: Pos, b: Pos) -> (&mut Stamps, &Stamps) {
+        if a.block == b.block {
+            let (left, right) = self.blocks[a.block].split_at_mut(b.i);
+            (&mut left[a.i].1, &right[0].1)
+        } else {
+            let (left, right) = self.blocks.split_at_mut(b.block);
+            (&mut left[a.block][a.i].1, &right[0][b.i].1)
+        }
+    }
+
+    /// Out of the map. A block left small joins a neighbour, so blocks
+    /// stay full enough whatever the order of removes.
+    fn remove(&mut self, p: Pos) -> Box<Stamps> {
+        let block = &mut self.blocks[p.block];
+        let (_, extent) = block.remove(p.i);
+        let len = block.len();
+        if len == 0 {
+            self.blocks.remove(p.block);
+            self.firsts.remove(p.block);
+        } else {
+            self.firsts[p.block] = block[0].0;
+            if len < BLOCK_MAX / 8 {
+                self.merge_small(p.block);
+            }
+        }
+        extent
+    }
+
+    /// Block `b`, small, joins the block after it or the one before.
+    fn merge_small(&mut self, b: usize) {
+        let fits = |other: &Block| self.blocks[b].len() + other.len() <= BLOCK_MAX;
+        let into = match (self.blocks.get(b + 1), b.checked_sub(1)) {
+            (Some(next), _) if fits(next) => b,
+            (_, Some(before)) if fits(&self.blocks[before]) => before,
+            _ => return,
+        };
+        let gone = self.blocks.remove(into + 1);
+        self.firsts.remove(into + 1);
+        self.blocks[into].extend(gone);
+    }
+
+    /// Into the map; no extent may start at `key` yet.
+    fn insert(&mut self, key: u64, extent: Box<Stamps>) {
+        let at = Media::after(self.last_before(key));
+        self.insert_at(at, key, extent);
+    }
+
+    /// Into the map at `at` (from `after`), where `key` keeps the order.
+    fn insert_at(&mut self, at: Pos, key: u64, extent: Box<Stamps>) {
+        if self.blocks.is_empty() {
+            self.firsts.push(key);
+            self.blocks.push(vec![(key, extent)]);
+            return;
+        }
+        let block = &mut self.blocks[at.block];
+        debug_assert!(
+            at.i == block.len() || block[at.i].0 > key,
+            "{key} out of order"
+        );
+        block.insert(at.i, (key, extent));
+        if at.i == 0 {
+            self.firsts[at.block] = key;
+        }
+        if block.len() > BLOCK_MAX {
+            let tail = block.split_off(BLOCK_MAX / 2);
+            self.firsts.insert(at.block + 1, tail[0].0);
+            self.blocks.insert(at.block + 1, tail);
+        }
+    }
+
+    /// Every extent, in order.
+    fn iter(&self) -> impl Iterator<Item = (u64, &Stamps)> {
+        self.blocks
+            .iter()
+            .flatten()
+            .map(|(start, extent)| (*start, &**extent))
+    }
+
+    /// The extents from `p` on, in order.
+    fn iter_from(&self, p: Option<Pos>) -> impl Iterator<Item = (u64, &Stamps)> {
+        std::iter::successors(p, |&p| self.next(p)).map(|p| (self.start(p), self.extent(p)))
+    }
+
+    fn len(&self) -> usize {
+        self.blocks.iter().map(Vec::len).sum()
+    }
+}
+
 pub struct Device {
     pub name: String,
     pub dev: DevT,
@@ -85,10 +301,10 @@ pub struct Device {
     pub io_min: u32,
     pub fill: Fill,
     pub latency: Latency,
-    /// Written extents by first sector; they never overlap. Boxed: a
-    /// leaf shift or merge of the map moves 16-byte slots, not 56-byte
-    /// ones (a chunk copy joins and removes extents on every other write).
-    media: BTreeMap<u64, Box<Stamps>>,
+    /// Written extents by first sector; they never overlap. Boxed: an
+    /// insert or remove in a block moves 8-byte slots, not 56-byte ones
+    /// (a chunk copy joins and removes extents on every other write).
+    media: Media,
     /// Sectors [from, to) known to hold no extent (empty if from == to):
     /// a read inside it is the fill, with no search of `media`. A chunk
     /// copy reads a large device's unwritten space in many bios; the
@@ -122,7 +338,7 @@ impl Device {
             io_min: 512,
             fill,
             latency: Latency::default(),
-            media: BTreeMap::new(),
+            media: Media::default(),
             gap: Cell::new((0, 0)),
             bad_sectors: BTreeMap::new(),
             removed: false,
@@ -154,7 +370,7 @@ impl Device {
             return out;
         }
         let mut at = sector;
-        for (&start, extent) in self.extents_in(sector, end) {
+        for (start, extent) in self.extents_in(sector, end) {
             if start > at {
                 out.push_run(self.fill_run(at, start));
                 at = start;
@@ -177,12 +393,13 @@ impl Device {
     /// extent: from the end of the extent before it to the start of the
     /// one after it.
     fn learn_gap(&self, sector: u64, end: u64) {
-        let from = self
-            .media
-            .range(..sector)
-            .next_back()
-            .map_or(0, |(&start, extent)| start + extent.len());
-        let to = self.media.range(end..).next().map_or(u64::MAX, |(&s, _)| s);
+        let media = &self.media;
+        let from = media
+            .last_before(sector)
+            .map_or(0, |p| media.start(p) + media.extent(p).len());
+        let to = media
+            .first_at_or_after(end)
+            .map_or(u64::MAX, |p| media.start(p));
         self.gap.set((from, to));
     }
 
@@ -198,39 +415,43 @@ impl Device {
         // One search finds the extent that starts at `end` (the write
         // continues into it) and the last one that starts before it:
         // nothing overlaps the write when that one ends by `sector`.
-        let mut near = self.media.range_mut(..=end);
-        let (last, next) = match near.next_back() {
-            Some((&start, extent)) if start == end => (near.next_back(), Some(extent)),
+        let (last, next) = match self.media.last_at_or_before(end) {
+            Some(p) if self.media.start(p) == end => (self.media.prev(p), Some(p)),
             other => (other, None),
         };
+        let last = last.map(|p| (p, self.media.start(p), self.media.extent(p).len()));
         match last {
-            Some((&start, extent)) if start + extent.len() <= sector => {
-                let joined = start + extent.len() == sector && join(extent, data);
+            Some((p, start, len)) if start + len <= sector => {
+                let joined = start + len == sector && join(self.media.extent_mut(p), data);
                 if joined {
                     // Bios of one copy complete in any order: joining the
                     // extent after too keeps a stored chunk one extent.
-                    if next.is_some_and(|next| join(extent, next)) {
-                        self.media.remove(&end);
+                    if let Some(next) = next {
+                        let (extent, after) = self.media.pair_mut(p, next);
+                        if join(extent, after) {
+                            self.media.remove(next);
+                        }
                     }
                     return;
                 }
             }
             None => {}
-            Some((&start, extent))
+            Some((p, start, len))
                 if start <= sector
-                    && end <= start + extent.len()
-                    && extent.runs() + data.runs() + 2 <= MAX_EXTENT_RUNS =>
+                    && end <= start + len
+                    && self.media.extent(p).runs() + data.runs() + 2 <= MAX_EXTENT_RUNS =>
             {
                 // Wholly inside one extent (an overwrite of written data,
                 // the usual non-COW write): spliced in place, no extent
                 // is cut, removed or inserted.
-                extent.overwrite(sector - start, data);
+                self.media.extent_mut(p).overwrite(sector - start, data);
                 return;
             }
             Some(_) => {
                 self.cut(sector, end);
-                let before = self.media.range_mut(..sector).next_back();
-                if let Some((start, extent)) = before {
+                if let Some(p) = self.media.last_before(sector) {
+                    let start = self.media.start(p);
+                    let extent = self.media.extent_mut(p);
                     if start + extent.len() == sector && join(extent, data) {
                         return;
                     }
@@ -240,38 +461,30 @@ impl Device {
             }
         }
         let mut fresh = Box::new(data.clone());
-        if next.is_some_and(|next| join(&mut fresh, next)) {
-            self.media.remove(&end);
+        match next {
+            // The extent after joins the write, which takes its place:
+            // nothing starts between them.
+            Some(next) if join(&mut fresh, self.media.extent(next)) => {
+                self.media.replace(next, sector, fresh);
+            }
+            _ => self
+                .media
+                .insert_at(Media::after(last.map(|(p, ..)| p)), sector, fresh),
         }
-        self.media.insert(sector, fresh);
     }
 
-    /// The extents that overlap [sector, end), in order. One search in
-    /// the common cases (none, or one that holds `sector`).
-    fn extents_in(&self, sector: u64, end: u64) -> impl Iterator<Item = (&u64, &Stamps)> {
-        let last = self
-            .media
-            .range(..end)
-            .next_back()
-            .filter(|(&start, e)| start + e.len() > sector);
-        let (only, many) = match last {
-            Some((&start, _)) if start <= sector => (last, None),
-            Some(_) => {
-                let before = self
-                    .media
-                    .range(..sector)
-                    .next_back()
-                    .filter(|(&start, e)| start + e.len() > sector);
-                (
-                    None,
-                    Some(before.into_iter().chain(self.media.range(sector..end))),
-                )
-            }
-            None => (None, None),
+    /// The extents that overlap [sector, end), in order: one search, for
+    /// the last extent that starts by `sector`, then a walk.
+    fn extents_in(&self, sector: u64, end: u64) -> impl Iterator<Item = (u64, &Stamps)> {
+        let media = &self.media;
+        let first = match media.last_at_or_before(sector) {
+            Some(p) if media.start(p) + media.extent(p).len() > sector => Some(p),
+            Some(p) => media.next(p),
+            None => media.first_at_or_after(0),
         };
-        only.into_iter()
-            .chain(many.into_iter().flatten())
-            .map(|(start, extent)| (start, &**extent))
+        media
+            .iter_from(first)
+            .take_while(move |&(start, _)| start < end)
     }
 
     /// The fill of never-written sectors [from, to): one run.
@@ -293,9 +506,13 @@ impl Device {
     /// Forget what the media holds in [sector, end): extents inside go,
     /// extents across an edge keep their part outside.
     fn cut(&mut self, sector: u64, end: u64) {
-        let starts: Vec<u64> = self.extents_in(sector, end).map(|(&s, _)| s).collect();
+        let starts: Vec<u64> = self.extents_in(sector, end).map(|(s, _)| s).collect();
         for start in starts {
-            let extent = self.media.remove(&start).expect("listed above");
+            let at = self.media.last_at_or_before(start);
+            let at = at
+                .filter(|&p| self.media.start(p) == start)
+                .expect("listed above");
+            let extent = self.media.remove(at);
             let len = extent.len();
             if start < sector {
                 self.media
@@ -336,7 +553,7 @@ impl Device {
 
     /// Sectors ever written (for the memory report).
     pub fn written_sectors(&self) -> usize {
-        self.media.values().map(|e| e.len() as usize).sum()
+        self.media.iter().map(|(_, e)| e.len() as usize).sum()
     }
 
     /// Extents the media holds (what its memory grows with).
@@ -456,6 +673,98 @@ mod tests {
         // Past the last extent, the gap runs to the end of the address space.
         assert_eq!(d.read(6000, 1), vec![fill(6000)]);
         assert_eq!(d.gap.get(), (5001, u64::MAX));
+    }
+
+    /// As above, over a device wide enough for thousands of extents (the
+    /// media's blocks split and merge), with pieces of chunks written in
+    /// any order next to scattered overwrites.
+    #[test]
+    fn many_extents_read_back_what_a_sector_map_would() {
+        let mut d = Device::new("a".into(), DevT::new(8, 0), 1, 1 << 16, Fill::Pattern);
+        let mut model: BTreeMap<u64, Stamp> = BTreeMap::new();
+        let mut rng = crate::rng::SimRng::new(5);
+        for round in 0..6000u64 {
+            let (sector, len) = if round % 3 == 0 {
+                (rng.below(65_000), 1 + rng.below(12))
+            } else {
+                // A piece of a 16-piece chunk, in a random order.
+                (1024 * rng.below(60) + 8 * rng.below(16), 8)
+            };
+            let data: Vec<Stamp> = (0..len).map(|i| (sector + i) * 3 + round % 2).collect();
+            w(&mut d, sector, &data);
+            for (i, stamp) in data.iter().enumerate() {
+                model.insert(sector + i as u64, *stamp);
+            }
+            let (from, count) = (rng.below(65_000), 1 + rng.below(300));
+            let expected: Vec<Stamp> = (from..from + count)
+                .map(|s| model.get(&s).copied().unwrap_or(pattern_stamp(1, s)))
+                .collect();
+            assert_eq!(d.read(from, count), expected, "round {round}");
+        }
+        assert!(d.media.blocks.len() > 4, "{} blocks", d.media.blocks.len());
+        let all: Vec<Stamp> = (0..1 << 16)
+            .map(|s| model.get(&s).copied().unwrap_or(pattern_stamp(1, s)))
+            .collect();
+        assert_eq!(d.read(0, 1 << 16), all);
+        assert_eq!(d.written_sectors(), model.len());
+    }
+
+    /// The blocked map against a `BTreeMap`, through enough inserts and
+    /// removes (in a random order, over a narrow key space) that blocks
+    /// split, empty and merge: every search agrees, and so does the walk.
+    #[test]
+    fn media_blocks_keep_a_sorted_maps_answers() {
+        let mut media = Media::default();
+        let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut rng = crate::rng::SimRng::new(11);
+        let mut most_blocks = 0;
+        for round in 0..20_000u64 {
+            let key = rng.below(3000);
+            // Inserts win early (blocks split), removes later (they merge).
+            let insert = rng.below(20_000) > round;
+            match media
+                .last_at_or_before(key)
+                .filter(|&p| media.start(p) == key)
+            {
+                Some(p) if !insert => {
+                    assert_eq!(media.remove(p).len(), model.remove(&key).unwrap());
+                }
+                None if insert => {
+                    media.insert(key, Box::new(Stamps::repeat(1, round + 1)));
+                    model.insert(key, round + 1);
+                }
+                _ => {}
+            }
+            most_blocks = most_blocks.max(media.blocks.len());
+            let probe = rng.below(3100);
+            let start = |p: Option<Pos>| p.map(|p| media.start(p));
+            assert_eq!(
+                start(media.last_at_or_before(probe)),
+                model.range(..=probe).next_back().map(|(&k, _)| k)
+            );
+            assert_eq!(
+                start(media.last_before(probe)),
+                model.range(..probe).next_back().map(|(&k, _)| k)
+            );
+            assert_eq!(
+                start(media.first_at_or_after(probe)),
+                model.range(probe..).next().map(|(&k, _)| k)
+            );
+            for (block, &first) in media.blocks.iter().zip(&media.firsts) {
+                assert!(!block.is_empty() && block.len() <= BLOCK_MAX);
+                assert_eq!(block[0].0, first);
+            }
+        }
+        assert!(most_blocks > 10, "blocks never split: {most_blocks}");
+        let all: Vec<(u64, u64)> = media.iter().map(|(k, e)| (k, e.len())).collect();
+        assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+        assert_eq!(media.len(), all.len());
+        assert!(
+            media.blocks.len() < all.len().div_ceil(BLOCK_MAX / 8) + 2,
+            "{} blocks for {}",
+            media.blocks.len(),
+            all.len()
+        );
     }
 
     #[test]
