@@ -297,11 +297,25 @@ impl SectorHistory {
     /// Forget the writes no judgement can need any more: superseded by
     /// `horizon` (every later query starts at or after it), and outside
     /// every fixed window (TAKE windows of images of this device).
+    /// Most completions prune nothing: one scan finds that, and the
+    /// general `retain` (about 90 instructions on a short list) runs only
+    /// from the first write to forget (issue 10).
     fn prune(&mut self, horizon: u64, windows: &Windows) {
-        self.writes.retain(|w| match w.superseded {
+        let keep = |w: &SectorWrite| match w.superseded {
             Some(s) => s > horizon || windows.need(w.submitted, s),
             None => true,
-        });
+        };
+        let Some(first) = self.writes.iter().position(|w| !keep(w)) else {
+            return;
+        };
+        let mut i = first;
+        for j in first + 1..self.writes.len() {
+            if keep(&self.writes[j]) {
+                self.writes.swap(i, j);
+                i += 1;
+            }
+        }
+        self.writes.truncate(i);
     }
 }
 
@@ -642,14 +656,16 @@ impl Oracle {
         let Some(map) = self.history.get_mut(&dev) else {
             return;
         };
-        for (start, end, history) in map.values_mut() {
-            self.next_op += 1;
+        let (next_op, pins) = (&mut self.next_op, self.pins.get_mut(&dev));
+        let mut cut = Vec::new();
+        map.for_each_mut(|start, end, history| {
+            *next_op += 1;
             let mut seen = Stamps::new();
             for sector in start..end {
                 seen.push(media(sector));
             }
             let found = SectorWrite {
-                id: self.next_op,
+                id: *next_op,
                 first: start,
                 written: Written::new(&seen),
                 submitted: now,
@@ -661,7 +677,10 @@ impl Oracle {
                 last_submitted: Some(now),
                 ever_completed: true,
             };
-            if let Some(pins) = self.pins.get_mut(&dev) {
+            cut.push((start, end));
+        });
+        if let Some(pins) = pins {
+            for (start, end) in cut {
                 pins.remove(start, end);
             }
         }

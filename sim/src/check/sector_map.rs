@@ -60,12 +60,25 @@ impl<V> SectorMap<V> {
         self.values.get_mut(&key)
     }
 
-    /// The values of two different keys, both to change.
-    pub fn pair_mut(&mut self, a: u64, b: u64) -> Option<[&mut V; 2]> {
-        match self.values.get_disjoint_mut([&a, &b]) {
-            [Some(a), Some(b)] => Some([a, b]),
-            _ => None,
+    /// Walk the adjacent keys in `range`, in order, and stop at the first
+    /// pair for which `f(first value, second key, second value)` holds:
+    /// returns its second key.
+    pub fn find_pair(
+        &mut self,
+        range: impl RangeBounds<u64>,
+        mut f: impl FnMut(&mut V, u64, &V) -> bool,
+    ) -> Option<u64> {
+        let mut keys = self.keys.range(range);
+        let mut prev = *keys.next()?;
+        for &next in keys {
+            if let [Some(a), Some(b)] = self.values.get_disjoint_mut([&prev, &next]) {
+                if f(a, next, b) {
+                    return Some(next);
+                }
+            }
+            prev = next;
         }
+        None
     }
 
     /// The value at `key`, made by `fresh` if there is none.
@@ -116,12 +129,9 @@ impl<V> SectorMap<V> {
         self.range(..)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 }
 
@@ -151,13 +161,21 @@ mod tests {
                     *model.entry(key).or_insert(0) += 1;
                 }
                 _ => {
-                    if let Some([a, b]) = map.pair_mut(key, key + 8) {
-                        std::mem::swap(a, b);
-                        let (va, vb) = (model[&key], model[&(key + 8)]);
-                        model.insert(key, vb);
-                        model.insert(key + 8, va);
-                    } else {
-                        assert!(!model.contains_key(&key) || !model.contains_key(&(key + 8)));
+                    // The first adjacent pair from `key` whose values sum
+                    // to an even number: the second gives its value to
+                    // the first.
+                    let found = map.find_pair(key.., |a, _, b| {
+                        let even = (*a + *b) % 2 == 0;
+                        if even {
+                            *a = *b;
+                        }
+                        even
+                    });
+                    let pairs: Vec<(u64, u64)> = model.range(key..).map(|(k, v)| (*k, *v)).collect();
+                    let want = pairs.windows(2).find(|p| (p[0].1 + p[1].1) % 2 == 0);
+                    assert_eq!(found, want.map(|p| p[1].0));
+                    if let Some(p) = want {
+                        model.insert(p[0].0, p[1].1);
                     }
                 }
             }

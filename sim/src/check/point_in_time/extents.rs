@@ -8,8 +8,9 @@
 //! and neighbours whose values became equal again are joined, so the map
 //! stays as fine as the state it holds and no finer.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
+
+use crate::check::sector_map::SectorMap;
 
 /// A value that covers a range of sectors, can be cut in two at an offset,
 /// and can absorb the value of the range that follows it.
@@ -21,15 +22,18 @@ pub trait Piece: Sized {
     fn join(&mut self, next: &Self) -> bool;
 }
 
-/// Disjoint ranges [start, end) of sectors, each with its value.
+/// Disjoint ranges [start, end) of sectors, each with its value. Keyed by
+/// start in a `SectorMap`: the range a bio starts at (every write, twice:
+/// at submission and at completion) is found in O(1), where a B-tree
+/// search over a device's ranges cost about 165 instructions (issue 10).
 pub struct Extents<V> {
-    map: BTreeMap<u64, (u64, V)>,
+    map: SectorMap<(u64, V)>,
 }
 
 impl<V> Default for Extents<V> {
     fn default() -> Self {
         Extents {
-            map: BTreeMap::new(),
+            map: SectorMap::default(),
         }
     }
 }
@@ -37,7 +41,8 @@ impl<V> Default for Extents<V> {
 impl<V: Piece> Extents<V> {
     /// The range holding `sector`: (start, end, value).
     pub fn at(&self, sector: u64) -> Option<(u64, u64, &V)> {
-        let (&start, (end, value)) = self.map.range(..=sector).next_back()?;
+        let start = *self.map.keys(..=sector).next_back()?;
+        let (end, value) = self.map.get(start)?;
         (*end > sector).then_some((start, *end, value))
     }
 
@@ -47,30 +52,38 @@ impl<V: Piece> Extents<V> {
         if let Some((start, end, value)) = self.at(sector) {
             return (end.min(limit), Some((start, value)));
         }
-        let next = self.map.range(sector..).next().map(|(start, _)| *start);
+        let next = self.map.keys(sector..).next().copied();
         (next.map_or(limit, |n| n.min(limit)), None)
     }
 
     /// The range that is exactly [from, to), if there is one (the common
     /// case of a bio that meets the same sectors as the one before it).
     fn exact_mut(&mut self, from: u64, to: u64) -> Option<&mut V> {
-        match self.map.get_mut(&from) {
+        match self.map.get_mut(from) {
             Some((end, value)) if *end == to => Some(value),
             _ => None,
         }
+    }
+
+    /// The end of the range that starts at `start` (a key of the map).
+    fn end_of(&self, start: u64) -> u64 {
+        self.map.get(start).map_or(start, |(end, _)| *end)
     }
 
     /// No range meets [from, to): the last range starting before `to`
     /// ends by `from` (then so does every range before it). One search,
     /// where a gap otherwise costs two splits and a walk.
     fn is_gap(&self, from: u64, to: u64) -> bool {
-        let last = self.map.range(..to).next_back();
-        last.is_none_or(|(_, (end, _))| *end <= from)
+        let last = self.map.keys(..to).next_back();
+        last.is_none_or(|start| self.end_of(*start) <= from)
     }
 
     /// Make `at` the edge of a range (cut the range that spans it).
     pub fn split(&mut self, at: u64) {
-        let Some((&start, (end, value))) = self.map.range_mut(..at).next_back() else {
+        let Some(&start) = self.map.keys(..at).next_back() else {
+            return;
+        };
+        let Some((end, value)) = self.map.get_mut(start) else {
             return;
         };
         if *end <= at {
@@ -91,9 +104,7 @@ impl<V: Piece> Extents<V> {
         }
         self.split(from);
         self.split(to);
-        for (_, (_, value)) in self.map.range_mut(from..to) {
-            update(value);
-        }
+        self.map.for_each_mut(from..to, |_, (_, value)| update(value));
         false
     }
 
@@ -121,14 +132,17 @@ impl<V: Piece> Extents<V> {
         self.split(to);
         let mut cursor = from;
         while cursor < to {
-            let next = self.map.range_mut(cursor..to).next();
-            match next {
-                Some((&start, (end, value))) if start == cursor => {
+            let next = self.map.keys(cursor..to).next().copied();
+            match next.filter(|start| *start == cursor) {
+                Some(start) => {
+                    let Some((end, value)) = self.map.get_mut(start) else {
+                        break;
+                    };
                     update(value);
                     cursor = *end;
                 }
-                other => {
-                    let gap_end = other.map_or(to, |(start, _)| *start);
+                None => {
+                    let gap_end = next.unwrap_or(to);
                     self.map.insert(cursor, (gap_end, fresh(cursor, gap_end)));
                     cursor = gap_end;
                 }
@@ -147,13 +161,13 @@ impl<V: Piece> Extents<V> {
     /// Forget every sector of [from, to).
     pub fn remove(&mut self, from: u64, to: u64) {
         if self.exact_mut(from, to).is_some() {
-            self.map.remove(&from);
+            self.map.remove(from);
             return;
         }
         self.split(from);
         self.split(to);
-        while let Some((&start, _)) = self.map.range(from..to).next() {
-            self.map.remove(&start);
+        while let Some(&start) = self.map.keys(from..to).next() {
+            self.map.remove(start);
         }
     }
 
@@ -164,10 +178,11 @@ impl<V: Piece> Extents<V> {
     pub fn join_around(&mut self, from: u64, to: u64) {
         let first = self
             .map
-            .range(..from)
+            .keys(..from)
             .next_back()
-            .filter(|(_, (end, _))| *end >= from)
-            .map_or(from, |(start, _)| *start);
+            .copied()
+            .filter(|start| self.end_of(*start) >= from)
+            .unwrap_or(from);
         if first > to {
             return;
         }
@@ -188,12 +203,13 @@ impl<V: Piece> Extents<V> {
     fn join_from(&mut self, from: u64, last: Bound<u64>) {
         let mut cursor = from;
         while let Some(joined) = self.first_join(cursor, last) {
-            self.map.remove(&joined);
+            self.map.remove(joined);
             cursor = self
                 .map
-                .range(..joined)
+                .keys(..joined)
                 .next_back()
-                .map_or(from, |(start, _)| *start);
+                .copied()
+                .unwrap_or(from);
         }
     }
 
@@ -201,31 +217,28 @@ impl<V: Piece> Extents<V> {
     /// first pair that reads as one and return the start of the range
     /// absorbed (to be removed).
     fn first_join(&mut self, cursor: u64, last: Bound<u64>) -> Option<u64> {
-        let mut ranges = self.map.range_mut((Bound::Included(cursor), last));
-        let (_, first) = ranges.next()?;
-        let (mut end, mut value) = (&mut first.0, &mut first.1);
-        for (&next, (next_end, next_value)) in ranges {
+        let range = (Bound::Included(cursor), last);
+        self.map.find_pair(range, |(end, value), next, (next_end, next_value)| {
             if next == *end && value.join(next_value) {
                 *end = *next_end;
-                return Some(next);
+                return true;
             }
-            (end, value) = (next_end, next_value);
-        }
-        None
+            false
+        })
     }
 
     /// Every range in order: (start, end, value).
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &V)> + '_ {
         self.map
             .iter()
-            .map(|(start, (end, value))| (*start, *end, value))
+            .map(|(start, (end, value))| (start, *end, value))
     }
 
-    /// Every value, to change it in place (its range stays).
-    pub fn values_mut(&mut self) -> impl Iterator<Item = (u64, u64, &mut V)> + '_ {
+    /// Change every value in place, in order (its range stays):
+    /// `f(start, end, value)`.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(u64, u64, &mut V)) {
         self.map
-            .iter_mut()
-            .map(|(start, (end, value))| (*start, *end, value))
+            .for_each_mut(.., |start, (end, value)| f(start, *end, value));
     }
 
     /// Ranges held (what the memory grows with).
