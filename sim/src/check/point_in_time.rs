@@ -318,23 +318,11 @@ impl SectorHistory {
     /// Forget the writes no judgement can need any more: superseded by
     /// `horizon` (every later query starts at or after it), and outside
     /// every fixed window (TAKE windows of images of this device).
-    /// A completion prunes at most the write it superseded, nearly
-    /// always: one scan finds the first write to forget, and a second
-    /// that no other goes; then that one is removed in place, where the
-    /// general `retain` cost about 90 instructions (issue 10).
     fn prune(&mut self, horizon: u64, windows: &Windows) {
-        let keep = |w: &SectorWrite| match w.superseded {
+        self.writes.retain(|w| match w.superseded {
             Some(s) => s > horizon || windows.need(w.submitted, s),
             None => true,
-        };
-        let Some(first) = self.writes.iter().position(|w| !keep(w)) else {
-            return;
-        };
-        if self.writes[first + 1..].iter().all(keep) {
-            self.writes.remove(first);
-        } else {
-            self.writes.retain(keep);
-        }
+        });
     }
 }
 

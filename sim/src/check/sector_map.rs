@@ -1,11 +1,13 @@
 //! A map keyed by sector whose exact lookups cost O(1): the checkers'
 //! hot path (every user write) asks for the entry at one sector, where a
 //! B-tree over a device's thousands of keys paid about 150 instructions a
-//! search (issue 10). The values sit in a hash table; the keys are kept
-//! in order beside them for the range queries the rules make, so nothing
-//! ever depends on the table's order (determinism).
+//! search (issue 10). The values sit in a slab; a hash table finds a
+//! key's slot, and the keys are kept in order with their slots for the
+//! range queries the rules make (which then cost what the B-tree alone
+//! did: no hashing). Nothing ever depends on the table's order
+//! (determinism).
 
-use std::collections::{btree_set, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeBounds;
 
@@ -33,31 +35,119 @@ impl Hasher for SectorHasher {
     }
 }
 
-type Table<V> = HashMap<u64, V, BuildHasherDefault<SectorHasher>>;
+type Table = HashMap<u64, usize, BuildHasherDefault<SectorHasher>>;
 
 /// Sectors in order, each with a value.
 #[derive(Clone)]
 pub struct SectorMap<V> {
-    values: Table<V>,
-    keys: BTreeSet<u64>,
+    /// Values by slot; a removed value's slot is free for the next.
+    slots: Vec<Option<V>>,
+    free: Vec<usize>,
+    /// Key -> slot, for exact lookups.
+    index: Table,
+    /// Key -> slot, in key order, for range queries.
+    order: BTreeMap<u64, usize>,
 }
 
 impl<V> Default for SectorMap<V> {
     fn default() -> Self {
         SectorMap {
-            values: Table::default(),
-            keys: BTreeSet::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: Table::default(),
+            order: BTreeMap::new(),
         }
     }
 }
 
 impl<V> SectorMap<V> {
+    fn value(&self, slot: usize) -> &V {
+        self.slots[slot].as_ref().expect("a live slot")
+    }
+
+    #[cfg(test)]
     pub fn get(&self, key: u64) -> Option<&V> {
-        self.values.get(&key)
+        let slot = *self.index.get(&key)?;
+        self.slots[slot].as_ref()
     }
 
     pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
-        self.values.get_mut(&key)
+        let slot = *self.index.get(&key)?;
+        self.slots[slot].as_mut()
+    }
+
+    /// A free slot holding `value`.
+    fn place(&mut self, value: V) -> usize {
+        match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(value);
+                slot
+            }
+            None => {
+                self.slots.push(Some(value));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// The value at `key`, made by `fresh` if there is none.
+    pub fn get_or_insert_with(&mut self, key: u64, fresh: impl FnOnce() -> V) -> &mut V {
+        let slot = match self.index.get(&key) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.place(fresh());
+                self.index.insert(key, slot);
+                self.order.insert(key, slot);
+                slot
+            }
+        };
+        self.slots[slot].as_mut().expect("a live slot")
+    }
+
+    pub fn insert(&mut self, key: u64, value: V) {
+        match self.index.get(&key) {
+            Some(&slot) => self.slots[slot] = Some(value),
+            None => {
+                let slot = self.place(value);
+                self.index.insert(key, slot);
+                self.order.insert(key, slot);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: u64) -> Option<V> {
+        let slot = self.index.remove(&key)?;
+        self.order.remove(&key);
+        self.free.push(slot);
+        self.slots[slot].take()
+    }
+
+    /// The keys in `range`, in order.
+    pub fn keys(&self, range: impl RangeBounds<u64>) -> impl DoubleEndedIterator<Item = u64> + '_ {
+        self.order.range(range).map(|(k, _)| *k)
+    }
+
+    /// The entries whose keys are in `range`, in key order.
+    pub fn range(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> impl DoubleEndedIterator<Item = (u64, &V)> + '_ {
+        self.order.range(range).map(|(k, slot)| (*k, self.value(*slot)))
+    }
+
+    /// The last entry in `range`, to change.
+    pub fn last_mut(&mut self, range: impl RangeBounds<u64>) -> Option<(u64, &mut V)> {
+        let (&key, &slot) = self.order.range(range).next_back()?;
+        Some((key, self.slots[slot].as_mut()?))
+    }
+
+    /// Change the value of every key in `range`, in key order.
+    pub fn for_each_mut(&mut self, range: impl RangeBounds<u64>, mut f: impl FnMut(u64, &mut V)) {
+        for (k, slot) in self.order.range(range) {
+            if let Some(value) = self.slots[*slot].as_mut() {
+                f(*k, value);
+            }
+        }
     }
 
     /// Walk the adjacent keys in `range`, in order, and stop at the first
@@ -68,60 +158,18 @@ impl<V> SectorMap<V> {
         range: impl RangeBounds<u64>,
         mut f: impl FnMut(&mut V, u64, &V) -> bool,
     ) -> Option<u64> {
-        let mut keys = self.keys.range(range);
-        let mut prev = *keys.next()?;
-        for &next in keys {
-            if let [Some(a), Some(b)] = self.values.get_disjoint_mut([&prev, &next]) {
+        let mut entries = self.order.range(range);
+        let (_, &mut_slot) = entries.next()?;
+        let mut prev = mut_slot;
+        for (&next, &slot) in entries {
+            if let [Some(a), Some(b)] = self.slots.get_disjoint_mut([prev, slot]).ok()? {
                 if f(a, next, b) {
                     return Some(next);
                 }
             }
-            prev = next;
+            prev = slot;
         }
         None
-    }
-
-    /// The value at `key`, made by `fresh` if there is none.
-    pub fn get_or_insert_with(&mut self, key: u64, fresh: impl FnOnce() -> V) -> &mut V {
-        let keys = &mut self.keys;
-        self.values.entry(key).or_insert_with(|| {
-            keys.insert(key);
-            fresh()
-        })
-    }
-
-    pub fn insert(&mut self, key: u64, value: V) {
-        if self.values.insert(key, value).is_none() {
-            self.keys.insert(key);
-        }
-    }
-
-    pub fn remove(&mut self, key: u64) -> Option<V> {
-        let value = self.values.remove(&key)?;
-        self.keys.remove(&key);
-        Some(value)
-    }
-
-    /// The keys in `range`, in order.
-    pub fn keys(&self, range: impl RangeBounds<u64>) -> btree_set::Range<'_, u64> {
-        self.keys.range(range)
-    }
-
-    /// The entries whose keys are in `range`, in key order.
-    pub fn range(
-        &self,
-        range: impl RangeBounds<u64>,
-    ) -> impl DoubleEndedIterator<Item = (u64, &V)> + '_ {
-        self.keys.range(range).map(|k| (*k, &self.values[k]))
-    }
-
-    /// Change the value of every key in `range`, in key order.
-    pub fn for_each_mut(&mut self, range: impl RangeBounds<u64>, mut f: impl FnMut(u64, &mut V)) {
-        for k in self.keys.range(range) {
-            if let Some(value) = self.values.get_mut(k) {
-                f(*k, value);
-            }
-        }
     }
 
     /// Every entry, in key order.
@@ -131,7 +179,7 @@ impl<V> SectorMap<V> {
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.order.len()
     }
 }
 
