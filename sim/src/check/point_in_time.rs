@@ -663,16 +663,14 @@ impl Oracle {
         let Some(map) = self.history.get_mut(&dev) else {
             return;
         };
-        let (next_op, pins) = (&mut self.next_op, self.pins.get_mut(&dev));
-        let mut cut = Vec::new();
-        map.for_each_mut(|start, end, history| {
-            *next_op += 1;
+        for (start, end, history) in map.values_mut() {
+            self.next_op += 1;
             let mut seen = Stamps::new();
             for sector in start..end {
                 seen.push(media(sector));
             }
             let found = SectorWrite {
-                id: *next_op,
+                id: self.next_op,
                 first: start,
                 written: Written::new(&seen),
                 submitted: now,
@@ -684,10 +682,7 @@ impl Oracle {
                 last_submitted: Some(now),
                 ever_completed: true,
             };
-            cut.push((start, end));
-        });
-        if let Some(pins) = pins {
-            for (start, end) in cut {
+            if let Some(pins) = self.pins.get_mut(&dev) {
                 pins.remove(start, end);
             }
         }

@@ -8,9 +8,8 @@
 //! and neighbours whose values became equal again are joined, so the map
 //! stays as fine as the state it holds and no finer.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
-
-use crate::check::sector_map::SectorMap;
 
 /// A value that covers a range of sectors, can be cut in two at an offset,
 /// and can absorb the value of the range that follows it.
@@ -22,19 +21,15 @@ pub trait Piece: Sized {
     fn join(&mut self, next: &Self) -> bool;
 }
 
-/// Disjoint ranges [start, end) of sectors, each with its value. Keyed by
-/// start in a `SectorMap`: the range a bio starts at (every write, twice:
-/// at submission and at completion) is found in O(1), where a B-tree
-/// search over a device's ranges cost about 165 instructions (issue 10);
-/// the range queries of a judgement still walk the ordered keys.
+/// Disjoint ranges [start, end) of sectors, each with its value.
 pub struct Extents<V> {
-    map: SectorMap<(u64, V)>,
+    map: BTreeMap<u64, (u64, V)>,
 }
 
 impl<V> Default for Extents<V> {
     fn default() -> Self {
         Extents {
-            map: SectorMap::default(),
+            map: BTreeMap::new(),
         }
     }
 }
@@ -42,7 +37,7 @@ impl<V> Default for Extents<V> {
 impl<V: Piece> Extents<V> {
     /// The range holding `sector`: (start, end, value).
     pub fn at(&self, sector: u64) -> Option<(u64, u64, &V)> {
-        let (start, (end, value)) = self.map.range(..=sector).next_back()?;
+        let (&start, (end, value)) = self.map.range(..=sector).next_back()?;
         (*end > sector).then_some((start, *end, value))
     }
 
@@ -52,14 +47,14 @@ impl<V: Piece> Extents<V> {
         if let Some((start, end, value)) = self.at(sector) {
             return (end.min(limit), Some((start, value)));
         }
-        let next = self.map.keys(sector..).next();
+        let next = self.map.range(sector..).next().map(|(start, _)| *start);
         (next.map_or(limit, |n| n.min(limit)), None)
     }
 
     /// The range that is exactly [from, to), if there is one (the common
     /// case of a bio that meets the same sectors as the one before it).
     fn exact_mut(&mut self, from: u64, to: u64) -> Option<&mut V> {
-        match self.map.get_mut(from) {
+        match self.map.get_mut(&from) {
             Some((end, value)) if *end == to => Some(value),
             _ => None,
         }
@@ -75,7 +70,7 @@ impl<V: Piece> Extents<V> {
 
     /// Make `at` the edge of a range (cut the range that spans it).
     pub fn split(&mut self, at: u64) {
-        let Some((start, (end, value))) = self.map.last_mut(..at) else {
+        let Some((&start, (end, value))) = self.map.range_mut(..at).next_back() else {
             return;
         };
         if *end <= at {
@@ -96,7 +91,9 @@ impl<V: Piece> Extents<V> {
         }
         self.split(from);
         self.split(to);
-        self.map.for_each_mut(from..to, |_, (_, value)| update(value));
+        for (_, (_, value)) in self.map.range_mut(from..to) {
+            update(value);
+        }
         false
     }
 
@@ -124,17 +121,14 @@ impl<V: Piece> Extents<V> {
         self.split(to);
         let mut cursor = from;
         while cursor < to {
-            let next = self.map.keys(cursor..to).next();
-            match next.filter(|start| *start == cursor) {
-                Some(start) => {
-                    let Some((end, value)) = self.map.get_mut(start) else {
-                        break;
-                    };
+            let next = self.map.range_mut(cursor..to).next();
+            match next {
+                Some((&start, (end, value))) if start == cursor => {
                     update(value);
                     cursor = *end;
                 }
-                None => {
-                    let gap_end = next.unwrap_or(to);
+                other => {
+                    let gap_end = other.map_or(to, |(start, _)| *start);
                     self.map.insert(cursor, (gap_end, fresh(cursor, gap_end)));
                     cursor = gap_end;
                 }
@@ -153,16 +147,13 @@ impl<V: Piece> Extents<V> {
     /// Forget every sector of [from, to).
     pub fn remove(&mut self, from: u64, to: u64) {
         if self.exact_mut(from, to).is_some() {
-            self.map.remove(from);
+            self.map.remove(&from);
             return;
         }
         self.split(from);
         self.split(to);
-        loop {
-            let Some(start) = self.map.keys(from..to).next() else {
-                break;
-            };
-            self.map.remove(start);
+        while let Some((&start, _)) = self.map.range(from..to).next() {
+            self.map.remove(&start);
         }
     }
 
@@ -176,7 +167,7 @@ impl<V: Piece> Extents<V> {
             .range(..from)
             .next_back()
             .filter(|(_, (end, _))| *end >= from)
-            .map_or(from, |(start, _)| start);
+            .map_or(from, |(start, _)| *start);
         if first > to {
             return;
         }
@@ -197,12 +188,12 @@ impl<V: Piece> Extents<V> {
     fn join_from(&mut self, from: u64, last: Bound<u64>) {
         let mut cursor = from;
         while let Some(joined) = self.first_join(cursor, last) {
-            self.map.remove(joined);
+            self.map.remove(&joined);
             cursor = self
                 .map
-                .keys(..joined)
+                .range(..joined)
                 .next_back()
-                .unwrap_or(from);
+                .map_or(from, |(start, _)| *start);
         }
     }
 
@@ -210,28 +201,31 @@ impl<V: Piece> Extents<V> {
     /// first pair that reads as one and return the start of the range
     /// absorbed (to be removed).
     fn first_join(&mut self, cursor: u64, last: Bound<u64>) -> Option<u64> {
-        let range = (Bound::Included(cursor), last);
-        self.map.find_pair(range, |(end, value), next, (next_end, next_value)| {
+        let mut ranges = self.map.range_mut((Bound::Included(cursor), last));
+        let (_, first) = ranges.next()?;
+        let (mut end, mut value) = (&mut first.0, &mut first.1);
+        for (&next, (next_end, next_value)) in ranges {
             if next == *end && value.join(next_value) {
                 *end = *next_end;
-                return true;
+                return Some(next);
             }
-            false
-        })
+            (end, value) = (next_end, next_value);
+        }
+        None
     }
 
     /// Every range in order: (start, end, value).
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &V)> + '_ {
         self.map
             .iter()
-            .map(|(start, (end, value))| (start, *end, value))
+            .map(|(start, (end, value))| (*start, *end, value))
     }
 
-    /// Change every value in place, in order (its range stays):
-    /// `f(start, end, value)`.
-    pub fn for_each_mut(&mut self, mut f: impl FnMut(u64, u64, &mut V)) {
+    /// Every value, to change it in place (its range stays).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = (u64, u64, &mut V)> + '_ {
         self.map
-            .for_each_mut(.., |start, (end, value)| f(start, *end, value));
+            .iter_mut()
+            .map(|(start, (end, value))| (*start, *end, value))
     }
 
     /// Ranges held (what the memory grows with).
