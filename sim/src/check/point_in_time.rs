@@ -227,33 +227,24 @@ impl Allowed<'_> {
     }
 
     /// What `any` walks, worked out once for a whole stretch: the writes
-    /// the rules allow, and the initial fill when no rule stops before
-    /// it. A stretch judges many sectors with one set of writes, so each
-    /// sector then costs only its comparisons (issue 10). A list of up to
-    /// 64 writes (pruned histories, nearly all) is picked as a bit mask,
-    /// so a stretch allocates nothing.
+    /// the rules allow, in the same order, and the initial fill when no
+    /// rule stops before it. A stretch judges many sectors with one set of
+    /// writes, so each sector then costs only its comparisons (issue 10).
     fn sources(&self) -> Sources<'_> {
-        let mut sources = Sources {
-            picked: [(&[], 0); 2],
-            more: Vec::new(),
-            initial: None,
-        };
-        for (n, (list, rule)) in std::iter::once(self.own).chain(self.orig).enumerate() {
-            if list.len() <= 64 {
-                let mut mask = 0u64;
-                for (i, w) in list.iter().enumerate() {
-                    mask |= u64::from(rule.allows(w)) << i;
-                }
-                sources.picked[n] = (list, mask);
-            } else {
-                sources.more.extend(list.iter().filter(|w| rule.allows(w)));
-            }
+        let mut writes = Vec::new();
+        for (list, rule) in std::iter::once(self.own).chain(self.orig) {
+            writes.extend(list.iter().filter(|w| rule.allows(w)));
             if rule.latest_start.is_some() {
-                return sources;
+                return Sources {
+                    writes,
+                    initial: None,
+                };
             }
         }
-        sources.initial = Some(self.initial);
-        sources
+        Sources {
+            writes,
+            initial: Some(self.initial),
+        }
     }
 
     /// The values allowed at `sector`, sorted, each once.
@@ -269,12 +260,9 @@ impl Allowed<'_> {
     }
 }
 
-/// Where the values one stretch allows come from (`Allowed::sources`):
-/// the writes picked from each list (bit `i` of a mask: the list's `i`th
-/// write), those of longer lists, and the initial fill.
+/// Where the values one stretch allows come from (`Allowed::sources`).
 struct Sources<'a> {
-    picked: [(&'a [SectorWrite], u64); 2],
-    more: Vec<&'a SectorWrite>,
+    writes: Vec<&'a SectorWrite>,
     initial: Option<Initial>,
 }
 
@@ -282,16 +270,7 @@ impl Sources<'_> {
     /// Whether `got` is one of the values allowed at `sector` (one the
     /// `Allowed` these come from would find with `any`).
     fn contains(&self, sector: u64, got: Stamp) -> bool {
-        for (list, mask) in self.picked {
-            let mut bits = mask;
-            while bits != 0 {
-                if list[bits.trailing_zeros() as usize].stamp(sector) == got {
-                    return true;
-                }
-                bits &= bits - 1;
-            }
-        }
-        self.more.iter().any(|w| w.stamp(sector) == got)
+        self.writes.iter().any(|w| w.stamp(sector) == got)
             || self.initial.is_some_and(|i| i.stamp(sector) == got)
     }
 }
@@ -2232,21 +2211,15 @@ mod tests {
     #[test]
     fn sources_allow_what_any_allows() {
         let mut rng = crate::rng::SimRng::new(7);
-        // Some lists are longer than a mask holds (`Sources::more`).
         fn writes_of(rng: &mut crate::rng::SimRng) -> Vec<SectorWrite> {
-            let n = if rng.chance(1, 8) {
-                60 + rng.below(10)
-            } else {
-                rng.below(4)
-            };
-            (0..n)
+            (0..rng.below(4))
                 .map(|i| {
                     let submitted = rng.below(100);
                     SectorWrite {
                         id: i,
                         first: rng.below(4),
                         written: Written::Run(Run {
-                            first: 1 + rng.below(6 + n),
+                            first: 1 + rng.below(6),
                             step: rng.below(2),
                             len: 8,
                         }),
@@ -2271,7 +2244,7 @@ mod tests {
             };
             let sources = allowed.sources();
             for sector in 4..8 {
-                for got in (0..80).chain([Initial::Pattern(1).stamp(sector)]) {
+                for got in (0..12).chain([Initial::Pattern(1).stamp(sector)]) {
                     let any = allowed.any(sector, |v| v == got);
                     assert_eq!(sources.contains(sector, got), any, "sector {sector} {got}");
                     compared += u64::from(any);
