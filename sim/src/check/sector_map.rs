@@ -104,6 +104,17 @@ impl<V> SectorMap<V> {
         self.slots[slot].as_mut().expect("a live slot")
     }
 
+    pub fn insert(&mut self, key: u64, value: V) {
+        match self.index.get(&key) {
+            Some(&slot) => self.slots[slot] = Some(value),
+            None => {
+                let slot = self.place(value);
+                self.index.insert(key, slot);
+                self.order.insert(key, slot);
+            }
+        }
+    }
+
     pub fn remove(&mut self, key: u64) -> Option<V> {
         let slot = self.index.remove(&key)?;
         self.order.remove(&key);
@@ -119,6 +130,43 @@ impl<V> SectorMap<V> {
         self.order
             .range(range)
             .map(|(k, slot)| (*k, self.value(*slot)))
+    }
+
+    /// The last entry in `range`, to change.
+    pub fn last_mut(&mut self, range: impl RangeBounds<u64>) -> Option<(u64, &mut V)> {
+        let (&key, &slot) = self.order.range(range).next_back()?;
+        Some((key, self.slots[slot].as_mut()?))
+    }
+
+    /// Change the value of every key in `range`, in key order.
+    pub fn for_each_mut(&mut self, range: impl RangeBounds<u64>, mut f: impl FnMut(u64, &mut V)) {
+        for (k, slot) in self.order.range(range) {
+            if let Some(value) = self.slots[*slot].as_mut() {
+                f(*k, value);
+            }
+        }
+    }
+
+    /// Walk the adjacent keys in `range`, in order, and stop at the first
+    /// pair for which `f(first value, second key, second value)` holds:
+    /// returns its second key.
+    pub fn find_pair(
+        &mut self,
+        range: impl RangeBounds<u64>,
+        mut f: impl FnMut(&mut V, u64, &V) -> bool,
+    ) -> Option<u64> {
+        let mut entries = self.order.range(range);
+        let (_, &mut_slot) = entries.next()?;
+        let mut prev = mut_slot;
+        for (&next, &slot) in entries {
+            if let [Some(a), Some(b)] = self.slots.get_disjoint_mut([prev, slot]).ok()? {
+                if f(a, next, b) {
+                    return Some(next);
+                }
+            }
+            prev = slot;
+        }
+        None
     }
 
     /// Every entry, in key order.
@@ -149,15 +197,34 @@ mod tests {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let key = (x >> 33) % 300 * 8;
-            match step % 4 {
+            match step % 5 {
                 0 | 1 => {
-                    *map.get_or_insert_with(key, || 0) = step;
+                    map.insert(key, step);
                     model.insert(key, step);
                 }
                 2 => assert_eq!(map.remove(key), model.remove(&key)),
-                _ => {
+                3 => {
                     *map.get_or_insert_with(key, || 0) += 1;
                     *model.entry(key).or_insert(0) += 1;
+                }
+                _ => {
+                    // The first adjacent pair from `key` whose values sum
+                    // to an even number: the second gives its value to
+                    // the first.
+                    let found = map.find_pair(key.., |a, _, b| {
+                        let even = (*a + *b) % 2 == 0;
+                        if even {
+                            *a = *b;
+                        }
+                        even
+                    });
+                    let pairs: Vec<(u64, u64)> =
+                        model.range(key..).map(|(k, v)| (*k, *v)).collect();
+                    let want = pairs.windows(2).find(|p| (p[0].1 + p[1].1) % 2 == 0);
+                    assert_eq!(found, want.map(|p| p[1].0));
+                    if let Some(p) = want {
+                        model.insert(p[0].0, p[1].1);
+                    }
                 }
             }
             assert_eq!(map.get(key), model.get(&key));
