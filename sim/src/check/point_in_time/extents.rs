@@ -396,13 +396,21 @@ mod tests {
         }
     }
 
-    fn ranges(map: &Extents<Same>) -> Vec<(u64, u64, u32)> {
+    fn ranges<S: Store<(u64, Same)>>(map: &Extents<Same, S>) -> Vec<(u64, u64, u32)> {
         map.iter().map(|(s, e, v)| (s, e, v.0)).collect()
     }
 
+    /// Each case runs on both stores: they must behave as one.
+    type Hashed = SectorMap<(u64, Same)>;
+
     #[test]
     fn join_around_joins_at_both_edges_and_nowhere_else() {
-        let mut map = Extents::default();
+        join_around_case::<BTreeMap<u64, (u64, Same)>>();
+        join_around_case::<Hashed>();
+    }
+
+    fn join_around_case<S: Store<(u64, Same)>>() {
+        let mut map = Extents::<Same, S>::default();
         for (from, to) in [(0, 4), (4, 8), (8, 12), (20, 24)] {
             map.insert_gap(from, to, Same(1));
         }
@@ -417,8 +425,13 @@ mod tests {
 
     #[test]
     fn fill_gives_gaps_fresh_values_and_updates_ranges() {
-        let mut map = Extents::default();
-        let fill = |map: &mut Extents<Same>, from, to| {
+        fill_case::<BTreeMap<u64, (u64, Same)>>();
+        fill_case::<Hashed>();
+    }
+
+    fn fill_case<S: Store<(u64, Same)>>() {
+        let mut map = Extents::<Same, S>::default();
+        let fill = |map: &mut Extents<Same, S>, from, to| {
             map.fill(from, to, |v| v.0 += 10, |_, _| Same(1));
         };
         fill(&mut map, 4, 8); // a gap, in an empty map
