@@ -55,6 +55,10 @@ pub struct BlockSet {
 impl BlockSet {
     /// Add blocks `first..=last`.
     pub fn insert_range(&mut self, first: u64, last: u64) {
+        if first == last {
+            self.insert(first);
+            return;
+        }
         let mut block = first;
         while block <= last {
             let page = block / PAGE_BITS;
@@ -64,14 +68,23 @@ impl BlockSet {
                 .pages
                 .entry(page)
                 .or_insert_with(|| Box::new(BitArray::ZERO));
-            if lo == hi {
-                // Most writes touch one block: a bit set, not a range fill.
-                bits.set(lo, true);
-            } else {
-                bits[lo..=hi].fill(true);
-            }
+            bits[lo..=hi].fill(true);
             block = page * PAGE_BITS + hi as u64 + 1;
         }
+    }
+
+    /// Add one block (most writes touch one): an OR into its word, where
+    /// bitvec's checked `set` and the range walk cost about half of the
+    /// 100 instructions an insert took (issue 10). Lsb0 in `u64`s: bit
+    /// `i` of a page is bit `i % 64` of word `i / 64`.
+    #[inline]
+    fn insert(&mut self, block: u64) {
+        let bits = self
+            .pages
+            .entry(block / PAGE_BITS)
+            .or_insert_with(|| Box::new(BitArray::ZERO));
+        let i = block % PAGE_BITS;
+        bits.as_raw_mut_slice()[(i / 64) as usize] |= 1 << (i % 64);
     }
 
     pub fn contains(&self, block: u64) -> bool {
@@ -1234,5 +1247,23 @@ mod tests {
         assert!(set.contains(4095) && set.contains(4096) && !set.contains(4101));
         let got: Vec<u64> = set.iter_range(4099, (1 << 40) + 1).collect();
         assert_eq!(got, vec![4099, 4100, 1 << 40]);
+    }
+
+    /// Blocks added one at a time (an OR into a raw word) are the bits
+    /// bitvec reads back (`contains`, `iter_range`), and no others.
+    #[test]
+    fn single_blocks_land_on_their_own_bits() {
+        let mut set = BlockSet::default();
+        let mut model = BTreeSet::new();
+        for k in 0..300u64 {
+            let block = (k * 7919) % 10_000;
+            set.insert_range(block, block);
+            model.insert(block);
+        }
+        for b in 0..10_000 {
+            assert_eq!(set.contains(b), model.contains(&b), "block {b}");
+        }
+        let got: Vec<u64> = set.iter_range(0, 10_000).collect();
+        assert_eq!(got, model.into_iter().collect::<Vec<_>>());
     }
 }

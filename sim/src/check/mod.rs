@@ -13,6 +13,7 @@ pub mod injected;
 pub mod lifecycle;
 pub mod point_in_time;
 pub mod resources;
+mod sector_map;
 pub mod storage;
 pub mod verdict;
 

@@ -33,8 +33,9 @@ use std::rc::Rc;
 
 use blksnap_core::kernel::{Bio, BioOp, BioResult, DevT, Errno, Run, Stamp, Stamps};
 
-use self::extents::{Extents, Piece};
+use self::extents::{Extents, Piece, Store};
 use super::injected::{FaultKind, InjectedFaults};
+use super::sector_map::SectorMap;
 use crate::device::{pattern_stamp, Fill};
 
 type SnapId = [u8; 16];
@@ -121,6 +122,13 @@ impl Piece for SectorHistory {
             && self.writes.iter().zip(&next.writes).all(|(a, b)| a.same(b))
     }
 }
+
+/// A device's history, by range: a `SectorMap` finds the range a write
+/// starts at in O(1), at its submission and at its completion (issue 10).
+/// The pins stay on a B-tree: every read sets and drops them, and the
+/// hashed store's dearer inserts and removes made judgements about 1 %
+/// dearer there.
+type History = Extents<SectorHistory, SectorMap<(u64, SectorHistory)>>;
 
 /// Values reads saw with no write in flight, and when the read that saw
 /// them started: until a write to those sectors is submitted after that,
@@ -488,7 +496,7 @@ pub struct Oracle {
     images: BTreeMap<DevT, ImageRecord>,
     /// What each written sector's judgements can still need, per device,
     /// by ranges of sectors with the same history.
-    history: BTreeMap<DevT, Extents<SectorHistory>>,
+    history: BTreeMap<DevT, History>,
     /// Writes in flight: (device, first sector, sectors).
     writing: InFlight<(DevT, u64, u64)>,
     /// Reads in flight: their submission times (the oldest bounds what a
@@ -642,14 +650,16 @@ impl Oracle {
         let Some(map) = self.history.get_mut(&dev) else {
             return;
         };
-        for (start, end, history) in map.values_mut() {
-            self.next_op += 1;
+        let (next_op, pins) = (&mut self.next_op, self.pins.get_mut(&dev));
+        let mut cut = Vec::new();
+        map.for_each_mut(|start, end, history| {
+            *next_op += 1;
             let mut seen = Stamps::new();
             for sector in start..end {
                 seen.push(media(sector));
             }
             let found = SectorWrite {
-                id: self.next_op,
+                id: *next_op,
                 first: start,
                 written: Written::new(&seen),
                 submitted: now,
@@ -661,7 +671,10 @@ impl Oracle {
                 last_submitted: Some(now),
                 ever_completed: true,
             };
-            if let Some(pins) = self.pins.get_mut(&dev) {
+            cut.push((start, end));
+        });
+        if let Some(pins) = pins {
+            for (start, end) in cut {
                 pins.remove(start, end);
             }
         }
@@ -1451,7 +1464,11 @@ fn writes_of(history: Option<(u64, &SectorHistory)>) -> &[SectorWrite] {
     history.map_or(&[], |(_, h)| h.writes.as_slice())
 }
 
-fn piece<V: Piece>(map: Option<&Extents<V>>, sector: u64, limit: u64) -> (u64, Option<(u64, &V)>) {
+fn piece<V: Piece, S: Store<(u64, V)>>(
+    map: Option<&Extents<V, S>>,
+    sector: u64,
+    limit: u64,
+) -> (u64, Option<(u64, &V)>) {
     map.map_or((limit, None), |map| map.piece(sector, limit))
 }
 

@@ -9,7 +9,9 @@
 //! stays as fine as the state it holds and no finer.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
+
+use crate::check::sector_map::SectorMap;
 
 /// A value that covers a range of sectors, can be cut in two at an offset,
 /// and can absorb the value of the range that follows it.
@@ -21,23 +23,165 @@ pub trait Piece: Sized {
     fn join(&mut self, next: &Self) -> bool;
 }
 
-/// Disjoint ranges [start, end) of sectors, each with its value.
-pub struct Extents<V> {
-    map: BTreeMap<u64, (u64, V)>,
+/// Where `Extents` keeps its ranges, by start: a `BTreeMap` (cheapest to
+/// change: the pins, set and dropped by every read) or a `SectorMap` (the
+/// range a bio starts at found in O(1), where a B-tree search over a
+/// device's ranges cost about 165 instructions: the history, looked up at
+/// every write's submission and completion; issue 10).
+pub trait Store<T>: Default {
+    /// The entries with starts in `range`, in order.
+    fn range<'a>(
+        &'a self,
+        range: impl RangeBounds<u64> + 'a,
+    ) -> impl DoubleEndedIterator<Item = (u64, &'a T)> + 'a
+    where
+        T: 'a;
+    fn get_mut(&mut self, key: u64) -> Option<&mut T>;
+    fn insert(&mut self, key: u64, value: T);
+    fn remove(&mut self, key: u64) -> Option<T>;
+    /// The last entry in `range`, to change.
+    fn last_mut(&mut self, range: impl RangeBounds<u64>) -> Option<(u64, &mut T)>;
+    /// Change every entry in `range`, in order.
+    fn for_each_mut(&mut self, range: impl RangeBounds<u64>, f: impl FnMut(u64, &mut T));
+    /// The first adjacent pair in `range` for which `f(first, second key,
+    /// second)` holds: its second key.
+    fn find_pair(
+        &mut self,
+        range: impl RangeBounds<u64>,
+        f: impl FnMut(&mut T, u64, &T) -> bool,
+    ) -> Option<u64>;
+    #[cfg(test)]
+    fn len(&self) -> usize;
 }
 
-impl<V> Default for Extents<V> {
+impl<T> Store<T> for BTreeMap<u64, T> {
+    fn range<'a>(
+        &'a self,
+        range: impl RangeBounds<u64> + 'a,
+    ) -> impl DoubleEndedIterator<Item = (u64, &'a T)> + 'a
+    where
+        T: 'a,
+    {
+        BTreeMap::range(self, range).map(|(k, v)| (*k, v))
+    }
+
+    fn get_mut(&mut self, key: u64) -> Option<&mut T> {
+        BTreeMap::get_mut(self, &key)
+    }
+
+    fn insert(&mut self, key: u64, value: T) {
+        BTreeMap::insert(self, key, value);
+    }
+
+    fn remove(&mut self, key: u64) -> Option<T> {
+        BTreeMap::remove(self, &key)
+    }
+
+    fn last_mut(&mut self, range: impl RangeBounds<u64>) -> Option<(u64, &mut T)> {
+        self.range_mut(range).next_back().map(|(k, v)| (*k, v))
+    }
+
+    fn for_each_mut(&mut self, range: impl RangeBounds<u64>, mut f: impl FnMut(u64, &mut T)) {
+        for (k, v) in self.range_mut(range) {
+            f(*k, v);
+        }
+    }
+
+    fn find_pair(
+        &mut self,
+        range: impl RangeBounds<u64>,
+        mut f: impl FnMut(&mut T, u64, &T) -> bool,
+    ) -> Option<u64> {
+        let mut entries = self.range_mut(range);
+        let (_, mut prev) = entries.next()?;
+        for (&next, value) in entries {
+            if f(prev, next, value) {
+                return Some(next);
+            }
+            prev = value;
+        }
+        None
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        BTreeMap::len(self)
+    }
+}
+
+impl<T> Store<T> for SectorMap<T> {
+    fn range<'a>(
+        &'a self,
+        range: impl RangeBounds<u64> + 'a,
+    ) -> impl DoubleEndedIterator<Item = (u64, &'a T)> + 'a
+    where
+        T: 'a,
+    {
+        SectorMap::range(self, range)
+    }
+
+    fn get_mut(&mut self, key: u64) -> Option<&mut T> {
+        SectorMap::get_mut(self, key)
+    }
+
+    fn insert(&mut self, key: u64, value: T) {
+        SectorMap::insert(self, key, value);
+    }
+
+    fn remove(&mut self, key: u64) -> Option<T> {
+        SectorMap::remove(self, key)
+    }
+
+    fn last_mut(&mut self, range: impl RangeBounds<u64>) -> Option<(u64, &mut T)> {
+        SectorMap::last_mut(self, range)
+    }
+
+    fn for_each_mut(&mut self, range: impl RangeBounds<u64>, f: impl FnMut(u64, &mut T)) {
+        SectorMap::for_each_mut(self, range, f);
+    }
+
+    fn find_pair(
+        &mut self,
+        range: impl RangeBounds<u64>,
+        f: impl FnMut(&mut T, u64, &T) -> bool,
+    ) -> Option<u64> {
+        SectorMap::find_pair(self, range, f)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        SectorMap::len(self)
+    }
+}
+
+/// Disjoint ranges [start, end) of sectors, each with its value, by
+/// start in a `Store` (a B-tree unless said).
+pub struct Extents<V, S = BTreeMap<u64, (u64, V)>> {
+    map: S,
+    _values: std::marker::PhantomData<V>,
+}
+
+impl<V, S: Default> Default for Extents<V, S> {
     fn default() -> Self {
         Extents {
-            map: BTreeMap::new(),
+            map: S::default(),
+            _values: std::marker::PhantomData,
         }
     }
 }
 
-impl<V: Piece> Extents<V> {
+impl<V: Piece, S: Store<(u64, V)>> Extents<V, S> {
+    /// The starts of the ranges in `range`, in order.
+    fn keys<'a>(
+        &'a self,
+        range: impl RangeBounds<u64> + 'a,
+    ) -> impl DoubleEndedIterator<Item = u64> + 'a {
+        self.map.range(range).map(|(k, _)| k)
+    }
+
     /// The range holding `sector`: (start, end, value).
     pub fn at(&self, sector: u64) -> Option<(u64, u64, &V)> {
-        let (&start, (end, value)) = self.map.range(..=sector).next_back()?;
+        let (start, (end, value)) = self.map.range(..=sector).next_back()?;
         (*end > sector).then_some((start, *end, value))
     }
 
@@ -47,14 +191,14 @@ impl<V: Piece> Extents<V> {
         if let Some((start, end, value)) = self.at(sector) {
             return (end.min(limit), Some((start, value)));
         }
-        let next = self.map.range(sector..).next().map(|(start, _)| *start);
+        let next = self.keys(sector..).next();
         (next.map_or(limit, |n| n.min(limit)), None)
     }
 
     /// The range that is exactly [from, to), if there is one (the common
     /// case of a bio that meets the same sectors as the one before it).
     fn exact_mut(&mut self, from: u64, to: u64) -> Option<&mut V> {
-        match self.map.get_mut(&from) {
+        match self.map.get_mut(from) {
             Some((end, value)) if *end == to => Some(value),
             _ => None,
         }
@@ -70,7 +214,7 @@ impl<V: Piece> Extents<V> {
 
     /// Make `at` the edge of a range (cut the range that spans it).
     pub fn split(&mut self, at: u64) {
-        let Some((&start, (end, value))) = self.map.range_mut(..at).next_back() else {
+        let Some((start, (end, value))) = self.map.last_mut(..at) else {
             return;
         };
         if *end <= at {
@@ -91,9 +235,8 @@ impl<V: Piece> Extents<V> {
         }
         self.split(from);
         self.split(to);
-        for (_, (_, value)) in self.map.range_mut(from..to) {
-            update(value);
-        }
+        self.map
+            .for_each_mut(from..to, |_, (_, value)| update(value));
         false
     }
 
@@ -121,14 +264,17 @@ impl<V: Piece> Extents<V> {
         self.split(to);
         let mut cursor = from;
         while cursor < to {
-            let next = self.map.range_mut(cursor..to).next();
-            match next {
-                Some((&start, (end, value))) if start == cursor => {
+            let next = self.keys(cursor..to).next();
+            match next.filter(|start| *start == cursor) {
+                Some(start) => {
+                    let Some((end, value)) = self.map.get_mut(start) else {
+                        break;
+                    };
                     update(value);
                     cursor = *end;
                 }
-                other => {
-                    let gap_end = other.map_or(to, |(start, _)| *start);
+                None => {
+                    let gap_end = next.unwrap_or(to);
                     self.map.insert(cursor, (gap_end, fresh(cursor, gap_end)));
                     cursor = gap_end;
                 }
@@ -147,13 +293,16 @@ impl<V: Piece> Extents<V> {
     /// Forget every sector of [from, to).
     pub fn remove(&mut self, from: u64, to: u64) {
         if self.exact_mut(from, to).is_some() {
-            self.map.remove(&from);
+            self.map.remove(from);
             return;
         }
         self.split(from);
         self.split(to);
-        while let Some((&start, _)) = self.map.range(from..to).next() {
-            self.map.remove(&start);
+        loop {
+            let Some(start) = self.keys(from..to).next() else {
+                break;
+            };
+            self.map.remove(start);
         }
     }
 
@@ -167,7 +316,7 @@ impl<V: Piece> Extents<V> {
             .range(..from)
             .next_back()
             .filter(|(_, (end, _))| *end >= from)
-            .map_or(from, |(start, _)| *start);
+            .map_or(from, |(start, _)| start);
         if first > to {
             return;
         }
@@ -188,12 +337,8 @@ impl<V: Piece> Extents<V> {
     fn join_from(&mut self, from: u64, last: Bound<u64>) {
         let mut cursor = from;
         while let Some(joined) = self.first_join(cursor, last) {
-            self.map.remove(&joined);
-            cursor = self
-                .map
-                .range(..joined)
-                .next_back()
-                .map_or(from, |(start, _)| *start);
+            self.map.remove(joined);
+            cursor = self.keys(..joined).next_back().unwrap_or(from);
         }
     }
 
@@ -201,31 +346,29 @@ impl<V: Piece> Extents<V> {
     /// first pair that reads as one and return the start of the range
     /// absorbed (to be removed).
     fn first_join(&mut self, cursor: u64, last: Bound<u64>) -> Option<u64> {
-        let mut ranges = self.map.range_mut((Bound::Included(cursor), last));
-        let (_, first) = ranges.next()?;
-        let (mut end, mut value) = (&mut first.0, &mut first.1);
-        for (&next, (next_end, next_value)) in ranges {
-            if next == *end && value.join(next_value) {
-                *end = *next_end;
-                return Some(next);
-            }
-            (end, value) = (next_end, next_value);
-        }
-        None
+        let range = (Bound::Included(cursor), last);
+        self.map
+            .find_pair(range, |(end, value), next, (next_end, next_value)| {
+                if next == *end && value.join(next_value) {
+                    *end = *next_end;
+                    return true;
+                }
+                false
+            })
     }
 
     /// Every range in order: (start, end, value).
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &V)> + '_ {
         self.map
-            .iter()
-            .map(|(start, (end, value))| (*start, *end, value))
+            .range(..)
+            .map(|(start, (end, value))| (start, *end, value))
     }
 
-    /// Every value, to change it in place (its range stays).
-    pub fn values_mut(&mut self) -> impl Iterator<Item = (u64, u64, &mut V)> + '_ {
+    /// Change every value in place, in order (its range stays):
+    /// `f(start, end, value)`.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(u64, u64, &mut V)) {
         self.map
-            .iter_mut()
-            .map(|(start, (end, value))| (*start, *end, value))
+            .for_each_mut(.., |start, (end, value)| f(start, *end, value));
     }
 
     /// Ranges held (what the memory grows with).
@@ -253,13 +396,21 @@ mod tests {
         }
     }
 
-    fn ranges(map: &Extents<Same>) -> Vec<(u64, u64, u32)> {
+    fn ranges<S: Store<(u64, Same)>>(map: &Extents<Same, S>) -> Vec<(u64, u64, u32)> {
         map.iter().map(|(s, e, v)| (s, e, v.0)).collect()
     }
 
+    /// Each case runs on both stores: they must behave as one.
+    type Hashed = SectorMap<(u64, Same)>;
+
     #[test]
     fn join_around_joins_at_both_edges_and_nowhere_else() {
-        let mut map = Extents::default();
+        join_around_case::<BTreeMap<u64, (u64, Same)>>();
+        join_around_case::<Hashed>();
+    }
+
+    fn join_around_case<S: Store<(u64, Same)>>() {
+        let mut map = Extents::<Same, S>::default();
         for (from, to) in [(0, 4), (4, 8), (8, 12), (20, 24)] {
             map.insert_gap(from, to, Same(1));
         }
@@ -274,8 +425,13 @@ mod tests {
 
     #[test]
     fn fill_gives_gaps_fresh_values_and_updates_ranges() {
-        let mut map = Extents::default();
-        let fill = |map: &mut Extents<Same>, from, to| {
+        fill_case::<BTreeMap<u64, (u64, Same)>>();
+        fill_case::<Hashed>();
+    }
+
+    fn fill_case<S: Store<(u64, Same)>>() {
+        let mut map = Extents::<Same, S>::default();
+        let fill = |map: &mut Extents<Same, S>, from, to| {
             map.fill(from, to, |v| v.0 += 10, |_, _| Same(1));
         };
         fill(&mut map, 4, 8); // a gap, in an empty map
