@@ -213,9 +213,11 @@ impl Run {
         fault: Option<&ArgFault>,
         expect: &Expect,
     ) -> Result<(), StepError> {
-        let arg = BlkSnapSnapshotTake {
-            id: self.uuid(snapshot),
-        };
+        // The snapshot is the one the name holds now: a CREATE of the same
+        // name that returns during this step moves it to a hidden name, and
+        // its images stay its own (finding f16).
+        let id = self.uuid(snapshot);
+        let arg = BlkSnapSnapshotTake { id };
         let start = self.sim.now();
         // The oracle keeps the history this TAKE's window needs until bound.
         let _hold = crate::check::point_in_time::HistoryHold::new(&self.sim, start);
@@ -226,11 +228,11 @@ impl Run {
             // The runner's own COLLECT_IMAGES, to learn the images. A DESTROY
             // that overlapped the TAKE may have removed the snapshot since:
             // nothing is left to bind then (it is not the TAKE's result).
-            let Some(pairs) = self.collect_taken_images(snapshot).await? else {
+            let Some(pairs) = self.collect_taken_images(id).await? else {
                 return Ok(());
             };
             crate::check::fs_take::taken(&self.sim, &pairs, start, end);
-            self.bind_images(snapshot, pairs, start, end);
+            self.bind_images(id.b, pairs, start, end);
         }
         Ok(())
     }
@@ -243,16 +245,16 @@ impl Run {
     /// failure (then a failure caused by a declared fault is recorded).
     async fn collect_taken_images(
         &self,
-        snapshot: &str,
+        id: BlkSnapUuid,
     ) -> Result<Option<Vec<(DevT, DevT)>>, StepError> {
         const ATTEMPTS: u32 = 4;
         const WHAT: &str = "COLLECT_IMAGES after a successful TAKE: expected success";
         let mut ended = self.sim.now();
         for _ in 0..ATTEMPTS {
-            let images = self.images_call(snapshot, None).await;
+            let images = self.images_call_of(id, None).await;
             let errno = match images.result {
                 Ok(_) => return Ok(Some(images.pairs)),
-                Err(_) if self.record(snapshot).destroying => return Ok(None),
+                Err(_) if self.destroying_id(id.b) => return Ok(None),
                 Err(errno) => errno,
             };
             let (began, end) = images.window;
@@ -414,7 +416,11 @@ impl Run {
     /// COLLECT_IMAGES as user space calls it: the count query, then the
     /// array. The errno stays typed, for the callers that judge it.
     async fn images_call(&self, snapshot: &str, fault: Option<&ArgFault>) -> ImagesCall {
-        let id = self.uuid(snapshot);
+        self.images_call_of(self.uuid(snapshot), fault).await
+    }
+
+    /// [`images_call`](Self::images_call) of the snapshot with this id.
+    async fn images_call_of(&self, id: BlkSnapUuid, fault: Option<&ArgFault>) -> ImagesCall {
         let query = BlkSnapSnapshotCollectImages {
             id,
             ..Default::default()
