@@ -828,13 +828,7 @@ impl Run {
     }
 
     /// After a TAKE: tell the oracle which image shows which original.
-    pub(super) fn bind_images(
-        &self,
-        id: [u8; 16],
-        pairs: Vec<(DevT, DevT)>,
-        start: u64,
-        end: u64,
-    ) {
+    pub(super) fn bind_images(&self, id: [u8; 16], pairs: Vec<(DevT, DevT)>, start: u64, end: u64) {
         let destroying = self.destroying_id(id);
         let now = self.sim.now();
         let mut oracle = self.sim.oracle.borrow_mut();
