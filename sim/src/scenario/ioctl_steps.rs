@@ -213,11 +213,9 @@ impl Run {
         fault: Option<&ArgFault>,
         expect: &Expect,
     ) -> Result<(), StepError> {
-        // The snapshot is the one the name holds now: a CREATE of the same
-        // name that returns during this step moves it to a hidden name, and
-        // its images stay its own (finding f16).
-        let id = self.uuid(snapshot);
-        let arg = BlkSnapSnapshotTake { id };
+        let arg = BlkSnapSnapshotTake {
+            id: self.uuid(snapshot),
+        };
         let start = self.sim.now();
         // The oracle keeps the history this TAKE's window needs until bound.
         let _hold = crate::check::point_in_time::HistoryHold::new(&self.sim, start);
@@ -228,7 +226,7 @@ impl Run {
             // The runner's own COLLECT_IMAGES, to learn the images. A DESTROY
             // that overlapped the TAKE may have removed the snapshot since:
             // nothing is left to bind then (it is not the TAKE's result).
-            let Some(pairs) = self.collect_taken_images(id).await? else {
+            let Some((id, pairs)) = self.collect_taken_images(snapshot).await? else {
                 return Ok(());
             };
             crate::check::fs_take::taken(&self.sim, &pairs, start, end);
@@ -243,17 +241,21 @@ impl Run {
     /// tool retries ENOMEM). `None`: nothing to bind, because a DESTROY
     /// removed the snapshot or every attempt hit an injected allocation
     /// failure (then a failure caused by a declared fault is recorded).
+    /// With the images comes the id they were collected for: a CREATE of
+    /// the same name that returns meanwhile moves that snapshot to a hidden
+    /// name, and its images stay its own (finding f16).
     async fn collect_taken_images(
         &self,
-        id: BlkSnapUuid,
-    ) -> Result<Option<Vec<(DevT, DevT)>>, StepError> {
+        snapshot: &str,
+    ) -> Result<Option<(BlkSnapUuid, Vec<(DevT, DevT)>)>, StepError> {
         const ATTEMPTS: u32 = 4;
         const WHAT: &str = "COLLECT_IMAGES after a successful TAKE: expected success";
         let mut ended = self.sim.now();
         for _ in 0..ATTEMPTS {
+            let id = self.uuid(snapshot);
             let images = self.images_call_of(id, None).await;
             let errno = match images.result {
-                Ok(_) => return Ok(Some(images.pairs)),
+                Ok(_) => return Ok(Some((id, images.pairs))),
                 Err(_) if self.destroying_id(id.b) => return Ok(None),
                 Err(errno) => errno,
             };
