@@ -226,11 +226,11 @@ impl Run {
             // The runner's own COLLECT_IMAGES, to learn the images. A DESTROY
             // that overlapped the TAKE may have removed the snapshot since:
             // nothing is left to bind then (it is not the TAKE's result).
-            let Some(pairs) = self.collect_taken_images(snapshot).await? else {
+            let Some((id, pairs)) = self.collect_taken_images(snapshot).await? else {
                 return Ok(());
             };
             crate::check::fs_take::taken(&self.sim, &pairs, start, end);
-            self.bind_images(snapshot, pairs, start, end);
+            self.bind_images(id.b, pairs, start, end);
         }
         Ok(())
     }
@@ -241,18 +241,22 @@ impl Run {
     /// tool retries ENOMEM). `None`: nothing to bind, because a DESTROY
     /// removed the snapshot or every attempt hit an injected allocation
     /// failure (then a failure caused by a declared fault is recorded).
+    /// With the images comes the id they were collected for: a CREATE of
+    /// the same name that returns meanwhile moves that snapshot to a hidden
+    /// name, and its images stay its own (finding f16).
     async fn collect_taken_images(
         &self,
         snapshot: &str,
-    ) -> Result<Option<Vec<(DevT, DevT)>>, StepError> {
+    ) -> Result<Option<(BlkSnapUuid, Vec<(DevT, DevT)>)>, StepError> {
         const ATTEMPTS: u32 = 4;
         const WHAT: &str = "COLLECT_IMAGES after a successful TAKE: expected success";
         let mut ended = self.sim.now();
         for _ in 0..ATTEMPTS {
-            let images = self.images_call(snapshot, None).await;
+            let id = self.uuid(snapshot);
+            let images = self.images_call_of(id, None).await;
             let errno = match images.result {
-                Ok(_) => return Ok(Some(images.pairs)),
-                Err(_) if self.record(snapshot).destroying => return Ok(None),
+                Ok(_) => return Ok(Some((id, images.pairs))),
+                Err(_) if self.destroying_id(id.b) => return Ok(None),
                 Err(errno) => errno,
             };
             let (began, end) = images.window;
@@ -414,7 +418,11 @@ impl Run {
     /// COLLECT_IMAGES as user space calls it: the count query, then the
     /// array. The errno stays typed, for the callers that judge it.
     async fn images_call(&self, snapshot: &str, fault: Option<&ArgFault>) -> ImagesCall {
-        let id = self.uuid(snapshot);
+        self.images_call_of(self.uuid(snapshot), fault).await
+    }
+
+    /// [`images_call`](Self::images_call) of the snapshot with this id.
+    async fn images_call_of(&self, id: BlkSnapUuid, fault: Option<&ArgFault>) -> ImagesCall {
         let query = BlkSnapSnapshotCollectImages {
             id,
             ..Default::default()

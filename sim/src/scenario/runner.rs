@@ -828,20 +828,13 @@ impl Run {
     }
 
     /// After a TAKE: tell the oracle which image shows which original.
-    pub(super) fn bind_images(
-        &self,
-        snapshot: &str,
-        pairs: Vec<(DevT, DevT)>,
-        start: u64,
-        end: u64,
-    ) {
-        let record = self.record(snapshot);
-        let id = record.id;
+    pub(super) fn bind_images(&self, id: [u8; 16], pairs: Vec<(DevT, DevT)>, start: u64, end: u64) {
+        let destroying = self.destroying_id(id);
         let now = self.sim.now();
         let mut oracle = self.sim.oracle.borrow_mut();
         for &(orig, image) in &pairs {
             oracle.bind_image(image, orig, (start, end), id);
-            if record.destroying {
+            if destroying {
                 // A DESTROY under way since before the images were known.
                 oracle.image_going(image, now);
             }
@@ -850,9 +843,14 @@ impl Run {
             self.sim.storage.borrow_mut().bind_image(image, orig);
         }
         drop(oracle);
-        if let Some(record) = self.snapshots.borrow_mut().get_mut(snapshot) {
-            record.images = pairs.into_iter().collect();
-        }
+        self.update_record_of(id, |record| record.images = pairs.into_iter().collect());
+    }
+
+    /// Whether a DESTROY of the snapshot with this id is under way, under
+    /// whatever name the scenario knows it now.
+    pub(super) fn destroying_id(&self, id: [u8; 16]) -> bool {
+        let snapshots = self.snapshots.borrow();
+        snapshots.values().any(|r| r.id == id && r.destroying)
     }
 
     /// The chunk size the spec's sizing rule (5.1) gives for an original
