@@ -140,8 +140,10 @@ impl Tracker {
     /// fix takes the reference at once (attach and detach quiesce the
     /// queue, so a filter seen is a filter alive).
     pub async fn get_by_dev(module: &Rc<Module>, dev: DevT) -> Option<Rc<Tracker>> {
-        module.k().filter_get(dev)?;
-        let tracker = module.tracker_lookup(dev)?;
+        // container_of(bd_filter): the attached tracker itself, never one
+        // the module's map still holds while its release work is queued
+        // (f17: a map lookup here took a released tracker).
+        let tracker = Rc::downcast::<Tracker>(module.k().filter_get(dev)?.into_any()).ok()?;
         if module.quirks.trk_11 {
             // Preempted for a scheduler tick between the two steps.
             module.k().sleep(PREEMPTED_NS).await;
@@ -415,6 +417,10 @@ fn take_entry(list: &mut Vec<TrackedDevice>, dev: DevT) -> Option<TrackedDevice>
 }
 
 impl BdevFilter for Tracker {
+    fn into_any(self: Rc<Self>) -> Rc<dyn std::any::Any> {
+        self
+    }
+
     fn submit_bio_cb(self: Rc<Self>, bio: BioHeader) -> LocalBoxFuture<'static, FilterVerdict> {
         Box::pin(WriteFilter::new(self, bio))
     }

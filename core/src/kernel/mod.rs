@@ -236,6 +236,9 @@ pub trait BdevFilter {
     fn submit_bio_cb(self: Rc<Self>, bio: BioHeader) -> LocalBoxFuture<'static, FilterVerdict>;
     /// The block layer dropped the attachment (detach, or the device went away).
     fn release(self: Rc<Self>);
+    /// The filter as `Any`, so its owner can get its own type back from
+    /// `bd_filter` (v2's `container_of`).
+    fn into_any(self: Rc<Self>) -> Rc<dyn std::any::Any>;
 }
 
 /// A block device the engine provides: the snapshot image.
