@@ -31,6 +31,7 @@
 //! | B-TRK-9 | the bio set goes last at unload (6.15) |
 //! | B-TRK-10 | TAKE thaws only what it froze (the sim's freeze is 6.1's: v2's exposure is a third party's freeze_bdev landing between its failed freeze and its thaw) |
 //! | B-TRK-11 | the filter lookup and its reference are one step (no preemption point between) |
+//! | B-TRK-12 | CREATE takes its reference before the filter is attached, and TRACKER_REMOVE of a tracker still being attached is -EBUSY |
 //! | B-CBT-1 | the shift grows by one, capped at `tracking_block_maximum_shift` (v3) |
 //! | B-CBT-2 | reads from the offset and stops at the end of the map |
 //! | B-CBT-3 | the new tables are built before the old ones go (6.15); a failure keeps the old tables and geometry (v2 stores the new geometry first: COLLECT reports it, the next TAKE skips the reset and oopses in the switch) |
@@ -71,6 +72,15 @@
 //! (chunk.c:251) and submits it; the free then takes the chunk's lock
 //! (chunk.c:218), frees the chunk and the area, and `chunk_notify_store`
 //! decrements `pending_io_count` of the freed area (chunk.c:193).
+//!
+//! B-TRK-12 is not in the spec either (found by the lifecycle fuzzer with
+//! no quirk on, finding f17 in `fuzz/findings/`): `tracker_new` (patch
+//! 0009, tracker.c) attaches the filter with its one reference and then
+//! sleeps in `thaw_bdev`; `tracker_create_or_get` takes the caller's
+//! reference (`bdev_filter_get`, "a ref counter value of 2") only after
+//! it returns. A TRACKER_REMOVE in between finds the filter through
+//! `bd_filter`, detaches it and puts the last reference; CREATE then gets
+//! a reference on a freed tracker.
 //!
 //! B-SNAP-11 is not in the spec: the id is the next free one of the family
 //! (the review's finding 3, a (d) bug): a release of a snapshot sharing a
@@ -145,6 +155,7 @@ quirks! {
     trk_9 = "B-TRK-9": "module exit destroys the bio set before the snapshots",
     trk_10 = "B-TRK-10": "TAKE thaws every device, also those whose freeze failed",
     trk_11 = "B-TRK-11": "the filter lookup takes its reference without a lock (use after free)",
+    trk_12 = "B-TRK-12": "TRACKER_REMOVE during CREATE's thaw frees the tracker CREATE is attaching (use after free)",
     cbt_1 = "B-CBT-1": "the CBT block shift doubles instead of growing by one",
     cbt_2 = "B-CBT-2": "READ_CBT_MAP ignores the offset and reads past the map",
     cbt_3 = "B-CBT-3": "a failed CBT reset leaves the map without tables",

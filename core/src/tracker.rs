@@ -32,6 +32,9 @@ pub struct Tracker {
     pub(crate) owners: Cell<u32>,
     /// TRACKER_REMOVE is detaching it: a CREATE must not take it now.
     pub detaching: Cell<bool>,
+    /// CREATE is still attaching it (`tracker_new` up to its return): a
+    /// TRACKER_REMOVE must not detach it now (B-TRK-12's fix).
+    attaching: Cell<bool>,
     /// One reference of the map's kref; an image holds another.
     pub cbt_map: Rc<CbtMap>,
     /// Owned reference, set at TAKE and put at release.
@@ -74,7 +77,16 @@ impl Tracker {
         let entry = kmalloc(k, "tracked_device", 32, Gfp::Kernel).await?;
         match Self::new(module, dev).await {
             Ok(tracker) => {
-                tracker.get();
+                if module.quirks.trk_12 {
+                    // `bdev_filter_get` after `tracker_new` returned: a
+                    // TRACKER_REMOVE during its thaw found the attached
+                    // filter, detached it and put the last reference.
+                    if tracker.refs() == 0 {
+                        panic!("BUG: use-after-free: tracker released by TRACKER_REMOVE before CREATE took its reference (B-TRK-12)");
+                    }
+                    tracker.get();
+                }
+                tracker.attaching.set(false);
                 let entry = TrackedDevice {
                     dev_id: dev,
                     alloc: entry,
@@ -110,21 +122,38 @@ impl Tracker {
             snapshot_is_taken: Cell::new(false),
             owners: Cell::new(0),
             detaching: Cell::new(false),
+            attaching: Cell::new(false),
             cbt_map,
             diff_area: RefCell::new(None),
             alloc,
         });
+        if !module.quirks.trk_12 {
+            // The caller's reference and the mark before the filter can be
+            // found: v2 takes its reference only after the thaw (B-TRK-12).
+            tracker.get();
+            tracker.attaching.set(true);
+        }
         // Attach with the file system frozen, so it is synced first.
         let frozen = k.freeze_bdev(dev).await;
         if let Err(e) = frozen {
             k.log(&format!("failed to freeze {dev}: {e}"));
         }
         let attached = k.filter_attach(dev, tracker.clone()).await;
+        if module.quirks.trk_12 && attached.is_ok() {
+            // The window v2 leaves open, widened as the race quirks do:
+            // `thaw_bdev` can lose the CPU (`thaw_super` takes `s_umount`)
+            // for a scheduler tick with the filter findable.
+            k.sleep(PREEMPTED_NS).await;
+        }
         if frozen.is_ok() {
             sleep_point(k, "tracker_create.thaw_bdev").await;
             let _ = k.thaw_bdev(dev).await;
         }
         if let Err(e) = attached {
+            if !module.quirks.trk_12 {
+                tracker.attaching.set(false);
+                tracker.put();
+            }
             tracker.put();
             return Err(e);
         }
@@ -227,7 +256,7 @@ impl Tracker {
         // v2 lets a created-but-untaken snapshot lose its tracker (B-TRK-5);
         // the fix keeps a tracker owned by a snapshot until that one goes.
         let owned = tracker.in_snapshot() && !module.quirks.trk_5;
-        if tracker.snapshot_is_taken.get() || owned {
+        if tracker.snapshot_is_taken.get() || owned || tracker.attaching.get() {
             tracker.put();
             return Err(Errno::EBUSY);
         }
