@@ -511,8 +511,11 @@ fn fuzz_inputs_per_second() -> Result<Figure, String> {
     Ok(Figure {
         name: "lifecycle fuzz inputs per CPU second (farm scale, N generated inputs, in process)",
         value: format!("{rate:.0} (N = {count})"),
-        target: ">= 5000 (cargo-fuzz)",
-        met: Some(rate >= 5000.0),
+        target: ">= 5000 under cargo-fuzz",
+        // An upper bound of cargo-fuzz's rate: below the target it is
+        // missed for sure, above it says nothing (a 65-minute campaign on
+        // this figure's 6,800 ran 1,362 per CPU s: fuzz/README.md).
+        met: if rate < 5000.0 { Some(false) } else { None },
         score: rate,
         short: format!("{rate:.0}"),
     })
