@@ -5,8 +5,8 @@
 //! a host can load the module, unload it and load it again in one process.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
-use std::rc::{Rc, Weak};
+use std::collections::BTreeSet;
+use std::rc::Rc;
 
 use crate::cbt_map::CbtMap;
 use crate::kernel::sync::{RwSem, SpinLock};
@@ -41,9 +41,6 @@ pub struct Module {
     init_allocs: RefCell<Vec<AllocId>>,
     /// The image minor IDA.
     image_minors: RefCell<BTreeSet<u32>>,
-    /// Trackers by device: the C code finds them through `bd_filter`, which
-    /// holds a `dyn` filter here, so the module keeps the typed side.
-    trackers: RefCell<BTreeMap<DevT, Weak<Tracker>>>,
 }
 
 /// Every allocation site of the engine, as fault plans name them.
@@ -88,7 +85,6 @@ impl Module {
             bioset_destroyed: Cell::new(false),
             init_allocs: RefCell::new(Vec::new()),
             image_minors: RefCell::new(BTreeSet::new()),
-            trackers: RefCell::new(BTreeMap::new()),
         })
     }
 
@@ -129,24 +125,12 @@ impl Module {
         self.params.borrow().clone()
     }
 
-    pub fn tracker_register(&self, tracker: &Rc<Tracker>) {
-        let weak = Rc::downgrade(tracker);
-        self.trackers.borrow_mut().insert(tracker.dev_id, weak);
-    }
-
+    /// The tracker attached to `dev`, with no new reference: v2's
+    /// `container_of(bdev->bd_filter, struct tracker, flt)`. The filter is
+    /// the only record, so a released tracker whose free work is still
+    /// queued is never found (f17 came from a second, typed map).
     pub fn tracker_lookup(&self, dev: DevT) -> Option<Rc<Tracker>> {
-        self.trackers.borrow().get(&dev)?.upgrade()
-    }
-
-    /// Drop the entry of a freed tracker, unless a newer one took its place.
-    pub fn forget_tracker(&self, tracker: &Tracker) {
-        let mut trackers = self.trackers.borrow_mut();
-        let ours = trackers
-            .get(&tracker.dev_id)
-            .is_some_and(|weak| std::ptr::eq(weak.as_ptr(), tracker));
-        if ours {
-            trackers.remove(&tracker.dev_id);
-        }
+        Rc::downcast::<Tracker>(self.k().filter_get(dev)?.into_any()).ok()
     }
 
     /// Add a snapshot to the list, with the snapshots lock write-held. v2

@@ -157,7 +157,6 @@ impl Tracker {
             tracker.put();
             return Err(e);
         }
-        module.tracker_register(&tracker);
         Ok(tracker)
     }
 
@@ -169,10 +168,7 @@ impl Tracker {
     /// fix takes the reference at once (attach and detach quiesce the
     /// queue, so a filter seen is a filter alive).
     pub async fn get_by_dev(module: &Rc<Module>, dev: DevT) -> Option<Rc<Tracker>> {
-        // container_of(bd_filter): the attached tracker itself, never one
-        // the module's map still holds while its release work is queued
-        // (f17: a map lookup here took a released tracker).
-        let tracker = Rc::downcast::<Tracker>(module.k().filter_get(dev)?.into_any()).ok()?;
+        let tracker = module.tracker_lookup(dev)?;
         if module.quirks.trk_11 {
             // Preempted for a scheduler tick between the two steps.
             module.k().sleep(PREEMPTED_NS).await;
@@ -213,7 +209,6 @@ impl Tracker {
             area.put().await;
         }
         self.cbt_map.put();
-        module.forget_tracker(self);
         k.kfree(self.alloc);
         module.trackers_alive.set(module.trackers_alive.get() - 1);
     }
