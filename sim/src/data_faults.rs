@@ -134,6 +134,11 @@ impl DataFaultPlan {
         self.rules.entry(dev).or_default().push(rule);
     }
 
+    /// Whether `dev` has rules (each of which counts every write).
+    fn has_rules(&self, dev: DevT) -> bool {
+        !self.rules.is_empty() && self.rules.contains_key(&dev)
+    }
+
     /// The fault that hits this write, if any: every rule counts the
     /// write, the first that hits decides.
     fn decide(&mut self, bio: &Bio) -> Option<DataFaultKind> {
@@ -179,6 +184,13 @@ fn put(device: &mut Device, bio: &Bio, sector: u64, data: &Stamps) {
 
 pub fn store(sim: &Sim, device: &mut Device, bio: &Bio) {
     debug_assert_eq!(bio.op, BioOp::Write);
+    // Nearly always: no rule to count the write, no cache to hold it
+    // (where `cache::write_bio` ignores the flags), so straight to the
+    // media without the plan's search and the cache's dispatch.
+    if !device.cache.is_enabled() && !sim.data_faults.borrow().has_rules(bio.dev) {
+        device.write(bio.sector, &bio.data);
+        return;
+    }
     let kind = sim.data_faults.borrow_mut().decide(bio);
     let Some(kind) = kind else {
         crate::cache::write_bio(device, bio);
