@@ -309,3 +309,132 @@ impl BlockLayer {
         self.disks.borrow_mut().remove(&dev).is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use blksnap_core::kernel::{completion, Bio, BioResult, Completer, DevT, GenDisk, Stamps};
+
+    use crate::cache::WriteCache;
+    use crate::data_faults::{DataFault, DataFaultKind};
+    use crate::device::{Device, Fill};
+    use crate::kernel::Sim;
+
+    fn device(dev: DevT) -> Device {
+        Device::new(format!("d{}", dev.0), dev, 0, 1024, Fill::Zero)
+    }
+
+    /// One bio through the device path, run to its end.
+    fn io(sim: &Rc<Sim>, bio: Bio) -> BioResult {
+        let (done, completer) = completion();
+        sim.submit_to_device(bio, completer);
+        let result = Rc::new(RefCell::new(None));
+        let out = result.clone();
+        let wait = async move { *out.borrow_mut() = Some(done.await) };
+        sim.spawn_process("io".into(), Box::pin(wait));
+        assert!(sim.run());
+        result.take().expect("the bio ended")
+    }
+
+    fn media(sim: &Sim, dev: DevT, sector: u64, count: u64) -> Vec<u64> {
+        let devices = sim.blk.devices.borrow();
+        devices.get(&dev).unwrap().read(sector, count).to_vec()
+    }
+
+    /// The store fast path must not bypass a device's data fault rules:
+    /// the device with a lost-write rule keeps its old content, the
+    /// other one, without rules, takes the write.
+    #[test]
+    fn a_device_with_data_fault_rules_still_has_its_writes_decided() {
+        let sim = Sim::new(1);
+        let (faulty, plain) = (DevT::new(8, 0), DevT::new(8, 16));
+        sim.add_device(device(faulty));
+        sim.add_device(device(plain));
+        let rule = DataFault {
+            kind: DataFaultKind::LostWrite,
+            range: None,
+            after: 0,
+            count: None,
+            per_million: None,
+            nth: None,
+        };
+        sim.data_faults.borrow_mut().add(faulty, rule);
+        assert!(io(&sim, Bio::write(faulty, 10, vec![7, 8, 9])).is_ok());
+        assert!(io(&sim, Bio::write(plain, 10, vec![7, 8, 9])).is_ok());
+        assert_eq!(media(&sim, faulty, 10, 3), [0, 0, 0]);
+        assert_eq!(media(&sim, plain, 10, 3), [7, 8, 9]);
+    }
+
+    /// Nor the write cache: a write with the cache on is held there (not
+    /// on the media), and a read sees it over the media.
+    #[test]
+    fn a_device_with_a_write_cache_holds_writes_and_reads_through_it() {
+        let sim = Sim::new(1);
+        let dev = DevT::new(8, 0);
+        let mut cached = device(dev);
+        cached.cache = WriteCache::enabled(1, "d");
+        sim.add_device(cached);
+        assert!(io(&sim, Bio::write(dev, 4, vec![5, 6])).is_ok());
+        let dirty = sim
+            .blk
+            .devices
+            .borrow()
+            .get(&dev)
+            .unwrap()
+            .cache
+            .dirty_sectors();
+        assert_eq!(dirty, 2, "this seed destages nothing early");
+        assert_eq!(media(&sim, dev, 4, 2), [0, 0]);
+        let read = io(&sim, Bio::read(dev, 3, 4)).unwrap();
+        assert_eq!(read.to_vec(), [0, 5, 6, 0]);
+    }
+
+    struct NoDisk;
+
+    impl GenDisk for NoDisk {
+        fn submit_bio(&self, _bio: Bio, done: Completer<BioResult>) {
+            done.complete(Ok(Stamps::new()));
+        }
+    }
+
+    /// The lookups that replaced maps: devices in a list (scanned while
+    /// short, searched past 8), image disks behind a bit per major, and
+    /// filter calls counted per device.
+    #[test]
+    fn devices_disks_and_filter_calls_are_found_by_number() {
+        let sim = Sim::new(1);
+        let blk = &sim.blk;
+        let (short, long) = ([3, 1, 2], [9, 4, 12, 0, 7, 11, 5, 10, 6, 8, 13]);
+        for minor in short.into_iter().chain(long) {
+            blk.add_device(device(DevT::new(8, minor * 16)));
+            let devices = blk.devices.borrow();
+            for dev in devices.keys() {
+                assert_eq!(devices.get(dev).map(|d| d.dev), Some(*dev));
+            }
+            assert!(devices.get(&DevT::new(8, minor * 16 + 1)).is_none());
+            assert!(devices.keys().is_sorted());
+        }
+        let (image, other) = (
+            DevT::new(super::IMAGE_MAJOR, 0),
+            DevT::new(super::IMAGE_MAJOR, 1),
+        );
+        assert!(blk.disk(image).is_none());
+        blk.add_disk(image, Rc::new(NoDisk), 64);
+        blk.add_disk(other, Rc::new(NoDisk), 32);
+        assert_eq!(blk.disk(image).map(|(_, c)| c), Some(64));
+        assert!(blk.del_disk(other));
+        assert!(blk.disk(other).is_none(), "a stale bit is only a search");
+        assert!(blk.disk(DevT::new(8, 0)).is_none());
+        blk.power_cut();
+        assert!(blk.disk(image).is_none());
+        let (a, b) = (DevT::new(8, 0), DevT::new(8, 16));
+        blk.filter_call_begin(a);
+        blk.filter_call_begin(b);
+        blk.filter_call_begin(a);
+        blk.filter_call_end(b);
+        assert_eq!((blk.filter_calls_on(a), blk.filter_calls_on(b)), (2, 0));
+        assert_eq!(blk.filter_calls_on(DevT::new(8, 32)), 0);
+    }
+}
