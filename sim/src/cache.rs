@@ -259,8 +259,22 @@ impl WriteCache {
 }
 
 /// Read through the cache: the media, with cached sectors over it.
+/// Inlined into the bio path: nearly always (a cache off holds nothing)
+/// it is the media's read, and a call of its own cost about 30
+/// instructions per read bio.
+#[inline(always)]
 pub fn read(device: &Device, sector: u64, count: u64) -> Stamps {
     let media = device.read(sector, count);
+    if device.cache.owner.is_empty() {
+        return media;
+    }
+    overlay(device, sector, count, media)
+}
+
+/// `media`, the media's sectors [sector, sector + count), with the
+/// cached ones over it.
+#[inline(never)]
+fn overlay(device: &Device, sector: u64, count: u64, media: Stamps) -> Stamps {
     let cache = &device.cache;
     let mut cached = cache.owner.range(sector..sector + count).peekable();
     if cached.peek().is_none() {

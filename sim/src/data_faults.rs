@@ -134,6 +134,12 @@ impl DataFaultPlan {
         self.rules.entry(dev).or_default().push(rule);
     }
 
+    /// Whether `dev` has rules (each of which counts every write).
+    #[inline(always)]
+    fn has_rules(&self, dev: DevT) -> bool {
+        !self.rules.is_empty() && self.rules.contains_key(&dev)
+    }
+
     /// The fault that hits this write, if any: every rule counts the
     /// write, the first that hits decides.
     fn decide(&mut self, bio: &Bio) -> Option<DataFaultKind> {
@@ -160,10 +166,6 @@ fn destination(sector: u64, sectors: u64, offset: i64, capacity: u64) -> u64 {
     (i128::from(sector) + i128::from(offset)).rem_euclid(slots) as u64
 }
 
-/// Store a write bio's data on `device`, as the data fault plan says.
-/// Called by the device write path with the device borrowed; it borrows
-/// the plan, the storage checker (to know whose copies a write damages)
-/// and the oracle's damage record, never the devices.
 /// Store `data` at `sector` as `bio` would (its PREFLUSH and FUA flags),
 /// through the device's write cache; no data is a bare flush.
 fn put(device: &mut Device, bio: &Bio, sector: u64, data: &Stamps) {
@@ -177,8 +179,28 @@ fn put(device: &mut Device, bio: &Bio, sector: u64, data: &Stamps) {
     crate::cache::write_bio(device, &stored);
 }
 
+/// Store a write bio's data on `device`, as the data fault plan says.
+/// Called by the device write path with the device borrowed; it borrows
+/// the plan, the storage checker (to know whose copies a write damages)
+/// and the oracle's damage record, never the devices.
+///
+/// Inlined into the bio path: nearly always there is no rule to count
+/// the write and no cache to hold it (where `cache::write_bio` ignores
+/// the flags), so it goes straight to the media, with no call of its own,
+/// no search of the plan and no dispatch of the cache.
+#[inline(always)]
 pub fn store(sim: &Sim, device: &mut Device, bio: &Bio) {
     debug_assert_eq!(bio.op, BioOp::Write);
+    if !device.cache.is_enabled() && !sim.data_faults.borrow().has_rules(bio.dev) {
+        device.write(bio.sector, &bio.data);
+        return;
+    }
+    store_decided(sim, device, bio);
+}
+
+/// `store` when a rule or the cache may change what is stored.
+#[inline(never)]
+fn store_decided(sim: &Sim, device: &mut Device, bio: &Bio) {
     let kind = sim.data_faults.borrow_mut().decide(bio);
     let Some(kind) = kind else {
         crate::cache::write_bio(device, bio);
