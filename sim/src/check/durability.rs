@@ -157,6 +157,9 @@ impl Index<&u64> for WriteLog {
 /// back a sector's writes can start.
 const MAX_JOINED: u64 = 1 << 21;
 
+/// Room for the ids of a sector's later writes, made when it has one.
+const IDS_ROOM: usize = 16;
+
 /// The ids of the writes that start at one sector, oldest first. Most
 /// sectors start one write: that one is held inline, so recording a write
 /// allocates nothing (issue 10).
@@ -207,6 +210,11 @@ impl Starts {
             }
         });
         if !fresh {
+            if ids.more.capacity() == 0 {
+                // A sector written twice is often written again: room for
+                // 16 at once, not growth through 4 and 8 (two copies).
+                ids.more.reserve_exact(IDS_ROOM);
+            }
             ids.more.push(id);
         }
     }

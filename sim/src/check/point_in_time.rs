@@ -512,6 +512,12 @@ pub struct Oracle {
     /// Values reads saw with no write in flight, per device, by ranges.
     /// Until a new write to a sector, every read must see its value again.
     pins: BTreeMap<DevT, Extents<Pin>>,
+    /// The read being judged set or dropped a pin: its neighbours may join
+    /// now. Otherwise the pins are as joined as before it (most reads of
+    /// quiet sectors find their pins and keep them).
+    pins_unjoined: bool,
+    /// A failed read left pins unjoined: every read joins around itself.
+    pins_stay_unjoined: bool,
     /// The first corrupted event the scenario read for each (snapshot,
     /// original).
     corrupted: BTreeMap<(SnapId, DevT), CorruptedEvent>,
@@ -885,6 +891,26 @@ impl Oracle {
     /// A wrong value that a device fault explains is noted and passes.
     fn judge_sectors(&mut self, read: &Read, counted: &mut u64) -> Result<(), String> {
         let end = read.first + read.data.len();
+        let judged = self.judge_stretches(read, end, counted);
+        let unjoined = std::mem::take(&mut self.pins_unjoined);
+        if judged.is_err() {
+            // A failing read leaves its pins as they are, unjoined (as it
+            // always did): from then on every read joins around itself,
+            // so that the ranges stay what they were before the flag.
+            self.pins_stay_unjoined |= unjoined;
+            return judged;
+        }
+        if unjoined || self.pins_stay_unjoined {
+            if let Some(pins) = self.pins.get_mut(&read.dev) {
+                pins.join_around(read.first, end);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::judge_sectors`]' walk over [read.first, end), stretch by
+    /// stretch, up to the first wrong value no device fault explains.
+    fn judge_stretches(&mut self, read: &Read, end: u64, counted: &mut u64) -> Result<(), String> {
         let mut sector = read.first;
         while sector < end {
             if read.orig.is_none() {
@@ -900,9 +926,6 @@ impl Oracle {
                 let stretch = self.judge_stretch(read, sector, end);
                 sector = self.apply(read, sector, stretch, counted)?;
             }
-        }
-        if let Some(pins) = self.pins.get_mut(&read.dev) {
-            pins.join_around(read.first, end);
         }
         Ok(())
     }
@@ -1015,6 +1038,7 @@ impl Oracle {
         let judged_to = stretch.failure.as_ref().map_or(passed, |_| passed + 1);
         *counted += judged_to - sector;
         if stretch.stale_pin || (stretch.pin && passed > sector) {
+            self.pins_unjoined = true;
             let pins = self.pins.entry(read.dev).or_default();
             if stretch.stale_pin {
                 pins.remove(sector, judged_to);
