@@ -580,7 +580,7 @@ impl<A> Scheduler<A> {
         match policy {
             SchedPolicy::Random => {
                 let n = sched.runnable.len() as u64;
-                let i = self.rng.borrow_mut().below(n) as usize;
+                let i = self.rng.borrow_mut().below_inlined(n) as usize;
                 let (id, slot) = sched.runnable.nth_slot(i)?;
                 sched.picked_slot = slot;
                 Some(id)
@@ -708,7 +708,7 @@ impl<A> Scheduler<A> {
             return Some(picked);
         };
         let n = state.runnable.len() as u64 + 1;
-        let i = self.rng.borrow_mut().below(n) as usize;
+        let i = self.rng.borrow_mut().below_inlined(n) as usize;
         if i == rank {
             return Some(id);
         }
