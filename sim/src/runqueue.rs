@@ -231,12 +231,27 @@ impl RunQueue {
     /// the same task). None off the bitmap (the tree), once the priority
     /// set is built, or if the slot does not hold that sleeping task:
     /// then it is woken for real.
-    #[inline]
+    ///
+    /// Inlined, with the usual answer first: a preemption point of a
+    /// task that runs alone finds nothing runnable, so its rank is 0 (and
+    /// it is not runnable itself); the count over the words is a call.
+    #[inline(always)]
     pub fn rank_if_woken(&self, id: TaskId, slot: usize) -> Option<usize> {
-        if !self.tree.is_empty() || self.by_priority.is_some() || !self.holds(slot, id) {
+        let countable = self.tree.is_empty() && self.by_priority.is_none();
+        if !countable || !self.holds(slot, id) || !self.alive[slot] {
             return None;
         }
-        if !self.alive[slot] || self.runnable[slot] {
+        if self.len == 0 {
+            return Some(0);
+        }
+        self.rank_in_words(slot)
+    }
+
+    /// `rank_if_woken` of a live task in `slot` with tasks runnable (None
+    /// if it is one of them).
+    #[inline(never)]
+    fn rank_in_words(&self, slot: usize) -> Option<usize> {
+        if self.runnable[slot] {
             return None;
         }
         let (word, bit) = (slot / 64, slot % 64);

@@ -348,6 +348,7 @@ enum Kind {
 /// A ring entry: the time and a hot event's fields as plain words
 /// (written with a few stores, where a `TraceEvent` was matched, moved
 /// and the one it replaced dropped), or `Cold`: the event is in `cold`.
+/// Fields its kind does not read are left from an older event.
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
     now: u64,
@@ -438,10 +439,10 @@ impl Trace {
     pub fn record(&mut self, now: u64, event: TraceEvent) {
         self.encode(now, &event);
         self.cold[self.count as usize % SLOTS] = Some(event);
-        self.push_slot(Slot {
-            now,
-            ..Slot::default()
-        });
+        let slot = self.entry();
+        slot.now = now;
+        slot.kind = Kind::Cold;
+        self.counted();
     }
 
     /// A poll of `task`, as `record(now, TraceEvent::Poll { task })`, with
@@ -450,12 +451,9 @@ impl Trace {
     pub fn record_poll(&mut self, now: u64, task: u64) {
         let end = tagged(self.frame(now), 3, task);
         self.fill = self.fill.wrapping_add(end);
-        self.push_slot(Slot {
-            now,
-            a: task,
-            kind: Kind::Poll,
-            ..Slot::default()
-        });
+        let slot = self.entry();
+        (slot.now, slot.a, slot.kind) = (now, task, Kind::Poll);
+        self.counted();
     }
 
     /// As `record(now, TraceEvent::TimeAdvance { now: to })`.
@@ -463,12 +461,9 @@ impl Trace {
     pub fn record_time_advance(&mut self, now: u64, to: u64) {
         let end = tagged(self.frame(now), 4, to);
         self.fill = self.fill.wrapping_add(end);
-        self.push_slot(Slot {
-            now,
-            a: to,
-            kind: Kind::TimeAdvance,
-            ..Slot::default()
-        });
+        let slot = self.entry();
+        (slot.now, slot.a, slot.kind) = (now, to, Kind::TimeAdvance);
+        self.counted();
     }
 
     /// As `record(now, TraceEvent::BioSubmit { .. })` with these fields.
@@ -482,7 +477,7 @@ impl Trace {
         let at = put(frame, at + 1, sector);
         let end = put(frame, at, sectors);
         self.fill = self.fill.wrapping_add(end);
-        self.push_slot(Slot {
+        *self.entry() = Slot {
             now,
             a: id,
             b: sector,
@@ -490,7 +485,8 @@ impl Trace {
             dev,
             small: op,
             kind: Kind::BioSubmit,
-        });
+        };
+        self.counted();
     }
 
     /// As `record(now, TraceEvent::BioEnd { id, ok })`.
@@ -500,13 +496,10 @@ impl Trace {
         let at = tagged(frame, 6, id);
         frame[at] = u8::from(ok);
         self.fill = self.fill.wrapping_add(at + 1);
-        self.push_slot(Slot {
-            now,
-            a: id,
-            small: u8::from(ok),
-            kind: Kind::BioEnd,
-            ..Slot::default()
-        });
+        let slot = self.entry();
+        (slot.now, slot.a, slot.small) = (now, id, u8::from(ok));
+        slot.kind = Kind::BioEnd;
+        self.counted();
     }
 
     /// As `record(now, TraceEvent::Filter { dev, sector, verdict: Pass })`:
@@ -519,13 +512,10 @@ impl Trace {
         let at = put(frame, at, sector);
         frame[at..at + PASS.len()].copy_from_slice(&PASS);
         self.fill = self.fill.wrapping_add(at + PASS.len());
-        self.push_slot(Slot {
-            now,
-            b: sector,
-            dev,
-            kind: Kind::FilterPass,
-            ..Slot::default()
-        });
+        let slot = self.entry();
+        (slot.now, slot.b, slot.dev) = (now, sector, dev);
+        slot.kind = Kind::FilterPass;
+        self.counted();
     }
 
     /// The frame the next event is written to, its time written; the
@@ -545,10 +535,19 @@ impl Trace {
         frame
     }
 
-    /// Keeps the event's slot in the ring and counts it.
+    /// The ring entry of the event being recorded. The caller writes the
+    /// time, the kind and only the fields that kind's `Slot::decode`
+    /// reads (the others keep an older event's values and are never
+    /// read; a whole `Slot` written was five stores more per poll, for
+    /// fields a poll does not have), then counts the event (`counted`).
     #[inline(always)]
-    fn push_slot(&mut self, slot: Slot) {
-        self.ring[self.count as usize % SLOTS] = slot;
+    fn entry(&mut self) -> &mut Slot {
+        &mut self.ring[self.count as usize % SLOTS]
+    }
+
+    /// Counts the event whose entry was just written.
+    #[inline(always)]
+    fn counted(&mut self) {
         // Cannot overflow: no run makes 2^64 events.
         self.count = self.count.wrapping_add(1);
         // Nearly always empty: `recent()` is read at the end of a run.

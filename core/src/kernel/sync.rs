@@ -182,7 +182,11 @@ impl LockWait {
     /// not touch the lock and the try does not reach the kernel, so the
     /// order is the same to both, and a free lock is reported once
     /// (`Taken`, the `Acquire`/`Acquired` pair).
-    #[inline]
+    ///
+    /// Inlined: nearly every lock the write path takes is free, and as a
+    /// call this paid register saves around the try; the queueing is
+    /// out of line (`queue_and_wait`), so the inlined part stays small.
+    #[inline(always)]
     fn report_and_try(
         &mut self,
         lock: &RawLock,
@@ -194,6 +198,18 @@ impl LockWait {
             self.stage = Stage::Done;
             return Poll::Ready(Ok(()));
         }
+        self.queue_and_wait(lock, kernel, cx)
+    }
+
+    /// The lock is held: the `Acquire` and `Contended` reports, then a
+    /// place at the tail of the queue, and the first look at it.
+    #[inline(never)]
+    fn queue_and_wait(
+        &mut self,
+        lock: &RawLock,
+        kernel: &dyn Kernel,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Errno>> {
         self.event(lock, kernel, LockOp::Acquire);
         self.event(lock, kernel, LockOp::Contended);
         let waiter = Rc::new(Waiter {

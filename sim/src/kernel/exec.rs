@@ -9,7 +9,6 @@
 //! error (`crate::panics`). A task that exits with `current->bio_list`
 //! open fails the run ("kernel").
 
-use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -134,7 +133,7 @@ impl Sim {
     /// livelock past the bounds).
     pub fn run(self: &Rc<Self>) -> bool {
         let bounds = self.sched.bounds.get();
-        let _in_place = InPlace::enter(Some(bounds));
+        let _in_place = InPlace::enter(self, Some(bounds));
         loop {
             self.sched.collect_woken();
             self.fire_due_timers();
@@ -160,7 +159,7 @@ impl Sim {
     /// Let background work settle (timers, workers) for up to `ns`.
     pub fn settle(self: &Rc<Self>, ns: u64) {
         let deadline = self.now() + ns;
-        let _in_place = InPlace::enter(None);
+        let _in_place = InPlace::enter(self, None);
         loop {
             self.sched.collect_woken();
             self.fire_due_timers();
@@ -186,11 +185,7 @@ impl Sim {
     /// before a poll, and true (the task goes on). Else the task is woken
     /// and false (it returns `Pending`).
     pub(crate) fn preempt_in_place(&self, waker: &Waker) -> bool {
-        let Some(bounds) = LOOP.get() else {
-            waker.wake_by_ref();
-            return false;
-        };
-        let Some(id) = self.sched.repoll_in_place(waker, bounds) else {
+        let Some(id) = self.sched.repoll_in_place(waker) else {
             return false;
         };
         self.sched.maybe_demote(id);
@@ -199,34 +194,27 @@ impl Sim {
     }
 }
 
-thread_local! {
-    /// The checks of the executor loop running on this thread (`run`'s
-    /// bounds, or None for `settle`'s, which has none), if one runs. Plain
-    /// data: a preemption point reads it, and `repoll_in_place` checks
-    /// that `waker` is the running task's own, so a future polled by
-    /// anything else takes the plain path. (A field of the scheduler would
-    /// do as well; `sched.rs` is not this file.)
-    static LOOP: Cell<Option<Option<Bounds>>> = const { Cell::new(None) };
-}
-
-/// An executor loop's preemption points run in place while this lives;
-/// then the loop that ran before (if any) is back.
+/// An executor loop's preemption points run in place while this lives
+/// (`Scheduler::enter_loop`); then the loop that ran before (if any) is
+/// back, even if the loop unwinds.
 #[must_use = "preemption points run in place only while this lives"]
-struct InPlace {
+struct InPlace<'a> {
+    sim: &'a Sim,
     previous: Option<Option<Bounds>>,
 }
 
-impl InPlace {
-    fn enter(bounds: Option<Bounds>) -> InPlace {
+impl InPlace<'_> {
+    fn enter(sim: &Sim, bounds: Option<Bounds>) -> InPlace<'_> {
         InPlace {
-            previous: LOOP.replace(Some(bounds)),
+            sim,
+            previous: sim.sched.enter_loop(bounds),
         }
     }
 }
 
-impl Drop for InPlace {
+impl Drop for InPlace<'_> {
     fn drop(&mut self) {
-        LOOP.set(self.previous);
+        self.sim.sched.leave_loop(self.previous);
     }
 }
 

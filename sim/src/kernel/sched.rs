@@ -80,6 +80,19 @@ pub(crate) struct RunState {
     change_at: BTreeSet<u64>,
 }
 
+impl RunState {
+    /// The running task and its run queue slot, if `waker` is its own.
+    #[inline(always)]
+    fn running_task_of(&mut self, waker: &Waker) -> Option<(TaskId, usize)> {
+        let id = self.current?;
+        let task = self.tasks.at_mut(self.current_slot, id)?;
+        if !task.waker.will_wake(waker) {
+            return None;
+        }
+        Some((id, self.running_rq_slot))
+    }
+}
+
 /// The timer queue: a heap of (due time, key, slot) over a slab of
 /// actions. Keys are unique and grow, so timers fire in (due, key) order,
 /// the order a sorted map of them would give; the heap and the slab keep
@@ -195,6 +208,11 @@ pub struct Scheduler<A> {
     /// its own (`repoll_in_place`): the executor's loop polls it next,
     /// with no second draw.
     prepicked: Cell<Option<TaskId>>,
+    /// The checks of the executor loop that runs (`run`'s bounds, or None
+    /// for `settle`'s, which has none), if one runs: its preemption points
+    /// run in place (`repoll_in_place`). Plain data a preemption point
+    /// reads with no borrow (`enter_loop`, `leave_loop`).
+    in_loop: Cell<Option<Option<Bounds>>>,
     /// Tests: preemption points take the plain path (return and re-poll),
     /// to compare a run with the one made in place.
     #[cfg(test)]
@@ -233,6 +251,7 @@ impl<A> Scheduler<A> {
             bio_list_room: Cell::new(0),
             state: RefCell::new(RunState::default()),
             prepicked: Cell::new(None),
+            in_loop: Cell::new(None),
             #[cfg(test)]
             plain_preemption: Cell::new(false),
             #[cfg(test)]
@@ -545,8 +564,13 @@ impl<A> Scheduler<A> {
     /// not empty) is taken with no second draw.
     #[inline(always)]
     pub fn pick(&self) -> Option<TaskId> {
+        self.pick_in(&mut self.state.borrow_mut())
+    }
+
+    /// `pick`, with the state borrowed already.
+    #[inline(always)]
+    fn pick_in(&self, sched: &mut RunState) -> Option<TaskId> {
         let policy = self.policy.get();
-        let mut sched = self.state.borrow_mut();
         if sched.runnable.is_empty() {
             return None;
         }
@@ -556,7 +580,7 @@ impl<A> Scheduler<A> {
         match policy {
             SchedPolicy::Random => {
                 let n = sched.runnable.len() as u64;
-                let i = self.rng.borrow_mut().below(n) as usize;
+                let i = self.rng.borrow_mut().below_inlined(n) as usize;
                 let (id, slot) = sched.runnable.nth_slot(i)?;
                 sched.picked_slot = slot;
                 Some(id)
@@ -568,18 +592,30 @@ impl<A> Scheduler<A> {
         }
     }
 
+    /// An executor loop starts: its preemption points run in place until
+    /// `leave_loop` hands back what this returns (the loop that ran
+    /// before, if any). `bounds`: `run`'s checks; None for `settle`.
+    pub(crate) fn enter_loop(&self, bounds: Option<Bounds>) -> Option<Option<Bounds>> {
+        self.in_loop.replace(Some(bounds))
+    }
+
+    /// An executor loop ends: `previous` (from `enter_loop`) is back.
+    pub(crate) fn leave_loop(&self, previous: Option<Option<Bounds>>) {
+        self.in_loop.set(previous);
+    }
+
     /// A running task's preemption point: its self-wake through `waker`,
     /// then what the executor's loop does up to its next poll, done while
     /// the task is still being polled, as long as that is exactly the same:
-    /// - `waker` must be the running task's own (else it is only woken, and
-    ///   the wake was not a return to this executor). The wake is made on
-    ///   the run queue at once, not through the wake queue: the runnable
-    ///   set the loop's collection builds does not depend on the order of
-    ///   the wakes;
+    /// - an executor loop must run (`enter_loop`), and `waker` must be the
+    ///   running task's own (else it is only woken, and the wake was not a
+    ///   return to this executor). The wake is made on the run queue at
+    ///   once, not through the wake queue: the runnable set the loop's
+    ///   collection builds does not depend on the order of the wakes;
     /// - no timer may be due (firing one runs sim code that expects no
     ///   task to run; the loop does it);
-    /// - the wakes are collected, then the loop's checks (`bounds`: the
-    ///   `run` loop's; None for `settle`, which has none) must pass;
+    /// - the wakes are collected, then the loop's checks (`run`'s bounds;
+    ///   none for `settle`) must pass;
     /// - the pick is drawn. The same task: its poll is charged as
     ///   `begin_poll` charges it, and its id returned (the caller demotes
     ///   and records the poll, as `poll_task` does). Another task: kept
@@ -587,39 +623,47 @@ impl<A> Scheduler<A> {
     ///
     /// After None the task returns `Pending` with no effect on the way
     /// out (its futures are state machines that only pass it up), so the
-    /// loop finds the state this left.
-    pub(crate) fn repoll_in_place(&self, waker: &Waker, bounds: Option<Bounds>) -> Option<TaskId> {
+    /// loop finds the state this left. The state is borrowed once for all
+    /// of it (a borrow per step cost a flag check and a write-back each).
+    pub(crate) fn repoll_in_place(&self, waker: &Waker) -> Option<TaskId> {
+        let Some(bounds) = self.in_loop.get() else {
+            waker.wake_by_ref();
+            return None;
+        };
         #[cfg(test)]
         if self.plain_preemption.get() {
             waker.wake_by_ref();
             return None;
         }
-        let Some((id, rq_slot)) = self.running_task_of(waker) else {
+        let mut state = self.state.borrow_mut();
+        let Some((id, rq_slot)) = state.running_task_of(waker) else {
+            // Not this executor's task: its waker may reach anything.
+            drop(state);
             waker.wake_by_ref();
             return None;
         };
         // From here the task is runnable, as its self-wake makes it: its
         // bit is set on every way out but the pick of the same task, which
         // counts it in the draw instead (`pick_counting`).
-        let wake = || self.state.borrow_mut().runnable.wake_slot(id, rq_slot);
         let now = self.now();
         if self.timers.borrow().next_at().is_some_and(|at| at <= now) {
-            wake();
+            state.runnable.wake_slot(id, rq_slot);
             return None;
         }
-        self.collect_woken();
+        if self.queue.may_hold() {
+            self.queue
+                .drain(|id, slot| state.runnable.wake_slot(id, slot));
+        }
         if let Some(bounds) = bounds {
-            let state = self.state.borrow();
             let ends = state.processes.is_empty()
                 || state.polls > bounds.max_polls
                 || now > bounds.max_virtual_ns;
             if ends {
-                drop(state);
-                wake();
+                state.runnable.wake_slot(id, rq_slot);
                 return None;
             }
         }
-        let picked = self.pick_counting(id, rq_slot)?;
+        let picked = self.pick_counting(&mut state, id, rq_slot)?;
         #[cfg(test)]
         {
             let (same, other) = self.in_place_picks.get();
@@ -631,7 +675,6 @@ impl<A> Scheduler<A> {
             self.prepicked.set(Some(picked));
             return None;
         }
-        let mut state = self.state.borrow_mut();
         state.polls += 1;
         self.now.set(now + POLL_COST_NS);
         Some(id)
@@ -648,19 +691,16 @@ impl<A> Scheduler<A> {
     /// The same task: the run queue is left as the loop's `begin_poll`
     /// would leave it, and `running_rq_slot` stays right.
     #[inline(always)]
-    fn pick_counting(&self, id: TaskId, rq_slot: usize) -> Option<TaskId> {
+    fn pick_counting(&self, state: &mut RunState, id: TaskId, rq_slot: usize) -> Option<TaskId> {
         let uniform = matches!(self.policy.get(), SchedPolicy::Random);
-        let mut state = self.state.borrow_mut();
         let rank = match uniform && self.prepicked.get().is_none() {
             true => state.runnable.rank_if_woken(id, rq_slot),
             false => None,
         };
         let Some(rank) = rank else {
             state.runnable.wake_slot(id, rq_slot);
-            drop(state);
-            let picked = self.pick()?;
+            let picked = self.pick_in(state)?;
             if picked == id {
-                let mut state = self.state.borrow_mut();
                 let slot = std::mem::replace(&mut state.picked_slot, NO_SLOT);
                 state.runnable.sleep_slot(id, slot);
                 state.running_rq_slot = slot;
@@ -668,7 +708,7 @@ impl<A> Scheduler<A> {
             return Some(picked);
         };
         let n = state.runnable.len() as u64 + 1;
-        let i = self.rng.borrow_mut().below(n) as usize;
+        let i = self.rng.borrow_mut().below_inlined(n) as usize;
         if i == rank {
             return Some(id);
         }
@@ -676,19 +716,6 @@ impl<A> Scheduler<A> {
         state.runnable.wake_slot(id, rq_slot);
         state.picked_slot = slot;
         Some(picked)
-    }
-
-    /// The running task and its run queue slot, if `waker` is its own.
-    #[inline(always)]
-    fn running_task_of(&self, waker: &Waker) -> Option<(TaskId, usize)> {
-        let mut state = self.state.borrow_mut();
-        let id = state.current?;
-        let slot = state.current_slot;
-        let task = state.tasks.at_mut(slot, id)?;
-        if !task.waker.will_wake(waker) {
-            return None;
-        }
-        Some((id, state.running_rq_slot))
     }
 
     /// PCT change points: at a few seeded poll counts, demote the task.
