@@ -355,11 +355,10 @@ impl<'a, 'b> Generator<'a, 'b> {
 
     /// The most user IO one top-level step may add at [`Scale::Farm`]:
     /// the total bound alone let one last step (a concurrent group of
-    /// whole-device reads and verifies) move many times that, and a
-    /// fuzzer keeps such inputs (its grown corpus cost about three times
-    /// the seeds per input, fuzz/README.md). Twice the largest device
-    /// still lets a step verify any original, or a group read one whole
-    /// while verifying it.
+    /// whole-device reads and verifies) move many times that, the slowest
+    /// farm inputs (fuzz/README.md, "Long inputs"). Twice the largest
+    /// device still lets a step verify any original, or a group read one
+    /// whole while verifying it.
     fn farm_step_io_bound(&self) -> u64 {
         let largest = self.originals.iter().map(|o| o.sectors).max();
         2 * largest.unwrap_or(0).max(FARM_IO_SECTORS)
