@@ -226,11 +226,11 @@ impl Run {
             // The runner's own COLLECT_IMAGES, to learn the images. A DESTROY
             // that overlapped the TAKE may have removed the snapshot since:
             // nothing is left to bind then (it is not the TAKE's result).
-            let Some((id, pairs)) = self.collect_taken_images(snapshot).await? else {
+            let Some(pairs) = self.collect_taken_images(arg.id).await? else {
                 return Ok(());
             };
             crate::check::fs_take::taken(&self.sim, &pairs, start, end);
-            self.bind_images(id.b, pairs, start, end);
+            self.bind_images(arg.id.b, pairs, start, end);
         }
         Ok(())
     }
@@ -241,21 +241,21 @@ impl Run {
     /// tool retries ENOMEM). `None`: nothing to bind, because a DESTROY
     /// removed the snapshot or every attempt hit an injected allocation
     /// failure (then a failure caused by a declared fault is recorded).
-    /// With the images comes the id they were collected for: a CREATE of
-    /// the same name that returns meanwhile moves that snapshot to a hidden
-    /// name, and its images stay its own (finding f16).
+    /// It asks for `id`, the snapshot the TAKE took, never for the name
+    /// again: a CREATE of the same name that returns meanwhile gives the
+    /// name to a new, untaken snapshot (ENODEV), and moves the taken one to
+    /// a hidden name whose images stay its own (finding f16).
     async fn collect_taken_images(
         &self,
-        snapshot: &str,
-    ) -> Result<Option<(BlkSnapUuid, Vec<(DevT, DevT)>)>, StepError> {
+        id: BlkSnapUuid,
+    ) -> Result<Option<Vec<(DevT, DevT)>>, StepError> {
         const ATTEMPTS: u32 = 4;
         const WHAT: &str = "COLLECT_IMAGES after a successful TAKE: expected success";
         let mut ended = self.sim.now();
         for _ in 0..ATTEMPTS {
-            let id = self.uuid(snapshot);
             let images = self.images_call_of(id, None).await;
             let errno = match images.result {
-                Ok(_) => return Ok(Some((id, images.pairs))),
+                Ok(_) => return Ok(Some(images.pairs)),
                 Err(_) if self.destroying_id(id.b) => return Ok(None),
                 Err(errno) => errno,
             };

@@ -41,7 +41,9 @@ use super::steps;
 pub const MAX_STEPS: usize = 40;
 /// At [`Scale::Farm`], the scenario ends after the top-level step whose
 /// user IO (sectors written, read or verified, as [`io_sectors`] counts
-/// them) brings the total past this.
+/// them) brings the total past this. It ends before a top-level step that
+/// alone would add more than twice this or twice the largest original
+/// device, whichever is more (`farm_step_io_bound`).
 pub const FARM_IO_SECTORS: u64 = 8192;
 /// Original device sizes at [`Scale::Full`], indexed by the drawn byte
 /// modulo 4 (what `choose` does with a 4-entry table).
@@ -74,7 +76,7 @@ pub enum Scale {
     Full,
     /// What the fuzz targets run, for executions per second: devices from
     /// [`FARM_SECTORS`], and the scenario ends once its user IO passes
-    /// [`FARM_IO_SECTORS`].
+    /// [`FARM_IO_SECTORS`], or before one step that would add far more.
     Farm,
 }
 /// Upper bound on the steps of one concurrent branch.
@@ -337,13 +339,29 @@ impl<'a, 'b> Generator<'a, 'b> {
             let first = steps.len();
             self.step(&mut steps, true)?;
             if self.scale == Scale::Farm {
-                io += self.io_sectors(&steps[first..]);
+                let added = self.io_sectors(&steps[first..]);
+                if added > self.farm_step_io_bound() {
+                    steps.truncate(first);
+                    break;
+                }
+                io += added;
                 if io > FARM_IO_SECTORS {
                     break;
                 }
             }
         }
         Ok(steps)
+    }
+
+    /// The most user IO one top-level step may add at [`Scale::Farm`]:
+    /// the total bound alone let one last step (a concurrent group of
+    /// whole-device reads and verifies) move many times that, the slowest
+    /// farm inputs (fuzz/README.md, "Long inputs"). Twice the largest
+    /// device still lets a step verify any original, or a group read one
+    /// whole while verifying it.
+    fn farm_step_io_bound(&self) -> u64 {
+        let largest = self.originals.iter().map(|o| o.sectors).max();
+        2 * largest.unwrap_or(0).max(FARM_IO_SECTORS)
     }
 
     /// Append one generated step (a recipe may append several).
