@@ -131,11 +131,25 @@ impl Piece for SectorHistory {
 type History = Extents<SectorHistory, SectorMap<(u64, SectorHistory)>>;
 
 /// Values reads saw with no write in flight, and when the read that saw
-/// them started: until a write to those sectors is submitted after that,
-/// every read must see them again.
+/// them started and ended: until a write to those sectors is submitted
+/// after that start, every read must see them again, except a read that
+/// began before the pinning one ended while a write to them was in flight
+/// (it may have read before that write landed: see `excused`).
 struct Pin {
     since: u64,
+    ended: u64,
     seen: Stamps,
+}
+
+impl Pin {
+    /// Whether a read over [from, ..] may differ from the pin: it began
+    /// before the pinning read ended, so nothing orders the two, and a
+    /// write was in flight in between, so the two may have read either
+    /// side of it. (The pinning read saw no write in flight, so such a
+    /// write landed before it began.)
+    fn excused(&self, from: u64, writes: &[SectorWrite]) -> bool {
+        from < self.ended && writes.iter().any(|w| w.in_flight(from, self.ended))
+    }
 }
 
 impl Piece for Pin {
@@ -144,12 +158,13 @@ impl Piece for Pin {
         self.seen = self.seen.slice(0, at);
         Pin {
             since: self.since,
+            ended: self.ended,
             seen: tail,
         }
     }
 
     fn join(&mut self, next: &Pin) -> bool {
-        if self.since != next.since {
+        if (self.since, self.ended) != (next.since, next.ended) {
             return false;
         }
         self.seen.append(&next.seen);
@@ -956,12 +971,16 @@ impl Oracle {
             own.and_then(|(_, h)| h.last_submitted)
                 .is_some_and(|last| last > since)
         };
-        let kept = pin.filter(|(_, pin)| !newer(pin.since));
+        let held = pin.filter(|(_, pin)| !newer(pin.since));
+        // A read unordered with the pinning one, across a write, neither
+        // obeys nor moves the pin: reads that begin later still must.
+        let excused = held.is_some_and(|(_, pin)| pin.excused(read.from, writes));
+        let kept = held.filter(|_| !excused);
         let quiet = !writes.iter().any(|w| w.in_flight(read.from, read.to));
         let landing = Landing::new(&allowed, kept);
         let (failure, moved) = self.first_wrong(read, sector, stop, &allowed, kept, landing);
         // A late landing moved the pin: what this read saw replaces it.
-        let fresh = kept.is_none() || moved;
+        let fresh = !excused && (kept.is_none() || moved);
         Stretch {
             stop,
             failure,
@@ -1045,10 +1064,10 @@ impl Oracle {
             }
             if stretch.pin && passed > sector {
                 let seen = read.data.slice(sector - read.first, passed - read.first);
-                let since = read.from;
+                let (since, ended) = (read.from, read.to);
                 // No pin is left there: the stretch had none, or it was
                 // just dropped.
-                pins.insert_gap(sector, passed, Pin { since, seen });
+                pins.insert_gap(sector, passed, Pin { since, ended, seen });
             }
         }
         let Some((wrong, message)) = stretch.failure else {
@@ -1928,6 +1947,45 @@ mod tests {
         assert!(read(&mut o, IMAGE, 4, 40, 440, 450).is_ok());
         assert!(read(&mut o, IMAGE, 4, 50, 460, 470).is_err());
         assert!(read(&mut o, IMAGE, 4, 0, 460, 470).is_err());
+    }
+
+    /// Finding f18 (fuzz, session 13): an image read that began before an
+    /// image write, and ended after a later read had pinned that write's
+    /// data, saw the old data. Nothing orders the two reads, so the older
+    /// one may have read the sector before the write landed.
+    #[test]
+    fn a_read_begun_before_a_write_may_end_after_a_pin_of_its_data() {
+        let mut o = oracle();
+        let slow = Bio::read(ORIG, 2, 1);
+        let id = o.submit(50, &slow);
+        write(&mut o, ORIG, 2, 7, 100, 200);
+        assert!(read(&mut o, ORIG, 2, 7, 250, 300).is_ok());
+        let old = Ok(Stamps::from_slice(&[0]));
+        assert!(o.complete(400, id, &slow, &old).is_ok());
+        // The pin still holds for reads that begin after it was set...
+        let err = read(&mut o, ORIG, 2, 0, 410, 420).unwrap_err();
+        assert!(err.contains("no write to it came since"), "{err}");
+        // ...and for one that overlaps the pinning read with no write in
+        // flight since it began: both read the same settled sector.
+        write(&mut o, ORIG, 3, 5, 500, 510);
+        let late = Bio::read(ORIG, 3, 1);
+        let id = o.submit(515, &late);
+        assert!(read(&mut o, ORIG, 3, 5, 520, 530).is_ok());
+        let err = o.complete(540, id, &late, &old).unwrap_err();
+        assert!(
+            err.contains("expected one of") || err.contains("no write"),
+            "{err}"
+        );
+        // Two unordered reads, each across the write, that disagree.
+        let (a, b) = (Bio::read(ORIG, 4, 1), Bio::read(ORIG, 4, 1));
+        let (ia, ib) = (o.submit(600, &a), o.submit(605, &b));
+        write(&mut o, ORIG, 4, 9, 610, 620);
+        assert!(read(&mut o, ORIG, 4, 9, 630, 640).is_ok());
+        assert!(o.complete(650, ia, &a, &old).is_ok());
+        assert!(o
+            .complete(660, ib, &b, &Ok(Stamps::from_slice(&[9])))
+            .is_ok());
+        assert!(read(&mut o, ORIG, 4, 0, 670, 680).is_err());
     }
 
     #[test]
