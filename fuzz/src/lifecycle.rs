@@ -14,7 +14,9 @@
 //! committed corpus keeps its meaning.
 //!
 //! The target runs at [`Scale::Farm`]: small devices, and the scenario
-//! ends once its user IO passes `FARM_IO_SECTORS`, already sanitized, so
+//! ends once its user IO passes `FARM_IO_SECTORS` (or before a step that
+//! alone would add more than twice that, or twice the largest original),
+//! already sanitized, so
 //! one input is one short run (a fuzz farm's executions per second). It is
 //! the start of the [`Scale::Full`] scenario of the same bytes (what
 //! `blksnap-sim swarm` runs; `replay random lifecycle --scale full` too).
