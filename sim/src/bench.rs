@@ -249,14 +249,23 @@ const NON_COW_SCENARIO: &str = r#"Scenario(
     ],
 )"#;
 
+/// CPU seconds the non-COW figure runs its scenario for, again and again:
+/// one run is about 70 ms, short enough for a shared host's noise to
+/// move it by a third.
+const NON_COW_SECONDS: f64 = 1.0;
+
 fn non_cow_writes() -> Result<Figure, String> {
     let s = parse("bench-non-cow.ron", NON_COW_SCENARIO)?;
     let clock = CpuClock::start();
-    run_checked(&s, 1)?;
-    let rate = 100_000.0 / clock.seconds();
+    let mut runs = 0u64;
+    while runs < 1 || clock.seconds() < NON_COW_SECONDS {
+        run_checked(&s, 1 + runs)?;
+        runs += 1;
+    }
+    let rate = (100_000 * runs) as f64 / clock.seconds();
     Ok(Figure {
         name: "non-COW 4 KiB writes through the filter per CPU s",
-        value: format!("{:.0} k", rate / 1e3),
+        value: format!("{:.0} k ({runs} x 100k writes)", rate / 1e3),
         target: ">= 2000 k",
         met: Some(rate >= 2e6),
         score: rate,
