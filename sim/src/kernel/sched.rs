@@ -552,9 +552,16 @@ impl<A> Scheduler<A> {
         if !self.queue.may_hold() {
             return;
         }
-        let mut sched = self.state.borrow_mut();
-        self.queue
-            .drain(|id, slot| sched.runnable.wake_slot(id, slot));
+        self.collect_woken_in(&mut self.state.borrow_mut());
+    }
+
+    /// `collect_woken`, with the state borrowed already.
+    #[inline(always)]
+    fn collect_woken_in(&self, sched: &mut RunState) {
+        if self.queue.may_hold() {
+            self.queue
+                .drain(|id, slot| sched.runnable.wake_slot(id, slot));
+        }
     }
 
     /// Inlined into the executor's loops: once per iteration, and nearly
@@ -650,10 +657,7 @@ impl<A> Scheduler<A> {
             state.runnable.wake_slot(id, rq_slot);
             return None;
         }
-        if self.queue.may_hold() {
-            self.queue
-                .drain(|id, slot| state.runnable.wake_slot(id, slot));
-        }
+        self.collect_woken_in(&mut state);
         if let Some(bounds) = bounds {
             let ends = state.processes.is_empty()
                 || state.polls > bounds.max_polls
