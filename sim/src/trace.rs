@@ -329,6 +329,10 @@ pub struct Trace {
     /// bounds check and no capacity checks.
     pending: Box<[u8]>,
     fill: usize,
+    /// False once `skip_hashing` was called: the batch is dropped when
+    /// full instead of hashed, and there is no digest. Events are still
+    /// encoded, counted and kept in the ring, so the run is the same.
+    hashing: bool,
 }
 
 /// What a ring entry holds: a hot event (one with its own recorder), or
@@ -401,6 +405,7 @@ impl Default for Trace {
             decoded: OnceCell::new(),
             pending: spare_batch(),
             fill: 0,
+            hashing: true,
         }
     }
 }
@@ -585,11 +590,26 @@ impl Trace {
         event.encode(&mut batch);
     }
 
-    /// Hashes the pending batch.
+    /// Hashes the pending batch (or drops it, once hashing is off).
     #[inline(never)]
     fn flush(&mut self) {
-        self.hasher.update(&self.pending[..self.fill]);
+        if self.hashing {
+            self.hasher.update(&self.pending[..self.fill]);
+        }
         self.fill = 0;
+    }
+
+    /// A run that keeps only its verdict (`RunOptions::verdict_only`: the
+    /// fuzz target, `judge_fast`) never reads its digest: blake3 was 3 %
+    /// of such a run. The one test per 64 KiB batch costs the hashed runs
+    /// nothing per event. Call it before the first batch is hashed.
+    pub fn skip_hashing(&mut self) {
+        assert_eq!(
+            self.hasher.count(),
+            0,
+            "hashing stops before it begins or never"
+        );
+        self.hashing = false;
     }
 
     /// Appends bytes of any length to the pending batch.
@@ -599,7 +619,9 @@ impl Trace {
         }
         if bytes.len() > BATCH {
             // Larger than a batch: hashed at once, in stream order.
-            self.hasher.update(bytes);
+            if self.hashing {
+                self.hasher.update(bytes);
+            }
             return;
         }
         self.pending[self.fill..self.fill + bytes.len()].copy_from_slice(bytes);
@@ -608,6 +630,7 @@ impl Trace {
 
     /// The digest so far, as 16 hex digits (64 bits are plenty to compare).
     pub fn digest(&self) -> String {
+        assert!(self.hashing, "the digest of a trace that skipped hashing");
         let mut hasher = self.hasher.clone();
         hasher.update(&self.pending[..self.fill]);
         hasher.finalize().to_hex()[..16].to_string()
@@ -658,6 +681,34 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         assert_ne!(a.digest(), c.digest());
         assert_eq!(a.count(), 2);
+    }
+
+    /// A trace that skips hashing keeps what a verdict reads: the count
+    /// and the recent events, over many batches (big events included), as
+    /// a hashed one; it has no digest, and hashing stops only before the
+    /// first batch is hashed.
+    #[test]
+    fn a_trace_that_skips_hashing_keeps_count_and_recent() {
+        let (mut hashed, mut lean) = (Trace::default(), Trace::default());
+        lean.skip_hashing();
+        let big = "x".repeat(BATCH + 1);
+        for i in 0..(3 * BATCH / FRAME) as u64 {
+            let event = match i % 1000 {
+                999 => TraceEvent::Warn { msg: big.clone() },
+                _ => TraceEvent::Poll { task: i },
+            };
+            hashed.record(i, event.clone());
+            lean.record(i, event);
+        }
+        assert_ne!(hashed.hasher.count(), 0, "batches were hashed");
+        assert_eq!(lean.hasher.count(), 0, "nothing was hashed");
+        assert_eq!(lean.count(), hashed.count());
+        assert!(lean.recent().eq(hashed.recent()));
+        let digest = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lean.digest()));
+        assert!(digest.is_err(), "an unhashed trace has no digest");
+        let late =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || hashed.skip_hashing()));
+        assert!(late.is_err(), "hashing cannot stop half-way");
     }
 
     /// The ring keeps the last `RING` events, oldest first.

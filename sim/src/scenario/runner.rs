@@ -42,7 +42,8 @@ pub struct RunOptions {
     /// A smaller work budget than the default (fuzzing, tests).
     pub budget: Option<WorkBudget>,
     /// Build only what a verdict reads: the outcome's failures, verdict,
-    /// steps, time and event count. Its digest is empty, and its metrics,
+    /// steps, time and event count. Its digest is empty (the trace is not
+    /// even hashed), and its metrics,
     /// recent trace, log, sleep sites and series are left empty (a fuzz
     /// target judges millions of runs and reports none that passes; it
     /// reruns a failing one in full for its report). The run itself is
@@ -161,6 +162,9 @@ pub(super) struct Run {
 pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     let seed = options.seed.unwrap_or(scenario.seed);
     let sim = Sim::new(seed);
+    if options.verdict_only {
+        sim.trace.borrow_mut().skip_hashing();
+    }
     sim.sched.policy.set(match scenario.scheduler {
         Scheduler::Random => SchedPolicy::Random,
         Scheduler::Priority(n) => SchedPolicy::Priority { change_points: n },
