@@ -27,6 +27,11 @@ use std::time::Instant;
 
 use arbitrary::Unstructured;
 use blksnap_fuzz::lifecycle::Scale;
+
+/// The cargo-fuzz wrappers' allocator (mimalloc; see blksnap-alloc), so
+/// that a rate or profile taken here is one of the fuzz target's runs.
+#[global_allocator]
+static ALLOCATOR: blksnap_alloc::SimAllocator = blksnap_alloc::SimAllocator;
 use blksnap_fuzz::{inputs, ioctl_args, lifecycle, scenario_parse, target, TARGETS};
 use blksnap_sim::bench::CpuClock;
 
