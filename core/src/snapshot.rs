@@ -488,7 +488,9 @@ async fn gather_trackers(module: &Rc<Module>, devs: &[DevT]) -> Result<Vec<Rc<Tr
     for &dev in devs {
         let result = match Tracker::create_or_get(module, dev).await {
             Ok(tracker)
-                if (tracker.in_snapshot() && !module.quirks.snap_6) || tracker.detaching.get() =>
+                if (tracker.in_snapshot() && !module.quirks.snap_6)
+                    || tracker.detaching.get()
+                    || tracker.detached.get() =>
             {
                 tracker.put();
                 Err(Errno::EBUSY)

@@ -32,6 +32,13 @@ pub struct Tracker {
     pub(crate) owners: Cell<u32>,
     /// TRACKER_REMOVE is detaching it: a CREATE must not take it now.
     pub detaching: Cell<bool>,
+    /// A TRACKER_REMOVE detached its filter: it only waits for its last
+    /// reference, and no snapshot may take it. `detaching` is lowered when
+    /// that REMOVE ends, but a CREATE that looked the tracker up before the
+    /// REMOVE began and slept through all of it (in `blkdev_put`) still
+    /// holds it, and would own a tracker no write passes through (B-TRK-5's
+    /// symptom, from a race the fix of B-TRK-5 alone leaves open).
+    pub detached: Cell<bool>,
     /// CREATE is still attaching it (`tracker_new` up to its return): a
     /// TRACKER_REMOVE must not detach it now (B-TRK-12's fix).
     attaching: Cell<bool>,
@@ -122,6 +129,7 @@ impl Tracker {
             snapshot_is_taken: Cell::new(false),
             owners: Cell::new(0),
             detaching: Cell::new(false),
+            detached: Cell::new(false),
             attaching: Cell::new(false),
             cbt_map,
             diff_area: RefCell::new(None),
@@ -270,6 +278,9 @@ impl Tracker {
         }
         if first {
             tracker.detaching.set(false);
+        }
+        if detached.is_ok() {
+            tracker.detached.set(!module.quirks.trk_5);
         }
         tracker.put();
         if let Err(e) = detached {
