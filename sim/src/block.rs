@@ -66,6 +66,7 @@ pub async fn user_bio_judged(sim: &Rc<Sim>, bio: Bio) -> (BioResult, Judged) {
 fn submitted(sim: &Sim, bio: &Bio) -> Submitted {
     let (op, at) = (sim.oracle.borrow_mut().submit(sim.now(), bio), sim.now());
     crate::check::fs_take::submitted(sim, bio);
+    crate::check::cbt::user_bio_submitted(sim, bio, at);
     sim.storage
         .borrow_mut()
         .user_write(bio.dev, bio.sector, &bio.data);
