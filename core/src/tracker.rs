@@ -892,6 +892,32 @@ mod tests {
         assert!(k.live_allocs().is_empty(), "{:?}", k.live_allocs());
     }
 
+    /// B-TRK-12's fix: while a CREATE is still attaching a tracker (in
+    /// `tracker_new`'s thaw), a TRACKER_REMOVE leaves it alone. The suite
+    /// cannot show this guard any more: without it, the `detached` mark
+    /// makes the racing CREATE fail instead, and both outcomes are safe.
+    #[test]
+    fn remove_is_ebusy_while_a_create_is_attaching_the_tracker() {
+        let (k, ctl) = setup(&[]);
+        run(&k, async {
+            let id = ctl.create(&[dev(0)]).await.unwrap();
+            ctl.destroy(&id).await.unwrap();
+            let tracker = ctl.module.tracker_lookup(dev(0)).unwrap();
+            tracker.attaching.set(true);
+            assert_eq!(ctl.tracker_remove(dev(0)).await, Err(Errno::EBUSY));
+            assert!(k.has_filter(dev(0)) && !tracker.detached.get());
+            tracker.attaching.set(false);
+            ctl.tracker_remove(dev(0)).await.unwrap();
+            assert!(
+                tracker.detached.get(),
+                "a REMOVE that detached marks the tracker"
+            );
+            drop(tracker);
+            k.settle().await;
+        });
+        assert!(!k.has_filter(dev(0)));
+    }
+
     #[test]
     fn quirk_trk_5_remove_detaches_a_tracker_of_an_untaken_snapshot() {
         let (k, ctl) = setup(&["B-TRK-5"]);
