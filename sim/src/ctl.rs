@@ -33,6 +33,8 @@ pub async fn ioctl(
     }
     let nr = IoctlNr::ALL.iter().copied().find(|nr| nr.cmd() == cmd);
     let id = nr.and_then(|nr| named_id(nr, arg, user));
+    let append = nr == Some(IoctlNr::SnapshotAppendStorage);
+    let valid_before = append && append_is_valid(sim, arg, user);
     let token = sim.lifecycle.borrow_mut().begin();
     let began = sim.now();
     let cbt = crate::check::cbt::ioctl_begin(sim, cmd, arg, user);
@@ -57,6 +59,9 @@ pub async fn ioctl(
         listed: listed_ids(nr, result, arg, user),
         created: created_id(nr, result, arg, user),
         alloc_fault: enomem_injected(sim, result, began, sim.now()),
+        // Valid when it began and when it ended: a device resized in
+        // between may have made a range invalid.
+        append_valid: valid_before && append_is_valid(sim, arg, user),
     });
     let verdict = match call {
         Some(call) => sim.lifecycle.borrow_mut().end(token, &call),
@@ -112,6 +117,7 @@ fn unknown_call(result: IoctlResult) -> Call {
         listed: None,
         created: None,
         alloc_fault: false,
+        append_valid: false,
     }
 }
 
@@ -175,6 +181,47 @@ fn listed_ids(
 
 /// Tell the oracle which ranges the user offers as diff storage (even a
 /// failing APPEND may add its first ranges, so every readable one counts).
+/// An APPEND_STORAGE whose argument and every range can be read, to a
+/// device that exists, with every range non-empty, page-aligned and inside
+/// that device (spec 6.2 with B-DS-1's fix): nothing in it may fail but an
+/// allocation. The engine must then append it (the lifecycle checker).
+fn append_is_valid(sim: &Sim, arg: u64, user: &dyn UserMemory) -> bool {
+    let Some(append) = user
+        .copy_from_user(arg, BlkSnapSnapshotAppendStorage::SIZE)
+        .ok()
+        .and_then(|b| BlkSnapSnapshotAppendStorage::decode(&b))
+    else {
+        return false;
+    };
+    let dev = DevT::new(append.dev_id.mj, append.dev_id.mn);
+    let Some(capacity) = sim.blk.devices.borrow().get(&dev).map(|d| d.capacity) else {
+        return false;
+    };
+    if u64::from(append.count) > MAX_RANGES {
+        return false;
+    }
+    let range_size = BlkSnapBlockRange::SIZE as u64;
+    (0..u64::from(append.count)).all(|i| {
+        let addr = append.ranges.wrapping_add(i * range_size);
+        let range = user
+            .copy_from_user(addr, range_size as usize)
+            .ok()
+            .and_then(|b| BlkSnapBlockRange::decode(&b));
+        range.is_some_and(|r| {
+            let (sector, count) = (r.sector_offset, r.sector_count);
+            let page = PAGE_SECTORS;
+            let end = sector.checked_add(count);
+            count > 0
+                && sector % page == 0
+                && count % page == 0
+                && end.is_some_and(|end| end <= capacity)
+        })
+    })
+}
+
+/// Sectors per page: storage ranges are handed to the engine in pages.
+const PAGE_SECTORS: u64 = 8;
+
 fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
     let size = BlkSnapSnapshotAppendStorage::SIZE;
     let Some(append) = user

@@ -5,8 +5,10 @@
 //! concurrency never makes it guess. Rules: a snapshot created is listed by
 //! COLLECT until a DESTROY of it succeeds; calls on a destroyed or unknown
 //! id fail; a listed snapshot is never reported unknown; COLLECT_IMAGES
-//! succeeds exactly on taken snapshots. Failures of any kind other than an
-//! unknown id (allocation, devices, storage) are not the model's business.
+//! succeeds exactly on taken snapshots; an APPEND_STORAGE of a listed
+//! snapshot whose ranges are all valid (readable, non-empty, page-aligned,
+//! inside an existing device) fails only with ENOMEM. Other failures of
+//! other calls (allocation, devices, storage) are not the model's business.
 
 use std::collections::BTreeMap;
 
@@ -46,6 +48,10 @@ pub struct Call {
     /// kzalloc/kcalloc of the argument), so ENOMEM for an unknown id is then the
     /// injected fault's doing, not a wrong errno.
     pub alloc_fault: bool,
+    /// APPEND_STORAGE only: every range was readable, non-empty,
+    /// page-aligned and inside an existing device (as the sim saw the
+    /// argument at the call's start and end).
+    pub append_valid: bool,
 }
 
 impl Lifecycle {
@@ -130,6 +136,16 @@ impl Lifecycle {
             (Some(taken), result) if call.nr == IoctlNr::SnapshotCollectImages => {
                 judge_images(*taken, result)
             }
+            (Some(_), Err(e))
+                if call.nr == IoctlNr::SnapshotAppendStorage
+                    && call.append_valid
+                    && e != Errno::ENOMEM =>
+            {
+                Err(format!(
+                    "{name} failed with {e}, but every range was readable, non-empty, \
+                     page-aligned and inside an existing device: only an allocation may fail"
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -188,12 +204,55 @@ mod tests {
             listed: None,
             created: None,
             alloc_fault: false,
+            append_valid: false,
         }
     }
 
     fn quiet(l: &mut Lifecycle, c: &Call) -> Result<(), String> {
         let token = l.begin();
         l.end(token, c)
+    }
+
+    /// An APPEND of valid ranges to a listed snapshot fails only with
+    /// ENOMEM; invalid ranges, an unknown snapshot and an overlapped call
+    /// are not this rule's business.
+    #[test]
+    fn a_valid_append_fails_only_for_memory() {
+        let mut l = Lifecycle::default();
+        let created = Call {
+            created: Some([1; 16]),
+            ..call(IoctlNr::SnapshotCreate, [0; 16], Ok(0))
+        };
+        quiet(
+            &mut l,
+            &Call {
+                id: None,
+                ..created
+            },
+        )
+        .unwrap();
+        let append = |result, append_valid| Call {
+            append_valid,
+            ..call(IoctlNr::SnapshotAppendStorage, [1; 16], result)
+        };
+        let err = quiet(&mut l, &append(Err(Errno::EINVAL), true)).unwrap_err();
+        assert!(
+            err.contains("failed with EINVAL, but every range was readable"),
+            "{err}"
+        );
+        assert!(quiet(&mut l, &append(Err(Errno::ENODEV), true)).is_err());
+        assert!(quiet(&mut l, &append(Err(Errno::ENOMEM), true)).is_ok());
+        assert!(quiet(&mut l, &append(Err(Errno::EINVAL), false)).is_ok());
+        assert!(quiet(&mut l, &append(Ok(0), true)).is_ok());
+        let overlapped = l.begin();
+        let other = l.begin();
+        assert!(l.end(overlapped, &append(Err(Errno::EINVAL), true)).is_ok());
+        l.end(other, &append(Ok(0), true)).unwrap();
+        let unknown = Call {
+            append_valid: true,
+            ..call(IoctlNr::SnapshotAppendStorage, [9; 16], Err(Errno::ESRCH))
+        };
+        assert!(quiet(&mut l, &unknown).is_ok());
     }
 
     #[test]
@@ -206,6 +265,7 @@ mod tests {
             listed: None,
             created: Some(id),
             alloc_fault: false,
+            append_valid: false,
         };
         quiet(&mut l, &created([1; 16])).unwrap();
         quiet(&mut l, &created([2; 16])).unwrap();
@@ -218,6 +278,7 @@ mod tests {
             listed: Some(vec![[2; 16]]),
             created: None,
             alloc_fault: false,
+            append_valid: false,
         };
         assert!(quiet(&mut l, &collect).is_err());
     }
