@@ -179,81 +179,84 @@ fn listed_ids(
         .collect()
 }
 
-/// Tell the oracle which ranges the user offers as diff storage (even a
-/// failing APPEND may add its first ranges, so every readable one counts).
-/// An APPEND_STORAGE whose argument and every range can be read, to a
-/// device that exists, with every range non-empty, page-aligned and inside
-/// that device (spec 6.2 with B-DS-1's fix): nothing in it may fail but an
-/// allocation. The engine must then append it (the lifecycle checker).
-fn append_is_valid(sim: &Sim, arg: u64, user: &dyn UserMemory) -> bool {
-    let Some(append) = user
-        .copy_from_user(arg, BlkSnapSnapshotAppendStorage::SIZE)
-        .ok()
-        .and_then(|b| BlkSnapSnapshotAppendStorage::decode(&b))
-    else {
-        return false;
-    };
-    let dev = DevT::new(append.dev_id.mj, append.dev_id.mn);
-    let Some(capacity) = sim.blk.devices.borrow().get(&dev).map(|d| d.capacity) else {
-        return false;
-    };
-    if u64::from(append.count) > MAX_RANGES {
-        return false;
-    }
-    let range_size = BlkSnapBlockRange::SIZE as u64;
-    (0..u64::from(append.count)).all(|i| {
-        let addr = append.ranges.wrapping_add(i * range_size);
-        let range = user
-            .copy_from_user(addr, range_size as usize)
-            .ok()
-            .and_then(|b| BlkSnapBlockRange::decode(&b));
-        range.is_some_and(|r| {
-            let (sector, count) = (r.sector_offset, r.sector_count);
-            let page = PAGE_SECTORS;
-            let end = sector.checked_add(count);
-            count > 0
-                && sector % page == 0
-                && count % page == 0
-                && end.is_some_and(|end| end <= capacity)
-        })
-    })
+/// An APPEND_STORAGE's argument as the engine reads it: the struct, then
+/// its ranges one at a time (at most `MAX_RANGES`), up to the first one
+/// that cannot be read (`complete` false then).
+struct AppendArg {
+    id: [u8; 16],
+    dev: DevT,
+    ranges: Vec<(u64, u64)>,
+    complete: bool,
 }
 
-/// Sectors per page: storage ranges are handed to the engine in pages.
-const PAGE_SECTORS: u64 = 8;
-
-fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
-    let size = BlkSnapSnapshotAppendStorage::SIZE;
-    let Some(append) = user
-        .copy_from_user(arg, size)
+fn read_append(arg: u64, user: &dyn UserMemory) -> Option<AppendArg> {
+    let append = user
+        .copy_from_user(arg, BlkSnapSnapshotAppendStorage::SIZE)
         .ok()
-        .and_then(|b| BlkSnapSnapshotAppendStorage::decode(&b))
-    else {
-        return;
-    };
-    let dev = DevT::new(append.dev_id.mj, append.dev_id.mn);
+        .and_then(|b| BlkSnapSnapshotAppendStorage::decode(&b))?;
     let range_size = BlkSnapBlockRange::SIZE as u64;
-    for i in 0..u64::from(append.count).min(MAX_RANGES) {
+    let count = u64::from(append.count);
+    let mut ranges = Vec::new();
+    for i in 0..count.min(MAX_RANGES) {
         let addr = append.ranges.wrapping_add(i * range_size);
         let Some(range) = user
             .copy_from_user(addr, range_size as usize)
             .ok()
             .and_then(|b| BlkSnapBlockRange::decode(&b))
         else {
-            return;
+            break;
         };
-        sim.oracle.borrow_mut().storage_appended(
-            append.id.b,
-            dev,
-            range.sector_offset,
-            range.sector_count,
-        );
-        let (start, count) = (range.sector_offset, range.sector_count);
-        sim.series
+        ranges.push((range.sector_offset, range.sector_count));
+    }
+    Some(AppendArg {
+        id: append.id.b,
+        dev: DevT::new(append.dev_id.mj, append.dev_id.mn),
+        complete: ranges.len() as u64 == count,
+        ranges,
+    })
+}
+
+/// Sectors per page: storage ranges are handed to the engine in pages.
+const PAGE_SECTORS: u64 = 8;
+
+/// An APPEND_STORAGE whose argument and every range can be read, to a
+/// device that exists, with every range non-empty, page-aligned and inside
+/// that device (spec 6.2 with B-DS-1's fix): nothing in it may fail but an
+/// allocation. The engine must then append it (the lifecycle checker).
+fn append_is_valid(sim: &Sim, arg: u64, user: &dyn UserMemory) -> bool {
+    let Some(append) = read_append(arg, user).filter(|a| a.complete) else {
+        return false;
+    };
+    let Some(capacity) = sim
+        .blk
+        .devices
+        .borrow()
+        .get(&append.dev)
+        .map(|d| d.capacity)
+    else {
+        return false;
+    };
+    append.ranges.iter().all(|&(sector, count)| {
+        let end = sector.checked_add(count);
+        count > 0
+            && sector % PAGE_SECTORS == 0
+            && count % PAGE_SECTORS == 0
+            && end.is_some_and(|end| end <= capacity)
+    })
+}
+
+/// Tell the oracle which ranges the user offers as diff storage (even a
+/// failing APPEND may add its first ranges, so every readable one counts).
+fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
+    let Some(append) = read_append(arg, user) else {
+        return;
+    };
+    for &(start, count) in &append.ranges {
+        let (id, dev) = (append.id, append.dev);
+        sim.oracle
             .borrow_mut()
-            .appended(sim.now(), append.id.b, dev, count);
-        sim.storage
-            .borrow_mut()
-            .appended(append.id.b, dev, start, count);
+            .storage_appended(id, dev, start, count);
+        sim.series.borrow_mut().appended(sim.now(), id, dev, count);
+        sim.storage.borrow_mut().appended(id, dev, start, count);
     }
 }

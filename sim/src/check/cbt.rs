@@ -816,11 +816,14 @@ fn overreported<'a>(
         first: None,
     };
     for (i, &byte) in read.bytes.iter().enumerate() {
+        if byte == 0 {
+            continue;
+        }
         let block = read.offset + i as u64;
         let explained = gen.touched.contains(block)
             || device.raised.contains(block)
             || in_flight_over(gen, in_flight.clone(), block);
-        if byte > 0 && !explained {
+        if !explained {
             over.count += 1;
             over.first.get_or_insert((block, byte));
         }
