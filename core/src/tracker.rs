@@ -902,7 +902,7 @@ mod tests {
         run(&k, async {
             let id = ctl.create(&[dev(0)]).await.unwrap();
             ctl.destroy(&id).await.unwrap();
-            let tracker = ctl.module.tracker_lookup(dev(0)).unwrap();
+            let tracker = tracker(&ctl, dev(0));
             tracker.attaching.set(true);
             assert_eq!(ctl.tracker_remove(dev(0)).await, Err(Errno::EBUSY));
             assert!(k.has_filter(dev(0)) && !tracker.detached.get());
