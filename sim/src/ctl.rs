@@ -13,6 +13,7 @@ use blksnap_core::uapi::{
 };
 use blksnap_core::Module;
 
+use crate::check::events::Wait;
 use crate::check::lifecycle::Call;
 use crate::kernel::Sim;
 use crate::trace::TraceEvent;
@@ -37,6 +38,9 @@ pub async fn ioctl(
     let valid_before = append && append_is_valid(sim, arg, user);
     let token = sim.lifecycle.borrow_mut().begin();
     let began = sim.now();
+    let wait = id
+        .filter(|_| nr == Some(IoctlNr::SnapshotWaitEvent))
+        .map(|id| sim.lifecycle.borrow().events.wait_begins(id, began));
     let cbt = crate::check::cbt::ioctl_begin(sim, cmd, arg, user);
     let take = id.filter(|_| nr == Some(IoctlNr::SnapshotTake));
     if let Some(id) = take {
@@ -52,12 +56,16 @@ pub async fn ioctl(
         Err(e) => -i64::from(e.0),
     };
     sim.record(TraceEvent::Ioctl { cmd, result: value });
+    let created = nr.and_then(|nr| created_id(nr, result, arg, user));
+    if let Some(created) = created {
+        sim.lifecycle.borrow_mut().events.created(created, began);
+    }
     let call = nr.map(|nr| Call {
         nr,
         id,
         result,
         listed: listed_ids(nr, result, arg, user),
-        created: created_id(nr, result, arg, user),
+        created,
         alloc_fault: enomem_injected(sim, result, began, sim.now()),
         // Valid when it began and when it ended: a device resized in
         // between may have made a range invalid.
@@ -73,8 +81,8 @@ pub async fn ioctl(
     if let (Some(IoctlNr::SnapshotDestroy), Some(id), Ok(_)) = (nr, id, result) {
         sim.storage.borrow_mut().destroyed(id);
     }
-    if let (Some(IoctlNr::SnapshotWaitEvent), Some(id), Ok(_)) = (nr, id, result) {
-        check_event(sim, id, arg, user);
+    if let (Some(wait), Ok(_)) = (wait, result) {
+        check_event(sim, &wait, arg, user);
     }
     result
 }
@@ -87,8 +95,10 @@ pub fn enomem_injected(sim: &Sim, result: IoctlResult, began: u64, ended: u64) -
     result == Err(Errno::ENOMEM) && sim.injected.borrow().alloc_failed(None, began, ended)
 }
 
-/// The events checker: a corrupted event comes at most once per device.
-fn check_event(sim: &Sim, id: [u8; 16], arg: u64, user: &dyn UserMemory) {
+/// The events checker (`check::events`) on the event a WAIT_EVENT returned:
+/// its time label against the call's window and the snapshot's earlier
+/// events, and a corrupted event's device.
+fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) {
     let Some(event) = user
         .copy_from_user(arg, BlkSnapSnapshotEvent::SIZE)
         .ok()
@@ -96,14 +106,19 @@ fn check_event(sim: &Sim, id: [u8; 16], arg: u64, user: &dyn UserMemory) {
     else {
         return;
     };
-    if event.code != EVENT_CORRUPTED {
-        return;
-    }
-    let Some(payload) = BlkSnapEventCorrupted::decode(&event.data) else {
-        return;
-    };
-    let dev = DevT::new(payload.orig_dev_id.mj, payload.orig_dev_id.mn).0;
-    if let Err(message) = sim.lifecycle.borrow_mut().corrupted_event(id, dev) {
+    let mut lifecycle = sim.lifecycle.borrow_mut();
+    let events = &mut lifecycle.events;
+    let order = events.returned(wait, sim.now(), event.time_label);
+    let payload = (event.code == EVENT_CORRUPTED)
+        .then(|| BlkSnapEventCorrupted::decode(&event.data))
+        .flatten();
+    let once = payload.map_or(Ok(()), |payload| {
+        let dev = DevT::new(payload.orig_dev_id.mj, payload.orig_dev_id.mn).0;
+        events.corrupted(wait.id(), dev)
+    });
+    drop(lifecycle);
+    let verdict = order.and(once);
+    if let Err(message) = verdict {
         sim.fail("events", message);
     }
 }
@@ -258,5 +273,57 @@ fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
             .storage_appended(id, dev, start, count);
         sim.series.borrow_mut().appended(sim.now(), id, dev, count);
         sim.storage.borrow_mut().appended(id, dev, start, count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use blksnap_core::kernel::Kernel;
+    use blksnap_core::uapi::{BlkSnapUuid, EVENT_LOW_FREE_SPACE};
+
+    use super::*;
+    use crate::kernel::sim_kernel::SimKernel;
+    use crate::user::UserSpace;
+
+    /// What WAIT_EVENT wrote back reaches the events checker: events of one
+    /// snapshot in queue order pass; one older than an event an earlier
+    /// WAIT_EVENT returned fails the run with `events`.
+    #[test]
+    fn an_event_older_than_one_taken_before_fails_the_run() {
+        let sim = Sim::new(0);
+        let id = [5; 16];
+        sim.lifecycle.borrow_mut().events.created(id, sim.now());
+        let k: Rc<dyn Kernel> = Rc::new(SimKernel(sim.clone()));
+        sim.spawn_process(
+            "clock".into(),
+            Box::pin(async move { k.sleep(1_000).await }),
+        );
+        assert!(sim.run());
+        let user = UserSpace::default();
+        let take = |label| {
+            let wait = sim.lifecycle.borrow().events.wait_begins(id, sim.now());
+            let event = BlkSnapSnapshotEvent::encode_with(
+                BlkSnapUuid { b: id },
+                0,
+                EVENT_LOW_FREE_SPACE,
+                label,
+                &[],
+            );
+            check_event(&sim, &wait, user.map(event.expect("fits")), &user);
+        };
+        take(900);
+        take(1_000);
+        assert!(!sim.has_failed(), "{:?}", sim.failures());
+        take(950);
+        let failures = sim.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0].checker, "events");
+        assert!(
+            failures[0]
+                .message
+                .contains("labelled 950 ns, older than the one labelled 1000 ns"),
+            "{}",
+            failures[0].message
+        );
     }
 }

@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use blksnap_core::kernel::Errno;
 use blksnap_core::uapi::IoctlNr;
 
+use super::events::Events;
+
 type Id = [u8; 16];
 
 #[derive(Default)]
@@ -24,8 +26,9 @@ pub struct Lifecycle {
     /// ioctls started, and in flight, for the quiet test.
     started: u64,
     in_flight: u64,
-    /// Devices each snapshot reported corrupted (at most once each).
-    corrupted: BTreeMap<Id, Vec<u32>>,
+    /// The events checker's record (`check::events`): it lives here
+    /// because the sim keeps one record for the control device's checkers.
+    pub events: Events,
     /// A CREATE failed its copy-back (-ENODATA): a snapshot may exist whose
     /// id nobody knows (B-CTRL-4), so the list can no longer be compared.
     unknown_ids: bool,
@@ -148,20 +151,6 @@ impl Lifecycle {
             }
             _ => Ok(()),
         }
-    }
-
-    /// A corrupted event for device `dev` (mj << 32 | mn, packed) of
-    /// snapshot `id`: the engine reports each device at most once.
-    pub fn corrupted_event(&mut self, id: Id, dev: u32) -> Result<(), String> {
-        let seen = self.corrupted.entry(id).or_default();
-        if seen.contains(&dev) {
-            return Err(format!(
-                "a second corrupted event for device {:#x} of one snapshot",
-                dev
-            ));
-        }
-        seen.push(dev);
-        Ok(())
     }
 
     fn judge_collect(&self, listed: &[Id]) -> Result<(), String> {
@@ -310,15 +299,6 @@ mod tests {
             &call(IoctlNr::SnapshotDestroy, [1; 16], Err(Errno::ENODEV))
         )
         .is_ok());
-    }
-
-    #[test]
-    fn one_corrupted_event_per_device() {
-        let mut l = Lifecycle::default();
-        assert!(l.corrupted_event([1; 16], 7).is_ok());
-        assert!(l.corrupted_event([1; 16], 8).is_ok());
-        assert!(l.corrupted_event([2; 16], 7).is_ok());
-        assert!(l.corrupted_event([1; 16], 7).is_err());
     }
 
     #[test]

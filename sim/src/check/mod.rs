@@ -8,6 +8,7 @@
 pub mod cbt;
 pub mod device_faults;
 pub mod durability;
+pub mod events;
 pub mod fs_take;
 pub mod injected;
 pub mod lifecycle;

@@ -91,6 +91,9 @@ const STORE: &str = "store";
 const MISSING: &str = "9:9";
 /// Sectors per page: storage ranges must be page-aligned.
 const PAGE_SECTORS: u64 = 8;
+/// The top of the first draw of `chunk_minimum_shift` (256 KiB chunks);
+/// `Generator::chunk_shift` may go beyond it.
+const CHUNK_SHIFT_TOP: u32 = 18;
 
 /// A kind of step the generator draws. [`Features`] switch kinds off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -320,12 +323,27 @@ impl<'a, 'b> Generator<'a, 'b> {
     fn params(&mut self) -> Result<Params> {
         Ok(Params {
             diff_storage_minimum: self.pick(&[4096, 65536, 262144])?,
-            chunk_minimum_shift: self.u.int_in_range(12..=18)?,
+            chunk_minimum_shift: self.chunk_shift()?,
             tracking_block_minimum_shift: self.pick(&[12, 16])?,
             chunk_maximum_in_cache: self.pick(&[1, 4, 32])?,
             free_diff_buffer_pool_size: self.pick(&[1, 4, 128])?,
             ..Params::default()
         })
+    }
+
+    /// 4 KiB to 256 KiB chunks; when that draw gives the top, a second one
+    /// may go up to 2 MiB. A chunk over one bio (1 MiB, BIO_MAX_VECS pages)
+    /// is read and stored in several bios, which smaller chunks never are.
+    /// The second draw reads one more byte, so only seeds (and fuzz
+    /// inputs) whose first draw gave the top read the rest of their input
+    /// differently; it is drawn here, not after the steps, because a farm
+    /// scenario must keep the parameters of the full one of its bytes.
+    fn chunk_shift(&mut self) -> Result<u32> {
+        let shift = self.u.int_in_range(12..=CHUNK_SHIFT_TOP)?;
+        if shift < CHUNK_SHIFT_TOP {
+            return Ok(shift);
+        }
+        self.pick(&[18, 18, 19, 20, 21, 21])
     }
 
     fn steps(&mut self) -> Result<Vec<Step>> {
@@ -802,6 +820,21 @@ mod tests {
             kept * 20 >= total * 9,
             "farm kept only {kept} of {total} steps"
         );
+    }
+
+    /// Chunk shifts stay in 12..=21 (the loader takes 12..=30), and
+    /// 2 MiB chunks, over one bio, come up (about 1 input in 20).
+    #[test]
+    fn chunks_over_one_bio_come_up() {
+        let mut over_one_bio = 0;
+        for index in 0..400 {
+            let shift = generate(&random_input(5, index, 512), Scale::Full)
+                .params
+                .chunk_minimum_shift;
+            assert!((12..=21).contains(&shift), "input {index}: {shift}");
+            over_one_bio += usize::from(shift == 21);
+        }
+        assert!((8..=40).contains(&over_one_bio), "{over_one_bio} of 400");
     }
 
     /// Every size of the farm table reads the input as Full's does: large
