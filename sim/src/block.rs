@@ -114,6 +114,11 @@ fn past_end(sim: &Sim, bio: &Bio) -> bool {
 /// The filter's verdict, recorded: Some(result) when the filter ended the
 /// bio itself.
 fn filter_verdict(sim: &Sim, bio: &Bio, verdict: FilterVerdict) -> Option<BioResult> {
+    // Nearly every bio: recorded from its two fields, no event built.
+    if verdict == FilterVerdict::Pass {
+        sim.record_filter_pass(bio.dev.0, bio.sector);
+        return None;
+    }
     sim.record(TraceEvent::Filter {
         dev: bio.dev.0,
         sector: bio.sector,
