@@ -381,6 +381,16 @@ impl Stamps {
             })
     }
 
+    /// The one run the data is held as, if it is one (a user write's
+    /// data): a match, where `runs` and `iter_runs` went through slices.
+    #[inline]
+    pub fn single_run(&self) -> Option<Run> {
+        match &self.pieces {
+            Pieces::One(piece) => Some(piece.run),
+            _ => None,
+        }
+    }
+
     /// Every run with the offset of its first sector.
     pub fn iter_runs(&self) -> impl Iterator<Item = (u64, Run)> + '_ {
         self.pieces.as_slice().iter().map(|p| (p.at, p.run))

@@ -50,9 +50,9 @@ enum Written {
 
 impl Written {
     fn new(data: &Stamps) -> Written {
-        match data.runs() {
-            1 => Written::Run(data.iter_runs().next().expect("one run").1),
-            _ => Written::Runs(Rc::new(data.clone())),
+        match data.single_run() {
+            Some(run) => Written::Run(run),
+            None => Written::Runs(Rc::new(data.clone())),
         }
     }
 
