@@ -406,6 +406,10 @@ impl Tracker {
             drop(queued);
             return;
         }
+        // The usual write queues nothing: no iterator made and dropped.
+        if queued.is_empty() {
+            return;
+        }
         for (mut bio, done) in queued {
             bio.flags.filtered = true;
             self.module.k().submit_bio(bio, done);

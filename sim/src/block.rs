@@ -33,26 +33,30 @@ struct Submitted {
 /// poll of a user bio resumes one state machine, not three (issue 10).
 pub async fn user_bio_judged(sim: &Rc<Sim>, bio: Bio) -> (BioResult, Judged) {
     let noted = submitted(sim, &bio);
-    let mut down = bio.clone();
     let result = 'route: {
         // submit_bio_noacct's bio_check_eod: a bio past the end of the
         // device fails before any filter sees it (Linux 6.1), reads and
         // writes alike.
-        if past_end(sim, &down) {
+        if past_end(sim, &bio) {
             break 'route Err(Errno::EIO);
         }
-        if !down.flags.filtered {
+        if !bio.flags.filtered {
             // The filter callback, in the submitter's task.
-            if let Some(filter) = sim.filter_of(down.dev) {
-                sim.filter_call_begin(down.dev);
-                let verdict = filter.submit_bio_cb(header(&down)).await;
-                sim.filter_call_end(down.dev);
-                if let Some(result) = filter_verdict(sim, &down, verdict) {
+            if let Some(filter) = sim.filter_of(bio.dev) {
+                sim.filter_call_begin(bio.dev);
+                let verdict = filter.submit_bio_cb(header(&bio)).await;
+                sim.filter_call_end(bio.dev);
+                if let Some(result) = filter_verdict(sim, &bio, verdict) {
                     break 'route result;
                 }
             }
-            down.flags.filtered = true;
         }
+        // The copy that goes down is made only now: the filter reads the
+        // bio as submitted, whose fields were not just stored (the header
+        // read back from a fresh copy stalled on its stores, about 4 % of
+        // a non-COW write's time, issue 10).
+        let mut down = bio.clone();
+        down.flags.filtered = true;
         let (done, completer) = completion();
         sim.submit_to_device(down, completer);
         done.await
@@ -114,6 +118,11 @@ fn past_end(sim: &Sim, bio: &Bio) -> bool {
 /// The filter's verdict, recorded: Some(result) when the filter ended the
 /// bio itself.
 fn filter_verdict(sim: &Sim, bio: &Bio, verdict: FilterVerdict) -> Option<BioResult> {
+    // Nearly every bio: recorded from its two fields, no event built.
+    if verdict == FilterVerdict::Pass {
+        sim.record_filter_pass(bio.dev.0, bio.sector);
+        return None;
+    }
     sim.record(TraceEvent::Filter {
         dev: bio.dev.0,
         sector: bio.sector,

@@ -19,8 +19,11 @@ const RING: usize = 200;
 /// index is a mask (no bounds check, no compare to wrap) per event.
 const SLOTS: usize = 256;
 
-/// Encoded bytes gathered before one hasher update: large updates let
-/// blake3 hash whole chunks at a time.
+/// Encoded bytes of one hasher update. Every update is exactly this long
+/// and starts at a multiple of it in the stream, so blake3 hashes each as
+/// one whole subtree at its full SIMD width; updates of ragged lengths
+/// left a partial chunk to finish block by block and cut the rest into
+/// small subtrees (blake3 was a third dearer per byte, issue 10).
 const BATCH: usize = 64 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,9 +325,10 @@ pub struct Trace {
     cold: Vec<Option<TraceEvent>>,
     /// `recent()`'s events, decoded once after the last event.
     decoded: OnceCell<Vec<(u64, TraceEvent)>>,
-    /// Encoded events not yet hashed: `pending[..fill]` (`fill` is at
-    /// most `BATCH`: it grows with wrapping adds, which never wrap and
-    /// carry no overflow check per event). Its length is
+    /// Encoded events not yet hashed: `pending[..fill]` (`fill` is
+    /// below `BATCH + FRAME`: it grows with wrapping adds, which never
+    /// wrap and carry no overflow check per event; at `BATCH` or more the
+    /// next event hashes the first `BATCH` bytes). Its length is
     /// fixed, so a fixed-size event is written at known offsets with one
     /// bounds check and no capacity checks.
     pending: Box<[u8]>,
@@ -418,14 +422,14 @@ thread_local! {
     static SPARE_BATCH: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
 }
 
-/// A batch buffer (`BATCH` bytes): the spare one if there is one, else a
-/// zeroed one.
+/// A batch buffer (`BATCH` bytes and room for the frame that fills it):
+/// the spare one if there is one, else a zeroed one.
 fn spare_batch() -> Box<[u8]> {
     SPARE_BATCH
         .try_with(Cell::take)
         .ok()
         .flatten()
-        .unwrap_or_else(|| vec![0; BATCH].into_boxed_slice())
+        .unwrap_or_else(|| vec![0; BATCH + FRAME].into_boxed_slice())
 }
 
 impl Drop for Trace {
@@ -523,18 +527,14 @@ impl Trace {
         self.counted();
     }
 
-    /// The frame the next event is written to, its time written; the
-    /// batch is hashed first if a whole frame might not fit.
+    /// The frame the next event is written to, its time written; a
+    /// whole batch is hashed first if one is pending.
     #[inline(always)]
     fn frame(&mut self, now: u64) -> &mut [u8; FRAME] {
-        // `at` is known to leave room for a frame on both paths, so the
-        // slice below takes no bounds check.
-        let at = if self.fill > BATCH - FRAME {
+        if self.fill >= BATCH {
             self.flush();
-            0
-        } else {
-            self.fill
-        };
+        }
+        let at = self.fill;
         let frame: &mut [u8; FRAME] = (&mut self.pending[at..at + FRAME]).try_into().unwrap();
         put(frame, 0, now);
         frame
@@ -590,13 +590,16 @@ impl Trace {
         event.encode(&mut batch);
     }
 
-    /// Hashes the pending batch (or drops it, once hashing is off).
+    /// Hashes the first `BATCH` bytes (or drops them, once hashing is
+    /// off) and moves the rest, less than a frame, to the front.
     #[inline(never)]
     fn flush(&mut self) {
+        debug_assert!(self.fill >= BATCH);
         if self.hashing {
-            self.hasher.update(&self.pending[..self.fill]);
+            self.hasher.update(&self.pending[..BATCH]);
         }
-        self.fill = 0;
+        self.pending.copy_within(BATCH..self.fill, 0);
+        self.fill -= BATCH;
     }
 
     /// A run that keeps only its verdict (`RunOptions::verdict_only`: the
@@ -612,20 +615,21 @@ impl Trace {
         self.hashing = false;
     }
 
-    /// Appends bytes of any length to the pending batch.
-    fn append(&mut self, bytes: &[u8]) {
-        if self.fill + bytes.len() > BATCH {
-            self.flush();
-        }
-        if bytes.len() > BATCH {
-            // Larger than a batch: hashed at once, in stream order.
-            if self.hashing {
-                self.hasher.update(bytes);
+    /// Appends bytes of any length to the pending batch, hashing each
+    /// batch it fills.
+    fn append(&mut self, mut bytes: &[u8]) {
+        loop {
+            if self.fill >= BATCH {
+                self.flush();
             }
-            return;
+            let n = bytes.len().min(BATCH - self.fill);
+            self.pending[self.fill..self.fill + n].copy_from_slice(&bytes[..n]);
+            self.fill += n;
+            bytes = &bytes[n..];
+            if bytes.is_empty() {
+                return;
+            }
         }
-        self.pending[self.fill..self.fill + bytes.len()].copy_from_slice(bytes);
-        self.fill += bytes.len();
     }
 
     /// The digest so far, as 16 hex digits (64 bits are plenty to compare).

@@ -855,8 +855,10 @@ fn in_flight_over(gen: &Gen, mut in_flight: impl Iterator<Item = (u64, u64)>, bl
 /// The identity of the filter attached to `dev`, if any (the block layer's
 /// own record). Kept alive weakly so that its address is never reused.
 fn tracker_token(sim: &Sim, dev: DevT) -> Option<usize> {
-    let filter: Rc<dyn BdevFilter> = sim.filter_of(dev)?;
-    let token = Rc::as_ptr(&filter) as *const () as usize;
+    // Borrowed, not cloned: no reference count moves per write.
+    let filters = sim.blk.filters.borrow();
+    let filter: &Rc<dyn BdevFilter> = filters.get(&dev)?;
+    let token = Rc::as_ptr(filter) as *const () as usize;
     // Every filter seen is held weakly, so its allocation (and address)
     // outlives it: a token in the map names that filter and no other.
     // One lookup per write, however many filters the run attached.
@@ -866,7 +868,7 @@ fn tracker_token(sim: &Sim, dev: DevT) -> Option<usize> {
         checker
             .filters
             .entry(token)
-            .or_insert_with(|| Rc::downgrade(&filter));
+            .or_insert_with(|| Rc::downgrade(filter));
         checker.last_filter = Some(token);
     }
     Some(token)

@@ -103,6 +103,7 @@ impl Sim {
         let outcome = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
         panics::set_in_poll(false);
         self.sched.end_poll();
+        self.sched.keep_waker(id, waker);
         match outcome {
             Ok(Poll::Pending) => self.sched.park(id, future),
             Ok(Poll::Ready(())) => self.task_exit(id),

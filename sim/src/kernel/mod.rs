@@ -26,7 +26,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use blksnap_core::kernel::{Bio, BioResult, Completer, DevT, FilterVerdict};
+use blksnap_core::kernel::{Bio, BioResult, Completer, DevT};
 
 use crate::check::injected::FaultKind;
 use crate::check::Oracle;
@@ -212,20 +212,21 @@ impl Sim {
         self.trace.borrow_mut().record_bio_end(now, id, ok);
     }
 
-    /// A filter's `Pass` (one per user bio on a tracked device) takes its
-    /// own recorder: the event is not kept whole.
+    /// A filter's `Pass` (one per user bio on a tracked device), as
+    /// `record(TraceEvent::Filter { dev, sector, verdict: Pass })`: the
+    /// block layer calls it with the two fields, where an event built,
+    /// moved through `record`'s call and matched cost about 120
+    /// instructions per user bio more.
+    #[inline(always)]
+    pub(crate) fn record_filter_pass(&self, dev: u32, sector: u64) {
+        let now = self.now();
+        self.trace.borrow_mut().record_filter_pass(now, dev, sector);
+    }
+
     #[inline(always)]
     fn record_inline(&self, event: TraceEvent) {
         let now = self.now();
         match &event {
-            TraceEvent::Filter {
-                dev,
-                sector,
-                verdict: FilterVerdict::Pass,
-            } => {
-                let (dev, sector) = (*dev, *sector);
-                return self.trace.borrow_mut().record_filter_pass(now, dev, sector);
-            }
             TraceEvent::Freeze { dev, depth } => {
                 self.series.borrow_mut().freeze(now, DevT(*dev), *depth)
             }

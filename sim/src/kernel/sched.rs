@@ -213,6 +213,11 @@ pub struct Scheduler<A> {
     /// run in place (`repoll_in_place`). Plain data a preemption point
     /// reads with no borrow (`enter_loop`, `leave_loop`).
     in_loop: Cell<Option<Option<Bounds>>>,
+    /// The waker of the task polled last, kept from its poll to the next
+    /// (`begin_poll`, `keep_waker`): a process's polls follow one another,
+    /// and each cloned the task's waker and dropped it after (two atomic
+    /// operations a poll).
+    polled_waker: Cell<Option<(TaskId, Waker)>>,
     /// Tests: preemption points take the plain path (return and re-poll),
     /// to compare a run with the one made in place.
     #[cfg(test)]
@@ -252,6 +257,7 @@ impl<A> Scheduler<A> {
             state: RefCell::new(RunState::default()),
             prepicked: Cell::new(None),
             in_loop: Cell::new(None),
+            polled_waker: Cell::new(None),
             #[cfg(test)]
             plain_preemption: Cell::new(false),
             #[cfg(test)]
@@ -760,7 +766,18 @@ impl<A> Scheduler<A> {
         let slot = sched.tasks.slot_of(id).unwrap_or(NO_SLOT);
         sched.current_slot = slot;
         let task = sched.tasks.at_mut(slot, id)?;
-        Some((task.future.take()?, task.waker.clone()))
+        let future = task.future.take()?;
+        let waker = match self.polled_waker.take() {
+            Some((last, waker)) if last == id => waker,
+            _ => task.waker.clone(),
+        };
+        Some((future, waker))
+    }
+
+    /// The waker `begin_poll` gave for the poll of `id` that ended, kept
+    /// for the next poll.
+    pub(crate) fn keep_waker(&self, id: TaskId, waker: Waker) {
+        self.polled_waker.set(Some((id, waker)));
     }
 
     pub(crate) fn end_poll(&self) {

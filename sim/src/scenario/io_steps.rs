@@ -304,20 +304,26 @@ impl Run {
         if count < align {
             return Err("workload region smaller than one aligned IO".into());
         }
+        // Fixed for the workload: worked out once, not with two divisions
+        // per op.
+        let units = (count / align).max(1);
+        let max_units = (w.max_sectors / align).clamp(1, units);
         for _ in 0..w.ops {
             if self.out_of_budget() {
                 break;
             }
             let (sector, sectors, is_read) = {
                 let mut rng = self.workload_rng.borrow_mut();
-                let units = (count / align).max(1);
-                let max_units = (w.max_sectors / align).clamp(1, units);
-                let len = rng.range(1, max_units) * align;
-                let first = rng.below(units - len / align + 1);
+                let len_units = rng.range(1, max_units);
+                let first = rng.below(units - len_units + 1);
                 let is_read = rng.below(100) < u64::from(w.read_percent);
                 // first * align < count: no overflow; the sum is bounded by
                 // the loader (region end at most 2^48), saturating anyway.
-                (start.saturating_add(first * align), len, is_read)
+                (
+                    start.saturating_add(first * align),
+                    len_units * align,
+                    is_read,
+                )
             };
             if is_read {
                 let _ = self.read(&w.target, sector, sectors).await;
