@@ -18,9 +18,12 @@ args_of() { # crate name -> the arguments the wrapper hands rustc
 }
 fail() { echo "FAIL: $wrapper: $*" >&2; exit 1; }
 
+# (Output is kept in a variable before grep reads it: `grep -q` may quit
+# before the fake rustc has written everything, and pipefail would then
+# fail the pipe.)
 for covered in blksnap_core blksnap_fuzz lifecycle; do
-    args_of "$covered" | grep -qx -- -Cpasses=sancov-module ||
-        fail "$covered lost its coverage"
+    out=$(args_of "$covered")
+    grep -qx -- -Cpasses=sancov-module <<<"$out" || fail "$covered lost its coverage"
 done
 for plain in blksnap_sim serde ron blake3 blksnap_core_extra; do
     out=$(args_of "$plain")
