@@ -419,9 +419,9 @@ fn judge_missing(wait: &Wait, model: &LowSpace, now: u64) -> Result<(), String> 
     }
     Err(format!(
         "{}: a WAIT_EVENT that began at {} ns found no event until {now} ns, but the \
-         region at sector {sector} of storage device {dev} (the allocation that leaves \
-         less than {} of the {} requested sectors free) had its copy submitted at {written} \
-         ns and its low-free-space event was not taken yet",
+         region at sector {sector} of storage device {dev} (the allocation after \
+         which at most {} of the {} requested sectors are left) had its copy submitted at \
+         {written} ns and its low-free-space event was not taken yet",
         snapshot_name(&wait.id),
         wait.began,
         (model.minimum / 2) & !7,
@@ -645,7 +645,13 @@ mod tests {
         let (mut e, _) = tails();
         wait4(&mut e, 6_000, 6_100, Outcome::Event(LOW, 150), false).unwrap();
         let err = wait4(&mut e, 6_200, 6_300, Outcome::Empty, false).unwrap_err();
-        assert!(err.contains("found no event until 6300 ns"), "{err}");
+        assert_eq!(
+            err,
+            "snapshot a1a1a1a1: a WAIT_EVENT that began at 6200 ns found no event until 6300 ns, \
+             but the region at sector 1536 of storage device 7:1 (the allocation after which at \
+             most 2048 of the 4096 requested sectors are left) had its copy submitted at 5000 ns \
+             and its low-free-space event was not taken yet"
+        );
         // A wait that began before the copy was submitted may find none.
         let (mut e, _) = tails();
         assert!(wait4(&mut e, 4_000, 4_100, Outcome::Empty, false).is_ok());

@@ -784,12 +784,10 @@ impl StorageCheck {
     /// Mark the watches an engine write of `count` sectors at `sector` meets.
     fn meet_watches(&mut self, dev: DevT, sector: u64, count: u64) {
         let end = sector.saturating_add(count);
-        let Some(now) = self.clock.as_ref().map(|clock| clock()) else {
-            return;
-        };
+        let clock = &self.clock;
         for watch in &mut self.watches {
             if watch.met.is_none() && watch.dev == dev && watch.start < end && sector < watch.end {
-                watch.met = Some(now);
+                watch.met = clock.as_ref().map(|clock| clock());
             }
         }
     }
