@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use blksnap_core::ctrl::{self, IoctlResult};
 use blksnap_core::kernel::{DevT, Errno, UserMemory};
+use blksnap_core::params::Params;
 use blksnap_core::uapi::{
     BlkSnapBlockRange, BlkSnapEventCorrupted, BlkSnapSnapshotAppendStorage, BlkSnapSnapshotCollect,
     BlkSnapSnapshotCreate, BlkSnapSnapshotEvent, IoctlNr, UapiStruct, EVENT_CORRUPTED,
@@ -13,7 +14,7 @@ use blksnap_core::uapi::{
 };
 use blksnap_core::Module;
 
-use crate::check::events::Wait;
+use crate::check::events::{Events, Outcome, Wait};
 use crate::check::lifecycle::Call;
 use crate::kernel::Sim;
 use crate::trace::TraceEvent;
@@ -41,6 +42,15 @@ pub async fn ioctl(
     let wait = id
         .filter(|_| nr == Some(IoctlNr::SnapshotWaitEvent))
         .map(|id| sim.lifecycle.borrow().events.wait_begins(id, began));
+    let geometry =
+        (nr == Some(IoctlNr::SnapshotCreate)).then(|| create_geometry(sim, module, arg, user));
+    low_space_begin(
+        sim,
+        module,
+        nr,
+        id,
+        valid_before.then(|| read_append(arg, user)).flatten(),
+    );
     let cbt = crate::check::cbt::ioctl_begin(sim, cmd, arg, user);
     let take = id.filter(|_| nr == Some(IoctlNr::SnapshotTake));
     if let Some(id) = take {
@@ -58,7 +68,16 @@ pub async fn ioctl(
     sim.record(TraceEvent::Ioctl { cmd, result: value });
     let created = nr.and_then(|nr| created_id(nr, result, arg, user));
     if let Some(created) = created {
-        sim.lifecycle.borrow_mut().events.created(created, began);
+        let mut lifecycle = sim.lifecycle.borrow_mut();
+        lifecycle.events.created(created, began);
+        // The geometry the engine read lies between the CREATE's start and end.
+        if let Some((minimum, chunk)) =
+            geometry.filter(|&g| g == create_geometry(sim, module, arg, user))
+        {
+            lifecycle
+                .events
+                .low_space_model(created, began, minimum, chunk);
+        }
     }
     let call = nr.map(|nr| Call {
         nr,
@@ -81,10 +100,150 @@ pub async fn ioctl(
     if let (Some(IoctlNr::SnapshotDestroy), Some(id), Ok(_)) = (nr, id, result) {
         sim.storage.borrow_mut().destroyed(id);
     }
-    if let (Some(wait), Ok(_)) = (wait, result) {
-        check_event(sim, &wait, arg, user);
+    let append_ok = result.is_ok() && valid_before && append_is_valid(sim, arg, user);
+    low_space_end(sim, module, nr, id, append_ok);
+    if let Some(wait) = wait {
+        let event = result.ok().and_then(|_| check_event(sim, &wait, arg, user));
+        low_space_wait_end(sim, &wait, result, event);
     }
     result
+}
+
+/// Rule 4 of the events checker before the engine runs an ioctl: what an
+/// APPEND offers (all its ranges, read and valid, or None), a WAIT_EVENT in
+/// flight, a DESTROY (its queue goes); then a look at the storage writes.
+fn low_space_begin(
+    sim: &Rc<Sim>,
+    module: &Module,
+    nr: Option<IoctlNr>,
+    id: Option<[u8; 16]>,
+    append: Option<AppendArg>,
+) {
+    let mut lifecycle = sim.lifecycle.borrow_mut();
+    let events = &mut lifecycle.events;
+    match (nr, id) {
+        (Some(IoctlNr::SnapshotAppendStorage), Some(id)) => {
+            let dev = append.as_ref().map_or(DevT(0), |a| a.dev);
+            let ranges = append
+                .as_ref()
+                .filter(|a| a.id == id)
+                .map(|a| a.ranges.as_slice());
+            events.append_begins(id, dev, ranges);
+        }
+        (Some(IoctlNr::SnapshotWaitEvent), Some(id)) => events.low_space_wait_begins(id),
+        (Some(IoctlNr::SnapshotDestroy), Some(id)) => events.low_space_unsure(id),
+        _ => {}
+    }
+    let minimum = module.params().diff_storage_minimum;
+    low_space_poll(sim, events, minimum);
+}
+
+/// Rule 4's look at the storage writes, with the sim's clock lent to the
+/// storage checker to time them (a weak handle: the checker lives in the
+/// sim).
+fn low_space_poll(sim: &Rc<Sim>, events: &mut Events, minimum: u64) {
+    let mut storage = sim.storage.borrow_mut();
+    if !storage.has_clock() {
+        let sim = Rc::downgrade(sim);
+        storage.set_clock(Box::new(move || {
+            sim.upgrade().map_or(u64::MAX, |s| s.now())
+        }));
+    }
+    events.low_space_poll(minimum, &mut *storage);
+}
+
+/// Rule 4 when an ioctl returns: the storage writes, then the end of an
+/// APPEND (`ok`: it succeeded and its ranges were still valid).
+fn low_space_end(
+    sim: &Rc<Sim>,
+    module: &Module,
+    nr: Option<IoctlNr>,
+    id: Option<[u8; 16]>,
+    ok: bool,
+) {
+    let mut lifecycle = sim.lifecycle.borrow_mut();
+    let events = &mut lifecycle.events;
+    if let (Some(IoctlNr::SnapshotAppendStorage), Some(id)) = (nr, id) {
+        events.append_ends(id, ok);
+    }
+    let minimum = module.params().diff_storage_minimum;
+    low_space_poll(sim, events, minimum);
+}
+
+/// Rule 4 when a WAIT_EVENT returns, with the event it copied out (code,
+/// label) if it could be read.
+fn low_space_wait_end(sim: &Sim, wait: &Wait, result: IoctlResult, event: Option<(u32, i64)>) {
+    let outcome = match (result, event) {
+        (Ok(_), Some((code, label))) => Outcome::Event(code, label),
+        (Err(Errno::ENOENT), _) => Outcome::Empty,
+        _ => Outcome::Other,
+    };
+    let now = sim.now();
+    // An event allocation that failed (injected) dropped an event.
+    let dropped = |since| {
+        sim.injected
+            .borrow()
+            .alloc_failed(Some("event"), since, now)
+    };
+    let verdict = sim
+        .lifecycle
+        .borrow_mut()
+        .events
+        .low_space_wait_ends(wait, now, outcome, dropped);
+    if let Err(message) = verdict {
+        sim.fail("events", message);
+    }
+}
+
+/// What CREATE's engine reads for rule 4: diff_storage_minimum, and the
+/// chunk size (spec 5.1) its devices share (None if they differ or the
+/// argument cannot be read).
+fn create_geometry(
+    sim: &Sim,
+    module: &Module,
+    arg: u64,
+    user: &dyn UserMemory,
+) -> (u64, Option<u64>) {
+    let params = module.params();
+    let chunk = || -> Option<u64> {
+        let bytes = user.copy_from_user(arg, BlkSnapSnapshotCreate::SIZE).ok()?;
+        let create = BlkSnapSnapshotCreate::decode(&bytes)?;
+        let mut sizes = (0..u64::from(create.count).min(MAX_DEVICES)).map(|i| {
+            let b = user
+                .copy_from_user(create.dev_id_array.wrapping_add(8 * i), 8)
+                .ok()?;
+            let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            chunk_sectors(sim, &params, DevT::new(word(0), word(4)))
+        });
+        let first = sizes.next()??;
+        sizes.all(|s| s == Some(first)).then_some(first)
+    };
+    (params.diff_storage_minimum, chunk())
+}
+
+/// Most devices a CREATE is read for by rule 4.
+const MAX_DEVICES: u64 = 64;
+
+/// The chunk size rule of spec 5.1, from the module parameters and the
+/// device's capacity and minimal IO size: the shift grows from
+/// chunk_minimum_shift until the chunk count fits and a chunk is at least
+/// the minimal IO.
+fn chunk_sectors(sim: &Sim, params: &Params, dev: DevT) -> Option<u64> {
+    let (capacity, io_min) = sim
+        .blk
+        .devices
+        .borrow()
+        .get(&dev)
+        .map(|d| (d.capacity, u64::from(d.io_min) / 512))?;
+    let mut shift = params.chunk_minimum_shift.checked_sub(9)?;
+    while shift < 64 {
+        let sectors = 1u64 << shift;
+        if capacity.div_ceil(sectors) <= params.chunk_maximum_count && sectors >= io_min {
+            return Some(sectors);
+        }
+        shift += 1;
+    }
+    None
 }
 
 /// The call failed with ENOMEM and the sim failed an allocation (any site)
@@ -98,14 +257,11 @@ pub fn enomem_injected(sim: &Sim, result: IoctlResult, began: u64, ended: u64) -
 /// The events checker (`check::events`) on the event a WAIT_EVENT returned:
 /// its time label against the call's window and the snapshot's earlier
 /// events, and a corrupted event's device.
-fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) {
-    let Some(event) = user
+fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) -> Option<(u32, i64)> {
+    let event = user
         .copy_from_user(arg, BlkSnapSnapshotEvent::SIZE)
         .ok()
-        .and_then(|b| BlkSnapSnapshotEvent::decode(&b))
-    else {
-        return;
-    };
+        .and_then(|b| BlkSnapSnapshotEvent::decode(&b))?;
     let mut lifecycle = sim.lifecycle.borrow_mut();
     let events = &mut lifecycle.events;
     let order = events.returned(wait, sim.now(), event.time_label);
@@ -121,6 +277,7 @@ fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) {
     if let Err(message) = verdict {
         sim.fail("events", message);
     }
+    Some((event.code, event.time_label))
 }
 
 /// A command that is no v2 ioctl still counts for the quiet test.

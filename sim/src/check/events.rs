@@ -17,8 +17,12 @@
 //!    order and are not compared. (On SMP hardware two CPUs could read the
 //!    clock and then race for the spinlock, a few ns out of order; the sim
 //!    has no such window.)
+//! 4. the first low-free-space event after the creation's comes no later
+//!    than it must (spec 6.3, 6.5; see `LowSpace`).
 
 use std::collections::BTreeMap;
+
+use blksnap_core::kernel::DevT;
 
 type Id = [u8; 16];
 
@@ -35,6 +39,98 @@ struct Snapshot {
     newest: Option<Returned>,
     /// Devices reported corrupted (dev_t packed as the engine packs it).
     corrupted: Vec<u32>,
+    /// Rule 4's model, while it is sure of itself.
+    low_space: Option<LowSpace>,
+    /// WAIT_EVENTs of this id in flight.
+    waiting: u32,
+    /// `check::storage` watches R's sectors for rule 4.
+    watched: bool,
+}
+
+/// Rule 4: when the first low-free-space event after the creation's must
+/// come. Storage is handed out first fit in append order, one chunk `c` of
+/// the COWing device at a time, and a range's tail too small for a chunk
+/// is counted as filled when the next region goes to the next range
+/// (spec 6.3). So the region at offset `o` of the j-th appended range
+/// leaves `filled` = (sectors of the ranges before j) + o + c, from its
+/// position alone. Until the first crossing the engine asks for M (the
+/// diff_storage_minimum at CREATE), and the allocation that raises the
+/// event is the first one with `M - filled` in [0, T], T = (M/2) & !7.
+/// The task that allocated that region R queues the event before it
+/// submits R's copy, so once R's copy was submitted (at `written_by`,
+/// which `check::storage` reports), the second low-free-space event of the queue (the first
+/// is the creation's) is labelled no later than that, and a WAIT_EVENT that
+/// begins after it cannot find the queue empty before that event was
+/// taken. Only this "too late" direction is exact (an early event cannot be
+/// told from one of a region whose copy is not written yet). The model is
+/// dropped (nothing judged for the snapshot) wherever it is unsure.
+struct LowSpace {
+    minimum: u64,
+    chunk: u64,
+    /// When the CREATE began (injected failures of the event allocation
+    /// are looked for from there).
+    since: u64,
+    /// Ranges in the order the engine appended them: (device, start, count).
+    ranges: Vec<(DevT, u64, u64)>,
+    appending: bool,
+    /// R: (device, first sector), once the ranges reach it.
+    region: Option<(DevT, u64)>,
+    /// When the first engine write to R was submitted.
+    written_by: Option<u64>,
+    /// Low-free-space events the WAIT_EVENTs returned.
+    low_space_events: u32,
+}
+
+impl LowSpace {
+    /// R, if the ranges so far reach the crossing; `Err` if no allocation
+    /// can raise the event (filled jumps past M: the engine asks nothing).
+    fn crossing(&self) -> Result<Option<(DevT, u64)>, ()> {
+        let threshold = (self.minimum / 2) & !7;
+        let floor = self.minimum - threshold;
+        let mut before = 0u64;
+        for &(dev, start, count) in &self.ranges {
+            let fits = count / self.chunk;
+            // The first region of this range that ends at or past the floor.
+            let need = floor.saturating_sub(before).div_ceil(self.chunk).max(1);
+            if need <= fits {
+                let offset = (need - 1) * self.chunk;
+                let filled = before.saturating_add(offset + self.chunk);
+                return if filled <= self.minimum {
+                    Ok(Some((dev, start.saturating_add(offset))))
+                } else {
+                    Err(())
+                };
+            }
+            before = before.saturating_add(count);
+        }
+        Ok(None)
+    }
+}
+
+/// What the engine's writes to storage tell rule 4, and what rule 4 wants
+/// to know of them (`check::storage` keeps the watches).
+pub trait Watches {
+    /// Watch `count` sectors from `sector` of storage device `dev` for `id`
+    /// (in place of any watch `id` had).
+    fn watch(&mut self, id: Id, dev: DevT, sector: u64, count: u64);
+    /// When the first engine write that met the watched sectors of `id`
+    /// was submitted, if one did.
+    fn seen(&self, id: Id) -> Option<u64>;
+    /// Stop watching for `id`.
+    fn unwatch(&mut self, id: Id);
+    /// Whether the sectors were offered to the engine once only (by one
+    /// range of one APPEND).
+    fn offered_once(&self, dev: DevT, sector: u64, count: u64) -> bool;
+}
+
+/// How a WAIT_EVENT ended, as far as rule 4 cares.
+pub enum Outcome {
+    /// It returned an event: its code and label.
+    Event(u32, i64),
+    /// ENOENT: the queue stayed empty until the timeout.
+    Empty,
+    /// Anything else (it may have taken an event nobody saw).
+    Other,
 }
 
 /// An event a WAIT_EVENT returned: its label and when the call returned.
@@ -106,6 +202,231 @@ impl Events {
         seen.push(dev);
         Ok(())
     }
+}
+
+/// Rule 4's hooks, called by `ctl.rs`.
+impl Events {
+    /// The CREATE that made `id` (it began at `since`) read minimum `M`
+    /// and gave its devices chunks of `chunk` sectors (None: several
+    /// sizes, or M is no positive sector count: not judged).
+    pub fn low_space_model(&mut self, id: Id, since: u64, minimum: u64, chunk: Option<u64>) {
+        let sane = i64::try_from(minimum).is_ok_and(|m| m > 0);
+        let model = chunk.filter(|&c| c > 0 && sane).map(|chunk| LowSpace {
+            minimum,
+            chunk,
+            since,
+            ranges: Vec::new(),
+            appending: false,
+            region: None,
+            written_by: None,
+            low_space_events: 0,
+        });
+        if let Some(s) = self.snapshots.get_mut(&id) {
+            s.low_space = model;
+        }
+    }
+
+    /// The module went: every snapshot and its queue with it.
+    pub fn unloaded(&mut self) {
+        for s in self.snapshots.values_mut() {
+            s.low_space = None;
+        }
+    }
+
+    /// The snapshot stops being judged by rule 4.
+    pub fn low_space_unsure(&mut self, id: Id) {
+        if let Some(s) = self.snapshots.get_mut(&id) {
+            s.low_space = None;
+        }
+    }
+
+    /// An APPEND of `id` begins with these ranges of `dev` (all of them
+    /// read and valid, or `None`). Two APPENDs at once may interleave
+    /// their ranges: unsure.
+    pub fn append_begins(&mut self, id: Id, dev: DevT, ranges: Option<&[(u64, u64)]>) {
+        let Some(model) = self
+            .snapshots
+            .get_mut(&id)
+            .and_then(|s| s.low_space.as_mut())
+        else {
+            return;
+        };
+        match ranges {
+            Some(ranges) if !model.appending => {
+                model.appending = true;
+                model
+                    .ranges
+                    .extend(ranges.iter().map(|&(start, count)| (dev, start, count)));
+            }
+            _ => self.low_space_unsure(id),
+        }
+    }
+
+    /// The APPEND of `id` ended; a failed one may have added only some of
+    /// its ranges.
+    pub fn append_ends(&mut self, id: Id, ok: bool) {
+        match self
+            .snapshots
+            .get_mut(&id)
+            .and_then(|s| s.low_space.as_mut())
+        {
+            Some(model) if ok => model.appending = false,
+            Some(_) => self.low_space_unsure(id),
+            None => {}
+        }
+    }
+
+    /// At an ioctl boundary, with diff_storage_minimum now `minimum`: find
+    /// R where the ranges reach it and have it watched, and note when its
+    /// copy was first submitted.
+    pub fn low_space_poll(&mut self, minimum: u64, storage: &mut dyn Watches) {
+        for (id, s) in self.snapshots.iter_mut() {
+            let sure = s
+                .low_space
+                .as_mut()
+                .is_some_and(|model| poll_one(*id, model, minimum, storage));
+            if !sure {
+                s.low_space = None;
+            }
+            let watching = s
+                .low_space
+                .as_ref()
+                .is_some_and(|m| m.region.is_some() && m.written_by.is_none());
+            if s.watched && !watching {
+                storage.unwatch(*id);
+            }
+            s.watched = watching;
+        }
+    }
+
+    /// A WAIT_EVENT of `wait.id()` begins: one in flight already may pop
+    /// the event this one is judged on.
+    pub fn low_space_wait_begins(&mut self, id: Id) {
+        let Some(s) = self.snapshots.get_mut(&id) else {
+            return;
+        };
+        s.waiting += 1;
+        if s.waiting > 1 {
+            s.low_space = None;
+        }
+    }
+
+    /// The WAIT_EVENT `wait` ended at `now` with `outcome`; `dropped`: an
+    /// event allocation failed (injected) since the CREATE began.
+    pub fn low_space_wait_ends(
+        &mut self,
+        wait: &Wait,
+        now: u64,
+        outcome: Outcome,
+        dropped: impl Fn(u64) -> bool,
+    ) -> Result<(), String> {
+        let Some(s) = self.snapshots.get_mut(&wait.id) else {
+            return Ok(());
+        };
+        s.waiting = s.waiting.saturating_sub(1);
+        let Some(model) = s.low_space.as_mut() else {
+            return Ok(());
+        };
+        if dropped(model.since) {
+            s.low_space = None;
+            return Ok(());
+        }
+        let verdict = match outcome {
+            Outcome::Event(code, label) if code == EVENT_LOW_FREE_SPACE => {
+                model.low_space_events += 1;
+                judge_late(wait, model, now, label)
+            }
+            Outcome::Event(..) => Ok(()),
+            Outcome::Empty => judge_missing(wait, model, now),
+            Outcome::Other => {
+                s.low_space = None;
+                return Ok(());
+            }
+        };
+        if verdict.is_err() || model.low_space_events >= 2 {
+            // Judged once: later events depend on APPENDs racing COWs.
+            s.low_space = None;
+        }
+        verdict
+    }
+}
+
+/// `EVENT_LOW_FREE_SPACE` (uapi).
+const EVENT_LOW_FREE_SPACE: u32 = 0;
+
+/// One snapshot's poll; false when the model must be dropped.
+fn poll_one(id: Id, model: &mut LowSpace, minimum: u64, storage: &mut dyn Watches) -> bool {
+    if minimum != model.minimum {
+        return false;
+    }
+    if model.region.is_none() {
+        match model.crossing() {
+            Err(()) => return false,
+            Ok(None) => return true,
+            Ok(Some((dev, sector))) => {
+                if !storage.offered_once(dev, sector, model.chunk) {
+                    return false;
+                }
+                storage.watch(id, dev, sector, model.chunk);
+                model.region = Some((dev, sector));
+            }
+        }
+    }
+    let Some(written) = model
+        .written_by
+        .is_none()
+        .then(|| storage.seen(id))
+        .flatten()
+    else {
+        return true;
+    };
+    // Another snapshot offered these sectors since: whose write was it?
+    let (dev, sector) = model.region.expect("watched");
+    model.written_by = Some(written);
+    storage.offered_once(dev, sector, model.chunk)
+}
+
+/// The second low-free-space event (the first after the creation's) came
+/// labelled after R's copy was submitted.
+fn judge_late(wait: &Wait, model: &LowSpace, now: u64, label: i64) -> Result<(), String> {
+    let (Some(written), Some((dev, sector))) = (model.written_by, model.region) else {
+        return Ok(());
+    };
+    if model.low_space_events != 2 || i128::from(label) <= i128::from(written) {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: a WAIT_EVENT that began at {} ns and returned at {now} ns returned the first \
+         low-free-space event after the creation's labelled {label} ns, but the region at \
+         sector {sector} of storage device {dev} (the allocation after which at most {} of \
+         the {} requested sectors are left) had its copy submitted at {written} ns: \
+         the event came too late",
+        snapshot_name(&wait.id),
+        wait.began,
+        (model.minimum / 2) & !7,
+        model.minimum
+    ))
+}
+
+/// The queue was empty for a WAIT_EVENT that began after R's copy was
+/// submitted, before the event R raised was taken.
+fn judge_missing(wait: &Wait, model: &LowSpace, now: u64) -> Result<(), String> {
+    let (Some(written), Some((dev, sector))) = (model.written_by, model.region) else {
+        return Ok(());
+    };
+    if model.low_space_events >= 2 || written > wait.began {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: a WAIT_EVENT that began at {} ns found no event until {now} ns, but the \
+         region at sector {sector} of storage device {dev} (the allocation after \
+         which at most {} of the {} requested sectors are left) had its copy submitted at \
+         {written} ns and its low-free-space event was not taken yet",
+        snapshot_name(&wait.id),
+        wait.began,
+        (model.minimum / 2) & !7,
+        model.minimum
+    ))
 }
 
 fn judge(wait: &Wait, now: u64, label: i64) -> Result<(), String> {
@@ -222,5 +543,212 @@ mod tests {
         assert!(e.corrupted(A, 8).is_ok());
         assert!(e.corrupted([2; 16], 7).is_ok());
         assert!(e.corrupted(A, 7).is_err());
+    }
+
+    /// Storage writes as rule 4 sees them: one watch per id, the time the
+    /// test says R's copy was submitted, and sectors offered twice.
+    #[derive(Default)]
+    struct FakeStorage {
+        watches: BTreeMap<Id, (DevT, u64, u64)>,
+        submitted: Option<u64>,
+        offered_twice: bool,
+    }
+
+    impl Watches for FakeStorage {
+        fn watch(&mut self, id: Id, dev: DevT, sector: u64, count: u64) {
+            self.watches.insert(id, (dev, sector, count));
+        }
+        fn seen(&self, id: Id) -> Option<u64> {
+            self.watches.get(&id).and(self.submitted)
+        }
+        fn unwatch(&mut self, id: Id) {
+            self.watches.remove(&id);
+        }
+        fn offered_once(&self, _: DevT, _: u64, _: u64) -> bool {
+            !self.offered_twice
+        }
+    }
+
+    const STORE: DevT = DevT(0x70_0001);
+    const M: u64 = 4096;
+
+    /// The shape of coverage/low-space-range-tails: M = 4096 (T = 2048),
+    /// chunks of 512, six ranges of 768: with the tails counted the third
+    /// region (sector 1536) leaves 2048 requested sectors, so it raises
+    /// the event; R's copy is submitted at 5000 ns.
+    fn tails() -> (Events, FakeStorage) {
+        let mut e = Events::default();
+        let mut st = FakeStorage::default();
+        e.created(A, 100);
+        e.low_space_model(A, 100, M, Some(512));
+        let ranges: Vec<(u64, u64)> = (0..6).map(|i| (768 * i, 768)).collect();
+        e.append_begins(A, STORE, Some(&ranges));
+        e.low_space_poll(M, &mut st);
+        e.append_ends(A, true);
+        assert_eq!(st.watches.get(&A), Some(&(STORE, 1536, 512)));
+        st.submitted = Some(5_000);
+        e.low_space_poll(M, &mut st);
+        (e, st)
+    }
+
+    /// One WAIT_EVENT of `id` over [began, ended] with `outcome`, judged by
+    /// rule 4 (`dropped`: an event allocation failed).
+    fn wait4(
+        e: &mut Events,
+        began: u64,
+        ended: u64,
+        outcome: Outcome,
+        dropped: bool,
+    ) -> Result<(), String> {
+        let w = e.wait_begins(A, began);
+        e.low_space_wait_begins(A);
+        e.low_space_wait_ends(&w, ended, outcome, |_| dropped)
+    }
+
+    const LOW: u32 = EVENT_LOW_FREE_SPACE;
+
+    /// The creation's event, then the first one after it, labelled `label`.
+    fn first_after_creation(e: &mut Events, label: i64) -> Result<(), String> {
+        wait4(e, 6_000, 6_100, Outcome::Event(LOW, 150), false)?;
+        wait4(e, 6_200, 6_300, Outcome::Event(LOW, label), false)
+    }
+
+    /// The rule fires: an event labelled after R's copy was submitted is
+    /// too late (bug 3: the wasted tails not counted); at it, it passes.
+    #[test]
+    fn a_low_space_event_after_its_regions_copy_fails() {
+        let (mut e, _) = tails();
+        assert!(first_after_creation(&mut e, 5_000).is_ok());
+        let (mut e, _) = tails();
+        let err = first_after_creation(&mut e, 5_001).unwrap_err();
+        assert_eq!(
+            err,
+            "snapshot a1a1a1a1: a WAIT_EVENT that began at 6200 ns and returned at 6300 ns \
+             returned the first low-free-space event after the creation's labelled 5001 ns, \
+             but the region at sector 1536 of storage device 7:1 (the allocation after which \
+             at most 2048 of the 4096 requested sectors are left) had its copy submitted at \
+             5000 ns: the event came too late"
+        );
+        // Judged once: later events are not.
+        assert!(wait4(&mut e, 7_000, 7_100, Outcome::Event(LOW, 9_000), false).is_ok());
+        // A corrupted event between does not count as a low-space one.
+        let (mut e, _) = tails();
+        wait4(&mut e, 6_000, 6_100, Outcome::Event(LOW, 150), false).unwrap();
+        wait4(&mut e, 6_100, 6_150, Outcome::Event(1, 4_000), false).unwrap();
+        assert!(wait4(&mut e, 6_200, 6_300, Outcome::Event(LOW, 5_001), false).is_err());
+    }
+
+    /// The queue empty for a WAIT_EVENT that began after R's copy was
+    /// submitted, before the event was taken.
+    #[test]
+    fn no_event_after_its_regions_copy_fails() {
+        let (mut e, _) = tails();
+        wait4(&mut e, 6_000, 6_100, Outcome::Event(LOW, 150), false).unwrap();
+        let err = wait4(&mut e, 6_200, 6_300, Outcome::Empty, false).unwrap_err();
+        assert_eq!(
+            err,
+            "snapshot a1a1a1a1: a WAIT_EVENT that began at 6200 ns found no event until 6300 ns, \
+             but the region at sector 1536 of storage device 7:1 (the allocation after which at \
+             most 2048 of the 4096 requested sectors are left) had its copy submitted at 5000 ns \
+             and its low-free-space event was not taken yet"
+        );
+        // A wait that began before the copy was submitted may find none.
+        let (mut e, _) = tails();
+        assert!(wait4(&mut e, 4_000, 4_100, Outcome::Empty, false).is_ok());
+    }
+
+    /// Where R lies: tails counted; a range smaller than a chunk counts
+    /// whole; none while the ranges fall short; none if filled jumps past M.
+    #[test]
+    fn the_crossing_region_follows_first_fit_with_tails_counted() {
+        let model = |chunk, ranges: &[u64]| {
+            let mut start = 0;
+            let ranges = ranges
+                .iter()
+                .map(|&count| {
+                    start += count;
+                    (STORE, start - count, count)
+                })
+                .collect();
+            LowSpace {
+                minimum: M,
+                chunk,
+                since: 0,
+                ranges,
+                appending: false,
+                region: None,
+                written_by: None,
+                low_space_events: 0,
+            }
+            .crossing()
+        };
+        assert_eq!(model(512, &[768; 6]), Ok(Some((STORE, 1536))));
+        // 8 + 2040 = 2048 sectors before the third range: its first region.
+        assert_eq!(model(512, &[8, 2040, 4096]), Ok(Some((STORE, 2048))));
+        assert_eq!(model(512, &[1024]), Ok(None));
+        // The region that ends at 2048 + 2560 > M: no event ever.
+        assert_eq!(model(2560, &[2048, 4096]), Err(()));
+        // The fourth region fills 2048 exactly.
+        assert_eq!(model(512, &[2048, 4096]), Ok(Some((STORE, 1536))));
+    }
+
+    /// Every excuse drops the snapshot: nothing judged after it.
+    #[test]
+    fn unsure_models_judge_nothing() {
+        let late = |e: &mut Events| first_after_creation(e, 9_000);
+        type Excuse = fn(&mut Events, &mut FakeStorage);
+        let excuses: [(&str, Excuse); 6] = [
+            ("a failed APPEND", |e, st| {
+                e.append_begins(A, STORE, Some(&[(1 << 20, 512)]));
+                e.append_ends(A, false);
+                e.low_space_poll(M, st);
+            }),
+            ("two APPENDs at once", |e, _| {
+                e.append_begins(A, STORE, Some(&[(1 << 20, 512)]));
+                e.append_begins(A, STORE, Some(&[(1 << 21, 512)]));
+            }),
+            ("an APPEND whose ranges are not all valid", |e, _| {
+                e.append_begins(A, STORE, None);
+            }),
+            ("diff_storage_minimum changed", |e, st| {
+                e.low_space_poll(M * 2, st)
+            }),
+            ("a DESTROY", |e, _| e.low_space_unsure(A)),
+            ("an unload", |e, _| e.unloaded()),
+        ];
+        for (what, excuse) in excuses {
+            let (mut e, mut st) = tails();
+            excuse(&mut e, &mut st);
+            assert!(late(&mut e).is_ok(), "{what}");
+        }
+        // An event allocation failed: the events after it are not known.
+        let (mut e, _) = tails();
+        wait4(&mut e, 6_000, 6_100, Outcome::Event(LOW, 150), false).unwrap();
+        assert!(wait4(&mut e, 6_200, 6_300, Outcome::Event(LOW, 9_000), true).is_ok());
+        // A WAIT_EVENT that failed may have taken an event nobody saw.
+        let (mut e, _) = tails();
+        wait4(&mut e, 5_500, 5_600, Outcome::Other, false).unwrap();
+        assert!(late(&mut e).is_ok());
+        // Two WAIT_EVENTs in flight: either may take the event.
+        let (mut e, _) = tails();
+        e.low_space_wait_begins(A);
+        assert!(late(&mut e).is_ok());
+        // R offered twice (another snapshot's range): whose write was it?
+        let (mut e, mut st) = tails();
+        st.offered_twice = true;
+        e.low_space_model(A, 100, M, Some(512));
+        e.append_begins(A, STORE, Some(&[(0, 4096)]));
+        e.low_space_poll(M, &mut st);
+        assert!(late(&mut e).is_ok());
+        // Devices with chunks of different sizes, or a minimum that is no
+        // positive sector count: no model.
+        for (minimum, chunk) in [(M, None), (u64::MAX - 7, Some(512))] {
+            let (mut e, mut st) = tails();
+            e.low_space_model(A, 100, minimum, chunk);
+            e.append_begins(A, STORE, Some(&[(0, 4096)]));
+            st.submitted = Some(5_000);
+            e.low_space_poll(M, &mut st);
+            assert!(late(&mut e).is_ok());
+        }
     }
 }

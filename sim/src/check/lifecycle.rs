@@ -70,6 +70,7 @@ impl Lifecycle {
     pub fn unloaded(&mut self) {
         self.live.clear();
         self.unknown_ids = false;
+        self.events.unloaded();
     }
 
     /// An ioctl ended: update the model; judge it if nothing overlapped.

@@ -38,6 +38,8 @@ use std::collections::BTreeMap;
 
 use blksnap_core::kernel::{DevT, Run, Stamp, Stamps};
 
+use super::events::Watches;
+
 /// Where a sector's content came from: (original device, sector).
 type Origin = (DevT, u64);
 
@@ -207,6 +209,17 @@ impl AppendedRange {
     }
 }
 
+/// Storage sectors [start, end) of `dev` the events checker watches for
+/// snapshot `id`, and when the first engine write that met them was
+/// submitted.
+struct Watch {
+    id: [u8; 16],
+    dev: DevT,
+    start: u64,
+    end: u64,
+    met: Option<u64>,
+}
+
 #[derive(Default)]
 pub struct StorageCheck {
     ranges: Vec<AppendedRange>,
@@ -241,6 +254,12 @@ pub struct StorageCheck {
     /// sector: a device fault that damaged it may explain the failure
     /// (`device_faults.rs`).
     pub last_overwritten: Option<(Origin, u64)>,
+    /// Storage sectors the events checker waits to see written, by
+    /// snapshot.
+    watches: Vec<Watch>,
+    /// The sim's clock (`ctl.rs` lends it): engine writes are judged as
+    /// they are submitted, so it reads their submission time.
+    clock: Option<Box<dyn Fn() -> u64>>,
 }
 
 impl StorageCheck {
@@ -538,6 +557,9 @@ impl StorageCheck {
         count: u64,
     ) -> Result<(), String> {
         self.writes_judged += 1;
+        if !self.watches.is_empty() {
+            self.meet_watches(dev, sector, count);
+        }
         self.check_inside(dev, sector, count)?;
         let judged = self.offered_once(dev, sector, count);
         if let Some(orig) = self.one_origin(data) {
@@ -753,10 +775,29 @@ impl StorageCheck {
 
     /// True if no other appended range (live or released) shares a sector
     /// with this write: sectors offered twice are the user's doing.
-    fn offered_once(&self, dev: DevT, sector: u64, count: u64) -> bool {
+    pub fn offered_once(&self, dev: DevT, sector: u64, count: u64) -> bool {
         let end = sector.saturating_add(count);
         let meets = |r: &&AppendedRange| r.dev == dev && r.start < end && sector < r.end();
         self.ranges.iter().filter(meets).count() == 1
+    }
+
+    /// Mark the watches an engine write of `count` sectors at `sector` meets.
+    fn meet_watches(&mut self, dev: DevT, sector: u64, count: u64) {
+        let end = sector.saturating_add(count);
+        let clock = &self.clock;
+        for watch in &mut self.watches {
+            if watch.met.is_none() && watch.dev == dev && watch.start < end && sector < watch.end {
+                watch.met = clock.as_ref().map(|clock| clock());
+            }
+        }
+    }
+
+    pub fn has_clock(&self) -> bool {
+        self.clock.is_some()
+    }
+
+    pub fn set_clock(&mut self, clock: Box<dyn Fn() -> u64>) {
+        self.clock = Some(clock);
     }
 
     /// Coverage counts for reports.
@@ -783,6 +824,33 @@ impl StorageCheck {
             )),
             None => Err(format!("{what}, outside every appended storage range")),
         }
+    }
+}
+
+/// What the events checker learns of the engine's storage writes.
+impl Watches for StorageCheck {
+    fn watch(&mut self, id: [u8; 16], dev: DevT, sector: u64, count: u64) {
+        self.unwatch(id);
+        let end = sector.saturating_add(count);
+        self.watches.push(Watch {
+            id,
+            dev,
+            start: sector,
+            end,
+            met: None,
+        });
+    }
+
+    fn seen(&self, id: [u8; 16]) -> Option<u64> {
+        self.watches.iter().find(|w| w.id == id).and_then(|w| w.met)
+    }
+
+    fn unwatch(&mut self, id: [u8; 16]) {
+        self.watches.retain(|w| w.id != id);
+    }
+
+    fn offered_once(&self, dev: DevT, sector: u64, count: u64) -> bool {
+        StorageCheck::offered_once(self, dev, sector, count)
     }
 }
 
@@ -1196,5 +1264,33 @@ mod tests {
         assert!(write(&mut c, 0, &[9]).is_ok());
         assert!(write(&mut c, 0, &[pattern_stamp(0, 500)]).is_ok());
         assert_eq!(c.sectors_judged, 0);
+    }
+
+    /// Rule 4's watches: the first engine write that meets the watched
+    /// sectors is timed by the lent clock; writes beside them, and writes
+    /// with no clock, are not.
+    #[test]
+    fn a_watch_reports_when_an_engine_write_met_it() {
+        let id = [3; 16];
+        let mut c = check();
+        c.appended(id, STORE, 0, 4096);
+        assert!(Watches::offered_once(&c, STORE, 512, 512));
+        c.watch(id, STORE, 512, 512);
+        write(&mut c, 512, &chunk(0, 8)).unwrap();
+        assert_eq!(c.seen(id), None, "no clock: not timed");
+        let now = std::rc::Rc::new(std::cell::Cell::new(100));
+        let clock = now.clone();
+        c.set_clock(Box::new(move || clock.get()));
+        write(&mut c, 0, &chunk(8, 512)).unwrap();
+        assert_eq!(c.seen(id), None, "ends where the watch begins");
+        now.set(200);
+        write(&mut c, 1016, &chunk(600, 8)).unwrap();
+        now.set(300);
+        write(&mut c, 520, &chunk(700, 8)).unwrap();
+        assert_eq!(c.seen(id), Some(200));
+        c.unwatch(id);
+        assert_eq!(c.seen(id), None);
+        c.appended([4; 16], STORE, 1000, 8);
+        assert!(!Watches::offered_once(&c, STORE, 512, 512));
     }
 }
