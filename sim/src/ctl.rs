@@ -138,17 +138,10 @@ fn low_space_begin(
     low_space_poll(sim, events, minimum);
 }
 
-/// Rule 4's look at the storage writes, with the sim's clock lent to the
-/// storage checker to time them (a weak handle: the checker lives in the
-/// sim).
+/// Rule 4's look at the storage writes (the storage checker timed them:
+/// the block layer hands it each engine write's submission time).
 fn low_space_poll(sim: &Rc<Sim>, events: &mut Events, minimum: u64) {
     let mut storage = sim.storage.borrow_mut();
-    if !storage.has_clock() {
-        let sim = Rc::downgrade(sim);
-        storage.set_clock(Box::new(move || {
-            sim.upgrade().map_or(u64::MAX, |s| s.now())
-        }));
-    }
     events.low_space_poll(minimum, &mut *storage);
 }
 

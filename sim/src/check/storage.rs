@@ -255,11 +255,9 @@ pub struct StorageCheck {
     /// (`device_faults.rs`).
     pub last_overwritten: Option<(Origin, u64)>,
     /// Storage sectors the events checker waits to see written, by
-    /// snapshot.
+    /// snapshot (the block layer gives each engine write's submission
+    /// time).
     watches: Vec<Watch>,
-    /// The sim's clock (`ctl.rs` lends it): engine writes are judged as
-    /// they are submitted, so it reads their submission time.
-    clock: Option<Box<dyn Fn() -> u64>>,
 }
 
 impl StorageCheck {
@@ -551,6 +549,7 @@ impl StorageCheck {
     /// One write the engine issued: rules 1 and 2.
     pub fn engine_write(
         &mut self,
+        now: u64,
         dev: DevT,
         sector: u64,
         data: &Stamps,
@@ -558,7 +557,7 @@ impl StorageCheck {
     ) -> Result<(), String> {
         self.writes_judged += 1;
         if !self.watches.is_empty() {
-            self.meet_watches(dev, sector, count);
+            self.meet_watches(now, dev, sector, count);
         }
         self.check_inside(dev, sector, count)?;
         let judged = self.offered_once(dev, sector, count);
@@ -781,23 +780,15 @@ impl StorageCheck {
         self.ranges.iter().filter(meets).count() == 1
     }
 
-    /// Mark the watches an engine write of `count` sectors at `sector` meets.
-    fn meet_watches(&mut self, dev: DevT, sector: u64, count: u64) {
+    /// Mark the watches an engine write of `count` sectors at `sector`,
+    /// submitted at `now`, meets.
+    fn meet_watches(&mut self, now: u64, dev: DevT, sector: u64, count: u64) {
         let end = sector.saturating_add(count);
-        let clock = &self.clock;
         for watch in &mut self.watches {
             if watch.met.is_none() && watch.dev == dev && watch.start < end && sector < watch.end {
-                watch.met = clock.as_ref().map(|clock| clock());
+                watch.met = Some(now);
             }
         }
-    }
-
-    pub fn has_clock(&self) -> bool {
-        self.clock.is_some()
-    }
-
-    pub fn set_clock(&mut self, clock: Box<dyn Fn() -> u64>) {
-        self.clock = Some(clock);
     }
 
     /// Coverage counts for reports.
@@ -911,7 +902,7 @@ mod tests {
     }
 
     fn write(c: &mut StorageCheck, at: u64, data: &[Stamp]) -> Result<(), String> {
-        c.engine_write(STORE, at, &Stamps::from_slice(data), data.len() as u64)
+        c.engine_write(0, STORE, at, &Stamps::from_slice(data), data.len() as u64)
     }
 
     /// Random engine writes (one chunk of the pattern, two chunks of
@@ -1141,7 +1132,7 @@ mod tests {
         let err = write(&mut c, 2048, &chunk(512, 8)).unwrap_err();
         assert!(err.contains("outside every appended"), "{err}");
         let err = c
-            .engine_write(ORIG, 0, &Stamps::from_slice(&chunk(0, 8)), 8)
+            .engine_write(0, ORIG, 0, &Stamps::from_slice(&chunk(0, 8)), 8)
             .unwrap_err();
         assert!(err.contains("outside every appended"), "{err}");
         assert_eq!(c.writes_judged, 3);
@@ -1267,26 +1258,24 @@ mod tests {
     }
 
     /// Rule 4's watches: the first engine write that meets the watched
-    /// sectors is timed by the lent clock; writes beside them, and writes
-    /// with no clock, are not.
+    /// sectors gives its submission time; writes beside them, and writes
+    /// before the watch began, do not.
     #[test]
     fn a_watch_reports_when_an_engine_write_met_it() {
         let id = [3; 16];
         let mut c = check();
         c.appended(id, STORE, 0, 4096);
         assert!(Watches::offered_once(&c, STORE, 512, 512));
+        let write_at = |c: &mut StorageCheck, now: u64, at: u64, data: &[Stamp]| {
+            c.engine_write(now, STORE, at, &Stamps::from_slice(data), data.len() as u64)
+        };
+        write_at(&mut c, 50, 512, &chunk(0, 8)).unwrap();
         c.watch(id, STORE, 512, 512);
-        write(&mut c, 512, &chunk(0, 8)).unwrap();
-        assert_eq!(c.seen(id), None, "no clock: not timed");
-        let now = std::rc::Rc::new(std::cell::Cell::new(100));
-        let clock = now.clone();
-        c.set_clock(Box::new(move || clock.get()));
-        write(&mut c, 0, &chunk(8, 512)).unwrap();
+        assert_eq!(c.seen(id), None, "written before the watch: not timed");
+        write_at(&mut c, 100, 0, &chunk(8, 512)).unwrap();
         assert_eq!(c.seen(id), None, "ends where the watch begins");
-        now.set(200);
-        write(&mut c, 1016, &chunk(600, 8)).unwrap();
-        now.set(300);
-        write(&mut c, 520, &chunk(700, 8)).unwrap();
+        write_at(&mut c, 200, 1016, &chunk(600, 8)).unwrap();
+        write_at(&mut c, 300, 520, &chunk(700, 8)).unwrap();
         assert_eq!(c.seen(id), Some(200));
         c.unwatch(id);
         assert_eq!(c.seen(id), None);

@@ -148,10 +148,13 @@ impl Sim {
         self.series
             .borrow_mut()
             .engine_write(now, bio.dev, bio.sector, bio.sectors);
-        let verdict =
-            self.storage
-                .borrow_mut()
-                .engine_write(bio.dev, bio.sector, &bio.data, bio.sectors);
+        let verdict = self.storage.borrow_mut().engine_write(
+            now,
+            bio.dev,
+            bio.sector,
+            &bio.data,
+            bio.sectors,
+        );
         if let Err(message) = verdict {
             crate::check::device_faults::storage_failure(self, bio, message);
         }
