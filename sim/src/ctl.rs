@@ -8,12 +8,13 @@ use blksnap_core::ctrl::{self, IoctlResult};
 use blksnap_core::kernel::{DevT, Errno, UserMemory};
 use blksnap_core::params::Params;
 use blksnap_core::uapi::{
-    BlkSnapBlockRange, BlkSnapEventCorrupted, BlkSnapSnapshotAppendStorage, BlkSnapSnapshotCollect,
-    BlkSnapSnapshotCreate, BlkSnapSnapshotEvent, IoctlNr, UapiStruct, EVENT_CORRUPTED,
-    IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE,
+    BlkSnapBlockRange, BlkSnapDev, BlkSnapEventCorrupted, BlkSnapSnapshotAppendStorage,
+    BlkSnapSnapshotCollect, BlkSnapSnapshotCreate, BlkSnapSnapshotEvent, IoctlNr, UapiStruct,
+    EVENT_CORRUPTED, IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE,
 };
 use blksnap_core::Module;
 
+use crate::check::cbt::{decode, decode_array};
 use crate::check::events::{Events, Outcome, Wait};
 use crate::check::lifecycle::Call;
 use crate::kernel::Sim;
@@ -199,15 +200,16 @@ fn create_geometry(
 ) -> (u64, Option<u64>) {
     let params = module.params();
     let chunk = || -> Option<u64> {
-        let bytes = user.copy_from_user(arg, BlkSnapSnapshotCreate::SIZE).ok()?;
-        let create = BlkSnapSnapshotCreate::decode(&bytes)?;
-        let mut sizes = (0..u64::from(create.count).min(MAX_DEVICES)).map(|i| {
-            let b = user
-                .copy_from_user(create.dev_id_array.wrapping_add(8 * i), 8)
-                .ok()?;
-            let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-            chunk_sectors(sim, &params, DevT::new(word(0), word(4)))
-        });
+        let create = decode::<BlkSnapSnapshotCreate>(user, arg)?;
+        let count = u64::from(create.count).min(MAX_DEVICES);
+        let devs = decode_array::<BlkSnapDev>(user, create.dev_id_array, count);
+        // An unreadable device ends the array early: judge nothing then.
+        if devs.len() as u64 != count {
+            return None;
+        }
+        let mut sizes = devs
+            .iter()
+            .map(|d| chunk_sectors(sim, &params, DevT::new(d.mj, d.mn)));
         let first = sizes.next()??;
         sizes.all(|s| s == Some(first)).then_some(first)
     };

@@ -929,11 +929,11 @@ pub fn ioctl_begin(sim: &Sim, cmd: u32, arg: u64, user: &dyn UserMemory) -> Ioct
     }
 }
 
-fn decode<T: UapiStruct>(user: &dyn UserMemory, addr: u64) -> Option<T> {
+pub(crate) fn decode<T: UapiStruct>(user: &dyn UserMemory, addr: u64) -> Option<T> {
     T::decode(&user.copy_from_user(addr, T::SIZE).ok()?)
 }
 
-fn decode_array<T: UapiStruct>(user: &dyn UserMemory, addr: u64, count: u64) -> Vec<T> {
+pub(crate) fn decode_array<T: UapiStruct>(user: &dyn UserMemory, addr: u64, count: u64) -> Vec<T> {
     (0..count.min(1 << 16))
         .map_while(|i| decode::<T>(user, addr.wrapping_add(i * T::SIZE as u64)))
         .collect()
