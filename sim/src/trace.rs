@@ -617,10 +617,7 @@ impl Trace {
     /// of such a run. The one test per 64 KiB batch costs the hashed runs
     /// nothing per event. Call it before the first batch is hashed.
     pub fn skip_hashing(&mut self) {
-        assert_eq!(
-            self.hashed, 0,
-            "hashing stops before it begins or never"
-        );
+        assert_eq!(self.hashed, 0, "hashing stops before it begins or never");
         self.hashing = false;
     }
 
