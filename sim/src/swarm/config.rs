@@ -36,6 +36,21 @@ pub struct Config {
 /// The configuration of `seed`, with `quirks` forced on.
 pub fn configuration(seed: u64, quirks: &[String]) -> Config {
     let (features, faults) = features(seed);
+    configure(seed, quirks, features, faults)
+}
+
+/// The configuration `seed` drew before power cuts and storage tails were
+/// features (the same draws with both off): tests that name a seed for
+/// what its scenario showed then still run that scenario.
+#[cfg(test)]
+pub(crate) fn configuration_before_power_and_tails(seed: u64) -> Config {
+    let (mut features, faults) = features(seed);
+    features.power = false;
+    features.tails = false;
+    configure(seed, &[], features, faults)
+}
+
+fn configure(seed: u64, quirks: &[String], features: Features, faults: bool) -> Config {
     let mut bytes = vec![0u8; GENERATOR_BYTES];
     SimRng::child(seed, "swarm/generator").fill_bytes(&mut bytes);
     let mut u = Unstructured::new(&bytes);
@@ -61,6 +76,9 @@ pub fn configuration(seed: u64, quirks: &[String]) -> Config {
 
 /// Each kind of step on with probability 1/2, except the recipe (create,
 /// storage, take) that keeps most configurations reaching a snapshot.
+/// Power cuts (with write caches and journals) and storage tails, each in
+/// one seed in four, are drawn last, so every other draw of a seed is as
+/// before; a seed with neither generates the scenario it always did.
 fn features(seed: u64) -> (Features, bool) {
     let mut rng = SimRng::child(seed, "swarm/features");
     let kinds: Vec<Kind> = Kind::ALL
@@ -69,7 +87,10 @@ fn features(seed: u64) -> (Features, bool) {
         .collect();
     let fs = rng.chance(1, 2);
     let faults = rng.chance(1, 3);
-    (Features::with_kinds(&kinds, fs), faults)
+    let mut features = Features::with_kinds(&kinds, fs);
+    features.power = rng.chance(1, 4);
+    features.tails = rng.chance(1, 4);
+    (features, faults)
 }
 
 fn fault_plan(rng: &mut SimRng) -> Faults {
@@ -98,17 +119,30 @@ fn fault_plan(rng: &mut SimRng) -> Faults {
 /// The scenario's description: which features the seed switched on.
 fn describe(features: &Features, faults: bool) -> String {
     let kinds: Vec<String> = features.kinds().iter().map(|k| format!("{k:?}")).collect();
-    format!(
+    let mut text = format!(
         "swarm configuration: steps {}; fs model {}; faults {}",
         kinds.join(","),
         if features.fs { "on" } else { "off" },
         if faults { "on" } else { "off" }
-    )
+    );
+    // Named only when on: the other seeds keep the description they had.
+    if features.power {
+        text.push_str("; power cuts on");
+    }
+    if features.tails {
+        text.push_str("; storage tails on");
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::model::{Step, Target};
+
+    /// The Repeat(WaitEvent) drains between a cut's write (or Sync) and
+    /// the cut, one per snapshot name.
+    const SNAPSHOTS_DRAINED: usize = 2;
 
     /// A seed is a configuration: the same one every time; different seeds
     /// switch different features.
@@ -154,13 +188,225 @@ mod tests {
         assert!(loaded >= 100, "only {loaded} of 200 load");
     }
 
-    /// A kind that is off never shows up in the steps.
+    /// Every step of `steps` and of the groups, repeats and power cuts in
+    /// them.
+    fn all_steps(steps: &[Step]) -> Vec<&Step> {
+        let mut out = Vec::new();
+        for step in steps {
+            out.push(step);
+            match step {
+                Step::Concurrent(branches)
+                | Step::PowerLoss {
+                    during: branches, ..
+                } => {
+                    out.extend(branches.iter().flat_map(|b| all_steps(b)));
+                }
+                Step::Repeat { steps, .. } => out.extend(all_steps(steps)),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The original a power cut at `index` rereads, after checking what
+    /// surrounds the cut: a write to it just before (the drains and a
+    /// Sync between), Load and its VerifyOriginal just after.
+    fn cut_original(steps: &[Step], index: usize) -> String {
+        assert!(
+            matches!(steps[index + 1], Step::Load),
+            "{:?}",
+            steps[index + 1]
+        );
+        let Step::VerifyOriginal { device } = &steps[index + 2] else {
+            panic!("no VerifyOriginal after the cut: {:?}", steps[index + 2]);
+        };
+        let write = steps[..index]
+            .iter()
+            .rev()
+            .find(|s| !matches!(s, Step::Repeat { .. } | Step::Sync { .. }));
+        let Some(Step::Write {
+            target: Target::Original(written),
+            ..
+        }) = write
+        else {
+            panic!("no write before the cut: {write:?}");
+        };
+        assert_eq!(written, device);
+        device.clone()
+    }
+
+    /// Whether each CREATE (in groups too) comes right after a DESTROY of
+    /// its name, so no live snapshot is ever left without a name.
+    fn creates_are_unnamed_first(steps: &[Step]) -> bool {
+        let unnamed = steps.iter().enumerate().all(|(i, step)| match step {
+            Step::Create { snapshot, .. } => {
+                i > 0
+                    && matches!(
+                        &steps[i - 1],
+                        Step::Destroy { snapshot: s, .. } if s == snapshot
+                    )
+            }
+            _ => true,
+        });
+        unnamed
+            && steps.iter().all(|step| match step {
+                Step::Concurrent(branches)
+                | Step::PowerLoss {
+                    during: branches, ..
+                } => branches.iter().all(|b| creates_are_unnamed_first(b)),
+                _ => true,
+            })
+    }
+
+    /// Power cuts come up in a fair share of seeds, and only with the
+    /// `power` feature (like write caches and journals): always at the top
+    /// level, after a write (so the durability checker has something to
+    /// judge; a cut that judged nothing fails the run), followed by Load
+    /// and a reread of what was written, in seeds that never hide a live
+    /// snapshot by creating its name again. Some cut right after a journal
+    /// commit (a Sync of a journaling filesystem): what catches a device
+    /// that ignores FUA.
+    #[test]
+    fn power_cuts_come_up_after_writes_and_commits() {
+        let (mut with_power, mut cut, mut cached, mut journaled, mut after_commit) =
+            (0, 0, 0, 0, 0);
+        for seed in 0..400 {
+            let config = configuration(seed, &[]);
+            let (devices, steps) = (&config.scenario.devices, &config.scenario.steps);
+            let is_cut = |s: &&Step| matches!(s, Step::PowerLoss { .. });
+            let nested = all_steps(steps).into_iter().filter(is_cut).count();
+            let cuts: Vec<usize> = (0..steps.len()).filter(|i| is_cut(&&steps[*i])).collect();
+            let has_cache = devices.iter().any(|d| d.write_cache);
+            let journals: Vec<&str> = devices
+                .iter()
+                .filter(|d| d.journal.is_some())
+                .map(|d| d.name.as_str())
+                .collect();
+            if !config.features.power {
+                assert!(
+                    nested == 0 && !has_cache && journals.is_empty(),
+                    "seed {seed}"
+                );
+                continue;
+            }
+            assert_eq!(nested, cuts.len(), "seed {seed}: a cut inside a group");
+            assert!(creates_are_unnamed_first(steps), "seed {seed}");
+            with_power += 1;
+            cut += usize::from(!cuts.is_empty());
+            cached += usize::from(has_cache);
+            journaled += usize::from(!journals.is_empty());
+            let committed = cuts.iter().any(|&i| {
+                let device = cut_original(steps, i);
+                journals.contains(&device.as_str())
+                    && matches!(&steps[i - SNAPSHOTS_DRAINED - 1], Step::Sync { device: d } if *d == device)
+            });
+            after_commit += usize::from(committed);
+        }
+        eprintln!(
+            "{with_power} seeds with power: {cut} cut, {cached} cached, {journaled} journaled, \
+             {after_commit} cut after a commit"
+        );
+        assert!(
+            (60..=140).contains(&with_power),
+            "{with_power} of 400 with power"
+        );
+        assert!(
+            cut * 2 >= with_power,
+            "only {cut} of {with_power} cut the power"
+        );
+        assert!(
+            cached * 3 >= with_power * 2,
+            "only {cached} of {with_power} cache"
+        );
+        assert!(journaled >= 10, "only {journaled} of {with_power} journal");
+        assert!(after_commit >= 5, "only {after_commit} cut after a commit");
+    }
+
+    /// The regions a recipe's tailed ranges (`count` ranges of `chunk`
+    /// plus a tail, each holding one region) need before the first
+    /// low-free-space event after the creation's is due, counting the
+    /// tails as filled (as spec 6.3 does) or not, if among them.
+    fn crossing(minimum: u64, chunk: u64, range: u64, count: usize, tails: bool) -> Option<u64> {
+        let floor = minimum - ((minimum / 2) & !7);
+        let step = if tails { range } else { chunk };
+        (1..=count as u64).find(|k| (k - 1) * step + chunk >= floor)
+    }
+
+    /// Storage tails come up, and only with the `tails` feature: recipes
+    /// whose ranges leave tails and whose writes then reach the region
+    /// where the first low-free-space event is due, a region at which an
+    /// engine that forgot the tails would not raise it (so the events
+    /// checker's rule 4 judges what the swarm could not catch before).
+    #[test]
+    fn storage_tails_move_the_low_space_crossing() {
+        let (mut with_tails, mut moved) = (0, 0);
+        for seed in 0..400 {
+            let config = configuration(seed, &[]);
+            let params = &config.scenario.params;
+            let chunk = 1u64 << (params.chunk_minimum_shift - 9);
+            let steps = &config.scenario.steps;
+            let strided = |s: &Step| {
+                matches!(
+                    s,
+                    Step::Write {
+                        stride: Some(_),
+                        ..
+                    }
+                )
+            };
+            if !config.features.tails {
+                assert!(!all_steps(steps).into_iter().any(strided), "seed {seed}");
+                continue;
+            }
+            with_tails += 1;
+            let mut seed_moved = false;
+            for (i, step) in steps.iter().enumerate() {
+                let Step::Append { ranges, .. } = step else {
+                    continue;
+                };
+                let tailed = &ranges[..ranges.len().saturating_sub(1)];
+                let Some(&(_, range)) = tailed.first() else {
+                    continue;
+                };
+                if range <= chunk || range >= 2 * chunk || tailed.iter().any(|r| r.1 != range) {
+                    continue;
+                }
+                let Some(Step::Write {
+                    repeat,
+                    stride: Some(stride),
+                    ..
+                }) = steps.get(i + 2)
+                else {
+                    continue;
+                };
+                assert_eq!(*stride, chunk, "seed {seed}");
+                let minimum = params.diff_storage_minimum;
+                let due = crossing(minimum, chunk, range, tailed.len(), true);
+                let untailed = crossing(minimum, chunk, range, tailed.len(), false);
+                // The writes stop at the device's last chunk.
+                seed_moved |= due.is_some_and(|d| d <= *repeat) && due != untailed;
+            }
+            moved += usize::from(seed_moved);
+        }
+        eprintln!("{with_tails} seeds with tails, {moved} move the crossing");
+        assert!(
+            (60..=140).contains(&with_tails),
+            "{with_tails} of 400 with tails"
+        );
+        assert!(moved >= 8, "only {moved} of {with_tails} move the crossing");
+    }
+
+    /// A kind that is off never shows up in the steps (a DESTROY that
+    /// frees the name of the CREATE after it, with `power`, is that
+    /// CREATE's).
     #[test]
     fn switched_off_kinds_are_not_drawn() {
-        use crate::scenario::model::Step;
         fn has_destroy(steps: &[Step]) -> bool {
-            steps.iter().any(|s| match s {
-                Step::Destroy { .. } => true,
+            steps.iter().enumerate().any(|(i, s)| match s {
+                Step::Destroy { snapshot, .. } => !matches!(
+                    steps.get(i + 1),
+                    Some(Step::Create { snapshot: c, .. }) if c == snapshot
+                ),
                 Step::Concurrent(branches) => branches.iter().any(|b| has_destroy(b)),
                 _ => false,
             })

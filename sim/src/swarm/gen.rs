@@ -12,6 +12,17 @@
 //! uses) the bytes are read exactly as before and the committed fuzz
 //! corpus still decodes to the same scenarios.
 //!
+//! Two features read more input where they are on, so [`Features::ALL`]
+//! leaves them off (the fuzz corpus decodes as before) and only the swarm
+//! draws them: `power` gives devices volatile write caches and journaling
+//! filesystems, and cuts the power after a write (committed by a Sync on
+//! a filesystem), sometimes while COW writers, commits, FLUSHes or a TAKE
+//! run, then loads the module again and verifies the original (the
+//! durability checker judges the cut); `tails` gives some recipes storage
+//! ranges that are not a multiple of the chunk size, written far enough
+//! for the first low-free-space event to be due, then read by WAIT_EVENTs
+//! (the events checker's rule 4 judges when it came).
+//!
 //! What the generator deliberately never does, because the *user* would be
 //! at fault and the checkers would rightly fail the run:
 //! - write to the storage device, or append ranges of an original device,
@@ -94,6 +105,11 @@ const PAGE_SECTORS: u64 = 8;
 /// The top of the first draw of `chunk_minimum_shift` (256 KiB chunks);
 /// `Generator::chunk_shift` may go beyond it.
 const CHUNK_SHIFT_TOP: u32 = 18;
+/// Most power cuts in one scenario (each is followed by a reread of the
+/// original it wrote).
+const MAX_POWER_CUTS: u32 = 3;
+/// Most ranges before the big one in a recipe with tails (`tailed_ranges`).
+const MAX_TAILED_RANGES: u64 = 128;
 
 /// A kind of step the generator draws. [`Features`] switch kinds off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -180,13 +196,20 @@ pub struct Features {
     kinds: u16,
     /// Originals may carry the filesystem model.
     pub fs: bool,
+    /// Write caches, journals and power cuts (reads more input).
+    pub power: bool,
+    /// Recipes with storage ranges that leave tails (reads more input).
+    pub tails: bool,
 }
 
 impl Features {
-    /// Everything on: the generator reads its input as it always did.
+    /// Every kind of step and the filesystem model: the generator reads
+    /// its input as it always did, so neither `power` nor `tails`.
     pub const ALL: Features = Features {
         kinds: u16::MAX,
         fs: true,
+        power: false,
+        tails: false,
     };
 
     /// Only these kinds of step.
@@ -194,6 +217,8 @@ impl Features {
         Features {
             kinds: kinds.iter().fold(0, |mask, k| mask | k.bit()),
             fs,
+            power: false,
+            tails: false,
         }
     }
 
@@ -225,7 +250,11 @@ impl Features {
 #[derive(Clone)]
 struct Original {
     name: String,
+    /// The sectors user IO may touch: the device's, less its journal.
     sectors: u64,
+    fs: bool,
+    /// A journal at the end of the device (past `sectors`).
+    journal: bool,
 }
 
 /// Turns fuzz bytes into a scenario. Every choice is a small integer drawn
@@ -239,6 +268,11 @@ pub struct Generator<'a, 'b> {
     store_sectors: u64,
     /// Next storage sector no range has used yet.
     store_cursor: u64,
+    /// The chunk size of every original (all are small enough that it is
+    /// `chunk_minimum_shift`'s, spec 5.1), in sectors.
+    chunk_sectors: u64,
+    diff_storage_minimum: u64,
+    power_cuts: u32,
 }
 
 impl<'a, 'b> Generator<'a, 'b> {
@@ -250,6 +284,9 @@ impl<'a, 'b> Generator<'a, 'b> {
             originals: Vec::new(),
             store_sectors: 0,
             store_cursor: 0,
+            chunk_sectors: 0,
+            diff_storage_minimum: 0,
+            power_cuts: 0,
         }
     }
 
@@ -286,17 +323,23 @@ impl<'a, 'b> Generator<'a, 'b> {
             // Drawn even when off, to keep the input aligned.
             let fs = self.chance(1, 3)? && self.features.fs;
             let fs_ignores_freeze = fs && self.chance(1, 8)?;
+            let write_cache = self.write_cache()?;
+            let journal = self.journal(fs, sectors)?;
             devices.push(DeviceSpec {
                 name: (*name).to_string(),
                 sectors,
                 fill,
                 fs,
                 fs_ignores_freeze,
+                write_cache,
+                journal,
                 ..device_template.clone()
             });
             self.originals.push(Original {
                 name: (*name).to_string(),
-                sectors,
+                sectors: journal.map_or(sectors, |(start, _)| start),
+                fs,
+                journal: journal.is_some(),
             });
         }
         self.store_sectors = self.pick(&[32768, 131072, 524288])?;
@@ -306,10 +349,13 @@ impl<'a, 'b> Generator<'a, 'b> {
             fill: Fill::Zero,
             fs: false,
             fs_ignores_freeze: false,
+            write_cache: self.write_cache()?,
             ..device_template
         });
         template.devices = devices;
         template.params = self.params()?;
+        self.chunk_sectors = 1 << (template.params.chunk_minimum_shift - 9);
+        self.diff_storage_minimum = template.params.diff_storage_minimum;
         template.scheduler = if self.chance(1, 4)? {
             Scheduler::Priority(self.u.int_in_range(0..=4)?)
         } else {
@@ -318,6 +364,22 @@ impl<'a, 'b> Generator<'a, 'b> {
         template.quirks = Vec::new();
         template.steps = self.steps()?;
         Ok(template)
+    }
+
+    /// With `power`, half the devices have a volatile write cache.
+    fn write_cache(&mut self) -> Result<bool> {
+        Ok(self.features.power && self.chance(1, 2)?)
+    }
+
+    /// With `power`, most filesystems journal their commits (PREFLUSH+FUA)
+    /// into the last sectors of the device, which user IO then leaves
+    /// alone (a filesystem never hands its journal out as file data).
+    fn journal(&mut self, fs: bool, sectors: u64) -> Result<Option<(u64, u64)>> {
+        if !(self.features.power && fs && self.chance(3, 4)?) {
+            return Ok(None);
+        }
+        let len = self.pick(&[8, 64, 256])?;
+        Ok(Some((sectors - len, len)))
     }
 
     fn params(&mut self) -> Result<Params> {
@@ -394,7 +456,7 @@ impl<'a, 'b> Generator<'a, 'b> {
                     out.push(steps::tracker_remove(self.original_or_missing()?));
                 }
             }
-            1 | 2 => out.push(self.create()?),
+            1 | 2 => self.create(out)?,
             3 | 4 => out.push(self.append()?),
             5 | 6 => out.push(steps::take(self.snapshot()?)),
             7 => out.push(steps::destroy(self.snapshot()?)),
@@ -427,6 +489,9 @@ impl<'a, 'b> Generator<'a, 'b> {
                         device: self.original()?.name,
                     });
                 }
+                if top_level && self.power_cut_drawn(1, 2)? {
+                    self.power_cut(out, None)?;
+                }
             }
             16 => out.push(self.workload()?),
             17 => out.push(Step::Sleep {
@@ -443,15 +508,25 @@ impl<'a, 'b> Generator<'a, 'b> {
     fn recipe(&mut self, out: &mut Vec<Step>) -> Result<()> {
         let snapshot = self.snapshot()?;
         let devices = self.create_devices()?;
+        self.unname(out, &snapshot);
         out.push(steps::create(snapshot.clone(), devices.clone()));
         let size = self.pick(&[4096, 16384, 65536])?;
-        let range = self.fresh_range(size);
-        out.push(steps::append(
-            snapshot.clone(),
-            STORE.to_string(),
-            vec![range],
-        ));
+        let mut ranges = Vec::new();
+        let due = if self.features.tails && self.chance(1, 2)? {
+            self.tailed_ranges(&mut ranges)?
+        } else {
+            None
+        };
+        ranges.push(self.fresh_range(size));
+        out.push(steps::append(snapshot.clone(), STORE.to_string(), ranges));
         out.push(steps::take(snapshot.clone()));
+        let first = devices
+            .first()
+            .and_then(|name| self.originals.iter().find(|o| o.name == *name))
+            .cloned();
+        if let (Some(regions), Some(original)) = (due, &first) {
+            self.fill_to_low_space(out, &snapshot, original, regions)?;
+        }
         if self.chance(3, 4)? {
             let device = devices
                 .first()
@@ -464,7 +539,160 @@ impl<'a, 'b> Generator<'a, 'b> {
                 expect: Expect::Ok,
             });
         }
+        if self.power_cut_drawn(1, 3)? {
+            self.power_cut(out, first)?;
+        }
         Ok(())
+    }
+
+    /// Ranges of one chunk and a tail each (into `ranges`), to go before a
+    /// recipe's big range, and how many regions the COW must then allocate for the
+    /// first low-free-space event after the creation's to be due (each
+    /// tail counts as filled once the next region moves on, spec 6.3), if
+    /// the crossing lies among them. An engine that forgot the tails would
+    /// raise it a region or more later, which the events checker's rule 4
+    /// catches; with ranges that are multiples of the chunk (all the
+    /// others), the tails move nothing.
+    fn tailed_ranges(&mut self, ranges: &mut Vec<(u64, u64)>) -> Result<Option<u64>> {
+        let chunk = self.chunk_sectors;
+        let tail = self.pick(&[chunk / 2, chunk - PAGE_SECTORS, chunk / 4])? & !(PAGE_SECTORS - 1);
+        if tail == 0 {
+            // 4 KiB chunks: a page-aligned range has no tail.
+            return Ok(None);
+        }
+        let minimum = self.diff_storage_minimum;
+        let floor = minimum - ((minimum / 2) & !(PAGE_SECTORS - 1));
+        // Region k (in range k) leaves (k - 1) * (chunk + tail) + chunk filled.
+        let due = floor.saturating_sub(chunk).div_ceil(chunk + tail) + 1;
+        let (count, due) = if due <= MAX_TAILED_RANGES {
+            (due + self.pick(&[0, 1, 2])?, Some(due))
+        } else {
+            (self.pick(&[2, 3, 4])?, None)
+        };
+        ranges.extend((0..count).map(|_| self.fresh_range(chunk + tail)));
+        Ok(due)
+    }
+
+    /// COW `regions` chunks of `original` (written back at once on a
+    /// filesystem), give the stores a moment, then read the events: the
+    /// creation's, the low-free-space one now due, and an empty queue.
+    fn fill_to_low_space(
+        &mut self,
+        out: &mut Vec<Step>,
+        snapshot: &str,
+        original: &Original,
+        regions: u64,
+    ) -> Result<()> {
+        let chunks = original.sectors / self.chunk_sectors;
+        let writes = (regions + self.pick(&[0, 0, 1])?).min(chunks);
+        if writes == 0 {
+            return Ok(());
+        }
+        let target = Target::Original(original.name.clone());
+        out.push(steps::write_strided(
+            target,
+            0,
+            1,
+            writes,
+            self.chunk_sectors,
+        ));
+        if original.fs {
+            out.push(Step::Sync {
+                device: original.name.clone(),
+            });
+        }
+        out.push(Step::Sleep {
+            ms: self.pick(&[1, 10])?,
+        });
+        for _ in 0..3 {
+            out.push(steps::wait_event(snapshot.to_string(), 0));
+        }
+        Ok(())
+    }
+
+    /// Whether to cut the power here: never without `power` (and then no
+    /// input is read), nor past [`MAX_POWER_CUTS`].
+    fn power_cut_drawn(&mut self, numerator: u8, denominator: u8) -> Result<bool> {
+        Ok(self.features.power
+            && self.power_cuts < MAX_POWER_CUTS
+            && self.chance(numerator, denominator)?)
+    }
+
+    /// A power cut with something for the durability checker to judge: a
+    /// write to an original just before (committed by a Sync on a
+    /// filesystem, so a journal's FUA record must survive the cut with no
+    /// FLUSH after it), sometimes while COW writers (the first on `cow`, a
+    /// device of a snapshot just taken), commits, FLUSHes or a TAKE run;
+    /// then the module loads again and the written original is read back.
+    fn power_cut(&mut self, out: &mut Vec<Step>, cow: Option<Original>) -> Result<()> {
+        self.power_cuts += 1;
+        let original = self.original()?;
+        let (sector, sectors) = self.extent(original.sectors, false)?;
+        let target = Target::Original(original.name.clone());
+        out.push(steps::write(target, sector, sectors, false));
+        if original.fs {
+            out.push(Step::Sync {
+                device: original.name.clone(),
+            });
+        }
+        out.extend(SNAPSHOTS.iter().map(|name| drain_events(name)));
+        let during = self.power_branches(cow)?;
+        out.push(Step::PowerLoss {
+            during,
+            after_us: self.pick(&[0, 100, 1000, 5000])?,
+            jitter_us: self.pick(&[0, 1000, 5000])?,
+        });
+        out.push(Step::Load);
+        out.push(Step::VerifyOriginal {
+            device: original.name,
+        });
+        Ok(())
+    }
+
+    /// The processes a power cut kills where they stand: none to three.
+    fn power_branches(&mut self, cow: Option<Original>) -> Result<Vec<Vec<Step>>> {
+        let count = self.pick(&[0, 1, 2, 3])?;
+        let mut branches = Vec::with_capacity(count);
+        for index in 0..count {
+            let branch = match &cow {
+                Some(original) if index == 0 => self.power_writer(original.clone())?,
+                _ => self.power_branch()?,
+            };
+            branches.push(branch);
+        }
+        Ok(branches)
+    }
+
+    /// A writer, a FLUSH loop or a TAKE.
+    fn power_branch(&mut self) -> Result<Vec<Step>> {
+        let original = self.original()?;
+        Ok(match self.u.int_in_range(0..=3)? {
+            0 | 1 => self.power_writer(original)?,
+            2 => vec![Step::Repeat {
+                times: self.pick(&[5, 20])?,
+                steps: vec![steps::flush(original.name), Step::Sleep { ms: 1 }],
+            }],
+            _ => vec![steps::take(self.snapshot()?)],
+        })
+    }
+
+    /// A workload, or writes each committed by a Sync (a journal commit
+    /// on a filesystem), on `original`.
+    fn power_writer(&mut self, original: Original) -> Result<Vec<Step>> {
+        if self.chance(1, 2)? {
+            return Ok(vec![self.workload_on(original)?]);
+        }
+        let (sector, sectors) = self.extent(original.sectors, false)?;
+        let target = Target::Original(original.name.clone());
+        Ok(vec![Step::Repeat {
+            times: self.pick(&[2, 5, 10])?,
+            steps: vec![
+                steps::write(target, sector, sectors, false),
+                Step::Sync {
+                    device: original.name,
+                },
+            ],
+        }])
     }
 
     /// The user IO of `steps`, in sectors: what the simulator moves and the
@@ -542,9 +770,25 @@ impl<'a, 'b> Generator<'a, 'b> {
         Ok(devices)
     }
 
-    fn create(&mut self) -> Result<Step> {
+    fn create(&mut self, out: &mut Vec<Step>) -> Result<()> {
         let snapshot = self.snapshot()?;
-        Ok(steps::create(snapshot, self.create_devices()?))
+        let devices = self.create_devices()?;
+        self.unname(out, &snapshot);
+        out.push(steps::create(snapshot, devices));
+        Ok(())
+    }
+
+    /// With `power`, a DESTROY of `snapshot` before each CREATE of the
+    /// name. A CREATE of a live name hides the old snapshot from the steps
+    /// (the runner keeps it under a name none can use), so the drains
+    /// before a cut could not read its corrupted event, which dies with
+    /// the module, and the oracle could not excuse the image reads it
+    /// fails (swarm seeds 16380, 16797). The runner drains a snapshot's
+    /// events before its DESTROY.
+    fn unname(&self, out: &mut Vec<Step>, snapshot: &str) {
+        if self.features.power {
+            out.push(steps::destroy(snapshot.to_string()));
+        }
     }
 
     /// APPEND_STORAGE with 0-3 ranges, good or bad.
@@ -659,11 +903,18 @@ impl<'a, 'b> Generator<'a, 'b> {
     /// and a workload on a missing target fails the run).
     fn workload(&mut self) -> Result<Step> {
         let original = self.original()?;
+        self.workload_on(original)
+    }
+
+    /// A workload on `original`, kept off its journal.
+    fn workload_on(&mut self, original: Original) -> Result<Step> {
         let align = self.pick(&[1, 8])?;
         let region = if self.chance(1, 3)? {
             let count = self.pick(&[8, 64, 1024])?.min(original.sectors);
             let start = self.u.int_in_range(0..=original.sectors - count)?;
             Some((start, count))
+        } else if original.journal {
+            Some((0, original.sectors))
         } else {
             None
         };
@@ -676,6 +927,20 @@ impl<'a, 'b> Generator<'a, 'b> {
             region,
             nowait: self.chance(1, 8)?,
         }))
+    }
+}
+
+/// Read `snapshot`'s events until its queue is empty, as a user would
+/// before a power cut: a corrupted event still queued at the cut dies with
+/// the module, and the oracle then has nothing to excuse the failed image
+/// reads it explains (the run's last look, `scenario::runner`, never
+/// comes for a snapshot the cut destroyed). A queue holds the creation's
+/// low-free-space event, one per later crossing and one corrupted event
+/// per device: a few.
+fn drain_events(snapshot: &str) -> Step {
+    Step::Repeat {
+        times: 4,
+        steps: vec![steps::wait_event(snapshot.to_string(), 0)],
     }
 }
 
@@ -835,6 +1100,112 @@ mod tests {
             over_one_bio += usize::from(shift == 21);
         }
         assert!((8..=40).contains(&over_one_bio), "{over_one_bio} of 400");
+    }
+
+    /// Every step of `steps` and of the groups, repeats and power cuts in
+    /// them.
+    fn all_steps(steps: &[Step]) -> Vec<&Step> {
+        let mut out = Vec::new();
+        for step in steps {
+            out.push(step);
+            match step {
+                Step::Concurrent(branches)
+                | Step::PowerLoss {
+                    during: branches, ..
+                } => {
+                    out.extend(branches.iter().flat_map(|b| all_steps(b)));
+                }
+                Step::Repeat { steps, .. } => out.extend(all_steps(steps)),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// With every feature on, `power` and `tails` too.
+    const EVERYTHING: Features = Features {
+        power: true,
+        tails: true,
+        ..Features::ALL
+    };
+
+    /// [`Features::ALL`] (the fuzz targets') draws none of what `power`
+    /// and `tails` add: no caches, journals, cuts, FLUSHes or strided
+    /// writes; with them on, those come up.
+    #[test]
+    fn power_and_tails_only_where_switched_on() {
+        let added = |scenario: &Scenario| {
+            let devices = scenario.devices.iter();
+            let cached = devices.clone().filter(|d| d.write_cache).count();
+            let journals = devices.filter(|d| d.journal.is_some()).count();
+            let steps = all_steps(&scenario.steps).into_iter().filter(|s| {
+                matches!(
+                    s,
+                    Step::PowerLoss { .. }
+                        | Step::Load
+                        | Step::Flush { .. }
+                        | Step::Write {
+                            stride: Some(_),
+                            ..
+                        }
+                )
+            });
+            cached + journals + steps.count()
+        };
+        let mut on = 0;
+        for index in 0..200 {
+            let data = random_input(17, index, 4096);
+            assert_eq!(added(&generate(&data, Scale::Full)), 0, "input {index}");
+            let mut u = Unstructured::new(&data);
+            let scenario = Generator::new(&mut u, EVERYTHING)
+                .scenario()
+                .expect("a scenario");
+            on += added(&scenario);
+        }
+        assert!(on >= 200, "only {on} of it in 200 inputs");
+    }
+
+    /// A journal is the end of its device, and no user write or workload
+    /// of the generator goes there: a filesystem never hands its journal
+    /// out as file data, and a commit record over a user's data would fail
+    /// the fs_consistency checker through no fault of the engine.
+    #[test]
+    fn journals_stay_clear_of_user_writes() {
+        let mut journaled = 0;
+        for index in 0..300 {
+            let data = random_input(23, index, 4096);
+            let mut u = Unstructured::new(&data);
+            let scenario = Generator::new(&mut u, EVERYTHING)
+                .scenario()
+                .expect("a scenario");
+            for device in &scenario.devices {
+                let Some((start, len)) = device.journal else {
+                    continue;
+                };
+                journaled += 1;
+                assert_eq!(start + len, device.sectors, "input {index}");
+                for step in all_steps(&scenario.steps) {
+                    let end = match step {
+                        Step::Write {
+                            target: Target::Original(d),
+                            sector,
+                            sectors,
+                            repeat,
+                            stride,
+                            ..
+                        } if *d == device.name => {
+                            sector + (repeat - 1) * stride.unwrap_or(0) + sectors
+                        }
+                        Step::Workload(w) if w.target == Target::Original(device.name.clone()) => {
+                            w.region.map_or(device.sectors, |(s, n)| s + n)
+                        }
+                        _ => 0,
+                    };
+                    assert!(end <= start, "input {index}: {step:?} reaches the journal");
+                }
+            }
+        }
+        assert!(journaled >= 30, "only {journaled} journals");
     }
 
     /// Every size of the farm table reads the input as Full's does: large

@@ -477,8 +477,10 @@ mod tests {
     }
 
     /// The swarm configuration of `seed` (no quirk forced).
+    /// The scenario of swarm seed `seed` as it was when the test was
+    /// written (before its seed could draw power cuts or storage tails).
     fn swarm_scenario(seed: u64) -> Scenario {
-        super::super::config::configuration(seed, &[]).scenario
+        super::super::config::configuration_before_power_and_tails(seed).scenario
     }
 
     fn parse(text: &str) -> Scenario {

@@ -104,3 +104,25 @@ pub fn tracker_remove(device: String) -> Step {
         expect: Expect::Any,
     }
 }
+
+/// `repeat` writes of `sectors` each, `stride` apart (a COW of each chunk
+/// the stride reaches).
+pub fn write_strided(target: Target, sector: u64, sectors: u64, repeat: u64, stride: u64) -> Step {
+    Step::Write {
+        target,
+        sector,
+        sectors,
+        repeat,
+        stride: Some(stride),
+        pause_us: 0,
+        nowait: false,
+        expect: Expect::Any,
+    }
+}
+
+pub fn flush(device: String) -> Step {
+    Step::Flush {
+        device,
+        expect: Expect::Any,
+    }
+}
