@@ -494,6 +494,10 @@ struct WaitEventResult {
 const UNREAD_EVENT: &str =
     "a fault corrupted the snapshot, and its events were not all read after it";
 
+/// Rule 7 cannot judge: the queue that would tell went with the module.
+const EVENTS_LOST: &str =
+    "the snapshot went with its module (power cut, reboot) before its events were read";
+
 /// The allocation site of an event (`event_gen`'s kzalloc).
 const EVENT_SITE: &str = "event";
 
@@ -555,6 +559,9 @@ pub struct Oracle {
     /// Each snapshot's last WAIT_EVENT: when it began and ended, and its
     /// error if it failed.
     last_wait_event: BTreeMap<SnapId, WaitEventResult>,
+    /// Snapshots that went with their module (a power cut or a reboot),
+    /// and when: their queued events were never read and never will be.
+    events_lost: BTreeMap<SnapId, u64>,
     /// Diff storage ranges users appended: the engine writes there, so
     /// user reads of them are not judged.
     storage: BTreeMap<DevT, Vec<(u64, u64)>>,
@@ -670,6 +677,14 @@ impl Oracle {
     pub fn all_images_going(&mut self, now: u64) {
         for record in self.images.values_mut() {
             record.going_since.get_or_insert(now);
+        }
+    }
+
+    /// `snapshots` went with their module at `now` (a power cut or a
+    /// reboot, with no DESTROY): nobody can read their queues any more.
+    pub fn events_lost(&mut self, snapshots: impl IntoIterator<Item = SnapId>, now: u64) {
+        for snapshot in snapshots {
+            self.events_lost.entry(snapshot).or_insert(now);
         }
     }
 
@@ -1285,6 +1300,9 @@ impl Oracle {
         {
             return Some("the corrupted event's allocation failed");
         }
+        if self.events_lost_unread(read) {
+            return Some(EVENTS_LOST);
+        }
         let corrupted_at = self.first_corrupting_fault(read, faults)?;
         (!self.queue_seen_empty_since(read.snapshot, corrupted_at)).then_some(UNREAD_EVENT)
     }
@@ -1339,6 +1357,18 @@ impl Oracle {
                 && w.error == Some(Errno::ENOENT)
                 && self.last_event_queued.is_none_or(|t| t < w.from)
         })
+    }
+
+    /// The read's snapshot went with its module after the read, and no
+    /// WAIT_EVENT between the two found its queue empty: a corrupted event
+    /// queued before the read may have been lost unread, so no verdict on
+    /// it is sound. (A read failed by an engine that never queues the
+    /// event escapes here; nothing the user could see would tell.)
+    fn events_lost_unread(&self, read: &FailedRead) -> bool {
+        self.events_lost
+            .get(&read.snapshot)
+            .is_some_and(|&lost| lost >= read.to)
+            && !self.queue_seen_empty_since(read.snapshot, read.to)
     }
 
     /// An injected read error in the read's window, on a device the image
@@ -1736,6 +1766,36 @@ mod tests {
         assert_eq!(unexplained("event", 45, 8, SNAP), 1);
         assert_eq!(unexplained("snapshot", 45, 7, SNAP), 1);
         assert_eq!(unexplained("event", 45, 7, [6; 16]), 1);
+    }
+
+    /// A read failed at 40..50 with no fault to blame (an overflow): only
+    /// the snapshot's events could excuse it. When its module went (a
+    /// power cut at `lost`) before anyone read them, no verdict is sound;
+    /// but a WAIT_EVENT that found the queue empty after the read, or a
+    /// cut before the read ended, leaves the read unexplained.
+    #[test]
+    fn events_lost_with_the_module_excuse_only_reads_before_the_loss() {
+        let judge = |waits: &[(u64, u64, Option<Errno>)], lost: Option<(SnapId, u64)>| {
+            let mut o = oracle();
+            taken_at(&mut o, 20, 30);
+            read_err(&mut o, 0, Errno::EIO, 40, 50);
+            for &(from, to, error) in waits {
+                o.wait_event_result(SNAP, from, to, error);
+            }
+            if let Some((snapshot, at)) = lost {
+                o.events_lost([snapshot], at);
+            }
+            o.unexplained_image_errors(&InjectedFaults::default()).len()
+        };
+        let enoent = Some(Errno::ENOENT);
+        assert_eq!(judge(&[], None), 1, "no loss: judged as ever");
+        assert_eq!(judge(&[], Some((SNAP, 60))), 0);
+        assert_eq!(judge(&[], Some((SNAP, 50))), 0);
+        assert_eq!(judge(&[(31, 35, enoent)], Some((SNAP, 60))), 0);
+        assert_eq!(judge(&[(52, 55, None)], Some((SNAP, 60))), 0);
+        assert_eq!(judge(&[(52, 55, enoent)], Some((SNAP, 60))), 1);
+        assert_eq!(judge(&[], Some((SNAP, 45))), 1);
+        assert_eq!(judge(&[], Some(([6; 16], 60))), 1);
     }
 
     #[test]

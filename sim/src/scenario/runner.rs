@@ -1292,14 +1292,20 @@ impl Run {
     }
 
     /// Power went away: no module, and every snapshot is gone with it.
+    /// Their unread events went too: the oracle stops judging failed
+    /// image reads that only those events could excuse.
     pub(super) fn forget_module(&self) {
         *self.module.borrow_mut() = None;
         let mut snapshots = self.snapshots.borrow_mut();
         let mut storage = self.sim.storage.borrow_mut();
+        let mut lost = Vec::new();
         for record in snapshots.values_mut().filter(|r| !r.destroyed) {
             record.destroyed = true;
             storage.destroyed(record.id);
+            lost.push(record.id);
         }
+        let now = self.sim.now();
+        self.sim.oracle.borrow_mut().events_lost(lost, now);
     }
 
     /// Destroy what the scenario left, then unload the module.
