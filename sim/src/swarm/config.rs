@@ -139,6 +139,7 @@ fn describe(features: &Features, faults: bool) -> String {
 mod tests {
     use super::*;
     use crate::scenario::model::{Step, Target};
+    use crate::swarm::steps::all_steps;
 
     /// The Repeat(WaitEvent) drains between a cut's write (or Sync) and
     /// the cut, one per snapshot name.
@@ -186,26 +187,6 @@ mod tests {
             "{with_faults} of 200 with faults"
         );
         assert!(loaded >= 100, "only {loaded} of 200 load");
-    }
-
-    /// Every step of `steps` and of the groups, repeats and power cuts in
-    /// them.
-    fn all_steps(steps: &[Step]) -> Vec<&Step> {
-        let mut out = Vec::new();
-        for step in steps {
-            out.push(step);
-            match step {
-                Step::Concurrent(branches)
-                | Step::PowerLoss {
-                    during: branches, ..
-                } => {
-                    out.extend(branches.iter().flat_map(|b| all_steps(b)));
-                }
-                Step::Repeat { steps, .. } => out.extend(all_steps(steps)),
-                _ => {}
-            }
-        }
-        out
     }
 
     /// The original a power cut at `index` rereads, after checking what

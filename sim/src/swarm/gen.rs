@@ -1005,6 +1005,7 @@ fn template_device() -> DeviceSpec {
 mod tests {
     use super::*;
     use crate::swarm::inputs::random_input;
+    use crate::swarm::steps::all_steps;
 
     /// The template built in code is the loader's reading of its text, so
     /// generated scenarios (and the swarm's digests) are as when it was
@@ -1100,26 +1101,6 @@ mod tests {
             over_one_bio += usize::from(shift == 21);
         }
         assert!((8..=40).contains(&over_one_bio), "{over_one_bio} of 400");
-    }
-
-    /// Every step of `steps` and of the groups, repeats and power cuts in
-    /// them.
-    fn all_steps(steps: &[Step]) -> Vec<&Step> {
-        let mut out = Vec::new();
-        for step in steps {
-            out.push(step);
-            match step {
-                Step::Concurrent(branches)
-                | Step::PowerLoss {
-                    during: branches, ..
-                } => {
-                    out.extend(branches.iter().flat_map(|b| all_steps(b)));
-                }
-                Step::Repeat { steps, .. } => out.extend(all_steps(steps)),
-                _ => {}
-            }
-        }
-        out
     }
 
     /// With every feature on, `power` and `tails` too.

@@ -126,3 +126,24 @@ pub fn flush(device: String) -> Step {
         expect: Expect::Any,
     }
 }
+
+/// Every step of `steps` and of the groups, repeats and power cuts in
+/// them (the generators' tests look for what a seed drew).
+#[cfg(test)]
+pub fn all_steps(steps: &[Step]) -> Vec<&Step> {
+    let mut out = Vec::new();
+    for step in steps {
+        out.push(step);
+        match step {
+            Step::Concurrent(branches)
+            | Step::PowerLoss {
+                during: branches, ..
+            } => {
+                out.extend(branches.iter().flat_map(|b| all_steps(b)));
+            }
+            Step::Repeat { steps, .. } => out.extend(all_steps(steps)),
+            _ => {}
+        }
+    }
+    out
+}
