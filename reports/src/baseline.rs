@@ -229,6 +229,10 @@ pub struct Comparison {
     pub changes: Vec<Change>,
     /// Every compared metric of every matched scenario, in the same order.
     pub deltas: Vec<MetricDelta>,
+    /// Why no digest was compared, if none was: the two reports' digests
+    /// come from different hashes, so every one would differ while the
+    /// runs may be the same.
+    pub digests_not_compared: Option<String>,
 }
 
 impl Comparison {
@@ -254,11 +258,18 @@ pub fn compare(current: &RunReport, baseline: &RunReport, tolerance: &Tolerance)
         baseline_version: baseline.tool_version.clone(),
         ..Comparison::default()
     };
+    let same_hash = current.digest_hash == baseline.digest_hash;
+    if !same_hash {
+        out.digests_not_compared = Some(format!(
+            "digests not compared: the baseline's are {}, these {}",
+            baseline.digest_hash, current.digest_hash
+        ));
+    }
     let base_index: BTreeMap<_, _> = keyed(baseline).collect();
     let cur_index: BTreeMap<_, _> = keyed(current).collect();
     for (key, run) in keyed(current) {
         match base_index.get(&key) {
-            Some(base) => compare_pair(base, run, tolerance, &mut out),
+            Some(base) => compare_pair(base, run, tolerance, same_hash, &mut out),
             None => out.changes.push(change(run, ChangeKind::Added)),
         }
     }
@@ -288,14 +299,20 @@ fn change(run: &ScenarioRun, kind: ChangeKind) -> Change {
     }
 }
 
-fn compare_pair(base: &ScenarioRun, cur: &ScenarioRun, tol: &Tolerance, out: &mut Comparison) {
+fn compare_pair(
+    base: &ScenarioRun,
+    cur: &ScenarioRun,
+    tol: &Tolerance,
+    same_hash: bool,
+    out: &mut Comparison,
+) {
     compare_verdicts(base, cur, out);
     // A run that could not load has no digest or metrics worth comparing; the verdict change
     // above already says what happened.
     if base.verdict == Verdict::Error || cur.verdict == Verdict::Error {
         return;
     }
-    if base.seed == cur.seed && base.digest != cur.digest {
+    if same_hash && base.seed == cur.seed && base.digest != cur.digest {
         let kind = ChangeKind::DigestChanged {
             seed: cur.seed,
             baseline: base.digest.clone(),
@@ -379,6 +396,7 @@ mod tests {
             schema_version: crate::model::SCHEMA_VERSION,
             tool_version: "v".into(),
             suite: "scenarios".into(),
+            digest_hash: crate::model::DIGEST_HASH.into(),
             runs,
         }
     }
@@ -476,6 +494,46 @@ mod tests {
         )];
         assert_eq!(kinds(&c), expected);
         assert!(!c.has_regressions(), "a digest change is informational");
+    }
+
+    /// Digests of another hash (a baseline from before session 21, blake3)
+    /// all differ: none is compared, and the comparison says why; verdicts
+    /// still are.
+    #[test]
+    fn digests_of_another_hash_are_not_compared() {
+        let mut base = report(vec![
+            run("a", 1, Verdict::Pass, &[]),
+            run("b", 2, Verdict::Pass, &[]),
+        ]);
+        base.digest_hash = "blake3".into();
+        let mut cur = report(vec![
+            run("a", 1, Verdict::Pass, &[]),
+            run("b", 2, Verdict::Fail, &[]),
+        ]);
+        cur.runs[0].digest = "other".into();
+        let c = compare(&cur, &base, &Tolerance::default());
+        assert_eq!(
+            c.digests_not_compared.as_deref(),
+            Some("digests not compared: the baseline's are blake3, these xxh3-64")
+        );
+        assert_eq!(kinds(&c).len(), 1, "{:?}", c.changes);
+        assert!(matches!(c.changes[0].kind, ChangeKind::NewFailure { .. }));
+        let same = compare(&cur, &report(base.runs.clone()), &Tolerance::default());
+        assert_eq!(same.digests_not_compared, None);
+        assert!(kinds(&same)
+            .iter()
+            .any(|(_, k)| matches!(k, ChangeKind::DigestChanged { .. })));
+    }
+
+    /// A report written before `digest_hash` existed reads as blake3.
+    #[test]
+    fn a_report_without_digest_hash_is_blake3() {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&report(vec![]).to_json().unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("digest_hash");
+        let old = RunReport::from_json(&json.to_string()).unwrap();
+        assert_eq!(old.digest_hash, "blake3");
+        assert_eq!(report(vec![]).digest_hash, "xxh3-64");
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub use baseline::{
 pub use html::render_html;
 pub use junit::render_junit;
 pub use markdown::render_markdown;
-pub use model::{Category, Failure, ReportError, RunReport, ScenarioRun, Verdict, SCHEMA_VERSION};
+pub use model::{
+    Category, Failure, ReportError, RunReport, ScenarioRun, Verdict, DIGEST_HASH, SCHEMA_VERSION,
+};
 pub use series::{Line, Mark, Plot, TimeSeries, Window};
 pub use svg::{render_bar_chart, Bar, BarChart};
 pub use timeplot::{render_time_plot, render_timeline};

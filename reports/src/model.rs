@@ -21,12 +21,25 @@ pub struct RunReport {
     pub tool_version: String,
     /// Name of the suite, e.g. `"scenarios"` or `"bugs"`.
     pub suite: String,
+    /// The hash behind every run's `digest` ([`DIGEST_HASH`] now); a report
+    /// written before the field existed hashed with blake3. A baseline's
+    /// digests are compared only with digests of the same hash.
+    #[serde(default = "legacy_digest_hash")]
+    pub digest_hash: String,
     /// One entry per scenario run, in the order they ran.
     pub runs: Vec<ScenarioRun>,
 }
 
 /// The layout version this crate writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The hash of the simulator's trace digests (`sim/src/trace.rs`).
+pub const DIGEST_HASH: &str = "xxh3-64";
+
+/// What reports without a `digest_hash` used (until session 21).
+fn legacy_digest_hash() -> String {
+    "blake3".into()
+}
 
 /// The outcome of running one scenario with one seed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +225,7 @@ impl RunReport {
             schema_version: SCHEMA_VERSION,
             tool_version: tool_version.into(),
             suite: suite.into(),
+            digest_hash: DIGEST_HASH.into(),
             runs: Vec::new(),
         }
     }

@@ -236,6 +236,9 @@ pub fn write_outputs(report: &RunReport, outputs: &Outputs) -> i32 {
         None => None,
     };
     if let Some(comparison) = &comparison {
+        if let Some(note) = &comparison.digests_not_compared {
+            say_line(&format!("baseline: {note}"));
+        }
         if comparison.changes.is_empty() {
             say_line("baseline: no change");
         }

@@ -255,6 +255,22 @@ fn sweep_shards_merge_into_the_whole_run() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("already in an earlier shard"), "{text}");
+    // A shard whose digests are of another hash (an older tool's) cannot
+    // join: refused, not mixed into one report.
+    let mut old = json(&shards[1]);
+    old.as_object_mut().unwrap().remove("digest_hash");
+    let old_path = dir.join("old.json");
+    std::fs::write(&old_path, old.to_string()).unwrap();
+    let (out, text) = run(&[
+        "merge",
+        shards[0].to_str().unwrap(),
+        old_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("its digests are blake3, the first shard's xxh3-64"),
+        "{text}"
+    );
 }
 
 /// A report from a newer tool is refused, not misread.

@@ -41,6 +41,15 @@ pub fn merge(inputs: &[PathBuf]) -> Result<RunReport, String> {
         match &mut merged {
             None => merged = Some(shard),
             Some(report) => {
+                // One report, one kind of digest: a baseline compares them all.
+                if report.digest_hash != shard.digest_hash {
+                    return Err(format!(
+                        "{}: its digests are {}, the first shard's {}",
+                        path.display(),
+                        shard.digest_hash,
+                        report.digest_hash
+                    ));
+                }
                 if report.tool_version != shard.tool_version {
                     warn(&format!(
                         "warning: {} was written by version {}, the first shard by {}",
