@@ -496,7 +496,7 @@ const UNREAD_EVENT: &str =
 
 /// Rule 7 cannot judge: the queue that would tell went with the module.
 const EVENTS_LOST: &str =
-    "the snapshot went with its module (power cut, reboot) before its events were read";
+    "the snapshot went with its module (power cut, reboot, unload) before its events were read";
 
 /// The allocation site of an event (`event_gen`'s kzalloc).
 const EVENT_SITE: &str = "event";
@@ -680,8 +680,9 @@ impl Oracle {
         }
     }
 
-    /// `snapshots` went with their module at `now` (a power cut or a
-    /// reboot, with no DESTROY): nobody can read their queues any more.
+    /// `snapshots` went with their module at `now` (a power cut, a reboot
+    /// or an unload, with no DESTROY): nobody can read their queues any
+    /// more.
     pub fn events_lost(&mut self, snapshots: impl IntoIterator<Item = SnapId>, now: u64) {
         for snapshot in snapshots {
             self.events_lost.entry(snapshot).or_insert(now);

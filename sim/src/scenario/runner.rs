@@ -1288,12 +1288,14 @@ impl Run {
             blksnap_core::module::exit(&module).await;
             self.sim.lifecycle.borrow_mut().unloaded();
         }
-        *self.module.borrow_mut() = None;
+        // The exit freed every snapshot left, with its unread events.
+        self.forget_module();
     }
 
-    /// Power went away: no module, and every snapshot is gone with it.
-    /// Their unread events went too: the oracle stops judging failed
-    /// image reads that only those events could excuse.
+    /// No module (power went away, or it was unloaded), and every
+    /// snapshot is gone with it. Their unread events went too: the oracle
+    /// stops judging failed image reads that only those events could
+    /// excuse.
     pub(super) fn forget_module(&self) {
         *self.module.borrow_mut() = None;
         let mut snapshots = self.snapshots.borrow_mut();
