@@ -559,8 +559,9 @@ pub struct Oracle {
     /// Each snapshot's last WAIT_EVENT: when it began and ended, and its
     /// error if it failed.
     last_wait_event: BTreeMap<SnapId, WaitEventResult>,
-    /// Snapshots that went with their module (a power cut or a reboot),
-    /// and when: their queued events were never read and never will be.
+    /// Snapshots that went with their module (a power cut, a reboot or an
+    /// unload), and when: their queued events were never read and never
+    /// will be.
     events_lost: BTreeMap<SnapId, u64>,
     /// Diff storage ranges users appended: the engine writes there, so
     /// user reads of them are not judged.

@@ -53,9 +53,9 @@ impl Run {
         for dev in filesystems {
             crate::fs::writeback(&self.sim, dev).await;
         }
+        // The unload forgets the module and its snapshots (`forget_module`).
         self.unload().await;
         let judged = crate::power::clean_reboot(&self.sim);
-        self.forget_module();
         self.judged_something("Reboot", "", judged);
     }
 
