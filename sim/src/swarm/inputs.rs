@@ -171,6 +171,13 @@ mod tests {
             assert_eq!(format!("{again:?}"), format!("{farm:?}"), "input {index}");
             let (full, _) = lifecycle_scenario(&data, Scale::Full).expect("a scenario");
             full_verifies += usize::from(has_verify_image(&full.steps));
+            // The same with power cuts and tails (`lifecycle_everything`).
+            let everything = Features::EVERYTHING;
+            let (farm, _) =
+                lifecycle_scenario_with(&data, everything, Scale::Farm).expect("a scenario");
+            assert!(!has_verify_image(&farm.steps), "input {index}");
+            let again = judge::sanitize(&farm);
+            assert_eq!(format!("{again:?}"), format!("{farm:?}"), "input {index}");
         }
         assert!(full_verifies > 0, "no full scenario verified an image");
     }
