@@ -12,8 +12,9 @@
 //! ([`blksnap_sim::swarm`]), shared with `blksnap-sim swarm`; the fuzz
 //! target reads its input with [`Features::ALL`] (every kind of step, but
 //! no power cuts or storage tails, which read more input), so the
-//! committed corpus keeps its meaning. [`lifecycle_everything`]
-//! (mod@crate::lifecycle_everything) is this target with those two on.
+//! committed corpus keeps its meaning.
+//! [`lifecycle_everything`](mod@crate::lifecycle_everything) is this
+//! target with those two on.
 //!
 //! The target runs at [`Scale::Farm`]: small devices, and the scenario
 //! ends once its user IO passes `FARM_IO_SECTORS` (or before a step that
