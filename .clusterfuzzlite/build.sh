@@ -15,11 +15,12 @@ FUZZ_DIR=fuzz/cargo-fuzz
 # shellcheck disable=SC2086 # CARGO_FUZZ_FLAGS is a list of flags
 cargo fuzz build -O ${CARGO_FUZZ_FLAGS:-} --fuzz-dir "$FUZZ_DIR"
 BIN_DIR="$FUZZ_DIR/target/x86_64-unknown-linux-gnu/release"
-# lifecycle again, without compare tracing: its bytes feed `arbitrary`,
-# which takes every value, so there is nothing for compare tracing to
-# solve, and it was 45% of the instructions per run (fuzz/README.md,
-# "Build and libFuzzer flags"). The text targets keep it: their keywords
-# are what it solves. Also for lifecycle only (README, "Session 9"): branch
+# The lifecycle targets (lifecycle, and lifecycle_everything: the same
+# with power cuts and storage tails) again, without compare tracing: their
+# bytes feed `arbitrary`, which takes every value, so there is nothing for
+# compare tracing to solve, and it was 45% of the instructions per run
+# (fuzz/README.md, "Build and libFuzzer flags"). The text targets keep it:
+# their keywords are what it solves. Also for these only (README, "Session 9"): branch
 # folding stays on (fewer edges to collect after every run), and neither
 # indirect calls (sanitizer-coverage-level 3, not cargo-fuzz's 4) nor stack
 # depth are traced; cargo-fuzz appends RUSTFLAGS to its own, so these win.
@@ -29,23 +30,31 @@ BIN_DIR="$FUZZ_DIR/target/x86_64-unknown-linux-gnu/release"
 # that wrapper decides, so this build has a target directory of its own.
 LIFECYCLE_RUSTFLAGS="-Cllvm-args=-sanitizer-coverage-level=3 -Cllvm-args=-sanitizer-coverage-stack-depth=false"
 LIFECYCLE_TARGET_DIR="$FUZZ_DIR/target/engine-coverage"
-# shellcheck disable=SC2086
-RUSTC_WRAPPER="$PWD/$FUZZ_DIR/engine-coverage" RUSTFLAGS="${RUSTFLAGS:-} $LIFECYCLE_RUSTFLAGS" \
-  cargo fuzz build -O --no-trace-compares --disable-branch-folding=false ${CARGO_FUZZ_FLAGS:-} \
-  --fuzz-dir "$FUZZ_DIR" --target-dir "$LIFECYCLE_TARGET_DIR" lifecycle
+LIFECYCLE_TARGETS="lifecycle lifecycle_everything"
+for target in $LIFECYCLE_TARGETS; do
+  # shellcheck disable=SC2086
+  RUSTC_WRAPPER="$PWD/$FUZZ_DIR/engine-coverage" RUSTFLAGS="${RUSTFLAGS:-} $LIFECYCLE_RUSTFLAGS" \
+    cargo fuzz build -O --no-trace-compares --disable-branch-folding=false ${CARGO_FUZZ_FLAGS:-} \
+    --fuzz-dir "$FUZZ_DIR" --target-dir "$LIFECYCLE_TARGET_DIR" "$target"
+done
+
+# Whether a target is one of those, built and run as lifecycle is.
+lifecycle_like() {
+  [[ " $LIFECYCLE_TARGETS " == *" $1 "* ]]
+}
 
 # Longest input that adds anything, by target (lifecycle and ioctl_args
 # decode at most a few hundred bytes; the scenario texts are longer).
 max_len() {
   case "$1" in
-    lifecycle|ioctl_args) echo 512 ;;
+    lifecycle|lifecycle_everything|ioctl_args) echo 512 ;;
     *) echo 32768 ;;
   esac
 }
 
 for target in $(cargo fuzz list --fuzz-dir "$FUZZ_DIR"); do
-  if [ "$target" = lifecycle ]; then
-    cp "$LIFECYCLE_TARGET_DIR/x86_64-unknown-linux-gnu/release/lifecycle" "$OUT/"
+  if lifecycle_like "$target"; then
+    cp "$LIFECYCLE_TARGET_DIR/x86_64-unknown-linux-gnu/release/$target" "$OUT/"
   else
     cp "$BIN_DIR/$target" "$OUT/"
   fi
@@ -63,7 +72,7 @@ for target in $(cargo fuzz list --fuzz-dir "$FUZZ_DIR"); do
   # coverage (fuzz/README.md, "Build and libFuzzer flags").
   # Nor does it reduce inputs: that costs a binary search per feature of
   # every run, 12% of the loop's instructions, for the same coverage.
-  if [ "$target" = lifecycle ]; then
+  if lifecycle_like "$target"; then
     printf 'entropic = 0\nreduce_inputs = 0\n' >> "$OUT/$target.options"
   fi
 done

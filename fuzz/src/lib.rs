@@ -11,6 +11,8 @@
 //! - [`lifecycle`](mod@lifecycle): a small scenario built from the input,
 //!   judged by the simulator's own checkers with no quirk on (the fixed
 //!   engine must pass).
+//! - [`lifecycle_everything`](mod@lifecycle_everything): the same with
+//!   power cuts and storage tails too (its own corpus).
 //! - [`scenario_parse`](mod@scenario_parse): the scenario loader on
 //!   arbitrary text.
 //! - [`ioctl_args`](mod@ioctl_args): the ioctls with hostile argument
@@ -30,6 +32,7 @@
 pub mod inputs;
 pub mod ioctl_args;
 pub mod lifecycle;
+pub mod lifecycle_everything;
 pub mod minimize;
 pub mod scenario_parse;
 pub mod scenario_run;
@@ -38,6 +41,7 @@ pub mod to_ron;
 
 pub use ioctl_args::ioctl_args;
 pub use lifecycle::lifecycle;
+pub use lifecycle_everything::lifecycle_everything;
 pub use scenario_parse::scenario_parse;
 pub use scenario_run::scenario_run;
 
@@ -45,8 +49,9 @@ pub use scenario_run::scenario_run;
 pub type Check = fn(&[u8]) -> Result<(), String>;
 
 /// Every target, by the name cargo-fuzz and the corpus directories use.
-pub const TARGETS: [(&str, Check); 4] = [
+pub const TARGETS: [(&str, Check); 5] = [
     ("lifecycle", lifecycle::check),
+    ("lifecycle_everything", lifecycle_everything::check),
     ("scenario_parse", scenario_parse::check),
     ("ioctl_args", ioctl_args::check),
     ("scenario_run", scenario_run::check),

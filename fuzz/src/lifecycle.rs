@@ -10,8 +10,11 @@
 //!
 //! The generator and the judge live in the simulator
 //! ([`blksnap_sim::swarm`]), shared with `blksnap-sim swarm`; the fuzz
-//! target reads its input with every generator feature on, so the
+//! target reads its input with [`Features::ALL`] (every kind of step, but
+//! no power cuts or storage tails, which read more input), so the
 //! committed corpus keeps its meaning.
+//! [`lifecycle_everything`](mod@crate::lifecycle_everything) is this
+//! target with those two on.
 //!
 //! The target runs at [`Scale::Farm`]: small devices, and the scenario
 //! ends once its user IO passes `FARM_IO_SECTORS` (or before a step that
@@ -23,7 +26,7 @@
 
 use blksnap_sim::scenario::Scenario;
 
-pub use blksnap_sim::swarm::gen::{Scale, FARM_IO_SECTORS, MAX_STEPS};
+pub use blksnap_sim::swarm::gen::{Features, Scale, FARM_IO_SECTORS, MAX_STEPS};
 pub use blksnap_sim::swarm::inputs::judge_fast;
 pub use blksnap_sim::swarm::judge::{failures_text, judge, report, sanitize};
 
@@ -41,10 +44,26 @@ pub fn lifecycle(data: &[u8]) {
 /// [`lifecycle`]; set, a crash is a find, which measures how fast a build
 /// and its libFuzzer options find a known bug, with the same binary.
 pub fn lifecycle_env(data: &[u8]) {
+    env_with(data, Features::ALL);
+}
+
+/// [`lifecycle_env`] with other generator `features` (the body of
+/// `lifecycle_everything`'s wrapper).
+pub fn env_with(data: &[u8], features: Features) {
     static QUIRKS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let quirks = QUIRKS.get_or_init(|| env_quirks(std::env::var("FUZZ_QUIRKS").ok()));
-    if let Err(report) = check_at(data, Scale::Farm, quirks) {
+    if let Err(report) = check_with(data, features, Scale::Farm, quirks) {
         panic!("{report}");
+    }
+}
+
+/// The generator features a lifecycle-like target reads its input with,
+/// by target name: `lifecycle`'s and `lifecycle_everything`'s.
+pub fn features_of(target: &str) -> Option<Features> {
+    match target {
+        "lifecycle" => Some(Features::ALL),
+        "lifecycle_everything" => Some(Features::EVERYTHING),
+        _ => None,
     }
 }
 
@@ -67,7 +86,17 @@ pub fn check(data: &[u8]) -> std::result::Result<(), String> {
 /// [`check`] at another scale, with `quirks` switched on (to measure what
 /// a scale finds: with a quirk on, a failure is a find).
 pub fn check_at(data: &[u8], scale: Scale, quirks: &[String]) -> std::result::Result<(), String> {
-    let Some((mut scenario, seed)) = build_at(data, scale) else {
+    check_with(data, Features::ALL, scale, quirks)
+}
+
+/// [`check_at`] with other generator `features`.
+pub fn check_with(
+    data: &[u8],
+    features: Features,
+    scale: Scale,
+    quirks: &[String],
+) -> std::result::Result<(), String> {
+    let Some((mut scenario, seed)) = build_with(data, features, scale) else {
         return Ok(());
     };
     scenario.quirks = quirks.to_vec();
@@ -83,7 +112,12 @@ pub fn build(data: &[u8]) -> Option<(Scenario, u64)> {
 
 /// [`build`] at another scale.
 pub fn build_at(data: &[u8], scale: Scale) -> Option<(Scenario, u64)> {
-    blksnap_sim::swarm::inputs::lifecycle_scenario(data, scale)
+    build_with(data, Features::ALL, scale)
+}
+
+/// [`build_at`] with other generator `features`.
+pub fn build_with(data: &[u8], features: Features, scale: Scale) -> Option<(Scenario, u64)> {
+    blksnap_sim::swarm::inputs::lifecycle_scenario_with(data, features, scale)
 }
 
 /// Run, and judge the outcome as described in the module comment. A

@@ -40,7 +40,7 @@ pub struct Converted {
 /// Convert `data`, an input of `target`; `source` names it in the header.
 pub fn to_ron(target: &str, data: &[u8], source: &str) -> Result<Converted, String> {
     let (scenario, how) = match target {
-        "lifecycle" => lifecycle_scenario(data)?,
+        "lifecycle" | "lifecycle_everything" => lifecycle_scenario(target, data)?,
         "scenario_run" => scenario_run_scenario(data)?,
         "ioctl_args" | "scenario_parse" => {
             return Err(format!(
@@ -194,10 +194,12 @@ fn one_line(text: &str) -> String {
     out
 }
 
-/// The scenario the `lifecycle` target judged, with its seed.
-fn lifecycle_scenario(data: &[u8]) -> Result<(Scenario, &'static str), String> {
-    let (scenario, seed) =
-        lifecycle::build(data).ok_or("to-ron: the input decodes to no scenario")?;
+/// The scenario a lifecycle target (`lifecycle`, `lifecycle_everything`)
+/// judged, with its seed.
+fn lifecycle_scenario(target: &str, data: &[u8]) -> Result<(Scenario, &'static str), String> {
+    let features = lifecycle::features_of(target).ok_or("to-ron: not a lifecycle target")?;
+    let (scenario, seed) = lifecycle::build_with(data, features, lifecycle::Scale::Farm)
+        .ok_or("to-ron: the input decodes to no scenario")?;
     let (mut judged, how) = match lifecycle::judge(&scenario, seed) {
         Some((judged, _)) => (judged, "the scenario the target judged failing"),
         None => (scenario, "the input passes: its scenario as generated"),

@@ -13,6 +13,7 @@ use blksnap_sim::kernel::live_sims;
 
 /// Pseudo-random inputs per target, and the stream they come from.
 const RANDOM_LIFECYCLE: u64 = 600;
+const RANDOM_EVERYTHING: u64 = 200;
 const RANDOM_IOCTL_ARGS: u64 = 1000;
 const RANDOM_PARSE: u64 = 2000;
 const RANDOM_RUN: u64 = 300;
@@ -105,6 +106,11 @@ fn corpus_lifecycle_full_scale() {
         blksnap_fuzz::lifecycle::check_at(data, blksnap_fuzz::lifecycle::Scale::Full, &[])
     }
     replay_all("lifecycle", check_full, corpus("lifecycle"));
+}
+
+#[test]
+fn corpus_lifecycle_everything() {
+    replay_corpus("lifecycle_everything");
 }
 
 #[test]
@@ -224,6 +230,19 @@ fn random_lifecycle_6_of_6() {
     random_lifecycle_part(5);
 }
 
+/// `lifecycle_everything` on the same stream (its inputs make other
+/// scenarios: power cuts and tails read more of them), in two parts.
+#[test]
+fn random_lifecycle_everything_1_of_2() {
+    random_range("lifecycle_everything", 0..RANDOM_EVERYTHING / 2, 400, false);
+}
+
+#[test]
+fn random_lifecycle_everything_2_of_2() {
+    let range = RANDOM_EVERYTHING / 2..RANDOM_EVERYTHING;
+    random_range("lifecycle_everything", range, 400, false);
+}
+
 #[test]
 fn random_ioctl_args() {
     random("ioctl_args", RANDOM_IOCTL_ARGS, 400, false);
@@ -294,7 +313,7 @@ fn replay_env() {
             .unwrap_or_default()
     });
     let check = target(&name).unwrap_or_else(|| {
-        panic!("FUZZ_TARGET: unknown target '{name}' (set FUZZ_TARGET to one of lifecycle, scenario_parse, ioctl_args, scenario_run)")
+        panic!("FUZZ_TARGET: unknown target '{name}' (set FUZZ_TARGET to one of lifecycle, lifecycle_everything, scenario_parse, ioctl_args, scenario_run)")
     });
     let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     replay_all(&name, check, [(path.display().to_string(), data)]);

@@ -37,21 +37,35 @@ fn run_text(text: &str) -> Outcome {
 
 #[test]
 fn every_lifecycle_seed_round_trips() {
-    let inputs = corpus("lifecycle");
-    assert!(inputs.len() >= 10, "{} lifecycle seeds", inputs.len());
+    seeds_round_trip("lifecycle");
+}
+
+/// Power cuts and tails too: a PowerLoss with its branches, Load, Flush
+/// and strided writes are written as the fuzzer ran them.
+#[test]
+fn every_lifecycle_everything_seed_round_trips() {
+    seeds_round_trip("lifecycle_everything");
+}
+
+/// Every committed seed of a lifecycle target converts, and its file runs
+/// as the fuzz target ran it.
+fn seeds_round_trip(target: &str) {
+    let inputs = corpus(target);
+    assert!(inputs.len() >= 10, "{} {target} seeds", inputs.len());
+    let features = lifecycle::features_of(target).expect("a lifecycle target");
     let mut exact = 0;
     for (label, data) in &inputs {
-        let converted = to_ron("lifecycle", data, label).expect("converts");
-        assert!(converted
-            .text
-            .starts_with("// Regression scenario from a `lifecycle`"));
+        let converted = to_ron(target, data, label).expect("converts");
+        let from = format!("// Regression scenario from a `{target}`");
+        assert!(converted.text.starts_with(&from));
         assert!(
             converted.text.contains(label.as_str()),
             "header names the input"
         );
         assert!(converted.text.contains("// Replay: "));
         // What the fuzz target ran: the input's scenario under its seed.
-        let (scenario, seed) = lifecycle::build(data).expect("decodes");
+        let (scenario, seed) =
+            lifecycle::build_with(data, features, lifecycle::Scale::Farm).expect("decodes");
         let fuzzed = scenario::run(
             &scenario,
             &RunOptions {

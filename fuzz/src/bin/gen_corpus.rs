@@ -1,4 +1,5 @@
-//! Regenerate the seed corpus of `lifecycle` and `ioctl_args`.
+//! Regenerate the seed corpus of `lifecycle`, `lifecycle_everything` and
+//! `ioctl_args`.
 //!
 //! `cargo run -p blksnap-fuzz --bin gen-corpus [-- FUZZ_DIR]`
 //!
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 
 use arbitrary::Unstructured;
 use blksnap_fuzz::ioctl_args::{self, ArgMap, Call, Op, Program};
-use blksnap_fuzz::{inputs, lifecycle};
+use blksnap_fuzz::{inputs, lifecycle, lifecycle_everything};
 use blksnap_sim::cli::{say_line, warn};
 use blksnap_sim::scenario::model::{Step, Target};
 use blksnap_sim::scenario::{RunOptions, Scenario};
@@ -38,18 +39,10 @@ fn main() -> ExitCode {
         .nth(1)
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     let mut missing = 0;
-    let lifecycle_features: Vec<Matcher> = LIFECYCLE
-        .iter()
-        .map(|&(name, wanted, needs_image_reads)| {
-            let matches = move |data: &[u8]| {
-                lifecycle::build(data).is_some_and(|(scenario, seed)| {
-                    wanted(&scenario) && (!needs_image_reads || image_reads(&scenario, seed) > 0.0)
-                })
-            };
-            (name, Box::new(matches) as Box<dyn Fn(&[u8]) -> bool>)
-        })
-        .collect();
+    let lifecycle_features = lifecycle_matchers(LIFECYCLE, lifecycle::build);
     missing += generate(&dir, "lifecycle", &lifecycle_features, 300);
+    let everything_features = lifecycle_matchers(EVERYTHING, lifecycle_everything::build);
+    missing += generate(&dir, "lifecycle_everything", &everything_features, 300);
     let ioctl_features: Vec<Matcher> = IOCTL_ARGS
         .iter()
         .map(|&(name, wanted)| {
@@ -65,6 +58,25 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// The matchers of a lifecycle target's features, on the scenarios its
+/// `build` makes of an input.
+fn lifecycle_matchers(
+    features: &'static [LifecycleFeature],
+    build: fn(&[u8]) -> Option<(Scenario, u64)>,
+) -> Vec<Matcher<'static>> {
+    features
+        .iter()
+        .map(|&(name, wanted, needs_image_reads)| {
+            let matches = move |data: &[u8]| {
+                build(data).is_some_and(|(scenario, seed)| {
+                    wanted(&scenario) && (!needs_image_reads || image_reads(&scenario, seed) > 0.0)
+                })
+            };
+            (name, Box::new(matches) as Box<dyn Fn(&[u8]) -> bool>)
+        })
+        .collect()
 }
 
 /// Image reads the oracle checked when the scenario ran: a TAKE worked
@@ -396,6 +408,142 @@ const LIFECYCLE: &[LifecycleFeature] = &[
     ("long", long, true),
     ("nowait-writes", nowait_writes, true),
     ("out-of-range-io", out_of_range_io, true),
+];
+
+// --- lifecycle_everything features: power cuts and storage tails -------------------------------
+
+/// The `during` branches of every power cut, in order.
+fn power_cuts(s: &Scenario) -> Vec<&Vec<Vec<Step>>> {
+    s.steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::PowerLoss { during, .. } => Some(during),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every step of `steps`, repeats and concurrent branches flattened.
+fn all(steps: &[Step]) -> Vec<&Step> {
+    let mut out = Vec::new();
+    for step in steps {
+        match step {
+            Step::Concurrent(branches) => branches.iter().for_each(|b| out.extend(all(b))),
+            Step::Repeat { steps, .. } => out.extend(all(steps)),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A power cut with a branch running that `wanted` finds a step of.
+fn cut_during(s: &Scenario, wanted: fn(&Step) -> bool) -> bool {
+    power_cuts(s).iter().any(|during| {
+        during
+            .iter()
+            .any(|branch| all(branch).into_iter().any(wanted))
+    })
+}
+
+/// The top-level position of the first power cut.
+fn first_cut(s: &Scenario) -> Option<usize> {
+    s.steps
+        .iter()
+        .position(|st| matches!(st, Step::PowerLoss { .. }))
+}
+
+/// A journaling filesystem commits (a Sync) and the power goes right
+/// after: its FUA commit record must be on the media.
+fn cut_after_commit(s: &Scenario) -> bool {
+    let Some(cut) = first_cut(s) else {
+        return false;
+    };
+    s.devices.iter().any(|d| d.journal.is_some())
+        && s.steps[..cut]
+            .iter()
+            .any(|st| matches!(st, Step::Sync { .. }))
+        && position(s, is_take).is_some_and(|take| take < cut)
+}
+
+/// A write cache, a snapshot taken, and a cut: what the cache held
+/// without a FLUSH may go, what a FLUSH or FUA promised may not.
+fn cached_cut(s: &Scenario) -> bool {
+    s.devices.iter().any(|d| d.write_cache)
+        && first_cut(s).is_some()
+        && position(s, is_take).is_some()
+}
+
+/// The power goes while a writer COWs into a snapshot just taken.
+fn cut_during_cow_writer(s: &Scenario) -> bool {
+    position(s, is_take).is_some() && cut_during(s, is_original_write)
+}
+
+/// The power goes during a FLUSH loop.
+fn cut_during_flushes(s: &Scenario) -> bool {
+    cut_during(s, |st| matches!(st, Step::Flush { .. }))
+}
+
+/// The power goes during a TAKE.
+fn cut_during_take(s: &Scenario) -> bool {
+    cut_during(s, is_take)
+}
+
+/// Two power cuts, each followed by a load and a reread.
+fn two_cuts(s: &Scenario) -> bool {
+    power_cuts(s).len() >= 2
+}
+
+/// The strided write that fills a recipe's tailed ranges up to its
+/// low-free-space event, and the WAIT_EVENTs after it.
+fn fill_to_low_space(s: &Scenario) -> bool {
+    let strided = |st: &Step| {
+        matches!(
+            st,
+            Step::Write {
+                stride: Some(_),
+                ..
+            }
+        )
+    };
+    count(s, strided) > 0 && count(s, |st| matches!(st, Step::WaitEvent { .. })) >= 3
+}
+
+/// Storage ranges with tails crossing the low-space threshold.
+fn tails_low_space(s: &Scenario) -> bool {
+    fill_to_low_space(s) && !s.devices.iter().any(|d| d.fs)
+}
+
+/// The same on a filesystem: the COWs come from its writeback.
+fn tails_on_fs(s: &Scenario) -> bool {
+    fill_to_low_space(s) && s.devices.iter().any(|d| d.fs)
+}
+
+/// Tails crossing the threshold, then a power cut.
+fn tails_then_cut(s: &Scenario) -> bool {
+    fill_to_low_space(s) && first_cut(s).is_some()
+}
+
+/// A cached device and a journal, a snapshot's life and a cut.
+fn cache_and_journal(s: &Scenario) -> bool {
+    s.devices.iter().any(|d| d.write_cache)
+        && s.devices.iter().any(|d| d.journal.is_some())
+        && first_cut(s).is_some()
+        && take_write_image(s)
+}
+
+const EVERYTHING: &[LifecycleFeature] = &[
+    ("cut-after-commit", cut_after_commit, true),
+    ("cached-cut", cached_cut, true),
+    ("cut-during-cow-writer", cut_during_cow_writer, true),
+    ("cut-during-flushes", cut_during_flushes, false),
+    ("cut-during-take", cut_during_take, false),
+    ("two-cuts", two_cuts, true),
+    ("tails-low-space", tails_low_space, true),
+    ("tails-on-fs", tails_on_fs, true),
+    ("tails-then-cut", tails_then_cut, true),
+    ("cache-and-journal", cache_and_journal, true),
+    ("take-write-image", take_write_image, true),
+    ("destroy-during-io", destroy_during_io, true),
 ];
 
 // --- ioctl_args features ----------------------------------------------------------------------

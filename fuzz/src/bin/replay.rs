@@ -3,17 +3,19 @@
 //! ```text
 //! replay <target> <file-or-dir>...           run each input; exit 1 if any fails
 //! replay show <target> <file>                print what the input decodes to
-//! replay minimize [target] <file>             shrink a failing lifecycle scenario
+//! replay minimize [target] <file>             shrink a failing lifecycle (or
+//!                                             lifecycle_everything) scenario
 //!                                             (or ioctl_args program)
 //! replay stats <count>                        ioctl results over random ioctl_args inputs
-//! replay metrics <file-or-dir>...             what each lifecycle input's run did
+//! replay metrics [target] <file-or-dir>...    what each lifecycle (or
+//!                                             lifecycle_everything) input's run did
 //! replay shrink <target> <file> <out>         shrink a failing input's bytes into out
 //! replay random <target> <count> [seed [dir]] [--scale farm|full] [--quirk Q]...
 //!                                             run pseudo-random inputs, report
 //!                                             failures, inputs per CPU second and the
 //!                                             time per input (and save failing and the
-//!                                             3 slowest in dir); lifecycle at farm
-//!                                             scale unless told full, quirks on
+//!                                             3 slowest in dir); the lifecycle targets
+//!                                             at farm scale unless told full, quirks on
 //! replay to-ron <target> <file> [--out PATH]  the input as a RON regression scenario
 //! ```
 //!
@@ -38,23 +40,25 @@ use blksnap_sim::bench::CpuClock;
 const USAGE: &str = "usage:
   replay <target> <file-or-dir>...         run each input; exit 1 if any fails
   replay show <target> <file>              print what the input decodes to
-  replay minimize [target] <file>          shrink a failing lifecycle scenario
+  replay minimize [target] <file>          shrink a failing lifecycle (or
+                                           lifecycle_everything) scenario
                                            (or ioctl_args program)
   replay stats <count>                     ioctl results over random ioctl_args inputs
-  replay metrics <file-or-dir>...          what each lifecycle input's run did
+  replay metrics [target] <file-or-dir>... what each lifecycle (or lifecycle_everything)
+                                           input's run did
   replay shrink <target> <file> <out>      shrink a failing input's bytes into out
   replay random <target> <count> [seed [dir]] [--scale farm|full] [--quirk Q]...
                                            run pseudo-random inputs, report failures,
                                            inputs and failures per CPU second, and the
                                            time per input (mean, median, p90, p99, max);
                                            save each failing input, and the 3 slowest
-                                           as slow-*, in dir. lifecycle: at farm scale
+                                           as slow-*, in dir. lifecycle(_everything): at farm scale
                                            (what the fuzz target runs) unless
                                            --scale full (the swarm's); each --quirk Q
                                            switched on (then a failure is a find)
   replay to-ron <target> <file> [--out PATH]
                                            write the scenario the input runs as RON
-                                           (lifecycle, scenario_run), checked to
+                                           (the lifecycle targets, scenario_run), checked to
                                            replay with the same digest";
 
 /// Print text through the console writer of `blksnap-sim`, each line
@@ -159,7 +163,7 @@ fn replay(name: &str, paths: &[String]) -> Result<bool, String> {
 fn show(name: &str, file: &Path) -> Result<bool, String> {
     let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     match name {
-        "lifecycle" => match lifecycle::build(&data) {
+        "lifecycle" | "lifecycle_everything" => match build(name, &data) {
             Some((scenario, seed)) => say!("seed: {seed}\n{scenario:#?}"),
             None => say!("(no scenario)"),
         },
@@ -183,6 +187,12 @@ fn show(name: &str, file: &Path) -> Result<bool, String> {
         other => return Err(format!("unknown target '{other}'")),
     }
     Ok(true)
+}
+
+/// The farm scenario and seed of a lifecycle target's input (`None` for
+/// another target, or an input that decodes to none).
+fn build(target: &str, data: &[u8]) -> Option<(blksnap_sim::scenario::Scenario, u64)> {
+    lifecycle::build_with(data, lifecycle::features_of(target)?, Scale::Farm)
 }
 
 /// What `replay random` runs: the positional arguments, and for
@@ -224,20 +234,19 @@ fn random_args(args: &[String]) -> Result<RandomArgs, String> {
         return Err(USAGE.to_string());
     }
     let options = out.scale != Scale::Farm || !out.quirks.is_empty();
-    if options && out.positional[0] != "lifecycle" {
-        return Err("--scale and --quirk are for the lifecycle target".to_string());
+    if options && lifecycle::features_of(&out.positional[0]).is_none() {
+        return Err("--scale and --quirk are for the lifecycle targets".to_string());
     }
     Ok(out)
 }
 
 impl RandomArgs {
     /// Run one input as `replay random` runs it: the target's own body, or
-    /// `lifecycle` at the scale and with the quirks asked for.
+    /// a lifecycle target's at the scale and with the quirks asked for.
     fn check(&self, target: blksnap_fuzz::Check, data: &[u8]) -> Result<(), String> {
-        if self.positional[0] == "lifecycle" {
-            lifecycle::check_at(data, self.scale, &self.quirks)
-        } else {
-            target(data)
+        match lifecycle::features_of(&self.positional[0]) {
+            Some(features) => lifecycle::check_with(data, features, self.scale, &self.quirks),
+            None => target(data),
         }
     }
 }
@@ -353,12 +362,12 @@ fn minimize(target: &str, file: &Path) -> Result<bool, String> {
             }
         });
     }
-    if target != "lifecycle" {
+    if lifecycle::features_of(target).is_none() {
         return Err(format!(
-            "minimize: only lifecycle and ioctl_args, not '{target}'"
+            "minimize: only the lifecycle targets and ioctl_args, not '{target}'"
         ));
     }
-    let (scenario, seed) = lifecycle::build(&data).ok_or("the input decodes to no scenario")?;
+    let (scenario, seed) = build(target, &data).ok_or("the input decodes to no scenario")?;
     match blksnap_fuzz::minimize::minimize(&scenario, seed) {
         None => {
             say!("{}: passes, nothing to minimize", file.display());
@@ -415,10 +424,21 @@ fn shrink(name: &str, file: &Path, out: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
-fn metrics(paths: &[String]) -> Result<bool, String> {
+/// `metrics [target] <file-or-dir>...`: the target is `lifecycle` unless
+/// the first argument names a lifecycle target (and no file).
+fn metrics(args: &[String]) -> Result<bool, String> {
+    let named = lifecycle::features_of(&args[0]).is_some() && !Path::new(&args[0]).exists();
+    let (target, paths) = if named {
+        (args[0].as_str(), &args[1..])
+    } else {
+        ("lifecycle", args)
+    };
+    if paths.is_empty() {
+        return Err(USAGE.to_string());
+    }
     for file in files(paths)? {
         let data = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let Some((scenario, seed)) = lifecycle::build(&data) else {
+        let Some((scenario, seed)) = build(target, &data) else {
             continue;
         };
         let options = blksnap_sim::scenario::RunOptions {

@@ -13,8 +13,9 @@
 //! corpus still decodes to the same scenarios.
 //!
 //! Two features read more input where they are on, so [`Features::ALL`]
-//! leaves them off (the fuzz corpus decodes as before) and only the swarm
-//! draws them: `power` gives devices volatile write caches and journaling
+//! leaves them off (the fuzz corpus decodes as before); the swarm and the
+//! `lifecycle_everything` fuzz target ([`Features::EVERYTHING`]) draw
+//! them: `power` gives devices volatile write caches and journaling
 //! filesystems, and cuts the power after a write (committed by a Sync on
 //! a filesystem), sometimes while COW writers, commits, FLUSHes or a TAKE
 //! run, then loads the module again and verifies the original (the
@@ -210,6 +211,15 @@ impl Features {
         fs: true,
         power: false,
         tails: false,
+    };
+
+    /// Every feature, `power` and `tails` too: what the swarm draws at
+    /// most, and what the `lifecycle_everything` fuzz target reads its
+    /// input with (its own corpus, so [`Features::ALL`]'s keeps decoding).
+    pub const EVERYTHING: Features = Features {
+        power: true,
+        tails: true,
+        ..Features::ALL
     };
 
     /// Only these kinds of step.
@@ -1103,13 +1113,6 @@ mod tests {
         assert!((8..=40).contains(&over_one_bio), "{over_one_bio} of 400");
     }
 
-    /// With every feature on, `power` and `tails` too.
-    const EVERYTHING: Features = Features {
-        power: true,
-        tails: true,
-        ..Features::ALL
-    };
-
     /// [`Features::ALL`] (the fuzz targets') draws none of what `power`
     /// and `tails` add: no caches, journals, cuts, FLUSHes or strided
     /// writes; with them on, those come up.
@@ -1138,7 +1141,7 @@ mod tests {
             let data = random_input(17, index, 4096);
             assert_eq!(added(&generate(&data, Scale::Full)), 0, "input {index}");
             let mut u = Unstructured::new(&data);
-            let scenario = Generator::new(&mut u, EVERYTHING)
+            let scenario = Generator::new(&mut u, Features::EVERYTHING)
                 .scenario()
                 .expect("a scenario");
             on += added(&scenario);
@@ -1156,7 +1159,7 @@ mod tests {
         for index in 0..300 {
             let data = random_input(23, index, 4096);
             let mut u = Unstructured::new(&data);
-            let scenario = Generator::new(&mut u, EVERYTHING)
+            let scenario = Generator::new(&mut u, Features::EVERYTHING)
                 .scenario()
                 .expect("a scenario");
             for device in &scenario.devices {

@@ -39,17 +39,27 @@ pub fn random_input(seed: u64, index: u64, max_len: usize) -> Vec<u8> {
 }
 
 /// The scenario and run seed a `lifecycle` fuzz input describes: the first
-/// 8 bytes are the seed, the rest drive the generator with every feature
-/// on, at `scale`. A [`Scale::Farm`] scenario comes [`judge::sanitize`]d, so the
+/// 8 bytes are the seed, the rest drive the generator with
+/// [`Features::ALL`], at `scale` ([`lifecycle_scenario_with`] with it). A [`Scale::Farm`] scenario comes [`judge::sanitize`]d, so the
 /// judge runs it once: the rerun it would do for a `VerifyImage` of an
 /// image a failed TAKE never made is the run of the sanitized scenario,
 /// which the oracle judges as strictly (every image read, byte by byte).
 /// `None` only if `arbitrary` gives up, which the generator never makes it
 /// do.
 pub fn lifecycle_scenario(data: &[u8], scale: Scale) -> Option<(Scenario, u64)> {
+    lifecycle_scenario_with(data, Features::ALL, scale)
+}
+
+/// [`lifecycle_scenario`] with other generator `features` (the
+/// `lifecycle_everything` target's: [`Features::EVERYTHING`]).
+pub fn lifecycle_scenario_with(
+    data: &[u8],
+    features: Features,
+    scale: Scale,
+) -> Option<(Scenario, u64)> {
     let mut u = Unstructured::new(data);
     let seed: u64 = u.arbitrary().ok()?;
-    let scenario = Generator::new(&mut u, Features::ALL)
+    let scenario = Generator::new(&mut u, features)
         .at_scale(scale)
         .scenario()
         .ok()?;
@@ -161,6 +171,13 @@ mod tests {
             assert_eq!(format!("{again:?}"), format!("{farm:?}"), "input {index}");
             let (full, _) = lifecycle_scenario(&data, Scale::Full).expect("a scenario");
             full_verifies += usize::from(has_verify_image(&full.steps));
+            // The same with power cuts and tails (`lifecycle_everything`).
+            let everything = Features::EVERYTHING;
+            let (farm, _) =
+                lifecycle_scenario_with(&data, everything, Scale::Farm).expect("a scenario");
+            assert!(!has_verify_image(&farm.steps), "input {index}");
+            let again = judge::sanitize(&farm);
+            assert_eq!(format!("{again:?}"), format!("{farm:?}"), "input {index}");
         }
         assert!(full_verifies > 0, "no full scenario verified an image");
     }
