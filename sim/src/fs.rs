@@ -78,15 +78,6 @@ pub struct FreezeRecord {
     pub thawed: Option<u64>,
 }
 
-impl FsRecord {
-    /// Was `stamp` a write this filesystem accepted for `sector`?
-    pub fn accepted_stamp(&self, sector: u64, stamp: Stamp) -> bool {
-        self.accepted
-            .get(&sector)
-            .is_some_and(|list| list.iter().any(|&(_, s)| s == stamp))
-    }
-}
-
 impl FsModel {
     pub fn new(ignores_freeze: bool) -> FsModel {
         FsModel {

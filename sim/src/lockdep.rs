@@ -430,6 +430,12 @@ impl Lockdep {
             .map(|h| h.class)
     }
 
+    /// Whether any cross-release lock is held: else no allocation can be
+    /// a suspect, and its description need not be built.
+    pub fn cross_held(&self) -> bool {
+        self.held.iter().any(|h| h.cross)
+    }
+
     /// A GFP_KERNEL allocation outside a noio scope by `task`: kept as a
     /// suspect under each cross-release lock the task may hold.
     pub fn may_io_allocation(&mut self, task: TaskId, what: String) {

@@ -93,13 +93,17 @@ impl Sim {
             return;
         }
         if let Some(id) = self.current_task() {
-            let what = format!(
-                "GFP_KERNEL allocation at {site} by '{}'",
-                self.task_name(id)
-            );
-            let mut lockdep = self.lockdep.borrow_mut();
-            lockdep.mark = self.sched.next_id();
-            lockdep.may_io_allocation(id, what);
+            // The description is built only when it may be kept (a format
+            // per GFP_KERNEL allocation was most of this check's cost).
+            if self.lockdep.borrow().cross_held() {
+                let what = format!(
+                    "GFP_KERNEL allocation at {site} by '{}'",
+                    self.task_name(id)
+                );
+                let mut lockdep = self.lockdep.borrow_mut();
+                lockdep.mark = self.sched.next_id();
+                lockdep.may_io_allocation(id, what);
+            }
         }
         let held = self
             .current_task()
