@@ -26,6 +26,10 @@ const SLOTS: usize = 256;
 /// hasher's per-call cost is nothing per event and its bulk loop (SIMD
 /// stripes) runs over whole batches.
 const BATCH: usize = 64 << 10;
+/// The batch of a trace that skips hashing: its bytes are dropped when it
+/// fills, so a small one that stays in the L1 cache is enough (the 64 KiB
+/// batch streamed through it on every run of the fuzz loop).
+const LEAN_BATCH: usize = 4 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TraceEvent {
@@ -340,6 +344,8 @@ pub struct Trace {
     /// bounds check and no capacity checks.
     pending: Box<[u8]>,
     fill: usize,
+    /// `BATCH`, or `LEAN_BATCH` once `skip_hashing` was called.
+    batch: usize,
     /// False once `skip_hashing` was called: the batch is dropped when
     /// full instead of hashed, and there is no digest. Events are still
     /// encoded, counted and kept in the ring, so the run is the same.
@@ -417,6 +423,7 @@ impl Default for Trace {
             decoded: OnceCell::new(),
             pending: spare_batch(),
             fill: 0,
+            batch: BATCH,
             hashing: true,
         }
     }
@@ -539,7 +546,7 @@ impl Trace {
     /// whole batch is hashed first if one is pending.
     #[inline(always)]
     fn frame(&mut self, now: u64) -> &mut [u8; FRAME] {
-        if self.fill >= BATCH {
+        if self.fill >= self.batch {
             self.flush();
         }
         let at = self.fill;
@@ -593,42 +600,49 @@ impl Trace {
     /// one, after the time.
     #[inline(never)]
     fn encode_general(&mut self, now: u64, event: &TraceEvent) {
+        if !self.hashing {
+            // Its bytes would only be dropped (a step's text, a spawn's name).
+            return;
+        }
         let mut batch = Batch(self);
         num(&mut batch, now);
         event.encode(&mut batch);
     }
 
-    /// Hashes the first `BATCH` bytes (or drops them, once hashing is
+    /// Hashes the first `batch` bytes (or drops them, once hashing is
     /// off) and moves the rest, less than a frame, to the front.
     #[inline(never)]
     fn flush(&mut self) {
-        debug_assert!(self.fill >= BATCH);
+        let batch = self.batch;
+        debug_assert!(self.fill >= batch);
         if self.hashing {
-            self.hasher.write(&self.pending[..BATCH]);
-            self.hashed += BATCH as u64;
+            self.hasher.write(&self.pending[..batch]);
+            self.hashed += batch as u64;
         }
-        self.pending.copy_within(BATCH..self.fill, 0);
-        self.fill -= BATCH;
+        self.pending.copy_within(batch..self.fill, 0);
+        self.fill -= batch;
     }
 
     /// A run that keeps only its verdict (`RunOptions::verdict_only`: the
     /// fuzz target, `judge_fast`) never reads its digest: hashing (then
-    /// blake3) was 3 %
-    /// of such a run. The one test per 64 KiB batch costs the hashed runs
-    /// nothing per event. Call it before the first batch is hashed.
+    /// blake3) was 3 % of such a run. From here its bytes go to a small
+    /// batch that is dropped when full, and the rare events are not
+    /// encoded at all. Call it before the first batch is hashed.
     pub fn skip_hashing(&mut self) {
         assert_eq!(self.hashed, 0, "hashing stops before it begins or never");
         self.hashing = false;
+        self.batch = LEAN_BATCH;
+        self.fill = 0;
     }
 
     /// Appends bytes of any length to the pending batch, hashing each
     /// batch it fills.
     fn append(&mut self, mut bytes: &[u8]) {
         loop {
-            if self.fill >= BATCH {
+            if self.fill >= self.batch {
                 self.flush();
             }
-            let n = bytes.len().min(BATCH - self.fill);
+            let n = bytes.len().min(self.batch - self.fill);
             self.pending[self.fill..self.fill + n].copy_from_slice(&bytes[..n]);
             self.fill += n;
             bytes = &bytes[n..];
