@@ -21,7 +21,7 @@ fail() { echo "FAIL: $wrapper: $*" >&2; exit 1; }
 # (Output is kept in a variable before grep reads it: `grep -q` may quit
 # before the fake rustc has written everything, and pipefail would then
 # fail the pipe.)
-for covered in blksnap_core blksnap_fuzz lifecycle; do
+for covered in blksnap_core blksnap_fuzz lifecycle lifecycle_everything; do
     out=$(args_of "$covered")
     grep -qx -- -Cpasses=sancov-module <<<"$out" || fail "$covered lost its coverage"
 done
@@ -33,4 +33,4 @@ for plain in blksnap_sim serde ron blake3 blksnap_core_extra; do
     grep -qx -- -Zsanitizer=address <<<"$out" || fail "$plain lost the sanitizer"
 done
 [ "$("$wrapper" "$tmp/rustc" -vV)" = "-vV" ] || fail "rustc -vV was not passed through"
-echo "engine-coverage: the engine, the fuzz crate and the target keep coverage; other crates lose only the sancov pass"
+echo "engine-coverage: the engine, the fuzz crate and the lifecycle targets keep coverage; other crates lose only the sancov pass"

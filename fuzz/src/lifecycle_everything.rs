@@ -6,9 +6,10 @@
 //! and rereads the original, which the durability checker judges;
 //! `tails` gives recipes storage ranges that are not whole chunks, filled
 //! up to the low-free-space event, which the events checker judges. So
-//! this target can find what only shows after a power cut (a REQ_FUA or
-//! REQ_PREFLUSH the engine loses on a bio it passes on) or in the storage
-//! accounting of tails, which `lifecycle` never generates.
+//! this target can find what only shows after a power cut (a FLUSH the
+//! engine's filter completes itself instead of passing it on to the
+//! device's cache) or in the storage accounting of tails, which
+//! `lifecycle` never generates.
 //!
 //! Those features read more input, so the same bytes make another
 //! scenario than under `lifecycle`: the target has its own corpus

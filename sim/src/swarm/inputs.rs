@@ -40,8 +40,9 @@ pub fn random_input(seed: u64, index: u64, max_len: usize) -> Vec<u8> {
 
 /// The scenario and run seed a `lifecycle` fuzz input describes: the first
 /// 8 bytes are the seed, the rest drive the generator with
-/// [`Features::ALL`], at `scale` ([`lifecycle_scenario_with`] with it). A [`Scale::Farm`] scenario comes [`judge::sanitize`]d, so the
-/// judge runs it once: the rerun it would do for a `VerifyImage` of an
+/// [`Features::ALL`], at `scale` ([`lifecycle_scenario_with`] with it). A
+/// [`Scale::Farm`] scenario comes [`judge::sanitize`]d, so the judge runs
+/// it once: the rerun it would do for a `VerifyImage` of an
 /// image a failed TAKE never made is the run of the sanitized scenario,
 /// which the oracle judges as strictly (every image read, byte by byte).
 /// `None` only if `arbitrary` gives up, which the generator never makes it
