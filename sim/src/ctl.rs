@@ -42,7 +42,13 @@ pub async fn ioctl(
     let began = sim.now();
     let wait = id
         .filter(|_| nr == Some(IoctlNr::SnapshotWaitEvent))
-        .map(|id| sim.lifecycle.borrow().events.wait_begins(id, began));
+        .map(|id| {
+            let timeout = wait_timeout_ns(arg, user);
+            sim.lifecycle
+                .borrow()
+                .events
+                .wait_begins(id, began, timeout)
+        });
     let geometry =
         (nr == Some(IoctlNr::SnapshotCreate)).then(|| create_geometry(sim, module, arg, user));
     low_space_begin(
@@ -104,6 +110,11 @@ pub async fn ioctl(
     let append_ok = result.is_ok() && valid_before && append_is_valid(sim, arg, user);
     low_space_end(sim, module, nr, id, append_ok);
     if let Some(wait) = wait {
+        if result == Err(Errno::ENOENT) {
+            if let Err(message) = Events::empty_returned(&wait, sim.now()) {
+                sim.fail("events", message);
+            }
+        }
         let event = result.ok().and_then(|_| check_event(sim, &wait, arg, user));
         low_space_wait_end(sim, &wait, result, event);
     }
@@ -305,6 +316,14 @@ fn named_id(nr: IoctlNr, arg: u64, user: &dyn UserMemory) -> Option<[u8; 16]> {
     bytes.try_into().ok()
 }
 
+/// The timeout a WAIT_EVENT's argument asks for (`timeout_ms`, after the
+/// 16-byte id), in ns; None if the argument cannot be read.
+fn wait_timeout_ns(arg: u64, user: &dyn UserMemory) -> Option<u64> {
+    let bytes = user.copy_from_user(arg, 20).ok()?;
+    let ms = u32::from_le_bytes(bytes.get(16..20)?.try_into().ok()?);
+    Some(u64::from(ms) * 1_000_000)
+}
+
 /// The id a successful CREATE wrote back.
 fn created_id(
     nr: IoctlNr,
@@ -453,7 +472,11 @@ mod tests {
         assert!(sim.run());
         let user = UserSpace::default();
         let take = |label| {
-            let wait = sim.lifecycle.borrow().events.wait_begins(id, sim.now());
+            let wait = sim
+                .lifecycle
+                .borrow()
+                .events
+                .wait_begins(id, sim.now(), None);
             let event = BlkSnapSnapshotEvent::encode_with(
                 BlkSnapUuid { b: id },
                 0,

@@ -69,6 +69,45 @@ fn b_img_3_idle_worker_polls() {
     );
 }
 
+/// Events rule 5 end to end: the sim reads the timeout a WAIT_EVENT asks
+/// for from the caller's argument, so an engine that answers ENOENT before
+/// it ran out (B-CTRL-2 never reads it) fails `events`, and the fixed one,
+/// which waits it out, does not.
+#[test]
+fn enoent_before_the_timeout_fails_events() {
+    let text = r#"Scenario(
+        name: "wait",
+        quirks: ["B-CTRL-2"],
+        devices: [(name: "a", sectors: 65536)],
+        steps: [
+            Create(snapshot: "s", devices: ["a"]),
+            WaitEvent(snapshot: "s", expect: LowFreeSpace(2097152)),
+            WaitEvent(snapshot: "s", timeout_ms: 100, expect: None),
+            Destroy(snapshot: "s"),
+        ],
+    )"#;
+    let s = blksnap_sim::scenario::parse(Path::new("wait.ron"), text).expect("parses");
+    let v2 = run(&s, &RunOptions::default());
+    let early = v2
+        .failures
+        .iter()
+        .find(|f| f.checker == "events")
+        .unwrap_or_else(|| panic!("no events failure: {:?}", v2.failures));
+    assert!(
+        early.message.contains("timeout of 100 ms returned ENOENT"),
+        "{}",
+        early.message
+    );
+    let fixed = run(
+        &s,
+        &RunOptions {
+            without_quirks: true,
+            ..RunOptions::default()
+        },
+    );
+    assert!(fixed.passed(), "{:?}", fixed.failures);
+}
+
 fn bug_file(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../scenarios/bugs")

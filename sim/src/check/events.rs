@@ -18,7 +18,12 @@
 //!    clock and then race for the spinlock, a few ns out of order; the sim
 //!    has no such window.)
 //! 4. the first low-free-space event after the creation's comes no later
-//!    than it must (spec 6.3, 6.5; see `LowSpace`).
+//!    than it must (spec 6.3, 6.5; see `LowSpace`);
+//! 5. a WAIT_EVENT that returns ENOENT does so no earlier than its start
+//!    plus the timeout it was given: ENOENT means the queue stayed empty
+//!    until the timeout (spec 7), and the engine starts its clock after
+//!    the call began. (No upper bound: the call may wait for the snapshot
+//!    list's lock before its clock starts, and for the last put after.)
 
 use std::collections::BTreeMap;
 
@@ -144,6 +149,8 @@ struct Returned {
 pub struct Wait {
     id: Id,
     began: u64,
+    /// The timeout the caller asked for, if its argument could be read.
+    timeout_ns: Option<u64>,
     created: Option<u64>,
     floor: Option<Returned>,
 }
@@ -167,12 +174,14 @@ impl Events {
         );
     }
 
-    /// A WAIT_EVENT of `id` begins at `now`.
-    pub fn wait_begins(&self, id: Id, now: u64) -> Wait {
+    /// A WAIT_EVENT of `id` begins at `now`, asking to wait up to
+    /// `timeout_ns`.
+    pub fn wait_begins(&self, id: Id, now: u64, timeout_ns: Option<u64>) -> Wait {
         let snapshot = self.snapshots.get(&id);
         Wait {
             id,
             began: now,
+            timeout_ns,
             created: snapshot.and_then(|s| s.created),
             floor: snapshot.and_then(|s| s.newest),
         }
@@ -187,6 +196,23 @@ impl Events {
             snapshot.newest = Some(Returned { label, at: now });
         }
         verdict
+    }
+
+    /// The WAIT_EVENT `wait` returned ENOENT at `now` (rule 5).
+    pub fn empty_returned(wait: &Wait, now: u64) -> Result<(), String> {
+        let Some(timeout) = wait.timeout_ns else {
+            return Ok(());
+        };
+        let due = wait.began.saturating_add(timeout);
+        if now < due {
+            return Err(format!(
+                "a WAIT_EVENT that began at {} ns with a timeout of {} ms returned ENOENT \
+                 (no event) at {now} ns, before its timeout ran out at {due} ns",
+                wait.began,
+                timeout / 1_000_000
+            ));
+        }
+        Ok(())
     }
 
     /// A corrupted event for device `dev` (mj << 32 | mn, packed) of
@@ -471,8 +497,29 @@ mod tests {
 
     /// One WAIT_EVENT of `id` over [began, ended] that returned `label`.
     fn wait(e: &mut Events, id: Id, began: u64, ended: u64, label: i64) -> Result<(), String> {
-        let w = e.wait_begins(id, began);
+        let w = e.wait_begins(id, began, None);
         e.returned(&w, ended, label)
+    }
+
+    /// Rule 5: ENOENT before the timeout ran out fails, naming both times;
+    /// at or after it passes, and so does a wait whose timeout is unknown.
+    #[test]
+    fn enoent_before_the_timeout_fails() {
+        let e = Events::default();
+        let w = e.wait_begins(A, 1_000, Some(100_000_000));
+        let early = Events::empty_returned(&w, 50_001_000).unwrap_err();
+        assert!(early.contains("timeout of 100 ms"), "{early}");
+        assert!(
+            early.contains("before its timeout ran out at 100001000 ns"),
+            "{early}"
+        );
+        assert!(Events::empty_returned(&w, 100_001_000).is_ok());
+        assert!(Events::empty_returned(&w, 900_000_000).is_ok());
+        let unknown = e.wait_begins(A, 1_000, None);
+        assert!(Events::empty_returned(&unknown, 1_000).is_ok());
+        // A zero timeout is a poll: ENOENT at once is right.
+        let poll = e.wait_begins(A, 1_000, Some(0));
+        assert!(Events::empty_returned(&poll, 1_000).is_ok());
     }
 
     /// Events taken newest first (a LIFO queue) fail, with the snapshot,
@@ -503,8 +550,8 @@ mod tests {
     fn overlapping_waits_are_not_compared() {
         let mut e = Events::default();
         e.created(A, 0);
-        let first = e.wait_begins(A, 1_000);
-        let second = e.wait_begins(A, 1_100);
+        let first = e.wait_begins(A, 1_000, None);
+        let second = e.wait_begins(A, 1_100, None);
         e.returned(&second, 1_500, 1_050).unwrap();
         e.returned(&first, 1_600, 1_020).unwrap();
         // A wait that began after both returned sees the newest of them.
@@ -600,7 +647,7 @@ mod tests {
         outcome: Outcome,
         dropped: bool,
     ) -> Result<(), String> {
-        let w = e.wait_begins(A, began);
+        let w = e.wait_begins(A, began, None);
         e.low_space_wait_begins(A);
         e.low_space_wait_ends(&w, ended, outcome, |_| dropped)
     }
