@@ -39,10 +39,10 @@ pub struct Converted {
 
 /// Convert `data`, an input of `target`; `source` names it in the header.
 pub fn to_ron(target: &str, data: &[u8], source: &str) -> Result<Converted, String> {
-    let (scenario, how) = match target {
-        "lifecycle" | "lifecycle_everything" => lifecycle_scenario(target, data)?,
-        "scenario_run" => scenario_run_scenario(data)?,
-        "ioctl_args" | "scenario_parse" => {
+    let (scenario, how) = match (target, lifecycle::features_of(target)) {
+        (_, Some(features)) => lifecycle_scenario(features, data)?,
+        ("scenario_run", None) => scenario_run_scenario(data)?,
+        ("ioctl_args" | "scenario_parse", None) => {
             return Err(format!(
                 "to-ron: a '{target}' input is no scenario ({}); keep it as \
                  fuzz/corpus/{target}/regress-NAME instead",
@@ -53,7 +53,7 @@ pub fn to_ron(target: &str, data: &[u8], source: &str) -> Result<Converted, Stri
                 }
             ))
         }
-        other => return Err(format!("to-ron: unknown target '{other}'")),
+        (other, None) => return Err(format!("to-ron: unknown target '{other}'")),
     };
     let header = Header {
         target,
@@ -194,10 +194,12 @@ fn one_line(text: &str) -> String {
     out
 }
 
-/// The scenario a lifecycle target (`lifecycle`, `lifecycle_everything`)
-/// judged, with its seed.
-fn lifecycle_scenario(target: &str, data: &[u8]) -> Result<(Scenario, &'static str), String> {
-    let features = lifecycle::features_of(target).ok_or("to-ron: not a lifecycle target")?;
+/// The scenario a lifecycle target (`lifecycle`, `lifecycle_everything`:
+/// their generator `features`) judged, with its seed.
+fn lifecycle_scenario(
+    features: lifecycle::Features,
+    data: &[u8],
+) -> Result<(Scenario, &'static str), String> {
     let (scenario, seed) = lifecycle::build_with(data, features, lifecycle::Scale::Farm)
         .ok_or("to-ron: the input decodes to no scenario")?;
     let (mut judged, how) = match lifecycle::judge(&scenario, seed) {

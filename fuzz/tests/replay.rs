@@ -313,7 +313,11 @@ fn replay_env() {
             .unwrap_or_default()
     });
     let check = target(&name).unwrap_or_else(|| {
-        panic!("FUZZ_TARGET: unknown target '{name}' (set FUZZ_TARGET to one of lifecycle, lifecycle_everything, scenario_parse, ioctl_args, scenario_run)")
+        let names: Vec<&str> = TARGETS.iter().map(|(name, _)| *name).collect();
+        panic!(
+            "FUZZ_TARGET: unknown target '{name}' (set FUZZ_TARGET to one of {})",
+            names.join(", ")
+        )
     });
     let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     replay_all(&name, check, [(path.display().to_string(), data)]);

@@ -163,10 +163,12 @@ fn replay(name: &str, paths: &[String]) -> Result<bool, String> {
 fn show(name: &str, file: &Path) -> Result<bool, String> {
     let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     match name {
-        "lifecycle" | "lifecycle_everything" => match build(name, &data) {
-            Some((scenario, seed)) => say!("seed: {seed}\n{scenario:#?}"),
-            None => say!("(no scenario)"),
-        },
+        lifecycle_target if lifecycle::features_of(lifecycle_target).is_some() => {
+            match build(name, &data) {
+                Some((scenario, seed)) => say!("seed: {seed}\n{scenario:#?}"),
+                None => say!("(no scenario)"),
+            }
+        }
         "ioctl_args" => match ioctl_args::program(&mut Unstructured::new(&data)) {
             Ok(program) => say!("{program:#?}"),
             Err(e) => say!("(no program: {e})"),
