@@ -298,10 +298,13 @@ impl<A> Scheduler<A> {
             let id = sched.next_id;
             // `runnable.add` below gives this slot: no task is added between.
             let slot = sched.runnable.next_slot();
+            if is_process {
+                sched.processes.insert((name.clone(), id));
+            }
             sched.tasks.insert(
                 id,
                 Task {
-                    name: name.clone(),
+                    name,
                     future: Some(future),
                     noio,
                     bio_list: None,
@@ -314,9 +317,6 @@ impl<A> Scheduler<A> {
                     })),
                 },
             );
-            if is_process {
-                sched.processes.insert((name, id));
-            }
             id
         };
         let priority = self.rng.borrow_mut().next_u64();

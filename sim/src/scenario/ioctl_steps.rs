@@ -467,14 +467,20 @@ impl Run {
         timeout_ms: u32,
         fault: Option<&ArgFault>,
     ) -> Result<BlkSnapSnapshotEvent, Errno> {
-        let arg = BlkSnapSnapshotEvent {
-            id: BlkSnapUuid { b: id },
-            timeout_ms,
-            ..Default::default()
-        };
+        // The 4 KiB argument is mapped and dropped before the call sleeps,
+        // so that it is no part of the future of every step that may wait
+        // (issue 10: those futures are boxed and moved per branch).
+        let addr = self.map_struct(
+            &BlkSnapSnapshotEvent {
+                id: BlkSnapUuid { b: id },
+                timeout_ms,
+                ..Default::default()
+            },
+            fault,
+        );
         let from = self.sim.now();
-        let (result, addr) = self
-            .ioctl(IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT, &arg, fault)
+        let result = self
+            .ioctl_at(IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT, addr)
             .await;
         // The oracle learns which WAIT_EVENT came last, and whether it
         // could read the queue (an unread corrupted event excuses failed
@@ -841,10 +847,14 @@ impl Run {
                 break;
             }
             self.charge_wait();
-            match self.wait_event_raw(id, plan.timeout_ms, None).await {
-                Ok(event) if event.code == EVENT_LOW_FREE_SPACE => {
-                    let requested = BlkSnapEventLowFreeSpace::decode(&event.data)
-                        .map_or(0, |p| p.requested_nr_sect);
+            // Only the code and the request outlive the wait: a 4 KiB
+            // event held across the APPEND below would grow this future.
+            let waited = self
+                .wait_event_raw(id, plan.timeout_ms, None)
+                .await
+                .map(|event| (event.code, low_space_request(&event)));
+            match waited {
+                Ok((code, requested)) if code == EVENT_LOW_FREE_SPACE => {
                     if appended >= plan.limit {
                         continue;
                     }
@@ -855,7 +865,7 @@ impl Run {
                     appended = appended.saturating_add(requested);
                     portions += 1;
                 }
-                Ok(event) if event.code == EVENT_CORRUPTED => {
+                Ok((code, _)) if code == EVENT_CORRUPTED => {
                     corrupted = true;
                     stopped_by = "a corrupted event".into();
                     break;
@@ -881,6 +891,14 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// The sectors a low free space event asks for (0 for another event).
+fn low_space_request(event: &BlkSnapSnapshotEvent) -> u64 {
+    (event.code == EVENT_LOW_FREE_SPACE)
+        .then(|| BlkSnapEventLowFreeSpace::decode(&event.data))
+        .flatten()
+        .map_or(0, |p| p.requested_nr_sect)
 }
 
 /// Elements mapped for an array whose count field says `count`: a lying
