@@ -263,12 +263,18 @@ impl Tracker {
             tracker.put();
             return Err(Errno::EBUSY);
         }
+        // A second REMOVE racing one that is detaching this tracker stops
+        // here. Going on as in v2, it would sleep in the freeze and then
+        // detach whatever filter the device has by then: once the first
+        // REMOVE has detached ours, that may be the filter of a new tracker
+        // a CREATE attached meanwhile, and the CREATE's snapshot would
+        // copy nothing (regress/tracker-remove-vs-remove-vs-create.ron).
+        if tracker.detaching.get() {
+            tracker.put();
+            return Err(Errno::EBUSY);
+        }
         // From here a CREATE must not take the tracker: the freeze below
-        // sleeps, and the check above would be stale by the detach. A
-        // second REMOVE racing this one goes on as in v2 and the later
-        // bdev_filter_detach finds no filter: -ENOENT. Only the REMOVE that
-        // raised the flag lowers it.
-        let first = !tracker.detaching.get();
+        // sleeps, and the check above would be stale by the detach.
         tracker.detaching.set(!module.quirks.trk_5);
         let frozen = k.freeze_bdev(dev).await;
         let detached = k.filter_detach(dev).await;
@@ -276,9 +282,7 @@ impl Tracker {
             sleep_point(k, "tracker_remove.thaw_bdev").await;
             let _ = k.thaw_bdev(dev).await;
         }
-        if first {
-            tracker.detaching.set(false);
-        }
+        tracker.detaching.set(false);
         if detached.is_ok() {
             tracker.detached.set(!module.quirks.trk_5);
         }
