@@ -15,17 +15,19 @@
 //! - image disks: only a TAKE adds an image disk (spec 8.3 step 5), and
 //!   never a TAKE that must have failed. TAKEs of one snapshot are
 //!   serialized by its lock, and one that gets the lock after a DESTROY
-//!   unlisted the snapshot fails (ESRCH). So once DESTROY(S) has returned
-//!   and after it a TAKE of S that held the lock has returned (any result
-//!   but ESRCH and ENODATA, which come before the lock), no TAKE of S may
-//!   add an image disk any more: the one that adds it holds the lock, so
-//!   it took the lock after that TAKE let it go, which that TAKE does with
-//!   no sleeping point before it returns (its reference is not the last
-//!   while another TAKE holds one), so after the unlist. A TAKE that got
-//!   the lock before the unlist may still add its images after DESTROY
-//!   returned: v2 delays the release until it returns (spec 8.4), so
-//!   DESTROY's return alone forbids nothing (`races/destroy-vs-image-
-//!   creation.ron` adds images after it on the fixed engine).
+//!   unlisted the snapshot fails (ESRCH): the fix of B-SNAP-9 (v2 has no
+//!   such lock, spec 10.2, so both TAKEs go on). So once DESTROY(S) has
+//!   returned and after it a TAKE of S that held the lock has returned
+//!   (any result but ESRCH and ENODATA, which come before the lock), no
+//!   TAKE of S may add an image disk any more: the one that adds it holds
+//!   the lock, so it took the lock after that TAKE let it go, which that
+//!   TAKE does with no sleeping point before it returns (its reference is
+//!   not the last while another TAKE holds one), so after the unlist. A
+//!   TAKE that got the lock before the unlist may still add its images
+//!   after DESTROY returned: v2 delays the release until it returns (spec
+//!   8.4), so DESTROY's return alone forbids nothing
+//!   (`races/destroy-vs-image-creation.ron` adds images after it on the
+//!   fixed engine).
 //! - a TAKE that returns 0 had no corrupted diff area when it checked
 //!   (spec 8.3 step 4). The check runs right after the last thaw of
 //!   `snapshot_take_trackers`, in the same step, and COW starts at the
