@@ -9,13 +9,43 @@
 //! snapshot whose ranges are all valid (readable, non-empty, page-aligned,
 //! inside an existing device) fails only with ENOMEM. Other failures of
 //! other calls (allocation, devices, storage) are not the model's business.
+//!
+//! Two rules judge what TAKEs do, from the kernel's record (image disks
+//! added, the engine's freezes and thaws; `Effects`):
+//! - image disks: only a TAKE adds an image disk (spec 8.3 step 5), and
+//!   never a TAKE that must have failed. TAKEs of one snapshot are
+//!   serialized by its lock, and one that gets the lock after a DESTROY
+//!   unlisted the snapshot fails (ESRCH): the fix of B-SNAP-9 (v2 has no
+//!   such lock, spec 10.2, so both TAKEs go on). So once DESTROY(S) has
+//!   returned and after it a TAKE of S that held the lock has returned
+//!   (any result but ESRCH and ENODATA, which come before the lock), no
+//!   TAKE of S may add an image disk any more: the one that adds it holds
+//!   the lock, so it took the lock after that TAKE let it go, which that
+//!   TAKE does with no sleeping point before it returns (its reference is
+//!   not the last while another TAKE holds one), so after the unlist. A
+//!   TAKE that got the lock before the unlist may still add its images
+//!   after DESTROY returned: v2 delays the release until it returns (spec
+//!   8.4), so DESTROY's return alone forbids nothing
+//!   (`races/destroy-vs-image-creation.ron` adds images after it on the
+//!   fixed engine).
+//! - a TAKE that returns 0 had no corrupted diff area when it checked
+//!   (spec 8.3 step 4). The check runs right after the last thaw of
+//!   `snapshot_take_trackers`, in the same step, and COW starts at the
+//!   switch, after the first freeze. So for a TAKE that no other ioctl
+//!   overlapped, a corrupted event of its snapshot stamped after the
+//!   TAKE's first freeze and before its last thaw fails the rule; one
+//!   stamped later (a COW failing while the images are made) is allowed.
+//!   Events reach it through `EventRecord`, a view of the events checker's
+//!   record; the failure is reported as the events checker's, as the
+//!   event's other rules are.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::{Deref, DerefMut};
 
-use blksnap_core::kernel::Errno;
+use blksnap_core::kernel::{DevT, Errno};
 use blksnap_core::uapi::IoctlNr;
 
-use super::events::Events;
+use super::events::{Events, Wait};
 
 type Id = [u8; 16];
 
@@ -28,7 +58,9 @@ pub struct Lifecycle {
     in_flight: u64,
     /// The events checker's record (`check::events`): it lives here
     /// because the sim keeps one record for the control device's checkers.
-    pub events: Events,
+    pub events: EventRecord,
+    /// What TAKEs did, from the kernel's record.
+    effects: Effects,
     /// A CREATE failed its copy-back (-ENODATA): a snapshot may exist whose
     /// id nobody knows (B-CTRL-4), so the list can no longer be compared.
     unknown_ids: bool,
@@ -63,6 +95,7 @@ impl Lifecycle {
         let alone = self.in_flight == 0;
         self.started += 1;
         self.in_flight += 1;
+        self.effects.begin(self.started, alone);
         (self.started, alone)
     }
 
@@ -71,6 +104,18 @@ impl Lifecycle {
         self.live.clear();
         self.unknown_ids = false;
         self.events.unloaded();
+        self.effects = Effects::default();
+        self.events.taken.clear();
+    }
+
+    /// The engine added an image disk (`add_disk` succeeded) at `now` ns.
+    pub fn image_added(&mut self, dev: DevT, now: u64) -> Result<(), String> {
+        self.effects.image_added(dev, now)
+    }
+
+    /// The engine called `freeze_bdev` (`thaw` false) or `thaw_bdev`.
+    pub fn engine_freeze(&mut self, thaw: bool, now: u64) {
+        self.effects.freeze(thaw, now, self.in_flight);
     }
 
     /// An ioctl ended: update the model; judge it if nothing overlapped.
@@ -80,7 +125,13 @@ impl Lifecycle {
         self.judged += u64::from(quiet);
         let verdict = if quiet { self.judge(call) } else { Ok(()) };
         self.apply(call);
-        verdict
+        if let Some(window) = self.effects.ended(token.0, call) {
+            let id = call.id.filter(|_| quiet);
+            if let Some(id) = id {
+                self.events.taken.insert(id, window);
+            }
+        }
+        verdict.and(self.effects.resolve(token.0, call))
     }
 
     fn apply(&mut self, call: &Call) {
@@ -169,6 +220,229 @@ impl Lifecycle {
             ));
         }
         Ok(())
+    }
+}
+
+/// The kernel's record of what TAKEs did, for the two TAKE rules (module
+/// doc). The ioctls reach the checker without a time, so begins, ends and
+/// image disks are ordered by `step`.
+#[derive(Default)]
+struct Effects {
+    step: u64,
+    /// Ioctls in flight, by token.
+    flight: BTreeSet<u64>,
+    /// The step at which a DESTROY of the snapshot returned 0.
+    destroyed: BTreeMap<Id, u64>,
+    /// After that, the step at which a TAKE of it that held its lock
+    /// returned, and what it returned.
+    sealed: BTreeMap<Id, (u64, Result<i64, Errno>)>,
+    /// Image disks whose TAKE is not known yet: some ioctl in flight when
+    /// it appeared has not returned.
+    disks: Vec<Disk>,
+    /// The engine's freezes and thaws while one ioctl runs alone.
+    window: Option<Window>,
+}
+
+struct Disk {
+    dev: DevT,
+    at: u64,
+    step: u64,
+    /// The ioctls in flight when it appeared that have not returned.
+    waiting: BTreeSet<u64>,
+    /// A TAKE in flight when it appeared was of a snapshot sealed before:
+    /// what the sealing TAKE returned.
+    sealed_take: Option<Result<i64, Errno>>,
+}
+
+struct Window {
+    token: u64,
+    first_freeze: Option<u64>,
+    last_thaw: Option<u64>,
+}
+
+impl Effects {
+    fn begin(&mut self, token: u64, alone: bool) {
+        self.step += 1;
+        self.flight.insert(token);
+        self.window = alone.then_some(Window {
+            token,
+            first_freeze: None,
+            last_thaw: None,
+        });
+    }
+
+    fn freeze(&mut self, thaw: bool, now: u64, in_flight: u64) {
+        let Some(window) = self.window.as_mut().filter(|_| in_flight == 1) else {
+            return;
+        };
+        if thaw {
+            window.last_thaw = Some(now);
+        } else {
+            window.first_freeze.get_or_insert(now);
+        }
+    }
+
+    fn image_added(&mut self, dev: DevT, at: u64) -> Result<(), String> {
+        self.step += 1;
+        if self.flight.is_empty() {
+            return Err(no_take(dev, at));
+        }
+        self.disks.push(Disk {
+            dev,
+            at,
+            step: self.step,
+            waiting: self.flight.clone(),
+            sealed_take: None,
+        });
+        Ok(())
+    }
+
+    /// A call returned: the destroyed and sealed snapshots; for a TAKE that
+    /// returned 0 alone, its first freeze and last thaw.
+    fn ended(&mut self, token: u64, call: &Call) -> Option<(u64, u64)> {
+        self.step += 1;
+        self.flight.remove(&token);
+        match (call.nr, call.id, call.result) {
+            (IoctlNr::SnapshotDestroy, Some(id), Ok(_)) => {
+                self.destroyed.insert(id, self.step);
+            }
+            (IoctlNr::SnapshotTake, Some(id), result)
+                if held_the_lock(result) && self.destroyed.contains_key(&id) =>
+            {
+                self.sealed.entry(id).or_insert((self.step, result));
+            }
+            _ => {}
+        }
+        let window = self.window.take_if(|w| w.token == token)?;
+        let take_ok = call.nr == IoctlNr::SnapshotTake && call.result.is_ok();
+        window
+            .first_freeze
+            .zip(window.last_thaw)
+            .filter(|_| take_ok)
+    }
+
+    /// The image disks this call may have made are judged once every call
+    /// in flight when they appeared has returned.
+    fn resolve(&mut self, token: u64, call: &Call) -> Result<(), String> {
+        let mut verdict = Ok(());
+        let sealed = self.sealed_at(call);
+        self.disks.retain_mut(|disk| {
+            if !disk.waiting.remove(&token) {
+                return true;
+            }
+            match sealed {
+                Some(None) => return false,
+                Some(Some((step, result))) if step < disk.step => {
+                    disk.sealed_take = Some(result);
+                }
+                Some(Some(_)) => return false,
+                None => {}
+            }
+            if disk.waiting.is_empty() && verdict.is_ok() {
+                verdict = Err(match disk.sealed_take {
+                    Some(result) => after_destroy(disk, result),
+                    None => no_take(disk.dev, disk.at),
+                });
+            }
+            !disk.waiting.is_empty()
+        });
+        if self.flight.is_empty() {
+            // A TAKE that begins now finds no destroyed snapshot.
+            self.destroyed.clear();
+            self.sealed.clear();
+        }
+        verdict
+    }
+
+    /// None: the call is no TAKE; Some(None): a TAKE whose snapshot is not
+    /// sealed (or unknown); else when it was sealed.
+    fn sealed_at(&self, call: &Call) -> Option<Option<(u64, Result<i64, Errno>)>> {
+        (call.nr == IoctlNr::SnapshotTake)
+            .then(|| call.id.and_then(|id| self.sealed.get(&id).copied()))
+    }
+}
+
+/// ESRCH (lookup) and ENODATA (the argument's copy) come before a TAKE
+/// takes its snapshot's lock; every other result comes after.
+fn held_the_lock(result: Result<i64, Errno>) -> bool {
+    !matches!(result, Err(Errno::ESRCH) | Err(Errno::ENODATA))
+}
+
+fn no_take(dev: DevT, at: u64) -> String {
+    format!(
+        "image disk {dev} was added at {at} ns while no SNAPSHOT_TAKE was in flight: \
+         only TAKE adds image disks (spec 8.3)"
+    )
+}
+
+fn after_destroy(disk: &Disk, sealer: Result<i64, Errno>) -> String {
+    let sealer = match sealer {
+        Ok(v) => v.to_string(),
+        Err(e) => e.to_string(),
+    };
+    format!(
+        "image disk {} was added at {} ns by a TAKE of a snapshot whose DESTROY had returned, \
+         after which another TAKE of it that held its lock returned ({sealer}): TAKEs of a \
+         snapshot are serialized, so this one got the lock after DESTROY unlisted the \
+         snapshot and must fail (ESRCH) without images",
+        disk.dev, disk.at
+    )
+}
+
+/// The events checker's record as the lifecycle checker sees it: `ctl.rs`
+/// hands it each event a WAIT_EVENT returned (`returned`, then `corrupted`
+/// for a corrupted one), and this view also judges a corrupted event
+/// against the TAKE that returned 0 (module doc). Everything else is the
+/// events checker's (`Deref`).
+#[derive(Default)]
+pub struct EventRecord {
+    events: Events,
+    /// Snapshots whose TAKE returned 0 with no other ioctl overlapping
+    /// it: the TAKE's first freeze and last thaw, in ns.
+    taken: BTreeMap<Id, (u64, u64)>,
+    /// The label of the event returned last, and its snapshot.
+    label: Option<(Id, i64)>,
+}
+
+impl EventRecord {
+    pub fn returned(&mut self, wait: &Wait, now: u64, label: i64) -> Result<(), String> {
+        self.label = Some((wait.id(), label));
+        self.events.returned(wait, now, label)
+    }
+
+    /// The event returned last was a corrupted event of `id`'s device `dev`.
+    pub fn corrupted(&mut self, id: Id, dev: u32) -> Result<(), String> {
+        let verdict = self.events.corrupted(id, dev);
+        verdict.and(self.corrupted_before_the_check(id))
+    }
+
+    fn corrupted_before_the_check(&self, id: Id) -> Result<(), String> {
+        let label = self.label.filter(|l| l.0 == id).map(|l| l.1);
+        let (Some(&(freeze, thaw)), Some(label)) = (self.taken.get(&id), label) else {
+            return Ok(());
+        };
+        match u64::try_from(label) {
+            Ok(at) if freeze < at && at < thaw => Err(format!(
+                "SNAPSHOT_TAKE returned 0, but its snapshot was reported corrupted at {at} ns, \
+                 after the TAKE's first freeze ({freeze} ns) and before its last thaw \
+                 ({thaw} ns): TAKE checks its diff areas after the thaw and fails on a \
+                 corrupted one (spec 8.3 step 4)"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Deref for EventRecord {
+    type Target = Events;
+    fn deref(&self) -> &Events {
+        &self.events
+    }
+}
+
+impl DerefMut for EventRecord {
+    fn deref_mut(&mut self) -> &mut Events {
+        &mut self.events
     }
 }
 

@@ -160,6 +160,8 @@ impl Kernel for SimKernel {
     }
 
     fn freeze_bdev(&self, dev: DevT) -> Completion<Result<(), Errno>> {
+        let now = self.0.now();
+        self.0.lifecycle.borrow_mut().engine_freeze(false, now);
         let fails = self.0.blk.freeze_fails(dev);
         let sim = self.0.clone();
         let body = Box::pin(async move { crate::fs::freeze_bdev(&sim, dev, fails).await });
@@ -167,6 +169,8 @@ impl Kernel for SimKernel {
     }
 
     fn thaw_bdev(&self, dev: DevT) -> Completion<Result<(), Errno>> {
+        let now = self.0.now();
+        self.0.lifecycle.borrow_mut().engine_freeze(true, now);
         Completion::ready(crate::fs::thaw_bdev(&self.0, dev))
     }
 
@@ -232,6 +236,10 @@ impl Kernel for SimKernel {
         sim.blk.add_disk(dev, disk, capacity);
         sim.oracle.borrow_mut().image_added(dev, capacity);
         sim.log(format!("add_disk {name} {dev} {capacity}"));
+        let verdict = sim.lifecycle.borrow_mut().image_added(dev, sim.now());
+        if let Err(message) = verdict {
+            sim.fail("lifecycle", message);
+        }
         Ok(())
     }
 
