@@ -44,10 +44,11 @@ pub async fn ioctl(
         .filter(|_| nr == Some(IoctlNr::SnapshotWaitEvent))
         .map(|id| {
             let timeout = wait_timeout_ns(arg, user);
-            sim.lifecycle
-                .borrow()
-                .events
-                .wait_begins(id, began, timeout)
+            let mut lifecycle = sim.lifecycle.borrow_mut();
+            if let Some(task) = sim.current_task() {
+                lifecycle.events.watch_sleeps(task);
+            }
+            lifecycle.events.wait_begins(id, began, timeout)
         });
     let geometry =
         (nr == Some(IoctlNr::SnapshotCreate)).then(|| create_geometry(sim, module, arg, user));
@@ -110,8 +111,14 @@ pub async fn ioctl(
     let append_ok = result.is_ok() && valid_before && append_is_valid(sim, arg, user);
     low_space_end(sim, module, nr, id, append_ok);
     if let Some(wait) = wait {
+        let sleeps = sim
+            .current_task()
+            .map(|task| sim.lifecycle.borrow_mut().events.sleeps_of(task))
+            .unwrap_or_default();
         if result == Err(Errno::ENOENT) {
-            if let Err(message) = Events::empty_returned(&wait, sim.now()) {
+            let verdict = Events::empty_returned(&wait, sim.now())
+                .and_then(|()| Events::wait_ran_out(&wait, &sleeps));
+            if let Err(message) = verdict {
                 sim.fail("events", message);
             }
         }
@@ -274,11 +281,18 @@ fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) -> Optio
     let payload = (event.code == EVENT_CORRUPTED)
         .then(|| BlkSnapEventCorrupted::decode(&event.data))
         .flatten();
+    // Only an overflow corrupts with ENOSPC (storage rule 3).
+    let overflow = payload
+        .as_ref()
+        .is_some_and(|p| p.err_code == Errno::ENOSPC.0);
     let once = payload.map_or(Ok(()), |payload| {
         let dev = DevT::new(payload.orig_dev_id.mj, payload.orig_dev_id.mn).0;
         events.corrupted(wait.id(), dev)
     });
     drop(lifecycle);
+    if overflow {
+        sim.storage.borrow_mut().overflow_seen(wait.id(), sim.now());
+    }
     let verdict = order.and(once);
     if let Err(message) = verdict {
         sim.fail("events", message);
@@ -437,6 +451,11 @@ fn note_storage_ranges(sim: &Sim, arg: u64, user: &dyn UserMemory) {
     let Some(append) = read_append(arg, user) else {
         return;
     };
+    if sim.reclaiming("diff_region") {
+        // A region request may have passed the overflow check before the
+        // overflow: it may take its region from these ranges (storage rule 3).
+        sim.storage.borrow_mut().overflow_unsure(append.id);
+    }
     for &(start, count) in &append.ranges {
         let (id, dev) = (append.id, append.dev);
         sim.oracle
@@ -500,5 +519,42 @@ mod tests {
             "{}",
             failures[0].message
         );
+    }
+
+    /// Storage rule 3's wiring: a corrupted event with ENOSPC that a
+    /// WAIT_EVENT returned tells the storage checker the snapshot
+    /// overflowed, so a range appended after it must stay unwritten; one
+    /// with EIO does not.
+    #[test]
+    fn a_corrupted_enospc_event_seals_later_ranges() {
+        use blksnap_core::kernel::Stamps;
+        use blksnap_core::uapi::BlkSnapDev;
+        let store = DevT::new(7, 1);
+        for (err, sealed) in [(Errno::ENOSPC, true), (Errno::EIO, false)] {
+            let sim = Sim::new(0);
+            let id = [5; 16];
+            let user = UserSpace::default();
+            let wait = sim
+                .lifecycle
+                .borrow()
+                .events
+                .wait_begins(id, sim.now(), None);
+            let payload = BlkSnapEventCorrupted {
+                orig_dev_id: BlkSnapDev { mj: 7, mn: 0 },
+                err_code: err.0,
+            };
+            let event = BlkSnapSnapshotEvent::encode_with(
+                BlkSnapUuid { b: id },
+                0,
+                EVENT_CORRUPTED,
+                0,
+                &payload.encode(),
+            );
+            check_event(&sim, &wait, user.map(event.expect("fits")), &user);
+            let mut storage = sim.storage.borrow_mut();
+            storage.appended(id, store, 0, 64);
+            let written = storage.engine_write(0, store, 0, &Stamps::from_slice(&[1; 8]), 8);
+            assert_eq!(written.is_err(), sealed, "{err:?}: {written:?}");
+        }
     }
 }

@@ -32,6 +32,14 @@
 //! the engine reports: a checker that adopted the engine's block size
 //! would adopt a wrong one silently. TRACKER_COLLECT is checked against it.
 //!
+//! A corrupted map reads as EFAULT (spec 4.6): a user write that ended OK
+//! went through the filter, which marks its blocks (spec 3.4), and one
+//! past the map's last block corrupts the map until the next TAKE resets
+//! it (spec 4.4). So once such a write, submitted after the generation's
+//! last TAKE ended (and with no TAKE running), has completed, a
+//! READ_CBT_MAP that begins later and no TAKE since must fail. (A
+//! MARK_DIRTY past the map is refused and corrupts nothing.)
+//!
 //! When the model cannot know the numbers any more (a TAKE that failed near
 //! the wrap, two TAKEs of one device at once, a failed TAKE that may have
 //! reset the map, an unexpected generation id), it stops judging that
@@ -189,6 +197,9 @@ struct Gen {
     slack: u8,
     /// A write reached past the map: the next TAKE may reset it.
     maybe_corrupt: bool,
+    /// A write that surely marked past the map (it ended OK, submitted
+    /// after the last TAKE): its first sector and completion time.
+    corrupted_by: Option<(u64, u64)>,
 }
 
 impl Gen {
@@ -205,6 +216,7 @@ impl Gen {
             touched: BlockSet::default(),
             slack: 0,
             maybe_corrupt: false,
+            corrupted_by: None,
         }
     }
 
@@ -269,6 +281,9 @@ impl Device {
         let taking = self.taking > 0;
         if let Some(gen) = self.gen.as_mut() {
             record_change(gen, change, taking);
+            if !taking && gen.corrupted_by.is_none() && corrupts(gen, change) {
+                gen.corrupted_by = Some((change.sector, change.completed));
+            }
         }
     }
 
@@ -466,6 +481,7 @@ impl CbtChecker {
         };
         if let Some(gen) = device.gen.as_ref().filter(|_| device.taking == 0) {
             past_the_map(gen.geometry.count, dev, read)?;
+            read_though_corrupted(gen, dev, read)?;
         }
         let (gen, index) = match device.copy {
             Some(Copy::Current(i)) => (device.gen.as_ref(), i),
@@ -762,6 +778,31 @@ fn past_the_map(count: u64, dev: DevT, read: &MapRead) -> Result<(), String> {
          {count} blocks, so at most {most}",
         read.offset, read.length
     ))
+}
+
+/// A user write that surely marked a block past the map: it ended OK
+/// (so the filter marked it), submitted after the generation's last TAKE
+/// ended (so no TAKE's reset came between).
+fn corrupts(gen: &Gen, change: &Change) -> bool {
+    let (_, last) = gen.geometry.blocks(change.sector, change.sectors);
+    change.ok
+        && change.sectors > 0
+        && last >= gen.geometry.count
+        && gen.after(change.submitted) == Some(gen.takes.len() - 1)
+}
+
+/// A READ_CBT_MAP that succeeded after a write corrupted the map.
+fn read_though_corrupted(gen: &Gen, dev: DevT, read: &MapRead) -> Result<(), String> {
+    match gen.corrupted_by {
+        Some((sector, completed)) if completed <= read.start => Err(format!(
+            "READ_CBT_MAP of {dev} that began at {} ns returned the map, but a write at \
+             sector {sector} that completed at {completed} ns reached past the map's {} \
+             blocks after the last TAKE: the map is corrupted and must read as EFAULT until \
+             the next TAKE resets it",
+            read.start, gen.geometry.count
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// No block of the copy made by TAKE `index` can be newer than that TAKE:
@@ -1307,6 +1348,45 @@ mod tests {
         take_sized(&mut c, 100, 110, CAPACITY * 2);
         let err = read_wide(&mut c, 120).unwrap_err();
         assert!(err.contains("block 150 is 0, must be > 1"), "{err}");
+    }
+
+    /// A write past the map after the last TAKE corrupts it: a read that
+    /// began after the write completed must not succeed, until a TAKE
+    /// resets the map; a read that began before, a failed write, a
+    /// MARK_DIRTY past the map, or a write submitted before the last TAKE
+    /// ended corrupt nothing the checker can be sure of.
+    #[test]
+    fn a_map_read_after_a_write_past_it_fails() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        write(&mut c, 0, 8, 40, 45);
+        // The device grew: sector 12800 is block 100, past the map.
+        write(&mut c, CAPACITY, 8, 50, 60);
+        assert!(read(&mut c, 59, &[(0, 1)]).is_ok());
+        let err = read(&mut c, 60, &[(0, 1)]).unwrap_err();
+        assert_eq!(
+            err,
+            "READ_CBT_MAP of 7:0 that began at 60 ns returned the map, but a write at sector \
+             12800 that completed at 60 ns reached past the map's 100 blocks after the last \
+             TAKE: the map is corrupted and must read as EFAULT until the next TAKE resets it"
+        );
+        // The next TAKE resets it to the new size; reads pass again.
+        take_sized(&mut c, 70, 80, CAPACITY * 2);
+        assert!(read_wide(&mut c, 90).is_ok());
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        let failed = Change {
+            sector: CAPACITY,
+            sectors: 8,
+            submitted: 40,
+            completed: 50,
+            ok: false,
+        };
+        c.write(D, &failed);
+        c.marked_dirty(D, &[(CAPACITY, 8)], (40, 50));
+        // Submitted before the TAKE ended: the TAKE may have reset it.
+        write(&mut c, CAPACITY, 8, 25, 35);
+        assert!(read(&mut c, 60, &[]).is_ok());
     }
 
     fn read_wide(c: &mut CbtChecker, at: u64) -> Result<(), String> {

@@ -22,8 +22,25 @@
 //! 5. a WAIT_EVENT that returns ENOENT does so no earlier than its start
 //!    plus the timeout it was given: ENOENT means the queue stayed empty
 //!    until the timeout (spec 7), and the engine starts its clock after
-//!    the call began. (No upper bound: the call may wait for the snapshot
-//!    list's lock before its clock starts, and for the last put after.)
+//!    the call began. (The return has no upper bound: the call may wait
+//!    for the snapshot list's lock before its clock starts, and for the
+//!    CPU and the last put after; rule 6 bounds the wait itself.)
+//! 6. the wait of a WAIT_EVENT that returns ENOENT runs out no later than
+//!    the timeout, rounded up to whole jiffies, after its first timed
+//!    sleep began. The kernel sees every timed sleep the engine asks for
+//!    in the call (`ctl.rs` collects them for the caller's task; the
+//!    allocator's reclaim is the kernel's own time, not counted). v2's
+//!    `wait_event_interruptible_timeout` reads the clock once, before it
+//!    first sleeps, and every sleep is the time left, so every sleep ends
+//!    by that clock start plus the timeout, which is no later than the
+//!    first sleep's start plus it. The slack is v2's rounding:
+//!    `msecs_to_jiffies` rounds up, and `schedule_timeout` of n jiffies
+//!    ends within n ticks (HZ = 250, 4 ms). Only the wait's own sleeps are
+//!    judged: they run up to the first one the next did not cut short (an
+//!    event another waiter took wakes a sleeper early, and it sleeps the
+//!    rest); sleeps after it are the last put's (a DESTROY during the wait
+//!    frees the snapshot there). A timeout of 0 is a poll that never
+//!    sleeps, so any sleep is the put's: not judged.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +51,9 @@ type Id = [u8; 16];
 #[derive(Default)]
 pub struct Events {
     snapshots: BTreeMap<Id, Snapshot>,
+    /// Rule 6: the timed sleeps (start, length) of each task that is in a
+    /// WAIT_EVENT, by task id.
+    sleeps: BTreeMap<u64, Vec<(u64, u64)>>,
 }
 
 #[derive(Default)]
@@ -187,6 +207,23 @@ impl Events {
         }
     }
 
+    /// Task `task` enters a WAIT_EVENT: its timed sleeps count (rule 6).
+    pub fn watch_sleeps(&mut self, task: u64) {
+        self.sleeps.insert(task, Vec::new());
+    }
+
+    /// The engine, in task `task`, asked the kernel at `now` to sleep `ns`.
+    pub fn timed_sleep(&mut self, task: u64, now: u64, ns: u64) {
+        if let Some(sleeps) = self.sleeps.get_mut(&task) {
+            sleeps.push((now, ns));
+        }
+    }
+
+    /// Task `task`'s WAIT_EVENT returned: the sleeps it took, in order.
+    pub fn sleeps_of(&mut self, task: u64) -> Vec<(u64, u64)> {
+        self.sleeps.remove(&task).unwrap_or_default()
+    }
+
     /// The WAIT_EVENT `wait` returned, at `now`, an event labelled `label`
     /// (rules 2 and 3).
     pub fn returned(&mut self, wait: &Wait, now: u64, label: i64) -> Result<(), String> {
@@ -211,6 +248,38 @@ impl Events {
                 wait.began,
                 timeout / 1_000_000
             ));
+        }
+        Ok(())
+    }
+
+    /// Rule 6: the WAIT_EVENT `wait` returned ENOENT, and `sleeps` are
+    /// the timed sleeps (start, length in ns) the engine asked the kernel
+    /// for in the call, in order, the allocator's reclaim left out.
+    pub fn wait_ran_out(wait: &Wait, sleeps: &[(u64, u64)]) -> Result<(), String> {
+        let Some(timeout) = wait.timeout_ns.filter(|&t| t > 0) else {
+            return Ok(());
+        };
+        let Some(&(first, _)) = sleeps.first() else {
+            return Ok(());
+        };
+        let due = first.saturating_add(timeout.div_ceil(JIFFY_NS).saturating_mul(JIFFY_NS));
+        for (i, &(start, length)) in sleeps.iter().enumerate() {
+            let end = start.saturating_add(length);
+            if end > due {
+                return Err(format!(
+                    "a WAIT_EVENT that began at {} ns with a timeout of {} ms returned ENOENT \
+                     (no event), but the engine's wait slept from {start} ns to {end} ns: its \
+                     first sleep began at {first} ns, so the wait had to run out by {due} ns \
+                     (the timeout rounded up to whole {} ms jiffies)",
+                    wait.began,
+                    timeout / 1_000_000,
+                    JIFFY_NS / 1_000_000
+                ));
+            }
+            // The wait ends with the first sleep the next one did not cut short.
+            if sleeps.get(i + 1).is_none_or(|&(next, _)| next >= end) {
+                break;
+            }
         }
         Ok(())
     }
@@ -380,6 +449,9 @@ impl Events {
 /// `EVENT_LOW_FREE_SPACE` (uapi).
 const EVENT_LOW_FREE_SPACE: u32 = 0;
 
+/// One jiffy of the kernel v2 shipped with (HZ = 250): rule 6's slack.
+const JIFFY_NS: u64 = 4_000_000;
+
 /// One snapshot's poll; false when the model must be dropped.
 fn poll_one(id: Id, model: &mut LowSpace, minimum: u64, storage: &mut dyn Watches) -> bool {
     if minimum != model.minimum {
@@ -520,6 +592,58 @@ mod tests {
         // A zero timeout is a poll: ENOENT at once is right.
         let poll = e.wait_begins(A, 1_000, Some(0));
         assert!(Events::empty_returned(&poll, 1_000).is_ok());
+    }
+
+    /// Rule 6: the wait's sleeps end by the first one's start plus the
+    /// timeout rounded up to jiffies; an extra jiffy or more fails, naming
+    /// the sleep and the bound.
+    #[test]
+    fn a_wait_that_sleeps_past_its_timeout_fails() {
+        let e = Events::default();
+        // 10 ms rounds up to 3 jiffies: 12 ms.
+        let w = e.wait_begins(A, 1_000, Some(10_000_000));
+        assert!(Events::wait_ran_out(&w, &[(2_000, 12_000_000)]).is_ok());
+        let late = Events::wait_ran_out(&w, &[(2_000, 12_000_001)]).unwrap_err();
+        assert_eq!(
+            late,
+            "a WAIT_EVENT that began at 1000 ns with a timeout of 10 ms returned ENOENT \
+             (no event), but the engine's wait slept from 2000 ns to 12002001 ns: its first \
+             sleep began at 2000 ns, so the wait had to run out by 12002000 ns (the timeout \
+             rounded up to whole 4 ms jiffies)"
+        );
+        // A whole timeout after the call began, but the clock started late
+        // (a lock wait before it): passes, the wait is counted from its sleep.
+        assert!(Events::wait_ran_out(&w, &[(9_000_000, 10_000_000)]).is_ok());
+        // Woken early by an event another waiter took, it sleeps the rest:
+        // fine to the same deadline, not past it.
+        assert!(Events::wait_ran_out(&w, &[(2_000, 10_000_000), (5_000, 9_997_000)]).is_ok());
+        let fresh = [(2_000, 10_000_000), (5_000_000, 10_000_000)];
+        assert!(Events::wait_ran_out(&w, &fresh).is_err());
+        // After a sleep that ran its length the wait is over: later sleeps
+        // are the last put's (a DESTROY came meanwhile).
+        let put = [(2_000, 10_000_000), (10_002_000, 100_000_000)];
+        assert!(Events::wait_ran_out(&w, &put).is_ok());
+        // A poll (timeout 0) never sleeps, an unknown timeout is not
+        // judged, and a wait with no sleep seen has nothing to judge.
+        for timeout in [Some(0), None] {
+            let w = e.wait_begins(A, 1_000, timeout);
+            assert!(Events::wait_ran_out(&w, &[(2_000, 4_000_000)]).is_ok());
+        }
+        assert!(Events::wait_ran_out(&w, &[]).is_ok());
+    }
+
+    /// The sleeps counted are the watched task's, from its WAIT_EVENT's
+    /// start, and only until it returns.
+    #[test]
+    fn only_a_waiting_tasks_sleeps_count() {
+        let mut e = Events::default();
+        e.timed_sleep(3, 100, 5);
+        e.watch_sleeps(3);
+        e.timed_sleep(3, 200, 6);
+        e.timed_sleep(4, 300, 7);
+        assert_eq!(e.sleeps_of(3), vec![(200, 6)]);
+        e.timed_sleep(3, 400, 8);
+        assert_eq!(e.sleeps_of(3), vec![]);
     }
 
     /// Events taken newest first (a LIFO queue) fail, with the snapshot,

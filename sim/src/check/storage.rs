@@ -15,6 +15,19 @@
 //!    released when the owning snapshot is destroyed, and forgotten when
 //!    its range is appended again (reuse).
 //!
+//! 3. After an overflow no region is taken: once a WAIT_EVENT returned a
+//!    snapshot's corrupted event with ENOSPC, its storage overflowed, and
+//!    every later region request of the snapshot fails at once (spec 6.3
+//!    step 1, 6.5; the flag is never cleared, B-DS-3). So a range the
+//!    user appends to it after that return is never written: the engine
+//!    may finish copies to regions it took before, never one from a range
+//!    it did not have then. One excuse: a request that passed the
+//!    overflow check before the overflow and sleeps in reclaim (its
+//!    descriptor's GFP_NOIO allocation) takes its region after it, and
+//!    may take it from a range appended meanwhile; if such an allocation
+//!    is in reclaim when the APPEND begins, the snapshot is not judged by
+//!    this rule any more.
+//!
 //! What a sector holds is learned from the data alone: pattern stamps name
 //! their device and sector, and user-write stamps are unique per run, so
 //! the first user write of a stamp names where it belongs (an image sector
@@ -197,6 +210,9 @@ struct AppendedRange {
     snapshot: [u8; 16],
     /// Its snapshot was destroyed: the copies in it are not live.
     released: bool,
+    /// Appended after the user saw its snapshot overflow (at this time):
+    /// rule 3 wants it never written.
+    after_overflow: Option<u64>,
 }
 
 impl AppendedRange {
@@ -258,6 +274,9 @@ pub struct StorageCheck {
     /// snapshot (the block layer gives each engine write's submission
     /// time).
     watches: Vec<Watch>,
+    /// Rule 3: snapshots whose overflow the user saw, and when (the return
+    /// of the WAIT_EVENT that took the corrupted event).
+    overflowed: BTreeMap<[u8; 16], u64>,
 }
 
 impl StorageCheck {
@@ -367,6 +386,7 @@ impl StorageCheck {
             count,
             snapshot,
             released: false,
+            after_overflow: self.overflowed.get(&snapshot).copied(),
         };
         let reused = |r: &AppendedRange| {
             r.released && r.dev == dev && r.start < new.end() && start < r.end()
@@ -382,6 +402,22 @@ impl StorageCheck {
         }
         self.ranges.retain(|r| !reused(r));
         self.ranges.push(new);
+    }
+
+    /// Rule 3: a WAIT_EVENT that returned at `at` took `snapshot`'s
+    /// corrupted event with ENOSPC: its storage overflowed.
+    pub fn overflow_seen(&mut self, snapshot: [u8; 16], at: u64) {
+        self.overflowed.entry(snapshot).or_insert(at);
+    }
+
+    /// Rule 3's excuse: an APPEND of `snapshot` begins while a region
+    /// request may have passed the overflow check before the overflow and
+    /// not yet taken its region: judge the snapshot no more.
+    pub fn overflow_unsure(&mut self, snapshot: [u8; 16]) {
+        self.overflowed.remove(&snapshot);
+        for range in self.ranges.iter_mut().filter(|r| r.snapshot == snapshot) {
+            range.after_overflow = None;
+        }
     }
 
     /// DESTROY of a snapshot succeeded: its copies are no longer live.
@@ -561,6 +597,9 @@ impl StorageCheck {
         }
         self.check_inside(dev, sector, count)?;
         let judged = self.offered_once(dev, sector, count);
+        if judged && !self.overflowed.is_empty() {
+            self.check_no_region_after_overflow(dev, sector, count)?;
+        }
         if let Some(orig) = self.one_origin(data) {
             let run = Extent {
                 len: data.len(),
@@ -797,6 +836,34 @@ impl StorageCheck {
             ("storage_writes_judged".into(), self.writes_judged as f64),
             ("storage_sectors_judged".into(), self.sectors_judged as f64),
         ]
+    }
+
+    /// Rule 3: not inside a range appended after its snapshot overflowed
+    /// (the write lies inside one range offered once: rule 1 and the
+    /// caller checked).
+    fn check_no_region_after_overflow(
+        &self,
+        dev: DevT,
+        sector: u64,
+        count: u64,
+    ) -> Result<(), String> {
+        let Some(range) = self.ranges.iter().find(|r| r.holds(dev, sector)) else {
+            return Ok(());
+        };
+        let Some(seen) = range.after_overflow.filter(|_| !range.released) else {
+            return Ok(());
+        };
+        let hex: String = range.snapshot[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Err(format!(
+            "snapshot {hex}: the engine wrote {count} sectors at {dev}:{sector}, in the range \
+             ({}, {}) appended after a WAIT_EVENT returned the snapshot's corrupted event with \
+             ENOSPC at {seen} ns: after an overflow every region request fails at once, so no \
+             region comes from a range appended later",
+            range.start, range.count
+        ))
     }
 
     /// Rule 1: inside one appended range.
@@ -1181,6 +1248,43 @@ mod tests {
         newer[4] = 43;
         let err = write(&mut c, 0, &newer).unwrap_err();
         assert!(err.contains("data of 7:0 sector 100"), "{err}");
+    }
+
+    /// Rule 3: once the user saw S1 overflow, a range appended to it later
+    /// must stay unwritten; ranges appended before, other snapshots'
+    /// ranges, and the range after S1 is destroyed and reused are not
+    /// judged, nor is S1 once a racing region request made it unsure.
+    #[test]
+    fn a_write_into_a_range_appended_after_the_overflow_fails() {
+        let mut c = check();
+        c.appended(S1, STORE, 0, 8);
+        c.overflow_seen(S1, 5_000);
+        c.appended(S1, STORE, 8, 64);
+        c.appended(S2, STORE, 72, 64);
+        assert!(write(&mut c, 0, &chunk(0, 8)).is_ok());
+        assert!(write(&mut c, 72, &chunk(8, 8)).is_ok());
+        let err = write(&mut c, 16, &chunk(16, 8)).unwrap_err();
+        assert_eq!(
+            err,
+            "snapshot 01010101: the engine wrote 8 sectors at 7:1:16, in the range (8, 64) \
+             appended after a WAIT_EVENT returned the snapshot's corrupted event with ENOSPC \
+             at 5000 ns: after an overflow every region request fails at once, so no region \
+             comes from a range appended later"
+        );
+        // Destroyed, the range is no longer S1's; appended again to S2 it is
+        // forgotten and may be written.
+        c.destroyed(S1);
+        assert!(write(&mut c, 24, &chunk(24, 8)).is_ok());
+        c.appended(S2, STORE, 8, 64);
+        assert!(write(&mut c, 32, &chunk(32, 8)).is_ok());
+        // A region request in reclaim when the APPEND began: unsure.
+        let mut c = check();
+        c.overflow_seen(S1, 5_000);
+        c.appended(S1, STORE, 0, 64);
+        c.overflow_unsure(S1);
+        c.appended(S1, STORE, 64, 64);
+        assert!(write(&mut c, 0, &chunk(0, 8)).is_ok());
+        assert!(write(&mut c, 64, &chunk(8, 8)).is_ok());
     }
 
     #[test]

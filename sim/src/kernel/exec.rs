@@ -67,6 +67,23 @@ impl Sim {
         completion
     }
 
+    /// The engine asks for a timed sleep of `ns`: the events checker
+    /// counts it for a task in a WAIT_EVENT (rule 6). The allocator's
+    /// reclaim sleeps too, but that time is the kernel's, not the engine's.
+    /// Nothing is traced or drawn.
+    pub fn engine_sleeps(&self, ns: u64) {
+        let Some(task) = self.current_task() else {
+            return;
+        };
+        if !self.mm.task_reclaiming(task) {
+            let now = self.now();
+            self.lifecycle
+                .borrow_mut()
+                .events
+                .timed_sleep(task, now, ns);
+        }
+    }
+
     /// Inlined into the executor's loops: a call per iteration saved and
     /// restored as many registers as a bio's end costs in instructions.
     #[inline(always)]

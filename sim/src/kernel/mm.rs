@@ -159,6 +159,11 @@ impl Memory {
         self.reclaiming.borrow_mut().retain(|(t, _)| *t != task);
     }
 
+    /// Whether `task`'s allocation is in reclaim.
+    pub fn task_reclaiming(&self, task: u64) -> bool {
+        self.reclaiming.borrow().iter().any(|(t, _)| *t == task)
+    }
+
     /// Whether any allocation is in reclaim (most of the time none is).
     pub fn any_reclaiming(&self) -> bool {
         !self.reclaiming.borrow().is_empty()

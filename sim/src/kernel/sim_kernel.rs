@@ -31,6 +31,7 @@ impl Kernel for SimKernel {
     }
 
     fn sleep(&self, ns: u64) -> Completion<()> {
+        self.0.engine_sleeps(ns);
         self.0.sleep(ns)
     }
 
