@@ -269,9 +269,12 @@ impl Tracker {
         // REMOVE has detached ours, that may be the filter of a new tracker
         // a CREATE attached meanwhile, and the CREATE's snapshot would
         // copy nothing (regress/tracker-remove-vs-remove-vs-create.ron).
+        // It fails as v2's second REMOVE does when no CREATE comes between:
+        // the filter is (about to be) gone, -ENOENT, logged.
         if tracker.detaching.get() {
             tracker.put();
-            return Err(Errno::EBUSY);
+            k.log(&format!("failed to detach from {dev}: {}", Errno::ENOENT));
+            return Err(Errno::ENOENT);
         }
         // From here a CREATE must not take the tracker: the freeze below
         // sleeps, and the check above would be stale by the detach.

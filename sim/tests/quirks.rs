@@ -222,9 +222,12 @@ fn b_trk_10_a_user_freeze_before_take_survives_on_6_1() {
     }
 }
 
-/// Class (c): two concurrent TRACKER_REMOVEs both pass the checks (the
-/// first is held in its freeze, syncing 10 ms of writeback); the later
-/// bdev_filter_detach finds no filter, -ENOENT as in v2 (was -EBUSY).
+/// Class (c): of two concurrent TRACKER_REMOVEs (the first is held in its
+/// freeze, syncing 10 ms of writeback), the second fails with -ENOENT and
+/// logs it, as v2's does when its bdev_filter_detach finds no filter (was
+/// -EBUSY). Since session 23 it fails before its freeze, where v2's goes on
+/// and may detach a filter a CREATE attached meanwhile
+/// (`regress/tracker-remove-vs-remove-vs-create.ron`).
 #[test]
 fn a_second_concurrent_tracker_remove_is_enoent() {
     let text = r#"Scenario(
