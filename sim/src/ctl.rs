@@ -285,10 +285,17 @@ fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) -> Optio
     let overflow = payload
         .as_ref()
         .is_some_and(|p| p.err_code == Errno::ENOSPC.0);
+    let corrupted = payload.is_some();
     let once = payload.map_or(Ok(()), |payload| {
         let dev = DevT::new(payload.orig_dev_id.mj, payload.orig_dev_id.mn).0;
         events.corrupted(wait.id(), dev)
     });
+    // A corrupted event against a TAKE that returned 0 (lifecycle's TAKE
+    // rule 2).
+    let take = match corrupted {
+        true => lifecycle.corrupted_reported(wait.id(), event.time_label),
+        false => Ok(()),
+    };
     drop(lifecycle);
     if overflow {
         sim.storage.borrow_mut().overflow_seen(wait.id(), sim.now());
@@ -296,6 +303,9 @@ fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) -> Optio
     let verdict = order.and(once);
     if let Err(message) = verdict {
         sim.fail("events", message);
+    }
+    if let Err(message) = take {
+        sim.fail("lifecycle", message);
     }
     Some((event.code, event.time_label))
 }

@@ -137,7 +137,8 @@ fn corrupted_at(label: i64, result: Result<i64, Errno>, overlapped: bool) -> Res
     l.end(token, &call(IoctlNr::SnapshotTake, result))?;
     let wait = l.events.wait_begins(S, 300, None);
     l.events.returned(&wait, 310, label)?;
-    l.events.corrupted(S, 0x70_0000)
+    l.events.corrupted(S, 0x70_0000)?;
+    l.corrupted_reported(S, label)
 }
 
 #[test]

@@ -35,17 +35,15 @@
 //!   overlapped, a corrupted event of its snapshot stamped after the
 //!   TAKE's first freeze and before its last thaw fails the rule; one
 //!   stamped later (a COW failing while the images are made) is allowed.
-//!   Events reach it through `EventRecord`, a view of the events checker's
-//!   record; the failure is reported as the events checker's, as the
-//!   event's other rules are.
+//!   `ctl.rs` hands it each corrupted event a WAIT_EVENT returned
+//!   (`corrupted_reported`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::{Deref, DerefMut};
 
 use blksnap_core::kernel::{DevT, Errno};
 use blksnap_core::uapi::IoctlNr;
 
-use super::events::{Events, Wait};
+use super::events::Events;
 
 type Id = [u8; 16];
 
@@ -58,9 +56,12 @@ pub struct Lifecycle {
     in_flight: u64,
     /// The events checker's record (`check::events`): it lives here
     /// because the sim keeps one record for the control device's checkers.
-    pub events: EventRecord,
+    pub events: Events,
     /// What TAKEs did, from the kernel's record.
     effects: Effects,
+    /// Snapshots whose TAKE returned 0 with no other ioctl overlapping
+    /// it: the TAKE's first freeze and last thaw, in ns.
+    take_windows: BTreeMap<Id, (u64, u64)>,
     /// A CREATE failed its copy-back (-ENODATA): a snapshot may exist whose
     /// id nobody knows (B-CTRL-4), so the list can no longer be compared.
     unknown_ids: bool,
@@ -105,7 +106,24 @@ impl Lifecycle {
         self.unknown_ids = false;
         self.events.unloaded();
         self.effects = Effects::default();
-        self.events.taken.clear();
+        self.take_windows.clear();
+    }
+
+    /// A WAIT_EVENT returned a corrupted event of `id` labelled `label`
+    /// (ns): judged against the TAKE of `id` that returned 0 (module doc).
+    pub fn corrupted_reported(&self, id: Id, label: i64) -> Result<(), String> {
+        let Some(&(freeze, thaw)) = self.take_windows.get(&id) else {
+            return Ok(());
+        };
+        match u64::try_from(label) {
+            Ok(at) if freeze < at && at < thaw => Err(format!(
+                "SNAPSHOT_TAKE returned 0, but its snapshot was reported corrupted at {at} ns, \
+                 after the TAKE's first freeze ({freeze} ns) and before its last thaw \
+                 ({thaw} ns): TAKE checks its diff areas after the thaw and fails on a \
+                 corrupted one (spec 8.3 step 4)"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The engine added an image disk (`add_disk` succeeded) at `now` ns.
@@ -128,7 +146,7 @@ impl Lifecycle {
         if let Some(window) = self.effects.ended(token.0, call) {
             let id = call.id.filter(|_| quiet);
             if let Some(id) = id {
-                self.events.taken.insert(id, window);
+                self.take_windows.insert(id, window);
             }
         }
         verdict.and(self.effects.resolve(token.0, call))
@@ -387,63 +405,6 @@ fn after_destroy(disk: &Disk, sealer: Result<i64, Errno>) -> String {
          snapshot and must fail (ESRCH) without images",
         disk.dev, disk.at
     )
-}
-
-/// The events checker's record as the lifecycle checker sees it: `ctl.rs`
-/// hands it each event a WAIT_EVENT returned (`returned`, then `corrupted`
-/// for a corrupted one), and this view also judges a corrupted event
-/// against the TAKE that returned 0 (module doc). Everything else is the
-/// events checker's (`Deref`).
-#[derive(Default)]
-pub struct EventRecord {
-    events: Events,
-    /// Snapshots whose TAKE returned 0 with no other ioctl overlapping
-    /// it: the TAKE's first freeze and last thaw, in ns.
-    taken: BTreeMap<Id, (u64, u64)>,
-    /// The label of the event returned last, and its snapshot.
-    label: Option<(Id, i64)>,
-}
-
-impl EventRecord {
-    pub fn returned(&mut self, wait: &Wait, now: u64, label: i64) -> Result<(), String> {
-        self.label = Some((wait.id(), label));
-        self.events.returned(wait, now, label)
-    }
-
-    /// The event returned last was a corrupted event of `id`'s device `dev`.
-    pub fn corrupted(&mut self, id: Id, dev: u32) -> Result<(), String> {
-        let verdict = self.events.corrupted(id, dev);
-        verdict.and(self.corrupted_before_the_check(id))
-    }
-
-    fn corrupted_before_the_check(&self, id: Id) -> Result<(), String> {
-        let label = self.label.filter(|l| l.0 == id).map(|l| l.1);
-        let (Some(&(freeze, thaw)), Some(label)) = (self.taken.get(&id), label) else {
-            return Ok(());
-        };
-        match u64::try_from(label) {
-            Ok(at) if freeze < at && at < thaw => Err(format!(
-                "SNAPSHOT_TAKE returned 0, but its snapshot was reported corrupted at {at} ns, \
-                 after the TAKE's first freeze ({freeze} ns) and before its last thaw \
-                 ({thaw} ns): TAKE checks its diff areas after the thaw and fails on a \
-                 corrupted one (spec 8.3 step 4)"
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Deref for EventRecord {
-    type Target = Events;
-    fn deref(&self) -> &Events {
-        &self.events
-    }
-}
-
-impl DerefMut for EventRecord {
-    fn deref_mut(&mut self) -> &mut Events {
-        &mut self.events
-    }
 }
 
 /// COLLECT_IMAGES: -ENODEV exactly when the snapshot is not taken.
