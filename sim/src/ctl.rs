@@ -292,9 +292,10 @@ fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) -> Optio
     });
     // A corrupted event against a TAKE that returned 0 (lifecycle's TAKE
     // rule 2).
-    let take = match corrupted {
-        true => lifecycle.corrupted_reported(wait.id(), event.time_label),
-        false => Ok(()),
+    let take = if corrupted {
+        lifecycle.corrupted_reported(wait.id(), event.time_label)
+    } else {
+        Ok(())
     };
     drop(lifecycle);
     if overflow {

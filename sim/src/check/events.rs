@@ -556,7 +556,7 @@ fn judge(wait: &Wait, now: u64, label: i64) -> Result<(), String> {
 }
 
 /// How messages name a snapshot: its id's first four bytes.
-fn snapshot_name(id: &Id) -> String {
+pub(crate) fn snapshot_name(id: &Id) -> String {
     let hex: String = id[..4].iter().map(|b| format!("{b:02x}")).collect();
     format!("snapshot {hex}")
 }

@@ -853,16 +853,14 @@ impl StorageCheck {
         let Some(seen) = range.after_overflow.filter(|_| !range.released) else {
             return Ok(());
         };
-        let hex: String = range.snapshot[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         Err(format!(
-            "snapshot {hex}: the engine wrote {count} sectors at {dev}:{sector}, in the range \
+            "{}: the engine wrote {count} sectors at {dev}:{sector}, in the range \
              ({}, {}) appended after a WAIT_EVENT returned the snapshot's corrupted event with \
              ENOSPC at {seen} ns: after an overflow every region request fails at once, so no \
              region comes from a range appended later",
-            range.start, range.count
+            super::events::snapshot_name(&range.snapshot),
+            range.start,
+            range.count
         ))
     }
 

@@ -495,10 +495,7 @@ impl Run {
             code: event.code,
             time_label: event.time_label,
         });
-        let requested = (event.code == EVENT_LOW_FREE_SPACE)
-            .then(|| BlkSnapEventLowFreeSpace::decode(&event.data))
-            .flatten()
-            .map(|e| e.requested_nr_sect);
+        let requested = low_space_request(&event);
         self.sim.series.borrow_mut().event(
             self.sim.now(),
             id,
@@ -532,11 +529,7 @@ impl Run {
             (EventExpect::Any, _) => true,
             (EventExpect::None, Err(e)) => *e == Errno::ENOENT,
             (EventExpect::Err(name), Err(e)) => e.name() == name,
-            (EventExpect::LowFreeSpace(want), Ok(event)) => {
-                event.code == EVENT_LOW_FREE_SPACE
-                    && BlkSnapEventLowFreeSpace::decode(&event.data).map(|p| p.requested_nr_sect)
-                        == Some(*want)
-            }
+            (EventExpect::LowFreeSpace(want), Ok(event)) => low_space_request(event) == Some(*want),
             (EventExpect::Corrupted(device, errno), Ok(event)) => {
                 let payload = BlkSnapEventCorrupted::decode(&event.data);
                 event.code == EVENT_CORRUPTED
@@ -852,7 +845,7 @@ impl Run {
             let waited = self
                 .wait_event_raw(id, plan.timeout_ms, None)
                 .await
-                .map(|event| (event.code, low_space_request(&event)));
+                .map(|event| (event.code, low_space_request(&event).unwrap_or(0)));
             match waited {
                 Ok((code, requested)) if code == EVENT_LOW_FREE_SPACE => {
                     if appended >= plan.limit {
@@ -893,12 +886,12 @@ impl Run {
     }
 }
 
-/// The sectors a low free space event asks for (0 for another event).
-fn low_space_request(event: &BlkSnapSnapshotEvent) -> u64 {
+/// The sectors a low free space event asks for (None for another event).
+fn low_space_request(event: &BlkSnapSnapshotEvent) -> Option<u64> {
     (event.code == EVENT_LOW_FREE_SPACE)
         .then(|| BlkSnapEventLowFreeSpace::decode(&event.data))
         .flatten()
-        .map_or(0, |p| p.requested_nr_sect)
+        .map(|p| p.requested_nr_sect)
 }
 
 /// Elements mapped for an array whose count field says `count`: a lying
