@@ -8,15 +8,17 @@ use blksnap_core::ctrl::{self, IoctlResult};
 use blksnap_core::kernel::{DevT, Errno, UserMemory};
 use blksnap_core::params::Params;
 use blksnap_core::uapi::{
-    BlkSnapBlockRange, BlkSnapDev, BlkSnapEventCorrupted, BlkSnapSnapshotAppendStorage,
-    BlkSnapSnapshotCollect, BlkSnapSnapshotCreate, BlkSnapSnapshotEvent, IoctlNr, UapiStruct,
-    EVENT_CORRUPTED, IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE,
+    BlkSnapBlockRange, BlkSnapDev, BlkSnapEventCorrupted, BlkSnapEventLowFreeSpace,
+    BlkSnapSnapshotAppendStorage, BlkSnapSnapshotCollect, BlkSnapSnapshotCreate,
+    BlkSnapSnapshotEvent, IoctlNr, UapiStruct, EVENT_CORRUPTED, EVENT_LOW_FREE_SPACE,
+    IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE,
 };
 use blksnap_core::Module;
 
 use crate::check::cbt::{decode, decode_array};
 use crate::check::events::{Events, Outcome, Wait};
 use crate::check::lifecycle::Call;
+use crate::check::low_space::AppendToken;
 use crate::kernel::Sim;
 use crate::trace::TraceEvent;
 
@@ -52,6 +54,7 @@ pub async fn ioctl(
         });
     let geometry =
         (nr == Some(IoctlNr::SnapshotCreate)).then(|| create_geometry(sim, module, arg, user));
+    let append_token = requests_begin(sim, module, nr, id, arg, user);
     low_space_begin(
         sim,
         module,
@@ -78,6 +81,7 @@ pub async fn ioctl(
     if let Some(created) = created {
         let mut lifecycle = sim.lifecycle.borrow_mut();
         lifecycle.events.created(created, began);
+        lifecycle.events.requests.created(created, began, sim.now());
         // The geometry the engine read lies between the CREATE's start and end.
         if let Some((minimum, chunk)) =
             geometry.filter(|&g| g == create_geometry(sim, module, arg, user))
@@ -108,6 +112,10 @@ pub async fn ioctl(
     if let (Some(IoctlNr::SnapshotDestroy), Some(id), Ok(_)) = (nr, id, result) {
         sim.storage.borrow_mut().destroyed(id);
     }
+    if let Some(token) = append_token {
+        let mut lifecycle = sim.lifecycle.borrow_mut();
+        lifecycle.events.requests.append_ends(token, sim.now());
+    }
     let append_ok = result.is_ok() && valid_before && append_is_valid(sim, arg, user);
     low_space_end(sim, module, nr, id, append_ok);
     if let Some(wait) = wait {
@@ -126,6 +134,47 @@ pub async fn ioctl(
         low_space_wait_end(sim, &wait, result, event);
     }
     result
+}
+
+/// Events rules 7 to 9 before the engine runs an ioctl: the minimum a
+/// CREATE starts with, the sectors an APPEND offers (its token comes back at
+/// its end), a WAIT_EVENT's look at an overflow seen before.
+fn requests_begin(
+    sim: &Sim,
+    module: &Module,
+    nr: Option<IoctlNr>,
+    id: Option<[u8; 16]>,
+    arg: u64,
+    user: &dyn UserMemory,
+) -> Option<AppendToken> {
+    let mut lifecycle = sim.lifecycle.borrow_mut();
+    let requests = &mut lifecycle.events.requests;
+    let now = sim.now();
+    match (nr?, id) {
+        (IoctlNr::SnapshotCreate, _) => {
+            requests.minimum(now, module.params().diff_storage_minimum);
+            None
+        }
+        (IoctlNr::SnapshotAppendStorage, Some(id)) => {
+            let sectors = read_append(arg, user).map_or(0, |a| {
+                a.ranges
+                    .iter()
+                    .fold(0u64, |sum, &(_, count)| sum.saturating_add(count))
+            });
+            requests.append_begins(id, now, sectors)
+        }
+        (IoctlNr::SnapshotWaitEvent, Some(id)) => {
+            requests.look(id, now, || may_still_raise(sim));
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Whether an allocation that may still raise a low-free-space event after
+/// an overflow is in reclaim: an event's, or a region descriptor's (rule 9).
+fn may_still_raise(sim: &Sim) -> bool {
+    sim.reclaiming("event") || sim.reclaiming("diff_region")
 }
 
 /// Rule 4 of the events checker before the engine runs an ioctl: what an
@@ -286,6 +335,16 @@ fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) -> Optio
         .as_ref()
         .is_some_and(|p| p.err_code == Errno::ENOSPC.0);
     let corrupted = payload.is_some();
+    if overflow {
+        let requests = &mut events.requests;
+        requests.overflow_seen(wait.id(), sim.now(), || may_still_raise(sim));
+    }
+    let requested = (event.code == EVENT_LOW_FREE_SPACE)
+        .then(|| BlkSnapEventLowFreeSpace::decode(&event.data))
+        .flatten();
+    let request = requested.map_or(Ok(()), |p| {
+        events.low_space_event(wait.id(), event.time_label, p.requested_nr_sect)
+    });
     let once = payload.map_or(Ok(()), |payload| {
         let dev = DevT::new(payload.orig_dev_id.mj, payload.orig_dev_id.mn).0;
         events.corrupted(wait.id(), dev)
@@ -301,7 +360,7 @@ fn check_event(sim: &Sim, wait: &Wait, arg: u64, user: &dyn UserMemory) -> Optio
     if overflow {
         sim.storage.borrow_mut().overflow_seen(wait.id(), sim.now());
     }
-    let verdict = order.and(once);
+    let verdict = order.and(once).and(request);
     if let Err(message) = verdict {
         sim.fail("events", message);
     }

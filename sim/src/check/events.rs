@@ -41,10 +41,17 @@
 //!    rest); sleeps after it are the last put's (a DESTROY during the wait
 //!    frees the snapshot there). A timeout of 0 is a poll that never
 //!    sleeps, so any sleep is the put's: not judged.
+//!
+//! Rules 7 to 9 (`check::low_space`, kept in `Events::requests`): a
+//! low-free-space event asks for the diff_storage_minimum of its time; after
+//! the creation's, at most one per APPEND that could re-arm it, plus one; none
+//! raised after the user saw the snapshot overflow.
 
 use std::collections::BTreeMap;
 
 use blksnap_core::kernel::DevT;
+
+use super::low_space::Requests;
 
 type Id = [u8; 16];
 
@@ -54,6 +61,8 @@ pub struct Events {
     /// Rule 6: the timed sleeps (start, length) of each task that is in a
     /// WAIT_EVENT, by task id.
     sleeps: BTreeMap<u64, Vec<(u64, u64)>>,
+    /// Rules 7 to 9.
+    pub requests: Requests,
 }
 
 #[derive(Default)]
@@ -282,6 +291,13 @@ impl Events {
             }
         }
         Ok(())
+    }
+
+    /// A WAIT_EVENT returned `id`'s low-free-space event labelled `label`
+    /// asking for `requested` sectors (rules 7 to 9).
+    pub fn low_space_event(&mut self, id: Id, label: i64, requested: u64) -> Result<(), String> {
+        let verdict = self.requests.low_space(id, label, requested);
+        verdict.map_err(|message| format!("{}: {message}", snapshot_name(&id)))
     }
 
     /// A corrupted event for device `dev` (mj << 32 | mn, packed) of

@@ -12,6 +12,7 @@ pub mod events;
 pub mod fs_take;
 pub mod injected;
 pub mod lifecycle;
+pub mod low_space;
 pub mod point_in_time;
 pub mod resources;
 mod sector_map;

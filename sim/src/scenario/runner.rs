@@ -1269,6 +1269,11 @@ impl Run {
         let module = self.module().ok_or("the module is not loaded")?;
         let validate = !module.quirks.param_1;
         let result = module.params.borrow_mut().set(name, value, validate);
+        // Events rule 7 knows each value the low-free-space events may ask for.
+        let minimum = module.params().diff_storage_minimum;
+        let mut lifecycle = self.sim.lifecycle.borrow_mut();
+        lifecycle.events.requests.minimum(self.sim.now(), minimum);
+        drop(lifecycle);
         check_expect(expect, result.map(|()| 0))
     }
 
