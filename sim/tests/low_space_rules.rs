@@ -143,6 +143,38 @@ fn a_low_space_event_after_the_overflow_fails() {
     r.low_space(S, 6_000, M).unwrap();
 }
 
+/// Rule 7 end to end: the user sets diff_storage_minimum to 32 after the
+/// CREATE, and the next event asks for 32 (T is 16 now: the first region
+/// leaves 8 of the 16 requested). The runner tells the checker of the new
+/// value; if it did not, rule 7 would fail this run.
+#[test]
+fn an_event_asks_for_the_minimum_the_user_set() {
+    let text = r#"Scenario(
+        name: "set-minimum",
+        params: (chunk_minimum_shift: 12, diff_storage_minimum: 16),
+        devices: [(name: "d", sectors: 2048, fill: Pattern), (name: "store", sectors: 4096)],
+        steps: [
+            Create(snapshot: "s", devices: ["d"]),
+            WaitEvent(snapshot: "s", expect: LowFreeSpace(16)),
+            Append(snapshot: "s", device: "store", ranges: [(0, 64)]),
+            Take(snapshot: "s"),
+            SetParam(name: "diff_storage_minimum", value: 32),
+            Write(target: Original("d"), sector: 0, sectors: 1),
+            WaitEvent(snapshot: "s", timeout_ms: 100, expect: LowFreeSpace(32)),
+            Destroy(snapshot: "s"),
+        ],
+    )"#;
+    let s = blksnap_sim::scenario::parse(Path::new("t.ron"), text).expect("parses");
+    for seed in 0..20 {
+        let options = RunOptions {
+            seed: Some(seed),
+            ..RunOptions::default()
+        };
+        let o = run(&s, &options);
+        assert!(o.passed(), "seed {seed}: {:?}", o.failures);
+    }
+}
+
 /// The coverage scenarios reach rules 8 and 9 and pass on the fixed engine
 /// at every seed (the one-line breaks of the report fail them at every
 /// seed).

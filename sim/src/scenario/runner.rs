@@ -1271,9 +1271,13 @@ impl Run {
         let result = module.params.borrow_mut().set(name, value, validate);
         // Events rule 7 knows each value the low-free-space events may ask for.
         let minimum = module.params().diff_storage_minimum;
-        let mut lifecycle = self.sim.lifecycle.borrow_mut();
-        lifecycle.events.requests.minimum(self.sim.now(), minimum);
-        drop(lifecycle);
+        let now = self.sim.now();
+        self.sim
+            .lifecycle
+            .borrow_mut()
+            .events
+            .requests
+            .minimum(now, minimum);
         check_expect(expect, result.map(|()| 0))
     }
 
