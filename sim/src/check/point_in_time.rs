@@ -343,6 +343,11 @@ impl<T: Copy> InFlight<T> {
 
     /// The op's value, no longer in flight (None: not in flight).
     fn take(&mut self, id: u64) -> Option<T> {
+        // The newest op, nearly always (one bio in flight): a pop, not a
+        // search and a `remove` that calls memmove for nothing.
+        if self.ops.last().is_some_and(|&(last, _)| last == id) {
+            return self.ops.pop().map(|(_, value)| value);
+        }
         let at = self.ops.binary_search_by_key(&id, |&(op, _)| op).ok()?;
         Some(self.ops.remove(at).1)
     }
@@ -787,19 +792,27 @@ impl Oracle {
                 };
                 // A range the write cuts keeps its history on both sides.
                 let end = bio.sector.wrapping_add(bio.sectors);
-                self.history.entry(bio.dev).or_default().fill(
-                    bio.sector,
-                    end,
-                    |history| {
-                        history.writes.push(write.clone());
-                        history.last_submitted = Some(now);
-                    },
-                    |_, _| SectorHistory {
-                        writes: vec![write.clone()],
-                        last_submitted: Some(now),
-                        ever_completed: false,
-                    },
-                );
+                let record = |map: &mut History| {
+                    map.fill(
+                        bio.sector,
+                        end,
+                        |history| {
+                            history.writes.push(write.clone());
+                            history.last_submitted = Some(now);
+                        },
+                        |_, _| SectorHistory {
+                            writes: vec![write.clone()],
+                            last_submitted: Some(now),
+                            ever_completed: false,
+                        },
+                    )
+                };
+                // The device's map is there but for its first write: found
+                // with no `entry` and no out-of-line `or_default`.
+                match self.history.get_mut(&bio.dev) {
+                    Some(map) => record(map),
+                    None => record(self.history.entry(bio.dev).or_default()),
+                }
                 self.writing.push(id, (bio.dev, bio.sector, bio.sectors));
             }
             BioOp::Read => self.reads.push(id, now),
