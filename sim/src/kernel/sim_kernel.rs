@@ -90,14 +90,11 @@ impl Kernel for SimKernel {
     }
 
     fn memalloc_noio_save(&self) -> bool {
-        self.0
-            .sched
-            .with_current(|t| std::mem::replace(&mut t.noio, true))
-            .unwrap_or(false)
+        self.0.sched.noio_save()
     }
 
     fn memalloc_noio_restore(&self, previous: bool) {
-        self.0.sched.with_current(|t| t.noio = previous);
+        self.0.sched.noio_restore(previous);
     }
 
     fn lock_new(&self, class: &'static str) -> LockId {
