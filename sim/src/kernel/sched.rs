@@ -210,12 +210,14 @@ pub struct Scheduler<A> {
     /// while it runs (`begin_poll` reads it from its table entry,
     /// `put_back` writes it there if it changed, `entry_noio`), and its
     /// `current->bio_list` once this poll reached it (`take_list` moves it
-    /// from the entry). The engine saves and restores the one and opens
-    /// and closes the other on every write, each time a borrow of `state`
-    /// and a look at the table before (issue 10).
+    /// from the entry, if the entry has one: `entry_has_list`). The engine
+    /// saves and restores the one and opens and closes the other on every
+    /// write, each time a borrow of `state` and a look at the table before
+    /// (issue 10).
     running_noio: Cell<Option<bool>>,
     entry_noio: Cell<bool>,
     running_bio_list: Cell<Option<BioList>>,
+    entry_has_list: Cell<bool>,
     state: RefCell<RunState>,
     /// The task a preemption point run in place picked when it was not
     /// its own (`repoll_in_place`): the executor's loop polls it next,
@@ -269,6 +271,7 @@ impl<A> Scheduler<A> {
             bio_list_room: Cell::new(0),
             running_noio: Cell::new(None),
             running_bio_list: Cell::new(None),
+            entry_has_list: Cell::new(false),
             entry_noio: Cell::new(false),
             state: RefCell::new(RunState::default()),
             prepicked: Cell::new(None),
@@ -483,6 +486,7 @@ impl<A> Scheduler<A> {
     fn load(&self, task: &Task) {
         self.running_noio.set(Some(task.noio));
         self.entry_noio.set(task.noio);
+        self.entry_has_list.set(task.bio_list.is_some());
     }
 
     /// The running task's list (None: closed, or no task runs), taken:
@@ -490,6 +494,10 @@ impl<A> Scheduler<A> {
     /// the task's entry. The caller puts it in `running_bio_list`.
     fn take_list(&self) -> Option<BioList> {
         self.running_bio_list.take().or_else(|| {
+            // Nearly always none: a list open across a sleep (a COW).
+            if !self.entry_has_list.replace(false) {
+                return None;
+            }
             self.running_noio.get()?;
             let mut sched = self.state.borrow_mut();
             let (id, slot) = (sched.current?, sched.current_slot);
@@ -855,7 +863,13 @@ impl<A> Scheduler<A> {
         sched.current = Some(id);
         sched.polls += 1;
         self.now.set(self.now() + POLL_COST_NS);
-        let slot = sched.tasks.slot_of(id).unwrap_or(NO_SLOT);
+        // The task polled last, nearly always in a run of bios: its slot
+        // is still `current_slot` (checked by the id), with no search.
+        let last = sched.current_slot;
+        let slot = match sched.tasks.at_mut(last, id) {
+            Some(_) => last,
+            None => sched.tasks.slot_of(id).unwrap_or(NO_SLOT),
+        };
         sched.current_slot = slot;
         let task = sched.tasks.at_mut(slot, id)?;
         self.load(task);
