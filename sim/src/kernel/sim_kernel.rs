@@ -181,7 +181,7 @@ impl Kernel for SimKernel {
         let quiesce = self.0.wait_for_quiesce(dev);
         let body = Box::pin(async move {
             quiesce.await;
-            let mut filters = sim.blk.filters.borrow_mut();
+            let mut filters = sim.blk.filters_mut();
             if filters.contains_key(&dev) {
                 return Err(Errno::EALREADY);
             }
@@ -196,7 +196,7 @@ impl Kernel for SimKernel {
         let quiesce = self.0.wait_for_quiesce(dev);
         let body = Box::pin(async move {
             quiesce.await;
-            let filter = sim.blk.filters.borrow_mut().remove(&dev);
+            let filter = sim.blk.filters_mut().remove(&dev);
             match filter {
                 Some(filter) => {
                     filter.release();
