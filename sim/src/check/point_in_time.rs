@@ -49,6 +49,9 @@ enum Written {
 }
 
 impl Written {
+    /// Inlined (it runs once per user write): the call and the copy out
+    /// of its result cost more than its body.
+    #[inline(always)]
     fn new(data: &Stamps) -> Written {
         match data.single_run() {
             Some(run) => Written::Run(run),
@@ -89,6 +92,14 @@ impl SectorWrite {
     /// In flight at some moment of [from, to].
     fn in_flight(&self, from: u64, to: u64) -> bool {
         self.submitted <= to && self.completed.is_none_or(|c| c > from)
+    }
+
+    /// Whether a judgement can still need it (`SectorHistory::prune`).
+    fn kept(&self, horizon: u64, windows: &Windows) -> bool {
+        match self.superseded {
+            Some(s) => s > horizon || windows.need(self.submitted, s),
+            None => true,
+        }
     }
 
     /// The same write in the same state (the data follows from the id).
@@ -300,11 +311,39 @@ impl Sources<'_> {
 
 impl SectorHistory {
     /// A write of this sector completed at `now`: it supersedes every
-    /// write that had completed before it was submitted.
-    /// False (nothing changed) when the write is not in this history.
-    fn completed(&mut self, id: u64, now: u64) -> bool {
+    /// write that had completed before it was submitted. Then `prune`,
+    /// in the same pass (each write's fate depends only on itself).
+    /// False (nothing but the pruning) when the write is not in this
+    /// history.
+    fn completed_then_pruned(
+        &mut self,
+        id: u64,
+        now: u64,
+        horizon: u64,
+        windows: &Windows,
+    ) -> bool {
         let Some(index) = self.writes.iter().rposition(|w| w.id == id) else {
+            self.prune(horizon, windows);
             return false;
+        };
+        self.writes[index].completed = Some(now);
+        self.ever_completed = true;
+        let submitted = self.writes[index].submitted;
+        self.writes.retain_mut(|w| {
+            if w.superseded.is_none() && w.completed.is_some_and(|c| c < submitted) {
+                w.superseded = Some(now);
+            }
+            w.kept(horizon, windows)
+        });
+        true
+    }
+
+    /// `completed_then_pruned` before the pruning, in a pass of its own:
+    /// the tests' model, which the oracle's one pass must match.
+    #[cfg(test)]
+    fn completed(&mut self, id: u64, now: u64) {
+        let Some(index) = self.writes.iter().rposition(|w| w.id == id) else {
+            return;
         };
         self.writes[index].completed = Some(now);
         self.ever_completed = true;
@@ -314,17 +353,13 @@ impl SectorHistory {
                 w.superseded = Some(now);
             }
         }
-        true
     }
 
     /// Forget the writes no judgement can need any more: superseded by
     /// `horizon` (every later query starts at or after it), and outside
     /// every fixed window (TAKE windows of images of this device).
     fn prune(&mut self, horizon: u64, windows: &Windows) {
-        self.writes.retain(|w| match w.superseded {
-            Some(s) => s > horizon || windows.need(w.submitted, s),
-            None => true,
-        });
+        self.writes.retain(|w| w.kept(horizon, windows));
     }
 }
 
@@ -858,8 +893,7 @@ impl Oracle {
         }
         let mut everywhere = true;
         let one_range = map.update(sector, end, |history| {
-            everywhere &= history.completed(id, now);
-            history.prune(horizon, windows);
+            everywhere &= history.completed_then_pruned(id, now, horizon, windows);
         });
         // Pruning may have left neighbours with the same history. Where
         // every range of the write still holds it (its own completion
