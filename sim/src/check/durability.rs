@@ -951,36 +951,49 @@ pub mod hooks {
     }
 
     /// A user bio ended: record a write, judge a FLUSH or a read.
+    /// Inlined into the block layer's hook (once per user bio); the
+    /// judgements are out of line.
+    #[inline(always)]
     pub fn ended(sim: &Sim, bio: &Bio, token: Token, result: &BioResult) {
         let now = sim.now();
         let ok = result.is_ok();
         sim.durability.borrow_mut().write_ended(now, token, ok);
         if ok && Durability::is_flush(bio) {
-            let devices = sim.blk.devices.borrow();
-            let Some(device) = devices.get(&bio.dev) else {
-                return;
-            };
-            let media = |s: u64| device.read(s, 1).get(0);
-            let verdict = sim
-                .durability
-                .borrow_mut()
-                .flush_ended(bio.dev, token, now, &media);
-            drop(devices);
-            if let Err(message) = verdict {
-                sim.fail("durability", message);
-            }
-            return;
+            flush_ended(sim, bio, token, now);
+        } else if bio.op == BioOp::Read {
+            read_ended(sim, bio, token, now, result);
         }
-        if bio.op == BioOp::Read {
-            let epoch = sim.durability.borrow().epoch(bio.dev);
-            let faulted = sim.injected.borrow().data_fault_on(bio.dev, epoch + 1, now);
-            let verdict =
-                sim.durability
-                    .borrow_mut()
-                    .read_ended(bio, token.submitted, now, result, faulted);
-            if let Err(message) = verdict {
-                sim.fail("durability", message);
-            }
+    }
+
+    /// A user FLUSH (or REQ_PREFLUSH) completed: judge it.
+    #[inline(never)]
+    fn flush_ended(sim: &Sim, bio: &Bio, token: Token, now: u64) {
+        let devices = sim.blk.devices.borrow();
+        let Some(device) = devices.get(&bio.dev) else {
+            return;
+        };
+        let media = |s: u64| device.read(s, 1).get(0);
+        let verdict = sim
+            .durability
+            .borrow_mut()
+            .flush_ended(bio.dev, token, now, &media);
+        drop(devices);
+        if let Err(message) = verdict {
+            sim.fail("durability", message);
+        }
+    }
+
+    /// A user read completed: judge what it returned.
+    #[inline(never)]
+    fn read_ended(sim: &Sim, bio: &Bio, token: Token, now: u64, result: &BioResult) {
+        let epoch = sim.durability.borrow().epoch(bio.dev);
+        let faulted = sim.injected.borrow().data_fault_on(bio.dev, epoch + 1, now);
+        let verdict =
+            sim.durability
+                .borrow_mut()
+                .read_ended(bio, token.submitted, now, result, faulted);
+        if let Err(message) = verdict {
+            sim.fail("durability", message);
         }
     }
 

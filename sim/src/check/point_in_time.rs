@@ -95,6 +95,7 @@ impl SectorWrite {
     }
 
     /// Whether a judgement can still need it (`SectorHistory::prune`).
+    #[inline(always)]
     fn kept(&self, horizon: u64, windows: &Windows) -> bool {
         match self.superseded {
             Some(s) => s > horizon || windows.need(self.submitted, s),
