@@ -62,14 +62,11 @@ pub enum SchedPolicy {
 
 #[derive(Default)]
 pub(crate) struct RunState {
-    /// One counter for task ids and timer keys (lockdep stamps with it).
-    next_id: u64,
     tasks: TaskTable,
     runnable: RunQueue,
     /// Live scenario processes by name: the run ends when none is left,
     /// and `Kill` finds its sibling here (without a scan of all tasks).
     processes: BTreeSet<(String, TaskId)>,
-    current: Option<TaskId>,
     /// The table slot of the task last polled (of `current` while it runs).
     current_slot: usize,
     /// The run-queue slot of the task `pick` chose last (`NO_SLOT` if the
@@ -84,10 +81,15 @@ pub(crate) struct RunState {
 }
 
 impl RunState {
-    /// The running task and its run queue slot, if `waker` is its own.
+    /// The running task `current` and its run queue slot, if `waker` is
+    /// its own.
     #[inline(always)]
-    fn running_task_of(&mut self, waker: &Waker) -> Option<(TaskId, usize)> {
-        let id = self.current?;
+    fn running_task_of(
+        &mut self,
+        current: Option<TaskId>,
+        waker: &Waker,
+    ) -> Option<(TaskId, usize)> {
+        let id = current?;
         let task = self.tasks.at_mut(self.current_slot, id)?;
         if !task.waker.will_wake(waker) {
             return None;
@@ -206,6 +208,12 @@ pub struct Scheduler<A> {
     /// with. A COW read queues a chunk's hundreds of bios on one list,
     /// which grown from empty copied them (96 bytes each) eight times.
     bio_list_room: Cell<usize>,
+    /// One counter for task ids and timer keys (lockdep stamps with it),
+    /// and the running task: `Cell`s of their own, not fields of `state`,
+    /// so that reading them (every lock event reads both) and counting a
+    /// timer take no borrow (issue 10).
+    next_id: Cell<u64>,
+    current: Cell<Option<TaskId>>,
     /// The running task's `noio` flag (None: no task runs), held here
     /// while it runs (`begin_poll` reads it from its table entry,
     /// `put_back` writes it there if it changed, `entry_noio`), and its
@@ -269,6 +277,8 @@ impl<A> Scheduler<A> {
             now: Cell::new(0),
             open_bio_lists: Cell::new(0),
             bio_list_room: Cell::new(0),
+            next_id: Cell::new(0),
+            current: Cell::new(None),
             running_noio: Cell::new(None),
             running_bio_list: Cell::new(None),
             entry_has_list: Cell::new(false),
@@ -298,7 +308,7 @@ impl<A> Scheduler<A> {
 
     /// The id counter (lockdep orders its reports by it).
     pub fn next_id(&self) -> u64 {
-        self.state.borrow().next_id
+        self.next_id.get()
     }
 
     // --- tasks ---------------------------------------------------------------------
@@ -313,8 +323,8 @@ impl<A> Scheduler<A> {
     ) -> TaskId {
         let id = {
             let mut sched = self.state.borrow_mut();
-            sched.next_id += 1;
-            let id = sched.next_id;
+            let id = self.next_id.get() + 1;
+            self.next_id.set(id);
             // `runnable.add` below gives this slot: no task is added between.
             let slot = sched.runnable.next_slot();
             if is_process {
@@ -348,14 +358,12 @@ impl<A> Scheduler<A> {
     }
 
     pub fn current_task(&self) -> Option<TaskId> {
-        self.state.borrow().current
+        self.current.get()
     }
 
-    /// The running task and the id counter, with one borrow (every lock
-    /// event reads both).
+    /// The running task and the id counter (every lock event reads both).
     pub fn current_and_next_id(&self) -> (Option<TaskId>, u64) {
-        let state = self.state.borrow();
-        (state.current, state.next_id)
+        (self.current.get(), self.next_id.get())
     }
 
     pub fn task_name(&self, id: TaskId) -> String {
@@ -376,8 +384,8 @@ impl<A> Scheduler<A> {
     }
 
     pub(crate) fn with_current<R>(&self, f: impl FnOnce(&mut Task) -> R) -> Option<R> {
+        let id = self.current.get()?;
         let mut sched = self.state.borrow_mut();
-        let id = sched.current?;
         // `current` is only set by `begin_poll`, with its slot (checked
         // against the id: a task gone from the table is not found).
         let slot = sched.current_slot;
@@ -499,8 +507,9 @@ impl<A> Scheduler<A> {
                 return None;
             }
             self.running_noio.get()?;
+            let id = self.current.get()?;
             let mut sched = self.state.borrow_mut();
-            let (id, slot) = (sched.current?, sched.current_slot);
+            let slot = sched.current_slot;
             sched.tasks.at_mut(slot, id)?.bio_list.take()
         })
     }
@@ -541,9 +550,9 @@ impl<A> Scheduler<A> {
     /// A task ends (done, or dead of an oops): out of every index.
     pub(crate) fn remove_task(&self, id: TaskId) -> Option<Task> {
         let mut sched = self.state.borrow_mut();
-        if sched.current == Some(id) {
+        if self.current.get() == Some(id) {
             self.put_back(&mut sched, id);
-            sched.current = None;
+            self.current.set(None);
         }
         sched.runnable.forget(id);
         let task = sched.tasks.remove(id)?;
@@ -575,7 +584,7 @@ impl<A> Scheduler<A> {
     pub(crate) fn without_current(&self, f: impl FnOnce()) {
         let keep = {
             let mut sched = self.state.borrow_mut();
-            let keep = sched.current.take();
+            let keep = self.current.take();
             if let Some(id) = keep {
                 self.put_back(&mut sched, id);
             }
@@ -583,7 +592,7 @@ impl<A> Scheduler<A> {
         };
         f();
         let mut sched = self.state.borrow_mut();
-        sched.current = keep;
+        self.current.set(keep);
         if let Some(id) = keep {
             self.take_out(&mut sched, id);
         }
@@ -616,7 +625,7 @@ impl<A> Scheduler<A> {
     #[inline(always)]
     pub fn at(&self, at: u64, action: A) {
         // The key orders timers through their insertion number.
-        self.state.borrow_mut().next_id += 1;
+        self.next_id.set(self.next_id.get() + 1);
         let at = at.max(self.now());
         self.timers.borrow_mut().insert(at, action);
     }
@@ -744,7 +753,7 @@ impl<A> Scheduler<A> {
             return None;
         }
         let mut state = self.state.borrow_mut();
-        let Some((id, rq_slot)) = state.running_task_of(waker) else {
+        let Some((id, rq_slot)) = state.running_task_of(self.current.get(), waker) else {
             // Not this executor's task: its waker may reach anything.
             drop(state);
             waker.wake_by_ref();
@@ -854,13 +863,13 @@ impl<A> Scheduler<A> {
         let mut sched = self.state.borrow_mut();
         // A poll inside another's (a loop run by a step): the outer task's
         // flags go back to its entry, where the original left them.
-        if let Some(outer) = sched.current {
+        if let Some(outer) = self.current.get() {
             self.put_back(&mut sched, outer);
         }
         let slot = std::mem::replace(&mut sched.picked_slot, NO_SLOT);
         sched.runnable.sleep_slot(id, slot);
         sched.running_rq_slot = slot;
-        sched.current = Some(id);
+        self.current.set(Some(id));
         sched.polls += 1;
         self.now.set(self.now() + POLL_COST_NS);
         // The task polled last, nearly always in a run of bios: its slot
@@ -889,7 +898,7 @@ impl<A> Scheduler<A> {
 
     pub(crate) fn end_poll(&self) {
         let mut sched = self.state.borrow_mut();
-        if let Some(id) = sched.current.take() {
+        if let Some(id) = self.current.take() {
             self.put_back(&mut sched, id);
         }
     }
@@ -906,7 +915,7 @@ impl<A> Scheduler<A> {
             let mut sched = self.state.borrow_mut();
             sched.processes.clear();
             sched.runnable = RunQueue::default();
-            if let Some(id) = sched.current.take() {
+            if let Some(id) = self.current.take() {
                 self.put_back(&mut sched, id);
             }
             self.open_bio_lists.set(0);
