@@ -335,6 +335,10 @@ pub struct CbtChecker {
     filters: BTreeMap<usize, Weak<dyn BdevFilter>>,
     /// The filter the last lookup met (it is in `filters`).
     last_filter: Option<usize>,
+    /// The last lookup: its device, the block layer's filters version
+    /// then, and the token it found. While the version stays, the same
+    /// device has the same filter, with no search (issue 10).
+    last_lookup: Option<(DevT, u64, Option<usize>)>,
     pub blocks_judged: u64,
     pub maps_judged: u64,
     pub maps_unjudged: u64,
@@ -896,8 +900,21 @@ fn in_flight_over(gen: &Gen, mut in_flight: impl Iterator<Item = (u64, u64)>, bl
 /// The identity of the filter attached to `dev`, if any (the block layer's
 /// own record). Kept alive weakly so that its address is never reused.
 fn tracker_token(sim: &Sim, dev: DevT) -> Option<usize> {
+    let version = sim.blk.filters_version();
+    if let Some((last, seen, token)) = sim.cbt.borrow().last_lookup {
+        if (last, seen) == (dev, version) {
+            return token;
+        }
+    }
+    let token = look_up_token(sim, dev);
+    sim.cbt.borrow_mut().last_lookup = Some((dev, version, token));
+    token
+}
+
+/// `tracker_token` from the block layer's filters.
+fn look_up_token(sim: &Sim, dev: DevT) -> Option<usize> {
     // Borrowed, not cloned: no reference count moves per write.
-    let filters = sim.blk.filters.borrow();
+    let filters = sim.blk.filters();
     let filter: &Rc<dyn BdevFilter> = filters.get(&dev)?;
     let token = Rc::as_ptr(filter) as *const () as usize;
     // Every filter seen is held weakly, so its allocation (and address)

@@ -83,6 +83,14 @@ impl Data {
         }
     }
 
+    /// `new` of a copy of `data`, copied only if it is not one run.
+    fn of(data: &Stamps) -> Data {
+        match data.single_run() {
+            Some(run) => Data::Run(run),
+            None => Data::Stamps(Box::new(data.clone())),
+        }
+    }
+
     fn get(&self, i: u64) -> Stamp {
         match self {
             Data::Run(run) => run.at(i),
@@ -399,9 +407,16 @@ impl Durability {
     fn add_write(&mut self, write: Write) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        let starts = self.starts.entry(write.dev).or_default();
-        starts.add(write.sector, id);
-        starts.longest = starts.longest.max(write.data.len());
+        let add = |starts: &mut Starts| {
+            starts.add(write.sector, id);
+            starts.longest = starts.longest.max(write.data.len());
+        };
+        // Found, nearly always: `entry` took the search and an out-of-line
+        // `or_default` per write (issue 10).
+        match self.starts.get_mut(&write.dev) {
+            Some(starts) => add(starts),
+            None => add(self.starts.entry(write.dev).or_default()),
+        }
         self.held += 1;
         self.writes.insert(id, write);
         id
@@ -410,15 +425,17 @@ impl Durability {
     /// A user bio starts.
     pub fn submit(&mut self, now: u64, bio: &Bio) -> Token {
         let data = match bio.op {
-            BioOp::Write => bio.data.clone(),
-            BioOp::Discard | BioOp::WriteZeroes => Stamps::repeat(0, bio.sectors),
-            _ => Stamps::new(),
+            // A write's data is read in place, not cloned (`Data::of`).
+            BioOp::Write => None,
+            BioOp::Discard | BioOp::WriteZeroes => Some(Stamps::repeat(0, bio.sectors)),
+            _ => Some(Stamps::new()),
         };
-        let id = (self.fills.contains_key(&bio.dev) && !data.is_empty()).then(|| {
+        let sectors = data.as_ref().map_or(bio.data.len(), Stamps::len);
+        let id = (self.fills.contains_key(&bio.dev) && sectors > 0).then(|| {
             self.add_write(Write {
                 dev: bio.dev,
                 sector: bio.sector,
-                data: Data::new(data),
+                data: data.map_or_else(|| Data::of(&bio.data), Data::new),
                 submitted: now,
                 done: IN_FLIGHT,
                 fua: bio.flags.fua,
@@ -504,7 +521,10 @@ impl Durability {
         };
         if ok {
             write.done = now;
-            self.unflushed.entry(write.dev).or_default().push(id);
+            match self.unflushed.get_mut(&write.dev) {
+                Some(ids) => ids.push(id),
+                None => self.unflushed.entry(write.dev).or_default().push(id),
+            }
         }
     }
 
@@ -931,36 +951,49 @@ pub mod hooks {
     }
 
     /// A user bio ended: record a write, judge a FLUSH or a read.
+    /// Inlined into the block layer's hook (once per user bio); the
+    /// judgements are out of line.
+    #[inline(always)]
     pub fn ended(sim: &Sim, bio: &Bio, token: Token, result: &BioResult) {
         let now = sim.now();
         let ok = result.is_ok();
         sim.durability.borrow_mut().write_ended(now, token, ok);
         if ok && Durability::is_flush(bio) {
-            let devices = sim.blk.devices.borrow();
-            let Some(device) = devices.get(&bio.dev) else {
-                return;
-            };
-            let media = |s: u64| device.read(s, 1).get(0);
-            let verdict = sim
-                .durability
-                .borrow_mut()
-                .flush_ended(bio.dev, token, now, &media);
-            drop(devices);
-            if let Err(message) = verdict {
-                sim.fail("durability", message);
-            }
-            return;
+            flush_ended(sim, bio, token, now);
+        } else if bio.op == BioOp::Read {
+            read_ended(sim, bio, token, now, result);
         }
-        if bio.op == BioOp::Read {
-            let epoch = sim.durability.borrow().epoch(bio.dev);
-            let faulted = sim.injected.borrow().data_fault_on(bio.dev, epoch + 1, now);
-            let verdict =
-                sim.durability
-                    .borrow_mut()
-                    .read_ended(bio, token.submitted, now, result, faulted);
-            if let Err(message) = verdict {
-                sim.fail("durability", message);
-            }
+    }
+
+    /// A user FLUSH (or REQ_PREFLUSH) completed: judge it.
+    #[inline(never)]
+    fn flush_ended(sim: &Sim, bio: &Bio, token: Token, now: u64) {
+        let devices = sim.blk.devices.borrow();
+        let Some(device) = devices.get(&bio.dev) else {
+            return;
+        };
+        let media = |s: u64| device.read(s, 1).get(0);
+        let verdict = sim
+            .durability
+            .borrow_mut()
+            .flush_ended(bio.dev, token, now, &media);
+        drop(devices);
+        if let Err(message) = verdict {
+            sim.fail("durability", message);
+        }
+    }
+
+    /// A user read completed: judge what it returned.
+    #[inline(never)]
+    fn read_ended(sim: &Sim, bio: &Bio, token: Token, now: u64, result: &BioResult) {
+        let epoch = sim.durability.borrow().epoch(bio.dev);
+        let faulted = sim.injected.borrow().data_fault_on(bio.dev, epoch + 1, now);
+        let verdict =
+            sim.durability
+                .borrow_mut()
+                .read_ended(bio, token.submitted, now, result, faulted);
+        if let Err(message) = verdict {
+            sim.fail("durability", message);
         }
     }
 

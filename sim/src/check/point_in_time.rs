@@ -49,6 +49,9 @@ enum Written {
 }
 
 impl Written {
+    /// Inlined (it runs once per user write): the call and the copy out
+    /// of its result cost more than its body.
+    #[inline(always)]
     fn new(data: &Stamps) -> Written {
         match data.single_run() {
             Some(run) => Written::Run(run),
@@ -89,6 +92,15 @@ impl SectorWrite {
     /// In flight at some moment of [from, to].
     fn in_flight(&self, from: u64, to: u64) -> bool {
         self.submitted <= to && self.completed.is_none_or(|c| c > from)
+    }
+
+    /// Whether a judgement can still need it (`SectorHistory::prune`).
+    #[inline(always)]
+    fn kept(&self, horizon: u64, windows: &Windows) -> bool {
+        match self.superseded {
+            Some(s) => s > horizon || windows.need(self.submitted, s),
+            None => true,
+        }
     }
 
     /// The same write in the same state (the data follows from the id).
@@ -300,11 +312,39 @@ impl Sources<'_> {
 
 impl SectorHistory {
     /// A write of this sector completed at `now`: it supersedes every
-    /// write that had completed before it was submitted.
-    /// False (nothing changed) when the write is not in this history.
-    fn completed(&mut self, id: u64, now: u64) -> bool {
+    /// write that had completed before it was submitted. Then `prune`,
+    /// in the same pass (each write's fate depends only on itself).
+    /// False (nothing but the pruning) when the write is not in this
+    /// history.
+    fn completed_then_pruned(
+        &mut self,
+        id: u64,
+        now: u64,
+        horizon: u64,
+        windows: &Windows,
+    ) -> bool {
         let Some(index) = self.writes.iter().rposition(|w| w.id == id) else {
+            self.prune(horizon, windows);
             return false;
+        };
+        self.writes[index].completed = Some(now);
+        self.ever_completed = true;
+        let submitted = self.writes[index].submitted;
+        self.writes.retain_mut(|w| {
+            if w.superseded.is_none() && w.completed.is_some_and(|c| c < submitted) {
+                w.superseded = Some(now);
+            }
+            w.kept(horizon, windows)
+        });
+        true
+    }
+
+    /// `completed_then_pruned` before the pruning, in a pass of its own:
+    /// the tests' model, which the oracle's one pass must match.
+    #[cfg(test)]
+    fn completed(&mut self, id: u64, now: u64) {
+        let Some(index) = self.writes.iter().rposition(|w| w.id == id) else {
+            return;
         };
         self.writes[index].completed = Some(now);
         self.ever_completed = true;
@@ -314,17 +354,13 @@ impl SectorHistory {
                 w.superseded = Some(now);
             }
         }
-        true
     }
 
     /// Forget the writes no judgement can need any more: superseded by
     /// `horizon` (every later query starts at or after it), and outside
     /// every fixed window (TAKE windows of images of this device).
     fn prune(&mut self, horizon: u64, windows: &Windows) {
-        self.writes.retain(|w| match w.superseded {
-            Some(s) => s > horizon || windows.need(w.submitted, s),
-            None => true,
-        });
+        self.writes.retain(|w| w.kept(horizon, windows));
     }
 }
 
@@ -343,6 +379,11 @@ impl<T: Copy> InFlight<T> {
 
     /// The op's value, no longer in flight (None: not in flight).
     fn take(&mut self, id: u64) -> Option<T> {
+        // The newest op, nearly always (one bio in flight): a pop, not a
+        // search and a `remove` that calls memmove for nothing.
+        if self.ops.last().is_some_and(|&(last, _)| last == id) {
+            return self.ops.pop().map(|(_, value)| value);
+        }
         let at = self.ops.binary_search_by_key(&id, |&(op, _)| op).ok()?;
         Some(self.ops.remove(at).1)
     }
@@ -787,19 +828,27 @@ impl Oracle {
                 };
                 // A range the write cuts keeps its history on both sides.
                 let end = bio.sector.wrapping_add(bio.sectors);
-                self.history.entry(bio.dev).or_default().fill(
-                    bio.sector,
-                    end,
-                    |history| {
-                        history.writes.push(write.clone());
-                        history.last_submitted = Some(now);
-                    },
-                    |_, _| SectorHistory {
-                        writes: vec![write.clone()],
-                        last_submitted: Some(now),
-                        ever_completed: false,
-                    },
-                );
+                let record = |map: &mut History| {
+                    map.fill(
+                        bio.sector,
+                        end,
+                        |history| {
+                            history.writes.push(write.clone());
+                            history.last_submitted = Some(now);
+                        },
+                        |_, _| SectorHistory {
+                            writes: vec![write.clone()],
+                            last_submitted: Some(now),
+                            ever_completed: false,
+                        },
+                    )
+                };
+                // The device's map is there but for its first write: found
+                // with no `entry` and no out-of-line `or_default`.
+                match self.history.get_mut(&bio.dev) {
+                    Some(map) => record(map),
+                    None => record(self.history.entry(bio.dev).or_default()),
+                }
                 self.writing.push(id, (bio.dev, bio.sector, bio.sectors));
             }
             BioOp::Read => self.reads.push(id, now),
@@ -845,8 +894,7 @@ impl Oracle {
         }
         let mut everywhere = true;
         let one_range = map.update(sector, end, |history| {
-            everywhere &= history.completed(id, now);
-            history.prune(horizon, windows);
+            everywhere &= history.completed_then_pruned(id, now, horizon, windows);
         });
         // Pruning may have left neighbours with the same history. Where
         // every range of the write still holds it (its own completion

@@ -185,7 +185,7 @@ impl Sim {
                 self.record_fault(FaultKind::RemovalInFlight { dev, bios });
             }
         }
-        let filter = self.blk.filters.borrow_mut().remove(&dev);
+        let filter = self.blk.filters_mut().remove(&dev);
         if let Some(filter) = filter {
             filter.release();
         }

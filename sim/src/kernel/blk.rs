@@ -14,7 +14,7 @@
 //! removed device, IO past the end; a resize or a removal of a device at
 //! any time; `add_disk` failing with ENOMEM.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -112,7 +112,10 @@ pub struct BlockLayer {
     pub(crate) disks: RefCell<BTreeMap<DevT, Disk>>,
     /// The majors of `disks`.
     disk_majors: Majors,
-    pub(crate) filters: RefCell<BTreeMap<DevT, Rc<dyn BdevFilter>>>,
+    filters: RefCell<BTreeMap<DevT, Rc<dyn BdevFilter>>>,
+    /// Bumped by every change of `filters` (`filters_mut`): a checker
+    /// that looked a device's filter up keeps its answer while this stays.
+    filters_version: Cell<u64>,
     /// Filter callbacks running per device (the queue freeze waits for
     /// them): a device's entry stays once made. A short list, as
     /// `devices`: two updates per user bio.
@@ -132,6 +135,7 @@ impl BlockLayer {
             disks: RefCell::new(BTreeMap::new()),
             disk_majors: Majors::new(),
             filters: RefCell::new(BTreeMap::new()),
+            filters_version: Cell::new(0),
             filter_calls: RefCell::new(Vec::new()),
             opens: RefCell::new(BTreeMap::new()),
             open_seq: Cell::new(0),
@@ -236,7 +240,7 @@ impl BlockLayer {
     /// Power loss: no image disk, filter, open handle or bio is left;
     /// devices keep their media (`crate::power` handles their caches).
     pub fn power_cut(&self) {
-        self.filters.borrow_mut().clear();
+        self.filters_mut().clear();
         self.disks.borrow_mut().clear();
         self.disk_majors.clear();
         self.filter_calls.borrow_mut().clear();
@@ -250,6 +254,22 @@ impl BlockLayer {
     }
 
     // --- filters -----------------------------------------------------------------------
+
+    /// The filters attached, by device.
+    pub(crate) fn filters(&self) -> Ref<'_, BTreeMap<DevT, Rc<dyn BdevFilter>>> {
+        self.filters.borrow()
+    }
+
+    /// The filters attached, to change: a new `filters_version`.
+    pub(crate) fn filters_mut(&self) -> RefMut<'_, BTreeMap<DevT, Rc<dyn BdevFilter>>> {
+        self.filters_version.set(self.filters_version.get() + 1);
+        self.filters.borrow_mut()
+    }
+
+    /// Changes of the filters so far (see `filters_mut`).
+    pub(crate) fn filters_version(&self) -> u64 {
+        self.filters_version.get()
+    }
 
     pub fn filter_of(&self, dev: DevT) -> Option<Rc<dyn BdevFilter>> {
         self.filters.borrow().get(&dev).cloned()

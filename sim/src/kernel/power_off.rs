@@ -80,7 +80,7 @@ impl Sim {
     /// many objects it dropped.
     fn drop_world(&self) -> usize {
         let remains = self.sched.take_remains();
-        let filters = std::mem::take(&mut *self.blk.filters.borrow_mut());
+        let filters = std::mem::take(&mut *self.blk.filters_mut());
         let disks = std::mem::take(&mut *self.blk.disks.borrow_mut());
         let dropped = remains.tasks.len()
             + remains.zombies.len()

@@ -31,6 +31,9 @@ pub const POLL_COST_NS: u64 = 200;
 /// The most room a `current->bio_list` opens with (a chunk's bios).
 const MAX_BIO_LIST_ROOM: usize = 1024;
 
+/// A `current->bio_list`: the bios queued and who waits for each.
+type BioList = Vec<(Bio, Completer<BioResult>)>;
+
 /// Limits that turn a hang or a livelock into a failure.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
@@ -59,14 +62,11 @@ pub enum SchedPolicy {
 
 #[derive(Default)]
 pub(crate) struct RunState {
-    /// One counter for task ids and timer keys (lockdep stamps with it).
-    next_id: u64,
     tasks: TaskTable,
     runnable: RunQueue,
     /// Live scenario processes by name: the run ends when none is left,
     /// and `Kill` finds its sibling here (without a scan of all tasks).
     processes: BTreeSet<(String, TaskId)>,
-    current: Option<TaskId>,
     /// The table slot of the task last polled (of `current` while it runs).
     current_slot: usize,
     /// The run-queue slot of the task `pick` chose last (`NO_SLOT` if the
@@ -81,10 +81,15 @@ pub(crate) struct RunState {
 }
 
 impl RunState {
-    /// The running task and its run queue slot, if `waker` is its own.
+    /// The running task `current` and its run queue slot, if `waker` is
+    /// its own.
     #[inline(always)]
-    fn running_task_of(&mut self, waker: &Waker) -> Option<(TaskId, usize)> {
-        let id = self.current?;
+    fn running_task_of(
+        &mut self,
+        current: Option<TaskId>,
+        waker: &Waker,
+    ) -> Option<(TaskId, usize)> {
+        let id = current?;
         let task = self.tasks.at_mut(self.current_slot, id)?;
         if !task.waker.will_wake(waker) {
             return None;
@@ -203,6 +208,24 @@ pub struct Scheduler<A> {
     /// with. A COW read queues a chunk's hundreds of bios on one list,
     /// which grown from empty copied them (96 bytes each) eight times.
     bio_list_room: Cell<usize>,
+    /// One counter for task ids and timer keys (lockdep stamps with it),
+    /// and the running task: `Cell`s of their own, not fields of `state`,
+    /// so that reading them (every lock event reads both) and counting a
+    /// timer take no borrow (issue 10).
+    next_id: Cell<u64>,
+    current: Cell<Option<TaskId>>,
+    /// The running task's `noio` flag (None: no task runs), held here
+    /// while it runs (`begin_poll` reads it from its table entry,
+    /// `put_back` writes it there if it changed, `entry_noio`), and its
+    /// `current->bio_list` once this poll reached it (`take_list` moves it
+    /// from the entry, if the entry has one: `entry_has_list`). The engine
+    /// saves and restores the one and opens and closes the other on every
+    /// write, each time a borrow of `state` and a look at the table before
+    /// (issue 10).
+    running_noio: Cell<Option<bool>>,
+    entry_noio: Cell<bool>,
+    running_bio_list: Cell<Option<BioList>>,
+    entry_has_list: Cell<bool>,
     state: RefCell<RunState>,
     /// The task a preemption point run in place picked when it was not
     /// its own (`repoll_in_place`): the executor's loop polls it next,
@@ -254,6 +277,12 @@ impl<A> Scheduler<A> {
             now: Cell::new(0),
             open_bio_lists: Cell::new(0),
             bio_list_room: Cell::new(0),
+            next_id: Cell::new(0),
+            current: Cell::new(None),
+            running_noio: Cell::new(None),
+            running_bio_list: Cell::new(None),
+            entry_has_list: Cell::new(false),
+            entry_noio: Cell::new(false),
             state: RefCell::new(RunState::default()),
             prepicked: Cell::new(None),
             in_loop: Cell::new(None),
@@ -279,7 +308,7 @@ impl<A> Scheduler<A> {
 
     /// The id counter (lockdep orders its reports by it).
     pub fn next_id(&self) -> u64 {
-        self.state.borrow().next_id
+        self.next_id.get()
     }
 
     // --- tasks ---------------------------------------------------------------------
@@ -294,8 +323,8 @@ impl<A> Scheduler<A> {
     ) -> TaskId {
         let id = {
             let mut sched = self.state.borrow_mut();
-            sched.next_id += 1;
-            let id = sched.next_id;
+            let id = self.next_id.get() + 1;
+            self.next_id.set(id);
             // `runnable.add` below gives this slot: no task is added between.
             let slot = sched.runnable.next_slot();
             if is_process {
@@ -329,14 +358,12 @@ impl<A> Scheduler<A> {
     }
 
     pub fn current_task(&self) -> Option<TaskId> {
-        self.state.borrow().current
+        self.current.get()
     }
 
-    /// The running task and the id counter, with one borrow (every lock
-    /// event reads both).
+    /// The running task and the id counter (every lock event reads both).
     pub fn current_and_next_id(&self) -> (Option<TaskId>, u64) {
-        let state = self.state.borrow();
-        (state.current, state.next_id)
+        (self.current.get(), self.next_id.get())
     }
 
     pub fn task_name(&self, id: TaskId) -> String {
@@ -357,8 +384,8 @@ impl<A> Scheduler<A> {
     }
 
     pub(crate) fn with_current<R>(&self, f: impl FnOnce(&mut Task) -> R) -> Option<R> {
+        let id = self.current.get()?;
         let mut sched = self.state.borrow_mut();
-        let id = sched.current?;
         // `current` is only set by `begin_poll`, with its slot (checked
         // against the id: a task gone from the table is not found).
         let slot = sched.current_slot;
@@ -380,44 +407,33 @@ impl<A> Scheduler<A> {
         &self,
         item: (Bio, Completer<BioResult>),
     ) -> Result<(), (Bio, Completer<BioResult>)> {
-        let mut sched = self.state.borrow_mut();
-        let Some(id) = sched.current else {
+        let Some(mut list) = self.take_list() else {
             return Err(item);
         };
-        // `current` is only set by `begin_poll`, with its slot.
-        let slot = sched.current_slot;
-        match sched
-            .tasks
-            .at_mut(slot, id)
-            .and_then(|t| t.bio_list.as_mut())
-        {
-            Some(list) => {
-                list.push(item);
-                Ok(())
-            }
-            None => Err(item),
-        }
+        list.push(item);
+        self.running_bio_list.set(Some(list));
+        Ok(())
     }
 
     /// Opens the running task's `current->bio_list`: whether it was open
     /// already, or None if no task runs.
     pub(crate) fn open_bio_list(&self) -> Option<bool> {
+        self.running_noio.get()?;
+        let list = self.take_list();
+        let was_open = list.is_some();
         let room = self.bio_list_room.get();
-        let opened = self.with_current(|t| {
-            let was_open = t.bio_list.is_some();
-            t.bio_list.get_or_insert_with(|| Vec::with_capacity(room));
-            was_open
-        });
-        if opened == Some(false) {
+        let list = list.unwrap_or_else(|| Vec::with_capacity(room));
+        self.running_bio_list.set(Some(list));
+        if !was_open {
             self.open_bio_lists.set(self.open_bio_lists.get() + 1);
         }
-        opened
+        Some(was_open)
     }
 
     /// Closes the running task's `current->bio_list`: what it queued
     /// (nothing if it was not open).
     pub(crate) fn close_bio_list(&self) -> Vec<(Bio, Completer<BioResult>)> {
-        let list = self.with_current(|t| t.bio_list.take()).flatten();
+        let list = self.take_list();
         if let Some(list) = &list {
             self.open_bio_lists.set(self.open_bio_lists.get() - 1);
             self.bio_list_room.set(list.len().min(MAX_BIO_LIST_ROOM));
@@ -443,7 +459,80 @@ impl<A> Scheduler<A> {
 
     /// The per-task `noio` flag of the current task.
     pub fn current_noio(&self) -> bool {
-        self.with_current(|t| t.noio).unwrap_or(false)
+        self.running_noio.get().unwrap_or(false)
+    }
+
+    /// `memalloc_noio_save`: the running task's `noio` before, now set
+    /// (false, and nothing set, if no task runs).
+    pub fn noio_save(&self) -> bool {
+        let Some(previous) = self.running_noio.get() else {
+            return false;
+        };
+        self.running_noio.set(Some(true));
+        previous
+    }
+
+    /// `memalloc_noio_restore` (nothing if no task runs).
+    pub fn noio_restore(&self, previous: bool) {
+        if self.running_noio.get().is_some() {
+            self.running_noio.set(Some(previous));
+        }
+    }
+
+    /// The running task's `noio`, read from its table entry (at
+    /// `current_slot`, where `begin_poll` found it) and held until
+    /// `put_back`. Nothing if the entry is not the task's (then no task's
+    /// flags are reachable, as before).
+    fn take_out(&self, sched: &mut RunState, id: TaskId) {
+        if let Some(task) = sched.tasks.at_mut(sched.current_slot, id) {
+            self.load(task);
+        }
+    }
+
+    /// Hold `task`'s `noio` while it runs.
+    #[inline(always)]
+    fn load(&self, task: &Task) {
+        self.running_noio.set(Some(task.noio));
+        self.entry_noio.set(task.noio);
+        self.entry_has_list.set(task.bio_list.is_some());
+    }
+
+    /// The running task's list (None: closed, or no task runs), taken:
+    /// from `running_bio_list` if this poll reached it already, else from
+    /// the task's entry. The caller puts it in `running_bio_list`.
+    fn take_list(&self) -> Option<BioList> {
+        self.running_bio_list.take().or_else(|| {
+            // Nearly always none: a list open across a sleep (a COW).
+            if !self.entry_has_list.replace(false) {
+                return None;
+            }
+            self.running_noio.get()?;
+            let id = self.current.get()?;
+            let mut sched = self.state.borrow_mut();
+            let slot = sched.current_slot;
+            sched.tasks.at_mut(slot, id)?.bio_list.take()
+        })
+    }
+
+    /// The running task `id` stops running (its poll ends, another poll
+    /// begins inside it, or no task is to be current): its `noio` and list
+    /// back into its table entry.
+    fn put_back(&self, sched: &mut RunState, id: TaskId) {
+        let Some(noio) = self.running_noio.take() else {
+            return;
+        };
+        // A list this poll reached is out of the entry (which holds None
+        // then); one it did not reach is still there.
+        let list = self.running_bio_list.take();
+        if list.is_none() && noio == self.entry_noio.get() {
+            return;
+        }
+        if let Some(task) = sched.tasks.at_mut(sched.current_slot, id) {
+            task.noio = noio;
+            if list.is_some() {
+                task.bio_list = list;
+            }
+        }
     }
 
     /// The id of a live process with this name (the first one started).
@@ -461,6 +550,10 @@ impl<A> Scheduler<A> {
     /// A task ends (done, or dead of an oops): out of every index.
     pub(crate) fn remove_task(&self, id: TaskId) -> Option<Task> {
         let mut sched = self.state.borrow_mut();
+        if self.current.get() == Some(id) {
+            self.put_back(&mut sched, id);
+            self.current.set(None);
+        }
         sched.runnable.forget(id);
         let task = sched.tasks.remove(id)?;
         if task.bio_list.is_some() {
@@ -489,9 +582,20 @@ impl<A> Scheduler<A> {
 
     /// Run `f` with no task current (what it does reaches no task).
     pub(crate) fn without_current(&self, f: impl FnOnce()) {
-        let keep = self.state.borrow_mut().current.take();
+        let keep = {
+            let mut sched = self.state.borrow_mut();
+            let keep = self.current.take();
+            if let Some(id) = keep {
+                self.put_back(&mut sched, id);
+            }
+            keep
+        };
         f();
-        self.state.borrow_mut().current = keep;
+        let mut sched = self.state.borrow_mut();
+        self.current.set(keep);
+        if let Some(id) = keep {
+            self.take_out(&mut sched, id);
+        }
     }
 
     /// Every task still alive, by name (for hang reports).
@@ -521,7 +625,7 @@ impl<A> Scheduler<A> {
     #[inline(always)]
     pub fn at(&self, at: u64, action: A) {
         // The key orders timers through their insertion number.
-        self.state.borrow_mut().next_id += 1;
+        self.next_id.set(self.next_id.get() + 1);
         let at = at.max(self.now());
         self.timers.borrow_mut().insert(at, action);
     }
@@ -649,7 +753,7 @@ impl<A> Scheduler<A> {
             return None;
         }
         let mut state = self.state.borrow_mut();
-        let Some((id, rq_slot)) = state.running_task_of(waker) else {
+        let Some((id, rq_slot)) = state.running_task_of(self.current.get(), waker) else {
             // Not this executor's task: its waker may reach anything.
             drop(state);
             waker.wake_by_ref();
@@ -757,15 +861,27 @@ impl<A> Scheduler<A> {
     /// The task's future and its waker, for one poll.
     pub(crate) fn begin_poll(&self, id: TaskId) -> Option<(LocalBoxFuture<'static, ()>, Waker)> {
         let mut sched = self.state.borrow_mut();
+        // A poll inside another's (a loop run by a step): the outer task's
+        // flags go back to its entry, where the original left them.
+        if let Some(outer) = self.current.get() {
+            self.put_back(&mut sched, outer);
+        }
         let slot = std::mem::replace(&mut sched.picked_slot, NO_SLOT);
         sched.runnable.sleep_slot(id, slot);
         sched.running_rq_slot = slot;
-        sched.current = Some(id);
+        self.current.set(Some(id));
         sched.polls += 1;
         self.now.set(self.now() + POLL_COST_NS);
-        let slot = sched.tasks.slot_of(id).unwrap_or(NO_SLOT);
+        // The task polled last, nearly always in a run of bios: its slot
+        // is still `current_slot` (checked by the id), with no search.
+        let last = sched.current_slot;
+        let slot = match sched.tasks.at_mut(last, id) {
+            Some(_) => last,
+            None => sched.tasks.slot_of(id).unwrap_or(NO_SLOT),
+        };
         sched.current_slot = slot;
         let task = sched.tasks.at_mut(slot, id)?;
+        self.load(task);
         let future = task.future.take()?;
         let waker = match self.polled_waker.take() {
             Some((last, waker)) if last == id => waker,
@@ -781,7 +897,10 @@ impl<A> Scheduler<A> {
     }
 
     pub(crate) fn end_poll(&self) {
-        self.state.borrow_mut().current = None;
+        let mut sched = self.state.borrow_mut();
+        if let Some(id) = self.current.take() {
+            self.put_back(&mut sched, id);
+        }
     }
 
     /// Keep the future of a task that died of an oops until power-off.
@@ -796,7 +915,9 @@ impl<A> Scheduler<A> {
             let mut sched = self.state.borrow_mut();
             sched.processes.clear();
             sched.runnable = RunQueue::default();
-            sched.current = None;
+            if let Some(id) = self.current.take() {
+                self.put_back(&mut sched, id);
+            }
             self.open_bio_lists.set(0);
             sched.tasks.take_all()
         };
@@ -1048,5 +1169,41 @@ mod bio_list_tests {
         let task = sched.remove_task(a).expect("a is live");
         assert_eq!(task.bio_list.map(|list| list.len()), Some(1));
         assert!(!sched.any_bio_list_open());
+    }
+
+    /// A task's `noio` and its list, held outside its entry while it
+    /// runs, are its own across polls, and back in the entry whenever it
+    /// does not run: after its poll, in a poll of another task inside its
+    /// own (with no task's reachable then, as `current` is cleared), and
+    /// while no task is current.
+    #[test]
+    fn noio_and_lists_stay_with_their_task() {
+        let sched: Scheduler<()> = Scheduler::new(1);
+        let a = sched.add_task("a".into(), Box::pin(async {}), false, false);
+        let b = sched.add_task("b".into(), Box::pin(async {}), true, false);
+        assert!(!sched.noio_save(), "no task runs");
+        assert!(!sched.current_noio());
+        as_task(&sched, a, || {
+            assert!(!sched.noio_save());
+            assert_eq!(sched.open_bio_list(), Some(false));
+            assert!(sched.queue_bio(bio()).is_ok());
+            as_task(&sched, b, || {
+                assert!(sched.current_noio(), "b is a noio kthread");
+                assert!(sched.queue_bio(bio()).is_err(), "a's list is a's");
+            });
+            assert!(!sched.current_noio(), "no task is current after b's poll");
+            assert!(sched.close_bio_list().is_empty());
+        });
+        as_task(&sched, a, || {
+            assert!(sched.current_noio(), "a saved noio and kept it");
+            sched.without_current(|| assert!(!sched.current_noio()));
+            assert!(sched.current_noio());
+            sched.noio_restore(false);
+            assert_eq!(sched.close_bio_list().len(), 1, "a's list, with its bio");
+        });
+        as_task(&sched, a, || assert!(!sched.current_noio()));
+        assert!(!sched.any_bio_list_open());
+        let task = sched.remove_task(a).expect("a is live");
+        assert!(!task.noio && task.bio_list.is_none());
     }
 }

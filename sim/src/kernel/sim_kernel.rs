@@ -90,14 +90,11 @@ impl Kernel for SimKernel {
     }
 
     fn memalloc_noio_save(&self) -> bool {
-        self.0
-            .sched
-            .with_current(|t| std::mem::replace(&mut t.noio, true))
-            .unwrap_or(false)
+        self.0.sched.noio_save()
     }
 
     fn memalloc_noio_restore(&self, previous: bool) {
-        self.0.sched.with_current(|t| t.noio = previous);
+        self.0.sched.noio_restore(previous);
     }
 
     fn lock_new(&self, class: &'static str) -> LockId {
@@ -184,7 +181,7 @@ impl Kernel for SimKernel {
         let quiesce = self.0.wait_for_quiesce(dev);
         let body = Box::pin(async move {
             quiesce.await;
-            let mut filters = sim.blk.filters.borrow_mut();
+            let mut filters = sim.blk.filters_mut();
             if filters.contains_key(&dev) {
                 return Err(Errno::EALREADY);
             }
@@ -199,7 +196,7 @@ impl Kernel for SimKernel {
         let quiesce = self.0.wait_for_quiesce(dev);
         let body = Box::pin(async move {
             quiesce.await;
-            let filter = sim.blk.filters.borrow_mut().remove(&dev);
+            let filter = sim.blk.filters_mut().remove(&dev);
             match filter {
                 Some(filter) => {
                     filter.release();

@@ -69,7 +69,9 @@ impl Run {
     }
 
     /// A write's work before it sleeps: its sectors charged, its fresh
-    /// stamps drawn, and what carries them.
+    /// stamps drawn, and what carries them. Inlined: its result (a bio)
+    /// was built in its frame and copied out, once per write.
+    #[inline(always)]
     fn prepare_write(&self, dev: DevT, sector: u64, sectors: u64, nowait: bool) -> WriteOp {
         self.charge_sectors(sectors, true);
         let data = self.fresh_stamps(sectors);

@@ -713,7 +713,9 @@ impl Run {
     /// True once the run spent its work budget (steps, waits inside a
     /// step, sectors of user IO): the first time, the run fails
     /// ("liveness") and every process stops taking steps, so a hostile
-    /// scenario costs the host a bounded time and memory.
+    /// scenario costs the host a bounded time and memory. Inlined (a
+    /// workload asks before each op); the failure is out of line.
+    #[inline(always)]
     pub(super) fn out_of_budget(&self) -> bool {
         if self.over_budget.get() {
             return true;
@@ -729,6 +731,14 @@ impl Run {
         {
             return false;
         }
+        self.budget_spent(steps, read, written, mapped)
+    }
+
+    /// `out_of_budget` the first time: the run fails.
+    #[cold]
+    #[inline(never)]
+    fn budget_spent(&self, steps: u64, read: u64, written: u64, mapped: u64) -> bool {
+        let b = self.budget;
         self.over_budget.set(true);
         self.sim.fail(
             "liveness",
