@@ -32,6 +32,13 @@
 //! the engine reports: a checker that adopted the engine's block size
 //! would adopt a wrong one silently. TRACKER_COLLECT is checked against it.
 //!
+//! MARK_DIRTY refuses (EINVAL) only a range out of the map's bounds or a
+//! corrupted map (spec 4.5). So a MARK_DIRTY of an original whose ranges
+//! all lie inside the device as the map was sized (at the tracker's
+//! creation or its last reset), while no write has reached past the map
+//! and nothing (a TAKE, another tracker) could have reset or replaced the
+//! map during the call, must not fail with EINVAL.
+//!
 //! A corrupted map reads as EFAULT (spec 4.6): a user write that ended OK
 //! went through the filter, which marks its blocks (spec 3.4), and one
 //! past the map's last block corrupts the map until the next TAKE resets
@@ -49,7 +56,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::{Rc, Weak};
 
 use bitvec::prelude::*;
-use blksnap_core::kernel::{BdevFilter, Bio, BioOp, DevT, UserMemory};
+use blksnap_core::kernel::{BdevFilter, Bio, BioOp, DevT, Errno, UserMemory};
 use blksnap_core::uapi::*;
 use blksnap_core::Params;
 
@@ -261,6 +268,10 @@ struct Device {
     taking: u32,
     generation: Option<[u8; 16]>,
     old_generations: BTreeSet<[u8; 16]>,
+    /// Bumped by whatever may replace or reset the map the model follows
+    /// (another tracker, a lost model, a new generation, a TAKE's begin
+    /// and end): a MARK_DIRTY is judged only if it stayed the same.
+    epoch: u64,
 }
 
 impl Device {
@@ -268,6 +279,7 @@ impl Device {
     /// old map is gone with its tracker.
     fn tracker_is(&mut self, tracker: Option<usize>) {
         if self.tracker != tracker {
+            self.epoch += 1;
             self.lose();
             self.lost = false;
             self.tracker = tracker;
@@ -288,6 +300,7 @@ impl Device {
     }
 
     fn lose(&mut self) {
+        self.epoch += 1;
         self.lost = true;
         self.gen = None;
         self.stale = None;
@@ -372,6 +385,7 @@ impl CbtChecker {
         self.tracker_is(dev, tracker);
         let device = self.devices.entry(dev).or_default();
         if tracker.is_some() && device.gen.is_none() && !device.lost {
+            device.epoch += 1;
             device.gen = Some(Gen::new(geometry, start, end, 0));
             device.reported = 0;
         }
@@ -392,6 +406,7 @@ impl CbtChecker {
     pub fn take_begin(&mut self, id: &[u8; 16]) {
         for dev in self.snapshot_devices(id) {
             let device = self.devices.entry(dev).or_default();
+            device.epoch += 1;
             device.taking += 1;
             if device.taking > 1 {
                 device.lose();
@@ -410,6 +425,7 @@ impl CbtChecker {
     ) {
         for dev in self.snapshot_devices(id) {
             let device = self.devices.entry(dev).or_default();
+            device.epoch += 1;
             device.taking = device.taking.saturating_sub(1);
             let now = geometry(dev);
             if ok {
@@ -458,6 +474,61 @@ impl CbtChecker {
                     .insert_range(first, last.min(gen.geometry.count.saturating_sub(1)));
             }
         }
+    }
+
+    /// The model's epoch of `dev` (see `Device::epoch`), if it follows it.
+    fn epoch(&self, dev: DevT) -> Option<u64> {
+        self.devices.get(&dev).map(|d| d.epoch)
+    }
+
+    /// A MARK_DIRTY of `dev` that began at model epoch `epoch` failed with
+    /// EINVAL: wrong if every range lay inside the map and the map could
+    /// not be corrupted, reset or replaced (see the header).
+    pub fn mark_refused(&self, dev: DevT, epoch: u64, ranges: &[(u64, u64)]) -> Result<(), String> {
+        let Some(device) = self.devices.get(&dev) else {
+            return Ok(());
+        };
+        let Some(gen) = device.gen.as_ref() else {
+            return Ok(());
+        };
+        let capacity = gen.geometry.capacity;
+        let inside = |&(sector, sectors): &(u64, u64)| {
+            sectors > 0
+                && sector
+                    .checked_add(sectors)
+                    .is_some_and(|end| end <= capacity)
+        };
+        let unsure = device.epoch != epoch
+            || device.taking > 0
+            || self.images.contains_key(&dev)
+            || gen.maybe_corrupt
+            || self.writes_past_map_in_flight(dev, &gen.geometry);
+        if unsure || ranges.is_empty() || !ranges.iter().all(inside) {
+            return Ok(());
+        }
+        let shown: Vec<String> = ranges
+            .iter()
+            .take(4)
+            .map(|(s, n)| format!("({s}, {n})"))
+            .collect();
+        Err(format!(
+            "MARK_DIRTY_BLOCKS of {dev} failed with EINVAL, but its {} range(s) [{}{}] all lie \
+             inside the {capacity} sectors its CBT map was sized for (at the tracker's creation \
+             or last reset), no write reached past the map, and no TAKE or other tracker could \
+             reset or replace it meanwhile: spec 4.5 refuses only a range out of bounds or a \
+             corrupted map",
+            ranges.len(),
+            shown.join(", "),
+            if ranges.len() > 4 { ", ..." } else { "" }
+        ))
+    }
+
+    /// A user write of `dev` still in flight reaches past the map: the
+    /// engine may have marked it (and so corrupted the map) already.
+    fn writes_past_map_in_flight(&self, dev: DevT, geometry: &Geometry) -> bool {
+        self.in_flight.iter().any(|&(d, sector, sectors, _)| {
+            d == dev && sectors > 0 && geometry.blocks(sector, sectors).1 >= geometry.count
+        })
     }
 
     /// A MARK_DIRTY of `dev` failed: it may have marked some of these
@@ -966,13 +1037,21 @@ pub struct IoctlStart {
     cmd: u32,
     start: u64,
     id: Option<[u8; 16]>,
+    /// MARK_DIRTY: its device and the model's epoch of it at the start.
+    mark: Option<(DevT, u64)>,
 }
 
 /// Before the engine runs an ioctl.
 pub fn ioctl_begin(sim: &Sim, cmd: u32, arg: u64, user: &dyn UserMemory) -> IoctlStart {
     let mut id = None;
+    let mut mark = None;
     if cmd == IOCTL_BLK_SNAP_TRACKER_MARK_DIRTY_BLOCKS {
-        sim.cbt.borrow_mut().marks_in_flight += 1;
+        let mut checker = sim.cbt.borrow_mut();
+        checker.marks_in_flight += 1;
+        mark = decode::<BlkSnapTrackerMarkDirtyBlocks>(user, arg).and_then(|m| {
+            let dev = DevT::new(m.dev_id.mj, m.dev_id.mn);
+            Some((dev, checker.epoch(dev)?))
+        });
     }
     if cmd == IOCTL_BLK_SNAP_SNAPSHOT_TAKE {
         id = decode::<BlkSnapSnapshotTake>(user, arg).map(|t| t.id.b);
@@ -984,6 +1063,7 @@ pub fn ioctl_begin(sim: &Sim, cmd: u32, arg: u64, user: &dyn UserMemory) -> Ioct
         cmd,
         start: sim.now(),
         id,
+        mark,
     }
 }
 
@@ -1036,8 +1116,13 @@ pub fn ioctl_end(
             let mut checker = sim.cbt.borrow_mut();
             checker.marks_in_flight = checker.marks_in_flight.saturating_sub(1);
             drop(checker);
-            marked_dirty(sim, arg, window, result.is_ok(), user);
-            Ok(())
+            let ranges = marked_dirty(sim, arg, window, result.is_ok(), user);
+            match (begun.mark, result) {
+                (Some((dev, epoch)), Err(e)) if e == Errno::EINVAL => {
+                    sim.cbt.borrow().mark_refused(dev, epoch, &ranges)
+                }
+                _ => Ok(()),
+            }
         }
         IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP => match result {
             Ok(copied) => map_read(sim, arg, copied, window, user),
@@ -1094,9 +1179,16 @@ fn images_collected(sim: &Sim, arg: u64, user: &dyn UserMemory) {
     }
 }
 
-fn marked_dirty(sim: &Sim, arg: u64, window: (u64, u64), ok: bool, user: &dyn UserMemory) {
+/// File a MARK_DIRTY's ranges (returned) as marked, or maybe marked.
+fn marked_dirty(
+    sim: &Sim,
+    arg: u64,
+    window: (u64, u64),
+    ok: bool,
+    user: &dyn UserMemory,
+) -> Vec<(u64, u64)> {
     let Some(mark) = decode::<BlkSnapTrackerMarkDirtyBlocks>(user, arg) else {
-        return;
+        return Vec::new();
     };
     let ranges: Vec<(u64, u64)> =
         decode_array::<BlkSnapBlockRange>(user, mark.dirty_blocks_array, mark.count.into())
@@ -1111,6 +1203,7 @@ fn marked_dirty(sim: &Sim, arg: u64, window: (u64, u64), ok: bool, user: &dyn Us
         // It stops at its first bad range; the ones before stay marked.
         checker.maybe_marked(dev, &ranges);
     }
+    ranges
 }
 
 fn map_read(
@@ -1499,6 +1592,47 @@ mod tests {
         assert!(read(&mut c, 100, &[(0, 3)]).is_ok());
         let err = read(&mut c, 100, &[(0, 4)]).unwrap_err();
         assert!(err.contains("or up to 3 after failed TAKEs"), "{err}");
+    }
+
+    /// A MARK_DIRTY refused with EINVAL though every range lay inside the
+    /// map fails; one with a range past the map, an empty range, after a
+    /// write past the map (ended or in flight), or while something may
+    /// have reset or replaced the map, is not judged.
+    #[test]
+    fn an_in_bounds_mark_dirty_must_not_be_refused() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        let epoch = c.epoch(D).expect("followed");
+        let to_the_end = [(0, 8), (CAPACITY - 1, 1)];
+        let err = c.mark_refused(D, epoch, &to_the_end).unwrap_err();
+        assert!(
+            err.starts_with("MARK_DIRTY_BLOCKS of 7:0 failed with EINVAL, but its 2 range(s) [(0, 8), (12799, 1)] all lie inside the 12800 sectors"),
+            "{err}"
+        );
+        assert!(c
+            .mark_refused(D, epoch, &[(0, 8), (CAPACITY - 1, 2)])
+            .is_ok());
+        assert!(c.mark_refused(D, epoch, &[(8, 0)]).is_ok());
+        assert!(c.mark_refused(D, epoch, &[]).is_ok());
+        assert!(c.mark_refused(DevT(8 << 20), epoch, &to_the_end).is_ok());
+        // A TAKE began (or ended) during the call: it may have reset the map.
+        c.take_begin(&SNAP);
+        assert!(c.mark_refused(D, epoch, &to_the_end).is_ok());
+        c.take_end(&SNAP, (40, 50), true, |_| geometry(CAPACITY));
+        let epoch = c.epoch(D).expect("followed");
+        assert!(c.mark_refused(D, epoch, &to_the_end).is_err());
+        // A write past the map, in flight or ended, may have corrupted it.
+        c.in_flight.push((D, CAPACITY, 8, 60));
+        assert!(c.mark_refused(D, epoch, &to_the_end).is_ok());
+        c.in_flight.clear();
+        assert!(c.mark_refused(D, epoch, &to_the_end).is_err());
+        write(&mut c, CAPACITY, 8, 60, 70);
+        assert!(c.mark_refused(D, epoch, &to_the_end).is_ok());
+        // Another tracker: another map.
+        let mut c = checker();
+        let epoch = c.epoch(D).expect("followed");
+        c.tracker_is(D, Some(2));
+        assert!(c.mark_refused(D, epoch, &to_the_end).is_ok());
     }
 
     #[test]

@@ -39,14 +39,15 @@ pub fn configuration(seed: u64, quirks: &[String]) -> Config {
     configure(seed, quirks, features, faults)
 }
 
-/// The configuration `seed` drew before power cuts and storage tails were
-/// features (the same draws with both off): tests that name a seed for
-/// what its scenario showed then still run that scenario.
+/// The configuration `seed` drew before power cuts, storage tails and CBT
+/// were features (the same draws with all three off): tests that name a
+/// seed for what its scenario showed then still run that scenario.
 #[cfg(test)]
 pub(crate) fn configuration_before_power_and_tails(seed: u64) -> Config {
     let (mut features, faults) = features(seed);
     features.power = false;
     features.tails = false;
+    features.cbt = false;
     configure(seed, &[], features, faults)
 }
 
@@ -76,9 +77,9 @@ fn configure(seed: u64, quirks: &[String], features: Features, faults: bool) -> 
 
 /// Each kind of step on with probability 1/2, except the recipe (create,
 /// storage, take) that keeps most configurations reaching a snapshot.
-/// Power cuts (with write caches and journals) and storage tails, each in
-/// one seed in four, are drawn last, so every other draw of a seed is as
-/// before; a seed with neither generates the scenario it always did.
+/// Power cuts (with write caches and journals), storage tails and CBT, each
+/// in one seed in four, are drawn last, so every other draw of a seed is as
+/// before; a seed with none of them generates the scenario it always did.
 fn features(seed: u64) -> (Features, bool) {
     let mut rng = SimRng::child(seed, "swarm/features");
     let kinds: Vec<Kind> = Kind::ALL
@@ -90,6 +91,7 @@ fn features(seed: u64) -> (Features, bool) {
     let mut features = Features::with_kinds(&kinds, fs);
     features.power = rng.chance(1, 4);
     features.tails = rng.chance(1, 4);
+    features.cbt = rng.chance(1, 4);
     (features, faults)
 }
 
@@ -131,6 +133,9 @@ fn describe(features: &Features, faults: bool) -> String {
     }
     if features.tails {
         text.push_str("; storage tails on");
+    }
+    if features.cbt {
+        text.push_str("; cbt on");
     }
     text
 }
@@ -375,6 +380,69 @@ mod tests {
             "{with_tails} of 400 with tails"
         );
         assert!(moved >= 8, "only {moved} of {with_tails} move the crossing");
+    }
+
+    /// CBT ioctls and growing originals come up, and only with the `cbt`
+    /// feature: READ_CBT_MAP, MARK_DIRTY and TRACKER_COLLECT, also in
+    /// concurrent branches (racing TAKEs and writes), Resize only at the
+    /// top level, and a write past the grown device's old end followed by
+    /// a map read (the cbt checker's corrupted-map rule).
+    #[test]
+    fn cbt_ioctls_and_growth_come_up() {
+        fn is_cbt(s: &Step) -> bool {
+            matches!(
+                s,
+                Step::ReadCbtMap { .. }
+                    | Step::MarkDirty { .. }
+                    | Step::TrackerCollect { .. }
+                    | Step::Resize { .. }
+            )
+        }
+        let (mut with_cbt, mut in_branch, mut past_old_end) = (0, 0, 0);
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 0..400 {
+            let config = configuration(seed, &[]);
+            let steps = &config.scenario.steps;
+            let all = all_steps(steps);
+            if !config.features.cbt {
+                assert!(!all.iter().any(|s| is_cbt(s)), "seed {seed}");
+                continue;
+            }
+            with_cbt += 1;
+            kinds.extend(
+                all.iter()
+                    .filter(|s| is_cbt(s))
+                    .map(|s| format!("{:?}", s.kind())),
+            );
+            let nested = all.iter().filter(|s| is_cbt(s)).count();
+            let top = steps.iter().filter(|s| is_cbt(s)).count();
+            in_branch += usize::from(nested > top);
+            let resize = |s: &Step| matches!(s, Step::Resize { .. });
+            assert_eq!(
+                all.iter().filter(|s| resize(s)).count(),
+                steps.iter().filter(|s| resize(s)).count(),
+                "seed {seed}: a Resize inside a group"
+            );
+            past_old_end += usize::from(steps.windows(3).any(|w| match w {
+                [Step::Resize { device, sectors }, Step::Write {
+                    target: Target::Original(d),
+                    sector,
+                    ..
+                }, Step::ReadCbtMap { .. }] => d == device && sector < sectors,
+                _ => false,
+            }));
+        }
+        eprintln!("{with_cbt} seeds with cbt: {in_branch} with one in a branch, {past_old_end} write past a grown end; kinds {kinds:?}");
+        assert!((60..=140).contains(&with_cbt), "{with_cbt} of 400 with cbt");
+        assert_eq!(kinds.len(), 4, "{kinds:?}");
+        assert!(
+            in_branch >= 20,
+            "only {in_branch} with a CBT ioctl in a branch"
+        );
+        assert!(
+            past_old_end >= 5,
+            "only {past_old_end} write past a grown end"
+        );
     }
 
     /// A kind that is off never shows up in the steps (a DESTROY that

@@ -22,7 +22,11 @@
 //! durability checker judges the cut); `tails` gives some recipes storage
 //! ranges that are not a multiple of the chunk size, written far enough
 //! for the first low-free-space event to be due, then read by WAIT_EVENTs
-//! (the events checker's rule 4 judges when it came).
+//! (the events checker's rule 4 judges when it came); `cbt` adds the CBT
+//! ioctls (TRACKER_COLLECT, READ_CBT_MAP, MARK_DIRTY_BLOCKS, also in
+//! concurrent branches) and originals that grow, and has some recipes read
+//! the map after their TAKE, then mark blocks dirty or grow the device and
+//! write past its old end (the cbt checker judges every map read).
 //!
 //! What the generator deliberately never does, because the *user* would be
 //! at fault and the checkers would rightly fail the run:
@@ -111,6 +115,9 @@ const CHUNK_SHIFT_TOP: u32 = 18;
 const MAX_POWER_CUTS: u32 = 3;
 /// Most ranges before the big one in a recipe with tails (`tailed_ranges`).
 const MAX_TAILED_RANGES: u64 = 128;
+/// No Resize grows an original past this (128 MiB), so a seed's devices
+/// stay small.
+const MAX_GROWN_SECTORS: u64 = 262_144;
 
 /// A kind of step the generator draws. [`Features`] switch kinds off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -201,6 +208,9 @@ pub struct Features {
     pub power: bool,
     /// Recipes with storage ranges that leave tails (reads more input).
     pub tails: bool,
+    /// CBT ioctls (TRACKER_COLLECT, READ_CBT_MAP, MARK_DIRTY_BLOCKS) and
+    /// originals that grow after a TAKE (reads more input).
+    pub cbt: bool,
 }
 
 impl Features {
@@ -211,14 +221,16 @@ impl Features {
         fs: true,
         power: false,
         tails: false,
+        cbt: false,
     };
 
-    /// Every feature, `power` and `tails` too: what the swarm draws at
+    /// Every feature, `power`, `tails` and `cbt` too: what the swarm draws at
     /// most, and what the `lifecycle_everything` fuzz target reads its
     /// input with (its own corpus, so [`Features::ALL`]'s keeps decoding).
     pub const EVERYTHING: Features = Features {
         power: true,
         tails: true,
+        cbt: true,
         ..Features::ALL
     };
 
@@ -229,6 +241,7 @@ impl Features {
             fs,
             power: false,
             tails: false,
+            cbt: false,
         }
     }
 
@@ -460,7 +473,9 @@ impl<'a, 'b> Generator<'a, 'b> {
         let drawn = self.u.int_in_range(0..=top)?;
         match self.features.remap(drawn, top) {
             0 => {
-                if self.chance(1, 2)? {
+                if self.features.cbt && self.chance(1, 2)? {
+                    self.cbt_step(out, top_level)?;
+                } else if self.chance(1, 2)? {
                     out.push(steps::version());
                 } else {
                     out.push(steps::tracker_remove(self.original_or_missing()?));
@@ -549,10 +564,176 @@ impl<'a, 'b> Generator<'a, 'b> {
                 expect: Expect::Ok,
             });
         }
+        if let Some(original) = &first {
+            if self.features.cbt && self.chance(1, 2)? {
+                self.cbt_after_take(out, original)?;
+            }
+        }
         if self.power_cut_drawn(1, 3)? {
             self.power_cut(out, first)?;
         }
         Ok(())
+    }
+
+    /// One CBT ioctl on a random device, or (at the top level only, where
+    /// no step of this scenario runs beside it) an original that grows.
+    /// In a concurrent branch these race TAKEs, writes and removals.
+    fn cbt_step(&mut self, out: &mut Vec<Step>, top_level: bool) -> Result<()> {
+        match self.u.int_in_range(0..=3)? {
+            0 => out.push(steps::tracker_collect()),
+            1 => {
+                let device = self.original_or_missing()?;
+                let (offset, length) = self.cbt_window()?;
+                out.push(steps::read_cbt_map(device, offset, length));
+            }
+            2 => {
+                let original = self.original()?;
+                let device = if self.chance(1, 16)? {
+                    MISSING.to_string()
+                } else {
+                    original.name.clone()
+                };
+                let ranges = self.dirty_ranges(&original)?;
+                out.push(steps::mark_dirty(device, ranges));
+            }
+            _ => {
+                let original = self.original()?;
+                if top_level {
+                    self.grow(out, &original)?;
+                } else {
+                    out.push(steps::tracker_collect());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a backup tool does after a TAKE, on the snapshot's first
+    /// original: read the CBT map, then mark blocks dirty (sequentially, or
+    /// both racing writes to the device) or grow the device and write past
+    /// its old end, after which the map reads as corrupted (EFAULT) until
+    /// the next TAKE (spec 4.4 and 4.6; the cbt checker's rule); then read
+    /// the map again.
+    fn cbt_after_take(&mut self, out: &mut Vec<Step>, original: &Original) -> Result<()> {
+        // As it is now: an earlier step may have grown it.
+        let Some(original) = self.current(&original.name).cloned() else {
+            return Ok(());
+        };
+        let (offset, length) = self.cbt_window()?;
+        let read = steps::read_cbt_map(original.name.clone(), offset, length);
+        match self.u.int_in_range(0..=2)? {
+            0 => self.cbt_race(out, &original, read)?,
+            1 => {
+                out.push(read);
+                let ranges = self.dirty_ranges(&original)?;
+                out.push(steps::mark_dirty(original.name.clone(), ranges));
+            }
+            _ => {
+                out.push(read);
+                self.write_past_old_end(out, &original)?;
+            }
+        }
+        out.push(steps::read_cbt_map(original.name.clone(), 0, length));
+        Ok(())
+    }
+
+    /// A map read then a MARK_DIRTY, racing one to three writes to the
+    /// same device.
+    fn cbt_race(&mut self, out: &mut Vec<Step>, original: &Original, read: Step) -> Result<()> {
+        let ranges = self.dirty_ranges(original)?;
+        let mark = steps::mark_dirty(original.name.clone(), ranges);
+        let mut writes = Vec::new();
+        for _ in 0..self.u.int_in_range(1..=3)? {
+            let (sector, sectors) = self.extent(original.sectors, false)?;
+            let target = Target::Original(original.name.clone());
+            writes.push(steps::write(target, sector, sectors, false));
+        }
+        out.push(Step::Concurrent(vec![vec![read, mark], writes]));
+        Ok(())
+    }
+
+    /// Grow `original`, then (mostly) write somewhere past its old end. A
+    /// device that grew with no such write keeps its map until a TAKE
+    /// resets it to the new size (spec 4.4).
+    fn write_past_old_end(&mut self, out: &mut Vec<Step>, original: &Original) -> Result<()> {
+        let Some(old) = self.grow(out, original)? else {
+            return Ok(());
+        };
+        if self.chance(1, 4)? {
+            return Ok(());
+        }
+        let sectors = self.pick(&[1, 8, 64])?;
+        let grown = self.current(&original.name).map_or(old, |o| o.sectors);
+        let last = grown.saturating_sub(sectors).max(old);
+        let sector = self.u.int_in_range(old..=last)?;
+        let target = Target::Original(original.name.clone());
+        out.push(steps::write(
+            target,
+            sector,
+            sectors.min(grown - sector),
+            false,
+        ));
+        Ok(())
+    }
+
+    /// READ_CBT_MAP's window: mostly from the start, now and then from
+    /// inside or past the map (a 65536-sector device has 8192 blocks of
+    /// 4 KiB at most).
+    fn cbt_window(&mut self) -> Result<(u32, u32)> {
+        let offset = self.pick(&[0, 0, 0, 1, 100, 8192])?;
+        let length = self.pick(&[1, 16, 512, 4096, 16384])?;
+        Ok((offset, length))
+    }
+
+    /// One to three MARK_DIRTY_BLOCKS ranges of `original`, now and then
+    /// one that reaches past its end (refused, spec 4.5).
+    fn dirty_ranges(&mut self, original: &Original) -> Result<Vec<(u64, u64)>> {
+        let count = self.u.int_in_range(1..=3)?;
+        let mut ranges = Vec::with_capacity(count);
+        for _ in 0..count {
+            let sectors = self.pick(&[1, 8, 64, 1024])?;
+            let (sector, sectors) = self.extent_of(original.sectors, sectors)?;
+            ranges.push((sector, sectors));
+        }
+        Ok(ranges)
+    }
+
+    /// An extent of about `sectors` inside a device of `capacity`, or one
+    /// time in eight across its end.
+    fn extent_of(&mut self, capacity: u64, sectors: u64) -> Result<(u64, u64)> {
+        if self.chance(1, 8)? {
+            return Ok((capacity - 1, sectors));
+        }
+        let sectors = sectors.min(capacity);
+        Ok((self.u.int_in_range(0..=capacity - sectors)?, sectors))
+    }
+
+    /// Grow `original` (a Resize step, as a volume manager does) by a
+    /// page, a chunk or its size, unless it has a journal at its end or is
+    /// already large; its old size if it grew.
+    fn grow(&mut self, out: &mut Vec<Step>, original: &Original) -> Result<Option<u64>> {
+        let add = self.pick(&[PAGE_SECTORS, self.chunk_sectors, 0])?;
+        let Some(current) = self.current(&original.name).cloned() else {
+            return Ok(None);
+        };
+        let add = if add == 0 { current.sectors } else { add };
+        let sectors = current.sectors + add;
+        if current.journal || sectors > MAX_GROWN_SECTORS {
+            return Ok(None);
+        }
+        out.push(Step::Resize {
+            device: current.name.clone(),
+            sectors,
+        });
+        if let Some(o) = self.originals.iter_mut().find(|o| o.name == current.name) {
+            o.sectors = sectors;
+        }
+        Ok(Some(current.sectors))
+    }
+
+    /// The original named `name` as it is now (a Resize may have grown it).
+    fn current(&self, name: &str) -> Option<&Original> {
+        self.originals.iter().find(|o| o.name == name)
     }
 
     /// Ranges of one chunk and a tail each (into `ranges`), to go before a

@@ -105,6 +105,40 @@ pub fn tracker_remove(device: String) -> Step {
     }
 }
 
+pub fn tracker_collect() -> Step {
+    Step::TrackerCollect {
+        expect_count: None,
+        expect_entries: None,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
+/// READ_CBT_MAP of `length` bytes from `offset`; the cbt checker judges
+/// the bytes it copies.
+pub fn read_cbt_map(device: String, offset: u32, length: u32) -> Step {
+    Step::ReadCbtMap {
+        device,
+        offset,
+        length,
+        save: None,
+        same_as: None,
+        expect_bytes: Vec::new(),
+        expect_len: None,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
+pub fn mark_dirty(device: String, ranges: Vec<(u64, u64)>) -> Step {
+    Step::MarkDirty {
+        target: Target::Original(device),
+        ranges,
+        fault: None,
+        expect: Expect::Any,
+    }
+}
+
 /// `repeat` writes of `sectors` each, `stride` apart (a COW of each chunk
 /// the stride reaches).
 pub fn write_strided(target: Target, sector: u64, sectors: u64, repeat: u64, stride: u64) -> Step {
