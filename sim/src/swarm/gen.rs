@@ -61,6 +61,13 @@ pub const MAX_STEPS: usize = 40;
 /// alone would add more than twice this or twice the largest original
 /// device, whichever is more (`farm_step_io_bound`).
 pub const FARM_IO_SECTORS: u64 = 8192;
+/// At [`Scale::Farm`] with neither `power` nor `tails`, the scenario also
+/// ends before a top-level step that would bring its steps past this many (a recipe's steps count one by
+/// one, a concurrent group as one). A grown corpus's inputs are the
+/// longest scenarios the bytes allow, and a run costs about its trace
+/// events; the cap measured best against the deepest bugs known (fuzz
+/// README, "Shorter farm scenarios (session 24)").
+pub const FARM_MAX_STEPS: usize = 23;
 /// Original device sizes at [`Scale::Full`], indexed by the drawn byte
 /// modulo 4 (what `choose` does with a 4-entry table).
 const FULL_SECTORS: [u64; 4] = [2048, 4096, 16384, 65536];
@@ -92,7 +99,8 @@ pub enum Scale {
     Full,
     /// What the fuzz targets run, for executions per second: devices from
     /// [`FARM_SECTORS`], and the scenario ends once its user IO passes
-    /// [`FARM_IO_SECTORS`], or before one step that would add far more.
+    /// [`FARM_IO_SECTORS`], or before one step that would add far more or
+    /// bring its steps past [`FARM_MAX_STEPS`].
     Farm,
 }
 /// Upper bound on the steps of one concurrent branch.
@@ -443,7 +451,7 @@ impl<'a, 'b> Generator<'a, 'b> {
             self.step(&mut steps, true)?;
             if self.scale == Scale::Farm {
                 let added = self.io_sectors(&steps[first..]);
-                if added > self.farm_step_io_bound() {
+                if added > self.farm_step_io_bound() || steps.len() > self.farm_max_steps() {
                     steps.truncate(first);
                     break;
                 }
@@ -454,6 +462,18 @@ impl<'a, 'b> Generator<'a, 'b> {
             }
         }
         Ok(steps)
+    }
+
+    /// The most steps at [`Scale::Farm`]: [`FARM_MAX_STEPS`], measured for
+    /// `lifecycle` ([`Features::ALL`]). The features that read more input
+    /// build long recipes (a power cut after writes and a commit, storage
+    /// filled up to the low-space event) whose point comes late; a cap would
+    /// often cut them off, so `lifecycle_everything` keeps no step cap.
+    fn farm_max_steps(&self) -> usize {
+        if self.features.power || self.features.tails {
+            return usize::MAX;
+        }
+        FARM_MAX_STEPS
     }
 
     /// The most user IO one top-level step may add at [`Scale::Farm`]:
@@ -1244,7 +1264,8 @@ mod tests {
     /// A farm scenario is the start of the full one of the same bytes: the
     /// same devices (no larger), parameters and scheduler, and its steps
     /// are the first of Full's. Over many inputs it keeps at least 45 % of
-    /// them (55 % at `FARM_IO_SECTORS` = 8192; 28 % at 1024, which fails).
+    /// them (52 % with `FARM_MAX_STEPS` = 23 and `FARM_IO_SECTORS` = 8192,
+    /// 55 % without the step cap; 28 % at 1024 sectors, which fails).
     #[test]
     fn farm_scale_keeps_the_steps_of_full() {
         let (mut kept, mut total) = (0, 0);
