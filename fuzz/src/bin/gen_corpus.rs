@@ -71,12 +71,20 @@ fn lifecycle_matchers(
         .map(|&(name, wanted, needs_image_reads)| {
             let matches = move |data: &[u8]| {
                 build(data).is_some_and(|(scenario, seed)| {
-                    wanted(&scenario) && (!needs_image_reads || image_reads(&scenario, seed) > 0.0)
+                    wanted(&scenario)
+                        && creates_what_it_uses(&scenario)
+                        && (!needs_image_reads || image_reads(&scenario, seed) > 0.0)
                 })
             };
             (name, Box::new(matches) as Box<dyn Fn(&[u8]) -> bool>)
         })
         .collect()
+}
+
+/// Every snapshot a step names is created by a step: the seed's `to-ron`
+/// file is then an exact copy of what the target ran (`tests/to_ron.rs`).
+fn creates_what_it_uses(scenario: &Scenario) -> bool {
+    blksnap_sim::swarm::declare::loadable(scenario).is_ok_and(|(_, declared)| declared.is_empty())
 }
 
 /// Image reads the oracle checked when the scenario ran: a TAKE worked
@@ -531,6 +539,32 @@ fn cache_and_journal(s: &Scenario) -> bool {
         && take_write_image(s)
 }
 
+/// A device grows, is written past its old end, and its map is read (the
+/// cbt checker's corrupted-map rule).
+fn cbt_grow_past_end(s: &Scenario) -> bool {
+    s.steps.windows(3).any(|w| {
+        matches!(
+            w,
+            [
+                Step::Resize { .. },
+                Step::Write { .. },
+                Step::ReadCbtMap { .. }
+            ]
+        )
+    })
+}
+
+/// A map read and a MARK_DIRTY race writes in a concurrent group.
+fn cbt_race(s: &Scenario) -> bool {
+    s.steps.iter().any(|step| match step {
+        Step::Concurrent(branches) => branches.iter().any(|b| {
+            b.iter().any(|x| matches!(x, Step::MarkDirty { .. }))
+                && b.iter().any(|x| matches!(x, Step::ReadCbtMap { .. }))
+        }),
+        _ => false,
+    })
+}
+
 const EVERYTHING: &[LifecycleFeature] = &[
     ("cut-after-commit", cut_after_commit, true),
     ("cached-cut", cached_cut, true),
@@ -544,6 +578,8 @@ const EVERYTHING: &[LifecycleFeature] = &[
     ("cache-and-journal", cache_and_journal, true),
     ("take-write-image", take_write_image, true),
     ("destroy-during-io", destroy_during_io, true),
+    ("cbt-grow-past-end", cbt_grow_past_end, false),
+    ("cbt-race", cbt_race, false),
 ];
 
 // --- ioctl_args features ----------------------------------------------------------------------

@@ -322,12 +322,27 @@ impl Run {
     /// the corrupted event (GFP_NOIO, which may sleep) and queues it only
     /// then, so a failed image read can come before its event is in the
     /// queue (finding f13d). A careful user looks once more.
+    ///
+    /// WAIT_EVENT allocates its copy of the event before it dequeues, so
+    /// ENOMEM (an injected allocation failure) says nothing of the queue:
+    /// the watcher asks again. If it keeps failing, the events are as lost
+    /// to the user as if the module had gone (`Oracle::events_lost`).
     pub(super) async fn drain_events(&self, snapshot: &str) {
+        /// WAIT_EVENTs failed with ENOMEM after which the queue counts as
+        /// unreadable.
+        const NOMEM_TRIES: u32 = 16;
         let id = self.record(snapshot).id;
+        let mut nomem = 0;
         for _ in 0..1024 {
             match self.wait_event_raw(id, 0, None).await {
                 Ok(_) => {}
                 Err(Errno::ENOENT) if self.event_allocation_returned().await => {}
+                Err(Errno::ENOMEM) if nomem < NOMEM_TRIES => nomem += 1,
+                Err(Errno::ENOMEM) => {
+                    let now = self.sim.now();
+                    self.sim.oracle.borrow_mut().events_lost([id], now);
+                    return;
+                }
                 Err(_) => return,
             }
         }
