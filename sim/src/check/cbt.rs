@@ -325,6 +325,10 @@ pub struct MapRead<'a> {
     pub bytes: &'a [u8],
     pub start: u64,
     pub end: u64,
+    /// The model's epoch of the device when the call began, if the user's
+    /// whole buffer was writable then: the copy cannot fault, so it must
+    /// fill all it can (see `short_of_the_map`).
+    pub full: Option<u64>,
 }
 
 /// A TRACKER_COLLECT entry.
@@ -436,6 +440,15 @@ impl CbtChecker {
         }
     }
 
+    /// `dev` was resized while a CREATE or TAKE of it ran: the engine read
+    /// its capacity at some point of the call, so the size its map was
+    /// made or reset with is unknown; the model stops judging that map.
+    pub fn resized_during_call(&mut self, dev: DevT) {
+        if let Some(device) = self.devices.get_mut(&dev) {
+            device.lose();
+        }
+    }
+
     pub fn tracker_removed(&mut self, dev: DevT) {
         self.tracker_is(dev, None);
     }
@@ -500,7 +513,6 @@ impl CbtChecker {
         };
         let unsure = device.epoch != epoch
             || device.taking > 0
-            || self.images.contains_key(&dev)
             || gen.maybe_corrupt
             || self.writes_past_map_in_flight(dev, &gen.geometry);
         if unsure || ranges.is_empty() || !ranges.iter().all(inside) {
@@ -557,6 +569,9 @@ impl CbtChecker {
         if let Some(gen) = device.gen.as_ref().filter(|_| device.taking == 0) {
             past_the_map(gen.geometry.count, dev, read)?;
             read_though_corrupted(gen, dev, read)?;
+            if read.full == Some(device.epoch) {
+                short_of_the_map(gen.geometry.count, dev, read)?;
+            }
         }
         let (gen, index) = match device.copy {
             Some(Copy::Current(i)) => (device.gen.as_ref(), i),
@@ -855,6 +870,25 @@ fn past_the_map(count: u64, dev: DevT, read: &MapRead) -> Result<(), String> {
     ))
 }
 
+/// READ_CBT_MAP copies min(length, blocks - offset) bytes (spec 4.6) unless
+/// copy_to_user faults; into a buffer that was writable throughout, with
+/// the same map since the call began, it cannot copy fewer. A map left at
+/// its old size after the device grew and a TAKE (which must reset it)
+/// copies fewer.
+fn short_of_the_map(count: u64, dev: DevT, read: &MapRead) -> Result<(), String> {
+    let due = count.saturating_sub(read.offset).min(read.length);
+    let copied = read.bytes.len() as u64;
+    if copied >= due {
+        return Ok(());
+    }
+    Err(format!(
+        "READ_CBT_MAP of {dev} at offset {} with length {} copied {copied} bytes into a \
+         writable buffer; the map has {count} blocks (spec 4.2 on the capacity at its creation \
+         or last reset), so it must copy {due}",
+        read.offset, read.length
+    ))
+}
+
 /// A user write that surely marked a block past the map: it ended OK
 /// (so the filter marked it), submitted after the generation's last TAKE
 /// ended (so no TAKE's reset came between).
@@ -1039,6 +1073,10 @@ pub struct IoctlStart {
     id: Option<[u8; 16]>,
     /// MARK_DIRTY: its device and the model's epoch of it at the start.
     mark: Option<(DevT, u64)>,
+    /// READ_CBT_MAP into a buffer writable at the start: the epoch then.
+    full: Option<u64>,
+    /// CREATE and TAKE: the capacity of each of their devices at the start.
+    sizes: Vec<(DevT, u64)>,
 }
 
 /// Before the engine runs an ioctl.
@@ -1059,12 +1097,60 @@ pub fn ioctl_begin(sim: &Sim, cmd: u32, arg: u64, user: &dyn UserMemory) -> Ioct
             sim.cbt.borrow_mut().take_begin(id);
         }
     }
+    let full = if cmd == IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP {
+        writable_epoch(sim, arg, user)
+    } else {
+        None
+    };
+    let devs = match cmd {
+        IOCTL_BLK_SNAP_SNAPSHOT_CREATE => create_devices(user, arg),
+        _ => id
+            .map(|id| sim.cbt.borrow().snapshot_devices(&id))
+            .unwrap_or_default(),
+    };
     IoctlStart {
         cmd,
         start: sim.now(),
         id,
         mark,
+        full,
+        sizes: devs.into_iter().map(|d| (d, capacity(sim, d))).collect(),
     }
+}
+
+/// Whether `dev` may have changed size while the call that began with
+/// `begun` ran: its capacity differs from the start's, or a Resize of it
+/// came after the start (one at the very start may have come first).
+fn resized_in_call(sim: &Sim, begun: &IoctlStart, dev: DevT, (from, to): (u64, u64)) -> bool {
+    let before = begun.sizes.iter().find(|(d, _)| *d == dev).map(|(_, c)| *c);
+    before != Some(capacity(sim, dev)) || sim.injected.borrow().resized_within(dev, (from + 1, to))
+}
+
+/// The devices a CREATE's argument lists.
+fn create_devices(user: &dyn UserMemory, arg: u64) -> Vec<DevT> {
+    let Some(create) = decode::<BlkSnapSnapshotCreate>(user, arg) else {
+        return Vec::new();
+    };
+    decode_array::<BlkSnapDev>(user, create.dev_id_array, create.count.into())
+        .iter()
+        .map(|d| DevT::new(d.mj, d.mn))
+        .collect()
+}
+
+/// The model's epoch of a READ_CBT_MAP's device if the user's whole
+/// buffer is writable (mapped and not read-only): the user knows its own
+/// buffer. Probed by writing back what is there, which changes nothing.
+/// Lengths past the loader's bound are not probed.
+fn writable_epoch(sim: &Sim, arg: u64, user: &dyn UserMemory) -> Option<u64> {
+    let read = decode::<BlkSnapTrackerReadCbtBitmap>(user, arg)?;
+    let length = usize::try_from(read.length)
+        .ok()
+        .filter(|l| *l <= 1 << 24)?;
+    let bytes = user.copy_from_user(read.buff, length).ok()?;
+    user.copy_to_user(read.buff, &bytes).ok()?;
+    sim.cbt
+        .borrow()
+        .epoch(DevT::new(read.dev_id.mj, read.dev_id.mn))
 }
 
 pub(crate) fn decode<T: UapiStruct>(user: &dyn UserMemory, addr: u64) -> Option<T> {
@@ -1089,15 +1175,19 @@ pub fn ioctl_end(
     let window = (begun.start, sim.now());
     let verdict = match begun.cmd {
         IOCTL_BLK_SNAP_SNAPSHOT_CREATE => {
-            created(sim, params, arg, window, result.is_ok(), user);
+            created(sim, params, &begun, arg, window, result.is_ok(), user);
             Ok(())
         }
         IOCTL_BLK_SNAP_SNAPSHOT_TAKE => {
             if let Some(id) = begun.id {
                 let geometry = |dev| Geometry::of(capacity(sim, dev), params);
-                sim.cbt
-                    .borrow_mut()
-                    .take_end(&id, window, result.is_ok(), geometry);
+                let mut checker = sim.cbt.borrow_mut();
+                checker.take_end(&id, window, result.is_ok(), geometry);
+                for dev in checker.snapshot_devices(&id) {
+                    if resized_in_call(sim, &begun, dev, window) {
+                        checker.resized_during_call(dev);
+                    }
+                }
             }
             Ok(())
         }
@@ -1125,7 +1215,7 @@ pub fn ioctl_end(
             }
         }
         IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP => match result {
-            Ok(copied) => map_read(sim, arg, copied, window, user),
+            Ok(copied) => map_read(sim, arg, copied, window, begun.full, user),
             Err(_) => Ok(()),
         },
         IOCTL_BLK_SNAP_TRACKER_COLLECT if result.is_ok() => collected(sim, arg, begun.start, user),
@@ -1139,6 +1229,7 @@ pub fn ioctl_end(
 fn created(
     sim: &Sim,
     params: &Params,
+    begun: &IoctlStart,
     arg: u64,
     window: (u64, u64),
     ok: bool,
@@ -1147,15 +1238,15 @@ fn created(
     let Some(create) = decode::<BlkSnapSnapshotCreate>(user, arg) else {
         return;
     };
-    let devs: Vec<DevT> =
-        decode_array::<BlkSnapDev>(user, create.dev_id_array, create.count.into())
-            .iter()
-            .map(|d| DevT::new(d.mj, d.mn))
-            .collect();
+    let devs = create_devices(user, arg);
     for &dev in &devs {
         let token = tracker_token(sim, dev);
         let geometry = Geometry::of(capacity(sim, dev), params);
-        sim.cbt.borrow_mut().created(dev, token, geometry, window);
+        let mut checker = sim.cbt.borrow_mut();
+        checker.created(dev, token, geometry, window);
+        if resized_in_call(sim, begun, dev, window) {
+            checker.resized_during_call(dev);
+        }
     }
     if ok {
         sim.cbt.borrow_mut().snapshot_created(create.id.b, devs);
@@ -1211,6 +1302,7 @@ fn map_read(
     arg: u64,
     copied: i64,
     (start, end): (u64, u64),
+    full: Option<u64>,
     user: &dyn UserMemory,
 ) -> Result<(), String> {
     let Some(read) = decode::<BlkSnapTrackerReadCbtBitmap>(user, arg) else {
@@ -1228,6 +1320,7 @@ fn map_read(
         bytes: &bytes,
         start,
         end,
+        full,
     };
     checker.map_read(dev, &read)
 }
@@ -1322,6 +1415,7 @@ mod tests {
             bytes: &bytes,
             start: at,
             end: at + 1,
+            full: None,
         };
         c.map_read(D, &read)
     }
@@ -1507,6 +1601,7 @@ mod tests {
             bytes: &bytes,
             start: at,
             end: at + 1,
+            full: None,
         };
         c.map_read(D, &read)
     }
@@ -1664,6 +1759,33 @@ mod tests {
         assert_eq!(c.maps_unjudged, 1);
     }
 
+    /// Into a buffer writable from the start, with the same map, a copy
+    /// must fill min(length, blocks - offset); not judged when the buffer
+    /// may fault or the map may have changed (another epoch).
+    #[test]
+    fn a_short_copy_into_a_writable_buffer_fails() {
+        let mut c = checker();
+        take(&mut c, 20, 30);
+        let epoch = c.epoch(D);
+        let bytes = vec![0u8; 40];
+        let short = |full| MapRead {
+            offset: 50,
+            length: 60,
+            bytes: &bytes,
+            start: 40,
+            end: 41,
+            full,
+        };
+        let err = c.map_read(D, &short(epoch)).unwrap_err();
+        assert!(
+            err.starts_with("READ_CBT_MAP of 7:0 at offset 50 with length 60 copied 40 bytes into a writable buffer; the map has 100 blocks"),
+            "{err}"
+        );
+        assert!(err.ends_with("so it must copy 50"), "{err}");
+        assert!(c.map_read(D, &short(None)).is_ok());
+        assert!(c.map_read(D, &short(epoch.map(|e| e + 1))).is_ok());
+    }
+
     #[test]
     fn a_copy_past_the_end_of_the_map_fails() {
         let mut c = checker();
@@ -1675,6 +1797,7 @@ mod tests {
             bytes: &bytes,
             start: 40,
             end: 41,
+            full: None,
         };
         let err = c.map_read(D, &read).unwrap_err();
         assert!(err.contains("at most 50"), "{err}");

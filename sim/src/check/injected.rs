@@ -215,6 +215,14 @@ impl InjectedFaults {
         })
     }
 
+    /// Whether `dev` was resized within [from, to].
+    pub fn resized_within(&self, dev: DevT, (from, to): (u64, u64)) -> bool {
+        self.list.iter().any(|f| {
+            matches!(f.kind, FaultKind::Resize { dev: d, .. } if d == dev)
+                && (from..=to).contains(&f.at)
+        })
+    }
+
     /// The first shrink of `dev` at or before `to`: (time, new capacity).
     pub fn shrunk_by(&self, dev: DevT, to: u64) -> Option<(u64, u64)> {
         self.list

@@ -328,14 +328,14 @@ impl Run {
     /// the watcher asks again. If it keeps failing, the events are as lost
     /// to the user as if the module had gone (`Oracle::events_lost`).
     pub(super) async fn drain_events(&self, snapshot: &str) {
-        /// WAIT_EVENTs failed with ENOMEM after which the queue counts as
-        /// unreadable.
+        /// WAIT_EVENTs failed with ENOMEM in a row after which the queue
+        /// counts as unreadable.
         const NOMEM_TRIES: u32 = 16;
         let id = self.record(snapshot).id;
         let mut nomem = 0;
         for _ in 0..1024 {
             match self.wait_event_raw(id, 0, None).await {
-                Ok(_) => {}
+                Ok(_) => nomem = 0,
                 Err(Errno::ENOENT) if self.event_allocation_returned().await => {}
                 Err(Errno::ENOMEM) if nomem < NOMEM_TRIES => nomem += 1,
                 Err(Errno::ENOMEM) => {
