@@ -340,10 +340,11 @@ pub struct Trace {
     /// bounds check and no capacity checks.
     pending: Box<[u8]>,
     fill: usize,
-    /// False once `skip_hashing` was called: the batch is dropped when
-    /// full instead of hashed, and there is no digest. Events are still
-    /// encoded, counted and kept in the ring, so the run is the same.
-    hashing: bool,
+    /// True once `count_only` was called: each event is counted and
+    /// nothing more (no bytes, no ring entry), and there is no digest and
+    /// no `recent()`. What the run does is the same: nothing in the sim
+    /// reads its own trace.
+    count_only: bool,
 }
 
 /// What a ring entry holds: a hot event (one with its own recorder), or
@@ -417,7 +418,7 @@ impl Default for Trace {
             decoded: OnceCell::new(),
             pending: spare_batch(),
             fill: 0,
-            hashing: true,
+            count_only: false,
         }
     }
 }
@@ -454,6 +455,9 @@ impl Trace {
     /// their own (`record_poll` and the others below) take those.
     #[inline(always)]
     pub fn record(&mut self, now: u64, event: TraceEvent) {
+        if self.count_only {
+            return self.count_one();
+        }
         self.encode(now, &event);
         self.cold[self.count as usize % SLOTS] = Some(event);
         let slot = self.entry();
@@ -466,6 +470,9 @@ impl Trace {
     /// no event built, matched or dropped.
     #[inline(always)]
     pub fn record_poll(&mut self, now: u64, task: u64) {
+        if self.count_only {
+            return self.count_one();
+        }
         let end = tagged(self.frame(now), 3, task);
         self.fill = self.fill.wrapping_add(end);
         let slot = self.entry();
@@ -476,6 +483,9 @@ impl Trace {
     /// As `record(now, TraceEvent::TimeAdvance { now: to })`.
     #[inline(always)]
     pub fn record_time_advance(&mut self, now: u64, to: u64) {
+        if self.count_only {
+            return self.count_one();
+        }
         let end = tagged(self.frame(now), 4, to);
         self.fill = self.fill.wrapping_add(end);
         let slot = self.entry();
@@ -486,6 +496,9 @@ impl Trace {
     /// As `record(now, TraceEvent::BioSubmit { .. })` with these fields.
     #[inline(always)]
     pub fn record_bio_submit(&mut self, now: u64, id: u64, dev: u32, op: u8, range: (u64, u64)) {
+        if self.count_only {
+            return self.count_one();
+        }
         let (sector, sectors) = range;
         let frame = self.frame(now);
         let at = tagged(frame, 5, id);
@@ -509,6 +522,9 @@ impl Trace {
     /// As `record(now, TraceEvent::BioEnd { id, ok })`.
     #[inline(always)]
     pub fn record_bio_end(&mut self, now: u64, id: u64, ok: bool) {
+        if self.count_only {
+            return self.count_one();
+        }
         let frame = self.frame(now);
         let at = tagged(frame, 6, id);
         frame[at] = u8::from(ok);
@@ -524,6 +540,9 @@ impl Trace {
     /// match, the move into `cold` and the drop of the event it replaced).
     #[inline(always)]
     pub fn record_filter_pass(&mut self, now: u64, dev: u32, sector: u64) {
+        if self.count_only {
+            return self.count_one();
+        }
         let frame = self.frame(now);
         let at = tagged(frame, 7, u64::from(dev));
         let at = put(frame, at, sector);
@@ -557,6 +576,19 @@ impl Trace {
     #[inline(always)]
     fn entry(&mut self) -> &mut Slot {
         &mut self.ring[self.count as usize % SLOTS]
+    }
+
+    /// Whether `count_only` was called.
+    #[inline(always)]
+    pub fn is_count_only(&self) -> bool {
+        self.count_only
+    }
+
+    /// Counts an event of a count-only trace.
+    #[inline(always)]
+    pub(crate) fn count_one(&mut self) {
+        // Cannot overflow: no run makes 2^64 events.
+        self.count = self.count.wrapping_add(1);
     }
 
     /// Counts the event whose entry was just written.
@@ -594,36 +626,31 @@ impl Trace {
     /// one, after the time.
     #[inline(never)]
     fn encode_general(&mut self, now: u64, event: &TraceEvent) {
-        if !self.hashing {
-            // Its bytes would only be dropped (a step's text, a spawn's name).
-            return;
-        }
         let mut batch = Batch(self);
         num(&mut batch, now);
         event.encode(&mut batch);
     }
 
-    /// Hashes the first `BATCH` bytes (or drops them, once hashing is
-    /// off) and moves the rest, less than a frame, to the front.
+    /// Hashes the first `BATCH` bytes and moves the rest, less than a
+    /// frame, to the front.
     #[inline(never)]
     fn flush(&mut self) {
         debug_assert!(self.fill >= BATCH);
-        if self.hashing {
-            self.hasher.write(&self.pending[..BATCH]);
-            self.hashed += BATCH as u64;
-        }
+        self.hasher.write(&self.pending[..BATCH]);
+        self.hashed += BATCH as u64;
         self.pending.copy_within(BATCH..self.fill, 0);
         self.fill -= BATCH;
     }
 
     /// A run that keeps only its verdict (`RunOptions::verdict_only`: the
-    /// fuzz target, `judge_fast`) never reads its digest: hashing (then
-    /// blake3) was 3 % of such a run. From here its batches are dropped
-    /// when full, and the rare events are not encoded at all. Call it
-    /// before the first batch is hashed.
-    pub fn skip_hashing(&mut self) {
-        assert_eq!(self.hashed, 0, "hashing stops before it begins or never");
-        self.hashing = false;
+    /// fuzz target, `judge_fast`) reads neither its digest nor its last
+    /// events: a failing one is run again in full for its report. From
+    /// here each event is only counted (encoding the events and writing
+    /// the ring were 3 % of such a run's instructions). Call it before
+    /// the first event.
+    pub fn count_only(&mut self) {
+        assert_eq!(self.count, 0, "a trace is count-only from its start or never");
+        self.count_only = true;
     }
 
     /// Appends bytes of any length to the pending batch, hashing each
@@ -645,7 +672,7 @@ impl Trace {
 
     /// The digest so far, as 16 hex digits (64 bits are plenty to compare).
     pub fn digest(&self) -> String {
-        assert!(self.hashing, "the digest of a trace that skipped hashing");
+        assert!(!self.count_only, "the digest of a count-only trace");
         let mut hasher = self.hasher.clone();
         hasher.write(&self.pending[..self.fill]);
         format!("{:016x}", hasher.finish())
@@ -657,6 +684,7 @@ impl Trace {
 
     /// The last events, oldest first.
     pub fn recent(&self) -> impl Iterator<Item = &(u64, TraceEvent)> {
+        assert!(!self.count_only, "the events of a count-only trace");
         self.decoded
             .get_or_init(|| {
                 let first = self.count.saturating_sub(RING as u64);
@@ -698,14 +726,14 @@ mod tests {
         assert_eq!(a.count(), 2);
     }
 
-    /// A trace that skips hashing keeps what a verdict reads: the count
-    /// and the recent events, over many batches (big events included), as
-    /// a hashed one; it has no digest, and hashing stops only before the
-    /// first batch is hashed.
+    /// A count-only trace counts every event, through every recorder and
+    /// over many batches (big events included), as a full one; it hashes
+    /// nothing, has no digest and no recent events, and a trace becomes
+    /// count-only only before its first event.
     #[test]
-    fn a_trace_that_skips_hashing_keeps_count_and_recent() {
+    fn a_count_only_trace_counts_every_event() {
         let (mut hashed, mut lean) = (Trace::default(), Trace::default());
-        lean.skip_hashing();
+        lean.count_only();
         let big = "x".repeat(BATCH + 1);
         for i in 0..(3 * BATCH / FRAME) as u64 {
             let event = match i % 1000 {
@@ -715,15 +743,24 @@ mod tests {
             hashed.record(i, event.clone());
             lean.record(i, event);
         }
+        for t in [&mut hashed, &mut lean] {
+            t.record_poll(1, 2);
+            t.record_time_advance(1, 2);
+            t.record_bio_submit(2, 3, 4, 1, (5, 8));
+            t.record_bio_end(3, 3, true);
+            t.record_filter_pass(3, 4, 5);
+        }
         assert_ne!(hashed.hashed, 0, "batches were hashed");
-        assert_eq!(lean.hashed, 0, "nothing was hashed");
+        assert_eq!((lean.hashed, lean.fill), (0, 0), "nothing was encoded");
         assert_eq!(lean.count(), hashed.count());
-        assert!(lean.recent().eq(hashed.recent()));
+        assert_eq!(lean.count(), (3 * BATCH / FRAME) as u64 + 5);
         let digest = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lean.digest()));
-        assert!(digest.is_err(), "an unhashed trace has no digest");
+        assert!(digest.is_err(), "a count-only trace has no digest");
+        let recent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lean.recent().count()));
+        assert!(recent.is_err(), "a count-only trace has no recent events");
         let late =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || hashed.skip_hashing()));
-        assert!(late.is_err(), "hashing cannot stop half-way");
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || hashed.count_only()));
+        assert!(late.is_err(), "a trace cannot become count-only half-way");
     }
 
     /// The ring keeps the last `RING` events, oldest first.

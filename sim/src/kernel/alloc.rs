@@ -42,7 +42,7 @@ impl Sim {
                 self.mm.returned(task);
             }
         }
-        self.record(TraceEvent::Alloc { site, ok: !fails });
+        self.record_with(|| TraceEvent::Alloc { site, ok: !fails });
         if fails {
             let site = site.to_string();
             self.record_fault(FaultKind::Alloc { site, gfp });

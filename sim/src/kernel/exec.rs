@@ -29,8 +29,12 @@ impl Sim {
         noio: bool,
         is_process: bool,
     ) -> TaskId {
-        let id = self.sched.add_task(name.clone(), future, noio, is_process);
-        self.record(TraceEvent::TaskSpawn { task: id, name });
+        let traced = (!self.trace.borrow().is_count_only()).then(|| name.clone());
+        let id = self.sched.add_task(name, future, noio, is_process);
+        self.record_with(|| TraceEvent::TaskSpawn {
+            task: id,
+            name: traced.unwrap_or_default(),
+        });
         id
     }
 
@@ -143,7 +147,7 @@ impl Sim {
                 );
             }
         }
-        self.record(TraceEvent::TaskExit { task: id });
+        self.record_with(|| TraceEvent::TaskExit { task: id });
     }
 
     /// Run until every process is done, the bounds are hit, or nothing can
