@@ -116,11 +116,27 @@ impl FaultPlan {
         self.alloc.insert(site, how);
     }
 
-    pub fn alloc_fails(&mut self, site: &str, rng: &mut SimRng) -> bool {
+    /// Whether this call at `site` fails. `nowait` (GFP_NOWAIT) names the
+    /// site `SITE/nowait`, so a plan can aim at the would-block calls alone.
+    pub fn alloc_fails(&mut self, site: &str, nowait: bool, rng: &mut SimRng) -> bool {
+        if self.alloc.is_empty() {
+            // Most plans fail no allocation: no key is built or searched.
+            return false;
+        }
+        let nowait_site;
+        let site = if nowait {
+            nowait_site = format!("{site}/nowait");
+            nowait_site.as_str()
+        } else {
+            site
+        };
         let Some(how) = self.alloc.get(site) else {
             return false;
         };
-        let calls = self.calls.entry(site.to_string()).or_insert(0);
+        let calls = match self.calls.get_mut(site) {
+            Some(calls) => calls,
+            None => self.calls.entry(site.to_string()).or_insert(0),
+        };
         *calls += 1;
         match how {
             AllocFault::Nth(n) => *calls == *n,
@@ -148,11 +164,30 @@ mod tests {
         let mut plan = FaultPlan::default();
         plan.fail_alloc("a".into(), AllocFault::Nth(2));
         plan.fail_alloc("b".into(), AllocFault::From(2));
-        let a: Vec<bool> = (0..3).map(|_| plan.alloc_fails("a", &mut rng)).collect();
-        let b: Vec<bool> = (0..3).map(|_| plan.alloc_fails("b", &mut rng)).collect();
+        let a: Vec<bool> = (0..3)
+            .map(|_| plan.alloc_fails("a", false, &mut rng))
+            .collect();
+        let b: Vec<bool> = (0..3)
+            .map(|_| plan.alloc_fails("b", false, &mut rng))
+            .collect();
         assert_eq!(a, vec![false, true, false]);
         assert_eq!(b, vec![false, true, true]);
-        assert!(!plan.alloc_fails("c", &mut rng));
+        assert!(!plan.alloc_fails("c", false, &mut rng));
+    }
+
+    /// A GFP_NOWAIT call counts as `SITE/nowait`, apart from the site's
+    /// other calls, and only a rule for that name fails it.
+    #[test]
+    fn nowait_calls_have_their_own_name() {
+        let mut rng = SimRng::new(0);
+        let mut plan = FaultPlan::default();
+        plan.fail_alloc("a/nowait".into(), AllocFault::Nth(2));
+        let calls = [true, false, true, true];
+        let fails: Vec<bool> = calls
+            .iter()
+            .map(|&nowait| plan.alloc_fails("a", nowait, &mut rng))
+            .collect();
+        assert_eq!(fails, vec![false, false, true, false]);
     }
 
     fn window(op: IoOp, range: Option<(u64, u64)>, after: u64, count: Option<u64>) -> IoWindow {

@@ -16,14 +16,18 @@
 //! the bits of at most `WORD_SLOTS / 64` words, then clearing the lowest
 //! bits of one, with no loop over the tree's levels.
 //!
-//! The priority order costs a set insert and remove per poll, so it is
-//! built on the first `highest()` and kept from then on: a run under the
+//! On the bitmap, `highest()` looks at each runnable slot's priority (a
+//! few slots per pick). Past it, an ordered set of the runnable tasks
+//! answers, at a set insert and remove per poll: it is built on the
+//! first `highest()` there and kept from then on, so a run under the
 //! uniform policy (most runs) never pays for it.
 //!
 //! A wake and a sleep per poll: each may name the task's slot, which the
 //! waker learned when the task was added and the pick found, so that
 //! neither searches the live map (`wake_slot`, `sleep_slot`; a slot that
-//! does not hold the id falls back to the search).
+//! does not hold the id falls back to the search). A slot keeps its
+//! task's priority too, so that the slot paths update the ordered set
+//! with no search either.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,10 +39,12 @@ const WORD_SLOTS: usize = 1024;
 
 #[derive(Default)]
 pub(crate) struct RunQueue {
-    /// Live tasks: their slot (creation order) and priority.
-    live: BTreeMap<TaskId, (usize, u64)>,
+    /// Live tasks: their slot (creation order).
+    live: BTreeMap<TaskId, usize>,
     /// The task of each slot ever handed out.
     id_at: Vec<TaskId>,
+    /// The priority of the task of each slot.
+    priority_at: Vec<u64>,
     /// Whether the task of a slot is runnable.
     runnable: Vec<bool>,
     /// Whether the task of a slot is live (added, not forgotten).
@@ -50,7 +56,9 @@ pub(crate) struct RunQueue {
     /// runnable, while `tree` is empty.
     words: Vec<u64>,
     len: usize,
-    /// The runnable tasks by priority; None until `highest()` first asks.
+    /// The runnable tasks by priority, once the slots have outgrown the
+    /// bitmap: None until `highest()` first asks then (on the bitmap it
+    /// looks at the runnable slots instead).
     by_priority: Option<BTreeSet<(u64, TaskId)>>,
 }
 
@@ -60,6 +68,7 @@ impl RunQueue {
         debug_assert!(self.id_at.last().is_none_or(|last| *last < id));
         let slot = self.id_at.len();
         self.id_at.push(id);
+        self.priority_at.push(priority);
         self.runnable.push(false);
         self.alive.push(true);
         let size = self.tree.len().saturating_sub(1);
@@ -68,13 +77,13 @@ impl RunQueue {
         } else if self.tree.is_empty() && slot / 64 == self.words.len() {
             self.words.push(0);
         }
-        self.live.insert(id, (slot, priority));
+        self.live.insert(id, slot);
     }
 
     /// The task is gone: never runnable again.
     pub fn forget(&mut self, id: TaskId) {
-        self.sleep(id);
-        if let Some((slot, _)) = self.live.remove(&id) {
+        if let Some(slot) = self.live.remove(&id) {
+            self.sleep_at(slot, id);
             self.alive[slot] = false;
         }
     }
@@ -91,12 +100,11 @@ impl RunQueue {
 
     /// `wake` of task `id`, known to be in `slot` (else searched).
     pub fn wake_slot(&mut self, id: TaskId, slot: usize) {
-        if !self.holds(slot, id) || self.by_priority.is_some() {
+        if !self.holds(slot, id) {
             return self.wake(id);
         }
-        if self.alive[slot] && !self.runnable[slot] {
-            self.runnable[slot] = true;
-            self.update(slot, true);
+        if self.alive[slot] {
+            self.wake_at(slot, id);
         }
     }
 
@@ -104,52 +112,59 @@ impl RunQueue {
     /// runnable slot is live (a task is put to sleep before it is
     /// forgotten), so no liveness check.
     pub fn sleep_slot(&mut self, id: TaskId, slot: usize) {
-        if !self.holds(slot, id) || self.by_priority.is_some() {
+        if !self.holds(slot, id) {
             return self.sleep(id);
         }
-        if self.runnable[slot] {
-            self.runnable[slot] = false;
-            self.update(slot, false);
-        }
+        self.sleep_at(slot, id);
     }
 
     /// Make a live task runnable (nothing for a dead one).
     pub fn wake(&mut self, id: TaskId) {
-        let Some(&(slot, priority)) = self.live.get(&id) else {
-            return;
-        };
-        if !self.runnable[slot] {
-            self.runnable[slot] = true;
-            self.update(slot, true);
-            if let Some(set) = self.by_priority.as_mut() {
-                set.insert((priority, id));
-            }
+        if let Some(&slot) = self.live.get(&id) {
+            self.wake_at(slot, id);
         }
     }
 
     /// The task is being polled (or is gone): not runnable.
     pub fn sleep(&mut self, id: TaskId) {
-        let Some(&(slot, priority)) = self.live.get(&id) else {
-            return;
-        };
+        if let Some(&slot) = self.live.get(&id) {
+            self.sleep_at(slot, id);
+        }
+    }
+
+    /// `wake` of the live task `id` in `slot`.
+    #[inline]
+    fn wake_at(&mut self, slot: usize, id: TaskId) {
+        if !self.runnable[slot] {
+            self.runnable[slot] = true;
+            self.update(slot, true);
+            if let Some(set) = self.by_priority.as_mut() {
+                set.insert((self.priority_at[slot], id));
+            }
+        }
+    }
+
+    /// `sleep` of task `id` in `slot`.
+    #[inline]
+    fn sleep_at(&mut self, slot: usize, id: TaskId) {
         if self.runnable[slot] {
             self.runnable[slot] = false;
             self.update(slot, false);
             if let Some(set) = self.by_priority.as_mut() {
-                set.remove(&(priority, id));
+                set.remove(&(self.priority_at[slot], id));
             }
         }
     }
 
     pub fn set_priority(&mut self, id: TaskId, priority: u64) {
-        let Some(&(slot, old)) = self.live.get(&id) else {
+        let Some(&slot) = self.live.get(&id) else {
             return;
         };
+        let old = std::mem::replace(&mut self.priority_at[slot], priority);
         if let Some(set) = self.by_priority.as_mut().filter(|_| self.runnable[slot]) {
             set.remove(&(old, id));
             set.insert((priority, id));
         }
-        self.live.insert(id, (slot, priority));
     }
 
     pub fn len(&self) -> usize {
@@ -264,16 +279,37 @@ impl RunQueue {
 
     /// The runnable task of the highest priority (the larger id on a tie).
     pub fn highest(&mut self) -> Option<TaskId> {
+        if self.tree.is_empty() {
+            return self.highest_in_words();
+        }
         if self.by_priority.is_none() {
             let set = self
                 .live
                 .iter()
-                .filter(|(_, &(slot, _))| self.runnable[slot])
-                .map(|(&id, &(_, priority))| (priority, id))
+                .filter(|(_, &slot)| self.runnable[slot])
+                .map(|(&id, &slot)| (self.priority_at[slot], id))
                 .collect();
             self.by_priority = Some(set);
         }
         self.by_priority.as_ref()?.last().map(|&(_, id)| id)
+    }
+
+    /// `highest` on the bitmap: a look at each runnable slot (a few per
+    /// pick), where the ordered set cost an insert and a remove per poll.
+    fn highest_in_words(&self) -> Option<TaskId> {
+        let mut best: Option<(u64, TaskId)> = None;
+        for (w, &word) in self.words.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                let slot = w * 64 + word.trailing_zeros() as usize;
+                word &= word - 1;
+                let key = (self.priority_at[slot], self.id_at[slot]);
+                if best.is_none_or(|best| key > best) {
+                    best = Some(key);
+                }
+            }
+        }
+        best.map(|(_, id)| id)
     }
 
     #[inline]

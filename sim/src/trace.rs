@@ -649,7 +649,10 @@ impl Trace {
     /// the ring were 3 % of such a run's instructions). Call it before
     /// the first event.
     pub fn count_only(&mut self) {
-        assert_eq!(self.count, 0, "a trace is count-only from its start or never");
+        assert_eq!(
+            self.count, 0,
+            "a trace is count-only from its start or never"
+        );
         self.count_only = true;
     }
 
@@ -756,7 +759,8 @@ mod tests {
         assert_eq!(lean.count(), (3 * BATCH / FRAME) as u64 + 5);
         let digest = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lean.digest()));
         assert!(digest.is_err(), "a count-only trace has no digest");
-        let recent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lean.recent().count()));
+        let recent =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lean.recent().count()));
         assert!(recent.is_err(), "a count-only trace has no recent events");
         let late =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || hashed.count_only()));

@@ -124,15 +124,9 @@ impl Sim {
     /// with the literal (a `String` per kmalloc was a malloc and a free on
     /// the hottest path, issue 10).
     fn alloc_fault(&self, site: &str, gfp: Gfp) -> bool {
-        let nowait;
-        let fault_site = if gfp == Gfp::NoioNowait {
-            nowait = format!("{site}/nowait");
-            nowait.as_str()
-        } else {
-            site
-        };
         let mut rng = self.fault_rng.borrow_mut();
-        self.faults.borrow_mut().alloc_fails(fault_site, &mut rng)
+        let nowait = gfp == Gfp::NoioNowait;
+        self.faults.borrow_mut().alloc_fails(site, nowait, &mut rng)
     }
 
     /// Account a live allocation; past the scenario's limit, fail the run.
