@@ -48,6 +48,7 @@ pub(crate) fn configuration_before_power_and_tails(seed: u64) -> Config {
     features.power = false;
     features.tails = false;
     features.cbt = false;
+    features.space = false;
     configure(seed, &[], features, faults)
 }
 
@@ -77,8 +78,8 @@ fn configure(seed: u64, quirks: &[String], features: Features, faults: bool) -> 
 
 /// Each kind of step on with probability 1/2, except the recipe (create,
 /// storage, take) that keeps most configurations reaching a snapshot.
-/// Power cuts (with write caches and journals), storage tails and CBT, each
-/// in one seed in four, are drawn last, so every other draw of a seed is as
+/// Power cuts (with write caches and journals), storage tails, CBT and
+/// storage that runs out, each in one seed in four, are drawn last, so every other draw of a seed is as
 /// before; a seed with none of them generates the scenario it always did.
 fn features(seed: u64) -> (Features, bool) {
     let mut rng = SimRng::child(seed, "swarm/features");
@@ -92,6 +93,7 @@ fn features(seed: u64) -> (Features, bool) {
     features.power = rng.chance(1, 4);
     features.tails = rng.chance(1, 4);
     features.cbt = rng.chance(1, 4);
+    features.space = rng.chance(1, 4);
     (features, faults)
 }
 
@@ -136,6 +138,9 @@ fn describe(features: &Features, faults: bool) -> String {
     }
     if features.cbt {
         text.push_str("; cbt on");
+    }
+    if features.space {
+        text.push_str("; storage runs out");
     }
     text
 }
@@ -341,7 +346,9 @@ mod tests {
                 )
             };
             if !config.features.tails {
-                assert!(!all_steps(steps).into_iter().any(strided), "seed {seed}");
+                // Strided writes come from tails, or from storage that runs out.
+                let strided_without = all_steps(steps).into_iter().any(strided);
+                assert!(!strided_without || config.features.space, "seed {seed}");
                 continue;
             }
             with_tails += 1;
@@ -380,6 +387,55 @@ mod tests {
             "{with_tails} of 400 with tails"
         );
         assert!(moved >= 8, "only {moved} of {with_tails} move the crossing");
+    }
+
+    /// Storage runs out, and only with the `space` feature: after the
+    /// events were read, one-chunk APPENDs each followed by a chunk's COW
+    /// (they cannot re-arm the low-free-space event), and an APPEND of 2M
+    /// after the overflow, followed by more COW.
+    #[test]
+    fn storage_runs_out_with_space() {
+        let (mut with_space, mut trickles, mut after_overflow) = (0, 0, 0);
+        for seed in 0..400 {
+            let config = configuration(seed, &[]);
+            let params = &config.scenario.params;
+            let chunk = 1u64 << (params.chunk_minimum_shift - 9);
+            let minimum = params.diff_storage_minimum;
+            let appended = |w: &[Step], size: u64| match w {
+                [Step::WaitEvent { .. }, Step::Append { ranges, .. }, Step::Write {
+                    stride: Some(stride),
+                    sectors: 1,
+                    ..
+                }] => ranges.len() == 1 && ranges[0].1 == size && *stride == chunk,
+                _ => false,
+            };
+            let steps = &config.scenario.steps;
+            let trickle = steps.windows(3).any(|w| appended(w, chunk));
+            let after = steps.windows(3).any(|w| appended(w, 2 * minimum));
+            if !config.features.space {
+                assert!(
+                    !after,
+                    "seed {seed}: an APPEND after an overflow without space"
+                );
+                continue;
+            }
+            with_space += 1;
+            trickles += usize::from(trickle);
+            after_overflow += usize::from(after);
+        }
+        eprintln!("{with_space} seeds with space: {trickles} trickle, {after_overflow} append after the overflow");
+        assert!(
+            (60..=140).contains(&with_space),
+            "{with_space} of 400 with space"
+        );
+        assert!(
+            trickles >= 5,
+            "only {trickles} with small APPENDs after the event"
+        );
+        assert!(
+            after_overflow >= 20,
+            "only {after_overflow} append after the overflow"
+        );
     }
 
     /// CBT ioctls and growing originals come up, and only with the `cbt`

@@ -26,7 +26,11 @@
 //! ioctls (TRACKER_COLLECT, READ_CBT_MAP, MARK_DIRTY_BLOCKS, also in
 //! concurrent branches) and originals that grow, and has some recipes read
 //! the map after their TAKE, then mark blocks dirty or grow the device and
-//! write past its old end (the cbt checker judges every map read).
+//! write past its old end (the cbt checker judges every map read); `space`
+//! has some recipes run their storage out: COW up to the first
+//! low-free-space event after the creation's, APPEND too little to re-arm
+//! it, overflow, APPEND again after the overflow and write on (the events
+//! checker's rules 8 and 9 and the storage checker judge what follows).
 //!
 //! What the generator deliberately never does, because the *user* would be
 //! at fault and the checkers would rightly fail the run:
@@ -219,6 +223,9 @@ pub struct Features {
     /// CBT ioctls (TRACKER_COLLECT, READ_CBT_MAP, MARK_DIRTY_BLOCKS) and
     /// originals that grow after a TAKE (reads more input).
     pub cbt: bool,
+    /// Recipes whose storage runs out: small APPENDs after a low-free-space
+    /// event, an overflow, an APPEND after it (reads more input).
+    pub space: bool,
 }
 
 impl Features {
@@ -230,15 +237,18 @@ impl Features {
         power: false,
         tails: false,
         cbt: false,
+        space: false,
     };
 
-    /// Every feature, `power`, `tails` and `cbt` too: what the swarm draws at
-    /// most, and what the `lifecycle_everything` fuzz target reads its
-    /// input with (its own corpus, so [`Features::ALL`]'s keeps decoding).
+    /// Every feature, `power`, `tails`, `cbt` and `space` too: what the
+    /// swarm draws at most, and what the `lifecycle_everything` fuzz target
+    /// reads its input with (its own corpus, so [`Features::ALL`]'s keeps
+    /// decoding).
     pub const EVERYTHING: Features = Features {
         power: true,
         tails: true,
         cbt: true,
+        space: true,
         ..Features::ALL
     };
 
@@ -250,6 +260,7 @@ impl Features {
             power: false,
             tails: false,
             cbt: false,
+            space: false,
         }
     }
 
@@ -275,6 +286,19 @@ impl Features {
         }
         enabled[drawn as usize % enabled.len()]
     }
+}
+
+/// How a `space` recipe runs its storage out ([`Generator::space_plan`]).
+struct SpacePlan {
+    /// The sectors of the recipe's one storage range.
+    capacity: u64,
+    /// Chunks to COW for the first low-free-space event after the
+    /// creation's, if the original has room for the whole plan.
+    to_event: Option<u64>,
+    /// One-chunk APPENDs after that event.
+    trickle: u64,
+    /// Chunks COWed past the capacity.
+    past: u64,
 }
 
 /// One original device as the generator declared it.
@@ -556,20 +580,29 @@ impl<'a, 'b> Generator<'a, 'b> {
         self.unname(out, &snapshot);
         out.push(steps::create(snapshot.clone(), devices.clone()));
         let size = self.pick(&[4096, 16384, 65536])?;
-        let mut ranges = Vec::new();
-        let due = if self.features.tails && self.chance(1, 2)? {
-            self.tailed_ranges(&mut ranges)?
-        } else {
-            None
-        };
-        ranges.push(self.fresh_range(size));
-        out.push(steps::append(snapshot.clone(), STORE.to_string(), ranges));
-        out.push(steps::take(snapshot.clone()));
         let first = devices
             .first()
             .and_then(|name| self.originals.iter().find(|o| o.name == *name))
             .cloned();
-        if let (Some(regions), Some(original)) = (due, &first) {
+        let space = match &first {
+            Some(original) if self.features.space && self.chance(1, 2)? => {
+                self.space_plan(original)?
+            }
+            _ => None,
+        };
+        let mut ranges = Vec::new();
+        let due = if space.is_none() && self.features.tails && self.chance(1, 2)? {
+            self.tailed_ranges(&mut ranges)?
+        } else {
+            None
+        };
+        let capacity = space.as_ref().map_or(size, |plan| plan.capacity);
+        ranges.push(self.fresh_range(capacity));
+        out.push(steps::append(snapshot.clone(), STORE.to_string(), ranges));
+        out.push(steps::take(snapshot.clone()));
+        if let (Some(plan), Some(original)) = (space, &first) {
+            self.run_out_of_space(out, &snapshot, original, plan)?;
+        } else if let (Some(regions), Some(original)) = (due, &first) {
             self.fill_to_low_space(out, &snapshot, original, regions)?;
         }
         if self.chance(3, 4)? {
@@ -816,6 +849,123 @@ impl<'a, 'b> Generator<'a, 'b> {
             ms: self.pick(&[1, 10])?,
         });
         for _ in 0..3 {
+            out.push(steps::wait_event(snapshot.to_string(), 0));
+        }
+        Ok(())
+    }
+
+    /// How a `space` recipe runs its storage out on `original`, if the
+    /// original has the chunks for it. With room, the storage holds the
+    /// regions up to the first low-free-space event after the creation's
+    /// (when `requested - filled` first drops to T = M/2, spec 6.3) and a
+    /// few more, and small APPENDs follow that event: each adds a chunk,
+    /// far from the 2M the engine then requests, so none re-arms it (spec
+    /// 6.2 step 4). Else the storage holds a few chunks. Either way the COW
+    /// then goes one to three chunks past the capacity: an overflow.
+    fn space_plan(&mut self, original: &Original) -> Result<Option<SpacePlan>> {
+        let chunk = self.chunk_sectors;
+        let chunks = original.sectors / chunk;
+        let minimum = self.diff_storage_minimum;
+        let threshold = (minimum / 2) & !(PAGE_SECTORS - 1);
+        let to_event = (minimum - threshold).div_ceil(chunk);
+        let extra = self.pick(&[0, 1, 2])?;
+        let trickle = self.pick(&[1, 2, 3])?;
+        let past = self.pick(&[1, 2, 3])?;
+        let plan = if to_event + extra + trickle + past <= chunks {
+            SpacePlan {
+                capacity: (to_event + extra) * chunk,
+                to_event: Some(to_event),
+                trickle,
+                past,
+            }
+        } else {
+            SpacePlan {
+                capacity: self.pick(&[1, 2, 4])? * chunk,
+                to_event: None,
+                trickle: 0,
+                past,
+            }
+        };
+        let written = plan.capacity / chunk + plan.trickle + plan.past;
+        Ok((written <= chunks).then_some(plan))
+    }
+
+    /// A `space` recipe after its TAKE: COW chunk by chunk (one sector
+    /// each, written back on a filesystem) up to the low-free-space event,
+    /// the small APPENDs with a chunk's COW after each, the overflow, then
+    /// an APPEND that brings the capacity past anything requested and more
+    /// COW; WAIT_EVENTs look after each part. No event may come from the
+    /// small APPENDs (rule 8) or after the overflow was seen (rule 9).
+    fn run_out_of_space(
+        &mut self,
+        out: &mut Vec<Step>,
+        snapshot: &str,
+        original: &Original,
+        plan: SpacePlan,
+    ) -> Result<()> {
+        let chunk = self.chunk_sectors;
+        let mut next = 0;
+        if let Some(to_event) = plan.to_event {
+            self.cow_chunks(out, snapshot, original, &mut next, to_event)?;
+            for _ in 0..plan.trickle {
+                let range = self.fresh_range(chunk);
+                out.push(steps::append(
+                    snapshot.to_string(),
+                    STORE.to_string(),
+                    vec![range],
+                ));
+                self.cow_chunks(out, snapshot, original, &mut next, 1)?;
+            }
+        }
+        let overflow = plan.capacity / chunk + plan.trickle - next + plan.past;
+        self.cow_chunks(out, snapshot, original, &mut next, overflow)?;
+        let range = self.fresh_range(2 * self.diff_storage_minimum);
+        out.push(steps::append(
+            snapshot.to_string(),
+            STORE.to_string(),
+            vec![range],
+        ));
+        let after = self.pick(&[1, 2])?.min(original.sectors / chunk - next);
+        if after > 0 {
+            self.cow_chunks(out, snapshot, original, &mut next, after)?;
+        }
+        Ok(())
+    }
+
+    /// One sector written into each of `count` chunks of `original` from
+    /// chunk `*next` on (a COW each), then a look at the events.
+    fn cow_chunks(
+        &mut self,
+        out: &mut Vec<Step>,
+        snapshot: &str,
+        original: &Original,
+        next: &mut u64,
+        count: u64,
+    ) -> Result<()> {
+        let chunk = self.chunk_sectors;
+        let target = Target::Original(original.name.clone());
+        out.push(steps::write_strided(target, *next * chunk, 1, count, chunk));
+        *next += count;
+        self.settle_and_look(out, snapshot, original)
+    }
+
+    /// After COW writes: written back (on a filesystem), a moment for the
+    /// stores, then two looks at the events.
+    fn settle_and_look(
+        &mut self,
+        out: &mut Vec<Step>,
+        snapshot: &str,
+        original: &Original,
+    ) -> Result<()> {
+        if original.fs {
+            out.push(Step::Sync {
+                device: original.name.clone(),
+            });
+        }
+        out.push(Step::Sleep {
+            ms: self.pick(&[1, 10])?,
+        });
+        for _ in 0..2 {
             out.push(steps::wait_event(snapshot.to_string(), 0));
         }
         Ok(())
