@@ -390,50 +390,66 @@ mod tests {
     }
 
     /// Storage runs out, and only with the `space` feature: after the
-    /// events were read, one-chunk APPENDs each followed by a chunk's COW
-    /// (they cannot re-arm the low-free-space event), and an APPEND of 2M
-    /// after the overflow, followed by more COW.
+    /// events were read, small APPENDs each followed by the COW that fills
+    /// them (they cannot re-arm the low-free-space event), and an APPEND
+    /// of 2M after the overflow, followed by more COW.
     #[test]
     fn storage_runs_out_with_space() {
-        let (mut with_space, mut trickles, mut after_overflow) = (0, 0, 0);
+        let (mut with_space, mut trickles, mut after_overflow, mut small) = (0, 0, 0, 0);
         for seed in 0..400 {
             let config = configuration(seed, &[]);
             let params = &config.scenario.params;
             let chunk = 1u64 << (params.chunk_minimum_shift - 9);
             let minimum = params.diff_storage_minimum;
-            let appended = |w: &[Step], size: u64| match w {
+            // An APPEND after a look at the events, then the COW that fills it.
+            let appended = |w: &[Step]| match w {
                 [Step::WaitEvent { .. }, Step::Append { ranges, .. }, Step::Write {
                     stride: Some(stride),
                     sectors: 1,
+                    repeat,
                     ..
-                }] => ranges.len() == 1 && ranges[0].1 == size && *stride == chunk,
-                _ => false,
+                }] if ranges.len() == 1 && *stride == chunk => Some((ranges[0].1, *repeat)),
+                _ => None,
             };
             let steps = &config.scenario.steps;
-            let trickle = steps.windows(3).any(|w| appended(w, chunk));
-            let after = steps.windows(3).any(|w| appended(w, 2 * minimum));
+            let trickle = steps
+                .windows(3)
+                .filter_map(appended)
+                .any(|(size, repeat)| size < 2 * minimum && size == repeat * chunk);
+            let after = steps
+                .windows(3)
+                .filter_map(appended)
+                .any(|(size, _)| size == 2 * minimum);
             if !config.features.space {
                 assert!(
                     !after,
                     "seed {seed}: an APPEND after an overflow without space"
+                );
+                assert!(
+                    minimum >= 4096,
+                    "seed {seed}: a small minimum without space"
                 );
                 continue;
             }
             with_space += 1;
             trickles += usize::from(trickle);
             after_overflow += usize::from(after);
+            small += usize::from(minimum < 4096);
         }
-        eprintln!("{with_space} seeds with space: {trickles} trickle, {after_overflow} append after the overflow");
+        eprintln!(
+            "{with_space} seeds with space: {small} with a small minimum, {trickles} with small \
+             APPENDs after the event, {after_overflow} append after the overflow"
+        );
         assert!(
             (60..=140).contains(&with_space),
             "{with_space} of 400 with space"
         );
         assert!(
-            trickles >= 5,
+            trickles >= 15,
             "only {trickles} with small APPENDs after the event"
         );
         assert!(
-            after_overflow >= 20,
+            after_overflow >= 30,
             "only {after_overflow} append after the overflow"
         );
     }

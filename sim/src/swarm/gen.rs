@@ -295,8 +295,8 @@ struct SpacePlan {
     /// Chunks to COW for the first low-free-space event after the
     /// creation's, if the original has room for the whole plan.
     to_event: Option<u64>,
-    /// One-chunk APPENDs after that event.
-    trickle: u64,
+    /// The chunks each small APPEND after that event adds.
+    trickle: Vec<u64>,
     /// Chunks COWed past the capacity.
     past: u64,
 }
@@ -439,13 +439,22 @@ impl<'a, 'b> Generator<'a, 'b> {
 
     fn params(&mut self) -> Result<Params> {
         Ok(Params {
-            diff_storage_minimum: self.pick(&[4096, 65536, 262144])?,
+            diff_storage_minimum: self.storage_minimum()?,
             chunk_minimum_shift: self.chunk_shift()?,
             tracking_block_minimum_shift: self.pick(&[12, 16])?,
             chunk_maximum_in_cache: self.pick(&[1, 4, 32])?,
             free_diff_buffer_pool_size: self.pick(&[1, 4, 128])?,
             ..Params::default()
         })
+    }
+
+    /// `diff_storage_minimum`: with `space`, sometimes a few KiB (as a
+    /// user may set it), so that storage runs out within a small device.
+    fn storage_minimum(&mut self) -> Result<u64> {
+        if self.features.space && self.chance(1, 2)? {
+            return self.pick(&[16, 64, 256]);
+        }
+        self.pick(&[4096, 65536, 262144])
     }
 
     /// 4 KiB to 256 KiB chunks; when that draw gives the top, a second one
@@ -855,13 +864,15 @@ impl<'a, 'b> Generator<'a, 'b> {
     }
 
     /// How a `space` recipe runs its storage out on `original`, if the
-    /// original has the chunks for it. With room, the storage holds the
-    /// regions up to the first low-free-space event after the creation's
-    /// (when `requested - filled` first drops to T = M/2, spec 6.3) and a
-    /// few more, and small APPENDs follow that event: each adds a chunk,
-    /// far from the 2M the engine then requests, so none re-arms it (spec
-    /// 6.2 step 4). Else the storage holds a few chunks. Either way the COW
-    /// then goes one to three chunks past the capacity: an overflow.
+    /// original has the chunks for it. The first low-free-space event after
+    /// the creation's comes at the region that brings `requested - filled`
+    /// (requested M) down to T = M/2 (spec 6.3), and then asks for 2M. With
+    /// room, the storage holds the regions up to that event and a few more,
+    /// and small APPENDs follow the event: together they bring the capacity
+    /// past 2M - T, where an engine that re-armed the event raises the next
+    /// one, but short of 2M, so none of them re-arms it (spec 6.2 step 4).
+    /// Else the storage holds a few chunks. Either way the COW then goes
+    /// one to three chunks past the capacity: an overflow.
     fn space_plan(&mut self, original: &Original) -> Result<Option<SpacePlan>> {
         let chunk = self.chunk_sectors;
         let chunks = original.sectors / chunk;
@@ -869,33 +880,53 @@ impl<'a, 'b> Generator<'a, 'b> {
         let threshold = (minimum / 2) & !(PAGE_SECTORS - 1);
         let to_event = (minimum - threshold).div_ceil(chunk);
         let extra = self.pick(&[0, 1, 2])?;
-        let trickle = self.pick(&[1, 2, 3])?;
         let past = self.pick(&[1, 2, 3])?;
-        let plan = if to_event + extra + trickle + past <= chunks {
+        // The capacity after the small APPENDs, in chunks: past 2M - T, below 2M.
+        let (low, high) = (
+            (2 * minimum - threshold).div_ceil(chunk),
+            (2 * minimum - 1) / chunk,
+        );
+        let start = to_event + extra;
+        let plan = if start < low && low <= high && high + past <= chunks {
+            let target = low + self.u.int_in_range(0..=high - low)?;
             SpacePlan {
-                capacity: (to_event + extra) * chunk,
+                capacity: start * chunk,
                 to_event: Some(to_event),
-                trickle,
+                trickle: self.split(target - start)?,
                 past,
             }
         } else {
             SpacePlan {
                 capacity: self.pick(&[1, 2, 4])? * chunk,
                 to_event: None,
-                trickle: 0,
+                trickle: Vec::new(),
                 past,
             }
         };
-        let written = plan.capacity / chunk + plan.trickle + plan.past;
+        let written = plan.capacity / chunk + plan.trickle.iter().sum::<u64>() + plan.past;
         Ok((written <= chunks).then_some(plan))
+    }
+
+    /// `total` chunks in one to three parts of at least one chunk each.
+    fn split(&mut self, total: u64) -> Result<Vec<u64>> {
+        let parts = self.pick(&[1, 2, 3])?.min(total);
+        let mut left = total;
+        let mut out = Vec::new();
+        for part in (1..=parts).rev() {
+            let take = if part == 1 { left } else { left / part };
+            out.push(take);
+            left -= take;
+        }
+        Ok(out)
     }
 
     /// A `space` recipe after its TAKE: COW chunk by chunk (one sector
     /// each, written back on a filesystem) up to the low-free-space event,
-    /// the small APPENDs with a chunk's COW after each, the overflow, then
-    /// an APPEND that brings the capacity past anything requested and more
-    /// COW; WAIT_EVENTs look after each part. No event may come from the
-    /// small APPENDs (rule 8) or after the overflow was seen (rule 9).
+    /// each small APPEND followed by the COW that fills it, then the
+    /// overflow, then an APPEND that brings the capacity past anything
+    /// requested and more COW; WAIT_EVENTs look after each part. No event
+    /// may come from the small APPENDs (rule 8) or after the overflow was
+    /// seen (rule 9).
     fn run_out_of_space(
         &mut self,
         out: &mut Vec<Step>,
@@ -907,17 +938,18 @@ impl<'a, 'b> Generator<'a, 'b> {
         let mut next = 0;
         if let Some(to_event) = plan.to_event {
             self.cow_chunks(out, snapshot, original, &mut next, to_event)?;
-            for _ in 0..plan.trickle {
-                let range = self.fresh_range(chunk);
+            for &part in &plan.trickle {
+                let range = self.fresh_range(part * chunk);
                 out.push(steps::append(
                     snapshot.to_string(),
                     STORE.to_string(),
                     vec![range],
                 ));
-                self.cow_chunks(out, snapshot, original, &mut next, 1)?;
+                self.cow_chunks(out, snapshot, original, &mut next, part)?;
             }
         }
-        let overflow = plan.capacity / chunk + plan.trickle - next + plan.past;
+        let stored = plan.capacity / chunk + plan.trickle.iter().sum::<u64>();
+        let overflow = stored - next + plan.past;
         self.cow_chunks(out, snapshot, original, &mut next, overflow)?;
         let range = self.fresh_range(2 * self.diff_storage_minimum);
         out.push(steps::append(
