@@ -262,18 +262,24 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     outcome
 }
 
-/// A step's place (`1.0.2`: `prefix` and its index) and its trace text
-/// (the place and the kind), written into two strings without `format!`'s
-/// machinery (a pair per step was a percent of a fuzz input's cost).
-fn step_names(prefix: &str, index: usize, step: &Step) -> (String, String) {
+/// A step's place (`1.0.2`: `prefix` and its index), written without
+/// `format!`'s machinery (a string per step was a percent of a fuzz
+/// input's cost).
+fn step_place(prefix: &str, index: usize) -> String {
     use std::fmt::Write;
     let mut at = String::with_capacity(prefix.len() + 3);
     at.push_str(prefix);
     let _ = write!(at, "{index}");
+    at
+}
+
+/// A step's trace text: its place and its kind.
+fn step_text(at: &str, step: &Step) -> String {
+    use std::fmt::Write;
     let mut what = String::with_capacity(at.len() + 16);
-    what.push_str(&at);
+    what.push_str(at);
     let _ = write!(what, " {:?}", step.kind());
-    (at, what)
+    what
 }
 
 fn add_devices(sim: &Rc<Sim>, scenario: &Scenario, seed: u64) -> BTreeMap<String, DevT> {
@@ -684,10 +690,11 @@ impl Run {
                 if self.out_of_budget() {
                     return;
                 }
-                let (at, what) = step_names(prefix, i, step);
-                self.sim.record(TraceEvent::Step {
+                let at = step_place(prefix, i);
+                // Only a full run's trace reads the text.
+                self.sim.record_with(|| TraceEvent::Step {
                     index: self.steps_run.get(),
-                    what,
+                    what: step_text(&at, step),
                 });
                 self.steps_run.set(self.steps_run.get() + 1);
                 let result = self.step(step, &at, &path).await;
