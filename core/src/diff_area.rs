@@ -17,7 +17,8 @@ use crate::event_queue::EVENT_CORRUPTED;
 use crate::kernel::sync::LockWait;
 use crate::kernel::{
     blkdev_get, completion, kmalloc, preempt, sleep_point, AllocId, BdevHandle, BioResult,
-    Completer, DevT, Errno, Gfp, Kref, LocalBoxFuture, NoioScope, Stamps, TaskKind, SECTOR_SHIFT,
+    Completer, DevT, Errno, Gfp, Kref, LocalBoxFuture, NoioScope, Stamps, TaskKind, TaskName,
+    SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -48,10 +49,6 @@ pub struct DiffArea {
     read_cache: RefCell<VecDeque<Rc<Chunk>>>,
     write_cache: RefCell<VecDeque<Rc<Chunk>>>,
     eviction_queued: Cell<bool>,
-    /// The original's "major:minor", made once for the names of the work
-    /// items (formatting it per spawned item cost more than the rest of
-    /// building the name).
-    dev_name: String,
     /// `flush_work` callers, woken when the eviction work returns.
     eviction_flushers: RefCell<Vec<Completer<()>>>,
     /// Set when `free` starts: v2 marks the area corrupted there, which
@@ -180,7 +177,6 @@ impl DiffArea {
             read_cache: RefCell::new(VecDeque::new()),
             write_cache: RefCell::new(VecDeque::new()),
             eviction_queued: Cell::new(false),
-            dev_name: dev.to_string(),
             eviction_flushers: RefCell::new(Vec::new()),
             freeing: Cell::new(false),
             skipped_wait: Cell::new(None),
@@ -363,10 +359,9 @@ impl DiffArea {
         // Like v2's work item, it holds no reference: free flushes it.
         self.eviction_queued.set(true);
         let area = self.clone();
-        let name = ["blksnap_cache_release ", &self.dev_name].concat();
         self.module.k().spawn(
             TaskKind::Work,
-            name,
+            TaskName::Device("blksnap_cache_release ", self.orig_dev),
             Box::pin(async move {
                 area.evict().await;
                 area.eviction_queued.set(false);
@@ -461,35 +456,22 @@ impl DiffArea {
         };
         let io = diff_io::write(&self.module, region.dev, region.sector, data, nowait).await?;
         chunk.set(bits::STORING);
-        self.spawn_notify("chunk_notify_store", chunk, io, Notify::Store);
+        self.spawn_notify("chunk_notify_store ", chunk, io, Notify::Store);
         Ok(())
-    }
-
-    /// "{what} {major:minor}#{chunk}", the name of a chunk's work item.
-    fn work_name(&self, what: &str, chunk: u64) -> String {
-        use std::fmt::Write as _;
-        let mut name = String::with_capacity(what.len() + self.dev_name.len() + 22);
-        name.push_str(what);
-        name.push(' ');
-        name.push_str(&self.dev_name);
-        name.push('#');
-        // Writing to a String cannot fail.
-        let _ = write!(name, "{chunk}");
-        name
     }
 
     /// Run `notify` in a work item once `io` ends, counting it as pending.
     /// Like v2, IO in flight holds no reference: `free` waits for it.
     fn spawn_notify(
         self: &Rc<Self>,
-        name: &str,
+        what: &'static str,
         chunk: &Rc<Chunk>,
         io: diff_io::DiffIo,
         notify: Notify,
     ) {
         self.pending_io.set(self.pending_io.get() + 1);
         let (area, chunk) = (self.clone(), chunk.clone());
-        let name = self.work_name(name, chunk.number);
+        let name = TaskName::Chunk(what, self.orig_dev, chunk.number);
         self.module.k().spawn(
             TaskKind::Work,
             name,
@@ -612,7 +594,7 @@ impl DiffArea {
             }
         };
         chunk.set(bits::LOADING);
-        self.spawn_notify("chunk_notify_load", chunk, io, Notify::Load);
+        self.spawn_notify("chunk_notify_load ", chunk, io, Notify::Load);
         Ok(())
     }
 

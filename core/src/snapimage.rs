@@ -10,7 +10,7 @@ use crate::cbt_map::CbtMap;
 use crate::diff_area::DiffArea;
 use crate::kernel::{
     completion, kmalloc, sleep_point, AllocId, Bio, BioOp, BioResult, Completer, Completion, DevT,
-    Errno, GenDisk, Gfp, Stamps, TaskKind, SECTOR_SHIFT,
+    Errno, GenDisk, Gfp, Stamps, TaskKind, TaskName, SECTOR_SHIFT,
 };
 use crate::module::Module;
 
@@ -100,7 +100,7 @@ impl SnapImage {
         let (stopped, done) = completion();
         *self.stopped.borrow_mut() = Some(stopped);
         let image = self.clone();
-        let name = format!("blksnap-image{}", self.image_dev_id.minor());
+        let name = TaskName::Numbered("blksnap-image", self.image_dev_id.minor().into());
         self.module.k().spawn(
             TaskKind::Kthread { noio: true },
             name,
@@ -584,7 +584,11 @@ mod tests {
                         }
                     }
                 };
-                k.spawn(TaskKind::Work, format!("io{task}"), Box::pin(body));
+                k.spawn(
+                    TaskKind::Work,
+                    TaskName::Numbered("io", task),
+                    Box::pin(body),
+                );
             }
             run(&k, k.sleep(1_000_000_000));
             assert_eq!(k.task_names(), vec!["blksnap-image0"], "seed {seed}");

@@ -13,7 +13,7 @@ use crate::diff_area::{ChunkWalk, DiffArea};
 use crate::kernel::sync::LockWait;
 use crate::kernel::{
     blkdev_get, blkdev_put, kmalloc, sleep_point, AllocId, BdevFilter, BioHeader, DevT, Errno,
-    FilterVerdict, Gfp, Kernel, Kref, LocalBoxFuture, NoioScope, TaskKind,
+    FilterVerdict, Gfp, Kernel, Kref, LocalBoxFuture, NoioScope, TaskKind, TaskName,
 };
 use crate::module::Module;
 
@@ -200,7 +200,7 @@ impl Tracker {
             let tracker = self.clone();
             self.module.k().spawn(
                 TaskKind::Work,
-                format!("tracker_release {}", self.dev_id),
+                TaskName::Device("tracker_release ", self.dev_id),
                 Box::pin(async move { tracker.free().await }),
             );
         }

@@ -534,7 +534,7 @@ mod tests {
     fn a_bench_error_is_an_error_verdict_and_exit_2() {
         let sim = Sim::new(1);
         let body = async { panic!("a checker broke") };
-        sim.spawn_process("runner".into(), Box::pin(body));
+        sim.spawn_process("runner", Box::pin(body));
         sim.run();
         let scenario = crate::scenario::parse(
             Path::new("b.ron"),

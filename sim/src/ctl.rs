@@ -554,10 +554,7 @@ mod tests {
         let id = [5; 16];
         sim.lifecycle.borrow_mut().events.created(id, sim.now());
         let k: Rc<dyn Kernel> = Rc::new(SimKernel(sim.clone()));
-        sim.spawn_process(
-            "clock".into(),
-            Box::pin(async move { k.sleep(1_000).await }),
-        );
+        sim.spawn_process("clock", Box::pin(async move { k.sleep(1_000).await }));
         assert!(sim.run());
         let user = UserSpace::default();
         let take = |label| {

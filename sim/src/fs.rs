@@ -283,9 +283,8 @@ fn schedule_flush(sim: &Rc<Sim>, dev: DevT) {
     sim.at(
         at,
         Box::new(move |sim| {
-            let name = format!("flush-{dev}");
             sim.spawn_background(
-                name,
+                blksnap_core::kernel::TaskName::Device("flush-", dev),
                 Box::pin(async move { writeback(&flusher, dev).await }),
             );
         }),
@@ -336,7 +335,7 @@ fn submit_writeback(
     let (done, completer) = completion();
     let task_sim = sim.clone();
     sim.spawn_background(
-        format!("writeback-{dev}"),
+        blksnap_core::kernel::TaskName::Device("writeback-", dev),
         Box::pin(async move {
             let result = block::user_bio(&task_sim, Bio::write(dev, sector, data)).await;
             writeback_ended(&task_sim, dev);

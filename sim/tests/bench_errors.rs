@@ -9,7 +9,7 @@ use blksnap_sim::scenario::{self, RunOptions};
 /// Run one process whose body panics in this file (bench code).
 fn run_panicking(body: fn()) -> Vec<blksnap_sim::kernel::Failure> {
     let sim = Sim::new(1);
-    sim.spawn_process("runner".into(), Box::pin(async move { body() }));
+    sim.spawn_process("runner", Box::pin(async move { body() }));
     sim.run();
     sim.failures()
 }

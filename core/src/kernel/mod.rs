@@ -312,6 +312,49 @@ pub enum TaskKind {
     Kthread { noio: bool },
 }
 
+/// A task's name, kept as its parts: formatted (`Display`) only where it
+/// is read (a hang or failure message, a listing, a full run's trace).
+/// Most runs read none, and a spawn is on the write path (a chunk's
+/// notify work, the cache release work), so it costs no formatting and
+/// no allocation. Each prefix carries its own separator.
+#[derive(Clone, Debug)]
+pub enum TaskName {
+    /// The name itself.
+    Fixed(&'static str),
+    /// `{prefix}{n}`: `blksnap-image0`.
+    Numbered(&'static str, u64),
+    /// `{prefix}{dev}`: `tracker_release 7:0`.
+    Device(&'static str, DevT),
+    /// `{prefix}{dev}#{chunk}`: `chunk_notify_load 7:0#12`.
+    Chunk(&'static str, DevT, u64),
+    /// Formatted by its caller (a rare spawn).
+    Owned(String),
+}
+
+impl fmt::Display for TaskName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskName::Fixed(name) => f.write_str(name),
+            TaskName::Numbered(prefix, n) => write!(f, "{prefix}{n}"),
+            TaskName::Device(prefix, dev) => write!(f, "{prefix}{dev}"),
+            TaskName::Chunk(prefix, dev, chunk) => write!(f, "{prefix}{dev}#{chunk}"),
+            TaskName::Owned(name) => f.write_str(name),
+        }
+    }
+}
+
+impl From<&'static str> for TaskName {
+    fn from(name: &'static str) -> TaskName {
+        TaskName::Fixed(name)
+    }
+}
+
+impl From<String> for TaskName {
+    fn from(name: String) -> TaskName {
+        TaskName::Owned(name)
+    }
+}
+
 /// Everything the engine asks of its host.
 pub trait Kernel {
     // --- time, tasks, randomness -------------------------------------------
@@ -320,7 +363,7 @@ pub trait Kernel {
     /// Sleep for a span of virtual time.
     fn sleep(&self, ns: u64) -> Completion<()>;
     /// Start a task: a work item or a kthread.
-    fn spawn(&self, kind: TaskKind, name: String, task: LocalBoxFuture<'static, ()>);
+    fn spawn(&self, kind: TaskKind, name: TaskName, task: LocalBoxFuture<'static, ()>);
     /// `fatal_signal_pending(current)`.
     fn fatal_signal_pending(&self) -> bool;
     /// A random version-4 UUID (`uuid_gen`).

@@ -523,8 +523,8 @@ mod tests {
 
     type Log = Rc<RefCell<Vec<&'static str>>>;
 
-    fn spawn(k: &Rc<TestKernel>, name: &str, task: impl Future<Output = ()> + 'static) {
-        k.spawn(TaskKind::Work, name.to_string(), Box::pin(task));
+    fn spawn(k: &Rc<TestKernel>, name: &'static str, task: impl Future<Output = ()> + 'static) {
+        k.spawn(TaskKind::Work, name.into(), Box::pin(task));
     }
 
     #[test]

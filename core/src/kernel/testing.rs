@@ -28,7 +28,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use super::{
     completion, AllocId, BdevFilter, BdevHandle, Bio, BioFlags, BioHeader, BioOp, BioResult,
     Completer, Completion, DevT, Errno, FilterVerdict, GenDisk, Gfp, Kernel, LocalBoxFuture,
-    LockId, LockMode, LockOp, Stamp, Stamps, TaskKind, UserMemory,
+    LockId, LockMode, LockOp, Stamp, Stamps, TaskKind, TaskName, UserMemory,
 };
 use crate::ctrl::{self, IoctlResult};
 use crate::module::Module;
@@ -621,13 +621,15 @@ impl Kernel for TestKernel {
         sleep
     }
 
-    fn spawn(&self, kind: TaskKind, name: String, task: LocalBoxFuture<'static, ()>) {
+    /// Formats the name at once: the tests read names by `kill` and
+    /// `task_names`, and speed is no matter here.
+    fn spawn(&self, kind: TaskKind, name: TaskName, task: LocalBoxFuture<'static, ()>) {
         let id = self.task_seq.get();
         self.task_seq.set(id + 1);
         let noio = matches!(kind, TaskKind::Kthread { noio: true });
         self.tasks
             .borrow_mut()
-            .insert(id, Task::new(name, Some(task), noio));
+            .insert(id, Task::new(name.to_string(), Some(task), noio));
         self.woken.0.store(true, Ordering::Relaxed);
     }
 
@@ -1175,6 +1177,36 @@ mod tests {
         assert_eq!((SECTOR_SIZE, PAGE_SECTORS), (512, 8));
     }
 
+    /// Each kind of name formats as the string the engine built at the
+    /// spawn before names were lazy (a full run's trace hashes it).
+    #[test]
+    fn task_names_format_as_the_strings_they_replace() {
+        let dev = DevT::new(7, 3);
+        let names = [
+            (TaskName::Fixed("rmmod"), "rmmod".to_string()),
+            (
+                TaskName::Numbered("blksnap-image", 12),
+                "blksnap-image12".into(),
+            ),
+            (
+                TaskName::Device("tracker_release ", dev),
+                format!("tracker_release {dev}"),
+            ),
+            (TaskName::Device("flush-", dev), format!("flush-{dev}")),
+            (
+                TaskName::Chunk("chunk_notify_load ", dev, 9),
+                format!("chunk_notify_load {dev}#9"),
+            ),
+            (
+                TaskName::from(String::from("branch 1.0")),
+                "branch 1.0".into(),
+            ),
+        ];
+        for (name, want) in names {
+            assert_eq!(name.to_string(), want);
+        }
+    }
+
     #[test]
     fn errno_names_round_trip() {
         for e in [
@@ -1242,7 +1274,7 @@ mod tests {
             let (k2, order) = (k.clone(), order.clone());
             k.spawn(
                 TaskKind::Work,
-                name.to_string(),
+                name.into(),
                 Box::pin(async move {
                     k2.sleep(ns).await;
                     order.borrow_mut().push((name, k2.now()));

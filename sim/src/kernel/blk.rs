@@ -353,7 +353,7 @@ mod tests {
         let result = Rc::new(RefCell::new(None));
         let out = result.clone();
         let wait = async move { *out.borrow_mut() = Some(done.await) };
-        sim.spawn_process("io".into(), Box::pin(wait));
+        sim.spawn_process("io", Box::pin(wait));
         assert!(sim.run());
         result.take().expect("the bio ended")
     }

@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use blksnap_core::kernel::{completion, Completion, LocalBoxFuture};
+use blksnap_core::kernel::{completion, Completion, LocalBoxFuture, TaskName};
 
 use super::sched::Bounds;
 use super::task::TaskId;
@@ -24,39 +24,47 @@ use crate::trace::TraceEvent;
 impl Sim {
     pub(crate) fn new_task(
         &self,
-        name: String,
+        name: TaskName,
         future: LocalBoxFuture<'static, ()>,
         noio: bool,
         is_process: bool,
     ) -> TaskId {
-        let traced = (!self.trace.borrow().is_count_only()).then(|| name.clone());
         let id = self.sched.add_task(name, future, noio, is_process);
+        // A full run formats the name for its trace; a verdict-only run never.
         self.record_with(|| TraceEvent::TaskSpawn {
             task: id,
-            name: traced.unwrap_or_default(),
+            name: self.sched.task_name(id),
         });
         id
     }
 
     /// Start a scenario process (a user task the run waits for).
-    pub fn spawn_process(&self, name: String, future: LocalBoxFuture<'static, ()>) -> TaskId {
-        self.new_task(name, future, false, true)
+    pub fn spawn_process(
+        &self,
+        name: impl Into<TaskName>,
+        future: LocalBoxFuture<'static, ()>,
+    ) -> TaskId {
+        self.new_task(name.into(), future, false, true)
     }
 
     /// Start a sim-side background task (a flusher, a helper).
-    pub fn spawn_background(&self, name: String, future: LocalBoxFuture<'static, ()>) -> TaskId {
-        self.new_task(name, future, false, false)
+    pub fn spawn_background(
+        &self,
+        name: impl Into<TaskName>,
+        future: LocalBoxFuture<'static, ()>,
+    ) -> TaskId {
+        self.new_task(name.into(), future, false, false)
     }
 
     /// Spawn a sim-side helper task that completes `done` with its result.
     pub(crate) fn helper<T: 'static>(
         self: &Rc<Self>,
-        name: &str,
+        name: &'static str,
         body: LocalBoxFuture<'static, T>,
     ) -> Completion<T> {
         let (completion, done) = completion();
         self.new_task(
-            name.to_string(),
+            TaskName::Fixed(name),
             Box::pin(async move { done.complete(body.await) }),
             false,
             false,
@@ -282,7 +290,7 @@ mod tests {
         }
         let (bk, bouter) = (k.clone(), outer.clone());
         sim.spawn_background(
-            "writer".into(),
+            "writer",
             Box::pin(async move {
                 for _ in 0..40 {
                     bouter.down_write(&*bk).await;

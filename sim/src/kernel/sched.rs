@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 use std::task::Waker;
 
-use blksnap_core::kernel::{Bio, BioResult, Completer, LocalBoxFuture};
+use blksnap_core::kernel::{Bio, BioResult, Completer, LocalBoxFuture, TaskName};
 
 use super::task::{Task, TaskId, TaskTable, TaskWaker, WakeQueue, NO_SLOT};
 use crate::rng::SimRng;
@@ -316,7 +316,7 @@ impl<A> Scheduler<A> {
     /// A new runnable task with a seeded priority.
     pub(crate) fn add_task(
         &self,
-        name: String,
+        name: TaskName,
         future: LocalBoxFuture<'static, ()>,
         noio: bool,
         is_process: bool,
@@ -328,7 +328,7 @@ impl<A> Scheduler<A> {
             // `runnable.add` below gives this slot: no task is added between.
             let slot = sched.runnable.next_slot();
             if is_process {
-                sched.processes.insert((name.clone(), id));
+                sched.processes.insert((name.to_string(), id));
             }
             sched.tasks.insert(
                 id,
@@ -371,7 +371,7 @@ impl<A> Scheduler<A> {
             .borrow()
             .tasks
             .get(id)
-            .map(|t| t.name.clone())
+            .map(|t| t.name.to_string())
             .unwrap_or_default()
     }
 
@@ -448,7 +448,7 @@ impl<A> Scheduler<A> {
             .tasks
             .values()
             .filter(|t| t.is_process)
-            .map(|t| t.name.clone())
+            .map(|t| t.name.to_string())
             .collect()
     }
 
@@ -560,7 +560,7 @@ impl<A> Scheduler<A> {
             self.open_bio_lists.set(self.open_bio_lists.get() - 1);
         }
         if task.is_process {
-            sched.processes.remove(&(task.name.clone(), id));
+            sched.processes.remove(&(task.name.to_string(), id));
         }
         Some(task)
     }
@@ -604,7 +604,7 @@ impl<A> Scheduler<A> {
             .borrow()
             .tasks
             .values()
-            .map(|t| t.name.clone())
+            .map(|t| t.name.to_string())
             .collect()
     }
 

@@ -13,7 +13,7 @@ use std::task::Waker;
 
 use blksnap_core::kernel::{
     AllocId, BdevFilter, BdevHandle, Bio, BioResult, Completer, Completion, DevT, Errno, GenDisk,
-    Gfp, Kernel, LocalBoxFuture, LockId, LockMode, LockOp, TaskKind,
+    Gfp, Kernel, LocalBoxFuture, LockId, LockMode, LockOp, TaskKind, TaskName,
 };
 
 use super::blk::IMAGE_MAJOR;
@@ -35,7 +35,7 @@ impl Kernel for SimKernel {
         self.0.sleep(ns)
     }
 
-    fn spawn(&self, kind: TaskKind, name: String, task: LocalBoxFuture<'static, ()>) {
+    fn spawn(&self, kind: TaskKind, name: TaskName, task: LocalBoxFuture<'static, ()>) {
         let noio = matches!(kind, TaskKind::Kthread { noio: true });
         self.0.new_task(name, task, noio, false);
     }
@@ -336,7 +336,7 @@ mod tests {
         let chunk = Rc::new(Semaphore::new(&*k, "chunk.lock"));
         let (k1, a1, io1, chunk1) = (k.clone(), a.clone(), io.clone(), chunk.clone());
         sim.spawn_process(
-            "first".into(),
+            "first",
             Box::pin(async move {
                 a1.down_write(&*k1).await;
                 io1.down_read(&*k1).await;
@@ -349,7 +349,7 @@ mod tests {
         );
         let (k2, a2, io2) = (k.clone(), a.clone(), io.clone());
         sim.spawn_process(
-            "second".into(),
+            "second",
             Box::pin(async move {
                 k2.sleep(200_000).await;
                 io2.down_read(&*k2).await;

@@ -13,12 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 
-use blksnap_core::kernel::{Bio, BioResult, Completer, LocalBoxFuture};
+use blksnap_core::kernel::{Bio, BioResult, Completer, LocalBoxFuture, TaskName};
 
 pub type TaskId = u64;
 
 pub(crate) struct Task {
-    pub(crate) name: String,
+    /// Formatted only where it is read (messages, listings, a full run's
+    /// trace): most runs never read it.
+    pub(crate) name: TaskName,
     pub(crate) future: Option<LocalBoxFuture<'static, ()>>,
     /// `memalloc_noio` in effect (a kthread with PF_MEMALLOC_NOIO, or a scope).
     pub(crate) noio: bool,
@@ -202,9 +204,9 @@ impl TaskTable {
 mod tests {
     use super::*;
 
-    fn task(name: &str) -> Task {
+    fn task(name: &'static str) -> Task {
         Task {
-            name: name.to_string(),
+            name: name.into(),
             future: None,
             noio: false,
             bio_list: None,
@@ -247,24 +249,25 @@ mod tests {
             table.insert(id, task(name));
         }
         let slot_b = table.slot_of(5).unwrap();
-        assert_eq!(table.remove(5).map(|t| t.name), Some("b".to_string()));
+        let removed = table.remove(5).map(|t| t.name.to_string());
+        assert_eq!(removed, Some("b".to_string()));
         assert!(table.remove(5).is_none());
         table.insert(12, task("d"));
         assert_eq!(table.slot_of(12), Some(slot_b), "the freed slot");
         assert!(table.at_mut(slot_b, 5).is_none(), "the old id");
         assert_eq!(
-            table.at_mut(slot_b, 12).map(|t| t.name.clone()),
+            table.at_mut(slot_b, 12).map(|t| t.name.to_string()),
             Some("d".into())
         );
         assert!(table.get(5).is_none() && table.get_mut(5).is_none());
         assert!(table.at_mut(usize::MAX, 12).is_none());
-        let names: Vec<&str> = table.values().map(|t| t.name.as_str()).collect();
+        let names: Vec<String> = table.values().map(|t| t.name.to_string()).collect();
         assert_eq!(names, ["a", "c", "d"]);
         assert_eq!(table.ids(), [3, 9, 12]);
         let all: Vec<(TaskId, String)> = table
             .take_all()
             .into_iter()
-            .map(|(id, t)| (id, t.name))
+            .map(|(id, t)| (id, t.name.to_string()))
             .collect();
         assert_eq!(all, [(3, "a".into()), (9, "c".into()), (12, "d".into())]);
         assert!(table.values().next().is_none() && table.get(3).is_none());
