@@ -226,10 +226,10 @@ impl Sim {
         self.trace.borrow_mut().record_filter_pass(now, dev, sector);
     }
 
-    /// As `record(build())`, for the events of every spawn, exit and
-    /// allocation: a count-only trace (a verdict-only run) counts the
-    /// event and never builds it, so a spawn's name is not copied for it.
-    /// Not for a freeze or a thaw, which the series must see.
+    /// As `record(build())`, for the events of every spawn, exit,
+    /// allocation and step: a count-only trace (a verdict-only run) counts
+    /// the event and never builds it, so no name or step text is made for
+    /// it. Not for a freeze or a thaw, which the series must see.
     #[inline(always)]
     pub(crate) fn record_with(&self, build: impl FnOnce() -> TraceEvent) {
         if self.trace.borrow().is_count_only() {
