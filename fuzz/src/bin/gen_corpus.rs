@@ -418,7 +418,7 @@ const LIFECYCLE: &[LifecycleFeature] = &[
     ("out-of-range-io", out_of_range_io, true),
 ];
 
-// --- lifecycle_everything features: power cuts and storage tails -------------------------------
+// --- lifecycle_everything features: power cuts, storage tails, CBT, storage that runs out ---------
 
 /// The `during` branches of every power cut, in order.
 fn power_cuts(s: &Scenario) -> Vec<&Vec<Vec<Step>>> {
@@ -565,6 +565,33 @@ fn cbt_race(s: &Scenario) -> bool {
     })
 }
 
+/// The sizes of the APPENDs that come right after a look at the events
+/// and are followed by COW, as a `space` recipe makes them.
+fn appends_after_looks(s: &Scenario) -> impl Iterator<Item = u64> + '_ {
+    s.steps.windows(3).filter_map(|w| match w {
+        [Step::WaitEvent { .. }, Step::Append { ranges, .. }, Step::Write {
+            stride: Some(_), ..
+        }] if ranges.len() == 1 => Some(ranges[0].1),
+        _ => None,
+    })
+}
+
+/// Storage runs out: small APPENDs after the low-free-space event, too
+/// little to re-arm it (the events checker's rule 8).
+fn space_small_appends(s: &Scenario) -> bool {
+    let minimum = s.params.diff_storage_minimum;
+    appends_after_looks(s)
+        .filter(|&size| size < 2 * minimum)
+        .count()
+        >= 2
+}
+
+/// Storage runs out and an APPEND of 2M comes after the overflow (rule 9).
+fn space_after_overflow(s: &Scenario) -> bool {
+    let minimum = s.params.diff_storage_minimum;
+    appends_after_looks(s).any(|size| size == 2 * minimum)
+}
+
 const EVERYTHING: &[LifecycleFeature] = &[
     ("cut-after-commit", cut_after_commit, true),
     ("cached-cut", cached_cut, true),
@@ -580,6 +607,8 @@ const EVERYTHING: &[LifecycleFeature] = &[
     ("destroy-during-io", destroy_during_io, true),
     ("cbt-grow-past-end", cbt_grow_past_end, false),
     ("cbt-race", cbt_race, false),
+    ("space-small-appends", space_small_appends, false),
+    ("space-after-overflow", space_after_overflow, false),
 ];
 
 // --- ioctl_args features ----------------------------------------------------------------------
