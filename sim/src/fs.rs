@@ -573,18 +573,23 @@ fn injected_error(sim: &Rc<Sim>, dev: DevT, sector: u64, count: u64, before: u64
 /// Contiguous runs of the page cache's ranges, each at most the
 /// flusher's bio size (cut from the start of each contiguous stretch).
 fn runs(dirty: &BTreeMap<u64, Stamps>) -> Vec<(u64, Vec<Stamp>)> {
-    let mut out: Vec<(u64, Vec<Stamp>)> = Vec::new();
-    for (&first, cached) in dirty {
-        for (sector, stamp) in (first..).zip(cached.iter()) {
-            match out.last_mut() {
-                Some((start, data))
-                    if *start + data.len() as u64 == sector
-                        && (data.len() as u64) < WRITEBACK_MAX_SECTORS =>
-                {
-                    data.push(stamp)
-                }
-                _ => out.push((sector, vec![stamp])),
-            }
+    let mut out = Vec::new();
+    let mut ranges = dirty.iter().peekable();
+    while let Some((&start, first)) = ranges.next() {
+        // A contiguous stretch, a range at a time.
+        let mut parts = vec![first];
+        let mut end = start + first.len();
+        while let Some((_, next)) = ranges.next_if(|(&s, _)| s == end) {
+            parts.push(next);
+            end += next.len();
+        }
+        // Its bios, each filled at its size (no growing by pushes).
+        let mut stamps = parts.iter().flat_map(|part| part.iter());
+        for at in (start..end).step_by(WRITEBACK_MAX_SECTORS as usize) {
+            let len = (end - at).min(WRITEBACK_MAX_SECTORS);
+            let mut data = Vec::with_capacity(len as usize);
+            data.extend(stamps.by_ref().take(len as usize));
+            out.push((at, data));
         }
     }
     out
