@@ -100,17 +100,17 @@ impl FsRecord {
         if sector == end {
             return;
         }
-        cut_at(&mut self.accepted, sector);
-        cut_at(&mut self.accepted, end);
         let fresh = |from: u64, to: u64| Accepted {
             len: to - from,
             writes: vec![(time, data.slice(from - sector, to - sector))],
         };
-        // Most writes go where none went before: one range, no gaps to find.
-        if self.accepted.range(sector..end).next().is_none() {
+        // Most writes go where none went before: one range, one search.
+        if !overlaps(&self.accepted, sector, end) {
             self.accepted.insert(sector, fresh(sector, end));
             return;
         }
+        cut_at(&mut self.accepted, sector);
+        cut_at(&mut self.accepted, end);
         let mut gaps = Vec::new();
         let mut cursor = sector;
         for (&start, range) in self.accepted.range_mut(sector..end) {
@@ -205,9 +205,19 @@ fn cut_at<V: Cut>(map: &mut BTreeMap<u64, V>, at: u64) {
     }
 }
 
+/// Whether a range of `map` holds any sector of [from, to).
+fn overlaps<V: Cut>(map: &BTreeMap<u64, V>, from: u64, to: u64) -> bool {
+    let last = map.range(..to).next_back();
+    last.is_some_and(|(&start, value)| start + value.sectors() > from)
+}
+
 /// Put `data` at `sector` in the page cache, over what was dirty there.
 fn dirty_write(dirty: &mut BTreeMap<u64, Stamps>, sector: u64, data: Stamps) {
     let end = sector + data.len();
+    if !overlaps(dirty, sector, end) {
+        dirty.insert(sector, data);
+        return;
+    }
     cut_at(dirty, sector);
     cut_at(dirty, end);
     while let Some((&start, _)) = dirty.range(sector..end).next() {
