@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use blksnap_core::kernel::{completion, Bio, Completer, DevT, Errno, Stamp};
+use blksnap_core::kernel::{completion, Bio, Completer, DevT, Errno, Stamp, Stamps};
 
 use crate::block;
 use crate::kernel::Sim;
@@ -42,7 +42,10 @@ const WRITEBACK_MAX_SECTORS: u64 = 256;
 
 #[derive(Default)]
 pub struct FsModel {
-    dirty: BTreeMap<u64, Stamp>,
+    /// The page cache: disjoint ranges of dirty sectors by start, each
+    /// with its data (a write costs a few range operations, not a map
+    /// entry per sector: issue 10).
+    dirty: BTreeMap<u64, Stamps>,
     frozen: bool,
     flush_scheduled: bool,
     thaw_waiters: Vec<Completer<()>>,
@@ -61,14 +64,166 @@ pub struct FsModel {
 /// What the filesystem itself knows it did, with virtual times.
 #[derive(Default)]
 pub struct FsRecord {
-    /// Per sector, the writes it accepted (fs_write returned): (time, stamp).
-    pub accepted: BTreeMap<u64, Vec<(u64, Stamp)>>,
+    /// The writes it accepted (fs_write returned), by disjoint ranges of
+    /// sectors that every write covers whole or not at all: a write of N
+    /// sectors costs a few range operations, not N map entries and N
+    /// lists (issue 10). Ranges are cut where a write starts or ends.
+    accepted: BTreeMap<u64, Accepted>,
     /// Each freeze from unfrozen: when it began, whether the fs honoured it
     /// (synced and held writers), when the last thaw ended it.
     pub freezes: Vec<FreezeRecord>,
     /// Sectors whose writeback failed with an error the fault plan
     /// injected: their page-cache data never reached the device.
     pub lost: BTreeSet<u64>,
+}
+
+/// The writes accepted over one range of sectors, oldest first, each
+/// with the time it was accepted and the range's data.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    len: u64,
+    writes: Vec<(u64, Stamps)>,
+}
+
+impl Accepted {
+    /// (time, data) of each write, oldest first: times never go down.
+    pub fn writes(&self) -> &[(u64, Stamps)] {
+        &self.writes
+    }
+}
+
+impl FsRecord {
+    /// The filesystem accepted `data` at `sector` at time `time` (not
+    /// before any write it accepted already).
+    pub fn accept(&mut self, sector: u64, time: u64, data: &Stamps) {
+        let end = sector + data.len();
+        if sector == end {
+            return;
+        }
+        let fresh = |from: u64, to: u64| Accepted {
+            len: to - from,
+            writes: vec![(time, data.slice(from - sector, to - sector))],
+        };
+        // Most writes go where none went before: one range, one search.
+        if !overlaps(&self.accepted, sector, end) {
+            self.accepted.insert(sector, fresh(sector, end));
+            return;
+        }
+        cut_at(&mut self.accepted, sector);
+        cut_at(&mut self.accepted, end);
+        let mut gaps = Vec::new();
+        let mut cursor = sector;
+        for (&start, range) in self.accepted.range_mut(sector..end) {
+            if start > cursor {
+                gaps.push((cursor, start));
+            }
+            let from = start - sector;
+            debug_assert!(range.writes.last().is_none_or(|(t, _)| *t <= time));
+            range
+                .writes
+                .push((time, data.slice(from, from + range.len)));
+            cursor = start + range.len;
+        }
+        if cursor < end {
+            gaps.push((cursor, end));
+        }
+        for (from, to) in gaps {
+            self.accepted.insert(from, fresh(from, to));
+        }
+    }
+
+    /// The accepted ranges that end past `sector`, in order: the one that
+    /// holds it (if any) first. Each as (start, end, writes).
+    pub fn accepted_from(&self, sector: u64) -> impl Iterator<Item = (u64, u64, &Accepted)> {
+        let holding = self
+            .accepted
+            .range(..sector)
+            .next_back()
+            .filter(|(&start, range)| start + range.len > sector);
+        holding
+            .into_iter()
+            .chain(self.accepted.range(sector..))
+            .map(|(&start, range)| (start, start + range.len, range))
+    }
+
+    /// The range holding `sector` and the sector's offset in it.
+    pub fn accepted_at(&self, sector: u64) -> Option<(u64, &Accepted)> {
+        let (start, end, range) = self.accepted_from(sector).next()?;
+        (start <= sector && sector < end).then(|| (sector - start, range))
+    }
+}
+
+/// A value held for a range of sectors, that can be cut in two.
+trait Cut {
+    fn sectors(&self) -> u64;
+    /// Keep sectors [0, at) in `self`; return [at, sectors).
+    fn cut(&mut self, at: u64) -> Self;
+}
+
+impl Cut for Stamps {
+    fn sectors(&self) -> u64 {
+        self.len()
+    }
+
+    fn cut(&mut self, at: u64) -> Stamps {
+        let tail = self.slice(at, self.len());
+        *self = self.slice(0, at);
+        tail
+    }
+}
+
+impl Cut for Accepted {
+    fn sectors(&self) -> u64 {
+        self.len
+    }
+
+    fn cut(&mut self, at: u64) -> Accepted {
+        let tail = Accepted {
+            len: self.len - at,
+            writes: self
+                .writes
+                .iter()
+                .map(|(t, data)| (*t, data.slice(at, self.len)))
+                .collect(),
+        };
+        for (_, data) in &mut self.writes {
+            *data = data.slice(0, at);
+        }
+        self.len = at;
+        tail
+    }
+}
+
+/// Make `at` an edge between ranges: a range that holds it inside is cut
+/// in two there.
+fn cut_at<V: Cut>(map: &mut BTreeMap<u64, V>, at: u64) {
+    if let Some((&start, value)) = map.range_mut(..at).next_back() {
+        if start + value.sectors() > at {
+            let tail = value.cut(at - start);
+            map.insert(at, tail);
+        }
+    }
+}
+
+/// Whether a range of `map` holds any sector of [from, to).
+fn overlaps<V: Cut>(map: &BTreeMap<u64, V>, from: u64, to: u64) -> bool {
+    let last = map.range(..to).next_back();
+    last.is_some_and(|(&start, value)| start + value.sectors() > from)
+}
+
+/// Put `data` at `sector` in the page cache, over what was dirty there.
+fn dirty_write(dirty: &mut BTreeMap<u64, Stamps>, sector: u64, data: Stamps) {
+    let end = sector + data.len();
+    if !overlaps(dirty, sector, end) {
+        dirty.insert(sector, data);
+        return;
+    }
+    cut_at(dirty, sector);
+    cut_at(dirty, end);
+    while let Some((&start, _)) = dirty.range(sector..end).next() {
+        dirty.remove(&start);
+    }
+    dirty.insert(sector, data);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -87,7 +242,7 @@ impl FsModel {
     }
 
     pub fn dirty_sectors(&self) -> usize {
-        self.dirty.len()
+        self.dirty.values().map(|data| data.len() as usize).sum()
     }
 
     /// Commit records written (a metric).
@@ -230,11 +385,10 @@ pub async fn fs_write(sim: &Rc<Sim>, dev: DevT, sector: u64, data: &[Stamp]) -> 
                 return Ok(());
             };
             if !fs.frozen {
-                let now = sim.now();
-                for (i, stamp) in data.iter().enumerate() {
-                    let s = sector + i as u64;
-                    fs.dirty.insert(s, *stamp);
-                    fs.record.accepted.entry(s).or_default().push((now, *stamp));
+                if !data.is_empty() {
+                    let data = Stamps::from_slice(data);
+                    fs.record.accept(sector, sim.now(), &data);
+                    dirty_write(&mut fs.dirty, sector, data);
                 }
                 None
             } else {
@@ -263,11 +417,29 @@ pub async fn fs_read(
         .await?
         .to_vec();
     if let Some(fs) = sim.fs.borrow().get(&dev) {
-        for (s, stamp) in fs.dirty.range(sector..sector + count) {
-            data[(s - sector) as usize] = *stamp;
-        }
+        overlay_dirty(&fs.dirty, sector, &mut data);
     }
     Ok(data)
+}
+
+/// Copy the page cache's dirty sectors over `data`, read at `sector`.
+fn overlay_dirty(dirty: &BTreeMap<u64, Stamps>, sector: u64, data: &mut [Stamp]) {
+    let end = sector + data.len() as u64;
+    let holding = dirty
+        .range(..sector)
+        .next_back()
+        .filter(|(&start, cached)| start + cached.len() > sector);
+    for (&start, cached) in holding.into_iter().chain(dirty.range(sector..end)) {
+        let from = start.max(sector);
+        let to = end.min(start + cached.len());
+        let out = &mut data[(from - sector) as usize..(to - sector) as usize];
+        for (slot, stamp) in out
+            .iter_mut()
+            .zip(cached.slice(from - start, to - start).iter())
+        {
+            *slot = stamp;
+        }
+    }
 }
 
 fn schedule_flush(sim: &Rc<Sim>, dev: DevT) {
@@ -407,18 +579,26 @@ fn injected_error(sim: &Rc<Sim>, dev: DevT, sector: u64, count: u64, before: u64
     bad_range || random
 }
 
-/// Contiguous runs of a sector map, each at most the flusher's bio size.
-fn runs(dirty: &BTreeMap<u64, Stamp>) -> Vec<(u64, Vec<Stamp>)> {
-    let mut out: Vec<(u64, Vec<Stamp>)> = Vec::new();
-    for (&sector, &stamp) in dirty {
-        match out.last_mut() {
-            Some((start, data))
-                if *start + data.len() as u64 == sector
-                    && (data.len() as u64) < WRITEBACK_MAX_SECTORS =>
-            {
-                data.push(stamp)
-            }
-            _ => out.push((sector, vec![stamp])),
+/// Contiguous runs of the page cache's ranges, each at most the
+/// flusher's bio size (cut from the start of each contiguous stretch).
+fn runs(dirty: &BTreeMap<u64, Stamps>) -> Vec<(u64, Vec<Stamp>)> {
+    let mut out = Vec::new();
+    let mut ranges = dirty.iter().peekable();
+    while let Some((&start, first)) = ranges.next() {
+        // A contiguous stretch, a range at a time.
+        let mut parts = vec![first];
+        let mut end = start + first.len();
+        while let Some((_, next)) = ranges.next_if(|(&s, _)| s == end) {
+            parts.push(next);
+            end += next.len();
+        }
+        // Its bios, each filled at its size (no growing by pushes).
+        let mut stamps = parts.iter().flat_map(|part| part.iter());
+        for at in (start..end).step_by(WRITEBACK_MAX_SECTORS as usize) {
+            let len = (end - at).min(WRITEBACK_MAX_SECTORS);
+            let mut data = Vec::with_capacity(len as usize);
+            data.extend(stamps.by_ref().take(len as usize));
+            out.push((at, data));
         }
     }
     out
@@ -452,14 +632,62 @@ mod tests {
     #[test]
     fn runs_split_on_gaps_and_size() {
         let mut m = BTreeMap::new();
-        for s in 0..300 {
-            m.insert(s, s);
-        }
-        m.insert(400, 1);
+        dirty_write(&mut m, 0, Stamps::counting(0, 200));
+        dirty_write(&mut m, 200, Stamps::counting(200, 100));
+        dirty_write(&mut m, 400, Stamps::repeat(1, 1));
         let r = runs(&m);
         assert_eq!(r.len(), 3);
         assert_eq!(r[0].1.len(), 256);
         assert_eq!(r[1], (256, (256..300).collect()));
         assert_eq!(r[2], (400, vec![1]));
+    }
+
+    /// The page cache's and the record's ranges hold what a map per
+    /// sector would, after random overlapping writes.
+    #[test]
+    fn ranges_hold_what_a_map_per_sector_holds() {
+        let mut rng = crate::rng::SimRng::new(5);
+        for round in 0..300 {
+            let mut dirty = BTreeMap::new();
+            let mut record = FsRecord::default();
+            let mut model_dirty: BTreeMap<u64, Stamp> = BTreeMap::new();
+            let mut model_accepted: BTreeMap<u64, Vec<(u64, Stamp)>> = BTreeMap::new();
+            for time in 0..rng.below(12) {
+                let sector = rng.below(40);
+                let len = rng.range(1, 12);
+                // Counting, repeated, or no rule at all.
+                let data: Vec<Stamp> = match rng.below(3) {
+                    0 => (0..len).map(|i| 1000 * time + i).collect(),
+                    1 => vec![time; len as usize],
+                    _ => (0..len).map(|_| rng.below(4)).collect(),
+                };
+                let stamps = Stamps::from_slice(&data);
+                record.accept(sector, time, &stamps);
+                dirty_write(&mut dirty, sector, stamps);
+                for (s, &stamp) in (sector..).zip(&data) {
+                    model_dirty.insert(s, stamp);
+                    model_accepted.entry(s).or_default().push((time, stamp));
+                }
+            }
+            for s in 0..60 {
+                let got = record.accepted_at(s).map(|(offset, range)| {
+                    let writes = range.writes().iter();
+                    writes.map(|(t, data)| (*t, data.get(offset))).collect()
+                });
+                assert_eq!(got, model_accepted.get(&s).cloned(), "round {round} {s}");
+            }
+            let mut read = vec![7; 60];
+            overlay_dirty(&dirty, 0, &mut read[..]);
+            let mut want = vec![7; 60];
+            for (&s, &stamp) in &model_dirty {
+                want[s as usize] = stamp;
+            }
+            assert_eq!(read, want, "round {round}");
+            let flat: Vec<(u64, Stamp)> = runs(&dirty)
+                .into_iter()
+                .flat_map(|(start, data)| (start..).zip(data))
+                .collect();
+            assert_eq!(flat, model_dirty.into_iter().collect::<Vec<_>>());
+        }
     }
 }
