@@ -849,18 +849,7 @@ impl<'a, 'b> Generator<'a, 'b> {
             writes,
             self.chunk_sectors,
         ));
-        if original.fs {
-            out.push(Step::Sync {
-                device: original.name.clone(),
-            });
-        }
-        out.push(Step::Sleep {
-            ms: self.pick(&[1, 10])?,
-        });
-        for _ in 0..3 {
-            out.push(steps::wait_event(snapshot.to_string(), 0));
-        }
-        Ok(())
+        self.settle_and_look(out, snapshot, original, 3)
     }
 
     /// How a `space` recipe runs its storage out on `original`, if the
@@ -978,16 +967,17 @@ impl<'a, 'b> Generator<'a, 'b> {
         let target = Target::Original(original.name.clone());
         out.push(steps::write_strided(target, *next * chunk, 1, count, chunk));
         *next += count;
-        self.settle_and_look(out, snapshot, original)
+        self.settle_and_look(out, snapshot, original, 2)
     }
 
     /// After COW writes: written back (on a filesystem), a moment for the
-    /// stores, then two looks at the events.
+    /// stores, then `looks` looks at the events.
     fn settle_and_look(
         &mut self,
         out: &mut Vec<Step>,
         snapshot: &str,
         original: &Original,
+        looks: usize,
     ) -> Result<()> {
         if original.fs {
             out.push(Step::Sync {
@@ -997,7 +987,7 @@ impl<'a, 'b> Generator<'a, 'b> {
         out.push(Step::Sleep {
             ms: self.pick(&[1, 10])?,
         });
-        for _ in 0..2 {
+        for _ in 0..looks {
             out.push(steps::wait_event(snapshot.to_string(), 0));
         }
         Ok(())
